@@ -113,7 +113,11 @@ def render_loss_chart(
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     if train:
-        axes.plot([p.step for p in train], [p.train_loss for p in train], color=TRAIN_COLOR, linewidth=2.2,
+        steps = [p.step for p in train]
+        # Per-step loss jumps with each batch; beginners read the trend from a smoothed line over a faint raw one.
+        axes.plot(steps, [p.train_loss for p in train], color=TRAIN_COLOR, linewidth=1.0, alpha=0.3, zorder=3)
+        smoothed = _smoothed_by_step(points)
+        axes.plot(steps, [smoothed[step] for step in steps], color=TRAIN_COLOR, linewidth=2.4,
                   label=labels.training, zorder=3)
     if valid:
         # Validation comes every few steps: markers show where it was measured, the thin line joins them.
@@ -136,6 +140,19 @@ def render_loss_chart(
     buffer = io.BytesIO()
     canvas.print_png(buffer)
     return buffer.getvalue()
+
+
+def _smoothed_by_step(points: Sequence[MetricPoint]) -> dict[int, float]:
+    """Return an exponential moving average of training loss by step, debiased so it starts at the first value."""
+    ordered = sorted({p.step: p for p in points}.values(), key=lambda p: p.step)
+    # Span grows with the run (about 2% of its points, 1..50) so short jobs stay responsive and long ones calm.
+    alpha = 1 / max(1, min(50, len(ordered) // 50))
+    average, weight, out = 0.0, 0.0, {}
+    for point in ordered:
+        average = (1 - alpha) * average + alpha * point.train_loss
+        weight = (1 - alpha) * weight + alpha
+        out[point.step] = average / weight
+    return out
 
 
 def _draw_epochs(axes: Axes, boundaries: list[int], labels: ChartLabels) -> None:
