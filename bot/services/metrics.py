@@ -18,7 +18,7 @@ FLAT_RELATIVE = 0.03
 # Validation loss must climb this share above its best (smoothed) value before we call it memorising.
 OVERFIT_RELATIVE = 0.05
 # How many standard errors a change must exceed so that batch-to-batch noise alone never flips the reading.
-NOISE_SIGMAS = 2.0
+NOISE_SIGMAS = 3.0
 # ETA uses the step rate over at most this many latest points, so it follows a job that sped up or slowed down.
 ETA_WINDOW_POINTS = 100
 
@@ -161,17 +161,21 @@ def _is_overfitting(ordered: list[MetricPoint], train: list[float], window: int)
     if len(valid_at) < 3:
         return False
     values = [loss for _, loss in valid_at]
-    # Validation points are sparse and each one is a single batch, so smooth over a few of them before comparing.
-    smoothed = _smooth(values, max(1, min(3, len(values) // 3)))
+    # Validation points are sparse and each one is a single batch, so compare window means of k points: the mean
+    # of the latest k against the lowest k-point mean so far. The lowest of many noisy means sits below the true
+    # level by about two standard errors, so the rise must beat NOISE_SIGMAS standard errors of a difference on
+    # top of that bias, and OVERFIT_RELATIVE of the best level.
+    k = max(2, min(10, len(values) // 4))
+    smoothed = [_mean(values[i - k : i]) for i in range(k, len(values) + 1)]
     best = min(range(len(smoothed)), key=smoothed.__getitem__)
     if best == len(smoothed) - 1:
         return False
     rise = smoothed[-1] - smoothed[best]
-    noise = _noise_sigma(values)
-    if rise <= max(OVERFIT_RELATIVE * smoothed[best], NOISE_SIGMAS * noise / math.sqrt(3)):
+    standard_error = _noise_sigma(values) / math.sqrt(k)
+    if rise <= max(OVERFIT_RELATIVE * smoothed[best], (2 + NOISE_SIGMAS * math.sqrt(2)) * standard_error):
         return False
     # "While training loss falls": the training level now is below what it was when validation was at its best.
-    best_index = valid_at[best][0]
+    best_index = valid_at[best + k - 1][0]  # the window's last point: when that level was measured
     train_then = _mean(train[max(0, best_index - window + 1) : best_index + 1])
     return _mean(train[-window:]) < train_then
 
