@@ -98,8 +98,10 @@ def test_read_curve_validation_up_while_training_down_is_overfitting(seed: int) 
     """Validation loss turning up while training loss keeps falling reads as overfitting."""
     steps = range(1, 301)
     train = _noisy([0.1 + 3.0 * math.exp(-s / 80) for s in steps], 0.08, seed)
-    valid = dict(zip(range(10, 301, 10), _noisy([1.0 + ((s - 100) / 100) ** 2 for s in range(10, 301, 10)],
-                                                0.05, seed + 100)))
+    valid_steps = range(10, 301, 10)
+    # Validation bottoms out at step 100, then climbs back up: the textbook memorising curve.
+    valid = dict(zip(valid_steps, _noisy([1.0 + ((s - 100) / 100) ** 2 for s in valid_steps], 0.05, seed + 100),
+                     strict=True))
     assert read_curve(_points(train, valid)) is CurveReading.OVERFITTING
 
 
@@ -107,7 +109,7 @@ def test_read_curve_validation_up_while_training_down_is_overfitting(seed: int) 
 def test_read_curve_noisy_flat_validation_is_not_overfitting(seed: int) -> None:
     """Validation loss that only wobbles around its level does not trigger the memorising warning."""
     train = _noisy([0.7 + 3.9 * math.exp(-s / 60) for s in range(200)], 0.1, seed)
-    valid = dict(zip(range(10, 201, 10), _noisy([1.0] * 20, 0.02, seed + 100)))
+    valid = dict(zip(range(10, 201, 10), _noisy([1.0] * 20, 0.02, seed + 100), strict=True))
     assert read_curve(_points(train, valid)) is CurveReading.FALLING
 
 

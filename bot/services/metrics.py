@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,9 @@ def _to_int(value: object) -> int | None:
     return int(number)
 
 
-def parse_metrics(data: dict[str, object] | None, created_at: int) -> MetricPoint | None:
+def parse_metrics(data: Mapping[str, object] | None, created_at: int) -> MetricPoint | None:
     """Parse a metrics event's untyped `data`; return None when it has no usable step and training loss."""
-    if not isinstance(data, dict):
+    if not isinstance(data, Mapping):
         return None
     step = _to_int(data.get("step"))
     train_loss = _to_float(data.get("train_loss"))
@@ -110,10 +111,10 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _noise_sigma(values: Sequence[float]) -> float:
-    """Estimate per-point noise from successive differences (median-based, so a steady trend or a spike barely counts)."""
+    """Estimate per-point noise from successive differences (median-based: a trend or a spike barely counts)."""
     if len(values) < 3:
         return 0.0
-    diffs = [abs(b - a) for a, b in zip(values, values[1:])]
+    diffs = [abs(b - a) for a, b in itertools.pairwise(values)]
     # For Gaussian noise, median |x_i+1 - x_i| = 0.6745 * sqrt(2) * sigma.
     return statistics.median(diffs) / (0.6745 * math.sqrt(2))
 
