@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import math
 import statistics
@@ -111,24 +110,12 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _noise_sigma(values: Sequence[float]) -> float:
-    """Estimate per-point noise from successive differences (median-based: a trend or a spike barely counts)."""
-    if len(values) < 3:
+    """Estimate per-point noise from second differences, which cancel a local trend (median: spikes barely count)."""
+    if len(values) < 4:
         return 0.0
-    diffs = [abs(b - a) for a, b in itertools.pairwise(values)]
-    # For Gaussian noise, median |x_i+1 - x_i| = 0.6745 * sqrt(2) * sigma.
-    return statistics.median(diffs) / (0.6745 * math.sqrt(2))
-
-
-def _smooth(values: Sequence[float], window: int) -> list[float]:
-    """Return the trailing moving average of values over window points."""
-    out: list[float] = []
-    total = 0.0
-    for index, value in enumerate(values):
-        total += value
-        if index >= window:
-            total -= values[index - window]
-        out.append(total / min(index + 1, window))
-    return out
+    second = [abs(a - 2 * b + c) for a, b, c in zip(values, values[1:], values[2:], strict=False)]
+    # For Gaussian noise, x[i-1] - 2x[i] + x[i+1] has sd sqrt(6)*sigma, and median |N(0, s)| = 0.6745 * s.
+    return statistics.median(second) / (0.6745 * math.sqrt(6))
 
 
 def read_curve(points: Sequence[MetricPoint]) -> CurveReading:
@@ -163,9 +150,9 @@ def _is_overfitting(ordered: list[MetricPoint], train: list[float], window: int)
         return False
     values = [loss for _, loss in valid_at]
     # Validation points are sparse and each one is a single batch, so compare window means of k points: the mean
-    # of the latest k against the lowest k-point mean so far. The lowest of many noisy means sits below the true
-    # level by about two standard errors, so the rise must beat NOISE_SIGMAS standard errors of a difference on
-    # top of that bias, and OVERFIT_RELATIVE of the best level.
+    # of the latest k against the lowest k-point mean so far. The lowest of a few independent noisy means sits about
+    # one standard error below the true level, so the rise must beat NOISE_SIGMAS standard errors of a difference
+    # on top of that bias, and OVERFIT_RELATIVE of the best level.
     k = max(2, min(10, len(values) // 4))
     smoothed = [_mean(values[i - k : i]) for i in range(k, len(values) + 1)]
     best = min(range(len(smoothed)), key=smoothed.__getitem__)
@@ -173,7 +160,7 @@ def _is_overfitting(ordered: list[MetricPoint], train: list[float], window: int)
         return False
     rise = smoothed[-1] - smoothed[best]
     standard_error = _noise_sigma(values) / math.sqrt(k)
-    if rise <= max(OVERFIT_RELATIVE * smoothed[best], (2 + NOISE_SIGMAS * math.sqrt(2)) * standard_error):
+    if rise <= max(OVERFIT_RELATIVE * smoothed[best], (1 + NOISE_SIGMAS * math.sqrt(2)) * standard_error):
         return False
     # "While training loss falls": the training level now is below what it was when validation was at its best.
     best_index = valid_at[best + k - 1][0]  # the window's last point: when that level was measured
