@@ -15,6 +15,7 @@ from bot.services.metrics import (
     MetricPoint,
     downsample,
     estimate_finish,
+    parse_checkpoint_step,
     parse_metrics,
     progress_bar,
     read_curve,
@@ -59,6 +60,18 @@ def test_parse_metrics_numeric_strings_are_accepted_and_bad_optionals_dropped() 
 def test_parse_metrics_unusable_data_returns_none(data: object) -> None:
     """Data without a whole non-negative step and a finite training loss yields None, never an exception."""
     assert parse_metrics(data, 0) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("message", "expected"), [
+    ("Checkpoint created at step 60 with Step ID: ftckpt-abc", 60),
+    ("checkpoint created at step 7", 7),
+    ("Step 60/200: training loss=0.73", None),
+    ("", None),
+    (None, None),
+])
+def test_parse_checkpoint_step_reads_epoch_end(message: str | None, expected: int | None) -> None:
+    """The checkpoint event's step marks an epoch end; other messages give None."""
+    assert parse_checkpoint_step(message) == expected
 
 
 def test_read_curve_few_points_is_too_early() -> None:

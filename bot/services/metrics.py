@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ FLAT_RELATIVE = 0.03
 OVERFIT_RELATIVE = 0.05
 # How many standard errors a change must exceed so that batch-to-batch noise alone never flips the reading.
 NOISE_SIGMAS = 3.0
+# OpenAI's event text for a non-final epoch end: "Checkpoint created at step 60 with Step ...".
+_CHECKPOINT_RE = re.compile(r"\bcheckpoint created at step (\d+)", re.IGNORECASE)
 # ETA uses the step rate over at most this many latest points, so it follows a job that sped up or slowed down.
 ETA_WINDOW_POINTS = 100
 
@@ -96,6 +99,12 @@ def parse_metrics(data: Mapping[str, object] | None, created_at: int) -> MetricP
         total_steps=total_steps if total_steps is not None and total_steps > 0 else None,
         created_at=created_at,
     )
+
+
+def parse_checkpoint_step(message: str | None) -> int | None:
+    """Return N from a "Checkpoint created at step N" event message (an epoch end), else None."""
+    match = _CHECKPOINT_RE.search(message or "")
+    return int(match.group(1)) if match else None
 
 
 def _by_step(points: Sequence[MetricPoint]) -> list[MetricPoint]:
