@@ -136,6 +136,11 @@ class ClassroomBot(commands.Bot):
         await self.meta.set(_TREE_HASH_KEY, digest)
         log.info("Synced %d commands (%s)", len(synced), f"guild {guild.id}" if guild else "global")
 
+    def channel_locale(self, guild_id: int | None) -> str:
+        """The language of posts in a server's channels: the server's preferred locale."""
+        guild = self.get_guild(guild_id) if guild_id else None
+        return locale_of(guild.preferred_locale if guild else None)
+
     async def on_ready(self) -> None:
         """Log who we are once connected."""
         log.info("Ready as %s in %d servers", self.user, len(self.guilds))

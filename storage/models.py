@@ -80,7 +80,7 @@ class MetricPoint:
     """One training step's metrics, as reported by the backend's metrics events."""
 
     step: int
-    train_loss: float | None
+    train_loss: float
     valid_loss: float | None = None
     train_accuracy: float | None = None
     valid_accuracy: float | None = None

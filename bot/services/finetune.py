@@ -224,7 +224,7 @@ def _upload_form(upload: Upload, converted: bytes | None) -> tuple[str, bytes]:
 
 def _is_retired(name: str) -> bool:
     info = lookup_model(name)
-    return bool(info and info.is_retired())
+    return bool(info and info.retired())
 
 
 def clean_suffix(suffix: str | None) -> str | None:

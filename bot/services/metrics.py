@@ -8,7 +8,7 @@ import math
 import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from storage.models import MetricPoint  # stored and parsed points are one type
 
 log = logging.getLogger(__name__)
 
@@ -24,20 +24,6 @@ NOISE_SIGMAS = 3.0
 _CHECKPOINT_RE = re.compile(r"\bcheckpoint created at step (\d+)", re.IGNORECASE)
 # ETA uses the step rate over at most this many latest points, so it follows a job that sped up or slowed down.
 ETA_WINDOW_POINTS = 100
-
-
-@dataclass(frozen=True, slots=True)
-class MetricPoint:
-    """One training step's metrics, from a fine-tuning job's `metrics` event."""
-
-    step: int
-    train_loss: float
-    valid_loss: float | None = None
-    train_accuracy: float | None = None
-    valid_accuracy: float | None = None
-    full_valid_loss: float | None = None
-    total_steps: int | None = None
-    created_at: int = 0
 
 
 class CurveReading(enum.Enum):

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, replace
 
 from bot.openai_gateway import FineTuningGateway
+from bot.i18n import t
 from bot.services import charts, metrics
 from storage.jobs import JobRepository
 from storage.models import BackendEvent, Checkpoint, Job, JobProgress, MetricPoint
@@ -17,7 +18,6 @@ log = logging.getLogger(__name__)
 
 # Redraw the chart when this share of the job's steps has come in since the last drawing (or at the end).
 CHART_REDRAW_FRACTION = 1 / 40
-_CHECKPOINT = re.compile(r"checkpoint created at step (\d+)", re.IGNORECASE)
 _MODEL_NAME = re.compile(r"\bft:[\w.:\-]+")
 
 
@@ -89,7 +89,17 @@ class MonitorService:
         )
         return Tick(job, progress)
 
-    async def card(self, tick: Tick, *, locale: str) -> ProgressCard:
+    @staticmethod
+    def snapshot(job: Job) -> Tick:
+        """A tick with no news: the job as stored (for the first card and for /finetune status)."""
+        return Tick(job, JobProgress(
+            job_id=job.id, status=job.status, fine_tuned_model=job.fine_tuned_model,
+            trained_tokens=job.trained_tokens, error_code=job.error_code, error_message=job.error_message,
+            total_steps=job.total_steps, estimated_finish=job.estimated_finish, finished_at=job.finished_at,
+            last_event_id=None,
+        ))
+
+    async def card(self, tick: Tick, *, locale: str, force_chart: bool = False) -> ProgressCard:
         """The card after this tick: stored points plus the new ones, with a redrawn chart when due."""
         job = _merged(tick.job, tick.progress)
         points = _merge_points(await self.jobs.metrics(job.id), tick.progress.metrics)
@@ -98,10 +108,10 @@ class MonitorService:
         latest = points[-1] if points else None
         total = job.total_steps or (latest.total_steps if latest else None)
         chart_png, chart_step = None, job.chart_step
-        if latest is not None and _chart_due(job, latest.step, total):
+        if latest is not None and (force_chart or _chart_due(job, latest.step, total)):
             chart_png = await asyncio.to_thread(
                 charts.render_loss_chart, points, epoch_steps=epoch_steps, total_steps=total,
-                labels=charts.labels_for(locale),
+                labels=_chart_labels(locale),
             )
             chart_step = latest.step
         return ProgressCard(
@@ -125,7 +135,7 @@ class MonitorService:
         epoch_steps = [c.step for c in await self.jobs.checkpoints(job.id)]
         return await asyncio.to_thread(
             charts.render_loss_chart, points, epoch_steps=epoch_steps,
-            total_steps=job.total_steps, labels=charts.labels_for(locale),
+            total_steps=job.total_steps, labels=_chart_labels(locale),
         )
 
     async def final_losses(self, job: Job) -> tuple[float | None, float | None]:
@@ -158,6 +168,10 @@ class MonitorService:
         await self.jobs.mark_orphaned(job.id)
 
 
+def _chart_labels(locale: str) -> charts.ChartLabels:
+    return charts.ChartLabels.from_catalog(lambda key: t(key, locale))
+
+
 def _parse_events(job_id: str, events: list[BackendEvent]) -> tuple[list[MetricPoint], list[Checkpoint]]:
     points: list[MetricPoint] = []
     checkpoints: list[Checkpoint] = []
@@ -167,11 +181,10 @@ def _parse_events(job_id: str, events: list[BackendEvent]) -> tuple[list[MetricP
             if point is not None:
                 points.append(point)
             continue
-        match = _CHECKPOINT.search(event.message)
-        if match:
+        step = metrics.parse_checkpoint_step(event.message)
+        if step is not None:
             model = _MODEL_NAME.search(event.message)
-            checkpoints.append(Checkpoint(job_id, int(match.group(1)), model.group(0) if model else None,
-                                          event.created_at))
+            checkpoints.append(Checkpoint(job_id, step, model.group(0) if model else None, event.created_at))
     return points, checkpoints
 
 
