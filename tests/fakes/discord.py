@@ -580,6 +580,9 @@ class _FailRule:
     body: Any
 
 
+_RECORD = web.RequestKey("fake_discord_record", RecordedRequest)
+
+
 class _GatewaySession:
     """One bot's gateway session (survives a dropped socket so that RESUME works)."""
 
@@ -633,6 +636,7 @@ class FakeDiscord:
         self._pending: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
+        self._dropped: set[web.WebSocketResponse] = set()  # closed by the fake: their sessions stay resumable
         self.port = 0
 
     # ----- lifecycle -----
@@ -833,6 +837,7 @@ class FakeDiscord:
     async def drop_connections(self, code: int = 4000) -> None:
         """Close every bot socket with a resumable close code (as a Discord gateway restart does)."""
         for ws in list(self._sockets):
+            self._dropped.add(ws)
             await ws.close(code=code)
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -857,9 +862,11 @@ class FakeDiscord:
                     await self._members_chunk(session, data)
         finally:
             self._sockets.discard(ws)
-            if session is not None:
+            dropped = ws in self._dropped
+            self._dropped.discard(ws)
+            if session is not None and session.ws is ws:
                 session.ws = None
-                if ws.close_code in (1000, 1001) and self.sessions.get(session.session_id) is session:
+                if not dropped and ws.close_code in (1000, 1001) and self.sessions.get(session.session_id) is session:
                     del self.sessions[session.session_id]  # a clean close ends the session: no resume
             self._notify()
         return ws
@@ -1209,7 +1216,7 @@ class FakeDiscord:
             return await handler(request)
         rec = RecordedRequest(request.method, path, time.monotonic())
         self.requests.append(rec)
-        request["fake_record"] = rec
+        request[_RECORD] = rec
         try:
             response = self._injected_failure(request.method, path) or self._edit_rate_limit(request.method, path)
             if response is None:
@@ -1260,10 +1267,10 @@ class FakeDiscord:
                 rule.times -= 1
                 if rule.status == 429:
                     resp = self._rate_limited(rule.retry_after)
-                    if rule.json is not None:
-                        resp = _json(rule.json, 429, {k: v for k, v in resp.headers.items() if k != "Content-Type"})
+                    if rule.body is not None:
+                        resp = _json(rule.body, 429, {k: v for k, v in resp.headers.items() if k != "Content-Type"})
                     return resp
-                return _json(rule.json or {"message": "500: Internal Server Error", "code": 0}, rule.status)
+                return _json(rule.body or {"message": "500: Internal Server Error", "code": 0}, rule.status)
         return None
 
     _EDIT_PATH = re.compile(r"/api/v10/(?:channels/(\d+)/messages/(\d+)|webhooks/\d+/([^/]+)/messages/([^/]+))$")
@@ -1311,11 +1318,11 @@ class FakeDiscord:
                 att = self._store_file(channel_id, meta.get(str(index), {}).get("filename", filename), data, ctype)
                 att.description = meta.get(str(index), {}).get("description")
                 files.append(att)
-            request["fake_record"].json = payload
+            request[_RECORD].json = payload
             return payload, files
         text = await request.text()
         payload = json.loads(text) if text else {}
-        request["fake_record"].json = payload
+        request[_RECORD].json = payload
         return payload, []
 
     def _add_routes(self, r: web.UrlDispatcher) -> None:
@@ -1708,3 +1715,26 @@ class FakeDiscord:
     def dm_channel(self, user: FakeUser) -> FakeChannel | None:
         """The DM channel the bot opened with this user, if any."""
         return self._dm_channels.get(user.id)
+
+
+async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -> "asyncio.Task[None]":
+    """Log a discord.py client in against the installed fake and wait for on_ready; a failing connect raises here."""
+    await bot.login(token)
+    task: asyncio.Task[None] = asyncio.create_task(bot.connect(reconnect=True), name="fake-discord-bot")
+    ready = asyncio.create_task(bot.wait_until_ready())
+    done, _ = await asyncio.wait({task, ready}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if ready not in done:
+        ready.cancel()
+        if task in done:
+            task.result()  # re-raises the bot's own error
+            raise RuntimeError("the bot's gateway task ended before it was ready")
+        task.cancel()
+        raise TimeoutError(f"the bot was not ready within {timeout}s")
+    return task
+
+
+async def stop_bot(bot: Any, task: "asyncio.Task[None]", timeout: float = 5.0) -> None:
+    """Close a bot started with start_bot and re-raise anything its gateway task died of."""
+    await bot.close()
+    await asyncio.wait_for(asyncio.shield(task), timeout)
+    task.result()
