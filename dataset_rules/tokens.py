@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -125,6 +125,16 @@ def count_batch(encoding: tiktoken.Encoding, texts: Sequence[str], *, threads: i
     for future in futures:
         counts.extend(future.result())
     return counts
+
+
+def submit_counts(encoding: tiktoken.Encoding, texts: list[str]) -> list[Future[list[int]]]:
+    """Start counting texts on the tokenizer threads, one slice per core; the caller keeps parsing meanwhile."""
+    if not texts:
+        return []
+    workers = os.cpu_count() or 1
+    size = max(256, -(-len(texts) // workers))
+    pool = _thread_pool()
+    return [pool.submit(_count_slice, encoding, texts[i : i + size]) for i in range(0, len(texts), size)]
 
 
 def cookbook_example_tokens(encoding: tiktoken.Encoding, messages: list[dict[str, object]]) -> int:
