@@ -253,6 +253,7 @@ class _Checker:
                 continue
             content_lines += 1
             self.content_lines = content_lines
+            self._check_personal_data(stripped, line_no, order, file_label)
             try:
                 obj = json.loads(stripped)
             except UnicodeDecodeError:
@@ -261,6 +262,7 @@ class _Checker:
             except json.JSONDecodeError as exc:
                 if content_lines == 1 and _starts_json_document(stripped):
                     add(line_no, "not_jsonl", order, file_label)
+                    self.content_lines = 0  # its lines are pieces of one document, not examples
                     self._drain(numbered)
                     return stats
                 add(line_no, "invalid_json", order, file_label, column=exc.colno, **_json_hint(stripped))
@@ -268,6 +270,7 @@ class _Checker:
             if not isinstance(obj, dict):
                 if content_lines == 1 and isinstance(obj, list):
                     add(line_no, "not_jsonl", order, file_label)
+                    self.content_lines = 0  # its lines are pieces of one document, not examples
                     self._drain(numbered)
                     return stats
                 add(line_no, "data_type", order, file_label, found=_json_type(obj))
@@ -341,7 +344,7 @@ class _Checker:
                 self._add(line_no, "example_too_long", order, file_label, tokens=n, limit=limit)
 
     def _check_line_extras(self, stripped: bytes, line_no: int, order: int, file_label: str, is_validation: bool) -> None:
-        """Warn about duplicates, validation overlap and personal data on one line."""
+        """Warn about duplicates and validation overlap (8-byte digests: ~60 bytes per example in a set)."""
         digest = int.from_bytes(blake2b(stripped, digest_size=8).digest(), "little")
         if is_validation:
             if digest in self.train_hashes:
@@ -350,6 +353,9 @@ class _Checker:
             self._add(line_no, "duplicate_example", order, file_label)
         else:
             self.train_hashes.add(digest)
+
+    def _check_personal_data(self, stripped: bytes, line_no: int, order: int, file_label: str) -> None:
+        """Warn about e-mail addresses and phone numbers in a line."""
         if b"@" in stripped and _EMAIL.search(stripped):
             self._add(line_no, "possible_personal_data", order, file_label, hint="email")
         elif len(stripped.translate(None, _NOT_DIGITS)) >= _MIN_PHONE_DIGITS and _PHONE.search(stripped):
@@ -725,7 +731,9 @@ def check_stream(
 
     main = stats.get(chosen) if chosen else None
     trainable = main.trainable if main else 0
-    fatal_file = any(findings.counts[True][c] for c in ("empty_file", "not_jsonl", "file_too_large"))
+    fatal_file = any(
+        findings.counts[True][c] for c in ("empty_file", "not_jsonl", "file_too_large", "table_missing_columns")
+    )
     fatal_file = fatal_file or any(
         f.code == "invalid_encoding" and f.line is None for f in findings.listed(errors=True)
     )
