@@ -83,7 +83,7 @@ class FineTune(commands.Cog):
             embed.colour = _ui.GREEN
             embed.set_footer(text=t("card.started", click.locale, job=job.id))
             await click.edit_original_response(embed=embed, view=view)
-            await self.post_progress_card(job)
+            self.bot.dispatch("job_started", job)  # the watcher posts the progress card
 
         async def on_cancel(click: discord.Interaction, view: _ui.ConfirmStartView) -> None:
             self.service.discard(pending.token)
@@ -98,14 +98,6 @@ class FineTune(commands.Cog):
             on_expire=lambda: self.service.discard(pending.token), timeout=PENDING_TTL_SECONDS,
         )
         view.message = await interaction.followup.send(embed=embed, files=files, view=view, wait=True)
-
-    async def post_progress_card(self, job: Any) -> None:
-        """Post the job's one progress card in its channel and remember it for the watcher."""
-        locale = self.bot.channel_locale(job.guild_id)
-        card = await self.monitor.card(self.monitor.snapshot(job), locale=locale)
-        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        message = await channel.send(embed=_ui.progress_embed(card, locale))
-        await self.monitor.set_progress_message(job, message.id)
 
     async def _read(self, attachment: discord.Attachment) -> Upload:
         limit = self.bot.settings.max_training_file_bytes

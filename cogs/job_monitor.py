@@ -31,6 +31,8 @@ class JobMonitor(commands.Cog):
     def __init__(self, bot: ClassroomBot, monitor: MonitorService) -> None:
         self.bot, self.monitor = bot, monitor
         self._gate = asyncio.Semaphore(POLL_CONCURRENCY)
+        # One look at a job at a time: the loop and a just-started job's first card must not both post a card.
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def cog_load(self) -> None:
         """Start polling; a restart resumes every unfinished job from the database."""
@@ -61,10 +63,19 @@ class JobMonitor(commands.Cog):
         if not self.poll.is_running():
             self.poll.restart()
 
+    @commands.Cog.listener()
+    async def on_job_started(self, job: Job) -> None:
+        """Show a just-started job's progress card at once instead of at the next tick."""
+        await self._poll_one(job)
+
     async def _poll_one(self, job: Job) -> None:
-        async with self._gate:
+        async with self._gate, self._locks.setdefault(job.id, asyncio.Lock()):
             try:
-                await self.watch(job)
+                fresh = await self.monitor.reload(job)  # the other path may have moved the cursor meanwhile
+                if fresh is not None and fresh.needs_watching:
+                    await self.watch(fresh)
+                else:
+                    self._locks.pop(job.id, None)
             except errors.UpstreamBusyError:
                 log.info("Backend busy; job %s is retried next tick", job.id)
             except errors.JobNotFoundError:
@@ -79,7 +90,7 @@ class JobMonitor(commands.Cog):
         locale = self.bot.channel_locale(job.guild_id)
         if not job.is_terminal:
             tick = await self.monitor.poll(job)
-            if tick.has_news:
+            if tick.has_news or job.progress_message_id is None:
                 card = await self.monitor.card(tick, locale=locale)
                 await self._show_card(job, card, locale)
                 # The cursor moves only now, after the channel shows the news.

@@ -63,6 +63,10 @@ class MonitorService:
         """Jobs still running, or ended without their notice posted."""
         return await self.jobs.watched()
 
+    async def reload(self, job: Job) -> Job | None:
+        """The job as stored now."""
+        return await self.jobs.get_any(job.id)
+
     async def poll(self, job: Job) -> Tick:
         """Ask the backend about one job: its state first, then only the events after the cursor."""
         backend = await self.gateway.retrieve_job(job.id)
