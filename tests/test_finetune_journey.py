@@ -120,3 +120,154 @@ async def test_bad_file_names_the_line_and_uploads_nothing(classroom: Classroom)
     assert "Line 5" in card.text()
     assert not card.buttons
     assert classroom.openai.uploads == []
+
+
+async def test_cancel_command_stops_job_and_posts_cancelled_notice(classroom: Classroom) -> None:
+    """/finetune cancel by the requester cancels at the backend; the channel says it was cancelled, once."""
+    job_id = await start_job(classroom)
+    await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10)
+    interaction = await classroom.discord.slash(classroom.guild, classroom.student, "finetune cancel", job=job_id)
+    reply = await interaction.followup(timeout=10)
+    assert "Cancelling" in reply.text()
+    assert classroom.openai.job(job_id).status == "cancelled"
+    notice = await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10)
+    assert "was cancelled" in notice[0].text()
+
+
+async def test_cancel_by_other_student_is_refused_and_job_runs_on(classroom: Classroom) -> None:
+    """A student cannot cancel someone else's job; the job keeps running."""
+    job_id = await start_job(classroom)
+    other = classroom.discord.add_user("other")
+    classroom.guild.add_member(other)
+    interaction = await classroom.discord.slash(classroom.guild, other, "finetune cancel", job=job_id)
+    reply = await interaction.followup(timeout=10)
+    assert reply.ephemeral and "Only the person who started this job" in reply.text()
+    assert classroom.openai.job(job_id).status != "cancelled"
+
+
+async def test_cancel_by_teacher_is_allowed(classroom: Classroom) -> None:
+    """A member with Manage Server may cancel any job of the server."""
+    job_id = await start_job(classroom)
+    interaction = await classroom.discord.slash(classroom.guild, classroom.teacher, "finetune cancel", job=job_id)
+    await interaction.followup(timeout=10)
+    assert classroom.openai.job(job_id).status == "cancelled"
+
+
+async def test_failed_job_notice_gives_code_message_and_advice(classroom: Classroom) -> None:
+    """A failed job is announced with its error code, the backend's message and what to do."""
+    job_id = await start_job(classroom)
+    classroom.openai.advance(job_id, 3)
+    classroom.openai.fail(job_id, code="invalid_n_examples",
+                          message="Training file has 7 example(s), but must have at least 10 examples")
+    notice = await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10)
+    text = notice[0].text()
+    assert "invalid_n_examples" in text and "at least 10 examples" in text and "Add more" in text
+    assert not notice[0].buttons
+
+
+async def test_paused_job_and_empty_error_are_not_failures(classroom: Classroom) -> None:
+    """`paused` is not terminal and a healthy job's `error: {}` is not a failure: no notice is posted."""
+    job_id = await start_job(classroom)
+    classroom.openai.advance(job_id, 3)
+    classroom.openai.set_status(job_id, "paused")
+    card = await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10)
+    await classroom.discord.wait_for(lambda: "Paused" in card.text() or None, timeout=10)
+    assert notices(classroom) == []
+
+
+async def test_crash_mid_job_then_restart_announces_exactly_once(classroom: Classroom) -> None:
+    """The bot killed mid-job and started again on the same database posts exactly one completion notice."""
+    job_id = await start_job(classroom)
+    card = await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10)
+    classroom.openai.advance(job_id, 4)
+    await classroom.discord.wait_for(lambda: "Training loss" in card.text() or None, timeout=10)
+    await classroom.restart(crash=True)
+    classroom.openai.complete(job_id)
+    await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=15)
+    await classroom.restart()  # and a clean restart after the end announces nothing more
+    polls = classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+/events")
+    watcher = classroom.bot.get_cog("JobMonitor")
+    assert watcher is not None
+    await classroom.discord.wait_for(lambda: watcher.poll.current_loop >= 3 or None, timeout=5, what="3 ticks")
+    assert len(notices(classroom)) == 1
+    assert classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+/events") == polls  # finished: never asked
+
+
+async def test_rate_limits_and_outages_while_polling_lose_nothing(classroom: Classroom) -> None:
+    """429s and 500s from the API while watching are retried; the notice still comes, once."""
+    job_id = await start_job(classroom)
+    await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10)
+    classroom.openai.fail_next("GET", r"/fine_tuning/jobs/[^/]+/events", status=429, times=4, retry_after=0.01)
+    classroom.openai.fail_next("GET", r"/fine_tuning/jobs/[^/]+$", status=500, times=4, retry_after=0.01)
+    classroom.openai.complete(job_id)
+    notice = await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=15)
+    assert "is trained" in notice[0].text()
+    assert len(notices(classroom)) == 1
+
+
+async def test_rate_limited_job_creation_is_retried_by_the_sdk(classroom: Classroom) -> None:
+    """A 429 on job creation is retried (honouring retry-after) and the job starts."""
+    classroom.openai.fail_next("POST", r"/fine_tuning/jobs$", status=429, times=1, retry_after=0.01)
+    job_id = await start_job(classroom)
+    assert classroom.openai.job(job_id)
+
+
+async def test_refused_job_creation_explains_wind_down(classroom: Classroom) -> None:
+    """When OpenAI refuses fine-tuning to the organisation, the student reads why and what the teacher can do."""
+    classroom.openai.refuse_job_creation()
+    card = await open_card(classroom)
+    click = await classroom.discord.click(card, "Start", classroom.student)
+    reply = await classroom.discord.wait_for(lambda: click.followups[0] if click.followups else None, timeout=10)
+    text = reply.text()
+    assert reply.ephemeral and "2027" in text and "python -m trainer" in text
+    assert "Traceback" not in text and classroom.openai.jobs == []
+
+
+async def test_insufficient_quota_says_tell_your_teacher(classroom: Classroom) -> None:
+    """An account out of credit gets a plain message, not an error dump."""
+    classroom.openai.set_quota_exhausted()
+    card = await open_card(classroom)
+    click = await classroom.discord.click(card, "Start", classroom.student)
+    reply = await classroom.discord.wait_for(lambda: click.followups[0] if click.followups else None, timeout=10)
+    assert "run out of credit" in reply.text()
+
+
+async def test_korean_student_gets_korean_card(classroom: Classroom) -> None:
+    """The card follows the student's Discord language."""
+    card = await open_card(classroom, locale="ko")
+    assert "예상 비용" in card.text()
+    assert card.button("시작")
+
+
+async def test_status_autocomplete_lists_only_this_servers_jobs(classroom: Classroom) -> None:
+    """Job autocomplete shows this server's jobs; another server's job is unknown to /finetune status."""
+    job_id = await start_job(classroom, suffix="mine")
+    choices = await classroom.discord.autocomplete(classroom.guild, classroom.student, "finetune status", "job", "")
+    assert [c["value"] for c in choices] == [job_id]
+    other_guild = classroom.discord.add_guild("Class 2")
+    outsider = classroom.discord.add_user("outsider")
+    other_guild.add_member(outsider)
+    await classroom.discord.dispatch("GUILD_CREATE", other_guild.payload())
+    assert await classroom.discord.autocomplete(other_guild, outsider, "finetune status", "job", "") == []
+    interaction = await classroom.discord.slash(other_guild, outsider, "finetune status", job=job_id)
+    reply = await interaction.followup(timeout=10)
+    assert "can't find that job" in reply.text()
+
+
+async def test_status_shows_progress_card_with_chart(classroom: Classroom) -> None:
+    """/finetune status shows the job's card and its loss chart."""
+    job_id = await start_job(classroom)
+    classroom.openai.advance(job_id, 6)
+    card = await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10)
+    await classroom.discord.wait_for(lambda: "Training loss" in card.text() or None, timeout=10)
+    interaction = await classroom.discord.slash(classroom.guild, classroom.student, "finetune status", job=job_id)
+    reply = await interaction.followup(timeout=10)
+    assert "Training loss" in reply.text() and reply.files[0].data.startswith(PNG)
+
+
+async def test_list_shows_jobs_newest_first(classroom: Classroom) -> None:
+    """/finetune list names this server's jobs."""
+    job_id = await start_job(classroom, suffix="first")
+    interaction = await classroom.discord.slash(classroom.guild, classroom.student, "finetune list")
+    reply = await interaction.wait_done(timeout=10)
+    assert reply.original is not None and job_id in reply.original.text()

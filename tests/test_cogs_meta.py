@@ -1,0 +1,48 @@
+"""Meta-tests of the command tree: every extension loads, names are unique, every option is described."""
+
+from __future__ import annotations
+
+import importlib
+
+from discord import app_commands
+
+from bot.client import EXTENSIONS
+from tests.conftest import Classroom
+
+
+def test_every_extension_has_setup() -> None:
+    """Each extension module defines `setup(bot)`."""
+    for name in EXTENSIONS:
+        assert callable(getattr(importlib.import_module(name), "setup", None)), name
+
+
+def _walk(commands: list[app_commands.Command | app_commands.Group]) -> list[app_commands.Command]:
+    found: list[app_commands.Command] = []
+    for command in commands:
+        if isinstance(command, app_commands.Group):
+            found += _walk(command.commands)
+        else:
+            found.append(command)
+    return found
+
+
+async def test_commands_unique_and_every_option_described(classroom: Classroom) -> None:
+    """Command names are unique and every parameter has a real description (not discord.py's '…')."""
+    commands = _walk(classroom.bot.tree.get_commands())
+    names = [c.qualified_name for c in commands]
+    assert len(names) == len(set(names))
+    for command in commands:
+        assert command.description and command.description != "…", command.qualified_name
+        for parameter in command.parameters:
+            assert parameter.description and parameter.description != "…", (command.qualified_name, parameter.name)
+
+
+async def test_commands_are_synced_once_and_korean_descriptions_sent(classroom: Classroom) -> None:
+    """The first start syncs (with Korean descriptions); a restart with the same commands does not sync again."""
+    syncs = [r for r in classroom.discord.requests if r.method == "PUT" and "/commands" in r.path]
+    assert len(syncs) == 1
+    await classroom.restart()
+    syncs = [r for r in classroom.discord.requests if r.method == "PUT" and "/commands" in r.path]
+    assert len(syncs) == 1
+    finetune = next(c for c in classroom.discord.global_commands if c["name"] == "finetune")
+    assert "파인튜닝" in finetune["description_localizations"]["ko"]
