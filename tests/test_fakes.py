@@ -33,6 +33,26 @@ class AgainView(discord.ui.View):
         await interaction.response.edit_message(content=f"clicked by {interaction.user.name}", view=None)
 
 
+class NameModal(discord.ui.Modal, title="Your name"):
+    """A modal with one text input; submitting it posts a select menu."""
+
+    name: discord.ui.TextInput[Any] = discord.ui.TextInput(label="Name", custom_id="name")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        """Answer with a message holding a colour select."""
+        view = discord.ui.View(timeout=None)
+        select: discord.ui.Select[Any] = discord.ui.Select(
+            custom_id="colour", options=[discord.SelectOption(label=c, value=c) for c in ("red", "blue")]
+        )
+
+        async def chosen(inner: discord.Interaction) -> None:
+            await inner.response.edit_message(content=f"{self.name.value} likes {select.values[0]}", view=None)
+
+        select.callback = chosen  # type: ignore[method-assign]
+        view.add_item(select)
+        await interaction.response.send_message(f"hello {self.name.value}", view=view)
+
+
 class DemoBot(commands.Bot):
     """A tiny bot: /demo upload (attachment + int), a thread echo, for proving the fake."""
 
@@ -67,6 +87,22 @@ class DemoBot(commands.Bot):
         async def pick_auto(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
             names = ["ft-alpha", "ft-beta", "gpt-4o-mini"]
             return [app_commands.Choice(name=n, value=n) for n in names if n.startswith(current)]
+
+        @group.command(name="form", description="Modal and select demo")
+        async def form(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(NameModal())
+
+        @group.command(name="files", description="Edit attachments demo")
+        async def files(interaction: discord.Interaction, user: discord.User) -> None:
+            await interaction.response.send_message(
+                f"for {user.name}",
+                files=[discord.File(io.BytesIO(b"a"), "a.txt"), discord.File(io.BytesIO(b"b"), "b.txt")],
+            )
+            msg = await interaction.original_response()
+            keep = next(a for a in msg.attachments if a.filename == "a.txt")
+            await interaction.edit_original_response(attachments=[keep, discord.File(io.BytesIO(b"c"), "c.txt")])
+            dm = await user.send("a private note")
+            await dm.add_reaction("\N{THUMBS UP SIGN}")
 
         self.tree.add_command(group)
 
@@ -177,6 +213,58 @@ async def test_discord_autocomplete_returns_bot_choices(
     inter = await fake_discord.slash(guild, student, "demo pick", model="ft-beta")
     msg = (await inter.wait_done()).original
     assert msg is not None and msg.ephemeral and msg.content == "picked ft-beta"
+
+
+async def test_discord_modal_submit_and_select_menu(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """A modal opened by the bot can be submitted, and a select menu picked, through the fake."""
+    guild, student = world
+    inter = await fake_discord.slash(guild, student, "demo form")
+    assert (await inter.response())["type"] == 9
+    submit = await fake_discord.submit_modal(inter, name="Minji")
+    msg = (await submit.wait_done()).original
+    assert msg is not None and msg.content == "hello Minji" and msg.selects[0]["custom_id"] == "colour"
+    pick = await fake_discord.click(msg, "colour", student, values=["blue"])
+    assert (await pick.response())["type"] == 7 and msg.content == "Minji likes blue"
+
+
+async def test_discord_edit_keeps_and_replaces_attachments_and_dm(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """Editing the original response keeps the listed attachment and adds a new one; a DM reaches the user."""
+    guild, student = world
+    inter = await fake_discord.slash(guild, student, "demo files", user=student)
+    msg = (await inter.wait_done()).original
+    assert msg is not None and msg.content == "for minji"
+    await fake_discord.wait_for(lambda: len(msg.edits) == 1, 3, "the attachment edit")
+    assert [a.filename for a in msg.files] == ["a.txt", "c.txt"] and msg.file("c.txt").data == b"c"
+    dm_channel = await fake_discord.wait_for(lambda: fake_discord.dm_channel(student), 3, "a DM channel")
+    note = await fake_discord.wait_message(dm_channel.id, lambda m: m.content == "a private note")
+    await fake_discord.wait_for(lambda: note.reactions, 3, "a reaction")
+    assert note.reactions == ["\N{THUMBS UP SIGN}"]
+
+
+async def test_discord_guild_added_while_connected_reaches_bot(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """A second guild added after login is sent as GUILD_CREATE and the bot sees it with its locale."""
+    second = fake_discord.add_guild("Class 2", locale="en-GB")
+    seen = await fake_discord.wait_for(lambda: demo_bot.get_guild(second.id), 3, "the bot to see Class 2")
+    assert seen.preferred_locale == discord.Locale.british_english and len(demo_bot.guilds) == 2
+
+
+async def test_discord_injected_503_surfaces_as_server_error(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """fail_next with a 503 (which discord.py does not retry) reaches the bot as DiscordServerError."""
+    guild, _ = world
+    channel = demo_bot.get_channel(guild.text_channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    fake_discord.fail_next("POST", r"/messages$", status=503)
+    with pytest.raises(discord.DiscordServerError):
+        await asyncio.wait_for(channel.send("x"), 10)
+    assert fake_discord.messages(guild.text_channel) == []
 
 
 async def test_discord_second_bot_connects_after_first_closes(

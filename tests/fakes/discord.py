@@ -1059,13 +1059,18 @@ class FakeDiscord:
         guild: FakeGuild | None,
         user: FakeUser,
         command: str,
+        /,
         channel: FakeChannel | int | None = None,
         locale: str | None = None,
-        **options: Any,
+        options: dict[str, Any] | None = None,
+        **kw_options: Any,
     ) -> FakeInteraction:
-        """A user runs a slash command ("group sub" for subcommands); returns the interaction sent to the bot."""
+        """A user runs a slash command ("group sub" for subcommands); returns the interaction sent to the bot.
+
+        Options go as keywords, or in `options=` when one is named like a parameter (channel, locale, options).
+        """
         inter = self._base_interaction(APPLICATION_COMMAND, guild, user, channel, locale)
-        inter.payload["data"] = self._build_command_data(guild, command, options)
+        inter.payload["data"] = self._build_command_data(guild, command, {**(options or {}), **kw_options})
         return await self._send_interaction(inter)
 
     async def autocomplete(
@@ -1073,15 +1078,19 @@ class FakeDiscord:
         guild: FakeGuild | None,
         user: FakeUser,
         command: str,
+        /,
         focused: str,
         value: Any = "",
         channel: FakeChannel | int | None = None,
         timeout: float = 3,
-        **options: Any,
+        locale: str | None = None,
+        options: dict[str, Any] | None = None,
+        **kw_options: Any,
     ) -> list[dict[str, Any]]:
-        """A user types in an autocompleted option; returns the choices the bot answered."""
-        inter = self._base_interaction(AUTOCOMPLETE, guild, user, channel, None)
-        inter.payload["data"] = self._build_command_data(guild, command, {**options, focused: value}, focused)
+        """A user types `value` into the autocompleted option `focused`; returns the choices the bot answered."""
+        inter = self._base_interaction(AUTOCOMPLETE, guild, user, channel, locale)
+        given = {**(options or {}), **kw_options, focused: value}
+        inter.payload["data"] = self._build_command_data(guild, command, given, focused)
         await self._send_interaction(inter)
         cb = await inter.response(timeout)
         if cb["type"] != CB_AUTOCOMPLETE:
@@ -1093,6 +1102,7 @@ class FakeDiscord:
         message: FakeMessage,
         label_or_custom_id: str,
         user: FakeUser,
+        /,
         values: list[str] | None = None,
         locale: str | None = None,
     ) -> FakeInteraction:
