@@ -2,20 +2,21 @@
 
 pytest_plugins = ["tests.fakes.conftest_plugin"]
 
-import asyncio  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-from typing import Any, AsyncIterator  # noqa: E402
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp  # noqa: E402
-import discord  # noqa: E402
-import openai  # noqa: E402
-import pytest  # noqa: E402
-from discord import app_commands  # noqa: E402
-from discord.ext import commands  # noqa: E402
+import aiohttp
+import discord
+import openai
+import pytest
+from discord import app_commands
+from discord.ext import commands
 
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser, start_bot, stop_bot  # noqa: E402
-from tests.fakes.openai import FakeOpenAI  # noqa: E402
+from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser, start_bot, stop_bot
+from tests.fakes.openai import FakeOpenAI
 
 TRAIN = b"".join(
     json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode()
@@ -307,10 +308,9 @@ async def test_discord_gateway_drop_resumes_session(
 
 async def test_discord_unknown_route_is_recorded_as_unhandled(fake_discord: FakeDiscord) -> None:
     """An unknown route answers Discord's 404 JSON with the exact content type and is recorded."""
-    async with aiohttp.ClientSession() as http:
-        async with http.get(fake_discord.api_base + "/nope/1") as resp:
-            assert resp.status == 404 and resp.headers["Content-Type"] == "application/json"
-            assert (await resp.json())["message"] == "404: Not Found"
+    async with aiohttp.ClientSession() as http, http.get(fake_discord.api_base + "/nope/1") as resp:
+        assert resp.status == 404 and resp.headers["Content-Type"] == "application/json"
+        assert (await resp.json())["message"] == "404: Not Found"
     assert [r.path for r in fake_discord.unhandled] == ["/api/v10/nope/1"]
 
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import logging
 import re
 import secrets
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -37,7 +37,7 @@ CB_PONG, CB_MESSAGE, CB_DEFERRED, CB_DEFERRED_UPDATE, CB_UPDATE, CB_AUTOCOMPLETE
 
 def _now_iso() -> str:
     """Return the current UTC time as Discord's ISO-8601 timestamp."""
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -94,7 +94,7 @@ class FakeRole(int):
     permissions: int
     position: int
 
-    def __new__(cls, role_id: int, name: str, permissions: int = 0, position: int = 1) -> "FakeRole":
+    def __new__(cls, role_id: int, name: str, permissions: int = 0, position: int = 1) -> Self:
         obj = super().__new__(cls, role_id)
         obj.name, obj.permissions, obj.position = name, permissions, position
         return obj
@@ -221,7 +221,7 @@ class FakeChannel:
 class FakeGuild:
     """A guild (a class's server) with channels, roles and members."""
 
-    def __init__(self, fake: "FakeDiscord", guild_id: int, name: str, locale: str) -> None:
+    def __init__(self, fake: FakeDiscord, guild_id: int, name: str, locale: str) -> None:
         self.fake = fake
         self.id = guild_id
         self.name = name
@@ -369,7 +369,7 @@ def _walk_components(components: Iterable[dict[str, Any]]) -> Iterable[dict[str,
 class FakeMessage:
     """A message in a channel, as the fake stores it."""
 
-    def __init__(self, fake: "FakeDiscord", msg_id: int, channel: FakeChannel, author: FakeUser) -> None:
+    def __init__(self, fake: FakeDiscord, msg_id: int, channel: FakeChannel, author: FakeUser) -> None:
         self.fake = fake
         self.id = msg_id
         self.channel_id = channel.id
@@ -511,7 +511,7 @@ class FakeMessage:
 class FakeInteraction:
     """An interaction the fake sent to the bot, and what the bot answered."""
 
-    def __init__(self, fake: "FakeDiscord", itype: int, user: FakeUser, channel: FakeChannel) -> None:
+    def __init__(self, fake: FakeDiscord, itype: int, user: FakeUser, channel: FakeChannel) -> None:
         self.fake = fake
         self.id = fake._ids.next()
         self.token = "itok-" + secrets.token_urlsafe(24)
@@ -553,7 +553,7 @@ class FakeInteraction:
             return True
         return bool(self.followups) or (self.original is not None and not self.original.loading)
 
-    async def wait_done(self, timeout: float = 5) -> "FakeInteraction":
+    async def wait_done(self, timeout: float = 5) -> FakeInteraction:
         """Wait until answered: a non-deferred callback, or a deferral followed by an edit or a followup."""
         await self.fake.wait_for(lambda: self._done() or None, timeout, f"interaction {self.id} to be answered")
         return self
@@ -630,6 +630,7 @@ class FakeDiscord:
         self.sessions: dict[str, _GatewaySession] = {}
         self.rate_limit_edits: tuple[int, float] | None = None
         self.interaction_deadline: float | None = 3.0
+        self.poll_fallback = 0.02
         self._edit_times: dict[int, list[float]] = defaultdict(list)
         self._fail_rules: list[_FailRule] = []
         self._changed = asyncio.Event()
@@ -641,7 +642,7 @@ class FakeDiscord:
 
     # ----- lifecycle -----
 
-    async def start(self) -> "FakeDiscord":
+    async def start(self) -> FakeDiscord:
         """Start listening on 127.0.0.1 on a free port."""
         app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024 * 1024)
         self._add_routes(app.router)
@@ -772,7 +773,11 @@ class FakeDiscord:
         event.set()
 
     async def wait_for(self, predicate: Callable[[], T | None], timeout: float = 5, what: str = "") -> T:
-        """Re-check `predicate` after every change in the fake until it is truthy; TimeoutError after `timeout`."""
+        """Re-check `predicate` after every change in the fake until it is truthy; TimeoutError after `timeout`.
+
+        Changes in the fake (requests, gateway sends) wake it at once; a 20 ms fallback tick also catches
+        predicates on state the fake cannot see (the bot's cache, a database).
+        """
         deadline = time.monotonic() + timeout
         while True:
             changed = self._changed
@@ -787,12 +792,15 @@ class FakeDiscord:
                     f"last requests: {recent}; unhandled: {[r.path for r in self.unhandled]}"
                 )
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                await asyncio.wait_for(changed.wait(), min(remaining, self.poll_fallback))
             except TimeoutError:
                 pass
 
     async def wait_message(
-        self, channel_id: int | FakeChannel, predicate: Callable[[FakeMessage], Any] = lambda m: True, timeout: float = 5
+        self,
+        channel_id: int | FakeChannel,
+        predicate: Callable[[FakeMessage], Any] = lambda m: True,
+        timeout: float = 5,
     ) -> FakeMessage:
         """Wait for a message in the channel (newest matching one) for which predicate(msg) is truthy."""
 
@@ -833,6 +841,7 @@ class FakeDiscord:
         for session in list(self.sessions.values()):
             if session.ready:
                 await session.send(event, data)
+        self._notify()
 
     async def drop_connections(self, code: int = 4000) -> None:
         """Close every bot socket with a resumable close code (as a Discord gateway restart does)."""
@@ -1128,7 +1137,11 @@ class FakeDiscord:
         return await self._send_interaction(inter)
 
     async def submit_modal(
-        self, interaction: FakeInteraction, user: FakeUser | None = None, values: dict[str, Any] | None = None, **kw: Any
+        self,
+        interaction: FakeInteraction,
+        user: FakeUser | None = None,
+        values: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> FakeInteraction:
         """Submit the modal the bot opened in answer to `interaction`, with {custom_id: value} (or kwargs)."""
         cb = interaction.callback
@@ -1727,7 +1740,7 @@ class FakeDiscord:
         return self._dm_channels.get(user.id)
 
 
-async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -> "asyncio.Task[None]":
+async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -> asyncio.Task[None]:
     """Log a discord.py client in against the installed fake and wait for on_ready; a failing connect raises here."""
     await bot.login(token)
     task: asyncio.Task[None] = asyncio.create_task(bot.connect(reconnect=True), name="fake-discord-bot")
@@ -1743,7 +1756,7 @@ async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -
     return task
 
 
-async def stop_bot(bot: Any, task: "asyncio.Task[None]", timeout: float = 5.0) -> None:
+async def stop_bot(bot: Any, task: asyncio.Task[None], timeout: float = 5.0) -> None:
     """Close a bot started with start_bot and re-raise anything its gateway task died of."""
     await bot.close()
     await asyncio.wait_for(asyncio.shield(task), timeout)
