@@ -50,6 +50,14 @@ def _error(status: int, code: int, message: str) -> web.Response:
     return _json({"message": message, "code": code}, status=status)
 
 
+async def _read_part(part: Any) -> bytes:
+    """Read a multipart file part in 1 MiB chunks (aiohttp's read() takes 8 KiB at a time: slow for 10 MB files)."""
+    chunks = []
+    while chunk := await part.read_chunk(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class _Snowflakes:
     """Generates increasing snowflake ids whose timestamp part is the current time."""
 
@@ -1332,7 +1340,7 @@ class FakeDiscord:
                     payload = json.loads(await part.text())
                 elif name.startswith("files["):
                     index = int(name[6:-1])
-                    data = bytes(await part.read())
+                    data = await _read_part(part)
                     ctype = part.headers.get("Content-Type")
                     raw_files.append((index, part.filename or f"file{index}", data, ctype))
             meta = {str(a.get("id")): a for a in payload.get("attachments", []) or []}
