@@ -72,13 +72,22 @@ class DemoBot(commands.Bot):
             data = await file.read()
             embed = discord.Embed(title="Received", description=f"{len(data)} bytes x{count}")
             embed.add_field(name="locale", value=str(interaction.locale))
-            await interaction.followup.send(
-                embed=embed, file=discord.File(io.BytesIO(data.upper()), "echo.txt"), view=AgainView(timeout=None)
+            card = await interaction.followup.send(
+                embed=embed,
+                file=discord.File(io.BytesIO(data.upper()), "echo.txt"),
+                view=AgainView(timeout=None),
+                wait=True,
             )
-            thread = await interaction.channel.create_thread(  # type: ignore[union-attr]
-                name="demo chat", type=discord.ChannelType.public_thread
-            )
+            # A followup's WebhookMessage has no guild in discord.py, so the thread is made through the channel.
+            assert isinstance(interaction.channel, discord.TextChannel)
+            thread = await interaction.channel.create_thread(name="demo chat", message=card)
             await thread.send("thread open")
+
+        @group.command(name="close", description="Archive and lock this thread")
+        async def close(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("closing")
+            assert isinstance(interaction.channel, discord.Thread)
+            await interaction.channel.edit(archived=True, locked=True)
 
         @group.command(name="pick", description="Autocomplete demo")
         async def pick(interaction: discord.Interaction, model: str) -> None:
@@ -117,7 +126,8 @@ class DemoBot(commands.Bot):
             return
         self.heard.append(message)
         if isinstance(message.channel, discord.Thread):
-            await message.channel.send(f"echo: {message.content}")
+            async with message.channel.typing():
+                await message.channel.send(f"echo: {message.content}")
 
 
 @pytest.fixture
@@ -164,12 +174,17 @@ async def test_discord_slash_defer_followup_click_thread_roundtrip(
     assert (await click.response())["type"] == 7
     assert card.content == "clicked by minji" and card.buttons == [] and len(card.edits) == 1
 
-    thread = (await fake_discord.wait_for(lambda: fake_discord.threads(guild)))[0]
+    thread = (await fake_discord.wait_for(lambda: fake_discord.threads(guild), 3, "a thread"))[0]
     await fake_discord.wait_message(thread.id, lambda m: m.content == "thread open")
     await fake_discord.say(thread.id, student, "hi there")
     reply = await fake_discord.wait_message(thread.id, lambda m: m.content == "echo: hi there")
     assert reply.author_id == fake_discord.bot_user.id
     assert demo_bot.heard[-1].guild is not None and demo_bot.heard[-1].guild.id == guild.id
+    assert thread.id == card.id and fake_discord.count("POST", rf"/channels/{thread.id}/typing$") >= 1
+
+    closing = await fake_discord.slash(guild, student, "demo close", channel=thread)
+    assert (await closing.response())["data"]["content"] == "closing"
+    await fake_discord.wait_for(lambda: thread.archived and thread.locked, 3, "the thread to be archived and locked")
     assert fake_discord.unhandled == []
 
 
@@ -362,6 +377,56 @@ async def test_openai_upload_job_advance_complete_and_events_paging(
     assert [c.step_number for c in checkpoints.data] == [8, 4]
     listed = await client.fine_tuning.jobs.list(metadata={"guild": "1"})
     assert [j.id for j in listed.data] == [job.id]
+
+
+async def test_openai_cancel_pause_resume_and_auto_advance(fake_openai: FakeOpenAI, client: openai.AsyncOpenAI) -> None:
+    """Pause and resume a running job, cancel another; auto_advance moves a job on every GET."""
+    train = await client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    job = await client.fine_tuning.jobs.create(model="gpt-4.1-2025-04-14", training_file=train.id)
+    fake_openai.advance(job.id, 2)
+    assert (await client.fine_tuning.jobs.pause(job.id)).status == "paused"
+    fake_openai.advance(job.id, 5)
+    assert fake_openai.job(job.id).step == 0  # a paused job does not train
+    assert (await client.fine_tuning.jobs.resume(job.id)).status == "running"
+    other = await client.fine_tuning.jobs.create(model="gpt-4.1-2025-04-14", training_file=train.id)
+    assert (await client.fine_tuning.jobs.cancel(other.id)).status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        await client.fine_tuning.jobs.cancel(other.id)
+    fake_openai.auto_advance = 5
+    seen = [(await client.fine_tuning.jobs.retrieve(job.id)).status for _ in range(4)]
+    assert seen[-1] == "succeeded" and fake_openai.job(job.id).step == 12
+    page = await client.fine_tuning.jobs.list(limit=1)
+    assert [j.id for j in page.data] == [other.id] and page.has_more
+
+
+async def test_openai_files_list_content_delete_and_model_delete(
+    fake_openai: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    """Files list newest first, serve their bytes and delete; a fine-tuned model can be deleted."""
+    first = await client.files.create(file=("a.jsonl", TRAIN), purpose="fine-tune")
+    second = await client.files.create(file=("b.jsonl", b"{}\n"), purpose="fine-tune")
+    assert [f.id async for f in client.files.list(limit=1)] == [second.id, first.id]
+    assert (await client.files.content(first.id)).content == TRAIN
+    assert (await client.files.delete(first.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(first.id)
+    fake_openai.add_fine_tuned_model("ft:gpt-4o-mini-2024-07-18:fake-school:x:abc")
+    deleted = await client.models.delete("ft:gpt-4o-mini-2024-07-18:fake-school:x:abc")
+    assert deleted.deleted and fake_openai.fine_tuned_models == {}
+
+
+async def test_openai_quota_and_dpo_errors(fake_openai: FakeOpenAI, client: openai.AsyncOpenAI) -> None:
+    """Exhausted quota is 429 insufficient_quota; DPO on a model without it is 400."""
+    train = await client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as dpo:
+        await client.fine_tuning.jobs.create(
+            model="gpt-4o-mini-2024-07-18", training_file=train.id, method={"type": "dpo"}
+        )
+    assert dpo.value.code == "invalid_method"
+    fake_openai.set_quota_exhausted()
+    with pytest.raises(openai.RateLimitError) as quota:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert quota.value.code == "insufficient_quota"
 
 
 async def test_openai_failed_job_carries_error(fake_openai: FakeOpenAI, client: openai.AsyncOpenAI) -> None:

@@ -760,6 +760,11 @@ class FakeDiscord:
             return self._interactions[token_or_id]
         return next(i for i in self._interactions.values() if i.id == int(token_or_id))
 
+    def count(self, method: str, path_regex: str) -> int:
+        """How many requests matched method ("*" for any) and the path regex."""
+        pattern = re.compile(path_regex)
+        return sum(1 for r in self.requests if method.upper() in (r.method, "*") and pattern.search(r.path))
+
     def max_edits_in_window(self, channel_id: int, window: float = 5.0) -> int:
         """The most message edits the bot made in this channel within any `window` seconds."""
         times = self._edit_times.get(int(channel_id), [])
