@@ -261,6 +261,16 @@ async def test_discord_edit_keeps_and_replaces_attachments_and_dm(
     assert note.reactions == ["\N{THUMBS UP SIGN}"]
 
 
+async def test_discord_user_dm_reaches_on_message(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """A message a user sends in a DM reaches on_message with no guild."""
+    _, student = world
+    await fake_discord.say(fake_discord.open_dm(student), student, "hi bot")
+    heard = await fake_discord.wait_for(lambda: [m for m in demo_bot.heard if m.content == "hi bot"], 3, "the DM")
+    assert heard[0].guild is None and heard[0].author.id == student.id
+
+
 async def test_discord_guild_added_while_connected_reaches_bot(
     fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
 ) -> None:
@@ -427,6 +437,24 @@ async def test_openai_quota_and_dpo_errors(fake_openai: FakeOpenAI, client: open
     with pytest.raises(openai.RateLimitError) as quota:
         await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert quota.value.code == "insufficient_quota"
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "code"),
+    [
+        ("gpt-9-imaginary", openai.NotFoundError, "model_not_found"),
+        ("gpt-3.5-turbo-0125", openai.NotFoundError, "model_not_found"),  # retired on 2026-10-23
+        ("gpt-4o-mini", openai.BadRequestError, "model_not_available"),  # exists, not fine-tunable
+    ],
+)
+async def test_openai_job_with_unusable_model_is_refused(
+    fake_openai: FakeOpenAI, client: openai.AsyncOpenAI, model: str, error: type[Exception], code: str
+) -> None:
+    """Job creation names unknown or retired models as missing and chat-only models as unavailable."""
+    train = await client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    with pytest.raises(error) as info:
+        await client.fine_tuning.jobs.create(model=model, training_file=train.id)
+    assert getattr(info.value, "code", None) == code
 
 
 async def test_openai_failed_job_carries_error(fake_openai: FakeOpenAI, client: openai.AsyncOpenAI) -> None:

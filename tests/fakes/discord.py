@@ -26,7 +26,27 @@ LOADING = 128
 ADMINISTRATOR = 0x8
 MANAGE_GUILD = 0x20
 ALL_PERMISSIONS = (1 << 51) - 1
-DEFAULT_EVERYONE_PERMISSIONS = 0x0000_0006_3FFF_FE41 & ~(ADMINISTRATOR | MANAGE_GUILD)
+# What a new server gives @everyone: view, send, react, embed, attach, history, threads, app commands, voice.
+DEFAULT_EVERYONE_PERMISSIONS = (
+    0x1
+    | 0x40
+    | 0x200
+    | 0x400
+    | 0x800
+    | 0x4000
+    | 0x8000
+    | 0x10000
+    | 0x40000
+    | 0x100000
+    | 0x200000
+    | 0x2000000
+    | 0x4000000
+    | 0x80000000
+    | (1 << 35)
+    | (1 << 36)
+    | (1 << 38)
+    | (1 << 39)
+)
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -1741,16 +1761,20 @@ class FakeDiscord:
         user = self.users.get(int(payload.get("recipient_id", 0)))
         if user is None:
             return _error(400, 50033, "Invalid Recipient(s)")
+        return _json(self.open_dm(user).payload())
+
+    def dm_channel(self, user: FakeUser) -> FakeChannel | None:
+        """The DM channel the bot opened with this user, if any."""
+        return self._dm_channels.get(user.id)
+
+    def open_dm(self, user: FakeUser) -> FakeChannel:
+        """The DM channel between the bot and this user, made if needed (for `say` in a DM)."""
         channel = self._dm_channels.get(user.id)
         if channel is None:
             channel = FakeChannel(self._ids.next(), "", 1, recipients=[user])
             self._dm_channels[user.id] = channel
             self._channels[channel.id] = channel
-        return _json(channel.payload())
-
-    def dm_channel(self, user: FakeUser) -> FakeChannel | None:
-        """The DM channel the bot opened with this user, if any."""
-        return self._dm_channels.get(user.id)
+        return channel
 
 
 async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -> asyncio.Task[None]:

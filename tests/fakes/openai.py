@@ -642,7 +642,7 @@ class FakeOpenAI:
         if self._quota_exhausted:
             return self._quota_error()
         model = body.get("model", "")
-        if model in self.retired:
+        if not self._model_available(model):
             return self._model_missing(model)
         if model not in FINE_TUNABLE and not model.startswith("ft:"):
             return api_error(
@@ -688,7 +688,8 @@ class FakeOpenAI:
         )
         self._jobs[job.id] = job
         self._event(job, f"Created fine-tuning job: {job.id}")
-        self._event(job, f"Validating training file: {job.training_file}")
+        also = f" and validation file: {job.validation_file}" if job.validation_file else ""
+        self._event(job, f"Validating training file: {job.training_file}{also}")
         return _json(job.payload())
 
     def _quota_error(self) -> web.Response:
