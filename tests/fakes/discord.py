@@ -367,6 +367,16 @@ class FakeAttachment:
         """The file name."""
         return self.filename
 
+    @property
+    def bytes(self) -> bytes:
+        """The file's content (same as .data)."""
+        return self.data
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return len(self.data)
+
     def payload(self) -> dict[str, Any]:
         """Return the attachment object as Discord sends it."""
         data: dict[str, Any] = {
@@ -883,7 +893,7 @@ class FakeDiscord:
             await ws.close(code=code)
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=True, timeout=1.0)  # close() waits at most 1 s
         await ws.prepare(request)
         self._sockets.add(ws)
         session: _GatewaySession | None = None
