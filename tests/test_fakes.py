@@ -185,6 +185,8 @@ async def test_discord_slash_defer_followup_click_thread_roundtrip(
     closing = await fake_discord.slash(guild, student, "demo close", channel=thread)
     assert (await closing.response())["data"]["content"] == "closing"
     await fake_discord.wait_for(lambda: thread.archived and thread.locked, 3, "the thread to be archived and locked")
+    with pytest.raises(PermissionError):
+        await fake_discord.say(thread.id, student, "can I still post?")
     assert fake_discord.unhandled == []
 
 

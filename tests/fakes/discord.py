@@ -25,6 +25,7 @@ EPHEMERAL = 64
 LOADING = 128
 ADMINISTRATOR = 0x8
 MANAGE_GUILD = 0x20
+MANAGE_THREADS = 1 << 34
 ALL_PERMISSIONS = (1 << 51) - 1
 # What a new server gives @everyone: view, send, react, embed, attach, history, threads, app commands, voice.
 DEFAULT_EVERYONE_PERMISSIONS = (
@@ -1221,12 +1222,14 @@ class FakeDiscord:
     async def say(self, channel_id: int | FakeChannel, user: FakeUser, content: str, **extra: Any) -> FakeMessage:
         """A user posts a message (MESSAGE_CREATE), in a channel, thread or DM."""
         channel = channel_id if isinstance(channel_id, FakeChannel) else self.channel(int(channel_id))
+        guild = self.guilds.get(channel.guild_id) if channel.guild_id else None
+        if channel.is_thread and channel.locked and guild and not guild.permissions_of(user) & MANAGE_THREADS:
+            raise PermissionError(f"{user.name} cannot post in locked thread {channel.name!r}")
         msg = self._new_message(channel, user)
         msg.content = content
         for key, value in extra.items():
             setattr(msg, key, value)
         data = msg.payload()
-        guild = self.guilds.get(channel.guild_id) if channel.guild_id else None
         if guild is not None and user.id in guild.members:
             member = guild.members[user.id].payload()
             del member["user"]
@@ -1595,8 +1598,6 @@ class FakeDiscord:
         if channel is None:
             return _error(404, 10003, "Unknown Channel")
         payload, files = await self._read_body(request, channel.id)
-        if channel.is_thread and channel.locked:
-            return _error(400, 50083, "Thread is archived")
         if not (payload.get("content") or payload.get("embeds") or files or payload.get("components")):
             return _error(400, 50006, "Cannot send an empty message")
         msg = await self._create_bot_message(channel, payload, files)
