@@ -295,6 +295,19 @@ async def test_discord_injected_503_surfaces_as_server_error(
     assert fake_discord.messages(guild.text_channel) == []
 
 
+async def test_discord_over_long_content_is_rejected_like_discord(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """Content over 2000 characters is refused with 50035 Invalid Form Body and recorded in fake.rejected."""
+    guild, _ = world
+    channel = demo_bot.get_channel(guild.text_channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    with pytest.raises(discord.HTTPException) as info:
+        await channel.send("x" * 2001)
+    assert info.value.code == 50035 and "content" in fake_discord.rejected[0][1]
+    assert fake_discord.messages(guild.text_channel) == []
+
+
 async def test_discord_second_bot_connects_after_first_closes(
     fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser]
 ) -> None:

@@ -79,6 +79,58 @@ async def _read_part(part: Any) -> bytes:
     return b"".join(chunks)
 
 
+def _message_errors(payload: dict[str, Any], files: list[Any]) -> dict[str, str]:
+    """Check a message payload against Discord's limits; return {field path: problem} (empty when valid)."""
+    errors: dict[str, str] = {}
+    content = payload.get("content")
+    if isinstance(content, str) and len(content) > 2000:
+        errors["content"] = f"Must be 2000 or fewer in length (got {len(content)})."
+    embeds = payload.get("embeds") or []
+    if len(embeds) > 10:
+        errors["embeds"] = "Must be 10 or fewer in length."
+    total = 0
+    for i, embed in enumerate(embeds):
+        limits = (("title", 256), ("description", 4096))
+        for key, limit in limits:
+            value = embed.get(key) or ""
+            total += len(value)
+            if len(value) > limit:
+                errors[f"embeds.{i}.{key}"] = f"Must be {limit} or fewer in length (got {len(value)})."
+        fields = embed.get("fields") or []
+        if len(fields) > 25:
+            errors[f"embeds.{i}.fields"] = "Must be 25 or fewer in length."
+        for j, f in enumerate(fields):
+            name, value = str(f.get("name", "")), str(f.get("value", ""))
+            total += len(name) + len(value)
+            if not name or len(name) > 256:
+                errors[f"embeds.{i}.fields.{j}.name"] = "Must be between 1 and 256 in length."
+            if not value or len(value) > 1024:
+                errors[f"embeds.{i}.fields.{j}.value"] = f"Must be between 1 and 1024 in length (got {len(value)})."
+        footer = (embed.get("footer") or {}).get("text") or ""
+        author = (embed.get("author") or {}).get("name") or ""
+        total += len(footer) + len(author)
+        if len(footer) > 2048:
+            errors[f"embeds.{i}.footer.text"] = "Must be 2048 or fewer in length."
+        if len(author) > 256:
+            errors[f"embeds.{i}.author.name"] = "Must be 256 or fewer in length."
+    if total > 6000:
+        errors["embeds"] = f"Embed size exceeds maximum size of 6000 (got {total})."
+    rows = payload.get("components") or []
+    flags = int(payload.get("flags") or 0)
+    if not flags & (1 << 15) and len(rows) > 5:  # without IS_COMPONENTS_V2 at most five action rows
+        errors["components"] = "Must be 5 or fewer in length."
+    for comp in _walk_components(rows):
+        if comp.get("type") == 1 and len(comp.get("components", [])) > 5:
+            errors["components"] = "An action row holds at most 5 components."
+        if len(str(comp.get("label") or "")) > 80:
+            errors["components.label"] = "Must be 80 or fewer in length."
+        if len(str(comp.get("custom_id") or "")) > 100:
+            errors["components.custom_id"] = "Must be 100 or fewer in length."
+    if len(files) > 10:
+        errors["files"] = "Must be 10 or fewer in length."
+    return errors
+
+
 class _Snowflakes:
     """Generates increasing snowflake ids whose timestamp part is the current time."""
 
@@ -666,6 +718,7 @@ class FakeDiscord:
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
         self.requests: list[RecordedRequest] = []
         self.unhandled: list[RecordedRequest] = []
+        self.rejected: list[tuple[str, dict[str, str]]] = []  # payloads refused for Discord's limits
         self.sessions: dict[str, _GatewaySession] = {}
         self.rate_limit_edits: tuple[int, float] | None = None
         self.interaction_deadline: float | None = 3.0
@@ -1364,6 +1417,22 @@ class FakeDiscord:
             return self._rate_limited(round(window - (now - recent[0]), 3), "shared")
         return None
 
+    def _reject(
+        self, request: web.Request, payload: dict[str, Any], files: list[FakeAttachment]
+    ) -> web.Response | None:
+        """Answer 413/400 as Discord does for an oversized file or a payload over its limits; None when valid."""
+        for att in files:
+            if len(att.data) > ATTACHMENT_SIZE_LIMIT:
+                self.rejected.append((request.path, {"files": f"{att.filename} is {len(att.data)} bytes"}))
+                return _error(413, 40005, "Request entity too large")
+        errors = _message_errors(payload, files)
+        if not errors:
+            return None
+        self.rejected.append((request.path, errors))
+        log.warning("fake discord: rejected %s %s: %s", request.method, request.path, errors)
+        nested = {key: {"_errors": [{"code": "BASE_TYPE_BAD_LENGTH", "message": msg}]} for key, msg in errors.items()}
+        return _json({"message": "Invalid Form Body", "code": 50035, "errors": nested}, 400)
+
     async def _read_body(self, request: web.Request, channel_id: int) -> tuple[dict[str, Any], list[FakeAttachment]]:
         """Parse a JSON or multipart (payload_json + files[n]) body."""
         if not request.can_read_body:
@@ -1381,7 +1450,8 @@ class FakeDiscord:
                     data = await _read_part(part)
                     ctype = part.headers.get("Content-Type")
                     raw_files.append((index, part.filename or f"file{index}", data, ctype))
-            meta = {str(a.get("id")): a for a in payload.get("attachments", []) or []}
+            listed = payload.get("attachments") or (payload.get("data") or {}).get("attachments") or []
+            meta = {str(a.get("id")): a for a in listed}
             files = []
             for index, filename, data, ctype in raw_files:
                 att = self._store_file(channel_id, meta.get(str(index), {}).get("filename", filename), data, ctype)
@@ -1513,6 +1583,11 @@ class FakeDiscord:
             return _error(404, 10062, "Unknown interaction")
         ctype = int(payload.get("type", 0))
         data = payload.get("data") or {}
+        if ctype in (CB_MESSAGE, CB_UPDATE) and (bad := self._reject(request, data, files)):
+            return bad
+        if ctype == CB_AUTOCOMPLETE and len(data.get("choices") or []) > 25:
+            self.rejected.append((request.path, {"choices": "Must be 25 or fewer in length."}))
+            return _json({"message": "Invalid Form Body", "code": 50035, "errors": {}}, 400)
         inter.callback, inter.callback_at = {"type": ctype, "data": data}, arrived
         for att in files:
             att.url = att.url.replace("/attachments/0/", f"/attachments/{inter.channel.id}/")
@@ -1552,6 +1627,8 @@ class FakeDiscord:
         if inter is None:
             return _error(404, 10015, "Unknown Webhook")
         payload, files = await self._read_body(request, inter.channel.id)
+        if bad := self._reject(request, payload, files):
+            return bad
         if inter.callback and inter.callback["type"] == CB_DEFERRED and inter.original and inter.original.loading:
             # Discord turns the first followup after a deferral into the original response.
             msg = inter.original
@@ -1582,6 +1659,8 @@ class FakeDiscord:
             return _json(msg.payload())
         if request.method == "PATCH":
             payload, files = await self._read_body(request, inter.channel.id)
+            if bad := self._reject(request, payload, files):
+                return bad
             await self._edit_message(msg, payload, files)
             return _json(msg.payload())
         if request.method == "DELETE":
@@ -1598,6 +1677,8 @@ class FakeDiscord:
         if channel is None:
             return _error(404, 10003, "Unknown Channel")
         payload, files = await self._read_body(request, channel.id)
+        if bad := self._reject(request, payload, files):
+            return bad
         if not (payload.get("content") or payload.get("embeds") or files or payload.get("components")):
             return _error(400, 50006, "Cannot send an empty message")
         msg = await self._create_bot_message(channel, payload, files)
@@ -1630,6 +1711,8 @@ class FakeDiscord:
                 msg.flags = int(payload.get("flags") or 0)
                 return _json(msg.payload())
             payload, files = await self._read_body(request, msg.channel_id)
+            if bad := self._reject(request, payload, files):
+                return bad
             await self._edit_message(msg, payload, files)
             return _json(msg.payload())
         if request.method == "DELETE":
