@@ -612,6 +612,7 @@ class FakeInteraction:
         self.payload: dict[str, Any] = {}
         self.dispatched_at = time.monotonic()
         self.callback: dict[str, Any] | None = None
+        self.acknowledged = False
         self.callback_at: float | None = None
         self.original: FakeMessage | None = None
         self.followups: list[FakeMessage] = []
@@ -1575,7 +1576,7 @@ class FakeDiscord:
         payload, files = await self._read_body(request, 0)
         if inter is None or str(inter.id) != request.match_info["iid"]:
             return _error(404, 10062, "Unknown interaction")
-        if inter.callback is not None:
+        if inter.acknowledged:
             return _error(400, 40060, "Interaction has already been acknowledged.")
         arrived = time.monotonic()
         if self.interaction_deadline is not None and arrived - inter.dispatched_at > self.interaction_deadline:
@@ -1588,7 +1589,7 @@ class FakeDiscord:
         if ctype == CB_AUTOCOMPLETE and len(data.get("choices") or []) > 25:
             self.rejected.append((request.path, {"choices": "Must be 25 or fewer in length."}))
             return _json({"message": "Invalid Form Body", "code": 50035, "errors": {}}, 400)
-        inter.callback, inter.callback_at = {"type": ctype, "data": data}, arrived
+        inter.acknowledged = True
         for att in files:
             att.url = att.url.replace("/attachments/0/", f"/attachments/{inter.channel.id}/")
         body: dict[str, Any] = {
@@ -1609,6 +1610,8 @@ class FakeDiscord:
             inter.original = inter.message
             if ctype == CB_UPDATE:
                 await self._edit_message(inter.message, data, files)
+        # Published last, so that a test woken by the callback also sees the message it made.
+        inter.callback, inter.callback_at = {"type": ctype, "data": data}, arrived
         if inter.original is not None:
             body["interaction"]["response_message_id"] = str(inter.original.id)
             if ctype in (CB_MESSAGE, CB_UPDATE):
@@ -1618,7 +1621,7 @@ class FakeDiscord:
 
     def _webhook_interaction(self, request: web.Request) -> FakeInteraction | None:
         inter = self._interactions.get(request.match_info["token"])
-        if inter is None or request.match_info["app"] != str(self.application_id) or inter.callback is None:
+        if inter is None or request.match_info["app"] != str(self.application_id) or not inter.acknowledged:
             return None
         return inter
 
