@@ -270,3 +270,25 @@ async def test_list_shows_jobs_newest_first(classroom: Classroom) -> None:
     interaction = await classroom.discord.slash(classroom.guild, classroom.student, "finetune list")
     reply = await interaction.wait_done(timeout=10)
     assert reply.original is not None and job_id in reply.original.text()
+
+
+async def test_crash_between_notice_and_database_write_still_one_notice(classroom: Classroom) -> None:
+    """If the bot dies after posting the notice but before recording it, the retry's nonce makes Discord keep one."""
+    job_id = await start_job(classroom)
+    repository = classroom.bot.jobs
+    original = repository.mark_notified
+    failures: list[str] = []
+
+    async def crash_once(job: str, message_id: int) -> None:
+        if not failures:
+            failures.append(job)
+            raise RuntimeError("simulated crash after the post")
+        await original(job, message_id)
+
+    repository.mark_notified = crash_once  # type: ignore[method-assign]
+    classroom.openai.complete(job_id)
+    await classroom.discord.wait_for(lambda: failures or None, timeout=10, what="the simulated crash")
+    await ticks(classroom, 3)
+    assert len(notices(classroom)) == 1
+    job = await repository.get_any(job_id)
+    assert job is not None and job.notice_message_id == notices(classroom)[0].id

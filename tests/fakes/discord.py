@@ -56,6 +56,9 @@ PING, APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 1, 2,
 CB_PONG, CB_MESSAGE, CB_DEFERRED, CB_DEFERRED_UPDATE, CB_UPDATE, CB_AUTOCOMPLETE, CB_MODAL = 1, 4, 5, 6, 7, 8, 9
 
 
+# How long Discord remembers an enforced nonce ("the past few minutes").
+NONCE_WINDOW_SECONDS = 300.0
+
 def _now_iso() -> str:
     """Return the current UTC time as Discord's ISO-8601 timestamp."""
     return dt.datetime.now(dt.UTC).isoformat()
@@ -481,6 +484,7 @@ class FakeMessage:
         self.interaction: FakeInteraction | None = None
         self.reference: dict[str, Any] | None = None
         self.deleted = False
+        self.nonce: str | None = None
         self.reactions: list[str] = []
 
     def __repr__(self) -> str:
@@ -1684,7 +1688,16 @@ class FakeDiscord:
             return bad
         if not (payload.get("content") or payload.get("embeds") or files or payload.get("components")):
             return _error(400, 50006, "Cannot send an empty message")
+        nonce = payload.get("nonce")
+        if payload.get("enforce_nonce") and nonce is not None:
+            # Discord: a message by the same author with the same nonce in the last few minutes is returned
+            # instead of creating a second one.
+            for earlier in reversed(self.messages(channel.id)):
+                if earlier.nonce == str(nonce) and earlier.author_id == self.bot_user.id and \
+                        time.monotonic() - earlier.created < NONCE_WINDOW_SECONDS:
+                    return _json(earlier.payload())
         msg = await self._create_bot_message(channel, payload, files)
+        msg.nonce = None if nonce is None else str(nonce)
         self._notify()
         return _json(msg.payload())
 
