@@ -77,7 +77,15 @@ class FineTune(commands.Cog):
 
         async def on_start(click: discord.Interaction, view: _ui.ConfirmStartView) -> None:
             await click.response.defer()
-            job = await self.service.start(pending.token, click.user.id)
+            try:
+                job = await self.service.start(pending.token, click.user.id)
+            except errors.UpstreamBusyError:
+                raise  # the card stays usable: pressing Start again may work in a minute
+            except errors.UserFacingError:
+                view.disable()  # refused for good (e.g. no fine-tuning for this account): grey the card out
+                view.stop()
+                await click.edit_original_response(view=view)
+                raise
             view.disable()
             view.stop()
             embed.colour = _ui.GREEN

@@ -82,6 +82,7 @@ async def test_start_cancel_button_uploads_nothing(classroom: Classroom) -> None
     click = await press(classroom.discord, card, "Cancel", classroom.student)
     await click.wait_done(timeout=5)
     await classroom.discord.wait_for(lambda: card.button("Start").get("disabled") or None, timeout=5)
+    assert [f for f in classroom.openai.files.values() if f.purpose == "fine-tune"] == []  # the upload was removed
     assert classroom.openai.uploads == []
 
 
@@ -219,6 +220,8 @@ async def test_refused_job_creation_explains_wind_down(classroom: Classroom) -> 
     text = reply.text()
     assert reply.ephemeral and "2027" in text and "python -m trainer" in text
     assert "Traceback" not in text and classroom.openai.jobs == []
+    await classroom.discord.wait_for(lambda: card.button("Start").get("disabled") or None, timeout=5)
+    assert [f for f in classroom.openai.files.values() if f.purpose == "fine-tune"] == []  # the upload was removed
 
 
 async def test_insufficient_quota_says_tell_your_teacher(classroom: Classroom) -> None:
