@@ -800,7 +800,8 @@ def _numbered_lines(
         for finding in conversion.findings:
             checker.findings.add(Finding(finding.line, finding.code, {**finding.params, "file": filename}), order)
 
-    kind = "tsv" if conversion.delimiter == "\t" else "csv"
+    first_line = _decode_head(head).split("\n", 1)[0]
+    kind = "tsv" if filename.lower().endswith((".tsv", ".tab")) or "\t" in first_line else "csv"
     return numbered(), kind
 
 
