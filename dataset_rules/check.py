@@ -10,6 +10,7 @@ import csv
 import heapq
 import json
 import re
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
@@ -48,6 +49,8 @@ _PHONE = re.compile(rb"\d{2,4}\)?[ .-]\d{3,4}[ .-]\d{4}(?!\d)|01[016789]\d{7,8}(
 _MIN_PHONE_DIGITS = 9
 # bytes.translate deletes everything but digits at C speed: lines with too few digits skip the regex entirely.
 _NOT_DIGITS = bytes(b for b in range(256) if not 48 <= b <= 57)
+# json.loads(bytes) first sniffs the encoding per call; JSONL is UTF-8 by definition, so decode and parse directly.
+_decode_json = json.JSONDecoder().decode
 _SMART_QUOTES = ("\u201c", "\u201d", "\u2018", "\u2019")
 _TRAILING_COMMA = re.compile(r",\s*[\]}]|,\s*$")
 
@@ -148,6 +151,59 @@ class _Findings:
         return bool(self.counts[True])
 
 
+class _DigestSet:
+    """A set of 8-byte digests in one flat array: 16 bytes per example instead of ~70 in a Python set of ints.
+
+    Open addressing with linear probing, kept at most half full; 0 marks an empty slot. 500,000 examples take
+    ~8 MB; 20 million would take ~320 MB (a Python set would need ~1.4 GB).
+    """
+
+    def __init__(self) -> None:
+        self._slots = array("Q", bytes(8 * 1024))
+        self._mask = 1023
+        self._size = 0
+
+    def add(self, digest: int) -> bool:
+        """Insert a digest; return True if it was already there."""
+        digest = digest or 1
+        slots, mask = self._slots, self._mask
+        i = digest & mask
+        while True:
+            held = slots[i]
+            if held == 0:
+                break
+            if held == digest:
+                return True
+            i = (i + 1) & mask
+        slots[i] = digest
+        self._size += 1
+        if self._size * 2 > mask:
+            self._grow()
+        return False
+
+    def __contains__(self, digest: int) -> bool:
+        digest = digest or 1
+        slots, mask = self._slots, self._mask
+        i = digest & mask
+        while True:
+            held = slots[i]
+            if held == 0:
+                return False
+            if held == digest:
+                return True
+            i = (i + 1) & mask
+
+    def _grow(self) -> None:
+        """Double the table and re-insert every digest."""
+        old = self._slots
+        self._slots = array("Q", bytes(16 * len(old)))
+        self._mask = 2 * len(old) - 1
+        self._size = 0
+        for digest in old:
+            if digest:
+                self.add(digest)
+
+
 @dataclass
 class _FormatStats:
     """Totals for the examples of one format in one file."""
@@ -178,7 +234,7 @@ class _Checker:
         self.info = info
         self.encoding = tokens.get_encoding(info.encoding)
         self.findings = _Findings(limit)
-        self.train_hashes: set[int] = set()
+        self.train_hashes = _DigestSet()
         self.file_level_seen: set[str] = set()  # file-level findings raised once, not per example
         # Roles cost a tokenizer call each yet never change; a class's system prompt is usually the same on every
         # line. Counting each once (bounded cache) removes a third to a half of all tokenizer calls.
@@ -262,7 +318,7 @@ class _Checker:
             self.content_lines = content_lines
             self._check_personal_data(stripped, line_no, order, file_label)
             try:
-                obj = json.loads(stripped)
+                obj = _decode_json(stripped.decode("utf-8"))
             except UnicodeDecodeError:
                 add(line_no, "invalid_encoding", order, file_label, **_guess_encoding(stripped))
                 continue
@@ -357,15 +413,13 @@ class _Checker:
                 self._add(line_no, "example_too_long", order, file_label, tokens=n, limit=limit)
 
     def _check_line_extras(self, stripped: bytes, line_no: int, order: int, file_label: str, is_validation: bool) -> None:
-        """Warn about duplicates and validation overlap (8-byte digests: ~60 bytes per example in a set)."""
+        """Warn about duplicates and validation overlap, by 8-byte digests of the line (never the text)."""
         digest = int.from_bytes(blake2b(stripped, digest_size=8).digest(), "little")
         if is_validation:
             if digest in self.train_hashes:
                 self._add(line_no, "validation_overlap", order, file_label)
-        elif digest in self.train_hashes:
+        elif self.train_hashes.add(digest):
             self._add(line_no, "duplicate_example", order, file_label)
-        else:
-            self.train_hashes.add(digest)
 
     def _check_personal_data(self, stripped: bytes, line_no: int, order: int, file_label: str) -> None:
         """Warn about e-mail addresses and phone numbers in a line."""

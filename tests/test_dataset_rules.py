@@ -271,3 +271,14 @@ def test_count_batch_matches_encode_ordinary() -> None:
     encoding = tokens.get_encoding("o200k_base")
     texts = ["hello world", "안녕하세요 여러분", "<|endoftext|> is text here", "bad \ud800 surrogate", ""] * 40
     assert tokens.count_batch(encoding, texts) == [len(encoding.encode_ordinary(t)) for t in texts]
+
+
+def test_digest_set_grows_and_finds_every_digest() -> None:
+    """The flat duplicate table keeps every digest through growth, including 0, and reports repeats."""
+    from dataset_rules.check import _DigestSet
+
+    digests = _DigestSet()
+    values = [0, *((i * 0x9E3779B97F4A7C15) % (1 << 64) for i in range(1, 5000))]
+    assert not any(digests.add(v) for v in values)
+    assert all(v in digests for v in values) and all(digests.add(v) for v in values[:100])
+    assert 12345 not in digests
