@@ -36,9 +36,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run a command; return the exit code (0 trainable, 1 errors, 2 file can't be read)."""
-    args = _parser().parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        print("--epochs must be at least 1", file=sys.stderr)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on bad usage (code 2) and on --help (code 0)
+        return int(exc.code or 0)
+    if args.epochs is not None and not 1 <= args.epochs <= 50:
+        print("--epochs must be between 1 and 50", file=sys.stderr)
         return EXIT_UNREADABLE
     service = DatasetCheckService()
     try:

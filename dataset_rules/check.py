@@ -248,7 +248,7 @@ class _Checker:
         self, chunks: Iterable[bytes], *, max_bytes: int, file_label: str, order: int
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (1-based line, bytes without newline) and report encoding, BOM and size problems."""
-        rest = b""
+        pending: list[bytes] = []  # pieces of a line not finished yet (a long line spans many chunks)
         line_no = 0
         total = 0
         first = True
@@ -260,10 +260,14 @@ class _Checker:
             if total > max_bytes:
                 self._add(None, "file_too_large", order, file_label, limit_mb=max_bytes // (1024 * 1024))
                 return
-            data = rest + chunk if rest else chunk
+            if not first and b"\n" not in chunk:
+                pending.append(chunk)  # joined once when the line ends: no quadratic re-copying
+                continue
+            data = b"".join((*pending, chunk)) if pending else chunk
+            pending = []
             if first:
                 if len(data) < 4 and not data.startswith(codecs.BOM_UTF8):
-                    rest = data  # wait for enough bytes to recognise a BOM or UTF-16
+                    pending = [data]  # wait for enough bytes to recognise a BOM or UTF-16
                     continue
                 first = False
                 if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or _looks_utf16(data):
@@ -274,15 +278,16 @@ class _Checker:
                     data = data[3:]
             parts = data.split(b"\n")
             rest = parts.pop()
+            if rest:
+                pending = [rest]
             for part in parts:
                 line_no += 1
                 saw_content = True
                 yield line_no, part
-        if first and rest:
-            # Tiny file: fewer than 4 bytes in total.
-            if rest.startswith(codecs.BOM_UTF8):
-                self._add(1, "utf8_bom", order, file_label)
-                rest = rest[3:]
+        rest = b"".join(pending)
+        if first and rest.startswith(codecs.BOM_UTF8):  # a tiny file: fewer than 4 bytes in all
+            self._add(1, "utf8_bom", order, file_label)
+            rest = rest[3:]
         if rest:
             line_no += 1
             saw_content = True

@@ -117,3 +117,10 @@ def test_cli_runs_as_subprocess_without_discord_token() -> None:
     assert proc.returncode == 1, proc.stderr
     payload = json.loads(proc.stdout)
     assert payload["format"] == "prompt_completion" and payload["error_counts"] == {"unsupported_format": 1}
+
+
+def test_cli_bad_usage_returns_2_without_raising(capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing FILE or an impossible --epochs returns 2 instead of raising SystemExit."""
+    assert main(["check-dataset"]) == 2
+    assert main(["check-dataset", str(CORPUS / "korean.jsonl"), "--epochs", "0"]) == 2
+    capsys.readouterr()
