@@ -587,6 +587,7 @@ class _Checker:
                               hint="image_not_user")
             else:
                 self._add(line_no, "invalid_content", order, file_label, index=index, role=role, hint="content_parts")
+                return images  # one finding per message is enough; "no text" would only repeat it
         if not has_text and not images:
             self._add(line_no, "missing_content", order, file_label, index=index, role=role)
         return images
