@@ -15,19 +15,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dataset_rules import tokens  # noqa: E402
-from dataset_rules.check import check_stream  # noqa: E402
+from dataset_rules import tokens
+from dataset_rules.check import check_stream
 
 MODEL = "gpt-4o-mini-2024-07-18"
 SYSTEM = "You are a kind science tutor for a high-school class. Answer clearly, in two or three sentences."
-EN = ("the quick brown fox jumps over lazy dog model learning student class teacher answer question why "
-      "because data train photosynthesis energy planet").split()
-KO = "안녕하세요 학생 선생님 질문 답변 모델 학습 데이터 왜냐하면 그래서 오늘 내일 수업".split()
+EN = [
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "model", "learning", "student", "class",
+    "teacher", "answer", "question", "why", "because", "data", "train", "photosynthesis", "energy", "planet",
+]
+KO = ["안녕하세요", "학생", "선생님", "질문", "답변", "모델", "학습", "데이터", "왜냐하면", "그래서", "오늘", "내일", "수업"]
 
 
 def _text(rng: random.Random, words: int) -> str:
@@ -46,16 +50,19 @@ def generate(path: Path, examples: int, seed: int = 1) -> None:
             out.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
 
 
-def read_chunks(path: Path, size: int = 1 << 20):  # noqa: ANN201 - a plain generator
+T = TypeVar("T")
+
+
+def read_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
     """Yield the file in 1 MB chunks (what the bot's service does)."""
     with open(path, "rb") as handle:
         while chunk := handle.read(size):
             yield chunk
 
 
-def cookbook_count(path: Path, encoding_name: str) -> int:
+def cookbook_count(path: Path) -> int:
     """The cookbook's plain method: json.loads per line, encoding.encode per message value."""
-    encoding = tokens.get_encoding(encoding_name)
+    encoding = tokens.get_encoding("o200k_base")
     total = 0
     with open(path, encoding="utf-8") as handle:
         for line in handle:
@@ -80,10 +87,10 @@ def ours_count(path: Path) -> int:
     return report.tokens_total
 
 
-def timed(fn, *args):  # noqa: ANN001, ANN201 - tiny helper
+def timed(fn: Callable[[Path], T], path: Path) -> tuple[float, float, T]:
     """Return (wall seconds, cpu seconds, result)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    result = fn(*args)
+    result = fn(path)
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
@@ -96,7 +103,7 @@ def bench(examples: int, repeat: int) -> int:
         tokens.get_encoding("o200k_base")  # both methods start with the encoding loaded
         ours_runs, cook_runs = [], []
         for _ in range(repeat):
-            cook_runs.append(timed(cookbook_count, path, "o200k_base"))
+            cook_runs.append(timed(cookbook_count, path))
             ours_runs.append(timed(ours_count, path))
         cook, ours = min(cook_runs), min(ours_runs)
         print(f"file: {size_mb:.1f} MB, {examples:,} examples; cores: {os.cpu_count()}; "

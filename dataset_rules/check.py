@@ -92,7 +92,9 @@ class Report:
             "error_counts": dict(self.error_counts),
             "warnings": [_finding_json(f) for f in self.warnings],
             "warning_counts": dict(self.warning_counts),
-            "tokens": {"total": self.tokens_total, "billed": self.tokens_billed, "max_example": self.max_example_tokens},
+            "tokens": {
+                "total": self.tokens_total, "billed": self.tokens_billed, "max_example": self.max_example_tokens,
+            },
             "n_epochs": self.n_epochs,
             "model": self.model,
             "base_model": self.model_info.name if self.model_info.known else None,
@@ -412,12 +414,13 @@ class _Checker:
             st = stats[fmt]
             st.tokens += n
             st.capped_tokens += min(n, limit)
-            if n > st.max_tokens:
-                st.max_tokens = n
+            st.max_tokens = max(st.max_tokens, n)
             if n > limit:
                 self._add(line_no, "example_too_long", order, file_label, tokens=n, limit=limit)
 
-    def _check_line_extras(self, stripped: bytes, line_no: int, order: int, file_label: str, is_validation: bool) -> None:
+    def _check_line_extras(
+        self, stripped: bytes, line_no: int, order: int, file_label: str, is_validation: bool
+    ) -> None:
         """Warn about duplicates and validation overlap, by 8-byte digests of the line (never the text)."""
         digest = int.from_bytes(blake2b(stripped, digest_size=8).digest(), "little")
         if is_validation:
@@ -525,9 +528,10 @@ class _Checker:
             if "function_call" in message:
                 has_call = True
                 call = message["function_call"]
-                if role != "assistant" or not (
-                    isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), str)
-                ):
+                well_formed = isinstance(call, dict) and all(
+                    isinstance(call.get(key), str) for key in ("name", "arguments")
+                )
+                if role != "assistant" or not well_formed:
                     add(line_no, "invalid_tool_call", order, file_label, index=i, hint="function_call_malformed")
                 _collect_strings(call, texts)
             if role == "tool" and not isinstance(message.get("tool_call_id"), str):
@@ -652,7 +656,9 @@ def _guess_encoding(line: bytes) -> dict[str, str]:
 
 def _starts_json_document(line: bytes) -> bool:
     """Return True when a first line that is not JSON opens a pretty-printed document or a JSON array."""
-    return line.startswith(b"[") or line in (b"{",) or line.endswith((b"{", b"[")) and line.startswith(b"{")
+    if line.startswith(b"[") or line == b"{":
+        return True
+    return line.startswith(b"{") and line.endswith((b"{", b"["))
 
 
 def _json_hint(line: bytes) -> dict[str, str]:
@@ -739,9 +745,9 @@ def _valid_tools(tools: object) -> bool:
     if not isinstance(tools, list):
         return False
     for tool in tools:
-        function = tool.get("function") if isinstance(tool, dict) else None
-        if tool.get("type") != "function" if isinstance(tool, dict) else True:
+        if not isinstance(tool, dict) or tool.get("type") != "function":
             return False
+        function = tool.get("function")
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
             return False
     return True
@@ -899,7 +905,9 @@ def _majority(stats: dict[str, _FormatStats]) -> str | None:
     return max(stats, key=lambda fmt: (stats[fmt].examples, -stats[fmt].first_line))
 
 
-def _report_mixed(checker: _Checker, stats: dict[str, _FormatStats], chosen: str | None, label: str, order: int) -> None:
+def _report_mixed(
+    checker: _Checker, stats: dict[str, _FormatStats], chosen: str | None, label: str, order: int
+) -> None:
     """Flag the lines whose format differs from the file's format."""
     if chosen is None:
         return
@@ -966,10 +974,9 @@ class Conversion:
             question = row[q_col].strip() if q_col < len(row) else ""
             answer = row[a_col].strip() if a_col < len(row) else ""
             system = (row[s_col].strip() if s_col is not None and s_col < len(row) else "") or self.system_prompt
-            if not question and not answer:
-                if not any(cell.strip() for cell in row):
-                    self.findings.append(Finding(start, "blank_line", {}))
-                    continue
+            if not any(cell.strip() for cell in row):
+                self.findings.append(Finding(start, "blank_line", {}))
+                continue
             self.rows += 1
             messages = [{"role": "system", "content": system}] if system else []
             # Empty cells become empty messages so the checker reports them at this row's line.

@@ -112,7 +112,7 @@ def test_cli_runs_as_subprocess_without_discord_token() -> None:
     code = "import sys; from bot.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.run(
         [sys.executable, "-c", code, "check-dataset", str(CORPUS / "prompt_completion.jsonl"), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
     )
     assert proc.returncode == 1, proc.stderr
     payload = json.loads(proc.stdout)
