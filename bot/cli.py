@@ -91,8 +91,9 @@ def write_human(report: Report, out: TextIO, *, locale: str = "en", convert_out:
         "free / unknown"
     out.write(f"Epochs: {report.n_epochs if report.n_epochs is not None else '-'}   "
               f"Billed tokens: {report.tokens_billed:,}   Cost: {cost}\n")
-    if report.model_info.shutdown is not None:
-        out.write(f"The model {report.model_info.name} shuts down on {report.model_info.shutdown.isoformat()}; "
+    shutdown = report.model_info.shutdown
+    if shutdown is not None and not report.model_info.retired():
+        out.write(f"The model {report.model_info.name} shuts down on {shutdown.isoformat()}; "
                   "models trained from it stop working then.\n")
     _write_section(out, "Errors", report.errors, report.error_counts, locale, show_file)
     _write_section(out, "Warnings", report.warnings, report.warning_counts, locale, show_file)

@@ -315,11 +315,14 @@ class _Checker:
         content_lines = 0
         self.content_lines = 0
         blank_lines: list[int] = []
+        blank_count = 0
         add = self._add
         for line_no, raw in numbered:
             stripped = raw.strip()
             if not stripped:
-                blank_lines.append(line_no)
+                blank_count += 1
+                if len(blank_lines) < self.findings.limit:  # a million blank lines must not cost a million ints
+                    blank_lines.append(line_no)
                 continue
             content_lines += 1
             self.content_lines = content_lines
@@ -385,6 +388,7 @@ class _Checker:
             # Blank lines only matter between examples; a file that is all blank is reported as empty.
             for line_no in blank_lines:
                 add(line_no, "blank_line", order, file_label)
+            self.findings.counts[False]["blank_line"] += blank_count - len(blank_lines)
         elif blank_lines:
             add(None, "empty_file", order, file_label)
         return stats

@@ -282,3 +282,13 @@ def test_digest_set_grows_and_finds_every_digest() -> None:
     assert not any(digests.add(v) for v in values)
     assert all(v in digests for v in values) and all(digests.add(v) for v in values[:100])
     assert 12345 not in digests
+
+
+def test_many_blank_lines_are_counted_not_kept() -> None:
+    """10,000 blank lines between good examples: 50 listed, all counted, and still trainable."""
+    good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+    data = ("\n".join(f"{good[:-2]}, {{\"role\": \"user\", \"content\": \"{i}\"}}]}}" for i in range(10))
+            + "\n" * 10_001 + good + "\n").encode()
+    report = check_stream([data], model=DEFAULT_MODEL, today=TODAY)
+    assert report.ok and report.warning_counts["blank_line"] == 10_000
+    assert len([w for w in report.warnings if w.code == "blank_line"]) <= 50
