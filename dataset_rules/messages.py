@@ -293,3 +293,10 @@ HINTS: dict[str, dict[str, str]] = {
         "ko": "전화번호처럼 보여요. 지어낸 번호(예: 010-0000-0000)로 바꿔 주세요.",
     },
 }
+
+
+def i18n_entries() -> dict[str, dict[str, str]]:
+    """Return the catalog as the bot's i18n keys: `finding.<code>` and `finding.hint.<hint>` -> {locale: text}."""
+    entries = {f"finding.{code}": dict(texts) for code, texts in MESSAGES.items()}
+    entries.update({f"finding.hint.{hint}": dict(texts) for hint, texts in HINTS.items()})
+    return entries

@@ -292,3 +292,12 @@ def test_many_blank_lines_are_counted_not_kept() -> None:
     report = check_stream([data], model=DEFAULT_MODEL, today=TODAY)
     assert report.ok and report.warning_counts["blank_line"] == 10_000
     assert len([w for w in report.warnings if w.code == "blank_line"]) <= 50
+
+
+def test_i18n_entries_use_finding_prefix() -> None:
+    """The catalog merges into the bot's i18n under finding.<code> and finding.hint.<hint>."""
+    from dataset_rules.messages import i18n_entries
+
+    entries = i18n_entries()
+    assert entries["finding.too_few_examples"]["ko"] == MESSAGES["too_few_examples"]["ko"]
+    assert "finding.hint.smart_quotes" in entries and len(entries) == len(MESSAGES) + len(HINTS)
