@@ -805,12 +805,15 @@ def check_stream(
     if info.retired(today) and info.shutdown is not None:
         findings.add(Finding(None, "model_retired", {"model": info.name, "date": info.shutdown.isoformat()}))
 
-    converted_from: str | None = None
     train_lines, converted_from = _numbered_lines(checker, chunks, filename, system_prompt, max_bytes, order=0)
     stats = checker.check_file(train_lines, file_label=filename, order=0, is_validation=False)
     chosen = _majority(stats)
     examples = checker.content_lines
     _report_mixed(checker, stats, chosen, filename, order=0)
+    # The training file as a whole could not be read as examples: "too few examples" would only add noise.
+    fatal_file = any(
+        findings.counts[True][c] for c in ("empty_file", "not_jsonl", "file_too_large", "table_missing_columns")
+    ) or any(f.code == "invalid_encoding" and f.line is None for f in findings.listed(errors=True))
 
     validation_examples = 0
     if validation is not None:
@@ -821,12 +824,6 @@ def check_stream(
 
     main = stats.get(chosen) if chosen else None
     trainable = main.trainable if main else 0
-    fatal_file = any(
-        findings.counts[True][c] for c in ("empty_file", "not_jsonl", "file_too_large", "table_missing_columns")
-    )
-    fatal_file = fatal_file or any(
-        f.code == "invalid_encoding" and f.line is None for f in findings.listed(errors=True)
-    )
     if chosen == "prompt_completion" and main is not None:
         checker._add(main.first_line, "unsupported_format", 0, filename, found="prompt/completion",
                      model=info.name, hint="prompt_completion")
