@@ -124,3 +124,13 @@ def test_cli_bad_usage_returns_2_without_raising(capsys: pytest.CaptureFixture[s
     assert main(["check-dataset"]) == 2
     assert main(["check-dataset", str(CORPUS / "korean.jsonl"), "--epochs", "0"]) == 2
     capsys.readouterr()
+
+
+def test_service_check_bytes_converts_validation_table_too() -> None:
+    """A TSV validation attachment is converted as well; a JSONL training file is not."""
+    train = (CORPUS / "korean.jsonl").read_bytes()
+    valid = "질문\t답변\n처음 보는 질문?\t새 답이에요.\n".encode()
+    result = DatasetCheckService().check_bytes(train, "train.jsonl", validation=(valid, "valid.tsv"), model="gpt-4o-mini")
+    assert result.report.ok and result.converted_jsonl is None
+    assert result.converted_validation is not None and result.converted_validation.count(b"\n") == 1
+    assert result.report.validation_examples == 1
