@@ -98,7 +98,8 @@ def write_human(report: Report, out: TextIO, *, locale: str = "en", convert_out:
     _write_section(out, "Errors", report.errors, report.error_counts, locale, show_file)
     _write_section(out, "Warnings", report.warnings, report.warning_counts, locale, show_file)
     if report.converted_from and convert_out:
-        out.write(f"\nConverted chat JSONL written to {convert_out}: upload that file.\n")
+        advice = "upload that file." if report.ok else "fix the errors above in your table, then convert again."
+        out.write(f"\nConverted chat JSONL written to {convert_out}: {advice}\n")
     elif report.converted_from:
         out.write("\nThis table can be converted to chat JSONL: add --convert-out FILE to save it.\n")
 

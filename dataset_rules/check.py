@@ -238,6 +238,8 @@ class _Checker:
         self.findings = _Findings(limit)
         self.train_hashes = _DigestSet()
         self.file_level_seen: set[str] = set()  # file-level findings raised once, not per example
+        self.content_lines = 0
+        self.table_source = False  # True while checking rows converted from a CSV/TSV table
         # Roles cost a tokenizer call each yet never change; a class's system prompt is usually the same on every
         # line. Counting each once (bounded cache) removes a third to a half of all tokenizer calls.
         self.role_tokens = {role: len(self.encoding.encode_ordinary(role)) for role in ALLOWED_ROLES}
@@ -300,6 +302,8 @@ class _Checker:
     def _add(self, line: int | None, code: str, order: int, file_label: str, **params: str | int) -> None:
         """Record a finding for `file_label`."""
         params["file"] = file_label
+        if code == "missing_content" and self.table_source:
+            params.setdefault("hint", "table_cell")  # "message 3" means nothing to someone who filled in a table
         self.findings.add(Finding(line, code, params), order)
 
     # ---- one file ----------------------------------------------------------------------------------------
@@ -388,7 +392,8 @@ class _Checker:
             # Blank lines only matter between examples; a file that is all blank is reported as empty.
             for line_no in blank_lines:
                 add(line_no, "blank_line", order, file_label)
-            self.findings.counts[False]["blank_line"] += blank_count - len(blank_lines)
+            if blank_count > len(blank_lines):
+                self.findings.counts[False]["blank_line"] += blank_count - len(blank_lines)
         elif blank_lines:
             add(None, "empty_file", order, file_label)
         return stats
@@ -876,7 +881,8 @@ def _numbered_lines(
         head += chunk
         if len(head) >= 4096:
             break
-    if not is_table(filename, head):
+    checker.table_source = is_table(filename, head)
+    if not checker.table_source:
         rejoined = _prepend(head, iterator)
         return checker.lines(rejoined, max_bytes=max_bytes, file_label=filename, order=order), None
     conversion = convert_table(_prepend(head, iterator), filename=filename, system_prompt=system_prompt,

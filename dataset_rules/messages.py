@@ -284,6 +284,10 @@ HINTS: dict[str, dict[str, str]] = {
         "en": "Preference examples may only contain text, no images.",
         "ko": "선호도 예시에는 글만 넣을 수 있고 이미지는 안 돼요.",
     },
+    "table_cell": {
+        "en": "In your table, a question or answer cell of this row is empty: fill it in.",
+        "ko": "표의 이 줄에 질문이나 답변 칸이 비어 있어요. 채워 주세요.",
+    },
     "email": {
         "en": "It looks like an e-mail address. Replace it with a made-up one (like student@example.com).",
         "ko": "이메일 주소처럼 보여요. 지어낸 주소(예: student@example.com)로 바꿔 주세요.",
