@@ -245,7 +245,6 @@ class _Checker:
         self.role_tokens = {role: len(self.encoding.encode_ordinary(role)) for role in ALLOWED_ROLES}
         self.repeat_cache: dict[str, int] = {}
         self.new_repeats: list[tuple[int, str]] = []
-        self.content_lines = 0
 
     # ---- lines -------------------------------------------------------------------------------------------
     def lines(
