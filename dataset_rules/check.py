@@ -548,7 +548,8 @@ class _Checker:
                 add(line_no, "message_missing_key", order, file_label, index=i, key="name")
             if "weight" in message:
                 weight = message["weight"]
-                if role != "assistant" or type(weight) is not int or weight not in (0, 1):
+                # 1.0 is the same JSON number as 1 to the API; true/false are not numbers.
+                if role != "assistant" or isinstance(weight, bool) or weight not in (0, 1):
                     add(line_no, "invalid_weight", order, file_label, index=i, weight=json.dumps(weight))
             if role == "assistant" and message.get("weight", 1) != 0:
                 learnable = True
