@@ -344,12 +344,13 @@ class _Checker:
                 add(line_no, "invalid_json", order, file_label, column=exc.colno, **_json_hint(stripped))
                 continue
             if not isinstance(obj, dict):
-                if content_lines == 1 and isinstance(obj, list):
+                if content_lines == 1 and isinstance(obj, list) and not _is_bare_messages(obj):
                     add(line_no, "not_jsonl", order, file_label)
                     self.content_lines = 0  # its lines are pieces of one document, not examples
                     self._drain(numbered)
                     return stats
-                add(line_no, "data_type", order, file_label, found=_json_type(obj))
+                hint = {"hint": "wrap_messages"} if _is_bare_messages(obj) else {}
+                add(line_no, "data_type", order, file_label, found=_json_type(obj), **hint)
                 continue
             fmt = _classify(obj)
             if fmt is None:
@@ -689,6 +690,11 @@ def _parses_without_trailing_commas(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_bare_messages(value: object) -> bool:
+    """Return True for a line that is a list of messages without the {"messages": ...} around it."""
+    return isinstance(value, list) and bool(value) and all(isinstance(item, dict) and "role" in item for item in value)
 
 
 def _json_type(value: object) -> str:

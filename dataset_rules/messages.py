@@ -284,6 +284,10 @@ HINTS: dict[str, dict[str, str]] = {
         "en": "Preference examples may only contain text, no images.",
         "ko": "선호도 예시에는 글만 넣을 수 있고 이미지는 안 돼요.",
     },
+    "wrap_messages": {
+        "en": "It is a list of messages: put {{\"messages\": ...}} around it.",
+        "ko": "메시지 목록만 있어요. 앞뒤를 {{\"messages\": ...}}로 감싸 주세요.",
+    },
     "table_cell": {
         "en": "In your table, a question or answer cell of this row is empty: fill it in.",
         "ko": "표의 이 줄에 질문이나 답변 칸이 비어 있어요. 채워 주세요.",

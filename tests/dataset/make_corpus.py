@@ -157,6 +157,7 @@ def write() -> None:
         json.dumps(good(i), indent=None, separators=(",", ": ")).replace('[{', '[\n  {') for i in range(12)) + "\n"
     files["prompt_completion_columns.csv"] = "prompt,completion\n" + "".join(
         f"Translate {i} to Korean,숫자 {i}\n" for i in range(1, 13))
+    files["bare_message_lists.jsonl"] = "".join(line(good(i)["messages"]) + "\n" for i in range(1, 13))
     for name, content in files.items():
         (HERE / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
 
