@@ -354,7 +354,7 @@ class _Checker:
                 continue
             fmt = _classify(obj)
             if fmt is None:
-                add(line_no, "missing_messages_list", order, file_label)
+                add(line_no, "missing_messages_list", order, file_label, **_other_format_hint(obj))
                 continue
             st = stats.get(fmt)
             if st is None:
@@ -714,11 +714,20 @@ def _classify(obj: dict[str, Any]) -> str | None:
     """Return the format of one example object, or None when it has none of the known keys."""
     if "messages" in obj:
         return "chat"
-    if "input" in obj or "preferred_output" in obj or "non_preferred_output" in obj:
+    if "preferred_output" in obj or "non_preferred_output" in obj or isinstance(obj.get("input"), dict):
         return "preference"
     if "prompt" in obj or "completion" in obj:
         return "prompt_completion"
     return None
+
+
+def _other_format_hint(obj: dict[str, Any]) -> dict[str, str]:
+    """Recognise the dataset formats students download elsewhere (ShareGPT, Alpaca) and say how to convert."""
+    if isinstance(obj.get("conversations"), list):
+        return {"hint": "sharegpt"}
+    if "instruction" in obj and "output" in obj:
+        return {"hint": "alpaca"}
+    return {}
 
 
 def _role_hint(role: object) -> dict[str, str]:

@@ -288,6 +288,18 @@ HINTS: dict[str, dict[str, str]] = {
         "en": "It is a list of messages: put {{\"messages\": ...}} around it.",
         "ko": "메시지 목록만 있어요. 앞뒤를 {{\"messages\": ...}}로 감싸 주세요.",
     },
+    "sharegpt": {
+        "en": "This looks like ShareGPT data (\"conversations\" with \"from\"/\"value\"): rename \"conversations\" to "
+              "\"messages\", \"from\" to \"role\" (human -> user, gpt -> assistant) and \"value\" to \"content\".",
+        "ko": "ShareGPT 형식(\"from\"/\"value\"가 있는 \"conversations\")으로 보여요. \"conversations\"는 \"messages\"로, "
+              "\"from\"은 \"role\"로(human은 user, gpt는 assistant), \"value\"는 \"content\"로 바꿔 주세요.",
+    },
+    "alpaca": {
+        "en": "This looks like instruction/output data: save it as a CSV with \"question\" and \"answer\" columns "
+              "and the bot converts it, or write each line as {{\"messages\": [...]}}.",
+        "ko": "instruction/output 형식으로 보여요. \"question\"과 \"answer\" 열이 있는 CSV로 저장하면 봇이 바꿔 주고, "
+              "아니면 각 줄을 {{\"messages\": [...]}}로 써 주세요.",
+    },
     "table_cell": {
         "en": "In your table, a question or answer cell of this row is empty: fill it in.",
         "ko": "표의 이 줄에 질문이나 답변 칸이 비어 있어요. 채워 주세요.",

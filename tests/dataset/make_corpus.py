@@ -158,6 +158,10 @@ def write() -> None:
     files["prompt_completion_columns.csv"] = "prompt,completion\n" + "".join(
         f"Translate {i} to Korean,숫자 {i}\n" for i in range(1, 13))
     files["bare_message_lists.jsonl"] = "".join(line(good(i)["messages"]) + "\n" for i in range(1, 13))
+    files["other_formats.jsonl"] = lines_with({
+        2: line({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}),
+        3: line({"instruction": "Add 2 and 2", "input": "", "output": "4"}),
+    }, 14)
     for name, content in files.items():
         (HERE / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
 
