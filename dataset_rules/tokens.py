@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 from array import array
 from collections.abc import Sequence
@@ -76,7 +77,13 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         if name not in ENCODING_FILES:
             raise EncodingUnavailableError(f"no offline copy of encoding {name}")
         directory = cache_dir()
-        _install_encoding_file(name, directory)
+        try:
+            _install_encoding_file(name, directory)
+        except OSError:
+            # A read-only home (some CI runners, containers): the temp dir is always writable.
+            directory = Path(tempfile.gettempdir()) / "classroom-bot-tiktoken"
+            log.warning("Cache dir not writable; installing tiktoken encoding %s into %s", name, directory)
+            _install_encoding_file(name, directory)
         previous = os.environ.get("TIKTOKEN_CACHE_DIR")
         # tiktoken only reads its cache location from the environment; point it at our copy for this call.
         os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
