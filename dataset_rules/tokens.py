@@ -5,9 +5,9 @@ import gzip
 import hashlib
 import logging
 import os
+import sys
 import tempfile
 import threading
-from array import array
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
@@ -141,16 +141,19 @@ def _count_slice(encoding: tiktoken.Encoding, texts: Sequence[str]) -> list[int]
         buffer = encoding._core_bpe.encode_to_tiktoken_buffer(joined, {_SEPARATOR})
     except UnicodeEncodeError:
         return _count_each(encoding, texts)
-    ids = array("I")
-    ids.frombytes(memoryview(buffer).cast("B"))
-    separator = encoding.eot_token
+    # Find the separator's 4-byte id with bytes.find (memchr speed) instead of comparing ids one by one.
+    raw = memoryview(buffer).cast("B").tobytes()
+    marker = encoding.eot_token.to_bytes(4, sys.byteorder)
     counts: list[int] = []
-    previous = -1
+    start = 0
+    find = raw.find
     for _ in range(len(texts) - 1):
-        position = ids.index(separator, previous + 1)
-        counts.append(position - previous - 1)
-        previous = position
-    counts.append(len(ids) - previous - 1)
+        position = find(marker, start)
+        while position % 4:  # a match straddling two ids is not the separator
+            position = find(marker, position + 1)
+        counts.append((position - start) // 4)
+        start = position + 4
+    counts.append((len(raw) - start) // 4)
     return counts
 
 
