@@ -301,3 +301,11 @@ def test_i18n_entries_use_finding_prefix() -> None:
     entries = i18n_entries()
     assert entries["finding.too_few_examples"]["ko"] == MESSAGES["too_few_examples"]["ko"]
     assert "finding.hint.smart_quotes" in entries and len(entries) == len(MESSAGES) + len(HINTS)
+
+
+@pytest.mark.parametrize("encoding_name", ["o200k_base", "cl100k_base"])
+def test_joined_slice_count_equals_per_text_count(encoding_name: str) -> None:
+    """One joined tokenizer call gives each text's own count, with edge whitespace, empty texts and Korean."""
+    encoding = tokens.get_encoding(encoding_name)
+    texts = ["hello world", "", " 안녕하세요 ", "ends with spaces   ", "\n\nstarts with newlines", "x", "  "] * 30
+    assert tokens._count_slice(encoding, texts) == [len(encoding.encode_ordinary(t)) for t in texts]
