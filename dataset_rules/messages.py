@@ -81,8 +81,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "ko": "{index}번째 메시지의 \"weight\"가 {weight}예요. weight는 0 또는 1만 되고, assistant 메시지에만 쓸 수 있어요.",
     },
     "invalid_tool_call": {
-        "en": "Message {index} has a tool call or tool result written the wrong way.",
-        "ko": "{index}번째 메시지의 도구 호출(tool call)이나 도구 결과가 잘못 쓰였어요.",
+        "en": "A tool call, tool result or tool list (\"tools\") in this example is written the wrong way.",
+        "ko": "이 예시의 도구 호출(tool call), 도구 결과 또는 도구 목록(\"tools\")이 잘못 쓰였어요.",
     },
     "image_in_assistant": {
         "en": "Message {index} is an assistant message with an image. Images may only be in user messages.",
