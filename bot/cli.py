@@ -10,6 +10,7 @@ from typing import TextIO
 from bot.services.dataset_check import DatasetCheckService, convert_file
 from dataset_rules.check import Report
 from dataset_rules.findings import Finding
+from dataset_rules.models import format_usd
 
 EXIT_OK = 0
 EXIT_ERRORS = 1
@@ -87,7 +88,7 @@ def write_human(report: Report, out: TextIO, *, locale: str = "en", convert_out:
     out.write("\n")
     out.write(f"Tokens: {report.tokens_total:,} per epoch, longest example {report.max_example_tokens:,} "
               f"(limit {report.model_info.token_limit:,})\n")
-    cost = f"${report.estimated_cost_usd:,.2f} (estimate)" if report.estimated_cost_usd is not None else \
+    cost = f"{format_usd(report.estimated_cost_usd)} (estimate)" if report.estimated_cost_usd is not None else \
         "free / unknown"
     out.write(f"Epochs: {report.n_epochs if report.n_epochs is not None else '-'}   "
               f"Billed tokens: {report.tokens_billed:,}   Cost: {cost}\n")

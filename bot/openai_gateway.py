@@ -112,7 +112,7 @@ class FineTuningGateway:
         for _ in range(MAX_EVENT_PAGES):
             page = await self._call(
                 "list events",
-                lambda: self.client.fine_tuning.jobs.list_events(
+                lambda after=after: self.client.fine_tuning.jobs.list_events(  # type: ignore[misc]
                     job_id, limit=EVENTS_PAGE_SIZE, after=after or openai.omit
                 ),
             )
@@ -250,7 +250,7 @@ def _job(job: object) -> BackendJob:
         inner = getattr(method, getattr(method, "type", "") or "", None)
         n_epochs = _int(getattr(getattr(inner, "hyperparameters", None), "n_epochs", None))
     return BackendJob(
-        id=str(getattr(job, "id")),
+        id=str(job.id),
         status=str(getattr(job, "status", "") or "unknown"),
         model=str(getattr(job, "model", "") or ""),
         fine_tuned_model=getattr(job, "fine_tuned_model", None),
@@ -267,7 +267,7 @@ def _job(job: object) -> BackendJob:
 def _event(event: object) -> BackendEvent:
     data = getattr(event, "data", None)
     return BackendEvent(
-        id=str(getattr(event, "id")),
+        id=str(event.id),
         created_at=_int(getattr(event, "created_at", None)) or 0,
         level=str(getattr(event, "level", "info") or "info"),
         message=str(getattr(event, "message", "") or ""),
