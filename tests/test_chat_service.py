@@ -34,11 +34,12 @@ ROBOT = "ft:gpt-4o-mini-2024-07-18:fake-school:robot:def67890"
 
 
 def long_reply_with_code(chars: int = 5000) -> str:
-    """A reply of about `chars` characters: prose, and a long Python block in the middle."""
-    prose = " ".join(f"word{i}" for i in range(300))
-    code = "\n".join(f"    total += values[{i}]  # add item {i}" for i in range(110))
-    text = f"Here is how to add numbers.\n\n{prose}\n\n```python\ndef add(values):\n    total = 0\n{code}\n    return total\n```\n\n{prose}"
-    return text[:chars] if len(text) > chars else text + "\n" + "x" * (chars - len(text) - 1)
+    """A reply of exactly `chars` characters: prose, a long Python block in the middle, prose again."""
+    prose = " ".join(f"word{i}" for i in range(250))
+    code = "\n".join(f"    total += values[{i}]  # add item {i}" for i in range(70))
+    text = f"Here is how to add numbers.\n\n{prose}\n\n```python\ndef add(values):\n    total = 0\n{code}\n    return total\n```\n\n"
+    tail = " ".join(f"end{i}" for i in range(chars))
+    return text + tail[: chars - len(text)].rstrip() + "."
 
 
 def fence_lines(part: str) -> list[str]:

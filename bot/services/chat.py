@@ -526,13 +526,15 @@ class ChatService:
                 pieces = await self._open_stream(thread.model, messages)
             except errors.UserFacingError as again:
                 raise chat_error(again, thread.model) from None
-        delivered = await self.deliver(pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model)
-        if delivered.text and not delivered.held_back:
+
+        async def remember(answer: str) -> None:
             await self.chats.add_exchange(
                 thread.thread_id, user_id, question, count_tokens(thread.model, question),
-                delivered.text, count_tokens(thread.model, delivered.text), int(time.time()),
+                answer, count_tokens(thread.model, answer), int(time.time()),
             )
-        return delivered
+
+        return await self.deliver(pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model,
+                                  before_final=remember)
 
     async def ask(self, guild_id: int, model: str, prompt: str, sink: ReplySink, locale: str) -> Delivered:
         """One question, one streamed answer; nothing is remembered."""
@@ -583,9 +585,11 @@ class ChatService:
 
     async def deliver(
         self, pieces: AsyncGenerator[str, None], sink: ReplySink, *, guild_id: int, locale: str, model: str = "",
+        before_final: Callable[[str], Awaitable[None]] | None = None,
     ) -> Delivered:
         """Show a streamed reply: the first message as soon as text arrives, edits within the channel's budget,
-        and a last edit that always lands. With a moderation hook, text is checked before it is shown."""
+        and a last edit that always lands. With a moderation hook, text is checked before it is shown.
+        `before_final` gets the whole answer before the last edit, so an answer seen complete is remembered."""
         renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval)
         budget, channel = self.edit_budget, sink.channel_id
         checked = 0  # characters of the reply the moderation hook has passed
@@ -618,6 +622,8 @@ class ChatService:
             return Delivered("", 1)
         if len(renderer.text) > checked and not await self.is_allowed(guild_id, renderer.text):
             return await self._hold_back(renderer, sink, locale)
+        if before_final is not None:
+            await before_final(renderer.text.strip())
         for action in renderer.due(budget.clock(), final=True):
             if action.kind == "post":
                 await sink.post(action.text)
