@@ -573,7 +573,7 @@ class ChatService:
 
     async def _open_stream(self, model: str, messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
         """Start a streamed reply and wait for its first piece, so that refusals surface here, before anything shows."""
-        stream = self.gateway.stream_chat(model, messages, max_tokens=self.reply_max_tokens)
+        stream = self.gateway.stream_chat_text(model, messages, max_tokens=self.reply_max_tokens)
         try:
             first = await anext(stream)
         except StopAsyncIteration:
