@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import statistics
 import sys
@@ -33,10 +34,10 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.client import ClassroomBot  # noqa: E402
-from bot.config import Settings  # noqa: E402
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser  # noqa: E402
-from tests.fakes.openai import FakeOpenAI  # noqa: E402
+from bot.client import ClassroomBot
+from bot.config import Settings
+from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser
+from tests.fakes.openai import FakeOpenAI
 
 LAG_PROBE_SECONDS = 0.01
 MODEL = "gpt-4o-mini"
@@ -164,7 +165,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = max(0, min(len(ordered) - 1, int(round(q / 100 * len(ordered) + 0.5)) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[rank]
 
 

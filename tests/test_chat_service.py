@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from bot.services.chat import (
 from storage.chats import ChatRepository
 from storage.database import Database
 from storage.jobs import JobRepository
-from storage.models import Checkpoint, ChatTurn, JobProgress, MetricPoint, NewJob
+from storage.models import ChatTurn, Checkpoint, JobProgress, MetricPoint, NewJob
 from tests.fakes.openai import FakeOpenAI
 
 GUILD, OTHER_GUILD, CHANNEL, STUDENT, OTHER_STUDENT = 1001, 2002, 3003, 4004, 5005
