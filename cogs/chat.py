@@ -16,6 +16,7 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
+from bot.client import send_ephemeral
 from bot.i18n import t
 from bot.services.chat import Answer, ChatService, Comparison
 from dataset_rules.models import lookup
@@ -82,8 +83,8 @@ async def _keep_typing(channel: discord.abc.Messageable) -> None:
     while True:
         try:
             await channel.typing()
-        except discord.HTTPException:
-            log.debug("Typing indicator refused; the reply still comes")
+        except Exception:  # boundary: the indicator is a courtesy; the reply comes without it
+            log.debug("Typing indicator failed; the reply still comes", exc_info=True)
         await asyncio.sleep(TYPING_REFRESH_SECONDS)
 
 
@@ -122,7 +123,8 @@ class Chat(commands.Cog):
         resolved = await self.service.resolve_model(interaction.guild_id, model)
         thread = await self._open(interaction, resolved, system_prompt, job_id=None)
         await interaction.followup.send(
-            t("chat.opened", interaction.locale, user=interaction.user.mention, model=resolved, thread=thread.mention),
+            t("chat.opened", self.bot.channel_locale(interaction.guild_id), user=interaction.user.mention,
+              model=resolved, thread=thread.mention),
             allowed_mentions=NO_MENTIONS,
         )
 
@@ -139,7 +141,11 @@ class Chat(commands.Cog):
                   thread=thread.mention), ephemeral=True,
             )
         except errors.UserFacingError as exc:
-            await interaction.followup.send(exc.render(interaction.locale), ephemeral=True)
+            await send_ephemeral(interaction, exc.render(interaction.locale))
+        except Exception:  # boundary: a button has no command tree to report for it
+            ref = secrets.token_hex(3)
+            log.exception("Opening a chat from job %s failed (ref %s)", job_id, ref)
+            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
 
     async def _open(
         self, interaction: discord.Interaction, model: str, system_prompt: str | None, job_id: str | None

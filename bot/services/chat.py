@@ -7,7 +7,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Literal, Protocol
 
@@ -480,7 +480,7 @@ class ChatService:
             raise errors.UserFacingError("chat.error.already_ended")
         now = int(time.time())
         await self.chats.end_thread(thread_id, now)
-        ended = ChatThread(**{**thread.__dict__, "ended_at": now})
+        ended = replace(thread, ended_at=now)
         self._cache(thread_id, ended)
         log.info("Chat thread %s ended by user %s", thread_id, user_id)
         return ended
