@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
+from functools import lru_cache
 from typing import Literal, Protocol
 
 import tiktoken
@@ -17,7 +19,7 @@ from bot import errors
 from bot.i18n import t
 from bot.openai_gateway import FineTuningGateway
 from dataset_rules import tokens as token_rules
-from dataset_rules.models import base_name, lookup
+from dataset_rules.models import ModelInfo, base_name, lookup
 from storage.chats import ChatRepository, DeletedChats
 from storage.jobs import JobRepository
 from storage.models import ChatThread, ChatTurn, TrainedModel
@@ -185,14 +187,22 @@ class ReplyAction:
 
 
 class ReplyRenderer:
-    """Turns a growing reply into posts and edits: new parts are posted at once, shown ones edited at a pace."""
+    """Turns a growing reply into posts and edits: new parts are posted at once, shown ones edited at a pace.
 
-    def __init__(self, limit: int = DISCORD_MESSAGE_CHARS, min_edit_interval: float = MIN_EDIT_INTERVAL_SECONDS) -> None:
+    `first_edit_delay` (default: the interval) sets when a new message may first be edited; giving each reply a
+    different one keeps many replies that started together from all editing in the same instant.
+    """
+
+    def __init__(
+        self, limit: int = DISCORD_MESSAGE_CHARS, min_edit_interval: float = MIN_EDIT_INTERVAL_SECONDS,
+        first_edit_delay: float | None = None,
+    ) -> None:
         self.limit = limit
         self.min_edit_interval = min_edit_interval
+        self.first_edit_delay = min_edit_interval if first_edit_delay is None else first_edit_delay
         self.text = ""
         self.shown: list[str] = []
-        self._shown_at: list[float] = []
+        self._edit_due: list[float] = []  # per message: when it may be edited again
 
     def add(self, piece: str) -> None:
         """Append streamed text."""
@@ -200,16 +210,14 @@ class ReplyRenderer:
 
     def due(self, now: float, *, final: bool = False) -> list[ReplyAction]:
         """What to show now: posts for parts not shown yet, edits for changed parts whose pause has passed."""
-        if not final and self.shown and len(self.text) < self.limit - 8 and now - self._shown_at[-1] < self.min_edit_interval:
+        if not final and self.shown and len(self.text) < self.limit - 8 and now < self._edit_due[-1]:
             return []  # the cheap common case while tokens stream into the first message
         parts = split_reply(self.text, self.limit)
         actions: list[ReplyAction] = []
         for index, part in enumerate(parts):
             if index >= len(self.shown):
                 actions.append(ReplyAction("post", index, part))
-            elif part != self.shown[index] and (
-                final or index < len(parts) - 1 or now - self._shown_at[index] >= self.min_edit_interval
-            ):
+            elif part != self.shown[index] and (final or index < len(parts) - 1 or now >= self._edit_due[index]):
                 actions.append(ReplyAction("edit", index, part))
         return actions
 
@@ -217,10 +225,10 @@ class ReplyRenderer:
         """Record that an action was carried out."""
         if action.kind == "post":
             self.shown.append(action.text)
-            self._shown_at.append(now)
+            self._edit_due.append(now + self.first_edit_delay)
         else:
             self.shown[action.index] = action.text
-            self._shown_at[action.index] = now
+            self._edit_due[action.index] = now + self.min_edit_interval
 
 
 class ReplySink(Protocol):
@@ -256,9 +264,15 @@ def context_window(model: str) -> int:
     return UNKNOWN_CONTEXT_WINDOW
 
 
+@lru_cache(maxsize=1024)
+def model_info(model: str) -> ModelInfo | None:
+    """The catalog entry of a model's base (cached: the catalog reads the price table from disk)."""
+    return lookup(model)
+
+
 def encoding_for(model: str) -> tiktoken.Encoding:
     """The tokenizer of the model's family; o200k_base for models we do not know."""
-    info = lookup(model)
+    info = model_info(model)
     return token_rules.get_encoding(info.encoding if info else "o200k_base")
 
 
@@ -299,7 +313,7 @@ def build_history(
 def chat_error(error: errors.UserFacingError, model: str, today: date | None = None) -> errors.UserFacingError:
     """Say in plain words what went wrong while talking to a model."""
     if isinstance(error, errors.UnknownModelError):
-        info = lookup(model)
+        info = model_info(model)
         if info is not None and info.shutdown is not None and info.shutdown <= (today or date.today()):
             return errors.UserFacingError("chat.error.model_retired", model=model, base=info.name,
                                           date=info.shutdown.isoformat())
@@ -590,7 +604,9 @@ class ChatService:
         """Show a streamed reply: the first message as soon as text arrives, edits within the channel's budget,
         and a last edit that always lands. With a moderation hook, text is checked before it is shown.
         `before_final` gets the whole answer before the last edit, so an answer seen complete is remembered."""
-        renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval)
+        # A random first pause spreads the edits of replies that started together (a class all asking at once).
+        renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval,
+                                 first_edit_delay=self.min_edit_interval * random.uniform(0.5, 1.5))
         budget, channel = self.edit_budget, sink.channel_id
         checked = 0  # characters of the reply the moderation hook has passed
         try:
@@ -672,7 +688,7 @@ async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator
 
 
 def _retired(model: str) -> bool:
-    info = lookup(model)
+    info = model_info(model)
     return bool(info and info.retired())
 
 
