@@ -203,3 +203,18 @@ async def test_ask_streams_one_answer(classroom: Classroom) -> None:
         lambda: "reply to: What is fine-tuning?" in (interaction.original.content if interaction.original else "")
         or None, timeout=5)
     assert classroom.discord.threads(classroom.guild) == []
+
+
+async def test_chat_in_korean_server_speaks_korean(classroom: Classroom) -> None:
+    """On a Korean server the thread's intro and a plain-words error are in Korean."""
+    guild = classroom.discord.add_guild("1반", locale="ko")
+    guild.add_member(classroom.student)
+    await wait_until(lambda: classroom.bot.get_guild(guild.id) is not None)
+    interaction = await classroom.discord.slash(guild, classroom.student, "chat start", model=BASE, locale="ko")
+    answer = await interaction.followup(timeout=5)
+    assert "대화를 열었어요" in answer.text()
+    thread = (await classroom.discord.wait_for(lambda: classroom.discord.threads(guild) or None, timeout=5))[0]
+    await classroom.discord.wait_message(thread, lambda m: "대화하고 있어요" in m.content)
+    classroom.openai.set_quota_exhausted()
+    await classroom.discord.say(thread, classroom.student, "안녕?")
+    await classroom.discord.wait_message(thread, lambda m: "모델이 답할 수 없어요" in m.content)

@@ -40,6 +40,7 @@ HISTORY_TOKEN_CAP = 16_000
 HISTORY_TURNS_LOADED = 400
 MODEL_CACHE_SECONDS = 600
 THREAD_CACHE_SIZE = 10_000
+IDLE_CHANNELS_KEPT = 1_000  # past this many channels in the edit budget, quiet ones are dropped
 MAX_CHOICES = 25
 FENCE = "```"
 # Context windows by base-model prefix (tokens); unknown models (the school's small trainer models) get a small one.
@@ -169,6 +170,10 @@ class EditBudget:
         async with asyncio.timeout(timeout):
             while not self.try_start(channel_id):
                 await asyncio.sleep(max(0.005, self.delay(channel_id)))
+
+    def __len__(self) -> int:
+        """How many channels the budget currently tracks."""
+        return len(self._done)
 
     def forget_idle(self) -> None:
         """Drop channels with nothing in the window (keeps memory flat across many threads)."""
@@ -318,6 +323,8 @@ def chat_error(error: errors.UserFacingError, model: str, today: date | None = N
             return errors.UserFacingError("chat.error.model_retired", model=model, base=info.name,
                                           date=info.shutdown.isoformat())
         return errors.UserFacingError("chat.error.model_gone", model=model)
+    if isinstance(error, errors.InsufficientQuotaError):
+        return errors.UserFacingError("chat.error.no_credit")
     if isinstance(error, errors.UpstreamBusyError):
         return errors.UserFacingError("chat.error.busy")
     if isinstance(error, errors.UpstreamDownError):
@@ -650,6 +657,8 @@ class ChatService:
                 finally:
                     budget.finish(channel)
             renderer.mark(action, budget.clock())
+        if len(budget) > IDLE_CHANNELS_KEPT:
+            budget.forget_idle()
         return Delivered(renderer.text.strip(), len(renderer.shown))
 
     async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str) -> Delivered:
