@@ -118,6 +118,7 @@ class Chat(commands.Cog):
         self, interaction: discord.Interaction, model: str,
         system_prompt: app_commands.Range[str, 1, 1500] | None = None,
     ) -> None:
+        """Open a thread where a model answers every message."""
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
         resolved = await self.service.resolve_model(interaction.guild_id, model)
@@ -176,6 +177,7 @@ class Chat(commands.Cog):
 
     @chat.command(name="end", description=_("Close this chat thread", key="cmd.chat.end"))
     async def chat_end(self, interaction: discord.Interaction) -> None:
+        """Close this chat thread."""
         channel = interaction.channel
         if not isinstance(channel, discord.Thread):
             raise errors.UserFacingError("chat.error.not_a_chat_thread")
@@ -240,6 +242,7 @@ class Chat(commands.Cog):
     async def ask(
         self, interaction: discord.Interaction, model: str, prompt: app_commands.Range[str, 1, 4000]
     ) -> None:
+        """Ask a model one question."""
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
         await self.service.ask(interaction.guild_id, model, prompt, FollowupSink(interaction), str(interaction.locale))
@@ -257,6 +260,7 @@ class Chat(commands.Cog):
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 2000], model: str,
         against: str | None = None,
     ) -> None:
+        """Ask a fine-tuned model and its base model the same thing, side by side."""
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
         comparison = await self.service.compare(interaction.guild_id, prompt, model, against)
@@ -266,6 +270,7 @@ class Chat(commands.Cog):
     @app_commands.command(name="models", description=_("List the models this server has trained", key="cmd.models"))
     @app_commands.guild_only()
     async def models(self, interaction: discord.Interaction) -> None:
+        """List the models this server has trained."""
         assert interaction.guild_id is not None
         trained = await self.service.trained_models(interaction.guild_id)
         await interaction.response.send_message(embed=models_embed(trained, str(interaction.locale)),
@@ -276,6 +281,7 @@ class Chat(commands.Cog):
     @compare.autocomplete("model")
     @compare.autocomplete("against")
     async def model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        """This server's models first, then the backend's base models."""
         if interaction.guild_id is None:
             return []
         try:
