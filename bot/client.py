@@ -16,16 +16,18 @@ from bot.config import Settings
 from bot.errors import UserFacingError
 from bot.i18n import catalog, locale_of, t
 from bot.openai_gateway import FineTuningGateway
+from bot.services.chat import ChatService
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.finetune import FineTuneService
 from bot.services.monitor import MonitorService
+from storage.chats import ChatRepository
 from storage.database import Database
 from storage.jobs import JobRepository
 from storage.meta import MetaRepository
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.finetune", "cogs.job_monitor")
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat")
 _TREE_HASH_KEY = "command_tree_hash"
 
 
@@ -89,6 +91,7 @@ class ClassroomBot(commands.Bot):
     meta: MetaRepository
     finetune: FineTuneService
     monitor: MonitorService
+    chat: ChatService
 
     def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.default()
@@ -114,6 +117,8 @@ class ClassroomBot(commands.Bot):
         self.meta = MetaRepository(self.db)
         self.finetune = FineTuneService(self.settings, self.jobs, self.gateway, DatasetCheckService())
         self.monitor = MonitorService(self.jobs, self.gateway)
+        # moderate=None: classroom governance passes its moderation hook here.
+        self.chat = ChatService(ChatRepository(self.db), self.jobs, self.gateway, moderate=None)
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

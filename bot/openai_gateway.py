@@ -180,6 +180,35 @@ class FineTuningGateway:
         finally:
             await stream.close()
 
+    async def stream_chat_text(
+        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
+        """Like stream_chat, but reads each chunk as plain JSON: building the SDK's typed chunk (about 0.2 ms each)
+        is what saturates the event loop when a class streams 100 replies at once. Requests, retries, SSE parsing
+        and error translation stay the SDK's."""
+        body: dict[str, object] = {"model": model, "messages": list(messages), "stream": True}
+        if max_tokens:
+            body["max_tokens"] = max_tokens
+        stream = await self._call(
+            "chat stream",
+            lambda: self.client.post(
+                "/chat/completions", body=body, cast_to=object, stream=True,
+                stream_cls=openai.AsyncStream[object],
+            ),
+            chatting=True,
+        )
+        try:
+            async for chunk in stream:
+                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                if choices and isinstance(choices[0], dict):
+                    content = (choices[0].get("delta") or {}).get("content")
+                    if isinstance(content, str) and content:
+                        yield content
+        except openai.APIError as exc:
+            raise _translate(exc, "chat stream", chatting=True) from None
+        finally:
+            await stream.close()
+
     async def moderate(self, texts: Sequence[str]) -> list[bool]:
         """Whether each text is flagged by the backend's moderation endpoint."""
         result = await self._call("moderate", lambda: self.client.moderations.create(input=list(texts)))
