@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 from dotenv import load_dotenv
@@ -44,6 +45,11 @@ async def _run(settings: object) -> int:
     from bot.client import ClassroomBot
 
     bot = ClassroomBot(settings)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    closing: list[asyncio.Task[None]] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # A platform restart (SIGTERM) closes the bot cleanly: the database, the backend client, the workers.
+        loop.add_signal_handler(signum, lambda: closing.append(asyncio.create_task(bot.close())))
     try:
         async with bot:
             await bot.start(bot.settings.discord_token)

@@ -20,6 +20,8 @@ from bot.services.chat import ChatService
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.finetune import FineTuneService
 from bot.services.monitor import MonitorService
+from bot.services.ratelimit import EditBudget
+from bot.services.workers import CpuWorkers
 from storage.chats import ChatRepository
 from storage.database import Database
 from storage.jobs import JobRepository
@@ -91,6 +93,8 @@ class ClassroomBot(commands.Bot):
     meta: MetaRepository
     finetune: FineTuneService
     monitor: MonitorService
+    workers: CpuWorkers
+    edit_budget: EditBudget
     chat: ChatService
 
     def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
@@ -115,10 +119,13 @@ class ClassroomBot(commands.Bot):
         )
         self.jobs = JobRepository(self.db)
         self.meta = MetaRepository(self.db)
-        self.finetune = FineTuneService(self.settings, self.jobs, self.gateway, DatasetCheckService())
-        self.monitor = MonitorService(self.jobs, self.gateway)
+        self.workers = CpuWorkers(self.settings.worker_processes)
+        self.edit_budget = EditBudget()  # chat replies and progress cards share each channel's edit limit
+        self.finetune = FineTuneService(self.settings, self.jobs, self.gateway, DatasetCheckService(), self.workers)
+        self.monitor = MonitorService(self.jobs, self.gateway, self.workers)
         # moderate=None: classroom governance passes its moderation hook here.
-        self.chat = ChatService(ChatRepository(self.db), self.jobs, self.gateway, moderate=None)
+        self.chat = ChatService(ChatRepository(self.db), self.jobs, self.gateway, moderate=None,
+                                edit_budget=self.edit_budget)
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
@@ -153,6 +160,10 @@ class ClassroomBot(commands.Bot):
     async def close(self) -> None:
         """Stop the cogs, then the backend client and the database."""
         await super().close()
+        if hasattr(self, "workers"):
+            self.workers.close()
+        if hasattr(self, "finetune"):
+            self.finetune.close()
         if hasattr(self, "gateway"):
             await self.gateway.close()
         if hasattr(self, "db"):

@@ -15,6 +15,9 @@ from storage.models import BackendEvent, BackendJob, BackendModel
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# The first page is small: between two ticks a job usually has a few new events, and a page of 100 old ones
+# costs the backend and us for nothing. Later pages (a long gap, or a first look) are big.
+FIRST_EVENTS_PAGE = 25
 EVENTS_PAGE_SIZE = 100
 # A page of events is read until the cursor shows up; past this many pages the rest is history we skip.
 MAX_EVENT_PAGES = 20
@@ -109,11 +112,12 @@ class FineTuningGateway:
         """Events newer than the cursor, oldest first: usually one request (events come newest first)."""
         newer: list[BackendEvent] = []
         after: str | None = None
-        for _ in range(MAX_EVENT_PAGES):
+        for page_number in range(MAX_EVENT_PAGES):
+            limit = FIRST_EVENTS_PAGE if page_number == 0 and cursor is not None else EVENTS_PAGE_SIZE
             page = await self._call(
                 "list events",
-                lambda after=after: self.client.fine_tuning.jobs.list_events(  # type: ignore[misc]
-                    job_id, limit=EVENTS_PAGE_SIZE, after=after or openai.omit
+                lambda after=after, limit=limit: self.client.fine_tuning.jobs.list_events(  # type: ignore[misc]
+                    job_id, limit=limit, after=after or openai.omit
                 ),
             )
             for item in page.data:

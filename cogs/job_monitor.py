@@ -12,7 +12,7 @@ from discord.ext import commands, tasks
 
 from bot import errors
 from bot.i18n import t
-from bot.services.monitor import MonitorService
+from bot.services.monitor import ChartBudget, MonitorService
 from cogs import _ui
 from storage.models import Job
 
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Charts one tick may draw (~70 ms of CPU each); the rest are drawn on later ticks.
+MAX_CHARTS_PER_TICK = 10
+# How long closing the bot waits for a tick in progress.
+SHUTDOWN_GRACE_SECONDS = 10.0
 # Jobs polled at once: enough to keep a tick short with hundreds of jobs, few enough to be gentle with the API.
 POLL_CONCURRENCY = 16
 
@@ -33,6 +37,7 @@ class JobMonitor(commands.Cog):
         self._gate = asyncio.Semaphore(POLL_CONCURRENCY)
         # One look at a job at a time: the loop and a just-started job's first card must not both post a card.
         self._locks: dict[str, asyncio.Lock] = {}
+        self._first_looks: set[asyncio.Task[None]] = set()
 
     async def cog_load(self) -> None:
         """Start polling; a restart resumes every unfinished job from the database."""
@@ -41,8 +46,13 @@ class JobMonitor(commands.Cog):
         self.poll.start()
 
     async def cog_unload(self) -> None:
-        """Stop polling."""
-        self.poll.cancel()
+        """Stop polling, letting a tick in progress finish (a cut-off tick would only be redone, but cleanly)."""
+        self.poll.stop()
+        running = [t for t in (self.poll.get_task(), *self._first_looks) if t is not None and not t.done()]
+        if running:
+            _, late = await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+            for task in late:
+                task.cancel()
 
     @tasks.loop(seconds=10)
     async def poll(self) -> None:
@@ -50,7 +60,8 @@ class JobMonitor(commands.Cog):
         jobs = await self.monitor.watched()
         if jobs:
             log.debug("Polling %d jobs", len(jobs))
-            await asyncio.gather(*(self._poll_one(job) for job in jobs))
+            charts_left = ChartBudget(MAX_CHARTS_PER_TICK)
+            await asyncio.gather(*(self._poll_one(job, charts_left) for job in jobs))
 
     @poll.before_loop
     async def _wait_until_ready(self) -> None:
@@ -66,14 +77,16 @@ class JobMonitor(commands.Cog):
     @commands.Cog.listener()
     async def on_job_started(self, job: Job) -> None:
         """Show a just-started job's progress card at once instead of at the next tick."""
-        await self._poll_one(job)
+        task = asyncio.create_task(self._poll_one(job, ChartBudget(1)), name=f"first look at {job.id}")
+        self._first_looks.add(task)  # kept so that unloading waits for it; _poll_one logs its own errors
+        task.add_done_callback(self._first_looks.discard)
 
-    async def _poll_one(self, job: Job) -> None:
+    async def _poll_one(self, job: Job, charts_left: ChartBudget) -> None:
         async with self._gate, self._locks.setdefault(job.id, asyncio.Lock()):
             try:
                 fresh = await self.monitor.reload(job)  # the other path may have moved the cursor meanwhile
                 if fresh is not None and fresh.needs_watching:
-                    await self.watch(fresh)
+                    await self.watch(fresh, charts_left)
                 else:
                     self._locks.pop(job.id, None)
             except errors.UpstreamBusyError:
@@ -85,13 +98,16 @@ class JobMonitor(commands.Cog):
             except Exception:  # boundary: one broken job must not stop the others
                 log.exception("Watching job %s failed", job.id)
 
-    async def watch(self, job: Job) -> None:
+    async def watch(self, job: Job, charts_left: ChartBudget) -> None:
         """Look at one job: edit its card if anything changed, then announce its end once."""
         locale = self.bot.channel_locale(job.guild_id)
-        if not job.is_terminal:
+        budget = self.bot.edit_budget
+        # A channel whose edit budget is spent (many jobs, or a streaming chat) is looked at next tick, before the
+        # jobs just updated: nothing is lost, the card only lags, and Discord never rate-limits us.
+        if not job.is_terminal and (job.progress_message_id is None or budget.delay(job.channel_id) == 0):
             tick = await self.monitor.poll(job)
             if tick.has_news or job.progress_message_id is None:
-                card = await self.monitor.card(tick, locale=locale)
+                card = await self.monitor.card(tick, locale=locale, charts_left=charts_left)
                 await self._show_card(job, card, locale)
                 # The cursor moves only now, after the channel shows the news.
                 job = await self.monitor.commit(tick, chart_step=card.chart_step)
@@ -103,6 +119,8 @@ class JobMonitor(commands.Cog):
         files = [_ui.chart_file(card.chart_png)] if card.chart_png else []  # type: ignore[attr-defined]
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         if job.progress_message_id is not None:
+            budget = self.bot.edit_budget
+            await budget.start(job.channel_id)
             try:
                 message = channel.get_partial_message(job.progress_message_id)
                 if files:
@@ -112,6 +130,8 @@ class JobMonitor(commands.Cog):
                 return
             except discord.NotFound:
                 log.info("Progress card of job %s was deleted; posting a new one", job.id)
+            finally:
+                budget.finish(job.channel_id)
         message = await channel.send(embed=embed, files=files)
         await self.monitor.set_progress_message(job, message.id)
 

@@ -60,9 +60,10 @@ class JobRepository:
         return [_job(r) for r in rows]
 
     async def watched(self) -> list[Job]:
-        """Jobs whose end has not been announced yet (the watcher's work list), oldest first."""
+        """Jobs whose end has not been announced yet (the watcher's work list), least recently updated first."""
         rows = await self.db.fetch_all(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE notice_message_id IS NULL AND orphaned = 0 ORDER BY created_at"
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE notice_message_id IS NULL AND orphaned = 0 "
+            "ORDER BY updated_at, created_at"
         )
         return [_job(r) for r in rows]
 

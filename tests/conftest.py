@@ -118,6 +118,9 @@ def make_settings(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: 
         "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
         "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
         "JOB_POLL_SECONDS": "0.05",
+        # Threads, not worker processes: a process pool costs a second to start in every test. The process path
+        # is exercised by tests/test_main_process.py, which runs `python -m bot` with the default.
+        "WORKER_PROCESSES": "0",
     }
     return replace(Settings.from_env(env), **overrides)  # type: ignore[arg-type]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.services.chat import EditBudget
+from bot.services.ratelimit import EditBudget
 from tests.conftest import MANAGE_GUILD, Classroom
 from tests.fakes.discord import FakeChannel, FakeMessage
 from tests.test_chat_service import fence_lines, long_reply_with_code

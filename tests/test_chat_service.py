@@ -13,7 +13,6 @@ from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import (
     ChatService,
-    EditBudget,
     ReplyAction,
     ReplyRenderer,
     build_history,
@@ -21,6 +20,7 @@ from bot.services.chat import (
     count_tokens,
     split_reply,
 )
+from bot.services.ratelimit import EditBudget
 from storage.chats import ChatRepository
 from storage.database import Database
 from storage.jobs import JobRepository

@@ -46,9 +46,13 @@ async def test_python_m_bot_serves_finetune_start_from_env_only(
         assert card.button("Start")
         await press(fake_discord, card, "Start", student)
         await fake_discord.wait_for(lambda: fake_openai.jobs or None, timeout=10, what="job created")
+        channel = guild.text_channel.id
+        await fake_discord.wait_for(lambda: any("Fine-tuning:" in m.text() for m in fake_discord.messages(channel))
+                                    or None, timeout=10, what="the progress card")
     finally:
-        process.terminate()
+        process.terminate()  # what a platform restart sends: the bot closes cleanly
         output, _ = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0
     log = output.decode()
     assert "fake.process.token" not in log and fake_openai.api_key not in log
     assert "Traceback" not in log, log[-2000:]

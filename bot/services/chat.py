@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -17,6 +17,7 @@ import tiktoken
 from bot import errors
 from bot.i18n import t
 from bot.openai_gateway import FineTuningGateway
+from bot.services.ratelimit import EDIT_WINDOW_SECONDS, EDITS_PER_WINDOW, EditBudget
 from dataset_rules import tokens as token_rules
 from dataset_rules.models import ModelInfo, base_name, lookup
 from storage.chats import ChatRepository, DeletedChats
@@ -26,12 +27,8 @@ from storage.models import ChatThread, ChatTurn, TrainedModel
 log = logging.getLogger(__name__)
 
 DISCORD_MESSAGE_CHARS = 2000
-# Discord allows about 5 message edits per 5 seconds per channel; every edit the bot makes there shares it.
-EDITS_PER_WINDOW = 5
-EDIT_WINDOW_SECONDS = 5.0
 # One message is edited at most this often, so a burst of tokens cannot use up the channel's budget at once.
 MIN_EDIT_INTERVAL_SECONDS = EDIT_WINDOW_SECONDS / EDITS_PER_WINDOW
-FINAL_EDIT_TIMEOUT_SECONDS = 30.0
 REPLY_MAX_TOKENS = 1500
 COMPARE_MAX_TOKENS = 500
 # Sending a whole 128k-token history every turn would be slow and costly for a class: history stops here.
@@ -113,72 +110,6 @@ def split_reply(text: str, limit: int = DISCORD_MESSAGE_CHARS) -> list[str]:
 
 
 # Pacing edits -----------------------------------------------------------------------------------------------
-
-
-class EditBudget:
-    """At most `limit` message edits per `window` seconds in each channel, shared by everything the bot edits there.
-
-    An edit counts from when its request returned (so Discord, which counts arrivals, never sees more), and an
-    edit in flight holds a slot until then.
-    """
-
-    def __init__(
-        self, limit: int = EDITS_PER_WINDOW, window: float = EDIT_WINDOW_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self._done: dict[int, deque[float]] = {}
-        self._in_flight: dict[int, int] = {}
-
-    def _prune(self, channel_id: int, now: float) -> deque[float]:
-        times = self._done.setdefault(channel_id, deque())
-        while times and now - times[0] >= self.window:
-            times.popleft()
-        return times
-
-    def delay(self, channel_id: int) -> float:
-        """Seconds until an edit may start in this channel (0: now)."""
-        now = self.clock()
-        times = self._prune(channel_id, now)
-        slots = self.limit - self._in_flight.get(channel_id, 0)
-        if slots <= 0:
-            return self.window / self.limit  # every slot is in flight: look again shortly
-        if len(times) < slots:
-            return 0.0
-        # Enough finished edits must leave the window to free a slot; each leaves one window after it landed.
-        return max(0.0, times[len(times) - slots] + self.window - now)
-
-    def try_start(self, channel_id: int) -> bool:
-        """Take a slot now if one is free."""
-        if self.delay(channel_id) > 0:
-            return False
-        self._in_flight[channel_id] = self._in_flight.get(channel_id, 0) + 1
-        return True
-
-    def finish(self, channel_id: int) -> None:
-        """The edit's request has returned (or failed): its slot frees one window from now."""
-        self._in_flight[channel_id] = max(0, self._in_flight.get(channel_id, 0) - 1)
-        self._prune(channel_id, self.clock()).append(self.clock())
-        if not self._in_flight[channel_id]:
-            del self._in_flight[channel_id]
-
-    async def start(self, channel_id: int, timeout: float = FINAL_EDIT_TIMEOUT_SECONDS) -> None:
-        """Wait for a slot and take it (for edits that must land, such as a reply's last one)."""
-        async with asyncio.timeout(timeout):
-            while not self.try_start(channel_id):
-                await asyncio.sleep(max(0.005, self.delay(channel_id)))
-
-    def __len__(self) -> int:
-        """How many channels the budget currently tracks."""
-        return len(self._done)
-
-    def forget_idle(self) -> None:
-        """Drop channels with nothing in the window (keeps memory flat across many threads)."""
-        now = self.clock()
-        for channel_id in [c for c in self._done if not self._prune(c, now) and c not in self._in_flight]:
-            del self._done[channel_id]
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 from bot import errors
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
 from bot.services.dataset_check import CheckResult, DatasetCheckService
+from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.jobs import JobRepository
 from storage.models import Job, NewJob
@@ -44,14 +47,23 @@ class StartRequest:
 
 
 @dataclass(frozen=True)
+class StagedFile:
+    """A checked file waiting on disk (not in memory) for its upload: its name at the backend and where it is."""
+
+    upload_name: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class PendingStart:
     """A checked file waiting for its requester to press Start."""
 
     token: str
     request: StartRequest
     check: CheckResult
-    training: Upload
-    validation: Upload | None
+    training_filename: str
+    training: StagedFile | None
+    validation: StagedFile | None
     created_at: float
 
     @property
@@ -64,13 +76,21 @@ class FineTuneService:
     """Checks files, starts jobs at the backend and records them; looks jobs up within one server."""
 
     def __init__(
-        self, settings: Settings, jobs: JobRepository, gateway: FineTuningGateway, checker: DatasetCheckService
+        self,
+        settings: Settings,
+        jobs: JobRepository,
+        gateway: FineTuningGateway,
+        checker: DatasetCheckService,
+        workers: CpuWorkers,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.gateway = gateway
         self.checker = checker
+        self.workers = workers
         self._pending: dict[str, PendingStart] = {}
+        # A class may check a hundred big files at once: waiting files sit on disk, not in memory.
+        self._staging = tempfile.TemporaryDirectory(prefix="classroom-bot-pending-")
         self._models: tuple[float, list[str]] = (0.0, [])
 
     # Before the click ---------------------------------------------------------------------------------------
@@ -83,7 +103,7 @@ class FineTuneService:
                 raise errors.AttachmentError(
                     "error.attachment_too_large", name=upload.filename, limit_mb=limit // 2**20
                 )
-        check = await asyncio.to_thread(
+        check = await self.workers.run(
             self.checker.check_bytes,
             training.data,
             training.filename,
@@ -92,19 +112,39 @@ class FineTuneService:
             n_epochs=request.n_epochs,
         )
         self._drop_expired()
-        pending = PendingStart(secrets.token_hex(8), request, check, training, validation, time.monotonic())
+        token = secrets.token_hex(8)
+        pending = PendingStart(token, request, check, training.filename, None, None, time.monotonic())
         if pending.can_start:
-            self._pending[pending.token] = pending
+            staged_training = await self._stage(token, "training", training, check.converted_jsonl)
+            staged_validation = (await self._stage(token, "validation", validation, check.converted_validation)
+                                 if validation else None)
+            # What waits for the click keeps the report, not the bytes (they are on disk now).
+            slim = replace(check, converted_jsonl=None, converted_validation=None)
+            self._pending[token] = replace(pending, check=slim, training=staged_training,
+                                           validation=staged_validation)
         return pending
+
+    async def _stage(self, token: str, kind: str, upload: Upload, converted: bytes | None) -> StagedFile:
+        name, data = _upload_form(upload, converted)
+        path = Path(self._staging.name) / f"{token}-{kind}.jsonl"
+        await asyncio.to_thread(path.write_bytes, data)
+        return StagedFile(name, path)
 
     def discard(self, token: str) -> None:
         """Forget a pending start (Cancel pressed or the card timed out)."""
-        self._pending.pop(token, None)
+        pending = self._pending.pop(token, None)
+        if pending is not None:
+            _remove_staged(pending)
 
     def _drop_expired(self) -> None:
         cutoff = time.monotonic() - PENDING_TTL_SECONDS
         for token in [t for t, p in self._pending.items() if p.created_at < cutoff]:
-            del self._pending[token]
+            self.discard(token)
+
+    def close(self) -> None:
+        """Remove every waiting file."""
+        self._pending.clear()
+        self._staging.cleanup()
 
     # The click ---------------------------------------------------------------------------------------------
 
@@ -117,20 +157,22 @@ class FineTuneService:
             raise errors.NotAllowedError()
         del self._pending[token]  # one click, one job: a double click cannot start two
         try:
-            return await self._create(pending)
+            job = await self._create(pending)
         except errors.UpstreamBusyError:
             # Nothing was lost: let the student press Start again.
             self._pending[token] = pending
             raise
+        except BaseException:
+            _remove_staged(pending)
+            raise
+        _remove_staged(pending)
+        return job
 
     async def _create(self, pending: PendingStart) -> Job:
         request, report = pending.request, pending.check.report
-        training_name, training_data = _upload_form(pending.training, pending.check.converted_jsonl)
-        training_id = await self.gateway.upload_file(training_name, training_data)
-        validation_id = None
-        if pending.validation is not None:
-            name, data = _upload_form(pending.validation, pending.check.converted_validation)
-            validation_id = await self.gateway.upload_file(name, data)
+        assert pending.training is not None  # only startable (hence staged) checks wait for a click
+        training_id = await self._upload(pending.training)
+        validation_id = await self._upload(pending.validation) if pending.validation else None
         try:
             backend = await self.gateway.create_job(
                 model=request.base_model,
@@ -163,7 +205,7 @@ class FineTuneService:
                 n_epochs=backend.n_epochs or report.n_epochs,
                 training_file_id=training_id,
                 validation_file_id=validation_id,
-                training_filename=pending.training.filename,
+                training_filename=pending.training_filename,
                 examples=report.examples,
                 estimated_tokens=report.tokens_billed,
                 estimated_cost_usd=report.estimated_cost_usd,
@@ -171,6 +213,10 @@ class FineTuneService:
                 created_at=backend.created_at or int(time.time()),
             )
         )
+
+    async def _upload(self, staged: StagedFile) -> str:
+        data = await asyncio.to_thread(staged.path.read_bytes)
+        return await self.gateway.upload_file(staged.upload_name, data)
 
     async def _forget_upload(self, file_id: str) -> None:
         try:
@@ -232,6 +278,12 @@ def _upload_form(upload: Upload, converted: bytes | None) -> tuple[str, bytes]:
     if converted is not None:
         return upload.filename.rsplit(".", 1)[0] + ".jsonl", converted
     return upload.filename, upload.data
+
+
+def _remove_staged(pending: PendingStart) -> None:
+    for staged in (pending.training, pending.validation):
+        if staged is not None:
+            staged.path.unlink(missing_ok=True)
 
 
 def _is_retired(name: str) -> bool:

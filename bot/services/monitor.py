@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -11,6 +10,7 @@ from dataclasses import dataclass, replace
 from bot.i18n import t
 from bot.openai_gateway import FineTuningGateway
 from bot.services import charts, metrics
+from bot.services.workers import CpuWorkers
 from storage.jobs import JobRepository
 from storage.models import BackendEvent, Checkpoint, Job, JobProgress, MetricPoint
 
@@ -37,6 +37,21 @@ class Tick:
         ) or (p.last_event_id is not None and p.last_event_id != j.last_event_id)
 
 
+@dataclass
+class ChartBudget:
+    """How many charts one watcher tick may still draw: charts are the costly part of a tick (~70 ms of CPU each),
+    and a due chart that waits one tick costs nothing but a slightly older picture."""
+
+    left: int
+
+    def take(self) -> bool:
+        """Use one drawing if any is left."""
+        if self.left <= 0:
+            return False
+        self.left -= 1
+        return True
+
+
 @dataclass(frozen=True)
 class ProgressCard:
     """Everything the progress card shows, computed from the stored state plus a tick."""
@@ -55,9 +70,10 @@ class ProgressCard:
 class MonitorService:
     """Polls the backend for watched jobs and builds what the channel shows; storage stays the truth."""
 
-    def __init__(self, jobs: JobRepository, gateway: FineTuningGateway) -> None:
+    def __init__(self, jobs: JobRepository, gateway: FineTuningGateway, workers: CpuWorkers) -> None:
         self.jobs = jobs
         self.gateway = gateway
+        self.workers = workers
 
     async def watched(self) -> list[Job]:
         """Jobs still running, or ended without their notice posted."""
@@ -103,8 +119,10 @@ class MonitorService:
             last_event_id=None,
         ))
 
-    async def card(self, tick: Tick, *, locale: str, force_chart: bool = False) -> ProgressCard:
-        """The card after this tick: stored points plus the new ones, with a redrawn chart when due."""
+    async def card(
+        self, tick: Tick, *, locale: str, force_chart: bool = False, charts_left: ChartBudget | None = None
+    ) -> ProgressCard:
+        """The card after this tick: stored points plus the new ones, with a redrawn chart when due (and allowed)."""
         job = _merged(tick.job, tick.progress)
         points = _merge_points(await self.jobs.metrics(job.id), tick.progress.metrics)
         stored = await self.jobs.checkpoints(job.id)
@@ -112,8 +130,9 @@ class MonitorService:
         latest = points[-1] if points else None
         total = job.total_steps or (latest.total_steps if latest else None)
         chart_png, chart_step = None, job.chart_step
-        if latest is not None and (force_chart or _chart_due(job, latest.step, total)):
-            chart_png = await asyncio.to_thread(
+        due = latest is not None and (force_chart or _chart_due(job, latest.step, total))
+        if latest is not None and due and (charts_left is None or charts_left.take()):
+            chart_png = await self.workers.run(
                 charts.render_loss_chart, points, epoch_steps=epoch_steps, total_steps=total,
                 labels=_chart_labels(locale),
             )
@@ -137,7 +156,7 @@ class MonitorService:
         if not points:
             return None
         epoch_steps = [c.step for c in await self.jobs.checkpoints(job.id)]
-        return await asyncio.to_thread(
+        return await self.workers.run(
             charts.render_loss_chart, points, epoch_steps=epoch_steps,
             total_steps=job.total_steps, labels=_chart_labels(locale),
         )
