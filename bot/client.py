@@ -18,14 +18,16 @@ from bot.i18n import catalog, locale_of, t
 from bot.openai_gateway import FineTuningGateway
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.finetune import FineTuneService
+from bot.services.governance import GovernanceService
 from bot.services.monitor import MonitorService
 from storage.database import Database
+from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.meta import MetaRepository
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.finetune", "cogs.job_monitor")
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.classroom")
 _TREE_HASH_KEY = "command_tree_hash"
 
 
@@ -89,6 +91,7 @@ class ClassroomBot(commands.Bot):
     meta: MetaRepository
     finetune: FineTuneService
     monitor: MonitorService
+    governance: GovernanceService
 
     def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.default()
@@ -112,8 +115,13 @@ class ClassroomBot(commands.Bot):
         )
         self.jobs = JobRepository(self.db)
         self.meta = MetaRepository(self.db)
-        self.finetune = FineTuneService(self.settings, self.jobs, self.gateway, DatasetCheckService())
-        self.monitor = MonitorService(self.jobs, self.gateway)
+        self.governance = GovernanceService(
+            GovernanceRepository(self.db), self.jobs, self.gateway, self_hosted=self.settings.self_hosted
+        )
+        self.finetune = FineTuneService(
+            self.settings, self.jobs, self.gateway, DatasetCheckService(), policy=self.governance
+        )
+        self.monitor = MonitorService(self.jobs, self.gateway, on_end=self.governance.settle)
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

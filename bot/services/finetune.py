@@ -6,7 +6,8 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from bot import errors
 from bot.config import Settings
@@ -14,7 +15,7 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services.dataset_check import CheckResult, DatasetCheckService
 from dataset_rules.models import lookup as lookup_model
 from storage.jobs import JobRepository
-from storage.models import Job, NewJob
+from storage.models import Job, NewJob, Reservation
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class StartRequest:
     base_model: str
     n_epochs: int | None
     suffix: str | None
+    is_teacher: bool = False  # teachers are exempt from per-student quotas (not from the budget)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class PendingStart:
     training: Upload
     validation: Upload | None
     created_at: float
+    ttl_seconds: float = PENDING_TTL_SECONDS
 
     @property
     def can_start(self) -> bool:
@@ -60,16 +63,34 @@ class PendingStart:
         return self.check.report.ok
 
 
+class StartPolicy(Protocol):
+    """Rules a start must pass (quotas, budget, moderation), with the budget reservation they hold."""
+
+    async def before_start(self, pending: PendingStart) -> Reservation | None:
+        """Check and reserve; raise a UserFacingError to refuse."""
+        ...
+
+    async def on_start_failed(self, reservation: Reservation | None) -> None:
+        """The upload or job creation failed: release the reservation."""
+        ...
+
+    async def after_created(self, job: Job, reservation: Reservation | None) -> None:
+        """The job exists: tie the reservation to it."""
+        ...
+
+
 class FineTuneService:
     """Checks files, starts jobs at the backend and records them; looks jobs up within one server."""
 
     def __init__(
-        self, settings: Settings, jobs: JobRepository, gateway: FineTuningGateway, checker: DatasetCheckService
+        self, settings: Settings, jobs: JobRepository, gateway: FineTuningGateway, checker: DatasetCheckService,
+        policy: StartPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.gateway = gateway
         self.checker = checker
+        self.policy = policy
         self._pending: dict[str, PendingStart] = {}
         self._models: tuple[float, list[str]] = (0.0, [])
 
@@ -101,9 +122,24 @@ class FineTuneService:
         """Forget a pending start (Cancel pressed or the card timed out)."""
         self._pending.pop(token, None)
 
+    def hold(self, token: str, user_id: int, ttl_seconds: float) -> PendingStart:
+        """Keep a pending start longer (waiting for a teacher's approval). Only the requester may ask."""
+        pending = self._pending.get(token)
+        if pending is None:
+            raise errors.UserFacingError("error.start_expired")
+        if pending.request.user_id != user_id:
+            raise errors.NotAllowedError()
+        pending = replace(pending, ttl_seconds=ttl_seconds)
+        self._pending[token] = pending
+        return pending
+
+    def pending(self, token: str) -> PendingStart | None:
+        """A pending start still waiting, if any."""
+        return self._pending.get(token)
+
     def _drop_expired(self) -> None:
-        cutoff = time.monotonic() - PENDING_TTL_SECONDS
-        for token in [t for t, p in self._pending.items() if p.created_at < cutoff]:
+        now = time.monotonic()
+        for token in [t for t, p in self._pending.items() if now - p.created_at > p.ttl_seconds]:
             del self._pending[token]
 
     # The click ---------------------------------------------------------------------------------------------
@@ -116,12 +152,26 @@ class FineTuneService:
         if pending.request.user_id != user_id:
             raise errors.NotAllowedError()
         del self._pending[token]  # one click, one job: a double click cannot start two
+        reservation = None
+        if self.policy is not None:
+            try:
+                reservation = await self.policy.before_start(pending)
+            except errors.UserFacingError:
+                # Refused (budget, quota, content): the card stays usable, e.g. after the teacher raises the budget.
+                self._pending[token] = pending
+                raise
         try:
-            return await self._create(pending)
-        except errors.UpstreamBusyError:
-            # Nothing was lost: let the student press Start again.
-            self._pending[token] = pending
+            job = await self._create(pending)
+        except BaseException as exc:
+            if self.policy is not None:
+                await self.policy.on_start_failed(reservation)
+            if isinstance(exc, errors.UpstreamBusyError):
+                # Nothing was lost: let the student press Start again.
+                self._pending[token] = pending
             raise
+        if self.policy is not None:
+            await self.policy.after_created(job, reservation)
+        return job
 
     async def _create(self, pending: PendingStart) -> Job:
         request, report = pending.request, pending.check.report

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from bot.openai_gateway import FineTuningGateway
@@ -55,9 +56,14 @@ class ProgressCard:
 class MonitorService:
     """Polls the backend for watched jobs and builds what the channel shows; storage stays the truth."""
 
-    def __init__(self, jobs: JobRepository, gateway: FineTuningGateway) -> None:
+    def __init__(
+        self, jobs: JobRepository, gateway: FineTuningGateway,
+        on_end: Callable[[Job], Awaitable[None]] | None = None,
+    ) -> None:
         self.jobs = jobs
         self.gateway = gateway
+        # Called with a job once it is stored as ended (settles its spend); must be idempotent.
+        self.on_end = on_end
 
     async def watched(self) -> list[Job]:
         """Jobs still running, or ended without their notice posted."""
@@ -156,6 +162,8 @@ class MonitorService:
             await self.jobs.set_chart_step(tick.job.id, chart_step)
         job = await self.jobs.get_any(tick.job.id)
         assert job is not None
+        if job.is_terminal and not tick.job.is_terminal and self.on_end is not None:
+            await self.on_end(job)
         return job
 
     async def set_progress_message(self, job: Job, message_id: int) -> None:
