@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 CONFIRM_TIMEOUT_SECONDS = 300.0
 MAX_NAMES_SHOWN = 15
 MAX_STUDENTS_SHOWN = 20
+MAX_NAMES_FETCHED = 200
 
 
 async def member_is_teacher(interaction: discord.Interaction) -> bool:
@@ -153,11 +154,12 @@ class Classroom(commands.Cog):
 
     @klass.command(name="teacher-channel", description=_("Choose where approval cards and moderation reports go",
                                                          key="gov.cmd.teacher_channel"))
-    @app_commands.describe(channel=_("A channel only teachers can read", key="gov.cmd.teacher_channel.channel"))
+    @app_commands.describe(teacher_channel=_("A channel only teachers can read", key="gov.cmd.teacher_channel.channel"))
     @teacher_only()
-    async def class_teacher_channel(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+    async def class_teacher_channel(self, interaction: discord.Interaction,
+                                    teacher_channel: discord.TextChannel) -> None:
         assert interaction.guild_id is not None
-        settings = await self.governance.update(interaction.guild_id, teacher_channel_id=channel.id)
+        settings = await self.governance.update(interaction.guild_id, teacher_channel_id=teacher_channel.id)
         await self._show(interaction, settings, "gov.saved.teacher_channel")
 
     @klass.command(name="budget", description=_("Set the class's spending cap for the term (USD)", key="gov.cmd.budget"))
@@ -199,17 +201,18 @@ class Classroom(commands.Cog):
                                                    key="gov.cmd.approvals"))
     @app_commands.describe(
         state=_("on or off", key="gov.cmd.approvals.state"),
-        channel=_("Where approval cards go (a channel only teachers can read)", key="gov.cmd.approvals.channel"),
+        teacher_channel=_("Where approval cards go (a channel only teachers can read)",
+                          key="gov.cmd.approvals.channel"),
     )
     @teacher_only()
     async def class_approvals(self, interaction: discord.Interaction, state: Literal["on", "off"],
-                              channel: discord.TextChannel | None = None) -> None:
+                              teacher_channel: discord.TextChannel | None = None) -> None:
         assert interaction.guild_id is not None
         changes: dict[str, object] = {"approvals": state == "on"}
-        if channel is not None:
-            changes["teacher_channel_id"] = channel.id
+        if teacher_channel is not None:
+            changes["teacher_channel_id"] = teacher_channel.id
         current = await self.governance.settings(interaction.guild_id)
-        if state == "on" and channel is None and current.teacher_channel_id is None:
+        if state == "on" and teacher_channel is None and current.teacher_channel_id is None:
             raise errors.UserFacingError("gov.error.no_teacher_channel_set")
         settings = await self.governance.update(interaction.guild_id, **changes)
         await self._show(interaction, settings, "gov.saved.approvals")
@@ -247,7 +250,7 @@ class Classroom(commands.Cog):
         assert interaction.guild is not None
         await self.governance.settle_ended()
         report = await self.governance.report(interaction.guild.id)
-        names = {s.user_id: _member_name(interaction.guild, s.user_id) for s in report.students}
+        names = await _member_names(interaction.guild, [s.user_id for s in report.students])
         csv_file = discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")
         await interaction.followup.send(embed=report_embed(report, str(interaction.locale)), file=csv_file,
                                         ephemeral=True)
@@ -390,9 +393,18 @@ class Classroom(commands.Cog):
 # Rendering -------------------------------------------------------------------------------------------------
 
 
-def _member_name(guild: discord.Guild, user_id: int) -> str:
-    member = guild.get_member(user_id)
-    return member.display_name if member else ""
+async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, str]:
+    # Without the members intent the cache knows few members: ask Discord for the rest (a class is small).
+    names: dict[int, str] = {}
+    for user_id in user_ids[:MAX_NAMES_FETCHED]:
+        member = guild.get_member(user_id)
+        if member is None:
+            try:
+                member = await guild.fetch_member(user_id)
+            except discord.HTTPException:
+                continue  # left the server: the report keeps their id
+        names[user_id] = member.display_name
+    return names
 
 
 def _limit(value: int | None, locale: str) -> str:
