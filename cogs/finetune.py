@@ -80,18 +80,18 @@ class FineTune(commands.Cog):
 
         async def on_start(click: discord.Interaction, view: _ui.ConfirmStartView) -> None:
             await click.response.defer()
-            if await self.bot.governance.needs_approval(request.guild_id, is_teacher=request.is_teacher):
-                # A student's Start goes to the teachers; Approve later runs service.start like this button does.
-                held = self.service.hold(pending.token, click.user.id, APPROVAL_TTL_SECONDS)
-                approval = await self.bot.governance.request_approval(held)
-                view.disable()
+            try:
+                if await self.bot.governance.needs_approval(request.guild_id, is_teacher=request.is_teacher):
+                    await self._send_for_approval(click, view, embed, pending.token)
+                    return
+                job = await self.service.start(pending.token, click.user.id)
+            except errors.UpstreamBusyError:
+                raise  # the card stays usable: pressing Start again may work in a minute
+            except errors.UserFacingError:
+                view.disable()  # refused for good (e.g. no fine-tuning for this account): grey the card out
                 view.stop()
-                embed.colour = _ui.AMBER
-                embed.set_footer(text=t("gov.approval.sent", click.locale))
-                await click.edit_original_response(embed=embed, view=view)
-                self.bot.dispatch("approval_requested", approval)
-                return
-            job = await self.service.start(pending.token, click.user.id)
+                await click.edit_original_response(view=view)
+                raise
             view.disable()
             view.stop()
             embed.colour = _ui.GREEN
@@ -112,6 +112,18 @@ class FineTune(commands.Cog):
             on_expire=lambda: self.service.discard(pending.token), timeout=PENDING_TTL_SECONDS,
         )
         view.message = await interaction.followup.send(embed=embed, files=files, view=view, wait=True)
+
+    async def _send_for_approval(self, click: discord.Interaction, view: _ui.ConfirmStartView, embed: discord.Embed,
+                                 token: str) -> None:
+        # A student's Start goes to the teachers; their Approve runs service.start just as this button would.
+        held = self.service.hold(token, click.user.id, APPROVAL_TTL_SECONDS)
+        approval = await self.bot.governance.request_approval(held)
+        view.disable()
+        view.stop()
+        embed.colour = _ui.AMBER
+        embed.set_footer(text=t("gov.approval.sent", click.locale))
+        await click.edit_original_response(embed=embed, view=view)
+        self.bot.dispatch("approval_requested", approval)
 
     async def _read(self, attachment: discord.Attachment) -> Upload:
         limit = self.bot.settings.max_training_file_bytes

@@ -136,3 +136,26 @@ async def classroom(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path
         yield Classroom(fake_discord, fake_openai, runner, guild, student, teacher)
     finally:
         await runner.stop()
+
+
+async def press(fake: FakeDiscord, message: object, label: str, user: FakeUser, attempts: int = 3) -> object:
+    """Click a button the way a person does: if nothing answers (the bot had not yet stored the view of a
+    message it posted a millisecond ago, which no human can out-click), press again."""
+    for attempt in range(attempts):
+        click = await fake.click(message, label, user)  # type: ignore[arg-type]
+        try:
+            await click.response(timeout=3)
+            return click
+        except TimeoutError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def ticks(room: Classroom, n: int = 2, timeout: float = 10) -> None:
+    """Wait until the job watcher has completed `n` more ticks (its stored state has caught up)."""
+    watcher = room.bot.get_cog("JobMonitor")
+    assert watcher is not None
+    target = watcher.poll.current_loop + n  # type: ignore[attr-defined]
+    await room.discord.wait_for(lambda: watcher.poll.current_loop >= target or None,  # type: ignore[attr-defined]
+                                timeout=timeout, what=f"{n} watcher ticks")

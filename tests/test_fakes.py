@@ -2,20 +2,21 @@
 
 pytest_plugins = ["tests.fakes.conftest_plugin"]
 
-import asyncio  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-from typing import Any, AsyncIterator  # noqa: E402
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp  # noqa: E402
-import discord  # noqa: E402
-import openai  # noqa: E402
-import pytest  # noqa: E402
-from discord import app_commands  # noqa: E402
-from discord.ext import commands  # noqa: E402
+import aiohttp
+import discord
+import openai
+import pytest
+from discord import app_commands
+from discord.ext import commands
 
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser, start_bot, stop_bot  # noqa: E402
-from tests.fakes.openai import FakeOpenAI  # noqa: E402
+from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser, start_bot, stop_bot
+from tests.fakes.openai import FakeOpenAI
 
 TRAIN = b"".join(
     json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode()
@@ -31,6 +32,26 @@ class AgainView(discord.ui.View):
     async def again(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
         """Answer the click by editing the message (callback type 7)."""
         await interaction.response.edit_message(content=f"clicked by {interaction.user.name}", view=None)
+
+
+class NameModal(discord.ui.Modal, title="Your name"):
+    """A modal with one text input; submitting it posts a select menu."""
+
+    name: discord.ui.TextInput[Any] = discord.ui.TextInput(label="Name", custom_id="name")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        """Answer with a message holding a colour select."""
+        view = discord.ui.View(timeout=None)
+        select: discord.ui.Select[Any] = discord.ui.Select(
+            custom_id="colour", options=[discord.SelectOption(label=c, value=c) for c in ("red", "blue")]
+        )
+
+        async def chosen(inner: discord.Interaction) -> None:
+            await inner.response.edit_message(content=f"{self.name.value} likes {select.values[0]}", view=None)
+
+        select.callback = chosen  # type: ignore[method-assign]
+        view.add_item(select)
+        await interaction.response.send_message(f"hello {self.name.value}", view=view)
 
 
 class DemoBot(commands.Bot):
@@ -51,13 +72,22 @@ class DemoBot(commands.Bot):
             data = await file.read()
             embed = discord.Embed(title="Received", description=f"{len(data)} bytes x{count}")
             embed.add_field(name="locale", value=str(interaction.locale))
-            await interaction.followup.send(
-                embed=embed, file=discord.File(io.BytesIO(data.upper()), "echo.txt"), view=AgainView(timeout=None)
+            card = await interaction.followup.send(
+                embed=embed,
+                file=discord.File(io.BytesIO(data.upper()), "echo.txt"),
+                view=AgainView(timeout=None),
+                wait=True,
             )
-            thread = await interaction.channel.create_thread(  # type: ignore[union-attr]
-                name="demo chat", type=discord.ChannelType.public_thread
-            )
+            # A followup's WebhookMessage has no guild in discord.py, so the thread is made through the channel.
+            assert isinstance(interaction.channel, discord.TextChannel)
+            thread = await interaction.channel.create_thread(name="demo chat", message=card)
             await thread.send("thread open")
+
+        @group.command(name="close", description="Archive and lock this thread")
+        async def close(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("closing")
+            assert isinstance(interaction.channel, discord.Thread)
+            await interaction.channel.edit(archived=True, locked=True)
 
         @group.command(name="pick", description="Autocomplete demo")
         async def pick(interaction: discord.Interaction, model: str) -> None:
@@ -67,6 +97,22 @@ class DemoBot(commands.Bot):
         async def pick_auto(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
             names = ["ft-alpha", "ft-beta", "gpt-4o-mini"]
             return [app_commands.Choice(name=n, value=n) for n in names if n.startswith(current)]
+
+        @group.command(name="form", description="Modal and select demo")
+        async def form(interaction: discord.Interaction) -> None:
+            await interaction.response.send_modal(NameModal())
+
+        @group.command(name="files", description="Edit attachments demo")
+        async def files(interaction: discord.Interaction, user: discord.User) -> None:
+            await interaction.response.send_message(
+                f"for {user.name}",
+                files=[discord.File(io.BytesIO(b"a"), "a.txt"), discord.File(io.BytesIO(b"b"), "b.txt")],
+            )
+            msg = await interaction.original_response()
+            keep = next(a for a in msg.attachments if a.filename == "a.txt")
+            await interaction.edit_original_response(attachments=[keep, discord.File(io.BytesIO(b"c"), "c.txt")])
+            dm = await user.send("a private note")
+            await dm.add_reaction("\N{THUMBS UP SIGN}")
 
         self.tree.add_command(group)
 
@@ -80,7 +126,8 @@ class DemoBot(commands.Bot):
             return
         self.heard.append(message)
         if isinstance(message.channel, discord.Thread):
-            await message.channel.send(f"echo: {message.content}")
+            async with message.channel.typing():
+                await message.channel.send(f"echo: {message.content}")
 
 
 @pytest.fixture
@@ -127,12 +174,19 @@ async def test_discord_slash_defer_followup_click_thread_roundtrip(
     assert (await click.response())["type"] == 7
     assert card.content == "clicked by minji" and card.buttons == [] and len(card.edits) == 1
 
-    thread = (await fake_discord.wait_for(lambda: fake_discord.threads(guild)))[0]
+    thread = (await fake_discord.wait_for(lambda: fake_discord.threads(guild), 3, "a thread"))[0]
     await fake_discord.wait_message(thread.id, lambda m: m.content == "thread open")
     await fake_discord.say(thread.id, student, "hi there")
     reply = await fake_discord.wait_message(thread.id, lambda m: m.content == "echo: hi there")
     assert reply.author_id == fake_discord.bot_user.id
     assert demo_bot.heard[-1].guild is not None and demo_bot.heard[-1].guild.id == guild.id
+    assert thread.id == card.id and fake_discord.count("POST", rf"/channels/{thread.id}/typing$") >= 1
+
+    closing = await fake_discord.slash(guild, student, "demo close", channel=thread)
+    assert (await closing.response())["data"]["content"] == "closing"
+    await fake_discord.wait_for(lambda: thread.archived and thread.locked, 3, "the thread to be archived and locked")
+    with pytest.raises(PermissionError):
+        await fake_discord.say(thread.id, student, "can I still post?")
     assert fake_discord.unhandled == []
 
 
@@ -179,6 +233,81 @@ async def test_discord_autocomplete_returns_bot_choices(
     assert msg is not None and msg.ephemeral and msg.content == "picked ft-beta"
 
 
+async def test_discord_modal_submit_and_select_menu(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """A modal opened by the bot can be submitted, and a select menu picked, through the fake."""
+    guild, student = world
+    inter = await fake_discord.slash(guild, student, "demo form")
+    assert (await inter.response())["type"] == 9
+    submit = await fake_discord.submit_modal(inter, name="Minji")
+    msg = (await submit.wait_done()).original
+    assert msg is not None and msg.content == "hello Minji" and msg.selects[0]["custom_id"] == "colour"
+    pick = await fake_discord.click(msg, "colour", student, values=["blue"])
+    assert (await pick.response())["type"] == 7 and msg.content == "Minji likes blue"
+
+
+async def test_discord_edit_keeps_and_replaces_attachments_and_dm(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """Editing the original response keeps the listed attachment and adds a new one; a DM reaches the user."""
+    guild, student = world
+    inter = await fake_discord.slash(guild, student, "demo files", user=student)
+    msg = (await inter.wait_done()).original
+    assert msg is not None and msg.content == "for minji"
+    await fake_discord.wait_for(lambda: len(msg.edits) == 1, 3, "the attachment edit")
+    assert [a.filename for a in msg.files] == ["a.txt", "c.txt"] and msg.file("c.txt").data == b"c"
+    dm_channel = await fake_discord.wait_for(lambda: fake_discord.dm_channel(student), 3, "a DM channel")
+    note = await fake_discord.wait_message(dm_channel.id, lambda m: m.content == "a private note")
+    await fake_discord.wait_for(lambda: note.reactions, 3, "a reaction")
+    assert note.reactions == ["\N{THUMBS UP SIGN}"]
+
+
+async def test_discord_user_dm_reaches_on_message(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """A message a user sends in a DM reaches on_message with no guild."""
+    _, student = world
+    await fake_discord.say(fake_discord.open_dm(student), student, "hi bot")
+    heard = await fake_discord.wait_for(lambda: [m for m in demo_bot.heard if m.content == "hi bot"], 3, "the DM")
+    assert heard[0].guild is None and heard[0].author.id == student.id
+
+
+async def test_discord_guild_added_while_connected_reaches_bot(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """A second guild added after login is sent as GUILD_CREATE and the bot sees it with its locale."""
+    second = fake_discord.add_guild("Class 2", locale="en-GB")
+    seen = await fake_discord.wait_for(lambda: demo_bot.get_guild(second.id), 3, "the bot to see Class 2")
+    assert seen.preferred_locale == discord.Locale.british_english and len(demo_bot.guilds) == 2
+
+
+async def test_discord_injected_503_surfaces_as_server_error(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """fail_next with a 503 (which discord.py does not retry) reaches the bot as DiscordServerError."""
+    guild, _ = world
+    channel = demo_bot.get_channel(guild.text_channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    fake_discord.fail_next("POST", r"/messages$", status=503)
+    with pytest.raises(discord.DiscordServerError):
+        await asyncio.wait_for(channel.send("x"), 10)
+    assert fake_discord.messages(guild.text_channel) == []
+
+
+async def test_discord_over_long_content_is_rejected_like_discord(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """Content over 2000 characters is refused with 50035 Invalid Form Body and recorded in fake.rejected."""
+    guild, _ = world
+    channel = demo_bot.get_channel(guild.text_channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    with pytest.raises(discord.HTTPException) as info:
+        await channel.send("x" * 2001)
+    assert info.value.code == 50035 and "content" in fake_discord.rejected[0][1]
+    assert fake_discord.messages(guild.text_channel) == []
+
+
 async def test_discord_second_bot_connects_after_first_closes(
     fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser]
 ) -> None:
@@ -219,10 +348,9 @@ async def test_discord_gateway_drop_resumes_session(
 
 async def test_discord_unknown_route_is_recorded_as_unhandled(fake_discord: FakeDiscord) -> None:
     """An unknown route answers Discord's 404 JSON with the exact content type and is recorded."""
-    async with aiohttp.ClientSession() as http:
-        async with http.get(fake_discord.api_base + "/nope/1") as resp:
-            assert resp.status == 404 and resp.headers["Content-Type"] == "application/json"
-            assert (await resp.json())["message"] == "404: Not Found"
+    async with aiohttp.ClientSession() as http, http.get(fake_discord.api_base + "/nope/1") as resp:
+        assert resp.status == 404 and resp.headers["Content-Type"] == "application/json"
+        assert (await resp.json())["message"] == "404: Not Found"
     assert [r.path for r in fake_discord.unhandled] == ["/api/v10/nope/1"]
 
 
@@ -274,6 +402,74 @@ async def test_openai_upload_job_advance_complete_and_events_paging(
     assert [c.step_number for c in checkpoints.data] == [8, 4]
     listed = await client.fine_tuning.jobs.list(metadata={"guild": "1"})
     assert [j.id for j in listed.data] == [job.id]
+
+
+async def test_openai_cancel_pause_resume_and_auto_advance(fake_openai: FakeOpenAI, client: openai.AsyncOpenAI) -> None:
+    """Pause and resume a running job, cancel another; auto_advance moves a job on every GET."""
+    train = await client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    job = await client.fine_tuning.jobs.create(model="gpt-4.1-2025-04-14", training_file=train.id)
+    fake_openai.advance(job.id, 2)
+    assert (await client.fine_tuning.jobs.pause(job.id)).status == "paused"
+    fake_openai.advance(job.id, 5)
+    assert fake_openai.job(job.id).step == 0  # a paused job does not train
+    assert (await client.fine_tuning.jobs.resume(job.id)).status == "running"
+    other = await client.fine_tuning.jobs.create(model="gpt-4.1-2025-04-14", training_file=train.id)
+    assert (await client.fine_tuning.jobs.cancel(other.id)).status == "cancelled"
+    with pytest.raises(openai.BadRequestError):
+        await client.fine_tuning.jobs.cancel(other.id)
+    fake_openai.auto_advance = 5
+    seen = [(await client.fine_tuning.jobs.retrieve(job.id)).status for _ in range(4)]
+    assert seen[-1] == "succeeded" and fake_openai.job(job.id).step == 12
+    page = await client.fine_tuning.jobs.list(limit=1)
+    assert [j.id for j in page.data] == [other.id] and page.has_more
+
+
+async def test_openai_files_list_content_delete_and_model_delete(
+    fake_openai: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    """Files list newest first, serve their bytes and delete; a fine-tuned model can be deleted."""
+    first = await client.files.create(file=("a.jsonl", TRAIN), purpose="fine-tune")
+    second = await client.files.create(file=("b.jsonl", b"{}\n"), purpose="fine-tune")
+    assert [f.id async for f in client.files.list(limit=1)] == [second.id, first.id]
+    assert (await client.files.content(first.id)).content == TRAIN
+    assert (await client.files.delete(first.id)).deleted
+    with pytest.raises(openai.NotFoundError):
+        await client.files.retrieve(first.id)
+    fake_openai.add_fine_tuned_model("ft:gpt-4o-mini-2024-07-18:fake-school:x:abc")
+    deleted = await client.models.delete("ft:gpt-4o-mini-2024-07-18:fake-school:x:abc")
+    assert deleted.deleted and fake_openai.fine_tuned_models == {}
+
+
+async def test_openai_quota_and_dpo_errors(fake_openai: FakeOpenAI, client: openai.AsyncOpenAI) -> None:
+    """Exhausted quota is 429 insufficient_quota; DPO on a model without it is 400."""
+    train = await client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as dpo:
+        await client.fine_tuning.jobs.create(
+            model="gpt-4o-mini-2024-07-18", training_file=train.id, method={"type": "dpo"}
+        )
+    assert dpo.value.code == "invalid_method"
+    fake_openai.set_quota_exhausted()
+    with pytest.raises(openai.RateLimitError) as quota:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert quota.value.code == "insufficient_quota"
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "code"),
+    [
+        ("gpt-9-imaginary", openai.NotFoundError, "model_not_found"),
+        ("gpt-3.5-turbo-0125", openai.NotFoundError, "model_not_found"),  # retired on 2026-10-23
+        ("gpt-4o-mini", openai.BadRequestError, "model_not_available"),  # exists, not fine-tunable
+    ],
+)
+async def test_openai_job_with_unusable_model_is_refused(
+    fake_openai: FakeOpenAI, client: openai.AsyncOpenAI, model: str, error: type[Exception], code: str
+) -> None:
+    """Job creation names unknown or retired models as missing and chat-only models as unavailable."""
+    train = await client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    with pytest.raises(error) as info:
+        await client.fine_tuning.jobs.create(model=model, training_file=train.id)
+    assert getattr(info.value, "code", None) == code
 
 
 async def test_openai_failed_job_carries_error(fake_openai: FakeOpenAI, client: openai.AsyncOpenAI) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Classroom
+from tests.conftest import Classroom, press, ticks
 from tests.fakes.discord import FakeMessage
 
 DEFERRED = 5
@@ -37,7 +37,7 @@ async def open_card(room: Classroom, data: bytes = b"", filename: str = "train.j
 async def start_job(room: Classroom, **options: object) -> str:
     """Open a card, press Start, and return the id of the job created at the fake OpenAI."""
     card = await open_card(room, **options)
-    await room.discord.click(card, "Start", room.student)
+    await press(room.discord, card, "Start", room.student)
     job = await room.discord.wait_for(lambda: room.openai.jobs[0] if room.openai.jobs else None, timeout=10,
                                       what="a job at the fake OpenAI")
     return job.id
@@ -70,7 +70,7 @@ async def test_start_click_by_other_student_is_refused(classroom: Classroom) -> 
     other = classroom.discord.add_user("other")
     classroom.guild.add_member(other)
     card = await open_card(classroom)
-    click = await classroom.discord.click(card, "Start", other)
+    click = await press(classroom.discord, card, "Start", other)
     answer = await click.response(timeout=5)
     assert answer["data"]["flags"] & 64 and "Only the person who asked" in answer["data"]["content"]
     assert classroom.openai.uploads == [] and classroom.openai.jobs == []
@@ -79,9 +79,10 @@ async def test_start_click_by_other_student_is_refused(classroom: Classroom) -> 
 async def test_start_cancel_button_uploads_nothing(classroom: Classroom) -> None:
     """Cancel on the card greys out the buttons and never uploads."""
     card = await open_card(classroom)
-    click = await classroom.discord.click(card, "Cancel", classroom.student)
+    click = await press(classroom.discord, card, "Cancel", classroom.student)
     await click.wait_done(timeout=5)
     await classroom.discord.wait_for(lambda: card.button("Start").get("disabled") or None, timeout=5)
+    assert [f for f in classroom.openai.files.values() if f.purpose == "fine-tune"] == []  # the upload was removed
     assert classroom.openai.uploads == []
 
 
@@ -105,10 +106,10 @@ async def test_whole_journey_card_progress_chart_and_one_notice(classroom: Class
     assert notice[0].button("Chat with this model")
     assert notice[0].files[0].data.startswith(PNG)
     await classroom.discord.wait_for(lambda: "Finished" in card.text() or None, timeout=10)
-    # Later ticks must not announce again.
+    # Later ticks must not announce again, nor ask the backend about a finished job.
     polls = classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+$")
-    await classroom.discord.wait_for(
-        lambda: classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+$") == polls or None, timeout=2)
+    await ticks(classroom, 3)
+    assert classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+$") == polls
     assert len(notices(classroom)) == 1
 
 
@@ -186,9 +187,7 @@ async def test_crash_mid_job_then_restart_announces_exactly_once(classroom: Clas
     await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=15)
     await classroom.restart()  # and a clean restart after the end announces nothing more
     polls = classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+/events")
-    watcher = classroom.bot.get_cog("JobMonitor")
-    assert watcher is not None
-    await classroom.discord.wait_for(lambda: watcher.poll.current_loop >= 3 or None, timeout=5, what="3 ticks")
+    await ticks(classroom, 3)
     assert len(notices(classroom)) == 1
     assert classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+/events") == polls  # finished: never asked
 
@@ -216,18 +215,20 @@ async def test_refused_job_creation_explains_wind_down(classroom: Classroom) -> 
     """When OpenAI refuses fine-tuning to the organisation, the student reads why and what the teacher can do."""
     classroom.openai.refuse_job_creation()
     card = await open_card(classroom)
-    click = await classroom.discord.click(card, "Start", classroom.student)
+    click = await press(classroom.discord, card, "Start", classroom.student)
     reply = await classroom.discord.wait_for(lambda: click.followups[0] if click.followups else None, timeout=10)
     text = reply.text()
     assert reply.ephemeral and "2027" in text and "python -m trainer" in text
     assert "Traceback" not in text and classroom.openai.jobs == []
+    await classroom.discord.wait_for(lambda: card.button("Start").get("disabled") or None, timeout=5)
+    assert [f for f in classroom.openai.files.values() if f.purpose == "fine-tune"] == []  # the upload was removed
 
 
 async def test_insufficient_quota_says_tell_your_teacher(classroom: Classroom) -> None:
     """An account out of credit gets a plain message, not an error dump."""
     classroom.openai.set_quota_exhausted()
     card = await open_card(classroom)
-    click = await classroom.discord.click(card, "Start", classroom.student)
+    click = await press(classroom.discord, card, "Start", classroom.student)
     reply = await classroom.discord.wait_for(lambda: click.followups[0] if click.followups else None, timeout=10)
     assert "run out of credit" in reply.text()
 
@@ -260,6 +261,7 @@ async def test_status_shows_progress_card_with_chart(classroom: Classroom) -> No
     classroom.openai.advance(job_id, 6)
     card = await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10)
     await classroom.discord.wait_for(lambda: "Training loss" in card.text() or None, timeout=10)
+    await ticks(classroom)  # the card is edited before the database moves on: let it catch up
     interaction = await classroom.discord.slash(classroom.guild, classroom.student, "finetune status", job=job_id)
     reply = await interaction.followup(timeout=10)
     assert "Training loss" in reply.text() and reply.files[0].data.startswith(PNG)
@@ -271,3 +273,25 @@ async def test_list_shows_jobs_newest_first(classroom: Classroom) -> None:
     interaction = await classroom.discord.slash(classroom.guild, classroom.student, "finetune list")
     reply = await interaction.wait_done(timeout=10)
     assert reply.original is not None and job_id in reply.original.text()
+
+
+async def test_crash_between_notice_and_database_write_still_one_notice(classroom: Classroom) -> None:
+    """If the bot dies after posting the notice but before recording it, the retry's nonce makes Discord keep one."""
+    job_id = await start_job(classroom)
+    repository = classroom.bot.jobs
+    original = repository.mark_notified
+    failures: list[str] = []
+
+    async def crash_once(job: str, message_id: int) -> None:
+        if not failures:
+            failures.append(job)
+            raise RuntimeError("simulated crash after the post")
+        await original(job, message_id)
+
+    repository.mark_notified = crash_once  # type: ignore[method-assign]
+    classroom.openai.complete(job_id)
+    await classroom.discord.wait_for(lambda: failures or None, timeout=10, what="the simulated crash")
+    await ticks(classroom, 3)
+    assert len(notices(classroom)) == 1
+    job = await repository.get_any(job_id)
+    assert job is not None and job.notice_message_id == notices(classroom)[0].id

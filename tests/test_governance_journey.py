@@ -14,7 +14,7 @@ import pytest
 
 from bot.services.dataset_check import DatasetCheckService
 from storage.models import LedgerEntry
-from tests.conftest import MANAGE_GUILD, Classroom
+from tests.conftest import MANAGE_GUILD, Classroom, press
 from tests.fakes.discord import EPHEMERAL, FakeChannel, FakeGuild, FakeInteraction, FakeMessage, FakeUser
 from tests.test_finetune_journey import chat_file, notices, open_card
 
@@ -54,8 +54,8 @@ def answer(interaction: FakeInteraction) -> tuple[str, bool]:
 
 async def click_and_wait(room: Classroom, message: FakeMessage, label: str, user: FakeUser) -> FakeInteraction:
     """Click a button and wait for the bot's callback."""
-    click = await room.discord.click(message, label, user)
-    await click.response(timeout=10)
+    click = await press(room.discord, message, label, user)
+    assert isinstance(click, FakeInteraction)
     return click
 
 
@@ -67,7 +67,7 @@ async def finished_job(room: Classroom, user: FakeUser | None = None, guild: Fak
     attachment = room.discord.attachment("train.jsonl", chat_file())
     interaction = await room.discord.slash(guild, user, "finetune start", training_file=attachment)
     card = await interaction.followup(timeout=15)
-    await room.discord.click(card, "Start", user)
+    await click_and_wait(room, card, "Start", user)
     job = await room.discord.wait_for(lambda: next((j for j in room.openai.jobs if j.id not in before), None),
                                       timeout=10, what="a new job")
     room.openai.complete(job.id)
@@ -120,7 +120,7 @@ async def test_budget_fifty_concurrent_starts_fit_ten_exactly(classroom: Classro
         classroom.guild.add_member(student)
         students.append(student)
     cards = await asyncio.gather(*(open_card(classroom, user=s) for s in students))
-    clicks = await asyncio.gather(*(classroom.discord.click(card, "Start", s) for card, s in zip(cards, students)))
+    clicks = await asyncio.gather(*(click_and_wait(classroom, card, "Start", s) for card, s in zip(cards, students)))
 
     def settled() -> bool | None:
         refused = sum(1 for c in clicks if c.followups)
@@ -160,7 +160,7 @@ async def test_budget_job_end_replaces_estimate_with_real_cost(classroom: Classr
 async def test_budget_cancelled_job_releases_its_reservation(classroom: Classroom) -> None:
     """A cancelled job (no trained tokens) gives its whole reservation back."""
     card = await open_card(classroom)
-    await classroom.discord.click(card, "Start", classroom.student)
+    await click_and_wait(classroom, card, "Start", classroom.student)
     job = await classroom.discord.wait_for(lambda: classroom.openai.jobs[0] if classroom.openai.jobs else None,
                                            timeout=10)
     cancel = await command(classroom, classroom.student, "finetune cancel", job=job.id)
@@ -187,7 +187,7 @@ async def test_budget_failed_upload_releases_reservation(classroom: Classroom) -
     assert [r.state for r in rows] == ["void"]
     classroom.openai.refuse_job_creation(None)
     card = await open_card(classroom)
-    await classroom.discord.click(card, "Start", classroom.student)
+    await click_and_wait(classroom, card, "Start", classroom.student)
     await classroom.discord.wait_for(lambda: classroom.openai.jobs or None, timeout=10, what="the job")
 
 
@@ -324,7 +324,7 @@ async def test_moderation_off_lets_the_same_file_through(classroom: Classroom) -
     await command(classroom, classroom.teacher, "class moderation", state="off")
     classroom.openai.flag_words = {"stupid"}
     card = await open_card(classroom, _file_with("stupid"))
-    await classroom.discord.click(card, "Start", classroom.student)
+    await click_and_wait(classroom, card, "Start", classroom.student)
     await classroom.discord.wait_for(lambda: classroom.openai.jobs or None, timeout=10, what="the job")
     assert classroom.openai.moderation_requests == []
 
@@ -349,7 +349,7 @@ async def test_report_totals_equal_the_sum_of_the_jobs(classroom: Classroom) -> 
     classroom.guild.add_member(other)
     done = [await finished_job(classroom), await finished_job(classroom), await finished_job(classroom, other)]
     card = await open_card(classroom, user=other)
-    await classroom.discord.click(card, "Start", other)
+    await click_and_wait(classroom, card, "Start", other)
     failed = await classroom.discord.wait_for(
         lambda: next((j for j in classroom.openai.jobs if j.id not in done), None), timeout=10)
     classroom.openai.fail(failed.id)

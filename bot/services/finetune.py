@@ -154,12 +154,7 @@ class FineTuneService:
         del self._pending[token]  # one click, one job: a double click cannot start two
         reservation = None
         if self.policy is not None:
-            try:
-                reservation = await self.policy.before_start(pending)
-            except errors.UserFacingError:
-                # Refused (budget, quota, content): the card stays usable, e.g. after the teacher raises the budget.
-                self._pending[token] = pending
-                raise
+            reservation = await self.policy.before_start(pending)  # raises to refuse (budget, quota, content)
         try:
             job = await self._create(pending)
         except BaseException as exc:
@@ -181,19 +176,25 @@ class FineTuneService:
         if pending.validation is not None:
             name, data = _upload_form(pending.validation, pending.check.converted_validation)
             validation_id = await self.gateway.upload_file(name, data)
-        backend = await self.gateway.create_job(
-            model=request.base_model,
-            training_file=training_id,
-            validation_file=validation_id,
-            method=report.method or "supervised",
-            n_epochs=request.n_epochs,
-            suffix=request.suffix,
-            metadata={
-                "guild_id": str(request.guild_id),
-                "channel_id": str(request.channel_id),
-                "user_id": str(request.user_id),
-            },
-        )
+        try:
+            backend = await self.gateway.create_job(
+                model=request.base_model,
+                training_file=training_id,
+                validation_file=validation_id,
+                method=report.method or "supervised",
+                n_epochs=request.n_epochs,
+                suffix=request.suffix,
+                metadata={
+                    "guild_id": str(request.guild_id),
+                    "channel_id": str(request.channel_id),
+                    "user_id": str(request.user_id),
+                },
+            )
+        except errors.UserFacingError:
+            # No job, so the uploads would only sit at the backend: remove them (a retry uploads again).
+            for file_id in filter(None, (training_id, validation_id)):
+                await self._forget_upload(file_id)
+            raise
         log.info("Created job %s in guild %s for user %s", backend.id, request.guild_id, request.user_id)
         return await self.jobs.insert(
             NewJob(
@@ -215,6 +216,12 @@ class FineTuneService:
                 created_at=backend.created_at or int(time.time()),
             )
         )
+
+    async def _forget_upload(self, file_id: str) -> None:
+        try:
+            await self.gateway.delete_file(file_id)
+        except errors.UserFacingError:
+            log.warning("Could not delete upload %s after a failed job creation", file_id)
 
     # Looking jobs up ---------------------------------------------------------------------------------------
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import itertools
 import json
 import logging
 import re
 import secrets
 import time
 from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
 
@@ -25,8 +25,29 @@ EPHEMERAL = 64
 LOADING = 128
 ADMINISTRATOR = 0x8
 MANAGE_GUILD = 0x20
+MANAGE_THREADS = 1 << 34
 ALL_PERMISSIONS = (1 << 51) - 1
-DEFAULT_EVERYONE_PERMISSIONS = 0x0000_0006_3FFF_FE41 & ~(ADMINISTRATOR | MANAGE_GUILD)
+# What a new server gives @everyone: view, send, react, embed, attach, history, threads, app commands, voice.
+DEFAULT_EVERYONE_PERMISSIONS = (
+    0x1
+    | 0x40
+    | 0x200
+    | 0x400
+    | 0x800
+    | 0x4000
+    | 0x8000
+    | 0x10000
+    | 0x40000
+    | 0x100000
+    | 0x200000
+    | 0x2000000
+    | 0x4000000
+    | 0x80000000
+    | (1 << 35)
+    | (1 << 36)
+    | (1 << 38)
+    | (1 << 39)
+)
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -35,9 +56,12 @@ PING, APPLICATION_COMMAND, MESSAGE_COMPONENT, AUTOCOMPLETE, MODAL_SUBMIT = 1, 2,
 CB_PONG, CB_MESSAGE, CB_DEFERRED, CB_DEFERRED_UPDATE, CB_UPDATE, CB_AUTOCOMPLETE, CB_MODAL = 1, 4, 5, 6, 7, 8, 9
 
 
+# How long Discord remembers an enforced nonce ("the past few minutes").
+NONCE_WINDOW_SECONDS = 300.0
+
 def _now_iso() -> str:
     """Return the current UTC time as Discord's ISO-8601 timestamp."""
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -48,6 +72,66 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 def _error(status: int, code: int, message: str) -> web.Response:
     """Build a Discord error response."""
     return _json({"message": message, "code": code}, status=status)
+
+
+async def _read_part(part: Any) -> bytes:
+    """Read a multipart file part in 1 MiB chunks (aiohttp's read() takes 8 KiB at a time: slow for 10 MB files)."""
+    chunks = []
+    while chunk := await part.read_chunk(1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _message_errors(payload: dict[str, Any], files: list[Any]) -> dict[str, str]:
+    """Check a message payload against Discord's limits; return {field path: problem} (empty when valid)."""
+    errors: dict[str, str] = {}
+    content = payload.get("content")
+    if isinstance(content, str) and len(content) > 2000:
+        errors["content"] = f"Must be 2000 or fewer in length (got {len(content)})."
+    embeds = payload.get("embeds") or []
+    if len(embeds) > 10:
+        errors["embeds"] = "Must be 10 or fewer in length."
+    total = 0
+    for i, embed in enumerate(embeds):
+        limits = (("title", 256), ("description", 4096))
+        for key, limit in limits:
+            value = embed.get(key) or ""
+            total += len(value)
+            if len(value) > limit:
+                errors[f"embeds.{i}.{key}"] = f"Must be {limit} or fewer in length (got {len(value)})."
+        fields = embed.get("fields") or []
+        if len(fields) > 25:
+            errors[f"embeds.{i}.fields"] = "Must be 25 or fewer in length."
+        for j, f in enumerate(fields):
+            name, value = str(f.get("name", "")), str(f.get("value", ""))
+            total += len(name) + len(value)
+            if not name or len(name) > 256:
+                errors[f"embeds.{i}.fields.{j}.name"] = "Must be between 1 and 256 in length."
+            if not value or len(value) > 1024:
+                errors[f"embeds.{i}.fields.{j}.value"] = f"Must be between 1 and 1024 in length (got {len(value)})."
+        footer = (embed.get("footer") or {}).get("text") or ""
+        author = (embed.get("author") or {}).get("name") or ""
+        total += len(footer) + len(author)
+        if len(footer) > 2048:
+            errors[f"embeds.{i}.footer.text"] = "Must be 2048 or fewer in length."
+        if len(author) > 256:
+            errors[f"embeds.{i}.author.name"] = "Must be 256 or fewer in length."
+    if total > 6000:
+        errors["embeds"] = f"Embed size exceeds maximum size of 6000 (got {total})."
+    rows = payload.get("components") or []
+    flags = int(payload.get("flags") or 0)
+    if not flags & (1 << 15) and len(rows) > 5:  # without IS_COMPONENTS_V2 at most five action rows
+        errors["components"] = "Must be 5 or fewer in length."
+    for comp in _walk_components(rows):
+        if comp.get("type") == 1 and len(comp.get("components", [])) > 5:
+            errors["components"] = "An action row holds at most 5 components."
+        if len(str(comp.get("label") or "")) > 80:
+            errors["components.label"] = "Must be 80 or fewer in length."
+        if len(str(comp.get("custom_id") or "")) > 100:
+            errors["components.custom_id"] = "Must be 100 or fewer in length."
+    if len(files) > 10:
+        errors["files"] = "Must be 10 or fewer in length."
+    return errors
 
 
 class _Snowflakes:
@@ -94,7 +178,7 @@ class FakeRole(int):
     permissions: int
     position: int
 
-    def __new__(cls, role_id: int, name: str, permissions: int = 0, position: int = 1) -> "FakeRole":
+    def __new__(cls, role_id: int, name: str, permissions: int = 0, position: int = 1) -> Self:
         obj = super().__new__(cls, role_id)
         obj.name, obj.permissions, obj.position = name, permissions, position
         return obj
@@ -221,7 +305,7 @@ class FakeChannel:
 class FakeGuild:
     """A guild (a class's server) with channels, roles and members."""
 
-    def __init__(self, fake: "FakeDiscord", guild_id: int, name: str, locale: str) -> None:
+    def __init__(self, fake: FakeDiscord, guild_id: int, name: str, locale: str) -> None:
         self.fake = fake
         self.id = guild_id
         self.name = name
@@ -339,6 +423,16 @@ class FakeAttachment:
         """The file name."""
         return self.filename
 
+    @property
+    def bytes(self) -> bytes:
+        """The file's content (same as .data)."""
+        return self.data
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return len(self.data)
+
     def payload(self) -> dict[str, Any]:
         """Return the attachment object as Discord sends it."""
         data: dict[str, Any] = {
@@ -369,7 +463,7 @@ def _walk_components(components: Iterable[dict[str, Any]]) -> Iterable[dict[str,
 class FakeMessage:
     """A message in a channel, as the fake stores it."""
 
-    def __init__(self, fake: "FakeDiscord", msg_id: int, channel: FakeChannel, author: FakeUser) -> None:
+    def __init__(self, fake: FakeDiscord, msg_id: int, channel: FakeChannel, author: FakeUser) -> None:
         self.fake = fake
         self.id = msg_id
         self.channel_id = channel.id
@@ -390,6 +484,7 @@ class FakeMessage:
         self.interaction: FakeInteraction | None = None
         self.reference: dict[str, Any] | None = None
         self.deleted = False
+        self.nonce: str | None = None
         self.reactions: list[str] = []
 
     def __repr__(self) -> str:
@@ -511,7 +606,7 @@ class FakeMessage:
 class FakeInteraction:
     """An interaction the fake sent to the bot, and what the bot answered."""
 
-    def __init__(self, fake: "FakeDiscord", itype: int, user: FakeUser, channel: FakeChannel) -> None:
+    def __init__(self, fake: FakeDiscord, itype: int, user: FakeUser, channel: FakeChannel) -> None:
         self.fake = fake
         self.id = fake._ids.next()
         self.token = "itok-" + secrets.token_urlsafe(24)
@@ -521,6 +616,7 @@ class FakeInteraction:
         self.payload: dict[str, Any] = {}
         self.dispatched_at = time.monotonic()
         self.callback: dict[str, Any] | None = None
+        self.acknowledged = False
         self.callback_at: float | None = None
         self.original: FakeMessage | None = None
         self.followups: list[FakeMessage] = []
@@ -553,7 +649,7 @@ class FakeInteraction:
             return True
         return bool(self.followups) or (self.original is not None and not self.original.loading)
 
-    async def wait_done(self, timeout: float = 5) -> "FakeInteraction":
+    async def wait_done(self, timeout: float = 5) -> FakeInteraction:
         """Wait until answered: a non-deferred callback, or a deferral followed by an edit or a followup."""
         await self.fake.wait_for(lambda: self._done() or None, timeout, f"interaction {self.id} to be answered")
         return self
@@ -627,9 +723,11 @@ class FakeDiscord:
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
         self.requests: list[RecordedRequest] = []
         self.unhandled: list[RecordedRequest] = []
+        self.rejected: list[tuple[str, dict[str, str]]] = []  # payloads refused for Discord's limits
         self.sessions: dict[str, _GatewaySession] = {}
         self.rate_limit_edits: tuple[int, float] | None = None
         self.interaction_deadline: float | None = 3.0
+        self.poll_fallback = 0.02
         self._edit_times: dict[int, list[float]] = defaultdict(list)
         self._fail_rules: list[_FailRule] = []
         self._changed = asyncio.Event()
@@ -641,7 +739,7 @@ class FakeDiscord:
 
     # ----- lifecycle -----
 
-    async def start(self) -> "FakeDiscord":
+    async def start(self) -> FakeDiscord:
         """Start listening on 127.0.0.1 on a free port."""
         app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024 * 1024)
         self._add_routes(app.router)
@@ -751,6 +849,11 @@ class FakeDiscord:
             return self._interactions[token_or_id]
         return next(i for i in self._interactions.values() if i.id == int(token_or_id))
 
+    def count(self, method: str, path_regex: str) -> int:
+        """How many requests matched method ("*" for any) and the path regex."""
+        pattern = re.compile(path_regex)
+        return sum(1 for r in self.requests if method.upper() in (r.method, "*") and pattern.search(r.path))
+
     def max_edits_in_window(self, channel_id: int, window: float = 5.0) -> int:
         """The most message edits the bot made in this channel within any `window` seconds."""
         times = self._edit_times.get(int(channel_id), [])
@@ -772,7 +875,11 @@ class FakeDiscord:
         event.set()
 
     async def wait_for(self, predicate: Callable[[], T | None], timeout: float = 5, what: str = "") -> T:
-        """Re-check `predicate` after every change in the fake until it is truthy; TimeoutError after `timeout`."""
+        """Re-check `predicate` after every change in the fake until it is truthy; TimeoutError after `timeout`.
+
+        Changes in the fake (requests, gateway sends) wake it at once; a 20 ms fallback tick also catches
+        predicates on state the fake cannot see (the bot's cache, a database).
+        """
         deadline = time.monotonic() + timeout
         while True:
             changed = self._changed
@@ -787,12 +894,15 @@ class FakeDiscord:
                     f"last requests: {recent}; unhandled: {[r.path for r in self.unhandled]}"
                 )
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
+                await asyncio.wait_for(changed.wait(), min(remaining, self.poll_fallback))
             except TimeoutError:
                 pass
 
     async def wait_message(
-        self, channel_id: int | FakeChannel, predicate: Callable[[FakeMessage], Any] = lambda m: True, timeout: float = 5
+        self,
+        channel_id: int | FakeChannel,
+        predicate: Callable[[FakeMessage], Any] = lambda m: True,
+        timeout: float = 5,
     ) -> FakeMessage:
         """Wait for a message in the channel (newest matching one) for which predicate(msg) is truthy."""
 
@@ -833,6 +943,7 @@ class FakeDiscord:
         for session in list(self.sessions.values()):
             if session.ready:
                 await session.send(event, data)
+        self._notify()
 
     async def drop_connections(self, code: int = 4000) -> None:
         """Close every bot socket with a resumable close code (as a Discord gateway restart does)."""
@@ -841,7 +952,7 @@ class FakeDiscord:
             await ws.close(code=code)
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=True, timeout=1.0)  # close() waits at most 1 s
         await ws.prepare(request)
         self._sockets.add(ws)
         session: _GatewaySession | None = None
@@ -1059,13 +1170,18 @@ class FakeDiscord:
         guild: FakeGuild | None,
         user: FakeUser,
         command: str,
+        /,
         channel: FakeChannel | int | None = None,
         locale: str | None = None,
-        **options: Any,
+        options: dict[str, Any] | None = None,
+        **kw_options: Any,
     ) -> FakeInteraction:
-        """A user runs a slash command ("group sub" for subcommands); returns the interaction sent to the bot."""
+        """A user runs a slash command ("group sub" for subcommands); returns the interaction sent to the bot.
+
+        Options go as keywords, or in `options=` when one is named like a parameter (channel, locale, options).
+        """
         inter = self._base_interaction(APPLICATION_COMMAND, guild, user, channel, locale)
-        inter.payload["data"] = self._build_command_data(guild, command, options)
+        inter.payload["data"] = self._build_command_data(guild, command, {**(options or {}), **kw_options})
         return await self._send_interaction(inter)
 
     async def autocomplete(
@@ -1073,15 +1189,19 @@ class FakeDiscord:
         guild: FakeGuild | None,
         user: FakeUser,
         command: str,
+        /,
         focused: str,
         value: Any = "",
         channel: FakeChannel | int | None = None,
         timeout: float = 3,
-        **options: Any,
+        locale: str | None = None,
+        options: dict[str, Any] | None = None,
+        **kw_options: Any,
     ) -> list[dict[str, Any]]:
-        """A user types in an autocompleted option; returns the choices the bot answered."""
-        inter = self._base_interaction(AUTOCOMPLETE, guild, user, channel, None)
-        inter.payload["data"] = self._build_command_data(guild, command, {**options, focused: value}, focused)
+        """A user types `value` into the autocompleted option `focused`; returns the choices the bot answered."""
+        inter = self._base_interaction(AUTOCOMPLETE, guild, user, channel, locale)
+        given = {**(options or {}), **kw_options, focused: value}
+        inter.payload["data"] = self._build_command_data(guild, command, given, focused)
         await self._send_interaction(inter)
         cb = await inter.response(timeout)
         if cb["type"] != CB_AUTOCOMPLETE:
@@ -1093,6 +1213,7 @@ class FakeDiscord:
         message: FakeMessage,
         label_or_custom_id: str,
         user: FakeUser,
+        /,
         values: list[str] | None = None,
         locale: str | None = None,
     ) -> FakeInteraction:
@@ -1118,7 +1239,11 @@ class FakeDiscord:
         return await self._send_interaction(inter)
 
     async def submit_modal(
-        self, interaction: FakeInteraction, user: FakeUser | None = None, values: dict[str, Any] | None = None, **kw: Any
+        self,
+        interaction: FakeInteraction,
+        user: FakeUser | None = None,
+        values: dict[str, Any] | None = None,
+        **kw: Any,
     ) -> FakeInteraction:
         """Submit the modal the bot opened in answer to `interaction`, with {custom_id: value} (or kwargs)."""
         cb = interaction.callback
@@ -1155,12 +1280,14 @@ class FakeDiscord:
     async def say(self, channel_id: int | FakeChannel, user: FakeUser, content: str, **extra: Any) -> FakeMessage:
         """A user posts a message (MESSAGE_CREATE), in a channel, thread or DM."""
         channel = channel_id if isinstance(channel_id, FakeChannel) else self.channel(int(channel_id))
+        guild = self.guilds.get(channel.guild_id) if channel.guild_id else None
+        if channel.is_thread and channel.locked and guild and not guild.permissions_of(user) & MANAGE_THREADS:
+            raise PermissionError(f"{user.name} cannot post in locked thread {channel.name!r}")
         msg = self._new_message(channel, user)
         msg.content = content
         for key, value in extra.items():
             setattr(msg, key, value)
         data = msg.payload()
-        guild = self.guilds.get(channel.guild_id) if channel.guild_id else None
         if guild is not None and user.id in guild.members:
             member = guild.members[user.id].payload()
             del member["user"]
@@ -1295,6 +1422,22 @@ class FakeDiscord:
             return self._rate_limited(round(window - (now - recent[0]), 3), "shared")
         return None
 
+    def _reject(
+        self, request: web.Request, payload: dict[str, Any], files: list[FakeAttachment]
+    ) -> web.Response | None:
+        """Answer 413/400 as Discord does for an oversized file or a payload over its limits; None when valid."""
+        for att in files:
+            if len(att.data) > ATTACHMENT_SIZE_LIMIT:
+                self.rejected.append((request.path, {"files": f"{att.filename} is {len(att.data)} bytes"}))
+                return _error(413, 40005, "Request entity too large")
+        errors = _message_errors(payload, files)
+        if not errors:
+            return None
+        self.rejected.append((request.path, errors))
+        log.warning("fake discord: rejected %s %s: %s", request.method, request.path, errors)
+        nested = {key: {"_errors": [{"code": "BASE_TYPE_BAD_LENGTH", "message": msg}]} for key, msg in errors.items()}
+        return _json({"message": "Invalid Form Body", "code": 50035, "errors": nested}, 400)
+
     async def _read_body(self, request: web.Request, channel_id: int) -> tuple[dict[str, Any], list[FakeAttachment]]:
         """Parse a JSON or multipart (payload_json + files[n]) body."""
         if not request.can_read_body:
@@ -1309,10 +1452,11 @@ class FakeDiscord:
                     payload = json.loads(await part.text())
                 elif name.startswith("files["):
                     index = int(name[6:-1])
-                    data = bytes(await part.read())
+                    data = await _read_part(part)
                     ctype = part.headers.get("Content-Type")
                     raw_files.append((index, part.filename or f"file{index}", data, ctype))
-            meta = {str(a.get("id")): a for a in payload.get("attachments", []) or []}
+            listed = payload.get("attachments") or (payload.get("data") or {}).get("attachments") or []
+            meta = {str(a.get("id")): a for a in listed}
             files = []
             for index, filename, data, ctype in raw_files:
                 att = self._store_file(channel_id, meta.get(str(index), {}).get("filename", filename), data, ctype)
@@ -1436,7 +1580,7 @@ class FakeDiscord:
         payload, files = await self._read_body(request, 0)
         if inter is None or str(inter.id) != request.match_info["iid"]:
             return _error(404, 10062, "Unknown interaction")
-        if inter.callback is not None:
+        if inter.acknowledged:
             return _error(400, 40060, "Interaction has already been acknowledged.")
         arrived = time.monotonic()
         if self.interaction_deadline is not None and arrived - inter.dispatched_at > self.interaction_deadline:
@@ -1444,7 +1588,12 @@ class FakeDiscord:
             return _error(404, 10062, "Unknown interaction")
         ctype = int(payload.get("type", 0))
         data = payload.get("data") or {}
-        inter.callback, inter.callback_at = {"type": ctype, "data": data}, arrived
+        if ctype in (CB_MESSAGE, CB_UPDATE) and (bad := self._reject(request, data, files)):
+            return bad
+        if ctype == CB_AUTOCOMPLETE and len(data.get("choices") or []) > 25:
+            self.rejected.append((request.path, {"choices": "Must be 25 or fewer in length."}))
+            return _json({"message": "Invalid Form Body", "code": 50035, "errors": {}}, 400)
+        inter.acknowledged = True
         for att in files:
             att.url = att.url.replace("/attachments/0/", f"/attachments/{inter.channel.id}/")
         body: dict[str, Any] = {
@@ -1465,6 +1614,8 @@ class FakeDiscord:
             inter.original = inter.message
             if ctype == CB_UPDATE:
                 await self._edit_message(inter.message, data, files)
+        # Published last, so that a test woken by the callback also sees the message it made.
+        inter.callback, inter.callback_at = {"type": ctype, "data": data}, arrived
         if inter.original is not None:
             body["interaction"]["response_message_id"] = str(inter.original.id)
             if ctype in (CB_MESSAGE, CB_UPDATE):
@@ -1474,7 +1625,7 @@ class FakeDiscord:
 
     def _webhook_interaction(self, request: web.Request) -> FakeInteraction | None:
         inter = self._interactions.get(request.match_info["token"])
-        if inter is None or request.match_info["app"] != str(self.application_id) or inter.callback is None:
+        if inter is None or request.match_info["app"] != str(self.application_id) or not inter.acknowledged:
             return None
         return inter
 
@@ -1483,6 +1634,8 @@ class FakeDiscord:
         if inter is None:
             return _error(404, 10015, "Unknown Webhook")
         payload, files = await self._read_body(request, inter.channel.id)
+        if bad := self._reject(request, payload, files):
+            return bad
         if inter.callback and inter.callback["type"] == CB_DEFERRED and inter.original and inter.original.loading:
             # Discord turns the first followup after a deferral into the original response.
             msg = inter.original
@@ -1513,6 +1666,8 @@ class FakeDiscord:
             return _json(msg.payload())
         if request.method == "PATCH":
             payload, files = await self._read_body(request, inter.channel.id)
+            if bad := self._reject(request, payload, files):
+                return bad
             await self._edit_message(msg, payload, files)
             return _json(msg.payload())
         if request.method == "DELETE":
@@ -1529,11 +1684,20 @@ class FakeDiscord:
         if channel is None:
             return _error(404, 10003, "Unknown Channel")
         payload, files = await self._read_body(request, channel.id)
-        if channel.is_thread and channel.locked:
-            return _error(400, 50083, "Thread is archived")
+        if bad := self._reject(request, payload, files):
+            return bad
         if not (payload.get("content") or payload.get("embeds") or files or payload.get("components")):
             return _error(400, 50006, "Cannot send an empty message")
+        nonce = payload.get("nonce")
+        if payload.get("enforce_nonce") and nonce is not None:
+            # Discord: a message by the same author with the same nonce in the last few minutes is returned
+            # instead of creating a second one.
+            for earlier in reversed(self.messages(channel.id)):
+                if earlier.nonce == str(nonce) and earlier.author_id == self.bot_user.id and \
+                        time.monotonic() - earlier.created < NONCE_WINDOW_SECONDS:
+                    return _json(earlier.payload())
         msg = await self._create_bot_message(channel, payload, files)
+        msg.nonce = None if nonce is None else str(nonce)
         self._notify()
         return _json(msg.payload())
 
@@ -1563,6 +1727,8 @@ class FakeDiscord:
                 msg.flags = int(payload.get("flags") or 0)
                 return _json(msg.payload())
             payload, files = await self._read_body(request, msg.channel_id)
+            if bad := self._reject(request, payload, files):
+                return bad
             await self._edit_message(msg, payload, files)
             return _json(msg.payload())
         if request.method == "DELETE":
@@ -1705,19 +1871,23 @@ class FakeDiscord:
         user = self.users.get(int(payload.get("recipient_id", 0)))
         if user is None:
             return _error(400, 50033, "Invalid Recipient(s)")
-        channel = self._dm_channels.get(user.id)
-        if channel is None:
-            channel = FakeChannel(self._ids.next(), "", 1, recipients=[user])
-            self._dm_channels[user.id] = channel
-            self._channels[channel.id] = channel
-        return _json(channel.payload())
+        return _json(self.open_dm(user).payload())
 
     def dm_channel(self, user: FakeUser) -> FakeChannel | None:
         """The DM channel the bot opened with this user, if any."""
         return self._dm_channels.get(user.id)
 
+    def open_dm(self, user: FakeUser) -> FakeChannel:
+        """The DM channel between the bot and this user, made if needed (for `say` in a DM)."""
+        channel = self._dm_channels.get(user.id)
+        if channel is None:
+            channel = FakeChannel(self._ids.next(), "", 1, recipients=[user])
+            self._dm_channels[user.id] = channel
+            self._channels[channel.id] = channel
+        return channel
 
-async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -> "asyncio.Task[None]":
+
+async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -> asyncio.Task[None]:
     """Log a discord.py client in against the installed fake and wait for on_ready; a failing connect raises here."""
     await bot.login(token)
     task: asyncio.Task[None] = asyncio.create_task(bot.connect(reconnect=True), name="fake-discord-bot")
@@ -1733,7 +1903,7 @@ async def start_bot(bot: Any, token: str = "fake-token", timeout: float = 5.0) -
     return task
 
 
-async def stop_bot(bot: Any, task: "asyncio.Task[None]", timeout: float = 5.0) -> None:
+async def stop_bot(bot: Any, task: asyncio.Task[None], timeout: float = 5.0) -> None:
     """Close a bot started with start_bot and re-raise anything its gateway task died of."""
     await bot.close()
     await asyncio.wait_for(asyncio.shield(task), timeout)

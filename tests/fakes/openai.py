@@ -11,8 +11,9 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -264,7 +265,7 @@ class FakeOpenAI:
 
     # ----- lifecycle -----
 
-    async def start(self) -> "FakeOpenAI":
+    async def start(self) -> FakeOpenAI:
         """Start listening on 127.0.0.1 on a free port."""
         app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024 * 1024)
         self._add_routes(app.router)
@@ -348,7 +349,12 @@ class FakeOpenAI:
         return self._clock
 
     def _event(
-        self, job: FakeJob, message: str, etype: str = "message", data: dict[str, Any] | None = None, level: str = "info"
+        self,
+        job: FakeJob,
+        message: str,
+        etype: str = "message",
+        data: dict[str, Any] | None = None,
+        level: str = "info",
     ) -> None:
         job.events.append(
             {
@@ -430,7 +436,9 @@ class FakeOpenAI:
             }
         )
         if not final:
-            self._event(job, f"Checkpoint created at step {step} with Snapshot ID: {self._model_name(job)}:ckpt-step-{step}")
+            self._event(
+                job, f"Checkpoint created at step {step} with Snapshot ID: {self._model_name(job)}:ckpt-step-{step}"
+            )
 
     def _succeed(self, job: FakeJob) -> None:
         job.fine_tuned_model = self._model_name(job)
@@ -458,7 +466,10 @@ class FakeOpenAI:
         return job
 
     def fail(
-        self, job_id: str, code: str = "invalid_training_file", message: str = "The job failed due to an invalid training file."
+        self,
+        job_id: str,
+        code: str = "invalid_training_file",
+        message: str = "The job failed due to an invalid training file.",
     ) -> FakeJob:
         """Fail a job with this error code and message (and an error event)."""
         job = self._jobs[job_id]
@@ -484,8 +495,12 @@ class FakeOpenAI:
         request[_RECORD] = rec
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             rec.status = 401
-            return api_error(401, "Incorrect API key provided. You can find your API key at "
-                             "https://platform.openai.com/account/api-keys.", "invalid_api_key")
+            return api_error(
+                401,
+                "Incorrect API key provided. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_api_key",
+            )
         for rule in self._rules:
             if rule.times > 0 and rule.method in (request.method, "*") and rule.path.search(request.path):
                 rule.times -= 1
@@ -495,7 +510,9 @@ class FakeOpenAI:
                 headers = {"retry-after-ms": str(int(rule.retry_after * 1000))} if rule.retry_after is not None else {}
                 rec.status = rule.status
                 etype = "requests" if rule.status == 429 else "server_error"
-                msg = "Rate limit reached. Please try again later." if rule.status == 429 else "The server had an error."
+                msg = (
+                    "Rate limit reached. Please try again later." if rule.status == 429 else "The server had an error."
+                )
                 return api_error(rule.status, msg, rule.code, etype, headers=headers)
         try:
             response = await handler(request)
@@ -563,7 +580,7 @@ class FakeOpenAI:
             return api_error(400, f"'{purpose}' is not one of the supported purposes.", None, param="purpose")
         if purpose == "fine-tune" and not filename.endswith(".jsonl"):
             return api_error(
-                400, f"Invalid file format for Fine-Tuning API. Must be .jsonl", "invalid_file_format", param="file"
+                400, "Invalid file format for Fine-Tuning API. Must be .jsonl", "invalid_file_format", param="file"
             )
         f = self._add_file(filename, purpose, data)
         self.uploads.append((filename, purpose, data))
@@ -602,7 +619,10 @@ class FakeOpenAI:
 
     def _model_missing(self, model: str) -> web.Response:
         return api_error(
-            404, f"The model `{model}` does not exist or you do not have access to it.", "model_not_found", param="model"
+            404,
+            f"The model `{model}` does not exist or you do not have access to it.",
+            "model_not_found",
+            param="model",
         )
 
     def _model_available(self, model: str) -> bool:
@@ -622,11 +642,14 @@ class FakeOpenAI:
         if self._quota_exhausted:
             return self._quota_error()
         model = body.get("model", "")
-        if model in self.retired:
+        if not self._model_available(model):
             return self._model_missing(model)
         if model not in FINE_TUNABLE and not model.startswith("ft:"):
             return api_error(
-                400, f"Model {model} is not available for fine-tuning or does not exist.", "model_not_available", param="model"
+                400,
+                f"Model {model} is not available for fine-tuning or does not exist.",
+                "model_not_available",
+                param="model",
             )
         for param in ("training_file", "validation_file"):
             fid = body.get(param)
@@ -665,7 +688,8 @@ class FakeOpenAI:
         )
         self._jobs[job.id] = job
         self._event(job, f"Created fine-tuning job: {job.id}")
-        self._event(job, f"Validating training file: {job.training_file}")
+        also = f" and validation file: {job.validation_file}" if job.validation_file else ""
+        self._event(job, f"Validating training file: {job.training_file}{also}")
         return _json(job.payload())
 
     def _quota_error(self) -> web.Response:
@@ -690,7 +714,10 @@ class FakeOpenAI:
         job = self._jobs.get(request.match_info["jid"])
         if job is None:
             return api_error(
-                404, f"Could not find fine tune job with ID: {request.match_info['jid']}", "fine_tune_not_found", param="id"
+                404,
+                f"Could not find fine tune job with ID: {request.match_info['jid']}",
+                "fine_tune_not_found",
+                param="id",
             )
         return job
 
@@ -771,7 +798,9 @@ class FakeOpenAI:
         if not self._model_available(model):
             return self._model_missing(model)
         if not model.startswith("ft:"):
-            return api_error(403, "You have insufficient permissions for this operation.", None, "invalid_request_error")
+            return api_error(
+                403, "You have insufficient permissions for this operation.", None, "invalid_request_error"
+            )
         del self.fine_tuned_models[model]
         return _json({"id": model, "object": "model", "deleted": True})
 
@@ -824,7 +853,12 @@ class FakeOpenAI:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(tokens), "refusal": None, "annotations": []},
+                            "message": {
+                                "role": "assistant",
+                                "content": "".join(tokens),
+                                "refusal": None,
+                                "annotations": [],
+                            },
                             "logprobs": None,
                             "finish_reason": finish,
                         }
@@ -835,7 +869,9 @@ class FakeOpenAI:
                 }
             )
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"})
+        resp = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+        )
         await resp.prepare(request)
 
         def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
@@ -896,4 +932,6 @@ class FakeOpenAI:
                     "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
                 }
             )
-        return _json({"id": _rand_id("modr-"), "model": body.get("model") or "omni-moderation-latest", "results": results})
+        return _json(
+            {"id": _rand_id("modr-"), "model": body.get("model") or "omni-moderation-latest", "results": results}
+        )
