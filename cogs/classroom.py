@@ -16,9 +16,9 @@ from bot import errors
 from bot.i18n import t
 from bot.services.finetune import FineTuneService
 from bot.services.governance import (
+    ClassReport,
     CleanupPlan,
     CleanupResult,
-    ClassReport,
     GovernanceService,
     ModerationNotice,
     money,

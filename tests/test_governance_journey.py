@@ -147,6 +147,15 @@ async def test_budget_refusal_says_what_is_left(classroom: Classroom) -> None:
     assert classroom.openai.uploads == [] and await ledger(classroom, classroom.guild.id) == []
 
 
+async def test_budget_refusal_in_korean(classroom: Classroom) -> None:
+    """A Korean student is refused in Korean."""
+    await command(classroom, classroom.teacher, "class budget", usd=0.001)
+    card = await open_card(classroom, locale="ko")
+    click = await classroom.discord.click(card, "시작", classroom.student, locale="ko")
+    refusal = await click.followup(timeout=10)
+    assert "선생님" in refusal.text() and "$0.0010" in refusal.text()
+
+
 async def test_budget_job_end_replaces_estimate_with_real_cost(classroom: Classroom) -> None:
     """When a job succeeds its reservation becomes trained tokens x price, and the rest goes back to the budget."""
     job_id = await finished_job(classroom)
@@ -172,7 +181,7 @@ async def test_budget_cancelled_job_releases_its_reservation(classroom: Classroo
     await eventually(settled, what="the cancelled job settled")
     row = (await ledger(classroom, classroom.guild.id))[0]
     assert row.state == "settled" and row.actual_usd == 0 and row.released_usd == pytest.approx(row.reserved_usd)
-    cap, committed = await classroom.bot.governance.budget(classroom.guild.id)
+    _cap, committed = await classroom.bot.governance.budget(classroom.guild.id)
     assert committed == 0
 
 
@@ -275,6 +284,18 @@ async def test_approval_second_click_is_told_it_was_decided(classroom: Classroom
     refusal = await late.followup(timeout=10)
     assert refusal.ephemeral and "already decided" in refusal.text()
     assert classroom.openai.jobs == []
+
+
+async def test_approval_after_restart_tells_both_the_file_is_gone(classroom: Classroom, teachers: FakeChannel) -> None:
+    """The card's buttons still answer after a restart; the checked file was only in memory, so both are told."""
+    _, approval = await _request_approval(classroom, teachers)
+    await classroom.restart()
+    click = await click_and_wait(classroom, approval, "Approve", classroom.teacher)
+    await classroom.discord.wait_for(lambda: "could not start" in approval.text() or None, timeout=10)
+    told = await classroom.discord.wait_message(classroom.channel_id, lambda m: "could not start" in m.content,
+                                                timeout=10)
+    assert "/finetune start again" in told.content and click.callback is not None
+    assert classroom.openai.jobs == [] and await ledger(classroom, classroom.guild.id) == []
 
 
 async def test_approval_teacher_own_start_needs_no_approval(classroom: Classroom, teachers: FakeChannel) -> None:

@@ -38,6 +38,7 @@ MODERATION_SAMPLE_CAP = 512
 MODERATION_TEXT_CHARS = 4000
 # Whether the backend has a moderation endpoint is asked once, then remembered this long.
 MODERATION_PROBE_SECONDS = 3600
+MAX_CLEARED_TOKENS = 10_000
 # Float sums of cents must not refuse a job that fits exactly.
 _EPSILON_USD = 1e-9
 
@@ -141,7 +142,8 @@ class GovernanceService:
         self.self_hosted = self_hosted
         self._reporters: list[Reporter] = []
         self._probe: tuple[float, bool] | None = None
-        self._cleared_tokens: set[str] = set()  # pending starts whose data moderation already passed
+        # Pending starts whose data already passed moderation (checked at the student's Start, reused at Approve).
+        self._cleared_tokens: dict[str, None] = {}
 
     # Roles and settings ------------------------------------------------------------------------------------
 
@@ -184,7 +186,7 @@ class GovernanceService:
             since=int(time.time()) - QUOTA_WINDOW_SECONDS,
             decide=lambda snapshot: _decide(snapshot, cost, counts_quota=not request.is_teacher),
         )
-        self._cleared_tokens.discard(pending.token)
+        self._cleared_tokens.pop(pending.token, None)
         log.info("Reserved $%.4f for user %s in guild %s (reservation %s)",
                  cost, request.user_id, request.guild_id, reservation.id)
         return reservation
@@ -348,7 +350,9 @@ class GovernanceService:
             log.info("Training data of user %s in guild %s flagged on %d lines", request.user_id,
                      request.guild_id, len(lines))
             raise ContentFlaggedError(lines=shown)
-        self._cleared_tokens.add(pending.token)
+        self._cleared_tokens[pending.token] = None
+        while len(self._cleared_tokens) > MAX_CLEARED_TOKENS:  # rejected or expired requests never come back
+            del self._cleared_tokens[next(iter(self._cleared_tokens))]
 
     async def _moderate(self, texts: list[str]) -> list[bool]:
         flags: list[bool] = []
