@@ -383,8 +383,8 @@ class Classroom(commands.Cog):
         embed.description = t("gov.moderation.body", locale, count=notice.count,
                               user=f"<@{notice.user_id}>" if notice.user_id else t("gov.moderation.someone", locale))
         if notice.detail:
-            embed.add_field(name=t("gov.moderation.where", locale), value=_ui._clip(notice.detail, 1024), inline=False)
-        embed.add_field(name=t("gov.moderation.excerpt", locale), value=f"||{_ui._clip(notice.excerpt, 1000)}||",
+            embed.add_field(name=t("gov.moderation.where", locale), value=_clip(notice.detail, 1024), inline=False)
+        embed.add_field(name=t("gov.moderation.excerpt", locale), value=f"||{_clip(notice.excerpt, 1000)}||",
                         inline=False)
         channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)
         await channel.send(embed=embed, allowed_mentions=discord.AllowedMentions.none())
@@ -405,6 +405,10 @@ async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, 
                 continue  # left the server: the report keeps their id
         names[user_id] = member.display_name
     return names
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _limit(value: int | None, locale: str) -> str:
@@ -458,7 +462,7 @@ def report_embed(report: ClassReport, locale: str) -> discord.Embed:
     ]
     if len(report.students) > MAX_STUDENTS_SHOWN:
         lines.append(t("gov.report.more", locale, count=len(report.students) - MAX_STUDENTS_SHOWN))
-    embed.description = _ui._clip("\n".join(lines), 4000)
+    embed.description = _clip("\n".join(lines), 4000)
     total = report.total
     embed.add_field(name=t("gov.report.total", locale),
                     value=t("gov.report.total_value", locale, jobs=total.jobs, tokens=f"{total.trained_tokens:,}",
@@ -483,7 +487,7 @@ def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
                 shown = [f"`{r.resource_id}`" for r in items[:MAX_NAMES_SHOWN]]
                 if len(items) > MAX_NAMES_SHOWN:
                     shown.append(t("gov.report.more", locale, count=len(items) - MAX_NAMES_SHOWN))
-                embed.add_field(name=name, value=_ui._clip("\n".join(shown), 1024), inline=False)
+                embed.add_field(name=name, value=_clip("\n".join(shown), 1024), inline=False)
         embed.set_footer(text=t("gov.cleanup.irreversible", locale))
     if plan.running_jobs:
         embed.add_field(name=t("gov.cleanup.running_title", locale),

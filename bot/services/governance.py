@@ -451,43 +451,46 @@ def money(usd: float) -> str:
     return f"${usd:,.2f}"
 
 
+@dataclass
+class _Tally:
+    jobs: int = 0
+    estimated_tokens: int = 0
+    trained_tokens: int = 0
+    estimated_usd: float = 0.0
+    actual_usd: float = 0.0
+    base_models: set[str] = field(default_factory=set)
+    models: set[str] = field(default_factory=set)
+
+    def totals(self, user_id: int) -> StudentTotals:
+        return StudentTotals(user_id, self.jobs, self.estimated_tokens, self.trained_tokens, self.estimated_usd,
+                             self.actual_usd, tuple(sorted(self.base_models)), tuple(sorted(self.models)))
+
+
 def build_report(
     guild_id: int, jobs: Iterable[Job], ledger: dict[str, LedgerEntry], cap: float | None, committed: float
 ) -> ClassReport:
     """Sum every job of a server per student (pure, so totals can be checked against the jobs)."""
-    per_user: dict[int, dict[str, object]] = {}
+    per_user: dict[int, _Tally] = {}
+    everyone = _Tally()
     for job in jobs:
         entry = ledger.get(job.id)
         estimated = entry.reserved_usd if entry else float(job.estimated_cost_usd or 0.0)
         if entry is not None and entry.actual_usd is not None:
             actual = entry.actual_usd
         else:
-            actual = (job_cost(job) or 0.0) if job.is_terminal else 0.0
-        row = per_user.setdefault(job.user_id, {"jobs": 0, "est_tok": 0, "tok": 0, "est": 0.0, "act": 0.0,
-                                                "bases": set(), "models": set()})
-        row["jobs"] = int(row["jobs"]) + 1  # type: ignore[call-overload]
-        row["est_tok"] = int(row["est_tok"]) + job.estimated_tokens  # type: ignore[call-overload]
-        row["tok"] = int(row["tok"]) + (job.trained_tokens or 0)  # type: ignore[call-overload]
-        row["est"] = float(row["est"]) + estimated  # type: ignore[arg-type]
-        row["act"] = float(row["act"]) + actual  # type: ignore[arg-type]
-        row["bases"].add(job.base_model)  # type: ignore[attr-defined]
-        if job.fine_tuned_model:
-            row["models"].add(job.fine_tuned_model)  # type: ignore[attr-defined]
-    students = [
-        StudentTotals(user_id, int(r["jobs"]), int(r["est_tok"]), int(r["tok"]),  # type: ignore[call-overload]
-                      float(r["est"]), float(r["act"]),  # type: ignore[arg-type]
-                      tuple(sorted(r["bases"])), tuple(sorted(r["models"])))  # type: ignore[call-overload]
-        for user_id, r in per_user.items()
-    ]
+            actual = (job_cost(job) or 0.0) if job.is_terminal else 0.0  # still running: nothing spent yet
+        for tally in (per_user.setdefault(job.user_id, _Tally()), everyone):
+            tally.jobs += 1
+            tally.estimated_tokens += job.estimated_tokens
+            tally.trained_tokens += job.trained_tokens or 0
+            tally.estimated_usd += estimated
+            tally.actual_usd += actual
+            tally.base_models.add(job.base_model)
+            if job.fine_tuned_model:
+                tally.models.add(job.fine_tuned_model)
+    students = [tally.totals(user_id) for user_id, tally in per_user.items()]
     students.sort(key=lambda s: (-s.actual_usd, -s.jobs, s.user_id))
-    total = StudentTotals(
-        0, sum(s.jobs for s in students), sum(s.estimated_tokens for s in students),
-        sum(s.trained_tokens for s in students), sum(s.estimated_usd for s in students),
-        sum(s.actual_usd for s in students),
-        tuple(sorted({m for s in students for m in s.base_models})),
-        tuple(sorted({m for s in students for m in s.models})),
-    )
-    return ClassReport(guild_id, students, total, cap, committed)
+    return ClassReport(guild_id, students, everyone.totals(0), cap, committed)
 
 
 def report_csv(report: ClassReport, names: dict[int, str]) -> bytes:
