@@ -163,13 +163,20 @@ class Classroom(commands.Cog):
         await self._show(interaction, settings, "gov.saved.teacher_channel")
 
     @klass.command(name="budget", description=_("Set the class's spending cap for the term (USD)", key="gov.cmd.budget"))
-    @app_commands.describe(usd=_("The cap in US dollars (leave empty: no cap)", key="gov.cmd.budget.usd"))
+    @app_commands.describe(
+        usd=_("The cap in US dollars (leave empty to just see the budget)", key="gov.cmd.budget.usd"),
+        no_cap=_("Remove the cap altogether", key="gov.cmd.budget.no_cap"),
+    )
     @teacher_only()
     async def class_budget(self, interaction: discord.Interaction,
-                           usd: app_commands.Range[float, 0.0, 1_000_000.0] | None = None) -> None:
+                           usd: app_commands.Range[float, 0.0, 1_000_000.0] | None = None,
+                           no_cap: bool = False) -> None:
         assert interaction.guild_id is not None
-        settings = await self.governance.update(interaction.guild_id, budget_usd=usd)
-        await self._show(interaction, settings, "gov.saved.budget")
+        if no_cap or usd is not None:
+            settings = await self.governance.update(interaction.guild_id, budget_usd=None if no_cap else usd)
+            await self._show(interaction, settings, "gov.saved.budget")
+        else:  # no option given: show, never clear by accident
+            await self._show(interaction, await self.governance.settings(interaction.guild_id), None)
 
     @klass.command(name="quota", description=_("Set limits for each student", key="gov.cmd.quota"))
     @app_commands.describe(

@@ -504,3 +504,14 @@ async def test_settings_show_the_budget_left(classroom: Classroom) -> None:
     interaction = await command(classroom, classroom.teacher, "class budget", usd=20)
     text, private = answer(interaction)
     assert private and "$0.00 of $20.00 used or held" in text and "$20.00 left" in text
+
+
+async def test_budget_without_options_only_shows_and_no_cap_clears(classroom: Classroom) -> None:
+    """/class budget with no option changes nothing; no_cap removes the cap."""
+    await command(classroom, classroom.teacher, "class budget", usd=20)
+    shown = await command(classroom, classroom.teacher, "class budget")
+    assert "$20.00 left" in answer(shown)[0]
+    assert (await classroom.bot.governance.settings(classroom.guild.id)).budget_usd == 20
+    cleared = await command(classroom, classroom.teacher, "class budget", no_cap=True)
+    assert "no cap" in answer(cleared)[0]
+    assert (await classroom.bot.governance.settings(classroom.guild.id)).budget_usd is None
