@@ -210,7 +210,7 @@ async def test_quota_jobs_per_day_refuses_the_second_job(classroom: Classroom) -
     card = await open_card(classroom)
     click = await click_and_wait(classroom, card, "Start", classroom.student)
     refusal = await click.followup(timeout=10)
-    assert refusal.ephemeral and "1 training jobs for today" in refusal.text()
+    assert refusal.ephemeral and "limit of 1 training job(s)" in refusal.text()
     assert len(classroom.openai.jobs) == 1
     await finished_job(classroom, classroom.teacher)
     await finished_job(classroom, classroom.teacher)
