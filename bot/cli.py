@@ -10,6 +10,7 @@ from typing import TextIO
 from bot.services.dataset_check import DatasetCheckService, convert_file
 from dataset_rules.check import Report
 from dataset_rules.findings import Finding
+from dataset_rules.models import format_usd
 
 EXIT_OK = 0
 EXIT_ERRORS = 1
@@ -36,9 +37,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run a command; return the exit code (0 trainable, 1 errors, 2 file can't be read)."""
-    args = _parser().parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        print("--epochs must be at least 1", file=sys.stderr)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on bad usage (code 2) and on --help (code 0)
+        return int(exc.code or 0)
+    if args.epochs is not None and not 1 <= args.epochs <= 50:
+        print("--epochs must be between 1 and 50", file=sys.stderr)
         return EXIT_UNREADABLE
     service = DatasetCheckService()
     try:
@@ -83,17 +88,19 @@ def write_human(report: Report, out: TextIO, *, locale: str = "en", convert_out:
     out.write("\n")
     out.write(f"Tokens: {report.tokens_total:,} per epoch, longest example {report.max_example_tokens:,} "
               f"(limit {report.model_info.token_limit:,})\n")
-    cost = f"${report.estimated_cost_usd:,.2f} (estimate)" if report.estimated_cost_usd is not None else \
+    cost = f"{format_usd(report.estimated_cost_usd)} (estimate)" if report.estimated_cost_usd is not None else \
         "free / unknown"
     out.write(f"Epochs: {report.n_epochs if report.n_epochs is not None else '-'}   "
               f"Billed tokens: {report.tokens_billed:,}   Cost: {cost}\n")
-    if report.model_info.shutdown is not None:
-        out.write(f"The model {report.model_info.name} shuts down on {report.model_info.shutdown.isoformat()}; "
+    shutdown = report.model_info.shutdown
+    if shutdown is not None and not report.model_info.retired():
+        out.write(f"The model {report.model_info.name} shuts down on {shutdown.isoformat()}; "
                   "models trained from it stop working then.\n")
     _write_section(out, "Errors", report.errors, report.error_counts, locale, show_file)
     _write_section(out, "Warnings", report.warnings, report.warning_counts, locale, show_file)
     if report.converted_from and convert_out:
-        out.write(f"\nConverted chat JSONL written to {convert_out}: upload that file.\n")
+        advice = "upload that file." if report.ok else "fix the errors above in your table, then convert again."
+        out.write(f"\nConverted chat JSONL written to {convert_out}: {advice}\n")
     elif report.converted_from:
         out.write("\nThis table can be converted to chat JSONL: add --convert-out FILE to save it.\n")
 

@@ -16,10 +16,12 @@ from bot.config import Settings
 from bot.errors import UserFacingError
 from bot.i18n import catalog, locale_of, t
 from bot.openai_gateway import FineTuningGateway
+from bot.services.chat import ChatService
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.finetune import FineTuneService
 from bot.services.governance import GovernanceService
 from bot.services.monitor import MonitorService
+from storage.chats import ChatRepository
 from storage.database import Database
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
@@ -27,7 +29,7 @@ from storage.meta import MetaRepository
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.classroom")
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom")
 _TREE_HASH_KEY = "command_tree_hash"
 
 
@@ -91,6 +93,7 @@ class ClassroomBot(commands.Bot):
     meta: MetaRepository
     finetune: FineTuneService
     monitor: MonitorService
+    chat: ChatService
     governance: GovernanceService
 
     def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
@@ -122,6 +125,9 @@ class ClassroomBot(commands.Bot):
             self.settings, self.jobs, self.gateway, DatasetCheckService(), policy=self.governance
         )
         self.monitor = MonitorService(self.jobs, self.gateway, on_end=self.governance.settle)
+        self.chat = ChatService(
+            ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderate_chat
+        )
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

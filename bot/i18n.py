@@ -73,11 +73,9 @@ class Catalog:
 
 def _finding_messages() -> dict[str, Mapping[str, str]]:
     # The dataset rules own their findings' texts (the trainer shares them); the bot serves them as finding.<code>.
-    try:
-        from dataset_rules.messages import MESSAGES
-    except ImportError:  # pragma: no cover - the rules package is part of this repository
-        return {}
-    return {f"finding.{code}": texts for code, texts in MESSAGES.items()}
+    from dataset_rules.messages import i18n_entries
+
+    return dict(i18n_entries())
 
 
 @lru_cache(maxsize=1)

@@ -112,7 +112,7 @@ class FineTuningGateway:
         for _ in range(MAX_EVENT_PAGES):
             page = await self._call(
                 "list events",
-                lambda: self.client.fine_tuning.jobs.list_events(
+                lambda after=after: self.client.fine_tuning.jobs.list_events(  # type: ignore[misc]
                     job_id, limit=EVENTS_PAGE_SIZE, after=after or openai.omit
                 ),
             )
@@ -175,6 +175,35 @@ class FineTuningGateway:
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
+        except openai.APIError as exc:
+            raise _translate(exc, "chat stream", chatting=True) from None
+        finally:
+            await stream.close()
+
+    async def stream_chat_text(
+        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
+        """Like stream_chat, but reads each chunk as plain JSON: building the SDK's typed chunk (about 0.2 ms each)
+        is what saturates the event loop when a class streams 100 replies at once. Requests, retries, SSE parsing
+        and error translation stay the SDK's."""
+        body: dict[str, object] = {"model": model, "messages": list(messages), "stream": True}
+        if max_tokens:
+            body["max_tokens"] = max_tokens
+        stream = await self._call(
+            "chat stream",
+            lambda: self.client.post(
+                "/chat/completions", body=body, cast_to=object, stream=True,
+                stream_cls=openai.AsyncStream[object],
+            ),
+            chatting=True,
+        )
+        try:
+            async for chunk in stream:
+                choices = chunk.get("choices") if isinstance(chunk, dict) else None
+                if choices and isinstance(choices[0], dict):
+                    content = (choices[0].get("delta") or {}).get("content")
+                    if isinstance(content, str) and content:
+                        yield content
         except openai.APIError as exc:
             raise _translate(exc, "chat stream", chatting=True) from None
         finally:
@@ -250,7 +279,7 @@ def _job(job: object) -> BackendJob:
         inner = getattr(method, getattr(method, "type", "") or "", None)
         n_epochs = _int(getattr(getattr(inner, "hyperparameters", None), "n_epochs", None))
     return BackendJob(
-        id=str(getattr(job, "id")),
+        id=str(job.id),
         status=str(getattr(job, "status", "") or "unknown"),
         model=str(getattr(job, "model", "") or ""),
         fine_tuned_model=getattr(job, "fine_tuned_model", None),
@@ -267,7 +296,7 @@ def _job(job: object) -> BackendJob:
 def _event(event: object) -> BackendEvent:
     data = getattr(event, "data", None)
     return BackendEvent(
-        id=str(getattr(event, "id")),
+        id=str(event.id),
         created_at=_int(getattr(event, "created_at", None)) or 0,
         level=str(getattr(event, "level", "info") or "info"),
         message=str(getattr(event, "message", "") or ""),

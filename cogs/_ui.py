@@ -14,6 +14,7 @@ from bot.i18n import t
 from bot.services import metrics
 from bot.services.dataset_check import CheckResult
 from bot.services.monitor import ProgressCard
+from dataset_rules.models import format_usd
 from storage.models import Job
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def cost_text(cost: float | None, locale: str) -> str:
         return t("card.cost_unknown", locale)
     if cost == 0:
         return t("card.cost_free", locale)
-    return t("card.cost_estimate", locale, usd=f"{cost:,.2f}" if cost >= 0.01 else "<0.01")
+    return t("card.cost_estimate", locale, usd=format_usd(cost))
 
 
 def job_label(job: Job) -> str:

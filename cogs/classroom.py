@@ -280,7 +280,7 @@ class Classroom(commands.Cog):
     async def _offer_cleanup(self, interaction: discord.Interaction, plan: CleanupPlan, title: str) -> None:
         locale = str(interaction.locale)
         embed = cleanup_embed(plan, title, locale)
-        if not plan.resources:
+        if plan.empty:
             await interaction.response.send_message(embed=embed, ephemeral=True)
             return
 
@@ -289,13 +289,28 @@ class Classroom(commands.Cog):
             if plan.user_id is None and not await member_is_teacher(click):  # the role may have gone meanwhile
                 raise app_commands.CheckFailure()
             result = await self.governance.cleanup(plan, click.user.id)
-            await click.edit_original_response(embed=cleanup_done_embed(result, locale), view=view)
+            threads_gone = 0
+            if plan.user_id is not None:
+                threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
+            await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
 
         view = ConfirmView(interaction.user.id, locale, on_confirm)
         listing = "\n".join(f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources)
-        files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")]
+        files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")] if listing else []
         await interaction.response.send_message(embed=embed, view=view, files=files, ephemeral=True)
         view.message = await interaction.original_response()
+
+    async def _forget_chats(self, guild_id: int, user_id: int) -> int:
+        # The bot's memory of the conversations goes; so do the Discord threads the student opened, where it may.
+        deleted = await self.bot.chat.delete_user_data(guild_id, user_id)
+        gone = 0
+        for thread_id in deleted.thread_ids:
+            try:
+                await self.bot.http.delete_channel(thread_id, reason="/mydata delete")
+                gone += 1
+            except discord.HTTPException:
+                log.info("Could not delete chat thread %s for /mydata delete", thread_id)
+        return gone
 
     # Approvals ---------------------------------------------------------------------------------------------
 
@@ -485,10 +500,13 @@ def report_embed(report: ClassReport, locale: str) -> discord.Embed:
 def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
     """Exactly what will be deleted at the backend, and what stays because a job still runs."""
     embed = discord.Embed(title=t(title, locale), colour=_ui.RED if plan.resources else _ui.GREY)
-    if not plan.resources:
+    if plan.empty:
         embed.description = t("gov.cleanup.nothing", locale)
     else:
         embed.description = t("gov.cleanup.intro", locale, files=len(plan.files), models=len(plan.models))
+        if plan.user_id is not None:
+            embed.description += "\n" + t("gov.cleanup.chats", locale, threads=plan.chat_threads,
+                                           messages=plan.chat_messages)
         for name, items in ((t("gov.cleanup.files", locale), plan.files), (t("gov.cleanup.models", locale), plan.models)):
             if items:
                 shown = [f"`{r.resource_id}`" for r in items[:MAX_NAMES_SHOWN]]
@@ -502,11 +520,13 @@ def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
     return embed
 
 
-def cleanup_done_embed(result: CleanupResult, locale: str) -> discord.Embed:
+def cleanup_done_embed(result: CleanupResult, threads_deleted: int, locale: str) -> discord.Embed:
     """What the cleanup did."""
     embed = discord.Embed(title=t("gov.cleanup.done_title", locale), colour=_ui.GREEN if not result.failed else _ui.AMBER)
     embed.description = t("gov.cleanup.done", locale, deleted=len(result.deleted), gone=len(result.already_gone),
                           failed=len(result.failed))
+    if threads_deleted:
+        embed.description += "\n" + t("gov.cleanup.threads_done", locale, threads=threads_deleted)
     return embed
 
 

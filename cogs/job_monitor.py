@@ -12,7 +12,7 @@ from discord.ext import commands, tasks
 
 from bot import errors
 from bot.i18n import t
-from bot.services.monitor import MonitorService, Tick
+from bot.services.monitor import MonitorService
 from cogs import _ui
 from storage.models import Job
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dataset_rules.messages import ERROR_CODES, HINTS, MESSAGES, WARNING_CODES
+from dataset_rules.messages import ERROR_CODES, HINTS, MESSAGES
 
 
 @dataclass(frozen=True)

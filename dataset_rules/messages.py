@@ -81,8 +81,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "ko": "{index}번째 메시지의 \"weight\"가 {weight}예요. weight는 0 또는 1만 되고, assistant 메시지에만 쓸 수 있어요.",
     },
     "invalid_tool_call": {
-        "en": "Message {index} has a tool call or tool result written the wrong way.",
-        "ko": "{index}번째 메시지의 도구 호출(tool call)이나 도구 결과가 잘못 쓰였어요.",
+        "en": "A tool call, tool result or tool list (\"tools\") in this example is written the wrong way.",
+        "ko": "이 예시의 도구 호출(tool call), 도구 결과 또는 도구 목록(\"tools\")이 잘못 쓰였어요.",
     },
     "image_in_assistant": {
         "en": "Message {index} is an assistant message with an image. Images may only be in user messages.",
@@ -284,6 +284,26 @@ HINTS: dict[str, dict[str, str]] = {
         "en": "Preference examples may only contain text, no images.",
         "ko": "선호도 예시에는 글만 넣을 수 있고 이미지는 안 돼요.",
     },
+    "wrap_messages": {
+        "en": "It is a list of messages: put {{\"messages\": ...}} around it.",
+        "ko": "메시지 목록만 있어요. 앞뒤를 {{\"messages\": ...}}로 감싸 주세요.",
+    },
+    "sharegpt": {
+        "en": "This looks like ShareGPT data (\"conversations\" with \"from\"/\"value\"): rename \"conversations\" to "
+              "\"messages\", \"from\" to \"role\" (human -> user, gpt -> assistant) and \"value\" to \"content\".",
+        "ko": "ShareGPT 형식(\"from\"/\"value\"가 있는 \"conversations\")으로 보여요. \"conversations\"는 \"messages\"로, "
+              "\"from\"은 \"role\"로(human은 user, gpt는 assistant), \"value\"는 \"content\"로 바꿔 주세요.",
+    },
+    "alpaca": {
+        "en": "This looks like instruction/output data: save it as a CSV with \"question\" and \"answer\" columns "
+              "and the bot converts it, or write each line as {{\"messages\": [...]}}.",
+        "ko": "instruction/output 형식으로 보여요. \"question\"과 \"answer\" 열이 있는 CSV로 저장하면 봇이 바꿔 주고, "
+              "아니면 각 줄을 {{\"messages\": [...]}}로 써 주세요.",
+    },
+    "table_cell": {
+        "en": "In your table, a question or answer cell of this row is empty: fill it in.",
+        "ko": "표의 이 줄에 질문이나 답변 칸이 비어 있어요. 채워 주세요.",
+    },
     "email": {
         "en": "It looks like an e-mail address. Replace it with a made-up one (like student@example.com).",
         "ko": "이메일 주소처럼 보여요. 지어낸 주소(예: student@example.com)로 바꿔 주세요.",
@@ -293,3 +313,10 @@ HINTS: dict[str, dict[str, str]] = {
         "ko": "전화번호처럼 보여요. 지어낸 번호(예: 010-0000-0000)로 바꿔 주세요.",
     },
 }
+
+
+def i18n_entries() -> dict[str, dict[str, str]]:
+    """Return the catalog as the bot's i18n keys: `finding.<code>` and `finding.hint.<hint>` -> {locale: text}."""
+    entries = {f"finding.{code}": dict(texts) for code, texts in MESSAGES.items()}
+    entries.update({f"finding.hint.{hint}": dict(texts) for hint, texts in HINTS.items()})
+    return entries

@@ -92,3 +92,10 @@ def info_or_default(name: str, prices: dict[str, float] | None = None) -> ModelI
         return found
     table = load_prices() if prices is None else prices
     return ModelInfo(name, UNKNOWN_MODEL_ENCODING, UNKNOWN_MODEL_TOKEN_LIMIT, table.get(name), True, True, None, False)
+
+
+def format_usd(amount: float) -> str:
+    """Dollars for people: cents shown, and amounts under a cent as "<$0.01" rather than a misleading $0.00."""
+    if 0 < amount < 0.01:
+        return "<$0.01"
+    return f"${amount:,.2f}"

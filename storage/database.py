@@ -70,9 +70,8 @@ class Database:
 
     async def execute(self, sql: str, params: Sequence[Param] = ()) -> int:
         """Run one write statement in its own transaction; return the number of rows changed."""
-        async with self._write_lock:
-            async with self.conn.execute(sql, params) as cur:
-                return cur.rowcount
+        async with self._write_lock, self.conn.execute(sql, params) as cur:
+            return cur.rowcount
 
     async def execute_many(self, sql: str, rows: Iterable[Sequence[Param]]) -> None:
         """Run one statement for many rows in one transaction."""

@@ -250,6 +250,21 @@ class GovernanceRepository:
         )
         return int(row[0]) if row else 0
 
+    async def chat_counts(self, guild_id: int, user_id: int) -> tuple[int, int]:
+        """How many chat threads a user opened on a server, and how many of their messages the bot keeps there.
+
+        Read-only over the chat feature's tables (0002), so /mydata can say exactly what it will delete.
+        """
+        threads = await self.db.fetch_one(
+            "SELECT count(*) FROM chat_threads WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        messages = await self.db.fetch_one(
+            "SELECT count(*) FROM chat_turns WHERE user_id = ? AND thread_id IN "
+            "(SELECT thread_id FROM chat_threads WHERE guild_id = ?)",
+            (user_id, guild_id),
+        )
+        return (int(threads[0]) if threads else 0), (int(messages[0]) if messages else 0)
+
     async def record_deletion(self, resource: BackendResource, deleted_by: int) -> None:
         """The resource is gone at the backend: never offer to delete it again."""
         await self.db.execute(

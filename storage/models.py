@@ -155,6 +155,56 @@ class BackendModel:
     created: int | None
 
 
+@dataclass(frozen=True)
+class ChatThread:
+    """A Discord thread in which every member message gets an answer from one model."""
+
+    thread_id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    model: str
+    system_prompt: str | None
+    job_id: str | None
+    created_at: int
+    ended_at: int | None
+
+    @property
+    def ended(self) -> bool:
+        """Closed with /chat end: messages there are no longer answered."""
+        return self.ended_at is not None
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One stored message of a conversation: the student's or the model's."""
+
+    id: int
+    thread_id: int
+    role: str
+    user_id: int | None
+    content: str
+    tokens: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model this server made: a job's fine-tuned model or one of its epoch checkpoints."""
+
+    model_id: str
+    job_id: str
+    is_checkpoint: bool
+    step: int | None
+    base_model: str
+    user_id: int
+    training_filename: str
+    suffix: str | None
+    created_at: int
+    final_train_loss: float | None
+    final_valid_loss: float | None
+
+
 # Classroom governance ----------------------------------------------------------------------------------------
 
 

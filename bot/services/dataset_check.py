@@ -112,8 +112,7 @@ def convert_file(path: str | os.PathLike[str], out: str | os.PathLike[str], syst
     """Write the chat JSONL for a table on disk to `out`, streaming; return the number of rows written."""
     conversion = convert_table(read_chunks(path), filename=Path(path).name, system_prompt=system_prompt)
     with open(out, "wb") as handle:
-        for line in conversion.lines():
-            handle.write(line)
+        handle.writelines(conversion.lines())
     return conversion.rows
 
 

@@ -106,6 +106,13 @@ class CleanupPlan:
     user_id: int | None
     resources: list[BackendResource]
     running_jobs: int
+    chat_threads: int = 0  # /mydata only: threads the student opened
+    chat_messages: int = 0  # /mydata only: their messages the bot keeps
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to delete."""
+        return not self.resources and not self.chat_threads and not self.chat_messages
 
     @property
     def files(self) -> list[BackendResource]:
@@ -381,7 +388,9 @@ class GovernanceService:
     async def cleanup_plan(self, guild_id: int, user_id: int | None = None) -> CleanupPlan:
         """What a cleanup of this server (or of one user's data) would delete at the backend."""
         resources = await self.repo.resources(guild_id, user_id)
-        return CleanupPlan(guild_id, user_id, resources, await self.repo.running_jobs(guild_id, user_id))
+        threads, messages = await self.repo.chat_counts(guild_id, user_id) if user_id is not None else (0, 0)
+        return CleanupPlan(guild_id, user_id, resources, await self.repo.running_jobs(guild_id, user_id),
+                           threads, messages)
 
     async def cleanup(self, plan: CleanupPlan, deleted_by: int) -> CleanupResult:
         """Delete exactly the planned files and models at the backend, and remember what is gone."""

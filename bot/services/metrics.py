@@ -8,6 +8,7 @@ import math
 import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+
 from storage.models import MetricPoint  # stored and parsed points are one type
 
 log = logging.getLogger(__name__)

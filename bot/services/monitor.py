@@ -9,8 +9,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from bot.openai_gateway import FineTuningGateway
 from bot.i18n import t
+from bot.openai_gateway import FineTuningGateway
 from bot.services import charts, metrics
 from storage.jobs import JobRepository
 from storage.models import BackendEvent, Checkpoint, Job, JobProgress, MetricPoint

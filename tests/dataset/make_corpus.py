@@ -142,6 +142,26 @@ def write() -> None:
         {"role": "user", "content": f"물은 몇 도에서 끓나요? ({i})"},
         {"role": "assistant", "content": "물은 1기압에서 100도에 끓어요. 산 위에서는 더 낮은 온도에서 끓어요."},
     ]}) + "\n" for i in range(1, 13))
+    dev = good(3)
+    dev["messages"][0]["role"] = "developer"  # type: ignore[index]
+    files["developer_role.jsonl"] = lines_with({3: line(dev)})
+    files["content_not_text.jsonl"] = lines_with({
+        2: line({"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "ok"}]}),
+        5: line({"messages": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+                              {"role": "assistant", "content": "ok"}]}),
+    })
+    files["preference_line_in_chat.jsonl"] = lines_with({6: line(pref(6))}, 13)
+    files["double_encoded.jsonl"] = lines_with({4: json.dumps(line(good(4)))})
+    files["python_dicts.jsonl"] = lines_with({2: str(good(2))})
+    files["pretty_printed_inline_start.jsonl"] = "\n".join(
+        json.dumps(good(i), indent=None, separators=(",", ": ")).replace('[{', '[\n  {') for i in range(12)) + "\n"
+    files["prompt_completion_columns.csv"] = "prompt,completion\n" + "".join(
+        f"Translate {i} to Korean,숫자 {i}\n" for i in range(1, 13))
+    files["bare_message_lists.jsonl"] = "".join(line(good(i)["messages"]) + "\n" for i in range(1, 13))
+    files["other_formats.jsonl"] = lines_with({
+        2: line({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}),
+        3: line({"instruction": "Add 2 and 2", "input": "", "output": "4"}),
+    }, 14)
     for name, content in files.items():
         (HERE / name).write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
 

@@ -1,0 +1,707 @@
+"""Chatting with models: which models a server may use, history trimmed to fit, replies paced into Discord messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from functools import lru_cache
+from typing import Literal, Protocol
+
+import tiktoken
+
+from bot import errors
+from bot.i18n import t
+from bot.openai_gateway import FineTuningGateway
+from dataset_rules import tokens as token_rules
+from dataset_rules.models import ModelInfo, base_name, lookup
+from storage.chats import ChatRepository, DeletedChats
+from storage.jobs import JobRepository
+from storage.models import ChatThread, ChatTurn, TrainedModel
+
+log = logging.getLogger(__name__)
+
+DISCORD_MESSAGE_CHARS = 2000
+# Discord allows about 5 message edits per 5 seconds per channel; every edit the bot makes there shares it.
+EDITS_PER_WINDOW = 5
+EDIT_WINDOW_SECONDS = 5.0
+# One message is edited at most this often, so a burst of tokens cannot use up the channel's budget at once.
+MIN_EDIT_INTERVAL_SECONDS = EDIT_WINDOW_SECONDS / EDITS_PER_WINDOW
+FINAL_EDIT_TIMEOUT_SECONDS = 30.0
+REPLY_MAX_TOKENS = 1500
+COMPARE_MAX_TOKENS = 500
+# Sending a whole 128k-token history every turn would be slow and costly for a class: history stops here.
+HISTORY_TOKEN_CAP = 16_000
+HISTORY_TURNS_LOADED = 400
+MODEL_CACHE_SECONDS = 600
+THREAD_CACHE_SIZE = 10_000
+IDLE_CHANNELS_KEPT = 1_000  # past this many channels in the edit budget, quiet ones are dropped
+MAX_CHOICES = 25
+FENCE = "```"
+# Context windows by base-model prefix (tokens); unknown models (the school's small trainer models) get a small one.
+CONTEXT_WINDOWS: tuple[tuple[str, int], ...] = (
+    ("gpt-4.1", 1_047_576),
+    ("gpt-4o", 128_000),
+    ("gpt-5", 400_000),
+    ("gpt-3.5-turbo", 16_385),
+)
+UNKNOWN_CONTEXT_WINDOW = 8_192
+TOKENS_PER_MESSAGE = token_rules.TOKENS_PER_MESSAGE
+REPLY_PRIMER_TOKENS = token_rules.TOKENS_PER_EXAMPLE
+# Backend models that cannot chat (OpenAI lists them alongside chat models).
+_NOT_CHAT = ("embedding", "moderation", "whisper", "tts", "dall-e", "davinci", "babbage", "audio", "realtime",
+             "transcribe", "image", "search", "sora", "computer-use")
+
+Moderator = Callable[[int, Sequence[str]], Awaitable[list[bool]]]
+
+
+# Splitting replies ------------------------------------------------------------------------------------------
+
+
+def _opener(line: str) -> str:
+    # A fence's opening line, e.g. ```python, reused to reopen the block in the next message (kept short).
+    info = line.strip()[len(FENCE):].strip().split(" ")[0][:20]
+    return FENCE + info
+
+
+def _fence_after(text: str, fence: str | None) -> str | None:
+    """The code fence still open after `text`, given the one open before it."""
+    for line in text.split("\n"):
+        if line.lstrip().startswith(FENCE):
+            fence = None if fence is not None else _opener(line)
+    return fence
+
+
+def _cut_point(rest: str, budget: int) -> int:
+    window = rest[:budget]
+    newline = window.rfind("\n")
+    if newline >= budget // 2:
+        return newline
+    space = window.rfind(" ")
+    cut = space if space >= budget // 2 else budget
+    # Never cut through a fence line: it would open or close a block in the wrong place.
+    line_start = window.rfind("\n", 0, cut) + 1
+    if line_start > 0 and rest[line_start:].lstrip().startswith(FENCE):
+        return line_start - 1
+    return cut
+
+
+def split_reply(text: str, limit: int = DISCORD_MESSAGE_CHARS) -> list[str]:
+    """Split text into messages of at most `limit` characters; a code block cut in two is closed and reopened."""
+    closer = "\n" + FENCE
+    parts: list[str] = []
+    fence: str | None = None
+    rest = text.strip()
+    while rest:
+        opener = fence + "\n" if fence else ""
+        open_after = _fence_after(rest, fence)
+        if len(opener) + len(rest) + (len(closer) if open_after else 0) <= limit:
+            # A block still open at the end (a reply mid-stream) is closed for display.
+            parts.append(opener + rest + (closer if open_after else ""))
+            break
+        cut = _cut_point(rest, limit - len(opener) - len(closer))
+        piece, rest = rest[:cut].rstrip(), rest[cut:]
+        rest = rest[1:] if rest[:1] in ("\n", " ") else rest
+        fence = _fence_after(piece, fence)
+        if piece.strip():
+            parts.append(opener + piece + (closer if fence else ""))
+    return parts
+
+
+# Pacing edits -----------------------------------------------------------------------------------------------
+
+
+class EditBudget:
+    """At most `limit` message edits per `window` seconds in each channel, shared by everything the bot edits there.
+
+    An edit counts from when its request returned (so Discord, which counts arrivals, never sees more), and an
+    edit in flight holds a slot until then.
+    """
+
+    def __init__(
+        self, limit: int = EDITS_PER_WINDOW, window: float = EDIT_WINDOW_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self._done: dict[int, deque[float]] = {}
+        self._in_flight: dict[int, int] = {}
+
+    def _prune(self, channel_id: int, now: float) -> deque[float]:
+        times = self._done.setdefault(channel_id, deque())
+        while times and now - times[0] >= self.window:
+            times.popleft()
+        return times
+
+    def delay(self, channel_id: int) -> float:
+        """Seconds until an edit may start in this channel (0: now)."""
+        now = self.clock()
+        times = self._prune(channel_id, now)
+        slots = self.limit - self._in_flight.get(channel_id, 0)
+        if slots <= 0:
+            return self.window / self.limit  # every slot is in flight: look again shortly
+        if len(times) < slots:
+            return 0.0
+        # Enough finished edits must leave the window to free a slot; each leaves one window after it landed.
+        return max(0.0, times[len(times) - slots] + self.window - now)
+
+    def try_start(self, channel_id: int) -> bool:
+        """Take a slot now if one is free."""
+        if self.delay(channel_id) > 0:
+            return False
+        self._in_flight[channel_id] = self._in_flight.get(channel_id, 0) + 1
+        return True
+
+    def finish(self, channel_id: int) -> None:
+        """The edit's request has returned (or failed): its slot frees one window from now."""
+        self._in_flight[channel_id] = max(0, self._in_flight.get(channel_id, 0) - 1)
+        self._prune(channel_id, self.clock()).append(self.clock())
+        if not self._in_flight[channel_id]:
+            del self._in_flight[channel_id]
+
+    async def start(self, channel_id: int, timeout: float = FINAL_EDIT_TIMEOUT_SECONDS) -> None:
+        """Wait for a slot and take it (for edits that must land, such as a reply's last one)."""
+        async with asyncio.timeout(timeout):
+            while not self.try_start(channel_id):
+                await asyncio.sleep(max(0.005, self.delay(channel_id)))
+
+    def __len__(self) -> int:
+        """How many channels the budget currently tracks."""
+        return len(self._done)
+
+    def forget_idle(self) -> None:
+        """Drop channels with nothing in the window (keeps memory flat across many threads)."""
+        now = self.clock()
+        for channel_id in [c for c in self._done if not self._prune(c, now) and c not in self._in_flight]:
+            del self._done[channel_id]
+
+
+@dataclass(frozen=True)
+class ReplyAction:
+    """Show a part of a reply: post it as a new message, or edit the message already showing it."""
+
+    kind: Literal["post", "edit"]
+    index: int
+    text: str
+
+
+class ReplyRenderer:
+    """Turns a growing reply into posts and edits: new parts are posted at once, shown ones edited at a pace.
+
+    `first_edit_delay` (default: the interval) sets when a new message may first be edited; giving each reply a
+    different one keeps many replies that started together from all editing in the same instant.
+    """
+
+    def __init__(
+        self, limit: int = DISCORD_MESSAGE_CHARS, min_edit_interval: float = MIN_EDIT_INTERVAL_SECONDS,
+        first_edit_delay: float | None = None,
+    ) -> None:
+        self.limit = limit
+        self.min_edit_interval = min_edit_interval
+        self.first_edit_delay = min_edit_interval if first_edit_delay is None else first_edit_delay
+        self.text = ""
+        self.shown: list[str] = []
+        self._edit_due: list[float] = []  # per message: when it may be edited again
+
+    def add(self, piece: str) -> None:
+        """Append streamed text."""
+        self.text += piece
+
+    def due(self, now: float, *, final: bool = False) -> list[ReplyAction]:
+        """What to show now: posts for parts not shown yet, edits for changed parts whose pause has passed."""
+        if not final and self.shown and len(self.text) < self.limit - 8 and now < self._edit_due[-1]:
+            return []  # the cheap common case while tokens stream into the first message
+        parts = split_reply(self.text, self.limit)
+        actions: list[ReplyAction] = []
+        for index, part in enumerate(parts):
+            if index >= len(self.shown):
+                actions.append(ReplyAction("post", index, part))
+            elif part != self.shown[index] and (final or index < len(parts) - 1 or now >= self._edit_due[index]):
+                actions.append(ReplyAction("edit", index, part))
+        return actions
+
+    def mark(self, action: ReplyAction, now: float) -> None:
+        """Record that an action was carried out."""
+        if action.kind == "post":
+            self.shown.append(action.text)
+            self._edit_due.append(now + self.first_edit_delay)
+        else:
+            self.shown[action.index] = action.text
+            self._edit_due[action.index] = now + self.min_edit_interval
+
+
+class ReplySink(Protocol):
+    """Where a reply is shown: a Discord thread or an interaction's followups (the cog implements it)."""
+
+    channel_id: int
+
+    async def post(self, text: str) -> None:
+        """Show text in a new message."""
+
+    async def edit(self, index: int, text: str) -> None:
+        """Replace the text of the index-th message posted."""
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A reply as finally shown."""
+
+    text: str
+    messages: int
+    held_back: bool = False
+
+
+# History ----------------------------------------------------------------------------------------------------
+
+
+def context_window(model: str) -> int:
+    """The model's context window in tokens (a small default for models we do not know)."""
+    base = base_name(model)
+    for prefix, size in CONTEXT_WINDOWS:
+        if base.startswith(prefix):
+            return size
+    return UNKNOWN_CONTEXT_WINDOW
+
+
+@lru_cache(maxsize=1024)
+def model_info(model: str) -> ModelInfo | None:
+    """The catalog entry of a model's base (cached: the catalog reads the price table from disk)."""
+    return lookup(model)
+
+
+def encoding_for(model: str) -> tiktoken.Encoding:
+    """The tokenizer of the model's family; o200k_base for models we do not know."""
+    info = model_info(model)
+    return token_rules.get_encoding(info.encoding if info else "o200k_base")
+
+
+def count_tokens(model: str, text: str) -> int:
+    """Tokens of a text for this model."""
+    return len(encoding_for(model).encode_ordinary(text))
+
+
+def build_history(
+    system_prompt: str | None, system_tokens: int, turns: Sequence[ChatTurn], question: str, question_tokens: int,
+    budget: int,
+) -> list[dict[str, str]]:
+    """Messages for the model: the system prompt, the newest turns that fit `budget` tokens, and the question."""
+    used = REPLY_PRIMER_TOKENS + question_tokens + TOKENS_PER_MESSAGE
+    if system_prompt:
+        used += system_tokens + TOKENS_PER_MESSAGE
+    if used > budget:
+        raise errors.UserFacingError("chat.error.message_too_long")
+    kept: list[ChatTurn] = []
+    for turn in reversed(turns):
+        cost = turn.tokens + TOKENS_PER_MESSAGE
+        if used + cost > budget:
+            break
+        kept.append(turn)
+        used += cost
+    kept.reverse()
+    while kept and kept[0].role != "user":
+        kept.pop(0)  # an answer without its question would puzzle the model
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages += [{"role": turn.role, "content": turn.content} for turn in kept]
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
+# Errors -----------------------------------------------------------------------------------------------------
+
+
+def chat_error(error: errors.UserFacingError, model: str, today: date | None = None) -> errors.UserFacingError:
+    """Say in plain words what went wrong while talking to a model."""
+    if isinstance(error, errors.UnknownModelError):
+        info = model_info(model)
+        if info is not None and info.shutdown is not None and info.shutdown <= (today or date.today()):
+            return errors.UserFacingError("chat.error.model_retired", model=model, base=info.name,
+                                          date=info.shutdown.isoformat())
+        return errors.UserFacingError("chat.error.model_gone", model=model)
+    if isinstance(error, errors.InsufficientQuotaError):
+        return errors.UserFacingError("chat.error.no_credit")
+    if isinstance(error, errors.UpstreamBusyError):
+        return errors.UserFacingError("chat.error.busy")
+    if isinstance(error, errors.UpstreamDownError):
+        return errors.UserFacingError("chat.error.down")
+    if error.key == "error.context_too_long":
+        return errors.UserFacingError("chat.error.context_too_long")
+    return error
+
+
+# The service ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model autocomplete."""
+
+    value: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One model's answer in a comparison: its text, or why there is none."""
+
+    model: str
+    text: str | None
+    error: errors.UserFacingError | None = None
+    held_back: bool = False
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The same prompt answered by two models."""
+
+    prompt: str
+    first: Answer
+    second: Answer
+
+
+class ChatService:
+    """Chat threads, one-off questions and comparisons with the models a server may use."""
+
+    def __init__(
+        self,
+        chats: ChatRepository,
+        jobs: JobRepository,
+        gateway: FineTuningGateway,
+        *,
+        moderate: Moderator | None = None,
+        edit_budget: EditBudget | None = None,
+        history_token_cap: int = HISTORY_TOKEN_CAP,
+        reply_max_tokens: int = REPLY_MAX_TOKENS,
+    ) -> None:
+        self.chats = chats
+        self.jobs = jobs
+        self.gateway = gateway
+        self.moderate = moderate
+        self.edit_budget = edit_budget or EditBudget()
+        self.history_token_cap = history_token_cap
+        self.reply_max_tokens = reply_max_tokens
+        self.min_edit_interval = MIN_EDIT_INTERVAL_SECONDS
+        self._threads: OrderedDict[int, ChatThread | None] = OrderedDict()
+        self._models: tuple[float, list[str] | None] = (0.0, None)
+
+    async def warm_up(self) -> None:
+        """Load the tokenizers off the event loop, so the first message does not wait for them."""
+        for name in token_rules.ENCODING_FILES:
+            await asyncio.to_thread(token_rules.get_encoding, name)
+
+    # Models ------------------------------------------------------------------------------------------------
+
+    async def base_models(self) -> list[str] | None:
+        """Chat models the backend lists (no fine-tuned ones, nothing retired); None if it cannot be asked now."""
+        stamp, cached = self._models
+        if cached is None or time.monotonic() - stamp > MODEL_CACHE_SECONDS:
+            try:
+                listed = await self.gateway.list_models()
+            except errors.UserFacingError:
+                return cached  # a busy backend must not break autocomplete; the last list is good enough
+            cached = sorted(
+                m.id for m in listed
+                if not m.id.startswith("ft:") and not any(word in m.id for word in _NOT_CHAT) and not _retired(m.id)
+            )
+            self._models = (time.monotonic(), cached)
+        return cached
+
+    async def model_choices(self, guild_id: int, current: str = "") -> list[ModelChoice]:
+        """This server's fine-tuned models and checkpoints (newest first), then the backend's base models."""
+        current = current.strip().lower()
+        trained = await self.chats.trained_models(guild_id, search=current, limit=MAX_CHOICES)
+        choices = [ModelChoice(m.model_id, _model_label(m)) for m in trained]
+        for name in await self.base_models() or []:
+            if len(choices) >= MAX_CHOICES:
+                break
+            if current in name.lower():
+                choices.append(ModelChoice(name, name))
+        return choices[:MAX_CHOICES]
+
+    async def trained_models(self, guild_id: int, limit: int = MAX_CHOICES) -> list[TrainedModel]:
+        """This server's fine-tuned models and checkpoints, newest first (for /models)."""
+        return await self.chats.trained_models(guild_id, limit=limit)
+
+    async def resolve_model(self, guild_id: int, model: str) -> str:
+        """The model name if this server may chat with it: its own fine-tuned models, or a base model."""
+        model = model.strip()
+        if not model:
+            raise errors.UserFacingError("chat.error.no_model")
+        if model.startswith("ft:"):
+            if await self.chats.trained_model(guild_id, model) is None:
+                log.info("Refused model of another server in guild %s", guild_id)
+                raise errors.UserFacingError("chat.error.other_server")
+            return model
+        listed = await self.base_models()
+        if listed is not None and model not in listed:
+            if _retired(model):
+                raise chat_error(errors.UnknownModelError(), model)
+            raise errors.UserFacingError("chat.error.unknown_model", model=model)
+        return model
+
+    async def base_of(self, guild_id: int, model: str) -> str:
+        """The model a fine-tuned model was trained from (the default opponent in /compare)."""
+        if not model.startswith("ft:"):
+            raise errors.UserFacingError("chat.error.compare_needs_against")
+        trained = await self.chats.trained_model(guild_id, model)
+        return trained.base_model if trained else model[3:].split(":", 1)[0]
+
+    async def model_for_job(self, guild_id: int, job_id: str) -> tuple[str, str]:
+        """The fine-tuned model of a finished job of this server, and the job's id."""
+        job = await self.jobs.get(guild_id, job_id)
+        if job is None:
+            raise errors.JobNotFoundError()
+        if not job.fine_tuned_model:
+            raise errors.UserFacingError("chat.error.job_has_no_model")
+        return job.fine_tuned_model, job.id
+
+    # Threads -----------------------------------------------------------------------------------------------
+
+    async def open_thread(
+        self, *, guild_id: int, channel_id: int, thread_id: int, user_id: int, model: str,
+        system_prompt: str | None, job_id: str | None = None,
+    ) -> ChatThread:
+        """Bind a new Discord thread to a model (the model must already be resolved for this server)."""
+        thread = ChatThread(thread_id, guild_id, channel_id, user_id, model, (system_prompt or "").strip() or None,
+                            job_id, int(time.time()), None)
+        await self.chats.create_thread(thread)
+        self._cache(thread_id, thread)
+        log.info("Chat thread %s opened in guild %s by user %s", thread_id, guild_id, user_id)
+        return thread
+
+    async def thread(self, thread_id: int) -> ChatThread | None:
+        """Our chat thread with this id (ended ones too), or None; remembered, since every message asks."""
+        if thread_id in self._threads:
+            self._threads.move_to_end(thread_id)
+            return self._threads[thread_id]
+        found = await self.chats.get_thread(thread_id)
+        if thread_id not in self._threads:  # open_thread may have filled it while we read
+            self._cache(thread_id, found)
+        return self._threads[thread_id]
+
+    def _cache(self, thread_id: int, thread: ChatThread | None) -> None:
+        self._threads[thread_id] = thread
+        self._threads.move_to_end(thread_id)
+        while len(self._threads) > THREAD_CACHE_SIZE:
+            self._threads.popitem(last=False)
+
+    async def end_thread(self, thread_id: int, user_id: int, *, can_manage: bool) -> ChatThread:
+        """Close a chat: its opener may, and so may a member who manages the server."""
+        thread = await self.thread(thread_id)
+        if thread is None:
+            raise errors.UserFacingError("chat.error.not_a_chat_thread")
+        if thread.user_id != user_id and not can_manage:
+            raise errors.NotAllowedError("chat.error.end_not_yours")
+        if thread.ended:
+            raise errors.UserFacingError("chat.error.already_ended")
+        now = int(time.time())
+        await self.chats.end_thread(thread_id, now)
+        ended = replace(thread, ended_at=now)
+        self._cache(thread_id, ended)
+        log.info("Chat thread %s ended by user %s", thread_id, user_id)
+        return ended
+
+    # Conversation ------------------------------------------------------------------------------------------
+
+    async def history(self, thread: ChatThread, question: str, budget: int | None = None) -> list[dict[str, str]]:
+        """The messages to send for a new question: stored turns, trimmed by tokens to fit the model."""
+        turns = await self.chats.recent_turns(thread.thread_id, HISTORY_TURNS_LOADED)
+        limit = budget or self.history_budget(thread.model)
+        system_tokens = count_tokens(thread.model, thread.system_prompt) if thread.system_prompt else 0
+        return build_history(thread.system_prompt, system_tokens, turns, question,
+                             count_tokens(thread.model, question), limit)
+
+    def history_budget(self, model: str) -> int:
+        """Tokens of history a request to this model may carry."""
+        return max(256, min(context_window(model) - self.reply_max_tokens, self.history_token_cap))
+
+    async def is_allowed(self, guild_id: int, text: str) -> bool:
+        """Whether the moderation hook lets this text through (always, when there is none)."""
+        if self.moderate is None or not text.strip():
+            return True
+        flagged = await self.moderate(guild_id, [text])
+        return not any(flagged)
+
+    async def reply(self, thread: ChatThread, user_id: int, question: str, sink: ReplySink, locale: str) -> Delivered:
+        """Answer a message in a chat thread, streamed into the sink, and remember the exchange."""
+        if thread.ended:
+            raise errors.UserFacingError("chat.error.already_ended")
+        if not await self.is_allowed(thread.guild_id, question):
+            log.info("Held back a message in chat thread %s (moderation)", thread.thread_id)
+            await sink.post(t("chat.held_back_question", locale))
+            return Delivered("", 1, held_back=True)
+        messages = await self.history(thread, question)
+        try:
+            pieces = await self._open_stream(thread.model, messages)
+        except errors.UserFacingError as exc:
+            if exc.key != "error.context_too_long":
+                raise chat_error(exc, thread.model) from None
+            # Our count was too generous for this model (e.g. a self-hosted one): once more with half the history.
+            messages = await self.history(thread, question, budget=self.history_budget(thread.model) // 2)
+            try:
+                pieces = await self._open_stream(thread.model, messages)
+            except errors.UserFacingError as again:
+                raise chat_error(again, thread.model) from None
+
+        async def remember(answer: str) -> None:
+            await self.chats.add_exchange(
+                thread.thread_id, user_id, question, count_tokens(thread.model, question),
+                answer, count_tokens(thread.model, answer), int(time.time()),
+            )
+
+        return await self.deliver(pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model,
+                                  before_final=remember)
+
+    async def ask(self, guild_id: int, model: str, prompt: str, sink: ReplySink, locale: str) -> Delivered:
+        """One question, one streamed answer; nothing is remembered."""
+        model = await self.resolve_model(guild_id, model)
+        if not await self.is_allowed(guild_id, prompt):
+            await sink.post(t("chat.held_back_question", locale))
+            return Delivered("", 1, held_back=True)
+        if count_tokens(model, prompt) + 2 * TOKENS_PER_MESSAGE > self.history_budget(model):
+            raise errors.UserFacingError("chat.error.message_too_long")
+        try:
+            pieces = await self._open_stream(model, [{"role": "user", "content": prompt}])
+        except errors.UserFacingError as exc:
+            raise chat_error(exc, model) from None
+        return await self.deliver(pieces, sink, guild_id=guild_id, locale=locale, model=model)
+
+    async def compare(self, guild_id: int, prompt: str, model: str, against: str | None = None) -> Comparison:
+        """The same prompt to a fine-tuned model and to its base (or `against`), at the same time."""
+        first = await self.resolve_model(guild_id, model)
+        second = await self.resolve_model(guild_id, against) if against else await self.base_of(guild_id, first)
+        if first == second:
+            raise errors.UserFacingError("chat.error.compare_same")
+        if not await self.is_allowed(guild_id, prompt):
+            raise errors.UserFacingError("chat.held_back_question")
+        one, two = await asyncio.gather(self._answer(guild_id, first, prompt), self._answer(guild_id, second, prompt))
+        return Comparison(prompt, one, two)
+
+    async def _answer(self, guild_id: int, model: str, prompt: str) -> Answer:
+        try:
+            text = await self.gateway.complete_chat(model, [{"role": "user", "content": prompt}],
+                                                    max_tokens=COMPARE_MAX_TOKENS)
+        except errors.UserFacingError as exc:
+            return Answer(model, None, chat_error(exc, model))
+        if not await self.is_allowed(guild_id, text):
+            return Answer(model, None, held_back=True)
+        return Answer(model, text)
+
+    async def _open_stream(self, model: str, messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
+        """Start a streamed reply and wait for its first piece, so that refusals surface here, before anything shows."""
+        stream = self.gateway.stream_chat_text(model, messages, max_tokens=self.reply_max_tokens)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            return _pieces("", stream)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return _pieces(first, stream)
+
+    async def deliver(
+        self, pieces: AsyncGenerator[str, None], sink: ReplySink, *, guild_id: int, locale: str, model: str = "",
+        before_final: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Delivered:
+        """Show a streamed reply: the first message as soon as text arrives, edits within the channel's budget,
+        and a last edit that always lands. With a moderation hook, text is checked before it is shown.
+        `before_final` gets the whole answer before the last edit, so an answer seen complete is remembered."""
+        # A random first pause spreads the edits of replies that started together (a class all asking at once).
+        renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval,
+                                 first_edit_delay=self.min_edit_interval * random.uniform(0.5, 1.5))
+        budget, channel = self.edit_budget, sink.channel_id
+        checked = 0  # characters of the reply the moderation hook has passed
+        try:
+            async for piece in pieces:
+                renderer.add(piece)
+                # Posts first: a new part must not wait for an edit budget that a previous part used up.
+                actions = sorted(renderer.due(budget.clock()), key=lambda a: a.kind != "post")
+                if actions and len(renderer.text) > checked:
+                    if not await self.is_allowed(guild_id, renderer.text):
+                        return await self._hold_back(renderer, sink, locale)
+                    checked = len(renderer.text)
+                for action in actions:
+                    if action.kind == "post":
+                        await sink.post(action.text)
+                    elif budget.try_start(channel):
+                        try:
+                            await sink.edit(action.index, action.text)
+                        finally:
+                            budget.finish(channel)
+                    else:
+                        break  # no edit left in this channel's window: a later piece or the last pass catches up
+                    renderer.mark(action, budget.clock())
+        except errors.UserFacingError as exc:
+            raise chat_error(exc, model) from None
+        finally:
+            await pieces.aclose()
+        if not renderer.text.strip():
+            await sink.post(t("chat.empty_reply", locale))
+            return Delivered("", 1)
+        if len(renderer.text) > checked and not await self.is_allowed(guild_id, renderer.text):
+            return await self._hold_back(renderer, sink, locale)
+        if before_final is not None:
+            await before_final(renderer.text.strip())
+        for action in renderer.due(budget.clock(), final=True):
+            if action.kind == "post":
+                await sink.post(action.text)
+            else:
+                await budget.start(channel)
+                try:
+                    await sink.edit(action.index, action.text)
+                finally:
+                    budget.finish(channel)
+            renderer.mark(action, budget.clock())
+        if len(budget) > IDLE_CHANNELS_KEPT:
+            budget.forget_idle()
+        return Delivered(renderer.text.strip(), len(renderer.shown))
+
+    async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str) -> Delivered:
+        notice = t("chat.held_back_reply", locale)
+        if not renderer.shown:
+            await sink.post(notice)
+            return Delivered("", 1, held_back=True)
+        for index in range(len(renderer.shown)):
+            await self.edit_budget.start(sink.channel_id)
+            try:
+                await sink.edit(index, notice if index == 0 else "…")
+            finally:
+                self.edit_budget.finish(sink.channel_id)
+        return Delivered("", len(renderer.shown), held_back=True)
+
+    # A student's data --------------------------------------------------------------------------------------
+
+    async def delete_user_data(self, guild_id: int, user_id: int) -> DeletedChats:
+        """Forget a student's conversations on a server: threads they opened, and their messages in others."""
+        deleted = await self.chats.delete_user_data(guild_id, user_id)
+        for thread_id in deleted.thread_ids:
+            self._threads.pop(thread_id, None)
+        log.info("Deleted chat data of user %s in guild %s: %d threads, %d messages", user_id, guild_id,
+                 len(deleted.thread_ids), deleted.messages)
+        return deleted
+
+
+async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
+    try:
+        if first:
+            yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        await rest.aclose()
+
+
+def _retired(model: str) -> bool:
+    info = model_info(model)
+    return bool(info and info.retired())
+
+
+def _model_label(model: TrainedModel) -> str:
+    name = model.suffix or model.training_filename
+    kind = f"checkpoint step {model.step}" if model.is_checkpoint else "fine-tuned"
+    return f"{name} · {kind} · {model.model_id}"[:100]

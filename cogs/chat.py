@@ -1,0 +1,368 @@
+"""/chat start|end, /ask, /compare, /models, and the thread listener that streams each answer into Discord."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+import weakref
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.app_commands import Choice
+from discord.app_commands import locale_str as _
+from discord.ext import commands
+
+from bot import errors
+from bot.client import send_ephemeral
+from bot.i18n import t
+from bot.services.chat import Answer, ChatService, Comparison
+from dataset_rules.models import lookup
+from storage.models import ChatThread, TrainedModel
+
+if TYPE_CHECKING:
+    from bot.client import ClassroomBot
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+# Discord shows "typing…" for about 10 s after each request; refresh before it fades.
+TYPING_REFRESH_SECONDS = 8.0
+THREAD_ARCHIVE_MINUTES = 1440
+FIELD_CHARS = 1024
+MODELS_SHOWN = 15
+# Message types a student writes (plain messages and replies); joins, pins and the like are not questions.
+_SPOKEN = (discord.MessageType.default, discord.MessageType.reply)
+
+
+class ThreadSink:
+    """Shows a reply in a thread: a typing indicator until the first message, then messages and their edits."""
+
+    def __init__(self, channel: discord.abc.Messageable, channel_id: int) -> None:
+        self.channel = channel
+        self.channel_id = channel_id
+        self.messages: list[discord.Message] = []
+        self._typing: asyncio.Task[None] = asyncio.create_task(_keep_typing(channel), name=f"typing-{channel_id}")
+
+    def stop_typing(self) -> None:
+        """Stop refreshing the typing indicator (Discord clears it when the bot posts)."""
+        self._typing.cancel()
+
+    async def post(self, text: str) -> None:
+        """Post a new message of the reply."""
+        self.stop_typing()
+        self.messages.append(await self.channel.send(text, allowed_mentions=NO_MENTIONS))
+
+    async def edit(self, index: int, text: str) -> None:
+        """Edit one message of the reply."""
+        self.messages[index] = await self.messages[index].edit(content=text, allowed_mentions=NO_MENTIONS)
+
+
+class FollowupSink:
+    """Shows a reply as an interaction's followups (the first one replaces the 'thinking…' placeholder)."""
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self.interaction = interaction
+        self.channel_id = interaction.channel_id or 0
+        self.messages: list[discord.WebhookMessage] = []
+
+    async def post(self, text: str) -> None:
+        """Post a new message of the answer."""
+        self.messages.append(
+            await self.interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
+        )
+
+    async def edit(self, index: int, text: str) -> None:
+        """Edit one message of the answer."""
+        self.messages[index] = await self.messages[index].edit(content=text, allowed_mentions=NO_MENTIONS)
+
+
+async def _keep_typing(channel: discord.abc.Messageable) -> None:
+    while True:
+        try:
+            await channel.typing()
+        except Exception:  # boundary: the indicator is a courtesy; the reply comes without it
+            log.debug("Typing indicator failed; the reply still comes", exc_info=True)
+        await asyncio.sleep(TYPING_REFRESH_SECONDS)
+
+
+class Chat(commands.Cog):
+    """Talk to the class's models: threads with memory, one-off questions and side-by-side comparisons."""
+
+    chat = app_commands.Group(
+        name="chat", description=_("Chat with a model in a thread", key="cmd.chat"), guild_only=True
+    )
+
+    def __init__(self, bot: ClassroomBot, service: ChatService) -> None:
+        self.bot, self.service = bot, service
+        # One answer at a time per thread, in the order messages arrived; a lock lives while someone waits on it.
+        self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def cog_load(self) -> None:
+        """Load the tokenizers before the first message needs them."""
+        await self.service.warm_up()
+
+    # /chat start, /chat end, and the notice button ----------------------------------------------------------
+
+    @chat.command(name="start", description=_("Open a thread where a model answers every message",
+                                              key="cmd.chat.start"))
+    @app_commands.describe(
+        model=_("The model (your class's models come first)", key="cmd.chat.model"),
+        system_prompt=_("Optional instructions the model follows in the whole chat",
+                        key="cmd.chat.start.system_prompt"),
+    )
+    @app_commands.checks.cooldown(3, 60.0, key=lambda i: (i.guild_id, i.user.id))
+    async def chat_start(
+        self, interaction: discord.Interaction, model: str,
+        system_prompt: app_commands.Range[str, 1, 1500] | None = None,
+    ) -> None:
+        """Open a thread where a model answers every message."""
+        await interaction.response.defer(thinking=True)
+        assert interaction.guild_id is not None
+        resolved = await self.service.resolve_model(interaction.guild_id, model)
+        thread = await self._open(interaction, resolved, system_prompt, job_id=None)
+        await interaction.followup.send(
+            t("chat.opened", self.bot.channel_locale(interaction.guild_id), user=interaction.user.mention,
+              model=resolved, thread=thread.mention),
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    async def open_from_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The "Chat with this model" button: open a thread with the job's fine-tuned model."""
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        try:
+            if interaction.guild_id is None:
+                raise errors.JobNotFoundError()
+            model, job = await self.service.model_for_job(interaction.guild_id, job_id)
+            thread = await self._open(interaction, model, None, job_id=job)
+            await interaction.followup.send(
+                t("chat.opened", interaction.locale, user=interaction.user.mention, model=model,
+                  thread=thread.mention), ephemeral=True,
+            )
+        except errors.UserFacingError as exc:
+            await send_ephemeral(interaction, exc.render(interaction.locale))
+        except Exception:  # boundary: a button has no command tree to report for it
+            ref = secrets.token_hex(3)
+            log.exception("Opening a chat from job %s failed (ref %s)", job_id, ref)
+            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
+
+    async def _open(
+        self, interaction: discord.Interaction, model: str, system_prompt: str | None, job_id: str | None
+    ) -> discord.Thread:
+        channel = interaction.channel
+        if isinstance(channel, discord.Thread):
+            channel = channel.parent  # a thread cannot hold threads: open it beside this one
+        if not isinstance(channel, discord.TextChannel) or interaction.guild_id is None:
+            raise errors.UserFacingError("chat.error.no_threads_here")
+        locale = self.bot.channel_locale(interaction.guild_id)
+        thread = await channel.create_thread(
+            name=t("chat.thread_name", locale, model=_short_name(model))[:100],
+            type=discord.ChannelType.public_thread, auto_archive_duration=THREAD_ARCHIVE_MINUTES,
+        )
+        await self.service.open_thread(
+            guild_id=interaction.guild_id, channel_id=channel.id, thread_id=thread.id, user_id=interaction.user.id,
+            model=model, system_prompt=system_prompt, job_id=job_id,
+        )
+        try:
+            await thread.add_user(interaction.user)
+        except discord.HTTPException:
+            log.info("Could not add user %s to chat thread %s", interaction.user.id, thread.id)
+        intro = t("chat.intro", locale, model=model)
+        if system_prompt:
+            intro += "\n" + t("chat.intro_system", locale, prompt=system_prompt)
+        await thread.send(intro[:2000], allowed_mentions=NO_MENTIONS)
+        return thread
+
+    @chat.command(name="end", description=_("Close this chat thread", key="cmd.chat.end"))
+    async def chat_end(self, interaction: discord.Interaction) -> None:
+        """Close this chat thread."""
+        channel = interaction.channel
+        if not isinstance(channel, discord.Thread):
+            raise errors.UserFacingError("chat.error.not_a_chat_thread")
+        member = interaction.user
+        can_manage = isinstance(member, discord.Member) and (
+            member.guild_permissions.manage_threads or member.guild_permissions.manage_guild
+        )
+        await self.service.end_thread(channel.id, member.id, can_manage=can_manage)
+        await interaction.response.send_message(t("chat.ended", self.bot.channel_locale(interaction.guild_id)))
+        try:
+            await channel.edit(archived=True, locked=True)
+        except discord.HTTPException:
+            log.warning("Could not archive chat thread %s", channel.id)
+
+    # Messages in chat threads -------------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        """Answer a member's message in one of our chat threads, one at a time and in order."""
+        if message.author.bot or message.guild is None or message.type not in _SPOKEN:
+            return
+        channel = message.channel
+        if not isinstance(channel, discord.Thread | discord.PartialMessageable):
+            return
+        lock = self._locks.get(channel.id)
+        if lock is None:
+            lock = self._locks[channel.id] = asyncio.Lock()
+        async with lock:  # taken before any await, so answers keep the messages' order
+            thread = await self.service.thread(channel.id)
+            if thread is None or thread.ended or thread.guild_id != message.guild.id:
+                return
+            await self._answer(channel, thread, message)
+
+    async def _answer(self, channel: discord.abc.Messageable, thread: ChatThread, message: discord.Message) -> None:
+        locale = self.bot.channel_locale(thread.guild_id)
+        text = message.content.strip()
+        if not text:
+            await channel.send(t("chat.text_only", locale))
+            return
+        sink = ThreadSink(channel, thread.thread_id)
+        try:
+            await self.service.reply(thread, message.author.id, text, sink, locale)
+        except errors.UserFacingError as exc:
+            reason = exc.render(locale)
+            await _send_quietly(channel, t("chat.cut_off", locale, reason=reason) if sink.messages else reason)
+        except discord.HTTPException:
+            log.warning("Discord refused a reply in chat thread %s", thread.thread_id, exc_info=True)
+        except Exception:  # boundary: one failed answer must not stop the thread
+            ref = secrets.token_hex(3)
+            log.exception("Answer failed in chat thread %s (ref %s)", thread.thread_id, ref)
+            await _send_quietly(channel, t("error.unexpected", locale, ref=ref))
+        finally:
+            sink.stop_typing()
+
+    # /ask, /compare, /models ---------------------------------------------------------------------------------
+
+    @app_commands.command(name="ask", description=_("Ask a model one question", key="cmd.ask"))
+    @app_commands.guild_only()
+    @app_commands.describe(model=_("The model (your class's models come first)", key="cmd.chat.model"),
+                           prompt=_("Your question", key="cmd.ask.prompt"))
+    @app_commands.checks.cooldown(5, 60.0, key=lambda i: (i.guild_id, i.user.id))
+    async def ask(
+        self, interaction: discord.Interaction, model: str, prompt: app_commands.Range[str, 1, 4000]
+    ) -> None:
+        """Ask a model one question."""
+        await interaction.response.defer(thinking=True)
+        assert interaction.guild_id is not None
+        await self.service.ask(interaction.guild_id, model, prompt, FollowupSink(interaction), str(interaction.locale))
+
+    @app_commands.command(name="compare", description=_(
+        "Ask a fine-tuned model and its base model the same thing, side by side", key="cmd.compare"))
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt=_("What to ask both models", key="cmd.compare.prompt"),
+        model=_("The fine-tuned model", key="cmd.compare.model"),
+        against=_("Compare with this model instead of its base model", key="cmd.compare.against"),
+    )
+    @app_commands.checks.cooldown(5, 60.0, key=lambda i: (i.guild_id, i.user.id))
+    async def compare(
+        self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 2000], model: str,
+        against: str | None = None,
+    ) -> None:
+        """Ask a fine-tuned model and its base model the same thing, side by side."""
+        await interaction.response.defer(thinking=True)
+        assert interaction.guild_id is not None
+        comparison = await self.service.compare(interaction.guild_id, prompt, model, against)
+        embed, file = compare_embed(comparison, str(interaction.locale))
+        await interaction.followup.send(embed=embed, files=[file] if file else [], allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="models", description=_("List the models this server has trained", key="cmd.models"))
+    @app_commands.guild_only()
+    async def models(self, interaction: discord.Interaction) -> None:
+        """List the models this server has trained."""
+        assert interaction.guild_id is not None
+        trained = await self.service.trained_models(interaction.guild_id)
+        await interaction.response.send_message(embed=models_embed(trained, str(interaction.locale)),
+                                                allowed_mentions=NO_MENTIONS)
+
+    @chat_start.autocomplete("model")
+    @ask.autocomplete("model")
+    @compare.autocomplete("model")
+    @compare.autocomplete("against")
+    async def model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        """This server's models first, then the backend's base models."""
+        if interaction.guild_id is None:
+            return []
+        try:
+            choices = await self.service.model_choices(interaction.guild_id, current)
+        except Exception:  # boundary: autocomplete must never raise
+            log.exception("Model autocomplete failed in guild %s", interaction.guild_id)
+            return []
+        return [Choice(name=c.label[:100], value=c.value[:100]) for c in choices if len(c.value) <= 100]
+
+
+async def _send_quietly(channel: discord.abc.Messageable, text: str) -> None:
+    try:
+        await channel.send(text[:2000], allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException:
+        log.warning("Could not post a chat notice")
+
+
+def _short_name(model: str) -> str:
+    # ft:<base>:<org>:<suffix>:<id> reads best as its suffix (or id) and base.
+    if model.startswith("ft:"):
+        parts = model.split(":")
+        label = (parts[3] if len(parts) > 3 and parts[3] else parts[-1]) or model
+        return f"{label} ({parts[1]})" if len(parts) > 1 else label
+    return model
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _answer_text(answer: Answer, locale: str) -> str:
+    if answer.held_back:
+        return t("compare.held_back", locale)
+    if answer.error is not None:
+        return "⚠️ " + answer.error.render(locale)
+    return answer.text or t("chat.empty_reply", locale)
+
+
+def compare_embed(comparison: Comparison, locale: str) -> tuple[discord.Embed, discord.File | None]:
+    """Two answers side by side; the full texts go in a file when a field cannot hold them."""
+    embed = discord.Embed(title=t("compare.title", locale), colour=0x5865F2)
+    embed.description = f"**{t('compare.question', locale)}**\n> " + _clip(comparison.prompt, 1000).replace("\n", "\n> ")
+    clipped = False
+    for answer in (comparison.first, comparison.second):
+        text = _answer_text(answer, locale)
+        clipped |= len(text) > FIELD_CHARS
+        embed.add_field(name=_clip(_short_name(answer.model), 256), value=_clip(text, FIELD_CHARS), inline=True)
+    file = None
+    if clipped:
+        embed.add_field(name="\u200b", value=t("compare.full_answers", locale), inline=False)
+        full = "\n\n".join(f"## {a.model}\n\n{_answer_text(a, locale)}" for a in (comparison.first, comparison.second))
+        file = discord.File(io.BytesIO(f"# {comparison.prompt}\n\n{full}\n".encode()), filename="compare.md")
+    embed.set_footer(text=t("compare.hint", locale))
+    return embed, file
+
+
+def models_embed(models: list[TrainedModel], locale: str) -> discord.Embed:
+    """This server's fine-tuned models and checkpoints: who, when, which file, which base, final loss."""
+    embed = discord.Embed(title=t("models.title", locale), colour=0x57F287)
+    if not models:
+        embed.description = t("models.empty", locale)
+        return embed
+    lines = []
+    for model in models[:MODELS_SHOWN]:
+        name = model.suffix or model.training_filename
+        if model.is_checkpoint:
+            name += " · " + t("models.checkpoint", locale, step=model.step)
+        loss = model.final_train_loss if model.final_train_loss is not None else model.final_valid_loss
+        lines.append(f"**{name}** · `{model.model_id}`\n" + t(
+            "models.entry", locale, user=f"<@{model.user_id}>", when=f"<t:{model.created_at}:R>",
+            file=model.training_filename, base=model.base_model, loss=f"{loss:.4f}" if loss is not None else "–",
+        ))
+    embed.description = _clip("\n\n".join(lines), 4000)
+    shutdowns = sorted({(info.name, info.shutdown) for m in models if (info := lookup(m.base_model)) and info.shutdown})
+    if shutdowns:
+        notes = "\n".join(t("models.shutdown", locale, base=base, date=day.isoformat()) for base, day in shutdowns)
+        embed.add_field(name="⏳", value=_clip(notes, FIELD_CHARS), inline=False)
+    embed.set_footer(text=t("models.footer", locale))
+    return embed
+
+
+async def setup(bot: ClassroomBot) -> None:
+    """Load the cog with its service."""
+    await bot.add_cog(Chat(bot, bot.chat))
