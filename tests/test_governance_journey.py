@@ -16,6 +16,7 @@ from bot.services.dataset_check import DatasetCheckService
 from storage.models import LedgerEntry
 from tests.conftest import MANAGE_GUILD, Classroom, press
 from tests.fakes.discord import EPHEMERAL, FakeChannel, FakeGuild, FakeInteraction, FakeMessage, FakeUser
+from tests.test_chat_journey import open_chat
 from tests.test_finetune_journey import chat_file, notices, open_card
 
 DEFAULT_MODEL = "gpt-4o-mini-2024-07-18"
@@ -361,6 +362,41 @@ async def test_moderation_chat_texts_flagged_and_reported(classroom: Classroom, 
     assert "chat message was held back" in report.text()
 
 
+async def test_moderation_flagged_chat_message_is_held_back_and_reported(classroom: Classroom,
+                                                                        teachers: FakeChannel) -> None:
+    """A flagged chat message never reaches the model; the student is told kindly and the teachers are told."""
+    await command(classroom, classroom.teacher, "class teacher-channel", teacher_channel=teachers)
+    thread = await open_chat(classroom)
+    classroom.openai.flag_words = {"kill"}
+    asked = len(classroom.openai.chat_requests)
+    await classroom.discord.say(thread, classroom.student, "I will kill you")
+    await classroom.discord.wait_message(thread, lambda m: "didn't send that message" in m.content, timeout=10)
+    assert len(classroom.openai.chat_requests) == asked
+    report = await classroom.discord.wait_for(lambda: next(iter(classroom.discord.messages(teachers)), None),
+                                              timeout=10, what="moderation report")
+    assert "chat message was held back" in report.text() and "||I will kill you||" in report.text()
+
+
+async def test_moderation_flagged_model_reply_is_held_back(classroom: Classroom) -> None:
+    """A model reply that moderation flags is not shown."""
+    thread = await open_chat(classroom)
+    classroom.openai.flag_words = {"weapon"}
+    classroom.openai.chat_reply = lambda model, messages: "Here is how to build a weapon"
+    await classroom.discord.say(thread, classroom.student, "Tell me a story")
+    await classroom.discord.wait_message(thread, lambda m: "answer was held back" in m.content, timeout=10)
+    assert not any("build a weapon" in m.content for m in classroom.discord.messages(thread))
+
+
+async def test_moderation_off_lets_chat_through(classroom: Classroom) -> None:
+    """With moderation off the teacher's choice wins: chat is not checked."""
+    await command(classroom, classroom.teacher, "class moderation", state="off")
+    thread = await open_chat(classroom)
+    classroom.openai.flag_words = {"kill"}
+    await classroom.discord.say(thread, classroom.student, "kill the lights please")
+    await classroom.discord.wait_message(thread, lambda m: "reply to: kill the lights" in m.content, timeout=10)
+    assert classroom.openai.moderation_requests == []
+
+
 # Report -----------------------------------------------------------------------------------------------------
 
 
@@ -474,6 +510,24 @@ async def test_mydata_delete_removes_only_the_students_own(classroom: Classroom)
     kept = classroom.openai.job(theirs)
     assert kept.training_file in classroom.openai.files and kept.fine_tuned_model in classroom.openai.fine_tuned_models
     assert len(notices(classroom)) == 2
+
+
+async def test_mydata_delete_forgets_conversations_and_deletes_own_threads(classroom: Classroom) -> None:
+    """/mydata delete says how many chats go, then forgets them and deletes the threads the student opened."""
+    thread = await open_chat(classroom)
+    await classroom.discord.say(thread, classroom.student, "Hello model")
+    await classroom.discord.wait_message(thread, lambda m: "reply to: Hello model" in m.content, timeout=10)
+    teacher_thread = await open_chat(classroom, user=classroom.teacher)
+    interaction = await command(classroom, classroom.student, "mydata delete")
+    confirmation = interaction.original
+    assert confirmation is not None and "1 chat thread(s)" in confirmation.text()
+    assert "1 message(s)" in confirmation.text()
+    await click_and_wait(classroom, confirmation, "Delete", classroom.student)
+    await classroom.discord.wait_for(lambda: "Cleanup finished" in confirmation.text() or None, timeout=10)
+    assert thread.deleted and not teacher_thread.deleted
+    rows = await classroom.bot.db.fetch_all("SELECT user_id FROM chat_threads WHERE guild_id = ?",
+                                            (classroom.guild.id,))
+    assert [r["user_id"] for r in rows] == [classroom.teacher.id]
 
 
 # Settings ---------------------------------------------------------------------------------------------------
