@@ -14,15 +14,16 @@ import pytest
 
 from tests.conftest import MANAGE_GUILD, Classroom
 from tests.fakes.discord import FakeChannel, FakeGuild, FakeInteraction, FakeMessage, FakeUser
+from tests.test_chat_journey import open_chat
 from tests.test_governance_journey import answer, click_and_wait, command, eventually, finished_job, open_card
 
 REFUSALS = ("Only teachers can do that", "Only the person who started this job", "can't find that job")
-TABLES = ("class_settings", "spend_ledger", "approvals", "backend_deletions")
+TABLES = ("class_settings", "spend_ledger", "approvals", "backend_deletions", "chat_threads")
 
 
 @dataclass
 class World:
-    """A class with a finished job, another student's running job, and a request waiting for approval."""
+    """A class with a finished job and a chat, another student's running job, and a request waiting for approval."""
 
     room: Classroom
     teachers: FakeChannel
@@ -45,6 +46,11 @@ async def snapshot(world: World) -> dict[str, Any]:
         (guild_id,),
     )
     state["jobs"] = [tuple(r) for r in rows]
+    rows = await room.bot.db.fetch_all(
+        "SELECT t.* FROM chat_turns t JOIN chat_threads c USING (thread_id) WHERE c.guild_id = ? ORDER BY t.id",
+        (guild_id,),
+    )
+    state["chat_turns"] = [tuple(r) for r in rows]
     fake = room.openai
     state["backend"] = (
         sorted(fake.files), sorted(fake.fine_tuned_models), sorted((j.id, j.status) for j in fake.jobs),
@@ -65,6 +71,9 @@ async def world(classroom: Classroom) -> World:
 
     await eventually(known, what="teacher channel")
     await finished_job(room)
+    thread = await open_chat(room)
+    await room.discord.say(thread, room.student, "Hello model")
+    await room.discord.wait_message(thread, lambda m: "reply to: Hello model" in m.content, timeout=10)
     other = room.discord.add_user("other")
     room.guild.add_member(other)
     card = await open_card(room, user=other)
