@@ -216,7 +216,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
     # When the bot receives each reply's first streamed piece (the question text identifies the conversation).
     first_piece_at: dict[str, float] = {}
-    stream_chat = bot.gateway.stream_chat_text
+    stream_chat = bot.gateway.stream_chat
 
     async def timed_stream(model: str, messages: Sequence[Mapping[str, str]], **kw: Any) -> AsyncIterator[str]:
         key = messages[-1]["content"]
@@ -224,7 +224,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             first_piece_at.setdefault(key, time.monotonic())
             yield piece
 
-    bot.gateway.stream_chat_text = timed_stream  # type: ignore[method-assign]
+    bot.gateway.stream_chat = timed_stream  # type: ignore[method-assign]
 
     threads = [(await fakes.call("/open", {"user": student}))["thread"] for student in students]
     lag: list[float] = []

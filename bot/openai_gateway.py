@@ -162,30 +162,10 @@ class FineTuningGateway:
     async def stream_chat(
         self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
     ) -> AsyncIterator[str]:
-        """A reply as it is generated, piece by piece."""
-        stream = await self._call(
-            "chat stream",
-            lambda: self.client.chat.completions.create(
-                model=model, messages=list(messages), stream=True,  # type: ignore[arg-type]
-                max_tokens=max_tokens or openai.omit,
-            ),
-            chatting=True,
-        )
-        try:
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
-        except openai.APIError as exc:
-            raise _translate(exc, "chat stream", chatting=True) from None
-        finally:
-            await stream.close()
+        """A reply as it is generated, piece by piece.
 
-    async def stream_chat_text(
-        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
-    ) -> AsyncIterator[str]:
-        """Like stream_chat, but reads each chunk as plain JSON: building the SDK's typed chunk (about 0.2 ms each)
-        is what saturates the event loop when a class streams 100 replies at once. Requests, retries, SSE parsing
-        and error translation stay the SDK's."""
+        Chunks are read as plain JSON: building the SDK's typed chunk (about 0.2 ms each) is what saturates the event
+        loop when a class streams 100 replies at once. Requests, retries, SSE parsing and errors stay the SDK's."""
         body: dict[str, object] = {"model": model, "messages": list(messages), "stream": True}
         if max_tokens:
             body["max_tokens"] = max_tokens

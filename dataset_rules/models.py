@@ -5,6 +5,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 
 PRICES_FILE_ENV = "PRICES_FILE"
@@ -55,9 +56,16 @@ ALIASES: dict[str, str] = {
 
 
 def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, float]:
-    """Return training prices in USD per 1M tokens from the editable JSON table (PRICES_FILE overrides)."""
-    chosen = path or os.environ.get(PRICES_FILE_ENV) or DEFAULT_PRICES_PATH
-    with open(chosen, encoding="utf-8") as handle:
+    """Return training prices in USD per 1M tokens from the editable JSON table (PRICES_FILE overrides).
+
+    The table is read again only when the file changes, so lookups stay cheap and an edit shows without a restart."""
+    chosen = os.fspath(path or os.environ.get(PRICES_FILE_ENV) or DEFAULT_PRICES_PATH)
+    return dict(_read_prices(chosen, os.stat(chosen).st_mtime_ns))
+
+
+@lru_cache(maxsize=8)
+def _read_prices(path: str, mtime_ns: int) -> dict[str, float]:
+    with open(path, encoding="utf-8") as handle:
         raw = json.load(handle)
     table = raw.get("training_usd_per_1m_tokens", raw)
     return {str(name): float(price) for name, price in table.items() if isinstance(price, int | float)}

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from bot.services.chat import EditBudget
 from tests.conftest import MANAGE_GUILD, Classroom
 from tests.fakes.discord import FakeChannel, FakeMessage
@@ -136,7 +138,11 @@ async def test_chat_end_archives_and_later_messages_get_no_answer(classroom: Cla
     assert "has ended" in answer["data"]["content"]
     await classroom.discord.wait_for(lambda: thread.archived and thread.locked or None, timeout=5)
     requests = len(classroom.openai.chat_requests)
-    await classroom.discord.say(thread, classroom.teacher, "anyone there?")
+    with pytest.raises(PermissionError):  # Discord keeps students out of a locked thread
+        await classroom.discord.say(thread, classroom.student, "anyone there?")
+    moderator = classroom.discord.add_user("moderator")
+    classroom.guild.add_member(moderator, permissions=1 << 34)  # Manage Threads may still write there
+    await classroom.discord.say(thread, moderator, "anyone there?")
     await asyncio.sleep(0.3)  # nothing visible should happen: give a wrong answer time to show up
     assert len(classroom.openai.chat_requests) == requests
 

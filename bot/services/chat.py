@@ -10,7 +10,6 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
-from functools import lru_cache
 from typing import Literal, Protocol
 
 import tiktoken
@@ -269,9 +268,8 @@ def context_window(model: str) -> int:
     return UNKNOWN_CONTEXT_WINDOW
 
 
-@lru_cache(maxsize=1024)
 def model_info(model: str) -> ModelInfo | None:
-    """The catalog entry of a model's base (cached: the catalog reads the price table from disk)."""
+    """The catalog entry of a model's base."""
     return lookup(model)
 
 
@@ -594,7 +592,7 @@ class ChatService:
 
     async def _open_stream(self, model: str, messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
         """Start a streamed reply and wait for its first piece, so that refusals surface here, before anything shows."""
-        stream = self.gateway.stream_chat_text(model, messages, max_tokens=self.reply_max_tokens)
+        stream = self.gateway.stream_chat(model, messages, max_tokens=self.reply_max_tokens)
         try:
             first = await anext(stream)
         except StopAsyncIteration:
