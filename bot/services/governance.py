@@ -166,7 +166,7 @@ class GovernanceService:
         return await self.repo.settings(guild_id)
 
     async def update(self, guild_id: int, **changes: object) -> ClassSettings:
-        """Change settings; logs who changed what (IDs and field names only)."""
+        """Change settings; logs which ones changed (field names only, never values a student wrote)."""
         if "allowed_models" in changes:
             changes["allowed_models"] = tuple(_normalise_models(changes["allowed_models"]))  # type: ignore[arg-type]
         settings = await self.repo.update_settings(guild_id, **changes)
