@@ -19,17 +19,19 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import ChatService
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.finetune import FineTuneService
+from bot.services.governance import GovernanceService
 from bot.services.monitor import MonitorService
 from bot.services.ratelimit import EditBudget
 from bot.services.workers import CpuWorkers
 from storage.chats import ChatRepository
 from storage.database import Database
+from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.meta import MetaRepository
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat")
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom")
 _TREE_HASH_KEY = "command_tree_hash"
 
 
@@ -96,6 +98,7 @@ class ClassroomBot(commands.Bot):
     workers: CpuWorkers
     edit_budget: EditBudget
     chat: ChatService
+    governance: GovernanceService
 
     def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.default()
@@ -121,11 +124,17 @@ class ClassroomBot(commands.Bot):
         self.meta = MetaRepository(self.db)
         self.workers = CpuWorkers(self.settings.worker_processes)
         self.edit_budget = EditBudget()  # chat replies and progress cards share each channel's edit limit
-        self.finetune = FineTuneService(self.settings, self.jobs, self.gateway, DatasetCheckService(), self.workers)
-        self.monitor = MonitorService(self.jobs, self.gateway, self.workers)
-        # moderate=None: classroom governance passes its moderation hook here.
-        self.chat = ChatService(ChatRepository(self.db), self.jobs, self.gateway, moderate=None,
-                                edit_budget=self.edit_budget)
+        self.governance = GovernanceService(
+            GovernanceRepository(self.db), self.jobs, self.gateway, self_hosted=self.settings.self_hosted
+        )
+        self.finetune = FineTuneService(
+            self.settings, self.jobs, self.gateway, DatasetCheckService(), self.workers, policy=self.governance
+        )
+        self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.settle)
+        self.chat = ChatService(
+            ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderate_chat,
+            edit_budget=self.edit_budget,
+        )
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

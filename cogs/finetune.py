@@ -15,8 +15,10 @@ from discord.ext import commands
 from bot import errors
 from bot.i18n import t
 from bot.services.finetune import PENDING_TTL_SECONDS, FineTuneService, StartRequest, Upload, clean_suffix
+from bot.services.governance import APPROVAL_TTL_SECONDS
 from bot.services.monitor import MonitorService
 from cogs import _ui
+from cogs.classroom import member_is_teacher
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -65,6 +67,7 @@ class FineTune(commands.Cog):
             base_model=(base_model or self.bot.settings.default_base_model).strip(),
             n_epochs=epochs,
             suffix=clean_suffix(suffix),
+            is_teacher=await member_is_teacher(interaction),
         )
         training = await self._read(training_file)
         validation = await self._read(validation_file) if validation_file else None
@@ -79,6 +82,9 @@ class FineTune(commands.Cog):
         async def on_start(click: discord.Interaction, view: _ui.ConfirmStartView) -> None:
             await click.response.defer()
             try:
+                if await self.bot.governance.needs_approval(request.guild_id, is_teacher=request.is_teacher):
+                    await self._send_for_approval(click, view, embed, pending.token)
+                    return
                 job = await self.service.start(pending.token, click.user.id)
             except errors.UpstreamBusyError:
                 raise  # the card stays usable: pressing Start again may work in a minute
@@ -107,6 +113,18 @@ class FineTune(commands.Cog):
             on_expire=lambda: self.service.discard(pending.token), timeout=PENDING_TTL_SECONDS,
         )
         view.message = await interaction.followup.send(embed=embed, files=files, view=view, wait=True)
+
+    async def _send_for_approval(self, click: discord.Interaction, view: _ui.ConfirmStartView, embed: discord.Embed,
+                                 token: str) -> None:
+        # A student's Start goes to the teachers; their Approve runs service.start just as this button would.
+        held = self.service.hold(token, click.user.id, APPROVAL_TTL_SECONDS)
+        approval = await self.bot.governance.request_approval(held)
+        view.disable()
+        view.stop()
+        embed.colour = _ui.AMBER
+        embed.set_footer(text=t("gov.approval.sent", click.locale))
+        await click.edit_original_response(embed=embed, view=view)
+        self.bot.dispatch("approval_requested", approval)
 
     async def _read(self, attachment: discord.Attachment) -> Upload:
         limit = self.bot.settings.max_training_file_bytes
@@ -141,7 +159,7 @@ class FineTune(commands.Cog):
         await interaction.response.defer(thinking=True, ephemeral=True)
         assert interaction.guild_id is not None
         member = interaction.user
-        can_manage = isinstance(member, discord.Member) and member.guild_permissions.manage_guild
+        can_manage = await member_is_teacher(interaction)  # Manage Server or the class's teacher role
         found = await self.service.cancel(interaction.guild_id, job, member.id, can_manage=can_manage)
         await interaction.followup.send(t("cancel.requested", interaction.locale, job=found.id), ephemeral=True)
 

@@ -203,3 +203,92 @@ class TrainedModel:
     created_at: int
     final_train_loss: float | None
     final_valid_loss: float | None
+
+
+# Classroom governance ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassSettings:
+    """What a teacher set for one server; every limit is None when not set."""
+
+    guild_id: int
+    teacher_role_id: int | None = None
+    teacher_channel_id: int | None = None
+    budget_usd: float | None = None
+    jobs_per_day: int | None = None
+    max_examples: int | None = None
+    max_tokens: int | None = None
+    allowed_models: tuple[str, ...] = ()
+    approvals: bool = False
+    moderation: bool | None = None
+
+
+@dataclass(frozen=True)
+class SpendSnapshot:
+    """A server's spending as seen inside the reservation transaction."""
+
+    settings: ClassSettings
+    committed_usd: float
+    user_jobs_recent: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A job's estimated cost held against the server's budget from Start until the job ends."""
+
+    id: int
+    guild_id: int
+    user_id: int
+    base_model: str
+    reserved_usd: float
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One row of the spend ledger."""
+
+    id: int
+    guild_id: int
+    user_id: int
+    job_id: str | None
+    base_model: str
+    reserved_usd: float
+    actual_usd: float | None
+    released_usd: float
+    state: str
+    created_at: int
+    settled_at: int | None
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A student's Start waiting for (or decided by) a teacher."""
+
+    id: str
+    guild_id: int
+    channel_id: int
+    user_id: int
+    pending_token: str
+    base_model: str
+    filename: str
+    examples: int
+    tokens: int
+    estimated_usd: float | None
+    status: str
+    decided_by: int | None
+    job_id: str | None
+    card_message_id: int | None
+    created_at: int
+    decided_at: int | None
+
+
+@dataclass(frozen=True)
+class BackendResource:
+    """A file or fine-tuned model the bot made at the backend for someone in a server."""
+
+    resource_id: str
+    kind: str
+    guild_id: int
+    user_id: int
+    job_id: str

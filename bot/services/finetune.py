@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 from bot import errors
 from bot.config import Settings
@@ -17,7 +18,7 @@ from bot.services.dataset_check import CheckResult, DatasetCheckService
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.jobs import JobRepository
-from storage.models import Job, NewJob
+from storage.models import Job, NewJob, Reservation
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class StartRequest:
     base_model: str
     n_epochs: int | None
     suffix: str | None
+    is_teacher: bool = False  # teachers are exempt from per-student quotas (not from the budget)
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,28 @@ class PendingStart:
     training: StagedFile | None
     validation: StagedFile | None
     created_at: float
+    ttl_seconds: float = PENDING_TTL_SECONDS
 
     @property
     def can_start(self) -> bool:
         """Whether the check found nothing that stops training."""
         return self.check.report.ok
+
+
+class StartPolicy(Protocol):
+    """Rules a start must pass (quotas, budget, moderation), with the budget reservation they hold."""
+
+    async def before_start(self, pending: PendingStart) -> Reservation | None:
+        """Check and reserve; raise a UserFacingError to refuse."""
+        ...
+
+    async def on_start_failed(self, reservation: Reservation | None) -> None:
+        """The upload or job creation failed: release the reservation."""
+        ...
+
+    async def after_created(self, job: Job, reservation: Reservation | None) -> None:
+        """The job exists: tie the reservation to it."""
+        ...
 
 
 class FineTuneService:
@@ -82,12 +101,14 @@ class FineTuneService:
         gateway: FineTuningGateway,
         checker: DatasetCheckService,
         workers: CpuWorkers,
+        policy: StartPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.jobs = jobs
         self.gateway = gateway
         self.checker = checker
         self.workers = workers
+        self.policy = policy
         self._pending: dict[str, PendingStart] = {}
         # A class may check a hundred big files at once: waiting files sit on disk, not in memory.
         self._staging = tempfile.TemporaryDirectory(prefix="classroom-bot-pending-")
@@ -136,9 +157,24 @@ class FineTuneService:
         if pending is not None:
             _remove_staged(pending)
 
+    def hold(self, token: str, user_id: int, ttl_seconds: float) -> PendingStart:
+        """Keep a pending start longer (waiting for a teacher's approval). Only the requester may ask."""
+        pending = self._pending.get(token)
+        if pending is None:
+            raise errors.UserFacingError("error.start_expired")
+        if pending.request.user_id != user_id:
+            raise errors.NotAllowedError()
+        pending = replace(pending, ttl_seconds=ttl_seconds)
+        self._pending[token] = pending
+        return pending
+
+    def pending(self, token: str) -> PendingStart | None:
+        """A pending start still waiting, if any."""
+        return self._pending.get(token)
+
     def _drop_expired(self) -> None:
-        cutoff = time.monotonic() - PENDING_TTL_SECONDS
-        for token in [t for t, p in self._pending.items() if p.created_at < cutoff]:
+        now = time.monotonic()
+        for token in [t for t, p in self._pending.items() if now - p.created_at > p.ttl_seconds]:
             self.discard(token)
 
     def close(self) -> None:
@@ -156,16 +192,24 @@ class FineTuneService:
         if pending.request.user_id != user_id:
             raise errors.NotAllowedError()
         del self._pending[token]  # one click, one job: a double click cannot start two
+        reservation, started = None, False
         try:
+            if self.policy is not None:
+                reservation = await self.policy.before_start(pending)  # raises to refuse (budget, quota, content)
+            started = True
             job = await self._create(pending)
-        except errors.UpstreamBusyError:
-            # Nothing was lost: let the student press Start again.
-            self._pending[token] = pending
-            raise
-        except BaseException:
-            _remove_staged(pending)
+        except BaseException as exc:
+            if self.policy is not None and started:
+                await self.policy.on_start_failed(reservation)
+            if isinstance(exc, errors.UpstreamBusyError):
+                # Nothing was lost: let the student press Start again.
+                self._pending[token] = pending
+            else:
+                _remove_staged(pending)
             raise
         _remove_staged(pending)
+        if self.policy is not None:
+            await self.policy.after_created(job, reservation)
         return job
 
     async def _create(self, pending: PendingStart) -> Job:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from bot.i18n import t
@@ -70,10 +71,15 @@ class ProgressCard:
 class MonitorService:
     """Polls the backend for watched jobs and builds what the channel shows; storage stays the truth."""
 
-    def __init__(self, jobs: JobRepository, gateway: FineTuningGateway, workers: CpuWorkers) -> None:
+    def __init__(
+        self, jobs: JobRepository, gateway: FineTuningGateway, workers: CpuWorkers,
+        on_end: Callable[[Job], Awaitable[None]] | None = None,
+    ) -> None:
         self.jobs = jobs
         self.gateway = gateway
         self.workers = workers
+        # Called with a job once it is stored as ended (settles its spend); must be idempotent.
+        self.on_end = on_end
 
     async def watched(self) -> list[Job]:
         """Jobs still running, or ended without their notice posted."""
@@ -175,6 +181,8 @@ class MonitorService:
             await self.jobs.set_chart_step(tick.job.id, chart_step)
         job = await self.jobs.get_any(tick.job.id)
         assert job is not None
+        if job.is_terminal and not tick.job.is_terminal and self.on_end is not None:
+            await self.on_end(job)
         return job
 
     async def set_progress_message(self, job: Job, message_id: int) -> None:

@@ -1,0 +1,558 @@
+"""/class (teacher settings, approvals, report, cleanup) and /mydata (a student's own data)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.app_commands import locale_str as _
+from discord.ext import commands
+
+from bot import errors
+from bot.i18n import t
+from bot.services.finetune import FineTuneService
+from bot.services.governance import (
+    ClassReport,
+    CleanupPlan,
+    CleanupResult,
+    GovernanceService,
+    ModerationNotice,
+    money,
+    report_csv,
+)
+from cogs import _ui
+from storage.models import Approval, ClassSettings, Job
+
+if TYPE_CHECKING:
+    from bot.client import ClassroomBot
+
+log = logging.getLogger(__name__)
+
+CONFIRM_TIMEOUT_SECONDS = 300.0
+MAX_NAMES_SHOWN = 15
+MAX_STUDENTS_SHOWN = 20
+MAX_NAMES_FETCHED = 200
+
+
+async def member_is_teacher(interaction: discord.Interaction) -> bool:
+    """Manage Server, or the role the teacher named with /class teacher-role; always False outside a server."""
+    member = interaction.user
+    if interaction.guild_id is None or not isinstance(member, discord.Member):
+        return False
+    governance: GovernanceService = interaction.client.governance  # type: ignore[attr-defined]
+    return await governance.is_teacher(
+        interaction.guild_id, manages_server=member.guild_permissions.manage_guild,
+        role_ids={role.id for role in member.roles},
+    )
+
+
+def teacher_only() -> Callable[[Any], Any]:
+    """The runtime check behind every /class command: default_permissions only hides, admins can change it."""
+    return app_commands.check(member_is_teacher)
+
+
+class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
+                     template=r"approval:(?P<id>[0-9a-f]+):(?P<action>approve|reject)"):
+    """Approve or Reject on an approval card in the teacher channel; works after a restart."""
+
+    def __init__(self, approval_id: str, action: str, label: str | None = None) -> None:
+        style = discord.ButtonStyle.green if action == "approve" else discord.ButtonStyle.red
+        super().__init__(discord.ui.Button(label=label or action.title(), style=style,
+                                           custom_id=f"approval:{approval_id}:{action}"))
+        self.approval_id, self.action = approval_id, action
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any
+    ) -> ApprovalButton:
+        """Rebuild the button from its custom id."""
+        return cls(match["id"], match["action"])
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Only teachers decide; everyone else is refused privately."""
+        if await member_is_teacher(interaction):
+            return True
+        await interaction.response.send_message(t("error.teachers_only", interaction.locale), ephemeral=True)
+        return False
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Hand the decision to the classroom cog."""
+        cog = interaction.client.get_cog("Classroom")  # type: ignore[attr-defined]
+        try:
+            await cog.decide(interaction, self.approval_id, approve=self.action == "approve")
+        except errors.UserFacingError as exc:
+            await _reply(interaction, exc.render(interaction.locale))
+
+
+class ConfirmView(_ui.OwnerOnlyView):
+    """A red Delete and a grey Keep button under a cleanup plan."""
+
+    def __init__(self, owner_id: int, locale: str,
+                 on_confirm: Callable[[discord.Interaction], Awaitable[None]]) -> None:
+        super().__init__(owner_id, locale, timeout=CONFIRM_TIMEOUT_SECONDS)
+        self._on_confirm = on_confirm
+        self.confirm.label = t("gov.cleanup.confirm", locale)
+        self.keep.label = t("gov.cleanup.keep", locale)
+
+    @discord.ui.button(label="Delete", style=discord.ButtonStyle.red)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        """Delete what the plan lists."""
+        self.disable()
+        self.stop()
+        await self._on_confirm(interaction)
+
+    @discord.ui.button(label="Keep", style=discord.ButtonStyle.grey)
+    async def keep(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        """Delete nothing."""
+        self.disable()
+        self.stop()
+        await interaction.response.edit_message(content=t("gov.cleanup.kept", interaction.locale), embed=None,
+                                                view=self)
+
+
+class Classroom(commands.Cog):
+    """Teacher controls for a class server: roles, budget, quotas, approvals, moderation, report, cleanup."""
+
+    klass = app_commands.Group(
+        name="class", description=_("Teacher settings for this class", key="gov.cmd.class"),
+        guild_only=True, default_permissions=discord.Permissions(manage_guild=True),
+    )
+    mydata = app_commands.Group(
+        name="mydata", description=_("Your own data on this server", key="gov.cmd.mydata"), guild_only=True,
+    )
+
+    def __init__(self, bot: ClassroomBot, governance: GovernanceService, finetune: FineTuneService) -> None:
+        self.bot, self.governance, self.finetune = bot, governance, finetune
+
+    async def cog_load(self) -> None:
+        """Restore approval buttons, report moderation to teachers, settle jobs that ended while we were away."""
+        self.bot.add_dynamic_items(ApprovalButton)
+        self.governance.add_reporter(self.report_moderation)
+        settled = await self.governance.settle_ended()
+        if settled:
+            log.info("Settled %d jobs that ended while the bot was away", settled)
+
+    async def cog_unload(self) -> None:
+        """Stop reporting."""
+        self.governance.remove_reporter(self.report_moderation)
+        self.bot.remove_dynamic_items(ApprovalButton)
+
+    # Settings ----------------------------------------------------------------------------------------------
+
+    @klass.command(name="teacher-role", description=_("Name the role whose members count as teachers",
+                                                      key="gov.cmd.teacher_role"))
+    @app_commands.describe(role=_("The teachers' role (leave empty: only Manage Server)", key="gov.cmd.teacher_role.role"))
+    @teacher_only()
+    async def class_teacher_role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
+        assert interaction.guild_id is not None
+        settings = await self.governance.update(interaction.guild_id, teacher_role_id=role.id if role else None)
+        await self._show(interaction, settings, "gov.saved.teacher_role")
+
+    @klass.command(name="teacher-channel", description=_("Choose where approval cards and moderation reports go",
+                                                         key="gov.cmd.teacher_channel"))
+    @app_commands.describe(teacher_channel=_("A channel only teachers can read", key="gov.cmd.teacher_channel.channel"))
+    @teacher_only()
+    async def class_teacher_channel(self, interaction: discord.Interaction,
+                                    teacher_channel: discord.TextChannel) -> None:
+        assert interaction.guild_id is not None
+        settings = await self.governance.update(interaction.guild_id, teacher_channel_id=teacher_channel.id)
+        await self._show(interaction, settings, "gov.saved.teacher_channel")
+
+    @klass.command(name="budget", description=_("Set the class's spending cap for the term (USD)", key="gov.cmd.budget"))
+    @app_commands.describe(
+        usd=_("The cap in US dollars (leave empty to just see the budget)", key="gov.cmd.budget.usd"),
+        no_cap=_("Remove the cap altogether", key="gov.cmd.budget.no_cap"),
+    )
+    @teacher_only()
+    async def class_budget(self, interaction: discord.Interaction,
+                           usd: app_commands.Range[float, 0.0, 1_000_000.0] | None = None,
+                           no_cap: bool = False) -> None:
+        assert interaction.guild_id is not None
+        if no_cap or usd is not None:
+            settings = await self.governance.update(interaction.guild_id, budget_usd=None if no_cap else usd)
+            await self._show(interaction, settings, "gov.saved.budget")
+        else:  # no option given: show, never clear by accident
+            await self._show(interaction, await self.governance.settings(interaction.guild_id), None)
+
+    @klass.command(name="quota", description=_("Set limits for each student", key="gov.cmd.quota"))
+    @app_commands.describe(
+        jobs_per_day=_("Jobs per student in 24 hours (0: no limit)", key="gov.cmd.quota.jobs_per_day"),
+        max_examples=_("Most examples in one job (0: no limit)", key="gov.cmd.quota.max_examples"),
+        max_tokens=_("Most billed tokens in one job (0: no limit)", key="gov.cmd.quota.max_tokens"),
+        models=_("Base models students may use, comma-separated (all: any)", key="gov.cmd.quota.models"),
+    )
+    @teacher_only()
+    async def class_quota(
+        self, interaction: discord.Interaction,
+        jobs_per_day: app_commands.Range[int, 0, 1000] | None = None,
+        max_examples: app_commands.Range[int, 0, 10_000_000] | None = None,
+        max_tokens: app_commands.Range[int, 0, 2_000_000_000] | None = None,
+        models: app_commands.Range[str, 1, 500] | None = None,
+    ) -> None:
+        assert interaction.guild_id is not None
+        changes: dict[str, object] = {}
+        for name, value in (("jobs_per_day", jobs_per_day), ("max_examples", max_examples),
+                            ("max_tokens", max_tokens)):
+            if value is not None:
+                changes[name] = value or None  # 0 lifts the limit
+        if models is not None:
+            changes["allowed_models"] = models
+        settings = await self.governance.update(interaction.guild_id, **changes)
+        await self._show(interaction, settings, "gov.saved.quota")
+
+    @klass.command(name="approvals", description=_("Make students' jobs wait for a teacher's approval",
+                                                   key="gov.cmd.approvals"))
+    @app_commands.describe(
+        state=_("on or off", key="gov.cmd.approvals.state"),
+        teacher_channel=_("Where approval cards go (a channel only teachers can read)",
+                          key="gov.cmd.approvals.channel"),
+    )
+    @teacher_only()
+    async def class_approvals(self, interaction: discord.Interaction, state: Literal["on", "off"],
+                              teacher_channel: discord.TextChannel | None = None) -> None:
+        assert interaction.guild_id is not None
+        changes: dict[str, object] = {"approvals": state == "on"}
+        if teacher_channel is not None:
+            changes["teacher_channel_id"] = teacher_channel.id
+        current = await self.governance.settings(interaction.guild_id)
+        if state == "on" and teacher_channel is None and current.teacher_channel_id is None:
+            raise errors.UserFacingError("gov.error.no_teacher_channel_set")
+        settings = await self.governance.update(interaction.guild_id, **changes)
+        await self._show(interaction, settings, "gov.saved.approvals")
+
+    @klass.command(name="moderation", description=_("Check chat and training data for harmful content",
+                                                    key="gov.cmd.moderation"))
+    @app_commands.describe(state=_("on, off, or auto (on when the backend can moderate)", key="gov.cmd.moderation.state"))
+    @teacher_only()
+    async def class_moderation(self, interaction: discord.Interaction,
+                               state: Literal["on", "off", "auto"]) -> None:
+        assert interaction.guild_id is not None
+        value = {"on": True, "off": False, "auto": None}[state]
+        settings = await self.governance.update(interaction.guild_id, moderation=value)
+        await self._show(interaction, settings, "gov.saved.moderation")
+
+    @klass.command(name="settings", description=_("Show this class's settings and budget", key="gov.cmd.settings"))
+    @teacher_only()
+    async def class_settings(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        await self._show(interaction, await self.governance.settings(interaction.guild_id), None)
+
+    async def _show(self, interaction: discord.Interaction, settings: ClassSettings, saved: str | None) -> None:
+        locale = str(interaction.locale)
+        cap, committed = await self.governance.budget(settings.guild_id)
+        moderating = await self.governance.moderation_on(settings.guild_id, settings)
+        embed = settings_embed(settings, cap, committed, moderating, locale)
+        await interaction.response.send_message(t(saved, locale) if saved else None, embed=embed, ephemeral=True)
+
+    # Report and cleanup ------------------------------------------------------------------------------------
+
+    @klass.command(name="report", description=_("Who trained what, and what it cost", key="gov.cmd.report"))
+    @teacher_only()
+    async def class_report(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        assert interaction.guild is not None
+        await self.governance.settle_ended()
+        report = await self.governance.report(interaction.guild.id)
+        names = await _member_names(interaction.guild, [s.user_id for s in report.students])
+        csv_file = discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")
+        await interaction.followup.send(embed=report_embed(report, str(interaction.locale)), file=csv_file,
+                                        ephemeral=True)
+
+    @klass.command(name="cleanup", description=_("Delete this server's uploaded files and fine-tuned models",
+                                                 key="gov.cmd.cleanup"))
+    @teacher_only()
+    async def class_cleanup(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        plan = await self.governance.cleanup_plan(interaction.guild_id)
+        await self._offer_cleanup(interaction, plan, "gov.cleanup.title_class")
+
+    @mydata.command(name="delete", description=_("Delete your files, chats and models on this server",
+                                                 key="gov.cmd.mydata_delete"))
+    async def mydata_delete(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None
+        plan = await self.governance.cleanup_plan(interaction.guild_id, interaction.user.id)
+        await self._offer_cleanup(interaction, plan, "gov.cleanup.title_mine")
+
+    async def _offer_cleanup(self, interaction: discord.Interaction, plan: CleanupPlan, title: str) -> None:
+        locale = str(interaction.locale)
+        embed = cleanup_embed(plan, title, locale)
+        if plan.empty:
+            await interaction.response.send_message(embed=embed, ephemeral=True)
+            return
+
+        async def on_confirm(click: discord.Interaction) -> None:
+            await click.response.defer()
+            if plan.user_id is None and not await member_is_teacher(click):  # the role may have gone meanwhile
+                raise app_commands.CheckFailure()
+            result = await self.governance.cleanup(plan, click.user.id)
+            threads_gone = 0
+            if plan.user_id is not None:
+                threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
+            await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
+
+        view = ConfirmView(interaction.user.id, locale, on_confirm)
+        listing = "\n".join(f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources)
+        files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")] if listing else []
+        await interaction.response.send_message(embed=embed, view=view, files=files, ephemeral=True)
+        view.message = await interaction.original_response()
+
+    async def _forget_chats(self, guild_id: int, user_id: int) -> int:
+        # The bot's memory of the conversations goes; so do the Discord threads the student opened, where it may.
+        deleted = await self.bot.chat.delete_user_data(guild_id, user_id)
+        gone = 0
+        for thread_id in deleted.thread_ids:
+            try:
+                await self.bot.http.delete_channel(thread_id, reason="/mydata delete")
+                gone += 1
+            except discord.HTTPException:
+                log.info("Could not delete chat thread %s for /mydata delete", thread_id)
+        return gone
+
+    # Approvals ---------------------------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_approval_requested(self, approval: Approval) -> None:
+        """Post the approval card in the teacher channel."""
+        settings = await self.governance.settings(approval.guild_id)
+        if settings.teacher_channel_id is None:
+            return
+        locale = self.bot.channel_locale(approval.guild_id)
+        cap, committed = await self.governance.budget(approval.guild_id)
+        view = discord.ui.View(timeout=None)
+        view.add_item(ApprovalButton(approval.id, "approve", t("gov.approval.approve", locale)))
+        view.add_item(ApprovalButton(approval.id, "reject", t("gov.approval.reject", locale)))
+        channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=approval.guild_id)
+        try:
+            message = await channel.send(embed=approval_embed(approval, cap, committed, locale), view=view,
+                                         allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException:
+            log.warning("Could not post approval %s in guild %s", approval.id, approval.guild_id)
+            return
+        await self.governance.set_approval_card(approval, message.id)
+
+    async def decide(self, interaction: discord.Interaction, approval_id: str, *, approve: bool) -> None:
+        """A teacher approved or rejected: start through the same path as Start, and tell the student either way."""
+        assert interaction.guild_id is not None
+        await interaction.response.defer()
+        approval = await self.governance.decide(interaction.guild_id, approval_id, interaction.user.id,
+                                                approve=approve)
+        locale = self.bot.channel_locale(approval.guild_id)
+        if not approve:
+            self.finetune.discard(approval.pending_token)
+            await self._tell_student(approval, t("gov.approval.rejected_student", locale,
+                                                 user=f"<@{approval.user_id}>", file=approval.filename))
+            await self._close_card(interaction, approval, t("gov.approval.rejected_card", locale,
+                                                            teacher=f"<@{interaction.user.id}>"), _ui.RED)
+            return
+        job: Job | None = None
+        problem: str | None = None
+        if self.finetune.pending(approval.pending_token) is None:
+            problem = t("gov.error.approval_expired", locale)
+        else:
+            try:
+                job = await self.finetune.start(approval.pending_token, approval.user_id)
+            except errors.UserFacingError as exc:
+                problem = exc.render(locale)
+        if job is None:
+            await self.governance.finish_approval(approval, job_id=None, status="failed")
+            await self._tell_student(approval, t("gov.approval.failed_student", locale,
+                                                 user=f"<@{approval.user_id}>", file=approval.filename,
+                                                 reason=problem or ""))
+            await self._close_card(interaction, approval, t("gov.approval.failed_card", locale, reason=problem or ""),
+                                   _ui.RED)
+            return
+        await self.governance.finish_approval(approval, job_id=job.id, status="approved")
+        await self._tell_student(approval, t("gov.approval.approved_student", locale, user=f"<@{approval.user_id}>",
+                                             file=approval.filename, job=job.id))
+        await self._close_card(interaction, approval, t("gov.approval.approved_card", locale,
+                                                        teacher=f"<@{interaction.user.id}>", job=job.id), _ui.GREEN)
+        self.bot.dispatch("job_started", job)
+
+    async def _tell_student(self, approval: Approval, text: str) -> None:
+        channel = self.bot.get_partial_messageable(approval.channel_id, guild_id=approval.guild_id)
+        try:
+            await channel.send(text, allowed_mentions=discord.AllowedMentions(users=True))
+        except discord.HTTPException:
+            log.warning("Could not tell user %s about approval %s", approval.user_id, approval.id)
+
+    async def _close_card(self, interaction: discord.Interaction, approval: Approval, footer: str,
+                          colour: int) -> None:
+        message = interaction.message
+        if message is None:
+            return
+        embed = message.embeds[0] if message.embeds else discord.Embed()
+        embed.colour = colour
+        embed.set_footer(text=footer)
+        try:
+            await interaction.edit_original_response(embed=embed, view=None)
+        except discord.HTTPException:
+            log.warning("Could not update the card of approval %s", approval.id)
+
+    # Moderation reports ------------------------------------------------------------------------------------
+
+    async def report_moderation(self, notice: ModerationNotice) -> None:
+        """Tell the teacher channel what moderation held back (nothing is posted without a teacher channel)."""
+        settings = await self.governance.settings(notice.guild_id)
+        if settings.teacher_channel_id is None:
+            log.info("Moderation held back %d texts in guild %s (no teacher channel)", notice.count, notice.guild_id)
+            return
+        locale = self.bot.channel_locale(notice.guild_id)
+        embed = discord.Embed(title=t(f"gov.moderation.title_{notice.where}", locale), colour=_ui.AMBER)
+        embed.description = t("gov.moderation.body", locale, count=notice.count,
+                              user=f"<@{notice.user_id}>" if notice.user_id else t("gov.moderation.someone", locale))
+        if notice.detail:
+            embed.add_field(name=t("gov.moderation.where", locale), value=_clip(notice.detail, 1024), inline=False)
+        embed.add_field(name=t("gov.moderation.excerpt", locale), value=f"||{_clip(notice.excerpt, 1000)}||",
+                        inline=False)
+        channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)
+        await channel.send(embed=embed, allowed_mentions=discord.AllowedMentions.none())
+
+
+# Rendering -------------------------------------------------------------------------------------------------
+
+
+async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, str]:
+    # Without the members intent the cache knows few members: ask Discord for the rest (a class is small).
+    names: dict[int, str] = {}
+    for user_id in user_ids[:MAX_NAMES_FETCHED]:
+        member = guild.get_member(user_id)
+        if member is None:
+            try:
+                member = await guild.fetch_member(user_id)
+            except discord.HTTPException:
+                continue  # left the server: the report keeps their id
+        names[user_id] = member.display_name
+    return names
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _limit(value: int | None, locale: str) -> str:
+    return f"{value:,}" if value is not None else t("gov.settings.none", locale)
+
+
+def settings_embed(settings: ClassSettings, cap: float | None, committed: float, moderating: bool,
+                   locale: str) -> discord.Embed:
+    """Everything a teacher set, and the budget as it stands."""
+    none = t("gov.settings.none", locale)
+    embed = discord.Embed(title=t("gov.settings.title", locale), colour=_ui.BLURPLE)
+    embed.add_field(name=t("gov.settings.teacher_role", locale),
+                    value=f"<@&{settings.teacher_role_id}>" if settings.teacher_role_id else none)
+    embed.add_field(name=t("gov.settings.teacher_channel", locale),
+                    value=f"<#{settings.teacher_channel_id}>" if settings.teacher_channel_id else none)
+    if cap is None:
+        budget = t("gov.settings.no_cap", locale, spent=money(committed))
+    else:
+        budget = t("gov.settings.budget_value", locale, cap=money(cap), spent=money(committed),
+                   left=money(max(0.0, cap - committed)))
+    embed.add_field(name=t("gov.settings.budget", locale), value=budget, inline=False)
+    embed.add_field(name=t("gov.settings.jobs_per_day", locale), value=_limit(settings.jobs_per_day, locale))
+    embed.add_field(name=t("gov.settings.max_examples", locale), value=_limit(settings.max_examples, locale))
+    embed.add_field(name=t("gov.settings.max_tokens", locale), value=_limit(settings.max_tokens, locale))
+    embed.add_field(name=t("gov.settings.models", locale),
+                    value=", ".join(f"`{m}`" for m in settings.allowed_models) or t("gov.settings.any", locale),
+                    inline=False)
+    embed.add_field(name=t("gov.settings.approvals", locale), value=t(f"gov.settings.{_on(settings.approvals)}", locale))
+    moderation = t(f"gov.settings.{_on(moderating)}", locale)
+    if settings.moderation is None:
+        moderation += " " + t("gov.settings.auto", locale)
+    embed.add_field(name=t("gov.settings.moderation", locale), value=moderation)
+    return embed
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def report_embed(report: ClassReport, locale: str) -> discord.Embed:
+    """Per-student totals (the CSV has every student)."""
+    embed = discord.Embed(title=t("gov.report.title", locale), colour=_ui.BLURPLE)
+    if not report.students:
+        embed.description = t("gov.report.empty", locale)
+        return embed
+    lines = [
+        t("gov.report.line", locale, user=f"<@{s.user_id}>", jobs=s.jobs, tokens=f"{s.trained_tokens:,}",
+          estimated=money(s.estimated_usd), actual=money(s.actual_usd),
+          models=", ".join(f"`{m}`" for m in (s.models or s.base_models)))
+        for s in report.students[:MAX_STUDENTS_SHOWN]
+    ]
+    if len(report.students) > MAX_STUDENTS_SHOWN:
+        lines.append(t("gov.report.more", locale, count=len(report.students) - MAX_STUDENTS_SHOWN))
+    embed.description = _clip("\n".join(lines), 4000)
+    total = report.total
+    embed.add_field(name=t("gov.report.total", locale),
+                    value=t("gov.report.total_value", locale, jobs=total.jobs, tokens=f"{total.trained_tokens:,}",
+                            estimated=money(total.estimated_usd), actual=money(total.actual_usd)), inline=False)
+    if report.budget_usd is not None:
+        embed.add_field(name=t("gov.settings.budget", locale),
+                        value=t("gov.settings.budget_value", locale, cap=money(report.budget_usd),
+                                spent=money(report.committed_usd),
+                                left=money(max(0.0, report.budget_usd - report.committed_usd))), inline=False)
+    return embed
+
+
+def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
+    """Exactly what will be deleted at the backend, and what stays because a job still runs."""
+    embed = discord.Embed(title=t(title, locale), colour=_ui.RED if plan.resources else _ui.GREY)
+    if plan.empty:
+        embed.description = t("gov.cleanup.nothing", locale)
+    else:
+        embed.description = t("gov.cleanup.intro", locale, files=len(plan.files), models=len(plan.models))
+        if plan.user_id is not None:
+            embed.description += "\n" + t("gov.cleanup.chats", locale, threads=plan.chat_threads,
+                                           messages=plan.chat_messages)
+        for name, items in ((t("gov.cleanup.files", locale), plan.files), (t("gov.cleanup.models", locale), plan.models)):
+            if items:
+                shown = [f"`{r.resource_id}`" for r in items[:MAX_NAMES_SHOWN]]
+                if len(items) > MAX_NAMES_SHOWN:
+                    shown.append(t("gov.report.more", locale, count=len(items) - MAX_NAMES_SHOWN))
+                embed.add_field(name=name, value=_clip("\n".join(shown), 1024), inline=False)
+        embed.set_footer(text=t("gov.cleanup.irreversible", locale))
+    if plan.running_jobs:
+        embed.add_field(name=t("gov.cleanup.running_title", locale),
+                        value=t("gov.cleanup.running", locale, count=plan.running_jobs), inline=False)
+    return embed
+
+
+def cleanup_done_embed(result: CleanupResult, threads_deleted: int, locale: str) -> discord.Embed:
+    """What the cleanup did."""
+    embed = discord.Embed(title=t("gov.cleanup.done_title", locale), colour=_ui.GREEN if not result.failed else _ui.AMBER)
+    embed.description = t("gov.cleanup.done", locale, deleted=len(result.deleted), gone=len(result.already_gone),
+                          failed=len(result.failed))
+    if threads_deleted:
+        embed.description += "\n" + t("gov.cleanup.threads_done", locale, threads=threads_deleted)
+    return embed
+
+
+def approval_embed(approval: Approval, cap: float | None, committed: float, locale: str) -> discord.Embed:
+    """The card a teacher approves or rejects."""
+    embed = discord.Embed(title=t("gov.approval.title", locale), colour=_ui.AMBER)
+    embed.description = t("gov.approval.body", locale, user=f"<@{approval.user_id}>", file=approval.filename)
+    embed.add_field(name=t("card.base_model", locale), value=f"`{approval.base_model}`")
+    embed.add_field(name=t("card.examples", locale), value=f"{approval.examples:,}")
+    embed.add_field(name=t("card.billed_tokens", locale), value=f"{approval.tokens:,}")
+    embed.add_field(name=t("card.cost", locale), value=_ui.cost_text(approval.estimated_usd, locale))
+    if cap is not None:
+        embed.add_field(name=t("gov.settings.budget", locale),
+                        value=t("gov.settings.budget_value", locale, cap=money(cap), spent=money(committed),
+                                left=money(max(0.0, cap - committed))), inline=False)
+    embed.set_footer(text=approval.id)
+    return embed
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+async def setup(bot: ClassroomBot) -> None:
+    """Load the cog with its services."""
+    await bot.add_cog(Classroom(bot, bot.governance, bot.finetune))

@@ -1,0 +1,283 @@
+"""Classroom governance storage: per-server settings, the spend ledger, approvals and backend deletions."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import fields
+
+import aiosqlite
+
+from storage.database import Database, Param
+from storage.models import (
+    TERMINAL_STATUSES,
+    Approval,
+    BackendResource,
+    ClassSettings,
+    LedgerEntry,
+    Reservation,
+    SpendSnapshot,
+)
+
+# Columns a teacher may change, by ClassSettings field name; anything else is a programming error.
+_SETTING_COLUMNS = frozenset(f.name for f in fields(ClassSettings)) - {"guild_id"}
+_APPROVAL_COLUMNS = ", ".join(f.name for f in fields(Approval))
+_LEDGER_COLUMNS = ", ".join(f.name for f in fields(LedgerEntry))
+# What a ledger row holds against the budget: the estimate while it may still run, what it really cost after.
+_COMMITTED_SQL = (
+    "coalesce(sum(CASE WHEN state IN ('reserved', 'active') THEN reserved_usd "
+    "WHEN state = 'settled' THEN coalesce(actual_usd, 0) ELSE 0 END), 0)"
+)
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
+
+
+def _settings(guild_id: int, row: aiosqlite.Row | None) -> ClassSettings:
+    if row is None:
+        return ClassSettings(guild_id)
+    models = tuple(m for m in (row["allowed_models"] or "").split(",") if m)
+    moderation = row["moderation"]
+    return ClassSettings(
+        guild_id=guild_id,
+        teacher_role_id=row["teacher_role_id"],
+        teacher_channel_id=row["teacher_channel_id"],
+        budget_usd=row["budget_usd"],
+        jobs_per_day=row["jobs_per_day"],
+        max_examples=row["max_examples"],
+        max_tokens=row["max_tokens"],
+        allowed_models=models,
+        approvals=bool(row["approvals"]),
+        moderation=None if moderation is None else bool(moderation),
+    )
+
+
+def _column_value(value: object) -> Param:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or None
+    if value is None or isinstance(value, int | float | str):
+        return value
+    raise TypeError(f"unsupported setting value {type(value).__name__}")
+
+
+class GovernanceRepository:
+    """All SQL of classroom governance. Everything is looked up within one server."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # Settings ----------------------------------------------------------------------------------------------
+
+    async def settings(self, guild_id: int) -> ClassSettings:
+        """The server's settings (defaults when the teacher set nothing)."""
+        row = await self.db.fetch_one("SELECT * FROM class_settings WHERE guild_id = ?", (guild_id,))
+        return _settings(guild_id, row)
+
+    async def update_settings(self, guild_id: int, **changes: object) -> ClassSettings:
+        """Change some settings; the others keep their values."""
+        unknown = set(changes) - _SETTING_COLUMNS
+        if unknown:
+            raise ValueError(f"unknown settings {sorted(unknown)}")
+        if changes:
+            columns = list(changes)
+            values = [_column_value(changes[c]) for c in columns]
+            updates = ", ".join(f"{c} = excluded.{c}" for c in columns)
+            await self.db.execute(
+                f"INSERT INTO class_settings (guild_id, {', '.join(columns)}, updated_at) "
+                f"VALUES (?, {', '.join('?' for _ in columns)}, ?) "
+                f"ON CONFLICT (guild_id) DO UPDATE SET {updates}, updated_at = excluded.updated_at",
+                [guild_id, *values, _now()],
+            )
+        return await self.settings(guild_id)
+
+    # The spend ledger --------------------------------------------------------------------------------------
+
+    async def snapshot(self, guild_id: int, user_id: int, since: int) -> SpendSnapshot:
+        """Spending and the user's recent jobs as of now (a read; the reservation re-reads inside its lock)."""
+        return await self._snapshot(self.db.conn, guild_id, user_id, since)
+
+    async def _snapshot(self, conn: aiosqlite.Connection, guild_id: int, user_id: int, since: int) -> SpendSnapshot:
+        async with conn.execute("SELECT * FROM class_settings WHERE guild_id = ?", (guild_id,)) as cur:
+            settings = _settings(guild_id, await cur.fetchone())
+        async with conn.execute(
+            f"SELECT {_COMMITTED_SQL} FROM spend_ledger WHERE guild_id = ?", (guild_id,)
+        ) as cur:
+            row = await cur.fetchone()
+            committed = float(row[0]) if row else 0.0
+        async with conn.execute(
+            "SELECT count(*) FROM spend_ledger WHERE guild_id = ? AND user_id = ? AND state != 'void' "
+            "AND created_at >= ?",
+            (guild_id, user_id, since),
+        ) as cur:
+            row = await cur.fetchone()
+            recent = int(row[0]) if row else 0
+        return SpendSnapshot(settings, committed, recent)
+
+    async def reserve(
+        self,
+        guild_id: int,
+        user_id: int,
+        base_model: str,
+        cost_usd: float,
+        *,
+        since: int,
+        decide: Callable[[SpendSnapshot], None],
+    ) -> Reservation:
+        """Read, decide and reserve in ONE write transaction, so concurrent Starts can never overspend.
+
+        `decide` sees the snapshot taken under the lock and raises to refuse (nothing is written then).
+        """
+        async with self.db.transaction() as conn:
+            snapshot = await self._snapshot(conn, guild_id, user_id, since)
+            decide(snapshot)
+            cursor = await conn.execute(
+                "INSERT INTO spend_ledger (guild_id, user_id, base_model, reserved_usd, state, created_at) "
+                "VALUES (?, ?, ?, ?, 'reserved', ?)",
+                (guild_id, user_id, base_model, cost_usd, _now()),
+            )
+            reservation_id = cursor.lastrowid
+        assert reservation_id is not None
+        return Reservation(reservation_id, guild_id, user_id, base_model, cost_usd)
+
+    async def void(self, reservation_id: int) -> None:
+        """The start never happened: the reservation no longer counts, nor does it count as a job."""
+        await self.db.execute(
+            "UPDATE spend_ledger SET state = 'void', released_usd = reserved_usd, settled_at = ? "
+            "WHERE id = ? AND state = 'reserved'",
+            (_now(), reservation_id),
+        )
+
+    async def attach_job(self, reservation_id: int, job_id: str) -> None:
+        """The backend created the job: the reservation now belongs to it until it ends."""
+        await self.db.execute(
+            "UPDATE spend_ledger SET job_id = ?, state = 'active' WHERE id = ? AND state = 'reserved'",
+            (job_id, reservation_id),
+        )
+
+    async def settle(self, job_id: str, actual_usd: float) -> bool:
+        """Replace a job's estimate by what it really cost, once; False if there was nothing to settle."""
+        changed = await self.db.execute(
+            "UPDATE spend_ledger SET actual_usd = ?, released_usd = max(0, reserved_usd - ?), state = 'settled', "
+            "settled_at = ? WHERE job_id = ? AND state = 'active'",
+            (actual_usd, actual_usd, _now(), job_id),
+        )
+        return changed > 0
+
+    async def unsettled_ended_jobs(self) -> list[str]:
+        """Jobs that ended while their reservation is still held (e.g. the bot stopped in between)."""
+        rows = await self.db.fetch_all(
+            "SELECT l.job_id FROM spend_ledger l JOIN jobs j ON j.id = l.job_id "
+            f"WHERE l.state = 'active' AND j.status IN ({_TERMINAL_SQL})"
+        )
+        return [str(r["job_id"]) for r in rows]
+
+    async def ledger(self, guild_id: int) -> list[LedgerEntry]:
+        """Every ledger row of a server, oldest first."""
+        rows = await self.db.fetch_all(
+            f"SELECT {_LEDGER_COLUMNS} FROM spend_ledger WHERE guild_id = ? ORDER BY id", (guild_id,)
+        )
+        return [LedgerEntry(**dict(r)) for r in rows]
+
+    # Approvals ---------------------------------------------------------------------------------------------
+
+    async def add_approval(self, approval: Approval) -> None:
+        """Record a request waiting for a teacher."""
+        values = [getattr(approval, f.name) for f in fields(Approval)]
+        await self.db.execute(
+            f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' for _ in values)})", values
+        )
+
+    async def approval(self, guild_id: int, approval_id: str) -> Approval | None:
+        """An approval of this server."""
+        row = await self.db.fetch_one(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE id = ? AND guild_id = ?", (approval_id, guild_id)
+        )
+        return Approval(**dict(row)) if row else None
+
+    async def decide(self, guild_id: int, approval_id: str, status: str, decided_by: int) -> bool:
+        """Move a pending approval to its decision, once: False when someone decided first."""
+        changed = await self.db.execute(
+            "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ? "
+            "WHERE id = ? AND guild_id = ? AND status = 'pending'",
+            (status, decided_by, _now(), approval_id, guild_id),
+        )
+        return changed > 0
+
+    async def finish_approval(self, approval_id: str, *, status: str, job_id: str | None) -> None:
+        """Record how an approved start went (the job, or that it failed)."""
+        await self.db.execute("UPDATE approvals SET status = ?, job_id = ? WHERE id = ?", (status, job_id, approval_id))
+
+    async def set_approval_card(self, approval_id: str, message_id: int) -> None:
+        """Remember the card in the teacher channel."""
+        await self.db.execute("UPDATE approvals SET card_message_id = ? WHERE id = ?", (message_id, approval_id))
+
+    # Backend resources -------------------------------------------------------------------------------------
+
+    async def resources(self, guild_id: int, user_id: int | None = None) -> list[BackendResource]:
+        """Files and models this server's ended jobs made at the backend, not yet deleted (optionally one user's)."""
+        params: list[Param] = [guild_id]
+        mine = ""
+        if user_id is not None:
+            mine = " AND user_id = ?"
+            params.append(user_id)
+        rows = await self.db.fetch_all(
+            "SELECT id, user_id, training_file_id, validation_file_id, fine_tuned_model FROM jobs "
+            f"WHERE guild_id = ?{mine} AND status IN ({_TERMINAL_SQL}) ORDER BY created_at, rowid",
+            params,
+        )
+        deleted = {str(r["resource_id"]) for r in await self.db.fetch_all(
+            "SELECT resource_id FROM backend_deletions WHERE guild_id = ?", (guild_id,)
+        )}
+        found: list[BackendResource] = []
+        seen: set[str] = set()
+        for row in rows:
+            for kind, resource in (("file", row["training_file_id"]), ("file", row["validation_file_id"]),
+                                   ("model", row["fine_tuned_model"])):
+                if resource and resource not in deleted and resource not in seen:
+                    seen.add(resource)
+                    found.append(BackendResource(str(resource), kind, guild_id, int(row["user_id"]), str(row["id"])))
+        return found
+
+    async def running_jobs(self, guild_id: int, user_id: int | None = None) -> int:
+        """How many of the server's (or the user's) jobs have not ended: their files stay while they train."""
+        params: list[Param] = [guild_id]
+        mine = ""
+        if user_id is not None:
+            mine = " AND user_id = ?"
+            params.append(user_id)
+        row = await self.db.fetch_one(
+            f"SELECT count(*) FROM jobs WHERE guild_id = ?{mine} AND status NOT IN ({_TERMINAL_SQL})", params
+        )
+        return int(row[0]) if row else 0
+
+    async def chat_counts(self, guild_id: int, user_id: int) -> tuple[int, int]:
+        """How many chat threads a user opened on a server, and how many of their messages the bot keeps there.
+
+        Read-only over the chat feature's tables (0002), so /mydata can say exactly what it will delete.
+        """
+        threads = await self.db.fetch_one(
+            "SELECT count(*) FROM chat_threads WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        messages = await self.db.fetch_one(
+            "SELECT count(*) FROM chat_turns WHERE user_id = ? AND thread_id IN "
+            "(SELECT thread_id FROM chat_threads WHERE guild_id = ?)",
+            (user_id, guild_id),
+        )
+        return (int(threads[0]) if threads else 0), (int(messages[0]) if messages else 0)
+
+    async def record_deletion(self, resource: BackendResource, deleted_by: int) -> None:
+        """The resource is gone at the backend: never offer to delete it again."""
+        await self.db.execute(
+            "INSERT OR IGNORE INTO backend_deletions (resource_id, guild_id, user_id, kind, deleted_by, deleted_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (resource.resource_id, resource.guild_id, resource.user_id, resource.kind, deleted_by, _now()),
+        )
+
+    async def deleted_ids(self, guild_id: int) -> set[str]:
+        """Files and models of this server already deleted at the backend."""
+        rows = await self.db.fetch_all("SELECT resource_id FROM backend_deletions WHERE guild_id = ?", (guild_id,))
+        return {str(r["resource_id"]) for r in rows}
+
+
+def _now() -> int:
+    return int(time.time())

@@ -1,0 +1,252 @@
+"""GovernanceService and its repository: a real SQLite database and the fake OpenAI over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from bot import errors
+from bot.openai_gateway import FineTuningGateway
+from bot.services.dataset_check import DatasetCheckService
+from bot.services.finetune import PendingStart, StagedFile, StartRequest
+from bot.services.governance import (
+    MODERATION_BATCH,
+    MODERATION_SAMPLE_CAP,
+    BudgetExceededError,
+    GovernanceService,
+    QuotaExceededError,
+    build_report,
+    job_cost,
+    report_csv,
+    training_texts,
+)
+from storage.database import Database
+from storage.governance import GovernanceRepository
+from storage.jobs import JobRepository
+from storage.models import JobProgress, LedgerEntry, NewJob, SpendSnapshot
+from tests.fakes.openai import FakeOpenAI
+
+GUILD, OTHER_GUILD, STUDENT = 1001, 2002, 42
+MODEL = "gpt-4o-mini-2024-07-18"
+
+
+@dataclass
+class Parts:
+    """The service with its real storage and gateway."""
+
+    db: Database
+    repo: GovernanceRepository
+    jobs: JobRepository
+    service: GovernanceService
+    fake: FakeOpenAI
+
+
+@pytest.fixture
+async def parts(fake_openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Parts]:
+    """A migrated database file, the repositories, and the service talking to the fake OpenAI."""
+    db = await Database.open(tmp_path / "gov.sqlite3")
+    gateway = FineTuningGateway.create(api_key=fake_openai.api_key, base_url=fake_openai.base_url)
+    repo, jobs = GovernanceRepository(db), JobRepository(db)
+    try:
+        yield Parts(db, repo, jobs, GovernanceService(repo, jobs, gateway, self_hosted=False), fake_openai)
+    finally:
+        await gateway.close()
+        await db.close()
+
+
+def chat_lines(n: int, word: str = "kind") -> bytes:
+    """n chat examples."""
+    return b"".join(json.dumps({"messages": [
+        {"role": "system", "content": "Be nice."},
+        {"role": "user", "content": f"Question {i}?"},
+        {"role": "assistant", "content": f"A {word} answer {i}."},
+    ]}).encode() + b"\n" for i in range(n))
+
+
+def pending(data: bytes, *, user_id: int = STUDENT, guild_id: int = GUILD, is_teacher: bool = False) -> PendingStart:
+    """A checked file waiting for Start."""
+    check = DatasetCheckService().check_bytes(data, "train.jsonl", model=MODEL)
+    request = StartRequest(guild_id, 7, user_id, MODEL, None, None, is_teacher=is_teacher)
+    token = f"tok-{user_id}-{time.monotonic_ns()}"
+    staged = Path(tempfile.gettempdir()) / f"classroom-test-{token}.jsonl"
+    staged.write_bytes(data)
+    return PendingStart(token, request, check, "train.jsonl", StagedFile("train.jsonl", staged), None,
+                        time.monotonic())
+
+
+async def insert_job(parts: Parts, job_id: str, *, user_id: int = STUDENT, guild_id: int = GUILD,
+                     status: str = "succeeded", trained_tokens: int | None = 1000,
+                     model: str | None = "ft:x") -> None:
+    """Record a job and move it to a status, as the start flow and the watcher do."""
+    await parts.jobs.insert(NewJob(job_id, guild_id, 7, user_id, MODEL, "supervised", None, 3, f"file-{job_id}",
+                                   None, "train.jsonl", 10, 500, 0.0015, "running", int(time.time())))
+    await parts.jobs.apply(JobProgress(job_id, status, model if status == "succeeded" else None, trained_tokens,
+                                       None, None, None, None, None, None))
+
+
+async def test_reserve_fifty_concurrent_against_budget_for_ten(parts: Parts) -> None:
+    """50 concurrent reservations of $1 against a $10 cap: exactly 10 succeed and the ledger holds exactly $10."""
+    await parts.repo.update_settings(GUILD, budget_usd=10.0)
+
+    def decide(snapshot: SpendSnapshot) -> None:
+        assert snapshot.settings.budget_usd is not None
+        if snapshot.committed_usd + 1.0 > snapshot.settings.budget_usd + 1e-9:
+            raise BudgetExceededError(left="-", cost="-", cap="-")
+
+    results = await asyncio.gather(*(parts.repo.reserve(GUILD, u, MODEL, 1.0, since=0, decide=decide)
+                                     for u in range(50)), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 10
+    assert all(isinstance(r, BudgetExceededError) for r in results if isinstance(r, BaseException))
+    rows = await parts.repo.ledger(GUILD)
+    assert len(rows) == 10 and sum(r.reserved_usd for r in rows) == 10.0
+
+
+async def test_before_start_refuses_student_over_daily_quota_but_not_teacher(parts: Parts) -> None:
+    """The second job of the day is refused for a student; a teacher is exempt from per-student quotas."""
+    await parts.service.update(GUILD, jobs_per_day=1, moderation=False)
+    await parts.service.before_start(pending(chat_lines(12)))
+    with pytest.raises(QuotaExceededError):
+        await parts.service.before_start(pending(chat_lines(12)))
+    await parts.service.before_start(pending(chat_lines(12), is_teacher=True))
+    await parts.service.before_start(pending(chat_lines(12), is_teacher=True))
+    assert len(await parts.repo.ledger(GUILD)) == 3
+
+
+async def test_void_reservation_neither_spends_nor_counts(parts: Parts) -> None:
+    """A start that failed gives the money back and does not use up the student's daily job."""
+    await parts.service.update(GUILD, jobs_per_day=1, budget_usd=1.0, moderation=False)
+    reservation = await parts.service.before_start(pending(chat_lines(12)))
+    await parts.service.on_start_failed(reservation)
+    assert (await parts.service.budget(GUILD))[1] == 0
+    await parts.service.before_start(pending(chat_lines(12)))
+
+
+async def test_budgets_and_ledgers_are_per_server(parts: Parts) -> None:
+    """Spending in one server never counts against another's budget."""
+    await parts.service.update(GUILD, budget_usd=0.02, moderation=False)
+    await parts.service.update(OTHER_GUILD, budget_usd=0.02, moderation=False)
+    await parts.service.before_start(pending(chat_lines(12)))
+    await parts.service.before_start(pending(chat_lines(12), guild_id=OTHER_GUILD))
+    assert len(await parts.repo.ledger(GUILD)) == len(await parts.repo.ledger(OTHER_GUILD)) == 1
+
+
+async def test_unknown_price_with_a_budget_is_refused(parts: Parts) -> None:
+    """Without a price the budget cannot be kept, so a capped server refuses; without a cap it reserves $0."""
+    item = pending(chat_lines(12))
+    unpriced = replace(item, check=replace(item.check, report=replace(item.check.report, estimated_cost_usd=None)))
+    await parts.service.update(GUILD, moderation=False)
+    assert (await parts.service.before_start(unpriced)).reserved_usd == 0.0  # type: ignore[union-attr]
+    await parts.service.update(GUILD, budget_usd=5.0)
+    with pytest.raises(BudgetExceededError) as refused:
+        await parts.service.before_start(unpriced)
+    assert refused.value.key == "gov.error.no_price"
+
+
+async def test_settle_ended_catches_jobs_that_ended_while_away(parts: Parts) -> None:
+    """A job that ended without the watcher seeing it is settled by the sweep at start-up, once."""
+    await parts.service.update(GUILD, moderation=False)
+    reservation = await parts.service.before_start(pending(chat_lines(12)))
+    await insert_job(parts, "ftjob-a", trained_tokens=2000)
+    assert reservation is not None
+    await parts.repo.attach_job(reservation.id, "ftjob-a")
+    assert await parts.service.settle_ended() == 1
+    assert await parts.service.settle_ended() == 0
+    [row] = await parts.repo.ledger(GUILD)
+    assert row.state == "settled" and row.actual_usd == pytest.approx(2000 * 3.0 / 1e6)
+
+
+@pytest.mark.parametrize(("status", "tokens", "expected"), [
+    ("succeeded", 1_000_000, 3.0), ("cancelled", None, 0.0), ("failed", None, 0.0), ("failed", 500_000, 1.5),
+])
+async def test_job_cost_is_trained_tokens_times_price(parts: Parts, status: str, tokens: int | None,
+                                                      expected: float) -> None:
+    """Real cost is trained tokens x the base model's price; an ended job without tokens cost nothing."""
+    await insert_job(parts, "ftjob-c", status=status, trained_tokens=tokens)
+    job = await parts.jobs.get_any("ftjob-c")
+    assert job is not None and job_cost(job) == pytest.approx(expected)
+
+
+async def test_report_totals_are_the_sum_of_the_jobs(parts: Parts) -> None:
+    """Each student's line sums their jobs and the total line sums the students (and the CSV says the same)."""
+    await insert_job(parts, "j1", trained_tokens=1000)
+    await insert_job(parts, "j2", trained_tokens=3000)
+    await insert_job(parts, "j3", user_id=7, status="cancelled", trained_tokens=None)
+    await insert_job(parts, "j4", guild_id=OTHER_GUILD, trained_tokens=99999)
+    report = await parts.service.report(GUILD)
+    by_user = {s.user_id: s for s in report.students}
+    assert by_user[STUDENT].jobs == 2 and by_user[STUDENT].trained_tokens == 4000
+    assert by_user[STUDENT].actual_usd == pytest.approx(4000 * 3.0 / 1e6)
+    assert by_user[7].jobs == 1 and by_user[7].actual_usd == 0
+    assert report.total.jobs == 3 and report.total.trained_tokens == 4000
+    assert report.total.estimated_usd == pytest.approx(3 * 0.0015)
+    rows = report_csv(report, {STUDENT: "민지"}).decode("utf-8-sig").splitlines()
+    assert rows[-1].startswith("TOTAL,,3,") and "민지" in rows[1]
+
+
+def test_build_report_uses_the_ledger_when_settled() -> None:
+    """A settled ledger row's real cost wins over recomputing it from the job."""
+    entry = LedgerEntry(1, GUILD, STUDENT, "j1", MODEL, 0.5, 0.25, 0.25, "settled", 0, 1)
+    report = build_report(GUILD, [], {"j1": entry}, 1.0, 0.25)
+    assert report.total.jobs == 0 and report.committed_usd == 0.25
+
+
+def test_training_texts_reads_chat_preference_and_prompt_files() -> None:
+    """User and assistant texts (not system) per example, with line numbers; broken lines are skipped."""
+    data = b"\n".join([
+        json.dumps({"messages": [{"role": "system", "content": "SYS"}, {"role": "user", "content": "hi"},
+                                 {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}]}).encode(),
+        b"{broken",
+        json.dumps({"input": {"messages": [{"role": "user", "content": "q"}]},
+                    "preferred_output": [{"role": "assistant", "content": "good"}],
+                    "non_preferred_output": [{"role": "assistant", "content": "bad"}]}).encode(),
+        json.dumps({"prompt": "p", "completion": "c"}).encode(),
+    ])
+    assert training_texts(data) == [(1, "hi\nhello"), (3, "q\ngood\nbad"), (4, "p\nc")]
+
+
+async def test_training_data_moderation_is_batched_and_capped(parts: Parts) -> None:
+    """A huge file is moderated as an even sample of at most the cap, in batches, before anything is uploaded."""
+    await parts.service.update(GUILD, moderation=True)
+    await parts.service.check_training_data(pending(chat_lines(2000)))
+    batches = parts.fake.moderation_requests
+    assert sum(len(b) for b in batches) == MODERATION_SAMPLE_CAP
+    assert all(len(b) <= MODERATION_BATCH for b in batches)
+    assert parts.fake.uploads == []
+
+
+async def test_training_data_flagged_line_is_named(parts: Parts) -> None:
+    """A flagged example refuses the start and names its line."""
+    await parts.service.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    data = chat_lines(3) + chat_lines(1, word="nasty")
+    with pytest.raises(errors.UserFacingError) as refused:
+        await parts.service.check_training_data(pending(data))
+    assert refused.value.key == "gov.error.data_flagged" and refused.value.params["lines"] == "4"
+
+
+async def test_moderation_defaults_off_when_backend_has_no_endpoint(parts: Parts) -> None:
+    """With no explicit choice, moderation is on only where the backend answers moderation requests."""
+    parts.fake.fail_next("POST", "/moderations", status=404)
+    assert not await parts.service.moderation_on(GUILD)
+    assert await parts.service.moderate_chat(GUILD, ["anything"]) == [False]
+    await parts.service.update(GUILD, moderation=True)
+    assert await parts.service.moderation_on(GUILD)
+
+
+async def test_settings_round_trip_and_clear(parts: Parts) -> None:
+    """Settings are stored per server; None clears a limit and 'all' clears the model list."""
+    settings = await parts.service.update(GUILD, budget_usd=12.5, allowed_models="gpt-4o-mini-2024-07-18, gpt-4.1",
+                                          approvals=True, teacher_role_id=5)
+    assert settings.allowed_models == ("gpt-4o-mini-2024-07-18", "gpt-4.1") and settings.approvals
+    assert (await parts.service.settings(OTHER_GUILD)).budget_usd is None
+    settings = await parts.service.update(GUILD, budget_usd=None, allowed_models="all")
+    assert settings.budget_usd is None and settings.allowed_models == () and settings.teacher_role_id == 5
+    assert await parts.service.is_teacher(GUILD, manages_server=False, role_ids={5})
+    assert not await parts.service.is_teacher(OTHER_GUILD, manages_server=False, role_ids={5})
