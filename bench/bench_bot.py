@@ -165,6 +165,7 @@ async def bench_starts(n: int, size_mb: float, spread: float, timeout: float) ->
             guild.add_member(student)
         async with running_bot(fake_discord, fake_openai) as bot:
             rss_before = rss_mb()
+            received = record_interaction_receipts(bot)
             sent: list[FakeInteraction] = []
             card_at: dict[int, float] = {}
 
@@ -188,15 +189,32 @@ async def bench_starts(n: int, size_mb: float, spread: float, timeout: float) ->
                 await recorder
             wall = time.monotonic() - started
             await probe.stop()
-            figures = _start_figures(sent, card_at, n, wall, probe, rss_before, examples, bot)
+            figures = _start_figures(sent, card_at, received, n, wall, probe, rss_before, examples, bot)
     _print_start_figures(figures)
     return figures
 
 
-def _start_figures(sent: list[FakeInteraction], card_at: dict[int, float], n: int, wall: float, probe: Probe,
-                   rss_before: float, examples: int, bot: ClassroomBot) -> dict[str, Any]:
-    deferral = [i.responded_after for i in sent if i.responded_after is not None and i.callback
-                and i.callback["type"] == DEFERRED]
+def record_interaction_receipts(bot: ClassroomBot) -> dict[int, float]:
+    """Note when discord.py parses each INTERACTION_CREATE (bench instrumentation of its parser table)."""
+    received: dict[int, float] = {}
+    parsers = bot._connection.parsers
+    original = parsers["INTERACTION_CREATE"]
+
+    def parse(data: dict[str, Any]) -> None:
+        received[int(data["id"])] = time.monotonic()
+        original(data)
+
+    parsers["INTERACTION_CREATE"] = parse
+    return received
+
+
+def _start_figures(sent: list[FakeInteraction], card_at: dict[int, float], received: dict[int, float], n: int,
+                   wall: float, probe: Probe, rss_before: float, examples: int, bot: ClassroomBot) -> dict[str, Any]:
+    answered = [i for i in sent if i.callback_at is not None and i.callback and i.callback["type"] == DEFERRED]
+    deferral = [i.callback_at - i.dispatched_at for i in answered]  # type: ignore[operator]
+    # Split: the fake's gateway queue and the socket (dispatch -> parsed), then the bot (parsed -> callback).
+    delivery = [received[i.id] - i.dispatched_at for i in answered if i.id in received]
+    in_bot = [i.callback_at - received[i.id] for i in answered if i.id in received]  # type: ignore[operator]
     cards = [card_at[i.id] - i.dispatched_at for i in sent if i.id in card_at]
     good = sum(1 for i in sent if i.followups and _has_start(i) and f"{examples:,}" in i.followups[0].text())
     return {
@@ -205,6 +223,9 @@ def _start_figures(sent: list[FakeInteraction], card_at: dict[int, float], n: in
         "deferred_late": sum(1 for d in deferral if d > DISCORD_INTERACTION_WINDOW),
         "deferral_p50_s": pct(deferral, 50), "deferral_p99_s": pct(deferral, 99),
         "deferral_max_s": max(deferral, default=float("nan")),
+        "delivery_p50_s": pct(delivery, 50), "delivery_p99_s": pct(delivery, 99),
+        "in_bot_p50_s": pct(in_bot, 50), "in_bot_p99_s": pct(in_bot, 99),
+        "in_bot_max_s": max(in_bot, default=float("nan")),
         "cards": len(cards), "cards_with_start_button": good,
         "card_p50_s": pct(cards, 50), "card_p99_s": pct(cards, 99), "card_max_s": max(cards, default=float("nan")),
         "wall_s": wall,
@@ -227,6 +248,9 @@ def _print_start_figures(f: dict[str, Any]) -> None:
     print(f"deferred: {f['deferred']}/{f['interactions']} (later than 3 s: {f['deferred_late']})")
     print(f"interaction -> deferral: p50 {ms(f['deferral_p50_s'])}, p99 {ms(f['deferral_p99_s'])}, "
           f"max {ms(f['deferral_max_s'])}")
+    print(f"  of which fake gateway -> parsed by discord.py: p50 {ms(f['delivery_p50_s'])}, "
+          f"p99 {ms(f['delivery_p99_s'])}; parsed -> callback at the fake: p50 {ms(f['in_bot_p50_s'])}, "
+          f"p99 {ms(f['in_bot_p99_s'])}, max {ms(f['in_bot_max_s'])}")
     print(f"cards: {f['cards']}/{f['interactions']} arrived, {f['cards_with_start_button']} with a Start button "
           f"and the right example count")
     print(f"interaction -> card: p50 {f['card_p50_s']:.2f} s, p99 {f['card_p99_s']:.2f} s, "
