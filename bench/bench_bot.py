@@ -45,6 +45,7 @@ DEFERRED = 5
 MB = 2**20
 DISCORD_INTERACTION_WINDOW = 3.0
 _JOB_PATH = re.compile(r"^/v1/fine_tuning/jobs/([^/]+)(/events)?$")
+_CHANNEL_MESSAGE = re.compile(r"/channels/\d+/messages(/\d+)?$")
 
 
 # ----- helpers ---------------------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ class ChartCounter:
 
 
 async def bench_watcher(running: int, finished: int, guilds: int, examples: int, epochs: int, ticks: int,
-                        steps_per_tick: int) -> dict[str, Any]:
+                        steps_per_tick: int, command_rate: float) -> dict[str, Any]:
     """`running` jobs in progress and `finished` ones announced; time and count the calls of each watcher tick."""
     print(f"\n== watcher: {running} running + {finished} finished jobs in {guilds} servers; "
           f"{examples} examples x {epochs} epochs; {steps_per_tick} steps between ticks ==")
@@ -348,6 +349,8 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
                 fake_openai.complete(job_id)
 
             probe = Probe().start()
+            guild, student = rooms[0]
+            commands = asyncio.create_task(_commands_meanwhile(fake_discord, guild, student, command_rate))
             rows: list[TickFigures] = []
             with ChartCounter() as counter:
                 rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter,
@@ -360,12 +363,20 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
                                             f"news {n + 1}"))
                 rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter, "quiet"))
             await probe.stop()
+            commands.cancel()
+            answers = await asyncio.gather(commands, return_exceptions=True)
+            sent = answers[0] if isinstance(answers[0], list) else []
+            await asyncio.sleep(0.5)  # let the last commands be answered
+            latencies = [i.responded_after for i in sent if i.responded_after is not None]
             notified = sum(1 for j in await bot.jobs.watched() if j.id in finished_ids)
     for row in rows:
         print(row.line())
     news = [r.seconds for r in rows if r.label.startswith("news")]
     print(f"news ticks: p50 {pct(news, 50):.2f} s, max {max(news, default=float('nan')):.2f} s; "
           f"finished jobs still watched after the run: {notified}")
+    print(f"/finetune list run by a student during the ticks ({len(latencies)}/{len(sent)} answered): interaction -> "
+          f"answer p50 {ms(pct(latencies, 50))}, p99 {ms(pct(latencies, 99))}, "
+          f"max {ms(max(latencies, default=float('nan')))}")
     print(f"event-loop lag during the ticks: p50 {ms(pct(probe.lags, 50))}, p99 {ms(pct(probe.lags, 99))}, "
           f"max {ms(max(probe.lags, default=float('nan')))}; peak RSS sampled {probe.peak_rss_mb:.0f} MiB")
     return {
@@ -373,9 +384,26 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
         "news_tick_p50_s": pct(news, 50),
         "news_tick_max_s": max(news, default=float("nan")),
         "finished_still_watched": notified,
+        "commands_sent": len(sent), "commands_answered": len(latencies),
+        "command_p50_s": pct(latencies, 50), "command_p99_s": pct(latencies, 99),
+        "command_max_s": max(latencies, default=float("nan")),
         "loop_lag_p99_s": pct(probe.lags, 99),
         "loop_lag_max_s": max(probe.lags, default=float("nan")),
     }
+
+
+async def _commands_meanwhile(fake_discord: FakeDiscord, guild: FakeGuild, student: FakeUser,
+                              rate: float) -> list[FakeInteraction]:
+    """A student runs /finetune list `rate` times a second until cancelled; returns the interactions sent."""
+    sent: list[FakeInteraction] = []
+    if rate <= 0:
+        return sent
+    try:
+        while True:
+            sent.append(await fake_discord.slash(guild, student, "finetune list"))
+            await asyncio.sleep(1 / rate)
+    except asyncio.CancelledError:
+        return sent
 
 
 async def _start_jobs(bot: ClassroomBot, rooms: list[tuple[FakeGuild, FakeUser]], data: bytes, count: int,
@@ -412,7 +440,7 @@ async def _tick(cog: JobMonitor, fake_discord: FakeDiscord, fake_openai: FakeOpe
             event_lists[match.group(1)] += 1
         else:
             retrieves[match.group(1)] += 1
-    discord_calls = fake_discord.requests[discord_from:]
+    discord_calls = [r for r in fake_discord.requests[discord_from:] if _CHANNEL_MESSAGE.search(r.path)]
     touched = set(retrieves) | set(event_lists)
     return TickFigures(
         label=label,
@@ -457,6 +485,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--ticks", type=int, default=5, help="ticks with new metric events")
     parser.add_argument("--steps-per-tick", type=int, default=2, help="training steps each job makes between ticks")
+    parser.add_argument("--command-rate", type=float, default=4.0,
+                        help="/finetune list commands a second during the watcher ticks (0: none)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
@@ -471,7 +501,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if args.ticks * args.steps_per_tick >= args.examples * args.epochs:
             raise SystemExit("--ticks x --steps-per-tick must stay below --examples x --epochs (jobs must keep running)")
         figures["watcher"] = await bench_watcher(args.running, args.finished, args.guilds, args.examples, args.epochs,
-                                                 args.ticks, args.steps_per_tick)
+                                                 args.ticks, args.steps_per_tick, args.command_rate)
     return figures
 
 
