@@ -222,6 +222,7 @@ def _start_figures(sent: list[FakeInteraction], card_at: dict[int, float], recei
         "interactions": n,
         "deferred": len(deferral),
         "deferred_late": sum(1 for d in deferral if d > DISCORD_INTERACTION_WINDOW),
+        "deferred_over_50ms": sum(1 for d in deferral if d > 0.05),
         "deferral_p50_s": pct(deferral, 50), "deferral_p99_s": pct(deferral, 99),
         "deferral_max_s": max(deferral, default=float("nan")),
         "delivery_p50_s": pct(delivery, 50), "delivery_p99_s": pct(delivery, 99),
@@ -246,7 +247,8 @@ def _has_start(inter: FakeInteraction) -> bool:
 
 
 def _print_start_figures(f: dict[str, Any]) -> None:
-    print(f"deferred: {f['deferred']}/{f['interactions']} (later than 3 s: {f['deferred_late']})")
+    print(f"deferred: {f['deferred']}/{f['interactions']} (later than 50 ms: {f['deferred_over_50ms']}, "
+          f"later than 3 s: {f['deferred_late']})")
     print(f"interaction -> deferral: p50 {ms(f['deferral_p50_s'])}, p99 {ms(f['deferral_p99_s'])}, "
           f"max {ms(f['deferral_max_s'])}")
     print(f"  of which fake gateway -> parsed by discord.py: p50 {ms(f['delivery_p50_s'])}, "
