@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import resource
 import sys
@@ -24,7 +25,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,7 +76,7 @@ def pct(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -125,7 +126,9 @@ class Probe:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, **overrides: object) -> AsyncIterator[ClassroomBot]:
+async def running_bot(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, **overrides: object
+) -> AsyncIterator[ClassroomBot]:
     """The real ClassroomBot against the fakes (tests.conftest's BotRunner and make_settings), stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
         runner = BotRunner(make_settings(fake_discord, fake_openai, Path(tmp), **overrides), fake_discord)
@@ -302,7 +305,7 @@ class ChartCounter:
         self.seconds = 0.0
         self._original: Callable[..., bytes] = charts.render_loss_chart
 
-    def __enter__(self) -> ChartCounter:
+    def __enter__(self) -> Self:
         original = self._original
 
         def counted(*args: Any, **kwargs: Any) -> bytes:
@@ -343,7 +346,8 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
 
             started = time.monotonic()
             ids = await _start_jobs(bot, rooms, small, running + finished, epochs)
-            print(f"created {len(ids)} jobs through FineTuneService.prepare/start in {time.monotonic() - started:.1f} s")
+            took = time.monotonic() - started
+            print(f"created {len(ids)} jobs through FineTuneService.prepare/start in {took:.1f} s")
             running_ids, finished_ids = set(ids[:running]), set(ids[running:])
             for job_id in ids:
                 fake_openai.advance(job_id, 2)  # validated, then running
@@ -501,7 +505,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         figures["starts"] = await bench_starts(args.starts, args.mb, args.spread, args.card_timeout)
     if args.scenario in ("all", "watcher"):
         if args.ticks * args.steps_per_tick >= args.examples * args.epochs:
-            raise SystemExit("--ticks x --steps-per-tick must stay below --examples x --epochs (jobs must keep running)")
+            raise SystemExit("--ticks x --steps-per-tick must stay below --examples x --epochs (jobs keep running)")
         figures["watcher"] = await bench_watcher(args.running, args.finished, args.guilds, args.examples, args.epochs,
                                                  args.ticks, args.steps_per_tick, args.command_rate)
     return figures
