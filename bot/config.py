@@ -19,7 +19,7 @@ DEFAULT_TUNABLE_MODELS = (
 )
 DISCORD_API_DEFAULT = "https://discord.com/api/v10"
 # Processes for dataset checks and charts: one per core, at most two (each holds ~100 MB: tokenizer, matplotlib).
-DEFAULT_WORKER_PROCESSES = float(min(2, os.cpu_count() or 1))
+DEFAULT_WORKER_PROCESSES = min(2, os.cpu_count() or 1)
 _API_VERSION = re.compile(r"/api/v\d+/?$")
 
 
@@ -82,7 +82,7 @@ class Settings:
             tunable_models=tunable or DEFAULT_TUNABLE_MODELS,
             dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
             max_training_file_bytes=int(_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
-            worker_processes=int(_number(env, "WORKER_PROCESSES", DEFAULT_WORKER_PROCESSES, low=0, high=64)),
+            worker_processes=int(_number(env, "WORKER_PROCESSES", float(DEFAULT_WORKER_PROCESSES), low=0, high=64)),
             log_level=_log_level(env),
         )
 

@@ -104,6 +104,11 @@ class FineTuningGateway:
         """The job's current state."""
         return _job(await self._call("retrieve job", lambda: self.client.fine_tuning.jobs.retrieve(job_id)))
 
+    async def recent_jobs(self, limit: int = 50) -> list[BackendJob]:
+        """The newest jobs of this account (one page)."""
+        page = await self._call("list jobs", lambda: self.client.fine_tuning.jobs.list(limit=limit))
+        return [_job(job) for job in page.data]
+
     async def cancel_job(self, job_id: str) -> BackendJob:
         """Ask the backend to cancel a job."""
         return _job(await self._call("cancel job", lambda: self.client.fine_tuning.jobs.cancel(job_id)))
@@ -258,6 +263,7 @@ def _job(job: object) -> BackendJob:
     error_code = getattr(error, "code", None) if error else None
     hyper = getattr(job, "hyperparameters", None)
     method = getattr(job, "method", None)
+    metadata = getattr(job, "metadata", None)
     n_epochs = _int(getattr(hyper, "n_epochs", None))
     if n_epochs is None and method is not None:
         inner = getattr(method, getattr(method, "type", "") or "", None)
@@ -274,6 +280,11 @@ def _job(job: object) -> BackendJob:
         finished_at=_int(getattr(job, "finished_at", None)),
         estimated_finish=_int(getattr(job, "estimated_finish", None)),
         n_epochs=n_epochs,
+        training_file=getattr(job, "training_file", None),
+        validation_file=getattr(job, "validation_file", None),
+        suffix=getattr(job, "user_provided_suffix", None),
+        metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
+        method=getattr(method, "type", None),
     )
 
 

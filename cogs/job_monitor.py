@@ -66,6 +66,10 @@ class JobMonitor(commands.Cog):
     @poll.before_loop
     async def _wait_until_ready(self) -> None:
         await self.bot.wait_until_ready()
+        try:
+            await self.monitor.adopt_unrecorded({guild.id for guild in self.bot.guilds})
+        except Exception:  # boundary: a backend hiccup at start must not stop the watcher
+            log.exception("Could not look for jobs created but never recorded")
 
     @poll.error
     async def _poll_crashed(self, error: BaseException) -> None:

@@ -132,6 +132,11 @@ class BackendJob:
     finished_at: int | None
     estimated_finish: int | None
     n_epochs: int | None
+    training_file: str | None = None
+    validation_file: str | None = None
+    suffix: str | None = None
+    metadata: dict[str, str] | None = None
+    method: str | None = None
 
 
 @dataclass(frozen=True)

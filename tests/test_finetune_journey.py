@@ -295,3 +295,21 @@ async def test_crash_between_notice_and_database_write_still_one_notice(classroo
     assert len(notices(classroom)) == 1
     job = await repository.get_any(job_id)
     assert job is not None and job.notice_message_id == notices(classroom)[0].id
+
+
+async def test_job_created_but_never_recorded_is_adopted_at_restart(classroom: Classroom) -> None:
+    """A job the bot created just before dying (not yet in its database) is found by its metadata and announced."""
+    bot = classroom.bot
+    file_id = await bot.gateway.upload_file("lost.jsonl", chat_file())
+    created = await bot.gateway.create_job(
+        model="gpt-4o-mini-2024-07-18", training_file=file_id, validation_file=None, method="supervised",
+        n_epochs=1, suffix="lost", metadata={"guild_id": str(classroom.guild.id),
+                                             "channel_id": str(classroom.channel_id),
+                                             "user_id": str(classroom.student.id)},
+    )
+    await classroom.restart(crash=True)
+    card = await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10, what="adopted job's card")
+    assert created.id in card.text()
+    classroom.openai.complete(created.id)
+    notice = await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10)
+    assert f"<@{classroom.student.id}>" in notice[0].content and "is trained" in notice[0].text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 
 from bot.i18n import t
@@ -13,10 +13,12 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services import charts, metrics
 from bot.services.workers import CpuWorkers
 from storage.jobs import JobRepository
-from storage.models import BackendEvent, Checkpoint, Job, JobProgress, MetricPoint
+from storage.models import BackendEvent, Checkpoint, Job, JobProgress, MetricPoint, NewJob
 
 log = logging.getLogger(__name__)
 
+# Jobs younger than this that the backend knows and we do not are adopted at start (older ones are history).
+ADOPT_WINDOW_SECONDS = 24 * 3600
 # Redraw the chart when this share of the job's steps has come in since the last drawing (or at the end).
 CHART_REDRAW_FRACTION = 1 / 40
 _MODEL_NAME = re.compile(r"\bft:[\w.:\-]+")
@@ -84,6 +86,29 @@ class MonitorService:
     async def watched(self) -> list[Job]:
         """Jobs still running, or ended without their notice posted."""
         return await self.jobs.watched()
+
+    async def adopt_unrecorded(self, guild_ids: Collection[int]) -> list[Job]:
+        """Record jobs this bot created but never stored: it stopped between creating a job and writing it down.
+
+        The backend's jobs carry our metadata (server, channel, student), so nothing a student started is lost."""
+        cutoff = int(time.time()) - ADOPT_WINDOW_SECONDS
+        adopted = []
+        for backend in await self.gateway.recent_jobs():
+            owner = _owner(backend.metadata)
+            if owner is None or owner[0] not in guild_ids or backend.created_at < cutoff:
+                continue
+            if await self.jobs.get_any(backend.id) is not None:
+                continue
+            guild_id, channel_id, user_id = owner
+            adopted.append(await self.jobs.insert(NewJob(
+                id=backend.id, guild_id=guild_id, channel_id=channel_id, user_id=user_id, base_model=backend.model,
+                method=backend.method or "supervised", suffix=backend.suffix, n_epochs=backend.n_epochs,
+                training_file_id=backend.training_file or "", validation_file_id=backend.validation_file,
+                training_filename=backend.training_file or backend.id, examples=0, estimated_tokens=0,
+                estimated_cost_usd=None, status=backend.status, created_at=backend.created_at,
+            )))
+            log.warning("Adopted job %s of guild %s: it was created but never recorded", backend.id, guild_id)
+        return adopted
 
     async def reload(self, job: Job) -> Job | None:
         """The job as stored now."""
@@ -197,6 +222,13 @@ class MonitorService:
         """Stop watching a job whose channel the bot can no longer post in."""
         log.warning("Job %s orphaned: its channel %s is gone or closed to the bot", job.id, job.channel_id)
         await self.jobs.mark_orphaned(job.id)
+
+
+def _owner(metadata: dict[str, str] | None) -> tuple[int, int, int] | None:
+    try:
+        return int(metadata["guild_id"]), int(metadata["channel_id"]), int(metadata["user_id"])  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _chart_labels(locale: str) -> charts.ChartLabels:
