@@ -36,6 +36,7 @@ from bot.client import ClassroomBot
 from bot.config import DEFAULT_WORKER_PROCESSES
 from bot.services import charts
 from bot.services.finetune import StartRequest, Upload
+from bot.services.ratelimit import EDIT_WINDOW_SECONDS
 from cogs.job_monitor import JobMonitor
 from tests.conftest import BotRunner, make_settings
 from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser
@@ -331,7 +332,7 @@ class ChartCounter:
 
 
 async def bench_watcher(running: int, finished: int, guilds: int, examples: int, epochs: int, ticks: int,
-                        steps_per_tick: int, command_rate: float) -> dict[str, Any]:
+                        steps_per_tick: int, command_rate: float, tick_gap: float = 0.0) -> dict[str, Any]:
     """`running` jobs in progress and `finished` ones announced; time and count the calls of each watcher tick."""
     print(f"\n== watcher: {running} running + {finished} finished jobs in {guilds} servers; "
           f"{examples} examples x {epochs} epochs; {steps_per_tick} steps between ticks ==")
@@ -370,6 +371,8 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
                                         "first (cards)"))
                 rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter, "quiet"))
                 for n in range(ticks):
+                    # Real ticks are JOB_POLL_SECONDS apart; at least let each channel's edit budget refill.
+                    await asyncio.sleep(tick_gap)
                     for job_id in running_ids:
                         fake_openai.advance(job_id, steps_per_tick)
                     rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter,
@@ -498,6 +501,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--ticks", type=int, default=5, help="ticks with new metric events")
     parser.add_argument("--steps-per-tick", type=int, default=2, help="training steps each job makes between ticks")
+    parser.add_argument("--tick-gap", type=float, default=EDIT_WINDOW_SECONDS,
+                        help="seconds between news ticks (default: Discord's edit window; the bot's is 10)")
     parser.add_argument("--command-rate", type=float, default=4.0,
                         help="/finetune list commands a second during the watcher ticks (0: none)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
@@ -514,7 +519,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         if args.ticks * args.steps_per_tick >= args.examples * args.epochs:
             raise SystemExit("--ticks x --steps-per-tick must stay below --examples x --epochs (jobs keep running)")
         figures["watcher"] = await bench_watcher(args.running, args.finished, args.guilds, args.examples, args.epochs,
-                                                 args.ticks, args.steps_per_tick, args.command_rate)
+                                                 args.ticks, args.steps_per_tick, args.command_rate, args.tick_gap)
     return figures
 
 

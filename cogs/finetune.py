@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ class FineTune(commands.Cog):
 
     def __init__(self, bot: ClassroomBot, service: FineTuneService, monitor: MonitorService) -> None:
         self.bot, self.service, self.monitor = bot, service, monitor
+        self._intake = asyncio.Semaphore(max(2, 2 * bot.settings.worker_processes))
 
     @finetune.command(name="start", description=_("Check a training file and start fine-tuning", key="cmd.finetune.start"))
     @app_commands.describe(
@@ -69,9 +71,12 @@ class FineTune(commands.Cog):
             suffix=clean_suffix(suffix),
             is_teacher=await member_is_teacher(interaction),
         )
-        training = await self._read(training_file)
-        validation = await self._read(validation_file) if validation_file else None
-        pending = await self.service.prepare(request, training, validation)
+        # Files are downloaded and checked a few at a time, in arrival order: a class starting together then holds a
+        # few files in memory, not a hundred, and the first cards arrive as soon as they can.
+        async with self._intake:
+            training = await self._read(training_file)
+            validation = await self._read(validation_file) if validation_file else None
+            pending = await self.service.prepare(request, training, validation)
         embed = _ui.check_card(pending.check, filename=training.filename, base_model=request.base_model,
                                suffix=request.suffix, locale=locale)
         files = [f for f in (_ui.report_file(pending.check, locale), _converted_file(training, pending)) if f]
