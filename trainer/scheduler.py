@@ -126,8 +126,6 @@ class Scheduler:
         task.add_done_callback(_log_crash)
 
     async def _validate(self, job_id: str) -> None:
-        from trainer.validation import check_files
-
         job = self.store.job(job_id)
         if job is None:
             return
@@ -142,6 +140,8 @@ class Scheduler:
                                 "message": "The training or validation file was deleted before it was checked"})
             return
         try:
+            from trainer.validation import check_files
+
             check = await asyncio.to_thread(
                 check_files, Path(training["path"]), model=job["model"], training_id=training["id"],
                 n_epochs=hyper["n_epochs"] if hyper["n_epochs"] != "auto" else None,

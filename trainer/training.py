@@ -222,7 +222,7 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             trained_tokens += int(mask.sum())
-            metrics: dict[str, Any] = {"step": step, "train_loss": float(loss), "total_steps": total_steps,
+            metrics: dict[str, Any] = {"step": step, "train_loss": loss.item(), "total_steps": total_steps,
                                        "train_mean_token_accuracy": int(correct) / max(1, count)}
             if spec.valid and (step % eval_every == 0 or step == total_steps):
                 # One validation batch now and then, as OpenAI reports it; the whole set at the end.

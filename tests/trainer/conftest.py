@@ -62,6 +62,7 @@ def build_tiny_model(folder: Path) -> Path:
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        initializer_range=0.1,  # larger than the default 0.02 so a few LoRA steps visibly move a random model
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
@@ -93,7 +94,7 @@ class TrainerProcess:
             **os.environ, "TRAINER_HOST": "127.0.0.1", "TRAINER_PORT": str(self.port),
             "TRAINER_DATA_DIR": str(data_dir), "TRAINER_BASE_MODELS": f"tiny={model_dir}",
             "TRAINER_MAX_SEQ_LEN": "96", "TRAINER_MAX_TOKENS": "24", "TRAINER_TORCH_THREADS": "1",
-            "PYTHONPATH": str(REPO_ROOT), **extra_env,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])), **extra_env,
         }
         if "TRAINER_API_KEY" not in extra_env:
             self.env.pop("TRAINER_API_KEY", None)
@@ -106,8 +107,8 @@ class TrainerProcess:
 
     def start(self, timeout: float = 30) -> TrainerProcess:
         """Start the server and wait until it answers."""
-        log = (self.data_dir / "server.log").open("ab")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "server.log").open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "trainer"], env=self.env, cwd=REPO_ROOT,
                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
