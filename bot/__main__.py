@@ -1,0 +1,65 @@
+"""`python -m bot` runs the bot; `python -m bot check-dataset FILE` checks a training file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from dotenv import load_dotenv
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: the dataset check needs no Discord token; the bot reads its settings first."""
+    load_dotenv()  # settings already in the environment win (python-dotenv's default)
+    if argv and argv[0] == "check-dataset":
+        from bot.cli import main as cli_main
+
+        return cli_main(argv)
+    if argv and argv[0] in {"-h", "--help"}:
+        print(__doc__)
+        print("Settings: see .env.example and README.md.")
+        return 0
+    if argv:
+        print(f"Unknown command {argv[0]!r}. Use `python -m bot` or `python -m bot check-dataset FILE`.", file=sys.stderr)
+        return 2
+
+    from bot.config import ConfigError, Settings
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    try:
+        return asyncio.run(_run(settings))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _run(settings: object) -> int:
+    import discord
+
+    from bot.client import ClassroomBot
+
+    bot = ClassroomBot(settings)  # type: ignore[arg-type]
+    try:
+        async with bot:
+            await bot.start(bot.settings.discord_token)
+    except discord.LoginFailure:
+        logging.getLogger("bot").error("Discord refused the bot token: check DISCORD_TOKEN")
+        return 1
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    # discord.py's own INFO lines are useful; its DEBUG gateway payloads could carry message text, so never below INFO.
+    logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    for noisy in ("httpx", "httpx2"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,162 @@
+"""ClassroomBot: wires configuration, storage, the backend gateway and services once, then loads the cogs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+
+import discord
+import yarl
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.errors import UserFacingError
+from bot.i18n import catalog, locale_of, t
+from bot.openai_gateway import FineTuningGateway
+from bot.services.dataset_check import DatasetCheckService
+from bot.services.finetune import FineTuneService
+from bot.services.monitor import MonitorService
+from storage.database import Database
+from storage.jobs import JobRepository
+from storage.meta import MetaRepository
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor")
+_TREE_HASH_KEY = "command_tree_hash"
+
+
+class CatalogTranslator(app_commands.Translator):
+    """Localizes command names' descriptions from the catalog: a locale_str's key names the entry."""
+
+    async def translate(
+        self, string: app_commands.locale_str, locale: discord.Locale, context: app_commands.TranslationContextTypes
+    ) -> str | None:
+        """Korean descriptions for Korean clients; None keeps the English default."""
+        key = string.extras.get("key")
+        if not key or locale_of(locale) == "en":
+            return None
+        text = catalog().raw(key, locale_of(locale))
+        return text if text and text != string.message else None
+
+
+class ErrorTree(app_commands.CommandTree["ClassroomBot"]):
+    """One error handler for every slash command: plain words, ephemeral, never a traceback or str(e)."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """Answer the user and log what they must not see."""
+        original = getattr(error, "original", error)
+        locale = interaction.locale
+        if isinstance(original, UserFacingError):
+            text = original.render(locale)
+        elif isinstance(error, app_commands.CommandOnCooldown):
+            text = t("error.cooldown", locale, when=f"<t:{int(discord.utils.utcnow().timestamp() + error.retry_after)}:R>")
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            text = t("error.guild_only", locale)
+        elif isinstance(error, app_commands.CheckFailure):
+            text = t("error.teachers_only", locale)
+        else:
+            ref = secrets.token_hex(3)
+            log.error(
+                "Command %s failed (ref %s, guild %s, user %s)",
+                interaction.command.qualified_name if interaction.command else "?",
+                ref, interaction.guild_id, interaction.user.id, exc_info=original,
+            )
+            text = t("error.unexpected", locale, ref=ref)
+        await send_ephemeral(interaction, text)
+
+
+async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
+    """Reply privately, whether or not the interaction was already answered or deferred."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("Could not deliver an error message for interaction %s", interaction.id)
+
+
+class ClassroomBot(commands.Bot):
+    """The classroom fine-tuning bot."""
+
+    db: Database
+    gateway: FineTuningGateway
+    jobs: JobRepository
+    meta: MetaRepository
+    finetune: FineTuneService
+    monitor: MonitorService
+
+    def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
+        intents = discord.Intents.default()
+        intents.message_content = True  # chat threads read what students write
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            tree_cls=ErrorTree,
+            help_command=None,
+            guild_ready_timeout=guild_ready_timeout,
+            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+        )
+        self.settings = settings
+        _point_discord_at(settings)
+
+    async def setup_hook(self) -> None:
+        """Open storage and the backend, build the services, load the cogs, sync commands if they changed."""
+        self.db = await Database.open(self.settings.database_path)
+        self.gateway = FineTuningGateway.create(
+            api_key=self.settings.openai_api_key, base_url=self.settings.openai_base_url
+        )
+        self.jobs = JobRepository(self.db)
+        self.meta = MetaRepository(self.db)
+        self.finetune = FineTuneService(self.settings, self.jobs, self.gateway, DatasetCheckService())
+        self.monitor = MonitorService(self.jobs, self.gateway)
+        await self.tree.set_translator(CatalogTranslator())
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands_if_changed()
+
+    async def sync_commands_if_changed(self) -> None:
+        """Sync the command tree only when its definition changed, so a restart costs no sync."""
+        guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        payload = [await command.get_translated_payload(self.tree, CatalogTranslator())
+                   for command in self.tree.get_commands()]
+        digest = hashlib.sha256(
+            json.dumps([payload, self.settings.dev_guild_id], sort_keys=True, default=str).encode()
+        ).hexdigest()
+        if await self.meta.get(_TREE_HASH_KEY) == digest:
+            log.info("Command tree unchanged; not syncing")
+            return
+        synced = await self.tree.sync(guild=guild)
+        await self.meta.set(_TREE_HASH_KEY, digest)
+        log.info("Synced %d commands (%s)", len(synced), f"guild {guild.id}" if guild else "global")
+
+    def channel_locale(self, guild_id: int | None) -> str:
+        """The language of posts in a server's channels: the server's preferred locale."""
+        guild = self.get_guild(guild_id) if guild_id else None
+        return locale_of(guild.preferred_locale if guild else None)
+
+    async def on_ready(self) -> None:
+        """Log who we are once connected."""
+        log.info("Ready as %s in %d servers", self.user, len(self.guilds))
+
+    async def close(self) -> None:
+        """Stop the cogs, then the backend client and the database."""
+        await super().close()
+        if hasattr(self, "gateway"):
+            await self.gateway.close()
+        if hasattr(self, "db"):
+            await self.db.close()
+
+
+def _point_discord_at(settings: Settings) -> None:
+    # discord.py has no base-URL option: these class attributes are where it reads the REST base and gateway.
+    if settings.discord_api_base_url:
+        discord.http.Route.BASE = settings.discord_api_base_url
+    if settings.discord_gateway_url:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)

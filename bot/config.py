@@ -1,0 +1,130 @@
+"""Settings: read once from the environment into one frozen object."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_DATABASE_PATH = "./data/classroom.sqlite3"
+DEFAULT_BASE_MODEL = "gpt-4o-mini-2024-07-18"
+# The fine-tunable snapshots on OpenAI in late 2026 (design.md); FINETUNE_MODELS replaces the list.
+DEFAULT_TUNABLE_MODELS = (
+    "gpt-4o-mini-2024-07-18",
+    "gpt-4o-2024-08-06",
+    "gpt-4.1-2025-04-14",
+    "gpt-4.1-mini-2025-04-14",
+)
+DISCORD_API_DEFAULT = "https://discord.com/api/v10"
+_API_VERSION = re.compile(r"/api/v\d+/?$")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it and never holds a secret value."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot is configured with; secrets are kept out of repr()."""
+
+    discord_token: str = field(repr=False)
+    openai_api_key: str | None = field(repr=False)
+    openai_base_url: str | None
+    discord_api_base_url: str | None
+    discord_gateway_url: str | None
+    database_path: Path
+    job_poll_seconds: float
+    default_base_model: str
+    tunable_models: tuple[str, ...]
+    dev_guild_id: int | None
+    max_training_file_bytes: int
+    log_level: str
+
+    @property
+    def self_hosted(self) -> bool:
+        """True when the backend is not OpenAI itself (the trainer or another compatible API)."""
+        return bool(self.openai_base_url) and "api.openai.com" not in (self.openai_base_url or "")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment, raising ConfigError that names the first bad setting."""
+        env = os.environ if env is None else env
+        token = env.get("DISCORD_TOKEN", "").strip()
+        if not token:
+            raise ConfigError("DISCORD_TOKEN", "is required (the bot token from the Discord developer portal)")
+        if any(c.isspace() for c in token):
+            raise ConfigError("DISCORD_TOKEN", "must not contain spaces")
+        base_url = _optional_url(env, "OPENAI_BASE_URL", ("http://", "https://"))
+        api_key = env.get("OPENAI_API_KEY", "").strip() or None
+        if api_key is None and base_url is None:
+            raise ConfigError(
+                "OPENAI_API_KEY", "is required (or set OPENAI_BASE_URL to a self-hosted trainer that needs no key)"
+            )
+        tunable = tuple(m.strip() for m in env.get("FINETUNE_MODELS", "").split(",") if m.strip())
+        return cls(
+            discord_token=token,
+            openai_api_key=api_key,
+            openai_base_url=base_url,
+            discord_api_base_url=_discord_api_base(_optional_url(env, "DISCORD_API_BASE_URL", ("http://", "https://"))),
+            discord_gateway_url=_optional_url(env, "DISCORD_GATEWAY_URL", ("ws://", "wss://")),
+            database_path=Path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH),
+            job_poll_seconds=_number(env, "JOB_POLL_SECONDS", 10.0, low=0.05, high=3600.0),
+            default_base_model=env.get("DEFAULT_BASE_MODEL", "").strip() or DEFAULT_BASE_MODEL,
+            tunable_models=tunable or DEFAULT_TUNABLE_MODELS,
+            dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
+            max_training_file_bytes=int(_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
+            log_level=_log_level(env),
+        )
+
+
+def _optional_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    if not value.startswith(schemes) or len(value) <= len(value.split("//")[0]) + 2:
+        raise ConfigError(name, f"must be a URL starting with {' or '.join(schemes)}")
+    return value.rstrip("/")
+
+
+def _discord_api_base(url: str | None) -> str | None:
+    # Accept both "http://host:port" and "http://host:port/api/v10": discord.py wants the versioned base.
+    if url is None:
+        return None
+    if _API_VERSION.search(url):
+        return url
+    return url + ("/v10" if url.endswith("/api") else "/api/v10")
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a number between {low:g} and {high:g}") from None
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be a number between {low:g} and {high:g}")
+    return value
+
+
+def _snowflake(env: Mapping[str, str], name: str) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise ConfigError(name, "must be a Discord server ID (digits only)")
+    return int(raw)
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    level = env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError("LOG_LEVEL", "must be one of DEBUG, INFO, WARNING, ERROR")
+    return level

@@ -1,0 +1,287 @@
+"""The one module that talks to the fine-tuning API (OpenAI, the self-hosted trainer, or any compatible API)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
+
+import openai
+from openai import AsyncOpenAI
+
+from bot import errors
+from storage.models import BackendEvent, BackendJob, BackendModel
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+EVENTS_PAGE_SIZE = 100
+# A page of events is read until the cursor shows up; past this many pages the rest is history we skip.
+MAX_EVENT_PAGES = 20
+# Words with which backends refuse fine-tuning to an organisation (OpenAI's wind-down of self-serve fine-tuning).
+_REFUSAL_HINTS = (
+    "fine-tuning is not available",
+    "not allowed to create",
+    "cannot be created",
+    "no longer available",
+    "no longer accept",
+    "not available for your organization",
+    "not available to your organization",
+)
+
+
+class FineTuningGateway:
+    """Speaks the OpenAI fine-tuning, files, models, chat and moderation API; returns our dataclasses."""
+
+    def __init__(self, client: AsyncOpenAI) -> None:
+        self.client = client
+
+    @classmethod
+    def create(cls, *, api_key: str | None, base_url: str | None, timeout_seconds: float = 60.0) -> FineTuningGateway:
+        """Build the SDK client; a keyless self-hosted backend gets a placeholder key (the SDK requires one)."""
+        client = AsyncOpenAI(
+            api_key=api_key or "no-key-needed", base_url=base_url, timeout=timeout_seconds, max_retries=2
+        )
+        return cls(client)
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self.client.close()
+
+    # Files -------------------------------------------------------------------------------------------------
+
+    async def upload_file(self, filename: str, data: bytes, purpose: str = "fine-tune") -> str:
+        """Upload a training or validation file; the name must end in .jsonl or the API refuses it."""
+        if not filename.lower().endswith(".jsonl"):
+            filename = filename.rsplit(".", 1)[0] + ".jsonl"
+        result = await self._call(
+            "upload file", lambda: self.client.files.create(file=(filename, data), purpose=purpose)  # type: ignore[arg-type]
+        )
+        return result.id
+
+    async def delete_file(self, file_id: str) -> bool:
+        """Delete an uploaded file; False if it was already gone."""
+        try:
+            await self._call("delete file", lambda: self.client.files.delete(file_id))
+        except errors.JobNotFoundError:
+            return False
+        return True
+
+    # Fine-tuning jobs --------------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        model: str,
+        training_file: str,
+        validation_file: str | None,
+        method: str,
+        n_epochs: int | None,
+        suffix: str | None,
+        metadata: Mapping[str, str],
+    ) -> BackendJob:
+        """Create a job (supervised or dpo); refusals become plain-language errors."""
+        hyper: dict[str, object] = {"n_epochs": n_epochs} if n_epochs else {}
+        method_body: dict[str, object] = {"type": method, method: {"hyperparameters": hyper}}
+        job = await self._call(
+            "create job",
+            lambda: self.client.fine_tuning.jobs.create(
+                model=model,
+                training_file=training_file,
+                validation_file=validation_file or openai.omit,
+                method=method_body,  # type: ignore[arg-type]
+                suffix=suffix or openai.omit,
+                metadata=dict(metadata),
+            ),
+            creating_job=True,
+        )
+        return _job(job)
+
+    async def retrieve_job(self, job_id: str) -> BackendJob:
+        """The job's current state."""
+        return _job(await self._call("retrieve job", lambda: self.client.fine_tuning.jobs.retrieve(job_id)))
+
+    async def cancel_job(self, job_id: str) -> BackendJob:
+        """Ask the backend to cancel a job."""
+        return _job(await self._call("cancel job", lambda: self.client.fine_tuning.jobs.cancel(job_id)))
+
+    async def events_since(self, job_id: str, cursor: str | None) -> list[BackendEvent]:
+        """Events newer than the cursor, oldest first: usually one request (events come newest first)."""
+        newer: list[BackendEvent] = []
+        after: str | None = None
+        for _ in range(MAX_EVENT_PAGES):
+            page = await self._call(
+                "list events",
+                lambda: self.client.fine_tuning.jobs.list_events(
+                    job_id, limit=EVENTS_PAGE_SIZE, after=after or openai.omit
+                ),
+            )
+            for item in page.data:
+                if cursor is not None and item.id == cursor:
+                    return newer[::-1]
+                newer.append(_event(item))
+            if not page.has_more or not page.data:
+                break
+            after = page.data[-1].id
+        return newer[::-1]
+
+    # Models ------------------------------------------------------------------------------------------------
+
+    async def list_models(self) -> list[BackendModel]:
+        """Every model the backend lists."""
+        models: list[BackendModel] = []
+        paginator = await self._call("list models", lambda: self.client.models.list())
+        async for model in paginator:
+            models.append(BackendModel(id=model.id, owned_by=getattr(model, "owned_by", None),
+                                       created=getattr(model, "created", None)))
+        return models
+
+    async def delete_model(self, model_id: str) -> bool:
+        """Delete a fine-tuned model; False if it was already gone."""
+        try:
+            await self._call("delete model", lambda: self.client.models.delete(model_id))
+        except (errors.UnknownModelError, errors.JobNotFoundError):
+            return False
+        return True
+
+    # Chat --------------------------------------------------------------------------------------------------
+
+    async def complete_chat(
+        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
+    ) -> str:
+        """One whole reply."""
+        response = await self._call(
+            "chat",
+            lambda: self.client.chat.completions.create(
+                model=model, messages=list(messages), max_tokens=max_tokens or openai.omit  # type: ignore[arg-type]
+            ),
+            chatting=True,
+        )
+        return (response.choices[0].message.content or "") if response.choices else ""
+
+    async def stream_chat(
+        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
+        """A reply as it is generated, piece by piece."""
+        stream = await self._call(
+            "chat stream",
+            lambda: self.client.chat.completions.create(
+                model=model, messages=list(messages), stream=True,  # type: ignore[arg-type]
+                max_tokens=max_tokens or openai.omit,
+            ),
+            chatting=True,
+        )
+        try:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.APIError as exc:
+            raise _translate(exc, "chat stream", chatting=True) from None
+        finally:
+            await stream.close()
+
+    async def moderate(self, texts: Sequence[str]) -> list[bool]:
+        """Whether each text is flagged by the backend's moderation endpoint."""
+        result = await self._call("moderate", lambda: self.client.moderations.create(input=list(texts)))
+        return [bool(r.flagged) for r in result.results]
+
+    # Errors ------------------------------------------------------------------------------------------------
+
+    async def _call(
+        self, what: str, call: Callable[[], Awaitable[T]], *, creating_job: bool = False, chatting: bool = False
+    ) -> T:
+        try:
+            return await call()
+        except openai.APIError as exc:
+            raise _translate(exc, what, creating_job=creating_job, chatting=chatting) from None
+
+
+def _translate(
+    exc: openai.APIError, what: str, *, creating_job: bool = False, chatting: bool = False
+) -> errors.UserFacingError:
+    """Turn an SDK error into one with a plain message; log status and code only (bodies may echo key parts)."""
+    status = getattr(exc, "status_code", None)
+    code = (exc.code or "").lower()
+    message = (exc.message or "").lower()
+    log.warning("Backend refused %s: status=%s code=%s type=%s", what, status, code or "-", exc.type or "-")
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return errors.UpstreamBusyError()
+    if isinstance(exc, openai.AuthenticationError):
+        return errors.BadApiKeyError()
+    if isinstance(exc, openai.RateLimitError):
+        if code == "insufficient_quota" or "quota" in message or "billing" in message:
+            return errors.InsufficientQuotaError()
+        return errors.UpstreamBusyError()
+    if isinstance(exc, openai.InternalServerError) or (status is not None and status >= 500):
+        return errors.UpstreamDownError()
+    if code in {"model_not_found", "model_not_available"} or (
+        isinstance(exc, openai.NotFoundError) and "model" in message
+    ):
+        return errors.UnknownModelError()
+    if code == "context_length_exceeded" or "maximum context length" in message:
+        return errors.UserFacingError("error.context_too_long")
+    if isinstance(exc, openai.NotFoundError):
+        return errors.JobNotFoundError()
+    if creating_job and (
+        isinstance(exc, openai.PermissionDeniedError) or any(hint in message for hint in _REFUSAL_HINTS)
+    ):
+        return errors.FineTuningUnavailableError()
+    if isinstance(exc, openai.PermissionDeniedError):
+        return errors.UserFacingError("error.backend_forbidden")
+    if creating_job or isinstance(exc, openai.BadRequestError | openai.UnprocessableEntityError):
+        return errors.InvalidTrainingFileError(detail=_safe_detail(exc))
+    return errors.UpstreamDownError()
+
+
+def _safe_detail(exc: openai.APIError) -> str:
+    # A 400's message explains what the backend disliked (a file, a setting); keys never appear in those.
+    text = (exc.message or "").strip()
+    return text[:300] if "sk-" not in text else ""
+
+
+def _job(job: object) -> BackendJob:
+    error = getattr(job, "error", None)
+    # Healthy jobs carry "error": {} which the SDK turns into a truthy object with None fields.
+    error_code = getattr(error, "code", None) if error else None
+    hyper = getattr(job, "hyperparameters", None)
+    method = getattr(job, "method", None)
+    n_epochs = _int(getattr(hyper, "n_epochs", None))
+    if n_epochs is None and method is not None:
+        inner = getattr(method, getattr(method, "type", "") or "", None)
+        n_epochs = _int(getattr(getattr(inner, "hyperparameters", None), "n_epochs", None))
+    return BackendJob(
+        id=str(getattr(job, "id")),
+        status=str(getattr(job, "status", "") or "unknown"),
+        model=str(getattr(job, "model", "") or ""),
+        fine_tuned_model=getattr(job, "fine_tuned_model", None),
+        trained_tokens=_int(getattr(job, "trained_tokens", None)),
+        error_code=str(error_code) if error_code else None,
+        error_message=(getattr(error, "message", None) or None) if error_code else None,
+        created_at=_int(getattr(job, "created_at", None)) or 0,
+        finished_at=_int(getattr(job, "finished_at", None)),
+        estimated_finish=_int(getattr(job, "estimated_finish", None)),
+        n_epochs=n_epochs,
+    )
+
+
+def _event(event: object) -> BackendEvent:
+    data = getattr(event, "data", None)
+    return BackendEvent(
+        id=str(getattr(event, "id")),
+        created_at=_int(getattr(event, "created_at", None)) or 0,
+        level=str(getattr(event, "level", "info") or "info"),
+        message=str(getattr(event, "message", "") or ""),
+        type=getattr(event, "type", None),
+        data=dict(data) if isinstance(data, dict) else None,
+    )
+
+
+def _int(value: object) -> int | None:
+    # n_epochs may be "auto" until the job starts; anything not a whole number is unknown.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None

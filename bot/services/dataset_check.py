@@ -1,0 +1,125 @@
+"""The bot-side dataset check: reads files in chunks and runs dataset_rules' pure checker (no Discord)."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from dataset_rules.check import DEFAULT_MAX_BYTES, Report, check_stream, convert_table, is_table
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 1 << 20
+SNIFF_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A report plus the chat JSONL to upload when a CSV/TSV table was converted."""
+
+    report: Report
+    converted_jsonl: bytes | None = None
+    converted_validation: bytes | None = None
+
+
+def read_chunks(path: str | os.PathLike[str], size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+    """Yield a file's bytes in chunks of about `size`; raises OSError if it can't be read."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(size):
+            yield chunk
+
+
+def _memory_chunks(data: bytes, size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+    """Yield slices of in-memory bytes so the checker never needs one giant split."""
+    view = memoryview(data)
+    for start in range(0, len(data), size):
+        yield bytes(view[start : start + size])
+
+
+class DatasetCheckService:
+    """Checks training (and validation) files before anything is uploaded."""
+
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, today: date | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.today = today
+
+    def check_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        validation_path: str | os.PathLike[str] | None = None,
+        model: str,
+        n_epochs: int | None = None,
+        system_prompt: str | None = None,
+    ) -> Report:
+        """Check files on disk; raises OSError (e.g. FileNotFoundError, IsADirectoryError) if one can't be read."""
+        for candidate in (path, validation_path):
+            if candidate is not None:
+                _ensure_readable(Path(candidate))
+        report = check_stream(
+            read_chunks(path),
+            model=model,
+            n_epochs=n_epochs,
+            validation=read_chunks(validation_path) if validation_path is not None else None,
+            max_bytes=self.max_bytes,
+            filename=Path(path).name,
+            validation_filename=Path(validation_path).name if validation_path is not None else "validation.jsonl",
+            today=self.today,
+            system_prompt=system_prompt,
+        )
+        log.info("Checked dataset (%d examples, ok=%s, %d errors)", report.examples, report.ok,
+                 sum(report.error_counts.values()))
+        return report
+
+    def check_bytes(
+        self,
+        data: bytes,
+        filename: str,
+        *,
+        validation: tuple[bytes, str] | None = None,
+        model: str,
+        n_epochs: int | None = None,
+        system_prompt: str | None = None,
+    ) -> CheckResult:
+        """Check an attachment already in memory; convert a CSV/TSV to the JSONL to upload."""
+        report = check_stream(
+            _memory_chunks(data),
+            model=model,
+            n_epochs=n_epochs,
+            validation=_memory_chunks(validation[0]) if validation else None,
+            max_bytes=self.max_bytes,
+            filename=filename,
+            validation_filename=validation[1] if validation else "validation.jsonl",
+            today=self.today,
+            system_prompt=system_prompt,
+        )
+        converted = convert_bytes(data, filename, system_prompt) if report.converted_from else None
+        converted_validation = None
+        if validation is not None and is_table(validation[1], validation[0][:SNIFF_BYTES]):
+            converted_validation = convert_bytes(validation[0], validation[1], system_prompt)
+        return CheckResult(report, converted, converted_validation)
+
+
+def convert_bytes(data: bytes, filename: str, system_prompt: str | None = None) -> bytes:
+    """Return the chat JSONL for a question/answer table held in memory."""
+    return b"".join(convert_table(_memory_chunks(data), filename=filename, system_prompt=system_prompt).lines())
+
+
+def convert_file(path: str | os.PathLike[str], out: str | os.PathLike[str], system_prompt: str | None = None) -> int:
+    """Write the chat JSONL for a table on disk to `out`, streaming; return the number of rows written."""
+    conversion = convert_table(read_chunks(path), filename=Path(path).name, system_prompt=system_prompt)
+    with open(out, "wb") as handle:
+        for line in conversion.lines():
+            handle.write(line)
+    return conversion.rows
+
+
+def _ensure_readable(path: Path) -> None:
+    """Raise the OSError a student's typo deserves before any checking starts."""
+    if path.is_dir():
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    with open(path, "rb"):
+        pass

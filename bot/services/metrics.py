@@ -1,0 +1,215 @@
+"""Fine-tuning metrics: parse events' untyped data, read the loss curve for beginners, progress and ETA."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import re
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from storage.models import MetricPoint  # stored and parsed points are one type
+
+log = logging.getLogger(__name__)
+
+# read_curve needs this many training points before it says anything: fewer cannot tell a trend from noise.
+MIN_POINTS_FOR_READING = 6
+# A change smaller than this share of the current loss counts as flat (falling 3% per window is still progress).
+FLAT_RELATIVE = 0.03
+# Validation loss must climb this share above its best (smoothed) value before we call it memorising.
+OVERFIT_RELATIVE = 0.05
+# How many standard errors a change must exceed so that batch-to-batch noise alone never flips the reading.
+NOISE_SIGMAS = 3.0
+# OpenAI's event text for a non-final epoch end: "Checkpoint created at step 60 with Step ...".
+_CHECKPOINT_RE = re.compile(r"\bcheckpoint created at step (\d+)", re.IGNORECASE)
+# ETA uses the step rate over at most this many latest points, so it follows a job that sped up or slowed down.
+ETA_WINDOW_POINTS = 100
+
+
+class CurveReading(enum.Enum):
+    """What the loss curve says, in words a beginner can act on."""
+
+    TOO_EARLY = "too_early"
+    FALLING = "falling"
+    FLATTENED = "flattened"
+    OVERFITTING = "overfitting"
+    RISING = "rising"
+
+    @property
+    def catalog_key(self) -> str:
+        """Return the i18n catalog key of this reading's sentence."""
+        return f"curve.{self.name.lower()}"
+
+
+def _to_float(value: object) -> float | None:
+    """Return value as a finite float, or None for anything else (bools, NaN, junk strings)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _to_int(value: object) -> int | None:
+    """Return value as an int when it is a whole number (5, 5.0, "5"), else None."""
+    number = _to_float(value)
+    if number is None or not number.is_integer():
+        return None
+    return int(number)
+
+
+def parse_metrics(data: Mapping[str, object] | None, created_at: int) -> MetricPoint | None:
+    """Parse a metrics event's untyped `data`; return None when it has no usable step and training loss."""
+    if not isinstance(data, Mapping):
+        return None
+    step = _to_int(data.get("step"))
+    train_loss = _to_float(data.get("train_loss"))
+    if step is None or step < 0 or train_loss is None:
+        log.debug("Skipping metrics data without step/train_loss (keys: %s)", sorted(map(str, data)))
+        return None
+    total_steps = _to_int(data.get("total_steps"))
+    return MetricPoint(
+        step=step,
+        train_loss=train_loss,
+        valid_loss=_to_float(data.get("valid_loss")),
+        train_accuracy=_to_float(data.get("train_mean_token_accuracy")),
+        valid_accuracy=_to_float(data.get("valid_mean_token_accuracy")),
+        full_valid_loss=_to_float(data.get("full_valid_loss")),
+        total_steps=total_steps if total_steps is not None and total_steps > 0 else None,
+        created_at=created_at,
+    )
+
+
+def parse_checkpoint_step(message: str | None) -> int | None:
+    """Return N from a "Checkpoint created at step N" event message (an epoch end), else None."""
+    match = _CHECKPOINT_RE.search(message or "")
+    return int(match.group(1)) if match else None
+
+
+def _by_step(points: Sequence[MetricPoint]) -> list[MetricPoint]:
+    """Return points sorted by step, keeping the last point seen for a repeated step (events can repeat)."""
+    unique = {point.step: point for point in points}
+    return [unique[step] for step in sorted(unique)]
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Return the arithmetic mean of a non-empty sequence."""
+    return math.fsum(values) / len(values)
+
+
+def _noise_sigma(values: Sequence[float]) -> float:
+    """Estimate per-point noise from second differences, which cancel a local trend (median: spikes barely count)."""
+    if len(values) < 4:
+        return 0.0
+    second = [abs(a - 2 * b + c) for a, b, c in zip(values, values[1:], values[2:], strict=False)]
+    # For Gaussian noise, x[i-1] - 2x[i] + x[i+1] has sd sqrt(6)*sigma, and median |N(0, s)| = 0.6745 * s.
+    return statistics.median(second) / (0.6745 * math.sqrt(6))
+
+
+def read_curve(points: Sequence[MetricPoint]) -> CurveReading:
+    """Read the loss curve: falling, flattened, rising, or validation rising while training falls."""
+    ordered = _by_step(points)
+    train = [point.train_loss for point in ordered]
+    if len(train) < MIN_POINTS_FOR_READING:
+        return CurveReading.TOO_EARLY
+
+    # Training trend. Compare the mean of the latest window with the mean of the window just before it. The window
+    # is a quarter of the run (3..50 points), so it smooths per-batch noise yet still reflects the present. A change
+    # counts only if it beats both FLAT_RELATIVE of the current loss level (losses of 4.0 and 0.05 are judged on
+    # their own scale) and NOISE_SIGMAS standard errors of the difference of two window means (a noisy curve needs
+    # a bigger move before we announce anything).
+    window = max(3, min(len(train) // 4, 50))
+    recent, previous = train[-window:], train[-2 * window : -window]
+    change = _mean(recent) - _mean(previous)
+    scale = max(abs(_mean(previous)), 1e-8)
+    noise = _noise_sigma(train[-2 * window :]) * math.sqrt(2 / window)
+    threshold = max(FLAT_RELATIVE * scale, NOISE_SIGMAS * noise)
+    if change > threshold:
+        return CurveReading.RISING
+    if _is_overfitting(ordered, train, window):
+        return CurveReading.OVERFITTING
+    return CurveReading.FALLING if change < -threshold else CurveReading.FLATTENED
+
+
+def _is_overfitting(ordered: list[MetricPoint], train: list[float], window: int) -> bool:
+    """Say whether smoothed validation loss climbed clearly above its best while training loss kept falling."""
+    valid_at = [(index, point.valid_loss) for index, point in enumerate(ordered) if point.valid_loss is not None]
+    if len(valid_at) < 3:
+        return False
+    values = [loss for _, loss in valid_at]
+    # Validation points are sparse and each one is a single batch, so compare window means of k points: the mean
+    # of the latest k against the lowest k-point mean so far. The lowest of a few independent noisy means sits about
+    # one standard error below the true level, so the rise must beat NOISE_SIGMAS standard errors of a difference
+    # on top of that bias, and OVERFIT_RELATIVE of the best level.
+    k = max(2, min(10, len(values) // 4))
+    smoothed = [_mean(values[i - k : i]) for i in range(k, len(values) + 1)]
+    best = min(range(len(smoothed)), key=smoothed.__getitem__)
+    if best == len(smoothed) - 1:
+        return False
+    rise = smoothed[-1] - smoothed[best]
+    standard_error = _noise_sigma(values) / math.sqrt(k)
+    if rise <= max(OVERFIT_RELATIVE * smoothed[best], (1 + NOISE_SIGMAS * math.sqrt(2)) * standard_error):
+        return False
+    # "While training loss falls": the training level now is below what it was when validation was at its best.
+    best_index = valid_at[best + k - 1][0]  # the window's last point: when that level was measured
+    train_then = _mean(train[max(0, best_index - window + 1) : best_index + 1])
+    return _mean(train[-window:]) < train_then
+
+
+def progress_bar(step: int, total: int | None, width: int = 20) -> str:
+    """Return a unicode block bar of width cells for step out of total (all empty when total is unknown)."""
+    width = max(1, width)
+    if not total or total <= 0:
+        return "░" * width
+    share = min(max(step, 0), total) / total
+    filled = round(share * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def estimate_finish(points: Sequence[MetricPoint], now: int) -> int | None:
+    """Estimate when the job ends (epoch seconds) from the recent step rate; None when it cannot be told yet."""
+    ordered = _by_step(points)
+    if len(ordered) < 2:
+        return None
+    total = next((p.total_steps for p in reversed(ordered) if p.total_steps), None)
+    if total is None:
+        return None
+    last = ordered[-1]
+    if last.step >= total:
+        return now
+    first = ordered[-min(len(ordered), ETA_WINDOW_POINTS)]
+    elapsed, steps = last.created_at - first.created_at, last.step - first.step
+    if elapsed <= 0 or steps <= 0:
+        return None
+    finish = last.created_at + (total - last.step) * elapsed / steps
+    # A finish time already passed only means the job is slower than it was; "any moment now" is the honest answer.
+    return max(now, round(finish))
+
+
+def downsample(
+    points: Sequence[MetricPoint], max_points: int, value: Callable[[MetricPoint], float] = lambda p: p.train_loss
+) -> list[MetricPoint]:
+    """Reduce points (sorted by step) to at most max_points, keeping each bucket's min and max so spikes survive."""
+    ordered = _by_step(points)
+    max_points = max(max_points, 4)
+    if len(ordered) <= max_points:
+        return ordered
+    first, last, middle = ordered[0], ordered[-1], ordered[1:-1]
+    buckets = (max_points - 2) // 2
+    kept: list[MetricPoint] = [first]
+    for bucket in range(buckets):
+        chunk = middle[bucket * len(middle) // buckets : (bucket + 1) * len(middle) // buckets]
+        if not chunk:
+            continue
+        low, high = min(chunk, key=value), max(chunk, key=value)
+        # Emit the pair in step order so the drawn line does not zigzag backwards.
+        kept.extend(sorted({low.step: low, high.step: high}.values(), key=lambda p: p.step))
+    kept.append(last)
+    return kept

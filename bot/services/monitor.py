@@ -1,0 +1,219 @@
+"""Watching fine-tuning jobs: what changed since the last look, and what the channel should show."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, replace
+
+from bot.openai_gateway import FineTuningGateway
+from bot.i18n import t
+from bot.services import charts, metrics
+from storage.jobs import JobRepository
+from storage.models import BackendEvent, Checkpoint, Job, JobProgress, MetricPoint
+
+log = logging.getLogger(__name__)
+
+# Redraw the chart when this share of the job's steps has come in since the last drawing (or at the end).
+CHART_REDRAW_FRACTION = 1 / 40
+_MODEL_NAME = re.compile(r"\bft:[\w.:\-]+")
+
+
+@dataclass(frozen=True)
+class Tick:
+    """One look at a job: its progress since the cursor, not yet stored."""
+
+    job: Job
+    progress: JobProgress
+
+    @property
+    def has_news(self) -> bool:
+        """Whether anything the channel shows has changed."""
+        p, j = self.progress, self.job
+        return bool(p.metrics or p.checkpoints) or (p.status, p.fine_tuned_model, p.error_code) != (
+            j.status, j.fine_tuned_model, j.error_code
+        ) or (p.last_event_id is not None and p.last_event_id != j.last_event_id)
+
+
+@dataclass(frozen=True)
+class ProgressCard:
+    """Everything the progress card shows, computed from the stored state plus a tick."""
+
+    job: Job
+    latest: MetricPoint | None
+    step: int | None
+    total_steps: int | None
+    reading: metrics.CurveReading
+    estimated_finish: int | None
+    chart_png: bytes | None
+    chart_step: int
+    epochs_done: int
+
+
+class MonitorService:
+    """Polls the backend for watched jobs and builds what the channel shows; storage stays the truth."""
+
+    def __init__(self, jobs: JobRepository, gateway: FineTuningGateway) -> None:
+        self.jobs = jobs
+        self.gateway = gateway
+
+    async def watched(self) -> list[Job]:
+        """Jobs still running, or ended without their notice posted."""
+        return await self.jobs.watched()
+
+    async def reload(self, job: Job) -> Job | None:
+        """The job as stored now."""
+        return await self.jobs.get_any(job.id)
+
+    async def poll(self, job: Job) -> Tick:
+        """Ask the backend about one job: its state first, then only the events after the cursor."""
+        backend = await self.gateway.retrieve_job(job.id)
+        events = await self.gateway.events_since(job.id, job.last_event_id)
+        points, checkpoints = _parse_events(job.id, events)
+        total_steps = next((p.total_steps for p in reversed(points) if p.total_steps), None)
+        fine_tuned = backend.fine_tuned_model or next(
+            (m.group(0) for e in events if "fine-tuned model" in e.message.lower()
+             for m in [_MODEL_NAME.search(e.message)] if m), None
+        )
+        progress = JobProgress(
+            job_id=job.id,
+            status=backend.status,
+            fine_tuned_model=fine_tuned,
+            trained_tokens=backend.trained_tokens,
+            error_code=backend.error_code,
+            error_message=backend.error_message,
+            total_steps=total_steps,
+            estimated_finish=backend.estimated_finish,
+            finished_at=backend.finished_at,
+            last_event_id=events[-1].id if events else None,
+            metrics=tuple(points),
+            checkpoints=tuple(checkpoints),
+        )
+        return Tick(job, progress)
+
+    @staticmethod
+    def snapshot(job: Job) -> Tick:
+        """A tick with no news: the job as stored (for the first card and for /finetune status)."""
+        return Tick(job, JobProgress(
+            job_id=job.id, status=job.status, fine_tuned_model=job.fine_tuned_model,
+            trained_tokens=job.trained_tokens, error_code=job.error_code, error_message=job.error_message,
+            total_steps=job.total_steps, estimated_finish=job.estimated_finish, finished_at=job.finished_at,
+            last_event_id=None,
+        ))
+
+    async def card(self, tick: Tick, *, locale: str, force_chart: bool = False) -> ProgressCard:
+        """The card after this tick: stored points plus the new ones, with a redrawn chart when due."""
+        job = _merged(tick.job, tick.progress)
+        points = _merge_points(await self.jobs.metrics(job.id), tick.progress.metrics)
+        stored = await self.jobs.checkpoints(job.id)
+        epoch_steps = sorted({c.step for c in stored} | {c.step for c in tick.progress.checkpoints})
+        latest = points[-1] if points else None
+        total = job.total_steps or (latest.total_steps if latest else None)
+        chart_png, chart_step = None, job.chart_step
+        if latest is not None and (force_chart or _chart_due(job, latest.step, total)):
+            chart_png = await asyncio.to_thread(
+                charts.render_loss_chart, points, epoch_steps=epoch_steps, total_steps=total,
+                labels=_chart_labels(locale),
+            )
+            chart_step = latest.step
+        return ProgressCard(
+            job=job,
+            latest=latest,
+            step=latest.step if latest else None,
+            total_steps=total,
+            reading=metrics.read_curve(points),
+            estimated_finish=job.estimated_finish or (None if job.is_terminal else metrics.estimate_finish(
+                points, int(time.time()))),
+            chart_png=chart_png,
+            chart_step=chart_step,
+            epochs_done=len(epoch_steps) + (1 if job.status == "succeeded" else 0),
+        )
+
+    async def chart(self, job: Job, *, locale: str) -> bytes | None:
+        """A fresh chart of the whole job (for the end-of-job notice); None before the first step."""
+        points = await self.jobs.metrics(job.id)
+        if not points:
+            return None
+        epoch_steps = [c.step for c in await self.jobs.checkpoints(job.id)]
+        return await asyncio.to_thread(
+            charts.render_loss_chart, points, epoch_steps=epoch_steps,
+            total_steps=job.total_steps, labels=_chart_labels(locale),
+        )
+
+    async def final_losses(self, job: Job) -> tuple[float | None, float | None]:
+        """The last training loss and the last (full, when given) validation loss."""
+        points = await self.jobs.metrics(job.id)
+        train = next((p.train_loss for p in reversed(points) if p.train_loss is not None), None)
+        valid = next((v for p in reversed(points) for v in (p.full_valid_loss, p.valid_loss) if v is not None), None)
+        return train, valid
+
+    async def commit(self, tick: Tick, *, chart_step: int | None = None) -> Job:
+        """Store the tick (the cursor moves here, after the channel was updated) and return the job as stored."""
+        await self.jobs.apply(tick.progress)
+        if chart_step is not None and chart_step != tick.job.chart_step:
+            await self.jobs.set_chart_step(tick.job.id, chart_step)
+        job = await self.jobs.get_any(tick.job.id)
+        assert job is not None
+        return job
+
+    async def set_progress_message(self, job: Job, message_id: int) -> None:
+        """Remember the job's progress card."""
+        await self.jobs.set_progress_message(job.id, message_id)
+
+    async def mark_notified(self, job: Job, message_id: int) -> None:
+        """The end-of-job notice is posted."""
+        await self.jobs.mark_notified(job.id, message_id)
+
+    async def mark_orphaned(self, job: Job) -> None:
+        """Stop watching a job whose channel the bot can no longer post in."""
+        log.warning("Job %s orphaned: its channel %s is gone or closed to the bot", job.id, job.channel_id)
+        await self.jobs.mark_orphaned(job.id)
+
+
+def _chart_labels(locale: str) -> charts.ChartLabels:
+    return charts.ChartLabels.from_catalog(lambda key: t(key, locale))
+
+
+def _parse_events(job_id: str, events: list[BackendEvent]) -> tuple[list[MetricPoint], list[Checkpoint]]:
+    points: list[MetricPoint] = []
+    checkpoints: list[Checkpoint] = []
+    for event in events:
+        if event.type == "metrics" or (event.data and "step" in event.data):
+            point = metrics.parse_metrics(event.data, event.created_at)
+            if point is not None:
+                points.append(point)
+            continue
+        step = metrics.parse_checkpoint_step(event.message)
+        if step is not None:
+            model = _MODEL_NAME.search(event.message)
+            checkpoints.append(Checkpoint(job_id, step, model.group(0) if model else None, event.created_at))
+    return points, checkpoints
+
+
+def _merge_points(stored: list[MetricPoint], new: tuple[MetricPoint, ...]) -> list[MetricPoint]:
+    by_step = {p.step: p for p in stored}
+    by_step.update({p.step: p for p in new})
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _merged(job: Job, progress: JobProgress) -> Job:
+    return replace(
+        job,
+        status=progress.status,
+        fine_tuned_model=progress.fine_tuned_model or job.fine_tuned_model,
+        trained_tokens=progress.trained_tokens if progress.trained_tokens is not None else job.trained_tokens,
+        error_code=progress.error_code,
+        error_message=progress.error_message,
+        total_steps=progress.total_steps or job.total_steps,
+        estimated_finish=progress.estimated_finish,
+        finished_at=progress.finished_at,
+    )
+
+
+def _chart_due(job: Job, step: int, total: int | None) -> bool:
+    if job.chart_step < 0 or job.is_terminal:
+        return step != job.chart_step or job.chart_step < 0
+    stride = max(1, int((total or 0) * CHART_REDRAW_FRACTION))
+    return step - job.chart_step >= stride

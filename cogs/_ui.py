@@ -1,0 +1,342 @@
+"""Embeds and views: how jobs, cards and reports look in Discord. Pure rendering; no rules, no I/O."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.i18n import t
+from bot.services import metrics
+from bot.services.dataset_check import CheckResult
+from bot.services.monitor import ProgressCard
+from storage.models import Job
+
+if TYPE_CHECKING:
+    from bot.client import ClassroomBot
+
+log = logging.getLogger(__name__)
+
+CHART_NAME = "loss.png"
+MAX_FINDINGS_SHOWN = 8
+BLURPLE, GREEN, RED, GREY, AMBER = 0x5865F2, 0x57F287, 0xED4245, 0x99AAB5, 0xFEE75C
+STATUS_EMOJI = {
+    "validating_files": "🔎", "queued": "⏳", "running": "🏃", "succeeded": "✅", "failed": "❌",
+    "cancelled": "🛑", "paused": "⏸️",
+}
+
+
+def status_text(status: str, locale: str) -> str:
+    """A job status in words, with its emoji; unknown statuses are shown as they are."""
+    key = f"status.{status}"
+    from bot.i18n import catalog
+
+    words = t(key, locale) if catalog().has(key) else status
+    return f"{STATUS_EMOJI.get(status, '•')} {words}"
+
+
+def cost_text(cost: float | None, locale: str) -> str:
+    """An estimated cost for people: dollars with cents, or why there is no figure."""
+    if cost is None:
+        return t("card.cost_unknown", locale)
+    if cost == 0:
+        return t("card.cost_free", locale)
+    return t("card.cost_estimate", locale, usd=f"{cost:,.2f}" if cost >= 0.01 else "<0.01")
+
+
+def job_label(job: Job) -> str:
+    """A short, recognisable name for a job in lists and autocomplete."""
+    name = job.suffix or job.training_filename
+    return f"{name} · {job.base_model} · {job.status} · {job.id}"[:100]
+
+
+def _retirement_line(model_info: Any, locale: str, today: date | None = None) -> str | None:
+    shutdown = getattr(model_info, "shutdown", None)
+    if shutdown is None:
+        return None
+    today = today or date.today()
+    if shutdown <= today:
+        return t("card.model_retired", locale, model=model_info.name, date=shutdown.isoformat())
+    return t("card.model_shutdown", locale, date=shutdown.isoformat(), days=(shutdown - today).days)
+
+
+def _finding_lines(findings: list[Any], locale: str) -> str:
+    lines = []
+    for finding in findings[:MAX_FINDINGS_SHOWN]:
+        where = t("card.line", locale, line=finding.line) if finding.line else t("card.whole_file", locale)
+        lines.append(f"• **{where}** · {finding.message(locale)}")
+    return "\n".join(lines)
+
+
+def _counts_line(counts: dict[str, int], shown: int, locale: str) -> str | None:
+    total = sum(counts.values())
+    if total <= shown:
+        return None
+    parts = ", ".join(f"`{code}` × {n}" for code, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return t("card.counts", locale, total=total, parts=parts)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_card(result: CheckResult, *, filename: str, base_model: str, suffix: str | None, locale: str) -> discord.Embed:
+    """The card after a check: what will be trained and what it costs, or what to fix first."""
+    report = result.report
+    if not report.ok:
+        embed = discord.Embed(title=t("card.fix_title", locale), colour=RED)
+        embed.description = _clip(
+            t("card.fix_intro", locale, file=filename) + "\n\n" + _finding_lines(report.errors, locale), 4000
+        )
+        counts = _counts_line(report.error_counts, min(len(report.errors), MAX_FINDINGS_SHOWN), locale)
+        if counts:
+            embed.add_field(name=t("card.more_errors", locale), value=_clip(counts, 1024), inline=False)
+        embed.set_footer(text=t("card.nothing_uploaded", locale))
+        return embed
+    embed = discord.Embed(title=t("card.ready_title", locale), colour=BLURPLE)
+    embed.description = t("card.ready_intro", locale, file=filename, format=report.format or "?",
+                          method=report.method or "supervised")
+    embed.add_field(name=t("card.examples", locale), value=f"{report.examples:,}")
+    embed.add_field(name=t("card.tokens", locale), value=f"{report.tokens_total:,}")
+    embed.add_field(name=t("card.epochs", locale), value=str(report.n_epochs))
+    embed.add_field(name=t("card.billed_tokens", locale), value=f"{report.tokens_billed:,}")
+    embed.add_field(name=t("card.cost", locale), value=cost_text(report.estimated_cost_usd, locale))
+    embed.add_field(name=t("card.base_model", locale), value=f"`{base_model}`")
+    if suffix:
+        embed.add_field(name=t("card.suffix", locale), value=f"`{suffix}`")
+    notes = []
+    retirement = _retirement_line(getattr(report, "model_info", None), locale)
+    if retirement:
+        notes.append(retirement)
+    if result.converted_jsonl is not None:
+        notes.append(t("card.converted", locale))
+    if notes:
+        embed.add_field(name=t("card.good_to_know", locale), value=_clip("\n".join(notes), 1024), inline=False)
+    if report.warnings:
+        text = _finding_lines(report.warnings, locale)
+        counts = _counts_line(report.warning_counts, min(len(report.warnings), MAX_FINDINGS_SHOWN), locale)
+        embed.add_field(name=t("card.warnings", locale), value=_clip(text + ("\n" + counts if counts else ""), 1024),
+                        inline=False)
+    embed.set_footer(text=t("card.only_requester", locale))
+    return embed
+
+
+def report_file(result: CheckResult, locale: str) -> discord.File | None:
+    """The whole list of findings as a text file, when there are more than the card shows."""
+    report = result.report
+    findings = report.errors + report.warnings
+    if len(findings) <= MAX_FINDINGS_SHOWN:
+        return None
+    lines = [f"{f.line or '-'}\t{f.code}\t{f.message(locale)}" for f in findings]
+    counts = {**report.error_counts, **report.warning_counts}
+    lines += ["", *(f"{code}\t{n}" for code, n in sorted(counts.items()))]
+    return discord.File(io.BytesIO("\n".join(lines).encode("utf-8")), filename="report.txt")
+
+
+def progress_embed(card: ProgressCard, locale: str) -> discord.Embed:
+    """The one progress card of a job, edited in place while it trains."""
+    job = card.job
+    colour = {"succeeded": GREEN, "failed": RED, "cancelled": GREY}.get(job.status, BLURPLE)
+    embed = discord.Embed(title=t("progress.title", locale, name=job.suffix or job.training_filename), colour=colour)
+    lines = [status_text(job.status, locale)]
+    if card.total_steps:
+        step = card.step or 0
+        percent = int(100 * step / card.total_steps)
+        lines.append(f"`{metrics.progress_bar(step, card.total_steps)}` {percent}% · "
+                     + t("progress.step", locale, step=step, total=card.total_steps))
+    if card.latest is not None and not job.is_terminal:
+        lines.append(t(f"curve.{card.reading.name.lower()}", locale))
+    embed.description = "\n".join(lines)
+    latest = card.latest
+    if latest is not None:
+        if latest.train_loss is not None:
+            embed.add_field(name=t("progress.train_loss", locale), value=f"{latest.train_loss:.4f}")
+        valid = latest.full_valid_loss if latest.full_valid_loss is not None else latest.valid_loss
+        if valid is not None:
+            embed.add_field(name=t("progress.valid_loss", locale), value=f"{valid:.4f}")
+        if latest.train_accuracy is not None:
+            embed.add_field(name=t("progress.accuracy", locale), value=f"{latest.train_accuracy:.1%}")
+    if card.estimated_finish and not job.is_terminal:
+        embed.add_field(name=t("progress.eta", locale), value=f"<t:{card.estimated_finish}:R>")
+    embed.add_field(name=t("card.base_model", locale), value=f"`{job.base_model}`")
+    if card.chart_step >= 0:
+        embed.set_image(url=f"attachment://{CHART_NAME}")
+    embed.set_footer(text=f"{job.id} · " + t("progress.started_by", locale))
+    return embed
+
+
+def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: str, *, has_chart: bool) -> discord.Embed:
+    """The message that says a job has ended: its model, or what went wrong and what to do."""
+    name = job.suffix or job.training_filename
+    if job.status == "succeeded":
+        embed = discord.Embed(title=t("notice.succeeded_title", locale, name=name), colour=GREEN)
+        embed.description = t("notice.succeeded_body", locale, user=f"<@{job.user_id}>")
+        embed.add_field(name=t("notice.model", locale), value=f"`{job.fine_tuned_model or '?'}`", inline=False)
+        if job.trained_tokens is not None:
+            embed.add_field(name=t("notice.trained_tokens", locale), value=f"{job.trained_tokens:,}")
+        if job.n_epochs:
+            embed.add_field(name=t("card.epochs", locale), value=str(job.n_epochs))
+        started = job.started_at or job.created_at
+        if job.finished_at and started:
+            embed.add_field(name=t("notice.time", locale), value=_duration(job.finished_at - started, locale))
+        train, valid = losses
+        if train is not None:
+            embed.add_field(name=t("progress.train_loss", locale), value=f"{train:.4f}")
+        if valid is not None:
+            embed.add_field(name=t("progress.valid_loss", locale), value=f"{valid:.4f}")
+    elif job.status == "failed":
+        from bot.i18n import catalog
+
+        code = job.error_code or "unknown"
+        advice_key = f"failure.{code}" if catalog().has(f"failure.{code}") else "failure.generic"
+        embed = discord.Embed(title=t("notice.failed_title", locale, name=name), colour=RED)
+        embed.description = t(advice_key, locale)
+        embed.add_field(name=t("notice.error_code", locale), value=f"`{code}`")
+        if job.error_message:
+            embed.add_field(name=t("notice.error_message", locale), value=_clip(job.error_message, 1000), inline=False)
+    else:
+        embed = discord.Embed(title=t("notice.cancelled_title", locale, name=name), colour=GREY)
+        embed.description = t("notice.cancelled_body", locale)
+    if has_chart:
+        embed.set_image(url=f"attachment://{CHART_NAME}")
+    embed.set_footer(text=job.id)
+    return embed
+
+
+def jobs_list_embed(jobs: list[Job], locale: str) -> discord.Embed:
+    """This server's recent jobs, newest first."""
+    embed = discord.Embed(title=t("list.title", locale), colour=BLURPLE)
+    if not jobs:
+        embed.description = t("list.empty", locale)
+        return embed
+    lines = []
+    for job in jobs:
+        model = f" → `{job.fine_tuned_model}`" if job.fine_tuned_model else ""
+        lines.append(f"{status_text(job.status, locale)} · **{job.suffix or job.training_filename}** · "
+                     f"<@{job.user_id}> · <t:{job.created_at}:R>\n`{job.id}` · `{job.base_model}`{model}")
+    embed.description = _clip("\n\n".join(lines), 4000)
+    return embed
+
+
+def _duration(seconds: int, locale: str) -> str:
+    minutes, sec = divmod(max(0, seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return t("time.hours_minutes", locale, h=hours, m=minutes)
+    if minutes:
+        return t("time.minutes_seconds", locale, m=minutes, s=sec)
+    return t("time.seconds", locale, s=sec)
+
+
+def chart_file(png: bytes) -> discord.File:
+    """The loss chart as an attachment the embed shows."""
+    return discord.File(io.BytesIO(png), filename=CHART_NAME)
+
+
+class OwnerOnlyView(discord.ui.View):
+    """Buttons only the person who asked may press; they grey out when the view times out."""
+
+    def __init__(self, owner_id: int, locale: str, *, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.owner_id = owner_id
+        self.locale = locale
+        self.message: discord.Message | discord.WebhookMessage | None = None
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Refuse, privately, anyone but the owner."""
+        if interaction.user.id == self.owner_id:
+            return True
+        await interaction.response.send_message(t("card.not_yours", interaction.locale), ephemeral=True)
+        return False
+
+    def disable(self) -> None:
+        """Grey out every button."""
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+
+    async def on_timeout(self) -> None:
+        """Grey out the buttons so nobody presses a dead card."""
+        self.disable()
+        if self.message is not None:
+            try:
+                await self.message.edit(view=self)
+            except discord.HTTPException:
+                pass
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]) -> None:
+        """Buttons share the command tree's error handling: plain words, never a traceback."""
+        client: ClassroomBot = interaction.client  # type: ignore[assignment]
+        await client.tree.on_error(interaction, _as_app_error(error))
+
+
+def _as_app_error(error: Exception) -> discord.app_commands.AppCommandError:
+    if isinstance(error, discord.app_commands.AppCommandError):
+        return error
+    wrapped = discord.app_commands.AppCommandError(type(error).__name__)
+    wrapped.original = error  # type: ignore[attr-defined]
+    return wrapped
+
+
+class ConfirmStartView(OwnerOnlyView):
+    """Green Start and grey Cancel under a checked file's card."""
+
+    def __init__(
+        self,
+        owner_id: int,
+        locale: str,
+        *,
+        on_start: Callable[[discord.Interaction, ConfirmStartView], Awaitable[None]],
+        on_cancel: Callable[[discord.Interaction, ConfirmStartView], Awaitable[None]],
+        on_expire: Callable[[], None],
+        timeout: float,
+    ) -> None:
+        super().__init__(owner_id, locale, timeout=timeout)
+        self._on_start, self._on_cancel, self._on_expire = on_start, on_cancel, on_expire
+        self.start_button.label = t("card.start", locale)
+        self.cancel_button.label = t("card.cancel", locale)
+
+    @discord.ui.button(label="Start", style=discord.ButtonStyle.green, custom_id="finetune:start")
+    async def start_button(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        """Start the job."""
+        await self._on_start(interaction, self)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.grey, custom_id="finetune:cancel")
+    async def cancel_button(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        """Drop the card."""
+        await self._on_cancel(interaction, self)
+
+    async def on_timeout(self) -> None:
+        """Forget the pending start and grey out the buttons."""
+        self._on_expire()
+        await super().on_timeout()
+
+
+class ChatWithModelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"chat-job:(?P<job_id>[\w\-]+)"):
+    """The "Chat with this model" button under a success notice; it keeps working after a restart."""
+
+    def __init__(self, job_id: str, label: str = "Chat with this model") -> None:
+        super().__init__(
+            discord.ui.Button(label=label, style=discord.ButtonStyle.blurple, emoji="💬",
+                              custom_id=f"chat-job:{job_id}")
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any
+    ) -> ChatWithModelButton:
+        """Rebuild the button from its custom id."""
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Open a chat thread with the job's model (the chat feature does the work)."""
+        chat = interaction.client.get_cog("Chat")  # type: ignore[attr-defined]
+        if chat is None or not hasattr(chat, "open_from_job"):
+            await interaction.response.send_message(t("chat.unavailable", interaction.locale), ephemeral=True)
+            return
+        await chat.open_from_job(interaction, self.job_id)

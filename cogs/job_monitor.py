@@ -1,0 +1,147 @@
+"""The watcher: one loop for all jobs, editing each job's progress card and announcing its end exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands, tasks
+
+from bot import errors
+from bot.i18n import t
+from bot.services.monitor import MonitorService, Tick
+from cogs import _ui
+from storage.models import Job
+
+if TYPE_CHECKING:
+    from bot.client import ClassroomBot
+
+log = logging.getLogger(__name__)
+
+# Jobs polled at once: enough to keep a tick short with hundreds of jobs, few enough to be gentle with the API.
+POLL_CONCURRENCY = 16
+
+
+class JobMonitor(commands.Cog):
+    """Polls watched jobs (SQLite says which) and keeps the channel up to date."""
+
+    def __init__(self, bot: ClassroomBot, monitor: MonitorService) -> None:
+        self.bot, self.monitor = bot, monitor
+        self._gate = asyncio.Semaphore(POLL_CONCURRENCY)
+        # One look at a job at a time: the loop and a just-started job's first card must not both post a card.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def cog_load(self) -> None:
+        """Start polling; a restart resumes every unfinished job from the database."""
+        self.bot.add_dynamic_items(_ui.ChatWithModelButton)
+        self.poll.change_interval(seconds=self.bot.settings.job_poll_seconds)
+        self.poll.start()
+
+    async def cog_unload(self) -> None:
+        """Stop polling."""
+        self.poll.cancel()
+
+    @tasks.loop(seconds=10)
+    async def poll(self) -> None:
+        """One tick: every watched job, each in its own try/except so one broken job never stops the others."""
+        jobs = await self.monitor.watched()
+        if jobs:
+            log.debug("Polling %d jobs", len(jobs))
+            await asyncio.gather(*(self._poll_one(job) for job in jobs))
+
+    @poll.before_loop
+    async def _wait_until_ready(self) -> None:
+        await self.bot.wait_until_ready()
+
+    @poll.error
+    async def _poll_crashed(self, error: BaseException) -> None:
+        # Only a bug in the loop body outside the per-job guard gets here: log it and keep watching.
+        log.error("The job watcher crashed; restarting it", exc_info=error)
+        if not self.poll.is_running():
+            self.poll.restart()
+
+    @commands.Cog.listener()
+    async def on_job_started(self, job: Job) -> None:
+        """Show a just-started job's progress card at once instead of at the next tick."""
+        await self._poll_one(job)
+
+    async def _poll_one(self, job: Job) -> None:
+        async with self._gate, self._locks.setdefault(job.id, asyncio.Lock()):
+            try:
+                fresh = await self.monitor.reload(job)  # the other path may have moved the cursor meanwhile
+                if fresh is not None and fresh.needs_watching:
+                    await self.watch(fresh)
+                else:
+                    self._locks.pop(job.id, None)
+            except errors.UpstreamBusyError:
+                log.info("Backend busy; job %s is retried next tick", job.id)
+            except errors.JobNotFoundError:
+                log.warning("Backend no longer knows job %s; it stays as it was", job.id)
+            except (discord.NotFound, discord.Forbidden):
+                await self.monitor.mark_orphaned(job)
+            except Exception:  # boundary: one broken job must not stop the others
+                log.exception("Watching job %s failed", job.id)
+
+    async def watch(self, job: Job) -> None:
+        """Look at one job: edit its card if anything changed, then announce its end once."""
+        locale = self.bot.channel_locale(job.guild_id)
+        if not job.is_terminal:
+            tick = await self.monitor.poll(job)
+            if tick.has_news or job.progress_message_id is None:
+                card = await self.monitor.card(tick, locale=locale)
+                await self._show_card(job, card, locale)
+                # The cursor moves only now, after the channel shows the news.
+                job = await self.monitor.commit(tick, chart_step=card.chart_step)
+        if job.is_terminal and job.notice_message_id is None:
+            await self._announce_end(job, locale)
+
+    async def _show_card(self, job: Job, card: object, locale: str) -> None:
+        embed = _ui.progress_embed(card, locale)  # type: ignore[arg-type]
+        files = [_ui.chart_file(card.chart_png)] if card.chart_png else []  # type: ignore[attr-defined]
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        if job.progress_message_id is not None:
+            try:
+                message = channel.get_partial_message(job.progress_message_id)
+                if files:
+                    await message.edit(embed=embed, attachments=files)
+                else:
+                    await message.edit(embed=embed)
+                return
+            except discord.NotFound:
+                log.info("Progress card of job %s was deleted; posting a new one", job.id)
+        message = await channel.send(embed=embed, files=files)
+        await self.monitor.set_progress_message(job, message.id)
+
+    async def _announce_end(self, job: Job, locale: str) -> None:
+        chart = await self.monitor.chart(job, locale=locale)
+        losses = await self.monitor.final_losses(job)
+        embed = _ui.notice_embed(job, losses, locale, has_chart=chart is not None)
+        view = None
+        if job.status == "succeeded" and job.fine_tuned_model:
+            view = discord.ui.View(timeout=None)
+            view.add_item(_ui.ChatWithModelButton(job.id, label=t("notice.chat_button", locale)))
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        mention = f"<@{job.user_id}>"
+        message = await channel.send(
+            content=mention,
+            embed=embed,
+            files=[_ui.chart_file(chart)] if chart else [],
+            view=view or discord.utils.MISSING,
+            # A restart between this post and the database write below sends the same nonce: Discord keeps one.
+            nonce=_notice_nonce(job.id),
+            allowed_mentions=discord.AllowedMentions(users=True),
+        )
+        await self.monitor.mark_notified(job, message.id)
+        log.info("Announced the end of job %s (%s)", job.id, job.status)
+
+
+def _notice_nonce(job_id: str) -> str:
+    return "end-" + hashlib.blake2b(job_id.encode(), digest_size=10).hexdigest()
+
+
+async def setup(bot: ClassroomBot) -> None:
+    """Load the watcher."""
+    await bot.add_cog(JobMonitor(bot, bot.monitor))
