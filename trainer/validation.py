@@ -9,6 +9,7 @@ from pathlib import Path
 from dataset_rules.check import check_stream
 
 CHUNK_BYTES = 1 << 16
+TRAINING_LABEL, VALIDATION_LABEL = "training.jsonl", "validation.jsonl"
 
 # OpenAI fails jobs with these codes; every other finding means the file's contents can't be trained on.
 JOB_ERROR_CODES = {
@@ -41,7 +42,8 @@ def check_files(
     """Check a job's training (and validation) file with the rules the bot uses before it uploads them."""
     report = check_stream(
         _chunks(training), model=model, n_epochs=n_epochs,
-        validation=_chunks(validation) if validation is not None else None, filename="train.jsonl",
+        validation=_chunks(validation) if validation is not None else None, filename=TRAINING_LABEL,
+        validation_filename=VALIDATION_LABEL,
     )
     if report.ok and report.method not in (None, "supervised"):
         # The trainer trains supervised only: a preference file must fail as OpenAI fails a DPO file sent to SFT.
@@ -51,7 +53,7 @@ def check_files(
         return FileCheck(True, report.examples, report.n_epochs, {})
     finding = report.errors[0]
     code = JOB_ERROR_CODES.get(finding.code, DEFAULT_JOB_ERROR_CODE)
-    in_validation = bool(getattr(finding, "params", None) or {}) and finding.params.get("file") == "validation"
+    in_validation = finding.params.get("file") == VALIDATION_LABEL
     file_id = validation_id if in_validation and validation_id else training_id
     where = f" line {finding.line}" if finding.line is not None else ""
     label = "Validation" if in_validation else "Training"
