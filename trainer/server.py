@@ -19,9 +19,9 @@ log = logging.getLogger(__name__)
 
 def training_devices(setting: str) -> list[str]:
     """List the devices that each train one job at a time: every GPU, else the CPU."""
-    import torch  # only here: the API itself needs no torch, so the server starts fast
-
     if setting == "auto":
+        import torch  # only here: the API itself needs no torch, so a server told its device starts fast
+
         if torch.cuda.is_available():
             return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
         return ["cpu"]

@@ -94,6 +94,7 @@ class TrainerProcess:
             **os.environ, "TRAINER_HOST": "127.0.0.1", "TRAINER_PORT": str(self.port),
             "TRAINER_DATA_DIR": str(data_dir), "TRAINER_BASE_MODELS": f"tiny={model_dir}",
             "TRAINER_MAX_SEQ_LEN": "96", "TRAINER_MAX_TOKENS": "24", "TRAINER_TORCH_THREADS": "1",
+            "TRAINER_DEVICE": "cpu",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])), **extra_env,
         }
         if "TRAINER_API_KEY" not in extra_env:
@@ -147,10 +148,10 @@ class TrainerProcess:
                 self.kill()
 
 
-@pytest.fixture
-def trainer_server(tmp_path: Path, tiny_model: Path) -> Iterator[TrainerProcess]:
-    """A running trainer with the tiny model as its only base model."""
-    server = TrainerProcess(tmp_path / "data", tiny_model).start()
+@pytest.fixture(scope="module")
+def trainer_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[TrainerProcess]:
+    """A running trainer with the tiny model as its only base model, shared by a module's tests."""
+    server = TrainerProcess(tmp_path_factory.mktemp("trainer") / "data", tiny_model).start()
     try:
         yield server
     finally:
