@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -91,7 +92,7 @@ def trainer_loop(source: str, examples: list[Any], pad_id: int, batch: int, out:
     clock.stamps[0] = started
     store.close()
     # The first gap includes loading the model: time from the first step's end instead.
-    return [b - a for a, b in zip(clock.stamps[1:], clock.stamps[2:])]
+    return [b - a for a, b in itertools.pairwise(clock.stamps[1:])]
 
 
 def plain_loop(source: str, examples: list[Any], pad_id: int, batch: int) -> list[float]:
@@ -118,7 +119,7 @@ def plain_loop(source: str, examples: list[Any], pad_id: int, batch: int) -> lis
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return [b - a for a, b in itertools.pairwise(stamps)]
 
 
 def bench_training(source: str, steps: int, rounds: int, batch: int, max_len: int) -> None:
@@ -170,9 +171,10 @@ async def bench_chat(source: str, prompts: int, max_tokens: int) -> None:
         env = {**os.environ, "TRAINER_PORT": str(port), "TRAINER_DATA_DIR": folder, "TRAINER_DEVICE": "cpu",
                "TRAINER_BASE_MODELS": f"smollm2={source}", "TRAINER_MAX_TOKENS": str(max_tokens),
                "PYTHONPATH": str(REPO_ROOT)}
-        log = open(Path(folder) / "server.log", "wb")  # noqa: SIM115 - closed with the server below
-        server = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT)
+        log = open(Path(folder) / "server.log", "wb")  # noqa: SIM115, ASYNC230 - a benchmark, closed below
+
+        server = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
+                                  stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}/v1"
             wait_ready(url)

@@ -449,14 +449,17 @@ async def _stream(request: web.Request, body: dict[str, Any], pieces: Any, first
                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
         return f"data: {json.dumps(payload)}\n\n".encode()
 
-    await response.write(chunk({"role": "assistant", "content": "", "refusal": None}, None))
     try:
+        await response.write(chunk({"role": "assistant", "content": "", "refusal": None}, None))
         if first is not None:
             await response.write(chunk({"content": first}, None))
             async for piece in pieces:
                 await response.write(chunk({"content": piece}, None))
+    except ConnectionResetError:
+        log.info("Client left during a streamed reply from %s", name)
+        return response
     finally:
-        await pieces.aclose()
+        await pieces.aclose()  # stops the generating thread when the client has gone
     await response.write(chunk({}, stats.finish_reason))
     if (body.get("stream_options") or {}).get("include_usage"):
         payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": name,

@@ -75,6 +75,7 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
         """Recover jobs left by a previous run, then start dispatching."""
@@ -87,6 +88,7 @@ class Scheduler:
 
     async def close(self) -> None:
         """Stop dispatching and end every worker; their jobs resume at the next start."""
+        self._closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
         for running in list(self.running.values()):
@@ -223,8 +225,8 @@ class Scheduler:
         code = await running.process.wait()
         del self.running[device]
         self._wake.set()
-        if running.cancelled:
-            return
+        if running.cancelled or self._closing:
+            return  # a cancel already recorded the outcome; at shutdown the next start resumes the job
         job = self.store.job(running.job_id)
         if job is not None and job["status"] == "running":
             # The worker ended without recording an outcome: it crashed or was killed.
