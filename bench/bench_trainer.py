@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it, for both sides of the bench
 sys.path.insert(0, str(REPO_ROOT))
 
 TOPICS = ["the sun", "rain", "volcanoes", "bees", "the moon", "rivers", "snow", "wind", "stars", "trees", "fish",
@@ -172,7 +173,6 @@ async def bench_chat(source: str, prompts: int, max_tokens: int) -> None:
                "TRAINER_BASE_MODELS": f"smollm2={source}", "TRAINER_MAX_TOKENS": str(max_tokens),
                "PYTHONPATH": str(REPO_ROOT)}
         log = open(Path(folder) / "server.log", "wb")  # noqa: SIM115, ASYNC230 - a benchmark, closed below
-
         server = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
                                   stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -90,6 +90,11 @@ async def test_job_with_tiny_model_trains_reports_and_chats(trainer_server: Trai
     assert checkpoint_reply.choices[0].finish_reason in ("stop", "length")
     assert checkpoint_reply.usage.completion_tokens <= 5
 
+    assert (await api.models.delete(done.fine_tuned_model)).deleted
+    assert [m.id async for m in api.models.list()] == ["tiny"]
+    with pytest.raises(openai.NotFoundError):
+        await api.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}])
+
 
 async def test_cancel_while_running_ends_the_worker_at_once(trainer_server: TrainerProcess) -> None:
     """Cancelling a running job answers cancelled and no further step is reported."""

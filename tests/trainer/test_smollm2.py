@@ -20,6 +20,7 @@ def _gguf() -> Path:
     return Path(SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@pytest.mark.timeout(600)  # loads a 135M model twice (worker, then chat): minutes on a busy 2-core machine
 async def test_smollm2_gguf_trains_and_answers(tmp_path: Path) -> None:
     """The dequantized GGUF trains two LoRA steps through the API and its fine-tuned model answers in text."""
     server = TrainerProcess(tmp_path / "data", _gguf(), TRAINER_MAX_SEQ_LEN="128", TRAINER_MAX_TOKENS="8",
