@@ -408,12 +408,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "temperature must be between 0 and 2.", param="temperature")
     if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
         raise ApiError(400, "top_p must be above 0 and at most 1.", param="top_p")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, "seed must be an integer.", param="seed")
     name = str(body.get("model"))
     base, adapter = resolve_model(settings, store, name)
     stats = Generated()
     pieces = request.app[GENERATOR].stream(
         Target(base, adapter), messages, max_tokens=min(requested, settings.max_tokens),
-        temperature=float(temperature), top_p=float(top_p), seed=body.get("seed"), stats=stats,
+        temperature=float(temperature), top_p=float(top_p), seed=seed, stats=stats,
     )
     completion_id, created = new_id("chatcmpl"), int(time.time())
     try:

@@ -108,3 +108,23 @@ def test_check_files_blames_the_validation_file(tmp_path: Path) -> None:
     validation.write_bytes(b'{"messages": 3}\n')
     check = check_files(training, model="tiny", training_id="file-t", validation=validation, validation_id="file-v")
     assert check.error["param"] == "validation_file" and "file-v line 1" in str(check.error["message"])
+
+
+def test_vllm_lora_modules_lists_succeeded_adapters_only(tmp_path: Path) -> None:
+    """The vLLM export names each fine-tuned model with its adapter folder and base; deleted ones are left out."""
+    from trainer.export import vllm_lora_modules
+    from trainer.store import Store
+
+    settings = Settings.from_env({"TRAINER_DATA_DIR": str(tmp_path), "TRAINER_BASE_MODELS": "tiny=/m"})
+    store = Store(tmp_path / "trainer.db")
+    for job_id, deleted in (("ftjob-kept", 0), ("ftjob-gone", 1)):
+        store.add_job(id=job_id, model="tiny", base_source="/m", training_file="file-x", validation_file=None,
+                      hyperparameters={}, suffix=None, seed=1, metadata=None)
+        store.update_job(job_id, status="succeeded", fine_tuned_model=f"ft:tiny:school::{job_id}",
+                         model_deleted=deleted)
+        (tmp_path / "adapters" / job_id / "final").mkdir(parents=True)
+        (tmp_path / "adapters" / job_id / "final" / "adapter_config.json").write_text("{}")
+    store.close()
+    lines = [json.loads(line) for line in vllm_lora_modules(settings).splitlines()]
+    assert lines == [{"name": "ft:tiny:school::ftjob-kept", "base_model_name": "tiny",
+                      "path": str((tmp_path / "adapters" / "ftjob-kept" / "final").resolve())}]
