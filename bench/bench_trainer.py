@@ -81,9 +81,10 @@ def trainer_loop(source: str, examples: list[Any], pad_id: int, batch: int, out:
     from trainer.worker import DatabaseReporter
 
     store = Store(out / "trainer.db")
-    store.add_file("file-bench", "train.jsonl", "fine-tune", 0, out / "train.jsonl")
+    file_id = f"file-bench{time.time_ns()}"
+    store.add_file(file_id, "train.jsonl", "fine-tune", 0, out / "train.jsonl")
     job = store.add_job(id=f"ftjob-bench{time.time_ns()}", model="smollm2", base_source=source,
-                        training_file="file-bench", validation_file=None, hyperparameters={}, suffix=None, seed=1,
+                        training_file=file_id, validation_file=None, hyperparameters={}, suffix=None, seed=1,
                         metadata=None)
     clock = StepClock(DatabaseReporter(store, job, "ft:bench"))
     spec = TrainSpec(source=source, device="cpu", train=examples, valid=[], pad_id=pad_id, n_epochs=1,
