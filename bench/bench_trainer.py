@@ -86,7 +86,7 @@ def trainer_loop(source: str, examples: list[Any], pad_id: int, batch: int, out:
     job = store.add_job(id=f"ftjob-bench{time.time_ns()}", model="smollm2", base_source=source,
                         training_file=file_id, validation_file=None, hyperparameters={}, suffix=None, seed=1,
                         metadata=None)
-    clock = StepClock(DatabaseReporter(store, job, "ft:bench"))
+    clock = StepClock(DatabaseReporter(store, job, f"ft:smollm2:bench::{job['id']}"))
     spec = TrainSpec(source=source, device="cpu", train=examples, valid=[], pad_id=pad_id, n_epochs=1,
                      batch_size=batch, learning_rate=2e-4, seed=1, lora_r=16, lora_alpha=32, out_dir=out / job["id"])
     started = time.perf_counter()
