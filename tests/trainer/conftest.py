@@ -45,6 +45,7 @@ def chat_file(count: int = 16, start: int = 0) -> bytes:
 
 def build_tiny_model(folder: Path) -> Path:
     """Train a byte-level BPE on the test text, give it ChatML, and save a random ~100k-parameter Llama."""
+    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -65,6 +66,7 @@ def build_tiny_model(folder: Path) -> Path:
         initializer_range=0.1,  # larger than the default 0.02 so a few LoRA steps visibly move a random model
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
+    torch.manual_seed(0)  # the same random model every run, so what it generates is reproducible
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

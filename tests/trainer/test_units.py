@@ -128,3 +128,26 @@ def test_vllm_lora_modules_lists_succeeded_adapters_only(tmp_path: Path) -> None
     lines = [json.loads(line) for line in vllm_lora_modules(settings).splitlines()]
     assert lines == [{"name": "ft:tiny:school::ftjob-kept", "base_model_name": "tiny",
                       "path": str((tmp_path / "adapters" / "ftjob-kept" / "final").resolve())}]
+
+
+async def test_generator_refuses_beyond_its_limits_then_serves_again(tiny_model: Path) -> None:
+    """With one slot and no waiting room, a second reply is refused while the first streams, then served."""
+    from trainer.serving import Busy, Generated, Generator, ModelPool, Target
+
+    generator = Generator(ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1), max_concurrent=1, max_queued=0)
+    messages = [{"role": "user", "content": "What is the sun?"}]
+
+    def reply() -> object:
+        return generator.stream(Target("tiny", None), messages, max_tokens=8, temperature=0, top_p=1, seed=None,
+                                stats=Generated())
+
+    first = reply()
+    await anext(first)  # type: ignore[call-overload]
+    with pytest.raises(Busy):
+        await anext(reply())  # type: ignore[call-overload]
+    await first.aclose()  # type: ignore[attr-defined]
+    stats = Generated()
+    async for _ in generator.stream(Target("tiny", None), messages, max_tokens=8, temperature=0, top_p=1, seed=None,
+                                    stats=stats):
+        pass
+    assert 0 < stats.completion_tokens <= 8 and stats.finish_reason in ("stop", "length")
