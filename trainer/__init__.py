@@ -1,0 +1,1 @@
+"""The self-hosted, OpenAI-compatible fine-tuning and chat server (python -m trainer)."""

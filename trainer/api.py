@@ -1,0 +1,497 @@
+"""The OpenAI-compatible HTTP API (aiohttp): files, fine-tuning jobs, models and chat completions."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from trainer.config import Settings
+from trainer.scheduler import Scheduler
+from trainer.store import TERMINAL_STATUSES, Page, Store, new_id
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+FILE_PURPOSES = frozenset({"fine-tune", "assistants", "batch", "user_data", "evals", "vision"})
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 100.0)}
+MAX_SUFFIX = 64
+STARTED_AT = int(time.time())
+ORGANIZATION_ID = "org-trainer"
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+STORE: web.AppKey[Store] = web.AppKey("store", Store)
+SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
+GENERATOR: web.AppKey[Any] = web.AppKey("generator", object)
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's envelope."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+
+    def response(self) -> web.Response:
+        """Render the envelope."""
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return web.json_response(body, status=self.status)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Check the bearer token (when a key is configured) and turn every failure into OpenAI's error envelope."""
+    key = request.app[SETTINGS].api_key
+    if key is not None:
+        sent = request.headers.get("Authorization", "")
+        token = sent[7:] if sent.startswith("Bearer ") else ""
+        if not hmac.compare_digest(token.encode(), key.encode()):
+            return ApiError(401, "Incorrect API key provided.", code="invalid_api_key").response()
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error.response()
+    except web.HTTPNotFound:
+        return ApiError(404, f"Unknown request URL: {request.method} {request.path}.", code="unknown_url").response()
+    except web.HTTPMethodNotAllowed:
+        return ApiError(405, f"Method {request.method} is not allowed on {request.path}.").response()
+    except Exception:  # boundary: never leak a traceback to the client
+        log.exception("Request %s %s failed", request.method, request.path)
+        return ApiError(500, "The trainer had an internal error.", kind="server_error").response()
+
+
+def _limit(request: web.Request, default: int = 20, most: int = 100) -> int:
+    raw = request.query.get("limit", str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "limit must be an integer", param="limit") from None
+    if not 1 <= value <= most:
+        raise ApiError(400, f"limit must be between 1 and {most}", param="limit")
+    return value
+
+
+def _list(page: Page, render: Callable[[sqlite3.Row], dict[str, Any]]) -> web.Response:
+    data = [render(row) for row in page.rows]
+    body: dict[str, Any] = {"object": "list", "data": data, "has_more": page.has_more}
+    if data:
+        body["first_id"], body["last_id"] = data[0]["id"], data[-1]["id"]
+    return web.json_response(body)
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return body
+
+
+# Files
+def file_object(row: sqlite3.Row) -> dict[str, Any]:
+    """Render a file as OpenAI does."""
+    return {"id": row["id"], "object": "file", "bytes": row["bytes"], "created_at": row["created_at"],
+            "filename": row["filename"], "purpose": row["purpose"], "status": "processed", "expires_at": None,
+            "status_details": None}
+
+
+async def upload_file(request: web.Request) -> web.Response:
+    """POST /v1/files: a multipart upload with purpose and file."""
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    if not request.content_type.startswith("multipart/"):
+        raise ApiError(400, "Uploads must be multipart/form-data with 'purpose' and 'file'.")
+    reader = await request.multipart()
+    purpose: str | None = None
+    file_id = new_id("file")
+    path = settings.data_dir / "files" / file_id
+    path.parent.mkdir(parents=True, exist_ok=True)
+    filename, size = None, 0
+    try:
+        while (part := await reader.next()) is not None:
+            if part.name == "purpose":
+                purpose = (await part.text()).strip()  # type: ignore[union-attr]
+            elif part.name == "file":
+                filename = part.filename or "upload"  # type: ignore[union-attr]
+                with path.open("wb") as out:
+                    while chunk := await part.read_chunk():  # type: ignore[union-attr]
+                        size += len(chunk)
+                        if size > MAX_UPLOAD_BYTES:
+                            raise ApiError(400, "File is larger than the 512 MB limit.", param="file",
+                                           code="file_too_large")
+                        out.write(chunk)
+        if filename is None:
+            raise ApiError(400, "Missing required parameter: 'file'.", param="file")
+        if purpose not in FILE_PURPOSES:
+            raise ApiError(400, f"Invalid value for purpose: {purpose!r}.", param="purpose")
+    except ApiError:
+        path.unlink(missing_ok=True)
+        raise
+    return web.json_response(file_object(store.add_file(file_id, filename, purpose, size, path)))
+
+
+def _file(request: web.Request) -> sqlite3.Row:
+    row = request.app[STORE].file(request.match_info["file_id"])
+    if row is None:
+        raise ApiError(404, f"No such File object: {request.match_info['file_id']}", param="id")
+    return row
+
+
+async def get_file(request: web.Request) -> web.Response:
+    """GET /v1/files/{id}."""
+    return web.json_response(file_object(_file(request)))
+
+
+async def list_files(request: web.Request) -> web.Response:
+    """GET /v1/files, newest first."""
+    page = request.app[STORE].files(_limit(request, 10000, 10000), request.query.get("after"),
+                                    request.query.get("purpose"))
+    return _list(page, file_object)
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    """DELETE /v1/files/{id}; refused while an unfinished job still needs the file."""
+    row, store = _file(request), request.app[STORE]
+    if store.file_in_use(row["id"]):
+        raise ApiError(409, f"File {row['id']} is used by a job that has not finished yet.", param="id",
+                       code="file_in_use")
+    store.delete_file(row["id"])
+    Path(row["path"]).unlink(missing_ok=True)
+    return web.json_response({"id": row["id"], "object": "file", "deleted": True})
+
+
+async def file_content(request: web.Request) -> web.StreamResponse:
+    """GET /v1/files/{id}/content: the raw bytes."""
+    row = _file(request)
+    return web.FileResponse(row["path"], headers={"Content-Type": "application/octet-stream"})
+
+
+# Fine-tuning jobs
+def job_object(row: sqlite3.Row) -> dict[str, Any]:
+    """Render a job as OpenAI does."""
+    hyper = json.loads(row["hyperparameters"])
+    return {
+        "id": row["id"], "object": "fine_tuning.job", "model": row["model"], "created_at": row["created_at"],
+        "finished_at": row["finished_at"], "fine_tuned_model": row["fine_tuned_model"],
+        "organization_id": ORGANIZATION_ID, "result_files": json.loads(row["result_files"]),
+        "status": row["status"], "validation_file": row["validation_file"],
+        "training_file": row["training_file"], "hyperparameters": hyper, "trained_tokens": row["trained_tokens"],
+        "error": json.loads(row["error"]), "user_provided_suffix": row["suffix"], "seed": row["seed"],
+        "estimated_finish": row["estimated_finish"], "integrations": [],
+        "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+    }
+
+
+def _hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
+    method = body.get("method")
+    given: Any = body.get("hyperparameters") or {}
+    if method is not None:
+        if not isinstance(method, dict) or method.get("type") != "supervised":
+            raise ApiError(400, "This trainer supports only the supervised method.", param="method.type",
+                           code="unsupported_method")
+        given = (method.get("supervised") or {}).get("hyperparameters") or given
+    if not isinstance(given, dict):
+        raise ApiError(400, "hyperparameters must be an object.", param="hyperparameters")
+    resolved: dict[str, Any] = {}
+    for name in HYPERPARAMETERS:
+        value = given.get(name, "auto")
+        if value != "auto":
+            low, high = LIMITS[name]
+            kind = float if name == "learning_rate_multiplier" else int
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high \
+                    or (kind is int and int(value) != value):
+                raise ApiError(400, f"{name} must be 'auto' or a number from {low} to {high}.",
+                               param=f"hyperparameters.{name}", code="invalid_hyperparameters")
+            value = kind(value)
+        resolved[name] = value
+    return resolved
+
+
+async def create_job(request: web.Request) -> web.Response:
+    """POST /v1/fine_tuning/jobs: record the job and start checking its files."""
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    body = await _json(request)
+    model = body.get("model")
+    if model not in settings.base_models:
+        raise ApiError(400, f"Model {model} is not available for fine-tuning or does not exist.", param="model",
+                       code="model_not_available")
+    for param in ("training_file", "validation_file"):
+        file_id = body.get(param)
+        if (param == "training_file" or file_id is not None) and (
+                not isinstance(file_id, str) or store.file(file_id) is None):
+            raise ApiError(400, f"File {file_id} does not exist.", param=param, code="invalid_file_id")
+    suffix = body.get("suffix")
+    if suffix is not None and (not isinstance(suffix, str) or len(suffix) > MAX_SUFFIX or ":" in suffix):
+        raise ApiError(400, f"suffix must be a string of at most {MAX_SUFFIX} characters without ':'.",
+                       param="suffix")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, "seed must be an integer.", param="seed")
+    metadata = body.get("metadata")
+    if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16
+                                 or not all(isinstance(v, str) for v in metadata.values())):
+        raise ApiError(400, "metadata must map at most 16 keys to strings.", param="metadata")
+    job = store.add_job(
+        id=new_id("ftjob"), model=model, base_source=settings.base_models[model],
+        training_file=body["training_file"], validation_file=body.get("validation_file"),
+        hyperparameters=_hyperparameters(body), suffix=suffix or None,
+        seed=seed if seed is not None else secrets.randbelow(2**31),
+        metadata=metadata,
+    )
+    request.app[SCHEDULER].submit(job["id"])
+    log.info("Created job %s on %s", job["id"], model)
+    return web.json_response(job_object(job))
+
+
+def _job(request: web.Request) -> sqlite3.Row:
+    row = request.app[STORE].job(request.match_info["job_id"])
+    if row is None:
+        raise ApiError(404, f"Fine-tuning job {request.match_info['job_id']} not found.", param="fine_tuning_job_id",
+                       code="fine_tuning_job_not_found")
+    return row
+
+
+async def get_job(request: web.Request) -> web.Response:
+    """GET /v1/fine_tuning/jobs/{id}."""
+    return web.json_response(job_object(_job(request)))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """GET /v1/fine_tuning/jobs, newest first, with metadata[key]=value filters."""
+    metadata = {key[9:-1]: value for key, value in request.query.items()
+                if key.startswith("metadata[") and key.endswith("]")}
+    return _list(request.app[STORE].jobs(_limit(request), request.query.get("after"), metadata), job_object)
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    """POST /v1/fine_tuning/jobs/{id}/cancel: ends the worker at once."""
+    job = _job(request)
+    if job["status"] in TERMINAL_STATUSES or not await request.app[SCHEDULER].cancel(job["id"]):
+        raise ApiError(400, f"Job {job['id']} has already {_finished_word(job['status'])}.", code="job_not_cancellable",
+                       param="fine_tuning_job_id")
+    return web.json_response(job_object(_job(request)))
+
+
+def _finished_word(status: str) -> str:
+    return {"succeeded": "completed", "failed": "failed", "cancelled": "been cancelled"}.get(status, "finished")
+
+
+def event_object(row: sqlite3.Row) -> dict[str, Any]:
+    """Render an event as OpenAI does."""
+    return {"object": "fine_tuning.job.event", "id": row["id"], "created_at": row["created_at"],
+            "level": row["level"], "message": row["message"], "data": json.loads(row["data"] or "{}"),
+            "type": row["type"]}
+
+
+async def list_events(request: web.Request) -> web.Response:
+    """GET /v1/fine_tuning/jobs/{id}/events, newest first."""
+    job = _job(request)
+    return _list(request.app[STORE].events(job["id"], _limit(request), request.query.get("after")), event_object)
+
+
+def checkpoint_object(row: sqlite3.Row) -> dict[str, Any]:
+    """Render a checkpoint as OpenAI does."""
+    return {"object": "fine_tuning.job.checkpoint", "id": row["id"], "created_at": row["created_at"],
+            "fine_tuned_model_checkpoint": row["model_name"], "fine_tuning_job_id": row["job_id"],
+            "metrics": json.loads(row["metrics"]), "step_number": row["step"]}
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    """GET /v1/fine_tuning/jobs/{id}/checkpoints, newest first."""
+    job = _job(request)
+    page = request.app[STORE].checkpoints(job["id"], _limit(request, 10), request.query.get("after"))
+    return _list(page, checkpoint_object)
+
+
+# Models
+def _model_object(model_id: str, created: int, owner: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owner}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the configured base models, then every fine-tuned model."""
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    data = [_model_object(name, STARTED_AT, "system") for name in settings.base_models]
+    data += [_model_object(row["fine_tuned_model"], row["finished_at"] or row["created_at"], settings.owner)
+             for row in store.fine_tuned_models()]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}."""
+    settings, store, name = request.app[SETTINGS], request.app[STORE], request.match_info["model"]
+    if name in settings.base_models:
+        return web.json_response(_model_object(name, STARTED_AT, "system"))
+    job = store.job_by_model(name)
+    if job is not None and job["status"] == "succeeded":
+        return web.json_response(_model_object(name, job["finished_at"] or job["created_at"], settings.owner))
+    checkpoint = store.checkpoint_by_model(name)
+    if checkpoint is not None:
+        return web.json_response(_model_object(name, checkpoint["created_at"], settings.owner))
+    raise _no_model(name)
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    """DELETE /v1/models/{model}: fine-tuned models only; their adapters and checkpoints go with them."""
+    settings, store, name = request.app[SETTINGS], request.app[STORE], request.match_info["model"]
+    if name in settings.base_models:
+        raise ApiError(403, f"Base model {name} can't be deleted.", code="model_not_deletable", param="model",
+                       kind="permission_error")
+    job = store.job_by_model(name)
+    if job is None:
+        raise _no_model(name)
+    store.update_job(job["id"], model_deleted=1)
+    adapters = settings.data_dir / "adapters" / job["id"]
+    pool = getattr(request.app[GENERATOR], "pool", None)
+    if pool is not None:
+        pool.forget(adapters)
+    await asyncio.to_thread(shutil.rmtree, adapters, True)
+    return web.json_response({"id": name, "object": "model", "deleted": True})
+
+
+def _no_model(name: str) -> ApiError:
+    return ApiError(404, f"The model '{name}' does not exist or you do not have access to it.",
+                    code="model_not_found", param="model")
+
+
+def resolve_model(settings: Settings, store: Store, name: str) -> tuple[str, Path | None]:
+    """Map a model name to its base model and, for fine-tuned models and checkpoints, its adapter folder."""
+    if name in settings.base_models:
+        return name, None
+    job = store.job_by_model(name)
+    if job is not None and job["status"] == "succeeded":
+        return job["model"], settings.data_dir / "adapters" / job["id"] / "final"
+    checkpoint = store.checkpoint_by_model(name)
+    if checkpoint is not None:
+        owner = store.job(checkpoint["job_id"])
+        assert owner is not None
+        return owner["model"], Path(checkpoint["path"])
+    raise _no_model(name)
+
+
+# Chat
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, streamed (server-sent events) or not."""
+    from trainer.serving import Busy, Generated, Target
+
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    body = await _json(request)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise ApiError(400, "messages must be a non-empty list of message objects.", param="messages")
+    if body.get("n", 1) != 1:
+        raise ApiError(400, "This trainer generates one choice per request (n=1).", param="n")
+    if body.get("stop"):
+        raise ApiError(400, "This trainer does not support stop sequences.", param="stop")
+    requested = body.get("max_completion_tokens") or body.get("max_tokens") or settings.max_tokens
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ApiError(400, "max_tokens must be a positive integer.", param="max_tokens")
+    temperature, top_p = body.get("temperature", 1.0), body.get("top_p", 1.0)
+    if not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+        raise ApiError(400, "temperature must be between 0 and 2.", param="temperature")
+    if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise ApiError(400, "top_p must be above 0 and at most 1.", param="top_p")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ApiError(400, "seed must be an integer.", param="seed")
+    name = str(body.get("model"))
+    base, adapter = resolve_model(settings, store, name)
+    stats = Generated()
+    pieces = request.app[GENERATOR].stream(
+        Target(base, adapter), messages, max_tokens=min(requested, settings.max_tokens),
+        temperature=float(temperature), top_p=float(top_p), seed=seed, stats=stats,
+    )
+    completion_id, created = new_id("chatcmpl"), int(time.time())
+    try:
+        if not body.get("stream"):
+            text = "".join([piece async for piece in pieces])
+            return web.json_response({
+                "id": completion_id, "object": "chat.completion", "created": created, "model": name,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                             "logprobs": None, "finish_reason": stats.finish_reason}],
+                "usage": _usage(stats),
+            })
+        first = await anext(pieces, None)
+    except Busy:
+        raise ApiError(429, "The trainer is busy generating other replies; try again shortly.",
+                       code="rate_limit_exceeded", kind="requests") from None
+    return await _stream(request, body, pieces, first, stats, completion_id, created, name)
+
+
+def _usage(stats: Any) -> dict[str, int]:
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens,
+            "total_tokens": stats.prompt_tokens + stats.completion_tokens}
+
+
+async def _stream(request: web.Request, body: dict[str, Any], pieces: Any, first: str | None, stats: Any,
+                  completion_id: str, created: int, name: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
+        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": name,
+                   "system_fingerprint": None,
+                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    try:
+        await response.write(chunk({"role": "assistant", "content": "", "refusal": None}, None))
+        if first is not None:
+            await response.write(chunk({"content": first}, None))
+            async for piece in pieces:
+                await response.write(chunk({"content": piece}, None))
+    except ConnectionResetError:
+        log.info("Client left during a streamed reply from %s", name)
+        return response
+    finally:
+        await pieces.aclose()  # stops the generating thread when the client has gone
+    await response.write(chunk({}, stats.finish_reason))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": name,
+                   "choices": [], "usage": _usage(stats)}
+        await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator: Any) -> web.Application:
+    """Wire the routes under /v1."""
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_UPLOAD_BYTES + 1024 * 1024)
+    app[SETTINGS], app[STORE], app[SCHEDULER], app[GENERATOR] = settings, store, scheduler, generator
+    app.add_routes([
+        web.post("/v1/files", upload_file),
+        web.get("/v1/files", list_files),
+        web.get("/v1/files/{file_id}", get_file),
+        web.delete("/v1/files/{file_id}", delete_file),
+        web.get("/v1/files/{file_id}/content", file_content),
+        web.post("/v1/fine_tuning/jobs", create_job),
+        web.get("/v1/fine_tuning/jobs", list_jobs),
+        web.get("/v1/fine_tuning/jobs/{job_id}", get_job),
+        web.post("/v1/fine_tuning/jobs/{job_id}/cancel", cancel_job),
+        web.get("/v1/fine_tuning/jobs/{job_id}/events", list_events),
+        web.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", list_checkpoints),
+        web.get("/v1/models", list_models),
+        web.get("/v1/models/{model}", get_model),
+        web.delete("/v1/models/{model}", delete_model),
+        web.post("/v1/chat/completions", chat_completions),
+    ])
+    return app

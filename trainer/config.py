@@ -1,0 +1,155 @@
+"""Settings of the self-hosted trainer, read once from the environment."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BASE_MODELS = "smollm2-135m-instruct=HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the text names it and never holds its value."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server and its workers need to know, validated at startup."""
+
+    host: str = "127.0.0.1"
+    port: int = 8400
+    api_key: str | None = field(default=None, repr=False)
+    data_dir: Path = Path("data/trainer")
+    base_models: dict[str, str] = field(default_factory=lambda: _parse_models(DEFAULT_BASE_MODELS))
+    owner: str = "school"
+    device: str = "auto"
+    max_concurrent_generations: int = 2
+    max_queued_generations: int = 16
+    max_tokens: int = 512
+    adapter_cache: int = 4
+    max_seq_len: int = 1024
+    lora_r: int = 16
+    lora_alpha: int = 32
+    base_learning_rate: float = 2e-4
+    default_batch_size: int = 4
+    torch_threads: int = 0  # 0: one per physical core
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment, raising SettingsError naming the first bad one."""
+        env = os.environ if env is None else env
+        settings = cls(
+            host=env.get("TRAINER_HOST", "127.0.0.1").strip() or "127.0.0.1",
+            port=_int(env, "TRAINER_PORT", 8400, low=0, high=65535),
+            api_key=env.get("TRAINER_API_KEY") or None,
+            data_dir=Path(env.get("TRAINER_DATA_DIR", "data/trainer")),
+            base_models=_models(env),
+            owner=_owner(env),
+            device=_device(env),
+            max_concurrent_generations=_int(env, "TRAINER_MAX_CONCURRENT_GENERATIONS", 2, low=1),
+            max_queued_generations=_int(env, "TRAINER_MAX_QUEUED_GENERATIONS", 16, low=0),
+            max_tokens=_int(env, "TRAINER_MAX_TOKENS", 512, low=1),
+            adapter_cache=_int(env, "TRAINER_ADAPTER_CACHE", 4, low=1),
+            max_seq_len=_int(env, "TRAINER_MAX_SEQ_LEN", 1024, low=16),
+            lora_r=_int(env, "TRAINER_LORA_R", 16, low=1),
+            lora_alpha=_int(env, "TRAINER_LORA_ALPHA", 32, low=1),
+            base_learning_rate=_float(env, "TRAINER_BASE_LEARNING_RATE", 2e-4),
+            default_batch_size=_int(env, "TRAINER_DEFAULT_BATCH_SIZE", 4, low=1),
+            torch_threads=_int(env, "TRAINER_TORCH_THREADS", 0, low=0),
+        )
+        if settings.api_key is None and not is_loopback(settings.host):
+            raise SettingsError(
+                f"TRAINER_API_KEY is required when TRAINER_HOST is not a loopback address ({settings.host})"
+            )
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """Write these settings back as environment variables, for the worker processes."""
+        values = {
+            "TRAINER_HOST": self.host, "TRAINER_PORT": self.port, "TRAINER_DATA_DIR": self.data_dir.resolve(),
+            "TRAINER_BASE_MODELS": ",".join(f"{name}={source}" for name, source in self.base_models.items()),
+            "TRAINER_OWNER": self.owner, "TRAINER_DEVICE": self.device,
+            "TRAINER_MAX_CONCURRENT_GENERATIONS": self.max_concurrent_generations,
+            "TRAINER_MAX_QUEUED_GENERATIONS": self.max_queued_generations, "TRAINER_MAX_TOKENS": self.max_tokens,
+            "TRAINER_ADAPTER_CACHE": self.adapter_cache, "TRAINER_MAX_SEQ_LEN": self.max_seq_len,
+            "TRAINER_LORA_R": self.lora_r, "TRAINER_LORA_ALPHA": self.lora_alpha,
+            "TRAINER_BASE_LEARNING_RATE": self.base_learning_rate,
+            "TRAINER_DEFAULT_BATCH_SIZE": self.default_batch_size, "TRAINER_TORCH_THREADS": self.torch_threads,
+        }
+        env = {name: str(value) for name, value in values.items()}
+        if self.api_key:
+            env["TRAINER_API_KEY"] = self.api_key
+        return env
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether a listen address only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise SettingsError(f"{name} must be between {low} and {high}" if high is not None else f"{name} must be >= {low}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be positive")
+    return value
+
+
+def _parse_models(raw: str) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for pair in raw.split(","):
+        if not pair.strip():
+            continue
+        name, sep, source = pair.partition("=")
+        name, source = name.strip(), source.strip()
+        # ':' would break the ft:<base>:<owner>:<suffix>:<id> naming, '/' the URL paths.
+        if not sep or not name or not source or ":" in name or "/" in name or name in models:
+            raise SettingsError("TRAINER_BASE_MODELS must be comma-separated name=source pairs with unique names")
+        models[name] = source
+    if not models:
+        raise SettingsError("TRAINER_BASE_MODELS must name at least one model")
+    return models
+
+
+def _models(env: Mapping[str, str]) -> dict[str, str]:
+    return _parse_models(env.get("TRAINER_BASE_MODELS", "").strip() or DEFAULT_BASE_MODELS)
+
+
+def _owner(env: Mapping[str, str]) -> str:
+    owner = env.get("TRAINER_OWNER", "school").strip() or "school"
+    if ":" in owner or "/" in owner:
+        raise SettingsError("TRAINER_OWNER must not contain ':' or '/'")
+    return owner
+
+
+def _device(env: Mapping[str, str]) -> str:
+    device = env.get("TRAINER_DEVICE", "auto").strip() or "auto"
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise SettingsError("TRAINER_DEVICE must be auto, cpu, cuda or cuda:N")
+    return device

@@ -1,0 +1,268 @@
+"""Job lifecycle: file checks, a fair queue, one worker process per device, cancel, and recovery at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from trainer.config import Settings
+from trainer.store import ACTIVE_STATUSES, Store
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+RESTART_MESSAGE = (
+    "The trainer restarted while this job was running, before its first checkpoint was saved. "
+    "Start the job again."
+)
+
+
+@dataclass
+class Running:
+    """A worker process and the job it trains."""
+
+    job_id: str
+    process: asyncio.subprocess.Process
+    cancelled: bool = False
+
+
+def fairness_keys(job: sqlite3.Row) -> tuple[str, str]:
+    """Group a job by class (metadata guild_id) and then by person (metadata user_id), for the fair queue."""
+    metadata = json.loads(job["metadata"]) if job["metadata"] else {}
+    return str(metadata.get("guild_id", "")), str(metadata.get("user_id", ""))
+
+
+class FairQueue:
+    """Round-robin across classes, then across people in a class: no one server or student starves the rest."""
+
+    def __init__(self) -> None:
+        self._served: dict[tuple[str, ...], int] = {}
+        self._clock = 0
+
+    def pick(self, queued: list[sqlite3.Row]) -> sqlite3.Row | None:
+        """Choose the queued job whose class, then person, was served longest ago; oldest job first within."""
+        if not queued:
+            return None
+
+        def rank(job: sqlite3.Row) -> tuple[int, int, int]:
+            guild, user = fairness_keys(job)
+            return self._served.get((guild,), -1), self._served.get((guild, user), -1), job["seq"]
+
+        chosen = min(queued, key=rank)
+        guild, user = fairness_keys(chosen)
+        self._clock += 1
+        self._served[(guild,)] = self._served[(guild, user)] = self._clock
+        return chosen
+
+
+class Scheduler:
+    """Moves jobs from validating_files through queued and running to an end, never leaving one stuck."""
+
+    def __init__(self, settings: Settings, store: Store, devices: list[str]) -> None:
+        self.settings, self.store, self.devices = settings, store, devices
+        self.queue = FairQueue()
+        self.running: dict[str, Running] = {}  # by device
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def start(self) -> None:
+        """Recover jobs left by a previous run, then start dispatching."""
+        self.recover()
+        for job in self.store.jobs_with_status("validating_files"):
+            self.submit(job["id"])
+        self._loop_task = asyncio.create_task(self._dispatch(), name="trainer-dispatch")
+        self._loop_task.add_done_callback(_log_crash)
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop dispatching and end every worker; their jobs resume at the next start."""
+        self._closing = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for running in list(self.running.values()):
+            _kill(running.process)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def recover(self) -> None:
+        """Resume running jobs from their last checkpoint, or fail them with a clear error."""
+        for job in self.store.jobs_with_status("running"):
+            _kill_stale_worker(job["worker_pid"])
+            checkpoint = self.store.last_checkpoint(job["id"])
+            if checkpoint is not None:
+                self.store.update_job(job["id"], status="queued", worker_pid=None)
+                self.store.add_event(
+                    job["id"],
+                    f"The trainer restarted while this job was running; it will resume from the checkpoint at step "
+                    f"{checkpoint['step']}",
+                )
+                log.info("Job %s will resume from step %s", job["id"], checkpoint["step"])
+            else:
+                error = {"code": "trainer_restarted", "message": RESTART_MESSAGE, "param": None}
+                self.store.update_job(job["id"], status="failed", error=error, finished_at=int(time.time()),
+                                      worker_pid=None, estimated_finish=None)
+                self.store.add_event(job["id"], RESTART_MESSAGE, level="error")
+                log.info("Job %s failed: restarted before its first checkpoint", job["id"])
+
+    def submit(self, job_id: str) -> None:
+        """Check a new job's files in the background; it is queued only if they pass."""
+        self._spawn(self._validate(job_id), f"validate-{job_id}")
+
+    def _spawn(self, coro: object, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_crash)
+
+    async def _validate(self, job_id: str) -> None:
+        job = self.store.job(job_id)
+        if job is None:
+            return
+        training = self.store.file(job["training_file"])
+        validation = self.store.file(job["validation_file"]) if job["validation_file"] else None
+        self.store.add_event(job_id, f"Validating training file: {job['training_file']}")
+        if job["validation_file"]:
+            self.store.add_event(job_id, f"Validating validation file: {job['validation_file']}")
+        hyper = json.loads(job["hyperparameters"])
+        if training is None or (job["validation_file"] and validation is None):
+            self._fail(job_id, {"code": "invalid_training_file", "param": "training_file",
+                                "message": "The training or validation file was deleted before it was checked"})
+            return
+        try:
+            from trainer.validation import check_files
+
+            check = await asyncio.to_thread(
+                check_files, Path(training["path"]), model=job["model"], training_id=training["id"],
+                n_epochs=hyper["n_epochs"] if hyper["n_epochs"] != "auto" else None,
+                validation=Path(validation["path"]) if validation is not None else None,
+                validation_id=validation["id"] if validation is not None else None,
+            )
+        except Exception:  # boundary: a crashing check must fail the job, not leave it validating forever
+            log.exception("Checking the files of job %s failed", job_id)
+            self._fail(job_id, {"code": "server_error", "param": None,
+                                "message": "The trainer could not check the files of this job"})
+            return
+        if not check.ok:
+            self._fail(job_id, check.error)
+            return
+        resolved = {
+            "n_epochs": hyper["n_epochs"] if hyper["n_epochs"] != "auto" else (check.n_epochs or 3),
+            "batch_size": hyper["batch_size"] if hyper["batch_size"] != "auto"
+            else max(1, min(self.settings.default_batch_size, check.examples)),
+            "learning_rate_multiplier": hyper["learning_rate_multiplier"]
+            if hyper["learning_rate_multiplier"] != "auto" else 1.0,
+        }
+        if self.store.update_job(job_id, only_if=("validating_files",), status="queued", hyperparameters=resolved):
+            self.store.add_event(job_id, "Files validated, moving job to queued state")
+            self._wake.set()
+
+    def _fail(self, job_id: str, error: dict[str, str | None]) -> None:
+        if self.store.update_job(job_id, only_if=tuple(ACTIVE_STATUSES), status="failed", error=error,
+                                 finished_at=int(time.time()), estimated_finish=None):
+            self.store.add_event(job_id, str(error["message"]), level="error")
+            log.info("Job %s failed: %s", job_id, error["code"])
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel an unfinished job at once, killing its worker; say whether it was still unfinished."""
+        for running in self.running.values():
+            if running.job_id == job_id:
+                running.cancelled = True
+                _kill(running.process)
+        changed = self.store.update_job(job_id, only_if=tuple(ACTIVE_STATUSES), status="cancelled",
+                                        finished_at=int(time.time()), estimated_finish=None)
+        if changed:
+            self.store.add_event(job_id, "Fine-tuning job cancelled")
+            self._wake.set()
+        return changed
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for device in self.devices:
+                if device in self.running:
+                    continue
+                job = self.queue.pick(self.store.jobs_with_status("queued"))
+                if job is None:
+                    break
+                await self._launch(device, job)
+
+    async def _launch(self, device: str, job: sqlite3.Row) -> None:
+        if not self.store.update_job(job["id"], only_if=("queued",), status="running", device=device):
+            return
+        log_dir = self.settings.data_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": _pythonpath()}
+        with (log_dir / f"{job['id']}.log").open("ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "trainer.worker", job["id"], device, env=env, cwd=str(PACKAGE_ROOT),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            )
+        self.store.update_job(job["id"], worker_pid=process.pid)
+        if self.store.last_checkpoint(job["id"]) is None:
+            self.store.add_event(job["id"], "Fine-tuning job started")
+        else:
+            self.store.add_event(job["id"], "Fine-tuning job resumed from its last checkpoint")
+        self.running[device] = Running(job["id"], process)
+        log.info("Job %s started on %s (pid %s)", job["id"], device, process.pid)
+        self._spawn(self._watch(device), f"watch-{job['id']}")
+
+    async def _watch(self, device: str) -> None:
+        running = self.running[device]
+        code = await running.process.wait()
+        del self.running[device]
+        self._wake.set()
+        if running.cancelled or self._closing:
+            return  # a cancel already recorded the outcome; at shutdown the next start resumes the job
+        job = self.store.job(running.job_id)
+        if job is not None and job["status"] == "running":
+            # The worker ended without recording an outcome: it crashed or was killed.
+            log.warning("Worker of job %s exited with %s", running.job_id, code)
+            self._fail(running.job_id, {
+                "code": "server_error", "param": None,
+                "message": f"Training stopped unexpectedly (worker exit code {code}); start the job again",
+            })
+
+
+def _pythonpath() -> str:
+    existing = os.environ.get("PYTHONPATH")
+    return f"{PACKAGE_ROOT}{os.pathsep}{existing}" if existing else str(PACKAGE_ROOT)
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_stale_worker(pid: int | None) -> None:
+    """End a worker that outlived its server (it should have died with it), so it cannot write any more."""
+    if not pid:
+        return
+    try:
+        process = psutil.Process(pid)
+        if "trainer.worker" in " ".join(process.cmdline()):
+            process.kill()
+            process.wait(timeout=10)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.TimeoutExpired):
+        pass
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Task %s crashed", task.get_name(), exc_info=task.exception())

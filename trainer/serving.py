@@ -1,0 +1,182 @@
+"""Chat generation: base models loaded once, fine-tuned ones merged and cached, tokens streamed as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextStreamer
+
+from trainer.modeling import load_model, load_tokenizer, resolve_device, set_threads
+from trainer.training import chat_messages
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a model name resolves to: a base model, plus an adapter folder for fine-tuned ones."""
+
+    base: str
+    adapter: Path | None
+
+
+@dataclass
+class Generated:
+    """Counts and the reason generation stopped, filled in when the stream ends."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+
+
+class _QueueStreamer(TextStreamer):
+    """Hand decoded text from the generating thread to the event loop as it appears."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, loop: asyncio.AbstractEventLoop,
+                 queue: asyncio.Queue[str | None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.loop, self.queue = loop, queue
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
+
+
+class _StopWhen(StoppingCriteria):
+    """Stop generating when the client has gone away."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
+        return self.event.is_set()
+
+
+class ModelPool:
+    """Load each base model once and keep the most recently used merged fine-tuned models."""
+
+    def __init__(self, sources: dict[str, str], device: str, cache_size: int, threads: int) -> None:
+        self.sources, self.device, self.cache_size = sources, resolve_device(device), cache_size
+        if self.device == "cpu":
+            set_threads(threads)
+        self._bases: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+        self._merged: OrderedDict[Path, PreTrainedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def base(self, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Return a base model and its tokenizer, loading them on first use."""
+        with self._lock:
+            if name not in self._bases:
+                tokenizer = load_tokenizer(self.sources[name])
+                model = load_model(self.sources[name], self.device).eval()
+                self._bases[name] = (model, tokenizer)
+            return self._bases[name]
+
+    def get(self, target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        """Return the model for a target, merging a fine-tuned adapter into a copy of its base when not cached."""
+        base, tokenizer = self.base(target.base)
+        if target.adapter is None:
+            return base, tokenizer
+        with self._lock:
+            if target.adapter in self._merged:
+                self._merged.move_to_end(target.adapter)
+                return self._merged[target.adapter], tokenizer
+        # Merging bakes the adapter into the weights: plain-model speed at generation time.
+        merged = PeftModel.from_pretrained(copy.deepcopy(base), str(target.adapter)).merge_and_unload().eval()
+        with self._lock:
+            self._merged[target.adapter] = merged
+            while len(self._merged) > self.cache_size:
+                evicted, _ = self._merged.popitem(last=False)
+                log.info("Dropped merged model %s from the cache", evicted.name)
+        return merged, tokenizer
+
+    def forget(self, adapter_dir: Path) -> None:
+        """Drop cached merged models from an adapter folder (its model was deleted)."""
+        with self._lock:
+            for path in [path for path in self._merged if path.is_relative_to(adapter_dir)]:
+                del self._merged[path]
+
+
+class Busy(Exception):
+    """Too many generations are waiting already."""
+
+
+class Generator:
+    """Run chat generations with a cap on how many run at once and how many may wait."""
+
+    def __init__(self, pool: ModelPool, max_concurrent: int, max_queued: int) -> None:
+        self.pool = pool
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_waiting = max_concurrent + max_queued
+        self._admitted = 0
+
+    async def stream(self, target: Target, messages: list[dict[str, Any]], *, max_tokens: int,
+                     temperature: float, top_p: float, seed: int | None, stats: Generated) -> AsyncIterator[str]:
+        """Yield the reply's text piece by piece; stats is complete once the iterator ends."""
+        if self._admitted >= self._max_waiting:
+            raise Busy
+        self._admitted += 1
+        try:
+            async with self._slots:
+                async for piece in self._generate(target, messages, max_tokens, temperature, top_p, seed, stats):
+                    yield piece
+        finally:
+            self._admitted -= 1
+
+    async def _generate(self, target: Target, messages: list[dict[str, Any]], max_tokens: int, temperature: float,
+                        top_p: float, seed: int | None, stats: Generated) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        model, tokenizer = await asyncio.to_thread(self.pool.get, target)
+        prompt = tokenizer.apply_chat_template(chat_messages(messages), add_generation_prompt=True,
+                                               tokenize=False)
+        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        stop = threading.Event()
+        streamer = _QueueStreamer(tokenizer, loop, queue)
+        options: dict[str, Any] = {"max_new_tokens": max_tokens, "streamer": streamer,
+                                   "stopping_criteria": StoppingCriteriaList([_StopWhen(stop)]),
+                                   "pad_token_id": tokenizer.pad_token_id}
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature, top_p=top_p)
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        stats.prompt_tokens = int(inputs["input_ids"].shape[1])
+
+        def run() -> None:
+            try:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                with torch.inference_mode():
+                    output = model.generate(**inputs, **options)
+                new = output[0, stats.prompt_tokens:]
+                stats.completion_tokens = int(new.shape[0])
+                ended = new.shape[0] > 0 and int(new[-1]) in _eos_ids(model, tokenizer)
+                stats.finish_reason = "length" if stats.completion_tokens >= max_tokens and not ended else "stop"
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        worker = loop.run_in_executor(None, run)
+        try:
+            while (piece := await queue.get()) is not None:
+                yield piece
+            await worker
+        finally:
+            stop.set()  # the client went away or the stream ended: free the thread at once
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids

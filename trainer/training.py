@@ -1,0 +1,246 @@
+"""LoRA supervised fine-tuning: chat examples to tokens with assistant-only labels, and the training loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer.modeling import load_model
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One example as token ids, with labels only on the assistant's tokens (IGNORE elsewhere)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def content_text(content: Any) -> str:
+    """Flatten a message's content (a string or a list of parts) to its text."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    assert isinstance(text, str)
+    return text
+
+
+def chat_messages(raw: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """Keep what a chat template understands: the role and the text of each message."""
+    return [{"role": str(message.get("role", "user")), "content": content_text(message.get("content"))}
+            for message in raw]
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, raw_messages: list[dict[str, Any]], max_len: int) -> Encoded:
+    """Tokenize one chat through the model's template; label the assistant turns that carry weight 1."""
+    messages = chat_messages(raw_messages)
+    full = _render(tokenizer, messages, False)
+    spans: list[tuple[int, int]] = []
+    for index, message in enumerate(raw_messages):
+        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
+            continue
+        # The template renders a prefix of the chat as a prefix of the full text, so the assistant turn spans
+        # from the end of "everything before + generation prompt" to the end of "everything up to it".
+        start = len(_render(tokenizer, messages[:index], True)) if index else 0
+        end = len(_render(tokenizer, messages[: index + 1], False))
+        spans.append((start, end))
+    encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = encoding["input_ids"][:max_len]
+    labels = [IGNORE] * len(ids)
+    for position, (token_start, token_end) in enumerate(encoding["offset_mapping"][:max_len]):
+        if any(start <= token_start < end for start, end in spans) and token_end > token_start:
+            labels[position] = ids[position]
+    return Encoded(ids, labels)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a checked chat JSONL file into its examples (blank lines skipped)."""
+    with path.open(encoding="utf-8-sig") as stream:
+        return [json.loads(line) for line in stream if line.strip()]
+
+
+def encode_file(tokenizer: PreTrainedTokenizerBase, path: Path, max_len: int) -> list[Encoded]:
+    """Encode every trainable example of a chat file; examples with nothing to learn are dropped."""
+    encoded = [encode_chat(tokenizer, example["messages"], max_len) for example in read_jsonl(path)]
+    return [example for example in encoded if any(label != IGNORE for label in example.labels[1:])]
+
+
+def collate(batch: Sequence[Encoded], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad a batch to its longest example: ids, attention mask and labels."""
+    width = max(len(example.input_ids) for example in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, example in enumerate(batch):
+        ids[row, : len(example.input_ids)] = torch.tensor(example.input_ids)
+        labels[row, : len(example.labels)] = torch.tensor(example.labels)
+        mask[row, : len(example.input_ids)] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Mean next-token loss over labelled tokens, the count of correct argmax guesses, and the label count."""
+    shifted = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    loss = F.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
+    with torch.no_grad():
+        labelled = targets != IGNORE
+        correct = (shifted.argmax(-1) == targets)[labelled].sum()
+    return loss, correct, int(labelled.sum())
+
+
+def batches(examples: Sequence[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
+    """Shuffle one epoch's examples reproducibly (same seed and epoch, same order, also after a resume)."""
+    order = list(range(len(examples)))
+    random.Random(seed * 1000 + epoch).shuffle(order)
+    return [[examples[i] for i in order[start : start + batch_size]] for start in range(0, len(order), batch_size)]
+
+
+def lora_model(model: PreTrainedModel, r: int, alpha: int) -> PeftModel:
+    """Wrap a model with fresh LoRA adapters on all its linear layers."""
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def linear_schedule(total_steps: int) -> Any:
+    """Return the learning-rate factor for a step: a linear decay to a tenth, so the last steps still learn."""
+    return lambda step: 1.0 - 0.9 * min(step, total_steps) / max(1, total_steps)
+
+
+class Reporter(Protocol):
+    """What the training loop tells the outside world (the worker writes it to the database)."""
+
+    def step(self, metrics: dict[str, Any], trained_tokens: int, seconds_per_step: float) -> None:
+        """Record one step's metrics."""
+
+    def checkpoint(self, epoch: int, step: int, path: Path, metrics: dict[str, Any], final: bool) -> None:
+        """Record a saved epoch checkpoint."""
+
+
+@dataclass
+class TrainSpec:
+    """Everything one training run needs."""
+
+    source: str
+    device: str
+    train: list[Encoded]
+    valid: list[Encoded]
+    pad_id: int
+    n_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    lora_r: int
+    lora_alpha: int
+    out_dir: Path
+    resume_from: Path | None = None
+    eval_every: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    adapter_dir: Path
+    trained_tokens: int
+    steps: int
+    metrics: list[dict[str, Any]]
+
+
+def evaluate(model: torch.nn.Module, examples: Sequence[Encoded], batch_size: int, pad_id: int,
+             device: str) -> tuple[float, float]:
+    """Mean loss and token accuracy over examples, weighted by their labelled tokens."""
+    total_loss, total_correct, total_count = 0.0, 0, 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            ids, mask, labels = collate(examples[start : start + batch_size], pad_id, device)
+            loss, correct, count = loss_and_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+            total_loss += float(loss) * count
+            total_correct += int(correct)
+            total_count += count
+    model.train()
+    return total_loss / max(1, total_count), total_correct / max(1, total_count)
+
+
+def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
+    """Train LoRA adapters epoch by epoch, saving a resumable checkpoint after each epoch."""
+    torch.manual_seed(spec.seed)
+    steps_per_epoch = math.ceil(len(spec.train) / spec.batch_size)
+    total_steps = steps_per_epoch * spec.n_epochs
+    base = load_model(spec.source, spec.device)
+    if spec.resume_from is not None:
+        model = PeftModel.from_pretrained(base, str(spec.resume_from), is_trainable=True)
+    else:
+        model = lora_model(base, spec.lora_r, spec.lora_alpha)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate,
+                                  weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps))
+    step, start_epoch, trained_tokens = 0, 0, 0
+    if spec.resume_from is not None:
+        state = torch.load(spec.resume_from / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, start_epoch, trained_tokens = state["step"], state["epoch"] + 1, state["trained_tokens"]
+        torch.set_rng_state(state["rng"])
+    eval_every = spec.eval_every or max(1, total_steps // 20)
+    valid_cursor = 0
+    history: list[dict[str, Any]] = []
+    for epoch in range(start_epoch, spec.n_epochs):
+        for batch in batches(spec.train, spec.batch_size, spec.seed, epoch):
+            started = time.perf_counter()
+            ids, mask, labels = collate(batch, spec.pad_id, spec.device)
+            loss, correct, count = loss_and_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            trained_tokens += int(mask.sum())
+            metrics: dict[str, Any] = {"step": step, "train_loss": loss.item(), "total_steps": total_steps,
+                                       "train_mean_token_accuracy": int(correct) / max(1, count)}
+            if spec.valid and (step % eval_every == 0 or step == total_steps):
+                # One validation batch now and then, as OpenAI reports it; the whole set at the end.
+                chunk = [spec.valid[(valid_cursor + i) % len(spec.valid)] for i in range(spec.batch_size)]
+                valid_cursor += spec.batch_size
+                metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = evaluate(
+                    model, chunk, spec.batch_size, spec.pad_id, spec.device)
+                if step == total_steps:
+                    metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = evaluate(
+                        model, spec.valid, spec.batch_size, spec.pad_id, spec.device)
+            history.append(metrics)
+            reporter.step(metrics, trained_tokens, time.perf_counter() - started)
+        path = spec.out_dir / f"ckpt-step-{step}"
+        model.save_pretrained(str(path))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "epoch": epoch, "trained_tokens": trained_tokens, "rng": torch.get_rng_state()},
+                   path / STATE_FILE)
+        reporter.checkpoint(epoch, step, path, history[-1] if history else {}, epoch == spec.n_epochs - 1)
+    final = spec.out_dir / "final"
+    model.save_pretrained(str(final))
+    return TrainResult(final, trained_tokens, step, history)
