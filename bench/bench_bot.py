@@ -430,7 +430,7 @@ async def _start_jobs(bot: ClassroomBot, rooms: list[tuple[FakeGuild, FakeUser]]
     async def one(i: int) -> str:
         guild, student = rooms[i % len(rooms)]
         request = StartRequest(guild_id=guild.id, channel_id=guild.text_channel.id, user_id=student.id,
-                               base_model=bot.settings.default_base_model, n_epochs=epochs, suffix=f"bench{i}")
+                               base_model=await bot.finetune.default_base_model(), n_epochs=epochs, suffix=f"bench{i}")
         async with gate:
             pending = await bot.finetune.prepare(request, Upload("train.jsonl", data), None)
             job = await bot.finetune.start(pending.token, student.id)

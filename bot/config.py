@@ -42,8 +42,8 @@ class Settings:
     discord_gateway_url: str | None
     database_path: Path
     job_poll_seconds: float
-    default_base_model: str
-    tunable_models: tuple[str, ...]
+    default_base_model: str | None  # None: OpenAI's default, or a self-hosted backend's first base model
+    tunable_models: tuple[str, ...]  # empty: OpenAI's fine-tunable list, or what a self-hosted backend lists
     dev_guild_id: int | None
     max_training_file_bytes: int
     worker_processes: int
@@ -78,8 +78,8 @@ class Settings:
             discord_gateway_url=_optional_url(env, "DISCORD_GATEWAY_URL", ("ws://", "wss://")),
             database_path=Path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH),
             job_poll_seconds=_number(env, "JOB_POLL_SECONDS", 10.0, low=0.05, high=3600.0),
-            default_base_model=env.get("DEFAULT_BASE_MODEL", "").strip() or DEFAULT_BASE_MODEL,
-            tunable_models=tunable or DEFAULT_TUNABLE_MODELS,
+            default_base_model=env.get("DEFAULT_BASE_MODEL", "").strip() or None,
+            tunable_models=tunable,
             dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
             max_training_file_bytes=int(_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
             worker_processes=int(_number(env, "WORKER_PROCESSES", float(DEFAULT_WORKER_PROCESSES), low=0, high=64)),

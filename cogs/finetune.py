@@ -66,7 +66,7 @@ class FineTune(commands.Cog):
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
-            base_model=(base_model or self.bot.settings.default_base_model).strip(),
+            base_model=(base_model or await self.service.default_base_model()).strip(),
             n_epochs=epochs,
             suffix=clean_suffix(suffix),
             is_teacher=await member_is_teacher(interaction),

@@ -59,6 +59,10 @@ class BotRunner:
         if self._task is not None:
             self._task.cancel()
         if self.bot is not None:
+            # The gateway's heartbeat thread outlives a cancelled task; a real crash ends it with the process.
+            keep_alive = getattr(self.bot.ws, "_keep_alive", None) if self.bot.ws is not None else None
+            if keep_alive is not None:
+                keep_alive.stop()
             for cog in list(self.bot.cogs.values()):
                 for name in dir(cog):
                     loop = getattr(cog, name, None)
@@ -118,6 +122,8 @@ def make_settings(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: 
         "DISCORD_GATEWAY_URL": fake_discord.gateway_url,
         "DATABASE_PATH": str(tmp_path / "bot.sqlite3"),
         "JOB_POLL_SECONDS": "0.05",
+        # The fake is an OpenAI-compatible URL, so the bot would take the first model it lists; pin OpenAI's default.
+        "DEFAULT_BASE_MODEL": "gpt-4o-mini-2024-07-18",
         # Threads, not worker processes: a process pool costs a second to start in every test. The process path
         # is exercised by tests/test_main_process.py, which runs `python -m bot` with the default.
         "WORKER_PROCESSES": "0",

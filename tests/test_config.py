@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import DEFAULT_TUNABLE_MODELS, ConfigError, Settings
+from bot.config import ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"DISCORD_TOKEN": "abc.def.ghi", "OPENAI_API_KEY": "sk-secret-value"}
@@ -20,8 +20,8 @@ def test_settings_with_defaults_reads_token_and_key() -> None:
     settings = Settings.from_env(BASE)
     assert settings.job_poll_seconds == 10.0
     assert settings.database_path == Path("./data/classroom.sqlite3")
-    assert settings.tunable_models == DEFAULT_TUNABLE_MODELS
-    assert settings.default_base_model == "gpt-4o-mini-2024-07-18"
+    assert settings.tunable_models == ()  # the service falls back to OpenAI's list or the backend's
+    assert settings.default_base_model is None
 
 
 def test_settings_repr_hides_secrets() -> None:
@@ -78,7 +78,7 @@ def test_python_m_bot_without_token_exits_with_one_line(tmp_path: Path) -> None:
     """`python -m bot` with no token exits non-zero printing one line that names DISCORD_TOKEN."""
     env = {k: v for k, v in os.environ.items() if k not in {"DISCORD_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL"}}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, "-m", "bot"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "bot"], check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode != 0
     lines = [line for line in done.stderr.splitlines() if line.strip()]

@@ -313,3 +313,18 @@ async def test_job_created_but_never_recorded_is_adopted_at_restart(classroom: C
     classroom.openai.complete(created.id)
     notice = await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10)
     assert f"<@{classroom.student.id}>" in notice[0].content and "is trained" in notice[0].text()
+
+
+async def test_base_model_autocomplete_offers_the_backends_base_models(classroom: Classroom) -> None:
+    """On an OpenAI-compatible backend the choices are its base models (the default first), never fine-tuned ones."""
+    classroom.openai.add_fine_tuned_model("ft:gpt-4o-mini-2024-07-18:org:other:abc12345")
+    choices = await classroom.discord.autocomplete(classroom.guild, classroom.student, "finetune start",
+                                                   "base_model", "")
+    values = [c["value"] for c in choices]
+    assert values[0] == "gpt-4o-mini-2024-07-18"
+    assert set(values) >= set(classroom.openai.base_models) - set(classroom.openai.retired)
+    assert not any(v.startswith("ft:") for v in values)
+    typed = await classroom.discord.autocomplete(classroom.guild, classroom.student, "finetune start",
+                                                 "base_model", "4.1-mini")
+    typed_values = [c["value"] for c in typed]
+    assert "gpt-4.1-mini-2025-04-14" in typed_values and all("4.1-mini" in v for v in typed_values)

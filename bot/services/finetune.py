@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Protocol
 
 from bot import errors
-from bot.config import Settings
+from bot.config import DEFAULT_BASE_MODEL, DEFAULT_TUNABLE_MODELS, Settings
 from bot.openai_gateway import FineTuningGateway
 from bot.services.dataset_check import CheckResult, DatasetCheckService
 from bot.services.workers import CpuWorkers
@@ -295,7 +295,8 @@ class FineTuneService:
     # Base models -------------------------------------------------------------------------------------------
 
     async def base_models(self) -> list[str]:
-        """Models a class can fine-tune: the configured list, plus the base models a self-hosted backend lists."""
+        """Models a class can fine-tune: FINETUNE_MODELS, else OpenAI's fine-tunable list, or on a self-hosted
+        backend the base models it lists (added to FINETUNE_MODELS when that is set)."""
         stamp, cached = self._models
         if time.monotonic() - stamp > MODEL_CACHE_SECONDS:
             cached = list(self.settings.tunable_models)
@@ -305,13 +306,22 @@ class FineTuneService:
                 except errors.UserFacingError:
                     listed = []  # autocomplete must not fail; the configured list still shows
                 cached += [m.id for m in listed if not m.id.startswith("ft:") and m.id not in cached]
+            cached = cached or list(DEFAULT_TUNABLE_MODELS)
             self._models = (time.monotonic(), cached)
         return cached
+
+    async def default_base_model(self) -> str:
+        """DEFAULT_BASE_MODEL, else OpenAI's default, or a self-hosted backend's first base model."""
+        if self.settings.default_base_model:
+            return self.settings.default_base_model
+        if self.settings.self_hosted:
+            return (await self.base_models())[0]
+        return DEFAULT_BASE_MODEL
 
     async def base_model_choices(self, current: str) -> list[str]:
         """Up to 25 base models matching what the user typed; the default first, retired ones last."""
         current = current.lower().strip()
-        names = [self.settings.default_base_model] + await self.base_models()
+        names = [await self.default_base_model()] + await self.base_models()
         unique = list(dict.fromkeys(n for n in names if current in n.lower()))
         unique.sort(key=lambda n: _is_retired(n))
         return unique[:25]
