@@ -21,10 +21,10 @@ from bot.services.governance import (
     CleanupResult,
     GovernanceService,
     ModerationNotice,
-    money,
     report_csv,
 )
 from cogs import _ui
+from dataset_rules.models import format_usd
 from storage.models import Approval, ClassSettings, Job
 
 if TYPE_CHECKING:
@@ -447,10 +447,10 @@ def settings_embed(settings: ClassSettings, cap: float | None, committed: float,
     embed.add_field(name=t("gov.settings.teacher_channel", locale),
                     value=f"<#{settings.teacher_channel_id}>" if settings.teacher_channel_id else none)
     if cap is None:
-        budget = t("gov.settings.no_cap", locale, spent=money(committed))
+        budget = t("gov.settings.no_cap", locale, spent=format_usd(committed))
     else:
-        budget = t("gov.settings.budget_value", locale, cap=money(cap), spent=money(committed),
-                   left=money(max(0.0, cap - committed)))
+        budget = t("gov.settings.budget_value", locale, cap=format_usd(cap), spent=format_usd(committed),
+                   left=format_usd(max(0.0, cap - committed)))
     embed.add_field(name=t("gov.settings.budget", locale), value=budget, inline=False)
     embed.add_field(name=t("gov.settings.jobs_per_day", locale), value=_limit(settings.jobs_per_day, locale))
     embed.add_field(name=t("gov.settings.max_examples", locale), value=_limit(settings.max_examples, locale))
@@ -478,7 +478,7 @@ def report_embed(report: ClassReport, locale: str) -> discord.Embed:
         return embed
     lines = [
         t("gov.report.line", locale, user=f"<@{s.user_id}>", jobs=s.jobs, tokens=f"{s.trained_tokens:,}",
-          estimated=money(s.estimated_usd), actual=money(s.actual_usd),
+          estimated=format_usd(s.estimated_usd), actual=format_usd(s.actual_usd),
           models=", ".join(f"`{m}`" for m in (s.models or s.base_models)))
         for s in report.students[:MAX_STUDENTS_SHOWN]
     ]
@@ -488,12 +488,12 @@ def report_embed(report: ClassReport, locale: str) -> discord.Embed:
     total = report.total
     embed.add_field(name=t("gov.report.total", locale),
                     value=t("gov.report.total_value", locale, jobs=total.jobs, tokens=f"{total.trained_tokens:,}",
-                            estimated=money(total.estimated_usd), actual=money(total.actual_usd)), inline=False)
+                            estimated=format_usd(total.estimated_usd), actual=format_usd(total.actual_usd)), inline=False)
     if report.budget_usd is not None:
         embed.add_field(name=t("gov.settings.budget", locale),
-                        value=t("gov.settings.budget_value", locale, cap=money(report.budget_usd),
-                                spent=money(report.committed_usd),
-                                left=money(max(0.0, report.budget_usd - report.committed_usd))), inline=False)
+                        value=t("gov.settings.budget_value", locale, cap=format_usd(report.budget_usd),
+                                spent=format_usd(report.committed_usd),
+                                left=format_usd(max(0.0, report.budget_usd - report.committed_usd))), inline=False)
     return embed
 
 
@@ -540,8 +540,8 @@ def approval_embed(approval: Approval, cap: float | None, committed: float, loca
     embed.add_field(name=t("card.cost", locale), value=_ui.cost_text(approval.estimated_usd, locale))
     if cap is not None:
         embed.add_field(name=t("gov.settings.budget", locale),
-                        value=t("gov.settings.budget_value", locale, cap=money(cap), spent=money(committed),
-                                left=money(max(0.0, cap - committed))), inline=False)
+                        value=t("gov.settings.budget_value", locale, cap=format_usd(cap), spent=format_usd(committed),
+                                left=format_usd(max(0.0, cap - committed))), inline=False)
     embed.set_footer(text=approval.id)
     return embed
 

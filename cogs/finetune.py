@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from bot import errors
 from bot.i18n import t
-from bot.services.finetune import PENDING_TTL_SECONDS, FineTuneService, StartRequest, Upload, clean_suffix
+from bot.services.finetune import PENDING_TTL_SECONDS, FineTuneService, StartRequest, Upload, clean_suffix, jsonl_name
 from bot.services.governance import APPROVAL_TTL_SECONDS
 from bot.services.monitor import MonitorService
 from cogs import _ui
@@ -194,7 +194,7 @@ def _converted_file(training: Upload, pending: Any) -> discord.File | None:
     converted = pending.check.converted_jsonl
     if converted is None:
         return None
-    name = training.filename.rsplit(".", 1)[0] + ".jsonl"
+    name = jsonl_name(training.filename)
     return discord.File(io.BytesIO(converted), filename=name)
 
 

@@ -103,7 +103,7 @@ def info_or_default(name: str, prices: dict[str, float] | None = None) -> ModelI
 
 
 def format_usd(amount: float) -> str:
-    """Dollars for people: cents shown, and amounts under a cent as "<$0.01" rather than a misleading $0.00."""
+    """Dollars for people: cents, or four decimals for an amount under a cent (never a misleading $0.00)."""
     if 0 < amount < 0.01:
-        return "<$0.01"
+        return f"${amount:.4f}"
     return f"${amount:,.2f}"

@@ -327,10 +327,15 @@ class FineTuneService:
         return unique[:25]
 
 
+def jsonl_name(filename: str) -> str:
+    """The name a converted table goes by: the same name, ending in .jsonl."""
+    return filename.rsplit(".", 1)[0] + ".jsonl"
+
+
 def _upload_form(upload: Upload, converted: bytes | None) -> tuple[str, bytes]:
     # A converted CSV/TSV goes up as the JSONL it became, named after the original.
     if converted is not None:
-        return upload.filename.rsplit(".", 1)[0] + ".jsonl", converted
+        return jsonl_name(upload.filename), converted
     return upload.filename, upload.data
 
 

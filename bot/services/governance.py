@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.finetune import PendingStart
+from dataset_rules.models import format_usd
 from dataset_rules.models import lookup as lookup_model
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
@@ -451,14 +452,7 @@ def _decide(snapshot: SpendSnapshot, cost: float, *, counts_quota: bool) -> None
         raise QuotaExceededError(limit=settings.jobs_per_day)
     if settings.budget_usd is not None and snapshot.committed_usd + cost > settings.budget_usd + _EPSILON_USD:
         left = max(0.0, settings.budget_usd - snapshot.committed_usd)
-        raise BudgetExceededError(left=money(left), cost=money(cost), cap=money(settings.budget_usd))
-
-
-def money(usd: float) -> str:
-    """Dollars for people: cents, or more digits when a sum is under a cent."""
-    if 0 < usd < 0.01:
-        return f"${usd:.4f}"
-    return f"${usd:,.2f}"
+        raise BudgetExceededError(left=format_usd(left), cost=format_usd(cost), cap=format_usd(settings.budget_usd))
 
 
 @dataclass
