@@ -199,9 +199,18 @@ class FineTuningGateway:
             await stream.close()
 
     async def moderate(self, texts: Sequence[str]) -> list[bool]:
-        """Whether each text is flagged by the backend's moderation endpoint."""
-        result = await self._call("moderate", lambda: self.client.moderations.create(input=list(texts)))
-        return [bool(r.flagged) for r in result.results]
+        """Whether each text is flagged by the backend's moderation endpoint.
+
+        Read as plain JSON, like chat chunks: the typed result (every category and score of every text) costs more
+        than the request itself when a class's streaming replies are checked."""
+        body = await self._call(
+            "moderate",
+            lambda: self.client.post("/moderations", body={"input": list(texts)}, cast_to=object),
+        )
+        results = body.get("results") if isinstance(body, dict) else None
+        if not isinstance(results, list) or len(results) != len(texts):
+            raise errors.UpstreamDownError()
+        return [bool(isinstance(r, dict) and r.get("flagged")) for r in results]
 
     # Errors ------------------------------------------------------------------------------------------------
 

@@ -114,6 +114,7 @@ async def test_chat_streamed_edits_never_exceed_rate_limit(classroom: Classroom)
     window = 0.5  # Discord's 5 edits per 5 s, scaled down ten times so the test stays fast
     classroom.bot.chat.edit_budget = EditBudget(5, window)
     classroom.bot.chat.min_edit_interval = window / 10
+    classroom.bot.chat.moderation_interval = window / 10  # the reply is checked (and shown) as often as it is edited
     classroom.discord.rate_limit_edits = (5, window)
     classroom.openai.stream_token_delay = 0.006
     words = " ".join(f"token{i}" for i in range(300))

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 DISCORD_MESSAGE_CHARS = 2000
 # One message is edited at most this often, so a burst of tokens cannot use up the channel's budget at once.
 MIN_EDIT_INTERVAL_SECONDS = EDIT_WINDOW_SECONDS / EDITS_PER_WINDOW
+# A streaming reply is passed to the moderation hook at most this often (and once more at its end).
+MODERATION_INTERVAL_SECONDS = 2.0
 REPLY_MAX_TOKENS = 1500
 COMPARE_MAX_TOKENS = 500
 # Sending a whole 128k-token history every turn would be slow and costly for a class: history stops here.
@@ -315,6 +317,7 @@ class ChatService:
         self.history_token_cap = history_token_cap
         self.reply_max_tokens = reply_max_tokens
         self.min_edit_interval = MIN_EDIT_INTERVAL_SECONDS
+        self.moderation_interval = MODERATION_INTERVAL_SECONDS
         self._threads: OrderedDict[int, ChatThread | None] = OrderedDict()
         self._models: tuple[float, list[str] | None] = (0.0, None)
 
@@ -544,16 +547,24 @@ class ChatService:
         renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval,
                                  first_edit_delay=self.min_edit_interval * random.uniform(0.5, 1.5))
         budget, channel = self.edit_budget, sink.channel_id
-        checked = 0  # characters of the reply the moderation hook has passed
+        unchecked = ""  # streamed text the moderation hook has not passed yet: it is not shown until it has
+        checked_at = -self.moderation_interval
         try:
             async for piece in pieces:
-                renderer.add(piece)
+                if self.moderate is None:
+                    renderer.add(piece)
+                else:
+                    unchecked += piece
+                    now = budget.clock()
+                    # The first words are checked at once (the reply appears quickly), later ones in batches: a
+                    # class of streaming replies then makes a few moderation calls a second, not one per edit.
+                    if not renderer.text.strip() or now - checked_at >= self.moderation_interval:
+                        if not await self.is_allowed(guild_id, renderer.text + unchecked):
+                            return await self._hold_back(renderer, sink, locale)
+                        renderer.add(unchecked)
+                        unchecked, checked_at = "", now
                 # Posts first: a new part must not wait for an edit budget that a previous part used up.
                 actions = sorted(renderer.due(budget.clock()), key=lambda a: a.kind != "post")
-                if actions and len(renderer.text) > checked:
-                    if not await self.is_allowed(guild_id, renderer.text):
-                        return await self._hold_back(renderer, sink, locale)
-                    checked = len(renderer.text)
                 for action in actions:
                     if action.kind == "post":
                         await sink.post(action.text)
@@ -569,11 +580,13 @@ class ChatService:
             raise chat_error(exc, model) from None
         finally:
             await pieces.aclose()
+        if unchecked:
+            if not await self.is_allowed(guild_id, renderer.text + unchecked):
+                return await self._hold_back(renderer, sink, locale)
+            renderer.add(unchecked)
         if not renderer.text.strip():
             await sink.post(t("chat.empty_reply", locale))
             return Delivered("", 1)
-        if len(renderer.text) > checked and not await self.is_allowed(guild_id, renderer.text):
-            return await self._hold_back(renderer, sink, locale)
         if before_final is not None:
             await before_final(renderer.text.strip())
         for action in renderer.due(budget.clock(), final=True):
