@@ -153,7 +153,12 @@ class ClassroomBot(commands.Bot):
         if await self.meta.get(_TREE_HASH_KEY) == digest:
             log.info("Command tree unchanged; not syncing")
             return
-        synced = await self.tree.sync(guild=guild)
+        try:
+            synced = await self.tree.sync(guild=guild)
+        except discord.HTTPException as exc:
+            # Old commands keep working; the hash is not stored, so the next start tries again.
+            log.warning("Could not sync commands (HTTP %s); trying again at the next start", exc.status)
+            return
         await self.meta.set(_TREE_HASH_KEY, digest)
         log.info("Synced %d commands (%s)", len(synced), f"guild {guild.id}" if guild else "global")
 

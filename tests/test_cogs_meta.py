@@ -7,7 +7,7 @@ import importlib
 from discord import app_commands
 
 from bot.client import EXTENSIONS
-from tests.conftest import Classroom
+from tests.conftest import BotRunner, Classroom, make_settings
 
 
 def test_every_extension_has_setup() -> None:
@@ -46,3 +46,16 @@ async def test_commands_are_synced_once_and_korean_descriptions_sent(classroom: 
     assert len(syncs) == 1
     finetune = next(c for c in classroom.discord.global_commands if c["name"] == "finetune")
     assert "파인튜닝" in finetune["description_localizations"]["ko"]
+
+
+async def test_failed_sync_still_starts_and_retries_next_start(fake_discord, fake_openai, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A command sync that Discord refuses does not stop the bot; the next start syncs again."""
+    fake_discord.add_guild("Class 1")
+    runner = BotRunner(make_settings(fake_discord, fake_openai, tmp_path), fake_discord)
+    fake_discord.fail_next("PUT", r"/applications/\d+/commands", status=503)
+    await runner.start()
+    assert fake_discord.global_commands == []
+    await runner.stop()
+    await runner.start()
+    assert any(c["name"] == "finetune" for c in fake_discord.global_commands)
+    await runner.stop()
