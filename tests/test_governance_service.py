@@ -21,6 +21,7 @@ from bot.services.governance import (
     MODERATION_SAMPLE_CAP,
     BudgetExceededError,
     GovernanceService,
+    ModerationCoalescer,
     QuotaExceededError,
     build_report,
     job_cost,
@@ -250,3 +251,36 @@ async def test_settings_round_trip_and_clear(parts: Parts) -> None:
     assert settings.budget_usd is None and settings.allowed_models == () and settings.teacher_role_id == 5
     assert await parts.service.is_teacher(GUILD, manages_server=False, role_ids={5})
     assert not await parts.service.is_teacher(OTHER_GUILD, manages_server=False, role_ids={5})
+
+
+async def test_moderation_coalescer_shares_one_request_between_callers_at_once() -> None:
+    """Chat texts checked at the same moment go out in one moderation request, each caller getting its own flags."""
+    sent: list[list[str]] = []
+
+    async def send(texts: list[str]) -> list[bool]:
+        sent.append(texts)
+        await asyncio.sleep(0)
+        return [text.startswith("bad") for text in texts]
+
+    coalescer = ModerationCoalescer(send, max_batch=32)
+    results = await asyncio.gather(*(coalescer.check([f"{'bad' if i % 3 == 0 else 'ok'}-{i}"]) for i in range(10)))
+    assert results == [[i % 3 == 0] for i in range(10)]
+    assert len(sent) <= 2 and sum(len(batch) for batch in sent) == 10
+
+
+async def test_moderation_coalescer_gives_each_caller_the_error() -> None:
+    """When the shared request fails, every caller sees the failure (and the next request works)."""
+    calls = 0
+
+    async def send(texts: list[str]) -> list[bool]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise errors.UpstreamBusyError()
+        return [False] * len(texts)
+
+    coalescer = ModerationCoalescer(send, max_batch=2)
+    outcomes = await asyncio.gather(coalescer.check(["a"]), coalescer.check(["b"]), coalescer.check(["c"]),
+                                    return_exceptions=True)
+    assert isinstance(outcomes[0], errors.UpstreamBusyError) and isinstance(outcomes[1], errors.UpstreamBusyError)
+    assert outcomes[2] == [False]
