@@ -13,12 +13,12 @@ from storage.models import Checkpoint, JobProgress, MetricPoint, NewJob
 
 def new_job(job_id: str = "ftjob-1", guild_id: int = 10, created_at: int = 1000, **overrides: object) -> NewJob:
     """A job as recorded right after creation."""
-    values: dict[str, object] = dict(
-        id=job_id, guild_id=guild_id, channel_id=20, user_id=30, base_model="gpt-4o-mini-2024-07-18",
-        method="supervised", suffix="poems", n_epochs=3, training_file_id="file-1", validation_file_id=None,
-        training_filename="poems.jsonl", examples=12, estimated_tokens=3000, estimated_cost_usd=0.009,
-        status="validating_files", created_at=created_at,
-    )
+    values: dict[str, object] = {
+        "id": job_id, "guild_id": guild_id, "channel_id": 20, "user_id": 30, "base_model": "gpt-4o-mini-2024-07-18",
+        "method": "supervised", "suffix": "poems", "n_epochs": 3, "training_file_id": "file-1", "validation_file_id": None,
+        "training_filename": "poems.jsonl", "examples": 12, "estimated_tokens": 3000, "estimated_cost_usd": 0.009,
+        "status": "validating_files", "created_at": created_at,
+    }
     values.update(overrides)
     return NewJob(**values)  # type: ignore[arg-type]
 
