@@ -61,30 +61,40 @@ def chat_jsonl(target_bytes: int) -> tuple[bytes, int]:
 # ----- /finetune start, shared by both ways of running the fakes ---------------------------------------------
 
 
-async def dispatch_starts(fake: FakeDiscord, guild: FakeGuild, students: list[FakeUser], data: bytes,
-                          spread: float) -> list[FakeInteraction]:
-    """Each student runs /finetune start with its own copy of `data`, all at once or spread over `spread` s."""
-    sent: list[FakeInteraction] = []
+async def run_starts(fake: FakeDiscord, guild: FakeGuild, students: list[FakeUser], data: bytes, examples: int,
+                     spread: float, timeout: float) -> list[dict[str, Any]]:
+    """Each student runs /finetune start with its own copy of `data`, all at once or spread over `spread` s; wait
+    for every card (at most `timeout` s; a timeout is reported, not raised) and return one record per command."""
     n = len(students)
+    sent: list[FakeInteraction] = []
+    card_at: dict[int, float] = {}
+
+    def note_cards() -> bool | None:
+        # The card is the first followup; it fills the deferred message, so its time is when it is first seen here
+        # (the fake re-checks this on every change it sees).
+        now = time.monotonic()
+        for inter in sent:
+            if inter.id not in card_at and inter.followups:
+                card_at[inter.id] = now
+        return len(card_at) >= n or None
 
     async def one(i: int, student: FakeUser) -> None:
         await asyncio.sleep(spread * i / n if spread > 0 else 0)
         attachment = fake.attachment("train.jsonl", data)
         sent.append(await fake.slash(guild, student, "finetune start", training_file=attachment))
 
-    await asyncio.wait_for(asyncio.gather(*(one(i, s) for i, s in enumerate(students))), spread + 30)
-    return sent
-
-
-async def wait_cards(fake: FakeDiscord, sent: list[FakeInteraction], timeout: float) -> None:
-    """Wait until every interaction has its card (a followup), or `timeout` s; a timeout is reported, not raised."""
+    recorder = asyncio.create_task(fake.wait_for(note_cards, spread + timeout, "every card"))
     try:
-        await fake.wait_for(lambda: all(i.followups for i in sent) or None, timeout, "every card")
+        await asyncio.wait_for(asyncio.gather(*(one(i, s) for i, s in enumerate(students))), spread + 30)
+        await recorder
     except TimeoutError:
-        log.warning("not every card arrived within %.0f s", timeout)
+        log.warning("only %d of %d cards arrived in time", len(card_at), n)
+    finally:
+        recorder.cancel()
+    return [start_record(inter, card_at.get(inter.id), examples) for inter in sent]
 
 
-def start_record(inter: FakeInteraction, examples: int) -> dict[str, Any]:
+def start_record(inter: FakeInteraction, card_at: float | None, examples: int) -> dict[str, Any]:
     """One /finetune start as plain JSON: when it was sent, deferred and carded, and whether the card is right."""
     card = inter.followups[0] if inter.followups else None
     has_start = False
@@ -99,7 +109,7 @@ def start_record(inter: FakeInteraction, examples: int) -> dict[str, Any]:
         "dispatched_at": inter.dispatched_at,
         "callback_at": inter.callback_at,
         "callback_type": inter.callback["type"] if inter.callback else None,
-        "card_at": card.created if card is not None else None,
+        "card_at": card_at,
         "card_ok": has_start and card is not None and f"{examples:,}" in card.text(),
     }
 
@@ -219,10 +229,10 @@ class FakesServer:
         """Every student runs /finetune start; answer once every card arrived (or `timeout` s passed)."""
         body = await request.json()
         students = [self.users[u] for u in body.get("students", list(self.users))]
-        sent = await dispatch_starts(self.discord, self.guild, students, self.start_data, body["spread"])
-        await wait_cards(self.discord, sent, body["timeout"])
+        records = await run_starts(self.discord, self.guild, students, self.start_data, self.start_examples,
+                                   body["spread"], body["timeout"])
         return web.json_response({
-            "interactions": [start_record(i, self.start_examples) for i in sent],
+            "interactions": records,
             "fakes_peak_rss_mb": peak_rss_mb(),
         })
 
