@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 DEFERRED = 5
 MB = 2**20
 DISCORD_INTERACTION_WINDOW = 3.0
+PRODUCTION_POLL_SECONDS = 10.0  # JOB_POLL_SECONDS's default; the tests' 0.05 s would tick 20 times a second
+# After ready, the watcher's first look at the backend (the openai SDK's first request, which imports its HTTP stack)
+# takes ~30 ms of the loop; a class does not arrive in the bot's first second.
+STARTS_SETTLE_SECONDS = 2.0
 _JOB_PATH = re.compile(r"^/v1/fine_tuning/jobs/([^/]+)(/events)?$")
 _CHANNEL_MESSAGE = re.compile(r"/channels/\d+/messages(/\d+)?$")
 
@@ -143,14 +147,16 @@ async def fakes() -> AsyncIterator[tuple[FakeDiscord, FakeOpenAI]]:
 # ----- 1. many /finetune start at once --------------------------------------------------------------------
 
 
-async def bench_starts(n: int, size_mb: float, spread: float, timeout: float, in_process: bool) -> dict[str, Any]:
+async def bench_starts(n: int, size_mb: float, spread: float, timeout: float, in_process: bool,
+                       settle: float = STARTS_SETTLE_SECONDS) -> dict[str, Any]:
     """n students each run /finetune start with a ~size_mb MB valid file, all at once or spread over `spread` s.
 
     By default the fakes run in a second process (a real bot's loop does not carry Discord's side); with
-    `in_process` they share the bot's process and event loop, as the first version of this bench did.
+    `in_process` they share the bot's process and event loop, as the first version of this bench did. The burst
+    comes `settle` s after the bot is ready, as a class arrives after start-up, not during it.
     """
     run = _starts_in_process if in_process else _starts_remote
-    figures = await run(n, size_mb, spread, timeout)
+    figures = await run(n, size_mb, spread, timeout, settle)
     _print_start_figures(figures)
     return figures
 
@@ -161,7 +167,7 @@ def _print_start_header(n: int, size: int, examples: int, spread: float, in_proc
           f"{'in the bot process (one event loop)' if in_process else 'in a second process'} ==")
 
 
-async def _starts_in_process(n: int, size_mb: float, spread: float, timeout: float) -> dict[str, Any]:
+async def _starts_in_process(n: int, size_mb: float, spread: float, timeout: float, settle: float) -> dict[str, Any]:
     """The bot and both fakes in this process and on one event loop."""
     data, examples = chat_jsonl(int(size_mb * MB))
     _print_start_header(n, len(data), examples, spread, True)
@@ -171,7 +177,8 @@ async def _starts_in_process(n: int, size_mb: float, spread: float, timeout: flo
         students = [fake_discord.add_user(f"student{i}") for i in range(n)]
         for student in students:
             guild.add_member(student)
-        async with running_bot(fake_discord, fake_openai) as bot:
+        async with running_bot(fake_discord, fake_openai, job_poll_seconds=PRODUCTION_POLL_SECONDS) as bot:
+            await asyncio.sleep(settle)
             rss_before = rss_mb()
             received = record_interaction_receipts(bot)
             probe = Probe().start()
@@ -183,13 +190,14 @@ async def _starts_in_process(n: int, size_mb: float, spread: float, timeout: flo
     return {"fakes": "in-process", **figures}
 
 
-async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float) -> dict[str, Any]:
+async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float, settle: float) -> dict[str, Any]:
     """The bot alone in this process; both fakes in a second one (bench/_remote_fakes.py)."""
     remote = await RemoteFakes(timeout=spread + timeout + 120).start()
     try:
         world = await remote.call("/starts/setup", {"students": n, "mb": size_mb})
         _print_start_header(n, world["bytes"], world["examples"], spread, False)
         async with running_remote_bot(world) as bot:
+            await asyncio.sleep(settle)
             rss_before = rss_mb()
             received = record_interaction_receipts(bot)
             probe = Probe().start()
@@ -205,13 +213,14 @@ async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float) 
 
 @contextlib.asynccontextmanager
 async def running_remote_bot(world: dict[str, Any]) -> AsyncIterator[ClassroomBot]:
-    """The real ClassroomBot against the fakes' process (settings as tests.conftest.make_settings), stopped after."""
+    """The real ClassroomBot against the fakes' process (as tests.conftest.make_settings, but the production watcher
+    interval and worker processes), stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
         settings = Settings.from_env({
             "DISCORD_TOKEN": "bench.discord.token", "OPENAI_API_KEY": world["api_key"],
             "OPENAI_BASE_URL": world["openai"], "DISCORD_API_BASE_URL": world["discord_api"],
             "DISCORD_GATEWAY_URL": world["gateway"], "DATABASE_PATH": str(Path(tmp) / "bot.sqlite3"),
-            "JOB_POLL_SECONDS": "0.05", "DEFAULT_BASE_MODEL": DEFAULT_BASE_MODEL,
+            "JOB_POLL_SECONDS": str(PRODUCTION_POLL_SECONDS), "DEFAULT_BASE_MODEL": DEFAULT_BASE_MODEL,
             "WORKER_PROCESSES": str(DEFAULT_WORKER_PROCESSES),
         })
         bot = ClassroomBot(settings, guild_ready_timeout=0.05)
@@ -520,6 +529,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--in-process", action="store_true",
                         help="starts: run the fakes in the bot's process and event loop (the old way) instead of a "
                              "second process")
+    parser.add_argument("--settle", type=float, default=STARTS_SETTLE_SECONDS,
+                        help="starts: seconds between the bot being ready and the burst")
     parser.add_argument("--card-timeout", type=float, default=900.0, help="give up waiting for cards after this")
     parser.add_argument("--running", type=int, default=500, help="running jobs the watcher polls")
     parser.add_argument("--finished", type=int, default=50, help="finished jobs, announced in the first tick")
@@ -542,7 +553,7 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"python": sys.version.split()[0], "cpus": psutil.cpu_count()}
     if args.scenario in ("all", "starts"):
         figures["starts"] = await bench_starts(args.starts, args.mb, args.spread, args.card_timeout,
-                                               args.in_process)
+                                               args.in_process, args.settle)
     if args.scenario in ("all", "watcher"):
         if args.ticks * args.steps_per_tick >= args.examples * args.epochs:
             raise SystemExit("--ticks x --steps-per-tick must stay below --examples x --epochs (jobs keep running)")
