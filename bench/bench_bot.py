@@ -1,9 +1,10 @@
-"""Benchmarks of the core bot: the REAL ClassroomBot against the loopback fakes, all in one process.
+"""Benchmarks of the core bot: the REAL ClassroomBot against the loopback fakes.
 
 1. `starts`: many students run /finetune start at once with big attachments; how fast each interaction is deferred
-   (Discord drops it after 3 s), how long until each card arrives, and the process's peak memory.
+   (Discord drops it after 3 s), how long until each card arrives, and the bot process's peak memory. The fakes
+   run in a second process (bench/_remote_fakes.py), as Discord does; `--in-process` puts them on the bot's loop.
 2. `watcher`: hundreds of running jobs (plus finished, already announced ones); API calls and time per watcher tick
-   while metric events arrive between ticks.
+   while metric events arrive between ticks (the fakes in the bot's process: the bench counts their requests).
 
 Run from the repository root:  python -m bench.bench_bot --help   (or python bench/bench_bot.py ...).
 """
@@ -32,8 +33,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import psutil
 
+from bench._remote_fakes import RemoteFakes, chat_jsonl, chat_line, run_starts
 from bot.client import ClassroomBot
-from bot.config import DEFAULT_WORKER_PROCESSES
+from bot.config import DEFAULT_BASE_MODEL, DEFAULT_WORKER_PROCESSES, Settings
 from bot.services import charts
 from bot.services.finetune import StartRequest, Upload
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS
@@ -47,30 +49,15 @@ log = logging.getLogger(__name__)
 DEFERRED = 5
 MB = 2**20
 DISCORD_INTERACTION_WINDOW = 3.0
+PRODUCTION_POLL_SECONDS = 10.0  # JOB_POLL_SECONDS's default; the tests' 0.05 s would tick 20 times a second
+# After ready, the watcher's first look at the backend (the openai SDK's first request, which imports its HTTP stack)
+# takes ~30 ms of the loop; a class does not arrive in the bot's first second.
+STARTS_SETTLE_SECONDS = 2.0
 _JOB_PATH = re.compile(r"^/v1/fine_tuning/jobs/([^/]+)(/events)?$")
 _CHANNEL_MESSAGE = re.compile(r"/channels/\d+/messages(/\d+)?$")
 
 
 # ----- helpers ---------------------------------------------------------------------------------------------
-
-
-def chat_line(i: int) -> str:
-    """One valid chat-format example (about 500 bytes), different for each i."""
-    return json.dumps({"messages": [
-        {"role": "system", "content": "You are a patient tutor for a class of teenagers."},
-        {"role": "user", "content": f"Question {i}: why is {i} squared equal to {i * i}? Step by step, please."},
-        {"role": "assistant", "content": f"Sure! {i} times {i} adds {i} to itself {i} times, giving {i * i}. " * 3},
-    ]}, ensure_ascii=False) + "\n"
-
-
-def chat_jsonl(target_bytes: int) -> tuple[bytes, int]:
-    """A valid chat-format JSONL of about `target_bytes` (and its number of examples)."""
-    lines: list[str] = []
-    size = 0
-    while size < target_bytes:
-        lines.append(chat_line(len(lines)))
-        size += len(lines[-1].encode())
-    return "".join(lines).encode(), len(lines)
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -160,46 +147,97 @@ async def fakes() -> AsyncIterator[tuple[FakeDiscord, FakeOpenAI]]:
 # ----- 1. many /finetune start at once --------------------------------------------------------------------
 
 
-async def bench_starts(n: int, size_mb: float, spread: float, timeout: float) -> dict[str, Any]:
-    """n students each run /finetune start with a ~size_mb MB valid file, all at once or spread over `spread` s."""
+async def bench_starts(n: int, size_mb: float, spread: float, timeout: float, in_process: bool,
+                       settle: float = STARTS_SETTLE_SECONDS) -> dict[str, Any]:
+    """n students each run /finetune start with a ~size_mb MB valid file, all at once or spread over `spread` s.
+
+    By default the fakes run in a second process (a real bot's loop does not carry Discord's side); with
+    `in_process` they share the bot's process and event loop, as the first version of this bench did. The burst
+    comes `settle` s after the bot is ready, as a class arrives after start-up, not during it.
+    """
+    run = _starts_in_process if in_process else _starts_remote
+    figures = await run(n, size_mb, spread, timeout, settle)
+    _print_start_figures(figures)
+    return figures
+
+
+def _print_start_header(n: int, size: int, examples: int, spread: float, in_process: bool) -> None:
+    print(f"\n== /finetune start x{n}, {size / MB:.1f} MiB each ({examples} examples), "
+          f"arrivals {'all at once' if spread <= 0 else f'spread over {spread:g} s'}, fakes "
+          f"{'in the bot process (one event loop)' if in_process else 'in a second process'} ==")
+
+
+async def _starts_in_process(n: int, size_mb: float, spread: float, timeout: float, settle: float) -> dict[str, Any]:
+    """The bot and both fakes in this process and on one event loop."""
     data, examples = chat_jsonl(int(size_mb * MB))
-    print(f"\n== /finetune start x{n}, {len(data) / MB:.1f} MiB each ({examples} examples), "
-          f"arrivals {'all at once' if spread <= 0 else f'spread over {spread:g} s'} ==")
+    _print_start_header(n, len(data), examples, spread, True)
     async with fakes() as (fake_discord, fake_openai):
         guild = fake_discord.add_guild("Big class")
         # One student per command: the command's cooldown is per (server, user), 3 a minute.
         students = [fake_discord.add_user(f"student{i}") for i in range(n)]
         for student in students:
             guild.add_member(student)
-        async with running_bot(fake_discord, fake_openai) as bot:
+        async with running_bot(fake_discord, fake_openai, job_poll_seconds=PRODUCTION_POLL_SECONDS) as bot:
+            await asyncio.sleep(settle)
             rss_before = rss_mb()
             received = record_interaction_receipts(bot)
-            sent: list[FakeInteraction] = []
-            card_at: dict[int, float] = {}
-
-            def record_cards() -> bool | None:
-                now = time.monotonic()
-                for inter in sent:
-                    if inter.id not in card_at and inter.followups:
-                        card_at[inter.id] = now
-                return len(card_at) >= n or None
-
-            async def one(i: int, student: FakeUser) -> None:
-                await asyncio.sleep(spread * i / n if spread > 0 else 0)
-                attachment = fake_discord.attachment("train.jsonl", data)
-                sent.append(await fake_discord.slash(guild, student, "finetune start", training_file=attachment))
-
             probe = Probe().start()
             started = time.monotonic()
-            recorder = asyncio.create_task(fake_discord.wait_for(record_cards, timeout, "every card"))
-            await asyncio.wait_for(asyncio.gather(*(one(i, s) for i, s in enumerate(students))), spread + 30)
-            with contextlib.suppress(TimeoutError):
-                await recorder
+            records = await run_starts(fake_discord, guild, students, data, examples, spread, timeout)
             wall = time.monotonic() - started
             await probe.stop()
-            figures = _start_figures(sent, card_at, received, n, wall, probe, rss_before, examples, bot)
-    _print_start_figures(figures)
-    return figures
+            figures = _start_figures(records, received, n, wall, probe, rss_before, bot)
+    return {"fakes": "in-process", **figures}
+
+
+async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float, settle: float) -> dict[str, Any]:
+    """The bot alone in this process; both fakes in a second one (bench/_remote_fakes.py)."""
+    remote = await RemoteFakes(timeout=spread + timeout + 120).start()
+    try:
+        world = await remote.call("/starts/setup", {"students": n, "mb": size_mb})
+        _print_start_header(n, world["bytes"], world["examples"], spread, False)
+        async with running_remote_bot(world) as bot:
+            await asyncio.sleep(settle)
+            rss_before = rss_mb()
+            received = record_interaction_receipts(bot)
+            probe = Probe().start()
+            started = time.monotonic()
+            results = await remote.call("/starts/run", {"spread": spread, "timeout": timeout})
+            wall = time.monotonic() - started
+            await probe.stop()
+            figures = _start_figures(results["interactions"], received, n, wall, probe, rss_before, bot)
+    finally:
+        await remote.stop()
+    return {"fakes": "second process", **figures, "fakes_rss_peak_process_mb": results["fakes_peak_rss_mb"]}
+
+
+@contextlib.asynccontextmanager
+async def running_remote_bot(world: dict[str, Any]) -> AsyncIterator[ClassroomBot]:
+    """The real ClassroomBot against the fakes' process (as tests.conftest.make_settings, but the production watcher
+    interval and worker processes), stopped after."""
+    with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
+        settings = Settings.from_env({
+            "DISCORD_TOKEN": "bench.discord.token", "OPENAI_API_KEY": world["api_key"],
+            "OPENAI_BASE_URL": world["openai"], "DISCORD_API_BASE_URL": world["discord_api"],
+            "DISCORD_GATEWAY_URL": world["gateway"], "DATABASE_PATH": str(Path(tmp) / "bot.sqlite3"),
+            "JOB_POLL_SECONDS": str(PRODUCTION_POLL_SECONDS), "DEFAULT_BASE_MODEL": DEFAULT_BASE_MODEL,
+            "WORKER_PROCESSES": str(DEFAULT_WORKER_PROCESSES),
+        })
+        bot = ClassroomBot(settings, guild_ready_timeout=0.05)
+        task = asyncio.create_task(bot.start(settings.discord_token), name="bot")
+        ready = asyncio.create_task(bot.wait_until_ready())
+        done, _ = await asyncio.wait({ready, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            if task in done:
+                task.result()  # raises the bot's own error
+            raise RuntimeError("the bot was not ready in 30 s")
+        try:
+            yield bot
+        finally:
+            await asyncio.wait_for(bot.close(), 10)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(task, 10)
 
 
 def record_interaction_receipts(bot: ClassroomBot) -> dict[int, float]:
@@ -216,15 +254,16 @@ def record_interaction_receipts(bot: ClassroomBot) -> dict[int, float]:
     return received
 
 
-def _start_figures(sent: list[FakeInteraction], card_at: dict[int, float], received: dict[int, float], n: int,
-                   wall: float, probe: Probe, rss_before: float, examples: int, bot: ClassroomBot) -> dict[str, Any]:
-    answered = [i for i in sent if i.callback_at is not None and i.callback and i.callback["type"] == DEFERRED]
-    deferral = [i.callback_at - i.dispatched_at for i in answered]  # type: ignore[operator]
+def _start_figures(records: list[dict[str, Any]], received: dict[int, float], n: int, wall: float, probe: Probe,
+                   rss_before: float, bot: ClassroomBot) -> dict[str, Any]:
+    """The figures from each interaction's record (bench._remote_fakes.start_record; times are time.monotonic,
+    one clock for both processes on Linux)."""
+    answered = [r for r in records if r["callback_at"] is not None and r["callback_type"] == DEFERRED]
+    deferral = [r["callback_at"] - r["dispatched_at"] for r in answered]
     # Split: the fake's gateway queue and the socket (dispatch -> parsed), then the bot (parsed -> callback).
-    delivery = [received[i.id] - i.dispatched_at for i in answered if i.id in received]
-    in_bot = [i.callback_at - received[i.id] for i in answered if i.id in received]  # type: ignore[operator]
-    cards = [card_at[i.id] - i.dispatched_at for i in sent if i.id in card_at]
-    good = sum(1 for i in sent if i.followups and _has_start(i) and f"{examples:,}" in i.followups[0].text())
+    delivery = [received[r["id"]] - r["dispatched_at"] for r in answered if r["id"] in received]
+    in_bot = [r["callback_at"] - received[r["id"]] for r in answered if r["id"] in received]
+    cards = [r["card_at"] - r["dispatched_at"] for r in records if r["card_at"] is not None]
     return {
         "interactions": n,
         "deferred": len(deferral),
@@ -235,7 +274,7 @@ def _start_figures(sent: list[FakeInteraction], card_at: dict[int, float], recei
         "delivery_p50_s": pct(delivery, 50), "delivery_p99_s": pct(delivery, 99),
         "in_bot_p50_s": pct(in_bot, 50), "in_bot_p99_s": pct(in_bot, 99),
         "in_bot_max_s": max(in_bot, default=float("nan")),
-        "cards": len(cards), "cards_with_start_button": good,
+        "cards": len(cards), "cards_with_start_button": sum(1 for r in records if r["card_ok"]),
         "card_p50_s": pct(cards, 50), "card_p99_s": pct(cards, 99), "card_max_s": max(cards, default=float("nan")),
         "wall_s": wall,
         "loop_lag_p50_s": pct(probe.lags, 50), "loop_lag_p99_s": pct(probe.lags, 99),
@@ -243,14 +282,6 @@ def _start_figures(sent: list[FakeInteraction], card_at: dict[int, float], recei
         "rss_before_mb": rss_before, "rss_peak_sampled_mb": probe.peak_rss_mb, "rss_peak_process_mb": max_rss_mb(),
         "rss_after_mb": rss_mb(), "pending_starts_held": len(bot.finetune._pending),
     }
-
-
-def _has_start(inter: FakeInteraction) -> bool:
-    try:
-        inter.followups[0].button("Start")
-    except KeyError:
-        return False
-    return True
 
 
 def _print_start_figures(f: dict[str, Any]) -> None:
@@ -265,11 +296,13 @@ def _print_start_figures(f: dict[str, Any]) -> None:
           f"and the right example count")
     print(f"interaction -> card: p50 {f['card_p50_s']:.2f} s, p99 {f['card_p99_s']:.2f} s, "
           f"max {f['card_max_s']:.2f} s (all cards in {f['wall_s']:.1f} s)")
-    print(f"event-loop lag (10 ms sleep overshoot): p50 {ms(f['loop_lag_p50_s'])}, p99 {ms(f['loop_lag_p99_s'])}, "
-          f"max {ms(f['loop_lag_max_s'])}")
-    print(f"RSS: {f['rss_before_mb']:.0f} MiB before, peak {f['rss_peak_sampled_mb']:.0f} MiB sampled "
-          f"(process peak {f['rss_peak_process_mb']:.0f} MiB), {f['rss_after_mb']:.0f} MiB after; "
-          f"pending starts waiting (their files on disk): {f['pending_starts_held']}")
+    print(f"event-loop lag of the bot process (10 ms sleep overshoot): p50 {ms(f['loop_lag_p50_s'])}, "
+          f"p99 {ms(f['loop_lag_p99_s'])}, max {ms(f['loop_lag_max_s'])}")
+    fakes_rss = f.get("fakes_rss_peak_process_mb")
+    print(f"RSS of the bot process: {f['rss_before_mb']:.0f} MiB before, peak {f['rss_peak_sampled_mb']:.0f} MiB "
+          f"sampled (process peak {f['rss_peak_process_mb']:.0f} MiB), {f['rss_after_mb']:.0f} MiB after; "
+          f"pending starts waiting (their files on disk): {f['pending_starts_held']}"
+          + (f"; fakes' process peak {fakes_rss:.0f} MiB" if fakes_rss is not None else ""))
 
 
 # ----- 2. the watcher with hundreds of jobs ---------------------------------------------------------------
@@ -493,6 +526,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mb", type=float, default=10.0, help="size of each training file in MiB")
     parser.add_argument("--spread", type=float, default=0.0,
                         help="seconds over which the starts arrive (0: all at once)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="starts: run the fakes in the bot's process and event loop (the old way) instead of a "
+                             "second process")
+    parser.add_argument("--settle", type=float, default=STARTS_SETTLE_SECONDS,
+                        help="starts: seconds between the bot being ready and the burst")
     parser.add_argument("--card-timeout", type=float, default=900.0, help="give up waiting for cards after this")
     parser.add_argument("--running", type=int, default=500, help="running jobs the watcher polls")
     parser.add_argument("--finished", type=int, default=50, help="finished jobs, announced in the first tick")
@@ -514,7 +552,8 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     """Run the chosen scenarios and return their figures."""
     figures: dict[str, Any] = {"python": sys.version.split()[0], "cpus": psutil.cpu_count()}
     if args.scenario in ("all", "starts"):
-        figures["starts"] = await bench_starts(args.starts, args.mb, args.spread, args.card_timeout)
+        figures["starts"] = await bench_starts(args.starts, args.mb, args.spread, args.card_timeout,
+                                               args.in_process, args.settle)
     if args.scenario in ("all", "watcher"):
         if args.ticks * args.steps_per_tick >= args.examples * args.epochs:
             raise SystemExit("--ticks x --steps-per-tick must stay below --examples x --epochs (jobs keep running)")

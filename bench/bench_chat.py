@@ -1,7 +1,8 @@
 """Benchmark: many concurrent chat threads streaming from a steady fake model into a fake Discord.
 
 The real bot (discord.py, the openai SDK, aiosqlite, ChatService) runs in this process; the loopback fakes of
-Discord and OpenAI run in a second process (as the real services run elsewhere), driven over a small control API.
+Discord and OpenAI run in a second process (as the real services run elsewhere), driven over a small control API
+(bench/_remote_fakes.py).
 
 Figures:
 - first token -> first visible message: from the bot receiving a reply's first streamed piece to fake Discord
@@ -29,135 +30,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._remote_fakes import RemoteFakes
 from bot.client import ClassroomBot
 from bot.config import Settings
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser
-from tests.fakes.openai import FakeOpenAI
 
 LAG_PROBE_SECONDS = 0.01
-MODEL = "gpt-4o-mini"
-
-
-class FakesServer:
-    """The fakes' process: fake Discord and fake OpenAI, plus a small control API the benchmark drives them with."""
-
-    def __init__(self) -> None:
-        self.discord: FakeDiscord
-        self.openai: FakeOpenAI
-        self.guild: FakeGuild
-        self.users: dict[int, FakeUser] = {}
-
-    async def serve(self) -> None:
-        """Start everything and print the control port (the parent reads it), then serve until killed."""
-        self.discord = await FakeDiscord().start()
-        self.openai = await FakeOpenAI().start()
-        app = web.Application()
-        app.router.add_post("/setup", self.setup)
-        app.router.add_post("/open", self.open_thread)
-        app.router.add_post("/say", self.say)
-        app.router.add_post("/wait", self.wait)
-        app.router.add_get("/results", self.results)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        print(runner.addresses[0][1], flush=True)
-        await asyncio.Event().wait()
-
-    async def setup(self, request: web.Request) -> web.Response:
-        """Build the class: one guild, N students; the model streams `tokens` tokens at a steady rate."""
-        body = await request.json()
-        tokens = " ".join(f"tok{j}" for j in range(body["tokens"]))
-        self.openai.chat_reply = lambda model, messages: tokens
-        self.openai.stream_token_delay = body["token_delay"]
-        # Enforce Discord's edit limit in the fake too: any excess would show as a 429.
-        self.discord.rate_limit_edits = (5, 5.0)
-        self.guild = self.discord.add_guild("Bench class")
-        for i in range(body["conversations"]):
-            user = self.discord.add_user(f"student{i}")
-            self.guild.add_member(user)
-            self.users[user.id] = user
-        return web.json_response({
-            "discord_api": self.discord.api_base, "gateway": self.discord.gateway_url,
-            "openai": self.openai.base_url, "api_key": self.openai.api_key, "students": list(self.users),
-        })
-
-    async def open_thread(self, request: web.Request) -> web.Response:
-        """A student runs /chat start; answer with the new thread's id."""
-        body = await request.json()
-        before = len(self.discord.threads(self.guild))
-        interaction = await self.discord.slash(self.guild, self.users[body["user"]], "chat start", model=MODEL)
-        await interaction.followup(timeout=30)
-        return web.json_response({"thread": self.discord.threads(self.guild)[before].id})
-
-    async def say(self, request: web.Request) -> web.Response:
-        """A student writes in a thread."""
-        body = await request.json()
-        await self.discord.say(body["thread"], self.users[body["user"]], body["text"])
-        return web.json_response({"at": time.monotonic()})
-
-    async def wait(self, request: web.Request) -> web.Response:
-        """Wait until a thread holds `count` complete answers (ending with `ending`)."""
-        body = await request.json()
-
-        def complete() -> bool:
-            done = sum(1 for m in self.discord.messages(body["thread"]) if m.content.endswith(body["ending"]))
-            return done >= body["count"]
-
-        await self.discord.wait_for(complete, timeout=120, what="complete answers")
-        return web.json_response({})
-
-    async def results(self, request: web.Request) -> web.Response:
-        """Every bot message per thread with its creation and edit times; the worst edit window; 429s."""
-        threads = {}
-        for thread in self.discord.threads(self.guild):
-            threads[str(thread.id)] = {
-                "max_edits_5s": self.discord.max_edits_in_window(thread.id, 5.0),
-                "messages": [{"created": m.created, "edits": [at for at, _ in m.edits], "content": m.content}
-                             for m in self.discord.messages(thread) if m.author_id == self.discord.bot_user.id],
-            }
-        limited = sum(1 for r in self.discord.requests if r.status == 429)
-        return web.json_response({"threads": threads, "http_429": limited})
-
-
-class Fakes:
-    """The benchmark's handle on the fakes' process (time.monotonic is one clock for both processes on Linux)."""
-
-    def __init__(self) -> None:
-        self.process: asyncio.subprocess.Process | None = None
-        self.session: aiohttp.ClientSession | None = None
-        self.base = ""
-
-    async def start(self) -> None:
-        """Start the fakes' process and wait for its control port."""
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--serve-fakes", stdout=asyncio.subprocess.PIPE)
-        assert self.process.stdout is not None
-        port = int((await asyncio.wait_for(self.process.stdout.readline(), 30)).decode().strip())
-        self.base = f"http://127.0.0.1:{port}"
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180))
-
-    async def call(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        """POST (or GET without a body) to the control API."""
-        assert self.session is not None
-        method = self.session.post(self.base + path, json=body) if body is not None else self.session.get(
-            self.base + path)
-        async with method as response:
-            response.raise_for_status()
-            return await response.json()
-
-    async def stop(self) -> None:
-        """Stop the fakes' process."""
-        if self.session is not None:
-            await self.session.close()
-        if self.process is not None:
-            self.process.terminate()
-            await asyncio.wait_for(self.process.wait(), 10)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -199,8 +78,7 @@ async def idle_probe(seconds: float) -> None:
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark and return its figures."""
     logging.basicConfig(level=logging.WARNING)
-    fakes = Fakes()
-    await fakes.start()
+    fakes = await RemoteFakes().start()
     world = await fakes.call("/setup", {"conversations": args.conversations, "tokens": args.tokens,
                                         "token_delay": args.token_delay})
     students: list[int] = world["students"]
@@ -301,16 +179,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--token-delay", type=float, default=0.02, help="seconds between streamed tokens")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--serve-fakes", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--idle-probe", type=float, default=0.0, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     options = parse_args()
-    if options.serve_fakes:
-        asyncio.run(FakesServer().serve())
-        raise SystemExit(0)
     if options.idle_probe:
         asyncio.run(idle_probe(options.idle_probe))
         raise SystemExit(0)
