@@ -215,11 +215,7 @@ class GovernanceRepository:
 
     async def resources(self, guild_id: int, user_id: int | None = None) -> list[BackendResource]:
         """Files and models this server's ended jobs made at the backend, not yet deleted (optionally one user's)."""
-        params: list[Param] = [guild_id]
-        mine = ""
-        if user_id is not None:
-            mine = " AND user_id = ?"
-            params.append(user_id)
+        mine, params = _of_user(guild_id, user_id)
         rows = await self.db.fetch_all(
             "SELECT id, user_id, training_file_id, validation_file_id, fine_tuned_model FROM jobs "
             f"WHERE guild_id = ?{mine} AND status IN ({_TERMINAL_SQL}) ORDER BY created_at, rowid",
@@ -240,11 +236,7 @@ class GovernanceRepository:
 
     async def running_jobs(self, guild_id: int, user_id: int | None = None) -> int:
         """How many of the server's (or the user's) jobs have not ended: their files stay while they train."""
-        params: list[Param] = [guild_id]
-        mine = ""
-        if user_id is not None:
-            mine = " AND user_id = ?"
-            params.append(user_id)
+        mine, params = _of_user(guild_id, user_id)
         row = await self.db.fetch_one(
             f"SELECT count(*) FROM jobs WHERE guild_id = ?{mine} AND status NOT IN ({_TERMINAL_SQL})", params
         )
@@ -281,3 +273,10 @@ class GovernanceRepository:
 
 def _now() -> int:
     return int(time.time())
+
+
+def _of_user(guild_id: int, user_id: int | None) -> tuple[str, list[Param]]:
+    """A jobs filter for a server, narrowed to one user when given: the extra SQL and all the parameters."""
+    if user_id is None:
+        return "", [guild_id]
+    return " AND user_id = ?", [guild_id, user_id]

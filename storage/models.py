@@ -8,52 +8,6 @@ TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 @dataclass(frozen=True)
-class Job:
-    """A fine-tuning job started from Discord, as the bot last saw it."""
-
-    id: str
-    guild_id: int
-    channel_id: int
-    user_id: int
-    base_model: str
-    method: str
-    suffix: str | None
-    n_epochs: int | None
-    training_file_id: str
-    validation_file_id: str | None
-    training_filename: str
-    examples: int
-    estimated_tokens: int
-    estimated_cost_usd: float | None
-    status: str
-    fine_tuned_model: str | None
-    trained_tokens: int | None
-    error_code: str | None
-    error_message: str | None
-    total_steps: int | None
-    estimated_finish: int | None
-    last_event_id: str | None
-    progress_message_id: int | None
-    chart_step: int
-    notice_message_id: int | None
-    orphaned: bool
-    created_at: int
-    started_at: int | None
-    finished_at: int | None
-    updated_at: int
-
-    @property
-    def is_terminal(self) -> bool:
-        """Succeeded, failed or cancelled. Unknown statuses (e.g. paused) count as still running."""
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def needs_watching(self) -> bool:
-        """Still running, or ended without its notice posted yet."""
-        return self.notice_message_id is None and not self.orphaned
-
-
-@dataclass(frozen=True)
 class NewJob:
     """What the bot records when a job has been created at the backend."""
 
@@ -73,6 +27,36 @@ class NewJob:
     estimated_cost_usd: float | None
     status: str
     created_at: int
+
+
+@dataclass(frozen=True)
+class Job(NewJob):
+    """A fine-tuning job started from Discord, as the bot last saw it: what was recorded, and what it has done."""
+
+    fine_tuned_model: str | None
+    trained_tokens: int | None
+    error_code: str | None
+    error_message: str | None
+    total_steps: int | None
+    estimated_finish: int | None
+    last_event_id: str | None
+    progress_message_id: int | None
+    chart_step: int
+    notice_message_id: int | None
+    orphaned: bool
+    started_at: int | None
+    finished_at: int | None
+    updated_at: int
+
+    @property
+    def is_terminal(self) -> bool:
+        """Succeeded, failed or cancelled. Unknown statuses (e.g. paused) count as still running."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def needs_watching(self) -> bool:
+        """Still running, or ended without its notice posted yet."""
+        return self.notice_message_id is None and not self.orphaned
 
 
 @dataclass(frozen=True)
