@@ -16,6 +16,8 @@ from typing import Any, Self, TypeVar
 
 from aiohttp import WSMsgType, web
 
+from tests.fakes._server import serve_on_loopback
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -741,13 +743,7 @@ class FakeDiscord:
 
     async def start(self) -> FakeDiscord:
         """Start listening on 127.0.0.1 on a free port."""
-        app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024 * 1024)
-        self._add_routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_on_loopback(self._middleware, self._add_routes)
         return self
 
     async def close(self) -> None:
@@ -1662,18 +1658,7 @@ class FakeDiscord:
                 msg = None
         if msg is None or msg.deleted:
             return _error(404, 10008, "Unknown Message")
-        if request.method == "GET":
-            return _json(msg.payload())
-        if request.method == "PATCH":
-            payload, files = await self._read_body(request, inter.channel.id)
-            if bad := self._reject(request, payload, files):
-                return bad
-            await self._edit_message(msg, payload, files)
-            return _json(msg.payload())
-        if request.method == "DELETE":
-            await self._delete_message(msg)
-            return web.Response(status=204)
-        raise web.HTTPMethodNotAllowed(request.method, ["GET", "PATCH", "DELETE"])
+        return await self._message_verb(request, msg)
 
     def _channel_or_none(self, request: web.Request) -> FakeChannel | None:
         channel = self._channels.get(int(request.match_info["cid"]))
@@ -1717,15 +1702,20 @@ class FakeDiscord:
         msg = self._messages.get(int(request.match_info["mid"]))
         if msg is None or msg.deleted or msg.channel_id != int(request.match_info["cid"]):
             return _error(404, 10008, "Unknown Message")
+        if request.method == "PATCH" and msg.author_id != self.bot_user.id:
+            # Another user's message: the bot may only change its flags (e.g. suppress embeds).
+            payload, _ = await self._read_body(request, msg.channel_id)
+            if set(payload) - {"flags"}:
+                return _error(403, 50005, "Cannot edit a message authored by another user")
+            msg.flags = int(payload.get("flags") or 0)
+            return _json(msg.payload())
+        return await self._message_verb(request, msg)
+
+    async def _message_verb(self, request: web.Request, msg: FakeMessage) -> web.Response:
+        """GET, PATCH (edit, with files) or DELETE one message, for channel and webhook routes alike."""
         if request.method == "GET":
             return _json(msg.payload())
         if request.method == "PATCH":
-            if msg.author_id != self.bot_user.id:
-                payload, _ = await self._read_body(request, msg.channel_id)
-                if set(payload) - {"flags"}:
-                    return _error(403, 50005, "Cannot edit a message authored by another user")
-                msg.flags = int(payload.get("flags") or 0)
-                return _json(msg.payload())
             payload, files = await self._read_body(request, msg.channel_id)
             if bad := self._reject(request, payload, files):
                 return bad

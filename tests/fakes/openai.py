@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes._server import serve_on_loopback
+
 log = logging.getLogger(__name__)
 
 FINE_TUNABLE = ("gpt-4o-mini-2024-07-18", "gpt-4o-2024-08-06", "gpt-4.1-2025-04-14", "gpt-4.1-mini-2025-04-14")
@@ -267,12 +269,7 @@ class FakeOpenAI:
 
     async def start(self) -> FakeOpenAI:
         """Start listening on 127.0.0.1 on a free port."""
-        app = web.Application(middlewares=[self._middleware], client_max_size=200 * 1024 * 1024)
-        self._add_routes(app.router)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.5)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_on_loopback(self._middleware, self._add_routes)
         return self
 
     async def close(self) -> None:
