@@ -328,3 +328,14 @@ async def test_base_model_autocomplete_offers_the_backends_base_models(classroom
                                                  "base_model", "4.1-mini")
     typed_values = [c["value"] for c in typed]
     assert "gpt-4.1-mini-2025-04-14" in typed_values and all("4.1-mini" in v for v in typed_values)
+
+
+async def test_base_models_right_after_boot_asks_the_backend(classroom: Classroom, monkeypatch: object) -> None:
+    """Minutes after the machine booted (a monotonic clock near zero) the backend's base models are still fetched."""
+    import types
+
+    import bot.services.finetune as finetune
+
+    monkeypatch.setattr(finetune, "time", types.SimpleNamespace(monotonic=lambda: 3.0, time=finetune.time.time))  # type: ignore[attr-defined]
+    models = await classroom.bot.finetune.base_models()
+    assert set(models) >= set(classroom.openai.base_models) - set(classroom.openai.retired)

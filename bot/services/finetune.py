@@ -112,7 +112,8 @@ class FineTuneService:
         self._pending: dict[str, PendingStart] = {}
         # A class may check a hundred big files at once: waiting files sit on disk, not in memory.
         self._staging = tempfile.TemporaryDirectory(prefix="classroom-bot-pending-")
-        self._models: tuple[float, list[str]] = (0.0, [])
+        # None, not 0.0: the monotonic clock counts from boot, so "long ago" would be in the future on a fresh machine.
+        self._models: tuple[float, list[str]] | None = None
 
     # Before the click ---------------------------------------------------------------------------------------
 
@@ -297,17 +298,17 @@ class FineTuneService:
     async def base_models(self) -> list[str]:
         """Models a class can fine-tune: FINETUNE_MODELS, else OpenAI's fine-tunable list, or on a self-hosted
         backend the base models it lists (added to FINETUNE_MODELS when that is set)."""
-        stamp, cached = self._models
-        if time.monotonic() - stamp > MODEL_CACHE_SECONDS:
-            cached = list(self.settings.tunable_models)
-            if self.settings.self_hosted:
-                try:
-                    listed = await self.gateway.list_models()
-                except errors.UserFacingError:
-                    listed = []  # autocomplete must not fail; the configured list still shows
-                cached += [m.id for m in listed if not m.id.startswith("ft:") and m.id not in cached]
-            cached = cached or list(DEFAULT_TUNABLE_MODELS)
-            self._models = (time.monotonic(), cached)
+        if self._models is not None and time.monotonic() - self._models[0] <= MODEL_CACHE_SECONDS:
+            return self._models[1]
+        cached = list(self.settings.tunable_models)
+        if self.settings.self_hosted:
+            try:
+                listed = await self.gateway.list_models()
+            except errors.UserFacingError:
+                listed = []  # autocomplete must not fail; the configured list still shows
+            cached += [m.id for m in listed if not m.id.startswith("ft:") and m.id not in cached]
+        cached = cached or list(DEFAULT_TUNABLE_MODELS)
+        self._models = (time.monotonic(), cached)
         return cached
 
     async def default_base_model(self) -> str:
