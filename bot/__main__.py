@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -17,6 +18,12 @@ def main(argv: list[str]) -> int:
         from bot.cli import main as cli_main
 
         return cli_main(argv)
+    if argv and argv[0] == "backend":
+        # For scripts/run-bot.sh: which backend these settings choose, so it installs the trainer only when needed.
+        from bot.config import backend_of
+
+        print(backend_of(os.environ))
+        return 0
     if argv and argv[0] in {"-h", "--help"}:
         print(__doc__)
         print("Settings: see .env.example and README.md.")
@@ -43,6 +50,7 @@ async def _run(settings: object) -> int:
     import discord
 
     from bot.client import ClassroomBot
+    from bot.trainer_process import TrainerStartError
 
     bot = ClassroomBot(settings)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
@@ -56,6 +64,9 @@ async def _run(settings: object) -> int:
     except discord.LoginFailure:
         logging.getLogger("bot").error("Discord refused the bot token: check DISCORD_TOKEN")
         return 1
+    except TrainerStartError as exc:
+        print(f"The school's trainer could not start: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -23,6 +23,7 @@ from bot.services.governance import GovernanceService
 from bot.services.monitor import MonitorService
 from bot.services.ratelimit import EditBudget
 from bot.services.workers import CpuWorkers
+from bot.trainer_process import TrainerProcess
 from storage.chats import ChatRepository
 from storage.database import Database
 from storage.governance import GovernanceRepository
@@ -99,6 +100,7 @@ class ClassroomBot(commands.Bot):
     edit_budget: EditBudget
     chat: ChatService
     governance: GovernanceService
+    trainer: TrainerProcess | None = None  # the school's own trainer, when the bot runs it
 
     def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.default()
@@ -117,9 +119,17 @@ class ClassroomBot(commands.Bot):
     async def setup_hook(self) -> None:
         """Open storage and the backend, build the services, load the cogs, sync commands if they changed."""
         self.db = await Database.open(self.settings.database_path)
-        self.gateway = FineTuningGateway.create(
-            api_key=self.settings.openai_api_key, base_url=self.settings.openai_base_url
-        )
+        api_key, base_url = self.settings.openai_api_key, self.settings.openai_base_url
+        if self.settings.backend == "trainer":
+            # No backend configured: the school's own trainer, run beside the bot (it still loads models while the
+            # bot connects; until it listens, requests are answered "busy, try again in a moment").
+            self.trainer = TrainerProcess(port=self.settings.trainer_port, data_dir=self.settings.trainer_data_dir,
+                                          api_key=self.settings.trainer_api_key)
+            api_key = await self.trainer.start()
+            base_url = self.trainer.base_url
+        log.info("Fine-tuning backend: %s", {"trainer": "the school's own trainer", "openai": "OpenAI",
+                                              "compatible": "the server at OPENAI_BASE_URL"}[self.settings.backend])
+        self.gateway = FineTuningGateway.create(api_key=api_key, base_url=base_url)
         self.jobs = JobRepository(self.db)
         self.meta = MetaRepository(self.db)
         self.workers = CpuWorkers(self.settings.worker_processes)
@@ -182,6 +192,8 @@ class ClassroomBot(commands.Bot):
             await self.gateway.close()
         if hasattr(self, "db"):
             await self.db.close()
+        if self.trainer is not None:
+            await self.trainer.stop()
 
 
 def _point_discord_at(settings: Settings) -> None:

@@ -7,6 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+
+Backend = Literal["compatible", "openai", "trainer"]
 
 DEFAULT_DATABASE_PATH = "./data/classroom.sqlite3"
 DEFAULT_BASE_MODEL = "gpt-4o-mini-2024-07-18"
@@ -18,6 +21,8 @@ DEFAULT_TUNABLE_MODELS = (
     "gpt-4.1-mini-2025-04-14",
 )
 DISCORD_API_DEFAULT = "https://discord.com/api/v10"
+# The built-in trainer's port when TRAINER_PORT is not set (the same default as `python -m trainer`).
+DEFAULT_TRAINER_PORT = 8400
 # Processes for dataset checks and charts: one per core, at most two (each holds ~100 MB: tokenizer, matplotlib).
 DEFAULT_WORKER_PROCESSES = min(2, os.cpu_count() or 1)
 _API_VERSION = re.compile(r"/api/v\d+/?$")
@@ -48,11 +53,23 @@ class Settings:
     max_training_file_bytes: int
     worker_processes: int
     log_level: str
+    # The built-in trainer (used when neither OPENAI_BASE_URL nor OPENAI_API_KEY is set); its other TRAINER_*
+    # settings reach it through the environment it inherits.
+    trainer_port: int = DEFAULT_TRAINER_PORT
+    trainer_data_dir: Path = Path("./data/trainer")
+    trainer_api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def backend(self) -> Backend:
+        """Which backend the bot speaks to: a configured URL, else OpenAI with a key, else the school's own trainer."""
+        return backend_of({"OPENAI_BASE_URL": self.openai_base_url or "", "OPENAI_API_KEY": self.openai_api_key or ""})
 
     @property
     def self_hosted(self) -> bool:
-        """True when the backend is not OpenAI itself (the trainer or another compatible API)."""
-        return bool(self.openai_base_url) and "api.openai.com" not in (self.openai_base_url or "")
+        """True when the backend is not OpenAI itself (the built-in trainer or another compatible API)."""
+        if self.backend == "compatible":
+            return "api.openai.com" not in (self.openai_base_url or "")
+        return self.backend == "trainer"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -65,10 +82,7 @@ class Settings:
             raise ConfigError("DISCORD_TOKEN", "must not contain spaces")
         base_url = _optional_url(env, "OPENAI_BASE_URL", ("http://", "https://"))
         api_key = env.get("OPENAI_API_KEY", "").strip() or None
-        if api_key is None and base_url is None:
-            raise ConfigError(
-                "OPENAI_API_KEY", "is required (or set OPENAI_BASE_URL to a self-hosted trainer that needs no key)"
-            )
+        database_path = Path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH)
         tunable = tuple(m.strip() for m in env.get("FINETUNE_MODELS", "").split(",") if m.strip())
         return cls(
             discord_token=token,
@@ -76,7 +90,7 @@ class Settings:
             openai_base_url=base_url,
             discord_api_base_url=_discord_api_base(_optional_url(env, "DISCORD_API_BASE_URL", ("http://", "https://"))),
             discord_gateway_url=_optional_url(env, "DISCORD_GATEWAY_URL", ("ws://", "wss://")),
-            database_path=Path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH),
+            database_path=database_path,
             job_poll_seconds=_number(env, "JOB_POLL_SECONDS", 10.0, low=0.05, high=3600.0),
             default_base_model=env.get("DEFAULT_BASE_MODEL", "").strip() or None,
             tunable_models=tunable,
@@ -84,7 +98,18 @@ class Settings:
             max_training_file_bytes=int(_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
             worker_processes=int(_number(env, "WORKER_PROCESSES", float(DEFAULT_WORKER_PROCESSES), low=0, high=64)),
             log_level=_log_level(env),
+            trainer_port=int(_number(env, "TRAINER_PORT", DEFAULT_TRAINER_PORT, low=1, high=65535)),
+            # Beside the bot's database unless set: one data folder for the whole school's installation.
+            trainer_data_dir=Path(env.get("TRAINER_DATA_DIR", "").strip() or database_path.parent / "trainer"),
+            trainer_api_key=env.get("TRAINER_API_KEY", "").strip() or None,
         )
+
+
+def backend_of(env: Mapping[str, str]) -> Backend:
+    """The backend these settings choose, without needing the rest (no Discord token): see Settings.backend."""
+    if env.get("OPENAI_BASE_URL", "").strip():
+        return "compatible"
+    return "openai" if env.get("OPENAI_API_KEY", "").strip() else "trainer"
 
 
 def _optional_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:

@@ -27,6 +27,8 @@ MAX_CHARTS_PER_TICK = 10
 SHUTDOWN_GRACE_SECONDS = 10.0
 # Jobs polled at once: enough to keep a tick short with hundreds of jobs, few enough to be gentle with the API.
 POLL_CONCURRENCY = 16
+# How long the first tick waits for a trainer that started with the bot (torch takes seconds to import).
+TRAINER_START_SECONDS = 60.0
 
 
 class JobMonitor(commands.Cog):
@@ -66,6 +68,9 @@ class JobMonitor(commands.Cog):
     @poll.before_loop
     async def _wait_until_ready(self) -> None:
         await self.bot.wait_until_ready()
+        if self.bot.trainer is not None:
+            # The school's trainer started with the bot: give it a moment to listen before the first look.
+            await self.bot.trainer.wait_listening(timeout=TRAINER_START_SECONDS)
         try:
             await self.monitor.adopt_unrecorded({guild.id for guild in self.bot.guilds})
         except Exception:  # boundary: a backend hiccup at start must not stop the watcher

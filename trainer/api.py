@@ -16,13 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from trainer.config import Settings
+from trainer.config import Settings, is_ip_address
 from trainer.scheduler import Scheduler
 from trainer.store import TERMINAL_STATUSES, Page, Store, new_id
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+MULTIPART_ROUTES = frozenset({"/v1/files"})
 FILE_PURPOSES = frozenset({"fine-tune", "assistants", "batch", "user_data", "evals", "vision"})
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 100.0)}
@@ -53,15 +54,43 @@ class ApiError(Exception):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _refusal(request: web.Request) -> ApiError | None:
+    """Why a request must not reach any route: a foreign Host or Origin, a missing key, a body that is not JSON."""
+    settings = request.app[SETTINGS]
+    # DNS rebinding: a web page whose name resolves to this machine sends its own name as Host.
+    host = (request.headers.get("Host") or "").lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if not (is_ip_address(name) or name in settings.host_names):
+        return ApiError(421, "This trainer does not answer to that host name.", code="invalid_host")
+    # A browser names the page that sent a request; no page of another site may use the trainer.
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower() not in _own_origins(request, host):
+        return ApiError(403, "Requests from web pages of other sites are refused.", code="invalid_origin",
+                        kind="permission_error")
+    sent = request.headers.get("Authorization", "")
+    token = sent[7:] if sent.startswith("Bearer ") else ""
+    assert settings.api_key is not None  # create_app made sure of one
+    if not hmac.compare_digest(token.encode(), settings.api_key.encode()):
+        return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+    # A cross-site form can post text/plain without asking first; JSON routes take application/json only.
+    if request.method == "POST" and request.path not in MULTIPART_ROUTES and request.body_exists \
+            and request.content_type != "application/json":
+        return ApiError(415, "The request body must be JSON with Content-Type: application/json.",
+                        code="unsupported_media_type")
+    return None
+
+
+def _own_origins(request: web.Request, host: str) -> set[str]:
+    return {f"{scheme}://{host}" for scheme in ("http", "https")}
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Check the bearer token (when a key is configured) and turn every failure into OpenAI's error envelope."""
-    key = request.app[SETTINGS].api_key
-    if key is not None:
-        sent = request.headers.get("Authorization", "")
-        token = sent[7:] if sent.startswith("Bearer ") else ""
-        if not hmac.compare_digest(token.encode(), key.encode()):
-            return ApiError(401, "Incorrect API key provided.", code="invalid_api_key").response()
+    """Refuse foreign hosts, origins, keys and bodies, and turn every failure into OpenAI's error envelope."""
+    refusal = _refusal(request)
+    if refusal is not None:
+        log.info("Refused %s %s: %s", request.method, request.path, refusal.code)
+        return refusal.response()
     try:
         return await handler(request)
     except ApiError as error:

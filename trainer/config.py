@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BASE_MODELS = "smollm2-135m-instruct=HuggingFaceTB/SmolLM2-135M-Instruct"
+# Where a generated key is kept, in the data directory, readable by its owner only.
+API_KEY_FILE = "api_key"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class SettingsError(Exception):
@@ -21,7 +28,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 8400
-    api_key: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)  # None until ensure_api_key() read or made one
+    allowed_hosts: tuple[str, ...] = ()  # extra names clients may use in Host (besides IPs and loopback names)
     data_dir: Path = Path("data/trainer")
     base_models: dict[str, str] = field(default_factory=lambda: _parse_models(DEFAULT_BASE_MODELS))
     owner: str = "school"
@@ -44,7 +52,9 @@ class Settings:
         settings = cls(
             host=env.get("TRAINER_HOST", "127.0.0.1").strip() or "127.0.0.1",
             port=_int(env, "TRAINER_PORT", 8400, low=0, high=65535),
-            api_key=env.get("TRAINER_API_KEY") or None,
+            api_key=(env.get("TRAINER_API_KEY") or "").strip() or None,
+            allowed_hosts=tuple(h.strip().lower() for h in env.get("TRAINER_ALLOWED_HOSTS", "").split(",")
+                                if h.strip()),
             data_dir=Path(env.get("TRAINER_DATA_DIR", "data/trainer")),
             base_models=_models(env),
             owner=_owner(env),
@@ -60,11 +70,14 @@ class Settings:
             default_batch_size=_int(env, "TRAINER_DEFAULT_BATCH_SIZE", 4, low=1),
             torch_threads=_int(env, "TRAINER_TORCH_THREADS", 0, low=0),
         )
-        if settings.api_key is None and not is_loopback(settings.host):
-            raise SettingsError(
-                f"TRAINER_API_KEY is required when TRAINER_HOST is not a loopback address ({settings.host})"
-            )
+        if settings.api_key is not None and (len(settings.api_key) < 16 or any(c.isspace() for c in settings.api_key)):
+            raise SettingsError("TRAINER_API_KEY must be at least 16 characters without spaces")
         return settings
+
+    @property
+    def host_names(self) -> frozenset[str]:
+        """The names a client may put in the Host header (IP addresses are always accepted)."""
+        return frozenset({self.host.lower(), *LOOPBACK_NAMES, *self.allowed_hosts})
 
     def to_env(self) -> dict[str, str]:
         """Write these settings back as environment variables, for the worker processes."""
@@ -78,6 +91,7 @@ class Settings:
             "TRAINER_LORA_R": self.lora_r, "TRAINER_LORA_ALPHA": self.lora_alpha,
             "TRAINER_BASE_LEARNING_RATE": self.base_learning_rate,
             "TRAINER_DEFAULT_BATCH_SIZE": self.default_batch_size, "TRAINER_TORCH_THREADS": self.torch_threads,
+            "TRAINER_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
         }
         env = {name: str(value) for name, value in values.items()}
         if self.api_key:
@@ -85,14 +99,38 @@ class Settings:
         return env
 
 
-def is_loopback(host: str) -> bool:
-    """Tell whether a listen address only accepts connections from this machine."""
-    if host == "localhost":
-        return True
+def ensure_api_key(settings: Settings) -> Settings:
+    """Settings with a key: the configured one, else the one generated at first start and kept in the data directory.
+
+    The trainer never answers without a key: any local process or web page could otherwise train and chat on it."""
+    if settings.api_key is not None:
+        return settings
+    path = settings.data_dir / API_KEY_FILE
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return ipaddress.ip_address(host).is_loopback
+        # O_EXCL: two processes starting at once agree on one key (the second reads the first one's).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)  # someone widened it: readable by the owner only, as promised
+        key = path.read_text("utf-8").strip()
+        if len(key) < 16:
+            raise SettingsError(f"TRAINER_API_KEY: the key file {path} is empty or damaged; delete it to make a new one")
+        return replace(settings, api_key=key)
+    key = "sk-trainer-" + secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(key + "\n")
+    log.info("Generated the trainer's API key in %s (readable by its owner only)", path)
+    return replace(settings, api_key=key)
+
+
+def is_ip_address(host: str) -> bool:
+    """Tell whether a Host value (without its port) is an IP literal rather than a name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    return True
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:

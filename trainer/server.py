@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from trainer.api import build_app
-from trainer.config import Settings
+from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
 from trainer.store import Store
 
@@ -63,7 +63,7 @@ class LazyGenerator:
 
 def create_app(settings: Settings) -> web.Application:
     """Build the application with its start-up (recovery, dispatch) and clean-up hooks."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings = ensure_api_key(settings)
     store = Store(settings.data_dir / "trainer.db")
     scheduler = Scheduler(settings, store, training_devices(settings.device))
     app = build_app(settings, store, scheduler, LazyGenerator(settings))

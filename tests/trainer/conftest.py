@@ -104,6 +104,12 @@ class TrainerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
+    def key(self) -> str:
+        """The key clients must send: the configured one, else the one the trainer generated at first start."""
+        configured = self.env.get("TRAINER_API_KEY")
+        return configured or (self.data_dir / "api_key").read_text("utf-8").strip()
+
+    @property
     def base_url(self) -> str:
         """The OpenAI base URL of this server."""
         return f"http://127.0.0.1:{self.port}/v1"
@@ -115,12 +121,11 @@ class TrainerProcess:
         self.process = subprocess.Popen([sys.executable, "-m", "trainer"], env=self.env, cwd=REPO_ROOT,
                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        headers = {"Authorization": f"Bearer {self.env.get('TRAINER_API_KEY', '')}"}
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"trainer exited with {self.process.returncode}: {self.log()[-2000:]}")
             try:
-                request = urllib.request.Request(f"{self.base_url}/models", headers=headers)
+                request = urllib.request.Request(f"{self.base_url}/models")
                 with urllib.request.urlopen(request, timeout=1):
                     return self
             except urllib.error.HTTPError:

