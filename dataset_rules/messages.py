@@ -11,7 +11,7 @@ ERROR_CODES: frozenset[str] = frozenset({
     "too_many_images", "invalid_preference", "mixed_formats", "unsupported_format", "too_few_examples",
     "file_too_large",
     # Added beyond datasets.md:
-    "invalid_content", "table_missing_columns",
+    "invalid_content", "table_missing_columns", "table_cell_too_large",
 })
 WARNING_CODES: frozenset[str] = frozenset({
     "blank_line", "utf8_bom", "example_too_long", "missing_system_message", "missing_user_message",
@@ -122,6 +122,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "ko": "표의 첫 줄에 질문 열과 답변 열의 이름이 있어야 해요(지금: {columns}). "
               "첫 줄의 열 이름을 \"question\"과 \"answer\"(또는 \"질문\"과 \"답변\")로 써 주세요.",
     },
+    "table_cell_too_large": {
+        "en": "A cell in this row is longer than {limit_kb} KB, more than any model reads as one example. "
+              "Shorten it or split it into several rows.",
+        "ko": "이 줄의 칸 하나가 {limit_kb}KB보다 길어서 모델이 예시 하나로 읽을 수 있는 양을 넘어요. "
+              "짧게 줄이거나 여러 줄로 나눠 주세요.",
+    },
     "blank_line": {
         "en": "This line is empty. It is skipped, but you can delete it.",
         "ko": "빈 줄이에요. 건너뛰지만 지워 주는 게 좋아요.",
@@ -196,6 +202,10 @@ HINTS: dict[str, dict[str, str]] = {
     "cp949": {
         "en": "Korean Excel saves CSV this way by default; choose 'CSV UTF-8' when saving.",
         "ko": "한국어 엑셀은 기본으로 이렇게 저장해요. 저장할 때 'CSV UTF-8'을 골라 주세요.",
+    },
+    "too_deep": {
+        "en": "Its brackets are nested thousands of levels deep; a training example never looks like that.",
+        "ko": "괄호가 수천 겹으로 겹쳐 있어요. 학습 예시는 이런 모양이 아니에요.",
     },
     "role_case": {
         "en": "Roles are lowercase: write \"{suggestion}\".",

@@ -134,3 +134,25 @@ def test_service_check_bytes_converts_validation_table_too() -> None:
     assert result.report.ok and result.converted_jsonl is None
     assert result.converted_validation is not None and result.converted_validation.count(b"\n") == 1
     assert result.report.validation_examples == 1
+
+
+GOOD_LINE = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+
+
+@pytest.mark.parametrize(("name", "content", "code", "line"), [
+    ("deep.jsonl", "\n".join([GOOD_LINE] * 11 + ["[" * 100_000 + "]" * 100_000]) + "\n", "invalid_json", 12),
+    ("deep_arguments.jsonl", "\n".join([GOOD_LINE] * 11) + "\n" + json.dumps({"messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "f", "arguments": "[" * 100_000 + "]" * 100_000}}]}]}) + "\n", "invalid_tool_call", 12),
+    ("big_cell.csv", "question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(11)) + "q," + "x" * 140_000 + "\n",
+     "table_cell_too_large", 13),
+], ids=["deep-json", "deep-tool-arguments", "huge-csv-cell"])
+def test_cli_hostile_file_is_a_finding_not_a_crash(capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str,
+                                                   content: str, code: str, line: int) -> None:
+    """Brackets nested 100,000 deep or a 140 KB table cell: a finding at its line and exit 1, never a traceback."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    exit_code, payload = run_json(capsys, str(path))
+    assert exit_code == 1
+    assert {"line": line, "code": code} in [{"line": e["line"], "code": e["code"]} for e in payload["errors"]]  # type: ignore[union-attr]
