@@ -70,12 +70,22 @@ async def _run(settings: object) -> int:
     return 0
 
 
+# Libraries whose DEBUG lines carry what students wrote: discord.py's gateway payloads, aiosqlite's SQL parameters,
+# the openai SDK's request bodies. Whatever LOG_LEVEL says, they log from INFO up (README: no student text in logs).
+STUDENT_TEXT_LOGGERS = ("discord", "aiosqlite", "openai", "httpcore", "httpcore2")
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    # discord.py's own INFO lines are useful; its DEBUG gateway payloads could carry message text, so never below INFO.
-    logging.getLogger("discord").setLevel(max(logging.INFO, logging.getLevelName(level)))
+    floor_student_text_loggers(level)
     for noisy in ("httpx", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def floor_student_text_loggers(level: str) -> None:
+    """Keep the loggers that could write students' text at INFO or above, whatever LOG_LEVEL asks for."""
+    for name in STUDENT_TEXT_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 if __name__ == "__main__":

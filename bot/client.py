@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -101,6 +102,7 @@ class ClassroomBot(commands.Bot):
     chat: ChatService
     governance: GovernanceService
     trainer: TrainerProcess | None = None  # the school's own trainer, when the bot runs it
+    _shutdown: asyncio.Task[None] | None = None
 
     def __init__(self, settings: Settings, *, guild_ready_timeout: float = 2.0) -> None:
         intents = discord.Intents.default()
@@ -182,7 +184,15 @@ class ClassroomBot(commands.Bot):
         log.info("Ready as %s in %d servers", self.user, len(self.guilds))
 
     async def close(self) -> None:
-        """Stop the cogs, then the backend client and the database."""
+        """Shut down once, whoever asks first (SIGTERM's handler and the end of `async with bot` both do)."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._close_everything(), name="bot shutdown")
+        # Shielded: a caller cancelled half-way (asyncio.run's clean-up) must not leave the database thread open,
+        # which would keep the process alive after it was asked to stop.
+        await asyncio.shield(self._shutdown)
+
+    async def _close_everything(self) -> None:
+        """Stop the cogs, then the workers, the backend client, the database and the school's trainer."""
         await super().close()
         if hasattr(self, "workers"):
             self.workers.close()

@@ -56,3 +56,4 @@ async def test_python_m_bot_serves_finetune_start_from_env_only(
     log = output.decode()
     assert "fake.process.token" not in log and fake_openai.api_key not in log
     assert "Traceback" not in log, log[-2000:]
+
