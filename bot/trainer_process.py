@@ -25,7 +25,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 KEY_FILE = "api_key"  # written by the trainer at its first start (trainer/config.py), readable by the owner only
 # How long the first start may take to write its key (it does so before loading torch: about a second).
 KEY_TIMEOUT_SECONDS = 60.0
-STOP_GRACE_SECONDS = 15.0
+STOP_GRACE_SECONDS = 8.0  # the trainer gives streaming replies 5 s to end
 # Restarts after a crash wait 1, 2, 4 ... seconds, at most a minute; a run this long resets the wait.
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0

@@ -11,6 +11,9 @@ from aiohttp import web
 from trainer.config import Settings, SettingsError, ensure_api_key
 
 
+SHUTDOWN_SECONDS = 5.0
+
+
 def main(argv: list[str]) -> int:
     """Run the server (or a helper command) with settings from the environment."""
     # Before torch loads OpenMP (workers inherit it): on a CPU shared by training, chat and other programs,
@@ -39,8 +42,10 @@ def main(argv: list[str]) -> int:
         die_with_parent()
     from trainer.server import create_app
 
+    # On SIGTERM, replies still streaming get a few seconds, not aiohttp's default minute: a bot or platform
+    # restarting the trainer waits on this.
     web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None,
-                access_log_format='%r %s %b %Tfs')
+                access_log_format='%r %s %b %Tfs', shutdown_timeout=SHUTDOWN_SECONDS)
     return 0
 
 
