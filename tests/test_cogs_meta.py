@@ -59,3 +59,35 @@ async def test_failed_sync_still_starts_and_retries_next_start(fake_discord, fak
     await runner.start()
     assert any(c["name"] == "finetune" for c in fake_discord.global_commands)
     await runner.stop()
+
+
+def test_readme_command_table_names_the_registered_options() -> None:
+    """Every option the README's command table shows is an option the bot registers under that name."""
+    import re
+    from pathlib import Path
+
+    from discord import app_commands
+
+    from bot.client import EXTENSIONS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    rows = re.findall(r"^\| `/([^`]+)` \|", readme, flags=re.MULTILINE)
+    assert rows, "the README's command table was not found"
+    registered: dict[str, set[str]] = {}
+    for module in EXTENSIONS:
+        cog_module = __import__(module, fromlist=["*"])
+        for value in vars(cog_module).values():
+            if isinstance(value, type):
+                for attribute in vars(value).values():
+                    if isinstance(attribute, app_commands.Group):
+                        for command in attribute.walk_commands():
+                            registered[command.qualified_name] = {p.name for p in command.parameters}
+                    elif isinstance(attribute, app_commands.Command):
+                        registered[attribute.qualified_name] = {p.name for p in attribute.parameters}
+    for row in rows:
+        words = [word.strip("[]") for word in re.split(r"[\s|\\]+", row) if word.strip("[]")]
+        name = " ".join(words[:2]) if " ".join(words[:2]) in registered else words[0]
+        shown = set(words[len(name.split()):])
+        shown = {word for word in shown if word not in {"on", "off", "auto"}}
+        assert name in registered, f"/{name} is in the README but not registered"
+        assert shown <= registered[name], f"/{name}: README shows {sorted(shown - registered[name])}"
