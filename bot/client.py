@@ -23,6 +23,7 @@ from bot.services.finetune import FineTuneService
 from bot.services.governance import GovernanceService
 from bot.services.monitor import MonitorService
 from bot.services.ratelimit import EditBudget
+from bot.services.starts import StartService
 from bot.services.workers import CpuWorkers
 from bot.trainer_process import TrainerProcess
 from storage.chats import ChatRepository
@@ -30,6 +31,7 @@ from storage.database import Database
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.meta import MetaRepository
+from storage.starts import StartRepository
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class ClassroomBot(commands.Bot):
     jobs: JobRepository
     meta: MetaRepository
     finetune: FineTuneService
+    starts: StartService
     monitor: MonitorService
     workers: CpuWorkers
     edit_budget: EditBudget
@@ -139,10 +142,13 @@ class ClassroomBot(commands.Bot):
         self.governance = GovernanceService(
             GovernanceRepository(self.db), self.jobs, self.gateway, self_hosted=self.settings.self_hosted
         )
-        self.finetune = FineTuneService(
-            self.settings, self.jobs, self.gateway, DatasetCheckService(), self.workers, policy=self.governance
+        self.finetune = FineTuneService(self.settings, self.jobs, self.gateway)
+        self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.settle,
+                                      on_adopt=self.governance.job_recorded)
+        self.starts = StartService(
+            self.settings, StartRepository(self.db), self.jobs, self.gateway, DatasetCheckService(), self.workers,
+            self.governance, self.monitor.adopt_unrecorded,
         )
-        self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.settle)
         self.chat = ChatService(
             ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderate_chat,
             edit_budget=self.edit_budget,
@@ -196,8 +202,6 @@ class ClassroomBot(commands.Bot):
         await super().close()
         if hasattr(self, "workers"):
             self.workers.close()
-        if hasattr(self, "finetune"):
-            self.finetune.close()
         if hasattr(self, "gateway"):
             await self.gateway.close()
         if hasattr(self, "db"):

@@ -14,7 +14,6 @@ from discord.ext import commands
 
 from bot import errors
 from bot.i18n import t
-from bot.services.finetune import FineTuneService
 from bot.services.governance import (
     ClassReport,
     CleanupPlan,
@@ -23,9 +22,11 @@ from bot.services.governance import (
     ModerationNotice,
     report_csv,
 )
+from bot.services.starts import StartService
 from cogs import _ui
+from cogs._roles import member_is_teacher, teacher_only
 from dataset_rules.models import format_usd
-from storage.models import Approval, ClassSettings, Job
+from storage.models import Approval, ClassSettings
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -38,26 +39,14 @@ MAX_STUDENTS_SHOWN = 20
 MAX_NAMES_FETCHED = 200
 
 
-async def member_is_teacher(interaction: discord.Interaction) -> bool:
-    """Manage Server, or the role the teacher named with /class teacher-role; always False outside a server."""
-    member = interaction.user
-    if interaction.guild_id is None or not isinstance(member, discord.Member):
-        return False
-    governance: GovernanceService = interaction.client.governance  # type: ignore[attr-defined]
-    return await governance.is_teacher(
-        interaction.guild_id, manages_server=member.guild_permissions.manage_guild,
-        role_ids={role.id for role in member.roles},
-    )
+APPROVAL_TEMPLATE = r"approval:(?P<id>[0-9a-f]+):(?P<action>approve|reject)"
+DecideHandler = Callable[[discord.Interaction, str, bool], Awaitable[None]]
 
 
-def teacher_only() -> Callable[[Any], Any]:
-    """The runtime check behind every /class command: default_permissions only hides, admins can change it."""
-    return app_commands.check(member_is_teacher)
-
-
-class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
-                     template=r"approval:(?P<id>[0-9a-f]+):(?P<action>approve|reject)"):
+class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=APPROVAL_TEMPLATE):
     """Approve or Reject on an approval card in the teacher channel; works after a restart."""
+
+    handler: DecideHandler
 
     def __init__(self, approval_id: str, action: str, label: str | None = None) -> None:
         style = discord.ButtonStyle.green if action == "approve" else discord.ButtonStyle.red
@@ -74,18 +63,27 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only teachers decide; everyone else is refused privately."""
-        if await member_is_teacher(interaction):
+        if await member_is_teacher(interaction, interaction.client.governance):  # type: ignore[attr-defined]
             return True
         await interaction.response.send_message(t("error.teachers_only", interaction.locale), ephemeral=True)
         return False
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        """Hand the decision to the classroom cog."""
-        cog = interaction.client.get_cog("Classroom")  # type: ignore[attr-defined]
+        """Hand the decision to the cog that registered this button class."""
         try:
-            await cog.decide(interaction, self.approval_id, approve=self.action == "approve")
+            await type(self).handler(interaction, self.approval_id, self.action == "approve")
         except errors.UserFacingError as exc:
             await _reply(interaction, exc.render(interaction.locale))
+
+
+def bound_approval_button(handler: DecideHandler) -> type[ApprovalButton]:
+    """An ApprovalButton class whose clicks go to this handler (one per cog instance: no global state)."""
+
+    class BoundApprovalButton(ApprovalButton, template=APPROVAL_TEMPLATE):
+        pass
+
+    BoundApprovalButton.handler = staticmethod(handler)  # type: ignore[assignment,method-assign]
+    return BoundApprovalButton
 
 
 class ConfirmView(_ui.OwnerOnlyView):
@@ -125,12 +123,13 @@ class Classroom(commands.Cog):
         name="mydata", description=_("Your own data on this server", key="gov.cmd.mydata"), guild_only=True,
     )
 
-    def __init__(self, bot: ClassroomBot, governance: GovernanceService, finetune: FineTuneService) -> None:
-        self.bot, self.governance, self.finetune = bot, governance, finetune
+    def __init__(self, bot: ClassroomBot, governance: GovernanceService, starts: StartService) -> None:
+        self.bot, self.governance, self.starts = bot, governance, starts
+        self.approval_buttons = bound_approval_button(self._on_decision)
 
     async def cog_load(self) -> None:
         """Restore approval buttons, report moderation to teachers, settle jobs that ended while we were away."""
-        self.bot.add_dynamic_items(ApprovalButton)
+        self.bot.add_dynamic_items(self.approval_buttons)
         self.governance.add_reporter(self.report_moderation)
         settled = await self.governance.settle_ended()
         if settled:
@@ -139,7 +138,7 @@ class Classroom(commands.Cog):
     async def cog_unload(self) -> None:
         """Stop reporting."""
         self.governance.remove_reporter(self.report_moderation)
-        self.bot.remove_dynamic_items(ApprovalButton)
+        self.bot.remove_dynamic_items(self.approval_buttons)
 
     # Settings ----------------------------------------------------------------------------------------------
 
@@ -286,12 +285,13 @@ class Classroom(commands.Cog):
 
         async def on_confirm(click: discord.Interaction) -> None:
             await click.response.defer()
-            if plan.user_id is None and not await member_is_teacher(click):  # the role may have gone meanwhile
+            if plan.user_id is None and not await member_is_teacher(click, self.governance):  # the role may have gone meanwhile
                 raise app_commands.CheckFailure()
             result = await self.governance.cleanup(plan, click.user.id)
             threads_gone = 0
             if plan.user_id is not None:
                 threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
+                await self.starts.forget_user(plan.guild_id, plan.user_id)  # checked files waiting on disk
             await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
 
         view = ConfirmView(interaction.user.id, locale, on_confirm)
@@ -323,8 +323,8 @@ class Classroom(commands.Cog):
         locale = self.bot.channel_locale(approval.guild_id)
         cap, committed = await self.governance.budget(approval.guild_id)
         view = discord.ui.View(timeout=None)
-        view.add_item(ApprovalButton(approval.id, "approve", t("gov.approval.approve", locale)))
-        view.add_item(ApprovalButton(approval.id, "reject", t("gov.approval.reject", locale)))
+        view.add_item(self.approval_buttons(approval.id, "approve", t("gov.approval.approve", locale)))
+        view.add_item(self.approval_buttons(approval.id, "reject", t("gov.approval.reject", locale)))
         channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=approval.guild_id)
         try:
             message = await channel.send(embed=approval_embed(approval, cap, committed, locale), view=view,
@@ -334,38 +334,28 @@ class Classroom(commands.Cog):
             return
         await self.governance.set_approval_card(approval, message.id)
 
-    async def decide(self, interaction: discord.Interaction, approval_id: str, *, approve: bool) -> None:
-        """A teacher approved or rejected: start through the same path as Start, and tell the student either way."""
+    async def _on_decision(self, interaction: discord.Interaction, approval_id: str, approve: bool) -> None:
+        """A teacher approved or rejected: the start use case decides, this tells the student and closes the card."""
         assert interaction.guild_id is not None
         await interaction.response.defer()
-        approval = await self.governance.decide(interaction.guild_id, approval_id, interaction.user.id,
-                                                approve=approve)
+        decision = await self.starts.decide(interaction.guild_id, approval_id, interaction.user.id, approve=approve)
+        approval = decision.approval
         locale = self.bot.channel_locale(approval.guild_id)
-        if not approve:
-            self.finetune.discard(approval.pending_token)
+        if not decision.approved:
             await self._tell_student(approval, t("gov.approval.rejected_student", locale,
                                                  user=f"<@{approval.user_id}>", file=approval.filename))
             await self._close_card(interaction, approval, t("gov.approval.rejected_card", locale,
                                                             teacher=f"<@{interaction.user.id}>"), _ui.RED)
             return
-        job: Job | None = None
-        problem: str | None = None
-        if self.finetune.pending(approval.pending_token) is None:
-            problem = t("gov.error.approval_expired", locale)
-        else:
-            try:
-                job = await self.finetune.start(approval.pending_token, approval.user_id)
-            except errors.UserFacingError as exc:
-                problem = exc.render(locale)
-        if job is None:
-            await self.governance.finish_approval(approval, job_id=None, status="failed")
+        if decision.job is None:
+            problem = decision.problem.render(locale) if decision.problem else ""
             await self._tell_student(approval, t("gov.approval.failed_student", locale,
                                                  user=f"<@{approval.user_id}>", file=approval.filename,
-                                                 reason=problem or ""))
-            await self._close_card(interaction, approval, t("gov.approval.failed_card", locale, reason=problem or ""),
+                                                 reason=problem))
+            await self._close_card(interaction, approval, t("gov.approval.failed_card", locale, reason=problem),
                                    _ui.RED)
             return
-        await self.governance.finish_approval(approval, job_id=job.id, status="approved")
+        job = decision.job
         await self._tell_student(approval, t("gov.approval.approved_student", locale, user=f"<@{approval.user_id}>",
                                              file=approval.filename, job=job.id))
         await self._close_card(interaction, approval, t("gov.approval.approved_card", locale,
@@ -555,4 +545,4 @@ async def _reply(interaction: discord.Interaction, text: str) -> None:
 
 async def setup(bot: ClassroomBot) -> None:
     """Load the cog with its services."""
-    await bot.add_cog(Classroom(bot, bot.governance, bot.finetune))
+    await bot.add_cog(Classroom(bot, bot.governance, bot.starts))

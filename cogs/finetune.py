@@ -5,26 +5,32 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.app_commands import Choice
 from discord.app_commands import locale_str as _
-from discord.ext import commands
+from discord.ext import commands, tasks
 
 from bot import errors
 from bot.i18n import t
-from bot.services.finetune import PENDING_TTL_SECONDS, FineTuneService, StartRequest, Upload, clean_suffix, jsonl_name
-from bot.services.governance import APPROVAL_TTL_SECONDS
+from bot.services.finetune import FineTuneService, clean_suffix
+from bot.services.governance import GovernanceService
 from bot.services.monitor import MonitorService
+from bot.services.starts import AwaitingApproval, StartRequest, StartService, Started, Upload, jsonl_name
 from cogs import _ui
-from cogs.classroom import member_is_teacher
+from cogs._roles import member_is_teacher
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
 
 log = logging.getLogger(__name__)
+
+# How often expired pending starts (and their staged files) are removed and stale reservations reconciled.
+HOUSEKEEPING_SECONDS = 300.0
 
 
 class FineTune(commands.Cog):
@@ -35,9 +41,38 @@ class FineTune(commands.Cog):
         guild_only=True,
     )
 
-    def __init__(self, bot: ClassroomBot, service: FineTuneService, monitor: MonitorService) -> None:
-        self.bot, self.service, self.monitor = bot, service, monitor
+    def __init__(self, bot: ClassroomBot, service: FineTuneService, starts: StartService, monitor: MonitorService,
+                 governance: GovernanceService) -> None:
+        self.bot, self.service, self.starts, self.monitor, self.governance = bot, service, starts, monitor, governance
         self._intake = asyncio.Semaphore(max(2, 2 * bot.settings.worker_processes))
+        # Start and Cancel are rebuilt from their custom id after a restart, and reach this cog's handler directly.
+        self.buttons = bound_start_button(self.on_card_button)
+
+    async def cog_load(self) -> None:
+        """Restore every card's buttons; remove expired starts (and a killed bot's files) now and on a schedule."""
+        self.bot.add_dynamic_items(self.buttons)
+        self.housekeeping.start()
+
+    async def cog_unload(self) -> None:
+        """Stop the schedule and the buttons."""
+        self.housekeeping.cancel()
+        self.bot.remove_dynamic_items(self.buttons)
+
+    @tasks.loop(seconds=HOUSEKEEPING_SECONDS)
+    async def housekeeping(self) -> None:
+        """Expired starts and stray files go; reservations no running start holds are matched by token."""
+        try:
+            await self.starts.sweep()
+        except Exception:  # boundary: the schedule must survive a full disk or a locked database
+            log.exception("Removing expired pending starts failed")
+        if not self.bot.is_ready():
+            await self.bot.wait_until_ready()
+        try:
+            await self.starts.reconcile({guild.id for guild in self.bot.guilds})
+        except errors.UserFacingError:
+            log.info("Backend unavailable; reservations are reconciled at the next run")
+        except Exception:  # boundary: as above
+            log.exception("Reconciling reservations failed")
 
     @finetune.command(name="start", description=_("Check a training file and start fine-tuning", key="cmd.finetune.start"))
     @app_commands.describe(
@@ -69,67 +104,76 @@ class FineTune(commands.Cog):
             base_model=(base_model or await self.service.default_base_model()).strip(),
             n_epochs=epochs,
             suffix=clean_suffix(suffix),
-            is_teacher=await member_is_teacher(interaction),
+            is_teacher=await member_is_teacher(interaction, self.governance),
         )
         # Files are downloaded and checked a few at a time, in arrival order: a class starting together then holds a
         # few files in memory, not a hundred, and the first cards arrive as soon as they can.
         async with self._intake:
             training = await self._read(training_file)
             validation = await self._read(validation_file) if validation_file else None
-            pending = await self.service.prepare(request, training, validation)
-        embed = _ui.check_card(pending.check, filename=training.filename, base_model=request.base_model,
+            prepared = await self.starts.prepare(request, training, validation)
+        embed = _ui.check_card(prepared.check, filename=training.filename, base_model=request.base_model,
                                suffix=request.suffix, locale=locale)
-        files = [f for f in (_ui.report_file(pending.check, locale), _converted_file(training, pending)) if f]
-        if not pending.can_start:
+        report = _ui.report_file(prepared.check, locale)
+        files = [report] if report else []
+        if prepared.pending is None:
             await interaction.followup.send(embed=embed, files=files)
+        else:
+            view = discord.ui.View(timeout=None)
+            for action in ("start", "cancel"):
+                view.add_item(self.buttons(prepared.pending.token, action, t(f"card.{action}", locale)))
+            await interaction.followup.send(embed=embed, files=files, view=view)
+        converted = prepared.check.converted_jsonl
+        if converted is not None:
+            # The student's whole dataset, converted: for them alone, never on the public card.
+            await interaction.followup.send(
+                t("card.converted_private", locale), ephemeral=True,
+                file=discord.File(io.BytesIO(converted), filename=jsonl_name(training.filename)),
+            )
+
+    async def on_card_button(self, click: discord.Interaction, token: str, action: str) -> None:
+        """Start or Cancel on a card: the start use case decides, this renders its outcome."""
+        waiting = await self.starts.pending(token)
+        if waiting is not None and waiting.user_id != click.user.id:
+            # Answered before deferring, so the refusal is the click's own private reply.
+            await click.response.send_message(t("card.not_yours", click.locale), ephemeral=True)
             return
-
-        async def on_start(click: discord.Interaction, view: _ui.ConfirmStartView) -> None:
-            await click.response.defer()
+        if action == "cancel":
             try:
-                if await self.bot.governance.needs_approval(request.guild_id, is_teacher=request.is_teacher):
-                    await self._send_for_approval(click, view, embed, pending.token)
-                    return
-                job = await self.service.start(pending.token, click.user.id)
-            except errors.UpstreamBusyError:
-                raise  # the card stays usable: pressing Start again may work in a minute
-            except errors.UserFacingError:
-                view.disable()  # refused for good (e.g. no fine-tuning for this account): grey the card out
-                view.stop()
-                await click.edit_original_response(view=view)
-                raise
-            view.disable()
-            view.stop()
-            embed.colour = _ui.GREEN
-            embed.set_footer(text=t("card.started", click.locale, job=job.id))
-            await click.edit_original_response(embed=embed, view=view)
-            self.bot.dispatch("job_started", job)  # the watcher posts the progress card
+                await self.starts.cancel(token, click.user.id)
+            except errors.UserFacingError as exc:
+                await send_ephemeral(click, exc.render(click.locale))
+                return
+            await click.response.edit_message(embed=_footed(click, _ui.GREY, t("card.cancelled", click.locale)),
+                                              view=self._greyed(token, click.locale))
+            return
+        await click.response.defer()
+        outcome = await self.starts.press(token, click.user.id)
+        if isinstance(outcome, Started):
+            await self._close_card(click, token, _ui.GREEN, t("card.started", click.locale, job=outcome.job.id))
+            self.bot.dispatch("job_started", outcome.job)  # the watcher posts the progress card
+        elif isinstance(outcome, AwaitingApproval):
+            await self._close_card(click, token, _ui.AMBER, t("gov.approval.sent", click.locale))
+            self.bot.dispatch("approval_requested", outcome.approval)  # the classroom cog posts the teacher's card
+        else:
+            if not outcome.retry:  # refused for good (e.g. no fine-tuning for this account): grey the card out
+                await self._close_card(click, token, None, None)
+            await send_ephemeral(click, outcome.error.render(click.locale))
 
-        async def on_cancel(click: discord.Interaction, view: _ui.ConfirmStartView) -> None:
-            self.service.discard(pending.token)
-            view.disable()
-            view.stop()
-            embed.colour = _ui.GREY
-            embed.set_footer(text=t("card.cancelled", click.locale))
-            await click.response.edit_message(embed=embed, view=view)
+    async def _close_card(self, click: discord.Interaction, token: str, colour: int | None, footer: str | None) -> None:
+        embed = _footed(click, colour, footer)
+        try:
+            await click.edit_original_response(embed=embed, view=self._greyed(token, click.locale))
+        except discord.HTTPException:
+            log.warning("Could not update the card of start %s", token)
 
-        view = _ui.ConfirmStartView(
-            interaction.user.id, locale, on_start=on_start, on_cancel=on_cancel,
-            on_expire=lambda: self.service.discard(pending.token), timeout=PENDING_TTL_SECONDS,
-        )
-        view.message = await interaction.followup.send(embed=embed, files=files, view=view, wait=True)
-
-    async def _send_for_approval(self, click: discord.Interaction, view: _ui.ConfirmStartView, embed: discord.Embed,
-                                 token: str) -> None:
-        # A student's Start goes to the teachers; their Approve runs service.start just as this button would.
-        held = self.service.hold(token, click.user.id, APPROVAL_TTL_SECONDS)
-        approval = await self.bot.governance.request_approval(held)
-        view.disable()
-        view.stop()
-        embed.colour = _ui.AMBER
-        embed.set_footer(text=t("gov.approval.sent", click.locale))
-        await click.edit_original_response(embed=embed, view=view)
-        self.bot.dispatch("approval_requested", approval)
+    def _greyed(self, token: str, locale: object) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        for action in ("start", "cancel"):
+            button = self.buttons(token, action, t(f"card.{action}", locale))
+            button.item.disabled = True
+            view.add_item(button)
+        return view
 
     async def _read(self, attachment: discord.Attachment) -> Upload:
         limit = self.bot.settings.max_training_file_bytes
@@ -164,7 +208,7 @@ class FineTune(commands.Cog):
         await interaction.response.defer(thinking=True, ephemeral=True)
         assert interaction.guild_id is not None
         member = interaction.user
-        can_manage = await member_is_teacher(interaction)  # Manage Server or the class's teacher role
+        can_manage = await member_is_teacher(interaction, self.governance)  # Manage Server or the class's teacher role
         found = await self.service.cancel(interaction.guild_id, job, member.id, can_manage=can_manage)
         await interaction.followup.send(t("cancel.requested", interaction.locale, job=found.id), ephemeral=True)
 
@@ -190,14 +234,73 @@ class FineTune(commands.Cog):
         return [Choice(name=n[:100], value=n[:100]) for n in names]
 
 
-def _converted_file(training: Upload, pending: Any) -> discord.File | None:
-    converted = pending.check.converted_jsonl
-    if converted is None:
+def _footed(click: discord.Interaction, colour: int | None, footer: str | None) -> discord.Embed | None:
+    # The card as posted (after a restart this message is all there is), with its new colour and footer.
+    if click.message is None or not click.message.embeds:
         return None
-    name = jsonl_name(training.filename)
-    return discord.File(io.BytesIO(converted), filename=name)
+    embed = click.message.embeds[0]
+    if colour is not None:
+        embed.colour = colour
+    if footer is not None:
+        embed.set_footer(text=footer)
+    return embed
+
+
+START_TEMPLATE = r"start:(?P<token>[0-9a-f]+):(?P<action>start|cancel)"
+ButtonHandler = Callable[[discord.Interaction, str, str], Awaitable[None]]
+
+
+class StartButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=START_TEMPLATE):
+    """Start or Cancel under a checked file's card; it works after a restart, since the start waits as a row."""
+
+    handler: ButtonHandler
+
+    def __init__(self, token: str, action: str, label: str | None = None) -> None:
+        style = discord.ButtonStyle.green if action == "start" else discord.ButtonStyle.grey
+        super().__init__(discord.ui.Button(label=label or action.title(), style=style,
+                                           custom_id=f"start:{token}:{action}"))
+        self.token, self.action = token, action
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any
+    ) -> StartButton:
+        """Rebuild the button from its custom id."""
+        return cls(match["token"], match["action"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Hand the click to the cog that registered this button class."""
+        try:
+            await type(self).handler(interaction, self.token, self.action)
+        except errors.UserFacingError as exc:
+            await send_ephemeral(interaction, exc.render(interaction.locale))
+        except Exception:  # boundary: a button has no command tree behind it; never show a traceback
+            ref = secrets.token_hex(3)
+            log.exception("Start button %s failed (ref %s, user %s)", self.action, ref, interaction.user.id)
+            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
+
+
+async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
+    """Reply privately, whether or not the click was already answered or deferred."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException:
+        log.warning("Could not deliver a private reply for interaction %s", interaction.id)
+
+
+def bound_start_button(handler: ButtonHandler) -> type[StartButton]:
+    """A StartButton class whose clicks go to this handler (one per cog instance: no global state)."""
+
+    class BoundStartButton(StartButton, template=START_TEMPLATE):
+        pass
+
+    BoundStartButton.handler = staticmethod(handler)  # type: ignore[assignment,method-assign]
+    return BoundStartButton
 
 
 async def setup(bot: ClassroomBot) -> None:
     """Load the cog with its services."""
-    await bot.add_cog(FineTune(bot, bot.finetune, bot.monitor))
+    await bot.add_cog(FineTune(bot, bot.finetune, bot.starts, bot.monitor, bot.governance))

@@ -14,6 +14,7 @@ from storage.models import (
     Approval,
     BackendResource,
     ClassSettings,
+    Job,
     LedgerEntry,
     Reservation,
     SpendSnapshot,
@@ -122,6 +123,7 @@ class GovernanceRepository:
         *,
         since: int,
         decide: Callable[[SpendSnapshot], None],
+        client_token: str | None = None,
     ) -> Reservation:
         """Read, decide and reserve in ONE write transaction, so concurrent Starts can never overspend.
 
@@ -131,9 +133,9 @@ class GovernanceRepository:
             snapshot = await self._snapshot(conn, guild_id, user_id, since)
             decide(snapshot)
             cursor = await conn.execute(
-                "INSERT INTO spend_ledger (guild_id, user_id, base_model, reserved_usd, state, created_at) "
-                "VALUES (?, ?, ?, ?, 'reserved', ?)",
-                (guild_id, user_id, base_model, cost_usd, _now()),
+                "INSERT INTO spend_ledger (guild_id, user_id, base_model, reserved_usd, state, created_at, client_token) "
+                "VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
+                (guild_id, user_id, base_model, cost_usd, _now(), client_token),
             )
             reservation_id = cursor.lastrowid
         assert reservation_id is not None
@@ -152,6 +154,51 @@ class GovernanceRepository:
         await self.db.execute(
             "UPDATE spend_ledger SET job_id = ?, state = 'active' WHERE id = ? AND state = 'reserved'",
             (job_id, reservation_id),
+        )
+
+    async def attach_job_entry(self, job: Job, token: str | None) -> bool:
+        """Tie a recorded job to the reservation made under its token; a job with no ledger row at all (adopted
+        without one) gets an active row holding its estimate. True when a row had to be created."""
+        async with self.db.transaction() as conn:
+            async with conn.execute("SELECT 1 FROM spend_ledger WHERE job_id = ?", (job.id,)) as cur:
+                if await cur.fetchone() is not None:
+                    return False
+            if token is not None:
+                cursor = await conn.execute(
+                    "UPDATE spend_ledger SET job_id = ?, state = 'active' WHERE client_token = ? AND state = 'reserved'",
+                    (job.id, token),
+                )
+                if cursor.rowcount > 0:
+                    return False
+                # A reservation voided by mistake (the backend was slow to list the job): it ran, so it counts.
+                cursor = await conn.execute(
+                    "UPDATE spend_ledger SET job_id = ?, state = 'active', released_usd = 0, settled_at = NULL "
+                    "WHERE client_token = ? AND state = 'void' AND job_id IS NULL",
+                    (job.id, token),
+                )
+                if cursor.rowcount > 0:
+                    return False
+            await conn.execute(
+                "INSERT INTO spend_ledger (guild_id, user_id, job_id, base_model, reserved_usd, state, created_at, "
+                "client_token) VALUES (?, ?, ?, ?, ?, 'active', ?, ?)",
+                (job.guild_id, job.user_id, job.id, job.base_model, float(job.estimated_cost_usd or 0.0), _now(),
+                 None),
+            )
+        return True
+
+    async def reserved_tokens(self) -> dict[str, int]:
+        """Client tokens of reservations not yet tied to a job, with their server."""
+        rows = await self.db.fetch_all(
+            "SELECT client_token, guild_id FROM spend_ledger WHERE state = 'reserved' AND client_token IS NOT NULL"
+        )
+        return {str(r["client_token"]): int(r["guild_id"]) for r in rows}
+
+    async def void_token(self, token: str) -> None:
+        """The start under this token never created a job: its reservation no longer counts."""
+        await self.db.execute(
+            "UPDATE spend_ledger SET state = 'void', released_usd = reserved_usd, settled_at = ? "
+            "WHERE client_token = ? AND state = 'reserved'",
+            (_now(), token),
         )
 
     async def settle(self, job_id: str, actual_usd: float) -> bool:

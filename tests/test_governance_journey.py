@@ -287,16 +287,23 @@ async def test_approval_second_click_is_told_it_was_decided(classroom: Classroom
     assert classroom.openai.jobs == []
 
 
-async def test_approval_after_restart_tells_both_the_file_is_gone(classroom: Classroom, teachers: FakeChannel) -> None:
-    """The card's buttons still answer after a restart; the checked file was only in memory, so both are told."""
+async def test_approval_after_crash_approve_starts_exactly_one_job(classroom: Classroom, teachers: FakeChannel) -> None:
+    """A waiting approval survives a killed bot: Approve afterwards starts one job, and a stale second Approve none."""
     _, approval = await _request_approval(classroom, teachers)
-    await classroom.restart()
-    click = await click_and_wait(classroom, approval, "Approve", classroom.teacher)
-    await classroom.discord.wait_for(lambda: "could not start" in approval.text() or None, timeout=10)
-    told = await classroom.discord.wait_message(classroom.channel_id, lambda m: "could not start" in m.content,
-                                                timeout=10)
-    assert "/finetune start again" in told.content and click.callback is not None
-    assert classroom.openai.jobs == [] and await ledger(classroom, classroom.guild.id) == []
+    stale = dict(approval.payload()["components"][0]["components"][0])
+    await classroom.restart(crash=True)
+    await click_and_wait(classroom, approval, "Approve", classroom.teacher)
+    job = await classroom.discord.wait_for(lambda: classroom.openai.jobs[0] if classroom.openai.jobs else None,
+                                           timeout=10, what="the approved job")
+    told = await classroom.discord.wait_message(classroom.channel_id, lambda m: "approved" in m.content, timeout=10)
+    assert job.id in told.content
+    await classroom.discord.wait_for(lambda: not approval.buttons or None, timeout=10)
+    approval.components = [{"type": 1, "components": [stale]}]
+    late = await click_and_wait(classroom, approval, "Approve", classroom.teacher)
+    assert "already decided" in (await late.followup(timeout=10)).text()
+    assert len(classroom.openai.jobs) == 1
+    rows = await ledger(classroom, classroom.guild.id)
+    assert [(r.job_id, r.state) for r in rows] == [(job.id, "active")]
 
 
 async def test_approval_teacher_own_start_needs_no_approval(classroom: Classroom, teachers: FakeChannel) -> None:

@@ -15,7 +15,6 @@ import pytest
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.dataset_check import DatasetCheckService
-from bot.services.finetune import PendingStart, StagedFile, StartRequest
 from bot.services.governance import (
     MODERATION_BATCH,
     MODERATION_SAMPLE_CAP,
@@ -32,6 +31,7 @@ from storage.database import Database
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.models import JobProgress, LedgerEntry, NewJob, SpendSnapshot
+from storage.starts import PendingStart
 from tests.fakes.openai import FakeOpenAI
 
 GUILD, OTHER_GUILD, STUDENT = 1001, 2002, 42
@@ -73,13 +73,18 @@ def chat_lines(n: int, word: str = "kind") -> bytes:
 
 def pending(data: bytes, *, user_id: int = STUDENT, guild_id: int = GUILD, is_teacher: bool = False) -> PendingStart:
     """A checked file waiting for Start."""
-    check = DatasetCheckService().check_bytes(data, "train.jsonl", model=MODEL)
-    request = StartRequest(guild_id, 7, user_id, MODEL, None, None, is_teacher=is_teacher)
+    report = DatasetCheckService().check_bytes(data, "train.jsonl", model=MODEL).report
     token = f"tok-{user_id}-{time.monotonic_ns()}"
     staged = Path(tempfile.gettempdir()) / f"classroom-test-{token}.jsonl"
     staged.write_bytes(data)
-    return PendingStart(token, request, check, "train.jsonl", StagedFile("train.jsonl", staged), None,
-                        time.monotonic())
+    now = int(time.time())
+    return PendingStart(
+        token=token, guild_id=guild_id, channel_id=7, user_id=user_id, is_teacher=is_teacher, base_model=MODEL,
+        n_epochs=None, suffix=None, method="supervised", training_filename="train.jsonl", training_name="train.jsonl",
+        training_path=str(staged), validation_name=None, validation_path=None, examples=report.examples,
+        tokens_billed=report.tokens_billed, report_epochs=report.n_epochs, estimated_usd=report.estimated_cost_usd,
+        cleared=False, state="waiting", claimed=False, created_at=now, expires_at=now + 900,
+    )
 
 
 async def insert_job(parts: Parts, job_id: str, *, user_id: int = STUDENT, guild_id: int = GUILD,
@@ -141,7 +146,7 @@ async def test_budgets_and_ledgers_are_per_server(parts: Parts) -> None:
 async def test_unknown_price_with_a_budget_is_refused(parts: Parts) -> None:
     """Without a price the budget cannot be kept, so a capped server refuses; without a cap it reserves $0."""
     item = pending(chat_lines(12))
-    unpriced = replace(item, check=replace(item.check, report=replace(item.check.report, estimated_cost_usd=None)))
+    unpriced = replace(item, estimated_usd=None)
     await parts.service.update(GUILD, moderation=False)
     assert (await parts.service.before_start(unpriced)).reserved_usd == 0.0  # type: ignore[union-attr]
     await parts.service.update(GUILD, budget_usd=5.0)

@@ -11,14 +11,15 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
-from bot.services.finetune import PendingStart
 from dataset_rules.models import format_usd
 from dataset_rules.models import lookup as lookup_model
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
+from storage.starts import PendingStart
 from storage.models import (
     Approval,
     BackendResource,
@@ -32,15 +33,12 @@ from storage.models import (
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 24 * 3600
-# How long a student's checked file waits in memory for a teacher's decision.
-APPROVAL_TTL_SECONDS = 24 * 3600
 # Moderation: texts per request, and at most this many examples of one file (spread over the whole file).
 MODERATION_BATCH = 32
 MODERATION_SAMPLE_CAP = 512
 MODERATION_TEXT_CHARS = 4000
 # Whether the backend has a moderation endpoint is asked once, then remembered this long.
 MODERATION_PROBE_SECONDS = 3600
-MAX_CLEARED_TOKENS = 10_000
 # Float sums of cents must not refuse a job that fits exactly.
 _EPSILON_USD = 1e-9
 
@@ -194,8 +192,6 @@ class GovernanceService:
         self._probe: tuple[float, bool] | None = None
         # Chat texts checked at about the same moment (a class of streaming replies) share one moderation request.
         self._chat_checks = ModerationCoalescer(self._moderate, MODERATION_BATCH)
-        # Pending starts whose data already passed moderation (checked at the student's Start, reused at Approve).
-        self._cleared_tokens: dict[str, None] = {}
 
     # Roles and settings ------------------------------------------------------------------------------------
 
@@ -226,33 +222,42 @@ class GovernanceService:
     # The start policy (FineTuneService calls these) --------------------------------------------------------
 
     async def before_start(self, pending: PendingStart) -> Reservation | None:
-        """Check quotas, allowed models and the data, then reserve the estimated cost atomically."""
-        request = pending.request
-        settings = await self.repo.settings(request.guild_id)
-        if not request.is_teacher:
+        """Check quotas, allowed models and the data, then reserve the estimated cost atomically under the pending
+        start's token (the same token goes into the job's metadata, so a crash can be reconciled)."""
+        settings = await self.repo.settings(pending.guild_id)
+        if not pending.is_teacher:
             _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
         cost = self._estimate(pending, settings)
         reservation = await self.repo.reserve(
-            request.guild_id, request.user_id, request.base_model, cost,
+            pending.guild_id, pending.user_id, pending.base_model, cost,
             since=int(time.time()) - QUOTA_WINDOW_SECONDS,
-            decide=lambda snapshot: _decide(snapshot, cost, counts_quota=not request.is_teacher),
+            decide=lambda snapshot: _decide(snapshot, cost, counts_quota=not pending.is_teacher),
+            client_token=pending.token,
         )
-        self._cleared_tokens.pop(pending.token, None)
         log.info("Reserved $%.4f for user %s in guild %s (reservation %s)",
-                 cost, request.user_id, request.guild_id, reservation.id)
+                 cost, pending.user_id, pending.guild_id, reservation.id)
         return reservation
 
     async def on_start_failed(self, reservation: Reservation | None) -> None:
-        """The upload or job creation failed: give the reservation back and do not count it as a job."""
+        """Nothing was created at the backend: give the reservation back and do not count it as a job."""
         if reservation is not None:
             await self.repo.void(reservation.id)
             log.info("Released reservation %s: the start failed", reservation.id)
 
-    async def after_created(self, job: Job, reservation: Reservation | None) -> None:
-        """The backend created the job: its reservation is held until it ends."""
-        if reservation is not None:
-            await self.repo.attach_job(reservation.id, job.id)
+    async def job_recorded(self, job: Job, token: str | None) -> None:
+        """The job is recorded: its reservation (found by token) is held until it ends; a job adopted without one
+        gets a ledger row of its own, so whatever it runs is charged."""
+        if await self.repo.attach_job_entry(job, token):
+            log.warning("Job %s had no reservation; its ledger row was created on adoption", job.id)
+
+    async def reserved_tokens(self) -> dict[str, int]:
+        """Client tokens of reservations not yet tied to a job, with their server."""
+        return await self.repo.reserved_tokens()
+
+    async def void_token(self, token: str) -> None:
+        """The start under this token never created a job: release its reservation."""
+        await self.repo.void_token(token)
 
     # Settling (the watcher calls this when a job ends) -----------------------------------------------------
 
@@ -286,25 +291,24 @@ class GovernanceService:
 
     async def request_approval(self, pending: PendingStart) -> Approval:
         """Check what can be checked now (limits, budget, data) and record the request for the teacher channel."""
-        request, report = pending.request, pending.check.report
-        settings = await self.repo.settings(request.guild_id)
+        settings = await self.repo.settings(pending.guild_id)
         if settings.teacher_channel_id is None:
             raise errors.UserFacingError("gov.error.no_teacher_channel")
         _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
         cost = self._estimate(pending, settings)
-        snapshot = await self.repo.snapshot(request.guild_id, request.user_id,
+        snapshot = await self.repo.snapshot(pending.guild_id, pending.user_id,
                                             int(time.time()) - QUOTA_WINDOW_SECONDS)
         _decide(snapshot, cost, counts_quota=True)  # refuse now rather than after the teacher said yes
         approval = Approval(
-            id=secrets.token_hex(6), guild_id=request.guild_id, channel_id=request.channel_id,
-            user_id=request.user_id, pending_token=pending.token, base_model=request.base_model,
-            filename=pending.training_filename, examples=report.examples, tokens=report.tokens_billed,
-            estimated_usd=report.estimated_cost_usd, status="pending", decided_by=None, job_id=None,
+            id=secrets.token_hex(6), guild_id=pending.guild_id, channel_id=pending.channel_id,
+            user_id=pending.user_id, pending_token=pending.token, base_model=pending.base_model,
+            filename=pending.training_filename, examples=pending.examples, tokens=pending.tokens_billed,
+            estimated_usd=pending.estimated_usd, status="pending", decided_by=None, job_id=None,
             card_message_id=None, created_at=int(time.time()), decided_at=None,
         )
         await self.repo.add_approval(approval)
-        log.info("Approval %s requested by user %s in guild %s", approval.id, request.user_id, request.guild_id)
+        log.info("Approval %s requested by user %s in guild %s", approval.id, pending.user_id, pending.guild_id)
         return approval
 
     async def approval(self, guild_id: int, approval_id: str) -> Approval:
@@ -381,10 +385,9 @@ class GovernanceService:
 
     async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
         """Moderate the user/assistant texts of the training (and validation) data before anything is uploaded."""
-        request = pending.request
-        if pending.token in self._cleared_tokens:
+        if pending.cleared:
             return
-        if not await self.moderation_on(request.guild_id, settings):
+        if not await self.moderation_on(pending.guild_id, settings):
             return
         examples: list[tuple[int, str]] = []
         for upload_data in await asyncio.to_thread(_data_to_upload, pending):
@@ -395,16 +398,13 @@ class GovernanceService:
         if lines:
             shown = ", ".join(str(n) for n in lines[:10])
             await self._report(ModerationNotice(
-                request.guild_id, "training_data", request.user_id, len(lines),
+                pending.guild_id, "training_data", pending.user_id, len(lines),
                 _excerpt(next(text for (line, text) in sample if line == lines[0])),
                 detail=f"{pending.training_filename}: {shown}",
             ))
-            log.info("Training data of user %s in guild %s flagged on %d lines", request.user_id,
-                     request.guild_id, len(lines))
+            log.info("Training data of user %s in guild %s flagged on %d lines", pending.user_id,
+                     pending.guild_id, len(lines))
             raise ContentFlaggedError(lines=shown)
-        self._cleared_tokens[pending.token] = None
-        while len(self._cleared_tokens) > MAX_CLEARED_TOKENS:  # rejected or expired requests never come back
-            del self._cleared_tokens[next(iter(self._cleared_tokens))]
 
     async def _moderate(self, texts: list[str]) -> list[bool]:
         flags: list[bool] = []
@@ -459,12 +459,12 @@ class GovernanceService:
     # Helpers -----------------------------------------------------------------------------------------------
 
     def _estimate(self, pending: PendingStart, settings: ClassSettings) -> float:
-        cost = pending.check.report.estimated_cost_usd
+        cost = pending.estimated_usd
         if cost is not None:
             return float(cost)
         if self.self_hosted or settings.budget_usd is None:
             return 0.0  # the school's own trainer costs nothing; without a cap there is nothing to hold
-        raise BudgetExceededError("gov.error.no_price", model=pending.request.base_model)
+        raise BudgetExceededError("gov.error.no_price", model=pending.base_model)
 
 
 def job_cost(job: Job) -> float | None:
@@ -478,14 +478,13 @@ def job_cost(job: Job) -> float | None:
 
 
 def _check_job_limits(settings: ClassSettings, pending: PendingStart) -> None:
-    request, report = pending.request, pending.check.report
-    if settings.allowed_models and request.base_model not in settings.allowed_models:
-        raise QuotaExceededError("gov.error.model_not_allowed", model=request.base_model,
+    if settings.allowed_models and pending.base_model not in settings.allowed_models:
+        raise QuotaExceededError("gov.error.model_not_allowed", model=pending.base_model,
                                  allowed=", ".join(settings.allowed_models))
-    if settings.max_examples is not None and report.examples > settings.max_examples:
-        raise QuotaExceededError("gov.error.quota_examples", examples=report.examples, limit=settings.max_examples)
-    if settings.max_tokens is not None and report.tokens_billed > settings.max_tokens:
-        raise QuotaExceededError("gov.error.quota_tokens", tokens=report.tokens_billed, limit=settings.max_tokens)
+    if settings.max_examples is not None and pending.examples > settings.max_examples:
+        raise QuotaExceededError("gov.error.quota_examples", examples=pending.examples, limit=settings.max_examples)
+    if settings.max_tokens is not None and pending.tokens_billed > settings.max_tokens:
+        raise QuotaExceededError("gov.error.quota_tokens", tokens=pending.tokens_billed, limit=settings.max_tokens)
 
 
 def _decide(snapshot: SpendSnapshot, cost: float, *, counts_quota: bool) -> None:
@@ -592,7 +591,7 @@ def _content(content: object) -> str:
 
 def _data_to_upload(pending: PendingStart) -> list[bytes]:
     # Exactly what will be uploaded: the staged files (a converted CSV is already JSONL there).
-    return [staged.path.read_bytes() for staged in (pending.training, pending.validation) if staged is not None]
+    return [Path(path).read_bytes() for path in pending.paths]
 
 
 def _spread(items: list[tuple[int, str]], cap: int) -> list[tuple[int, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -76,12 +77,17 @@ class MonitorService:
     def __init__(
         self, jobs: JobRepository, gateway: FineTuningGateway, workers: CpuWorkers,
         on_end: Callable[[Job], Awaitable[None]] | None = None,
+        on_adopt: Callable[[Job, str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.gateway = gateway
         self.workers = workers
         # Called with a job once it is stored as ended (settles its spend); must be idempotent.
         self.on_end = on_end
+        # Called with an adopted job and the client token in its metadata: adoption writes its ledger row.
+        self.on_adopt = on_adopt
+        # Adoption runs at the watcher's start and when reservations are reconciled: one at a time.
+        self._adopting = asyncio.Lock()
 
     async def watched(self) -> list[Job]:
         """Jobs still running, or ended without their notice posted."""
@@ -91,22 +97,29 @@ class MonitorService:
         """Record jobs this bot created but never stored: it stopped between creating a job and writing it down.
 
         The backend's jobs carry our metadata (server, channel, student), so nothing a student started is lost."""
+        async with self._adopting:
+            return await self._adopt_unrecorded(guild_ids)
+
+    async def _adopt_unrecorded(self, guild_ids: Collection[int]) -> list[Job]:
         cutoff = int(time.time()) - ADOPT_WINDOW_SECONDS
         adopted = []
-        for backend in await self.gateway.recent_jobs():
+        for backend in await self.gateway.recent_jobs(limit=100):
             owner = _owner(backend.metadata)
             if owner is None or owner[0] not in guild_ids or backend.created_at < cutoff:
                 continue
             if await self.jobs.get_any(backend.id) is not None:
                 continue
             guild_id, channel_id, user_id = owner
-            adopted.append(await self.jobs.insert(NewJob(
+            job = await self.jobs.insert(NewJob(
                 id=backend.id, guild_id=guild_id, channel_id=channel_id, user_id=user_id, base_model=backend.model,
                 method=backend.method or "supervised", suffix=backend.suffix, n_epochs=backend.n_epochs,
                 training_file_id=backend.training_file or "", validation_file_id=backend.validation_file,
                 training_filename=backend.training_file or backend.id, examples=0, estimated_tokens=0,
                 estimated_cost_usd=None, status=backend.status, created_at=backend.created_at,
-            )))
+            ))
+            adopted.append(job)
+            if self.on_adopt is not None:
+                await self.on_adopt(job, (backend.metadata or {}).get("client_token"))
             log.warning("Adopted job %s of guild %s: it was created but never recorded", backend.id, guild_id)
         return adopted
 

@@ -1,0 +1,463 @@
+"""Starting a fine-tuning job, as one use case: prepare gives a card, Start gives an outcome, a teacher decides.
+
+What waits between the steps (the request, the estimate, the staged file, the expiry) is a row plus a file under
+the data directory, so Start buttons and approvals survive a restart. Money is crash-safe: the reservation and a
+client token are written before the backend is called, the token goes into the job's metadata, and once the
+backend created a job nothing voids its reservation; a reservation a killed bot left behind is matched to its job
+(or voided) by token at the next start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from bot import errors
+from bot.config import Settings
+from bot.openai_gateway import FineTuningGateway
+from bot.services.dataset_check import CheckResult, DatasetCheckService
+from bot.services.workers import CpuWorkers
+from storage.jobs import JobRepository
+from storage.models import Approval, BackendJob, Job, NewJob, Reservation
+from storage.starts import PendingStart, StartRepository
+
+log = logging.getLogger(__name__)
+
+PENDING_TTL_SECONDS = 15 * 60
+# How long a student's checked file waits on disk for a teacher's decision.
+APPROVAL_TTL_SECONDS = 24 * 3600
+# The metadata key under which a job carries its client token (its ledger row's and its pending start's).
+TOKEN_KEY = "client_token"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An attached file as the bot received it."""
+
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """Who asks to train what, where."""
+
+    guild_id: int
+    channel_id: int
+    user_id: int
+    base_model: str
+    n_epochs: int | None
+    suffix: str | None
+    is_teacher: bool = False  # teachers are exempt from per-student quotas and approvals (not from the budget)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The checked file(s): the card's figures, and the waiting start when the file can be trained on."""
+
+    check: CheckResult
+    pending: PendingStart | None
+
+    @property
+    def can_start(self) -> bool:
+        """Whether the check found nothing that stops training."""
+        return self.pending is not None
+
+
+@dataclass(frozen=True)
+class Started:
+    """The backend created the job and it is recorded."""
+
+    job: Job
+
+
+@dataclass(frozen=True)
+class AwaitingApproval:
+    """A student's Start waits for a teacher."""
+
+    approval: Approval
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Nothing started; `retry` when pressing Start again later may work (the card stays usable)."""
+
+    error: errors.UserFacingError
+    retry: bool = False
+
+
+Outcome = Started | AwaitingApproval | Refused
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A teacher's decision on an approval, and what came of it."""
+
+    approval: Approval
+    approved: bool
+    job: Job | None = None
+    problem: errors.UserFacingError | None = None
+
+
+class StartPolicy(Protocol):
+    """The class's rules a start must pass (quotas, budget, moderation, approvals), with its ledger."""
+
+    async def needs_approval(self, guild_id: int, *, is_teacher: bool) -> bool:
+        """Whether a Start waits for a teacher."""
+        ...
+
+    async def check_training_data(self, pending: PendingStart) -> None:
+        """Moderate the staged data; raise to refuse."""
+        ...
+
+    async def request_approval(self, pending: PendingStart) -> Approval:
+        """Check what can be checked now and record the request."""
+        ...
+
+    async def before_start(self, pending: PendingStart) -> Reservation | None:
+        """Check and reserve under the pending start's token; raise a UserFacingError to refuse."""
+        ...
+
+    async def on_start_failed(self, reservation: Reservation | None) -> None:
+        """Nothing was created at the backend: release the reservation."""
+        ...
+
+    async def decide(self, guild_id: int, approval_id: str, teacher_id: int, *, approve: bool) -> Approval:
+        """Record a teacher's decision once."""
+        ...
+
+    async def finish_approval(self, approval: Approval, *, job_id: str | None, status: str) -> None:
+        """Record how an approved start went."""
+        ...
+
+    async def job_recorded(self, job: Job, token: str | None) -> None:
+        """The job is recorded: tie it to the reservation made under its token, or charge it a new row."""
+        ...
+
+    async def reserved_tokens(self) -> dict[str, int]:
+        """Client tokens of reservations not yet tied to a job, with their server."""
+        ...
+
+    async def void_token(self, token: str) -> None:
+        """The start under this token never created a job."""
+        ...
+
+
+class StartService:
+    """Prepare, press Start, decide: the whole start of a job, with its waiting state in SQLite."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        repo: StartRepository,
+        jobs: JobRepository,
+        gateway: FineTuningGateway,
+        checker: DatasetCheckService,
+        workers: CpuWorkers,
+        policy: StartPolicy,
+        adopt: Callable[[Collection[int]], Awaitable[list[Job]]],
+        *,
+        staging_dir: Path | None = None,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.jobs = jobs
+        self.gateway = gateway
+        self.checker = checker
+        self.workers = workers
+        self.policy = policy
+        # Records (and charges) jobs the backend ran under our metadata that we never wrote down.
+        self.adopt = adopt
+        self.staging_dir = staging_dir or _staging_dir(settings)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        # Tokens whose start is running in this process: reconciling must not void a reservation mid-upload.
+        self._in_flight: set[str] = set()
+
+    # Before the click ---------------------------------------------------------------------------------------
+
+    async def prepare(self, request: StartRequest, training: Upload, validation: Upload | None) -> Prepared:
+        """Check the file(s) off the event loop; a startable file waits on disk, as a row, for Start."""
+        limit = self.settings.max_training_file_bytes
+        for upload in (training, validation):
+            if upload is not None and len(upload.data) > limit:
+                raise errors.AttachmentError(
+                    "error.attachment_too_large", name=upload.filename, limit_mb=limit // 2**20
+                )
+        check = await self.workers.run(
+            self.checker.check_bytes,
+            training.data,
+            training.filename,
+            validation=(validation.data, validation.filename) if validation else None,
+            model=request.base_model,
+            n_epochs=request.n_epochs,
+        )
+        if not check.report.ok:
+            return Prepared(check, None)
+        token = secrets.token_hex(8)
+        training_name, training_path = await self._stage(token, "training", training, check.converted_jsonl)
+        validation_name = validation_path = None
+        if validation is not None:
+            validation_name, validation_path = await self._stage(token, "validation", validation,
+                                                                 check.converted_validation)
+        report, now = check.report, int(time.time())
+        pending = PendingStart(
+            token=token, guild_id=request.guild_id, channel_id=request.channel_id, user_id=request.user_id,
+            is_teacher=request.is_teacher, base_model=request.base_model, n_epochs=request.n_epochs,
+            suffix=request.suffix, method=report.method or "supervised", training_filename=training.filename,
+            training_name=training_name, training_path=training_path, validation_name=validation_name,
+            validation_path=validation_path, examples=report.examples, tokens_billed=report.tokens_billed,
+            report_epochs=report.n_epochs, estimated_usd=report.estimated_cost_usd, cleared=False, state="waiting",
+            claimed=False, created_at=now, expires_at=now + PENDING_TTL_SECONDS,
+        )
+        try:
+            await self.repo.add(pending)
+        except BaseException:
+            _remove_files(pending)  # no row, no file: nothing a student sent lingers unreferenced
+            raise
+        return Prepared(check, pending)
+
+    async def _stage(self, token: str, kind: str, upload: Upload, converted: bytes | None) -> tuple[str, str]:
+        # A converted CSV/TSV goes up as the JSONL it became, named after the original.
+        name, data = (jsonl_name(upload.filename), converted) if converted is not None else (upload.filename, upload.data)
+        path = self.staging_dir / f"{token}-{kind}.jsonl"
+        await asyncio.to_thread(path.write_bytes, data)
+        return name, str(path)
+
+    async def cancel(self, token: str, user_id: int) -> None:
+        """The requester pressed Cancel: forget the start and its file."""
+        pending = await self._owned(token, user_id)
+        if pending.claimed:
+            raise errors.UserFacingError("error.start_in_progress")
+        await self._forget(token)
+
+    async def pending(self, token: str) -> PendingStart | None:
+        """A start still waiting, if any (expired ones count as gone)."""
+        found = await self.repo.get(token)
+        return found if found is not None and found.expires_at > time.time() else None
+
+    # The click ---------------------------------------------------------------------------------------------
+
+    async def press(self, token: str, user_id: int) -> Outcome:
+        """The requester pressed Start: a student's start goes to a teacher when approvals are on."""
+        try:
+            pending = await self._owned(token, user_id)
+            if pending.state != "waiting":
+                raise errors.UserFacingError("gov.approval.sent")
+            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher):
+                return await self._send_for_approval(pending)
+        except errors.UserFacingError as exc:
+            return Refused(exc, retry=isinstance(exc, errors.UpstreamBusyError | errors.NotAllowedError))
+        return await self._start(pending)
+
+    async def _send_for_approval(self, pending: PendingStart) -> Outcome:
+        if not await self.repo.claim(pending.token):
+            return Refused(errors.UserFacingError("error.start_in_progress"), retry=True)
+        try:
+            pending = await self._moderated(pending)
+            approval = await self.policy.request_approval(pending)
+        except errors.UpstreamBusyError as exc:
+            await self.repo.release(pending.token)
+            return Refused(exc, retry=True)
+        except errors.UserFacingError as exc:
+            await self._forget(pending.token)
+            return Refused(exc)
+        except BaseException:
+            await self.repo.release(pending.token)
+            raise
+        await self.repo.await_approval(pending.token, int(time.time()) + APPROVAL_TTL_SECONDS)
+        return AwaitingApproval(approval)
+
+    async def decide(self, guild_id: int, approval_id: str, teacher_id: int, *, approve: bool) -> Decision:
+        """A teacher approved or rejected (once); an approval starts through the same path as Start."""
+        approval = await self.policy.decide(guild_id, approval_id, teacher_id, approve=approve)
+        if not approve:
+            await self._forget(approval.pending_token)
+            return Decision(approval, approved=False)
+        pending = await self.pending(approval.pending_token)
+        outcome: Outcome = (Refused(errors.UserFacingError("gov.error.approval_expired")) if pending is None
+                            else await self._start(pending))
+        if isinstance(outcome, Started):
+            await self.policy.finish_approval(approval, job_id=outcome.job.id, status="approved")
+            return Decision(approval, approved=True, job=outcome.job)
+        assert isinstance(outcome, Refused)
+        await self.policy.finish_approval(approval, job_id=None, status="failed")
+        await self._forget(approval.pending_token)  # the decision is recorded: the student asks again
+        return Decision(approval, approved=True, problem=outcome.error)
+
+    async def _start(self, pending: PendingStart) -> Outcome:
+        # One click, one job: a double click, or Start racing the teacher's Approve, finds the start claimed.
+        if not await self.repo.claim(pending.token):
+            return Refused(errors.UserFacingError("error.start_in_progress"), retry=True)
+        self._in_flight.add(pending.token)
+        try:
+            return await self._claimed_start(pending)
+        finally:
+            self._in_flight.discard(pending.token)
+
+    async def _claimed_start(self, pending: PendingStart) -> Outcome:
+        reservation: Reservation | None = None
+        try:
+            pending = await self._moderated(pending)
+            reservation = await self.policy.before_start(pending)  # written before the backend hears of it
+            backend = await self._create(pending)
+        except BaseException as exc:
+            # Nothing exists at the backend: the reservation goes back, and the card may be pressed again if
+            # the backend was only busy.
+            if reservation is not None:
+                await self.policy.on_start_failed(reservation)
+            if isinstance(exc, errors.UpstreamBusyError):
+                await self.repo.release(pending.token)
+                return Refused(exc, retry=True)
+            if isinstance(exc, errors.UserFacingError):
+                await self._forget(pending.token)
+                return Refused(exc)
+            await self.repo.release(pending.token)
+            raise
+        # From here on the job exists and trains: no error may void its reservation. A failure to record it is
+        # repaired by reconcile() (the ledger row and the job's metadata share the token).
+        try:
+            job = await self._record(pending, backend)
+        except Exception:  # boundary: the job runs whatever happens here; reconcile() records and charges it
+            log.exception("Job %s was created but could not be recorded; reconciling later", backend.id)
+            return Refused(errors.UserFacingError("error.start_recorded_later", job=backend.id))
+        await self._forget(pending.token)
+        return Started(job)
+
+    async def _moderated(self, pending: PendingStart) -> PendingStart:
+        if pending.cleared:
+            return pending
+        await self.policy.check_training_data(pending)
+        await self.repo.mark_cleared(pending.token)
+        return replace(pending, cleared=True)
+
+    async def _create(self, pending: PendingStart) -> BackendJob:
+        training_id = await self._upload(pending.training_name, pending.training_path)
+        validation_id = (await self._upload(pending.validation_name, pending.validation_path)
+                         if pending.validation_path and pending.validation_name else None)
+        try:
+            backend = await self.gateway.create_job(
+                model=pending.base_model,
+                training_file=training_id,
+                validation_file=validation_id,
+                method=pending.method,
+                n_epochs=pending.n_epochs,
+                suffix=pending.suffix,
+                metadata={
+                    "guild_id": str(pending.guild_id),
+                    "channel_id": str(pending.channel_id),
+                    "user_id": str(pending.user_id),
+                    TOKEN_KEY: pending.token,
+                },
+            )
+        except errors.UserFacingError:
+            # No job, so the uploads would only sit at the backend: remove them (a retry uploads again).
+            for file_id in filter(None, (training_id, validation_id)):
+                await self._forget_upload(file_id)
+            raise
+        log.info("Created job %s in guild %s for user %s", backend.id, pending.guild_id, pending.user_id)
+        return backend
+
+    async def _record(self, pending: PendingStart, backend: BackendJob) -> Job:
+        job = await self.jobs.insert(NewJob(
+            id=backend.id, guild_id=pending.guild_id, channel_id=pending.channel_id, user_id=pending.user_id,
+            base_model=pending.base_model, method=pending.method, suffix=pending.suffix,
+            n_epochs=backend.n_epochs or pending.report_epochs, training_file_id=backend.training_file or "",
+            validation_file_id=backend.validation_file, training_filename=pending.training_filename,
+            examples=pending.examples, estimated_tokens=pending.tokens_billed,
+            estimated_cost_usd=pending.estimated_usd, status=backend.status,
+            created_at=backend.created_at or int(time.time()),
+        ))
+        await self.policy.job_recorded(job, pending.token)
+        return job
+
+    async def _upload(self, name: str, path: str) -> str:
+        data = await asyncio.to_thread(Path(path).read_bytes)
+        return await self.gateway.upload_file(name, data)
+
+    async def _forget_upload(self, file_id: str) -> None:
+        try:
+            await self.gateway.delete_file(file_id)
+        except errors.UserFacingError:
+            log.warning("Could not delete upload %s after a failed job creation", file_id)
+
+    # Housekeeping ------------------------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Remove expired pending starts with their files, and staged files no row refers to; returns how many."""
+        expired = await self.repo.take_expired()
+        for pending in expired:
+            _remove_files(pending)
+        known = await self.repo.tokens()
+        strays = 0
+        for path in await asyncio.to_thread(lambda: list(self.staging_dir.glob("*.jsonl"))):
+            if path.name.split("-", 1)[0] not in known:
+                path.unlink(missing_ok=True)  # a killed bot's file, written before its row
+                strays += 1
+        if expired or strays:
+            log.info("Removed %d expired pending starts and %d stray staged files", len(expired), strays)
+        return len(expired) + strays
+
+    async def reconcile(self, guild_ids: Collection[int]) -> int:
+        """Match reservations no running start holds against the backend by token: record (and charge) the jobs
+        it ran, void the rest. Returns how many reservations were settled either way."""
+        held = {t: g for t, g in (await self.policy.reserved_tokens()).items() if t not in self._in_flight}
+        claimed = [p for p in await self.repo.claimed() if p.token not in self._in_flight]
+        if not held and not claimed:
+            return 0
+        ran = {job.metadata.get(TOKEN_KEY): job for job in await self.gateway.recent_jobs(limit=100)
+               if job.metadata and job.metadata.get(TOKEN_KEY)}
+        if any(t in ran for t in held):
+            await self.adopt(set(guild_ids) | {g for t, g in held.items() if t in ran})
+        for token in held:
+            if token not in ran:
+                await self.policy.void_token(token)
+                log.warning("Voided reservation %s: its start never created a job", token)
+        for pending in claimed:
+            if pending.token in ran:
+                await self._forget(pending.token)  # it started: the job is recorded now
+            else:
+                await self.repo.release(pending.token)  # cut off before the backend: Start works again
+        return len(held)
+
+    async def forget_user(self, guild_id: int, user_id: int) -> int:
+        """/mydata delete: a student's waiting starts and their files go too."""
+        waiting = await self.repo.for_user(guild_id, user_id)
+        for pending in waiting:
+            await self._forget(pending.token)
+        return len(waiting)
+
+    async def _owned(self, token: str, user_id: int) -> PendingStart:
+        pending = await self.pending(token)
+        if pending is None:
+            raise errors.UserFacingError("error.start_expired")
+        if pending.user_id != user_id:
+            raise errors.NotAllowedError("card.not_yours")
+        return pending
+
+    async def _forget(self, token: str) -> None:
+        pending = await self.repo.remove(token)
+        if pending is not None:
+            _remove_files(pending)
+
+
+def jsonl_name(filename: str) -> str:
+    """The name a converted table goes by: the same name, ending in .jsonl."""
+    return filename.rsplit(".", 1)[0] + ".jsonl"
+
+
+def _staging_dir(settings: Settings) -> Path:
+    # Next to the database, on the same persistent disk; a database in memory has no such place.
+    if str(settings.database_path) == ":memory:":
+        return Path(tempfile.mkdtemp(prefix="classroom-bot-pending-"))
+    return Path(settings.database_path).parent / "pending-starts"
+
+
+def _remove_files(pending: PendingStart) -> None:
+    for path in pending.paths:
+        Path(path).unlink(missing_ok=True)
