@@ -132,6 +132,12 @@ class GovernanceRepository:
         async with self.db.transaction() as conn:
             snapshot = await self._snapshot(conn, guild_id, user_id, since)
             decide(snapshot)
+            if client_token is not None:
+                # A start tried again under the same token supersedes its voided attempt.
+                await conn.execute(
+                    "UPDATE spend_ledger SET client_token = NULL WHERE client_token = ? AND state = 'void'",
+                    (client_token,),
+                )
             cursor = await conn.execute(
                 "INSERT INTO spend_ledger (guild_id, user_id, base_model, reserved_usd, state, created_at, client_token) "
                 "VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
