@@ -109,6 +109,12 @@ class JobMonitor(commands.Cog):
 
     async def watch(self, job: Job, charts_left: ChartBudget) -> None:
         """Look at one job: edit its card if anything changed, then announce its end once."""
+        if job.orphaned:
+            # Its channel is gone: nothing is posted, but it is polled until it ends so that its spend settles.
+            tick = await self.monitor.poll(job)
+            if tick.has_news:
+                await self.monitor.commit(tick)
+            return
         locale = self.bot.channel_locale(job.guild_id)
         budget = self.bot.edit_budget
         # A channel whose edit budget is spent (many jobs, or a streaming chat) is looked at next tick, before the

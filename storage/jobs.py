@@ -8,9 +8,10 @@ from dataclasses import fields
 import aiosqlite
 
 from storage.database import Database
-from storage.models import Checkpoint, Job, JobProgress, MetricPoint, NewJob
+from storage.models import TERMINAL_STATUSES, Checkpoint, Job, JobProgress, MetricPoint, NewJob
 
 _JOB_COLUMNS = ", ".join(f.name for f in fields(Job))
+_TERMINAL_SQL = ", ".join(f"'{s}'" for s in sorted(TERMINAL_STATUSES))
 
 
 def _job(row: aiosqlite.Row) -> Job:
@@ -60,10 +61,11 @@ class JobRepository:
         return [_job(r) for r in rows]
 
     async def watched(self) -> list[Job]:
-        """Jobs whose end has not been announced yet (the watcher's work list), least recently updated first."""
+        """Jobs whose end has not been announced yet (the watcher's work list), least recently updated first; an
+        orphaned job (its channel gone) stays on the list until it ends, so that its spend is settled."""
         rows = await self.db.fetch_all(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE notice_message_id IS NULL AND orphaned = 0 "
-            "ORDER BY updated_at, created_at"
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE notice_message_id IS NULL "
+            f"AND (orphaned = 0 OR status NOT IN ({_TERMINAL_SQL})) ORDER BY updated_at, created_at"
         )
         return [_job(r) for r in rows]
 

@@ -55,8 +55,8 @@ class Job(NewJob):
 
     @property
     def needs_watching(self) -> bool:
-        """Still running, or ended without its notice posted yet."""
-        return self.notice_message_id is None and not self.orphaned
+        """Still running (even orphaned: its spend settles only when it ends), or ended without its notice."""
+        return self.notice_message_id is None and not (self.orphaned and self.is_terminal)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataset_rules.models import lookup
 from storage.models import LedgerEntry
 from tests.conftest import Classroom, press
 from tests.fakes.discord import FakeMessage
-from tests.test_finetune_journey import notices, open_card
+from tests.test_finetune_journey import notices, open_card, progress_card
 
 
 class Hang:
@@ -218,3 +218,18 @@ async def test_kill_after_notice_changes_nothing(classroom: Classroom) -> None:
 
 async def _states(room: Classroom, expected: list[str]) -> bool:
     return [r.state for r in await ledger(room)] == expected
+
+
+async def test_orphaned_job_is_still_polled_and_charged_without_posting(classroom: Classroom) -> None:
+    """A job whose channel is gone is watched silently until it ends, so its reservation is settled."""
+    await classroom.bot.governance.update(classroom.guild.id, budget_usd=5.0)
+    card = await open_card(classroom)
+    await press_start(classroom, card)
+    job = await classroom.discord.wait_for(lambda: classroom.openai.jobs[0] if classroom.openai.jobs else None,
+                                           timeout=10, what="the job")
+    await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10, what="the progress card")
+    classroom.guild.text_channel.deleted = True
+    await classroom.bot.jobs.mark_orphaned(job.id)  # what the watcher does when a post there gets 404
+    classroom.openai.complete(job.id)
+    await assert_ledger_matches_backend(classroom)
+    assert notices(classroom) == []

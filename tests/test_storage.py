@@ -77,12 +77,14 @@ async def test_jobs_apply_moves_cursor_and_stores_metrics_together(jobs: JobRepo
     assert [c.step for c in await jobs.checkpoints("ftjob-1")] == [10]
 
 
-async def test_jobs_watched_excludes_notified_and_orphaned(jobs: JobRepository) -> None:
-    """Once the end is announced (or the channel is gone) the watcher stops asking about a job."""
+async def test_jobs_watched_excludes_notified_and_ended_orphans(jobs: JobRepository) -> None:
+    """Once the end is announced the watcher stops asking about a job; an orphan is asked about until it ends."""
     for job_id in ("ftjob-1", "ftjob-2", "ftjob-3"):
         await jobs.insert(new_job(job_id))
     await jobs.mark_notified("ftjob-1", 555)
     await jobs.mark_orphaned("ftjob-2")
+    assert {j.id for j in await jobs.watched()} == {"ftjob-2", "ftjob-3"}
+    await jobs.apply(JobProgress("ftjob-2", "succeeded", "ft:x", 100, None, None, None, None, None, None))
     assert [j.id for j in await jobs.watched()] == ["ftjob-3"]
 
 
