@@ -37,7 +37,7 @@ from bench._remote_fakes import RemoteFakes, chat_jsonl, chat_line, run_starts
 from bot.client import ClassroomBot
 from bot.config import DEFAULT_BASE_MODEL, DEFAULT_WORKER_PROCESSES, Settings
 from bot.services import charts
-from bot.services.finetune import StartRequest, Upload
+from bot.services.starts import StartRequest, Started, Upload
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS
 from cogs.job_monitor import JobMonitor
 from tests.conftest import BotRunner, make_settings
@@ -186,7 +186,7 @@ async def _starts_in_process(n: int, size_mb: float, spread: float, timeout: flo
             records = await run_starts(fake_discord, guild, students, data, examples, spread, timeout)
             wall = time.monotonic() - started
             await probe.stop()
-            figures = _start_figures(records, received, n, wall, probe, rss_before, bot)
+            figures = await _start_figures(records, received, n, wall, probe, rss_before, bot)
     return {"fakes": "in-process", **figures}
 
 
@@ -205,7 +205,7 @@ async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float, 
             results = await remote.call("/starts/run", {"spread": spread, "timeout": timeout})
             wall = time.monotonic() - started
             await probe.stop()
-            figures = _start_figures(results["interactions"], received, n, wall, probe, rss_before, bot)
+            figures = await _start_figures(results["interactions"], received, n, wall, probe, rss_before, bot)
     finally:
         await remote.stop()
     return {"fakes": "second process", **figures, "fakes_rss_peak_process_mb": results["fakes_peak_rss_mb"]}
@@ -254,7 +254,7 @@ def record_interaction_receipts(bot: ClassroomBot) -> dict[int, float]:
     return received
 
 
-def _start_figures(records: list[dict[str, Any]], received: dict[int, float], n: int, wall: float, probe: Probe,
+async def _start_figures(records: list[dict[str, Any]], received: dict[int, float], n: int, wall: float, probe: Probe,
                    rss_before: float, bot: ClassroomBot) -> dict[str, Any]:
     """The figures from each interaction's record (bench._remote_fakes.start_record; times are time.monotonic,
     one clock for both processes on Linux)."""
@@ -280,7 +280,7 @@ def _start_figures(records: list[dict[str, Any]], received: dict[int, float], n:
         "loop_lag_p50_s": pct(probe.lags, 50), "loop_lag_p99_s": pct(probe.lags, 99),
         "loop_lag_max_s": max(probe.lags, default=float("nan")),
         "rss_before_mb": rss_before, "rss_peak_sampled_mb": probe.peak_rss_mb, "rss_peak_process_mb": max_rss_mb(),
-        "rss_after_mb": rss_mb(), "pending_starts_held": len(bot.finetune._pending),
+        "rss_after_mb": rss_mb(), "pending_starts_held": len(await bot.starts.repo.tokens()),
     }
 
 
@@ -465,9 +465,11 @@ async def _start_jobs(bot: ClassroomBot, rooms: list[tuple[FakeGuild, FakeUser]]
         request = StartRequest(guild_id=guild.id, channel_id=guild.text_channel.id, user_id=student.id,
                                base_model=await bot.finetune.default_base_model(), n_epochs=epochs, suffix=f"bench{i}")
         async with gate:
-            pending = await bot.finetune.prepare(request, Upload("train.jsonl", data), None)
-            job = await bot.finetune.start(pending.token, student.id)
-        return job.id
+            prepared = await bot.starts.prepare(request, Upload("train.jsonl", data), None)
+            assert prepared.pending is not None
+            outcome = await bot.starts.press(prepared.pending.token, student.id)
+        assert isinstance(outcome, Started), outcome
+        return outcome.job.id
 
     return list(await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))), 300))
 

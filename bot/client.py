@@ -20,7 +20,7 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import ChatService
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.finetune import FineTuneService
-from bot.services.governance import GovernanceService
+from bot.services.governance import Governance
 from bot.services.monitor import MonitorService
 from bot.services.ratelimit import EditBudget
 from bot.services.starts import StartService
@@ -103,7 +103,7 @@ class ClassroomBot(commands.Bot):
     workers: CpuWorkers
     edit_budget: EditBudget
     chat: ChatService
-    governance: GovernanceService
+    governance: Governance
     trainer: TrainerProcess | None = None  # the school's own trainer, when the bot runs it
     _shutdown: asyncio.Task[None] | None = None
 
@@ -139,18 +139,18 @@ class ClassroomBot(commands.Bot):
         self.meta = MetaRepository(self.db)
         self.workers = CpuWorkers(self.settings.worker_processes)
         self.edit_budget = EditBudget()  # chat replies and progress cards share each channel's edit limit
-        self.governance = GovernanceService(
+        self.governance = Governance.create(
             GovernanceRepository(self.db), self.jobs, self.gateway, self_hosted=self.settings.self_hosted
         )
         self.finetune = FineTuneService(self.settings, self.jobs, self.gateway)
-        self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.settle,
-                                      on_adopt=self.governance.job_recorded)
+        self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.policy.settle,
+                                      on_adopt=self.governance.policy.job_recorded)
         self.starts = StartService(
             self.settings, StartRepository(self.db), self.jobs, self.gateway, DatasetCheckService(), self.workers,
-            self.governance, self.monitor.adopt_unrecorded,
+            self.governance.policy, self.monitor.adopt_unrecorded,
         )
         self.chat = ChatService(
-            ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderate_chat,
+            ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderation.moderate_chat,
             edit_budget=self.edit_budget,
         )
         await self.tree.set_translator(CatalogTranslator())

@@ -9,10 +9,10 @@ import discord
 from discord import app_commands
 
 if TYPE_CHECKING:
-    from bot.services.governance import GovernanceService
+    from bot.services.governance import ClassSettingsService
 
 
-async def member_is_teacher(interaction: discord.Interaction, roles: GovernanceService) -> bool:
+async def member_is_teacher(interaction: discord.Interaction, roles: ClassSettingsService) -> bool:
     """Manage Server, or the role the teacher named with /class teacher-role; always False outside a server."""
     member = interaction.user
     if interaction.guild_id is None or not isinstance(member, discord.Member):
@@ -28,6 +28,6 @@ def teacher_only() -> Callable[[Any], Any]:
 
     async def predicate(interaction: discord.Interaction) -> bool:
         # A check sees only the interaction: the bot's typed attribute is the one way to its services here.
-        return await member_is_teacher(interaction, interaction.client.governance)  # type: ignore[attr-defined]
+        return await member_is_teacher(interaction, interaction.client.governance.roles)  # type: ignore[attr-defined]
 
     return app_commands.check(predicate)

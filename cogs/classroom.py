@@ -18,7 +18,7 @@ from bot.services.governance import (
     ClassReport,
     CleanupPlan,
     CleanupResult,
-    GovernanceService,
+    Governance,
     ModerationNotice,
     report_csv,
 )
@@ -63,7 +63,7 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=AP
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only teachers decide; everyone else is refused privately."""
-        if await member_is_teacher(interaction, interaction.client.governance):  # type: ignore[attr-defined]
+        if await member_is_teacher(interaction, interaction.client.governance.roles):  # type: ignore[attr-defined]
             return True
         await interaction.response.send_message(t("error.teachers_only", interaction.locale), ephemeral=True)
         return False
@@ -123,21 +123,21 @@ class Classroom(commands.Cog):
         name="mydata", description=_("Your own data on this server", key="gov.cmd.mydata"), guild_only=True,
     )
 
-    def __init__(self, bot: ClassroomBot, governance: GovernanceService, starts: StartService) -> None:
+    def __init__(self, bot: ClassroomBot, governance: Governance, starts: StartService) -> None:
         self.bot, self.governance, self.starts = bot, governance, starts
         self.approval_buttons = bound_approval_button(self._on_decision)
 
     async def cog_load(self) -> None:
         """Restore approval buttons, report moderation to teachers, settle jobs that ended while we were away."""
         self.bot.add_dynamic_items(self.approval_buttons)
-        self.governance.add_reporter(self.report_moderation)
-        settled = await self.governance.settle_ended()
+        self.governance.moderation.add_reporter(self.report_moderation)
+        settled = await self.governance.policy.settle_ended()
         if settled:
             log.info("Settled %d jobs that ended while the bot was away", settled)
 
     async def cog_unload(self) -> None:
         """Stop reporting."""
-        self.governance.remove_reporter(self.report_moderation)
+        self.governance.moderation.remove_reporter(self.report_moderation)
         self.bot.remove_dynamic_items(self.approval_buttons)
 
     # Settings ----------------------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ class Classroom(commands.Cog):
     @teacher_only()
     async def class_teacher_role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
         assert interaction.guild_id is not None
-        settings = await self.governance.update(interaction.guild_id, teacher_role_id=role.id if role else None)
+        settings = await self.governance.roles.update(interaction.guild_id, teacher_role_id=role.id if role else None)
         await self._show(interaction, settings, "gov.saved.teacher_role")
 
     @klass.command(name="teacher-channel", description=_("Choose where approval cards and moderation reports go",
@@ -158,7 +158,7 @@ class Classroom(commands.Cog):
     async def class_teacher_channel(self, interaction: discord.Interaction,
                                     teacher_channel: discord.TextChannel) -> None:
         assert interaction.guild_id is not None
-        settings = await self.governance.update(interaction.guild_id, teacher_channel_id=teacher_channel.id)
+        settings = await self.governance.roles.update(interaction.guild_id, teacher_channel_id=teacher_channel.id)
         await self._show(interaction, settings, "gov.saved.teacher_channel")
 
     @klass.command(name="budget", description=_("Set the class's spending cap for the term (USD)", key="gov.cmd.budget"))
@@ -172,10 +172,10 @@ class Classroom(commands.Cog):
                            no_cap: bool = False) -> None:
         assert interaction.guild_id is not None
         if no_cap or usd is not None:
-            settings = await self.governance.update(interaction.guild_id, budget_usd=None if no_cap else usd)
+            settings = await self.governance.roles.update(interaction.guild_id, budget_usd=None if no_cap else usd)
             await self._show(interaction, settings, "gov.saved.budget")
         else:  # no option given: show, never clear by accident
-            await self._show(interaction, await self.governance.settings(interaction.guild_id), None)
+            await self._show(interaction, await self.governance.roles.settings(interaction.guild_id), None)
 
     @klass.command(name="quota", description=_("Set limits for each student", key="gov.cmd.quota"))
     @app_commands.describe(
@@ -200,7 +200,7 @@ class Classroom(commands.Cog):
                 changes[name] = value or None  # 0 lifts the limit
         if models is not None:
             changes["allowed_models"] = models
-        settings = await self.governance.update(interaction.guild_id, **changes)
+        settings = await self.governance.roles.update(interaction.guild_id, **changes)
         await self._show(interaction, settings, "gov.saved.quota")
 
     @klass.command(name="approvals", description=_("Make students' jobs wait for a teacher's approval",
@@ -217,10 +217,10 @@ class Classroom(commands.Cog):
         changes: dict[str, object] = {"approvals": state == "on"}
         if teacher_channel is not None:
             changes["teacher_channel_id"] = teacher_channel.id
-        current = await self.governance.settings(interaction.guild_id)
+        current = await self.governance.roles.settings(interaction.guild_id)
         if state == "on" and teacher_channel is None and current.teacher_channel_id is None:
             raise errors.UserFacingError("gov.error.no_teacher_channel_set")
-        settings = await self.governance.update(interaction.guild_id, **changes)
+        settings = await self.governance.roles.update(interaction.guild_id, **changes)
         await self._show(interaction, settings, "gov.saved.approvals")
 
     @klass.command(name="moderation", description=_("Check chat and training data for harmful content",
@@ -231,19 +231,19 @@ class Classroom(commands.Cog):
                                state: Literal["on", "off", "auto"]) -> None:
         assert interaction.guild_id is not None
         value = {"on": True, "off": False, "auto": None}[state]
-        settings = await self.governance.update(interaction.guild_id, moderation=value)
+        settings = await self.governance.roles.update(interaction.guild_id, moderation=value)
         await self._show(interaction, settings, "gov.saved.moderation")
 
     @klass.command(name="settings", description=_("Show this class's settings and budget", key="gov.cmd.settings"))
     @teacher_only()
     async def class_settings(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
-        await self._show(interaction, await self.governance.settings(interaction.guild_id), None)
+        await self._show(interaction, await self.governance.roles.settings(interaction.guild_id), None)
 
     async def _show(self, interaction: discord.Interaction, settings: ClassSettings, saved: str | None) -> None:
         locale = str(interaction.locale)
-        cap, committed = await self.governance.budget(settings.guild_id)
-        moderating = await self.governance.moderation_on(settings.guild_id, settings)
+        cap, committed = await self.governance.roles.budget(settings.guild_id)
+        moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = settings_embed(settings, cap, committed, moderating, locale)
         await interaction.response.send_message(t(saved, locale) if saved else None, embed=embed, ephemeral=True)
 
@@ -254,8 +254,8 @@ class Classroom(commands.Cog):
     async def class_report(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True, ephemeral=True)
         assert interaction.guild is not None
-        await self.governance.settle_ended()
-        report = await self.governance.report(interaction.guild.id)
+        await self.governance.policy.settle_ended()
+        report = await self.governance.reports.report(interaction.guild.id)
         names = await _member_names(interaction.guild, [s.user_id for s in report.students])
         csv_file = discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")
         await interaction.followup.send(embed=report_embed(report, str(interaction.locale)), file=csv_file,
@@ -266,14 +266,14 @@ class Classroom(commands.Cog):
     @teacher_only()
     async def class_cleanup(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
-        plan = await self.governance.cleanup_plan(interaction.guild_id)
+        plan = await self.governance.reports.cleanup_plan(interaction.guild_id)
         await self._offer_cleanup(interaction, plan, "gov.cleanup.title_class")
 
     @mydata.command(name="delete", description=_("Delete your files, chats and models on this server",
                                                  key="gov.cmd.mydata_delete"))
     async def mydata_delete(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
-        plan = await self.governance.cleanup_plan(interaction.guild_id, interaction.user.id)
+        plan = await self.governance.reports.cleanup_plan(interaction.guild_id, interaction.user.id)
         await self._offer_cleanup(interaction, plan, "gov.cleanup.title_mine")
 
     async def _offer_cleanup(self, interaction: discord.Interaction, plan: CleanupPlan, title: str) -> None:
@@ -285,9 +285,9 @@ class Classroom(commands.Cog):
 
         async def on_confirm(click: discord.Interaction) -> None:
             await click.response.defer()
-            if plan.user_id is None and not await member_is_teacher(click, self.governance):  # the role may have gone meanwhile
+            if plan.user_id is None and not await member_is_teacher(click, self.governance.roles):  # the role may have gone meanwhile
                 raise app_commands.CheckFailure()
-            result = await self.governance.cleanup(plan, click.user.id)
+            result = await self.governance.reports.cleanup(plan, click.user.id)
             threads_gone = 0
             if plan.user_id is not None:
                 threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
@@ -317,11 +317,11 @@ class Classroom(commands.Cog):
     @commands.Cog.listener()
     async def on_approval_requested(self, approval: Approval) -> None:
         """Post the approval card in the teacher channel."""
-        settings = await self.governance.settings(approval.guild_id)
+        settings = await self.governance.roles.settings(approval.guild_id)
         if settings.teacher_channel_id is None:
             return
         locale = self.bot.channel_locale(approval.guild_id)
-        cap, committed = await self.governance.budget(approval.guild_id)
+        cap, committed = await self.governance.roles.budget(approval.guild_id)
         view = discord.ui.View(timeout=None)
         view.add_item(self.approval_buttons(approval.id, "approve", t("gov.approval.approve", locale)))
         view.add_item(self.approval_buttons(approval.id, "reject", t("gov.approval.reject", locale)))
@@ -332,7 +332,7 @@ class Classroom(commands.Cog):
         except discord.HTTPException:
             log.warning("Could not post approval %s in guild %s", approval.id, approval.guild_id)
             return
-        await self.governance.set_approval_card(approval, message.id)
+        await self.governance.policy.set_approval_card(approval, message.id)
 
     async def _on_decision(self, interaction: discord.Interaction, approval_id: str, approve: bool) -> None:
         """A teacher approved or rejected: the start use case decides, this tells the student and closes the card."""
@@ -386,7 +386,7 @@ class Classroom(commands.Cog):
 
     async def report_moderation(self, notice: ModerationNotice) -> None:
         """Tell the teacher channel what moderation held back (nothing is posted without a teacher channel)."""
-        settings = await self.governance.settings(notice.guild_id)
+        settings = await self.governance.roles.settings(notice.guild_id)
         if settings.teacher_channel_id is None:
             log.info("Moderation held back %d texts in guild %s (no teacher channel)", notice.count, notice.guild_id)
             return

@@ -18,7 +18,7 @@ from discord.ext import commands, tasks
 from bot import errors
 from bot.i18n import t
 from bot.services.finetune import FineTuneService, clean_suffix
-from bot.services.governance import GovernanceService
+from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
 from bot.services.starts import AwaitingApproval, StartRequest, StartService, Started, Upload, jsonl_name
 from cogs import _ui
@@ -42,8 +42,8 @@ class FineTune(commands.Cog):
     )
 
     def __init__(self, bot: ClassroomBot, service: FineTuneService, starts: StartService, monitor: MonitorService,
-                 governance: GovernanceService) -> None:
-        self.bot, self.service, self.starts, self.monitor, self.governance = bot, service, starts, monitor, governance
+                 roles: ClassSettingsService) -> None:
+        self.bot, self.service, self.starts, self.monitor, self.roles = bot, service, starts, monitor, roles
         self._intake = asyncio.Semaphore(max(2, 2 * bot.settings.worker_processes))
         # Start and Cancel are rebuilt from their custom id after a restart, and reach this cog's handler directly.
         self.buttons = bound_start_button(self.on_card_button)
@@ -104,7 +104,7 @@ class FineTune(commands.Cog):
             base_model=(base_model or await self.service.default_base_model()).strip(),
             n_epochs=epochs,
             suffix=clean_suffix(suffix),
-            is_teacher=await member_is_teacher(interaction, self.governance),
+            is_teacher=await member_is_teacher(interaction, self.roles),
         )
         # Files are downloaded and checked a few at a time, in arrival order: a class starting together then holds a
         # few files in memory, not a hundred, and the first cards arrive as soon as they can.
@@ -208,7 +208,7 @@ class FineTune(commands.Cog):
         await interaction.response.defer(thinking=True, ephemeral=True)
         assert interaction.guild_id is not None
         member = interaction.user
-        can_manage = await member_is_teacher(interaction, self.governance)  # Manage Server or the class's teacher role
+        can_manage = await member_is_teacher(interaction, self.roles)  # Manage Server or the class's teacher role
         found = await self.service.cancel(interaction.guild_id, job, member.id, can_manage=can_manage)
         await interaction.followup.send(t("cancel.requested", interaction.locale, job=found.id), ephemeral=True)
 
@@ -303,4 +303,4 @@ def bound_start_button(handler: ButtonHandler) -> type[StartButton]:
 
 async def setup(bot: ClassroomBot) -> None:
     """Load the cog with its services."""
-    await bot.add_cog(FineTune(bot, bot.finetune, bot.starts, bot.monitor, bot.governance))
+    await bot.add_cog(FineTune(bot, bot.finetune, bot.starts, bot.monitor, bot.governance.roles))

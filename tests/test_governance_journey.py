@@ -182,7 +182,7 @@ async def test_budget_cancelled_job_releases_its_reservation(classroom: Classroo
     await eventually(settled, what="the cancelled job settled")
     row = (await ledger(classroom, classroom.guild.id))[0]
     assert row.state == "settled" and row.actual_usd == 0 and row.released_usd == pytest.approx(row.reserved_usd)
-    _cap, committed = await classroom.bot.governance.budget(classroom.guild.id)
+    _cap, committed = await classroom.bot.governance.roles.budget(classroom.guild.id)
     assert committed == 0
 
 
@@ -318,7 +318,7 @@ async def test_approval_on_without_channel_is_refused(classroom: Classroom) -> N
     interaction = await command(classroom, classroom.teacher, "class approvals", state="on")
     text, private = answer(interaction)
     assert private and "teacher_channel:" in text
-    assert not (await classroom.bot.governance.settings(classroom.guild.id)).approvals
+    assert not (await classroom.bot.governance.roles.settings(classroom.guild.id)).approvals
 
 
 # Moderation -------------------------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ async def test_moderation_chat_texts_flagged_and_reported(classroom: Classroom, 
     """The chat hook flags exactly the flagged texts and tells the teacher channel."""
     await command(classroom, classroom.teacher, "class teacher-channel", teacher_channel=teachers)
     classroom.openai.flag_words = {"kill"}
-    flags = await classroom.bot.governance.moderate_chat(classroom.guild.id, ["hello there", "I will kill you"])
+    flags = await classroom.bot.governance.moderation.moderate_chat(classroom.guild.id, ["hello there", "I will kill you"])
     assert flags == [False, True]
     report = await classroom.discord.wait_for(lambda: next(iter(classroom.discord.messages(teachers)), None),
                                               timeout=10, what="moderation report")
@@ -572,7 +572,7 @@ async def test_budget_without_options_only_shows_and_no_cap_clears(classroom: Cl
     await command(classroom, classroom.teacher, "class budget", usd=20)
     shown = await command(classroom, classroom.teacher, "class budget")
     assert "$20.00 left" in answer(shown)[0]
-    assert (await classroom.bot.governance.settings(classroom.guild.id)).budget_usd == 20
+    assert (await classroom.bot.governance.roles.settings(classroom.guild.id)).budget_usd == 20
     cleared = await command(classroom, classroom.teacher, "class budget", no_cap=True)
     assert "no cap" in answer(cleared)[0]
-    assert (await classroom.bot.governance.settings(classroom.guild.id)).budget_usd is None
+    assert (await classroom.bot.governance.roles.settings(classroom.guild.id)).budget_usd is None

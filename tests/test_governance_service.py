@@ -19,7 +19,7 @@ from bot.services.governance import (
     MODERATION_BATCH,
     MODERATION_SAMPLE_CAP,
     BudgetExceededError,
-    GovernanceService,
+    Governance,
     ModerationCoalescer,
     QuotaExceededError,
     build_report,
@@ -45,7 +45,7 @@ class Parts:
     db: Database
     repo: GovernanceRepository
     jobs: JobRepository
-    service: GovernanceService
+    service: Governance
     fake: FakeOpenAI
 
 
@@ -56,7 +56,7 @@ async def parts(fake_openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Parts]
     gateway = FineTuningGateway.create(api_key=fake_openai.api_key, base_url=fake_openai.base_url)
     repo, jobs = GovernanceRepository(db), JobRepository(db)
     try:
-        yield Parts(db, repo, jobs, GovernanceService(repo, jobs, gateway, self_hosted=False), fake_openai)
+        yield Parts(db, repo, jobs, Governance.create(repo, jobs, gateway, self_hosted=False), fake_openai)
     finally:
         await gateway.close()
         await db.close()
@@ -116,30 +116,30 @@ async def test_reserve_fifty_concurrent_against_budget_for_ten(parts: Parts) -> 
 
 async def test_before_start_refuses_student_over_daily_quota_but_not_teacher(parts: Parts) -> None:
     """The second job of the day is refused for a student; a teacher is exempt from per-student quotas."""
-    await parts.service.update(GUILD, jobs_per_day=1, moderation=False)
-    await parts.service.before_start(pending(chat_lines(12)))
+    await parts.service.roles.update(GUILD, jobs_per_day=1, moderation=False)
+    await parts.service.policy.before_start(pending(chat_lines(12)))
     with pytest.raises(QuotaExceededError):
-        await parts.service.before_start(pending(chat_lines(12)))
-    await parts.service.before_start(pending(chat_lines(12), is_teacher=True))
-    await parts.service.before_start(pending(chat_lines(12), is_teacher=True))
+        await parts.service.policy.before_start(pending(chat_lines(12)))
+    await parts.service.policy.before_start(pending(chat_lines(12), is_teacher=True))
+    await parts.service.policy.before_start(pending(chat_lines(12), is_teacher=True))
     assert len(await parts.repo.ledger(GUILD)) == 3
 
 
 async def test_void_reservation_neither_spends_nor_counts(parts: Parts) -> None:
     """A start that failed gives the money back and does not use up the student's daily job."""
-    await parts.service.update(GUILD, jobs_per_day=1, budget_usd=1.0, moderation=False)
-    reservation = await parts.service.before_start(pending(chat_lines(12)))
-    await parts.service.on_start_failed(reservation)
-    assert (await parts.service.budget(GUILD))[1] == 0
-    await parts.service.before_start(pending(chat_lines(12)))
+    await parts.service.roles.update(GUILD, jobs_per_day=1, budget_usd=1.0, moderation=False)
+    reservation = await parts.service.policy.before_start(pending(chat_lines(12)))
+    await parts.service.policy.on_start_failed(reservation)
+    assert (await parts.service.roles.budget(GUILD))[1] == 0
+    await parts.service.policy.before_start(pending(chat_lines(12)))
 
 
 async def test_budgets_and_ledgers_are_per_server(parts: Parts) -> None:
     """Spending in one server never counts against another's budget."""
-    await parts.service.update(GUILD, budget_usd=0.02, moderation=False)
-    await parts.service.update(OTHER_GUILD, budget_usd=0.02, moderation=False)
-    await parts.service.before_start(pending(chat_lines(12)))
-    await parts.service.before_start(pending(chat_lines(12), guild_id=OTHER_GUILD))
+    await parts.service.roles.update(GUILD, budget_usd=0.02, moderation=False)
+    await parts.service.roles.update(OTHER_GUILD, budget_usd=0.02, moderation=False)
+    await parts.service.policy.before_start(pending(chat_lines(12)))
+    await parts.service.policy.before_start(pending(chat_lines(12), guild_id=OTHER_GUILD))
     assert len(await parts.repo.ledger(GUILD)) == len(await parts.repo.ledger(OTHER_GUILD)) == 1
 
 
@@ -147,23 +147,23 @@ async def test_unknown_price_with_a_budget_is_refused(parts: Parts) -> None:
     """Without a price the budget cannot be kept, so a capped server refuses; without a cap it reserves $0."""
     item = pending(chat_lines(12))
     unpriced = replace(item, estimated_usd=None)
-    await parts.service.update(GUILD, moderation=False)
-    assert (await parts.service.before_start(unpriced)).reserved_usd == 0.0  # type: ignore[union-attr]
-    await parts.service.update(GUILD, budget_usd=5.0)
+    await parts.service.roles.update(GUILD, moderation=False)
+    assert (await parts.service.policy.before_start(unpriced)).reserved_usd == 0.0  # type: ignore[union-attr]
+    await parts.service.roles.update(GUILD, budget_usd=5.0)
     with pytest.raises(BudgetExceededError) as refused:
-        await parts.service.before_start(unpriced)
+        await parts.service.policy.before_start(unpriced)
     assert refused.value.key == "gov.error.no_price"
 
 
 async def test_settle_ended_catches_jobs_that_ended_while_away(parts: Parts) -> None:
     """A job that ended without the watcher seeing it is settled by the sweep at start-up, once."""
-    await parts.service.update(GUILD, moderation=False)
-    reservation = await parts.service.before_start(pending(chat_lines(12)))
+    await parts.service.roles.update(GUILD, moderation=False)
+    reservation = await parts.service.policy.before_start(pending(chat_lines(12)))
     await insert_job(parts, "ftjob-a", trained_tokens=2000)
     assert reservation is not None
     await parts.repo.attach_job(reservation.id, "ftjob-a")
-    assert await parts.service.settle_ended() == 1
-    assert await parts.service.settle_ended() == 0
+    assert await parts.service.policy.settle_ended() == 1
+    assert await parts.service.policy.settle_ended() == 0
     [row] = await parts.repo.ledger(GUILD)
     assert row.state == "settled" and row.actual_usd == pytest.approx(2000 * 3.0 / 1e6)
 
@@ -185,7 +185,7 @@ async def test_report_totals_are_the_sum_of_the_jobs(parts: Parts) -> None:
     await insert_job(parts, "j2", trained_tokens=3000)
     await insert_job(parts, "j3", user_id=7, status="cancelled", trained_tokens=None)
     await insert_job(parts, "j4", guild_id=OTHER_GUILD, trained_tokens=99999)
-    report = await parts.service.report(GUILD)
+    report = await parts.service.reports.report(GUILD)
     by_user = {s.user_id: s for s in report.students}
     assert by_user[STUDENT].jobs == 2 and by_user[STUDENT].trained_tokens == 4000
     assert by_user[STUDENT].actual_usd == pytest.approx(4000 * 3.0 / 1e6)
@@ -219,8 +219,8 @@ def test_training_texts_reads_chat_preference_and_prompt_files() -> None:
 
 async def test_training_data_moderation_is_batched_and_capped(parts: Parts) -> None:
     """A huge file is moderated as an even sample of at most the cap, in batches, before anything is uploaded."""
-    await parts.service.update(GUILD, moderation=True)
-    await parts.service.check_training_data(pending(chat_lines(2000)))
+    await parts.service.roles.update(GUILD, moderation=True)
+    await parts.service.moderation.check_training_data(pending(chat_lines(2000)))
     batches = parts.fake.moderation_requests
     assert sum(len(b) for b in batches) == MODERATION_SAMPLE_CAP
     assert all(len(b) <= MODERATION_BATCH for b in batches)
@@ -229,33 +229,33 @@ async def test_training_data_moderation_is_batched_and_capped(parts: Parts) -> N
 
 async def test_training_data_flagged_line_is_named(parts: Parts) -> None:
     """A flagged example refuses the start and names its line."""
-    await parts.service.update(GUILD, moderation=True)
+    await parts.service.roles.update(GUILD, moderation=True)
     parts.fake.flag_words = {"nasty"}
     data = chat_lines(3) + chat_lines(1, word="nasty")
     with pytest.raises(errors.UserFacingError) as refused:
-        await parts.service.check_training_data(pending(data))
+        await parts.service.moderation.check_training_data(pending(data))
     assert refused.value.key == "gov.error.data_flagged" and refused.value.params["lines"] == "4"
 
 
 async def test_moderation_defaults_off_when_backend_has_no_endpoint(parts: Parts) -> None:
     """With no explicit choice, moderation is on only where the backend answers moderation requests."""
     parts.fake.fail_next("POST", "/moderations", status=404)
-    assert not await parts.service.moderation_on(GUILD)
-    assert await parts.service.moderate_chat(GUILD, ["anything"]) == [False]
-    await parts.service.update(GUILD, moderation=True)
-    assert await parts.service.moderation_on(GUILD)
+    assert not await parts.service.moderation.moderation_on(GUILD)
+    assert await parts.service.moderation.moderate_chat(GUILD, ["anything"]) == [False]
+    await parts.service.roles.update(GUILD, moderation=True)
+    assert await parts.service.moderation.moderation_on(GUILD)
 
 
 async def test_settings_round_trip_and_clear(parts: Parts) -> None:
     """Settings are stored per server; None clears a limit and 'all' clears the model list."""
-    settings = await parts.service.update(GUILD, budget_usd=12.5, allowed_models="gpt-4o-mini-2024-07-18, gpt-4.1",
+    settings = await parts.service.roles.update(GUILD, budget_usd=12.5, allowed_models="gpt-4o-mini-2024-07-18, gpt-4.1",
                                           approvals=True, teacher_role_id=5)
     assert settings.allowed_models == ("gpt-4o-mini-2024-07-18", "gpt-4.1") and settings.approvals
-    assert (await parts.service.settings(OTHER_GUILD)).budget_usd is None
-    settings = await parts.service.update(GUILD, budget_usd=None, allowed_models="all")
+    assert (await parts.service.roles.settings(OTHER_GUILD)).budget_usd is None
+    settings = await parts.service.roles.update(GUILD, budget_usd=None, allowed_models="all")
     assert settings.budget_usd is None and settings.allowed_models == () and settings.teacher_role_id == 5
-    assert await parts.service.is_teacher(GUILD, manages_server=False, role_ids={5})
-    assert not await parts.service.is_teacher(OTHER_GUILD, manages_server=False, role_ids={5})
+    assert await parts.service.roles.is_teacher(GUILD, manages_server=False, role_ids={5})
+    assert not await parts.service.roles.is_teacher(OTHER_GUILD, manages_server=False, role_ids={5})
 
 
 async def test_moderation_coalescer_shares_one_request_between_callers_at_once() -> None:

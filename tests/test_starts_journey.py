@@ -87,7 +87,7 @@ async def assert_ledger_matches_backend(room: Classroom) -> None:
     assert charged.keys() == ran.keys()
     for job_id, cost in ran.items():
         assert round(charged[job_id] or 0.0, 6) == round(cost, 6)
-    cap, committed = await room.bot.governance.budget(room.guild.id)
+    cap, committed = await room.bot.governance.roles.budget(room.guild.id)
     assert round(committed, 6) == round(sum(ran.values()), 6)
 
 
@@ -143,7 +143,7 @@ async def test_killed_bots_expired_and_stray_files_are_gone_after_next_start(
 async def test_kill_after_reserving_voids_the_reservation_and_start_works_again(classroom: Classroom) -> None:
     """Killed after reserving, before anything reached the backend: the next start voids the reservation, and the
     same card can still start its job, charged exactly once."""
-    await classroom.bot.governance.update(classroom.guild.id, budget_usd=5.0)
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=5.0)
     card = await open_card(classroom)
     hang = Hang()
     classroom.bot.gateway.upload_file = hang  # type: ignore[method-assign]
@@ -165,7 +165,7 @@ async def test_kill_after_reserving_voids_the_reservation_and_start_works_again(
 async def test_kill_after_backend_created_job_charges_it_after_restart(classroom: Classroom) -> None:
     """Killed after the backend created the job but before it was recorded: the restart adopts it through its
     token, the reservation stays held, and the job is charged what it ran."""
-    await classroom.bot.governance.update(classroom.guild.id, budget_usd=5.0)
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=5.0)
     card = await open_card(classroom)
     hang = Hang()
     classroom.bot.jobs.insert = hang  # type: ignore[method-assign]
@@ -184,7 +184,7 @@ async def test_kill_after_backend_created_job_charges_it_after_restart(classroom
 
 async def test_kill_after_recording_settles_once_after_restart(classroom: Classroom) -> None:
     """Killed after the job was recorded, before the card changed: it is watched and charged once."""
-    await classroom.bot.governance.update(classroom.guild.id, budget_usd=5.0)
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=5.0)
     card = await open_card(classroom)
     hang = Hang()
     classroom.bot.starts.repo.remove = hang  # type: ignore[method-assign]
@@ -203,7 +203,7 @@ async def test_kill_after_recording_settles_once_after_restart(classroom: Classr
 
 async def test_kill_after_notice_changes_nothing(classroom: Classroom) -> None:
     """Killed after the end notice: the restart charges nothing twice and posts no second notice."""
-    await classroom.bot.governance.update(classroom.guild.id, budget_usd=5.0)
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=5.0)
     card = await open_card(classroom)
     await press_start(classroom, card)
     job = await classroom.discord.wait_for(lambda: classroom.openai.jobs[0] if classroom.openai.jobs else None,
@@ -222,7 +222,7 @@ async def _states(room: Classroom, expected: list[str]) -> bool:
 
 async def test_orphaned_job_is_still_polled_and_charged_without_posting(classroom: Classroom) -> None:
     """A job whose channel is gone is watched silently until it ends, so its reservation is settled."""
-    await classroom.bot.governance.update(classroom.guild.id, budget_usd=5.0)
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=5.0)
     card = await open_card(classroom)
     await press_start(classroom, card)
     job = await classroom.discord.wait_for(lambda: classroom.openai.jobs[0] if classroom.openai.jobs else None,

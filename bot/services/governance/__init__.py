@@ -1,0 +1,62 @@
+"""Classroom governance, split by concern: roles and settings, the start policy and ledger, moderation, reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.openai_gateway import FineTuningGateway
+from bot.services.governance.moderation import (
+    MODERATION_BATCH,
+    MODERATION_SAMPLE_CAP,
+    ContentFlaggedError,
+    ModerationCoalescer,
+    ModerationNotice,
+    ModerationService,
+    training_texts,
+)
+from bot.services.governance.policy import (
+    QUOTA_WINDOW_SECONDS,
+    BudgetExceededError,
+    QuotaExceededError,
+    StartPolicyService,
+    job_cost,
+)
+from bot.services.governance.reports import (
+    ClassReport,
+    CleanupPlan,
+    CleanupResult,
+    ReportService,
+    StudentTotals,
+    build_report,
+    report_csv,
+)
+from bot.services.governance.roles import ClassSettingsService
+from storage.governance import GovernanceRepository
+from storage.jobs import JobRepository
+
+__all__ = [
+    "MODERATION_BATCH", "MODERATION_SAMPLE_CAP", "QUOTA_WINDOW_SECONDS", "BudgetExceededError", "ClassReport",
+    "ClassSettingsService", "CleanupPlan", "CleanupResult", "ContentFlaggedError", "Governance",
+    "ModerationCoalescer", "ModerationNotice", "ModerationService", "QuotaExceededError", "ReportService",
+    "StartPolicyService", "StudentTotals", "build_report", "job_cost", "report_csv", "training_texts",
+]
+
+
+@dataclass(frozen=True)
+class Governance:
+    """The teacher's rules for a server, one service per concern, sharing one repository."""
+
+    repo: GovernanceRepository
+    roles: ClassSettingsService
+    policy: StartPolicyService
+    moderation: ModerationService
+    reports: ReportService
+
+    @classmethod
+    def create(cls, repo: GovernanceRepository, jobs: JobRepository, gateway: FineTuningGateway, *,
+               self_hosted: bool) -> Governance:
+        """Wire the four services."""
+        roles = ClassSettingsService(repo)
+        moderation = ModerationService(repo, gateway, self_hosted=self_hosted)
+        policy = StartPolicyService(repo, jobs, moderation, self_hosted=self_hosted)
+        return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles))

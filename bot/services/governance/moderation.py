@@ -1,0 +1,237 @@
+"""Moderation: training data before it leaves the school, chat messages and replies, and the teacher's reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot import errors
+from bot.openai_gateway import FineTuningGateway
+from storage.governance import GovernanceRepository
+from storage.models import ClassSettings
+from storage.starts import PendingStart
+
+log = logging.getLogger(__name__)
+
+# Moderation: texts per request, and at most this many examples of one file (spread over the whole file).
+MODERATION_BATCH = 32
+MODERATION_SAMPLE_CAP = 512
+MODERATION_TEXT_CHARS = 4000
+# Whether the backend has a moderation endpoint is asked once, then remembered this long.
+MODERATION_PROBE_SECONDS = 3600
+# Float sums of cents must not refuse a job that fits exactly.
+
+
+class ContentFlaggedError(errors.UserFacingError):
+    """Moderation flagged the training data."""
+
+    key = "gov.error.data_flagged"
+
+
+@dataclass(frozen=True)
+class ModerationNotice:
+    """Something moderation held back, for the teacher channel."""
+
+    guild_id: int
+    where: str  # training_data | chat
+    user_id: int | None
+    count: int
+    excerpt: str
+    detail: str = ""
+
+
+Reporter = Callable[[ModerationNotice], Awaitable[None]]
+
+
+class ModerationCoalescer:
+    """Sends the texts of callers who ask at about the same time in one moderation request.
+
+    One request is in flight at a time; whoever asks meanwhile joins the next one (up to `max_batch` texts each). A
+    hundred streaming replies then cost a handful of requests a second instead of a hundred."""
+
+    def __init__(self, send: Callable[[list[str]], Awaitable[list[bool]]], max_batch: int) -> None:
+        self._send = send
+        self._max_batch = max_batch
+        self._queue: list[tuple[list[str], asyncio.Future[list[bool]]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def check(self, texts: list[str]) -> list[bool]:
+        """Flags for these texts, from a request shared with other callers."""
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._queue.append((texts, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._drain(), name="moderation batches")
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = [self._queue.pop(0)]
+            size = len(batch[0][0])
+            while self._queue and size + len(self._queue[0][0]) <= self._max_batch:
+                size += len(self._queue[0][0])
+                batch.append(self._queue.pop(0))
+            try:
+                flags = await self._send([text for texts, _ in batch for text in texts])
+            except Exception as exc:  # noqa: BLE001 - boundary: each waiter gets the error its own call would raise
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for texts, future in batch:
+                if not future.done():
+                    future.set_result(flags[start:start + len(texts)])
+                start += len(texts)
+
+
+class ModerationService:
+    """Holds back harmful training data and chat texts, and tells the teacher channel what it held back."""
+
+    def __init__(self, repo: GovernanceRepository, gateway: FineTuningGateway, *, self_hosted: bool) -> None:
+        self.repo = repo
+        self.gateway = gateway
+        self.self_hosted = self_hosted
+        self._reporters: list[Reporter] = []
+        self._probe: tuple[float, bool] | None = None
+        # Chat texts checked at about the same moment (a class of streaming replies) share one moderation request.
+        self._chat_checks = ModerationCoalescer(self._moderate, MODERATION_BATCH)
+
+    def add_reporter(self, reporter: Reporter) -> None:
+        """Who tells the teacher channel when moderation held something back (the classroom cog)."""
+        self._reporters.append(reporter)
+
+    def remove_reporter(self, reporter: Reporter) -> None:
+        """Stop reporting to this reporter."""
+        if reporter in self._reporters:
+            self._reporters.remove(reporter)
+
+    async def moderation_on(self, guild_id: int, settings: ClassSettings | None = None) -> bool:
+        """The teacher's choice; by default on when the backend offers a moderation endpoint."""
+        settings = settings or await self.repo.settings(guild_id)
+        if settings.moderation is not None:
+            return settings.moderation
+        return await self.backend_moderates()
+
+    async def backend_moderates(self) -> bool:
+        """Whether the backend answers moderation requests (asked once an hour)."""
+        now = time.monotonic()
+        if self._probe is not None and now - self._probe[0] < MODERATION_PROBE_SECONDS:
+            return self._probe[1]
+        try:
+            await self.gateway.moderate(["hello"])
+            available = True
+        except (errors.UpstreamBusyError, errors.UpstreamDownError):
+            return self._probe[1] if self._probe else not self.self_hosted  # a blip: do not decide now
+        except errors.UserFacingError:
+            available = False
+        self._probe = (now, available)
+        log.info("Backend moderation endpoint available: %s", available)
+        return available
+
+    async def moderate_chat(self, guild_id: int, texts: Sequence[str]) -> list[bool]:
+        """Which chat texts to hold back (the chat feature calls this for messages and replies)."""
+        if not texts or not await self.moderation_on(guild_id):
+            return [False] * len(texts)
+        try:
+            flags = await self._chat_checks.check([t[:MODERATION_TEXT_CHARS] for t in texts])
+        except errors.UserFacingError:
+            # A moderation outage must not silence every class chat; it is logged so the teacher can be told.
+            log.warning("Chat moderation unavailable in guild %s; letting %d texts through", guild_id, len(texts))
+            return [False] * len(texts)
+        flagged = [t for t, f in zip(texts, flags) if f]
+        if flagged:
+            await self._report(ModerationNotice(guild_id, "chat", None, len(flagged), _excerpt(flagged[0])))
+        return flags
+
+    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
+        """Moderate the user/assistant texts of the training (and validation) data before anything is uploaded."""
+        if pending.cleared:
+            return
+        if not await self.moderation_on(pending.guild_id, settings):
+            return
+        examples: list[tuple[int, str]] = []
+        for upload_data in await asyncio.to_thread(_data_to_upload, pending):
+            examples += training_texts(upload_data)
+        sample = _spread(examples, MODERATION_SAMPLE_CAP)
+        flags = await self._moderate([text for _, text in sample])
+        lines = [line for (line, _), flagged in zip(sample, flags) if flagged]
+        if lines:
+            shown = ", ".join(str(n) for n in lines[:10])
+            await self._report(ModerationNotice(
+                pending.guild_id, "training_data", pending.user_id, len(lines),
+                _excerpt(next(text for (line, text) in sample if line == lines[0])),
+                detail=f"{pending.training_filename}: {shown}",
+            ))
+            log.info("Training data of user %s in guild %s flagged on %d lines", pending.user_id,
+                     pending.guild_id, len(lines))
+            raise ContentFlaggedError(lines=shown)
+
+    async def _moderate(self, texts: list[str]) -> list[bool]:
+        flags: list[bool] = []
+        for start in range(0, len(texts), MODERATION_BATCH):
+            flags += await self.gateway.moderate(texts[start:start + MODERATION_BATCH])
+        return flags
+
+    async def _report(self, notice: ModerationNotice) -> None:
+        for reporter in list(self._reporters):
+            try:
+                await reporter(notice)
+            except Exception:  # boundary: a failed report must not undo the moderation decision
+                log.exception("Reporting a moderation notice in guild %s failed", notice.guild_id)
+
+
+def training_texts(data: bytes) -> list[tuple[int, str]]:
+    """(line, text) per example: its user and assistant texts joined, from chat, preference or prompt files."""
+    found: list[tuple[int, str]] = []
+    for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+        raw = raw.strip().lstrip("\ufeff")
+        if not raw:
+            continue
+        try:
+            example = json.loads(raw)
+        except ValueError:
+            continue  # the dataset check already refused broken lines
+        if not isinstance(example, dict):
+            continue
+        parts: list[str] = []
+        messages = example.get("messages") or (example.get("input") or {}).get("messages") or []
+        parts += [_content(m.get("content")) for m in messages
+                  if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+        for key in ("preferred_output", "non_preferred_output"):
+            parts += [_content(m.get("content")) for m in example.get(key) or [] if isinstance(m, dict)]
+        parts += [str(example[k]) for k in ("prompt", "completion") if isinstance(example.get(k), str)]
+        text = "\n".join(p for p in parts if p).strip()
+        if text:
+            found.append((number, text[:MODERATION_TEXT_CHARS]))
+    return found
+
+
+def _content(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _data_to_upload(pending: PendingStart) -> list[bytes]:
+    # Exactly what will be uploaded: the staged files (a converted CSV is already JSONL there).
+    return [Path(path).read_bytes() for path in pending.paths]
+
+
+def _spread(items: list[tuple[int, str]], cap: int) -> list[tuple[int, str]]:
+    # Huge files: an even sample over the whole file, so a problem at the end is as likely to be seen as at the start.
+    if len(items) <= cap:
+        return items
+    step = len(items) / cap
+    return [items[int(i * step)] for i in range(cap)]
+
+
+def _excerpt(text: str, limit: int = 120) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
