@@ -147,7 +147,7 @@ class ClassroomBot(commands.Bot):
                                       on_adopt=self.governance.policy.job_recorded)
         self.starts = StartService(
             self.settings, StartRepository(self.db), self.jobs, self.gateway, DatasetCheckService(), self.workers,
-            self.governance.policy, self.monitor.adopt_unrecorded,
+            self.governance.policy, self.monitor.adopt_unrecorded, self.finetune.base_models,
         )
         self.chat = ChatService(
             ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderation.moderate_chat,

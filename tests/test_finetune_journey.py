@@ -339,3 +339,28 @@ async def test_base_models_right_after_boot_asks_the_backend(classroom: Classroo
     monkeypatch.setattr(finetune, "time", types.SimpleNamespace(monotonic=lambda: 3.0, time=finetune.time.time))  # type: ignore[attr-defined]
     models = await classroom.bot.finetune.base_models()
     assert set(models) >= set(classroom.openai.base_models) - set(classroom.openai.retired)
+
+
+async def test_start_base_model_of_another_server_is_refused(classroom: Classroom) -> None:
+    """A fine-tuned model this server did not make cannot be trained from: refused privately, nothing uploaded."""
+    classroom.openai.add_fine_tuned_model("ft:gpt-4o-mini-2024-07-18:other-school:theirs:abc123")
+    reply = await open_card(classroom, base_model="ft:gpt-4o-mini-2024-07-18:other-school:theirs:abc123")
+    assert reply.ephemeral and "wasn't made on this server" in reply.text()
+    assert classroom.openai.uploads == [] and not reply.buttons
+
+
+async def test_start_unknown_base_model_is_refused(classroom: Classroom) -> None:
+    """A name the backend does not list is refused before any checking."""
+    reply = await open_card(classroom, base_model="gpt-9-imaginary")
+    assert reply.ephemeral and "isn't a model this class can fine-tune" in reply.text()
+
+
+async def test_start_from_this_servers_own_model_offers_start(classroom: Classroom) -> None:
+    """A model this server fine-tuned is a fine base for the next job."""
+    job_id = await start_job(classroom)
+    classroom.openai.complete(job_id)
+    await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10, what="notice")
+    model = classroom.openai.job(job_id).fine_tuned_model
+    assert model
+    card = await open_card(classroom, base_model=model)
+    assert card.button("Start")["style"] == GREEN

@@ -23,6 +23,7 @@ from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
 from bot.services.dataset_check import CheckResult, DatasetCheckService
 from bot.services.workers import CpuWorkers
+from dataset_rules.models import lookup as lookup_model
 from storage.jobs import JobRepository
 from storage.models import Approval, BackendJob, Job, NewJob, Reservation
 from storage.starts import PendingStart, StartRepository
@@ -162,6 +163,7 @@ class StartService:
         workers: CpuWorkers,
         policy: StartPolicy,
         adopt: Callable[[Collection[int]], Awaitable[list[Job]]],
+        base_models: Callable[[], Awaitable[list[str]]],
         *,
         staging_dir: Path | None = None,
     ) -> None:
@@ -174,6 +176,8 @@ class StartService:
         self.policy = policy
         # Records (and charges) jobs the backend ran under our metadata that we never wrote down.
         self.adopt = adopt
+        # The base models the backend lists (cached by the caller).
+        self.base_models = base_models
         self.staging_dir = staging_dir or _staging_dir(settings)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         # Tokens whose start is running in this process: reconciling must not void a reservation mid-upload.
@@ -189,6 +193,7 @@ class StartService:
                 raise errors.AttachmentError(
                     "error.attachment_too_large", name=upload.filename, limit_mb=limit // 2**20
                 )
+        await self._check_base_model(request)
         check = await self.workers.run(
             self.checker.check_bytes,
             training.data,
@@ -221,6 +226,20 @@ class StartService:
             _remove_files(pending)  # no row, no file: nothing a student sent lingers unreferenced
             raise
         return Prepared(check, pending)
+
+    async def _check_base_model(self, request: StartRequest) -> None:
+        # A base model the backend lists, or a model this server fine-tuned: never another server's model.
+        name = request.base_model
+        if name.startswith("ft:"):
+            own = await self.jobs.for_guild(request.guild_id, search=name, limit=25)
+            if any(job.fine_tuned_model == name for job in own):
+                return
+            raise errors.UserFacingError("error.base_model_not_ours", model=name)
+        listed = await self.base_models()
+        info = lookup_model(name)
+        if name in listed or (info is not None and (info.name in listed or info.retired())):
+            return  # a retired one is checked on: the card says plainly that it shut down
+        raise errors.UserFacingError("error.base_model_unknown", model=name)
 
     async def _stage(self, token: str, kind: str, upload: Upload, converted: bytes | None) -> tuple[str, str]:
         # A converted CSV/TSV goes up as the JSONL it became, named after the original.
