@@ -146,7 +146,8 @@ class ClassroomBot(commands.Bot):
         self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.policy.settle,
                                       on_adopt=self.governance.policy.job_recorded)
         self.starts = StartService(
-            self.settings, StartRepository(self.db), self.jobs, self.gateway, DatasetCheckService(), self.workers,
+            self.settings, StartRepository(self.db), self.jobs, self.gateway,
+            DatasetCheckService(max_bytes=self.settings.max_training_file_bytes), self.workers,
             self.governance.policy, self.monitor.adopt_unrecorded, self.finetune.base_models,
         )
         self.chat = ChatService(

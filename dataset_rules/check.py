@@ -821,15 +821,21 @@ def check_stream(
     validation_filename: str = "validation.jsonl",
     system_prompt: str | None = None,
     max_listed: int = MAX_LISTED_FINDINGS,
+    converted: list[bytes] | None = None,
+    converted_validation: list[bytes] | None = None,
 ) -> Report:
-    """Check a training file (and optionally a validation file) given as byte chunks; never holds it whole."""
+    """Check a training file (and optionally a validation file) given as byte chunks; never holds it whole.
+
+    A CSV/TSV table is converted once, on the fly: pass `converted` (and `converted_validation`) to receive the
+    chat JSONL lines the check read, which is exactly what to upload."""
     info = models.info_or_default(model)
     checker = _Checker(info, max_listed)
     findings = checker.findings
     if info.retired(today) and info.shutdown is not None:
         findings.add(Finding(None, "model_retired", {"model": info.name, "date": info.shutdown.isoformat()}))
 
-    train_lines, converted_from = _numbered_lines(checker, chunks, filename, system_prompt, max_bytes, order=0)
+    train_lines, converted_from = _numbered_lines(checker, chunks, filename, system_prompt, max_bytes, order=0,
+                                                  sink=converted)
     stats = checker.check_file(train_lines, file_label=filename, order=0, is_validation=False)
     chosen = _majority(stats)
     examples = checker.content_lines
@@ -841,7 +847,8 @@ def check_stream(
 
     validation_examples = 0
     if validation is not None:
-        val_lines, _ = _numbered_lines(checker, validation, validation_filename, system_prompt, max_bytes, order=1)
+        val_lines, _ = _numbered_lines(checker, validation, validation_filename, system_prompt, max_bytes, order=1,
+                                       sink=converted_validation)
         val_stats = checker.check_file(val_lines, file_label=validation_filename, order=1, is_validation=True)
         validation_examples = checker.content_lines
         _report_mixed(checker, val_stats, chosen or _majority(val_stats), validation_filename, order=1)
@@ -891,7 +898,8 @@ def check_stream(
 
 
 def _numbered_lines(
-    checker: _Checker, chunks: Iterable[bytes], filename: str, system_prompt: str | None, max_bytes: int, order: int
+    checker: _Checker, chunks: Iterable[bytes], filename: str, system_prompt: str | None, max_bytes: int, order: int,
+    sink: list[bytes] | None = None,
 ) -> tuple[Iterator[tuple[int, bytes]], str | None]:
     """Return the numbered JSONL lines of a file, converting a CSV/TSV table on the fly."""
     iterator = iter(chunks)
@@ -908,7 +916,10 @@ def _numbered_lines(
                                max_bytes=max_bytes)
 
     def numbered() -> Iterator[tuple[int, bytes]]:
-        yield from conversion.numbered()
+        for line, data in conversion.numbered():
+            if sink is not None:
+                sink.append(data + b"\n")
+            yield line, data
         for finding in conversion.findings:
             checker.findings.add(Finding(finding.line, finding.code, {**finding.params, "file": filename}), order)
 
@@ -967,6 +978,7 @@ class Conversion:
     delimiter: str = ","
     findings: list[Finding] = field(default_factory=list)
     rows: int = 0
+    output_bytes: int = 0
 
     def lines(self) -> Iterator[bytes]:
         """Yield one chat JSONL line (with newline) per good row."""
@@ -1011,12 +1023,18 @@ class Conversion:
             if not any(cell.strip() for cell in row):
                 self.findings.append(Finding(start, "blank_line", {}))
                 continue
-            self.rows += 1
             messages = [{"role": "system", "content": system}] if system else []
             # Empty cells become empty messages so the checker reports them at this row's line.
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": answer})
-            yield start, json.dumps({"messages": messages}, ensure_ascii=False).encode("utf-8")
+            encoded = json.dumps({"messages": messages}, ensure_ascii=False).encode("utf-8")
+            # The limit is on what would be uploaded: a table grows several times as JSONL, so stop past it.
+            self.output_bytes += len(encoded) + 1
+            if self.output_bytes > self.max_bytes:
+                self.findings.append(Finding(None, "file_too_large", {"limit_mb": self.max_bytes // (1024 * 1024)}))
+                return
+            self.rows += 1
+            yield start, encoded
         if header is None:
             self.findings.append(Finding(None, "empty_file", {}))
 

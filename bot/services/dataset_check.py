@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -13,6 +14,12 @@ from dataset_rules.check import DEFAULT_MAX_BYTES, Report, check_stream, convert
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1 << 20
+# In-memory checks read smaller chunks, so that the time limit is looked at often (a table's rows are slow).
+TIMED_CHUNK_BYTES = 1 << 16
+
+
+class CheckTooSlowError(Exception):
+    """A check ran past its time limit (raised inside the worker, so the worker is free again at once)."""
 SNIFF_BYTES = 4096
 
 
@@ -30,6 +37,14 @@ def read_chunks(path: str | os.PathLike[str], size: int = READ_CHUNK_BYTES) -> I
     with open(path, "rb") as handle:
         while chunk := handle.read(size):
             yield chunk
+
+
+def _timed(chunks: Iterator[bytes], deadline: float | None) -> Iterator[bytes]:
+    """Pass chunks through until the deadline (time.monotonic) has passed."""
+    for chunk in chunks:
+        if deadline is not None and time.monotonic() > deadline:
+            raise CheckTooSlowError()
+        yield chunk
 
 
 def _memory_chunks(data: bytes, size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
@@ -83,23 +98,32 @@ class DatasetCheckService:
         model: str,
         n_epochs: int | None = None,
         system_prompt: str | None = None,
+        time_limit_seconds: float | None = None,
     ) -> CheckResult:
-        """Check an attachment already in memory; convert a CSV/TSV to the JSONL to upload."""
+        """Check an attachment already in memory; convert a CSV/TSV to the JSONL to upload (once, while checking).
+
+        Raises CheckTooSlowError past the time limit."""
+        # A table is converted once, while it is checked; the JSONL lines the check read are what is uploaded.
+        lines: list[bytes] = []
+        validation_lines: list[bytes] = []
+        deadline = None if time_limit_seconds is None else time.monotonic() + time_limit_seconds
         report = check_stream(
-            _memory_chunks(data),
+            _timed(_memory_chunks(data, TIMED_CHUNK_BYTES), deadline),
             model=model,
             n_epochs=n_epochs,
-            validation=_memory_chunks(validation[0]) if validation else None,
+            validation=_timed(_memory_chunks(validation[0], TIMED_CHUNK_BYTES), deadline) if validation else None,
             max_bytes=self.max_bytes,
             filename=filename,
             validation_filename=validation[1] if validation else "validation.jsonl",
             today=self.today,
             system_prompt=system_prompt,
+            converted=lines,
+            converted_validation=validation_lines,
         )
-        converted = convert_bytes(data, filename, system_prompt) if report.converted_from else None
+        converted = b"".join(lines) if report.converted_from and report.ok else None
         converted_validation = None
-        if validation is not None and is_table(validation[1], validation[0][:SNIFF_BYTES]):
-            converted_validation = convert_bytes(validation[0], validation[1], system_prompt)
+        if report.ok and validation is not None and is_table(validation[1], validation[0][:SNIFF_BYTES]):
+            converted_validation = b"".join(validation_lines)
         return CheckResult(report, converted, converted_validation)
 
 

@@ -21,7 +21,7 @@ from typing import Protocol
 from bot import errors
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
-from bot.services.dataset_check import CheckResult, DatasetCheckService
+from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.jobs import JobRepository
@@ -31,6 +31,8 @@ from storage.starts import PendingStart, StartRepository
 log = logging.getLogger(__name__)
 
 PENDING_TTL_SECONDS = 15 * 60
+# A dataset check (a CSV's conversion included) that takes longer is stopped: the worker is shared by the class.
+CHECK_TIME_LIMIT_SECONDS = 60.0
 # How long a student's checked file waits on disk for a teacher's decision.
 APPROVAL_TTL_SECONDS = 24 * 3600
 # The metadata key under which a job carries its client token (its ledger row's and its pending start's).
@@ -182,6 +184,7 @@ class StartService:
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         # Tokens whose start is running in this process: reconciling must not void a reservation mid-upload.
         self._in_flight: set[str] = set()
+        self._checking: set[tuple[int, int]] = set()
 
     # Before the click ---------------------------------------------------------------------------------------
 
@@ -194,14 +197,27 @@ class StartService:
                     "error.attachment_too_large", name=upload.filename, limit_mb=limit // 2**20
                 )
         await self._check_base_model(request)
-        check = await self.workers.run(
-            self.checker.check_bytes,
-            training.data,
-            training.filename,
-            validation=(validation.data, validation.filename) if validation else None,
-            model=request.base_model,
-            n_epochs=request.n_epochs,
-        )
+        # One check per student at a time: the check workers are shared by the whole class.
+        student = (request.guild_id, request.user_id)
+        if student in self._checking:
+            raise errors.UserFacingError("error.check_running")
+        self._checking.add(student)
+        try:
+            check = await self.workers.run(
+                self.checker.check_bytes,
+                training.data,
+                training.filename,
+                validation=(validation.data, validation.filename) if validation else None,
+                model=request.base_model,
+                n_epochs=request.n_epochs,
+                time_limit_seconds=CHECK_TIME_LIMIT_SECONDS,
+            )
+        except CheckTooSlowError:
+            log.warning("Check of a %d-byte file for user %s stopped at the time limit", len(training.data),
+                        request.user_id)
+            raise errors.AttachmentError("error.check_too_slow", name=training.filename) from None
+        finally:
+            self._checking.discard(student)
         if not check.report.ok:
             return Prepared(check, None)
         token = secrets.token_hex(8)
