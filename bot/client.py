@@ -18,6 +18,7 @@ from bot.errors import UserFacingError
 from bot.i18n import catalog, locale_of, t
 from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import ChatService
+from bot.services.chat_limits import ChatLimits
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.finetune import FineTuneService
 from bot.services.governance import Governance
@@ -103,6 +104,7 @@ class ClassroomBot(commands.Bot):
     workers: CpuWorkers
     edit_budget: EditBudget
     chat: ChatService
+    chat_limits: ChatLimits
     governance: Governance
     trainer: TrainerProcess | None = None  # the school's own trainer, when the bot runs it
     _shutdown: asyncio.Task[None] | None = None
@@ -150,10 +152,16 @@ class ClassroomBot(commands.Bot):
             DatasetCheckService(max_bytes=self.settings.max_training_file_bytes), self.workers,
             self.governance.policy, self.monitor.adopt_unrecorded, self.finetune.base_models,
         )
+        self.chat_limits = ChatLimits(
+            self.governance.repo, self.governance.roles, self.finetune.base_models, self_hosted=self.settings.self_hosted
+        )
         self.chat = ChatService(
             ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderation.moderate_chat,
+            limits=self.chat_limits,
             edit_budget=self.edit_budget,
         )
+        # Chat answers a stopped bot left held are charged their worst case, so the budget never under-counts.
+        await self.chat_limits.settle_stale()
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

@@ -19,6 +19,7 @@ from bot import errors
 from bot.client import send_ephemeral
 from bot.i18n import t
 from bot.services.chat import Answer, ChatService, Comparison
+from bot.services.chat_limits import ChatLimits
 from dataset_rules.models import lookup
 from storage.models import ChatThread, TrainedModel
 
@@ -95,8 +96,8 @@ class Chat(commands.Cog):
         name="chat", description=_("Chat with a model in a thread", key="cmd.chat"), guild_only=True
     )
 
-    def __init__(self, bot: ClassroomBot, service: ChatService) -> None:
-        self.bot, self.service = bot, service
+    def __init__(self, bot: ClassroomBot, service: ChatService, limits: ChatLimits) -> None:
+        self.bot, self.service, self.limits = bot, service, limits
         # One answer at a time per thread, in the order messages arrived; a lock lives while someone waits on it.
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -202,14 +203,27 @@ class Chat(commands.Cog):
         channel = message.channel
         if not isinstance(channel, discord.Thread | discord.PartialMessageable):
             return
+        if not self.limits.wait(channel.id):  # the thread's queue is full: refused at once, not piled up
+            thread = await self.service.thread(channel.id)
+            if thread is not None and not thread.ended and thread.guild_id == message.guild.id:
+                await _send_quietly(channel, t("chat.error.queue_full", self.bot.channel_locale(thread.guild_id)))
+            return
         lock = self._locks.get(channel.id)
         if lock is None:
             lock = self._locks[channel.id] = asyncio.Lock()
-        async with lock:  # taken before any await, so answers keep the messages' order
-            thread = await self.service.thread(channel.id)
-            if thread is None or thread.ended or thread.guild_id != message.guild.id:
-                return
-            await self._answer(channel, thread, message)
+        try:
+            async with lock:  # taken before any await, so answers keep the messages' order
+                thread = await self.service.thread(channel.id)
+                if thread is None or thread.ended or thread.guild_id != message.guild.id:
+                    return
+                try:
+                    self.limits.check_rate(thread.guild_id, message.author.id)
+                except errors.UserFacingError as exc:
+                    await _send_quietly(channel, exc.render(self.bot.channel_locale(thread.guild_id)))
+                    return
+                await self._answer(channel, thread, message)
+        finally:
+            self.limits.leave(channel.id)
 
     async def _answer(self, channel: discord.abc.Messageable, thread: ChatThread, message: discord.Message) -> None:
         locale = self.bot.channel_locale(thread.guild_id)
@@ -245,7 +259,8 @@ class Chat(commands.Cog):
         """Ask a model one question."""
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
-        await self.service.ask(interaction.guild_id, model, prompt, FollowupSink(interaction), str(interaction.locale))
+        await self.service.ask(interaction.guild_id, model, prompt, FollowupSink(interaction), str(interaction.locale),
+                               user_id=interaction.user.id)
 
     @app_commands.command(name="compare", description=_(
         "Ask a fine-tuned model and its base model the same thing, side by side", key="cmd.compare"))
@@ -263,7 +278,8 @@ class Chat(commands.Cog):
         """Ask a fine-tuned model and its base model the same thing, side by side."""
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
-        comparison = await self.service.compare(interaction.guild_id, prompt, model, against)
+        comparison = await self.service.compare(interaction.guild_id, prompt, model, against,
+                                                user_id=interaction.user.id)
         embed, file = compare_embed(comparison, str(interaction.locale))
         await interaction.followup.send(embed=embed, files=[file] if file else [], allowed_mentions=NO_MENTIONS)
 
@@ -365,4 +381,4 @@ def models_embed(models: list[TrainedModel], locale: str) -> discord.Embed:
 
 async def setup(bot: ClassroomBot) -> None:
     """Load the cog with its service."""
-    await bot.add_cog(Chat(bot, bot.chat))
+    await bot.add_cog(Chat(bot, bot.chat, bot.chat_limits))

@@ -71,6 +71,24 @@ def _read_prices(path: str, mtime_ns: int) -> dict[str, float]:
     return {str(name): float(price) for name, price in table.items() if isinstance(price, int | float)}
 
 
+def chat_price(model: str, path: str | os.PathLike[str] | None = None) -> tuple[float, float] | None:
+    """(input, output) USD per 1M chat tokens for a base or fine-tuned model; None when the table has no price."""
+    chosen = os.fspath(path or os.environ.get(PRICES_FILE_ENV) or DEFAULT_PRICES_PATH)
+    table = _read_chat_prices(chosen, os.stat(chosen).st_mtime_ns)
+    base = base_name(model)
+    price = table.get(f"ft:{base}" if model.strip().startswith("ft:") else base)
+    return price
+
+
+@lru_cache(maxsize=8)
+def _read_chat_prices(path: str, mtime_ns: int) -> dict[str, tuple[float, float]]:
+    with open(path, encoding="utf-8") as handle:
+        raw = json.load(handle)
+    table = raw.get("chat_usd_per_1m_tokens") or {}
+    return {str(name): (float(pair[0]), float(pair[1])) for name, pair in table.items()
+            if isinstance(pair, list) and len(pair) == 2}
+
+
 def catalog(prices: dict[str, float] | None = None) -> dict[str, ModelInfo]:
     """Return every known base model by its dated name, with prices from the table."""
     table = load_prices() if prices is None else prices

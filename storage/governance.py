@@ -107,7 +107,7 @@ class GovernanceRepository:
             committed = float(row[0]) if row else 0.0
         async with conn.execute(
             "SELECT count(*) FROM spend_ledger WHERE guild_id = ? AND user_id = ? AND state != 'void' "
-            "AND created_at >= ?",
+            "AND kind = 'job' AND created_at >= ?",
             (guild_id, user_id, since),
         ) as cur:
             row = await cur.fetchone()
@@ -124,6 +124,7 @@ class GovernanceRepository:
         since: int,
         decide: Callable[[SpendSnapshot], None],
         client_token: str | None = None,
+        kind: str = "job",
     ) -> Reservation:
         """Read, decide and reserve in ONE write transaction, so concurrent Starts can never overspend.
 
@@ -139,9 +140,9 @@ class GovernanceRepository:
                     (client_token,),
                 )
             cursor = await conn.execute(
-                "INSERT INTO spend_ledger (guild_id, user_id, base_model, reserved_usd, state, created_at, client_token) "
-                "VALUES (?, ?, ?, ?, 'reserved', ?, ?)",
-                (guild_id, user_id, base_model, cost_usd, _now(), client_token),
+                "INSERT INTO spend_ledger (guild_id, user_id, base_model, reserved_usd, state, created_at, client_token, "
+                "kind) VALUES (?, ?, ?, ?, 'reserved', ?, ?, ?)",
+                (guild_id, user_id, base_model, cost_usd, _now(), client_token, kind),
             )
             reservation_id = cursor.lastrowid
         assert reservation_id is not None
@@ -195,7 +196,8 @@ class GovernanceRepository:
     async def reserved_tokens(self) -> dict[str, int]:
         """Client tokens of reservations not yet tied to a job, with their server."""
         rows = await self.db.fetch_all(
-            "SELECT client_token, guild_id FROM spend_ledger WHERE state = 'reserved' AND client_token IS NOT NULL"
+            "SELECT client_token, guild_id FROM spend_ledger WHERE state = 'reserved' AND client_token IS NOT NULL "
+            "AND kind = 'job'"
         )
         return {str(r["client_token"]): int(r["guild_id"]) for r in rows}
 
@@ -215,6 +217,22 @@ class GovernanceRepository:
             (actual_usd, actual_usd, _now(), job_id),
         )
         return changed > 0
+
+    async def settle_entry(self, entry_id: int, actual_usd: float) -> None:
+        """A chat answer ended: its worst case is replaced by what it cost."""
+        await self.db.execute(
+            "UPDATE spend_ledger SET actual_usd = ?, released_usd = max(0, reserved_usd - ?), state = 'settled', "
+            "settled_at = ? WHERE id = ? AND state = 'reserved'",
+            (actual_usd, actual_usd, _now(), entry_id),
+        )
+
+    async def settle_stale_chats(self) -> int:
+        """Chat answers a stopped bot left reserved: charged their worst case (the answer may have gone out)."""
+        return await self.db.execute(
+            "UPDATE spend_ledger SET actual_usd = reserved_usd, state = 'settled', settled_at = ? "
+            "WHERE kind = 'chat' AND state = 'reserved'",
+            (_now(),),
+        )
 
     async def unsettled_ended_jobs(self) -> list[str]:
         """Jobs that ended while their reservation is still held (e.g. the bot stopped in between)."""

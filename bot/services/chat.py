@@ -17,6 +17,7 @@ import tiktoken
 from bot import errors
 from bot.i18n import t
 from bot.openai_gateway import FineTuningGateway
+from bot.services.chat_limits import ChatLimits, ChatTicket
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS, EDITS_PER_WINDOW, EditBudget
 from dataset_rules import tokens as token_rules
 from dataset_rules.models import ModelInfo, base_name, lookup
@@ -305,6 +306,7 @@ class ChatService:
         gateway: FineTuningGateway,
         *,
         moderate: Moderator | None = None,
+        limits: ChatLimits | None = None,
         edit_budget: EditBudget | None = None,
         history_token_cap: int = HISTORY_TOKEN_CAP,
         reply_max_tokens: int = REPLY_MAX_TOKENS,
@@ -313,6 +315,8 @@ class ChatService:
         self.jobs = jobs
         self.gateway = gateway
         self.moderate = moderate
+        # Spend in the class ledger and the chat base-model rule (bot.services.chat_limits); None: unlimited.
+        self.limits = limits
         self.edit_budget = edit_budget or EditBudget()
         self.history_token_cap = history_token_cap
         self.reply_max_tokens = reply_max_tokens
@@ -374,6 +378,8 @@ class ChatService:
             if _retired(model):
                 raise chat_error(errors.UnknownModelError(), model)
             raise errors.UserFacingError("chat.error.unknown_model", model=model)
+        if self.limits is not None:
+            await self.limits.check_base_model(guild_id, model)
         return model
 
     async def base_of(self, guild_id: int, model: str) -> str:
@@ -468,16 +474,20 @@ class ChatService:
             await sink.post(t("chat.held_back_question", locale))
             return Delivered("", 1, held_back=True)
         messages = await self.history(thread, question)
+        prompt_tokens = _prompt_tokens(thread.model, messages)
+        ticket = await self._admit(thread.guild_id, user_id, thread.model, prompt_tokens, self.reply_max_tokens)
         try:
             pieces = await self._open_stream(thread.model, messages)
         except errors.UserFacingError as exc:
             if exc.key != "error.context_too_long":
+                await self._release(ticket)
                 raise chat_error(exc, thread.model) from None
             # Our count was too generous for this model (e.g. a self-hosted one): once more with half the history.
             messages = await self.history(thread, question, budget=self.history_budget(thread.model) // 2)
             try:
                 pieces = await self._open_stream(thread.model, messages)
             except errors.UserFacingError as again:
+                await self._release(ticket)
                 raise chat_error(again, thread.model) from None
 
         async def remember(answer: str) -> None:
@@ -486,10 +496,11 @@ class ChatService:
                 answer, count_tokens(thread.model, answer), int(time.time()),
             )
 
-        return await self.deliver(pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model,
-                                  before_final=remember)
+        return await self._charged(ticket, prompt_tokens, thread.model, self.deliver(
+            pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model, before_final=remember))
 
-    async def ask(self, guild_id: int, model: str, prompt: str, sink: ReplySink, locale: str) -> Delivered:
+    async def ask(self, guild_id: int, model: str, prompt: str, sink: ReplySink, locale: str,
+                  user_id: int = 0) -> Delivered:
         """One question, one streamed answer; nothing is remembered."""
         model = await self.resolve_model(guild_id, model)
         if not await self.is_allowed(guild_id, prompt):
@@ -497,13 +508,19 @@ class ChatService:
             return Delivered("", 1, held_back=True)
         if count_tokens(model, prompt) + 2 * TOKENS_PER_MESSAGE > self.history_budget(model):
             raise errors.UserFacingError("chat.error.message_too_long")
+        messages = [{"role": "user", "content": prompt}]
+        prompt_tokens = _prompt_tokens(model, messages)
+        ticket = await self._admit(guild_id, user_id, model, prompt_tokens, self.reply_max_tokens)
         try:
-            pieces = await self._open_stream(model, [{"role": "user", "content": prompt}])
+            pieces = await self._open_stream(model, messages)
         except errors.UserFacingError as exc:
+            await self._release(ticket)
             raise chat_error(exc, model) from None
-        return await self.deliver(pieces, sink, guild_id=guild_id, locale=locale, model=model)
+        return await self._charged(ticket, prompt_tokens, model,
+                                   self.deliver(pieces, sink, guild_id=guild_id, locale=locale, model=model))
 
-    async def compare(self, guild_id: int, prompt: str, model: str, against: str | None = None) -> Comparison:
+    async def compare(self, guild_id: int, prompt: str, model: str, against: str | None = None,
+                      user_id: int = 0) -> Comparison:
         """The same prompt to a fine-tuned model and to its base (or `against`), at the same time."""
         first = await self.resolve_model(guild_id, model)
         second = await self.resolve_model(guild_id, against) if against else await self.base_of(guild_id, first)
@@ -511,18 +528,55 @@ class ChatService:
             raise errors.UserFacingError("chat.error.compare_same")
         if not await self.is_allowed(guild_id, prompt):
             raise errors.UserFacingError("chat.held_back_question")
-        one, two = await asyncio.gather(self._answer(guild_id, first, prompt), self._answer(guild_id, second, prompt))
+        one, two = await asyncio.gather(self._answer(guild_id, first, prompt, user_id),
+                                        self._answer(guild_id, second, prompt, user_id))
         return Comparison(prompt, one, two)
 
-    async def _answer(self, guild_id: int, model: str, prompt: str) -> Answer:
+    async def _answer(self, guild_id: int, model: str, prompt: str, user_id: int = 0) -> Answer:
+        messages = [{"role": "user", "content": prompt}]
+        prompt_tokens = _prompt_tokens(model, messages)
         try:
-            text = await self.gateway.complete_chat(model, [{"role": "user", "content": prompt}],
-                                                    max_tokens=COMPARE_MAX_TOKENS)
+            ticket = await self._admit(guild_id, user_id, model, prompt_tokens, COMPARE_MAX_TOKENS)
         except errors.UserFacingError as exc:
+            return Answer(model, None, exc)  # e.g. the budget is spent: this side says so
+        try:
+            text = await self.gateway.complete_chat(model, messages, max_tokens=COMPARE_MAX_TOKENS)
+        except errors.UserFacingError as exc:
+            await self._release(ticket)
             return Answer(model, None, chat_error(exc, model))
+        except BaseException:
+            await self._settle(ticket, prompt_tokens, COMPARE_MAX_TOKENS)  # it may have been answered
+            raise
+        await self._settle(ticket, prompt_tokens, count_tokens(model, text))
         if not await self.is_allowed(guild_id, text):
             return Answer(model, None, held_back=True)
         return Answer(model, text)
+
+    # Spend (hooks into bot.services.chat_limits) -----------------------------------------------------------------
+
+    async def _admit(self, guild_id: int, user_id: int, model: str, prompt_tokens: int,
+                     max_tokens: int) -> ChatTicket | None:
+        return None if self.limits is None else await self.limits.admit(
+            guild_id, user_id, model, prompt_tokens, max_tokens)
+
+    async def _release(self, ticket: ChatTicket | None) -> None:
+        if self.limits is not None:
+            await self.limits.release(ticket)
+
+    async def _settle(self, ticket: ChatTicket | None, prompt_tokens: int, reply_tokens: int) -> None:
+        if self.limits is not None:
+            await self.limits.settle(ticket, prompt_tokens, reply_tokens)
+
+    async def _charged(self, ticket: ChatTicket | None, prompt_tokens: int, model: str,
+                       delivery: Awaitable[Delivered]) -> Delivered:
+        """Deliver, then charge what the answer used; an answer cut off midway is charged its worst case."""
+        try:
+            delivered = await delivery
+        except BaseException:
+            await self._settle(ticket, prompt_tokens, self.reply_max_tokens)
+            raise
+        await self._settle(ticket, prompt_tokens, count_tokens(model, delivered.text))
+        return delivered
 
     async def _open_stream(self, model: str, messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
         """Start a streamed reply and wait for its first piece, so that refusals surface here, before anything shows."""
@@ -636,6 +690,10 @@ async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator
             yield piece
     finally:
         await rest.aclose()
+
+
+def _prompt_tokens(model: str, messages: list[dict[str, str]]) -> int:
+    return sum(count_tokens(model, m["content"]) + TOKENS_PER_MESSAGE for m in messages)
 
 
 def _retired(model: str) -> bool:

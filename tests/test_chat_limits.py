@@ -1,0 +1,107 @@
+"""Chat within the class's limits: spend in the same ledger as jobs, a message rate and a bounded queue in threads,
+and only the allowed (or fine-tunable) base models."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot import errors
+from bot.services.chat_limits import MESSAGES_PER_WINDOW, THREAD_QUEUE_MAX, ChatBudgetError
+from tests.conftest import Classroom
+from tests.test_chat_journey import bot_replies, open_chat
+
+MODEL = "gpt-4o-mini-2024-07-18"
+
+
+class Collect:
+    """A reply sink that keeps what would be shown."""
+
+    def __init__(self, channel_id: int = 1) -> None:
+        self.channel_id = channel_id
+        self.posts: list[str] = []
+
+    async def post(self, text: str) -> None:
+        self.posts.append(text)
+
+    async def edit(self, index: int, text: str) -> None:
+        self.posts[index] = text
+
+
+async def test_burst_of_30_chats_never_spends_past_a_small_cap(classroom: Classroom) -> None:
+    """30 questions at once against $0.01: what is charged stays within the cap, and each refusal says what is
+    left."""
+    guild = classroom.guild.id
+    await classroom.bot.governance.roles.update(guild, budget_usd=0.01)
+
+    async def one(i: int) -> str | errors.UserFacingError:
+        try:
+            delivered = await classroom.bot.chat.ask(guild, MODEL, f"Question {i}?", Collect(1000 + i), "en",
+                                                     user_id=classroom.student.id)
+        except errors.UserFacingError as exc:
+            return exc
+        return delivered.text
+
+    results = await asyncio.gather(*(one(i) for i in range(30)))
+    answered = [r for r in results if isinstance(r, str)]
+    refused = [r for r in results if isinstance(r, errors.UserFacingError)]
+    assert answered and refused and len(answered) + len(refused) == 30
+    assert all(isinstance(r, ChatBudgetError) and "is left" in r.render("en") for r in refused)
+    cap, committed = await classroom.bot.governance.roles.budget(guild)
+    assert cap == 0.01 and 0 < committed <= 0.01
+    rows = [r for r in await classroom.bot.governance.repo.ledger(guild)]
+    assert len(rows) == 30 - sum(1 for r in refused) and all(r.state == "settled" for r in rows)
+    assert sum(r.actual_usd or 0.0 for r in rows) <= 0.01
+
+
+async def test_chat_spend_counts_against_the_job_budget(classroom: Classroom) -> None:
+    """A class whose budget chat has spent cannot start a job that no longer fits."""
+    guild = classroom.guild.id
+    await classroom.bot.governance.roles.update(guild, budget_usd=0.002)
+    await classroom.bot.chat.ask(guild, MODEL, "Hello?", Collect(), "en", user_id=classroom.student.id)
+    cap, committed = await classroom.bot.governance.roles.budget(guild)
+    assert committed > 0
+    rows = await classroom.bot.governance.repo.ledger(guild)
+    assert [(r.job_id, r.state) for r in rows] == [(None, "settled")]
+
+
+async def test_thread_burst_is_rate_limited_and_queue_bounded(classroom: Classroom) -> None:
+    """30 messages at once in a thread: a few are answered, the others are told plainly why not."""
+    classroom.openai.stream_token_delay = 0.005
+    thread = await open_chat(classroom)
+    for i in range(30):
+        await classroom.discord.say(thread, classroom.student, f"message {i}")
+
+    def settled() -> list[object] | None:
+        replies = bot_replies(classroom, thread)
+        answers = [m for m in replies if "reply to:" in m.content]
+        refusals = [m for m in replies if "very fast" in m.content or "already waiting" in m.content]
+        return [answers, refusals] if len(answers) + len(refusals) >= 30 else None
+
+    answers, refusals = await classroom.discord.wait_for(settled, timeout=20, what="every message answered or refused")
+    assert 0 < len(answers) <= min(MESSAGES_PER_WINDOW, THREAD_QUEUE_MAX) + 1
+    assert len(refusals) == 30 - len(answers)
+    # Every queued message leaves the queue (the last one just after its answer's final edit).
+    await classroom.discord.wait_for(lambda: not classroom.bot.chat_limits._waiting or None, timeout=10,
+                                     what="an empty queue")
+
+
+async def test_chat_base_model_outside_the_allowed_list_is_refused(classroom: Classroom) -> None:
+    """The teacher's allowed models apply to chat's base models too."""
+    await classroom.bot.governance.roles.update(classroom.guild.id, allowed_models=(MODEL,))
+    interaction = await classroom.discord.slash(classroom.guild, classroom.student, "chat start",
+                                                model="gpt-4o-2024-08-06")
+    await interaction.response(timeout=3)
+    refusal = await interaction.followup(timeout=5)
+    assert refusal.ephemeral and "can chat with these base models" in refusal.text() and MODEL in refusal.text()
+
+
+async def test_unknown_chat_model_is_refused_when_the_list_is_unavailable(classroom: Classroom) -> None:
+    """With the backend's model list unreachable, a name nobody knows is refused, not let through."""
+    classroom.openai.fail_next("GET", r"/models$", status=500, times=20)
+    classroom.bot.chat._models = (0.0, None)  # nothing cached from earlier
+    interaction = await classroom.discord.slash(classroom.guild, classroom.student, "ask", model="gpt-imaginary",
+                                                prompt="Hello?")
+    await interaction.response(timeout=3)
+    refusal = await interaction.followup(timeout=10)
+    assert refusal.ephemeral and "gpt-imaginary" in refusal.text()
+    assert classroom.openai.chat_requests == []
