@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bot.services import starts as starts_module
 from bot.services.dataset_check import DatasetCheckService
 from storage.models import LedgerEntry
 from tests.conftest import MANAGE_GUILD, Classroom, press
@@ -304,6 +305,19 @@ async def test_approval_after_crash_approve_starts_exactly_one_job(classroom: Cl
     assert len(classroom.openai.jobs) == 1
     rows = await ledger(classroom, classroom.guild.id)
     assert [(r.job_id, r.state) for r in rows] == [(job.id, "active")]
+
+
+async def test_approval_after_the_file_expired_tells_both(classroom: Classroom, teachers: FakeChannel,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """An approval older than the staged file's life: Approve starts nothing, and both are told plainly."""
+    monkeypatch.setattr(starts_module, "APPROVAL_TTL_SECONDS", 0)
+    _, approval = await _request_approval(classroom, teachers)
+    await click_and_wait(classroom, approval, "Approve", classroom.teacher)
+    await classroom.discord.wait_for(lambda: "could not start" in approval.text() or None, timeout=10)
+    told = await classroom.discord.wait_message(classroom.channel_id, lambda m: "could not start" in m.content,
+                                                timeout=10)
+    assert "more than a day" in told.content and "/finetune start again" in told.content
+    assert classroom.openai.jobs == [] and await ledger(classroom, classroom.guild.id) == []
 
 
 async def test_approval_teacher_own_start_needs_no_approval(classroom: Classroom, teachers: FakeChannel) -> None:
