@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -233,3 +234,28 @@ async def test_orphaned_job_is_still_polled_and_charged_without_posting(classroo
     classroom.openai.complete(job.id)
     await assert_ledger_matches_backend(classroom)
     assert notices(classroom) == []
+
+
+async def test_error_after_creation_keeps_the_reservation_and_reconcile_records_it(classroom: Classroom) -> None:
+    """A failure to record a created job (a locked database) voids nothing: the student is told it trains, and the
+    next reconcile records it under its token and charges it what it ran."""
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=5.0)
+    card = await open_card(classroom)
+    original = classroom.bot.jobs.insert
+
+    async def locked(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    classroom.bot.jobs.insert = locked  # type: ignore[method-assign]
+    click = await press(classroom.discord, card, "Start", classroom.student)
+    told = await click.followup(timeout=10)  # type: ignore[attr-defined]
+    job = classroom.openai.jobs[0]
+    assert told.ephemeral and job.id in told.text() and "is training" in told.text()
+    assert [r.state for r in await ledger(classroom)] == ["reserved"]
+    classroom.bot.jobs.insert = original  # type: ignore[method-assign]
+    await classroom.bot.starts.reconcile({classroom.guild.id})
+    assert [(r.job_id, r.state) for r in await ledger(classroom)] == [(job.id, "active")]
+    classroom.openai.complete(job.id)
+    await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10, what="the end notice")
+    await assert_ledger_matches_backend(classroom)
+    assert staged_files(classroom) == set()
