@@ -16,10 +16,10 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
-from bot.client import send_ephemeral
 from bot.i18n import t
 from bot.services.chat import Answer, ChatService, Comparison
 from bot.services.chat_limits import ChatLimits
+from cogs._replies import send_ephemeral
 from dataset_rules.models import lookup
 from storage.models import ChatThread, TrainedModel
 

@@ -22,6 +22,7 @@ from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
 from bot.services.starts import AwaitingApproval, StartRequest, StartService, Started, Upload, jsonl_name
 from cogs import _ui
+from cogs._replies import send_ephemeral
 from cogs._roles import member_is_teacher
 
 if TYPE_CHECKING:
@@ -278,17 +279,6 @@ class StartButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=START
             ref = secrets.token_hex(3)
             log.exception("Start button %s failed (ref %s, user %s)", self.action, ref, interaction.user.id)
             await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
-
-
-async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
-    """Reply privately, whether or not the click was already answered or deferred."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException:
-        log.warning("Could not deliver a private reply for interaction %s", interaction.id)
 
 
 def bound_start_button(handler: ButtonHandler) -> type[StartButton]:
