@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +262,17 @@ async def test_error_after_creation_keeps_the_reservation_and_reconcile_records_
     await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10, what="the end notice")
     await assert_ledger_matches_backend(classroom)
     assert staged_files(classroom) == set()
+
+
+async def test_old_bots_temp_staging_folders_are_removed(classroom: Classroom) -> None:
+    """Folders an older bot staged students' files in (and never removed when killed) go once they are stale."""
+    stale = Path(tempfile.mkdtemp(prefix=starts_module.LEGACY_STAGING_PREFIX))
+    (stale / "abc-training.jsonl").write_bytes(b"{}\n")
+    old = stale.stat().st_mtime - starts_module.APPROVAL_TTL_SECONDS - 60
+    os.utime(stale, (old, old))
+    fresh = Path(tempfile.mkdtemp(prefix=starts_module.LEGACY_STAGING_PREFIX))
+    try:
+        await classroom.bot.starts.sweep()
+        assert not stale.exists() and fresh.exists()
+    finally:
+        fresh.rmdir()

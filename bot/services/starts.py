@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection
@@ -35,6 +36,8 @@ PENDING_TTL_SECONDS = 15 * 60
 CHECK_TIME_LIMIT_SECONDS = 60.0
 # How long a student's checked file waits on disk for a teacher's decision.
 APPROVAL_TTL_SECONDS = 24 * 3600
+# Temp folders of bots before pending starts were rows (and of a bot whose database is in memory).
+LEGACY_STAGING_PREFIX = "classroom-bot-pending-"
 # The metadata key under which a job carries its client token (its ledger row's and its pending start's).
 TOKEN_KEY = "client_token"
 
@@ -434,9 +437,26 @@ class StartService:
             if path.name.split("-", 1)[0] not in known:
                 path.unlink(missing_ok=True)  # a killed bot's file, written before its row
                 strays += 1
-        if expired or strays:
-            log.info("Removed %d expired pending starts and %d stray staged files", len(expired), strays)
-        return len(expired) + strays
+        legacy = await asyncio.to_thread(self._remove_legacy_folders)
+        if expired or strays or legacy:
+            log.info("Removed %d expired pending starts, %d stray staged files and %d old staging folders",
+                     len(expired), strays, legacy)
+        return len(expired) + strays + legacy
+
+    def _remove_legacy_folders(self) -> int:
+        # Bots before pending starts were rows staged files in temp folders that a killed bot never removed; any
+        # such folder untouched for longer than an approval may wait holds nothing anyone can still start.
+        cutoff = time.time() - APPROVAL_TTL_SECONDS
+        removed = 0
+        for folder in Path(tempfile.gettempdir()).glob(f"{LEGACY_STAGING_PREFIX}*"):
+            try:
+                if folder.resolve() == self.staging_dir.resolve() or folder.stat().st_mtime > cutoff:
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+        return removed
 
     async def reconcile(self, guild_ids: Collection[int]) -> int:
         """Match reservations no running start holds against the backend by token: record (and charge) the jobs
@@ -489,7 +509,7 @@ def jsonl_name(filename: str) -> str:
 def _staging_dir(settings: Settings) -> Path:
     # Next to the database, on the same persistent disk; a database in memory has no such place.
     if str(settings.database_path) == ":memory:":
-        return Path(tempfile.mkdtemp(prefix="classroom-bot-pending-"))
+        return Path(tempfile.mkdtemp(prefix=LEGACY_STAGING_PREFIX))
     return Path(settings.database_path).parent / "pending-starts"
 
 
