@@ -22,6 +22,7 @@ from bot.services.governance import (
     Governance,
     ModerationCoalescer,
     QuotaExceededError,
+    StudentTotals,
     build_report,
     job_cost,
     report_csv,
@@ -289,3 +290,17 @@ async def test_moderation_coalescer_gives_each_caller_the_error() -> None:
                                     return_exceptions=True)
     assert isinstance(outcomes[0], errors.UpstreamBusyError) and isinstance(outcomes[1], errors.UpstreamBusyError)
     assert outcomes[2] == [False]
+
+
+@pytest.mark.parametrize("name", ["=cmd|' /C calc'!A0", "+SUM(1,2)", "-2+3", "@SUM(A1)", "\tTAB", "\rCR",
+                                  "＝HYPERLINK(\"x\")", "＠x", "＋1", "－1"])
+def test_report_csv_neutralises_formula_names(name: str) -> None:
+    """A nickname that starts like a formula (also in full width) is text in the teacher's spreadsheet."""
+    import csv
+    import io
+
+    report = build_report(GUILD, [], {}, None, 0.0)
+    report = type(report)(GUILD, [StudentTotals(STUDENT, 1)], report.total, None, 0.0)
+    rows = list(csv.reader(io.StringIO(report_csv(report, {STUDENT: name}).decode("utf-8-sig"))))
+    cell = rows[1][1]
+    assert cell == "'" + name and not cell.startswith(("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠"))

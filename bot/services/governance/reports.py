@@ -170,6 +170,15 @@ def build_report(
     return ClassReport(guild_id, students, everyone.totals(0), cap, committed)
 
 
+# A cell that starts with one of these is a formula to a spreadsheet (full-width forms too: Excel folds them).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def _as_text(cell: str) -> str:
+    """Neutralise a cell a student controls (a display name) so a spreadsheet shows it and never runs it."""
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+
+
 def report_csv(report: ClassReport, names: dict[int, str]) -> bytes:
     """The report as CSV (UTF-8 with a BOM so spreadsheet programs read Hangul names right)."""
     out = io.StringIO()
@@ -177,7 +186,7 @@ def report_csv(report: ClassReport, names: dict[int, str]) -> bytes:
     writer.writerow(["user_id", "name", "jobs", "estimated_tokens", "trained_tokens", "estimated_usd",
                      "actual_usd", "base_models", "fine_tuned_models"])
     for s in report.students:
-        writer.writerow([s.user_id, names.get(s.user_id, ""), s.jobs, s.estimated_tokens, s.trained_tokens,
+        writer.writerow([s.user_id, _as_text(names.get(s.user_id, "")), s.jobs, s.estimated_tokens, s.trained_tokens,
                          f"{s.estimated_usd:.6f}", f"{s.actual_usd:.6f}", " ".join(s.base_models),
                          " ".join(s.models)])
     t = report.total
