@@ -44,6 +44,17 @@ class Settings:
     base_learning_rate: float = 2e-4
     default_batch_size: int = 4
     torch_threads: int = 0  # 0: one per physical core
+    max_request_bytes: int = 2 * 1024 * 1024  # JSON bodies; uploads have their own limit
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_example_bytes: int = 8 * 1024 * 1024  # one line of an uploaded JSONL file
+    max_prompt_tokens: int = 4096
+    max_batch_tokens: int = 8192  # batch_size x TRAINER_MAX_SEQ_LEN may not exceed this
+    max_job_minutes: float = 60.0  # wall-clock minutes one run of a job may train
+
+    @property
+    def max_batch_size(self) -> int:
+        """The largest batch_size a job may ask for: what fits in TRAINER_MAX_BATCH_TOKENS at full length."""
+        return max(1, self.max_batch_tokens // self.max_seq_len)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +80,13 @@ class Settings:
             base_learning_rate=_float(env, "TRAINER_BASE_LEARNING_RATE", 2e-4),
             default_batch_size=_int(env, "TRAINER_DEFAULT_BATCH_SIZE", 4, low=1),
             torch_threads=_int(env, "TRAINER_TORCH_THREADS", 0, low=0),
+            max_request_bytes=_int(env, "TRAINER_MAX_REQUEST_BYTES", 2 * 1024 * 1024, low=1024),
+            max_upload_bytes=_int(env, "TRAINER_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, low=1024,
+                                  high=512 * 1024 * 1024),
+            max_example_bytes=_int(env, "TRAINER_MAX_EXAMPLE_BYTES", 8 * 1024 * 1024, low=1024),
+            max_prompt_tokens=_int(env, "TRAINER_MAX_PROMPT_TOKENS", 4096, low=1),
+            max_batch_tokens=_int(env, "TRAINER_MAX_BATCH_TOKENS", 8192, low=16),
+            max_job_minutes=_float(env, "TRAINER_MAX_JOB_MINUTES", 60.0),
         )
         if settings.api_key is not None and (len(settings.api_key) < 16 or any(c.isspace() for c in settings.api_key)):
             raise SettingsError("TRAINER_API_KEY must be at least 16 characters without spaces")
@@ -92,6 +110,9 @@ class Settings:
             "TRAINER_BASE_LEARNING_RATE": self.base_learning_rate,
             "TRAINER_DEFAULT_BATCH_SIZE": self.default_batch_size, "TRAINER_TORCH_THREADS": self.torch_threads,
             "TRAINER_ALLOWED_HOSTS": ",".join(self.allowed_hosts),
+            "TRAINER_MAX_REQUEST_BYTES": self.max_request_bytes, "TRAINER_MAX_UPLOAD_BYTES": self.max_upload_bytes,
+            "TRAINER_MAX_EXAMPLE_BYTES": self.max_example_bytes, "TRAINER_MAX_PROMPT_TOKENS": self.max_prompt_tokens,
+            "TRAINER_MAX_BATCH_TOKENS": self.max_batch_tokens, "TRAINER_MAX_JOB_MINUTES": self.max_job_minutes,
         }
         env = {name: str(value) for name, value in values.items()}
         if self.api_key:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.modeling import load_model
+from trainer.validation import file_lines
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +56,97 @@ def chat_messages(raw: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
             for message in raw]
 
 
+_SUFFIXES: dict[str, str] = {}
+_LONGEST_TOKEN: dict[int, int] = {}
+# How far past the end of one message the template may put the next message's content (role headers, dates...).
+_TEMPLATE_GAP = 4096
+
+
+def _assistant_suffix(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What the template writes after an assistant turn's content (e.g. "<|im_end|>\\n"), found once per template."""
+    template = str(tokenizer.chat_template)
+    if template not in _SUFFIXES:
+        probe = "\u2063probe\u2063"
+        try:
+            text = _render(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
+                           False)
+            _SUFFIXES[template] = text[text.rindex(probe) + len(probe):] if probe in text else ""
+        except Exception:  # a template that refuses the probe chat: label the content alone
+            _SUFFIXES[template] = ""
+    return _SUFFIXES[template]
+
+
+def _longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The most characters one token of this vocabulary can stand for (bounds the text worth tokenizing)."""
+    key = id(tokenizer)
+    if key not in _LONGEST_TOKEN:
+        _LONGEST_TOKEN[key] = max((len(token) for token in tokenizer.get_vocab()), default=16)
+    return _LONGEST_TOKEN[key]
+
+
 def encode_chat(tokenizer: PreTrainedTokenizerBase, raw_messages: list[dict[str, Any]], max_len: int) -> Encoded:
-    """Tokenize one chat through the model's template; label the assistant turns that carry weight 1."""
+    """Tokenize one chat through the model's template; label the assistant turns that carry weight 1.
+
+    Linear in the chat's length: the chat is cut to what can fit in max_len tokens first (every message renders to
+    at least one token, and no token stands for more than the vocabulary's longest token), then rendered once; each
+    assistant turn's span runs from its content to the end of the template's end-of-turn text, found by searching
+    forward from the previous message, so no prefix is ever rendered twice.
+    """
+    char_limit = max_len * (_longest_token(tokenizer) + 1)
+    raw_messages = raw_messages[:max_len]
     messages = chat_messages(raw_messages)
-    full = _render(tokenizer, messages, False)
+    for message in messages:
+        message["content"] = message["content"][:char_limit]
+    full = _render(tokenizer, messages, False)[:char_limit]
+    suffix = _assistant_suffix(tokenizer)
     spans: list[tuple[int, int]] = []
-    for index, message in enumerate(raw_messages):
-        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
+    cursor = 0
+    for raw, message in zip(raw_messages, messages, strict=True):
+        content = message["content"]
+        start = _find_content(full, content, cursor)
+        if start is None:
+            continue  # the template left this message out (or changed it): nothing to label, nothing to skip
+        end = start + len(content) if full.startswith(content, start) else start + len(content.strip())
+        cursor = end
+        if raw.get("role") != "assistant" or raw.get("weight", 1) == 0:
             continue
-        # The template renders a prefix of the chat as a prefix of the full text, so the assistant turn spans
-        # from the end of "everything before + generation prompt" to the end of "everything up to it".
-        start = len(_render(tokenizer, messages[:index], True)) if index else 0
-        end = len(_render(tokenizer, messages[: index + 1], False))
+        if suffix and full.startswith(suffix, end):
+            end += len(suffix)
         spans.append((start, end))
     encoding = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoding["input_ids"][:max_len]
     labels = [IGNORE] * len(ids)
-    for position, (token_start, token_end) in enumerate(encoding["offset_mapping"][:max_len]):
-        if any(start <= token_start < end for start, end in spans) and token_end > token_start:
+    span = 0
+    for position, (token_start, token_end) in enumerate(encoding["offset_mapping"][: len(ids)]):
+        while span < len(spans) and spans[span][1] <= token_start:
+            span += 1
+        if span < len(spans) and spans[span][0] <= token_start and token_end > token_start:
             labels[position] = ids[position]
     return Encoded(ids, labels)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a checked chat JSONL file into its examples (blank lines skipped)."""
-    with path.open(encoding="utf-8-sig") as stream:
-        return [json.loads(line) for line in stream if line.strip()]
+def _find_content(full: str, content: str, cursor: int) -> int | None:
+    """Where a message's content starts in the rendered chat, searching a bounded window after the cursor."""
+    for text in (content, content.strip()):
+        found = full.find(text, cursor, cursor + len(text) + _TEMPLATE_GAP)
+        if found != -1:
+            return found
+    return None
 
 
-def encode_file(tokenizer: PreTrainedTokenizerBase, path: Path, max_len: int) -> list[Encoded]:
+def read_jsonl(path: Path, max_line_bytes: int = 8 * 1024 * 1024) -> Iterator[dict[str, Any]]:
+    """Read a checked chat JSONL file example by example (blank lines skipped), split as the file check splits it."""
+    for number, line in enumerate(file_lines(path, max_line_bytes)):
+        if number == 0 and line.startswith(codecs.BOM_UTF8):
+            line = line[len(codecs.BOM_UTF8):]
+        if line.strip():
+            yield json.loads(line.decode("utf-8"))
+
+
+def encode_file(tokenizer: PreTrainedTokenizerBase, path: Path, max_len: int,
+                max_line_bytes: int = 8 * 1024 * 1024) -> list[Encoded]:
     """Encode every trainable example of a chat file; examples with nothing to learn are dropped."""
-    encoded = [encode_chat(tokenizer, example["messages"], max_len) for example in read_jsonl(path)]
+    encoded = (encode_chat(tokenizer, example["messages"], max_len) for example in read_jsonl(path, max_line_bytes))
     return [example for example in encoded if any(label != IGNORE for label in example.labels[1:])]
 
 
