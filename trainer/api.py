@@ -18,15 +18,16 @@ from aiohttp import web
 
 from trainer.config import Settings, is_ip_address
 from trainer.scheduler import Scheduler
-from trainer.store import TERMINAL_STATUSES, Page, Store, new_id
+from trainer.store import PARTIAL_SUFFIX, TERMINAL_STATUSES, Page, Store, new_id
 
 log = logging.getLogger(__name__)
 
-MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MULTIPART_ROUTES = frozenset({"/v1/files"})
+MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the purpose field around an upload's file bytes
+MAX_PURPOSE_BYTES = 256
 FILE_PURPOSES = frozenset({"fine-tune", "assistants", "batch", "user_data", "evals", "vision"})
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 100.0)}
+LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 100.0)}  # batch: see below
 MAX_SUFFIX = 64
 STARTED_AT = int(time.time())
 ORGANIZATION_ID = "org-trainer"
@@ -115,6 +116,21 @@ def _limit(request: web.Request, default: int = 20, most: int = 100) -> int:
     return value
 
 
+def _order(request: web.Request) -> str:
+    order = request.query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise ApiError(400, "order must be 'asc' or 'desc'.", param="order")
+    return order
+
+
+def _too_large(limit: int, what: str) -> ApiError:
+    return ApiError(413, f"{what} is larger than the limit of {_size(limit)}.", code="request_too_large")
+
+
+def _size(count: int) -> str:
+    return f"{count // (1024 * 1024)} MB" if count >= 1024 * 1024 and count % (1024 * 1024) == 0 else f"{count} bytes"
+
+
 def _list(page: Page, render: Callable[[sqlite3.Row], dict[str, Any]]) -> web.Response:
     data = [render(row) for row in page.rows]
     body: dict[str, Any] = {"object": "list", "data": data, "has_more": page.has_more}
@@ -124,8 +140,13 @@ def _list(page: Page, render: Callable[[sqlite3.Row], dict[str, Any]]) -> web.Re
 
 
 async def _json(request: web.Request) -> dict[str, Any]:
+    limit = request.app[SETTINGS].max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit, "The request body")  # refused before a byte of it is read
     try:
-        body = await request.json()
+        body = await request.json()  # aiohttp stops reading past client_max_size (the same limit)
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit, "The request body") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
@@ -142,37 +163,56 @@ def file_object(row: sqlite3.Row) -> dict[str, Any]:
 
 
 async def upload_file(request: web.Request) -> web.Response:
-    """POST /v1/files: a multipart upload with purpose and file."""
+    """POST /v1/files: a multipart upload with purpose and file.
+
+    The bytes go to a temporary name and are renamed to the file's own name only once the file is recorded, so an
+    aborted or refused upload leaves nothing behind (and leftovers of a crash are swept at the next start).
+    """
     settings, store = request.app[SETTINGS], request.app[STORE]
+    limit = settings.max_upload_bytes
+    if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
+        raise _too_large(limit, "The file")
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "Uploads must be multipart/form-data with 'purpose' and 'file'.")
     reader = await request.multipart()
     purpose: str | None = None
     file_id = new_id("file")
     path = settings.data_dir / "files" / file_id
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
     path.parent.mkdir(parents=True, exist_ok=True)
     filename, size = None, 0
     try:
         while (part := await reader.next()) is not None:
             if part.name == "purpose":
-                purpose = (await part.text()).strip()  # type: ignore[union-attr]
+                purpose = (await _small_part(part)).strip()
             elif part.name == "file":
                 filename = part.filename or "upload"  # type: ignore[union-attr]
-                with path.open("wb") as out:
+                with partial.open("wb") as out:
                     while chunk := await part.read_chunk():  # type: ignore[union-attr]
                         size += len(chunk)
-                        if size > MAX_UPLOAD_BYTES:
-                            raise ApiError(400, "File is larger than the 512 MB limit.", param="file",
-                                           code="file_too_large")
+                        if size > limit:
+                            raise _too_large(limit, "The file")
                         out.write(chunk)
         if filename is None:
             raise ApiError(400, "Missing required parameter: 'file'.", param="file")
         if purpose not in FILE_PURPOSES:
             raise ApiError(400, f"Invalid value for purpose: {purpose!r}.", param="purpose")
-    except ApiError:
+        partial.rename(path)
+        row = store.add_file(file_id, filename, purpose, size, path)
+    except BaseException:  # refused, failed or the client went away mid-upload: keep no bytes
+        partial.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
         raise
-    return web.json_response(file_object(store.add_file(file_id, filename, purpose, size, path)))
+    return web.json_response(file_object(row))
+
+
+async def _small_part(part: Any) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(MAX_PURPOSE_BYTES):
+        data += chunk
+        if len(data) > MAX_PURPOSE_BYTES:
+            raise ApiError(400, "purpose is too long.", param="purpose")
+    return data.decode("utf-8", "replace")
 
 
 def _file(request: web.Request) -> sqlite3.Row:
@@ -188,9 +228,9 @@ async def get_file(request: web.Request) -> web.Response:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    """GET /v1/files, newest first."""
+    """GET /v1/files, newest first unless order=asc."""
     page = request.app[STORE].files(_limit(request, 10000, 10000), request.query.get("after"),
-                                    request.query.get("purpose"))
+                                    request.query.get("purpose"), _order(request))
     return _list(page, file_object)
 
 
@@ -228,7 +268,7 @@ def job_object(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def _hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
+def _hyperparameters(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
     method = body.get("method")
     given: Any = body.get("hyperparameters") or {}
     if method is not None:
@@ -243,10 +283,16 @@ def _hyperparameters(body: dict[str, Any]) -> dict[str, Any]:
         value = given.get(name, "auto")
         if value != "auto":
             low, high = LIMITS[name]
+            why = ""
+            if name == "batch_size":
+                # The logits of a batch grow with batch_size x sequence length x vocabulary: bound what fits.
+                high = settings.max_batch_size
+                why = (f" (TRAINER_MAX_BATCH_TOKENS={settings.max_batch_tokens} tokens per batch at "
+                       f"TRAINER_MAX_SEQ_LEN={settings.max_seq_len})")
             kind = float if name == "learning_rate_multiplier" else int
             if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high \
                     or (kind is int and int(value) != value):
-                raise ApiError(400, f"{name} must be 'auto' or a number from {low} to {high}.",
+                raise ApiError(400, f"{name} must be 'auto' or a number from {low} to {high}{why}.",
                                param=f"hyperparameters.{name}", code="invalid_hyperparameters")
             value = kind(value)
         resolved[name] = value
@@ -280,7 +326,7 @@ async def create_job(request: web.Request) -> web.Response:
     job = store.add_job(
         id=new_id("ftjob"), model=model, base_source=settings.base_models[model],
         training_file=body["training_file"], validation_file=body.get("validation_file"),
-        hyperparameters=_hyperparameters(body), suffix=suffix or None,
+        hyperparameters=_hyperparameters(body, settings), suffix=suffix or None,
         seed=seed if seed is not None else secrets.randbelow(2**31),
         metadata=metadata,
     )
@@ -315,6 +361,26 @@ async def cancel_job(request: web.Request) -> web.Response:
     if job["status"] in TERMINAL_STATUSES or not await request.app[SCHEDULER].cancel(job["id"]):
         raise ApiError(400, f"Job {job['id']} has already {_finished_word(job['status'])}.", code="job_not_cancellable",
                        param="fine_tuning_job_id")
+    return web.json_response(job_object(_job(request)))
+
+
+async def pause_job(request: web.Request) -> web.Response:
+    """POST /v1/fine_tuning/jobs/{id}/pause: a queued or running job stops after its current step, keeps its last
+    checkpoint and frees the device until it is resumed."""
+    job = _job(request)
+    if not await request.app[SCHEDULER].pause(job["id"]):
+        raise ApiError(400, f"Job {job['id']} can't be paused while it is {job['status'].replace('_', ' ')}; only "
+                            "queued or running jobs can be paused.", code="job_not_pausable",
+                       param="fine_tuning_job_id")
+    return web.json_response(job_object(_job(request)))
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    """POST /v1/fine_tuning/jobs/{id}/resume: a paused job goes back to the queue and continues from its checkpoint."""
+    job = _job(request)
+    if not await request.app[SCHEDULER].resume(job["id"]):
+        raise ApiError(400, f"Job {job['id']} is {job['status'].replace('_', ' ')}, not paused; only paused jobs can "
+                            "be resumed.", code="job_not_resumable", param="fine_tuning_job_id")
     return web.json_response(job_object(_job(request)))
 
 
@@ -418,7 +484,7 @@ def resolve_model(settings: Settings, store: Store, name: str) -> tuple[str, Pat
 # Chat
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, streamed (server-sent events) or not."""
-    from trainer.serving import Busy, Generated, Target
+    from trainer.serving import Busy, Generated, PromptTooLong, Target
 
     settings, store = request.app[SETTINGS], request.app[STORE]
     body = await _json(request)
@@ -446,6 +512,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     pieces = request.app[GENERATOR].stream(
         Target(base, adapter), messages, max_tokens=min(requested, settings.max_tokens),
         temperature=float(temperature), top_p=float(top_p), seed=seed, stats=stats,
+        max_prompt_tokens=settings.max_prompt_tokens,
     )
     completion_id, created = new_id("chatcmpl"), int(time.time())
     try:
@@ -462,6 +529,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except Busy:
         raise ApiError(429, "The trainer is busy generating other replies; try again shortly.",
                        code="rate_limit_exceeded", kind="requests") from None
+    except PromptTooLong as error:  # worded as OpenAI words a context overflow
+        raise ApiError(400, f"This model's maximum prompt length is {error.limit} tokens "
+                            f"(TRAINER_MAX_PROMPT_TOKENS). However, your messages resulted in {error.tokens} tokens. "
+                            "Please reduce the length of the messages.",
+                       param="messages", code="context_length_exceeded") from None
     return await _stream(request, body, pieces, first, stats, completion_id, created, name)
 
 
@@ -474,11 +546,15 @@ async def _stream(request: web.Request, body: dict[str, Any], pieces: Any, first
                   completion_id: str, created: int, name: str) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     def chunk(delta: dict[str, Any], finish: str | None) -> bytes:
-        payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": name,
-                   "system_fingerprint": None,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        payload: dict[str, Any] = {
+            "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": name,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if include_usage:
+            payload["usage"] = None  # OpenAI's document: null on every chunk but the last, which carries it
         return f"data: {json.dumps(payload)}\n\n".encode()
 
     try:
@@ -493,7 +569,7 @@ async def _stream(request: web.Request, body: dict[str, Any], pieces: Any, first
     finally:
         await pieces.aclose()  # stops the generating thread when the client has gone
     await response.write(chunk({}, stats.finish_reason))
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if include_usage:
         payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": name,
                    "choices": [], "usage": _usage(stats)}
         await response.write(f"data: {json.dumps(payload)}\n\n".encode())
@@ -504,7 +580,7 @@ async def _stream(request: web.Request, body: dict[str, Any], pieces: Any, first
 
 def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator: Any) -> web.Application:
     """Wire the routes under /v1."""
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_UPLOAD_BYTES + 1024 * 1024)
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=settings.max_request_bytes)
     app[SETTINGS], app[STORE], app[SCHEDULER], app[GENERATOR] = settings, store, scheduler, generator
     app.add_routes([
         web.post("/v1/files", upload_file),
@@ -516,6 +592,8 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
         web.get("/v1/fine_tuning/jobs", list_jobs),
         web.get("/v1/fine_tuning/jobs/{job_id}", get_job),
         web.post("/v1/fine_tuning/jobs/{job_id}/cancel", cancel_job),
+        web.post("/v1/fine_tuning/jobs/{job_id}/pause", pause_job),
+        web.post("/v1/fine_tuning/jobs/{job_id}/resume", resume_job),
         web.get("/v1/fine_tuning/jobs/{job_id}/events", list_events),
         web.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", list_checkpoints),
         web.get("/v1/models", list_models),

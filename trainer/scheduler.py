@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -21,6 +22,9 @@ from trainer.store import ACTIVE_STATUSES, Store
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PAUSE_GRACE_S = 120  # a paused worker finishes its step and saves; past this it is ended without a new checkpoint
+TIME_LIMIT_GRACE = 0.1  # the worker stops itself at its limit; the scheduler ends it 10% (at least 1 min) later
+MAX_CONCURRENT_CHECKS = 2
 RESTART_MESSAGE = (
     "The trainer restarted while this job was running, before its first checkpoint was saved. "
     "Start the job again."
@@ -34,6 +38,7 @@ class Running:
     job_id: str
     process: asyncio.subprocess.Process
     cancelled: bool = False
+    timed_out: bool = False
 
 
 def fairness_keys(job: sqlite3.Row) -> tuple[str, str]:
@@ -76,10 +81,13 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
+        self._checks = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
 
     async def start(self) -> None:
         """Recover jobs left by a previous run, then start dispatching."""
         self.recover()
+        for path in self.store.sweep_files(self.settings.data_dir / "files"):
+            log.info("Removed %s, left unrecorded by an upload that did not finish", path.name)
         for job in self.store.jobs_with_status("validating_files"):
             self.submit(job["id"])
         self._loop_task = asyncio.create_task(self._dispatch(), name="trainer-dispatch")
@@ -142,32 +150,77 @@ class Scheduler:
                                 "message": "The training or validation file was deleted before it was checked"})
             return
         try:
-            from trainer.validation import check_files
-
-            check = await asyncio.to_thread(
-                check_files, Path(training["path"]), model=job["model"], training_id=training["id"],
-                n_epochs=hyper["n_epochs"] if hyper["n_epochs"] != "auto" else None,
-                validation=Path(validation["path"]) if validation is not None else None,
-                validation_id=validation["id"] if validation is not None else None,
-            )
+            check = await self._check({
+                "training": training["path"], "model": job["model"], "training_id": training["id"],
+                "n_epochs": hyper["n_epochs"] if hyper["n_epochs"] != "auto" else None,
+                "validation": validation["path"] if validation is not None else None,
+                "validation_id": validation["id"] if validation is not None else None,
+                "max_line_bytes": self.settings.max_example_bytes,
+            })
         except Exception:  # boundary: a crashing check must fail the job, not leave it validating forever
             log.exception("Checking the files of job %s failed", job_id)
             self._fail(job_id, {"code": "server_error", "param": None,
                                 "message": "The trainer could not check the files of this job"})
             return
-        if not check.ok:
-            self._fail(job_id, check.error)
+        if not check["ok"]:
+            self._fail(job_id, check["error"])
             return
         resolved = {
-            "n_epochs": hyper["n_epochs"] if hyper["n_epochs"] != "auto" else (check.n_epochs or 3),
+            "n_epochs": hyper["n_epochs"] if hyper["n_epochs"] != "auto" else (check["n_epochs"] or 3),
             "batch_size": hyper["batch_size"] if hyper["batch_size"] != "auto"
-            else max(1, min(self.settings.default_batch_size, check.examples)),
+            else max(1, min(self.settings.default_batch_size, check["examples"], self.settings.max_batch_size)),
             "learning_rate_multiplier": hyper["learning_rate_multiplier"]
             if hyper["learning_rate_multiplier"] != "auto" else 1.0,
         }
         if self.store.update_job(job_id, only_if=("validating_files",), status="queued", hyperparameters=resolved):
             self.store.add_event(job_id, "Files validated, moving job to queued state")
             self._wake.set()
+
+    async def _check(self, arguments: dict[str, object]) -> dict[str, Any]:
+        """Run trainer.validation's check_files in its own process: the server's loop and memory stay free."""
+        async with self._checks:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "trainer.validation", env=self._worker_env(), cwd=str(PACKAGE_ROOT),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            try:
+                out, err = await process.communicate(json.dumps(arguments).encode())
+            finally:
+                _kill(process)  # cancelled at shutdown: the check must not outlive the server
+        if process.returncode != 0:
+            raise RuntimeError(f"file check exited with {process.returncode}: {err.decode(errors='replace')[-500:]}")
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def _worker_env(self) -> dict[str, str]:
+        return {**os.environ, **self.settings.to_env(), "PYTHONPATH": _pythonpath()}
+
+    async def pause(self, job_id: str) -> bool:
+        """Pause a queued or running job: its worker saves a checkpoint after the current step and frees the device."""
+        if not self.store.update_job(job_id, only_if=("queued", "running"), status="paused", estimated_finish=None):
+            return False
+        self.store.add_event(job_id, "Fine-tuning job paused")
+        for running in self.running.values():
+            if running.job_id == job_id and running.process.returncode is None:
+                running.process.send_signal(signal.SIGUSR1)
+                self._spawn(self._end_if_still_running(running, PAUSE_GRACE_S), f"pause-{job_id}")
+        return True
+
+    async def resume(self, job_id: str) -> bool:
+        """Put a paused job back in the queue; it continues from its last checkpoint."""
+        if not self.store.update_job(job_id, only_if=("paused",), status="queued"):
+            return False
+        self.store.add_event(job_id, "Fine-tuning job resumed, moving job to queued state")
+        self._wake.set()
+        return True
+
+    async def _end_if_still_running(self, running: Running, after: float, timed_out: bool = False) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(running.process.wait()), after)
+        except TimeoutError:
+            log.warning("Worker of job %s still running after %.0f s; ending it", running.job_id, after)
+            running.timed_out = timed_out
+            _kill(running.process)
 
     def _fail(self, job_id: str, error: dict[str, str | None]) -> None:
         if self.store.update_job(job_id, only_if=tuple(ACTIVE_STATUSES), status="failed", error=error,
@@ -205,7 +258,7 @@ class Scheduler:
             return
         log_dir = self.settings.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": _pythonpath()}
+        env = self._worker_env()
         with (log_dir / f"{job['id']}.log").open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "trainer.worker", job["id"], device, env=env, cwd=str(PACKAGE_ROOT),
@@ -216,9 +269,14 @@ class Scheduler:
             self.store.add_event(job["id"], "Fine-tuning job started")
         else:
             self.store.add_event(job["id"], "Fine-tuning job resumed from its last checkpoint")
-        self.running[device] = Running(job["id"], process)
+        self.running[device] = running = Running(job["id"], process)
         log.info("Job %s started on %s (pid %s)", job["id"], device, process.pid)
         self._spawn(self._watch(device), f"watch-{job['id']}")
+        # The worker stops itself at TRAINER_MAX_JOB_MINUTES; this ends one that cannot (stuck loading, say), so no
+        # job at the head of the queue waits longer than about that limit behind it.
+        limit = self.settings.max_job_minutes * 60
+        self._spawn(self._end_if_still_running(running, limit + max(60.0, limit * TIME_LIMIT_GRACE), True),
+                    f"limit-{job['id']}")
 
     async def _watch(self, device: str) -> None:
         running = self.running[device]
@@ -228,7 +286,16 @@ class Scheduler:
         if running.cancelled or self._closing:
             return  # a cancel already recorded the outcome; at shutdown the next start resumes the job
         job = self.store.job(running.job_id)
-        if job is not None and job["status"] == "running":
+        if job is not None and job["status"] == "running" and running.timed_out:
+            from trainer.worker import time_limit_message
+
+            checkpoint = self.store.last_checkpoint(running.job_id)
+            self._fail(running.job_id, {
+                "code": "time_limit_exceeded", "param": None,
+                "message": time_limit_message(self.settings.max_job_minutes, checkpoint["step"] if checkpoint else 0,
+                                              None, checkpoint["model_name"] if checkpoint else None),
+            })
+        elif job is not None and job["status"] == "running":
             # The worker ended without recording an outcome: it crashed or was killed.
             log.warning("Worker of job %s exited with %s", running.job_id, code)
             self._fail(running.job_id, {

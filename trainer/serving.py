@@ -111,6 +111,14 @@ class Busy(Exception):
     """Too many generations are waiting already."""
 
 
+class PromptTooLong(Exception):
+    """The rendered prompt has more tokens than the server accepts."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"prompt of {tokens} tokens is over the limit of {limit}")
+        self.tokens, self.limit = tokens, limit
+
+
 class Generator:
     """Run chat generations with a cap on how many run at once and how many may wait."""
 
@@ -121,25 +129,35 @@ class Generator:
         self._admitted = 0
 
     async def stream(self, target: Target, messages: list[dict[str, Any]], *, max_tokens: int,
-                     temperature: float, top_p: float, seed: int | None, stats: Generated) -> AsyncIterator[str]:
+                     temperature: float, top_p: float, seed: int | None, stats: Generated,
+                     max_prompt_tokens: int | None = None) -> AsyncIterator[str]:
         """Yield the reply's text piece by piece; stats is complete once the iterator ends."""
         if self._admitted >= self._max_waiting:
             raise Busy
         self._admitted += 1
         try:
             async with self._slots:
-                async for piece in self._generate(target, messages, max_tokens, temperature, top_p, seed, stats):
+                async for piece in self._generate(target, messages, max_tokens, temperature, top_p, seed, stats,
+                                                  max_prompt_tokens):
                     yield piece
         finally:
             self._admitted -= 1
 
     async def _generate(self, target: Target, messages: list[dict[str, Any]], max_tokens: int, temperature: float,
-                        top_p: float, seed: int | None, stats: Generated) -> AsyncIterator[str]:
+                        top_p: float, seed: int | None, stats: Generated,
+                        max_prompt_tokens: int | None = None) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         model, tokenizer = await asyncio.to_thread(self.pool.get, target)
-        prompt = tokenizer.apply_chat_template(chat_messages(messages), add_generation_prompt=True,
-                                               tokenize=False)
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
+
+        def tokenize() -> Any:  # off the event loop: a long prompt takes a while to render and tokenize
+            prompt = tokenizer.apply_chat_template(chat_messages(messages), add_generation_prompt=True,
+                                                   tokenize=False)
+            return tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+
+        inputs = await asyncio.to_thread(tokenize)
+        if max_prompt_tokens is not None and inputs["input_ids"].shape[1] > max_prompt_tokens:
+            raise PromptTooLong(int(inputs["input_ids"].shape[1]), max_prompt_tokens)
+        inputs = inputs.to(model.device)
         queue: asyncio.Queue[str | None] = asyncio.Queue()
         stop = threading.Event()
         streamer = _QueueStreamer(tokenizer, loop, queue)

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
-ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running"})
+ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "paused"})
+PARTIAL_SUFFIX = ".partial"  # a file being written; renamed to its id once recorded
 
 
 def new_id(prefix: str, nbytes: int = 12) -> str:
@@ -93,11 +94,15 @@ class Store:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
 
-    def _page(self, table: str, where: str, args: tuple[Any, ...], limit: int, after: str | None) -> Page:
+    def _page(self, table: str, where: str, args: tuple[Any, ...], limit: int, after: str | None,
+              order: str = "desc") -> Page:
         if after is not None:
-            where += f" AND seq < COALESCE((SELECT seq FROM {table} WHERE id = ?), -1)"
+            # An unknown cursor gives an empty page, whichever the order.
+            where += (f" AND seq < COALESCE((SELECT seq FROM {table} WHERE id = ?), -1)" if order == "desc"
+                      else f" AND seq > COALESCE((SELECT seq FROM {table} WHERE id = ?), 1 << 62)")
             args = (*args, after)
-        rows = self._all(f"SELECT * FROM {table} WHERE {where} ORDER BY seq DESC LIMIT ?", (*args, limit + 1))
+        direction = "DESC" if order == "desc" else "ASC"
+        rows = self._all(f"SELECT * FROM {table} WHERE {where} ORDER BY seq {direction} LIMIT ?", (*args, limit + 1))
         return Page(rows[:limit], len(rows) > limit)
 
     # Files
@@ -116,11 +121,23 @@ class Store:
         """Return one file's row."""
         return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
 
-    def files(self, limit: int, after: str | None, purpose: str | None) -> Page:
-        """List files newest first."""
+    def files(self, limit: int, after: str | None, purpose: str | None, order: str = "desc") -> Page:
+        """List files, newest first (order="desc") or oldest first ("asc")."""
         if purpose:
-            return self._page("files", "purpose = ?", (purpose,), limit, after)
-        return self._page("files", "1", (), limit, after)
+            return self._page("files", "purpose = ?", (purpose,), limit, after, order)
+        return self._page("files", "1", (), limit, after, order)
+
+    def sweep_files(self, folder: Path) -> list[Path]:
+        """Delete what a crash left in the files folder: partial uploads and files no row records; list them."""
+        if not folder.is_dir():
+            return []
+        recorded = {Path(row["path"]).name for row in self._all("SELECT path FROM files")}
+        removed = []
+        for path in folder.iterdir():
+            if path.is_file() and path.name not in recorded:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
     def delete_file(self, file_id: str) -> None:
         """Forget a file."""

@@ -219,6 +219,8 @@ class TrainSpec:
     lora_alpha: int
     out_dir: Path
     resume_from: Path | None = None
+    # Asked after every step: a reason to stop now (pause, time limit) or None. A stop saves a resumable checkpoint.
+    should_stop: Callable[[], str | None] | None = None
     eval_every: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -231,6 +233,8 @@ class TrainResult:
     trained_tokens: int
     steps: int
     metrics: list[dict[str, Any]]
+    stopped: str | None = None  # why training stopped early (should_stop's answer); None when it finished
+    checkpoint: Path | None = None  # the checkpoint saved when it stopped early
 
 
 def evaluate(model: torch.nn.Module, examples: Sequence[Encoded], batch_size: int, pad_id: int,
@@ -263,18 +267,29 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate,
                                   weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps))
-    step, start_epoch, trained_tokens = 0, 0, 0
+    step, start_epoch, start_batch, trained_tokens = 0, 0, 0, 0
     if spec.resume_from is not None:
         state = torch.load(spec.resume_from / STATE_FILE, weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, start_epoch, trained_tokens = state["step"], state["epoch"] + 1, state["trained_tokens"]
+        if state.get("batch") is not None:  # stopped mid-epoch (pause, time limit): the rest of that epoch next
+            start_epoch, start_batch = state["epoch"], state["batch"]
         torch.set_rng_state(state["rng"])
     eval_every = spec.eval_every or max(1, total_steps // 20)
     valid_cursor = 0
     history: list[dict[str, Any]] = []
+    def save(path: Path, epoch: int, batch: int | None) -> None:
+        model.save_pretrained(str(path))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "epoch": epoch, "batch": batch, "trained_tokens": trained_tokens, "rng": torch.get_rng_state()},
+                   path / STATE_FILE)
+
     for epoch in range(start_epoch, spec.n_epochs):
-        for batch in batches(spec.train, spec.batch_size, spec.seed, epoch):
+        epoch_batches = batches(spec.train, spec.batch_size, spec.seed, epoch)
+        for index, batch in enumerate(epoch_batches):
+            if epoch == start_epoch and index < start_batch:
+                continue
             started = time.perf_counter()
             ids, mask, labels = collate(batch, spec.pad_id, spec.device)
             loss, correct, count = loss_and_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
@@ -297,11 +312,15 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
                         model, spec.valid, spec.batch_size, spec.pad_id, spec.device)
             history.append(metrics)
             reporter.step(metrics, trained_tokens, time.perf_counter() - started)
+            reason = spec.should_stop() if spec.should_stop is not None and step < total_steps else None
+            if reason is not None:
+                path = spec.out_dir / f"ckpt-step-{step}"
+                last = index == len(epoch_batches) - 1
+                save(path, epoch, None if last else index + 1)
+                reporter.checkpoint(epoch, step, path, metrics, False)
+                return TrainResult(path, trained_tokens, step, history, stopped=reason, checkpoint=path)
         path = spec.out_dir / f"ckpt-step-{step}"
-        model.save_pretrained(str(path))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "epoch": epoch, "trained_tokens": trained_tokens, "rng": torch.get_rng_state()},
-                   path / STATE_FILE)
+        save(path, epoch, None)
         reporter.checkpoint(epoch, step, path, history[-1] if history else {}, epoch == spec.n_epochs - 1)
     final = spec.out_dir / "final"
     model.save_pretrained(str(final))

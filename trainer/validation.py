@@ -124,6 +124,9 @@ def main() -> None:
     The server checks files in this short-lived process, so a large or hostile file costs the server neither its
     event loop nor its memory.
     """
+    from trainer.worker import die_with_parent
+
+    die_with_parent()
     args = json.loads(sys.stdin.read())
     for key in ("training", "validation"):
         if args.get(key) is not None:

@@ -18,6 +18,38 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+PAUSE_SIGNAL = signal.SIGUSR1  # the scheduler's "pause": stop after this step, keeping a checkpoint
+PAUSED, TIME_LIMIT = "paused", "time_limit"
+_PAUSE_ASKED = threading.Event()
+
+
+def listen_for_pause() -> None:
+    """Turn the pause signal into a flag that the training loop reads after its current step."""
+    signal.signal(PAUSE_SIGNAL, lambda _signum, _frame: _PAUSE_ASKED.set())
+
+
+class StopFlags:
+    """Why the training loop should stop: a pause asked by signal, or the wall-clock limit of one run."""
+
+    def __init__(self, max_minutes: float, started: float) -> None:
+        self.deadline = started + max_minutes * 60
+
+    def reason(self) -> str | None:
+        """The reason to stop now, if any."""
+        if _PAUSE_ASKED.is_set():
+            return PAUSED
+        if time.monotonic() >= self.deadline:
+            return TIME_LIMIT
+        return None
+
+
+def time_limit_message(minutes: float, step: int, total: int | None, checkpoint: str | None) -> str:
+    """The plain reason a job that ran out of time fails with."""
+    text = f"Training stopped at the time limit of {minutes:g} minutes per job (TRAINER_MAX_JOB_MINUTES)"
+    text += f" after step {step}" + (f" of {total}" if total else "") + "."
+    if checkpoint:
+        text += f" Its last checkpoint, {checkpoint}, is kept and can be used for chat."
+    return text
 
 
 def die_with_parent() -> None:
@@ -79,14 +111,16 @@ def results_csv(metrics: list[dict[str, Any]]) -> bytes:
     return out.getvalue().encode()
 
 
-def run(job_id: str, device: str) -> int:
-    """Train one job to the end and record the result; return the process exit code."""
+def run(job_id: str, device: str, started: float | None = None) -> int:
+    """Train one job to the end (or to a pause or its time limit) and record the result; return the exit code."""
     from trainer.config import Settings
     from trainer.modeling import load_tokenizer, set_threads
-    from trainer.store import Store, new_id
+    from trainer.store import PARTIAL_SUFFIX, Store, new_id
     from trainer.training import TrainSpec, encode_file, train
 
     settings = Settings.from_env()
+    flags = StopFlags(settings.max_job_minutes, started if started is not None else time.monotonic())
+    listen_for_pause()
     store = Store(settings.data_dir / "trainer.db")
     job = store.job(job_id)
     if job is None or job["status"] != "running":
@@ -100,8 +134,9 @@ def run(job_id: str, device: str) -> int:
     validation_file = store.file(job["validation_file"]) if job["validation_file"] else None
     if training_file is None:
         raise RuntimeError("training file was deleted before the job ran")
-    train_set = encode_file(tokenizer, Path(training_file["path"]), settings.max_seq_len)
-    valid_set = encode_file(tokenizer, Path(validation_file["path"]), settings.max_seq_len) if validation_file else []
+    train_set = encode_file(tokenizer, Path(training_file["path"]), settings.max_seq_len, settings.max_example_bytes)
+    valid_set = encode_file(tokenizer, Path(validation_file["path"]), settings.max_seq_len,
+                            settings.max_example_bytes) if validation_file else []
     checkpoint = store.last_checkpoint(job_id)
     out_dir = settings.data_dir / "adapters" / job_id
     name = model_name(job["model"], settings.owner, job["suffix"], job_id)
@@ -110,14 +145,18 @@ def run(job_id: str, device: str) -> int:
         n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
         learning_rate=settings.base_learning_rate * float(hyper["learning_rate_multiplier"]), seed=int(job["seed"]),
         lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, out_dir=out_dir,
-        resume_from=Path(checkpoint["path"]) if checkpoint is not None else None,
+        resume_from=Path(checkpoint["path"]) if checkpoint is not None else None, should_stop=flags.reason,
     )
     result = train(spec, DatabaseReporter(store, job, name))
+    if result.stopped is not None:
+        return stopped(store, job_id, result, f"{name}:ckpt-step-{result.steps}", settings.max_job_minutes)
     metrics = store.metrics(job_id)
     result_id = new_id("file")
     result_path = settings.data_dir / "files" / result_id
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_bytes(results_csv(metrics))
+    partial = result_path.with_name(result_path.name + PARTIAL_SUFFIX)
+    partial.write_bytes(results_csv(metrics))
+    partial.rename(result_path)
     store.add_file(result_id, "step_metrics.csv", "fine-tune-results", result_path.stat().st_size, result_path)
     done = store.update_job(
         job_id, only_if=("running",), status="succeeded", fine_tuned_model=name, finished_at=int(time.time()),
@@ -130,14 +169,33 @@ def run(job_id: str, device: str) -> int:
     return 0
 
 
+def stopped(store: Any, job_id: str, result: Any, checkpoint: str, minutes: float) -> int:
+    """Record a run that stopped early: a pause keeps the job paused, the time limit fails it with a plain reason."""
+    total = store.metrics(job_id)[-1]["total_steps"] if store.metrics(job_id) else None
+    if result.stopped == PAUSED:
+        store.add_event(job_id, f"Fine-tuning job paused at step {result.steps}; it will resume from checkpoint "
+                                f"{checkpoint}")
+        log.info("Job %s paused at step %s", job_id, result.steps)
+        return 0
+    message = time_limit_message(minutes, result.steps, total, checkpoint)
+    if store.update_job(job_id, only_if=("running",), status="failed", finished_at=int(time.time()),
+                        estimated_finish=None, trained_tokens=result.trained_tokens,
+                        error={"code": "time_limit_exceeded", "message": message, "param": None}):
+        store.add_event(job_id, message, level="error")
+    log.info("Job %s stopped at its time limit after step %s", job_id, result.steps)
+    return 0
+
+
 def main() -> None:
     """Entry point of python -m trainer.worker."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    listen_for_pause()  # first: a pause sent while this process still starts must not kill it
     die_with_parent()
     if len(sys.argv) != 3:
         print("usage: python -m trainer.worker JOB_ID DEVICE", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run(sys.argv[1], sys.argv[2]))
+    sys.exit(run(sys.argv[1], sys.argv[2], started))
 
 
 if __name__ == "__main__":
