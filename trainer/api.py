@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import importlib
 import json
 import logging
 import secrets
@@ -484,6 +485,8 @@ def resolve_model(settings: Settings, store: Store, name: str) -> tuple[str, Pat
 # Chat
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, streamed (server-sent events) or not."""
+    # The first import pulls in torch and transformers: many seconds on a busy machine, so not on the event loop.
+    await asyncio.to_thread(importlib.import_module, "trainer.serving")
     from trainer.serving import Busy, Generated, PromptTooLong, Target
 
     settings, store = request.app[SETTINGS], request.app[STORE]
