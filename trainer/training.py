@@ -56,23 +56,26 @@ def chat_messages(raw: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
             for message in raw]
 
 
-_SUFFIXES: dict[str, str] = {}
+_SUFFIXES: dict[str, tuple[str, str]] = {}
 _LONGEST_TOKEN: dict[int, int] = {}
 # How far past the end of one message the template may put the next message's content (role headers, dates...).
 _TEMPLATE_GAP = 4096
 
 
-def _assistant_suffix(tokenizer: PreTrainedTokenizerBase) -> str:
-    """What the template writes after an assistant turn's content (e.g. "<|im_end|>\\n"), found once per template."""
+def _assistant_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """What the template writes before an assistant turn's content (its generation prompt, e.g.
+    "<|im_start|>assistant\\n") and after it (e.g. "<|im_end|>\\n"), found once per template from a probe chat."""
     template = str(tokenizer.chat_template)
     if template not in _SUFFIXES:
         probe = "\u2063probe\u2063"
+        user = [{"role": "user", "content": "hi"}]
         try:
-            text = _render(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}],
-                           False)
-            _SUFFIXES[template] = text[text.rindex(probe) + len(probe):] if probe in text else ""
+            text = _render(tokenizer, [*user, {"role": "assistant", "content": probe}], False)
+            asked, plain = _render(tokenizer, user, True), _render(tokenizer, user, False)
+            header = asked[len(plain):] if asked.startswith(plain) else ""
+            _SUFFIXES[template] = (header, text[text.rindex(probe) + len(probe):] if probe in text else "")
         except Exception:  # a template that refuses the probe chat: label the content alone
-            _SUFFIXES[template] = ""
+            _SUFFIXES[template] = ("", "")
     return _SUFFIXES[template]
 
 
@@ -98,11 +101,15 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, raw_messages: list[dict[str,
     for message in messages:
         message["content"] = message["content"][:char_limit]
     full = _render(tokenizer, messages, False)[:char_limit]
-    suffix = _assistant_suffix(tokenizer)
+    header, suffix = _assistant_marks(tokenizer)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for raw, message in zip(raw_messages, messages, strict=True):
         content = message["content"]
+        if message["role"] == "assistant" and header:
+            # Past the assistant header first: an empty answer (or one that looks like a header) is found at its place.
+            found = full.find(header, cursor, cursor + _TEMPLATE_GAP)
+            cursor = found + len(header) if found != -1 else cursor
         start = _find_content(full, content, cursor)
         if start is None:
             continue  # the template left this message out (or changed it): nothing to label, nothing to skip
