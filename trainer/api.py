@@ -534,7 +534,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                        code="rate_limit_exceeded", kind="requests") from None
     except PromptTooLong as error:  # worded as OpenAI words a context overflow
         raise ApiError(400, f"This model's maximum prompt length is {error.limit} tokens "
-                            f"(TRAINER_MAX_PROMPT_TOKENS). However, your messages resulted in {error.tokens} tokens. "
+                            f"(TRAINER_MAX_PROMPT_TOKENS). However, your messages resulted in "
+                            f"{'' if error.exact else 'at least '}{error.tokens} tokens. "
                             "Please reduce the length of the messages.",
                        param="messages", code="context_length_exceeded") from None
     return await _stream(request, body, pieces, first, stats, completion_id, created, name)

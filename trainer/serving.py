@@ -17,7 +17,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from trainer.modeling import load_model, load_tokenizer, resolve_device, set_threads
-from trainer.training import chat_messages
+from trainer.training import chat_messages, longest_token
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,11 @@ class Busy(Exception):
 
 
 class PromptTooLong(Exception):
-    """The rendered prompt has more tokens than the server accepts."""
+    """The rendered prompt has more tokens than the server accepts (at least `tokens` when not exact)."""
 
-    def __init__(self, tokens: int, limit: int) -> None:
-        super().__init__(f"prompt of {tokens} tokens is over the limit of {limit}")
-        self.tokens, self.limit = tokens, limit
+    def __init__(self, tokens: int, limit: int, exact: bool = True) -> None:
+        super().__init__(f"prompt of {'' if exact else 'at least '}{tokens} tokens is over the limit of {limit}")
+        self.tokens, self.limit, self.exact = tokens, limit, exact
 
 
 class Generator:
@@ -152,6 +152,11 @@ class Generator:
         def tokenize() -> Any:  # off the event loop: a long prompt takes a while to render and tokenize
             prompt = tokenizer.apply_chat_template(chat_messages(messages), add_generation_prompt=True,
                                                    tokenize=False)
+            # No token stands for more characters than the vocabulary's longest: a prompt that long is over the
+            # cap for sure, and is refused without the cost of tokenizing it (megabytes of text take seconds).
+            at_least = len(prompt) // (longest_token(tokenizer) + 1)
+            if max_prompt_tokens is not None and at_least > max_prompt_tokens:
+                raise PromptTooLong(at_least, max_prompt_tokens, exact=False)
             return tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
 
         inputs = await asyncio.to_thread(tokenize)

@@ -79,7 +79,7 @@ def _assistant_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
     return _SUFFIXES[template]
 
 
-def _longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
+def longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """The most characters one token of this vocabulary can stand for (bounds the text worth tokenizing)."""
     key = id(tokenizer)
     if key not in _LONGEST_TOKEN:
@@ -95,7 +95,7 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, raw_messages: list[dict[str,
     assistant turn's span runs from its content to the end of the template's end-of-turn text, found by searching
     forward from the previous message, so no prefix is ever rendered twice.
     """
-    char_limit = max_len * (_longest_token(tokenizer) + 1)
+    char_limit = max_len * (longest_token(tokenizer) + 1)
     raw_messages = raw_messages[:max_len]
     messages = chat_messages(raw_messages)
     for message in messages:
