@@ -144,6 +144,9 @@ async def measure_routes(port: int, sampler: Sampler, args: argparse.Namespace, 
         # Warm up: the first chat request loads the model stack; measure requests, not the model.
         await burst(session, base + "/chat/completions", 1, lambda: {
             "json": {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}})
+        await asyncio.sleep(1)
+        print(json.dumps({"server_rss_after_first_chat_mb": round(sampler.now() / MB, 1),
+                          "note": "torch, transformers and the tiny model loaded"}), flush=True)
         for name, path, count, make in cases:
             await asyncio.sleep(1)
             before = sampler.now()
