@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +81,8 @@ def start_server(root: Path, data: Path, model: Path, port: int) -> subprocess.P
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1):
                 return process
+        except urllib.error.HTTPError:
+            return process  # it answers, if only to ask for its key
         except OSError:
             time.sleep(0.2)
     raise TimeoutError("the trainer did not start")
@@ -100,7 +103,8 @@ async def burst(session: Any, url: str, count: int, make: Any) -> list[int]:
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
-async def measure_routes(port: int, sampler: Sampler, args: argparse.Namespace, limit: int) -> list[dict[str, Any]]:
+async def measure_routes(port: int, sampler: Sampler, args: argparse.Namespace, limit: int,
+                         key: str | None) -> list[dict[str, Any]]:
     """Per route, a burst of maximal requests and one of oversize requests; peak RSS above the RSS before."""
     import aiohttp
 
@@ -140,7 +144,8 @@ async def measure_routes(port: int, sampler: Sampler, args: argparse.Namespace, 
     ]
     results = []
     timeout = aiohttp.ClientTimeout(total=1800)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession(timeout=timeout, headers=auth) as session:
         # Warm up: the first chat request loads the model stack; measure requests, not the model.
         await burst(session, base + "/chat/completions", 1, lambda: {
             "json": {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}})
@@ -223,7 +228,9 @@ def main() -> None:
                 time.sleep(2)
                 idle = sampler.now()
                 print(json.dumps({"server_idle_rss_mb": round(idle / MB, 1), "root": str(args.root)}), flush=True)
-                asyncio.run(measure_routes(port, sampler, args, args.request_limit))
+                key_file = Path(folder) / "data" / "api_key"  # the trainer makes one at first start
+                key = key_file.read_text("utf-8").strip() if key_file.exists() else None
+                asyncio.run(measure_routes(port, sampler, args, args.request_limit, key))
             finally:
                 sampler.stop()
                 server.terminate()

@@ -51,8 +51,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def call(session: aiohttp.ClientSession, server: TrainerProcess, method: str, path: str,
                **kwargs: Any) -> tuple[int, Any]:
-    """One request; the status and the JSON body."""
-    async with session.request(method, server.base_url + path, **kwargs) as response:
+    """One request with the server's key; the status and the JSON body."""
+    headers = {"Authorization": f"Bearer {server.key}", **kwargs.pop("headers", {})}
+    async with session.request(method, server.base_url + path, headers=headers, **kwargs) as response:
         return response.status, await response.json(content_type=None)
 
 
@@ -132,6 +133,7 @@ def test_aborted_upload_leaves_no_bytes(limited: TrainerProcess) -> None:
             "Content-Type: application/jsonl\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", limited.port), timeout=10) as sock:
         sock.sendall((f"POST /v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {UPLOAD_LIMIT}\r\n"
+                      f"Authorization: Bearer {limited.key}\r\n"
                       f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode() + head)
         deadline = time.monotonic() + 30
         while not any(name.endswith(".partial") for name in files_on_disk(limited)):
@@ -167,7 +169,8 @@ def _multipart_upload(server: TrainerProcess, content: bytes) -> bytes:
             f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"t.jsonl\"\r\n\r\n").encode()
     body += content + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(f"{server.base_url}/files", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                              "Authorization": f"Bearer {server.key}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return response.read()  # type: ignore[no-any-return]
 
@@ -191,7 +194,8 @@ async def test_stream_chunks_carry_usage_null_until_the_usage_chunk(limited: Tra
     """With include_usage, every chunk before the last has "usage": null; the last has the counts and no choices."""
     body = {"model": "tiny", "messages": [{"role": "user", "content": "What is the sun?"}], "stream": True,
             "stream_options": {"include_usage": True}, "max_tokens": 5, "temperature": 0}
-    async with http.post(limited.base_url + "/chat/completions", json=body) as response:
+    async with http.post(limited.base_url + "/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {limited.key}"}) as response:
         assert response.status == 200
         lines = [line.decode().strip() async for line in response.content if line.strip()]
     assert lines[-1] == "data: [DONE]"
