@@ -28,7 +28,8 @@ MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the purpose field around an upl
 MAX_PURPOSE_BYTES = 256
 FILE_PURPOSES = frozenset({"fine-tune", "assistants", "batch", "user_data", "evals", "vision"})
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 100.0)}  # batch: see below
+# batch_size's top is Settings.max_batch_size (what fits in memory), not this table's.
+LIMITS = {"n_epochs": (1, 50), "batch_size": (1, 256), "learning_rate_multiplier": (1e-6, 100.0)}
 MAX_SUFFIX = 64
 STARTED_AT = int(time.time())
 ORGANIZATION_ID = "org-trainer"
@@ -124,8 +125,8 @@ def _order(request: web.Request) -> str:
     return order
 
 
-def _too_large(limit: int, what: str) -> ApiError:
-    return ApiError(413, f"{what} is larger than the limit of {_size(limit)}.", code="request_too_large")
+def _too_large(limit: int, what: str, setting: str) -> ApiError:
+    return ApiError(413, f"{what} is larger than the limit of {_size(limit)} ({setting}).", code="request_too_large")
 
 
 def _size(count: int) -> str:
@@ -142,12 +143,12 @@ def _list(page: Page, render: Callable[[sqlite3.Row], dict[str, Any]]) -> web.Re
 
 async def _json(request: web.Request) -> dict[str, Any]:
     limit = request.app[SETTINGS].max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(limit, "The request body")  # refused before a byte of it is read
+    if request.content_length is not None and request.content_length > limit:  # refused before a byte is read
+        raise _too_large(limit, "The request body", "TRAINER_MAX_REQUEST_BYTES")
     try:
         body = await request.json()  # aiohttp stops reading past client_max_size (the same limit)
     except web.HTTPRequestEntityTooLarge:
-        raise _too_large(limit, "The request body") from None
+        raise _too_large(limit, "The request body", "TRAINER_MAX_REQUEST_BYTES") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "The request body is not valid JSON.") from None
     if not isinstance(body, dict):
@@ -172,7 +173,7 @@ async def upload_file(request: web.Request) -> web.Response:
     settings, store = request.app[SETTINGS], request.app[STORE]
     limit = settings.max_upload_bytes
     if request.content_length is not None and request.content_length > limit + MULTIPART_OVERHEAD:
-        raise _too_large(limit, "The file")
+        raise _too_large(limit, "The file", "TRAINER_MAX_UPLOAD_BYTES")
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "Uploads must be multipart/form-data with 'purpose' and 'file'.")
     reader = await request.multipart()
@@ -192,7 +193,7 @@ async def upload_file(request: web.Request) -> web.Response:
                     while chunk := await part.read_chunk():  # type: ignore[union-attr]
                         size += len(chunk)
                         if size > limit:
-                            raise _too_large(limit, "The file")
+                            raise _too_large(limit, "The file", "TRAINER_MAX_UPLOAD_BYTES")
                         out.write(chunk)
         if filename is None:
             raise ApiError(400, "Missing required parameter: 'file'.", param="file")

@@ -171,7 +171,7 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
 
 def stopped(store: Any, job_id: str, result: Any, checkpoint: str, minutes: float) -> int:
     """Record a run that stopped early: a pause keeps the job paused, the time limit fails it with a plain reason."""
-    total = store.metrics(job_id)[-1]["total_steps"] if store.metrics(job_id) else None
+    total = result.metrics[-1]["total_steps"] if result.metrics else None
     if result.stopped == PAUSED:
         store.add_event(job_id, f"Fine-tuning job paused at step {result.steps}; it will resume from checkpoint "
                                 f"{checkpoint}")

@@ -100,7 +100,7 @@ async def test_json_body_over_the_limit_gets_413_envelope(limited: TrainerProces
     body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "x" * REQUEST_LIMIT}]}).encode()
     status, answer = await call(http, limited, "POST", path, data=body, headers={"Content-Type": "application/json"})
     error = assert_envelope(answer, status, 413, "request_too_large")
-    assert f"{REQUEST_LIMIT} bytes" in error["message"]
+    assert f"{REQUEST_LIMIT} bytes (TRAINER_MAX_REQUEST_BYTES)" in error["message"]
 
     async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while reading
         for start in range(0, len(body), 8192):
