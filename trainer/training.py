@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +58,7 @@ def chat_messages(raw: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 _SUFFIXES: dict[str, tuple[str, str]] = {}
-_LONGEST_TOKEN: dict[int, int] = {}
+_LONGEST_TOKEN: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 # How far past the end of one message the template may put the next message's content (role headers, dates...).
 _TEMPLATE_GAP = 4096
 
@@ -81,10 +82,10 @@ def _assistant_marks(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
 
 def longest_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """The most characters one token of this vocabulary can stand for (bounds the text worth tokenizing)."""
-    key = id(tokenizer)
-    if key not in _LONGEST_TOKEN:
-        _LONGEST_TOKEN[key] = max((len(token) for token in tokenizer.get_vocab()), default=16)
-    return _LONGEST_TOKEN[key]
+    longest = _LONGEST_TOKEN.get(tokenizer)
+    if longest is None:
+        longest = _LONGEST_TOKEN[tokenizer] = max((len(token) for token in tokenizer.get_vocab()), default=16)
+    return longest
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, raw_messages: list[dict[str, Any]], max_len: int) -> Encoded:
