@@ -25,7 +25,7 @@ REQUEST_LIMIT = 64 * 1024
 UPLOAD_LIMIT = 256 * 1024
 PROMPT_LIMIT = 64
 BATCH_TOKENS = 384  # with TRAINER_MAX_SEQ_LEN=96 (conftest): batch_size at most 4
-WAIT_S = 90
+WAIT_S = 180
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +229,7 @@ async def test_batch_size_beyond_what_fits_is_refused(limited: TrainerProcess, h
     assert "TRAINER_MAX_BATCH_TOKENS" in error["message"]
 
 
+@pytest.mark.timeout(400)  # a second server and a worker start: minutes on a busy 2-core machine
 async def test_100k_message_example_trains_in_seconds(limited: TrainerProcess, http: aiohttp.ClientSession,
                                                       tmp_path: Path) -> None:
     """An example of 100,000 messages is cut to TRAINER_MAX_SEQ_LEN before any costly work: the job succeeds."""
@@ -254,6 +255,7 @@ async def test_100k_message_example_trains_in_seconds(limited: TrainerProcess, h
         server.stop()
 
 
+@pytest.mark.timeout(600)  # three worker starts (job, other job, resume): minutes on a busy 2-core machine
 async def test_pause_keeps_the_checkpoint_frees_the_device_and_resume_continues(
         limited: TrainerProcess, http: aiohttp.ClientSession) -> None:
     """Pause stops the worker after a step with a checkpoint; resume continues from that step, not from zero."""
@@ -293,6 +295,7 @@ async def test_pause_keeps_the_checkpoint_frees_the_device_and_resume_continues(
     await call(http, limited, "POST", f"/fine_tuning/jobs/{job_id}/cancel")
 
 
+@pytest.mark.timeout(400)  # a second server, a worker and the chat model: minutes on a busy machine
 async def test_job_over_its_time_limit_fails_plainly_and_keeps_a_usable_checkpoint(
         tmp_path: Path, tiny_model: Path, http: aiohttp.ClientSession) -> None:
     """TRAINER_MAX_JOB_MINUTES stops a job with a plain reason; its last checkpoint still chats."""
