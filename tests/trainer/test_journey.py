@@ -15,9 +15,11 @@ from tests.trainer.conftest import TrainerProcess, chat_file
 JOB_TIMEOUT_S = 60
 
 
-def client(server: TrainerProcess, key: str | None = None) -> AsyncOpenAI:
-    """An SDK client pointed at the trainer (with its key unless told another), without retries."""
-    return AsyncOpenAI(base_url=server.base_url, api_key=key or server.key, max_retries=0, timeout=30)
+def client(server: TrainerProcess, key: str | None = None, timeout: float = 30) -> AsyncOpenAI:
+    """An SDK client pointed at the trainer (with its key unless told another), without retries.
+
+    The timeout must be longer than the work a request waits for: a real model's first chat loads and merges it."""
+    return AsyncOpenAI(base_url=server.base_url, api_key=key or server.key, max_retries=0, timeout=timeout)
 
 
 async def upload(api: AsyncOpenAI, content: bytes, name: str = "train.jsonl") -> str:

@@ -28,7 +28,7 @@ async def test_smollm2_gguf_trains_and_answers(tmp_path: Path) -> None:
     server.env["TRAINER_BASE_MODELS"] = f"smollm2={_gguf()}"
     server.start()
     try:
-        api = client(server)
+        api = client(server, timeout=300)  # the first chat loads SmolLM2 and merges the adapter: minutes when busy
         lines = [json.dumps({"messages": [{"role": "user", "content": f"Say hello number {i}"},
                                           {"role": "assistant", "content": f"Ahoy, hello number {i}, matey!"}]})
                  for i in range(10)]
