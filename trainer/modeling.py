@@ -2,21 +2,82 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
 import psutil
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-# Used when a tokenizer ships without a template (some GGUF files): the same ChatML that SmolLM2 uses.
+# Each family's own chat markup, without any default system prompt: a vendor template that adds one when the chat
+# has none (SmolLM2's "You are a helpful AI assistant named SmolLM...", Qwen's "You are Qwen, created by Alibaba
+# Cloud...") would train and answer with words the class never wrote. Every prefix of a chat renders as a prefix of
+# the whole, which the assistant-only labels rely on.
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Gemma has no system role: as in Google's own template, a system message opens the first user turn.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set ns.system = ns.system + message['content'] + '\n\n' %}"
+    "{% else %}{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\n' + (ns.system if role == 'user' else '') + message['content']"
+    " + '<end_of_turn>\n' }}{% if role == 'user' %}{% set ns.system = '' %}{% endif %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# A model of no known family and without a template: plain labelled turns ended by its own end-of-text token.
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}{% if add_generation_prompt %}Assistant: {% endif %}"
+)
+FAMILY_TEMPLATES = {"gemma": GEMMA_TEMPLATE, "chatml": CHATML_TEMPLATE}
+# The token that ends an assistant turn in each family: generation stops there.
+TURN_END = {"gemma": "<end_of_turn>", "chatml": "<|im_end|>"}
+GEMMA_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
+CHATML_TYPES = ("qwen2", "qwen3", "llama")  # llama: SmolLM2 is a Llama model with ChatML
+
+
+def chat_family(tokenizer: PreTrainedTokenizerBase, model_type: str | None = None) -> str | None:
+    """Name a model's chat family from its config's model type and the turn markers its vocabulary has."""
+    vocab = tokenizer.get_vocab()
+    has_gemma = "<start_of_turn>" in vocab and "<end_of_turn>" in vocab
+    has_chatml = "<|im_start|>" in vocab and "<|im_end|>" in vocab
+    if has_gemma and (model_type in GEMMA_TYPES or model_type is None or not has_chatml):
+        return "gemma"
+    if has_chatml and (model_type in CHATML_TYPES or model_type is None or not has_gemma):
+        return "chatml"
+    return None
+
+
+def apply_family_template(tokenizer: PreTrainedTokenizerBase, model_type: str | None = None) -> str | None:
+    """Give a tokenizer its family's own template (no vendor system prompt); keep an unknown family's own one."""
+    family = chat_family(tokenizer, model_type)
+    if family is not None:
+        tokenizer.chat_template = FAMILY_TEMPLATES[family]
+    elif not tokenizer.chat_template:
+        tokenizer.chat_template = PLAIN_TEMPLATE
+    return family
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    """Render a chat as text: the one function training and chat both use, so both see the same text."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    assert isinstance(text, str)
+    return text
+
+
+def turn_end_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """The ids that end an assistant's turn: the family's turn marker and the end-of-text token."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    family = chat_family(tokenizer)
+    if family is not None:
+        ids.add(tokenizer.convert_tokens_to_ids(TURN_END[family]))
+    return ids
 
 
 def resolve_device(setting: str) -> str:
@@ -45,15 +106,42 @@ def set_threads(configured: int) -> int:
     return threads
 
 
-def load_tokenizer(source: str) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a base model, making sure it has a chat template and a pad token."""
+def _model_type(source: str) -> str | None:
+    path = Path(source)
+    try:
+        if source.endswith(".gguf"):
+            config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        else:
+            config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return None
+    return str(config.model_type)
+
+
+def _gguf_cache_key(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def load_tokenizer(source: str, cache_dir: Path | None = None) -> PreTrainedTokenizerBase:
+    """Load a base model's tokenizer with its family's chat template and a pad token.
+
+    Converting a GGUF's tokenizer takes a minute for Gemma's 262k-token vocabulary, so the converted one is kept
+    in cache_dir (keyed by the file's path, size and time) and later loads read it back in a second.
+    """
     path = Path(source)
     if source.endswith(".gguf"):
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        cached = cache_dir / f"{path.stem}-{_gguf_cache_key(path)}" if cache_dir is not None else None
+        if cached is not None and (cached / "tokenizer_config.json").exists():
+            tokenizer = AutoTokenizer.from_pretrained(str(cached))
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            if cached is not None:
+                tokenizer.save_pretrained(str(cached))
     else:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    if not tokenizer.chat_template:
-        tokenizer.chat_template = CHATML_TEMPLATE
+    family = apply_family_template(tokenizer, _model_type(source))
+    log.info("Chat template of %s: %s", source, family or "its own")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.modeling import load_model
+from trainer.modeling import load_model, render_chat
 from trainer.validation import file_lines
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,7 @@ def content_text(content: Any) -> str:
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    assert isinstance(text, str)
-    return text
+    return render_chat(tokenizer, messages, generation_prompt)  # the same rendering chat uses
 
 
 def chat_messages(raw: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
@@ -182,6 +180,35 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return loss, correct, int(labelled.sum())
 
 
+# Configs whose logits are more than lm_head(hidden) (a scale other than softcapping): computed the plain way.
+_OTHER_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def labelled_loss_and_accuracy(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The same as loss_and_accuracy(model(...).logits, labels), computing the output layer only where it counts.
+
+    Only the positions whose next token is labelled (the assistant's replies) go through lm_head: with Gemma's
+    262k-token vocabulary the output layer over a whole chat is most of a step's time and memory.
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = getattr(base, "config", None)
+    if config is None or any(getattr(config, name, None) not in (None, 1, 1.0) for name in _OTHER_LOGIT_TRANSFORMS):
+        return loss_and_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+    hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    targets = labels[:, 1:]
+    labelled = targets != IGNORE
+    logits = base.get_output_embeddings()(hidden[:, :-1][labelled]).float()
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    chosen = targets[labelled]
+    loss = F.cross_entropy(logits, chosen) if chosen.numel() else logits.sum() * 0.0
+    with torch.no_grad():
+        correct = (logits.argmax(-1) == chosen).sum()
+    return loss, correct, int(chosen.numel())
+
+
 def batches(examples: Sequence[Encoded], batch_size: int, seed: int, epoch: int) -> list[list[Encoded]]:
     """Shuffle one epoch's examples reproducibly (same seed and epoch, same order, also after a resume)."""
     order = list(range(len(examples)))
@@ -253,7 +280,7 @@ def evaluate(model: torch.nn.Module, examples: Sequence[Encoded], batch_size: in
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             ids, mask, labels = collate(examples[start : start + batch_size], pad_id, device)
-            loss, correct, count = loss_and_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+            loss, correct, count = labelled_loss_and_accuracy(model, ids, mask, labels)
             total_loss += float(loss) * count
             total_correct += int(correct)
             total_count += count
@@ -300,7 +327,7 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
                 continue
             started = time.perf_counter()
             ids, mask, labels = collate(batch, spec.pad_id, spec.device)
-            loss, correct, count = loss_and_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+            loss, correct, count = labelled_loss_and_accuracy(model, ids, mask, labels)
             loss.backward()
             optimizer.step()
             scheduler.step()
