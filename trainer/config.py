@@ -12,7 +12,12 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_MODELS = "smollm2-135m-instruct=HuggingFaceTB/SmolLM2-135M-Instruct"
+# First a multilingual instruct model that speaks Korean and downloads without an account (Apache-2.0, ungated),
+# then the fast English one. Why these: docs/trainer.md.
+DEFAULT_BASE_MODELS = (
+    "qwen2.5-0.5b-instruct=Qwen/Qwen2.5-0.5B-Instruct,"
+    "smollm2-135m-instruct=HuggingFaceTB/SmolLM2-135M-Instruct"
+)
 # Where a generated key is kept, in the data directory, readable by its owner only.
 API_KEY_FILE = "api_key"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")

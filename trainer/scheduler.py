@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._closing = False
         self._checks = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
+        # Told a job's id when its worker ended well (the server loads the new model and records its timing).
+        self.on_succeeded: Callable[[str], None] | None = None
 
     async def start(self) -> None:
         """Recover jobs left by a previous run, then start dispatching."""
@@ -286,6 +289,8 @@ class Scheduler:
         if running.cancelled or self._closing:
             return  # a cancel already recorded the outcome; at shutdown the next start resumes the job
         job = self.store.job(running.job_id)
+        if job is not None and job["status"] == "succeeded" and self.on_succeeded is not None:
+            self.on_succeeded(running.job_id)
         if job is not None and job["status"] == "running" and running.timed_out:
             from trainer.worker import time_limit_message
 

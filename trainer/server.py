@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from trainer.api import build_app
+from trainer.api import TIMINGS, build_app
 from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
 from trainer.store import Store
+from trainer.timing import Timings
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +31,99 @@ def training_devices(setting: str) -> list[str]:
     return [setting]
 
 
+def _in_daemon_thread(function: Any, name: str) -> asyncio.Future[Any]:
+    """Run a blocking function in a daemon thread: a download or load in progress never holds up a shutdown."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result = function()
+        except BaseException as error:  # handed to the awaiting task
+            loop.call_soon_threadsafe(settle, None, error)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 class LazyGenerator:
-    """Import the model stack and build the generator on the first chat request, not at startup."""
+    """The chat models: prepared in the background from the start, asked how far along they are, warmed up."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._generator: Any = None
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def pool(self) -> Any:
         """The model pool, once loaded."""
         return self._generator.pool if self._generator is not None else None
 
+    def status(self, name: str) -> dict[str, Any]:
+        """How far a base model is from answering, for /v1/models."""
+        pool = self.pool
+        if pool is None or name not in pool.preparations:
+            return {"status": "preparing", "progress": 0.0}
+        return dict(pool.preparations[name].as_dict())
+
+    def start(self) -> None:
+        """Download and load every base model in the background, so the first chat does not wait for it."""
+        self._spawn(self._prepare(), "prepare-base-models")
+
+    def warm(self, base: str, adapter: Path) -> None:
+        """Merge a just fine-tuned model in the background, so its first chat answers at normal speed."""
+        self._spawn(self._warm(base, adapter), f"warm-{adapter.parent.name}")
+
+    async def close(self) -> None:
+        """Stop waiting for background work (its daemon threads end with the process)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _prepare(self) -> None:
+        generator = await self._get()
+        await _in_daemon_thread(generator.pool.prepare_all, "prepare-base-models")
+        log.info("Base models prepared: %s", ", ".join(
+            f"{name} {self.status(name)['status']}" for name in self.settings.base_models))
+
+    async def _warm(self, base: str, adapter: Path) -> None:
+        from trainer.serving import Target
+
+        generator = await self._get()
+        try:
+            await _in_daemon_thread(lambda: generator.pool.get(Target(base, adapter)), "warm-model")
+        except Exception:  # boundary: the first chat will try again and report its own error
+            log.exception("Loading the fine-tuned model from %s failed", adapter)
+            return
+        log.info("Fine-tuned model from %s is loaded and ready to chat", adapter.parent.name)
+
     async def _get(self) -> Any:
         async with self._lock:
             if self._generator is None:
-                self._generator = await asyncio.to_thread(self._build)
+                self._generator = await _in_daemon_thread(self._build, "load-model-stack")
         return self._generator
 
     def _build(self) -> Any:
         from trainer.serving import Generator, ModelPool
 
         pool = ModelPool(self.settings.base_models, self.settings.device, self.settings.adapter_cache,
-                         self.settings.torch_threads)
+                         self.settings.torch_threads, cache_dir=self.settings.data_dir / "tokenizers")
         return Generator(pool, self.settings.max_concurrent_generations, self.settings.max_queued_generations)
 
     async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[str]:
@@ -62,17 +134,32 @@ class LazyGenerator:
 
 
 def create_app(settings: Settings) -> web.Application:
-    """Build the application with its start-up (recovery, dispatch) and clean-up hooks."""
+    """Build the application with its start-up (recovery, dispatch, model preparation) and clean-up hooks."""
     settings = ensure_api_key(settings)
     store = Store(settings.data_dir / "trainer.db")
     scheduler = Scheduler(settings, store, training_devices(settings.device))
-    app = build_app(settings, store, scheduler, LazyGenerator(settings))
+    generator = LazyGenerator(settings)
+    timings = Timings(store, settings.default_batch_size)
+    app = build_app(settings, store, scheduler, generator)
+    app[TIMINGS] = timings
+
+    def succeeded(job_id: str) -> None:
+        job = store.job(job_id)
+        if job is None or job["status"] != "succeeded":
+            return
+        timings.record(job_id)
+        generator.warm(job["model"], settings.data_dir / "adapters" / job_id / "final")
+
+    scheduler.on_succeeded = succeeded
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        timings.load()
+        generator.start()
         await scheduler.start()
         log.info("Trainer ready: models %s, training on %s", ", ".join(settings.base_models), scheduler.devices)
         yield
         await scheduler.close()
+        await generator.close()
         store.close()
 
     app.cleanup_ctx.append(lifecycle)

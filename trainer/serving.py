@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import io
 import logging
 import threading
 from collections import OrderedDict
@@ -14,9 +15,10 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
-from trainer.modeling import load_model, load_tokenizer, resolve_device, set_threads
+from trainer.modeling import load_model, load_tokenizer, render_chat, resolve_device, set_threads, turn_end_ids
 from trainer.training import chat_messages, longest_token
 
 log = logging.getLogger(__name__)
@@ -62,24 +64,119 @@ class _StopWhen(StoppingCriteria):
         return self.event.is_set()
 
 
+@dataclass
+class Preparation:
+    """How far a base model is from answering: status preparing, ready or failed, and progress from 0 to 1."""
+
+    status: str = "preparing"
+    progress: float = 0.0
+    logged: int = -1  # the last tenth logged
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields /v1/models adds to a base model."""
+        return {"status": self.status, "progress": round(self.progress, 2)}
+
+
+# Download shares of the progress; the rest is reading the tokenizer and the weights.
+DOWNLOAD_SHARE, TOKENIZER_SHARE = 0.8, 0.9
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+class _Progress(tqdm):  # type: ignore[misc]
+    """A silent progress bar that hands each downloaded byte count to a callback."""
+
+    callback: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Xet downloads show a second bar of network bytes beside the bytes written: count only the latter.
+        name, desc = str(kwargs.pop("name", None) or ""), str(kwargs.get("desc") or "")
+        self.counts = not name.endswith(".transfer") and not desc.endswith("downloading bytes")
+        kwargs["file"] = io.StringIO()
+        super().__init__(*args, **kwargs)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        if n and self.counts and type(self).callback is not None:
+            type(self).callback(int(n))
+        return super().update(n)
+
+
+def download(source: str, report: Any) -> str:
+    """Fetch a hub model's files into the Hugging Face cache, reporting the fraction downloaded; return its folder.
+
+    Local folders and GGUF files are returned as they are. Files already in the cache count as downloaded.
+    """
+    if source.endswith(".gguf") or Path(source).exists():
+        return source
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    planned = snapshot_download(source, allow_patterns=HUB_FILES, dry_run=True)
+    total = sum(info.file_size for info in planned if info.will_download) or 1
+    done = 0
+
+    def add(count: int) -> None:
+        nonlocal done
+        done += count
+        report(min(1.0, done / total))
+
+    progress = type("Progress", (_Progress,), {"callback": staticmethod(add)})
+    for info in planned:
+        if info.will_download:
+            hf_hub_download(source, info.filename, tqdm_class=progress)
+    report(1.0)
+    return snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True)
+
+
 class ModelPool:
     """Load each base model once and keep the most recently used merged fine-tuned models."""
 
-    def __init__(self, sources: dict[str, str], device: str, cache_size: int, threads: int) -> None:
+    def __init__(self, sources: dict[str, str], device: str, cache_size: int, threads: int,
+                 cache_dir: Path | None = None, fetch: Any = download) -> None:
         self.sources, self.device, self.cache_size = sources, resolve_device(device), cache_size
+        self.cache_dir, self.fetch = cache_dir, fetch
         if self.device == "cpu":
             set_threads(threads)
+        self.preparations = {name: Preparation() for name in sources}
         self._bases: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
         self._merged: OrderedDict[Path, PreTrainedModel] = OrderedDict()
         self._lock = threading.Lock()
+        self._merge_locks: dict[Path, threading.Lock] = {}
+
+    def _report(self, name: str, progress: float) -> None:
+        preparation = self.preparations[name]
+        preparation.progress = max(preparation.progress, min(1.0, progress))
+        tenth = int(preparation.progress * 10)
+        if tenth > preparation.logged:  # a few INFO lines, not one per chunk
+            preparation.logged = tenth
+            log.info("Preparing base model %s: %d%%", name, int(preparation.progress * 100))
+
+    def prepare_all(self) -> None:
+        """Download and load every base model in turn (at start, in the background); failures are logged."""
+        for name in self.sources:
+            try:
+                self.base(name)
+            except Exception:  # boundary: one model that can't load must not stop the others
+                log.exception("Base model %s could not be prepared", name)
 
     def base(self, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """Return a base model and its tokenizer, loading them on first use."""
+        """Return a base model and its tokenizer, downloading and loading them on first use."""
         with self._lock:
             if name not in self._bases:
-                tokenizer = load_tokenizer(self.sources[name])
-                model = load_model(self.sources[name], self.device).eval()
+                preparation = self.preparations[name]
+                preparation.status = "preparing"
+                try:
+                    local = self.fetch(self.sources[name], lambda f: self._report(name, f * DOWNLOAD_SHARE))
+                    self._report(name, DOWNLOAD_SHARE)
+                    tokenizer = load_tokenizer(local, self.cache_dir)
+                    self._report(name, TOKENIZER_SHARE)
+                    model = load_model(local, self.device).eval()
+                    ends = turn_end_ids(tokenizer) | _eos_ids(model, tokenizer)
+                    model.generation_config.eos_token_id = sorted(ends)
+                except Exception:
+                    preparation.status = "failed"
+                    raise
                 self._bases[name] = (model, tokenizer)
+                self._report(name, 1.0)
+                preparation.status = "ready"
             return self._bases[name]
 
     def get(self, target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -88,16 +185,20 @@ class ModelPool:
         if target.adapter is None:
             return base, tokenizer
         with self._lock:
-            if target.adapter in self._merged:
-                self._merged.move_to_end(target.adapter)
-                return self._merged[target.adapter], tokenizer
-        # Merging bakes the adapter into the weights: plain-model speed at generation time.
-        merged = PeftModel.from_pretrained(copy.deepcopy(base), str(target.adapter)).merge_and_unload().eval()
-        with self._lock:
-            self._merged[target.adapter] = merged
-            while len(self._merged) > self.cache_size:
-                evicted, _ = self._merged.popitem(last=False)
-                log.info("Dropped merged model %s from the cache", evicted.name)
+            merge_lock = self._merge_locks.setdefault(target.adapter, threading.Lock())
+        with merge_lock:  # a chat that arrives during the background merge waits for it instead of merging twice
+            with self._lock:
+                if target.adapter in self._merged:
+                    self._merged.move_to_end(target.adapter)
+                    return self._merged[target.adapter], tokenizer
+            # Merging bakes the adapter into the weights: plain-model speed at generation time.
+            merged = PeftModel.from_pretrained(copy.deepcopy(base), str(target.adapter)).merge_and_unload().eval()
+            with self._lock:
+                self._merged[target.adapter] = merged
+                while len(self._merged) > self.cache_size:
+                    evicted, _ = self._merged.popitem(last=False)
+                    self._merge_locks.pop(evicted, None)
+                    log.info("Dropped merged model %s from the cache", evicted.name)
         return merged, tokenizer
 
     def forget(self, adapter_dir: Path) -> None:
@@ -150,8 +251,7 @@ class Generator:
         model, tokenizer = await asyncio.to_thread(self.pool.get, target)
 
         def tokenize() -> Any:  # off the event loop: a long prompt takes a while to render and tokenize
-            prompt = tokenizer.apply_chat_template(chat_messages(messages), add_generation_prompt=True,
-                                                   tokenize=False)
+            prompt = render_chat(tokenizer, chat_messages(messages), True)  # as training rendered it
             # No token stands for more characters than the vocabulary's longest: a prompt that long is over the
             # cap for sure, and is refused without the cost of tokenizing it (megabytes of text take seconds).
             at_least = len(prompt) // (longest_token(tokenizer) + 1)

@@ -129,7 +129,7 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
     if device == "cpu":
         set_threads(settings.torch_threads)
     hyper = json.loads(job["hyperparameters"])
-    tokenizer = load_tokenizer(job["base_source"])
+    tokenizer = load_tokenizer(job["base_source"], settings.data_dir / "tokenizers")
     training_file = store.file(job["training_file"])
     validation_file = store.file(job["validation_file"]) if job["validation_file"] else None
     if training_file is None:

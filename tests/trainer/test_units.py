@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.trainer.conftest import REPO_ROOT, chat_example, chat_file
+from trainer.catalog import languages
 from trainer.config import Settings, SettingsError
 from trainer.scheduler import FairQueue
 from trainer.validation import check_files
@@ -30,11 +31,14 @@ def test_settings_bad_value_names_the_setting(env: dict[str, str], named: str) -
         Settings.from_env(env)
 
 
-def test_settings_defaults_listen_on_loopback_with_smollm2() -> None:
-    """With nothing set the trainer listens on 127.0.0.1:8400 and offers SmolLM2-135M-Instruct."""
+def test_settings_defaults_listen_on_loopback_with_korean_model_first() -> None:
+    """With nothing set the trainer listens on 127.0.0.1:8400 and offers a Korean-speaking model, then SmolLM2."""
     settings = Settings.from_env({})
     assert (settings.host, settings.port) == ("127.0.0.1", 8400)
-    assert settings.base_models == {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert settings.base_models == {"qwen2.5-0.5b-instruct": "Qwen/Qwen2.5-0.5B-Instruct",
+                                    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert "ko" in languages(settings.base_models["qwen2.5-0.5b-instruct"])
+    assert languages(settings.base_models["smollm2-135m-instruct"]) == ("en",)
     assert Settings.from_env({"TRAINER_HOST": "0.0.0.0", "TRAINER_API_KEY": "k" * 20}).api_key == "k" * 20
 
 

@@ -1,0 +1,134 @@
+"""Base models prepared in the background (status and progress in /v1/models), lesson timings, warm merges."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tests.trainer.conftest import TrainerProcess, chat_file
+from tests.trainer.test_journey import JOB_TIMEOUT_S, client, upload, wait_for
+from trainer.config import Settings
+from trainer.server import LazyGenerator, create_app
+from trainer.serving import ModelPool
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/v1"
+
+
+async def _until(check: Callable[[], Any], timeout: float = JOB_TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.05)
+    return result
+
+
+async def test_models_answer_while_base_model_prepares(tmp_path: Path, tiny_model: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """During a download /v1/models still answers, with status preparing and its progress; then ready at 1.0."""
+    halfway, release = threading.Event(), threading.Event()
+
+    def slow_fetch(source: str, report: Callable[[float], None]) -> str:
+        for fraction in (0.1, 0.3, 0.5625):  # 0.5625 of the download is 45% of the preparation
+            report(fraction)
+        halfway.set()
+        assert release.wait(JOB_TIMEOUT_S)
+        report(1.0)
+        return source
+
+    def build(self: LazyGenerator) -> Any:
+        from trainer.serving import Generator
+
+        pool = ModelPool(self.settings.base_models, "cpu", 2, 1, fetch=slow_fetch)
+        return Generator(pool, 1, 1)
+
+    monkeypatch.setattr(LazyGenerator, "_build", build)
+    caplog.set_level(logging.INFO, logger="trainer.serving")
+    settings = Settings(data_dir=tmp_path / "data", base_models={"tiny": str(tiny_model)}, device="cpu")
+    runner, base_url = await _serve(create_app(settings))
+    try:
+        from openai import AsyncOpenAI
+
+        api = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+        assert await asyncio.to_thread(halfway.wait, JOB_TIMEOUT_S)
+        preparing = (await api.models.list()).data[0]
+        assert preparing.id == "tiny" and preparing.status == "preparing" and preparing.progress == 0.45
+        assert (await api.models.retrieve("tiny")).status == "preparing"
+        release.set()
+
+        async def ready() -> Any:
+            model = (await api.models.list()).data[0]
+            return model if model.status == "ready" else None
+
+        done = await _until(ready)
+        assert done.progress == 1.0 and done.languages == [] and done.lesson_seconds is None
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Preparing base model tiny")]
+        assert logged[0] == "Preparing base model tiny: 8%" and logged[-1] == "Preparing base model tiny: 100%"
+        assert "Preparing base model tiny: 45%" in logged and 4 <= len(logged) <= 11
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_failed_base_model_says_so(tmp_path: Path, tiny_model: Path) -> None:
+    """A base model that can't be loaded is listed with status failed; the others still get ready."""
+    pool = ModelPool({"broken": str(tmp_path / "missing"), "tiny": str(tiny_model)}, "cpu", 2, 1)
+    await asyncio.to_thread(pool.prepare_all)
+    assert pool.preparations["broken"].as_dict()["status"] == "failed"
+    assert pool.preparations["tiny"].as_dict() == {"status": "ready", "progress": 1.0}
+
+
+async def test_succeeded_job_is_timed_and_merged_in_background(trainer_server: TrainerProcess) -> None:
+    """After a job succeeds the base model lists how long a 40-example, 3-epoch file takes, and the new model is
+    merged without waiting for a chat (the trainer logs it ready)."""
+    api = client(trainer_server)
+    base = (await api.models.retrieve("tiny"))
+    assert base.lesson_seconds is None
+    job = await api.fine_tuning.jobs.create(model="tiny", training_file=await upload(api, chat_file(16)),
+                                            hyperparameters={"n_epochs": 2, "batch_size": 4})
+    done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+
+    async def warmed() -> bool:
+        return f"Fine-tuned model from {job.id} is loaded and ready to chat" in trainer_server.log()
+
+    await _until(warmed)
+    timed = await api.models.retrieve("tiny")
+    assert isinstance(timed.lesson_seconds, int) and timed.lesson_seconds >= 1
+    assert "A 40-example, 3-epoch file on tiny takes about" in trainer_server.log()
+    reply = await api.chat.completions.create(model=done.fine_tuned_model, max_tokens=5, temperature=0,
+                                              messages=[{"role": "user", "content": "Hi"}])
+    assert reply.usage.completion_tokens <= 5
+
+
+def _event(seq: int, at: int, message: str, step: int | None = None) -> dict[str, Any]:
+    data = f'{{"step": {step}}}' if step is not None else None
+    return {"seq": seq, "created_at": at, "message": message, "type": "metrics" if step else "message", "data": data}
+
+
+def test_lesson_seconds_scales_step_time_to_forty_examples_three_epochs() -> None:
+    """Start-up and wrap-up are kept; time per example is scaled to 120 examples; resumed jobs don't count."""
+    from trainer.timing import lesson_seconds
+
+    job = {"finished_at": 150, "hyperparameters": '{"batch_size": 2}'}
+    events = [_event(1, 100, "Fine-tuning job started"), _event(2, 112, "Step 1", 1), _event(3, 140, "Step 8", 8)]
+    # 4 s per step of 2 examples = 2 s per example; 8 s start-up (12 - one step), 10 s wrap-up; 120 examples.
+    assert lesson_seconds(job, events, 4) == 8 + 10 + 240
+    resumed = [*events, _event(4, 141, "Fine-tuning job resumed from its last checkpoint")]
+    assert lesson_seconds(job, resumed, 4) is None
+    assert lesson_seconds(job, events[:2], 4) is None
