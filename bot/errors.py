@@ -38,6 +38,12 @@ class UpstreamBusyError(UserFacingError):
     key = "error.upstream_busy"
 
 
+class TrainerPreparingError(UpstreamBusyError):
+    """The school's trainer is still downloading or loading the chosen base model: Start works again soon."""
+
+    key = "error.trainer_preparing"
+
+
 class UpstreamDownError(UserFacingError):
     """The fine-tuning API failed on its side (5xx) even after retries."""
 

@@ -141,8 +141,7 @@ class FineTuningGateway:
         models: list[BackendModel] = []
         paginator = await self._call("list models", lambda: self.client.models.list())
         async for model in paginator:
-            models.append(BackendModel(id=model.id, owned_by=getattr(model, "owned_by", None),
-                                       created=getattr(model, "created", None)))
+            models.append(_backend_model(model))
         return models
 
     async def delete_model(self, model_id: str) -> bool:
@@ -318,3 +317,16 @@ def _int(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return None
+
+
+def _backend_model(model: object) -> BackendModel:
+    """A listed model, with the trainer's extra fields when present and well-formed (other backends have none)."""
+    status, progress = getattr(model, "status", None), getattr(model, "progress", None)
+    languages, seconds = getattr(model, "languages", None), getattr(model, "lesson_seconds", None)
+    return BackendModel(
+        id=getattr(model, "id", ""), owned_by=getattr(model, "owned_by", None), created=getattr(model, "created", None),
+        status=status if isinstance(status, str) else None,
+        progress=float(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None,
+        languages=tuple(str(code) for code in languages) if isinstance(languages, list) else (),
+        lesson_seconds=int(seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None,
+    )

@@ -16,7 +16,7 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands, tasks
 
 from bot import errors
-from bot.i18n import t
+from bot.i18n import locale_of, t
 from bot.services.finetune import FineTuneService, clean_suffix
 from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
@@ -27,6 +27,7 @@ from cogs._roles import member_is_teacher
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
+    from storage.models import BackendModel
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,22 @@ class FineTune(commands.Cog):
         except Exception:  # boundary: autocomplete must never raise
             log.exception("Base model autocomplete failed")
             return []
-        return [Choice(name=n[:100], value=n[:100]) for n in names]
+        return [Choice(name=_base_model_label(n, self.service.base_model_details(n), interaction.locale)[:100],
+                       value=n[:100]) for n in names]
+
+
+def _base_model_label(name: str, details: BackendModel | None, locale: object) -> str:
+    """A base model with the languages it speaks and how long a 40-example, 3-epoch file took on the trainer."""
+    if details is None or (not details.languages and details.status is None):
+        return name  # a backend that tells neither (OpenAI): the name alone
+    mine = locale_of(locale)
+    codes = sorted(details.languages, key=lambda code: code != mine)  # the student's own language first
+    languages = ", ".join(codes[:4]) + (f" +{len(codes) - 4}" if len(codes) > 4 else "") if codes else "?"
+    if details.lesson_seconds is None:
+        timing = t("autocomplete.base_model.not_measured", locale)
+    else:
+        timing = t("autocomplete.base_model.minutes", locale, minutes=max(1, round(details.lesson_seconds / 60)))
+    return t("autocomplete.base_model", locale, model=name, languages=languages, timing=timing)
 
 
 def _footed(click: discord.Interaction, colour: int | None, footer: str | None) -> discord.Embed | None:

@@ -142,6 +142,13 @@ class BackendModel:
     id: str
     owned_by: str | None
     created: int | None
+    # Extras the self-hosted trainer adds to its base models (None/() from other backends): whether it can train
+    # yet ("preparing", "ready", "failed") and how far along (0-1), the languages it speaks, and the seconds a
+    # 40-example, 3-epoch file took on it (None until measured).
+    status: str | None = None
+    progress: float | None = None
+    languages: tuple[str, ...] = ()
+    lesson_seconds: int | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from bot.config import DEFAULT_BASE_MODEL, DEFAULT_TUNABLE_MODELS, Settings
 from bot.openai_gateway import FineTuningGateway
 from dataset_rules.models import lookup as lookup_model
 from storage.jobs import JobRepository
-from storage.models import Job
+from storage.models import BackendModel, Job
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class FineTuneService:
         self.gateway = gateway
         # None, not 0.0: the monotonic clock counts from boot, so "long ago" would be in the future on a fresh machine.
         self._models: tuple[float, list[str]] | None = None
+        self._model_details: dict[str, BackendModel] = {}  # the trainer's extras, by base model
 
     # Looking jobs up ---------------------------------------------------------------------------------------
 
@@ -68,6 +69,7 @@ class FineTuneService:
             except errors.UserFacingError:
                 listed = []  # autocomplete must not fail; the configured list still shows
             cached += [m.id for m in listed if not m.id.startswith("ft:") and m.id not in cached]
+            self._model_details = {m.id: m for m in listed if not m.id.startswith("ft:")}
         cached = cached or list(DEFAULT_TUNABLE_MODELS)
         self._models = (time.monotonic(), cached)
         return cached
@@ -87,6 +89,12 @@ class FineTuneService:
         unique = list(dict.fromkeys(n for n in names if current in n.lower()))
         unique.sort(key=lambda n: _is_retired(n))
         return unique[:25]
+
+
+    def base_model_details(self, name: str) -> BackendModel | None:
+        """What the self-hosted trainer said about a base model at the last listing (languages, timing)."""
+        return self._model_details.get(name)
+
 
 
 def _is_retired(name: str) -> bool:

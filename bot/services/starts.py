@@ -341,6 +341,7 @@ class StartService:
     async def _claimed_start(self, pending: PendingStart) -> Outcome:
         reservation: Reservation | None = None
         try:
+            await self._refuse_while_preparing(pending.base_model)
             pending = await self._moderated(pending)
             reservation = await self.policy.before_start(pending)  # written before the backend hears of it
             backend = await self._create(pending)
@@ -366,6 +367,18 @@ class StartService:
             return Refused(errors.UserFacingError("error.start_recorded_later", job=backend.id))
         await self._forget(pending.token)
         return Started(job)
+
+    async def _refuse_while_preparing(self, base_model: str) -> None:
+        """On the school's trainer, say so kindly while the base model is still downloading or loading."""
+        if not self.settings.self_hosted:
+            return
+        try:
+            listed = await self.gateway.list_models()
+        except errors.UserFacingError:
+            return  # the job creation that follows reports the backend's trouble itself
+        model = next((m for m in listed if m.id == base_model), None)
+        if model is not None and model.status == "preparing":
+            raise errors.TrainerPreparingError(model=base_model, percent=round(100 * (model.progress or 0.0)))
 
     async def _moderated(self, pending: PendingStart) -> PendingStart:
         if pending.cleared:

@@ -249,6 +249,8 @@ class FakeOpenAI:
         self.moderation_requests: list[Any] = []
         self.base_models: list[str] = list(FINE_TUNABLE) + list(CHAT_MODELS)
         self.fine_tuned_models: dict[str, int] = {}
+        # Extra fields a self-hosted trainer adds to a base model (status, progress, languages, lesson_seconds).
+        self.model_extras: dict[str, dict[str, Any]] = {}
         self.retired: set[str] = set(RETIRED_AT_START)
         self.chat_reply: Callable[[str, list[dict[str, Any]]], str | Awaitable[str]] = default_chat_reply
         self.stream_token_delay = 0.0
@@ -776,7 +778,8 @@ class FakeOpenAI:
     def _model_payload(self, model: str) -> dict[str, Any]:
         if model.startswith("ft:"):
             return {"id": model, "object": "model", "created": self.fine_tuned_models[model], "owned_by": ORG_SLUG}
-        return {"id": model, "object": "model", "created": 1715367049, "owned_by": "system"}
+        return {"id": model, "object": "model", "created": 1715367049, "owned_by": "system",
+                **self.model_extras.get(model, {})}
 
     def _all_models(self) -> list[str]:
         return [m for m in self.base_models + list(self.fine_tuned_models) if self._model_available(m)]

