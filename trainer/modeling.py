@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import psutil
@@ -118,9 +120,25 @@ def _model_type(source: str) -> str | None:
     return str(config.model_type)
 
 
+MODEL_TYPE_FILE = "trainer_model_type.txt"
+
+
 def _gguf_cache_key(path: Path) -> str:
     stat = path.stat()
     return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _save_atomically(tokenizer: PreTrainedTokenizerBase, model_type: str | None, folder: Path) -> None:
+    """Write the converted tokenizer beside its final place, then rename it there: the server and a worker may
+    convert the same file at once, and neither must read the other's half-written folder."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    tokenizer.save_pretrained(str(staging))
+    (staging / MODEL_TYPE_FILE).write_text(model_type or "")
+    try:
+        staging.rename(folder)
+    except OSError:  # the other one was first: its copy is the same
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_tokenizer(source: str, cache_dir: Path | None = None) -> PreTrainedTokenizerBase:
@@ -132,15 +150,18 @@ def load_tokenizer(source: str, cache_dir: Path | None = None) -> PreTrainedToke
     path = Path(source)
     if source.endswith(".gguf"):
         cached = cache_dir / f"{path.stem}-{_gguf_cache_key(path)}" if cache_dir is not None else None
-        if cached is not None and (cached / "tokenizer_config.json").exists():
+        if cached is not None and (cached / MODEL_TYPE_FILE).exists():
             tokenizer = AutoTokenizer.from_pretrained(str(cached))
+            model_type = (cached / MODEL_TYPE_FILE).read_text().strip() or None
         else:
             tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            model_type = _model_type(source)
             if cached is not None:
-                tokenizer.save_pretrained(str(cached))
+                _save_atomically(tokenizer, model_type, cached)
     else:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    family = apply_family_template(tokenizer, _model_type(source))
+        model_type = _model_type(source)
+    family = apply_family_template(tokenizer, model_type)
     log.info("Chat template of %s: %s", source, family or "its own")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
