@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import psutil
 import torch
@@ -128,12 +129,12 @@ def _gguf_cache_key(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _save_atomically(tokenizer: PreTrainedTokenizerBase, model_type: str | None, folder: Path) -> None:
-    """Write the converted tokenizer beside its final place, then rename it there: the server and a worker may
-    convert the same file at once, and neither must read the other's half-written folder."""
+def _save_atomically(converted: Any, model_type: str | None, folder: Path) -> None:
+    """Write a converted tokenizer or model beside its final place, then rename it there: the server and a worker
+    may convert the same file at once, and neither must read the other's half-written folder."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    tokenizer.save_pretrained(str(staging))
+    converted.save_pretrained(str(staging))
     (staging / MODEL_TYPE_FILE).write_text(model_type or "")
     try:
         staging.rename(folder)
@@ -168,14 +169,25 @@ def load_tokenizer(source: str, cache_dir: Path | None = None) -> PreTrainedToke
     return tokenizer
 
 
-def load_model(source: str, device: str, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """Load a base model's weights on a device; GGUF files are dequantized so they can be trained and merged."""
+def load_model(source: str, device: str, dtype: torch.dtype | None = None,
+               cache_dir: Path | None = None) -> PreTrainedModel:
+    """Load a base model's weights on a device; GGUF files are dequantized so they can be trained and merged.
+
+    Dequantizing a GGUF takes minutes on a busy CPU, and every job's worker loads its base model: with cache_dir
+    the dequantized weights are saved there once (safetensors) and later loads read them back.
+    """
     dtype = dtype or dtype_for(device)
     path = Path(source)
     if source.endswith(".gguf"):
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=dtype
-        )
+        cached = cache_dir / f"{path.stem}-{_gguf_cache_key(path)}" if cache_dir is not None else None
+        if cached is not None and (cached / MODEL_TYPE_FILE).exists():
+            model = AutoModelForCausalLM.from_pretrained(str(cached), dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path.parent), gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=dtype
+            )
+            if cached is not None:
+                _save_atomically(model, model.config.model_type, cached)
     else:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     log.info("Loaded base model from %s on %s (%s)", source, device, dtype)

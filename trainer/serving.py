@@ -130,9 +130,9 @@ class ModelPool:
     """Load each base model once and keep the most recently used merged fine-tuned models."""
 
     def __init__(self, sources: dict[str, str], device: str, cache_size: int, threads: int,
-                 cache_dir: Path | None = None, fetch: Any = download) -> None:
+                 cache_dir: Path | None = None, fetch: Any = download, weights_dir: Path | None = None) -> None:
         self.sources, self.device, self.cache_size = sources, resolve_device(device), cache_size
-        self.cache_dir, self.fetch = cache_dir, fetch
+        self.cache_dir, self.fetch, self.weights_dir = cache_dir, fetch, weights_dir
         if self.device == "cpu":
             set_threads(threads)
         self.preparations = {name: Preparation() for name in sources}
@@ -168,7 +168,7 @@ class ModelPool:
                     self._report(name, DOWNLOAD_SHARE)
                     tokenizer = load_tokenizer(local, self.cache_dir)
                     self._report(name, TOKENIZER_SHARE)
-                    model = load_model(local, self.device).eval()
+                    model = load_model(local, self.device, cache_dir=self.weights_dir).eval()
                     ends = turn_end_ids(tokenizer) | _eos_ids(model, tokenizer)
                     model.generation_config.eos_token_id = sorted(ends)
                 except Exception:

@@ -258,6 +258,7 @@ class TrainSpec:
     should_stop: Callable[[], str | None] | None = None
     eval_every: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    cache_dir: Path | None = None  # where a GGUF's dequantized weights are kept between jobs
 
 
 @dataclass(frozen=True)
@@ -293,7 +294,7 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
     torch.manual_seed(spec.seed)
     steps_per_epoch = math.ceil(len(spec.train) / spec.batch_size)
     total_steps = steps_per_epoch * spec.n_epochs
-    base = load_model(spec.source, spec.device)
+    base = load_model(spec.source, spec.device, cache_dir=spec.cache_dir)
     if spec.resume_from is not None:
         model = PeftModel.from_pretrained(base, str(spec.resume_from), is_trainable=True)
     else:

@@ -146,6 +146,7 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
         learning_rate=settings.base_learning_rate * float(hyper["learning_rate_multiplier"]), seed=int(job["seed"]),
         lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, out_dir=out_dir,
         resume_from=Path(checkpoint["path"]) if checkpoint is not None else None, should_stop=flags.reason,
+        cache_dir=settings.data_dir / "gguf-weights",
     )
     result = train(spec, DatabaseReporter(store, job, name))
     if result.stopped is not None:

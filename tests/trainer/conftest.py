@@ -184,12 +184,16 @@ def gemma_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder of converted GGUF tokenizers for the session: each GGUF's tokenizer is converted once."""
-    return tmp_path_factory.mktemp("tokenizers")
+    """One folder of converted GGUF tokenizers for the session (weights/ beside it holds dequantized weights):
+    each GGUF is converted once per session."""
+    folder = tmp_path_factory.mktemp("gguf-cache")
+    (folder / "weights").mkdir()
+    return folder
 
 
 def trainer_with_shared_tokenizers(data_dir: Path, model: Path, cache: Path, **env: str) -> TrainerProcess:
-    """A trainer process whose tokenizer cache is the session's, so it never converts a GGUF tokenizer again."""
+    """A trainer process whose GGUF caches are the session's, so it never converts a GGUF again."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "tokenizers").symlink_to(cache, target_is_directory=True)
+    (data_dir / "gguf-weights").symlink_to(cache / "weights", target_is_directory=True)
     return TrainerProcess(data_dir, model, **env)

