@@ -21,6 +21,7 @@ import importlib.util
 import itertools
 import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -113,14 +114,14 @@ async def bench_job(name: str, source: str, language: str, tokenizers: Path) -> 
         (data / "gguf-weights").symlink_to(tokenizers.parent / "weights", target_is_directory=True)
         env = {**os.environ, "TRAINER_PORT": str(port), "TRAINER_DATA_DIR": folder, "TRAINER_DEVICE": "cpu",
                "TRAINER_BASE_MODELS": f"{name}={source}", "TRAINER_MAX_TOKENS": "48", "PYTHONPATH": str(REPO_ROOT)}
-        env.pop("TRAINER_API_KEY", None)
+        env["TRAINER_API_KEY"] = key = "sk-bench-" + secrets.token_urlsafe(16)
         log = (data / "server.log").open("wb")
         started = time.perf_counter()
         server = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
                                   stdout=log, stderr=subprocess.STDOUT)
         sampler = RssSampler(server.pid)
         sampling = asyncio.create_task(sampler.run())
-        api = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=600)
+        api = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=600)
         try:
             while True:
                 try:
