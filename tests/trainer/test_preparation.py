@@ -59,12 +59,13 @@ async def test_models_answer_while_base_model_prepares(tmp_path: Path, tiny_mode
 
     monkeypatch.setattr(LazyGenerator, "_build", build)
     caplog.set_level(logging.INFO, logger="trainer.serving")
-    settings = Settings(data_dir=tmp_path / "data", base_models={"tiny": str(tiny_model)}, device="cpu")
+    key = "test-key-for-preparation"
+    settings = Settings(data_dir=tmp_path / "data", base_models={"tiny": str(tiny_model)}, device="cpu", api_key=key)
     runner, base_url = await _serve(create_app(settings))
     try:
         from openai import AsyncOpenAI
 
-        api = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+        api = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30)
         assert await asyncio.to_thread(halfway.wait, JOB_TIMEOUT_S)
         preparing = (await api.models.list()).data[0]
         assert preparing.id == "tiny" and preparing.status == "preparing" and preparing.progress == 0.45
@@ -101,7 +102,7 @@ async def test_succeeded_job_is_timed_and_merged_in_background(trainer_server: T
     assert base.lesson_seconds is None
     job = await api.fine_tuning.jobs.create(model="tiny", training_file=await upload(api, chat_file(16)),
                                             hyperparameters={"n_epochs": 2, "batch_size": 4})
-    done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"})
+    done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"}, timeout=240)  # a busy CI machine
     assert done.status == "succeeded", done.error
 
     async def warmed() -> bool:
