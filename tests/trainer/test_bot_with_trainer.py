@@ -78,9 +78,7 @@ async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discor
                                            epochs=1, suffix="pirate")
     card = await interaction.followup(timeout=60)
     assert "smollm2" in card.text() and card.button("Start"), card.text()  # the trainer's model is the default
-    await press(fake_discord, card, "Start", student)
-    progress = await fake_discord.wait_for(lambda: _text_of(fake_discord, channel, "Fine-tuning:"), timeout=60,
-                                           what="progress card")
+    progress = await _start_when_trainer_ready(fake_discord, card, student, channel)
     await fake_discord.wait_for(lambda: "Training loss" in progress.text() or None, timeout=JOB_SECONDS,
                                 what="a training loss on the card")
     notice = await fake_discord.wait_for(lambda: _text_of(fake_discord, channel, "is trained"), timeout=JOB_SECONDS,
@@ -97,6 +95,25 @@ async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discor
         thread, lambda m: m.author_id == fake_discord.bot_user.id and "You're chatting with" not in m.content
         and bool(m.content.strip()), timeout=JOB_SECONDS)
     assert answer.content.strip()
+
+
+async def _start_when_trainer_ready(fake: FakeDiscord, card: FakeMessage, student: object,
+                                    channel: int) -> FakeMessage:
+    """Press Start as a student would: while the trainer still prepares its model the bot says so (the card stays
+    usable), so press again a little later; return the progress card once the job started."""
+    for _ in range(JOB_SECONDS // 2):
+        click = await press(fake, card, "Start", student)  # type: ignore[arg-type]
+
+        def outcome(click: object = click) -> FakeMessage | None:
+            note = next((m for m in click.followups if "still preparing smollm2" in m.text()), None)  # type: ignore[attr-defined]
+            return _text_of(fake, channel, "Fine-tuning:") or note
+
+        answer = await fake.wait_for(outcome, timeout=60, what="the progress card or a 'still preparing' note")
+        if "Fine-tuning:" in answer.text():
+            return answer
+        assert "went wrong" not in answer.text()
+        await asyncio.sleep(2)
+    raise TimeoutError("the trainer never got its model ready")
 
 
 async def test_trainer_child_restarts_after_a_crash_and_stops_with_the_bot(tmp_path: Path, tiny_model: Path,
