@@ -39,8 +39,14 @@ KO_TOPICS = ["태양", "비", "화산", "꿀벌", "달", "강", "눈", "바람",
 PROMPTS = {"en": "Can you explain clouds to me?", "ko": "구름에 대해 설명해 줄 수 있어요?"}
 
 
+LESSON_FILES = {"ko": REPO_ROOT / "lessons" / "library-helper-ko" / "train.jsonl",
+                "en": REPO_ROOT / "lessons" / "pirate-en" / "train.jsonl"}
+
+
 def lesson(language: str, count: int = 40) -> bytes:
-    """A 40-example lesson file: a kind science teacher, about 60-120 tokens an example."""
+    """The repository's 40-example lesson file in that language, else a made-up one of the same size."""
+    if LESSON_FILES[language].exists():
+        return LESSON_FILES[language].read_bytes()
     lines = []
     for i in range(count):
         if language == "ko":
@@ -211,12 +217,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per loss in the step comparison")
     parser.add_argument("--skip-steps", action="store_true")
     parser.add_argument("--skip-jobs", action="store_true")
+    parser.add_argument("--cache", type=Path, help="keep converted GGUFs here between runs (default: a new temp dir)")
     args = parser.parse_args()
     pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
-    cache = Path(tempfile.mkdtemp(prefix="bench-lessons-"))
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="bench-lessons-"))
     tokenizers, weights = cache / "tokenizers", cache / "weights"
-    tokenizers.mkdir()
-    weights.mkdir()
+    tokenizers.mkdir(parents=True, exist_ok=True)
+    weights.mkdir(exist_ok=True)
     sources = {name: source for name, source in model_sources(cache).items() if name in {n for n, _ in pairs}}
     if not sources:
         sys.exit("bench: install an offline model first (see the docstring)")
