@@ -90,11 +90,9 @@ class FineTuneService:
         unique.sort(key=lambda n: _is_retired(n))
         return unique[:25]
 
-
     def base_model_details(self, name: str) -> BackendModel | None:
         """What the self-hosted trainer said about a base model at the last listing (languages, timing)."""
         return self._model_details.get(name)
-
 
 
 def _is_retired(name: str) -> bool:
