@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from trainer import moderation
 from trainer.catalog import languages
 from trainer.config import Settings, is_ip_address
 from trainer.scheduler import Scheduler
@@ -620,4 +621,5 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
         web.delete("/v1/models/{model}", delete_model),
         web.post("/v1/chat/completions", chat_completions),
     ])
+    moderation.install(app)  # POST /v1/moderations (trainer/moderation.py)
     return app

@@ -1,0 +1,217 @@
+"""POST /v1/moderations in OpenAI's shape, computed on the school's machine with two profanity libraries.
+
+- Korean: korcen (keyword lists with its own normalisation of spacing, jamo and look-alike characters), run on every
+  text that contains Hangul, plus the few very common words its 1.0.3 lists lack (korean_extra_words.txt, run
+  through korcen's own normalisation and false-positive list). Its political-nickname list is left out: it holds a former president's
+  name, which a history lesson must be able to write.
+- English: alt-profanity-check (a linear SVM trained on offensive tweets, shipped with its model), on every text.
+
+Both find offensive words, not meaning, so a hit is reported as `harassment` (the word lists say what was written,
+not that it was sexual or hateful). Every other OpenAI category (violence, self-harm, sexual, hate, illicit and their
+sub-categories) stays false with a score of 0: these libraries cannot judge them, and docs/moderation.md says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+# OpenAI's categories (omni-moderation), in its order; only the judged ones can ever be true.
+CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
+    "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
+    "violence/graphic",
+)
+JUDGED = ("harassment",)
+# What the answer's `model` says, so a client (the bot's /class settings) can tell this filter from OpenAI's.
+MODEL_NAME = "school-profanity-ko-en"
+# OpenAI's model names are accepted too, so clients written for OpenAI work unchanged.
+ACCEPTED_MODELS = frozenset({MODEL_NAME, "omni-moderation-latest", "omni-moderation-2024-09-26",
+                             "text-moderation-latest", "text-moderation-stable", "text-moderation-007"})
+# alt-profanity-check's own decision threshold (its predict() is probability >= 0.5).
+ENGLISH_THRESHOLD = 0.5
+# korcen's lists used; "politics" is left out (see above), the foreign ones are covered by the English classifier.
+KOREAN_LEVELS = ("general", "minor", "sexual", "belittle", "race", "parent", "special")
+KOREAN_EXTRA_WORDS = Path(__file__).with_name("korean_extra_words.txt")
+MAX_INPUTS = 1024
+HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One text's result: whether it is flagged, and the harassment score behind it."""
+
+    flagged: bool
+    harassment: float
+
+    def result(self) -> dict[str, Any]:
+        """Render as one of OpenAI's `results[]`."""
+        return {
+            "flagged": self.flagged,
+            "categories": {name: name == "harassment" and self.flagged for name in CATEGORIES},
+            "category_scores": {name: round(self.harassment, 6) if name == "harassment" else 0.0
+                                for name in CATEGORIES},
+            "category_applied_input_types": {name: ["text"] if name in JUDGED else [] for name in CATEGORIES},
+        }
+
+
+class Filters:
+    """korcen and alt-profanity-check, loaded once (a few seconds: scikit-learn and the model files)."""
+
+    def __init__(self, extra_words: Path = KOREAN_EXTRA_WORDS) -> None:
+        from korcen import korcen
+        from profanity_check import profanity_check
+
+        # korcen reads custom lists from the working directory at import; empty them, so what the trainer flags
+        # never depends on where it was started. (Its include list would also skip its false-positive list.)
+        korcen.set_custom_filter_paths(os.devnull, os.devnull)
+        self._korcen = korcen
+        self._korean = [getattr(korcen, level) for level in KOREAN_LEVELS]
+        words = [korcen.normalize_for_custom_comparison(line.strip()) for line in
+                 extra_words.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+        self._extra = re.compile("|".join(map(re.escape, words))) if words else None
+        self._english = profanity_check.predict_prob
+
+    def korean(self, text: str) -> bool:
+        """Whether korcen finds a Korean swear word (only texts with Hangul: on Latin text its lists misfire)."""
+        if not HANGUL.search(text):
+            return False
+        return any(check(text) for check in self._korean) or self._extra_word(text)
+
+    def _extra_word(self, text: str) -> bool:
+        # The extra words go through korcen's own pipeline for its general list: normalise, drop spaces, remove its
+        # known innocent look-alikes (수박씨 발라 holds 씨발), keep letters; then search.
+        if self._extra is None:
+            return False
+        korcen, level = self._korcen, "general"
+        processed = korcen.preprocess_text(korcen.URL_REGEX.sub("", text), level)
+        innocent = korcen.get_false_positive_regex(level)
+        if innocent is not None:
+            processed = innocent.sub("", processed)
+        processed = re.sub(korcen.get_final_filter_regex_str(level), "", processed)
+        return self._extra.search(processed) is not None
+
+    def classify(self, texts: Sequence[str]) -> list[Verdict]:
+        """Judge texts; one classifier call for the whole batch (a call costs ~20 ms, a text in it ~0.1 ms)."""
+        if not texts:
+            return []
+        english = [float(p) for p in self._english(list(texts))]
+        verdicts = []
+        for text, probability in zip(texts, english):
+            score = 1.0 if self.korean(text) else probability
+            verdicts.append(Verdict(score >= ENGLISH_THRESHOLD, score))
+        return verdicts
+
+
+class Moderator:
+    """Loads the filters once, in a thread at start-up, and judges texts off the event loop."""
+
+    def __init__(self) -> None:
+        self._loading: asyncio.Future[Filters] | None = None
+
+    def start(self) -> None:
+        """Begin loading in a worker thread (the server answers other requests meanwhile)."""
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(asyncio.to_thread(_load))
+
+    async def filters(self) -> Filters | None:
+        """The loaded filters, or None when the libraries are not installed."""
+        self.start()
+        assert self._loading is not None
+        try:
+            return await asyncio.shield(self._loading)
+        except ImportError:
+            return None
+
+    async def classify(self, texts: Sequence[str]) -> list[Verdict] | None:
+        """Judge texts in a worker thread; None when moderation is not installed."""
+        filters = await self.filters()
+        if filters is None:
+            return None
+        return await asyncio.to_thread(filters.classify, texts)
+
+    async def close(self) -> None:
+        """Wait for a load still running, so the thread never outlives the app."""
+        if self._loading is not None:
+            try:
+                await self._loading
+            except Exception:  # boundary: a failed load was already answered to (or logged for) the requests
+                log.debug("Moderation filters had failed to load", exc_info=True)
+
+
+def _load() -> Filters:
+    try:
+        filters = Filters()
+    except ImportError as error:
+        log.warning("Moderation is off: %s is not installed", error.name)
+        raise
+    log.info("Moderation filters loaded (korcen, alt-profanity-check)")
+    return filters
+
+
+MODERATOR: web.AppKey[Moderator] = web.AppKey("moderator", Moderator)
+
+
+def parse_input(body: dict[str, Any]) -> list[str]:
+    """The texts to judge from OpenAI's `input`: a string, a list of strings, or one list of multi-modal parts."""
+    from trainer.api import ApiError
+
+    given = body.get("input")
+    if isinstance(given, str):
+        return [given]
+    if isinstance(given, list) and given and all(isinstance(item, str) for item in given):
+        if len(given) > MAX_INPUTS:
+            raise ApiError(400, f"input may hold at most {MAX_INPUTS} texts.", param="input")
+        return given
+    if isinstance(given, list) and given and all(isinstance(item, dict) for item in given):
+        # OpenAI judges an array of multi-modal parts as one input, with one result.
+        if any(item.get("type") != "text" or not isinstance(item.get("text"), str) for item in given):
+            raise ApiError(400, "This trainer moderates text only; image inputs are not supported.", param="input",
+                           code="unsupported_input")
+        return ["\n".join(item["text"] for item in given)]
+    raise ApiError(400, "input must be a string, a non-empty list of strings, or a list of text parts.",
+                   param="input")
+
+
+async def create_moderation(request: web.Request) -> web.Response:
+    """POST /v1/moderations: OpenAI's request and response, judged by the local filters."""
+    from trainer.api import ApiError, _json
+
+    body = await _json(request)
+    model = body.get("model")
+    if model is not None and model not in ACCEPTED_MODELS:
+        raise ApiError(400, f"Model {model} is not a moderation model of this trainer; use {MODEL_NAME}.",
+                       param="model", code="model_not_found")
+    texts = parse_input(body)
+    verdicts = await request.app[MODERATOR].classify(texts)
+    if verdicts is None:
+        # Answered as a missing route, so a client that probes (the bot's `auto`) turns moderation off.
+        raise ApiError(404, "Moderation is not installed on this trainer (pip install -r requirements-trainer.txt).",
+                       code="unknown_url")
+    log.info("Moderated %d texts, %d flagged", len(texts), sum(v.flagged for v in verdicts))
+    return web.json_response({"id": f"modr-{secrets.token_hex(12)}", "model": MODEL_NAME,
+                              "results": [verdict.result() for verdict in verdicts]})
+
+
+def install(app: web.Application) -> None:
+    """Add the route, and load the filters in the background as the app starts."""
+    moderator = app[MODERATOR] = Moderator()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        moderator.start()
+        yield
+        await moderator.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/v1/moderations", create_moderation)
