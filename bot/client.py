@@ -25,6 +25,7 @@ from bot.services.governance import Governance
 from bot.services.monitor import MonitorService
 from bot.services.ratelimit import EditBudget
 from bot.services.starts import StartService
+from bot.services.wordlist import WordListService
 from bot.services.workers import CpuWorkers
 from bot.trainer_process import TrainerProcess
 from storage.chats import ChatRepository
@@ -33,6 +34,7 @@ from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.meta import MetaRepository
 from storage.starts import StartRepository
+from storage.wordlist import WordListRepository
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +143,10 @@ class ClassroomBot(commands.Bot):
         self.meta = MetaRepository(self.db)
         self.workers = CpuWorkers(self.settings.worker_processes)
         self.edit_budget = EditBudget()  # chat replies and progress cards share each channel's edit limit
+        self.wordlist = WordListService(WordListRepository(self.db))
         self.governance = Governance.create(
-            GovernanceRepository(self.db), self.jobs, self.gateway, self_hosted=self.settings.self_hosted
+            GovernanceRepository(self.db), self.jobs, self.gateway, self_hosted=self.settings.self_hosted,
+            wordlist=self.wordlist,
         )
         self.finetune = FineTuneService(self.settings, self.jobs, self.gateway)
         self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.policy.settle,

@@ -211,6 +211,17 @@ class FineTuningGateway:
             raise errors.UpstreamDownError()
         return [bool(isinstance(r, dict) and r.get("flagged")) for r in results]
 
+    async def moderation_model(self) -> str:
+        """Ask the moderation endpoint once and return the model it names (which moderation the backend has)."""
+        body = await self._call(
+            "moderate",
+            lambda: self.client.post("/moderations", body={"input": ["hello"]}, cast_to=object),
+        )
+        if not isinstance(body, dict) or not isinstance(body.get("results"), list):
+            raise errors.UpstreamDownError()
+        model = body.get("model")
+        return model if isinstance(model, str) else ""
+
     # Errors ------------------------------------------------------------------------------------------------
 
     async def _call(

@@ -234,6 +234,40 @@ class Classroom(commands.Cog):
         settings = await self.governance.roles.update(interaction.guild_id, moderation=value)
         await self._show(interaction, settings, "gov.saved.moderation")
 
+    # The teacher's own words (bot/services/wordlist.py) ---------------------------------------------------------
+
+    words = app_commands.Group(name="words", description=_("Your class's own words to hold back", key="words.cmd.group"),
+                               parent=klass)
+
+    @words.command(name="add", description=_("Hold back chat and training data that contain this word",
+                                             key="words.cmd.add"))
+    @app_commands.describe(word=_("A word or phrase (spacing and punctuation are ignored)", key="words.cmd.word"))
+    @teacher_only()
+    async def class_words_add(self, interaction: discord.Interaction, word: app_commands.Range[str, 1, 50]) -> None:
+        assert interaction.guild_id is not None and self.governance.moderation.wordlist is not None
+        added = await self.governance.moderation.wordlist.add(interaction.guild_id, word, interaction.user.id)
+        await interaction.response.send_message(t("words.added" if added else "words.already", interaction.locale),
+                                                ephemeral=True)
+
+    @words.command(name="remove", description=_("Take a word off your class's list", key="words.cmd.remove"))
+    @app_commands.describe(word=_("The word to take off", key="words.cmd.remove.word"))
+    @teacher_only()
+    async def class_words_remove(self, interaction: discord.Interaction,
+                                 word: app_commands.Range[str, 1, 50]) -> None:
+        assert interaction.guild_id is not None and self.governance.moderation.wordlist is not None
+        removed = await self.governance.moderation.wordlist.remove(interaction.guild_id, word)
+        await interaction.response.send_message(t("words.removed" if removed else "words.not_found",
+                                                  interaction.locale), ephemeral=True)
+
+    @words.command(name="list", description=_("Show your class's own words", key="words.cmd.list"))
+    @teacher_only()
+    async def class_words_list(self, interaction: discord.Interaction) -> None:
+        assert interaction.guild_id is not None and self.governance.moderation.wordlist is not None
+        words = await self.governance.moderation.wordlist.words(interaction.guild_id)
+        text = ", ".join(f"`{w}`" for w in words) if words else t("words.empty", interaction.locale)
+        await interaction.response.send_message(_clip(t("words.list", interaction.locale, count=len(words),
+                                                        words=text), 2000), ephemeral=True)
+
     @klass.command(name="settings", description=_("Show this class's settings and budget", key="gov.cmd.settings"))
     @teacher_only()
     async def class_settings(self, interaction: discord.Interaction) -> None:
@@ -245,7 +279,21 @@ class Classroom(commands.Cog):
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = settings_embed(settings, cap, committed, moderating, locale)
+        await self._describe_moderation(embed, settings, locale)
         await interaction.response.send_message(t(saved, locale) if saved else None, embed=embed, ephemeral=True)
+
+    async def _describe_moderation(self, embed: discord.Embed, settings: ClassSettings, locale: str) -> None:
+        # Which moderation is active, and in plain words what it can and cannot catch.
+        if settings.moderation is False:
+            checked = t("words.by.off", locale)
+        else:
+            kind = await self.governance.moderation.moderation_kind()
+            checked = t(f"words.by.{kind.kind}", locale, model=kind.model or "")
+        embed.add_field(name=t("words.by", locale), value=_clip(checked, 1024), inline=False)
+        if self.governance.moderation.wordlist is not None:
+            count = len(await self.governance.moderation.wordlist.words(settings.guild_id))
+            embed.add_field(name=t("words.own", locale), value=t("words.own_value", locale, count=count),
+                            inline=False)
 
     # Report and cleanup ------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from bot.services.governance.reports import (
     report_csv,
 )
 from bot.services.governance.roles import ClassSettingsService
+from bot.services.wordlist import WordListService
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 
@@ -54,9 +55,9 @@ class Governance:
 
     @classmethod
     def create(cls, repo: GovernanceRepository, jobs: JobRepository, gateway: FineTuningGateway, *,
-               self_hosted: bool) -> Governance:
-        """Wire the four services."""
+               self_hosted: bool, wordlist: WordListService | None = None) -> Governance:
+        """Wire the four services (the teacher's own words go to moderation)."""
         roles = ClassSettingsService(repo)
-        moderation = ModerationService(repo, gateway, self_hosted=self_hosted)
+        moderation = ModerationService(repo, gateway, self_hosted=self_hosted, wordlist=wordlist)
         policy = StartPolicyService(repo, jobs, moderation, self_hosted=self_hosted)
         return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
+from bot.services.wordlist import ModerationKind, WordListService, moderation_kind
 from storage.governance import GovernanceRepository
 from storage.models import ClassSettings
 from storage.starts import PendingStart
@@ -92,12 +93,15 @@ class ModerationCoalescer:
 class ModerationService:
     """Holds back harmful training data and chat texts, and tells the teacher channel what it held back."""
 
-    def __init__(self, repo: GovernanceRepository, gateway: FineTuningGateway, *, self_hosted: bool) -> None:
+    def __init__(self, repo: GovernanceRepository, gateway: FineTuningGateway, *, self_hosted: bool,
+                 wordlist: WordListService | None = None) -> None:
         self.repo = repo
         self.gateway = gateway
         self.self_hosted = self_hosted
+        self.wordlist = wordlist  # the teacher's own words, checked before the backend is asked
         self._reporters: list[Reporter] = []
         self._probe: tuple[float, bool] | None = None
+        self._moderation_model: str | None = None
         # Chat texts checked at about the same moment (a class of streaming replies) share one moderation request.
         self._chat_checks = ModerationCoalescer(self._moderate, MODERATION_BATCH)
 
@@ -123,26 +127,41 @@ class ModerationService:
         if self._probe is not None and now - self._probe[0] < MODERATION_PROBE_SECONDS:
             return self._probe[1]
         try:
-            await self.gateway.moderate(["hello"])
+            self._moderation_model = await self.gateway.moderation_model()
             available = True
         except (errors.UpstreamBusyError, errors.UpstreamDownError):
             return self._probe[1] if self._probe else not self.self_hosted  # a blip: do not decide now
         except errors.UserFacingError:
             available = False
         self._probe = (now, available)
-        log.info("Backend moderation endpoint available: %s", available)
+        log.info("Backend moderation endpoint available: %s (%s)", available, self._moderation_model or "no model")
         return available
+
+    async def moderation_kind(self) -> ModerationKind:
+        """Which moderation the backend offers (the trainer's word filters, OpenAI's, another, or none)."""
+        return moderation_kind(self._moderation_model if await self.backend_moderates() else None)
+
+    async def _own_words(self, guild_id: int, texts: Sequence[str], settings: ClassSettings) -> list[bool]:
+        # The teacher's words apply unless the teacher switched moderation off, even where the backend has none.
+        if self.wordlist is None or settings.moderation is False:
+            return [False] * len(texts)
+        return await self.wordlist.flags(guild_id, texts)
 
     async def moderate_chat(self, guild_id: int, texts: Sequence[str]) -> list[bool]:
         """Which chat texts to hold back (the chat feature calls this for messages and replies)."""
-        if not texts or not await self.moderation_on(guild_id):
-            return [False] * len(texts)
-        try:
-            flags = await self._chat_checks.check([t[:MODERATION_TEXT_CHARS] for t in texts])
-        except errors.UserFacingError:
-            # A moderation outage must not silence every class chat; it is logged so the teacher can be told.
-            log.warning("Chat moderation unavailable in guild %s; letting %d texts through", guild_id, len(texts))
-            return [False] * len(texts)
+        if not texts:
+            return []
+        settings = await self.repo.settings(guild_id)
+        flags = await self._own_words(guild_id, texts, settings)
+        rest = [t[:MODERATION_TEXT_CHARS] for t, own in zip(texts, flags) if not own]
+        if rest and await self.moderation_on(guild_id, settings):
+            try:
+                backend = iter(await self._chat_checks.check(rest))
+            except errors.UserFacingError:
+                # A moderation outage must not silence every class chat; it is logged so the teacher can be told.
+                log.warning("Chat moderation unavailable in guild %s; letting %d texts through", guild_id, len(rest))
+                backend = iter([False] * len(rest))
+            flags = [own or next(backend) for own in flags]
         flagged = [t for t, f in zip(texts, flags) if f]
         if flagged:
             await self._report(ModerationNotice(guild_id, "chat", None, len(flagged), _excerpt(flagged[0])))
@@ -152,13 +171,19 @@ class ModerationService:
         """Moderate the user/assistant texts of the training (and validation) data before anything is uploaded."""
         if pending.cleared:
             return
-        if not await self.moderation_on(pending.guild_id, settings):
+        settings = settings or await self.repo.settings(pending.guild_id)
+        backend_on = await self.moderation_on(pending.guild_id, settings)
+        if not backend_on and (self.wordlist is None or settings.moderation is False):
             return
         examples: list[tuple[int, str]] = []
         for upload_data in await asyncio.to_thread(_data_to_upload, pending):
             examples += training_texts(upload_data)
-        sample = _spread(examples, MODERATION_SAMPLE_CAP)
-        flags = await self._moderate([text for _, text in sample])
+        # The teacher's words are checked on every example; the backend on an even sample of a huge file.
+        own = await self._own_words(pending.guild_id, [text for _, text in examples], settings)
+        rest = _spread([example for example, hit in zip(examples, own) if not hit], MODERATION_SAMPLE_CAP)
+        backend = await self._moderate([text for _, text in rest]) if backend_on else [False] * len(rest)
+        checked = sorted([(example, True) for example, hit in zip(examples, own) if hit] + list(zip(rest, backend)))
+        sample, flags = [example for example, _ in checked], [flag for _, flag in checked]
         lines = [line for (line, _), flagged in zip(sample, flags) if flagged]
         if lines:
             shown = ", ".join(str(n) for n in lines[:10])

@@ -1,0 +1,98 @@
+"""A teacher's own words, held back by the bot before any backend is asked; and which moderation a backend offers."""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bot import errors
+from storage.wordlist import WordListRepository
+
+log = logging.getLogger(__name__)
+
+MAX_WORDS = 200
+MAX_WORD_CHARS = 50
+# The trainer's /v1/moderations answers with this model name (trainer/moderation.py).
+SCHOOL_FILTER_MODEL = "school-profanity-ko-en"
+
+
+class WordListError(errors.UserFacingError):
+    """A word the list cannot take (too short, too long, or the list is full)."""
+
+    key = "words.error.invalid"
+
+
+def normalize(text: str) -> str:
+    """What is compared: NFKC (full-width letters, compatibility jamo), case-folded, letters and digits only.
+
+    So "바 보", "바.보" and "ＢＡＢＯ" match the words "바보" and "babo": spacing and punctuation tricks do not hide a
+    word. Look-alike letters (시1발) are left to the backend's filter, which knows them."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
+
+
+@dataclass(frozen=True)
+class ModerationKind:
+    """Which moderation the backend offers, from the `model` its endpoint answers with."""
+
+    kind: str  # school (the trainer's word filters) | openai | other | none
+    model: str | None = None
+
+
+def moderation_kind(model: str | None) -> ModerationKind:
+    """Name the backend's moderation so /class settings can say what it can and cannot catch."""
+    if model is None:
+        return ModerationKind("none")
+    if model.startswith(SCHOOL_FILTER_MODEL):
+        return ModerationKind("school", model)
+    if model.startswith(("omni-moderation", "text-moderation")):
+        return ModerationKind("openai", model)
+    return ModerationKind("other", model)
+
+
+class WordListService:
+    """The server's own list: add, remove, show, and check texts against it (kept in memory per server)."""
+
+    def __init__(self, repo: WordListRepository) -> None:
+        self.repo = repo
+        self._cache: dict[int, tuple[str, ...]] = {}
+
+    async def add(self, guild_id: int, word: str, added_by: int) -> bool:
+        """Add a word (False: it was on the list already)."""
+        key = normalize(word)
+        shown = " ".join(word.split())
+        # One letter would match nearly every message; one Hangul syllable can be a whole swear word.
+        if not key or len(shown) > MAX_WORD_CHARS or (len(key) < 2 and not _hangul(key)):
+            raise WordListError()
+        if await self.repo.count(guild_id) >= MAX_WORDS:
+            raise WordListError("words.error.full", most=MAX_WORDS)
+        added = await self.repo.add(guild_id, key, shown, added_by)
+        self._cache.pop(guild_id, None)
+        log.info("Word list of guild %s: %s a word (%d characters)", guild_id, "added" if added else "kept",
+                 len(key))
+        return added
+
+    async def remove(self, guild_id: int, word: str) -> bool:
+        """Remove a word (False: it was not on the list)."""
+        removed = await self.repo.remove(guild_id, normalize(word))
+        self._cache.pop(guild_id, None)
+        return removed
+
+    async def words(self, guild_id: int) -> list[str]:
+        """The words as the teacher typed them, oldest first."""
+        return [word for _, word in await self.repo.words(guild_id)]
+
+    async def flags(self, guild_id: int, texts: Sequence[str]) -> list[bool]:
+        """Which texts hold one of the server's words (after the same normalisation)."""
+        keys = self._cache.get(guild_id)
+        if keys is None:
+            keys = self._cache[guild_id] = tuple(key for key, _ in await self.repo.words(guild_id))
+        if not keys:
+            return [False] * len(texts)
+        return [any(key in normalized for key in keys) for normalized in map(normalize, texts)]
+
+
+def _hangul(text: str) -> bool:
+    return any("\uac00" <= ch <= "\ud7a3" for ch in text)
