@@ -275,12 +275,15 @@ class Classroom(commands.Cog):
         await self._show(interaction, await self.governance.roles.settings(interaction.guild_id), None)
 
     async def _show(self, interaction: discord.Interaction, settings: ClassSettings, saved: str | None) -> None:
+        # Whether and how the backend moderates is asked of the backend (cached for an hour); the first answer of
+        # a trainer that is still loading its filters takes seconds, past Discord's 3-second window.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         locale = str(interaction.locale)
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = settings_embed(settings, cap, committed, moderating, locale)
         await self._describe_moderation(embed, settings, locale)
-        await interaction.response.send_message(t(saved, locale) if saved else None, embed=embed, ephemeral=True)
+        await interaction.followup.send(t(saved, locale) if saved else None, embed=embed, ephemeral=True)
 
     async def _describe_moderation(self, embed: discord.Embed, settings: ClassSettings, locale: str) -> None:
         # Which moderation is active, and in plain words what it can and cannot catch.

@@ -1,0 +1,43 @@
+"""The trainer as backend with moderation on `auto`: a flagged chat message is held back as with OpenAI's endpoint."""
+
+from __future__ import annotations
+
+from tests.conftest import MANAGE_GUILD, BotRunner
+from tests.fakes.discord import FakeDiscord
+from tests.test_chat_journey import DEFERRED
+from tests.test_governance_journey import answer
+from tests.trainer.conftest import TrainerProcess
+from tests.trainer.test_bot_with_trainer import bot_on_trainer  # noqa: F401 - the fixture
+
+SWEAR = "ㅅㅂ 이거 왜 안 돼"
+
+
+async def test_flagged_chat_message_on_trainer_is_held_back_and_reported(
+        fake_discord: FakeDiscord, bot_on_trainer: BotRunner, trainer_server: TrainerProcess) -> None:  # noqa: F811
+    """No OpenAI key, moderation never set: the trainer's filter flags ㅅㅂ; the student is told, the teachers see it."""
+    guild = fake_discord.add_guild("Class 2")
+    student, teacher = fake_discord.add_user("student"), fake_discord.add_user("teacher")
+    guild.add_member(student)
+    guild.add_member(teacher, permissions=MANAGE_GUILD)
+    teachers = guild.add_channel("teachers")
+    await fake_discord.dispatch("GUILD_CREATE", guild.payload())
+    await fake_discord.wait_for(lambda: bot_on_trainer.bot and bot_on_trainer.bot.get_channel(teachers.id),
+                                timeout=10, what="the teacher channel in the bot's cache")
+    chosen = await fake_discord.slash(guild, teacher, "class teacher-channel", teacher_channel=teachers)
+    await chosen.wait_done(timeout=10)
+    settings = await (await fake_discord.slash(guild, teacher, "class settings")).wait_done(timeout=60)
+    shown = answer(settings)[0]
+    assert "word filters (`school-profanity-ko-en`" in shown and "on (automatic)" in shown
+    start = await fake_discord.slash(guild, student, "chat start", model="tiny")
+    assert (await start.response(timeout=10))["type"] == DEFERRED
+    await start.followup(timeout=30)
+    thread = (await fake_discord.wait_for(lambda: fake_discord.threads(guild) or None, timeout=10,
+                                          what="a chat thread"))[0]
+    await fake_discord.wait_message(thread, lambda m: "You're chatting with" in m.content, timeout=10)
+    await fake_discord.say(thread, student, SWEAR)
+    await fake_discord.wait_message(thread, lambda m: "didn't send that message" in m.content, timeout=30)
+    report = await fake_discord.wait_for(lambda: next(iter(fake_discord.messages(teachers)), None),
+                                         timeout=30, what="moderation report")
+    assert "chat message was held back" in report.text() and f"||{SWEAR}||" in report.text()
+    log = trainer_server.log()
+    assert "POST /v1/moderations" in log and "POST /v1/chat/completions" not in log
