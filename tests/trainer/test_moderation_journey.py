@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
-from tests.conftest import MANAGE_GUILD, BotRunner
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MANAGE_GUILD, BotRunner, make_settings
 from tests.fakes.discord import FakeDiscord
+from tests.fakes.openai import FakeOpenAI
 from tests.test_chat_journey import DEFERRED
 from tests.test_governance_journey import answer
 from tests.trainer.conftest import TrainerProcess
-from tests.trainer.test_bot_with_trainer import bot_on_trainer  # noqa: F401 - the fixture
 
 SWEAR = "ㅅㅂ 이거 왜 안 돼"
 
 
+@pytest.fixture
+async def bot_on_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, trainer_server: TrainerProcess,
+                         tmp_path: Path) -> AsyncIterator[BotRunner]:
+    """The bot with the trainer (tiny model) as its backend, and moderation left at its default, auto."""
+    settings = make_settings(fake_discord, fake_openai, tmp_path, openai_base_url=trainer_server.base_url,
+                             openai_api_key=trainer_server.key, default_base_model=None)
+    runner = BotRunner(settings, fake_discord)
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
 async def test_flagged_chat_message_on_trainer_is_held_back_and_reported(
-        fake_discord: FakeDiscord, bot_on_trainer: BotRunner, trainer_server: TrainerProcess) -> None:  # noqa: F811
-    """No OpenAI key, moderation never set: the trainer's filter flags ㅅㅂ; the student is told, the teachers see it."""
+        fake_discord: FakeDiscord, bot_on_trainer: BotRunner, trainer_server: TrainerProcess) -> None:
+    """Moderation never set (auto): the trainer's filter flags ㅅㅂ; the student is told, the teachers see it."""
     guild = fake_discord.add_guild("Class 2")
     student, teacher = fake_discord.add_user("student"), fake_discord.add_user("teacher")
     guild.add_member(student)
