@@ -80,7 +80,7 @@ async def test_list_is_full_at_the_limit(words: WordListService) -> None:
 
 @pytest.mark.parametrize(("model", "kind"), [
     ("school-profanity-ko-en", "school"), ("omni-moderation-latest", "openai"),
-    ("text-moderation-007", "openai"), ("llama-guard-3", "other"), (None, "none"),
+    ("text-moderation-007", "openai"), ("llama-guard-3", "other"), ("", "other"), (None, "none"),
 ])
 def test_moderation_kind_names_the_backend_filter(model: str | None, kind: str) -> None:
     """The answer's model tells the trainer's word filters from OpenAI's moderation and others."""

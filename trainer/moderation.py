@@ -117,13 +117,13 @@ class Filters:
 
 
 class Moderator:
-    """Loads the filters once, in a thread at start-up, and judges texts off the event loop."""
+    """Loads the filters once, in a worker thread on first use, and judges texts off the event loop."""
 
     def __init__(self) -> None:
         self._loading: asyncio.Future[Filters] | None = None
 
     def start(self) -> None:
-        """Begin loading in a worker thread (the server answers other requests meanwhile)."""
+        """Begin loading in a worker thread (the server answers other requests meanwhile); once."""
         if self._loading is None:
             self._loading = asyncio.ensure_future(asyncio.to_thread(_load))
 
@@ -207,11 +207,12 @@ async def create_moderation(request: web.Request) -> web.Response:
 
 
 def install(app: web.Application) -> None:
-    """Add the route, and load the filters in the background as the app starts."""
+    """Add the route; the filters load on the first moderation request and are waited for at shutdown."""
     moderator = app[MODERATOR] = Moderator()
 
+    # Not at start-up: the bot starts the trainer beside itself, and seconds of scikit-learn import on a 2-core
+    # machine then slowed the bot's own start; the first class to need moderation waits for the load once.
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        moderator.start()
         yield
         await moderator.close()
 

@@ -49,7 +49,7 @@ def moderation_kind(model: str | None) -> ModerationKind:
         return ModerationKind("school", model)
     if model.startswith(("omni-moderation", "text-moderation")):
         return ModerationKind("openai", model)
-    return ModerationKind("other", model)
+    return ModerationKind("other", model or "?")  # a service that names no model
 
 
 class WordListService:
