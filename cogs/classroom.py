@@ -236,8 +236,9 @@ class Classroom(commands.Cog):
 
     # The teacher's own words (bot/services/wordlist.py) ---------------------------------------------------------
 
-    words = app_commands.Group(name="words", description=_("Your class's own words to hold back", key="words.cmd.group"),
-                               parent=klass)
+    words = app_commands.Group(
+        name="words", description=_("Your class's own words to hold back", key="words.cmd.group"), parent=klass,
+    )
 
     @words.command(name="add", description=_("Hold back chat and training data that contain this word",
                                              key="words.cmd.add"))

@@ -144,3 +144,12 @@ async def test_students_cannot_change_the_word_list(classroom: Classroom) -> Non
     """Only teachers may add words."""
     refused = answer(await command(classroom, classroom.student, "class words add", word="dummy"))
     assert refused[1] and await classroom.bot.wordlist.words(classroom.guild.id) == []
+
+
+async def test_backend_without_moderation_still_holds_back_own_words(classroom: Classroom) -> None:
+    """Where the backend has no moderation endpoint, auto is off but the class's own words still apply."""
+    classroom.openai.fail_next("POST", "/moderations", status=404)
+    await command(classroom, classroom.teacher, "class words add", word="dummy")
+    assert await classroom.bot.governance.moderate_chat(classroom.guild.id, ["a dummy", "hello"]) == [True, False]
+    shown = answer(await command(classroom, classroom.teacher, "class settings"))[0]
+    assert "off (automatic)" in shown and "has no moderation, so only your class's own words" in shown

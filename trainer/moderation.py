@@ -2,9 +2,10 @@
 
 - Korean: korcen (keyword lists with its own normalisation of spacing, jamo and look-alike characters), run on every
   text that contains Hangul, plus the few very common words its 1.0.3 lists lack (korean_extra_words.txt, run
-  through korcen's own normalisation and false-positive list). Its political-nickname list is left out: it holds a former president's
-  name, which a history lesson must be able to write.
-- English: alt-profanity-check (a linear SVM trained on offensive tweets, shipped with its model), on every text.
+  through korcen's own normalisation and false-positive list). Its political-nickname list is left out: it holds a
+  former president's name, which a history lesson must be able to write.
+- English: alt-profanity-check (a linear SVM trained on offensive tweets, shipped with its model), on every text
+  with Latin letters that korcen did not flag.
 
 Both find offensive words, not meaning, so a hit is reported as `harassment` (the word lists say what was written,
 not that it was sexual or hateful). Every other OpenAI category (violence, self-harm, sexual, hate, illicit and their
