@@ -120,7 +120,7 @@ async def test_moderation_off_turns_own_words_off_too(classroom: Classroom) -> N
     """The teacher's off switch wins over their own list: nothing is checked."""
     await command(classroom, classroom.teacher, "class words add", word="dummy")
     await command(classroom, classroom.teacher, "class moderation", state="off")
-    assert await classroom.bot.governance.moderate_chat(classroom.guild.id, ["a dummy"]) == [False]
+    assert await classroom.bot.governance.moderation.moderate_chat(classroom.guild.id, ["a dummy"]) == [False]
 
 
 async def test_settings_name_openai_moderation_and_count_own_words(classroom: Classroom) -> None:
@@ -150,6 +150,6 @@ async def test_backend_without_moderation_still_holds_back_own_words(classroom: 
     """Where the backend has no moderation endpoint, auto is off but the class's own words still apply."""
     classroom.openai.fail_next("POST", "/moderations", status=404)
     await command(classroom, classroom.teacher, "class words add", word="dummy")
-    assert await classroom.bot.governance.moderate_chat(classroom.guild.id, ["a dummy", "hello"]) == [True, False]
+    assert await classroom.bot.governance.moderation.moderate_chat(classroom.guild.id, ["a dummy", "hello"]) == [True, False]
     shown = answer(await command(classroom, classroom.teacher, "class settings"))[0]
     assert "off (automatic)" in shown and "has no moderation, so only your class's own words" in shown
