@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import openai
@@ -31,6 +32,13 @@ _REFUSAL_HINTS = (
     "not available for your organization",
     "not available to your organization",
 )
+
+
+@dataclass
+class StreamEnd:
+    """How a streamed reply ended: the backend's finish_reason ("stop", "length", ...) once the stream is over."""
+
+    finish_reason: str | None = None
 
 
 class FineTuningGateway:
@@ -155,26 +163,29 @@ class FineTuningGateway:
     # Chat --------------------------------------------------------------------------------------------------
 
     async def complete_chat(
-        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
+        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None,
+        sampling: Mapping[str, float] | None = None,
     ) -> str:
         """One whole reply."""
         response = await self._call(
             "chat",
             lambda: self.client.chat.completions.create(
-                model=model, messages=list(messages), max_tokens=max_tokens or openai.omit  # type: ignore[arg-type]
+                model=model, messages=list(messages), max_tokens=max_tokens or openai.omit,  # type: ignore[arg-type]
+                **dict(sampling or {}),  # type: ignore[arg-type]
             ),
             chatting=True,
         )
         return (response.choices[0].message.content or "") if response.choices else ""
 
     async def stream_chat(
-        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None
+        self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None,
+        sampling: Mapping[str, float] | None = None, end: StreamEnd | None = None,
     ) -> AsyncIterator[str]:
-        """A reply as it is generated, piece by piece.
+        """A reply as it is generated, piece by piece; `end` learns why it stopped (e.g. "length": cut short).
 
         Chunks are read as plain JSON: building the SDK's typed chunk (about 0.2 ms each) is what saturates the event
         loop when a class streams 100 replies at once. Requests, retries, SSE parsing and errors stay the SDK's."""
-        body: dict[str, object] = {"model": model, "messages": list(messages), "stream": True}
+        body: dict[str, object] = {"model": model, "messages": list(messages), "stream": True, **dict(sampling or {})}
         if max_tokens:
             body["max_tokens"] = max_tokens
         stream = await self._call(
@@ -192,10 +203,28 @@ class FineTuningGateway:
                     content = (choices[0].get("delta") or {}).get("content")
                     if isinstance(content, str) and content:
                         yield content
+                    reason = choices[0].get("finish_reason")
+                    if end is not None and isinstance(reason, str):
+                        end.finish_reason = reason
         except openai.APIError as exc:
             raise _translate(exc, "chat stream", chatting=True) from None
         finally:
             await stream.close()
+
+    async def count_chat_tokens(self, model: str, conversations: Sequence[Sequence[Mapping[str, str]]]) -> list[int]:
+        """Tokens of each conversation in the model's own tokenizer and chat template, as the backend trains on them.
+
+        Only a self-hosted trainer has this route (POST /tokenize, in the spirit of vLLM's); others refuse it."""
+        body = await self._call(
+            "tokenize",
+            lambda: self.client.post("/tokenize", body={"model": model, "conversations": [list(c) for c in conversations]},
+                                     cast_to=object),
+        )
+        counts = body.get("counts") if isinstance(body, dict) else None
+        if not isinstance(counts, list) or len(counts) != len(conversations) or not all(
+                isinstance(n, int) and not isinstance(n, bool) for n in counts):
+            raise errors.UpstreamDownError()
+        return counts
 
     async def moderate(self, texts: Sequence[str]) -> list[bool]:
         """Whether each text is flagged by the backend's moderation endpoint.

@@ -85,6 +85,14 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _named(kind: str, value: str | None, locale: str) -> str:
+    """A format or training method in the reader's words (the file's own term when we have no name for it)."""
+    from bot.i18n import catalog
+
+    key = f"{kind}.{value}"
+    return t(key, locale) if value and catalog().has(key) else (value or "?")
+
+
 def check_card(result: CheckResult, *, filename: str, base_model: str, suffix: str | None, locale: str) -> discord.Embed:
     """The card after a check: what will be trained and what it costs, or what to fix first."""
     report = result.report
@@ -99,8 +107,8 @@ def check_card(result: CheckResult, *, filename: str, base_model: str, suffix: s
         embed.set_footer(text=t("card.nothing_uploaded", locale))
         return embed
     embed = discord.Embed(title=t("card.ready_title", locale), colour=BLURPLE)
-    embed.description = t("card.ready_intro", locale, file=filename, format=report.format or "?",
-                          method=report.method or "supervised")
+    embed.description = t("card.ready_intro", locale, file=filename, format=_named("format", report.format, locale),
+                          method=_named("method", report.method or "supervised", locale))
     embed.add_field(name=t("card.examples", locale), value=f"{report.examples:,}")
     embed.add_field(name=t("card.tokens", locale), value=f"{report.tokens_total:,}")
     embed.add_field(name=t("card.epochs", locale), value=str(report.n_epochs))
@@ -149,6 +157,10 @@ def progress_embed(card: ProgressCard, locale: str) -> discord.Embed:
         percent = int(100 * step / card.total_steps)
         lines.append(f"`{metrics.progress_bar(step, card.total_steps)}` {percent}% · "
                      + t("progress.step", locale, step=step, total=card.total_steps))
+    if card.waiting_since is not None and not job.is_terminal:
+        # A minute with no step looks like a hang: say what the trainer is doing, with a clock that moves by itself.
+        key = "progress.loading" if card.loading else "progress.waiting_first_step"
+        lines.append(t(key, locale, since=f"<t:{card.waiting_since}:R>"))
     if card.latest is not None and not job.is_terminal:
         lines.append(t(f"curve.{card.reading.name.lower()}", locale))
     embed.description = "\n".join(lines)
@@ -161,12 +173,16 @@ def progress_embed(card: ProgressCard, locale: str) -> discord.Embed:
             embed.add_field(name=t("progress.valid_loss", locale), value=f"{valid:.4f}")
         if latest.train_accuracy is not None:
             embed.add_field(name=t("progress.accuracy", locale), value=f"{latest.train_accuracy:.1%}")
-    if card.estimated_finish and not job.is_terminal:
-        embed.add_field(name=t("progress.eta", locale), value=f"<t:{card.estimated_finish}:R>")
+    if card.finish_range and not job.is_terminal:
+        low, high = card.finish_range
+        value = f"<t:{high}:R>" if low == high else t("progress.eta_range", locale, low=f"<t:{low}:t>",
+                                                                                high=f"<t:{high}:t>")
+        embed.add_field(name=t("progress.eta", locale), value=value)
     embed.add_field(name=t("card.base_model", locale), value=f"`{job.base_model}`")
     if card.chart_step >= 0:
         embed.set_image(url=f"attachment://{CHART_NAME}")
-    embed.set_footer(text=f"{job.id} · " + t("progress.started_by", locale))
+    embed.set_footer(text=f"{job.id} · " + t("progress.finished" if job.is_terminal else "progress.started_by",
+                                               locale))
     return embed
 
 
@@ -175,7 +191,7 @@ def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: st
     name = job.suffix or job.training_filename
     if job.status == "succeeded":
         embed = discord.Embed(title=t("notice.succeeded_title", locale, name=name), colour=GREEN)
-        embed.description = t("notice.succeeded_body", locale, user=f"<@{job.user_id}>")
+        embed.description = t("notice.succeeded_body", locale)  # the message's mention names the student once
         embed.add_field(name=t("notice.model", locale), value=f"`{job.fine_tuned_model or '?'}`", inline=False)
         if job.trained_tokens is not None:
             embed.add_field(name=t("notice.trained_tokens", locale), value=f"{job.trained_tokens:,}")

@@ -123,7 +123,8 @@ class Chat(commands.Cog):
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
         resolved = await self.service.resolve_model(interaction.guild_id, model)
-        thread = await self._open(interaction, resolved, system_prompt, job_id=None)
+        system = await self.service.system_prompt_for(interaction.guild_id, resolved, system_prompt)
+        thread = await self._open(interaction, resolved, system, job_id=None)
         await interaction.followup.send(
             t("chat.opened", self.bot.channel_locale(interaction.guild_id), user=interaction.user.mention,
               model=resolved, thread=thread.mention),
@@ -137,7 +138,8 @@ class Chat(commands.Cog):
             if interaction.guild_id is None:
                 raise errors.JobNotFoundError()
             model, job = await self.service.model_for_job(interaction.guild_id, job_id)
-            thread = await self._open(interaction, model, None, job_id=job)
+            system = await self.service.system_prompt_for(interaction.guild_id, model)
+            thread = await self._open(interaction, model, system, job_id=job)
             await interaction.followup.send(
                 t("chat.opened", interaction.locale, user=interaction.user.mention, model=model,
                   thread=thread.mention), ephemeral=True,
@@ -251,16 +253,19 @@ class Chat(commands.Cog):
     @app_commands.command(name="ask", description=_("Ask a model one question", key="cmd.ask"))
     @app_commands.guild_only()
     @app_commands.describe(model=_("The model (your class's models come first)", key="cmd.chat.model"),
-                           prompt=_("Your question", key="cmd.ask.prompt"))
+                           prompt=_("Your question", key="cmd.ask.prompt"),
+                           system_prompt=_("Instructions for the model (default: the ones it was trained with)",
+                                           key="cmd.ask.system_prompt"))
     @app_commands.checks.cooldown(5, 60.0, key=lambda i: (i.guild_id, i.user.id))
     async def ask(
-        self, interaction: discord.Interaction, model: str, prompt: app_commands.Range[str, 1, 4000]
+        self, interaction: discord.Interaction, model: str, prompt: app_commands.Range[str, 1, 4000],
+        system_prompt: app_commands.Range[str, 1, 1500] | None = None,
     ) -> None:
         """Ask a model one question."""
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
         await self.service.ask(interaction.guild_id, model, prompt, FollowupSink(interaction), str(interaction.locale),
-                               user_id=interaction.user.id)
+                               user_id=interaction.user.id, system_prompt=system_prompt)
 
     @app_commands.command(name="compare", description=_(
         "Ask a fine-tuned model and its base model the same thing, side by side", key="cmd.compare"))
@@ -269,26 +274,48 @@ class Chat(commands.Cog):
         prompt=_("What to ask both models", key="cmd.compare.prompt"),
         model=_("The fine-tuned model", key="cmd.compare.model"),
         against=_("Compare with this model instead of its base model", key="cmd.compare.against"),
+        system_prompt=_("Instructions for both models (default: the ones the model was trained with)",
+                        key="cmd.compare.system_prompt"),
     )
     @app_commands.checks.cooldown(5, 60.0, key=lambda i: (i.guild_id, i.user.id))
     async def compare(
         self, interaction: discord.Interaction, prompt: app_commands.Range[str, 1, 2000], model: str,
-        against: str | None = None,
+        against: str | None = None, system_prompt: app_commands.Range[str, 1, 1500] | None = None,
     ) -> None:
         """Ask a fine-tuned model and its base model the same thing, side by side."""
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None
+        locale = str(interaction.locale)
+        shown: list[discord.WebhookMessage] = []
+
+        async def show(partial: Comparison) -> None:
+            # Both answers appear as they are written; the final one (with a file for long answers) comes last.
+            embed, _file = compare_embed(partial, locale)
+            if shown:
+                await self.bot.edit_budget.start(interaction.channel_id or 0)
+                try:
+                    shown[0] = await shown[0].edit(embed=embed)
+                finally:
+                    self.bot.edit_budget.finish(interaction.channel_id or 0)
+            else:
+                shown.append(await interaction.followup.send(embed=embed, wait=True, allowed_mentions=NO_MENTIONS))
+
         comparison = await self.service.compare(interaction.guild_id, prompt, model, against,
-                                                user_id=interaction.user.id)
-        embed, file = compare_embed(comparison, str(interaction.locale))
-        await interaction.followup.send(embed=embed, files=[file] if file else [], allowed_mentions=NO_MENTIONS)
+                                                user_id=interaction.user.id, system_prompt=system_prompt,
+                                                on_progress=show)
+        embed, file = compare_embed(comparison, locale)
+        if shown:
+            shown[0] = await shown[0].edit(embed=embed, attachments=[file] if file else [])
+        else:
+            await interaction.followup.send(embed=embed, files=[file] if file else [], allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="models", description=_("List the models this server has trained", key="cmd.models"))
     @app_commands.guild_only()
     async def models(self, interaction: discord.Interaction) -> None:
         """List the models this server has trained."""
         assert interaction.guild_id is not None
-        trained = await self.service.trained_models(interaction.guild_id)
+        # Enough rows for whole jobs: a 10-epoch job is one model and nine checkpoints.
+        trained = await self.service.trained_models(interaction.guild_id, limit=MODELS_SHOWN * 10)
         await interaction.response.send_message(embed=models_embed(trained, str(interaction.locale)),
                                                 allowed_mentions=NO_MENTIONS)
 
@@ -333,6 +360,10 @@ def _answer_text(answer: Answer, locale: str) -> str:
         return t("compare.held_back", locale)
     if answer.error is not None:
         return "⚠️ " + answer.error.render(locale)
+    if not answer.done:
+        return (answer.text or "") + " ✍️"
+    if answer.cut:
+        return (answer.text or "") + "\n\n" + t("chat.reply_cut", locale)
     return answer.text or t("chat.empty_reply", locale)
 
 
@@ -340,36 +371,48 @@ def compare_embed(comparison: Comparison, locale: str) -> tuple[discord.Embed, d
     """Two answers side by side; the full texts go in a file when a field cannot hold them."""
     embed = discord.Embed(title=t("compare.title", locale), colour=0x5865F2)
     embed.description = f"**{t('compare.question', locale)}**\n> " + _clip(comparison.prompt, 1000).replace("\n", "\n> ")
+    if comparison.system_prompt:
+        embed.description += "\n" + t("compare.system_prompt", locale, prompt=_clip(comparison.system_prompt, 900))
     clipped = False
     for answer in (comparison.first, comparison.second):
         text = _answer_text(answer, locale)
         clipped |= len(text) > FIELD_CHARS
         embed.add_field(name=_clip(_short_name(answer.model), 256), value=_clip(text, FIELD_CHARS), inline=True)
     file = None
-    if clipped:
+    if clipped and comparison.done:
         embed.add_field(name="\u200b", value=t("compare.full_answers", locale), inline=False)
         full = "\n\n".join(f"## {a.model}\n\n{_answer_text(a, locale)}" for a in (comparison.first, comparison.second))
         file = discord.File(io.BytesIO(f"# {comparison.prompt}\n\n{full}\n".encode()), filename="compare.md")
-    embed.set_footer(text=t("compare.hint", locale))
+    embed.set_footer(text=t("compare.hint", locale) if comparison.done else t("compare.writing", locale))
     return embed, file
 
 
 def models_embed(models: list[TrainedModel], locale: str) -> discord.Embed:
-    """This server's fine-tuned models and checkpoints: who, when, which file, which base, final loss."""
+    """This server's fine-tuned models, one entry per job with its checkpoints under it, and each one's loss over
+    its last epoch (not a single batch's)."""
     embed = discord.Embed(title=t("models.title", locale), colour=0x57F287)
     if not models:
         embed.description = t("models.empty", locale)
         return embed
+    jobs: dict[str, list[TrainedModel]] = {}
+    for model in models:
+        jobs.setdefault(model.job_id, []).append(model)
     lines = []
-    for model in models[:MODELS_SHOWN]:
-        name = model.suffix or model.training_filename
-        if model.is_checkpoint:
-            name += " · " + t("models.checkpoint", locale, step=model.step)
-        loss = model.final_train_loss if model.final_train_loss is not None else model.final_valid_loss
-        lines.append(f"**{name}** · `{model.model_id}`\n" + t(
-            "models.entry", locale, user=f"<@{model.user_id}>", when=f"<t:{model.created_at}:R>",
-            file=model.training_filename, base=model.base_model, loss=f"{loss:.4f}" if loss is not None else "–",
-        ))
+    for group in list(jobs.values())[:MODELS_SHOWN]:
+        final = next((m for m in group if not m.is_checkpoint), None)
+        head = final or group[0]
+        entry = f"**{head.suffix or head.training_filename}**"
+        entry += f" · `{final.model_id}`" if final else ""
+        entry += "\n" + t("models.entry", locale, user=f"<@{head.user_id}>", when=f"<t:{head.created_at}:R>",
+                          file=head.training_filename, base=head.base_model)
+        if final is not None:
+            entry += "\n" + _loss_line(final, locale)
+        checkpoints = sorted((m for m in group if m.is_checkpoint), key=lambda m: m.step or 0)
+        if checkpoints:
+            entry += "\n-# " + t("models.checkpoints", locale, list=" · ".join(
+                t("models.checkpoint", locale, step=m.step) + (
+                    f" ({_loss_value(m)})" if _loss_value(m) else "") for m in checkpoints))
+        lines.append(entry)
     embed.description = _clip("\n\n".join(lines), 4000)
     shutdowns = sorted({(info.name, info.shutdown) for m in models if (info := lookup(m.base_model)) and info.shutdown})
     if shutdowns:
@@ -377,6 +420,20 @@ def models_embed(models: list[TrainedModel], locale: str) -> discord.Embed:
         embed.add_field(name="⏳", value=_clip(notes, FIELD_CHARS), inline=False)
     embed.set_footer(text=t("models.footer", locale))
     return embed
+
+
+def _loss_value(model: TrainedModel) -> str:
+    loss = model.valid_loss if model.valid_loss is not None else model.epoch_train_loss
+    return f"{loss:.2f}" if loss is not None else ""
+
+
+def _loss_line(model: TrainedModel, locale: str) -> str:
+    parts = []
+    if model.epoch_train_loss is not None:
+        parts.append(t("models.epoch_loss", locale, loss=f"{model.epoch_train_loss:.2f}"))
+    if model.valid_loss is not None:
+        parts.append(t("models.valid_loss", locale, loss=f"{model.valid_loss:.2f}"))
+    return " · ".join(parts) or t("models.no_loss", locale)
 
 
 async def setup(bot: ClassroomBot) -> None:

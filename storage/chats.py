@@ -11,24 +11,33 @@ from storage.models import ChatThread, ChatTurn, TrainedModel
 
 _THREAD_COLUMNS = ", ".join(f.name for f in fields(ChatThread))
 _TURN_COLUMNS = "id, thread_id, role, user_id, content, tokens, created_at"
-# A server's models: each job's fine-tuned model and each checkpoint's, with the last losses up to that point.
-# `last_valid` prefers the full validation loss of the last step when the backend reports one.
-_TRAINED_SQL = """
+# A server's models: each job's fine-tuned model and each checkpoint's, with the losses over its epoch.
+# The final model's validation loss prefers the whole validation set's, when the backend reports one.
+# A model's epoch: the steps after the previous checkpoint up to its own step (a final model's step is the job's
+# last one).
+# Without announced checkpoints, an epoch is the job's steps divided by its epochs.
+_EPOCH_START = ("coalesce((SELECT max(p.step) FROM job_checkpoints p WHERE p.job_id = {job} AND p.step < {step}), "
+                "{step} - j.total_steps / j.n_epochs, 0)")
+_LAST_STEP = "(SELECT max(x.step) FROM job_metrics x WHERE x.job_id = j.id)"
+_TRAINED_SQL = f"""
 SELECT * FROM (
     SELECT j.fine_tuned_model AS model_id, j.id AS job_id, 0 AS is_checkpoint, NULL AS step, j.base_model,
            j.user_id, j.training_filename, j.suffix, coalesce(j.finished_at, j.updated_at) AS created_at,
-           (SELECT m.train_loss FROM job_metrics m WHERE m.job_id = j.id AND m.train_loss IS NOT NULL
-            ORDER BY m.step DESC LIMIT 1) AS final_train_loss,
-           (SELECT coalesce(m.full_valid_loss, m.valid_loss) FROM job_metrics m WHERE m.job_id = j.id
-            AND coalesce(m.full_valid_loss, m.valid_loss) IS NOT NULL ORDER BY m.step DESC LIMIT 1) AS final_valid_loss
+           (SELECT avg(m.train_loss) FROM job_metrics m WHERE m.job_id = j.id AND m.train_loss IS NOT NULL
+            AND m.step > {_EPOCH_START.format(job="j.id", step=_LAST_STEP)}) AS epoch_train_loss,
+           coalesce((SELECT m.full_valid_loss FROM job_metrics m WHERE m.job_id = j.id
+                     AND m.full_valid_loss IS NOT NULL ORDER BY m.step DESC LIMIT 1),
+                    (SELECT avg(m.valid_loss) FROM job_metrics m WHERE m.job_id = j.id AND m.valid_loss IS NOT NULL
+                     AND m.step > {_EPOCH_START.format(job="j.id", step=_LAST_STEP)})) AS valid_loss,
+           j.training_system_prompt AS system_prompt
     FROM jobs j WHERE j.guild_id = ? AND j.fine_tuned_model IS NOT NULL
     UNION ALL
     SELECT c.model_id, j.id, 1, c.step, j.base_model, j.user_id, j.training_filename, j.suffix, c.created_at,
-           (SELECT m.train_loss FROM job_metrics m WHERE m.job_id = j.id AND m.step <= c.step
-            AND m.train_loss IS NOT NULL ORDER BY m.step DESC LIMIT 1),
-           (SELECT coalesce(m.full_valid_loss, m.valid_loss) FROM job_metrics m WHERE m.job_id = j.id
-            AND m.step <= c.step AND coalesce(m.full_valid_loss, m.valid_loss) IS NOT NULL
-            ORDER BY m.step DESC LIMIT 1)
+           (SELECT avg(m.train_loss) FROM job_metrics m WHERE m.job_id = j.id AND m.train_loss IS NOT NULL
+            AND m.step <= c.step AND m.step > {_EPOCH_START.format(job="j.id", step="c.step")}),
+           (SELECT avg(m.valid_loss) FROM job_metrics m WHERE m.job_id = j.id AND m.valid_loss IS NOT NULL
+            AND m.step <= c.step AND m.step > {_EPOCH_START.format(job="j.id", step="c.step")}),
+           j.training_system_prompt
     FROM job_checkpoints c JOIN jobs j ON j.id = c.job_id WHERE j.guild_id = ? AND c.model_id IS NOT NULL
 )
 """

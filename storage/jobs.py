@@ -75,6 +75,10 @@ class JobRepository:
             "UPDATE jobs SET progress_message_id = ?, updated_at = ? WHERE id = ?", (message_id, _now(), job_id)
         )
 
+    async def set_training_system_prompt(self, job_id: str, prompt: str | None) -> None:
+        """Remember the system prompt the job's training file teaches with (chat's default for its model)."""
+        await self.db.execute("UPDATE jobs SET training_system_prompt = ? WHERE id = ?", (prompt, job_id))
+
     async def set_chart_step(self, job_id: str, step: int) -> None:
         """Remember up to which step the chart on the card is drawn."""
         await self.db.execute("UPDATE jobs SET chart_step = ? WHERE id = ?", (step, job_id))

@@ -197,8 +197,11 @@ class TrainedModel:
     training_filename: str
     suffix: str | None
     created_at: int
-    final_train_loss: float | None
-    final_valid_loss: float | None
+    # Mean training loss over the model's last epoch (not its last single batch, which is noise), and the
+    # validation loss: the whole validation set's at the end when the backend gave it, else its epoch's mean.
+    epoch_train_loss: float | None
+    valid_loss: float | None
+    system_prompt: str | None = None  # the one its training file taught with
 
 
 # Classroom governance ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bot.services.chat import CLASSROOM_SAMPLING
 from bot.services.ratelimit import EditBudget
 from tests.conftest import MANAGE_GUILD, Classroom
 from tests.fakes.discord import FakeChannel, FakeMessage
@@ -98,6 +99,7 @@ async def test_chat_5000_char_reply_splits_into_clean_messages(classroom: Classr
     """A 5,000-character answer with a code block arrives as several messages of <=2000 chars, fences intact."""
     reply = long_reply_with_code(5000)
     classroom.openai.chat_reply = lambda model, messages: reply
+    classroom.bot.chat.reply_max_tokens = 4000  # a backend allowed long replies: the split is what is tested here
     thread = await open_chat(classroom)
     await classroom.discord.say(thread, classroom.student, "Show me a long example")
     ending = reply.split()[-1]
@@ -107,6 +109,21 @@ async def test_chat_5000_char_reply_splits_into_clean_messages(classroom: Classr
     assert len(parts) >= 3 and all(0 < len(p) <= 2000 for p in parts)
     assert all(len(fence_lines(p)) % 2 == 0 for p in parts)
     assert " ".join(parts).split()[:5] == reply.split()[:5]
+
+
+async def test_chat_reply_cut_by_length_limit_says_so(classroom: Classroom) -> None:
+    """A reply that the length limit stops ends with a line saying it was cut, not mid-word in silence."""
+    classroom.openai.chat_reply = lambda model, messages: " ".join(f"word{i}" for i in range(2000))
+    thread = await open_chat(classroom)
+    await classroom.discord.say(thread, classroom.student, "Talk forever")
+    last = await classroom.discord.wait_for(
+        lambda: next((m for m in bot_replies(classroom, thread) if "length limit" in m.content), None),
+        timeout=15, what="the cut notice")
+    request = classroom.openai.chat_requests[-1]
+    cap = CLASSROOM_SAMPLING.max_tokens
+    assert request["max_tokens"] == cap and f"word{cap - 1}" in last.content and f"word{cap}" not in last.content
+    assert (request["temperature"], request["frequency_penalty"]) == (CLASSROOM_SAMPLING.temperature,
+                                                                    CLASSROOM_SAMPLING.frequency_penalty)
 
 
 async def test_chat_streamed_edits_never_exceed_rate_limit(classroom: Classroom) -> None:

@@ -297,12 +297,26 @@ async def test_model_choices_own_models_newest_first_then_base_models(service: C
     assert len(values) <= 25
 
 
-async def test_trained_models_report_who_file_base_and_final_loss(service: ChatService) -> None:
-    """/models data: the model, who trained it, the file, the base model and the final training loss."""
+async def test_trained_models_report_who_file_base_and_last_epoch_loss(service: ChatService) -> None:
+    """/models data: the model, who trained it, the file, the base model and the loss over its last epoch."""
     await add_trained_job(service, GUILD, "ftjob-b", PIRATE, 1_800_000_500)
     [model] = await service.trained_models(GUILD)
-    assert (model.model_id, model.user_id, model.training_filename, model.base_model, model.final_train_loss) == (
+    assert (model.model_id, model.user_id, model.training_filename, model.base_model, model.epoch_train_loss) == (
         PIRATE, STUDENT, "pirate.jsonl", "gpt-4o-mini-2024-07-18", 0.4321)
+
+
+async def test_trained_models_losses_are_each_epochs_mean_not_its_last_batch(service: ChatService) -> None:
+    """A checkpoint and the final model each show the mean loss over their own epoch, not one noisy batch."""
+    await add_trained_job(service, GUILD, "ftjob-e", PIRATE, 1_800_000_500, checkpoint=PIRATE + ":ckpt-step-5")
+    losses = {1: 3.0, 2: 2.6, 3: 2.2, 4: 2.0, 5: 1.2, 6: 1.9, 7: 1.7, 8: 1.8, 9: 1.6, 10: 2.0}
+    await service.jobs.apply(JobProgress(
+        job_id="ftjob-e", status="succeeded", fine_tuned_model=PIRATE, trained_tokens=1000, error_code=None,
+        error_message=None, total_steps=10, estimated_finish=None, finished_at=1_800_000_500, last_event_id="e2",
+        metrics=tuple(MetricPoint(step, loss, created_at=1_800_000_000 + step) for step, loss in losses.items()),
+    ))
+    models = {m.model_id: m for m in await service.trained_models(GUILD)}
+    assert models[PIRATE + ":ckpt-step-5"].epoch_train_loss == pytest.approx(2.2)  # steps 1-5, not step 5's 1.2
+    assert models[PIRATE].epoch_train_loss == pytest.approx(1.8)  # steps 6-10, not step 10's 2.0
 
 
 async def open_pirate_thread(service: ChatService, thread_id: int = 77) -> object:

@@ -41,6 +41,9 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
 GENERATOR: web.AppKey[Any] = web.AppKey("generator", object)
 TIMINGS: web.AppKey[Any] = web.AppKey("timings", object)
+TOKENIZERS: web.AppKey[dict[str, Any]] = web.AppKey("tokenizers", dict)
+# One /tokenize request counts at most this many conversations (a 40-example class file is one request).
+MAX_TOKENIZE_CONVERSATIONS = 5000
 
 
 class ApiError(Exception):
@@ -321,6 +324,10 @@ async def create_job(request: web.Request) -> web.Response:
     if suffix is not None and (not isinstance(suffix, str) or len(suffix) > MAX_SUFFIX or ":" in suffix):
         raise ApiError(400, f"suffix must be a string of at most {MAX_SUFFIX} characters without ':'.",
                        param="suffix")
+    frequency_penalty = body.get("frequency_penalty") or 0.0
+    if isinstance(frequency_penalty, bool) or not isinstance(frequency_penalty, int | float) or not (
+            -2 <= frequency_penalty <= 2):
+        raise ApiError(400, "frequency_penalty must be between -2 and 2.", param="frequency_penalty")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "seed must be an integer.", param="seed")
@@ -522,6 +529,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "temperature must be between 0 and 2.", param="temperature")
     if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
         raise ApiError(400, "top_p must be above 0 and at most 1.", param="top_p")
+    frequency_penalty = body.get("frequency_penalty") or 0.0
+    if isinstance(frequency_penalty, bool) or not isinstance(frequency_penalty, int | float) or not (
+            -2 <= frequency_penalty <= 2):
+        raise ApiError(400, "frequency_penalty must be between -2 and 2.", param="frequency_penalty")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "seed must be an integer.", param="seed")
@@ -532,6 +543,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         Target(base, adapter), messages, max_tokens=min(requested, settings.max_tokens),
         temperature=float(temperature), top_p=float(top_p), seed=seed, stats=stats,
         max_prompt_tokens=settings.max_prompt_tokens,
+        frequency_penalty=float(frequency_penalty),
     )
     completion_id, created = new_id("chatcmpl"), int(time.time())
     try:
@@ -555,6 +567,49 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                             "Please reduce the length of the messages.",
                        param="messages", code="context_length_exceeded") from None
     return await _stream(request, body, pieces, first, stats, completion_id, created, name)
+
+
+# Tokenize
+async def tokenize(request: web.Request) -> web.Response:
+    """POST /v1/tokenize, in the spirit of vLLM's: tokens of chats in the base model's tokenizer and chat template.
+
+    `messages` counts one chat (vLLM's shape, with its `tokens`); `conversations` counts many at once (`counts`).
+    Each count is what training feeds the model for that example: the template applied, cut at the trainer's
+    sequence limit (`max_model_len`), so a file's counts times its epochs are the job's trained tokens."""
+    from trainer.training import encode_chat
+
+    settings, store = request.app[SETTINGS], request.app[STORE]
+    body = await _json(request)
+    single = body.get("messages")
+    chats = [single] if single is not None else body.get("conversations")
+    if not isinstance(chats, list) or not chats or len(chats) > MAX_TOKENIZE_CONVERSATIONS or not all(
+            isinstance(chat, list) and chat and all(isinstance(m, dict) for m in chat) for chat in chats):
+        raise ApiError(400, "Send messages (a list of message objects) or conversations (a list of such lists, at "
+                            f"most {MAX_TOKENIZE_CONVERSATIONS}).", param="messages")
+    base, _ = resolve_model(settings, store, str(body.get("model")))
+    tokenizer = await _tokenizer(request.app, base)
+    encoded = await asyncio.to_thread(lambda: [encode_chat(tokenizer, chat, settings.max_seq_len) for chat in chats])
+    answer: dict[str, Any] = {"model": base, "max_model_len": settings.max_seq_len,
+                              "counts": [len(e.input_ids) for e in encoded]}
+    if single is not None:
+        answer.update(count=len(encoded[0].input_ids), tokens=encoded[0].input_ids)
+    return web.json_response(answer)
+
+
+async def _tokenizer(app: web.Application, base: str) -> Any:
+    """The base model's tokenizer, loaded once (a GGUF's takes seconds to convert) and off the event loop."""
+    from trainer.modeling import load_tokenizer
+
+    cache = app[TOKENIZERS]
+    if base not in cache:
+        settings = app[SETTINGS]  # the converted tokenizer is kept where training keeps it
+        cache[base] = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, settings.base_models[base],
+                                                              settings.data_dir / "tokenizers"))
+    try:
+        return await asyncio.shield(cache[base])
+    except Exception:
+        cache.pop(base, None)  # a failed load is tried again next time
+        raise
 
 
 def _usage(stats: Any) -> dict[str, int]:
@@ -602,6 +657,7 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
     """Wire the routes under /v1."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=settings.max_request_bytes)
     app[SETTINGS], app[STORE], app[SCHEDULER], app[GENERATOR] = settings, store, scheduler, generator
+    app[TOKENIZERS] = {}
     app.add_routes([
         web.post("/v1/files", upload_file),
         web.get("/v1/files", list_files),
@@ -620,6 +676,7 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
         web.get("/v1/models/{model}", get_model),
         web.delete("/v1/models/{model}", delete_model),
         web.post("/v1/chat/completions", chat_completions),
+        web.post("/v1/tokenize", tokenize),
     ])
     moderation.install(app)  # POST /v1/moderations (trainer/moderation.py)
     return app

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 from peft import PeftModel
 from tqdm import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+)
 
 from trainer.modeling import load_model, load_tokenizer, render_chat, resolve_device, set_threads, turn_end_ids
 from trainer.training import chat_messages, longest_token
@@ -132,6 +140,23 @@ def download(source: str, report: Any) -> str:
     return str(snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True))
 
 
+class _FrequencyPenalty(LogitsProcessor):
+    """OpenAI's frequency_penalty: lower each token's logit by the penalty times how often the reply has used it.
+
+    Only the reply's own tokens count (not the prompt's), as OpenAI defines it; it is what stops a small model
+    from looping on one sentence until the length limit."""
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self.penalty, self.prompt_length = penalty, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length:]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.penalty * counts
+
+
 class ModelPool:
     """Load each base model once and keep the most recently used merged fine-tuned models."""
 
@@ -237,7 +262,7 @@ class Generator:
 
     async def stream(self, target: Target, messages: list[dict[str, Any]], *, max_tokens: int,
                      temperature: float, top_p: float, seed: int | None, stats: Generated,
-                     max_prompt_tokens: int | None = None) -> AsyncIterator[str]:
+                     max_prompt_tokens: int | None = None, frequency_penalty: float = 0.0) -> AsyncIterator[str]:
         """Yield the reply's text piece by piece; stats is complete once the iterator ends."""
         if self._admitted >= self._max_waiting:
             raise Busy
@@ -245,14 +270,14 @@ class Generator:
         try:
             async with self._slots:
                 async for piece in self._generate(target, messages, max_tokens, temperature, top_p, seed, stats,
-                                                  max_prompt_tokens):
+                                                  max_prompt_tokens, frequency_penalty):
                     yield piece
         finally:
             self._admitted -= 1
 
     async def _generate(self, target: Target, messages: list[dict[str, Any]], max_tokens: int, temperature: float,
                         top_p: float, seed: int | None, stats: Generated,
-                        max_prompt_tokens: int | None = None) -> AsyncIterator[str]:
+                        max_prompt_tokens: int | None = None, frequency_penalty: float = 0.0) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         model, tokenizer = await asyncio.to_thread(self.pool.get, target)
 
@@ -280,6 +305,9 @@ class Generator:
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         stats.prompt_tokens = int(inputs["input_ids"].shape[1])
+        if frequency_penalty:
+            options["logits_processor"] = LogitsProcessorList([_FrequencyPenalty(frequency_penalty,
+                                                                                 stats.prompt_tokens)])
 
         def run() -> None:
             try:

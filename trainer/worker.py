@@ -129,6 +129,8 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
     if device == "cpu":
         set_threads(settings.torch_threads)
     hyper = json.loads(job["hyperparameters"])
+    # Loading takes a minute on a small machine, before any step: say so, or the job looks stuck.
+    store.add_event(job_id, "Loading the base model")
     tokenizer = load_tokenizer(job["base_source"], settings.data_dir / "tokenizers")
     training_file = store.file(job["training_file"])
     validation_file = store.file(job["validation_file"]) if job["validation_file"] else None

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator
 
-from bot.services.metrics import MetricPoint, downsample
+from bot.services.metrics import MetricPoint, downsample, smoothed
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +148,9 @@ def render_loss_chart(
 
 
 def _smoothed_by_step(points: Sequence[MetricPoint]) -> dict[int, float]:
-    """Return an exponential moving average of training loss by step, debiased so it starts at the first value."""
+    """Return the smoothed training loss by step: the same curve the card's reading judges."""
     ordered = sorted({p.step: p for p in points}.values(), key=lambda p: p.step)
-    # Span grows with the run (about 2% of its points, 1..50) so short jobs stay responsive and long ones calm.
-    alpha = 1 / max(1, min(50, len(ordered) // 50))
-    average, weight, out = 0.0, 0.0, {}
-    for point in ordered:
-        average = (1 - alpha) * average + alpha * point.train_loss
-        weight = (1 - alpha) * weight + alpha
-        out[point.step] = average / weight
-    return out
+    return dict(zip((p.step for p in ordered), smoothed([p.train_loss for p in ordered]), strict=True))
 
 
 def _draw_epochs(axes: Axes, boundaries: list[int], labels: ChartLabels) -> None:

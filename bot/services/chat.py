@@ -16,7 +16,7 @@ import tiktoken
 
 from bot import errors
 from bot.i18n import t
-from bot.openai_gateway import FineTuningGateway
+from bot.openai_gateway import FineTuningGateway, StreamEnd
 from bot.services.chat_limits import ChatLimits, ChatTicket
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS, EDITS_PER_WINDOW, EditBudget
 from dataset_rules import tokens as token_rules
@@ -32,8 +32,27 @@ DISCORD_MESSAGE_CHARS = 2000
 MIN_EDIT_INTERVAL_SECONDS = EDIT_WINDOW_SECONDS / EDITS_PER_WINDOW
 # A streaming reply is passed to the moderation hook at most this often (and once more at its end).
 MODERATION_INTERVAL_SECONDS = 2.0
-REPLY_MAX_TOKENS = 1500
-COMPARE_MAX_TOKENS = 500
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How replies are sampled. One classroom default for chat, /ask and /compare alike."""
+
+    # Below 1.0: small models at 1.0 drift into other languages and nonsense; far below, every answer is the same.
+    temperature: float = 0.7
+    top_p: float = 0.95
+    # OpenAI's frequency_penalty (the trainer applies the same rule): keeps a small model from looping on a sentence.
+    frequency_penalty: float = 0.5
+    # About 1,600 English characters: one Discord message, or two for Korean and code.
+    max_tokens: int = 400
+
+    def body(self) -> dict[str, float]:
+        """The request fields besides max_tokens."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "frequency_penalty": self.frequency_penalty}
+
+
+CLASSROOM_SAMPLING = Sampling()
+REPLY_MAX_TOKENS = CLASSROOM_SAMPLING.max_tokens
 # Sending a whole 128k-token history every turn would be slow and costly for a class: history stops here.
 HISTORY_TOKEN_CAP = 16_000
 HISTORY_TURNS_LOADED = 400
@@ -188,6 +207,7 @@ class Delivered:
     text: str
     messages: int
     held_back: bool = False
+    cut: bool = False  # the reply length limit stopped it (and the reply says so)
 
 
 # History ----------------------------------------------------------------------------------------------------
@@ -285,15 +305,23 @@ class Answer:
     text: str | None
     error: errors.UserFacingError | None = None
     held_back: bool = False
+    done: bool = True  # False while it is still streaming
+    cut: bool = False  # stopped by the reply length limit, not by the model
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The same prompt answered by two models."""
+    """The same prompt answered by two models, with the same system prompt and sampling."""
 
     prompt: str
     first: Answer
     second: Answer
+    system_prompt: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether both answers are complete."""
+        return self.first.done and self.second.done
 
 
 class ChatService:
@@ -310,6 +338,7 @@ class ChatService:
         edit_budget: EditBudget | None = None,
         history_token_cap: int = HISTORY_TOKEN_CAP,
         reply_max_tokens: int = REPLY_MAX_TOKENS,
+        sampling: Sampling = CLASSROOM_SAMPLING,
     ) -> None:
         self.chats = chats
         self.jobs = jobs
@@ -320,6 +349,7 @@ class ChatService:
         self.edit_budget = edit_budget or EditBudget()
         self.history_token_cap = history_token_cap
         self.reply_max_tokens = reply_max_tokens
+        self.sampling = sampling
         self.min_edit_interval = MIN_EDIT_INTERVAL_SECONDS
         self.moderation_interval = MODERATION_INTERVAL_SECONDS
         self._threads: OrderedDict[int, ChatThread | None] = OrderedDict()
@@ -388,6 +418,15 @@ class ChatService:
             raise errors.UserFacingError("chat.error.compare_needs_against")
         trained = await self.chats.trained_model(guild_id, model)
         return trained.base_model if trained else model[3:].split(":", 1)[0]
+
+    async def system_prompt_for(self, guild_id: int, model: str, given: str | None = None) -> str | None:
+        """The system prompt to chat with: the one given, else the one the model was trained with (if any)."""
+        if given and given.strip():
+            return given.strip()
+        if not model.startswith("ft:"):
+            return None
+        trained = await self.chats.trained_model(guild_id, model)
+        return trained.system_prompt if trained else None
 
     async def model_for_job(self, guild_id: int, job_id: str) -> tuple[str, str]:
         """The fine-tuned model of a finished job of this server, and the job's id."""
@@ -476,8 +515,9 @@ class ChatService:
         messages = await self.history(thread, question)
         prompt_tokens = _prompt_tokens(thread.model, messages)
         ticket = await self._admit(thread.guild_id, user_id, thread.model, prompt_tokens, self.reply_max_tokens)
+        end = StreamEnd()
         try:
-            pieces = await self._open_stream(thread.model, messages)
+            pieces = await self._open_stream(thread.model, messages, end)
         except errors.UserFacingError as exc:
             if exc.key != "error.context_too_long":
                 await self._release(ticket)
@@ -485,7 +525,7 @@ class ChatService:
             # Our count was too generous for this model (e.g. a self-hosted one): once more with half the history.
             messages = await self.history(thread, question, budget=self.history_budget(thread.model) // 2)
             try:
-                pieces = await self._open_stream(thread.model, messages)
+                pieces = await self._open_stream(thread.model, messages, end)
             except errors.UserFacingError as again:
                 await self._release(ticket)
                 raise chat_error(again, thread.model) from None
@@ -497,60 +537,114 @@ class ChatService:
             )
 
         return await self._charged(ticket, prompt_tokens, thread.model, self.deliver(
-            pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model, before_final=remember))
+            pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model, before_final=remember, end=end))
 
-    async def ask(self, guild_id: int, model: str, prompt: str, sink: ReplySink, locale: str,
-                  user_id: int = 0) -> Delivered:
-        """One question, one streamed answer; nothing is remembered."""
+    async def ask(
+        self, guild_id: int, model: str, prompt: str, sink: ReplySink, locale: str, user_id: int = 0, *,
+        system_prompt: str | None = None,
+    ) -> Delivered:
+        """One question, one streamed answer (with the model's training system prompt unless another is given)."""
         model = await self.resolve_model(guild_id, model)
         if not await self.is_allowed(guild_id, prompt):
             await sink.post(t("chat.held_back_question", locale))
             return Delivered("", 1, held_back=True)
-        if count_tokens(model, prompt) + 2 * TOKENS_PER_MESSAGE > self.history_budget(model):
+        system = await self.system_prompt_for(guild_id, model, system_prompt)
+        messages = _with_system(system, prompt)
+        if sum(count_tokens(model, m["content"]) + TOKENS_PER_MESSAGE for m in messages) > self.history_budget(model):
             raise errors.UserFacingError("chat.error.message_too_long")
-        messages = [{"role": "user", "content": prompt}]
         prompt_tokens = _prompt_tokens(model, messages)
         ticket = await self._admit(guild_id, user_id, model, prompt_tokens, self.reply_max_tokens)
+        end = StreamEnd()
         try:
-            pieces = await self._open_stream(model, messages)
+            pieces = await self._open_stream(model, messages, end)
         except errors.UserFacingError as exc:
             await self._release(ticket)
             raise chat_error(exc, model) from None
-        return await self._charged(ticket, prompt_tokens, model,
-                                   self.deliver(pieces, sink, guild_id=guild_id, locale=locale, model=model))
+        header = t("chat.ask_system", locale, prompt=_clip_line(system)) if system else None
+        return await self._charged(ticket, prompt_tokens, model, self.deliver(
+            pieces, sink, guild_id=guild_id, locale=locale, model=model, end=end, header=header))
 
-    async def compare(self, guild_id: int, prompt: str, model: str, against: str | None = None,
-                      user_id: int = 0) -> Comparison:
-        """The same prompt to a fine-tuned model and to its base (or `against`), at the same time."""
+    async def compare(
+        self, guild_id: int, prompt: str, model: str, against: str | None = None, user_id: int = 0, *,
+        system_prompt: str | None = None, on_progress: Callable[[Comparison], Awaitable[None]] | None = None,
+    ) -> Comparison:
+        """The same prompt to a fine-tuned model and to its base (or `against`), at the same time, with the same
+        system prompt (the fine-tuned model's training one unless another is given) and the same sampling.
+
+        Both answers stream: `on_progress` gets the comparison so far, at most once per edit interval."""
         first = await self.resolve_model(guild_id, model)
         second = await self.resolve_model(guild_id, against) if against else await self.base_of(guild_id, first)
         if first == second:
             raise errors.UserFacingError("chat.error.compare_same")
         if not await self.is_allowed(guild_id, prompt):
             raise errors.UserFacingError("chat.held_back_question")
-        one, two = await asyncio.gather(self._answer(guild_id, first, prompt, user_id),
-                                        self._answer(guild_id, second, prompt, user_id))
-        return Comparison(prompt, one, two)
+        system = await self.system_prompt_for(guild_id, first, system_prompt)
+        if system is None and against:
+            system = await self.system_prompt_for(guild_id, second)
+        messages = _with_system(system, prompt)
+        answers = {first: Answer(first, "", done=False), second: Answer(second, "", done=False)}
+        changed = asyncio.Event()
 
-    async def _answer(self, guild_id: int, model: str, prompt: str, user_id: int = 0) -> Answer:
-        messages = [{"role": "user", "content": prompt}]
-        prompt_tokens = _prompt_tokens(model, messages)
+        def snapshot() -> Comparison:
+            return Comparison(prompt, answers[first], answers[second], system)
+
+        async def run(name: str) -> None:
+            end, text, prompt_tokens = StreamEnd(), "", _prompt_tokens(name, messages)
+            try:
+                ticket = await self._admit(guild_id, user_id, name, prompt_tokens, self.reply_max_tokens)
+            except errors.UserFacingError as exc:
+                answers[name] = Answer(name, None, exc)  # e.g. the budget is spent: this side says so
+                changed.set()
+                return
+            try:
+                pieces = await self._open_stream(name, messages, end)
+                async for piece in pieces:
+                    text += piece
+                    answers[name] = replace(answers[name], text=text)
+                    changed.set()
+            except errors.UserFacingError as exc:
+                await (self._settle(ticket, prompt_tokens, count_tokens(name, text)) if text else
+                       self._release(ticket))
+                answers[name] = Answer(name, None, chat_error(exc, name))
+            except BaseException:
+                await self._settle(ticket, prompt_tokens, self.reply_max_tokens)  # it may have been answered
+                raise
+            else:
+                await self._settle(ticket, prompt_tokens, count_tokens(name, text))
+                answers[name] = Answer(name, text, cut=end.finish_reason == "length")
+            changed.set()
+
+        tasks = [asyncio.create_task(run(first)), asyncio.create_task(run(second))]
         try:
-            ticket = await self._admit(guild_id, user_id, model, prompt_tokens, COMPARE_MAX_TOKENS)
-        except errors.UserFacingError as exc:
-            return Answer(model, None, exc)  # e.g. the budget is spent: this side says so
-        try:
-            text = await self.gateway.complete_chat(model, messages, max_tokens=COMPARE_MAX_TOKENS)
-        except errors.UserFacingError as exc:
-            await self._release(ticket)
-            return Answer(model, None, chat_error(exc, model))
-        except BaseException:
-            await self._settle(ticket, prompt_tokens, COMPARE_MAX_TOKENS)  # it may have been answered
-            raise
-        await self._settle(ticket, prompt_tokens, count_tokens(model, text))
-        if not await self.is_allowed(guild_id, text):
-            return Answer(model, None, held_back=True)
-        return Answer(model, text)
+            shown: Comparison | None = None
+            while not all(task.done() for task in tasks):
+                waiter = asyncio.create_task(changed.wait())
+                await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                changed.clear()
+                if on_progress is None or all(task.done() for task in tasks):
+                    continue
+                current = await self._moderated(guild_id, snapshot())
+                if current != shown:
+                    await on_progress(current)
+                    shown = current
+                    await asyncio.sleep(self.min_edit_interval)  # the channel's edit pace: news waits, then merges
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        return await self._moderated(guild_id, snapshot())
+
+    async def _moderated(self, guild_id: int, comparison: Comparison) -> Comparison:
+        """The comparison with any answer the moderation hook flags held back."""
+        if self.moderate is None:
+            return comparison
+        checked = []
+        for answer in (comparison.first, comparison.second):
+            if answer.text and not await self.is_allowed(guild_id, answer.text):
+                answer = Answer(answer.model, None, held_back=True)
+            checked.append(answer)
+        return replace(comparison, first=checked[0], second=checked[1])
 
     # Spend (hooks into bot.services.chat_limits) -----------------------------------------------------------------
 
@@ -578,9 +672,12 @@ class ChatService:
         await self._settle(ticket, prompt_tokens, count_tokens(model, delivered.text))
         return delivered
 
-    async def _open_stream(self, model: str, messages: list[dict[str, str]]) -> AsyncGenerator[str, None]:
+    async def _open_stream(
+        self, model: str, messages: list[dict[str, str]], end: StreamEnd | None = None,
+    ) -> AsyncGenerator[str, None]:
         """Start a streamed reply and wait for its first piece, so that refusals surface here, before anything shows."""
-        stream = self.gateway.stream_chat(model, messages, max_tokens=self.reply_max_tokens)
+        stream = self.gateway.stream_chat(model, messages, max_tokens=self.reply_max_tokens,
+                                          sampling=self.sampling.body(), end=end)
         try:
             first = await anext(stream)
         except StopAsyncIteration:
@@ -592,14 +689,18 @@ class ChatService:
 
     async def deliver(
         self, pieces: AsyncGenerator[str, None], sink: ReplySink, *, guild_id: int, locale: str, model: str = "",
-        before_final: Callable[[str], Awaitable[None]] | None = None,
+        before_final: Callable[[str], Awaitable[None]] | None = None, end: StreamEnd | None = None,
+        header: str | None = None,
     ) -> Delivered:
         """Show a streamed reply: the first message as soon as text arrives, edits within the channel's budget,
         and a last edit that always lands. With a moderation hook, text is checked before it is shown.
-        `before_final` gets the whole answer before the last edit, so an answer seen complete is remembered."""
+        `before_final` gets the whole answer before the last edit, so an answer seen complete is remembered.
+        A reply the length limit cut (`end`) says so at its end; `header` is shown above the answer."""
         # A random first pause spreads the edits of replies that started together (a class all asking at once).
         renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval,
                                  first_edit_delay=self.min_edit_interval * random.uniform(0.5, 1.5))
+        if header:
+            renderer.add(header + "\n")
         budget, channel = self.edit_budget, sink.channel_id
         unchecked = ""  # streamed text the moderation hook has not passed yet: it is not shown until it has
         checked_at = -self.moderation_interval
@@ -638,11 +739,14 @@ class ChatService:
             if not await self.is_allowed(guild_id, renderer.text + unchecked):
                 return await self._hold_back(renderer, sink, locale)
             renderer.add(unchecked)
-        if not renderer.text.strip():
+        answer = renderer.text[len(header) + 1:] if header else renderer.text
+        if not answer.strip():
             await sink.post(t("chat.empty_reply", locale))
             return Delivered("", 1)
         if before_final is not None:
-            await before_final(renderer.text.strip())
+            await before_final(answer.strip())
+        if end is not None and end.finish_reason == "length":
+            renderer.add("\n\n" + t("chat.reply_cut", locale))
         for action in renderer.due(budget.clock(), final=True):
             if action.kind == "post":
                 await sink.post(action.text)
@@ -655,7 +759,7 @@ class ChatService:
             renderer.mark(action, budget.clock())
         if len(budget) > IDLE_CHANNELS_KEPT:
             budget.forget_idle()
-        return Delivered(renderer.text.strip(), len(renderer.shown))
+        return Delivered(answer.strip(), len(renderer.shown), cut=end is not None and end.finish_reason == "length")
 
     async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str) -> Delivered:
         notice = t("chat.held_back_reply", locale)
@@ -694,6 +798,16 @@ async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator
 
 def _prompt_tokens(model: str, messages: list[dict[str, str]]) -> int:
     return sum(count_tokens(model, m["content"]) + TOKENS_PER_MESSAGE for m in messages)
+
+
+def _with_system(system: str | None, prompt: str) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def _clip_line(text: str, limit: int = 300) -> str:
+    # A system prompt shown above an answer: one line, short (the whole one is in the training file).
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _retired(model: str) -> bool:

@@ -8,6 +8,7 @@ import math
 import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from storage.models import MetricPoint  # stored and parsed points are one type
 
@@ -15,16 +16,23 @@ log = logging.getLogger(__name__)
 
 # read_curve needs this many training points before it says anything: fewer cannot tell a trend from noise.
 MIN_POINTS_FOR_READING = 6
-# A change smaller than this share of the current loss counts as flat (falling 3% per window is still progress).
-FLAT_RELATIVE = 0.03
+# A fall across the latest half of the run smaller than this share of the loss, and than this share of the
+# height the smoothed curve spans on the chart, is too small to see: flat.
+FLAT_RELATIVE = 0.1
+FLAT_OF_CHART = 0.05
 # Validation loss must climb this share above its best (smoothed) value before we call it memorising.
 OVERFIT_RELATIVE = 0.05
 # How many standard errors a change must exceed so that batch-to-batch noise alone never flips the reading.
-NOISE_SIGMAS = 3.0
+NOISE_SIGMAS = 2.0
+# Validation points are few and single batches: memorising is announced only past this many standard errors.
+OVERFIT_SIGMAS = 3.0
 # OpenAI's event text for a non-final epoch end: "Checkpoint created at step 60 with Step ...".
 _CHECKPOINT_RE = re.compile(r"\bcheckpoint created at step (\d+)", re.IGNORECASE)
 # ETA uses the step rate over at most this many latest points, so it follows a job that sped up or slowed down.
 ETA_WINDOW_POINTS = 100
+# The finish is shown as one time once its uncertainty is under this many seconds or this share of the time left.
+ETA_SETTLED_SECONDS = 30
+ETA_SETTLED_SHARE = 0.1
 
 
 class CurveReading(enum.Enum):
@@ -114,29 +122,70 @@ def _noise_sigma(values: Sequence[float]) -> float:
     return statistics.median(second) / (0.6745 * math.sqrt(6))
 
 
+def smoothing_span(count: int) -> int:
+    """How many points the smoothed curve averages over: about a seventh of the run, 3..50 points."""
+    return max(3, min(50, round(count / 7)))
+
+
+def smoothed(values: Sequence[float]) -> list[float]:
+    """The curve a student reads: an exponential moving average, debiased so it starts at the first value.
+
+    The chart draws this line and the reading judges it, so the words never contradict the picture."""
+    alpha = 2 / (smoothing_span(len(values)) + 1)
+    average, weight, out = 0.0, 0.0, []
+    for value in values:
+        average = (1 - alpha) * average + alpha * value
+        weight = (1 - alpha) * weight + alpha
+        out.append(average / weight)
+    return out
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A least-squares line through a stretch of the curve: the change it predicts across the stretch, and the
+    standard error of that change (from the points' scatter around the line)."""
+
+    change: float
+    error: float
+    level: float
+
+
+def _trend(values: Sequence[float]) -> Trend:
+    count = len(values)
+    middle = (count - 1) / 2
+    mean = _mean(values)
+    spread = math.fsum((x - middle) ** 2 for x in range(count))
+    slope = math.fsum((x - middle) * (v - mean) for x, v in enumerate(values)) / spread
+    residuals = math.fsum((v - mean - slope * (x - middle)) ** 2 for x, v in enumerate(values))
+    scatter = math.sqrt(residuals / max(1, count - 2))
+    return Trend(slope * (count - 1), scatter / math.sqrt(spread) * (count - 1), mean)
+
+
 def read_curve(points: Sequence[MetricPoint]) -> CurveReading:
-    """Read the loss curve: falling, flattened, rising, or validation rising while training falls."""
+    """Read the loss curve as a person reads the chart: falling, flattened, rising, or memorising.
+
+    Two views of the training loss, both robust to noisy single batches: the trend of the latest half of the
+    run (a least-squares line, whose error comes from the scatter) and the trend of the whole run. "Flattened"
+    needs confidence: even the steepest fall the latest half's scatter allows is too small to matter. "Rising"
+    needs a clear rise. Otherwise the whole run decides: a run that has come down reads "falling"."""
     ordered = _by_step(points)
     train = [point.train_loss for point in ordered]
     if len(train) < MIN_POINTS_FOR_READING:
         return CurveReading.TOO_EARLY
-
-    # Training trend. Compare the mean of the latest window with the mean of the window just before it. The window
-    # is a quarter of the run (3..50 points), so it smooths per-batch noise yet still reflects the present. A change
-    # counts only if it beats both FLAT_RELATIVE of the current loss level (losses of 4.0 and 0.05 are judged on
-    # their own scale) and NOISE_SIGMAS standard errors of the difference of two window means (a noisy curve needs
-    # a bigger move before we announce anything).
-    window = max(3, min(len(train) // 4, 50))
-    recent, previous = train[-window:], train[-2 * window : -window]
-    change = _mean(recent) - _mean(previous)
-    scale = max(abs(_mean(previous)), 1e-8)
-    noise = _noise_sigma(train[-2 * window :]) * math.sqrt(2 / window)
-    threshold = max(FLAT_RELATIVE * scale, NOISE_SIGMAS * noise)
-    if change > threshold:
+    window = max(MIN_POINTS_FOR_READING, math.ceil(len(train) / 2))
+    recent, whole = _trend(train[-window:]), _trend(train)
+    # What a reader of the chart can see: a share of the loss itself, or of the height the smoothed curve spans.
+    curve = smoothed(train)
+    matters = max(FLAT_RELATIVE * abs(recent.level), FLAT_OF_CHART * (max(curve) - min(curve)), 1e-8)
+    if recent.change > matters and recent.change > NOISE_SIGMAS * recent.error:
         return CurveReading.RISING
     if _is_overfitting(ordered, train, window):
         return CurveReading.OVERFITTING
-    return CurveReading.FALLING if change < -threshold else CurveReading.FLATTENED
+    if recent.change - NOISE_SIGMAS * recent.error > -matters:
+        return CurveReading.FLATTENED  # even the steepest fall the scatter allows is too small to matter
+    if recent.change < 0 or whole.change < -NOISE_SIGMAS * whole.error:
+        return CurveReading.FALLING
+    return CurveReading.FLATTENED
 
 
 def _is_overfitting(ordered: list[MetricPoint], train: list[float], window: int) -> bool:
@@ -156,7 +205,7 @@ def _is_overfitting(ordered: list[MetricPoint], train: list[float], window: int)
         return False
     rise = smoothed[-1] - smoothed[best]
     standard_error = _noise_sigma(values) / math.sqrt(k)
-    if rise <= max(OVERFIT_RELATIVE * smoothed[best], (1 + NOISE_SIGMAS * math.sqrt(2)) * standard_error):
+    if rise <= max(OVERFIT_RELATIVE * smoothed[best], (1 + OVERFIT_SIGMAS * math.sqrt(2)) * standard_error):
         return False
     # "While training loss falls": the training level now is below what it was when validation was at its best.
     best_index = valid_at[best + k - 1][0]  # the window's last point: when that level was measured
@@ -176,22 +225,37 @@ def progress_bar(step: int, total: int | None, width: int = 20) -> str:
 
 def estimate_finish(points: Sequence[MetricPoint], now: int) -> int | None:
     """Estimate when the job ends (epoch seconds) from the recent step rate; None when it cannot be told yet."""
-    ordered = _by_step(points)
-    if len(ordered) < 2:
-        return None
+    window = estimate_finish_range(points, now)
+    return None if window is None else (window[0] + window[1]) // 2
+
+
+def estimate_finish_range(points: Sequence[MetricPoint], now: int) -> tuple[int, int] | None:
+    """When the job ends, as a range that narrows as steps come in (the same time twice once it has settled).
+
+    The middle is the steps left at the mean pace of the recent steps (not the last step's pace, which jumps with
+    validation and checkpoint steps); the width is twice the standard error of that mean pace, times the steps left.
+    None until three steps have come in: one or two steps say little (the first includes warming up)."""
+    ordered = _by_step(points)[-ETA_WINDOW_POINTS:]
     total = next((p.total_steps for p in reversed(ordered) if p.total_steps), None)
-    if total is None:
+    if total is None or len(ordered) < 3:
         return None
     last = ordered[-1]
     if last.step >= total:
-        return now
-    first = ordered[-min(len(ordered), ETA_WINDOW_POINTS)]
-    elapsed, steps = last.created_at - first.created_at, last.step - first.step
-    if elapsed <= 0 or steps <= 0:
+        return now, now
+    paces = [(b.created_at - a.created_at) / (b.step - a.step) for a, b in zip(ordered, ordered[1:], strict=False)
+             if b.step > a.step]
+    elapsed, steps = last.created_at - ordered[0].created_at, last.step - ordered[0].step
+    if elapsed <= 0 or steps <= 0 or len(paces) < 2:
         return None
-    finish = last.created_at + (total - last.step) * elapsed / steps
+    pace, left = elapsed / steps, total - last.step
+    # Event times are whole seconds: half a second of rounding per step is part of the error too.
+    error = (statistics.stdev(paces) + 0.5) / math.sqrt(len(paces))
+    middle, half = last.created_at + left * pace, 2 * left * error
+    if half <= max(ETA_SETTLED_SECONDS, ETA_SETTLED_SHARE * left * pace):
+        finish = max(now, round(middle))
+        return finish, finish
     # A finish time already passed only means the job is slower than it was; "any moment now" is the honest answer.
-    return max(now, round(finish))
+    return max(now, round(middle - half)), max(now, round(middle + half))
 
 
 def downsample(

@@ -23,6 +23,8 @@ ADOPT_WINDOW_SECONDS = 24 * 3600
 # Redraw the chart when this share of the job's steps has come in since the last drawing (or at the end).
 CHART_REDRAW_FRACTION = 1 / 40
 _MODEL_NAME = re.compile(r"\bft:[\w.:\-]+")
+# The school's trainer says this before it loads the base model (a minute on a small machine, before step 1).
+LOADING_EVENT = "loading the base model"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Tick:
 
     job: Job
     progress: JobProgress
+    loading_since: int | None = None  # when the backend said it is loading the base model (this tick's events)
 
     @property
     def has_news(self) -> bool:
@@ -69,6 +72,9 @@ class ProgressCard:
     chart_png: bytes | None
     chart_step: int
     epochs_done: int
+    finish_range: tuple[int, int] | None = None  # earliest and latest finish; the same twice once settled
+    waiting_since: int | None = None  # running with no step yet: since when (the card says what it waits for)
+    loading: bool = False  # ...and the backend said it is loading the base model
 
 
 class MonitorService:
@@ -151,7 +157,8 @@ class MonitorService:
             metrics=tuple(points),
             checkpoints=tuple(checkpoints),
         )
-        return Tick(job, progress)
+        loading = next((e.created_at for e in events if e.message.lower().startswith(LOADING_EVENT)), None)
+        return Tick(job, progress, loading)
 
     @staticmethod
     def snapshot(job: Job) -> Tick:
@@ -174,24 +181,33 @@ class MonitorService:
         latest = points[-1] if points else None
         total = job.total_steps or (latest.total_steps if latest else None)
         chart_png, chart_step = None, job.chart_step
-        due = latest is not None and (force_chart or _chart_due(job, latest.step, total))
+        # One point draws no line: the first chart waits for the second step.
+        due = len(points) >= 2 and latest is not None and (force_chart or _chart_due(job, latest.step, total))
         if latest is not None and due and (charts_left is None or charts_left.take()):
             chart_png = await self.workers.run(
                 charts.render_loss_chart, points, epoch_steps=epoch_steps, total_steps=total,
                 labels=_chart_labels(locale),
             )
             chart_step = latest.step
+        now = int(time.time())
+        # Our own range from the step times first: a backend's figure may follow its last step's pace, and jump.
+        finish_range = None if job.is_terminal else metrics.estimate_finish_range(points, now)
+        if finish_range is None and job.estimated_finish and not job.is_terminal:
+            finish_range = (job.estimated_finish, job.estimated_finish)
+        waiting = job.status == "running" and latest is None
         return ProgressCard(
             job=job,
             latest=latest,
             step=latest.step if latest else None,
             total_steps=total,
             reading=metrics.read_curve(points),
-            estimated_finish=job.estimated_finish or (None if job.is_terminal else metrics.estimate_finish(
-                points, int(time.time()))),
+            estimated_finish=finish_range[1] if finish_range else None,
             chart_png=chart_png,
             chart_step=chart_step,
             epochs_done=len(epoch_steps) + (1 if job.status == "succeeded" else 0),
+            finish_range=finish_range,
+            waiting_since=(tick.loading_since or job.started_at or job.created_at) if waiting else None,
+            loading=waiting and tick.loading_since is not None,
         )
 
     async def chart(self, job: Job, *, locale: str) -> bytes | None:

@@ -22,6 +22,7 @@ from typing import Protocol
 from bot import errors
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
+from bot.services import training_file
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 PENDING_TTL_SECONDS = 15 * 60
 # A dataset check (a CSV's conversion included) that takes longer is stopped: the worker is shared by the class.
 CHECK_TIME_LIMIT_SECONDS = 60.0
+# A trainer that has just started may still be loading a tokenizer: past this, the card keeps tiktoken's estimate.
+BACKEND_COUNT_SECONDS = 20.0
 # How long a student's checked file waits on disk for a teacher's decision.
 APPROVAL_TTL_SECONDS = 24 * 3600
 # Temp folders of bots before pending starts were rows (and of a bot whose database is in memory).
@@ -223,6 +226,7 @@ class StartService:
             self._checking.discard(student)
         if not check.report.ok:
             return Prepared(check, None)
+        check = await self._count_on_backend(check, request.base_model, check.converted_jsonl or training.data)
         token = secrets.token_hex(8)
         training_name, training_path = await self._stage(token, "training", training, check.converted_jsonl)
         validation_name = validation_path = None
@@ -245,6 +249,25 @@ class StartService:
             _remove_files(pending)  # no row, no file: nothing a student sent lingers unreferenced
             raise
         return Prepared(check, pending)
+
+    async def _count_on_backend(self, check: CheckResult, model: str, data: bytes) -> CheckResult:
+        """On a self-hosted trainer, count tokens in the base model's own tokenizer and chat template (what it will
+        train on); OpenAI's tokenizer, which the check used, is off by up to 3x for Korean on other models."""
+        if not self.settings.self_hosted or check.report.format != "chat":
+            return check
+        conversations = await self.workers.run(training_file.chat_conversations, data)
+        if not conversations:
+            return check
+        try:
+            counts = await asyncio.wait_for(self.gateway.count_chat_tokens(model, conversations),
+                                            BACKEND_COUNT_SECONDS)
+        except (errors.UserFacingError, TimeoutError):
+            log.info("The backend could not count tokens in time; the card keeps the estimate")
+            return check
+        total = sum(counts)
+        report = replace(check.report, tokens_total=total, tokens_billed=total * (check.report.n_epochs or 0),
+                         max_example_tokens=max(counts))
+        return replace(check, report=report)
 
     async def _check_base_model(self, request: StartRequest) -> None:
         # A base model the backend lists, or a model this server fine-tuned: never another server's model.
@@ -425,7 +448,19 @@ class StartService:
             created_at=backend.created_at or int(time.time()),
         ))
         await self.policy.job_recorded(job, pending.token)
+        await self._remember_training_prompt(job, pending)
         return job
+
+    async def _remember_training_prompt(self, job: Job, pending: PendingStart) -> None:
+        """Store the system prompt most of the file's examples use: chat asks the model the way it was trained."""
+        try:
+            data = await asyncio.to_thread(Path(pending.training_path).read_bytes)
+        except OSError:
+            log.warning("Training file of job %s was gone before its system prompt was read", job.id)
+            return
+        prompt = await self.workers.run(training_file.training_system_prompt, data)
+        if prompt:
+            await self.jobs.set_training_system_prompt(job.id, prompt)
 
     async def _upload(self, name: str, path: str) -> str:
         data = await asyncio.to_thread(Path(path).read_bytes)

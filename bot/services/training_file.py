@@ -1,0 +1,61 @@
+"""What a checked chat file says beyond the checks: the system prompt it teaches, and its chats for counting."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+# A system prompt longer than this is not shown or reused as a chat default (Discord's option holds 1500).
+MAX_SYSTEM_PROMPT_CHARS = 1500
+
+
+def _examples(data: bytes) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a checked JSONL file, one per non-blank line (lines that do not parse are skipped)."""
+    for line in data.decode("utf-8-sig", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            example = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(example, dict):
+            yield example
+
+
+def _text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def training_system_prompt(data: bytes) -> str | None:
+    """The system prompt most examples of a chat file begin with (the first seen wins a tie), or None.
+
+    A model answers as it was trained only when it is asked the same way: this is the prompt chat uses by default."""
+    counts: Counter[str] = Counter()
+    for example in _examples(data):
+        messages = example.get("messages")
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict) and (
+                messages[0].get("role") == "system"):
+            prompt = _text(messages[0].get("content")).strip()
+            if prompt:
+                counts[prompt] += 1
+    if not counts:
+        return None
+    prompt, _ = counts.most_common(1)[0]  # most_common keeps first-seen order among equal counts
+    return prompt if len(prompt) <= MAX_SYSTEM_PROMPT_CHARS else None
+
+
+def chat_conversations(data: bytes) -> list[list[dict[str, Any]]]:
+    """Every example's messages as the backend will train on them (for counting tokens in its own tokenizer)."""
+    return [example["messages"] for example in _examples(data)
+            if isinstance(example.get("messages"), list) and example["messages"]]
+
+
+def profile(data: bytes) -> tuple[str | None, list[list[dict[str, Any]]]]:
+    """The file's training system prompt and its conversations, in one read (runs in a worker process)."""
+    return training_system_prompt(data), chat_conversations(data)
