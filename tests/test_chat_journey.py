@@ -187,6 +187,8 @@ async def test_finished_job_button_opens_chat_and_compare_shows_both(classroom: 
 
     compare = await classroom.discord.slash(classroom.guild, classroom.student, "compare", prompt="Say hi", model=model)
     card = await compare.followup(timeout=10)
+    await classroom.discord.wait_for(lambda: "What did fine-tuning change" in card.text() or None, timeout=10,
+                                     what="both answers complete")
     fields = card.embed["fields"]
     assert [f["value"] for f in fields[:2]] == [f"[{model}] reply to: Say hi",
                                                 "[gpt-4o-mini-2024-07-18] reply to: Say hi"]

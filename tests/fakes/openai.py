@@ -477,6 +477,12 @@ class FakeOpenAI:
         self._event(job, message, level="error")
         return job
 
+    def say(self, job_id: str, message: str) -> FakeJob:
+        """Add a plain event to a job, as a backend reports what it is doing (e.g. "Loading the base model")."""
+        job = self._jobs[job_id]
+        self._event(job, message)
+        return job
+
     def set_status(self, job_id: str, status: str) -> FakeJob:
         """Force a job's status (e.g. "paused")."""
         job = self._jobs[job_id]

@@ -1,0 +1,49 @@
+"""The curve reading against recorded real runs: at every step after the first few it says what a person reading
+the chart says. Runs were recorded with the real trainer and offline models (bench/record_run.py); each table row
+is a person's reading of that run's chart (smoothed line over the faint per-batch one) cut at that step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bot.services.metrics import MIN_POINTS_FOR_READING, CurveReading, MetricPoint, parse_metrics, read_curve
+
+RECORDED = Path(__file__).parent / "recorded"
+FALLING, FLATTENED = CurveReading.FALLING, CurveReading.FLATTENED
+
+# run file -> (first step, last step, what a person reading the chart up to that step says)
+HUMAN_READINGS: dict[str, list[tuple[int, int, CurveReading]]] = {
+    # SmolLM2-135M, 40 English pirate examples, 3 epochs: 3.2 -> 1.6, noisy batches, falling all along (more
+    # gently in epoch 3); the old reading said "flattened" at all 25 of these steps.
+    "en_smollm2_pirate_40x3.json": [(6, 30, FALLING)],
+}
+
+
+def _points(run: str) -> list[MetricPoint]:
+    data = json.loads((RECORDED / run).read_text())
+    points = [parse_metrics(p, p["created_at"]) for p in data["points"]]
+    assert all(points) and data["status"] == "succeeded"
+    return [p for p in points if p is not None]
+
+
+def _rows() -> list[tuple[str, int, CurveReading]]:
+    return [(run, step, reading) for run, spans in HUMAN_READINGS.items()
+            for first, last, reading in spans for step in range(first, last + 1)]
+
+
+@pytest.mark.parametrize(("run", "step", "human"), _rows())
+def test_read_curve_on_recorded_run_matches_a_person_reading_the_chart(run: str, step: int,
+                                                                       human: CurveReading) -> None:
+    """The reading of a real run's curve up to a step is what a person reading the chart says there."""
+    points = [p for p in _points(run) if p.step <= step]
+    assert read_curve(points) is human
+
+
+@pytest.mark.parametrize("run", sorted(HUMAN_READINGS))
+def test_recorded_run_tables_cover_every_step_after_the_first_few(run: str) -> None:
+    """Each recorded run's table has a person's reading for every step from the first reading on."""
+    steps = [step for first, last, _ in HUMAN_READINGS[run] for step in range(first, last + 1)]
+    assert steps == list(range(MIN_POINTS_FOR_READING, len(_points(run)) + 1))
