@@ -15,6 +15,7 @@ from bot.services.metrics import (
     MetricPoint,
     downsample,
     estimate_finish,
+    estimate_finish_range,
     parse_checkpoint_step,
     parse_metrics,
     progress_bar,
@@ -216,3 +217,36 @@ def test_catalog_has_every_reading_and_chart_label_in_both_languages() -> None:
         fields = [{f for _, f, _, _ in string.Formatter().parse(text) if f} for text in texts.values()]
         assert fields[0] == fields[1], key
     assert any("\uac00" <= ch <= "\ud7a3" for ch in catalog["curve.overfitting"]["ko"])
+
+
+def _timed(times: list[int], total: int) -> list[MetricPoint]:
+    return [MetricPoint(step=i + 1, train_loss=1.0, total_steps=total, created_at=t) for i, t in enumerate(times)]
+
+
+def test_estimate_finish_range_waits_for_three_steps() -> None:
+    """One or two steps (the first includes warming up) give no finish time at all, rather than a wrong one."""
+    assert estimate_finish_range(_timed([100, 160], 30), now=160) is None
+
+
+def test_estimate_finish_range_is_a_range_while_step_times_vary() -> None:
+    """Uneven step times early in a run give a range around the mean pace, not one time that will jump."""
+    low, high = estimate_finish_range(_timed([100, 102, 110, 112, 121], 30), now=121)
+    assert low < 121 + 25 * 5.25 < high
+
+
+def test_estimate_finish_range_settles_to_one_time_when_steps_are_steady() -> None:
+    """Steady steps give one finish time: the steps left at the mean pace."""
+    assert estimate_finish_range(_timed(list(range(100, 150, 5)), 30), now=145) == (145 + 20 * 5, 145 + 20 * 5)
+
+
+def test_estimate_finish_range_on_recorded_run_contains_the_real_end_once_a_third_is_done() -> None:
+    """On a recorded real run, from a third of the way in, the range is within a minute of the real end."""
+    import json
+    from pathlib import Path
+
+    run = json.loads((Path(__file__).parent / "recorded" / "en_smollm2_pirate_40x3.json").read_text())
+    points = [p for p in (parse_metrics(d, d["created_at"]) for d in run["points"]) if p is not None]
+    end = points[-1].created_at
+    for count in range(len(points) // 3, len(points)):
+        low, high = estimate_finish_range(points[:count], now=points[count - 1].created_at)
+        assert low - 60 <= end <= high + 60, (count, low - end, high - end)

@@ -576,8 +576,6 @@ async def tokenize(request: web.Request) -> web.Response:
     `messages` counts one chat (vLLM's shape, with its `tokens`); `conversations` counts many at once (`counts`).
     Each count is what training feeds the model for that example: the template applied, cut at the trainer's
     sequence limit (`max_model_len`), so a file's counts times its epochs are the job's trained tokens."""
-    from trainer.training import encode_chat
-
     settings, store = request.app[SETTINGS], request.app[STORE]
     body = await _json(request)
     single = body.get("messages")
@@ -588,28 +586,47 @@ async def tokenize(request: web.Request) -> web.Response:
                             f"most {MAX_TOKENIZE_CONVERSATIONS}).", param="messages")
     base, _ = resolve_model(settings, store, str(body.get("model")))
     tokenizer = await _tokenizer(request.app, base)
-    encoded = await asyncio.to_thread(lambda: [encode_chat(tokenizer, chat, settings.max_seq_len) for chat in chats])
+    encoded = await asyncio.to_thread(_encode_all, tokenizer, chats, settings.max_seq_len)
     answer: dict[str, Any] = {"model": base, "max_model_len": settings.max_seq_len,
-                              "counts": [len(e.input_ids) for e in encoded]}
+                              "counts": [len(ids) for ids in encoded]}
     if single is not None:
-        answer.update(count=len(encoded[0].input_ids), tokens=encoded[0].input_ids)
+        answer.update(count=len(encoded[0]), tokens=encoded[0])
     return web.json_response(answer)
+
+
+def _encode_all(tokenizer: Any, chats: list[list[dict[str, Any]]], max_len: int) -> list[list[int]]:
+    # Imported here, in a worker thread: torch and transformers take seconds to import on a small machine.
+    from trainer.training import encode_chat
+
+    return [encode_chat(tokenizer, chat, max_len).input_ids for chat in chats]
+
+
+def _load_tokenizer(source: str, cache_dir: Path) -> Any:
+    from trainer.modeling import load_tokenizer
+
+    return load_tokenizer(source, cache_dir)
 
 
 async def _tokenizer(app: web.Application, base: str) -> Any:
     """The base model's tokenizer, loaded once (a GGUF's takes seconds to convert) and off the event loop."""
-    from trainer.modeling import load_tokenizer
-
     cache = app[TOKENIZERS]
     if base not in cache:
         settings = app[SETTINGS]  # the converted tokenizer is kept where training keeps it
-        cache[base] = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, settings.base_models[base],
+        cache[base] = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer, settings.base_models[base],
                                                               settings.data_dir / "tokenizers"))
     try:
         return await asyncio.shield(cache[base])
     except Exception:
         cache.pop(base, None)  # a failed load is tried again next time
         raise
+
+
+async def _warm_tokenizers(app: web.Application) -> None:
+    """Start loading every base model's tokenizer at startup, so the first file check does not wait for it."""
+    for base in app[SETTINGS].base_models:
+        task = asyncio.ensure_future(_tokenizer(app, base))
+        task.add_done_callback(lambda done: done.cancelled() or done.exception() and log.warning(
+            "Could not load a tokenizer at startup: %s", type(done.exception()).__name__))
 
 
 def _usage(stats: Any) -> dict[str, int]:
@@ -658,6 +675,7 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=settings.max_request_bytes)
     app[SETTINGS], app[STORE], app[SCHEDULER], app[GENERATOR] = settings, store, scheduler, generator
     app[TOKENIZERS] = {}
+    app.on_startup.append(_warm_tokenizers)
     app.add_routes([
         web.post("/v1/files", upload_file),
         web.get("/v1/files", list_files),

@@ -92,3 +92,28 @@ async def test_jobs_list_filters_by_metadata(keyed_server: TrainerProcess) -> No
     assert [j.id for j in (await api.fine_tuning.jobs.list(limit=2)).data] == [second.id, first.id]
     only = await api.fine_tuning.jobs.list(metadata={"guild_id": "g1"})
     assert [j.id for j in only.data] == [first.id] and only.data[0].metadata == {"guild_id": "g1"}
+
+
+async def test_tokenize_counts_chats_in_the_base_models_template_as_training_encodes_them(
+        keyed_server: TrainerProcess, tiny_model: Path) -> None:
+    """POST /v1/tokenize: one chat gets vLLM's count and tokens, many get counts; each is what training encodes."""
+    import json
+
+    from trainer.modeling import load_tokenizer
+    from trainer.training import encode_chat
+
+    chats = [json.loads(line)["messages"] for line in chat_file(3).decode().splitlines()]
+    api = client(keyed_server, KEY)
+    one = await api.post("/tokenize", body={"model": "tiny", "messages": chats[0]}, cast_to=object)
+    many = await api.post("/tokenize", body={"model": "tiny", "conversations": chats}, cast_to=object)
+    tokenizer = load_tokenizer(str(tiny_model))
+    expected = [encode_chat(tokenizer, chat, 96).input_ids for chat in chats]  # 96: the fixture's sequence limit
+    assert one["count"] == len(one["tokens"]) == len(expected[0]) and one["tokens"] == expected[0]
+    assert many["counts"] == [len(ids) for ids in expected] and many["max_model_len"] == 96
+
+
+async def test_tokenize_without_messages_gets_400_naming_param(keyed_server: TrainerProcess) -> None:
+    """A tokenize request with neither messages nor conversations is refused in OpenAI's envelope."""
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client(keyed_server, KEY).post("/tokenize", body={"model": "tiny"}, cast_to=object)
+    assert caught.value.param == "messages"

@@ -17,6 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bot import errors
+from bot.openai_gateway import FineTuningGateway
 from bot.trainer_process import TrainerProcess as ChildTrainer
 from bot.trainer_process import TrainerStartError
 from tests.conftest import BotRunner, make_settings, press
@@ -62,6 +64,24 @@ def _text_of(fake: FakeDiscord, channel: int, words: str) -> FakeMessage | None:
     return next((m for m in fake.messages(channel) if words in m.text()), None)
 
 
+def _field(message: FakeMessage, name: str) -> int:
+    assert message.embed is not None
+    value = next(f["value"] for f in message.embed["fields"] if f["name"].startswith(name))
+    return int(value.replace(",", ""))
+
+
+async def _until_trainer_counts(gateway: FineTuningGateway) -> None:
+    """Wait until the trainer can count tokens (it loads its tokenizers in the background at start; on a busy
+    machine that takes a while, and the bot keeps tiktoken's estimate meanwhile), as a class arrives minutes later."""
+    for _ in range(60):
+        try:
+            await gateway.count_chat_tokens("smollm2", [[{"role": "user", "content": "hi"}]])
+            return
+        except errors.UserFacingError:  # refused while it starts (its port not open yet): ask again
+            await asyncio.sleep(1)
+    raise TimeoutError("the trainer never counted tokens")
+
+
 @pytest.mark.timeout(600)  # loads a real 135M model twice (worker, then chat) on a busy 2-core machine
 async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discord: FakeDiscord,
                                                                      bot_with_own_trainer: BotRunner) -> None:
@@ -73,17 +93,22 @@ async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discor
     guild.add_member(student)
     await fake_discord.dispatch("GUILD_CREATE", guild.payload())
     channel = guild.text_channel.id
+    await _until_trainer_counts(bot.gateway)
     interaction = await fake_discord.slash(guild, student, "finetune start",
                                            training_file=fake_discord.attachment("pirate.jsonl", chat_file(10)),
                                            epochs=1, suffix="pirate")
     card = await interaction.followup(timeout=60)
     assert "smollm2" in card.text() and card.button("Start"), card.text()  # the trainer's model is the default
+    card_tokens = _field(card, "Billed tokens")  # tokens per epoch x epochs, counted by the trainer
     progress = await _start_when_trainer_ready(fake_discord, card, student, channel)
     await fake_discord.wait_for(lambda: "Training loss" in progress.text() or None, timeout=JOB_SECONDS,
                                 what="a training loss on the card")
     notice = await fake_discord.wait_for(lambda: _text_of(fake_discord, channel, "is trained"), timeout=JOB_SECONDS,
                                          what="the success notice")
     assert "ft:smollm2:" in notice.text() and ":pirate:" in notice.text()
+    # Counted by the trainer in the base model's own tokenizer: what the card promised is what was trained.
+    trained = _field(notice, "Trained tokens")
+    assert abs(card_tokens - trained) <= 0.02 * trained, (card_tokens, trained)
     threads_before = len(fake_discord.threads(guild))
     click = await press(fake_discord, notice, "Chat with this model", student)
     assert click is not None
