@@ -217,8 +217,9 @@ class FineTuningGateway:
         Only a self-hosted trainer has this route (POST /tokenize, in the spirit of vLLM's); others refuse it."""
         body = await self._call(
             "tokenize",
-            lambda: self.client.post("/tokenize", body={"model": model, "conversations": [list(c) for c in conversations]},
-                                     cast_to=object),
+            lambda: self.client.post(
+                "/tokenize", body={"model": model, "conversations": [list(c) for c in conversations]}, cast_to=object
+            ),
         )
         counts = body.get("counts") if isinstance(body, dict) else None
         if not isinstance(counts, list) or len(counts) != len(conversations) or not all(

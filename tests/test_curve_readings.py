@@ -12,13 +12,16 @@ import pytest
 from bot.services.metrics import MIN_POINTS_FOR_READING, CurveReading, MetricPoint, parse_metrics, read_curve
 
 RECORDED = Path(__file__).parent / "recorded"
-FALLING, FLATTENED = CurveReading.FALLING, CurveReading.FLATTENED
+FALLING = CurveReading.FALLING
 
 # run file -> (first step, last step, what a person reading the chart up to that step says)
 HUMAN_READINGS: dict[str, list[tuple[int, int, CurveReading]]] = {
     # SmolLM2-135M, 40 English pirate examples, 3 epochs: 3.2 -> 1.6, noisy batches, falling all along (more
     # gently in epoch 3); the old reading said "flattened" at all 25 of these steps.
     "en_smollm2_pirate_40x3.json": [(6, 30, FALLING)],
+    # The same model, the file's first 10 examples for 10 epochs: 3.8 -> 1.2 with a spike at step 18, falling all
+    # along; the old reading said "flattened" at 18 of these 25 steps.
+    "en_smollm2_pirate_10x10.json": [(6, 30, FALLING)],
 }
 
 

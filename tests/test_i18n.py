@@ -56,3 +56,8 @@ def test_catalog_rejects_a_key_defined_twice(tmp_path: Path) -> None:
     (tmp_path / "b.json").write_text('{"x.y": {"en": "b", "ko": "나"}}', "utf-8")
     with pytest.raises(ValueError, match="x.y"):
         Catalog.load(tmp_path)
+
+
+def test_chart_and_card_use_the_same_word_for_epoch_in_korean() -> None:
+    """The chart's epoch label and the card's epoch field say the same Korean word (에폭), not two spellings."""
+    assert t("card.epochs", "ko") in t("chart.epoch", "ko") and "에포크" not in t("chart.epoch", "ko")
