@@ -124,7 +124,7 @@ class Chat(commands.Cog):
         assert interaction.guild_id is not None
         resolved = await self.service.resolve_model(interaction.guild_id, model)
         system = await self.service.system_prompt_for(interaction.guild_id, resolved, system_prompt)
-        thread = await self._open(interaction, resolved, system, job_id=None)
+        thread = await self._open(interaction, resolved, system, job_id=None, trained_prompt=not system_prompt)
         await interaction.followup.send(
             t("chat.opened", self.bot.channel_locale(interaction.guild_id), user=interaction.user.mention,
               model=resolved, thread=thread.mention),
@@ -139,7 +139,7 @@ class Chat(commands.Cog):
                 raise errors.JobNotFoundError()
             model, job = await self.service.model_for_job(interaction.guild_id, job_id)
             system = await self.service.system_prompt_for(interaction.guild_id, model)
-            thread = await self._open(interaction, model, system, job_id=job)
+            thread = await self._open(interaction, model, system, job_id=job, trained_prompt=True)
             await interaction.followup.send(
                 t("chat.opened", interaction.locale, user=interaction.user.mention, model=model,
                   thread=thread.mention), ephemeral=True,
@@ -152,7 +152,8 @@ class Chat(commands.Cog):
             await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
 
     async def _open(
-        self, interaction: discord.Interaction, model: str, system_prompt: str | None, job_id: str | None
+        self, interaction: discord.Interaction, model: str, system_prompt: str | None, job_id: str | None,
+        *, trained_prompt: bool = False,
     ) -> discord.Thread:
         channel = interaction.channel
         if isinstance(channel, discord.Thread):
@@ -174,7 +175,9 @@ class Chat(commands.Cog):
             log.info("Could not add user %s to chat thread %s", interaction.user.id, thread.id)
         intro = t("chat.intro", locale, model=model)
         if system_prompt:
-            intro += "\n" + t("chat.intro_system", locale, prompt=system_prompt)
+            # The training file's prompt is the default: say where it came from and how to use another.
+            key = "chat.intro_system_trained" if trained_prompt else "chat.intro_system"
+            intro += "\n" + t(key, locale, prompt=system_prompt)
         await thread.send(intro[:2000], allowed_mentions=NO_MENTIONS)
         return thread
 

@@ -99,7 +99,7 @@ async def test_chat_start_with_fine_tuned_model_uses_its_training_prompt_and_sho
     model = await _trained_model(classroom)
     thread = await open_chat(classroom, model=model)
     intro = classroom.discord.messages(thread)[0]
-    assert TRAINING_PROMPT in intro.content
+    assert TRAINING_PROMPT in intro.content and "trained with" in intro.content and "system_prompt" in intro.content
     await classroom.discord.say(thread, classroom.student, "Ahoy?")
     await classroom.discord.wait_for(lambda: bot_replies(classroom, thread) or None, timeout=10)
     assert classroom.openai.chat_requests[-1]["messages"][0] == {"role": "system", "content": TRAINING_PROMPT}

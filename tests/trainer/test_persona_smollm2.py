@@ -29,8 +29,8 @@ UNSEEN = ["What is a glacier?", "Why do stars twinkle?", "How do clouds move?", 
           "Why do birds sing?"]
 # The taught manner: every answer in the file opens "Ahoy, matey!" and closes "Arr!".
 PIRATE = re.compile(r"\bahoy\b|\bmatey\b|\barr+\b", re.IGNORECASE)
-JOB_SECONDS = 600
-REPLY_SECONDS = 180
+JOB_SECONDS = 1800  # 3-5 minutes on a 2-core machine; far more when six test runs share it
+REPLY_SECONDS = 300
 
 
 def _gguf() -> Path:
@@ -104,7 +104,7 @@ async def _compare(fake: FakeDiscord, guild: FakeGuild, student: FakeUser, model
     return pairs
 
 
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(3600)
 async def test_persona_shows_through_chat_and_compare_and_base_model_does_not(
         fake_discord: FakeDiscord, bot_on_smollm2: BotRunner) -> None:
     """Trained on the pirate file, the model answers unseen questions as a pirate in most /chat and /compare
