@@ -202,7 +202,7 @@ def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: st
             embed.add_field(name=t("notice.time", locale), value=_duration(job.finished_at - started, locale))
         train, valid = losses
         if train is not None:
-            embed.add_field(name=t("progress.train_loss", locale), value=f"{train:.4f}")
+            embed.add_field(name=t("notice.epoch_loss", locale), value=f"{train:.4f}")
         if valid is not None:
             embed.add_field(name=t("progress.valid_loss", locale), value=f"{valid:.4f}")
     elif job.status == "failed":

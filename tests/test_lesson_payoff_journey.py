@@ -60,6 +60,10 @@ async def test_finished_card_footer_says_finished_and_notice_names_student_once(
     mention = f"<@{classroom.student.id}>"
     assert notice.text().count(mention) == 1
     assert "ftjob-" not in notice.embed["description"] and "ftjob-" in notice.embed["footer"]["text"]
+    job = classroom.openai.jobs[0]
+    last_epoch = [m["train_loss"] for m in job.metrics[-job.steps_per_epoch:]]
+    loss = next(f["value"] for f in notice.embed["fields"] if "mean over the last epoch" in f["name"])
+    assert float(loss) == round(sum(last_epoch) / len(last_epoch), 4)  # not the last batch's alone
 
 
 async def test_korean_card_names_format_and_method_in_korean(classroom: Classroom) -> None:

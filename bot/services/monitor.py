@@ -222,9 +222,16 @@ class MonitorService:
         )
 
     async def final_losses(self, job: Job) -> tuple[float | None, float | None]:
-        """The last training loss and the last (full, when given) validation loss."""
+        """The mean training loss over the last epoch (one batch's loss is noise) and the last (full, when given)
+        validation loss."""
         points = await self.jobs.metrics(job.id)
-        train = next((p.train_loss for p in reversed(points) if p.train_loss is not None), None)
+        if not points:
+            return None, None
+        last = points[-1].step
+        ends = [c.step for c in await self.jobs.checkpoints(job.id) if c.step < last]
+        start = max(ends) if ends else (last - last // job.n_epochs if job.n_epochs else 0)
+        epoch = [p.train_loss for p in points if p.step > start and p.train_loss is not None]
+        train = sum(epoch) / len(epoch) if epoch else None
         valid = next((v for p in reversed(points) for v in (p.full_valid_loss, p.valid_loss) if v is not None), None)
         return train, valid
 
