@@ -595,38 +595,28 @@ async def tokenize(request: web.Request) -> web.Response:
 
 
 def _encode_all(tokenizer: Any, chats: list[list[dict[str, Any]]], max_len: int) -> list[list[int]]:
-    # Imported here, in a worker thread: torch and transformers take seconds to import on a small machine.
     from trainer.training import encode_chat
 
     return [encode_chat(tokenizer, chat, max_len).input_ids for chat in chats]
 
 
-def _load_tokenizer(source: str, cache_dir: Path) -> Any:
-    from trainer.modeling import load_tokenizer
-
-    return load_tokenizer(source, cache_dir)
-
-
 async def _tokenizer(app: web.Application, base: str) -> Any:
     """The base model's tokenizer, loaded once (a GGUF's takes seconds to convert) and off the event loop."""
+    # Imported here, on the event loop as chat does: transformers imported from two threads at once can fail
+    # half-initialised ("cannot import name ..."), so only the loading itself goes to a thread.
+    from trainer.modeling import load_tokenizer
+    from trainer.training import encode_chat  # noqa: F401  (imported now, so _encode_all's import is a lookup)
+
     cache = app[TOKENIZERS]
     if base not in cache:
         settings = app[SETTINGS]  # the converted tokenizer is kept where training keeps it
-        cache[base] = asyncio.ensure_future(asyncio.to_thread(_load_tokenizer, settings.base_models[base],
+        cache[base] = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, settings.base_models[base],
                                                               settings.data_dir / "tokenizers"))
     try:
         return await asyncio.shield(cache[base])
     except Exception:
         cache.pop(base, None)  # a failed load is tried again next time
         raise
-
-
-async def _warm_tokenizers(app: web.Application) -> None:
-    """Start loading every base model's tokenizer at startup, so the first file check does not wait for it."""
-    for base in app[SETTINGS].base_models:
-        task = asyncio.ensure_future(_tokenizer(app, base))
-        task.add_done_callback(lambda done: done.cancelled() or done.exception() and log.warning(
-            "Could not load a tokenizer at startup: %s", type(done.exception()).__name__))
 
 
 def _usage(stats: Any) -> dict[str, int]:
@@ -675,7 +665,6 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=settings.max_request_bytes)
     app[SETTINGS], app[STORE], app[SCHEDULER], app[GENERATOR] = settings, store, scheduler, generator
     app[TOKENIZERS] = {}
-    app.on_startup.append(_warm_tokenizers)
     app.add_routes([
         web.post("/v1/files", upload_file),
         web.get("/v1/files", list_files),

@@ -71,8 +71,8 @@ def _field(message: FakeMessage, name: str) -> int:
 
 
 async def _until_trainer_counts(gateway: FineTuningGateway) -> None:
-    """Wait until the trainer can count tokens (it loads its tokenizers in the background at start; on a busy
-    machine that takes a while, and the bot keeps tiktoken's estimate meanwhile), as a class arrives minutes later."""
+    """Wait until the trainer can count tokens (it loads a tokenizer at its first count; on a busy machine that can
+    take longer than the bot waits, and the card then keeps tiktoken's estimate), as a class arrives minutes later."""
     for _ in range(60):
         try:
             await gateway.count_chat_tokens("smollm2", [[{"role": "user", "content": "hi"}]])
