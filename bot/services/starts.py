@@ -227,6 +227,9 @@ class StartService:
         if not check.report.ok:
             return Prepared(check, None)
         check = await self._count_on_backend(check, request.base_model, check.converted_jsonl or training.data)
+        if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
+            # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
+            check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
         token = secrets.token_hex(8)
         training_name, training_path = await self._stage(token, "training", training, check.converted_jsonl)
         validation_name = validation_path = None
