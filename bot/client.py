@@ -20,8 +20,11 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import ChatService
 from bot.services.chat_limits import ChatLimits
 from bot.services.dataset_check import DatasetCheckService
+from bot.services.datasets import DatasetService
 from bot.services.finetune import FineTuneService
+from bot.services.evaluation import EvaluationService
 from bot.services.governance import Governance
+from bot.services.lessons import LessonLibrary
 from bot.services.monitor import MonitorService
 from bot.services.ratelimit import EditBudget
 from bot.services.starts import StartService
@@ -29,6 +32,7 @@ from bot.services.wordlist import WordListService
 from bot.services.workers import CpuWorkers
 from bot.trainer_process import TrainerProcess
 from storage.chats import ChatRepository
+from storage.datasets import DatasetRepository
 from storage.database import Database
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
@@ -38,7 +42,7 @@ from storage.wordlist import WordListRepository
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom")
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom", "cogs.lesson", "cogs.dataset")
 _TREE_HASH_KEY = "command_tree_hash"
 
 
@@ -108,6 +112,9 @@ class ClassroomBot(commands.Bot):
     chat: ChatService
     chat_limits: ChatLimits
     governance: Governance
+    lessons: LessonLibrary
+    evaluation: EvaluationService
+    datasets: DatasetService
     trainer: TrainerProcess | None = None  # the school's own trainer, when the bot runs it
     _shutdown: asyncio.Task[None] | None = None
 
@@ -166,6 +173,9 @@ class ClassroomBot(commands.Bot):
         )
         # Chat answers a stopped bot left held are charged their worst case, so the budget never under-counts.
         await self.chat_limits.settle_stale()
+        self.lessons = LessonLibrary()
+        self.evaluation = EvaluationService(self.gateway, self.chat, self.lessons)
+        self.datasets = DatasetService(DatasetRepository(self.db), DatasetCheckService())
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

@@ -166,7 +166,7 @@ class FineTuningGateway:
         self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None,
         sampling: Mapping[str, float] | None = None,
     ) -> str:
-        """One whole reply."""
+        """One whole reply, with the given sampling (e.g. temperature 0: the same question, the same answer)."""
         response = await self._call(
             "chat",
             lambda: self.client.chat.completions.create(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
@@ -326,7 +327,8 @@ class Classroom(commands.Cog):
     async def mydata_delete(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         plan = await self.governance.reports.cleanup_plan(interaction.guild_id, interaction.user.id)
-        await self._offer_cleanup(interaction, plan, "gov.cleanup.title_mine")
+        examples = await self.bot.datasets.user_example_count(interaction.guild_id, interaction.user.id)
+        await self._offer_cleanup(interaction, replace(plan, dataset_examples=examples), "gov.cleanup.title_mine")
 
     async def _offer_cleanup(self, interaction: discord.Interaction, plan: CleanupPlan, title: str) -> None:
         locale = str(interaction.locale)
@@ -344,6 +346,7 @@ class Classroom(commands.Cog):
             if plan.user_id is not None:
                 threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
                 await self.starts.forget_user(plan.guild_id, plan.user_id)  # checked files waiting on disk
+                await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id)  # their /dataset examples
             await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
 
         view = ConfirmView(interaction.user.id, locale, on_confirm)
@@ -549,6 +552,8 @@ def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
         if plan.user_id is not None:
             embed.description += "\n" + t("gov.cleanup.chats", locale, threads=plan.chat_threads,
                                            messages=plan.chat_messages)
+            if plan.dataset_examples:
+                embed.description += "\n" + t("dataset.cleanup_examples", locale, count=plan.dataset_examples)
         for name, items in ((t("gov.cleanup.files", locale), plan.files), (t("gov.cleanup.models", locale), plan.models)):
             if items:
                 shown = [f"`{r.resource_id}`" for r in items[:MAX_NAMES_SHOWN]]

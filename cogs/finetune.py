@@ -21,7 +21,7 @@ from bot.services.finetune import FineTuneService, clean_suffix
 from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
 from bot.services.starts import AwaitingApproval, StartRequest, StartService, Started, Upload, jsonl_name
-from cogs import _ui
+from cogs import _lesson_ui, _ui
 from cogs._replies import send_ephemeral
 from cogs._roles import member_is_teacher
 
@@ -84,17 +84,29 @@ class FineTune(commands.Cog):
         base_model=_("The model to start from", key="cmd.finetune.start.base_model"),
         epochs=_("How many passes over the data (empty: chosen for you)", key="cmd.finetune.start.epochs"),
         suffix=_("A short name for your model (letters, digits, - and _)", key="cmd.finetune.start.suffix"),
+        sample=_("Or train on a sample lesson shipped with the bot (no file needed)", key="cmd.finetune.start.sample"),
+        dataset=_("Or train on a dataset your class built with /dataset", key="cmd.finetune.start.dataset"),
     )
     @app_commands.checks.cooldown(3, 60.0, key=lambda i: (i.guild_id, i.user.id))
     async def finetune_start(
         self,
         interaction: discord.Interaction,
-        training_file: discord.Attachment,
+        training_file: discord.Attachment | None = None,
         validation_file: discord.Attachment | None = None,
         base_model: str | None = None,
         epochs: app_commands.Range[int, 1, 50] | None = None,
         suffix: app_commands.Range[str, 1, 64] | None = None,
+        sample: str | None = None,
+        dataset: str | None = None,
     ) -> None:
+        sources = sum(source is not None for source in (training_file, sample, dataset))
+        if sources != 1:
+            raise errors.UserFacingError("finetune.error.one_source" if sources else "finetune.error.no_training_data")
+        # A sample lesson brings its training file, its held-out file (as validation), its epochs and its name.
+        lesson = self.bot.lessons.get(sample) if sample else None
+        if lesson is not None:
+            epochs, suffix = epochs or lesson.epochs, suffix or lesson.name
+        suffix = suffix or dataset  # a class dataset's model carries its name
         # Reading, checking and tokenizing can take seconds: answer Discord's 3-second window first.
         await interaction.response.defer(thinking=True)
         assert interaction.guild_id is not None and interaction.channel_id is not None
@@ -111,8 +123,15 @@ class FineTune(commands.Cog):
         # Files are downloaded and checked a few at a time, in arrival order: a class starting together then holds a
         # few files in memory, not a hundred, and the first cards arrive as soon as they can.
         async with self._intake:
-            training = await self._read(training_file)
-            validation = await self._read(validation_file) if validation_file else None
+            if lesson is not None:
+                training = Upload(f"{lesson.name}.jsonl", lesson.training_bytes())
+                validation = Upload(f"{lesson.name}-heldout.jsonl", lesson.heldout_bytes())
+            elif dataset is not None:
+                training, validation = Upload(*await self.bot.datasets.export(request.guild_id, dataset)), None
+            else:
+                assert training_file is not None
+                training = await self._read(training_file)
+                validation = await self._read(validation_file) if validation_file else None
             prepared = await self.starts.prepare(request, training, validation)
         embed = _ui.check_card(prepared.check, filename=training.filename, base_model=request.base_model,
                                suffix=request.suffix, locale=locale)
@@ -225,6 +244,21 @@ class FineTune(commands.Cog):
             log.exception("Job autocomplete failed in guild %s", interaction.guild_id)
             return []
         return [Choice(name=_ui.job_label(j), value=j.id) for j in jobs][:25]
+
+    @finetune_start.autocomplete("sample")
+    async def sample_autocomplete(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        return _lesson_ui.lesson_choices(self.bot.lessons, str(interaction.locale), current)
+
+    @finetune_start.autocomplete("dataset")
+    async def dataset_autocomplete(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        try:
+            names = await self.bot.datasets.names(interaction.guild_id, current)
+        except Exception:  # boundary: autocomplete must never raise
+            log.exception("Dataset autocomplete failed in guild %s", interaction.guild_id)
+            return []
+        return [Choice(name=n, value=n) for n in names][:25]
 
     @finetune_start.autocomplete("base_model")
     async def base_model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:

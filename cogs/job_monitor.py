@@ -13,7 +13,7 @@ from discord.ext import commands, tasks
 from bot import errors
 from bot.i18n import t
 from bot.services.monitor import ChartBudget, MonitorService
-from cogs import _ui
+from cogs import _lesson_ui, _ui
 from storage.models import Job
 
 if TYPE_CHECKING:
@@ -158,6 +158,8 @@ class JobMonitor(commands.Cog):
         if job.status == "succeeded" and job.fine_tuned_model:
             view = discord.ui.View(timeout=None)
             view.add_item(_ui.ChatWithModelButton(job.id, label=t("notice.chat_button", locale)))
+            if job.validation_file_id or self.bot.evaluation.lesson_of_model(job.fine_tuned_model):
+                view.add_item(_lesson_ui.EvaluateJobButton(job.id, label=t("evaluate.button", locale)))
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         mention = f"<@{job.user_id}>"
         message = await channel.send(

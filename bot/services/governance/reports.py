@@ -54,11 +54,12 @@ class CleanupPlan:
     running_jobs: int
     chat_threads: int = 0  # /mydata only: threads the student opened
     chat_messages: int = 0  # /mydata only: their messages the bot keeps
+    dataset_examples: int = 0  # /mydata only: examples they added to class datasets
 
     @property
     def empty(self) -> bool:
         """Nothing to delete."""
-        return not self.resources and not self.chat_threads and not self.chat_messages
+        return not self.resources and not self.chat_threads and not self.chat_messages and not self.dataset_examples
 
     @property
     def files(self) -> list[BackendResource]:

@@ -1,0 +1,244 @@
+"""Embeds, files and buttons of the lesson features: the guided lesson's steps and the held-out evaluation's result."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from discord.app_commands import Choice
+
+from bot.i18n import locale_of, t
+from bot.services.evaluation import (
+    EvaluationChartLabels,
+    EvaluationPlan,
+    EvaluationReport,
+    EvaluationService,
+    render_score_chart,
+)
+from bot.services.lessons import GUIDE_STEPS, Behaviour, Lesson, LessonLibrary, guide_examples
+
+if TYPE_CHECKING:
+    from bot.client import ClassroomBot
+
+log = logging.getLogger(__name__)
+
+SCORES_CHART = "scores.png"
+ROWS_SHOWN = 3  # side by side in the embed; every row goes in the attached file
+FIELD_CHARS = 1024
+ANSWER_CHARS = 300
+LESSON_COLOUR = 0x57F287
+EVALUATION_COLOUR = 0x5865F2
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def short_name(model: str) -> str:
+    """A model's name short enough for a chart legend: a fine-tuned model's suffix, else the name."""
+    parts = model.split(":")
+    if model.startswith("ft:") and len(parts) >= 4 and parts[3]:
+        return parts[3]
+    return parts[1] if model.startswith("ft:") and len(parts) > 1 else model
+
+
+def behaviour_text(behaviour: Behaviour, locale: str) -> str:
+    """What the lesson teaches, as the end of a sentence ("end with “Arr, matey!”")."""
+    return t(f"evaluate.behaviour.{behaviour.kind}", locale, text=behaviour.text or "", count=behaviour.count or 3)
+
+
+def lesson_choices(lessons: LessonLibrary, locale: str, current: str) -> list[Choice[str]]:
+    """The sample lessons whose name or title contains what was typed, titled in the user's language."""
+    current, language = current.strip().lower(), locale_of(locale)
+    found = [lesson for lesson in lessons.all() if current in lesson.name or current in lesson.title(language).lower()]
+    return [Choice(name=f"{lesson.title(language)} ({lesson.name})"[:100], value=lesson.name) for lesson in found][:25]
+
+
+# The guided lesson ------------------------------------------------------------------------------------------
+
+
+def lesson_step_embed(lesson: Lesson, step: int, locale: str) -> discord.Embed:
+    """One step of the guided lesson (0-based), in the class's language."""
+    name = GUIDE_STEPS[step]
+    examples = "\n\n".join(_example_block(e.as_messages(), e.reference) for e in guide_examples(lesson))
+    body = t(f"lesson.step.{name}", locale, title=lesson.title(locale), lesson=lesson.name,
+             examples=examples if name == "example" else len(lesson.training_examples))
+    embed = discord.Embed(title=t("lesson.step_title", locale, title=lesson.title(locale), step=step + 1,
+                                  total=len(GUIDE_STEPS)), description=_clip(body, 4096), colour=LESSON_COLOUR)
+    if step == len(GUIDE_STEPS) - 1:
+        embed.set_footer(text=t("lesson.finished", locale))
+    return embed
+
+
+def _example_block(messages: list[dict[str, str]], answer: str) -> str:
+    lines = [f"**{m['role']}**: {_clip(m['content'], 200)}" for m in messages]
+    lines.append(f"**assistant**: {_clip(answer, 300)}")
+    return "> " + "\n> ".join(line.replace("\n", "\n> ") for line in lines)
+
+
+class LessonNextButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
+                       template=r"lesson-next:(?P<lesson>[\w\-]+):(?P<step>\d+):(?P<owner>\d+)"):
+    """The teacher's "Next" under a lesson step; everything it needs is in its id, so it works after a restart."""
+
+    def __init__(self, lesson: str, step: int, owner_id: int, label: str = "Next") -> None:
+        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.green, emoji="▶️",
+                                           custom_id=f"lesson-next:{lesson}:{step}:{owner_id}"))
+        self.lesson, self.step, self.owner_id = lesson, step, owner_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
+                             match: Any) -> LessonNextButton:
+        """Rebuild the button from its custom id."""
+        return cls(match["lesson"], int(match["step"]), int(match["owner"]))
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Only the teacher who started the lesson moves it on (students would skip ahead of the class)."""
+        if interaction.user.id == self.owner_id:
+            return True
+        await interaction.response.send_message(t("lesson.error.not_yours", interaction.locale), ephemeral=True)
+        return False
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Grey out this step's button and post the next step."""
+        bot: ClassroomBot = interaction.client  # type: ignore[assignment]
+        locale = bot.channel_locale(interaction.guild_id)
+        lesson = bot.lessons.get(self.lesson)
+        self.item.disabled = True
+        done = discord.ui.View(timeout=None)
+        done.add_item(self.item)
+        await interaction.response.edit_message(view=done)
+        following = self.step + 1
+        if following >= len(GUIDE_STEPS):
+            return
+        view = lesson_step_view(lesson, following, self.owner_id, locale)
+        await interaction.followup.send(embed=lesson_step_embed(lesson, following, locale),
+                                        view=view or discord.utils.MISSING)
+
+
+def lesson_step_view(lesson: Lesson, step: int, owner_id: int, locale: str) -> discord.ui.View | None:
+    """The Next button under a step (none under the last one)."""
+    if step >= len(GUIDE_STEPS) - 1:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(LessonNextButton(lesson.name, step, owner_id, label=t("lesson.next", locale)))
+    return view
+
+
+# The evaluation ---------------------------------------------------------------------------------------------
+
+
+def evaluation_embed(report: EvaluationReport, shown: list[tuple[str | None, str | None]],
+                     locale: str) -> discord.Embed:
+    """Scores per model, a verdict, the metric explained in one line, and the first questions side by side."""
+    first, second = report.scores
+    embed = discord.Embed(title=t("evaluate.title", locale, count=len(report.rows), source=report.source),
+                          colour=EVALUATION_COLOUR)
+    if report.behaviour is not None:
+        explain = t("evaluate.explain", locale, behaviour=behaviour_text(report.behaviour, locale))
+    else:
+        explain = t("evaluate.explain_similarity_only", locale)
+    lines = [explain, "", _verdict(report, locale)]
+    embed.description = _clip("\n".join(lines), 4096)
+    for index, (score, role) in enumerate(((first, "evaluate.fine_tuned"), (second, "evaluate.other"))):
+        value = []
+        if score.behaviour_rate is not None:
+            checked = [row.shows[index] for row in report.rows if row.shows[index] is not None]
+            value.append(t("evaluate.score_behaviour", locale, shown=sum(bool(c) for c in checked),
+                           total=len(checked), percent=_percent(score.behaviour_rate)))
+        value.append(t("evaluate.score_similarity", locale, percent=_percent(score.similarity)))
+        embed.add_field(name=_clip(f"{t(role, locale)}: {score.model}", 256), value="\n".join(value), inline=True)
+    for row, (one, two) in list(zip(report.rows, shown, strict=False))[:ROWS_SHOWN]:
+        value = "\n".join([
+            t("evaluate.expected", locale, answer=_clip(row.example.reference, ANSWER_CHARS)),
+            f"**{short_name(report.models[0])}**: {_answer(one, locale)}",
+            f"**{short_name(report.models[1])}**: {_answer(two, locale)}",
+        ])
+        embed.add_field(name=_clip(t("evaluate.question", locale, prompt=row.example.prompt), 256),
+                        value=_clip(value, FIELD_CHARS), inline=False)
+    embed.set_image(url=f"attachment://{SCORES_CHART}")
+    embed.set_footer(text=t("evaluate.all_answers", locale))
+    return embed
+
+
+def _answer(text: str | None, locale: str) -> str:
+    if text is None:
+        return t("evaluate.held_back", locale)
+    return _clip(" ".join(text.split()), ANSWER_CHARS) or t("evaluate.empty", locale)
+
+
+def _percent(value: float) -> int:
+    return round(100 * value)
+
+
+def _verdict(report: EvaluationReport, locale: str) -> str:
+    first, second = report.scores
+    if first.behaviour_rate is not None and second.behaviour_rate is not None:
+        better = first.behaviour_rate > second.behaviour_rate
+        key = "evaluate.verdict_better" if better else "evaluate.verdict_not_better"
+        return t(key, locale, first=_percent(first.behaviour_rate), second=_percent(second.behaviour_rate))
+    return t("evaluate.verdict_similarity", locale, first=_percent(first.similarity),
+             second=_percent(second.similarity))
+
+
+def answers_file(report: EvaluationReport, shown: list[tuple[str | None, str | None]], locale: str) -> discord.File:
+    """Every question with the file's answer and both models' answers, as Markdown."""
+    parts = [f"# {t('evaluate.title', locale, count=len(report.rows), source=report.source)}\n"]
+    for row, (one, two) in zip(report.rows, shown, strict=True):
+        parts.append(f"## {row.example.prompt}\n\n{t('evaluate.expected', locale, answer=row.example.reference)}\n")
+        for model, text, sim in ((report.models[0], one, row.similarities[0]), (report.models[1], two,
+                                                                                 row.similarities[1])):
+            shown_text = text if text is not None else t("evaluate.held_back", locale)
+            parts.append(f"### {model} ({_percent(sim)}%)\n\n{shown_text}\n")
+    return discord.File(io.BytesIO("\n".join(parts).encode()), filename="evaluation.md")
+
+
+async def post_evaluation(interaction: discord.Interaction, service: EvaluationService, plan: EvaluationPlan) -> None:
+    """Run the plan and post the result in the channel: the embed, the score chart and every answer in a file."""
+    locale = str(interaction.locale)
+    report = await service.run(plan)
+    # Answers are shown to the whole class: each passes the class's moderation, as chat replies do (checked
+    # together, so the moderation hook can send them in one request).
+    checked = await asyncio.gather(*(service.shown_text(plan.guild_id, text) for row in report.rows
+                                     for text in row.answers))
+    labels = EvaluationChartLabels(title=t("evaluate.chart_title", locale),
+                                   behaviour=t("evaluate.chart_behaviour", locale),
+                                   similarity=t("evaluate.chart_similarity", locale))
+    names = (f"{short_name(report.models[0])} ({t('evaluate.fine_tuned', locale)})", short_name(report.models[1]))
+    png = await asyncio.to_thread(render_score_chart, report, labels=labels, names=names)  # ~0.1 s of CPU
+    pairs = list(zip(checked[0::2], checked[1::2], strict=True))
+    await interaction.followup.send(
+        embed=evaluation_embed(report, pairs, locale),
+        files=[discord.File(io.BytesIO(png), filename=SCORES_CHART), answers_file(report, pairs, locale)],
+    )
+
+
+class EvaluateJobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"evaluate-job:(?P<job_id>[\w\-]+)"):
+    """"Test on unseen questions" under a success notice; it keeps working after a restart."""
+
+    def __init__(self, job_id: str, label: str = "Test on unseen questions") -> None:
+        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.grey, emoji="📝",
+                                           custom_id=f"evaluate-job:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
+                             match: Any) -> EvaluateJobButton:
+        """Rebuild the button from its custom id."""
+        return cls(match["job_id"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        """Evaluate the job's model on its lesson's held-out questions (or say how to, for a file of one's own)."""
+        bot: ClassroomBot = interaction.client  # type: ignore[assignment]
+        assert interaction.guild_id is not None
+        model, _ = await bot.chat.model_for_job(interaction.guild_id, self.job_id)
+        if bot.evaluation.lesson_of_model(model) is None:
+            await interaction.response.send_message(t("evaluate.job_without_lesson", interaction.locale, model=model),
+                                                    ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        plan = await bot.evaluation.plan(interaction.guild_id, model)
+        await post_evaluation(interaction, bot.evaluation, plan)
