@@ -31,6 +31,7 @@ from bot.services.starts import StartService
 from bot.services.wordlist import WordListService
 from bot.services.workers import CpuWorkers
 from bot.trainer_process import TrainerProcess
+from cogs._replies import send_ephemeral  # the one private-reply helper, shared with the cogs
 from storage.chats import ChatRepository
 from storage.datasets import DatasetRepository
 from storage.database import Database
@@ -84,17 +85,6 @@ class ErrorTree(app_commands.CommandTree["ClassroomBot"]):
             )
             text = t("error.unexpected", locale, ref=ref)
         await send_ephemeral(interaction, text)
-
-
-async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
-    """Reply privately, whether or not the interaction was already answered or deferred."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException:
-        log.warning("Could not deliver an error message for interaction %s", interaction.id)
 
 
 class ClassroomBot(commands.Bot):

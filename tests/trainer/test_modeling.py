@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.conftest import ANSWER, build_tiny_model, chat_example
+from tests.trainer.conftest import ANSWER, chat_example
 from trainer.modeling import (
     CHATML_TEMPLATE,
     GEMMA_TEMPLATE,
     apply_family_template,
-    chat_family,
     load_tokenizer,
     render_chat,
     turn_end_ids,
