@@ -41,7 +41,6 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
 GENERATOR: web.AppKey[Any] = web.AppKey("generator", object)
 TIMINGS: web.AppKey[Any] = web.AppKey("timings", object)
-TOKENIZERS: web.AppKey[dict[str, Any]] = web.AppKey("tokenizers", dict)
 # One /tokenize request counts at most this many conversations (a 40-example class file is one request).
 MAX_TOKENIZE_CONVERSATIONS = 5000
 
@@ -585,7 +584,7 @@ async def tokenize(request: web.Request) -> web.Response:
         raise ApiError(400, "Send messages (a list of message objects) or conversations (a list of such lists, at "
                             f"most {MAX_TOKENIZE_CONVERSATIONS}).", param="messages")
     base, _ = resolve_model(settings, store, str(body.get("model")))
-    tokenizer = await _tokenizer(request.app, base)
+    tokenizer = await request.app[GENERATOR].tokenizer(base)
     encoded = await asyncio.to_thread(_encode_all, tokenizer, chats, settings.max_seq_len)
     answer: dict[str, Any] = {"model": base, "max_model_len": settings.max_seq_len,
                               "counts": [len(ids) for ids in encoded]}
@@ -595,28 +594,9 @@ async def tokenize(request: web.Request) -> web.Response:
 
 
 def _encode_all(tokenizer: Any, chats: list[list[dict[str, Any]]], max_len: int) -> list[list[int]]:
-    from trainer.training import encode_chat
+    from trainer.training import encode_chat  # already imported with the model stack that loaded the tokenizer
 
     return [encode_chat(tokenizer, chat, max_len).input_ids for chat in chats]
-
-
-async def _tokenizer(app: web.Application, base: str) -> Any:
-    """The base model's tokenizer, loaded once (a GGUF's takes seconds to convert) and off the event loop."""
-    # Imported here, on the event loop as chat does: transformers imported from two threads at once can fail
-    # half-initialised ("cannot import name ..."), so only the loading itself goes to a thread.
-    from trainer.modeling import load_tokenizer
-    from trainer.training import encode_chat  # noqa: F401  (imported now, so _encode_all's import is a lookup)
-
-    cache = app[TOKENIZERS]
-    if base not in cache:
-        settings = app[SETTINGS]  # the converted tokenizer is kept where training keeps it
-        cache[base] = asyncio.ensure_future(asyncio.to_thread(load_tokenizer, settings.base_models[base],
-                                                              settings.data_dir / "tokenizers"))
-    try:
-        return await asyncio.shield(cache[base])
-    except Exception:
-        cache.pop(base, None)  # a failed load is tried again next time
-        raise
 
 
 def _usage(stats: Any) -> dict[str, int]:
@@ -664,7 +644,6 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
     """Wire the routes under /v1."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=settings.max_request_bytes)
     app[SETTINGS], app[STORE], app[SCHEDULER], app[GENERATOR] = settings, store, scheduler, generator
-    app[TOKENIZERS] = {}
     app.add_routes([
         web.post("/v1/files", upload_file),
         web.get("/v1/files", list_files),

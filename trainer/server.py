@@ -62,6 +62,7 @@ class LazyGenerator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._generator: Any = None
+        self._failed = False  # the model stack itself (torch, transformers) could not be loaded
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -74,7 +75,7 @@ class LazyGenerator:
         """How far a base model is from answering, for /v1/models."""
         pool = self.pool
         if pool is None or name not in pool.preparations:
-            return {"status": "preparing", "progress": 0.0}
+            return {"status": "failed" if self._failed else "preparing", "progress": 0.0}
         return dict(pool.preparations[name].as_dict())
 
     def start(self) -> None:
@@ -96,8 +97,17 @@ class LazyGenerator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _prepare(self) -> None:
+    async def tokenizer(self, base: str) -> Any:
+        """A base model's tokenizer, the one its chats and preparation use (loaded off the event loop)."""
         generator = await self._get()
+        return await _in_daemon_thread(lambda: generator.pool.tokenizer(base), "load-tokenizer")
+
+    async def _prepare(self) -> None:
+        try:
+            generator = await self._get()
+        except Exception:  # boundary: logged and shown as failed in /v1/models; a chat tries again
+            log.exception("The chat models could not be loaded")
+            return
         await _in_daemon_thread(generator.pool.prepare_all, "prepare-base-models")
         log.info("Base models prepared: %s", ", ".join(
             f"{name} {self.status(name)['status']}" for name in self.settings.base_models))
@@ -116,7 +126,12 @@ class LazyGenerator:
     async def _get(self) -> Any:
         async with self._lock:
             if self._generator is None:
-                self._generator = await _in_daemon_thread(self._build, "load-model-stack")
+                try:
+                    self._generator = await _in_daemon_thread(self._build, "load-model-stack")
+                except Exception:
+                    self._failed = True
+                    raise
+                self._failed = False
         return self._generator
 
     def _build(self) -> Any:

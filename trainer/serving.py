@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,14 @@ class ModelPool:
         if self.device == "cpu":
             set_threads(threads)
         self.preparations = {name: Preparation() for name in sources}
+        self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
+        self._local: dict[str, str] = {}
         self._bases: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
         self._merged: OrderedDict[Path, PreTrainedModel] = OrderedDict()
         self._lock = threading.Lock()
+        # One download or load at a time: transformers imports its parts lazily and not thread-safely, and a
+        # tokenizer asked for (a token count) while its model loads is the one that load uses, not a second one.
+        self._loading = threading.Lock()
         self._merge_locks: dict[Path, threading.Lock] = {}
 
     def _report(self, name: str, progress: float) -> None:
@@ -181,34 +187,57 @@ class ModelPool:
             log.info("Preparing base model %s: %d%%", name, int(preparation.progress * 100))
 
     def prepare_all(self) -> None:
-        """Download and load every base model in turn (at start, in the background); failures are logged."""
-        for name in self.sources:
-            try:
-                self.base(name)
-            except Exception:  # boundary: one model that can't load must not stop the others
-                log.exception("Base model %s could not be prepared", name)
+        """Download and load every base model (at start, in the background); failures are logged.
+
+        Every tokenizer comes first: token counts for any model are ready in seconds, before the slower weights."""
+        for load in (self.tokenizer, self.base):
+            for name in self.sources:
+                if self.preparations[name].status == "failed":
+                    continue
+                try:
+                    load(name)
+                except Exception:  # boundary: one model that can't load must not stop the others
+                    log.exception("Base model %s could not be prepared", name)
+
+    def tokenizer(self, name: str) -> PreTrainedTokenizerBase:
+        """Return a base model's tokenizer, downloading the model on first use."""
+        if name not in self._tokenizers:
+            with self._loading, self._failing(name):
+                self._load_tokenizer(name)
+        return self._tokenizers[name]
 
     def base(self, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Return a base model and its tokenizer, downloading and loading them on first use."""
-        with self._lock:
-            if name not in self._bases:
-                preparation = self.preparations[name]
-                preparation.status = "preparing"
-                try:
-                    local = self.fetch(self.sources[name], lambda f: self._report(name, f * DOWNLOAD_SHARE))
-                    self._report(name, DOWNLOAD_SHARE)
-                    tokenizer = load_tokenizer(local, self.cache_dir)
-                    self._report(name, TOKENIZER_SHARE)
-                    model = load_model(local, self.device, cache_dir=self.weights_dir).eval()
+        if name not in self._bases:
+            with self._loading, self._failing(name):
+                if name not in self._bases:
+                    tokenizer = self._load_tokenizer(name)
+                    model = load_model(self._local[name], self.device, cache_dir=self.weights_dir).eval()
                     ends = turn_end_ids(tokenizer) | _eos_ids(model, tokenizer)
                     model.generation_config.eos_token_id = sorted(ends)
-                except Exception:
-                    preparation.status = "failed"
-                    raise
-                self._bases[name] = (model, tokenizer)
-                self._report(name, 1.0)
-                preparation.status = "ready"
-            return self._bases[name]
+                    self._bases[name] = (model, tokenizer)
+                    self._report(name, 1.0)
+                    self.preparations[name].status = "ready"
+        return self._bases[name]
+
+    def _load_tokenizer(self, name: str) -> PreTrainedTokenizerBase:
+        """Download the model and load its tokenizer, once; the caller holds the loading lock."""
+        if name not in self._tokenizers:
+            self.preparations[name].status = "preparing"
+            self._local[name] = self.fetch(self.sources[name], lambda f: self._report(name, f * DOWNLOAD_SHARE))
+            self._report(name, DOWNLOAD_SHARE)
+            self._tokenizers[name] = load_tokenizer(self._local[name], self.cache_dir)
+            self._report(name, TOKENIZER_SHARE)
+        return self._tokenizers[name]
+
+    @contextlib.contextmanager
+    def _failing(self, name: str) -> Iterator[None]:
+        """Mark a base model failed when loading it raises (the error goes on to the caller)."""
+        try:
+            yield
+        except Exception:
+            self.preparations[name].status = "failed"
+            raise
 
     def get(self, target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Return the model for a target, merging a fine-tuned adapter into a copy of its base when not cached."""

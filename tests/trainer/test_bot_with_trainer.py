@@ -83,9 +83,6 @@ async def _until_trainer_counts(gateway: FineTuningGateway) -> None:
 
 
 @pytest.mark.timeout(600)  # loads a real 135M model twice (worker, then chat) on a busy 2-core machine
-@pytest.mark.xfail(reason="after the merges of 2026-12-03 the trainer child never reports SmolLM2 ready in this test "
-                          "(alone it prepares it in 55 s); passed before the model-preparation and /tokenize merges; "
-                          "see the stop-17 note", run=False)
 async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discord: FakeDiscord,
                                                                      bot_with_own_trainer: BotRunner) -> None:
     """Token only: the bot starts the trainer, trains SmolLM2, shows live losses, announces the model and chats."""

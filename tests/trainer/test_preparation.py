@@ -162,3 +162,42 @@ def test_hub_model_offline_and_not_cached_fails_preparation(tmp_path: Path, monk
     pool = ModelPool({"qwen": "Qwen/Qwen2.5-0.5B-Instruct"}, "cpu", 1, 1)
     pool.prepare_all()
     assert pool.preparations["qwen"].status == "failed"
+
+
+async def test_token_count_at_start_does_not_stop_preparation(tmp_path: Path, tiny_model: Path) -> None:
+    """A /tokenize that arrives while a fresh trainer is still importing its model stack (the bot's dataset check
+    at a lesson's start) shares the preparation's tokenizer instead of loading one beside it: the base model still
+    gets ready, and a stack that fails to load says failed rather than preparing for ever."""
+    server = TrainerProcess(tmp_path / "data", tiny_model).start()
+    try:
+        api = client(server)
+        counted = await api.post("/tokenize", cast_to=object, body={
+            "model": "tiny", "conversations": [[{"role": "user", "content": "Hi"}]]})
+        assert counted["counts"][0] > 0
+
+        async def settled() -> Any:
+            model = await api.models.retrieve("tiny")
+            return model if model.status != "preparing" else None
+
+        assert (await _until(settled)).status == "ready", server.log()[-3000:]
+        assert server.log().count("Chat template of") == 1  # one tokenizer load, shared
+    finally:
+        server.stop()
+
+
+async def test_model_stack_that_cannot_load_says_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When torch or transformers cannot even be imported, /v1/models says failed, not preparing for ever."""
+    def broken(self: LazyGenerator) -> Any:
+        raise ImportError("cannot import name 'AutoModel' from 'transformers'")
+
+    monkeypatch.setattr(LazyGenerator, "_build", broken)
+    generator = LazyGenerator(Settings(data_dir=tmp_path, base_models={"tiny": "unused"}, device="cpu"))
+    assert generator.status("tiny") == {"status": "preparing", "progress": 0.0}
+    generator.start()
+    try:
+        async def failed() -> bool:
+            return generator.status("tiny")["status"] == "failed"
+
+        await _until(failed)
+    finally:
+        await generator.close()
