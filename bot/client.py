@@ -210,6 +210,11 @@ class ClassroomBot(commands.Bot):
         # which would keep the process alive after it was asked to stop.
         await asyncio.shield(self._shutdown)
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        # discord.py's own __aexit__ waits only for its part of a close already begun (SIGTERM's handler): the rest,
+        # the trainer child included, would be cancelled half-way by asyncio.run.
+        await self.close()
+
     async def _close_everything(self) -> None:
         """Stop the cogs, then the workers, the backend client, the database and the school's trainer."""
         await super().close()

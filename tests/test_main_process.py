@@ -57,3 +57,29 @@ async def test_python_m_bot_serves_finetune_start_from_env_only(
     assert "fake.process.token" not in log and fake_openai.api_key not in log
     assert "Traceback" not in log, log[-2000:]
 
+
+
+async def test_leaving_async_with_after_a_signal_waits_for_the_whole_shutdown(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """SIGTERM's handler closes the bot while `async with bot` ends: leaving the block waits for all of the shutdown
+    (the trainer child included), or asyncio.run cancels it half-way and the trainer is orphaned."""
+    from bot.client import ClassroomBot
+    from tests.conftest import make_settings
+
+    stopped = asyncio.Event()
+
+    class SlowTrainer:
+        async def stop(self) -> None:
+            await asyncio.sleep(0.05)
+            stopped.set()
+
+    bot = ClassroomBot(make_settings(fake_discord, fake_openai, tmp_path))
+    async with bot:
+        bot.trainer = SlowTrainer()  # type: ignore[assignment]
+        closing = asyncio.create_task(bot.close())  # what the signal handler does
+        async with asyncio.timeout(10):
+            while not bot.is_closed():  # discord.py's part of the close has begun
+                await asyncio.sleep(0)
+    assert stopped.is_set()
+    await closing

@@ -196,7 +196,7 @@ async def test_run_bot_script_with_only_a_token_reaches_the_gateway_with_the_tra
     log = output.decode()
     assert process.returncode == 0, log[-3000:]
     assert "Fine-tuning backend: the school's own trainer" in log and "fake.script.token" not in log
-    assert not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE
+    assert not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE, (trainer.cmdline(), log[-3000:])
 
 
 async def _wait(predicate: object, what: str, timeout: float = 60) -> object:
