@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from tests.conftest import Classroom, press
+from tests.conftest import Classroom
+from tests.harness import press
 from tests.test_finetune_journey import open_card
 
 MODEL = "gpt-4o-mini-2024-07-18"  # the classroom's default base model; the fake serves it with trainer extras

@@ -7,7 +7,8 @@ import importlib
 from discord import app_commands
 
 from bot.client import EXTENSIONS
-from tests.conftest import BotRunner, Classroom, make_settings
+from tests.conftest import Classroom
+from tests.harness import BotRunner, make_settings
 
 
 def test_every_extension_has_setup() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Classroom, press, ticks
+from tests.conftest import Classroom, ticks
 from tests.fakes.discord import FakeMessage
+from tests.harness import press
 
 DEFERRED = 5
 GREEN, GREY = 3, 2

