@@ -23,10 +23,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,13 +36,13 @@ import psutil
 from bench._remote_fakes import RemoteFakes, chat_jsonl, chat_line, run_starts
 from bot.client import ClassroomBot
 from bot.config import DEFAULT_BASE_MODEL, DEFAULT_WORKER_PROCESSES, Settings
-from bot.services import charts
 from bot.services.starts import StartRequest, Started, Upload
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS
+from cogs._ui import CHART_NAME
 from cogs.job_monitor import JobMonitor
-from tests.conftest import BotRunner, make_settings
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser
+from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser, RecordedRequest
 from tests.fakes.openai import FakeOpenAI
+from tests.harness import BotRunner, make_settings, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,10 @@ class Probe:
 async def running_bot(
     fake_discord: FakeDiscord, fake_openai: FakeOpenAI, **overrides: object
 ) -> AsyncIterator[ClassroomBot]:
-    """The real ClassroomBot against the fakes (tests.conftest's BotRunner and make_settings), stopped after."""
+    """The real ClassroomBot against the fakes (tests/harness.py's BotRunner and make_settings), stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
-        # The tests run checks and charts in threads (a process pool per test costs a second); measure what runs.
+        # The tests run checks and charts in threads (make_settings' WORKER_PROCESSES=0: a process pool per test costs
+        # a second); measure what runs in production, the default worker processes.
         overrides.setdefault("worker_processes", DEFAULT_WORKER_PROCESSES)
         runner = BotRunner(make_settings(fake_discord, fake_openai, Path(tmp), **overrides), fake_discord)
         bot = await runner.start()
@@ -213,7 +214,7 @@ async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float, 
 
 @contextlib.asynccontextmanager
 async def running_remote_bot(world: dict[str, Any]) -> AsyncIterator[ClassroomBot]:
-    """The real ClassroomBot against the fakes' process (as tests.conftest.make_settings, but the production watcher
+    """The real ClassroomBot against the fakes' process (as tests/harness.py's make_settings, but the production watcher
     interval and worker processes), stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
         settings = Settings.from_env({
@@ -323,7 +324,7 @@ class TickFigures:
     discord_posts: int
     discord_edits: int
     charts: int
-    chart_seconds: float
+    chart_cpu_seconds: float  # the worker processes' CPU time in the tick: they only draw charts then
 
     def line(self) -> str:
         """One printed row."""
@@ -331,37 +332,25 @@ class TickFigures:
                 f"{self.event_lists:4d} (max/job {self.max_event_lists_per_job})  other {self.other_openai:3d}  "
                 f"running polled {self.running_polled:4d}  finished-job calls {self.calls_for_finished:3d}  "
                 f"discord posts {self.discord_posts:4d} edits {self.discord_edits:4d}  charts {self.charts:4d} "
-                f"({self.chart_seconds:.1f} s)")
+                f"({self.chart_cpu_seconds:.1f} worker CPU-s)")
 
 
-class ChartCounter:
-    """Counts and times chart renders: wraps the bot's worker pool (charts run there, in worker processes) and counts
-    the calls of charts.render_loss_chart with their wall time."""
+def chart_uploads(requests: Sequence[RecordedRequest]) -> int:
+    """How many loss charts the bot sent to Discord in these requests: each new chart goes out as a card's or a
+    notice's attachment named cogs/_ui.py's CHART_NAME (an edit without a new chart lists no attachments)."""
+    return sum(1 for r in requests if isinstance(r.json, dict)
+               and any(a.get("filename") == CHART_NAME for a in r.json.get("attachments") or []))
 
-    def __init__(self, bot: ClassroomBot) -> None:
-        self.bot = bot
-        self.count = 0
-        self.seconds = 0.0
 
-    def __enter__(self) -> Self:
-        workers = self.bot.workers
-        original = workers.run
-
-        async def counted(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-            if fn is not charts.render_loss_chart:
-                return await original(fn, *args, **kwargs)
-            started = time.perf_counter()
-            try:
-                return await original(fn, *args, **kwargs)
-            finally:
-                self.count += 1
-                self.seconds += time.perf_counter() - started
-
-        workers.run = counted  # type: ignore[method-assign]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.bot.workers.run  # back to the class's method
+def worker_cpu_seconds() -> dict[int, float]:
+    """CPU seconds (user + system) so far of each child process of this one: the bot's worker processes
+    (WORKER_PROCESSES), which during the watcher's ticks do nothing but draw charts."""
+    seconds: dict[int, float] = {}
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cpu = child.cpu_times()
+            seconds[child.pid] = cpu.user + cpu.system
+    return seconds
 
 
 async def bench_watcher(running: int, finished: int, guilds: int, examples: int, epochs: int, ticks: int,
@@ -383,7 +372,7 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
             cog = bot.get_cog("JobMonitor")
             assert cog is not None and type(cog).__name__ == "JobMonitor"
             cog.poll.cancel()
-            await _wait(lambda: not cog.poll.is_running(), 5, "the watcher loop to stop")
+            await wait_for(lambda: not cog.poll.is_running(), 5, "the watcher loop to stop")
 
             started = time.monotonic()
             ids = await _start_jobs(bot, rooms, small, running + finished, epochs)
@@ -399,18 +388,15 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
             guild, student = rooms[0]
             commands = asyncio.create_task(_commands_meanwhile(fake_discord, guild, student, command_rate))
             rows: list[TickFigures] = []
-            with ChartCounter(bot) as counter:
-                rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter,
-                                        "first (cards)"))
-                rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter, "quiet"))
-                for n in range(ticks):
-                    # Real ticks are JOB_POLL_SECONDS apart; at least let each channel's edit budget refill.
-                    await asyncio.sleep(tick_gap)
-                    for job_id in running_ids:
-                        fake_openai.advance(job_id, steps_per_tick)
-                    rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter,
-                                            f"news {n + 1}"))
-                rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, counter, "quiet"))
+            rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, "first (cards)"))
+            rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, "quiet"))
+            for n in range(ticks):
+                # Real ticks are JOB_POLL_SECONDS apart; at least let each channel's edit budget refill.
+                await asyncio.sleep(tick_gap)
+                for job_id in running_ids:
+                    fake_openai.advance(job_id, steps_per_tick)
+                rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, f"news {n + 1}"))
+            rows.append(await _tick(cog, fake_discord, fake_openai, running_ids, finished_ids, "quiet"))
             await probe.stop()
             commands.cancel()
             answers = await asyncio.gather(commands, return_exceptions=True)
@@ -475,13 +461,14 @@ async def _start_jobs(bot: ClassroomBot, rooms: list[tuple[FakeGuild, FakeUser]]
 
 
 async def _tick(cog: JobMonitor, fake_discord: FakeDiscord, fake_openai: FakeOpenAI, running_ids: set[str],
-                finished_ids: set[str], counter: ChartCounter, label: str) -> TickFigures:
-    """Run one watcher tick and count what it asked of both fakes."""
+                finished_ids: set[str], label: str) -> TickFigures:
+    """Run one watcher tick and count what it asked of both fakes (and the charts it drew)."""
     openai_from, discord_from = len(fake_openai.requests), len(fake_discord.requests)
-    charts_from, chart_seconds_from = counter.count, counter.seconds
+    workers_before = worker_cpu_seconds()
     started = time.perf_counter()
     await asyncio.wait_for(cog.poll(), 600)
     seconds = time.perf_counter() - started
+    workers_after = worker_cpu_seconds()
     retrieves, event_lists, other = Counter[str](), Counter[str](), 0
     for call in fake_openai.requests[openai_from:]:
         match = _JOB_PATH.match(call.path) if call.method == "GET" else None
@@ -504,17 +491,9 @@ async def _tick(cog: JobMonitor, fake_discord: FakeDiscord, fake_openai: FakeOpe
         calls_for_finished=sum(retrieves[j] + event_lists[j] for j in finished_ids),
         discord_posts=sum(1 for r in discord_calls if r.method == "POST"),
         discord_edits=sum(1 for r in discord_calls if r.method == "PATCH"),
-        charts=counter.count - charts_from,
-        chart_seconds=counter.seconds - chart_seconds_from,
+        charts=chart_uploads(fake_discord.requests[discord_from:]),
+        chart_cpu_seconds=sum(cpu - workers_before.get(pid, 0.0) for pid, cpu in workers_after.items()),
     )
-
-
-async def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout}s for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ----- command line ---------------------------------------------------------------------------------------

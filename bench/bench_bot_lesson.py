@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 
 from bot.config import Settings
-from tests.conftest import BotRunner, press
 from tests.fakes.discord import FakeDiscord, FakeMessage
+from tests.harness import BotRunner, press
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LESSONS = {
