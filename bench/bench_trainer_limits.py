@@ -175,7 +175,7 @@ def tokenization(messages_count: int) -> list[dict[str, Any]]:
     if spec is not None and spec.submodule_search_locations:
         source, label = str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2"
     else:
-        from tests.trainer.conftest import build_tiny_model
+        from tests.trainer.harness import build_tiny_model
 
         source, label = str(build_tiny_model(Path(tempfile.mkdtemp()))), "tiny BPE"
     tokenizer = load_tokenizer(source)
@@ -215,7 +215,7 @@ def main() -> None:
     if not args.skip_memory:
         import socket
 
-        from tests.trainer.conftest import build_tiny_model
+        from tests.trainer.harness import build_tiny_model
 
         with tempfile.TemporaryDirectory() as folder, socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from tests.trainer.conftest import TrainerProcess
+from tests.trainer.harness import TrainerProcess
 
 BENCH_KEY = "record-run-bench-key"  # the trainer wants 16 characters or more
 

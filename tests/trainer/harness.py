@@ -1,0 +1,156 @@
+"""The trainer as the tests and the benchmarks run it: a tiny chat model built on the spot, chat files, and the
+server as a real process. Nothing here needs pytest (bench/ imports it); the fixtures are in tests/trainer/conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+QUESTIONS = [
+    "What is the sun?", "Why is the sea blue?", "How do birds fly?", "What is rain?", "Where do stars come from?",
+    "Why do cats purr?", "What is a river?", "How do plants grow?", "What is wind?", "Why is snow white?",
+    "What is a volcano?", "How do fish breathe?", "What is thunder?", "Why do leaves fall?", "What is the moon?",
+    "How do bees make honey?",
+]
+ANSWER = "Ahoy! That be a fine question, matey."
+
+
+def chat_example(question: str, answer: str = ANSWER) -> dict[str, object]:
+    """One chat-format training example."""
+    return {"messages": [{"role": "system", "content": "You are a pirate."},
+                         {"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}]}
+
+
+def chat_file(count: int = 16, start: int = 0) -> bytes:
+    """A valid JSONL training file of pirate answers."""
+    lines = [json.dumps(chat_example(QUESTIONS[(start + i) % len(QUESTIONS)] + f" ({i})")) for i in range(count)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def build_tiny_model(folder: Path) -> Path:
+    """Train a byte-level BPE on the test text, give it ChatML, and save a random ~100k-parameter Llama."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    text = [ANSWER, "You are a pirate.", "system user assistant", *QUESTIONS] * 4
+    backend.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        initializer_range=0.1,  # larger than the default 0.02 so a few LoRA steps visibly move a random model
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(0)  # the same random model every run, so what it generates is reproducible
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    return folder
+
+
+def free_port() -> int:
+    """Ask the OS for a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TrainerProcess:
+    """python -m trainer as a real process on loopback, started and killed by the test."""
+
+    def __init__(self, data_dir: Path, model_dir: Path, **extra_env: str) -> None:
+        self.data_dir, self.port = data_dir, free_port()
+        self.env = {
+            **os.environ, "TRAINER_HOST": "127.0.0.1", "TRAINER_PORT": str(self.port),
+            "TRAINER_DATA_DIR": str(data_dir), "TRAINER_BASE_MODELS": f"tiny={model_dir}",
+            "TRAINER_MAX_SEQ_LEN": "96", "TRAINER_MAX_TOKENS": "24", "TRAINER_TORCH_THREADS": "1",
+            "TRAINER_DEVICE": "cpu",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])), **extra_env,
+        }
+        if "TRAINER_API_KEY" not in extra_env:
+            self.env.pop("TRAINER_API_KEY", None)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def key(self) -> str:
+        """The key clients must send: the configured one, else the one the trainer generated at first start."""
+        configured = self.env.get("TRAINER_API_KEY")
+        return configured or (self.data_dir / "api_key").read_text("utf-8").strip()
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL of this server."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 30) -> TrainerProcess:
+        """Start the server and wait until it answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "server.log").open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "trainer"], env=self.env, cwd=REPO_ROOT,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"trainer exited with {self.process.returncode}: {self.log()[-2000:]}")
+            try:
+                request = urllib.request.Request(f"{self.base_url}/models")
+                with urllib.request.urlopen(request, timeout=1):
+                    return self
+            except urllib.error.HTTPError:
+                return self  # it answers, if only to refuse
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"trainer did not start: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        """The server's log so far (for failure messages)."""
+        path = self.data_dir / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        """Kill the server at once, as a power cut or OOM killer would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Stop the server politely, then for sure."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def trainer_with_shared_tokenizers(data_dir: Path, model: Path, cache: Path, **env: str) -> TrainerProcess:
+    """A trainer process whose GGUF caches are the session's, so it never converts a GGUF again."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "tokenizers").symlink_to(cache, target_is_directory=True)
+    (data_dir / "gguf-weights").symlink_to(cache / "weights", target_is_directory=True)
+    return TrainerProcess(data_dir, model, **env)
