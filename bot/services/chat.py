@@ -422,8 +422,11 @@ class ChatService:
         return trained.base_model if trained else model[3:].split(":", 1)[0]
 
     async def system_prompt_for(self, guild_id: int, model: str, given: str | None = None) -> str | None:
-        """The system prompt to chat with: the one given, else the one the model was trained with (if any)."""
+        """The system prompt to chat with: the one given (once moderation lets it through), else the one the model was
+        trained with (if any)."""
         if given and given.strip():
+            if not await self.is_allowed(guild_id, given):
+                raise errors.UserFacingError("chat.error.system_prompt_held_back")
             return given.strip()
         if not model.startswith("ft:"):
             return None
