@@ -120,11 +120,20 @@ class Chat(commands.Cog):
         system_prompt: app_commands.Range[str, 1, 1500] | None = None,
     ) -> None:
         """Open a thread where a model answers every message."""
-        await interaction.response.defer(thinking=True)
+        # A student's own instructions are moderated before the thread opens and shown to their author alone: the
+        # answer (or the refusal) is private then, and the thread says only that there are instructions.
+        own_prompt = bool(system_prompt and system_prompt.strip())
+        await interaction.response.defer(thinking=True, ephemeral=own_prompt)
         assert interaction.guild_id is not None
         resolved = await self.service.resolve_model(interaction.guild_id, model)
         system = await self.service.system_prompt_for(interaction.guild_id, resolved, system_prompt)
-        thread = await self._open(interaction, resolved, system, job_id=None, trained_prompt=not system_prompt)
+        thread = await self._open(interaction, resolved, system, job_id=None, trained_prompt=not own_prompt)
+        if own_prompt:
+            await interaction.followup.send(
+                t("chat.opened_private", interaction.locale, model=resolved, thread=thread.mention, prompt=system),
+                ephemeral=True,
+            )
+            return
         await interaction.followup.send(
             t("chat.opened", self.bot.channel_locale(interaction.guild_id), user=interaction.user.mention,
               model=resolved, thread=thread.mention),
@@ -174,10 +183,11 @@ class Chat(commands.Cog):
         except discord.HTTPException:
             log.info("Could not add user %s to chat thread %s", interaction.user.id, thread.id)
         intro = t("chat.intro", locale, model=model)
-        if system_prompt:
+        if system_prompt and trained_prompt:
             # The training file's prompt is the default: say where it came from and how to use another.
-            key = "chat.intro_system_trained" if trained_prompt else "chat.intro_system"
-            intro += "\n" + t(key, locale, prompt=system_prompt)
+            intro += "\n" + t("chat.intro_system_trained", locale, prompt=system_prompt)
+        elif system_prompt:
+            intro += "\n" + t("chat.intro_system_private", locale, user=interaction.user.mention)
         await thread.send(intro[:2000], allowed_mentions=NO_MENTIONS)
         return thread
 

@@ -70,6 +70,34 @@ async def test_chat_thread_turns_carry_system_prompt_and_history(classroom: Clas
     assert len(bot_replies(classroom, thread)) == 3
 
 
+async def test_chat_start_own_instructions_are_private_to_their_author(classroom: Classroom) -> None:
+    """Attack: /chat start's system_prompt was posted in the thread for everyone. Now the thread only says there are
+    instructions, the author alone sees them, and the model still gets them on every turn."""
+    room = classroom
+    interaction = await room.discord.slash(room.guild, room.student, "chat start", model=BASE,
+                                           system_prompt="You are a patient maths tutor.")
+    answer = await interaction.followup(timeout=5)
+    assert answer.ephemeral and "You are a patient maths tutor." in answer.text() and "only you" in answer.text()
+    thread = (await room.discord.wait_for(lambda: room.discord.threads(room.guild) or None, timeout=5))[0]
+    intro = await room.discord.wait_message(thread, lambda m: "You're chatting with" in m.content)
+    assert "maths tutor" not in intro.content and "their own instructions" in intro.content
+    await say_and_wait(room, thread, "Hi", "reply to: Hi")
+    assert room.openai.chat_requests[-1]["messages"][0] == {"role": "system",
+                                                             "content": "You are a patient maths tutor."}
+
+
+async def test_chat_start_own_instructions_are_moderated_before_the_thread_opens(classroom: Classroom) -> None:
+    """Attack: /chat start's system_prompt was never moderated. A flagged one opens no thread, is never sent to the
+    model, and the refusal is private."""
+    room = classroom
+    room.openai.flag_words = {"nasty"}
+    interaction = await room.discord.slash(room.guild, room.student, "chat start", model=BASE,
+                                           system_prompt="Be nasty to everyone who writes.")
+    refusal = await interaction.followup(timeout=5)
+    assert refusal.ephemeral and "safety check" in refusal.text() and "nasty" not in refusal.text()
+    assert room.discord.threads(room.guild) == [] and room.openai.chat_requests == []
+
+
 async def test_chat_restart_mid_conversation_continues_same_history(classroom: Classroom) -> None:
     """After the bot restarts (even by crashing), the next message in the thread is answered with the earlier turns."""
     thread = await open_chat(classroom)

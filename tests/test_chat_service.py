@@ -12,6 +12,7 @@ import pytest
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import (
+    MODERATION_CONTEXT_CHARS,
     ChatService,
     ReplyAction,
     ReplyRenderer,
@@ -420,3 +421,27 @@ async def test_end_thread_by_another_student_is_refused(service: ChatService) ->
     with pytest.raises(errors.NotAllowedError):
         await service.end_thread(77, OTHER_STUDENT, can_manage=False)
     assert (await service.end_thread(77, OTHER_STUDENT, can_manage=True)).ended
+
+
+async def test_streamed_reply_is_moderated_on_new_text_through_its_end(service: ChatService,
+                                                                       fake_openai: FakeOpenAI) -> None:
+    """Attack: a long reply was re-sent whole at every check and the moderation cut it at 4,000 characters, so its
+    end was never checked. Now each check sends the text added since the last one (with a little of what came
+    before, so a word across the cut is whole), through the end, and a flagged end holds the reply back."""
+    fake_openai.add_fine_tuned_model(PIRATE)
+    fake_openai.chat_reply = lambda model, messages: "word " * 1500 + "badword"
+    seen: list[str] = []
+
+    async def moderate(guild_id: int, texts: list[str]) -> list[bool]:
+        seen.extend(texts)
+        return ["badword" in text for text in texts]
+
+    service.moderate = moderate  # type: ignore[assignment]
+    service.moderation_interval = 0  # every piece is checked
+    service.reply_max_tokens = 4000  # the whole reply comes
+    thread = await open_pirate_thread(service)
+    sink = RecordingSink()
+    delivered = await service.reply(thread, STUDENT, "Hello", sink, "en")  # type: ignore[arg-type]
+    assert delivered.held_back and all("badword" not in m for m in sink.messages)
+    replies = seen[1:]  # the first check is the student's message
+    assert len(replies) > 10 and sum(map(len, replies)) < 7_507 + len(replies) * MODERATION_CONTEXT_CHARS

@@ -18,6 +18,7 @@ from bot.services.dataset_check import DatasetCheckService
 from bot.services.governance import (
     MODERATION_BATCH,
     MODERATION_SAMPLE_CAP,
+    MODERATION_TEXT_CHARS,
     BudgetExceededError,
     Governance,
     ModerationCoalescer,
@@ -205,7 +206,7 @@ def test_build_report_uses_the_ledger_when_settled() -> None:
 
 
 def test_training_texts_reads_chat_preference_and_prompt_files() -> None:
-    """User and assistant texts (not system) per example, with line numbers; broken lines are skipped."""
+    """Every message's text (system ones too) per example, with line numbers; broken lines are skipped."""
     data = b"\n".join([
         json.dumps({"messages": [{"role": "system", "content": "SYS"}, {"role": "user", "content": "hi"},
                                  {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}]}).encode(),
@@ -215,11 +216,67 @@ def test_training_texts_reads_chat_preference_and_prompt_files() -> None:
                     "non_preferred_output": [{"role": "assistant", "content": "bad"}]}).encode(),
         json.dumps({"prompt": "p", "completion": "c"}).encode(),
     ])
-    assert training_texts(data) == [(1, "hi\nhello"), (3, "q\ngood\nbad"), (4, "p\nc")]
+    assert training_texts(data) == [(1, "SYS\nhi\nhello"), (3, "q\ngood\nbad"), (4, "p\nc")]
+
+
+@pytest.mark.parametrize(("in_text", "between"), [("\u2028", " "), ("\u0085", " "), (" ", "\r")])
+async def test_training_data_split_inside_a_line_is_still_moderated(parts: Parts, in_text: str, between: str) -> None:
+    """Attack: U+2028 or U+0085 inside texts, or a bare CR between a line's parts (legal JSON, one line to the
+    dataset check) once made moderation see no text at all; it reads the lines the check reads."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    line = ('{"messages": [{"role": "user", "content": "Hi' + in_text + 'there"},' + between +
+            '{"role": "assistant", "content": "A nasty' + in_text + 'answer"}]}')
+    data = (line + "\n").encode() * 10
+    checked = DatasetCheckService().check_bytes(data, "train.jsonl", model=MODEL).report
+    assert checked.examples == 10 and not checked.errors
+    with pytest.raises(errors.UserFacingError) as refused:
+        await parts.service.moderation.check_training_data(pending(data))
+    assert refused.value.params["lines"] == "1, 2, 3, 4, 5, 6, 7, 8, 9, 10"
+
+
+async def test_training_data_system_message_is_moderated(parts: Parts) -> None:
+    """Attack: what the model is told to be (the system message) was never moderated."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    data = b"".join(json.dumps({"messages": [
+        {"role": "system", "content": "You are nasty."}, {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."}]}).encode() + b"\n" for _ in range(2))
+    with pytest.raises(errors.UserFacingError) as refused:
+        await parts.service.moderation.check_training_data(pending(data))
+    assert refused.value.params["lines"] == "1, 2"
+
+
+async def test_training_data_end_of_a_long_example_is_moderated(parts: Parts) -> None:
+    """Attack: only the first 4,000 characters of an example were looked at; a word after them is found now,
+    also one that straddles two windows."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    for padding in (10_000, MODERATION_TEXT_CHARS - 3):  # far after the first window; across its end
+        data = json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": (
+            "a" * padding + " nasty")}]}).encode() + b"\n"
+        with pytest.raises(errors.UserFacingError):
+            await parts.service.moderation.check_training_data(pending(data * 2))
+    assert max(len(text) for batch in parts.fake.moderation_requests for text in batch) <= MODERATION_TEXT_CHARS
+
+
+async def test_class_sized_file_is_moderated_whole_and_a_huge_one_at_random(parts: Parts) -> None:
+    """Every example of a file up to the cap is sent; beyond it a random sample, not a fixed one (with 1,024
+    examples the fixed sample was every other line, so the odd ones were never checked)."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    await parts.service.moderation.check_training_data(pending(chat_lines(MODERATION_SAMPLE_CAP)))
+    assert sum(len(b) for b in parts.fake.moderation_requests) == MODERATION_SAMPLE_CAP
+    samples = []
+    for _ in range(2):
+        parts.fake.moderation_requests.clear()
+        await parts.service.moderation.check_training_data(pending(chat_lines(2 * MODERATION_SAMPLE_CAP)))
+        samples.append(frozenset(text for batch in parts.fake.moderation_requests for text in batch))
+    assert samples[0] != samples[1]  # two draws of 512 out of 1,024 agree with odds of about 1 in 10^306
+    assert len(samples[0]) == MODERATION_SAMPLE_CAP
 
 
 async def test_training_data_moderation_is_batched_and_capped(parts: Parts) -> None:
-    """A huge file is moderated as an even sample of at most the cap, in batches, before anything is uploaded."""
+    """A huge file is moderated as a sample of at most the cap, in batches, before anything is uploaded."""
     await parts.service.roles.update(GUILD, moderation=True)
     await parts.service.moderation.check_training_data(pending(chat_lines(2000)))
     batches = parts.fake.moderation_requests
@@ -304,3 +361,12 @@ def test_report_csv_neutralises_formula_names(name: str) -> None:
     rows = list(csv.reader(io.StringIO(report_csv(report, {STUDENT: name}).decode("utf-8-sig"))))
     cell = rows[1][1]
     assert cell == "'" + name and not cell.startswith(("=", "+", "-", "@", "\t", "\r", "＝", "＋", "－", "＠"))
+
+
+async def test_chat_text_is_moderated_whole_in_windows(parts: Parts) -> None:
+    """Attack: chat texts were cut at 4,000 characters before moderation; a word after them is found now."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    long_reply = "word " * 1500 + "nasty"
+    assert await parts.service.moderation.moderate_chat(GUILD, [long_reply, "kind words"]) == [True, False]
+    assert max(len(text) for batch in parts.fake.moderation_requests for text in batch) <= MODERATION_TEXT_CHARS

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 DISCORD_MESSAGE_CHARS = 2000
 # One message is edited at most this often, so a burst of tokens cannot use up the channel's budget at once.
 MIN_EDIT_INTERVAL_SECONDS = EDIT_WINDOW_SECONDS / EDITS_PER_WINDOW
-# A streaming reply is passed to the moderation hook at most this often (and once more at its end).
+# A streaming reply is passed to the moderation hook at most this often (and once more at its end): each time the
+# text added since the last check, after this much of the text already checked, so a word across the cut is whole.
 MODERATION_INTERVAL_SECONDS = 2.0
+MODERATION_CONTEXT_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -420,8 +422,11 @@ class ChatService:
         return trained.base_model if trained else model[3:].split(":", 1)[0]
 
     async def system_prompt_for(self, guild_id: int, model: str, given: str | None = None) -> str | None:
-        """The system prompt to chat with: the one given, else the one the model was trained with (if any)."""
+        """The system prompt to chat with: the one given (once moderation lets it through), else the one the model was
+        trained with (if any)."""
         if given and given.strip():
+            if not await self.is_allowed(guild_id, given):
+                raise errors.UserFacingError("chat.error.system_prompt_held_back")
             return given.strip()
         if not model.startswith("ft:"):
             return None
@@ -714,7 +719,7 @@ class ChatService:
                     # The first words are checked at once (the reply appears quickly), later ones in batches: a
                     # class of streaming replies then makes a few moderation calls a second, not one per edit.
                     if not renderer.text.strip() or now - checked_at >= self.moderation_interval:
-                        if not await self.is_allowed(guild_id, renderer.text + unchecked):
+                        if not await self.is_allowed(guild_id, _with_context(renderer.text, unchecked)):
                             return await self._hold_back(renderer, sink, locale)
                         renderer.add(unchecked)
                         unchecked, checked_at = "", now
@@ -736,7 +741,7 @@ class ChatService:
         finally:
             await pieces.aclose()
         if unchecked:
-            if not await self.is_allowed(guild_id, renderer.text + unchecked):
+            if not await self.is_allowed(guild_id, _with_context(renderer.text, unchecked)):
                 return await self._hold_back(renderer, sink, locale)
             renderer.add(unchecked)
         answer = renderer.text[len(header) + 1:] if header else renderer.text
@@ -784,6 +789,11 @@ class ChatService:
         log.info("Deleted chat data of user %s in guild %s: %d threads, %d messages", user_id, guild_id,
                  len(deleted.thread_ids), deleted.messages)
         return deleted
+
+
+def _with_context(checked: str, added: str) -> str:
+    """What a streamed reply's next moderation check sends: the added text after the end of what was checked."""
+    return checked[-MODERATION_CONTEXT_CHARS:] + added
 
 
 async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:

@@ -9,6 +9,7 @@ from functools import cached_property
 from pathlib import Path
 
 from bot import errors
+from bot.services.training_file import numbered_examples
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +93,8 @@ class Lesson:
 def parse_examples(data: bytes) -> list[Example]:
     """Chat-format examples that end with an assistant answer after a user question; other lines are skipped."""
     examples: list[Example] = []
-    for line in data.decode("utf-8-sig", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        messages = record.get("messages") if isinstance(record, dict) else None
+    for _, record in numbered_examples(data):
+        messages = record.get("messages")
         if not isinstance(messages, list) or len(messages) < 2:
             continue
         turns = [(m.get("role"), m.get("content")) for m in messages if isinstance(m, dict)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -11,20 +12,27 @@ from typing import Any
 MAX_SYSTEM_PROMPT_CHARS = 1500
 
 
-def _examples(data: bytes) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a checked JSONL file, one per non-blank line (lines that do not parse are skipped)."""
-    for line in data.decode("utf-8-sig", errors="replace").splitlines():
+def numbered_examples(data: bytes) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each JSON object of a JSONL file, with the lines the dataset check numbers.
+
+    Lines end at "\n" only, as in the check: U+2028, U+0085 or a bare "\r" are legal inside a JSON line, and every
+    reader of a checked file (moderation first) must see the same examples the check passed. Blank lines and lines
+    that do not parse are skipped (the check refused those already)."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
             example = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:  # also UnicodeDecodeError
             continue
         if isinstance(example, dict):
-            yield example
+            yield number, example
 
 
-def _text(content: object) -> str:
+def content_text(content: object) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -37,11 +45,11 @@ def training_system_prompt(data: bytes) -> str | None:
 
     A model answers as it was trained only when it is asked the same way: this is the prompt chat uses by default."""
     counts: Counter[str] = Counter()
-    for example in _examples(data):
+    for _, example in numbered_examples(data):
         messages = example.get("messages")
         if isinstance(messages, list) and messages and isinstance(messages[0], dict) and (
                 messages[0].get("role") == "system"):
-            prompt = _text(messages[0].get("content")).strip()
+            prompt = content_text(messages[0].get("content")).strip()
             if prompt:
                 counts[prompt] += 1
     if not counts:
@@ -52,7 +60,7 @@ def training_system_prompt(data: bytes) -> str | None:
 
 def chat_conversations(data: bytes) -> list[list[dict[str, Any]]]:
     """Every example's messages as the backend will train on them (for counting tokens in its own tokenizer)."""
-    return [example["messages"] for example in _examples(data)
+    return [example["messages"] for _, example in numbered_examples(data)
             if isinstance(example.get("messages"), list) and example["messages"]]
 
 

@@ -8,6 +8,7 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services.governance.moderation import (
     MODERATION_BATCH,
     MODERATION_SAMPLE_CAP,
+    MODERATION_TEXT_CHARS,
     ContentFlaggedError,
     ModerationCoalescer,
     ModerationNotice,
@@ -36,7 +37,8 @@ from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 
 __all__ = [
-    "MODERATION_BATCH", "MODERATION_SAMPLE_CAP", "QUOTA_WINDOW_SECONDS", "BudgetExceededError", "ClassReport",
+    "MODERATION_BATCH", "MODERATION_SAMPLE_CAP", "MODERATION_TEXT_CHARS", "QUOTA_WINDOW_SECONDS", "BudgetExceededError",
+    "ClassReport",
     "ClassSettingsService", "CleanupPlan", "CleanupResult", "ContentFlaggedError", "Governance",
     "ModerationCoalescer", "ModerationNotice", "ModerationService", "QuotaExceededError", "ReportService",
     "StartPolicyService", "StudentTotals", "build_report", "job_cost", "report_csv", "training_texts",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -12,17 +12,23 @@ from pathlib import Path
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
+from bot.services.training_file import content_text, numbered_examples
 from bot.services.wordlist import ModerationKind, WordListService, moderation_kind
 from storage.governance import GovernanceRepository
 from storage.models import ClassSettings
 from storage.starts import PendingStart
 
 log = logging.getLogger(__name__)
+_RANDOM = random.SystemRandom()  # samples nobody can predict, so none can be planned around
 
-# Moderation: texts per request, and at most this many examples of one file (spread over the whole file).
+# Moderation: texts per request; every example of a file up to MODERATION_SAMPLE_CAP examples, a fresh random
+# sample of that many beyond; texts are sent whole, in windows of MODERATION_TEXT_CHARS that overlap by
+# MODERATION_OVERLAP_CHARS, at most MODERATION_WINDOW_CAP windows per file (a random sample of them beyond).
 MODERATION_BATCH = 32
 MODERATION_SAMPLE_CAP = 512
 MODERATION_TEXT_CHARS = 4000
+MODERATION_OVERLAP_CHARS = 200
+MODERATION_WINDOW_CAP = 2048
 # Whether the backend has a moderation endpoint is asked once, then remembered this long.
 MODERATION_PROBE_SECONDS = 3600
 # Float sums of cents must not refuse a job that fits exactly.
@@ -153,15 +159,18 @@ class ModerationService:
             return []
         settings = await self.repo.settings(guild_id)
         flags = await self._own_words(guild_id, texts, settings)
-        rest = [t[:MODERATION_TEXT_CHARS] for t, own in zip(texts, flags) if not own]
-        if rest and await self.moderation_on(guild_id, settings):
+        if not all(flags) and await self.moderation_on(guild_id, settings):
+            windows = [(i, window) for i, (text, own) in enumerate(zip(texts, flags)) if not own
+                       for window in text_windows(text)]
             try:
-                backend = iter(await self._chat_checks.check(rest))
+                backend = await self._chat_checks.check([window for _, window in windows])
             except errors.UserFacingError:
                 # A moderation outage must not silence every class chat; it is logged so the teacher can be told.
-                log.warning("Chat moderation unavailable in guild %s; letting %d texts through", guild_id, len(rest))
-                backend = iter([False] * len(rest))
-            flags = [own or next(backend) for own in flags]
+                log.warning("Chat moderation unavailable in guild %s; letting %d texts through", guild_id,
+                            len(texts) - sum(flags))
+                backend = [False] * len(windows)
+            hits = {i for (i, _), flagged in zip(windows, backend) if flagged}
+            flags = [own or i in hits for i, own in enumerate(flags)]
         flagged = [t for t, f in zip(texts, flags) if f]
         if flagged:
             await self._report(ModerationNotice(guild_id, "chat", None, len(flagged), _excerpt(flagged[0])))
@@ -178,18 +187,22 @@ class ModerationService:
         examples: list[tuple[int, str]] = []
         for upload_data in await asyncio.to_thread(_data_to_upload, pending):
             examples += training_texts(upload_data)
-        # The teacher's words are checked on every example; the backend on an even sample of a huge file.
+        # The teacher's words are checked on every example; the backend on every example of a class-sized file and
+        # on a fresh random sample of a bigger one: no line can be placed where it is never looked at.
         own = await self._own_words(pending.guild_id, [text for _, text in examples], settings)
-        rest = _spread([example for example, hit in zip(examples, own) if not hit], MODERATION_SAMPLE_CAP)
-        backend = await self._moderate([text for _, text in rest]) if backend_on else [False] * len(rest)
-        checked = sorted([(example, True) for example, hit in zip(examples, own) if hit] + list(zip(rest, backend)))
-        sample, flags = [example for example, _ in checked], [flag for _, flag in checked]
-        lines = [line for (line, _), flagged in zip(sample, flags) if flagged]
-        if lines:
+        flagged = {line: text for (line, text), hit in zip(examples, own) if hit}
+        if backend_on:
+            rest = _sample([example for example, hit in zip(examples, own) if not hit], MODERATION_SAMPLE_CAP)
+            windows = _sample([(line, window) for line, text in rest for window in text_windows(text)],
+                              MODERATION_WINDOW_CAP)
+            for (line, window), hit in zip(windows, await self._moderate([window for _, window in windows])):
+                if hit:
+                    flagged.setdefault(line, window)
+        if flagged:
+            lines = sorted(flagged)
             shown = ", ".join(str(n) for n in lines[:10])
             await self._report(ModerationNotice(
-                pending.guild_id, "training_data", pending.user_id, len(lines),
-                _excerpt(next(text for (line, text) in sample if line == lines[0])),
+                pending.guild_id, "training_data", pending.user_id, len(lines), _excerpt(flagged[lines[0]]),
                 detail=f"{pending.training_filename}: {shown}",
             ))
             log.info("Training data of user %s in guild %s flagged on %d lines", pending.user_id,
@@ -211,37 +224,27 @@ class ModerationService:
 
 
 def training_texts(data: bytes) -> list[tuple[int, str]]:
-    """(line, text) per example: its user and assistant texts joined, from chat, preference or prompt files."""
+    """(line, text) per example, the lines the dataset check numbers: every message's text (system ones too),
+    preference outputs, prompt and completion, joined and whole."""
     found: list[tuple[int, str]] = []
-    for number, raw in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
-        raw = raw.strip().lstrip("\ufeff")
-        if not raw:
-            continue
-        try:
-            example = json.loads(raw)
-        except ValueError:
-            continue  # the dataset check already refused broken lines
-        if not isinstance(example, dict):
-            continue
-        parts: list[str] = []
+    for number, example in numbered_examples(data):
         messages = example.get("messages") or (example.get("input") or {}).get("messages") or []
-        parts += [_content(m.get("content")) for m in messages
-                  if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
-        for key in ("preferred_output", "non_preferred_output"):
-            parts += [_content(m.get("content")) for m in example.get(key) or [] if isinstance(m, dict)]
+        outputs = [*(example.get("preferred_output") or []), *(example.get("non_preferred_output") or [])]
+        parts = [content_text(m.get("content")) for m in [*messages, *outputs] if isinstance(m, dict)]
         parts += [str(example[k]) for k in ("prompt", "completion") if isinstance(example.get(k), str)]
         text = "\n".join(p for p in parts if p).strip()
         if text:
-            found.append((number, text[:MODERATION_TEXT_CHARS]))
+            found.append((number, text))
     return found
 
 
-def _content(content: object) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
+def text_windows(text: str) -> list[str]:
+    """A text cut into windows of at most MODERATION_TEXT_CHARS that overlap by MODERATION_OVERLAP_CHARS, so all of
+    it is checked and a word across a cut is whole in one window."""
+    if len(text) <= MODERATION_TEXT_CHARS:
+        return [text]
+    step = MODERATION_TEXT_CHARS - MODERATION_OVERLAP_CHARS
+    return [text[start:start + MODERATION_TEXT_CHARS] for start in range(0, len(text) - MODERATION_OVERLAP_CHARS, step)]
 
 
 def _data_to_upload(pending: PendingStart) -> list[bytes]:
@@ -249,12 +252,9 @@ def _data_to_upload(pending: PendingStart) -> list[bytes]:
     return [Path(path).read_bytes() for path in pending.paths]
 
 
-def _spread(items: list[tuple[int, str]], cap: int) -> list[tuple[int, str]]:
-    # Huge files: an even sample over the whole file, so a problem at the end is as likely to be seen as at the start.
-    if len(items) <= cap:
-        return items
-    step = len(items) / cap
-    return [items[int(i * step)] for i in range(cap)]
+def _sample(items: list[tuple[int, str]], cap: int) -> list[tuple[int, str]]:
+    """All items up to the cap; beyond it a random sample (a fresh one each time), in file order."""
+    return items if len(items) <= cap else sorted(_RANDOM.sample(items, cap))
 
 
 def _excerpt(text: str, limit: int = 120) -> str:
