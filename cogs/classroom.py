@@ -231,6 +231,11 @@ class Classroom(commands.Cog):
     async def class_moderation(self, interaction: discord.Interaction,
                                state: Literal["on", "off", "auto"]) -> None:
         assert interaction.guild_id is not None
+        # Asking the backend whether it moderates can take seconds: answer Discord's 3-second window first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if state == "on" and not await self.governance.moderation.backend_moderates():
+            # Without a moderation endpoint every Start would fail at the check: keep the choice that works.
+            raise errors.UserFacingError("gov.error.moderation_unavailable")
         value = {"on": True, "off": False, "auto": None}[state]
         settings = await self.governance.roles.update(interaction.guild_id, moderation=value)
         await self._show(interaction, settings, "gov.saved.moderation")
@@ -279,7 +284,8 @@ class Classroom(commands.Cog):
     async def _show(self, interaction: discord.Interaction, settings: ClassSettings, saved: str | None) -> None:
         # Whether and how the backend moderates is asked of the backend (cached for an hour); the first answer of
         # a trainer that is still loading its filters takes seconds, past Discord's 3-second window.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
         locale = str(interaction.locale)
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
@@ -294,6 +300,9 @@ class Classroom(commands.Cog):
         else:
             kind = await self.governance.moderation.moderation_kind()
             checked = t(f"words.by.{kind.kind}", locale, model=kind.model or "")
+            if settings.moderation and not await self.governance.moderation.backend_moderates():
+                # `on` chosen while the backend had a moderation endpoint (or before the backend changed).
+                checked = t("gov.warning.moderation_on_unavailable", locale)
         embed.add_field(name=t("words.by", locale), value=_clip(checked, 1024), inline=False)
         if self.governance.moderation.wordlist is not None:
             count = len(await self.governance.moderation.wordlist.words(settings.guild_id))
