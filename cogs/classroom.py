@@ -149,6 +149,10 @@ class Classroom(commands.Cog):
     @teacher_only()
     async def class_teacher_role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
         assert interaction.guild_id is not None
+        if role is not None and role.is_default():
+            # @everyone is every member, students too: refused, since no class needs it and one click would let every
+            # student approve their own jobs, change the budget and delete the class's models.
+            raise errors.UserFacingError("gov.error.teacher_role_everyone")
         settings = await self.governance.roles.update(interaction.guild_id, teacher_role_id=role.id if role else None)
         await self._show(interaction, settings, "gov.saved.teacher_role")
 
@@ -291,7 +295,8 @@ class Classroom(commands.Cog):
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = settings_embed(settings, cap, committed, moderating, locale)
         await self._describe_moderation(embed, settings, locale)
-        await interaction.followup.send(t(saved, locale) if saved else None, embed=embed, ephemeral=True)
+        lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
+        await interaction.followup.send("\n".join(line for line in lines if line) or None, embed=embed, ephemeral=True)
 
     async def _describe_moderation(self, embed: discord.Embed, settings: ClassSettings, locale: str) -> None:
         # Which moderation is active, and in plain words what it can and cannot catch.
@@ -485,6 +490,17 @@ async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, 
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _teacher_channel_warning(guild: discord.Guild | None, settings: ClassSettings, locale: str) -> str:
+    # Approval cards and moderation reports (with the flagged text) go there: say so if @everyone can read it.
+    # Asked each time settings are shown, since a channel's permissions can change after it was chosen.
+    if guild is None or settings.teacher_channel_id is None:
+        return ""
+    channel = guild.get_channel(settings.teacher_channel_id)
+    if channel is None or not channel.permissions_for(guild.default_role).view_channel:
+        return ""
+    return t("gov.warning.teacher_channel_public", locale, channel=f"<#{channel.id}>")
 
 
 def _limit(value: int | None, locale: str) -> str:
