@@ -20,6 +20,7 @@ from bot.i18n import t
 from bot.services.chat import Answer, ChatService, Comparison
 from bot.services.chat_limits import ChatLimits
 from cogs._replies import send_ephemeral
+from cogs._roles import member_is_teacher
 from dataset_rules.models import lookup
 from storage.models import ChatThread, TrainedModel
 
@@ -197,11 +198,9 @@ class Chat(commands.Cog):
         channel = interaction.channel
         if not isinstance(channel, discord.Thread):
             raise errors.UserFacingError("chat.error.not_a_chat_thread")
-        member = interaction.user
-        can_manage = isinstance(member, discord.Member) and (
-            member.guild_permissions.manage_threads or member.guild_permissions.manage_guild
-        )
-        await self.service.end_thread(channel.id, member.id, can_manage=can_manage)
+        # The one teacher check (Manage Server or the class's teacher role), as the refusal's "or a teacher" says.
+        can_manage = await member_is_teacher(interaction, self.bot.governance.roles)
+        await self.service.end_thread(channel.id, interaction.user.id, can_manage=can_manage)
         await interaction.response.send_message(t("chat.ended", self.bot.channel_locale(interaction.guild_id)))
         try:
             await channel.edit(archived=True, locked=True)

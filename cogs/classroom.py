@@ -149,6 +149,10 @@ class Classroom(commands.Cog):
     @teacher_only()
     async def class_teacher_role(self, interaction: discord.Interaction, role: discord.Role | None = None) -> None:
         assert interaction.guild_id is not None
+        if role is not None and role.is_default():
+            # @everyone is every member, students too: refused, since no class needs it and one click would let every
+            # student approve their own jobs, change the budget and delete the class's models.
+            raise errors.UserFacingError("gov.error.teacher_role_everyone")
         settings = await self.governance.roles.update(interaction.guild_id, teacher_role_id=role.id if role else None)
         await self._show(interaction, settings, "gov.saved.teacher_role")
 
@@ -231,6 +235,11 @@ class Classroom(commands.Cog):
     async def class_moderation(self, interaction: discord.Interaction,
                                state: Literal["on", "off", "auto"]) -> None:
         assert interaction.guild_id is not None
+        # Asking the backend whether it moderates can take seconds: answer Discord's 3-second window first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if state == "on" and not await self.governance.moderation.backend_moderates():
+            # Without a moderation endpoint every Start would fail at the check: keep the choice that works.
+            raise errors.UserFacingError("gov.error.moderation_unavailable")
         value = {"on": True, "off": False, "auto": None}[state]
         settings = await self.governance.roles.update(interaction.guild_id, moderation=value)
         await self._show(interaction, settings, "gov.saved.moderation")
@@ -279,13 +288,15 @@ class Classroom(commands.Cog):
     async def _show(self, interaction: discord.Interaction, settings: ClassSettings, saved: str | None) -> None:
         # Whether and how the backend moderates is asked of the backend (cached for an hour); the first answer of
         # a trainer that is still loading its filters takes seconds, past Discord's 3-second window.
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
         locale = str(interaction.locale)
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = settings_embed(settings, cap, committed, moderating, locale)
         await self._describe_moderation(embed, settings, locale)
-        await interaction.followup.send(t(saved, locale) if saved else None, embed=embed, ephemeral=True)
+        lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
+        await interaction.followup.send("\n".join(line for line in lines if line) or None, embed=embed, ephemeral=True)
 
     async def _describe_moderation(self, embed: discord.Embed, settings: ClassSettings, locale: str) -> None:
         # Which moderation is active, and in plain words what it can and cannot catch.
@@ -294,6 +305,9 @@ class Classroom(commands.Cog):
         else:
             kind = await self.governance.moderation.moderation_kind()
             checked = t(f"words.by.{kind.kind}", locale, model=kind.model or "")
+            if settings.moderation and not await self.governance.moderation.backend_moderates():
+                # `on` chosen while the backend had a moderation endpoint (or before the backend changed).
+                checked = t("gov.warning.moderation_on_unavailable", locale)
         embed.add_field(name=t("words.by", locale), value=_clip(checked, 1024), inline=False)
         if self.governance.moderation.wordlist is not None:
             count = len(await self.governance.moderation.wordlist.words(settings.guild_id))
@@ -476,6 +490,17 @@ async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, 
 
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _teacher_channel_warning(guild: discord.Guild | None, settings: ClassSettings, locale: str) -> str:
+    # Approval cards and moderation reports (with the flagged text) go there: say so if @everyone can read it.
+    # Asked each time settings are shown, since a channel's permissions can change after it was chosen.
+    if guild is None or settings.teacher_channel_id is None:
+        return ""
+    channel = guild.get_channel(settings.teacher_channel_id)
+    if channel is None or not channel.permissions_for(guild.default_role).view_channel:
+        return ""
+    return t("gov.warning.teacher_channel_public", locale, channel=f"<#{channel.id}>")
 
 
 def _limit(value: int | None, locale: str) -> str:

@@ -17,21 +17,25 @@ from tests.fakes.discord import FakeChannel, FakeGuild, FakeInteraction, FakeMes
 from tests.test_chat_journey import open_chat
 from tests.test_governance_journey import answer, click_and_wait, command, eventually, finished_job, open_card
 
-REFUSALS = ("Only teachers can do that", "Only the person who started this job", "can't find that job")
+REFUSALS = ("Only teachers can do that", "Only the person who started this job", "can't find that job",
+            "Only the person who opened this chat")
 TABLES = ("class_settings", "spend_ledger", "approvals", "backend_deletions", "chat_threads")
 
 
 @dataclass
 class World:
-    """A class with a finished job and a chat, another student's running job, and a request waiting for approval."""
+    """A class with a finished job and a chat, another student's running job and chat, a request waiting for approval,
+    and a teacher by the class's teacher role (without Manage Server)."""
 
     room: Classroom
     teachers: FakeChannel
     other: FakeUser
     running_job: str
+    other_chat: FakeChannel
     approval_card: FakeMessage
     outsider_guild: FakeGuild
     outsider: FakeUser
+    role_teacher: FakeUser
 
 
 async def snapshot(world: World) -> dict[str, Any]:
@@ -80,6 +84,11 @@ async def world(classroom: Classroom) -> World:
     await click_and_wait(room, card, "Start", other)
     running = await room.discord.wait_for(lambda: next((j for j in room.openai.jobs if j.status != "succeeded"),
                                                        None), timeout=10, what="running job")
+    other_chat = await open_chat(room, user=other)
+    role = room.guild.add_role("Teachers")
+    role_teacher = room.discord.add_user("assistant teacher")
+    room.guild.add_member(role_teacher, roles=[role])
+    await command(room, room.teacher, "class teacher-role", role=role)
     await command(room, room.teacher, "class approvals", state="on", teacher_channel=teachers)
     card = await open_card(room, user=other)
     await click_and_wait(room, card, "Start", other)
@@ -93,7 +102,7 @@ async def world(classroom: Classroom) -> World:
         return room.bot.get_guild(outsider_guild.id) is not None
 
     await eventually(joined, what="second server")
-    return World(room, teachers, other, running.id, approval_card, outsider_guild, outsider)
+    return World(room, teachers, other, running.id, other_chat, approval_card, outsider_guild, outsider, role_teacher)
 
 
 Action = Callable[[World, FakeUser, FakeGuild], Awaitable[FakeInteraction]]
@@ -126,6 +135,16 @@ def button(label: str) -> Action:
     return run
 
 
+def chat_end_in_another_chat() -> Action:
+    """/chat end in the chat another student opened (a member of another server can only run it in theirs)."""
+
+    async def run(world: World, user: FakeUser, guild: FakeGuild) -> FakeInteraction:
+        channel = world.other_chat if guild is world.room.guild else guild.text_channel
+        return await command(world.room, user, "chat end", guild=guild, channel=channel)
+
+    return run
+
+
 ACTIONS: dict[str, Action] = {
     "class teacher-role": slash("class teacher-role", role=lambda w: w.room.guild.add_role("Helpers")),
     "class teacher-channel": slash("class teacher-channel", teacher_channel=lambda w: w.room.guild.text_channel),
@@ -140,6 +159,7 @@ ACTIONS: dict[str, Action] = {
     "reject button": button("Reject"),
     "finetune cancel (another's job)": slash("finetune cancel", job=lambda w: w.running_job),
     "mydata delete": slash("mydata delete"),
+    "chat end (another's chat)": chat_end_in_another_chat(),
 }
 # What each role may do in the class's own server; everything else must be refused there.
 STUDENT_MAY = {"mydata delete"}
@@ -171,9 +191,11 @@ async def test_teacher_of_another_server_changes_nothing_here(world: World, acti
 
 
 @pytest.mark.parametrize("action", sorted(TEACHER_MAY))
-async def test_teacher_is_allowed(world: World, action: str) -> None:
-    """The class's teacher may do every governed action (the matrix's control row)."""
-    interaction = await ACTIONS[action](world, world.room.teacher, world.room.guild)
+@pytest.mark.parametrize("teacher", ["manage server", "teacher role"])
+async def test_teacher_is_allowed(world: World, teacher: str, action: str) -> None:
+    """A teacher, by Manage Server or by the class's teacher role, may do every governed action (one teacher check)."""
+    user = world.room.teacher if teacher == "manage server" else world.role_teacher
+    interaction = await ACTIONS[action](world, user, world.room.guild)
     if interaction.callback and interaction.callback.get("type") in (5, 6) and not interaction.followups:
         await interaction.wait_done(timeout=10)
     assert not _refused(interaction), answer(interaction)

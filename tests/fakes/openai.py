@@ -257,6 +257,8 @@ class FakeOpenAI:
         self.stream_tokens = "words"  # or "chars"
         self.context_chars = 10**9
         self.flag_words: set[str] | dict[str, str] = set()
+        # False: /v1/moderations answers 404 as a server without the route does (a plain vLLM, FastAPI's body).
+        self.moderation_endpoint = True
         self.auto_advance = 0
         self.validation_every = 0  # 0: about ten validation points per job
         self._refusal: tuple[int, str, str, str] | None = None
@@ -919,6 +921,8 @@ class FakeOpenAI:
     # ----- moderation -----
 
     async def _moderations(self, request: web.Request) -> web.Response:
+        if not self.moderation_endpoint:
+            return _json({"detail": "Not Found"}, status=404)
         body = await self._body(request)
         raw = body.get("input", "")
         inputs = raw if isinstance(raw, list) else [raw]

@@ -167,6 +167,8 @@ class FakeChannel:
     message_count: int = 0
     last_message_id: int | None = None
     deleted: bool = False
+    # Discord's overwrite objects ({"id", "type": 0 role | 1 member, "allow", "deny"}); empty: the server's defaults.
+    permission_overwrites: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def is_thread(self) -> bool:
@@ -191,7 +193,7 @@ class FakeChannel:
             "name": self.name,
             "position": self.position,
             "parent_id": str(self.parent_id) if self.parent_id else None,
-            "permission_overwrites": [],
+            "permission_overwrites": list(self.permission_overwrites),
             "nsfw": False,
             "rate_limit_per_user": 0,
             "last_message_id": last,
