@@ -34,3 +34,12 @@ async def test_settings_warn_when_moderation_left_on_without_endpoint(classroom:
     classroom.openai.moderation_endpoint = False
     text = answer(await command(classroom, classroom.teacher, "class settings"))[0]
     assert "no moderation check" in text and "/class moderation auto" in text
+
+
+async def test_start_with_on_saved_before_the_backend_lost_moderation_still_works(classroom: Classroom) -> None:
+    """Attack: `on` saved, then the backend changed to one without /v1/moderations: every Start failed with "can't
+    find that job". The backend's check is skipped where there is none (the class's own words still apply)."""
+    await classroom.bot.governance.roles.update(classroom.guild.id, moderation=True)
+    classroom.openai.moderation_endpoint = False
+    job = await start_job(classroom)
+    assert classroom.openai.job(job).status != "failed"

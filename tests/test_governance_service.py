@@ -73,6 +73,13 @@ def chat_lines(n: int, word: str = "kind") -> bytes:
     ]}).encode() + b"\n" for i in range(n))
 
 
+async def moderation_probed(parts: Parts) -> None:
+    """Moderation on, the backend already asked whether it moderates (that probe is not counted by the tests)."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    assert await parts.service.moderation.moderation_on(GUILD)
+    parts.fake.moderation_requests.clear()
+
+
 def pending(data: bytes, *, user_id: int = STUDENT, guild_id: int = GUILD, is_teacher: bool = False) -> PendingStart:
     """A checked file waiting for Start."""
     report = DatasetCheckService().check_bytes(data, "train.jsonl", model=MODEL).report
@@ -263,7 +270,7 @@ async def test_training_data_end_of_a_long_example_is_moderated(parts: Parts) ->
 async def test_class_sized_file_is_moderated_whole_and_a_huge_one_at_random(parts: Parts) -> None:
     """Every example of a file up to the cap is sent; beyond it a random sample, not a fixed one (with 1,024
     examples the fixed sample was every other line, so the odd ones were never checked)."""
-    await parts.service.roles.update(GUILD, moderation=True)
+    await moderation_probed(parts)
     await parts.service.moderation.check_training_data(pending(chat_lines(MODERATION_SAMPLE_CAP)))
     assert sum(len(b) for b in parts.fake.moderation_requests) == MODERATION_SAMPLE_CAP
     samples = []
@@ -277,7 +284,7 @@ async def test_class_sized_file_is_moderated_whole_and_a_huge_one_at_random(part
 
 async def test_training_data_moderation_is_batched_and_capped(parts: Parts) -> None:
     """A huge file is moderated as a sample of at most the cap, in batches, before anything is uploaded."""
-    await parts.service.roles.update(GUILD, moderation=True)
+    await moderation_probed(parts)
     await parts.service.moderation.check_training_data(pending(chat_lines(2000)))
     batches = parts.fake.moderation_requests
     assert sum(len(b) for b in batches) == MODERATION_SAMPLE_CAP
@@ -300,8 +307,9 @@ async def test_moderation_defaults_off_when_backend_has_no_endpoint(parts: Parts
     parts.fake.fail_next("POST", "/moderations", status=404)
     assert not await parts.service.moderation.moderation_on(GUILD)
     assert await parts.service.moderation.moderate_chat(GUILD, ["anything"]) == [False]
-    await parts.service.roles.update(GUILD, moderation=True)
-    assert await parts.service.moderation.moderation_on(GUILD)
+    await parts.service.roles.update(GUILD, moderation=True)  # saved before the backend changed
+    assert not await parts.service.moderation.moderation_on(GUILD)
+    await parts.service.moderation.check_training_data(pending(chat_lines(3)))  # passes; nothing to ask
 
 
 async def test_settings_round_trip_and_clear(parts: Parts) -> None:

@@ -473,7 +473,7 @@ class ChatService:
             self._threads.popitem(last=False)
 
     async def end_thread(self, thread_id: int, user_id: int, *, can_manage: bool) -> ChatThread:
-        """Close a chat: its opener may, and so may a member who manages the server."""
+        """Close a chat: its opener may, and so may a teacher (the cog decides who is one)."""
         thread = await self.thread(thread_id)
         if thread is None:
             raise errors.UserFacingError("chat.error.not_a_chat_thread")

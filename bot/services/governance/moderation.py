@@ -121,10 +121,11 @@ class ModerationService:
             self._reporters.remove(reporter)
 
     async def moderation_on(self, guild_id: int, settings: ClassSettings | None = None) -> bool:
-        """The teacher's choice; by default on when the backend offers a moderation endpoint."""
+        """Whether the backend's moderation is used: unless the teacher switched moderation off, wherever the backend
+        offers it (`on` saved before the backend changed to one without it must not make every Start fail)."""
         settings = settings or await self.repo.settings(guild_id)
-        if settings.moderation is not None:
-            return settings.moderation
+        if settings.moderation is False:
+            return False
         return await self.backend_moderates()
 
     async def backend_moderates(self) -> bool:
