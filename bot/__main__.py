@@ -7,8 +7,12 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from dotenv import load_dotenv
+
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 
 def main(argv: list[str]) -> int:
@@ -46,13 +50,13 @@ def main(argv: list[str]) -> int:
         return 0
 
 
-async def _run(settings: object) -> int:
+async def _run(settings: Settings) -> int:
     import discord
 
     from bot.client import ClassroomBot
     from bot.trainer_process import TrainerStartError
 
-    bot = ClassroomBot(settings)  # type: ignore[arg-type]
+    bot = ClassroomBot(settings)
     loop = asyncio.get_running_loop()
     closing: list[asyncio.Task[None]] = []
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import openai
 from openai import AsyncOpenAI
+from openai.types import FilePurpose
 
 from bot import errors
 from storage.models import BackendEvent, BackendJob, BackendModel
@@ -61,12 +63,12 @@ class FineTuningGateway:
 
     # Files -------------------------------------------------------------------------------------------------
 
-    async def upload_file(self, filename: str, data: bytes, purpose: str = "fine-tune") -> str:
+    async def upload_file(self, filename: str, data: bytes, purpose: FilePurpose = "fine-tune") -> str:
         """Upload a training or validation file; the name must end in .jsonl or the API refuses it."""
         if not filename.lower().endswith(".jsonl"):
             filename = filename.rsplit(".", 1)[0] + ".jsonl"
         result = await self._call(
-            "upload file", lambda: self.client.files.create(file=(filename, data), purpose=purpose)  # type: ignore[arg-type]
+            "upload file", lambda: self.client.files.create(file=(filename, data), purpose=purpose)
         )
         return result.id
 
@@ -100,7 +102,7 @@ class FineTuningGateway:
                 model=model,
                 training_file=training_file,
                 validation_file=validation_file or openai.omit,
-                method=method_body,  # type: ignore[arg-type]
+                method=method_body,  # type: ignore[arg-type]  # a plain dict: its key is the method's name
                 suffix=suffix or openai.omit,
                 metadata=dict(metadata),
             ),
@@ -129,8 +131,9 @@ class FineTuningGateway:
             limit = FIRST_EVENTS_PAGE if page_number == 0 and cursor is not None else EVENTS_PAGE_SIZE
             page = await self._call(
                 "list events",
-                lambda after=after, limit=limit: self.client.fine_tuning.jobs.list_events(  # type: ignore[misc]
-                    job_id, limit=limit, after=after or openai.omit
+                # partial binds this page's cursor and size, as a lambda's defaults would, and mypy can type it.
+                functools.partial(
+                    self.client.fine_tuning.jobs.list_events, job_id, limit=limit, after=after or openai.omit
                 ),
             )
             for item in page.data:
@@ -169,9 +172,10 @@ class FineTuningGateway:
         """One whole reply, with the given sampling (e.g. temperature 0: the same question, the same answer)."""
         response = await self._call(
             "chat",
-            lambda: self.client.chat.completions.create(
-                model=model, messages=list(messages), max_tokens=max_tokens or openai.omit,  # type: ignore[arg-type]
-                **dict(sampling or {}),  # type: ignore[arg-type]
+            # The SDK's overloads want its message TypedDicts and named sampling options; ours are plain mappings.
+            lambda: self.client.chat.completions.create(  # type: ignore[call-overload]  # see the line above
+                model=model, messages=list(messages), max_tokens=max_tokens or openai.omit,
+                **dict(sampling or {}),
             ),
             chatting=True,
         )
@@ -180,7 +184,7 @@ class FineTuningGateway:
     async def stream_chat(
         self, model: str, messages: Sequence[Mapping[str, str]], *, max_tokens: int | None = None,
         sampling: Mapping[str, float] | None = None, end: StreamEnd | None = None,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """A reply as it is generated, piece by piece; `end` learns why it stopped (e.g. "length": cut short).
 
         Chunks are read as plain JSON: building the SDK's typed chunk (about 0.2 ms each) is what saturates the event
@@ -306,7 +310,14 @@ def _safe_detail(exc: openai.APIError) -> str:
     return text[:300] if "sk-" not in text else ""
 
 
-def _job(job: object) -> BackendJob:
+class _Identified(Protocol):
+    """An SDK object with an id (a job, an event); its other fields are read defensively with getattr."""
+
+    @property
+    def id(self) -> str: ...
+
+
+def _job(job: _Identified) -> BackendJob:
     error = getattr(job, "error", None)
     # Healthy jobs carry "error": {} which the SDK turns into a truthy object with None fields.
     error_code = getattr(error, "code", None) if error else None
@@ -337,7 +348,7 @@ def _job(job: object) -> BackendJob:
     )
 
 
-def _event(event: object) -> BackendEvent:
+def _event(event: _Identified) -> BackendEvent:
     data = getattr(event, "data", None)
     return BackendEvent(
         id=str(event.id),

@@ -90,7 +90,7 @@ class LessonNextButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
         self.lesson, self.step, self.owner_id = lesson, step, owner_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: Any) -> LessonNextButton:
         """Rebuild the button from its custom id."""
         return cls(match["lesson"], int(match["step"]), int(match["owner"]))
@@ -104,7 +104,7 @@ class LessonNextButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Grey out this step's button and post the next step."""
-        bot: ClassroomBot = interaction.client  # type: ignore[assignment]
+        bot: ClassroomBot = interaction.client  # type: ignore[assignment]  # discord.py types it as a plain Client
         locale = bot.channel_locale(interaction.guild_id)
         lesson = bot.lessons.get(self.lesson)
         self.item.disabled = True
@@ -152,13 +152,13 @@ def evaluation_embed(report: EvaluationReport, shown: list[tuple[str | None, str
         value.append(t("evaluate.score_similarity", locale, percent=_percent(score.similarity)))
         embed.add_field(name=_clip(f"{t(role, locale)}: {score.model}", 256), value="\n".join(value), inline=True)
     for row, (one, two) in list(zip(report.rows, shown, strict=False))[:ROWS_SHOWN]:
-        value = "\n".join([
+        answers = "\n".join([
             t("evaluate.expected", locale, answer=_clip(row.example.reference, ANSWER_CHARS)),
             f"**{short_name(report.models[0])}**: {_answer(one, locale)}",
             f"**{short_name(report.models[1])}**: {_answer(two, locale)}",
         ])
         embed.add_field(name=_clip(t("evaluate.question", locale, prompt=row.example.prompt), 256),
-                        value=_clip(value, FIELD_CHARS), inline=False)
+                        value=_clip(answers, FIELD_CHARS), inline=False)
     embed.set_image(url=f"attachment://{SCORES_CHART}")
     embed.set_footer(text=t("evaluate.all_answers", locale))
     return embed
@@ -225,14 +225,14 @@ class EvaluateJobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button[Any],
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
                              match: Any) -> EvaluateJobButton:
         """Rebuild the button from its custom id."""
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Evaluate the job's model on its lesson's held-out questions (or say how to, for a file of one's own)."""
-        bot: ClassroomBot = interaction.client  # type: ignore[assignment]
+        bot: ClassroomBot = interaction.client  # type: ignore[assignment]  # discord.py types it as a plain Client
         assert interaction.guild_id is not None
         model, _ = await bot.chat.model_for_job(interaction.guild_id, self.job_id)
         if bot.evaluation.lesson_of_model(model) is None:

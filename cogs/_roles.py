@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 import discord
 from discord import app_commands
 
 if TYPE_CHECKING:
     from bot.services.governance import ClassSettingsService
+
+T = TypeVar("T")
 
 
 async def member_is_teacher(interaction: discord.Interaction, roles: ClassSettingsService) -> bool:
@@ -23,11 +25,12 @@ async def member_is_teacher(interaction: discord.Interaction, roles: ClassSettin
     )
 
 
-def teacher_only() -> Callable[[Any], Any]:
+def teacher_only() -> Callable[[T], T]:
     """The runtime check behind every teacher command: default_permissions only hides, admins can change it."""
 
     async def predicate(interaction: discord.Interaction) -> bool:
         # A check sees only the interaction: the bot's typed attribute is the one way to its services here.
+        # discord.py types interaction.client as a plain Client; it is the ClassroomBot, which has governance.
         return await member_is_teacher(interaction, interaction.client.governance.roles)  # type: ignore[attr-defined]
 
     return app_commands.check(predicate)

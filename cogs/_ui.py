@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +14,7 @@ from bot.i18n import t
 from bot.services import metrics
 from bot.services.dataset_check import CheckResult
 from bot.services.monitor import ProgressCard
+from dataset_rules.findings import Finding
 from dataset_rules.models import format_usd
 from storage.models import Job
 
@@ -65,7 +66,7 @@ def _retirement_line(model_info: Any, locale: str, today: date | None = None) ->
     return t("card.model_shutdown", locale, date=shutdown.isoformat(), days=(shutdown - today).days)
 
 
-def _finding_lines(findings: list[Any], locale: str) -> str:
+def _finding_lines(findings: Sequence[Finding], locale: str) -> str:
     lines = []
     for finding in findings[:MAX_FINDINGS_SHOWN]:
         where = t("card.line", locale, line=finding.line) if finding.line else t("card.whole_file", locale)
@@ -287,15 +288,16 @@ class OwnerOnlyView(discord.ui.View):
 
     async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]) -> None:
         """Buttons share the command tree's error handling: plain words, never a traceback."""
-        client: ClassroomBot = interaction.client  # type: ignore[assignment]
-        await client.tree.on_error(interaction, _as_app_error(error))
+        # discord.py types an interaction's client as a plain Client; here it is always the ClassroomBot.
+        bot_interaction: discord.Interaction[ClassroomBot] = interaction  # type: ignore[assignment]
+        await bot_interaction.client.tree.on_error(bot_interaction, _as_app_error(error))
 
 
 def _as_app_error(error: Exception) -> discord.app_commands.AppCommandError:
     if isinstance(error, discord.app_commands.AppCommandError):
         return error
     wrapped = discord.app_commands.AppCommandError(type(error).__name__)
-    wrapped.original = error  # type: ignore[attr-defined]
+    wrapped.original = error  # type: ignore[attr-defined]  # as CommandInvokeError has; the tree's handler reads it
     return wrapped
 
 
@@ -345,14 +347,14 @@ class ChatWithModelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], templa
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
     ) -> ChatWithModelButton:
         """Rebuild the button from its custom id."""
         return cls(match["job_id"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Open a chat thread with the job's model (the chat feature does the work)."""
-        chat = interaction.client.get_cog("Chat")  # type: ignore[attr-defined]
+        chat = interaction.client.get_cog("Chat")  # type: ignore[attr-defined]  # typed Client; it is our commands.Bot
         if chat is None or not hasattr(chat, "open_from_job"):
             await interaction.response.send_message(t("chat.unavailable", interaction.locale), ephemeral=True)
             return

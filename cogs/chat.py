@@ -7,7 +7,7 @@ import io
 import logging
 import secrets
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import discord
 from discord import app_commands
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
 # Discord shows "typing…" for about 10 s after each request; refresh before it fades.
 TYPING_REFRESH_SECONDS = 8.0
-THREAD_ARCHIVE_MINUTES = 1440
+THREAD_ARCHIVE_MINUTES: Final = 1440  # Final: create_thread takes only 60, 1440, 4320 or 10080
 FIELD_CHARS = 1024
 MODELS_SHOWN = 15
 # Message types a student writes (plain messages and replies); joins, pins and the like are not questions.

@@ -57,13 +57,14 @@ class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=AP
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
     ) -> ApprovalButton:
         """Rebuild the button from its custom id."""
         return cls(match["id"], match["action"])
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only teachers decide; everyone else is refused privately."""
+        # discord.py types interaction.client as a plain Client; it is the ClassroomBot, which has governance.
         if await member_is_teacher(interaction, interaction.client.governance.roles):  # type: ignore[attr-defined]
             return True
         await interaction.response.send_message(t("error.teachers_only", interaction.locale), ephemeral=True)
@@ -83,7 +84,7 @@ def bound_approval_button(handler: DecideHandler) -> type[ApprovalButton]:
     class BoundApprovalButton(ApprovalButton, template=APPROVAL_TEMPLATE):
         pass
 
-    BoundApprovalButton.handler = staticmethod(handler)  # type: ignore[assignment,method-assign]
+    BoundApprovalButton.handler = staticmethod(handler)
     return BoundApprovalButton
 
 
@@ -296,7 +297,8 @@ class Classroom(commands.Cog):
         embed = settings_embed(settings, cap, committed, moderating, locale)
         await self._describe_moderation(embed, settings, locale)
         lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
-        await interaction.followup.send("\n".join(line for line in lines if line) or None, embed=embed, ephemeral=True)
+        text = "\n".join(line for line in lines if line)
+        await interaction.followup.send(text or discord.utils.MISSING, embed=embed, ephemeral=True)
 
     async def _describe_moderation(self, embed: discord.Embed, settings: ClassSettings, locale: str) -> None:
         # Which moderation is active, and in plain words what it can and cannot catch.

@@ -95,17 +95,19 @@ class ExampleModal(discord.ui.Modal):
         await interaction.response.send_message(
             t("dataset.added", interaction.locale, number=example.number, progress=progress), ephemeral=True)
 
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+    # Modal's own on_error drops BaseView's item argument, so mypy finds every override of it incompatible.
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
         """A refused example is explained like any command's error."""
-        client: ClassroomBot = interaction.client  # type: ignore[assignment]
-        await client.tree.on_error(interaction, _wrap(error))
+        # discord.py types an interaction's client as a plain Client; here it is always the ClassroomBot.
+        bot_interaction: discord.Interaction[ClassroomBot] = interaction  # type: ignore[assignment]
+        await bot_interaction.client.tree.on_error(bot_interaction, _wrap(error))
 
 
 def _wrap(error: Exception) -> app_commands.AppCommandError:
     if isinstance(error, app_commands.AppCommandError):
         return error
     wrapped = app_commands.AppCommandError(type(error).__name__)
-    wrapped.original = error  # type: ignore[attr-defined]
+    wrapped.original = error  # type: ignore[attr-defined]  # as CommandInvokeError has; the tree's handler reads it
     return wrapped
 
 

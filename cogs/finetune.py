@@ -314,7 +314,7 @@ class StartButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=START
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button[Any], match: Any
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
     ) -> StartButton:
         """Rebuild the button from its custom id."""
         return cls(match["token"], match["action"])
@@ -337,7 +337,7 @@ def bound_start_button(handler: ButtonHandler) -> type[StartButton]:
     class BoundStartButton(StartButton, template=START_TEMPLATE):
         pass
 
-    BoundStartButton.handler = staticmethod(handler)  # type: ignore[assignment,method-assign]
+    BoundStartButton.handler = staticmethod(handler)
     return BoundStartButton
 
 

@@ -12,7 +12,7 @@ from discord.ext import commands, tasks
 
 from bot import errors
 from bot.i18n import t
-from bot.services.monitor import ChartBudget, MonitorService
+from bot.services.monitor import ChartBudget, MonitorService, ProgressCard
 from cogs import _lesson_ui, _ui
 from storage.models import Job
 
@@ -129,9 +129,9 @@ class JobMonitor(commands.Cog):
         if job.is_terminal and job.notice_message_id is None:
             await self._announce_end(job, locale)
 
-    async def _show_card(self, job: Job, card: object, locale: str) -> None:
-        embed = _ui.progress_embed(card, locale)  # type: ignore[arg-type]
-        files = [_ui.chart_file(card.chart_png)] if card.chart_png else []  # type: ignore[attr-defined]
+    async def _show_card(self, job: Job, card: ProgressCard, locale: str) -> None:
+        embed = _ui.progress_embed(card, locale)
+        files = [_ui.chart_file(card.chart_png)] if card.chart_png else []
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         if job.progress_message_id is not None:
             budget = self.bot.edit_budget

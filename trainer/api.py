@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from trainer import moderation
 from trainer.catalog import languages
@@ -189,13 +189,15 @@ async def upload_file(request: web.Request) -> web.Response:
     path.parent.mkdir(parents=True, exist_ok=True)
     filename, size = None, 0
     try:
-        while (part := await reader.next()) is not None:
+        while (next_part := await reader.next()) is not None:
+            # A nested multipart part (a MultipartReader) has no name: it fails on .name below, as it always has.
+            part: BodyPartReader = next_part  # type: ignore[assignment]  # see the line above
             if part.name == "purpose":
                 purpose = (await _small_part(part)).strip()
             elif part.name == "file":
-                filename = part.filename or "upload"  # type: ignore[union-attr]
+                filename = part.filename or "upload"
                 with partial.open("wb") as out:
-                    while chunk := await part.read_chunk():  # type: ignore[union-attr]
+                    while chunk := await part.read_chunk():
                         size += len(chunk)
                         if size > limit:
                             raise _too_large(limit, "The file", "TRAINER_MAX_UPLOAD_BYTES")

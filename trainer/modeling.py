@@ -191,4 +191,6 @@ def load_model(source: str, device: str, dtype: torch.dtype | None = None,
     else:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     log.info("Loaded base model from %s on %s (%s)", source, device, dtype)
-    return model.to(device)
+    # transformers decorates .to with functools.wraps, whose typeshed type does not bind self like a method does
+    # (so mypy wants the model as the first argument, and the result comes back as Any).
+    return model.to(device)  # type: ignore[arg-type, no-any-return]

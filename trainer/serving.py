@@ -91,7 +91,7 @@ DOWNLOAD_SHARE, TOKENIZER_SHARE = 0.8, 0.9
 HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
-class _Progress(tqdm):  # type: ignore[misc]
+class _Progress(tqdm):  # type: ignore[type-arg]  # generic only in types-tqdm: tqdm[Any] fails at runtime
     """A silent progress bar that hands each downloaded byte count to a callback."""
 
     callback: Any = None
@@ -125,7 +125,7 @@ def download(source: str, report: Any) -> str:
         local = snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True)
         report(1.0)
         return str(local)
-    total = sum(info.file_size for info in planned if info.will_download) or 1
+    total = sum(info.file_size or 0 for info in planned if info.will_download) or 1
     done = 0
 
     def add(count: int) -> None:
@@ -150,7 +150,7 @@ class _FrequencyPenalty(LogitsProcessor):
     def __init__(self, penalty: float, prompt_length: int) -> None:
         self.penalty, self.prompt_length = penalty, prompt_length
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         generated = input_ids[:, self.prompt_length:]
         if generated.shape[1] == 0:
             return scores
@@ -343,7 +343,9 @@ class Generator:
                 if seed is not None:
                     torch.manual_seed(seed)
                 with torch.inference_mode():
-                    output = model.generate(**inputs, **options)
+                    # PreTrainedModel no longer derives from GenerationMixin (the causal-LM classes do), so mypy
+                    # reads generate through nn.Module.__getattr__, typed Tensor | Module.
+                    output = model.generate(**inputs, **options)  # type: ignore[operator]
                 new = output[0, stats.prompt_tokens:]
                 stats.completion_tokens = int(new.shape[0])
                 ended = new.shape[0] > 0 and int(new[-1]) in _eos_ids(model, tokenizer)

@@ -88,7 +88,8 @@ class Store:
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         with self._lock:
-            return self._db.execute(sql, args).fetchone()
+            row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()  # the connection's row_factory is Row
+            return row
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -173,7 +174,8 @@ class Store:
 
     def jobs(self, limit: int, after: str | None, metadata: dict[str, str] | None = None) -> Page:
         """List jobs newest first, optionally only those whose metadata holds every given pair."""
-        where, args = "1", ()
+        where = "1"
+        args: tuple[str, ...] = ()
         for key, value in (metadata or {}).items():
             where += " AND json_extract(metadata, ?) = ?"
             args = (*args, f'$."{key}"', value)

@@ -34,8 +34,8 @@ def lesson_seconds(job: Any, events: list[Any], default_batch_size: int) -> int 
     if steps <= 0:
         return None
     per_step = (last_at - first_at) / steps
-    per_example = per_step / batch
-    overhead = max(0.0, first_at - started - per_step) + max(0, job["finished_at"] - last_at)
+    per_example: float = per_step / batch
+    overhead: float = max(0.0, first_at - started - per_step) + max(0, job["finished_at"] - last_at)
     lesson_batch = min(default_batch_size, LESSON_EXAMPLES)
     lesson_steps = math.ceil(LESSON_EXAMPLES / lesson_batch) * LESSON_EPOCHS
     return max(1, round(overhead + lesson_steps * lesson_batch * per_example))

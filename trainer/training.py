@@ -195,6 +195,7 @@ def labelled_loss_and_accuracy(model: torch.nn.Module, ids: torch.Tensor, mask: 
     config = getattr(base, "config", None)
     if config is None or any(getattr(config, name, None) not in (None, 1, 1.0) for name in _OTHER_LOGIT_TRANSFORMS):
         return loss_and_accuracy(model(input_ids=ids, attention_mask=mask).logits, labels)
+    assert isinstance(base, PreTrainedModel)  # a model with a config is a Hugging Face one (load_model's)
     hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     targets = labels[:, 1:]
     labelled = targets != IGNORE

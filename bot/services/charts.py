@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import MaxNLocator
 
-from bot.services.metrics import MetricPoint, downsample, smoothed
+from bot.services.metrics import downsample, smoothed
+from storage.models import MetricPoint
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def render_loss_chart(
                   label=labels.training, zorder=3)
     if valid:
         # Validation comes every few steps: markers show where it was measured, the thin line joins them.
-        axes.plot([p.step for p in valid], [p.valid_loss for p in valid], color=VALID_COLOR, linewidth=1.4,
+        axes.plot([p.step for p in valid], [p.valid_loss or 0.0 for p in valid], color=VALID_COLOR, linewidth=1.4,
                   marker="o", markersize=5 if len(valid) <= 60 else 2, label=labels.validation, zorder=4)
 
     right = max(total or 0, max((p.step for p in train), default=0), 1)

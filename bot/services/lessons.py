@@ -98,9 +98,10 @@ def parse_examples(data: bytes) -> list[Example]:
         if not isinstance(messages, list) or len(messages) < 2:
             continue
         turns = [(m.get("role"), m.get("content")) for m in messages if isinstance(m, dict)]
-        if not all(isinstance(role, str) and isinstance(content, str) for role, content in turns):
+        texts = [(role, content) for role, content in turns if isinstance(role, str) and isinstance(content, str)]
+        if len(texts) != len(turns):
             continue  # tool calls, images and other shapes have no plain text to compare
-        *before, (last_role, answer) = turns
+        *before, (last_role, answer) = texts
         if last_role != "assistant" or not answer.strip() or not before or before[-1][0] != "user":
             continue
         examples.append(Example(tuple((str(r), str(c)) for r, c in before), answer.strip()))

@@ -32,7 +32,7 @@ class ClassSettingsService:
     async def update(self, guild_id: int, **changes: object) -> ClassSettings:
         """Change settings; logs which ones changed (field names only, never values a student wrote)."""
         if "allowed_models" in changes:
-            changes["allowed_models"] = tuple(_normalise_models(changes["allowed_models"]))  # type: ignore[arg-type]
+            changes["allowed_models"] = tuple(_normalise_models(changes["allowed_models"]))
         settings = await self.repo.update_settings(guild_id, **changes)
         log.info("Class settings of guild %s changed: %s", guild_id, ", ".join(sorted(changes)))
         return settings
@@ -46,5 +46,5 @@ class ClassSettingsService:
 def _normalise_models(value: object) -> list[str]:
     if isinstance(value, str):
         value = value.replace(";", ",").split(",")
-    names = [str(v).strip() for v in value or ()]  # type: ignore[attr-defined]
+    names = [str(v).strip() for v in value or ()]  # type: ignore[attr-defined]  # names or None; update() says object
     return list(dict.fromkeys(n for n in names if n and n.lower() not in ("all", "any", "*")))
