@@ -175,7 +175,9 @@ class ModelPool:
         self._lock = threading.Lock()
         # One download or load at a time: transformers imports its parts lazily and not thread-safely, and a
         # tokenizer asked for (a token count) while its model loads is the one that load uses, not a second one.
-        self._loading = threading.Lock()
+        # A token count waiting for a tokenizer goes before the next model load: seconds, not a minute.
+        self._loading = threading.Condition()
+        self._tokenizer_callers = 0
         self._merge_locks: dict[Path, threading.Lock] = {}
 
     def _report(self, name: str, progress: float) -> None:
@@ -202,14 +204,23 @@ class ModelPool:
     def tokenizer(self, name: str) -> PreTrainedTokenizerBase:
         """Return a base model's tokenizer, downloading the model on first use."""
         if name not in self._tokenizers:
-            with self._loading, self._failing(name):
-                self._load_tokenizer(name)
+            with self._lock:
+                self._tokenizer_callers += 1
+            try:
+                with self._loading, self._failing(name):
+                    self._load_tokenizer(name)
+            finally:
+                with self._lock:
+                    self._tokenizer_callers -= 1
+                with self._loading:
+                    self._loading.notify_all()
         return self._tokenizers[name]
 
     def base(self, name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """Return a base model and its tokenizer, downloading and loading them on first use."""
         if name not in self._bases:
             with self._loading, self._failing(name):
+                self._loading.wait_for(lambda: self._tokenizer_callers == 0)
                 if name not in self._bases:
                     tokenizer = self._load_tokenizer(name)
                     model = load_model(self._local[name], self.device, cache_dir=self.weights_dir).eval()

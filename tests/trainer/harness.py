@@ -127,6 +127,22 @@ class TrainerProcess:
                 time.sleep(0.1)
         raise TimeoutError(f"trainer did not start: {self.log()[-2000:]}")
 
+    def wait_models_ready(self, timeout: float = 900) -> TrainerProcess:
+        """Wait until every base model is prepared (status ready in /v1/models): a Start before that is refused
+        with "still preparing", as a class is told. Fails at once when one failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            request = urllib.request.Request(f"{self.base_url}/models", headers={"Authorization": f"Bearer {self.key}"})
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                statuses = {m["id"]: m.get("status") for m in json.load(answer)["data"] if "status" in m}
+            if "failed" in statuses.values():
+                raise RuntimeError(f"a base model failed to prepare: {statuses}: {self.log()[-3000:]}")
+            if all(status == "ready" for status in statuses.values()):
+                return self
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"base models not ready after {timeout} s: {statuses}: {self.log()[-3000:]}")
+            time.sleep(0.5)
+
     def log(self) -> str:
         """The server's log so far (for failure messages)."""
         path = self.data_dir / "server.log"

@@ -44,7 +44,7 @@ def smollm2_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trainer
     server = TrainerProcess(tmp_path_factory.mktemp("persona") / "data", _gguf(), TRAINER_MAX_SEQ_LEN="128",
                             TRAINER_MAX_TOKENS="32", TRAINER_TORCH_THREADS="0")
     server.env["TRAINER_BASE_MODELS"] = f"smollm2={_gguf()}"
-    server.start(timeout=120)
+    server.start(timeout=120).wait_models_ready()  # the class's Start would be told "still preparing" before
     try:
         yield server
     finally:

@@ -201,3 +201,41 @@ async def test_model_stack_that_cannot_load_says_failed(tmp_path: Path, monkeypa
         await _until(failed)
     finally:
         await generator.close()
+
+
+def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_model: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A /tokenize that waits while the preparation loads its tokenizer gets it before the preparation goes on to
+    load the weights (a minute for a real model): the student's file check does not wait for the model."""
+    import trainer.serving
+
+    order: list[str] = []
+    tokenizer_loading, release_tokenizer = threading.Event(), threading.Event()
+    real_tokenizer, real_model = trainer.serving.load_tokenizer, trainer.serving.load_model
+
+    def slow_tokenizer(*args: Any, **kwargs: Any) -> Any:
+        tokenizer_loading.set()
+        assert release_tokenizer.wait(JOB_TIMEOUT_S)
+        return real_tokenizer(*args, **kwargs)
+
+    def model(*args: Any, **kwargs: Any) -> Any:
+        order.append("model load")
+        return real_model(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.serving, "load_tokenizer", slow_tokenizer)
+    monkeypatch.setattr(trainer.serving, "load_model", model)
+    pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1)
+    preparing = threading.Thread(target=pool.prepare_all)
+    preparing.start()
+    assert tokenizer_loading.wait(JOB_TIMEOUT_S)
+    counting = threading.Thread(target=lambda: order.append(f"token count {pool.tokenizer('tiny') is not None}"))
+    counting.start()
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while pool._tokenizer_callers == 0:  # the count is waiting for the tokenizer being loaded
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    release_tokenizer.set()
+    counting.join(JOB_TIMEOUT_S)
+    preparing.join(JOB_TIMEOUT_S)
+    assert order == ["token count True", "model load"]
+    assert pool.preparations["tiny"].status == "ready"
