@@ -136,6 +136,20 @@ async def run_lesson(fake: FakeDiscord, lesson: str, epochs: int, out: Path) -> 
             "answer_chars": float(len(answer_done))}
 
 
+async def models_ready(runner: BotRunner) -> None:
+    """Wait until the trainer lists every base model as ready, as /finetune start's card would let it start."""
+    assert runner.bot is not None
+    deadline = time.perf_counter() + JOB_TIMEOUT_SECONDS
+    while True:
+        statuses = {m.id: m.status for m in await runner.bot.gateway.list_models() if m.status is not None}
+        if statuses and all(status in ("ready", "failed") for status in statuses.values()):
+            print(f"base models: {statuses}")
+            return
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"base models not ready: {statuses}")
+        await asyncio.sleep(1)
+
+
 async def main(lessons: list[str], epochs: int, out: Path) -> None:
     """Run the lessons one after another with one bot and its trainer."""
     os.environ["TRAINER_BASE_MODELS"] = offline_models()
@@ -152,6 +166,9 @@ async def main(lessons: list[str], epochs: int, out: Path) -> None:
         started = time.perf_counter()
         await runner.start()
         print(f"bot ready with its trainer in {time.perf_counter() - started:.1f} s")
+        await models_ready(runner)
+        print(f"base models prepared {time.perf_counter() - started:.1f} s after the start (a Start before that is "
+              "answered 'still preparing')", flush=True)
         results = {}
         try:
             for lesson in lessons:
