@@ -26,7 +26,8 @@ async def open_chat(room: Classroom, model: str = BASE, user: Any = None, **opti
     interaction = await room.discord.slash(room.guild, user or room.student, "chat start", model=model, **options)
     assert (await interaction.response(timeout=3))["type"] == DEFERRED
     answer = await interaction.followup(timeout=5)
-    assert "opened a chat" in answer.text(), answer.text()
+    # Public, unless the student gave their own instructions: then only they see the answer (with them).
+    assert ("Your chat with" in answer.text()) if options.get("system_prompt") else ("opened a chat" in answer.text())
     thread = (await room.discord.wait_for(
         lambda: room.discord.threads(room.guild)[before:] or None, timeout=5, what="a chat thread"))[0]
     await room.discord.wait_message(thread, lambda m: "You're chatting with" in m.content)
