@@ -40,8 +40,10 @@ MODEL_NAME = "school-profanity-ko-en"
 # OpenAI's model names are accepted too, so clients written for OpenAI work unchanged.
 ACCEPTED_MODELS = frozenset({MODEL_NAME, "omni-moderation-latest", "omni-moderation-2024-09-26",
                              "text-moderation-latest", "text-moderation-stable", "text-moderation-007"})
-# alt-profanity-check's own decision threshold (its predict() is probability >= 0.5).
-ENGLISH_THRESHOLD = 0.5
+# Above alt-profanity-check's own 0.5: at 0.5 it held back a class's plain science questions ("How do clouds
+# move?" 0.75, "Where do clouds come from?" 0.75, "What makes wind blow?" 0.52). At 0.8 the labelled set's English
+# recall goes from 95% to 90% (three insults scored 0.50-0.72 pass) and none of those questions is held back.
+ENGLISH_THRESHOLD = 0.8
 # korcen's lists used; "politics" is left out (see above), the foreign ones are covered by the English classifier.
 KOREAN_LEVELS = ("general", "minor", "sexual", "belittle", "race", "parent", "special")
 KOREAN_EXTRA_WORDS = Path(__file__).with_name("korean_extra_words.txt")

@@ -117,6 +117,13 @@ async def test_moderator_without_libraries_answers_none(monkeypatch: pytest.Monk
     assert await moderation.Moderator().classify(["hello"]) is None
 
 
+@pytest.mark.parametrize("question", ["How do clouds move?", "Where do clouds come from?", "What makes wind blow?"])
+def test_plain_science_questions_are_not_held_back(filters: moderation.Filters, question: str) -> None:
+    """Attack (found by the persona test): at the classifier's own threshold a student asking how clouds move was told
+    the safety check flagged the question."""
+    assert not filters.classify([question])[0].flagged
+
+
 @pytest.mark.parametrize("lang", ["ko", "en"])
 def test_labelled_set_meets_precision_and_recall_goals(filters: moderation.Filters, lang: str) -> None:
     """On >= 100 classroom messages per language, precision >= 90% and recall >= 80%."""
