@@ -92,7 +92,7 @@ def dump(fake: FakeDiscord, channel_ids: list[int], out: Path) -> None:
     (out / "messages.txt").write_text("\n".join(lines), encoding="utf-8")
 
 
-async def run_lesson(fake: FakeDiscord, lesson: str, epochs: int, out: Path) -> dict[str, float]:
+async def run_lesson(fake: FakeDiscord, runner: BotRunner, lesson: str, epochs: int, out: Path) -> dict[str, float]:
     """One lesson from /finetune start to the first answer in a chat thread; returns its timings."""
     folder, model, question = LESSONS[lesson]
     data = (REPO_ROOT / "lessons" / folder / "train.jsonl").read_bytes()
@@ -105,7 +105,7 @@ async def run_lesson(fake: FakeDiscord, lesson: str, epochs: int, out: Path) -> 
         "train.jsonl", data), base_model=model, epochs=epochs, suffix=folder)
     card = await interaction.followup(timeout=120)
     clicked = time.perf_counter()
-    await press(fake, card, "Start", student)
+    await press(fake, card, "시작" if lesson == "ko" else "Start", student)
     progress: FakeMessage = await fake.wait_for(
         lambda: next((m for m in fake.messages(channel) if m.embed and m.id != card.id), None), timeout=120,
         what="the progress card")
@@ -127,10 +127,13 @@ async def run_lesson(fake: FakeDiscord, lesson: str, epochs: int, out: Path) -> 
     await fake.wait_for(lambda: len([m for m in fake.messages(thread) if m.author_id == fake.bot_user.id]) > intro
                         or None, timeout=600, what="the first words of the answer")
     first_words = time.perf_counter() - asked
-    await asyncio.sleep(0)  # let the last edits land before the dump
-    answer_done = await fake.wait_for(
-        lambda: (fake.messages(thread)[-1].content if fake.messages(thread)[-1].content.strip() else None),
-        timeout=600, what="the answer")
+    assert runner.bot is not None
+    deadline = time.perf_counter() + 600
+    while not (turns := await runner.bot.chat.chats.recent_turns(thread.id, 10)):  # stored once the reply is whole
+        assert time.perf_counter() < deadline, "the answer never finished"
+        await asyncio.sleep(0.2)
+    answer_done = next(turn.content for turn in turns if turn.role == "assistant")
+    await asyncio.sleep(1)  # let the last edit land before the dump
     dump(fake, [channel, thread.id], out / lesson)
     return {"first_loss_s": first_loss, "notice_s": noticed, "first_words_s": first_words,
             "answer_chars": float(len(answer_done))}
@@ -172,7 +175,7 @@ async def main(lessons: list[str], epochs: int, out: Path) -> None:
         results = {}
         try:
             for lesson in lessons:
-                results[lesson] = await run_lesson(fake, lesson, epochs, out)
+                results[lesson] = await run_lesson(fake, runner, lesson, epochs, out)
                 print(f"{lesson}: Start -> first loss {results[lesson]['first_loss_s']:.0f} s | -> notice "
                       f"{results[lesson]['notice_s']:.0f} s | question -> first words "
                       f"{results[lesson]['first_words_s']:.1f} s", flush=True)
