@@ -12,7 +12,6 @@ import pytest
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import (
-    MODERATION_CONTEXT_CHARS,
     ChatService,
     ReplyAction,
     ReplyRenderer,
@@ -21,6 +20,7 @@ from bot.services.chat import (
     count_tokens,
     split_reply,
 )
+from bot.services.governance.moderation import MODERATION_OVERLAP_CHARS
 from bot.services.ratelimit import EditBudget
 from storage.chats import ChatRepository
 from storage.database import Database
@@ -444,4 +444,4 @@ async def test_streamed_reply_is_moderated_on_new_text_through_its_end(service: 
     delivered = await service.reply(thread, STUDENT, "Hello", sink, "en")  # type: ignore[arg-type]
     assert delivered.held_back and all("badword" not in m for m in sink.messages)
     replies = seen[1:]  # the first check is the student's message
-    assert len(replies) > 10 and sum(map(len, replies)) < 7_507 + len(replies) * MODERATION_CONTEXT_CHARS
+    assert len(replies) > 10 and sum(map(len, replies)) < 7_507 + len(replies) * MODERATION_OVERLAP_CHARS

@@ -18,6 +18,7 @@ from bot import errors
 from bot.i18n import t
 from bot.openai_gateway import FineTuningGateway, StreamEnd
 from bot.services.chat_limits import ChatLimits, ChatTicket
+from bot.services.governance.moderation import MODERATION_OVERLAP_CHARS
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS, EDITS_PER_WINDOW, EditBudget
 from dataset_rules import tokens as token_rules
 from dataset_rules.models import ModelInfo, base_name, lookup
@@ -31,9 +32,9 @@ DISCORD_MESSAGE_CHARS = 2000
 # One message is edited at most this often, so a burst of tokens cannot use up the channel's budget at once.
 MIN_EDIT_INTERVAL_SECONDS = EDIT_WINDOW_SECONDS / EDITS_PER_WINDOW
 # A streaming reply is passed to the moderation hook at most this often (and once more at its end): each time the
-# text added since the last check, after this much of the text already checked, so a word across the cut is whole.
+# text added since the last check, after the moderation windows' overlap of the text already checked, so a word
+# across the cut is whole.
 MODERATION_INTERVAL_SECONDS = 2.0
-MODERATION_CONTEXT_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -793,7 +794,7 @@ class ChatService:
 
 def _with_context(checked: str, added: str) -> str:
     """What a streamed reply's next moderation check sends: the added text after the end of what was checked."""
-    return checked[-MODERATION_CONTEXT_CHARS:] + added
+    return checked[-MODERATION_OVERLAP_CHARS:] + added
 
 
 async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
