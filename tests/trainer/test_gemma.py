@@ -1,41 +1,56 @@
-"""The multilingual model offline: google/gemma-3-270m as a GGUF (no chat template) learns a Korean lesson."""
+"""The Gemma family, which the multilingual default (google/gemma-3-270m as a GGUF) belongs to: no chat template of its
+own, a <bos> its tokenizer adds itself, and turns marked <start_of_turn>/<end_of_turn>. A tiny model built with such a
+tokenizer learns a Korean lesson through the API; what the real Gemma learns is measured by bench/bench_quality.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import trainer_with_shared_tokenizers
+from tests.trainer.harness import TrainerProcess, build_tiny_model
 from tests.trainer.test_journey import client, upload, wait_for
 from trainer.modeling import chat_family, load_tokenizer, render_chat, turn_end_ids
 from trainer.training import IGNORE, encode_chat
 
 QUESTIONS = ["하늘은 왜 파란가요?", "비는 어떻게 내리나요?", "고양이는 왜 그르렁거리나요?", "별은 어디에서 오나요?",
-             "바다는 왜 짠가요?", "새는 어떻게 날아요?", "눈은 왜 하얀가요?", "달은 왜 모양이 바뀌나요?",
-             "화산은 무엇인가요?", "꿀벌은 꿀을 어떻게 만들어요?", "천둥은 왜 치나요?", "나뭇잎은 왜 떨어지나요?",
-             "바람은 무엇인가요?", "식물은 어떻게 자라나요?", "물고기는 어떻게 숨을 쉬나요?", "무지개는 왜 생기나요?"]
+             "바다는 왜 짠가요?", "새는 어떻게 날아요?", "눈은 왜 하얀가요?", "달은 왜 모양이 바뀌나요?"]
 ANSWER = "좋은 질문이에요! 함께 알아봐요."
 HANGUL = re.compile(r"[\uac00-\ud7a3]")
-LETTER = re.compile(r"[^\W\d_]")
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model whose tokenizer is shaped like the Gemma GGUF's."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gemma"), family="gemma")
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory: pytest.TempPathFactory, tiny_gemma: Path) -> Iterator[TrainerProcess]:
+    """The trainer with the tiny Gemma-family model as its base model."""
+    server = TrainerProcess(tmp_path_factory.mktemp("gemma-trainer") / "data", tiny_gemma,
+                            TRAINER_BASE_MODELS=f"tiny-gemma={tiny_gemma}").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def korean_lesson() -> bytes:
     """A Korean chat file: every question gets the same kind Korean answer."""
     lines = [json.dumps({"messages": [{"role": "user", "content": question},
                                       {"role": "assistant", "content": ANSWER}]}, ensure_ascii=False)
-             for question in QUESTIONS]
+             for question in QUESTIONS * 2]
     return ("\n".join(lines) + "\n").encode()
 
 
-@pytest.mark.timeout(600)  # converting the GGUF's 262k-token tokenizer takes 1-3 minutes once per session
-def test_gemma_gguf_gets_gemma_turns_and_korean_labels(gemma_gguf: Path, tokenizer_cache: Path) -> None:
-    """The template-less Gemma GGUF gets Gemma's turn markers (not ChatML); labels cover the Korean answer."""
-    tokenizer = load_tokenizer(str(gemma_gguf), tokenizer_cache)
+def test_gemma_tokenizer_gets_gemma_turns_one_bos_and_labels_to_the_turn_end(tiny_gemma: Path) -> None:
+    """Gemma's turn markers (not ChatML), one <bos> though the template and the tokenizer both add one, and labels
+    that cover the Korean answer and the <end_of_turn> that ends it (so the model learns to stop)."""
+    tokenizer = load_tokenizer(str(tiny_gemma))
     assert chat_family(tokenizer) == "gemma"
     text = render_chat(tokenizer, [{"role": "user", "content": "안녕"}], True)
     assert text == "<bos><start_of_turn>user\n안녕<end_of_turn>\n<start_of_turn>model\n"
@@ -47,31 +62,20 @@ def test_gemma_gguf_gets_gemma_turns_and_korean_labels(gemma_gguf: Path, tokeniz
     assert tokenizer.convert_tokens_to_ids("<end_of_turn>") in turn_end_ids(tokenizer)
 
 
-@pytest.mark.timeout(900)  # a 270M model loaded by the server and a worker: minutes on a busy 2-core machine
-async def test_korean_lesson_trains_on_gemma_and_answers_in_hangul(tmp_path: Path, gemma_gguf: Path,
-                                                                   tokenizer_cache: Path) -> None:
-    """A Korean dataset fine-tunes the Gemma GGUF through the API and the new model answers in Hangul."""
-    server = trainer_with_shared_tokenizers(tmp_path / "data", gemma_gguf, tokenizer_cache, TRAINER_MAX_SEQ_LEN="64",
-                                            TRAINER_MAX_TOKENS="16", TRAINER_TORCH_THREADS="0")
-    server.env["TRAINER_BASE_MODELS"] = f"gemma3-270m={gemma_gguf}"
-    server.start()
-    try:
-        api = client(server)
-        deadline = time.monotonic() + 600
-        while (model := await api.models.retrieve("gemma3-270m")).status != "ready":
-            assert model.status == "preparing" and time.monotonic() < deadline, model
-            await asyncio.sleep(0.5)
-        assert "ko" in model.languages
-        job = await api.fine_tuning.jobs.create(
-            model="gemma3-270m", training_file=await upload(api, korean_lesson()), suffix="korean",
-            hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 5}, seed=3)
-        done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"}, timeout=600)
-        assert done.status == "succeeded", done.error
-        reply = await api.chat.completions.create(model=done.fine_tuned_model, max_tokens=16, temperature=0,
-                                                  messages=[{"role": "user", "content": "구름은 왜 떠 있나요?"}])
-        text = reply.choices[0].message.content
-        letters = LETTER.findall(text)
-        assert letters and len(HANGUL.findall(text)) >= 0.8 * len(letters), text
-        assert "<start_of_turn>" not in text and "<end_of_turn>" not in text
-    finally:
-        server.stop()
+@pytest.mark.timeout(300)  # a trainer process and a job: seconds idle, minutes on a busy machine
+async def test_korean_lesson_on_a_gemma_family_model_answers_in_hangul_and_ends_its_turn(
+        gemma_server: TrainerProcess) -> None:
+    """A Korean file fine-tunes the Gemma-family model through the API; the new model answers with the taught Korean
+    and stops at <end_of_turn> by itself, no turn marker in the text."""
+    api = client(gemma_server)
+    job = await api.fine_tuning.jobs.create(
+        model="tiny-gemma", training_file=await upload(api, korean_lesson()), suffix="korean", seed=3,
+        hyperparameters={"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 50})
+    done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"})
+    assert done.status == "succeeded", done.error
+    reply = await api.chat.completions.create(model=done.fine_tuned_model, max_tokens=24, temperature=0,
+                                              messages=[{"role": "user", "content": "구름은 왜 떠 있나요?"}])
+    choice = reply.choices[0]
+    assert HANGUL.search(choice.message.content), choice.message.content
+    assert "<start_of_turn>" not in choice.message.content and "<end_of_turn>" not in choice.message.content
+    assert choice.finish_reason == "stop" and reply.usage.completion_tokens < 24, choice

