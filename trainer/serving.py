@@ -27,7 +27,15 @@ from transformers import (
     TextStreamer,
 )
 
-from trainer.modeling import load_model, load_tokenizer, render_chat, resolve_device, set_threads, turn_end_ids
+from trainer.modeling import (
+    control_token_ids,
+    load_model,
+    load_tokenizer,
+    render_chat,
+    resolve_device,
+    set_threads,
+    turn_end_ids,
+)
 from trainer.training import chat_messages, longest_token
 
 log = logging.getLogger(__name__)
@@ -226,6 +234,8 @@ class ModelPool:
                     model = load_model(self._local[name], self.device, cache_dir=self.weights_dir).eval()
                     ends = turn_end_ids(tokenizer) | _eos_ids(model, tokenizer)
                     model.generation_config.eos_token_id = sorted(ends)
+                    # A reply may end its turn, never write another control token (a merged copy inherits this).
+                    model.generation_config.suppress_tokens = sorted(control_token_ids(tokenizer) - ends)
                     self._bases[name] = (model, tokenizer)
                     self._report(name, 1.0)
                     self.preparations[name].status = "ready"

@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from tests.trainer.harness import TrainerProcess, build_tiny_model
 from tests.trainer.test_journey import client, upload, wait_for
 from trainer.modeling import chat_family, load_tokenizer, render_chat, turn_end_ids
+from trainer.serving import ModelPool
 from trainer.training import IGNORE, encode_chat
 
 QUESTIONS = ["하늘은 왜 파란가요?", "비는 어떻게 내리나요?", "고양이는 왜 그르렁거리나요?", "별은 어디에서 오나요?",
@@ -79,3 +82,34 @@ async def test_korean_lesson_on_a_gemma_family_model_answers_in_hangul_and_ends_
     assert HANGUL.search(choice.message.content), choice.message.content
     assert "<start_of_turn>" not in choice.message.content and "<end_of_turn>" not in choice.message.content
     assert choice.finish_reason == "stop" and reply.usage.completion_tokens < 24, choice
+
+
+class _Favour(LogitsProcessor):
+    """Push one token far above every other at each step, as a barely-trained model's flat guess can land on one."""
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores[:, self.token] += 100.0
+        return scores
+
+
+def test_served_model_never_writes_a_control_token_and_still_ends_its_turn(tiny_gemma: Path) -> None:
+    """Gemma's vocabulary has 6,000 special tokens (<unusedN>, <start_of_turn>, image markers) whose rows a few LoRA
+    steps leave as likely as <end_of_turn>: greedy decoding picked one in 4 of 10 Korean answers, which then ran on.
+    The served model may end its turn but never writes any other special token."""
+    pool = ModelPool({"g": str(tiny_gemma)}, "cpu", cache_size=1, threads=1)
+    model, tokenizer = pool.base("g")
+    start_of_turn, end_of_turn = (tokenizer.convert_tokens_to_ids(t) for t in ("<start_of_turn>", "<end_of_turn>"))
+    prompt = tokenizer(render_chat(tokenizer, [{"role": "user", "content": "안녕"}], True), return_tensors="pt",
+                       add_special_tokens=False)
+    specials = set(tokenizer.all_special_ids) | {start_of_turn, end_of_turn}
+    for favoured in (start_of_turn, tokenizer.bos_token_id, tokenizer.pad_token_id):
+        output = model.generate(**prompt, max_new_tokens=6, do_sample=False,
+                                logits_processor=LogitsProcessorList([_Favour(favoured)]))
+        new = output[0, prompt["input_ids"].shape[1]:].tolist()
+        assert not set(new) & (specials - {end_of_turn, tokenizer.eos_token_id}), tokenizer.convert_ids_to_tokens(new)
+    ended = model.generate(**prompt, max_new_tokens=6, do_sample=False,
+                           logits_processor=LogitsProcessorList([_Favour(end_of_turn)]))
+    assert ended[0, prompt["input_ids"].shape[1]:].tolist() == [end_of_turn]
