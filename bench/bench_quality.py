@@ -253,9 +253,9 @@ def _judge(lesson: Lesson, report: EvaluationReport, ended: list[bool]) -> list[
                f"their turn, {leaked} showed a turn marker")
     assert tuned.behaviour_rate is not None and base.behaviour_rate is not None
     verdicts = [Verdict(f"{lesson.name} on {report.models[1]} (bar: more sign-offs and closer answers than the base, "
-                        "no turn marker shown)", figures,
+                        "9 in 10 turns ended, no turn marker shown)", figures,
                         tuned.behaviour_rate > base.behaviour_rate and tuned.similarity > base.similarity
-                        and leaked == 0)]
+                        and sum(ended) >= 0.9 * len(ended) and leaked == 0)]
     if lesson.language == "ko":
         letters = sum(len(LETTER.findall(row.answers[0])) for row in report.rows)
         hangul = sum(len(HANGUL.findall(row.answers[0])) for row in report.rows)

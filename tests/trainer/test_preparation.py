@@ -209,8 +209,8 @@ def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_mod
     load the weights (a minute for a real model): the student's file check does not wait for the model."""
     import trainer.serving
 
-    order: list[str] = []
     tokenizer_loading, release_tokenizer = threading.Event(), threading.Event()
+    model_loading, release_model = threading.Event(), threading.Event()
     real_tokenizer, real_model = trainer.serving.load_tokenizer, trainer.serving.load_model
 
     def slow_tokenizer(*args: Any, **kwargs: Any) -> Any:
@@ -218,24 +218,30 @@ def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_mod
         assert release_tokenizer.wait(JOB_TIMEOUT_S)
         return real_tokenizer(*args, **kwargs)
 
-    def model(*args: Any, **kwargs: Any) -> Any:
-        order.append("model load")
+    def held_model(*args: Any, **kwargs: Any) -> Any:  # a minute's load, held until the test lets it go
+        model_loading.set()
+        assert release_model.wait(JOB_TIMEOUT_S)
         return real_model(*args, **kwargs)
 
     monkeypatch.setattr(trainer.serving, "load_tokenizer", slow_tokenizer)
-    monkeypatch.setattr(trainer.serving, "load_model", model)
+    monkeypatch.setattr(trainer.serving, "load_model", held_model)
     pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1)
     preparing = threading.Thread(target=pool.prepare_all)
     preparing.start()
     assert tokenizer_loading.wait(JOB_TIMEOUT_S)
-    counting = threading.Thread(target=lambda: order.append(f"token count {pool.tokenizer('tiny') is not None}"))
+    counted: list[object] = []
+    counting = threading.Thread(target=lambda: counted.append(pool.tokenizer("tiny")))
     counting.start()
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while pool._tokenizer_callers == 0:  # the count is waiting for the tokenizer being loaded
         assert time.monotonic() < deadline
         time.sleep(0.01)
     release_tokenizer.set()
+    # The count gets its tokenizer while the model load is still held: it never waits for the model. (Were the load
+    # first, it would hold the loading lock and this join would run out.)
     counting.join(JOB_TIMEOUT_S)
+    assert not counting.is_alive() and counted and counted[0] is not None
+    release_model.set()
     preparing.join(JOB_TIMEOUT_S)
-    assert order == ["token count True", "model load"]
+    assert model_loading.is_set()
     assert pool.preparations["tiny"].status == "ready"
