@@ -15,10 +15,11 @@ from tests.trainer.harness import TrainerProcess, chat_file
 JOB_TIMEOUT_S = 60
 
 
-def client(server: TrainerProcess, key: str | None = None, timeout: float = 30) -> AsyncOpenAI:
+def client(server: TrainerProcess, key: str | None = None, timeout: float = 120) -> AsyncOpenAI:
     """An SDK client pointed at the trainer (with its key unless told another), without retries.
 
-    The timeout must be longer than the work a request waits for: a real model's first chat loads and merges it."""
+    The timeout must be longer than the work a request waits for on a busy machine (the first moderation loads the
+    word lists and the classifier; a real model's first chat loads and merges it); it costs nothing when answered."""
     return AsyncOpenAI(base_url=server.base_url, api_key=key or server.key, max_retries=0, timeout=timeout)
 
 
