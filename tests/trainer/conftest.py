@@ -27,9 +27,7 @@ def trainer_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -
 
 
 @pytest.fixture(scope="session")
-def tokenizer_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One folder of converted GGUF tokenizers for the session (weights/ beside it holds dequantized weights):
-    each GGUF is converted once per session."""
-    folder = tmp_path_factory.mktemp("gguf-cache")
-    (folder / "weights").mkdir()
-    return folder
+def gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's converted GGUFs, laid out like a trainer data folder (tokenizers/, gguf-weights/): each GGUF is
+    converted once per session (tests/trainer/harness.share_gguf_cache points trainers at it)."""
+    return tmp_path_factory.mktemp("gguf-cache")

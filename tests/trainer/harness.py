@@ -213,9 +213,21 @@ class TrainerProcess:
                 self.kill()
 
 
-def trainer_with_shared_tokenizers(data_dir: Path, model: Path, cache: Path, **env: str) -> TrainerProcess:
-    """A trainer process whose GGUF caches are the session's, so it never converts a GGUF again."""
+# Where bench/ keeps converted GGUFs between runs (the tests use a folder of their session).
+BENCH_GGUF_CACHE = Path(tempfile.gettempdir()) / "classroom-bench-gguf-cache"
+GGUF_CACHES = ("tokenizers", "gguf-weights")  # a trainer data folder's converted tokenizers and dequantized weights
+
+
+def share_gguf_cache(data_dir: Path, cache: Path) -> Path:
+    """Point a trainer data folder's GGUF caches at one shared folder (laid out like a data folder), so each GGUF is
+    converted once per cache rather than once per trainer: a minute or more for Gemma's 262k-token vocabulary."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "tokenizers").symlink_to(cache, target_is_directory=True)
-    (data_dir / "gguf-weights").symlink_to(cache / "weights", target_is_directory=True)
-    return TrainerProcess(data_dir, model, **env)
+    for name in GGUF_CACHES:
+        (cache / name).mkdir(parents=True, exist_ok=True)
+        (data_dir / name).symlink_to(cache / name, target_is_directory=True)
+    return data_dir
+
+
+def trainer_with_shared_tokenizers(data_dir: Path, model: Path, cache: Path, **env: str) -> TrainerProcess:
+    """A trainer process whose GGUF caches are the shared ones, so it never converts a GGUF again."""
+    return TrainerProcess(share_gguf_cache(data_dir, cache), model, **env)

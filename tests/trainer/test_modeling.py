@@ -92,11 +92,12 @@ def test_unknown_family_keeps_its_own_template() -> None:
 
 
 @pytest.mark.timeout(600)  # converting the GGUF tokenizer: a minute or more on a busy machine
-def test_smollm2_gguf_tokenizer_gets_chatml_without_default_system(tokenizer_cache: Path) -> None:
+def test_smollm2_gguf_tokenizer_gets_chatml_without_default_system(gguf_cache: Path) -> None:
     """SmolLM2's GGUF (whose own template adds 'named SmolLM') renders plain ChatML; the cache reloads it the same."""
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip(f"{INSTALL_SMOLLM2} to run")
+    tokenizer_cache = gguf_cache / "tokenizers"
     tokenizer = load_tokenizer(str(gguf), cache_dir=tokenizer_cache)
     text = render_chat(tokenizer, [{"role": "user", "content": "hi"}], True)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"

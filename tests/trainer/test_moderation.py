@@ -148,3 +148,18 @@ def test_korean_spacing_and_jamo_count_as_korcen_counts_them(filters: moderation
 def test_korcen_is_not_run_on_latin_text(filters: moderation.Filters) -> None:
     """korcen's lists misfire on English ("Sussex"); Latin-only text goes to the English classifier alone."""
     assert not filters.korean("We visited Sussex and Essex") and not filters.classify(["We visited Sussex"])[0].flagged
+
+
+@pytest.mark.parametrize("text", ["nice tits lol", "im so horny", "kys", "send nudes", "she is a MILF",
+                                  "blowjob jokes in chat"])
+def test_english_words_the_classifier_misses_are_flagged(filters: moderation.Filters, text: str) -> None:
+    """Sexual words and a self-harm taunt that alt-profanity-check scores under 0.8 (tits 0.72, horny 0.50, kys 0.04,
+    milf 0.04, blowjob 0.04) are flagged by the extra English word list, as the Korean one does for korcen."""
+    assert filters.classify([text])[0].flagged
+
+
+@pytest.mark.parametrize("text", ["The titanic sank in 1912", "Tell me about the titmouse", "Why do skys look blue?",
+                                  "A nude painting by Rembrandt", "My homework is done"])
+def test_extra_english_words_match_whole_words_only(filters: moderation.Filters, text: str) -> None:
+    """The list matches whole words: 'titanic', 'titmouse' and 'skys' pass, and so does an art lesson's 'nude'."""
+    assert not filters.classify([text])[0].flagged
