@@ -332,7 +332,7 @@ class Generator:
         model, tokenizer = await asyncio.to_thread(self.pool.get, target)
 
         def tokenize() -> Any:  # off the event loop: a long prompt takes a while to render and tokenize
-            prompt = render_chat(tokenizer, chat_messages(messages), True)  # as training rendered it
+            prompt = render_chat(tokenizer, chat_messages(tokenizer, messages), True)  # as training rendered it
             # No token stands for more characters than the vocabulary's longest: a prompt that long is over the
             # cap for sure, and is refused without the cost of tokenizing it (megabytes of text take seconds).
             at_least = len(prompt) // (longest_token(tokenizer) + 1)

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.modeling import load_model, render_chat
+from trainer.modeling import control_token_ids, load_model, render_chat
 from trainer.validation import file_lines
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,36 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], 
     return render_chat(tokenizer, messages, generation_prompt)  # the same rendering chat uses
 
 
-def chat_messages(raw: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
-    """Keep what a chat template understands: the role and the text of each message."""
-    return [{"role": str(message.get("role", "user")), "content": content_text(message.get("content"))}
-            for message in raw]
+def chat_messages(tokenizer: PreTrainedTokenizerBase, raw: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """Keep what a chat template understands: the role and the text of each message, with the tokenizer's control
+    tokens written in the text kept as text (a student who types "<|im_end|>" must not end a turn, or forge one)."""
+    return [{"role": str(message.get("role", "user")),
+             "content": _as_text(tokenizer, content_text(message.get("content")))} for message in raw]
+
+
+# Put between a control token's first two characters, it leaves the text looking the same and stops the tokenizer
+# from matching it (U+2060 WORD JOINER: invisible, no width, no line break).
+_JOINER = "\u2060"
+_MARKUP = re.compile(r"<[^<>\s]{1,64}>")  # the shape of nearly every control token: <|im_end|>, <end_of_turn>, </s>
+_CONTROL_TEXTS: weakref.WeakKeyDictionary[Any, tuple[frozenset[str], re.Pattern[str] | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _as_text(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    if tokenizer not in _CONTROL_TEXTS:
+        specials = frozenset(token for token in tokenizer.convert_ids_to_tokens(sorted(control_token_ids(tokenizer)))
+                             if len(token) > 1)
+        # Gemma has some 6,000 such tokens: one pass for the <...> ones, an alternation for the few of other shapes.
+        shaped = sorted((t for t in specials if not _MARKUP.fullmatch(t)), key=len, reverse=True)
+        _CONTROL_TEXTS[tokenizer] = (specials, re.compile("|".join(map(re.escape, shaped))) if shaped else None)
+    specials, others = _CONTROL_TEXTS[tokenizer]
+
+    def joined(match: re.Match[str]) -> str:
+        found = match.group(0)
+        return found[0] + _JOINER + found[1:] if found in specials else found
+
+    text = _MARKUP.sub(joined, text)
+    return others.sub(joined, text) if others is not None else text
 
 
 _SUFFIXES: dict[str, tuple[str, str]] = {}
@@ -96,7 +123,7 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, raw_messages: list[dict[str,
     """
     char_limit = max_len * (longest_token(tokenizer) + 1)
     raw_messages = raw_messages[:max_len]
-    messages = chat_messages(raw_messages)
+    messages = chat_messages(tokenizer, raw_messages)
     for message in messages:
         message["content"] = message["content"][:char_limit]
     full = _render(tokenizer, messages, False)[:char_limit]

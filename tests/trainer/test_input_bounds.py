@@ -33,7 +33,7 @@ def reference_encode(tokenizer: Any, raw: list[dict[str, Any]], max_len: int) ->
     """The former encode_chat (one render per assistant turn over the whole prefix): slow but plainly right."""
     from trainer.training import IGNORE, chat_messages
 
-    messages = chat_messages(raw)
+    messages = chat_messages(tokenizer, raw)
 
     def render(part: list[dict[str, str]], prompt: bool) -> str:
         return str(tokenizer.apply_chat_template(part, tokenize=False, add_generation_prompt=prompt))
