@@ -1,4 +1,5 @@
-"""Fixtures for the trainer: a tiny chat model built on the spot and the server as a real process (both from\ntests/trainer/harness.py, which bench/ imports too); a session's cache of converted GGUF tokenizers."""
+"""Fixtures for the trainer: a tiny chat model built on the spot, the server as a real process (both from
+tests/trainer/harness.py, which bench/ imports too), and a session's cache of converted GGUFs."""
 
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.harness import ANSWER, chat_example
-from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf
+from tests.trainer.harness import ANSWER, INSTALL_SMOLLM2, chat_example, smollm2_gguf
 from trainer.modeling import (
     CHATML_TEMPLATE,
     GEMMA_TEMPLATE,
