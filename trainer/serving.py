@@ -214,13 +214,15 @@ class ModelPool:
         if name not in self._tokenizers:
             with self._lock:
                 self._tokenizer_callers += 1
-            try:
-                with self._loading, self._failing(name):
-                    self._load_tokenizer(name)
-            finally:
-                with self._lock:
-                    self._tokenizer_callers -= 1
-                with self._loading:
+            with self._loading:
+                try:
+                    with self._failing(name):
+                        self._load_tokenizer(name)
+                finally:
+                    # Still holding the loading lock: a model load may take it the moment it is free, for a minute,
+                    # and this count has its tokenizer already.
+                    with self._lock:
+                        self._tokenizer_callers -= 1
                     self._loading.notify_all()
         return self._tokenizers[name]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -226,11 +227,41 @@ def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_mod
     monkeypatch.setattr(trainer.serving, "load_tokenizer", slow_tokenizer)
     monkeypatch.setattr(trainer.serving, "load_model", held_model)
     pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1)
-    preparing = threading.Thread(target=pool.prepare_all)
-    preparing.start()
-    assert tokenizer_loading.wait(JOB_TIMEOUT_S)
     counted: list[object] = []
     counting = threading.Thread(target=lambda: counted.append(pool.tokenizer("tiny")))
+
+    preparation_let_go, count_let_go = threading.Event(), threading.Event()
+
+    class WideningLock:
+        """The pool's own lock, widening the moment found under load: the preparation gives up its place in line for
+        the tokenizer, and lets the count give up its own before it goes on where it can; the count, done, gives a
+        model load the chance to go first. Where a count that has its tokenizer could still be made to wait for the
+        model, this makes it so; where it cannot, each wait ends after a second."""
+
+        def __init__(self) -> None:
+            self._lock, self.uses = threading.Lock(), collections.Counter[threading.Thread]()
+
+        def __enter__(self) -> None:
+            me = threading.current_thread()
+            if me is counting and self.uses[me] == 1:
+                assert preparation_let_go.wait(JOB_TIMEOUT_S)
+            self._lock.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            me = threading.current_thread()
+            self.uses[me] += 1
+            self._lock.release()
+            if self.uses[me] == 2 and me is preparing:  # a caller's second use of the lock is letting go
+                preparation_let_go.set()
+                count_let_go.wait(1)
+            elif self.uses[me] == 2 and me is counting:
+                count_let_go.set()
+                model_loading.wait(1)
+
+    preparing = threading.Thread(target=pool.prepare_all)
+    monkeypatch.setattr(pool, "_lock", WideningLock())
+    preparing.start()
+    assert tokenizer_loading.wait(JOB_TIMEOUT_S)
     counting.start()
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while pool._tokenizer_callers < 2:  # the preparation's own tokenizer load, and the count waiting for it
