@@ -5,14 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv-bot}"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-"${PIP[@]}" -r requirements.txt
+source scripts/venv.sh
+pip_install -r requirements.txt
 if [ "$("$VENV/bin/python" -m bot backend)" = "trainer" ]; then
   # torch first: pip then takes the CPU build instead of pulling a multi-GB CUDA one.
-  "${PIP[@]}" torch==2.13.0
-  "${PIP[@]}" -r requirements-trainer.txt
+  pip_install torch==2.13.0
+  pip_install -r requirements-trainer.txt
 fi
 exec "$VENV/bin/python" -m bot "$@"
