@@ -17,10 +17,11 @@ MYPY_OUT="$(mktemp)"
 "$VENV/bin/python" -m mypy >"$MYPY_OUT" 2>&1 &
 MYPY_PID=$!
 trap 'kill "$MYPY_PID" 2>/dev/null || true; rm -f "$MYPY_OUT"' EXIT
-# One worker per CPU: tests are independent of order and process (each worker builds its own fixtures); a -n given
-# on the command line (e.g. -n 0 to debug one test) comes later and wins.
+# One worker per CPU: tests are independent of order and process (each worker builds its own fixtures; tests marked
+# xdist_group share a worker, and so its session fixtures); a -n given on the command line (e.g. -n 0 to debug one
+# test) comes later and wins.
 status=0
-"$VENV/bin/python" -m pytest -n auto "$@" || status=$?
+"$VENV/bin/python" -m pytest -n auto --dist loadgroup "$@" || status=$?
 typed=0
 wait "$MYPY_PID" || typed=$?
 cat "$MYPY_OUT"

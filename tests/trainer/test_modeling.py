@@ -90,6 +90,7 @@ def test_unknown_family_keeps_its_own_template() -> None:
     assert render_chat(tokenizer, [{"role": "user", "content": "hi"}], True) == "User: hi</s>\nAssistant: "
 
 
+@pytest.mark.xdist_group("smollm2-gguf")  # one worker, one session cache: converted once
 @pytest.mark.timeout(600)  # converting the GGUF tokenizer: a minute or more on a busy machine
 def test_smollm2_gguf_tokenizer_gets_chatml_without_default_system(gguf_cache: Path) -> None:
     """SmolLM2's GGUF (whose own template adds 'named SmolLM') renders plain ChatML; the cache reloads it the same."""

@@ -14,6 +14,7 @@ GGUF = smollm2_gguf()
 pytestmark = pytest.mark.skipif(GGUF is None, reason=f"{INSTALL_SMOLLM2} to run")
 
 
+@pytest.mark.xdist_group("smollm2-gguf")  # one worker, one session cache: converted once
 @pytest.mark.timeout(600)  # loads a 135M model twice (worker, then chat): minutes on a busy 2-core machine
 async def test_smollm2_gguf_trains_and_answers(tmp_path: Path, gguf_cache: Path) -> None:
     """The dequantized GGUF trains two LoRA steps through the API and its fine-tuned model answers in text."""
