@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench._memory import PeakMemory  # noqa: E402 - after the path is set
 from tests.trainer.harness import GGUF_CACHES, gemma_gguf, share_gguf_cache, smollm2_gguf  # noqa: E402
+from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE  # noqa: E402
 
 EN_TOPICS = ["the sun", "rain", "volcanoes", "bees", "the moon", "rivers", "snow", "wind", "stars", "trees"]
 KO_TOPICS = ["태양", "비", "화산", "꿀벌", "달", "강", "눈", "바람", "별", "나무"]
@@ -147,11 +148,11 @@ def step_times(source: str, language: str, steps: int, labelled_only: bool, cach
     from trainer.modeling import load_model, load_tokenizer
     from trainer.training import batches, collate, encode_chat, labelled_loss_and_accuracy, linear_schedule
 
-    tokenizer = load_tokenizer(source, cache / "tokenizers")
+    tokenizer = load_tokenizer(source, cache / TOKENIZER_CACHE)
     examples = [encode_chat(tokenizer, json.loads(line)["messages"], 1024)
                 for line in lesson(language).decode().splitlines()]
     torch.manual_seed(1)
-    model = get_peft_model(load_model(source, "cpu", cache_dir=cache / "gguf-weights"), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+    model = get_peft_model(load_model(source, "cpu", cache_dir=cache / WEIGHTS_CACHE), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=0.0)

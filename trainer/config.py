@@ -21,6 +21,8 @@ DEFAULT_BASE_MODELS = (
 # Where a generated key is kept, in the data directory, readable by its owner only.
 API_KEY_FILE = "api_key"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# A data directory's caches of what a GGUF base model is converted into, once: its tokenizer, its dequantized weights.
+TOKENIZER_CACHE, WEIGHTS_CACHE = "tokenizers", "gguf-weights"
 
 
 class SettingsError(Exception):
@@ -60,6 +62,16 @@ class Settings:
     def max_batch_size(self) -> int:
         """The largest batch_size a job may ask for: what fits in TRAINER_MAX_BATCH_TOKENS at full length."""
         return max(1, self.max_batch_tokens // self.max_seq_len)
+
+    @property
+    def tokenizer_cache(self) -> Path:
+        """Where converted GGUF tokenizers are kept."""
+        return self.data_dir / TOKENIZER_CACHE
+
+    @property
+    def weights_cache(self) -> Path:
+        """Where dequantized GGUF weights are kept."""
+        return self.data_dir / WEIGHTS_CACHE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -138,8 +138,8 @@ class LazyGenerator:
         from trainer.serving import Generator, ModelPool
 
         pool = ModelPool(self.settings.base_models, self.settings.device, self.settings.adapter_cache,
-                         self.settings.torch_threads, cache_dir=self.settings.data_dir / "tokenizers",
-                         weights_dir=self.settings.data_dir / "gguf-weights")
+                         self.settings.torch_threads, cache_dir=self.settings.tokenizer_cache,
+                         weights_dir=self.settings.weights_cache)
         return Generator(pool, self.settings.max_concurrent_generations, self.settings.max_queued_generations)
 
     async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[str]:

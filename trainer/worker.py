@@ -131,7 +131,7 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
     hyper = json.loads(job["hyperparameters"])
     # Loading takes a minute on a small machine, before any step: say so, or the job looks stuck.
     store.add_event(job_id, "Loading the base model")
-    tokenizer = load_tokenizer(job["base_source"], settings.data_dir / "tokenizers")
+    tokenizer = load_tokenizer(job["base_source"], settings.tokenizer_cache)
     training_file = store.file(job["training_file"])
     validation_file = store.file(job["validation_file"]) if job["validation_file"] else None
     if training_file is None:
@@ -148,7 +148,7 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
         learning_rate=settings.base_learning_rate * float(hyper["learning_rate_multiplier"]), seed=int(job["seed"]),
         lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, out_dir=out_dir,
         resume_from=Path(checkpoint["path"]) if checkpoint is not None else None, should_stop=flags.reason,
-        cache_dir=settings.data_dir / "gguf-weights",
+        cache_dir=settings.weights_cache,
     )
     result = train(spec, DatabaseReporter(store, job, name))
     if result.stopped is not None:

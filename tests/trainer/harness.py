@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -215,7 +217,7 @@ class TrainerProcess:
 
 # Where bench/ keeps converted GGUFs between runs (the tests use a folder of their session).
 BENCH_GGUF_CACHE = Path(tempfile.gettempdir()) / "classroom-bench-gguf-cache"
-GGUF_CACHES = ("tokenizers", "gguf-weights")  # a trainer data folder's converted tokenizers and dequantized weights
+GGUF_CACHES = (TOKENIZER_CACHE, WEIGHTS_CACHE)  # a trainer data folder's converted tokenizers and dequantized weights
 
 
 def share_gguf_cache(data_dir: Path, cache: Path) -> Path:

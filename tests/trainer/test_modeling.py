@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.trainer.harness import ANSWER, INSTALL_SMOLLM2, chat_example, smollm2_gguf
+from trainer.config import TOKENIZER_CACHE
 from trainer.modeling import (
     CHATML_TEMPLATE,
     GEMMA_TEMPLATE,
@@ -97,7 +98,7 @@ def test_smollm2_gguf_tokenizer_gets_chatml_without_default_system(gguf_cache: P
     gguf = smollm2_gguf()
     if gguf is None:
         pytest.skip(f"{INSTALL_SMOLLM2} to run")
-    tokenizer_cache = gguf_cache / "tokenizers"
+    tokenizer_cache = gguf_cache / TOKENIZER_CACHE
     tokenizer = load_tokenizer(str(gguf), cache_dir=tokenizer_cache)
     text = render_chat(tokenizer, [{"role": "user", "content": "hi"}], True)
     assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
