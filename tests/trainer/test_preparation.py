@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -229,7 +229,6 @@ def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_mod
     pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1)
     counted: list[object] = []
     counting = threading.Thread(target=lambda: counted.append(pool.tokenizer("tiny")))
-
     preparation_let_go, count_let_go = threading.Event(), threading.Event()
 
     class WideningLock:
