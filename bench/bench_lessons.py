@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench._memory import PeakMemory  # noqa: E402 - after the path is set
-from tests.trainer.harness import GGUF_CACHES, gemma_gguf, share_gguf_cache, smollm2_gguf  # noqa: E402
+from tests.trainer.harness import gemma_gguf, share_gguf_cache, smollm2_gguf  # noqa: E402
 from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE  # noqa: E402
 
 EN_TOPICS = ["the sun", "rain", "volcanoes", "bees", "the moon", "rivers", "snow", "wind", "stars", "trees"]
@@ -185,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     pairs = [tuple(pair.split(":")) for pair in args.pairs.split(",")]
     cache = args.cache or Path(tempfile.mkdtemp(prefix="bench-lessons-"))
-    tokenizers, weights = (cache / name for name in GGUF_CACHES)
+    tokenizers, weights = cache / TOKENIZER_CACHE, cache / WEIGHTS_CACHE
     sources = {name: source for name, source in model_sources(cache).items() if name in {n for n, _ in pairs}}
     if not sources:
         sys.exit("bench: install an offline model first (see the docstring)")
