@@ -45,7 +45,7 @@ from tests.trainer.harness import (
     TrainerProcess,
     gemma_gguf,
     smollm2_gguf,
-    trainer_with_shared_tokenizers,
+    trainer_with_shared_gguf_cache,
 )
 
 PERSONA_FILE = REPO_ROOT / "tests" / "personas" / "persona_pirate_en.jsonl"
@@ -87,7 +87,7 @@ def start_trainer(cache: Path, sources: dict[str, Path], **env: str) -> TrainerP
     """The trainer with these base models, its GGUF conversions kept in cache, every model prepared."""
     data = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     models = ",".join(f"{name}={path}" for name, path in sources.items())
-    server = trainer_with_shared_tokenizers(data / "data", next(iter(sources.values())), cache,
+    server = trainer_with_shared_gguf_cache(data / "data", next(iter(sources.values())), cache,
                                             TRAINER_BASE_MODELS=models, TRAINER_TORCH_THREADS="0", **env)
     started = time.perf_counter()
     server.start(timeout=120).wait_models_ready(timeout=JOB_SECONDS)

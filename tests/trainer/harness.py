@@ -230,6 +230,6 @@ def share_gguf_cache(data_dir: Path, cache: Path) -> Path:
     return data_dir
 
 
-def trainer_with_shared_tokenizers(data_dir: Path, model: Path, cache: Path, **env: str) -> TrainerProcess:
+def trainer_with_shared_gguf_cache(data_dir: Path, model: Path, cache: Path, **env: str) -> TrainerProcess:
     """A trainer process whose GGUF caches are the shared ones, so it never converts a GGUF again."""
     return TrainerProcess(share_gguf_cache(data_dir, cache), model, **env)

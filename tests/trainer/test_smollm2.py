@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf, trainer_with_shared_tokenizers
+from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf, trainer_with_shared_gguf_cache
 from tests.trainer.test_journey import client, upload, wait_for
 
 GGUF = smollm2_gguf()
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(GGUF is None, reason=f"{INSTALL_SMOLLM2} to run"
 @pytest.mark.timeout(600)  # loads a 135M model twice (worker, then chat): minutes on a busy 2-core machine
 async def test_smollm2_gguf_trains_and_answers(tmp_path: Path, gguf_cache: Path) -> None:
     """The dequantized GGUF trains two LoRA steps through the API and its fine-tuned model answers in text."""
-    server = trainer_with_shared_tokenizers(tmp_path / "data", GGUF, gguf_cache, TRAINER_MAX_SEQ_LEN="128",
+    server = trainer_with_shared_gguf_cache(tmp_path / "data", GGUF, gguf_cache, TRAINER_MAX_SEQ_LEN="128",
                                             TRAINER_MAX_TOKENS="8", TRAINER_TORCH_THREADS="0")
     server.env["TRAINER_BASE_MODELS"] = f"smollm2={GGUF}"
     server.start()
