@@ -20,6 +20,7 @@ from aiohttp import BodyPartReader, web
 from trainer import moderation
 from trainer.catalog import languages
 from trainer.config import Settings, is_ip_address
+from trainer.reply_guard import ReplyGuard, guarded, scripts_in, scripts_of_file
 from trainer.scheduler import Scheduler
 from trainer.store import PARTIAL_SUFFIX, TERMINAL_STATUSES, Page, Store, new_id
 
@@ -41,6 +42,8 @@ STORE: web.AppKey[Store] = web.AppKey("store", Store)
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler", Scheduler)
 GENERATOR: web.AppKey[Any] = web.AppKey("generator", object)
 TIMINGS: web.AppKey[Any] = web.AppKey("timings", object)
+# The scripts (Hangul, Latin...) of each training file, read once: what a fine-tuned model's replies may use.
+TRAINING_SCRIPTS: web.AppKey[dict[str, frozenset[str]]] = web.AppKey("training_scripts", dict)
 # One /tokenize request counts at most this many conversations (a 40-example class file is one request).
 MAX_TOKENIZE_CONVERSATIONS = 5000
 
@@ -546,6 +549,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         max_prompt_tokens=settings.max_prompt_tokens,
         frequency_penalty=float(frequency_penalty),
     )
+    # Every reply passes the guard: one that loops or drifts into junk ends there (trainer/reply_guard.py).
+    allowed = scripts_in(_message_texts(messages)) | await _training_scripts(request, name)
+    pieces = guarded(pieces, ReplyGuard(allowed), stats)
     completion_id, created = new_id("chatcmpl"), int(time.time())
     try:
         if not body.get("stream"):
@@ -568,6 +574,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                             "Please reduce the length of the messages.",
                        param="messages", code="context_length_exceeded") from None
     return await _stream(request, body, pieces, first, stats, completion_id, created, name)
+
+
+def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
+    texts: list[str] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            texts.extend(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return texts
+
+
+async def _training_scripts(request: web.Request, name: str) -> frozenset[str]:
+    """The scripts of the training file a fine-tuned model (or checkpoint) learned from; none for a base model."""
+    store = request.app[STORE]
+    job = store.job_by_model(name)
+    if job is None:
+        checkpoint = store.checkpoint_by_model(name)
+        job = store.job(checkpoint["job_id"]) if checkpoint is not None else None
+    training = store.file(job["training_file"]) if job is not None else None
+    if training is None:
+        return frozenset()
+    cache = request.app[TRAINING_SCRIPTS]
+    if training["id"] not in cache:
+        try:
+            cache[training["id"]] = await asyncio.to_thread(scripts_of_file, Path(training["path"]))
+        except OSError:  # the file was deleted since: the chat's own scripts still guard the reply
+            return frozenset()
+    return cache[training["id"]]
 
 
 # Tokenize
@@ -646,6 +682,7 @@ def build_app(settings: Settings, store: Store, scheduler: Scheduler, generator:
     """Wire the routes under /v1."""
     app = web.Application(middlewares=[errors_and_auth], client_max_size=settings.max_request_bytes)
     app[SETTINGS], app[STORE], app[SCHEDULER], app[GENERATOR] = settings, store, scheduler, generator
+    app[TRAINING_SCRIPTS] = {}
     app.add_routes([
         web.post("/v1/files", upload_file),
         web.get("/v1/files", list_files),
