@@ -134,10 +134,11 @@ class ClassroomBot(commands.Bot):
             base_url = self.trainer.base_url
         log.info("Fine-tuning backend: %s", {"trainer": "the school's own trainer", "openai": "OpenAI",
                                               "compatible": "the server at OPENAI_BASE_URL"}[self.settings.backend])
-        # The school's trainer is reached only through its private socket: the key never goes to a TCP port that
-        # another account could have taken while the trainer restarted.
+        # The school's trainer is reached only through its private socket (BACKEND_SOCKET: a trainer or tunnel the
+        # teacher runs): the key never goes to a TCP port that another account could have taken meanwhile.
         self.gateway = FineTuningGateway.create(api_key=api_key, base_url=base_url,
-                                                unix_socket=self.trainer.socket_path if self.trainer else None)
+                                                unix_socket=self.trainer.socket_path if self.trainer
+                                                else self.settings.backend_socket)
         self.jobs = JobRepository(self.db)
         self.meta = MetaRepository(self.db)
         self.workers = CpuWorkers(self.settings.worker_processes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class Settings:
     # settings reach it through the environment it inherits. It listens on a private Unix socket, not on a port.
     trainer_data_dir: Path = Path("./data/trainer")
     trainer_api_key: str | None = field(default=None, repr=False)
+    # A Unix socket through which OPENAI_BASE_URL is reached (a trainer's TRAINER_SOCKET, or an SSH tunnel's end).
+    backend_socket: Path | None = None
 
     @property
     def backend(self) -> Backend:
@@ -82,7 +85,8 @@ class Settings:
         if any(c.isspace() for c in token):
             raise ConfigError("DISCORD_TOKEN", "must not contain spaces")
         base_url = _optional_url(env, "OPENAI_BASE_URL", ("http://", "https://"))
-        if base_url is not None and not _flag(env, PLAIN_HTTP_OPT_IN):
+        backend_socket = _backend_socket(env, base_url)
+        if base_url is not None and backend_socket is None and not _flag(env, PLAIN_HTTP_OPT_IN):
             _refuse_plain_http_across_network(base_url)
         api_key = env.get("OPENAI_API_KEY", "").strip() or None
         database_path = _data_path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH)
@@ -104,6 +108,7 @@ class Settings:
             # Beside the bot's database unless set: one data folder for the whole school's installation.
             trainer_data_dir=_data_path(env.get("TRAINER_DATA_DIR", "").strip() or str(database_path.parent / "trainer")),
             trainer_api_key=env.get("TRAINER_API_KEY", "").strip() or None,
+            backend_socket=backend_socket,
         )
 
 
@@ -127,6 +132,24 @@ def _data_path(raw: str) -> Path:
     # Absolute at start: paths the bot stores (staged files) and hands to the trainer must not depend on the folder
     # a later start runs from. SQLite's ":memory:" is no path.
     return Path(raw) if raw == ":memory:" else Path(raw).expanduser().resolve()
+
+
+def _backend_socket(env: Mapping[str, str], base_url: str | None) -> Path | None:
+    raw = env.get("BACKEND_SOCKET", "").strip()
+    if not raw:
+        return None
+    if base_url is None:
+        raise ConfigError("BACKEND_SOCKET", "needs OPENAI_BASE_URL too (e.g. http://localhost/v1)")
+    path = Path(raw).expanduser().resolve()
+    try:
+        folder = path.parent.stat()
+    except OSError:
+        raise ConfigError("BACKEND_SOCKET", f"its folder {path.parent} does not exist") from None
+    # In a folder another account can write to, that account could put its own socket in the place of the real one.
+    if folder.st_uid != os.getuid() or stat.S_IMODE(folder.st_mode) & 0o077:
+        raise ConfigError("BACKEND_SOCKET", f"must be in a folder of this account that only it can open "
+                                            f"({path.parent}: chmod 700)")
+    return path
 
 
 def _refuse_plain_http_across_network(url: str) -> None:

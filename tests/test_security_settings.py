@@ -118,3 +118,21 @@ def test_unwritable_cache_falls_back_to_a_new_private_folder(tmp_path: Path, mon
         assert used.name != "classroom-bot-tiktoken" and stat.S_IMODE(used.stat().st_mode) == 0o700
     finally:
         shutil.rmtree(used, ignore_errors=True)
+
+
+def test_backend_socket_must_sit_in_a_folder_only_this_account_opens(tmp_path: Path) -> None:
+    """BACKEND_SOCKET in a folder others can write to is refused (they could put their own socket there); in a 0700
+    folder it is taken, and then no plain-HTTP refusal applies (nothing crosses the network)."""
+    env = {"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "http://trainer.school.lan/v1"}
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(ConfigError, match="BACKEND_SOCKET"):
+        Settings.from_env({**env, "BACKEND_SOCKET": str(shared / "trainer.sock")})
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    settings = Settings.from_env({**env, "BACKEND_SOCKET": str(private / "trainer.sock")})
+    assert settings.backend_socket == private / "trainer.sock"
+    with pytest.raises(ConfigError, match="BACKEND_SOCKET"):
+        Settings.from_env({"DISCORD_TOKEN": "x", "BACKEND_SOCKET": str(private / "trainer.sock")})

@@ -140,3 +140,50 @@ async def test_trainer_refuses_a_socket_in_a_folder_others_can_open(tmp_path: Pa
                                      capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "TRAINER_SOCKET" in result.stderr.strip().splitlines()[-1]
     assert not (shared / "trainer.sock").exists()
+
+
+async def test_bot_reaches_a_trainer_it_did_not_start_over_backend_socket(tmp_path: Path, tiny_model: Path,
+                                                                          squatter: Squatter) -> None:
+    """`TRAINER_SOCKET=... python -m trainer` run by the teacher (or an SSH tunnel's end) and BACKEND_SOCKET in the
+    bot's settings: the bot's requests go through that socket, never to a port."""
+    import tempfile
+
+    from bot.config import Settings
+
+    folder = Path(tempfile.mkdtemp(prefix="classroom-test-"))
+    sock = folder / "trainer.sock"
+    env = {**_trainer_env(tiny_model, squatter.port), "TRAINER_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": str(REPO_ROOT), "TRAINER_SOCKET": str(sock)}
+    process = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        key = await _key_of(tmp_path / "data" / "api_key", process)
+        settings = Settings.from_env({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "http://localhost/v1",
+                                      "OPENAI_API_KEY": key, "BACKEND_SOCKET": str(sock)})
+        gateway = FineTuningGateway.create(api_key=key, base_url=settings.openai_base_url,
+                                           unix_socket=settings.backend_socket)
+        try:
+            async with asyncio.timeout(60):
+                while True:  # the socket is bound at once, served once the app has started
+                    try:
+                        models = [m.id async for m in gateway.client.models.list()]
+                        break
+                    except Exception:  # not serving yet: ask again
+                        await asyncio.sleep(0.2)
+        finally:
+            await gateway.close()
+        assert "tiny" in models
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        sock.unlink(missing_ok=True)
+        folder.rmdir()
+    assert squatter.connections == 0
+
+
+async def _key_of(path: Path, process: subprocess.Popen[bytes]) -> str:
+    async with asyncio.timeout(60):
+        while not (path.exists() and path.read_text().strip()):
+            assert process.poll() is None, "the trainer exited"
+            await asyncio.sleep(0.1)
+    return path.read_text().strip()
