@@ -40,8 +40,9 @@ _WITHHELD = ("DISCORD_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "TRAINER_HOST
 SOCKET_NAME = "trainer.sock"
 # sun_path holds 108 bytes on Linux, 104 on macOS: a longer TMPDIR cannot hold the socket.
 MAX_SOCKET_PATH = 100
-# The trainer's output is read in pieces of this size; a longer line is cut there (the rest is dropped, not kept):
-# asyncio's readline stops for good at a line over 64 KiB, and a trainer whose output is not read blocks.
+# The trainer's output is read in pieces of at most this size, whatever its lines (asyncio's readline stops for good
+# at a line over 64 KiB, and a trainer whose output is no longer read blocks on its next write); a line longer than
+# MAX_LOG_LINE_CHARS is logged cut there, and the rest of it is dropped as it arrives, never held.
 LOG_CHUNK_BYTES = 64 * 1024
 MAX_LOG_LINE_CHARS = 4000
 # "2026-12-03 09:30:00,123 INFO trainer.server: Trainer ready": the trainer's own stamp and level are read, not
@@ -54,13 +55,14 @@ class TrainerStartError(Exception):
 
 
 class TrainerProcess:
-    """Runs `python -m trainer` on loopback for the bot and keeps it running until the bot stops."""
+    """Runs `python -m trainer` on a private Unix socket for the bot and keeps it running until the bot stops."""
 
     def __init__(self, *, data_dir: Path, api_key: str | None = None, environ: Mapping[str, str] | None = None,
                  command: Sequence[str] | None = None) -> None:
         self.data_dir = data_dir
         self._configured_key = api_key
         self._environ = dict(os.environ if environ is None else environ)
+        # The program to run: the trainer, or in tests a stand-in that prints what they need.
         self._command = list(command) if command is not None else [sys.executable, "-m", "trainer"]
         self._socket_dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None

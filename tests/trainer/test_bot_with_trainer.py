@@ -136,7 +136,7 @@ async def _start_when_trainer_ready(fake: FakeDiscord, card: FakeMessage, studen
 
 async def test_trainer_child_restarts_after_a_crash_and_stops_with_the_bot(tmp_path: Path, tiny_model: Path,
                                                                             caplog: pytest.LogCaptureFixture) -> None:
-    """Killed outright, the trainer is started again (same key, same port); stopping ends it; logs are prefixed."""
+    """Killed outright, the trainer is started again (same key, same private socket); stopping ends it; logs are prefixed."""
     caplog.set_level("INFO", logger="bot.trainer_process")
     child = ChildTrainer(data_dir=tmp_path / "trainer",
                          environ={**os.environ, **trainer_env(f"tiny={tiny_model}")})
