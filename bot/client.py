@@ -129,13 +129,16 @@ class ClassroomBot(commands.Bot):
         if self.settings.backend == "trainer":
             # No backend configured: the school's own trainer, run beside the bot (it still loads models while the
             # bot connects; until it listens, requests are answered "busy, try again in a moment").
-            self.trainer = TrainerProcess(port=self.settings.trainer_port, data_dir=self.settings.trainer_data_dir,
-                                          api_key=self.settings.trainer_api_key)
+            self.trainer = TrainerProcess(data_dir=self.settings.trainer_data_dir, api_key=self.settings.trainer_api_key)
             api_key = await self.trainer.start()
             base_url = self.trainer.base_url
         log.info("Fine-tuning backend: %s", {"trainer": "the school's own trainer", "openai": "OpenAI",
                                               "compatible": "the server at OPENAI_BASE_URL"}[self.settings.backend])
-        self.gateway = FineTuningGateway.create(api_key=api_key, base_url=base_url)
+        # The school's trainer is reached only through its private socket (BACKEND_SOCKET: a trainer or tunnel the
+        # teacher runs): the key never goes to a TCP port that another account could have taken meanwhile.
+        self.gateway = FineTuningGateway.create(api_key=api_key, base_url=base_url,
+                                                unix_socket=self.trainer.socket_path if self.trainer
+                                                else self.settings.backend_socket)
         self.jobs = JobRepository(self.db)
         self.meta = MetaRepository(self.db)
         self.workers = CpuWorkers(self.settings.worker_processes)

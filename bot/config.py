@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 Backend = Literal["compatible", "openai", "trainer"]
 
@@ -21,11 +24,11 @@ DEFAULT_TUNABLE_MODELS = (
     "gpt-4.1-mini-2025-04-14",
 )
 DISCORD_API_DEFAULT = "https://discord.com/api/v10"
-# The built-in trainer's port when TRAINER_PORT is not set (the same default as `python -m trainer`).
-DEFAULT_TRAINER_PORT = 8400
 # Processes for dataset checks and charts: one per core, at most two (each holds ~100 MB: tokenizer, matplotlib).
 DEFAULT_WORKER_PROCESSES = min(2, os.cpu_count() or 1)
 _API_VERSION = re.compile(r"/api/v\d+/?$")
+# The teacher's opt-in to a plain-HTTP backend on another machine (the key then crosses the network readable).
+PLAIN_HTTP_OPT_IN = "ALLOW_PLAIN_HTTP_BACKEND"
 
 
 class ConfigError(Exception):
@@ -54,10 +57,11 @@ class Settings:
     worker_processes: int
     log_level: str
     # The built-in trainer (used when neither OPENAI_BASE_URL nor OPENAI_API_KEY is set); its other TRAINER_*
-    # settings reach it through the environment it inherits.
-    trainer_port: int = DEFAULT_TRAINER_PORT
+    # settings reach it through the environment it inherits. It listens on a private Unix socket, not on a port.
     trainer_data_dir: Path = Path("./data/trainer")
     trainer_api_key: str | None = field(default=None, repr=False)
+    # A Unix socket through which OPENAI_BASE_URL is reached (a trainer's TRAINER_SOCKET, or an SSH tunnel's end).
+    backend_socket: Path | None = None
 
     @property
     def backend(self) -> Backend:
@@ -81,8 +85,11 @@ class Settings:
         if any(c.isspace() for c in token):
             raise ConfigError("DISCORD_TOKEN", "must not contain spaces")
         base_url = _optional_url(env, "OPENAI_BASE_URL", ("http://", "https://"))
+        backend_socket = _backend_socket(env, base_url)
+        if base_url is not None and backend_socket is None and not _flag(env, PLAIN_HTTP_OPT_IN):
+            _refuse_plain_http_across_network(base_url)
         api_key = env.get("OPENAI_API_KEY", "").strip() or None
-        database_path = Path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH)
+        database_path = _data_path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH)
         tunable = tuple(m.strip() for m in env.get("FINETUNE_MODELS", "").split(",") if m.strip())
         return cls(
             discord_token=token,
@@ -98,10 +105,10 @@ class Settings:
             max_training_file_bytes=int(_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
             worker_processes=int(_number(env, "WORKER_PROCESSES", float(DEFAULT_WORKER_PROCESSES), low=0, high=64)),
             log_level=_log_level(env),
-            trainer_port=int(_number(env, "TRAINER_PORT", DEFAULT_TRAINER_PORT, low=1, high=65535)),
             # Beside the bot's database unless set: one data folder for the whole school's installation.
-            trainer_data_dir=Path(env.get("TRAINER_DATA_DIR", "").strip() or database_path.parent / "trainer"),
+            trainer_data_dir=_data_path(env.get("TRAINER_DATA_DIR", "").strip() or str(database_path.parent / "trainer")),
             trainer_api_key=env.get("TRAINER_API_KEY", "").strip() or None,
+            backend_socket=backend_socket,
         )
 
 
@@ -119,6 +126,59 @@ def _optional_url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -
     if not value.startswith(schemes) or len(value) <= len(value.split("//")[0]) + 2:
         raise ConfigError(name, f"must be a URL starting with {' or '.join(schemes)}")
     return value.rstrip("/")
+
+
+def _data_path(raw: str) -> Path:
+    # Absolute at start: paths the bot stores (staged files) and hands to the trainer must not depend on the folder
+    # a later start runs from. SQLite's ":memory:" is no path.
+    return Path(raw) if raw == ":memory:" else Path(raw).expanduser().resolve()
+
+
+def _backend_socket(env: Mapping[str, str], base_url: str | None) -> Path | None:
+    raw = env.get("BACKEND_SOCKET", "").strip()
+    if not raw:
+        return None
+    if base_url is None:
+        raise ConfigError("BACKEND_SOCKET", "needs OPENAI_BASE_URL too (e.g. http://localhost/v1)")
+    path = Path(raw).expanduser().resolve()
+    try:
+        folder = path.parent.stat()
+    except OSError:
+        raise ConfigError("BACKEND_SOCKET", f"its folder {path.parent} does not exist") from None
+    # In a folder another account can write to, that account could put its own socket in the place of the real one.
+    if folder.st_uid != os.getuid() or stat.S_IMODE(folder.st_mode) & 0o077:
+        raise ConfigError("BACKEND_SOCKET", f"must be in a folder of this account that only it can open "
+                                            f"({path.parent}: chmod 700)")
+    return path
+
+
+def _refuse_plain_http_across_network(url: str) -> None:
+    """Refuse http:// to another machine: every request carries the key, which anyone on the school's network
+    could read; https:// or an SSH tunnel to a loopback address keeps it from them (README)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname or ""):
+        return
+    raise ConfigError("OPENAI_BASE_URL", f"is plain http:// to another machine, which would send the key across the "
+                                         f"network readable: use https:// or an SSH tunnel (see README), or set "
+                                         f"{PLAIN_HTTP_OPT_IN}=1 to accept that")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ConfigError(name, "must be 1 (yes) or 0 (no)")
 
 
 def _discord_api_base(url: str | None) -> str | None:

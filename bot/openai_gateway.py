@@ -6,10 +6,12 @@ import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
+import httpx2
 import openai
-from openai import AsyncOpenAI
+from openai import DEFAULT_CONNECTION_LIMITS, AsyncOpenAI, DefaultAsyncHttpxClient
 from openai.types import FilePurpose
 
 from bot import errors
@@ -50,10 +52,20 @@ class FineTuningGateway:
         self.client = client
 
     @classmethod
-    def create(cls, *, api_key: str | None, base_url: str | None, timeout_seconds: float = 60.0) -> FineTuningGateway:
-        """Build the SDK client; a keyless self-hosted backend gets a placeholder key (the SDK requires one)."""
+    def create(cls, *, api_key: str | None, base_url: str | None, timeout_seconds: float = 60.0,
+               unix_socket: Path | None = None) -> FineTuningGateway:
+        """Build the SDK client; a keyless self-hosted backend gets a placeholder key (the SDK requires one).
+
+        With unix_socket every request goes over that socket, whatever host base_url names."""
+        http_client = None
+        if unix_socket is not None:
+            # trust_env=False: a proxy from the environment would otherwise take the requests (and the key) instead.
+            http_client = DefaultAsyncHttpxClient(
+                transport=httpx2.AsyncHTTPTransport(uds=str(unix_socket), limits=DEFAULT_CONNECTION_LIMITS),
+                trust_env=False)
         client = AsyncOpenAI(
-            api_key=api_key or "no-key-needed", base_url=base_url, timeout=timeout_seconds, max_retries=2
+            api_key=api_key or "no-key-needed", base_url=base_url, timeout=timeout_seconds, max_retries=2,
+            http_client=http_client,
         )
         return cls(client)
 

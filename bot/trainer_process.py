@@ -3,6 +3,10 @@
 Used when neither OPENAI_BASE_URL nor OPENAI_API_KEY is set. The trainer is its own program (`python -m trainer`)
 that the bot reaches over HTTP exactly as it reaches OpenAI; this module only runs it and hands over its address
 and key. Its log lines appear in the bot's log, prefixed with "[trainer]".
+
+The child listens on a Unix socket in a folder only this account can enter, never on a TCP port: any account on a
+shared school computer can bind a free loopback port, and one that took the trainer's port while it restarted would
+have been sent the key with the bot's next request. Nobody else can create a socket in that folder.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import logging
 import os
 import re
 import signal
-import socket
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,8 +35,16 @@ STOP_GRACE_SECONDS = 8.0  # the trainer gives streaming replies 5 s to end
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 STABLE_RUN_SECONDS = 120.0
-# The bot's own secrets never reach the trainer's environment.
-_WITHHELD = ("DISCORD_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL")
+# The bot's own secrets never reach the trainer's environment; nor does a TCP address, as it listens on its socket.
+_WITHHELD = ("DISCORD_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "TRAINER_HOST", "TRAINER_PORT")
+SOCKET_NAME = "trainer.sock"
+# sun_path holds 108 bytes on Linux, 104 on macOS: a longer TMPDIR cannot hold the socket.
+MAX_SOCKET_PATH = 100
+# The trainer's output is read in pieces of at most this size, whatever its lines (asyncio's readline stops for good
+# at a line over 64 KiB, and a trainer whose output is no longer read blocks on its next write); a line longer than
+# MAX_LOG_LINE_CHARS is logged cut there, and the rest of it is dropped as it arrives, never held.
+LOG_CHUNK_BYTES = 64 * 1024
+MAX_LOG_LINE_CHARS = 4000
 # "2026-12-03 09:30:00,123 INFO trainer.server: Trainer ready": the trainer's own stamp and level are read, not
 # repeated.
 _LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?P<level>[A-Z]+) (?P<name>[\w.]+): (?P<text>.*)$")
@@ -42,14 +55,16 @@ class TrainerStartError(Exception):
 
 
 class TrainerProcess:
-    """Runs `python -m trainer` on loopback for the bot and keeps it running until the bot stops."""
+    """Runs `python -m trainer` on a private Unix socket for the bot and keeps it running until the bot stops."""
 
-    def __init__(self, *, port: int, data_dir: Path, api_key: str | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, *, data_dir: Path, api_key: str | None = None, environ: Mapping[str, str] | None = None,
+                 command: Sequence[str] | None = None) -> None:
         self.data_dir = data_dir
-        self.port = port
         self._configured_key = api_key
         self._environ = dict(os.environ if environ is None else environ)
+        # The program to run: the trainer, or in tests a stand-in that prints what they need.
+        self._command = list(command) if command is not None else [sys.executable, "-m", "trainer"]
+        self._socket_dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[None]] = set()
@@ -59,8 +74,15 @@ class TrainerProcess:
 
     @property
     def base_url(self) -> str:
-        """The OpenAI-compatible address the bot's client uses."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        """The OpenAI-compatible address the bot's client uses (over socket_path: the host names no TCP server)."""
+        return "http://localhost/v1"
+
+    @property
+    def socket_path(self) -> Path:
+        """The Unix socket the trainer listens on, in a folder only this account can enter."""
+        if self._socket_dir is None:
+            raise RuntimeError("the trainer has not been started")
+        return self._socket_dir / SOCKET_NAME
 
     @property
     def pid(self) -> int | None:
@@ -69,15 +91,17 @@ class TrainerProcess:
 
     async def start(self) -> str:
         """Start the trainer and return its key; it keeps loading models in the background while the bot connects."""
-        if not _port_free(self.port):
-            # Another program (an older trainer, a second bot) holds the usual port: any free one does for a child.
-            chosen = _free_port()
-            log.warning("Port %s is in use; the school's trainer listens on %s instead", self.port, chosen)
-            self.port = chosen
+        # mkdtemp: a new folder of mode 0700 with an unguessable name, kept across restarts (the socket is remade).
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="classroom-trainer-"))
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            raise TrainerStartError(f"the trainer's socket path {self.socket_path} is too long for a Unix socket; "
+                                    "set TMPDIR to a shorter folder")
         await self._spawn()
         key = await self._key()
         self._watcher = asyncio.create_task(self._watch(), name="trainer-watch")
-        log.info("The school's trainer runs beside the bot (pid %s) at %s", self.pid, self.base_url)
+        log.info("The school's trainer runs beside the bot (pid %s) on its private socket %s", self.pid,
+                 self.socket_path)
         return key
 
     async def wait_listening(self, timeout: float) -> bool:
@@ -85,7 +109,7 @@ class TrainerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), timeout=1)
+                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.socket_path), timeout=1)
             except (OSError, TimeoutError):
                 await asyncio.sleep(0.2)
                 continue
@@ -114,19 +138,21 @@ class TrainerProcess:
         for pump in list(self._pumps):
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(pump, timeout=5)
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         log.info("The school's trainer stopped")
 
     async def _spawn(self) -> None:
         env = {key: value for key, value in self._environ.items() if key not in _WITHHELD}
         env.update({
-            "TRAINER_HOST": "127.0.0.1", "TRAINER_PORT": str(self.port), "TRAINER_DATA_DIR": str(self.data_dir),
+            "TRAINER_SOCKET": str(self.socket_path), "TRAINER_DATA_DIR": str(self.data_dir.resolve()),
             "TRAINER_EXIT_WITH_PARENT": "1", "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])),
         })
         if self._configured_key:
             env["TRAINER_API_KEY"] = self._configured_key
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trainer", env=env, cwd=str(PACKAGE_ROOT), stdin=asyncio.subprocess.DEVNULL,
+            *self._command, env=env, cwd=str(PACKAGE_ROOT), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         assert self._process.stdout is not None
@@ -181,35 +207,40 @@ class TrainerProcess:
                      self.pid)
 
     async def _pump(self, stream: asyncio.StreamReader) -> None:
-        """Copy the trainer's output into the bot's log, one line at a time, prefixed."""
-        while line := await stream.readline():
-            text = line.decode("utf-8", errors="replace").rstrip()
-            if not text:
-                continue
-            match = _LINE.match(text)
-            if match is None:
-                log.info("[trainer] %s", text)
-                self._last_words = text
-                continue
-            level = logging.getLevelName(match["level"])
-            if match["name"] == "aiohttp.access":
-                level = logging.DEBUG  # one line per request: only when asked for
-            log.log(level if isinstance(level, int) else logging.INFO, "[trainer] %s: %s", match["name"],
-                    match["text"])
-            self._last_words = match["text"]
+        """Copy the trainer's output into the bot's log, one line at a time, prefixed; read in bounded pieces."""
+        pending = bytearray()
+        cut = False  # the current line outgrew MAX_LOG_LINE_CHARS: its first part is logged, the rest dropped
+        while chunk := await stream.read(LOG_CHUNK_BYTES):
+            pending += chunk
+            *lines, rest = pending.split(b"\n")
+            for line in lines:
+                if not cut:
+                    self._log_line(line)
+                cut = False
+            pending = bytearray(rest)
+            if len(pending) > MAX_LOG_LINE_CHARS * 4 and not cut:  # 4: the most bytes a UTF-8 character takes
+                self._log_line(bytes(pending), cut=True)
+                cut, pending = True, bytearray()
+            elif cut:
+                pending.clear()
+        if pending and not cut:
+            self._log_line(bytes(pending))
 
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds: a closing socket is no owner
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    def _log_line(self, line: bytes | bytearray, *, cut: bool = False) -> None:
+        text = line.decode("utf-8", errors="replace").rstrip()
+        if len(text) > MAX_LOG_LINE_CHARS:
+            text, cut = text[:MAX_LOG_LINE_CHARS], True
+        if cut:
+            text += " [line cut: too long for the log]"
+        if not text:
+            return
+        match = _LINE.match(text)
+        if match is None:
+            log.info("[trainer] %s", text)
+            self._last_words = text
+            return
+        level = logging.getLevelName(match["level"])
+        if match["name"] == "aiohttp.access":
+            level = logging.DEBUG  # one line per request: only when asked for
+        log.log(level if isinstance(level, int) else logging.INFO, "[trainer] %s: %s", match["name"], match["text"])
+        self._last_words = match["text"]

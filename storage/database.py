@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -11,9 +12,13 @@ from pathlib import Path
 
 import aiosqlite
 
+from storage.private import make_private_dir, narrow_file
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# SQLite's companions of a database file: it creates them with the database file's own mode.
+SIDE_FILES = ("-wal", "-shm", "-journal")
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 Param = str | int | float | bytes | None
 
@@ -29,9 +34,9 @@ class Database:
 
     @classmethod
     async def open(cls, path: str | Path, migrations_dir: Path = MIGRATIONS_DIR) -> Database:
-        """Open (creating folders as needed) and migrate the database."""
+        """Open (creating folders as needed) and migrate the database; it and its folder are this account's only."""
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _make_private(Path(path))
         conn = await aiosqlite.connect(str(path), isolation_level=None)
         conn.row_factory = aiosqlite.Row
         await conn.execute("PRAGMA journal_mode=WAL")
@@ -89,6 +94,16 @@ class Database:
                 await self.conn.execute("ROLLBACK")
                 raise
             await self.conn.execute("COMMIT")
+
+
+def _make_private(path: Path) -> None:
+    """The folder 0700 and the database 0600 before SQLite opens it, so its -wal and -shm files are 0600 too."""
+    make_private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    narrowed = [str(p) for p in (path, *(Path(f"{path}{side}") for side in SIDE_FILES)) if narrow_file(p)]
+    if narrowed:
+        log.warning("Made the database files %s readable by this account only (other accounts could read them)",
+                    ", ".join(narrowed))
 
 
 def _migrations(directory: Path) -> list[tuple[int, Path]]:

@@ -19,7 +19,7 @@ def test_settings_with_defaults_reads_token_and_key() -> None:
     """The two required settings are enough; the rest has sensible defaults."""
     settings = Settings.from_env(BASE)
     assert settings.job_poll_seconds == 10.0
-    assert settings.database_path == Path("./data/classroom.sqlite3")
+    assert settings.database_path == Path("./data/classroom.sqlite3").resolve()  # absolute from the start folder
     assert settings.tunable_models == ()  # the service falls back to OpenAI's list or the backend's
     assert settings.default_base_model is None
 
@@ -34,7 +34,6 @@ def test_settings_repr_hides_secrets() -> None:
     ("env", "setting"),
     [
         ({}, "DISCORD_TOKEN"),
-        ({**BASE, "TRAINER_PORT": "eighty"}, "TRAINER_PORT"),
         ({**BASE, "JOB_POLL_SECONDS": "soon"}, "JOB_POLL_SECONDS"),
         ({**BASE, "JOB_POLL_SECONDS": "-1"}, "JOB_POLL_SECONDS"),
         ({**BASE, "OPENAI_BASE_URL": "localhost:8400"}, "OPENAI_BASE_URL"),
@@ -57,8 +56,8 @@ def test_settings_bad_value_names_the_setting(env: dict[str, str], setting: str)
     [
         ({"DISCORD_TOKEN": "x"}, "trainer", True),
         ({"DISCORD_TOKEN": "x", "OPENAI_API_KEY": "sk-k"}, "openai", False),
-        ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "http://10.0.0.5:8400/v1"}, "compatible", True),
-        ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "http://h/v1", "OPENAI_API_KEY": "k"}, "compatible", True),
+        ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "https://10.0.0.5:8400/v1"}, "compatible", True),
+        ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "https://h/v1", "OPENAI_API_KEY": "k"}, "compatible", True),
         ({"DISCORD_TOKEN": "x", "OPENAI_BASE_URL": "https://api.openai.com/v1", "OPENAI_API_KEY": "k"}, "compatible",
          False),
     ],
@@ -72,10 +71,10 @@ def test_settings_backend_follows_what_is_configured(env: dict[str, str], backen
 def test_settings_trainer_data_sits_beside_the_database() -> None:
     """The built-in trainer keeps its files next to the bot's database unless TRAINER_DATA_DIR says otherwise."""
     settings = Settings.from_env({"DISCORD_TOKEN": "x", "DATABASE_PATH": "/srv/class/bot.sqlite3"})
-    assert (settings.trainer_data_dir, settings.trainer_port) == (Path("/srv/class/trainer"), 8400)
-    moved = Settings.from_env({"DISCORD_TOKEN": "x", "TRAINER_DATA_DIR": "/data/t", "TRAINER_PORT": "9000",
+    assert settings.trainer_data_dir == Path("/srv/class/trainer")
+    moved = Settings.from_env({"DISCORD_TOKEN": "x", "TRAINER_DATA_DIR": "/data/t",
                                "TRAINER_API_KEY": "school-key-0123456789"})
-    assert (moved.trainer_data_dir, moved.trainer_port) == (Path("/data/t"), 9000)
+    assert moved.trainer_data_dir == Path("/data/t")
     assert "school-key-0123456789" not in repr(moved)
 
 

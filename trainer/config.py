@@ -83,7 +83,8 @@ class Settings:
             api_key=(env.get("TRAINER_API_KEY") or "").strip() or None,
             allowed_hosts=tuple(h.strip().lower() for h in env.get("TRAINER_ALLOWED_HOSTS", "").split(",")
                                 if h.strip()),
-            data_dir=Path(env.get("TRAINER_DATA_DIR", "data/trainer")),
+            # Absolute from the start: paths stored in its database must not depend on where a later start runs from.
+            data_dir=Path(env.get("TRAINER_DATA_DIR", "").strip() or "data/trainer").expanduser().resolve(),
             base_models=_models(env),
             owner=_owner(env),
             device=_device(env),

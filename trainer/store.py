@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trainer.private import make_private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -61,7 +64,9 @@ class Store:
     """Thread-safe access to the trainer database; every method commits its own write."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm files the database file's own mode.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         # Server and worker processes share the file: WAL lets one write while others read.
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
         self._db.row_factory = sqlite3.Row

@@ -333,7 +333,7 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps))
     step, start_epoch, start_batch, trained_tokens = 0, 0, 0, 0
     if spec.resume_from is not None:
-        state = torch.load(spec.resume_from / STATE_FILE, weights_only=False)
+        state = torch.load(spec.resume_from / STATE_FILE, weights_only=True)  # tensors and plain data only
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, start_epoch, trained_tokens = state["step"], state["epoch"] + 1, state["trained_tokens"]

@@ -28,6 +28,7 @@ from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.jobs import JobRepository
 from storage.models import Approval, BackendJob, Job, NewJob, Reservation
+from storage.private import make_private_dir, narrow_modes, write_private
 from storage.starts import PendingStart, StartRepository
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,9 @@ class StartService:
         # The base models the backend lists (cached by the caller).
         self.base_models = base_models
         self.staging_dir = staging_dir or _staging_dir(settings)
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        # Students' files wait here for Start: this account's only (the school's computer has other accounts).
+        make_private_dir(self.staging_dir)
+        narrow_modes(self.staging_dir)
         # Tokens whose start is running in this process: reconciling must not void a reservation mid-upload.
         self._in_flight: set[str] = set()
         self._checking: set[tuple[int, int]] = set()
@@ -290,7 +293,7 @@ class StartService:
         # A converted CSV/TSV goes up as the JSONL it became, named after the original.
         name, data = (jsonl_name(upload.filename), converted) if converted is not None else (upload.filename, upload.data)
         path = self.staging_dir / f"{token}-{kind}.jsonl"
-        await asyncio.to_thread(path.write_bytes, data)
+        await asyncio.to_thread(write_private, path, data)
         return name, str(path)
 
     async def cancel(self, token: str, user_id: int) -> None:

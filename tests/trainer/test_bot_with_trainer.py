@@ -43,7 +43,7 @@ async def bot_with_own_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenA
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("TRAINER_API_KEY", raising=False)
     settings = replace(make_settings(fake_discord, fake_openai, tmp_path), openai_api_key=None, openai_base_url=None,
-                       default_base_model=None, job_poll_seconds=0.5, trainer_port=free_port(),
+                       default_base_model=None, job_poll_seconds=0.5,
                        trainer_data_dir=tmp_path / "trainer")
     runner = BotRunner(settings, fake_discord)
     await runner.start()
@@ -136,9 +136,9 @@ async def _start_when_trainer_ready(fake: FakeDiscord, card: FakeMessage, studen
 
 async def test_trainer_child_restarts_after_a_crash_and_stops_with_the_bot(tmp_path: Path, tiny_model: Path,
                                                                             caplog: pytest.LogCaptureFixture) -> None:
-    """Killed outright, the trainer is started again (same key, same port); stopping ends it; logs are prefixed."""
+    """Killed outright, the trainer is started again (same key, same private socket); stopping ends it; logs are prefixed."""
     caplog.set_level("INFO", logger="bot.trainer_process")
-    child = ChildTrainer(port=free_port(), data_dir=tmp_path / "trainer",
+    child = ChildTrainer(data_dir=tmp_path / "trainer",
                          environ={**os.environ, **trainer_env(f"tiny={tiny_model}")})
     key = await child.start()
     try:
@@ -160,7 +160,7 @@ async def test_trainer_child_restarts_after_a_crash_and_stops_with_the_bot(tmp_p
 
 async def test_trainer_child_refusing_a_setting_stops_the_start_naming_it(tmp_path: Path) -> None:
     """A malformed TRAINER_ setting: the start fails with the trainer's own one line, which names the setting."""
-    child = ChildTrainer(port=free_port(), data_dir=tmp_path / "trainer",
+    child = ChildTrainer(data_dir=tmp_path / "trainer",
                          environ={**os.environ, "TRAINER_BASE_MODELS": "no-source-given"})
     with pytest.raises(TrainerStartError, match="TRAINER_BASE_MODELS"):
         await child.start()
