@@ -551,7 +551,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     )
     # Every reply passes the guard: one that loops or drifts into junk ends there (trainer/reply_guard.py).
     allowed = scripts_in(_message_texts(messages)) | await _training_scripts(request, name)
-    pieces = guarded(pieces, ReplyGuard(allowed), stats)
+    guard = ReplyGuard(allowed)
+    pieces = guarded(pieces, guard, stats)
     completion_id, created = new_id("chatcmpl"), int(time.time())
     try:
         if not body.get("stream"):
@@ -560,7 +561,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "id": completion_id, "object": "chat.completion", "created": created, "model": name,
                 "system_fingerprint": None,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                             "logprobs": None, "finish_reason": stats.finish_reason}],
+                             "logprobs": None, "finish_reason": stats.finish_reason, **_guarded(guard)}],
                 "usage": _usage(stats),
             })
         first = await anext(pieces, None)
@@ -573,7 +574,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                             f"{'' if error.exact else 'at least '}{error.tokens} tokens. "
                             "Please reduce the length of the messages.",
                        param="messages", code="context_length_exceeded") from None
-    return await _stream(request, body, pieces, first, stats, completion_id, created, name)
+    return await _stream(request, body, pieces, first, stats, completion_id, created, name, guard)
+
+
+def _guarded(guard: ReplyGuard) -> dict[str, str]:
+    """The choice's extra field when the guard ended the reply (OpenAI clients ignore it; benches read it)."""
+    return {"guard": guard.reason} if guard.reason else {}
 
 
 def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
@@ -643,7 +649,7 @@ def _usage(stats: Any) -> dict[str, int]:
 
 
 async def _stream(request: web.Request, body: dict[str, Any], pieces: Any, first: str | None, stats: Any,
-                  completion_id: str, created: int, name: str) -> web.StreamResponse:
+                  completion_id: str, created: int, name: str, guard: ReplyGuard) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -652,7 +658,8 @@ async def _stream(request: web.Request, body: dict[str, Any], pieces: Any, first
         payload: dict[str, Any] = {
             "id": completion_id, "object": "chat.completion.chunk", "created": created, "model": name,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish,
+                         **(_guarded(guard) if finish else {})}]}
         if include_usage:
             payload["usage"] = None  # OpenAI's document: null on every chunk but the last, which carries it
         return f"data: {json.dumps(payload)}\n\n".encode()

@@ -107,3 +107,57 @@ async def test_guarded_stream_closes_the_generation_when_it_stops() -> None:
 
     shown = "".join([piece async for piece in guarded(pieces(), korean_guard())])
     assert shown.endswith(SIGN_OFF) and closed == [True]
+
+
+class _Scripted:
+    """A generator stand-in that streams a fixed reply, piece by piece, and notes when it was closed."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply, self.closed = reply, 0
+
+    def stream(self, target: object, messages: object, **options: object) -> AsyncIterator[str]:
+        async def pieces() -> AsyncIterator[str]:
+            try:
+                for start in range(0, len(self.reply), 5):
+                    yield self.reply[start:start + 5]
+            finally:
+                self.closed += 1
+        return pieces()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_chat_reply_running_on_is_cut_through_the_api(tmp_path: Path, stream: bool) -> None:
+    """Through the trainer's own route and the openai SDK, a looping reply arrives cut after its sign-off, ends with
+    finish_reason "stop", says which guard ended it, and its generation is closed."""
+    from aiohttp.test_utils import TestServer
+    from openai import AsyncOpenAI
+
+    from trainer.api import build_app
+    from trainer.config import Settings
+    from trainer.scheduler import Scheduler
+    from trainer.store import Store
+
+    settings = Settings(data_dir=tmp_path, api_key="k" * 32, base_models={"tiny": "unused"}, device="cpu")
+    store = Store(tmp_path / "trainer.db")
+    generator = _Scripted(LOOPING)
+    server = TestServer(build_app(settings, store, Scheduler(settings, store, ["cpu"]), generator), host="127.0.0.1")
+    await server.start_server()
+    api = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="k" * 32, max_retries=0)
+    try:
+        messages = [{"role": "user", "content": "책은 몇 권까지 빌릴 수 있어요?"}]
+        if stream:
+            text, finish, extra = "", None, {}
+            async for chunk in await api.chat.completions.create(model="tiny", messages=messages, stream=True):
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    finish = chunk.choices[0].finish_reason or finish
+                    extra = chunk.choices[0].model_extra or extra
+        else:
+            reply = await api.chat.completions.create(model="tiny", messages=messages)
+            text, finish = reply.choices[0].message.content or "", reply.choices[0].finish_reason
+            extra = reply.choices[0].model_extra or {}
+    finally:
+        await api.close()
+        await server.close()
+    assert text == "학생은 한 번에 다섯 권까지 빌릴 수 있어요. " + SIGN_OFF
+    assert finish == "stop" and extra.get("guard") == "script" and generator.closed == 1
