@@ -274,7 +274,17 @@ def job_object(row: sqlite3.Row) -> dict[str, Any]:
         "estimated_finish": row["estimated_finish"], "integrations": [],
         "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "queue": _queue_place(row),
     }
+
+
+def _queue_place(row: sqlite3.Row) -> dict[str, int] | None:
+    """A waiting job's place in line (not OpenAI's: its SDK keeps unknown fields): position 1 starts next, ahead
+    counts the waiting jobs before it, estimated_start is when it should start (epoch seconds)."""
+    if row["status"] not in ("validating_files", "queued") or row["queue_position"] is None:
+        return None
+    return {"position": row["queue_position"], "ahead": row["queue_position"] - 1,
+            "estimated_start": row["queue_start"]}
 
 
 def _hyperparameters(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
