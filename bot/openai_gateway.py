@@ -345,7 +345,15 @@ def _job(job: _Identified) -> BackendJob:
         suffix=getattr(job, "user_provided_suffix", None),
         metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
         method=getattr(method, "type", None),
+        queue_position=_queue_position(getattr(job, "queue", None)),
     )
+
+
+def _queue_position(queue: object) -> int | None:
+    # The school's trainer adds {"position", "ahead", "estimated_start"} to a waiting job; the SDK keeps the unknown
+    # field as a plain dict. Anything else (OpenAI: absent) means no place is known.
+    position = _int(queue.get("position")) if isinstance(queue, dict) else None
+    return position if position is not None and position >= 1 else None
 
 
 def _event(event: _Identified) -> BackendEvent:

@@ -121,6 +121,8 @@ class BackendJob:
     suffix: str | None = None
     metadata: dict[str, str] | None = None
     method: str | None = None
+    # The school's trainer tells a waiting job's place in line (1: next to start); OpenAI does not (None).
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True)
