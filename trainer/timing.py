@@ -19,6 +19,8 @@ EVENT_LIMIT = 100_000
 # worker (a long-lived one starts jobs faster), many enough that one odd job moves it little.
 RECENT_JOBS = 12
 RESUMED_MARKERS = ("resumed",)
+STAMP_SECONDS = 1.0  # the resolution of event times
+STARTUP_RUNS = 3
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ def measure_run(job: Any, events: list[Any]) -> Run | None:
     per_step = (last_at - first_at) / steps
     # The first event is written when its step ends: the stretch of steps begins one step before it.
     begin = first_at - per_step * int(first["step"])
-    end = begin + per_step * total
+    # Events are stamped in whole seconds: steps that all fell in one second took up to about that long.
+    end = max(begin + per_step * total, begin + STAMP_SECONDS)
     return Run(job["id"], str(job["device"] if "device" in keys and job["device"] else "cpu"), begin, end,
                int(work), max(0.0, begin - started), max(0.0, job["finished_at"] - last_at))
 
@@ -100,8 +103,10 @@ def speed_of(runs: list[Run]) -> Speed | None:
     work = sum(run.work_tokens for run in runs)
     if busy <= 0 or work <= 0:
         return None
-    return Speed(work / busy, statistics.median(run.startup for run in runs),
-                 statistics.median(run.wrapup for run in runs), True)
+    # Start-up follows the latest jobs: it changes with the worker (a fresh process, or one already loaded).
+    latest = sorted(runs, key=lambda run: run.last_step_end)[-STARTUP_RUNS:]
+    return Speed(work / busy, statistics.median(run.startup for run in latest),
+                 statistics.median(run.wrapup for run in latest), True)
 
 
 def lesson_seconds(job: Any, events: list[Any], default_batch_size: int) -> int | None:
