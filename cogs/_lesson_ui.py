@@ -11,7 +11,8 @@ import discord
 
 from discord.app_commands import Choice
 
-from bot.i18n import locale_of, t
+from bot.i18n import locale_of, minutes_words, t
+from bot.services.class_time import ClassTime
 from bot.services.evaluation import (
     EvaluationChartLabels,
     EvaluationPlan,
@@ -59,6 +60,16 @@ def lesson_choices(lessons: LessonLibrary, locale: str, current: str) -> list[Ch
 
 
 # The guided lesson ------------------------------------------------------------------------------------------
+
+
+def class_time_text(estimate: ClassTime, locale: str) -> str:
+    """The whole class's training time on this machine, for the teacher: "about 40 minutes for 30 students"."""
+    count = estimate.students
+    students = t("class_time.student_one" if count == 1 else "class_time.students", locale, n=count)
+    line = t("class_time.line", locale, time=minutes_words(max(1, round(estimate.seconds / 60)), locale),
+             students=students, lesson=estimate.lesson.title(locale_of(locale)), model=estimate.model)
+    return line if estimate.measured else line + " " + t("class_time.guess", locale)
+
 
 
 def lesson_step_embed(lesson: Lesson, step: int, locale: str) -> discord.Embed:

@@ -138,6 +138,19 @@ class BackendEvent:
 
 
 @dataclass(frozen=True)
+class TrainingSpeed:
+    """How fast the school's trainer trains a base model: work tokens (a file's tokens x epochs as the dataset rules
+    count them) per second on one device, each job's start-up and wrap-up, the devices that train at once, and
+    whether it was measured there or is its default before any job ran."""
+
+    tokens_per_second: float
+    startup_seconds: float
+    wrapup_seconds: float
+    devices: int
+    measured: bool
+
+
+@dataclass(frozen=True)
 class BackendModel:
     """A model the backend lists."""
 
@@ -151,6 +164,7 @@ class BackendModel:
     progress: float | None = None
     languages: tuple[str, ...] = ()
     lesson_seconds: int | None = None
+    training_speed: TrainingSpeed | None = None
 
 
 @dataclass(frozen=True)
