@@ -33,11 +33,13 @@ def test_lesson_work_counts_tokens_times_epochs() -> None:
 
 def test_class_time_text_in_both_languages() -> None:
     """The teacher reads the time, the class size, the lesson and the model, in English or Korean."""
-    estimate = ClassTime("smollm2-135m-instruct", PIRATE, 30, 40 * 60, True)
-    assert class_time_text(estimate, "en") == ("⏱️ On this machine: about 40 minutes for 30 students to each train a "
-                                               "model on “Captain Byte, the pirate” (smollm2-135m-instruct).")
-    assert class_time_text(estimate, "ko") == ("⏱️ 이 컴퓨터에서: 학생 30명이 각자 “해적 선장 바이트” 모델을 만들면 약 40분 "
-                                               "걸려요 (smollm2-135m-instruct).")
+    estimate = ClassTime("smollm2-135m-instruct", PIRATE, 30, 40 * 60, True, 14 * 60)
+    assert class_time_text(estimate, "en") == (
+        "⏱️ On this machine: about 40 minutes for 30 students to each train a model on “Captain Byte, the pirate” "
+        "(smollm2-135m-instruct). Working in groups of 3 (one model per group): about 14 minutes.")
+    assert class_time_text(estimate, "ko") == (
+        "⏱️ 이 컴퓨터에서: 학생 30명이 각자 “해적 선장 바이트” 모델을 만들면 약 40분 걸려요 (smollm2-135m-instruct). "
+        "3명씩 모둠으로 모델을 하나씩 만들면: 약 14분.")
     guess = ClassTime("smollm2-135m-instruct", PIRATE, 1, 90 * 60, False)
     assert "about 1 hour 30 minutes for 1 student" in class_time_text(guess, "en")
     assert "A first guess" in class_time_text(guess, "en")

@@ -38,6 +38,8 @@ async def test_lesson_start_tells_the_teacher_the_class_time_privately(classroom
     assert students == 30 and note.ephemeral
     assert f"On this machine: about {minutes_words(minutes)} for 30 students to each train a model" in note.text()
     assert "Captain Byte" in note.text() and "first guess" not in note.text()
+    grouped = max(1, round(class_seconds(10, lesson_work(PIRATE, MODEL), TrainingSpeed(**SPEED)) / 60))  # type: ignore[arg-type]
+    assert f"Working in groups of 3 (one model per group): about {minutes_words(grouped)}." in note.text()
 
 
 async def test_class_settings_show_the_class_time_and_say_when_it_is_a_guess(classroom: Classroom) -> None:

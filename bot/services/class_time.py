@@ -17,6 +17,7 @@ from dataset_rules.check import check_stream
 from storage.models import TrainingSpeed
 
 DEFAULT_CLASS_SIZE = 30  # when the server does not say how many members it has
+GROUP_SIZE = 3  # the what-if a teacher is shown: students who share one model in threes
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ClassTime:
     students: int
     seconds: int
     measured: bool  # False: the trainer's default speed, before any job was timed there
+    group_seconds: int | None = None  # the same class in groups of GROUP_SIZE, one model each (None: too few)
 
 
 def lesson_work(lesson: Lesson, model: str) -> int:
@@ -54,5 +56,6 @@ async def estimate(finetune: FineTuneService, lesson: Lesson, students: int) -> 
     if details is None or details.training_speed is None:
         return None
     work = await asyncio.to_thread(lesson_work, lesson, model)  # counting tokens is CPU work: off the event loop
-    seconds = class_seconds(students, work, details.training_speed)
-    return ClassTime(model, lesson, students, round(seconds), details.training_speed.measured)
+    speed = details.training_speed
+    grouped = round(class_seconds(math.ceil(students / GROUP_SIZE), work, speed)) if students > GROUP_SIZE else None
+    return ClassTime(model, lesson, students, round(class_seconds(students, work, speed)), speed.measured, grouped)
