@@ -14,7 +14,7 @@ from trainer.config import Settings
 from trainer.queue_estimate import QueueEstimator, plan
 from trainer.scheduler import FairQueue, Scheduler
 from trainer.store import Store, new_id
-from trainer.timing import Run, Speed, Timings, measure_run, speed_of
+from trainer.timing import DEFAULT_SPEEDS, Run, Speed, Timings, measure_run, speed_of
 from trainer.validation import check_files
 
 NOW = 1_900_000_000
@@ -186,3 +186,26 @@ async def test_scheduler_stores_the_checked_work_and_places_the_job(tmp_path: Pa
     assert row is not None and row["status"] == "queued" and row["work_tokens"] == 3000
     scheduler.estimates.refresh(scheduler.queue)
     assert _places(store, job_id, running) == [(1, 20 + 40), None]
+
+
+async def test_base_model_object_tells_the_training_speed(tmp_path: Path, store: Store) -> None:
+    """GET /v1/models/{base} carries the speed figures a client plans a class with, and whether they were measured."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from trainer.api import TIMINGS, build_app
+
+    settings = Settings(data_dir=tmp_path, base_models={"tiny": "tiny"}, device="cpu", api_key="k")
+    app = build_app(settings, store, Scheduler(settings, store, ["cpu", "cpu:1"]), object())
+    app[TIMINGS] = FixedTimings(store)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        answer = await client.get("/v1/models/tiny", headers={"Authorization": "Bearer k"})
+        body = await answer.json()
+    assert body["training_speed"] == {"tokens_per_second": 100.0, "startup_seconds": 10.0, "wrapup_seconds": 0.0,
+                                      "devices": 2, "measured": True}
+
+
+def test_speed_before_any_job_is_the_devices_default_and_says_so(store: Store) -> None:
+    """A machine that never trained answers its device's default figure, marked as not measured."""
+    timings = Timings(store, 4)
+    assert timings.speed("tiny", "cpu") == DEFAULT_SPEEDS["cpu"] and not timings.speed("tiny", "cpu").measured
+    assert timings.speed("tiny", "cuda:0") == DEFAULT_SPEEDS["cuda"]
