@@ -76,3 +76,13 @@ async def test_queued_card_without_a_place_stays_as_before(classroom: Classroom)
     await ticks(classroom, 3)
     assert "in line," not in card.text() and "1st" not in card.text()
     assert len(card.edits) == edits
+
+
+async def test_status_of_a_waiting_job_says_its_place(classroom: Classroom) -> None:
+    """/finetune status of a queued job shows the same line as its card: place and wait."""
+    job_id = await start_in(classroom, classroom.guild)
+    classroom.openai.advance(job_id)
+    classroom.openai.set_queue(job_id, 2, 9 * 60 + 10)
+    interaction = await classroom.discord.slash(classroom.guild, classroom.student, "finetune status", job=job_id)
+    answer = await interaction.followup(timeout=10)
+    assert "2nd in line, about 9 minutes until your model is ready" in answer.text()

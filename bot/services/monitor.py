@@ -188,6 +188,15 @@ class MonitorService:
             last_event_id=None,
         ))
 
+    async def look(self, job: Job) -> Tick:
+        """The stored job for /finetune status; while it waits, with its place in line asked of the backend."""
+        tick = self.snapshot(job)
+        if job.status not in WAITING_STATUSES:
+            return tick
+        backend = await self.gateway.retrieve_job(job.id)
+        return replace(tick, queue=queue_place(backend.status, backend.queue_position, backend.estimated_finish,
+                                               int(time.time())))
+
     async def card(
         self, tick: Tick, *, locale: str, force_chart: bool = False, charts_left: ChartBudget | None = None
     ) -> ProgressCard:
