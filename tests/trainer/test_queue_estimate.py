@@ -209,3 +209,20 @@ def test_speed_before_any_job_is_the_devices_default_and_says_so(store: Store) -
     timings = Timings(store, 4)
     assert timings.speed("tiny", "cpu") == DEFAULT_SPEEDS["cpu"] and not timings.speed("tiny", "cpu").measured
     assert timings.speed("tiny", "cuda:0") == DEFAULT_SPEEDS["cuda"]
+
+
+def test_a_database_from_before_gets_the_new_columns(tmp_path: Path) -> None:
+    """A trainer database made before the queue's columns opens with them added, its jobs kept."""
+    import sqlite3
+
+    from trainer.store import SCHEMA
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(SCHEMA)
+        old.execute("INSERT INTO jobs (id, created_at, model, base_source, status, training_file, hyperparameters,"
+                    " seed) VALUES ('ftjob-old', 1, 'tiny', 'tiny', 'queued', 'file-x', '{}', 1)")
+    reopened = Store(path)
+    row = reopened.job("ftjob-old")
+    assert row is not None and row["work_tokens"] is None and row["queue_position"] is None
+    assert job_object(row)["queue"] is None
