@@ -84,6 +84,23 @@ def catalog() -> Catalog:
     return Catalog.load()
 
 
+def ordinal(number: int, locale: object | None = DEFAULT_LOCALE) -> str:
+    """A place in line in the reader's words: 1st, 2nd, 3rd, 11th, 22nd; 첫 번째, 2번째, 3번째."""
+    if locale_of(locale) == "ko":
+        return "첫 번째" if number == 1 else f"{number}번째"
+    suffix = "th" if 11 <= number % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def minutes_words(minutes: int, locale: object | None = DEFAULT_LOCALE) -> str:
+    """A duration in whole minutes as words: "6 minutes", "1 hour 15 minutes"; "6분", "1시간 15분"."""
+    hours, rest = divmod(max(0, minutes), 60)
+    parts = [t("time.hour_one" if hours == 1 else "time.hours", locale, h=hours)] if hours else []
+    if rest or not hours:
+        parts.append(t("time.minute_one" if rest == 1 else "time.minutes", locale, m=rest))
+    return " ".join(parts)
+
+
 def t(key: str, locale: object | None = DEFAULT_LOCALE, /, **params: object) -> str:
     """Translate a key for a locale (a catalog locale or any Discord locale value)."""
     return catalog().text(key, locale_of(locale), **params)

@@ -15,7 +15,7 @@ from openai import DEFAULT_CONNECTION_LIMITS, AsyncOpenAI, DefaultAsyncHttpxClie
 from openai.types import FilePurpose
 
 from bot import errors
-from storage.models import BackendEvent, BackendJob, BackendModel
+from storage.models import BackendEvent, BackendJob, BackendModel, TrainingSpeed
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +357,15 @@ def _job(job: _Identified) -> BackendJob:
         suffix=getattr(job, "user_provided_suffix", None),
         metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
         method=getattr(method, "type", None),
+        queue_position=_queue_position(getattr(job, "queue", None)),
     )
+
+
+def _queue_position(queue: object) -> int | None:
+    # The school's trainer adds {"position", "ahead", "estimated_start"} to a waiting job; the SDK keeps the unknown
+    # field as a plain dict. Anything else (OpenAI: absent) means no place is known.
+    position = _int(queue.get("position")) if isinstance(queue, dict) else None
+    return position if position is not None and position >= 1 else None
 
 
 def _event(event: _Identified) -> BackendEvent:
@@ -393,4 +401,18 @@ def _backend_model(model: object) -> BackendModel:
         progress=float(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None,
         languages=tuple(str(code) for code in languages) if isinstance(languages, list) else (),
         lesson_seconds=int(seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None,
+        training_speed=_training_speed(getattr(model, "training_speed", None)),
     )
+
+
+def _training_speed(value: object) -> TrainingSpeed | None:
+    """The trainer's training_speed extra, when every figure is there and sensible."""
+    if not isinstance(value, dict):
+        return None
+    numbers = [value.get(key) for key in ("tokens_per_second", "startup_seconds", "wrapup_seconds")]
+    devices = _int(value.get("devices"))
+    if not all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers) \
+            or not numbers[0] or not devices or devices < 1:
+        return None
+    rate, startup, wrapup = (float(n) for n in numbers)  # type: ignore[arg-type]  # checked to be numbers above
+    return TrainingSpeed(rate, startup, wrapup, devices, value.get("measured") is True)

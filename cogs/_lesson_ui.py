@@ -11,7 +11,8 @@ import discord
 
 from discord.app_commands import Choice
 
-from bot.i18n import locale_of, t
+from bot.i18n import locale_of, minutes_words, t
+from bot.services.class_time import GROUP_SIZE, ClassTime
 from bot.services.evaluation import (
     EvaluationChartLabels,
     EvaluationPlan,
@@ -59,6 +60,24 @@ def lesson_choices(lessons: LessonLibrary, locale: str, current: str) -> list[Ch
 
 
 # The guided lesson ------------------------------------------------------------------------------------------
+
+
+def class_time_text(estimate: ClassTime, locale: str) -> str:
+    """The whole class's training time on this machine, for the teacher: "about 40 minutes for 30 students"."""
+    count = estimate.students
+    students = t("class_time.student_one" if count == 1 else "class_time.students", locale, n=count)
+    lines = [t("class_time.line", locale, time=_minutes(estimate.seconds, locale), students=students,
+               lesson=estimate.lesson.title(locale_of(locale)), model=estimate.model)]
+    if estimate.group_seconds is not None:
+        lines.append(t("class_time.groups", locale, size=GROUP_SIZE, time=_minutes(estimate.group_seconds, locale)))
+    if not estimate.measured:
+        lines.append(t("class_time.guess", locale))
+    return " ".join(lines)
+
+
+def _minutes(seconds: int, locale: str) -> str:
+    return minutes_words(max(1, round(seconds / 60)), locale)
+
 
 
 def lesson_step_embed(lesson: Lesson, step: int, locale: str) -> discord.Embed:

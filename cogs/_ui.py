@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.i18n import t
+from bot.i18n import minutes_words, ordinal, t
 from bot.services import metrics
 from bot.services.dataset_check import CheckResult
 from bot.services.monitor import ProgressCard
@@ -147,12 +147,22 @@ def report_file(result: CheckResult, locale: str) -> discord.File | None:
     return discord.File(io.BytesIO("\n".join(lines).encode("utf-8")), filename="report.txt")
 
 
+def queue_line(position: int, wait_minutes: int | None, locale: str) -> str:
+    """A waiting job's place in line and about how long until its model is ready: "3rd in line, about 6 minutes"."""
+    place = ordinal(position, locale)
+    if wait_minutes is None:
+        return t("progress.queue_no_time", locale, place=place)
+    return t("progress.queue", locale, place=place, wait=minutes_words(wait_minutes, locale))
+
+
 def progress_embed(card: ProgressCard, locale: str) -> discord.Embed:
     """The one progress card of a job, edited in place while it trains."""
     job = card.job
     colour = {"succeeded": GREEN, "failed": RED, "cancelled": GREY}.get(job.status, BLURPLE)
     embed = discord.Embed(title=t("progress.title", locale, name=job.suffix or job.training_filename), colour=colour)
     lines = [status_text(job.status, locale)]
+    if card.queue_position is not None and not job.is_terminal:
+        lines.append(queue_line(card.queue_position, card.queue_wait_minutes, locale))
     if card.total_steps:
         step = card.step or 0
         percent = int(100 * step / card.total_steps)

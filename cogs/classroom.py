@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot import errors
 from bot.i18n import t
+from bot.services import class_time
 from bot.services.governance import (
     ClassReport,
     CleanupPlan,
@@ -24,7 +25,7 @@ from bot.services.governance import (
     report_csv,
 )
 from bot.services.starts import StartService
-from cogs import _ui
+from cogs import _lesson_ui, _ui
 from cogs._roles import member_is_teacher, teacher_only
 from dataset_rules.models import format_usd
 from storage.models import Approval, ClassSettings
@@ -296,9 +297,22 @@ class Classroom(commands.Cog):
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = settings_embed(settings, cap, committed, moderating, locale)
         await self._describe_moderation(embed, settings, locale)
+        await self._describe_class_time(embed, interaction.guild, locale)
         lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
         text = "\n".join(line for line in lines if line)
         await interaction.followup.send(text or discord.utils.MISSING, embed=embed, ephemeral=True)
+
+    async def _describe_class_time(self, embed: discord.Embed, guild: discord.Guild | None, locale: str) -> None:
+        # How long the class's training takes on the school's trainer (other backends don't say), for the lesson
+        # in the class's language.
+        lesson = self.bot.lessons.for_locale(self.bot.channel_locale(guild.id if guild else None))
+        if lesson is None:
+            return
+        estimate = await class_time.estimate(self.bot.finetune, lesson,
+                                             class_time.class_size(guild.member_count if guild else None))
+        if estimate is not None:
+            embed.add_field(name=t("class_time.field", locale), value=_lesson_ui.class_time_text(estimate, locale),
+                            inline=False)
 
     async def _describe_moderation(self, embed: discord.Embed, settings: ClassSettings, locale: str) -> None:
         # Which moderation is active, and in plain words what it can and cannot catch.

@@ -213,7 +213,7 @@ class FineTune(commands.Cog):
         assert interaction.guild_id is not None
         found = await self.service.get(interaction.guild_id, job)
         locale = str(interaction.locale)
-        card = await self.monitor.card(self.monitor.snapshot(found), locale=locale, force_chart=True)
+        card = await self.monitor.card(await self.monitor.look(found), locale=locale, force_chart=True)
         files = [_ui.chart_file(card.chart_png)] if card.chart_png else []
         await interaction.followup.send(embed=_ui.progress_embed(card, locale), files=files)
 

@@ -12,6 +12,7 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
+from bot.services import class_time
 from bot.services.evaluation import EvaluationService
 from bot.services.lessons import LessonLibrary
 from cogs import _lesson_ui
@@ -59,6 +60,13 @@ class Lesson(commands.Cog):
             embed=_lesson_ui.lesson_step_embed(chosen, 0, locale),
             view=_lesson_ui.lesson_step_view(chosen, 0, interaction.user.id, locale) or discord.utils.MISSING,
         )
+        # The teacher alone is told how long the class's training will take on the school's trainer.
+        guild = interaction.guild
+        estimate = await class_time.estimate(self.bot.finetune, chosen,
+                                             class_time.class_size(guild.member_count if guild else None))
+        if estimate is not None:
+            await interaction.followup.send(_lesson_ui.class_time_text(estimate, str(interaction.locale)),
+                                            ephemeral=True)
 
     @app_commands.command(name="evaluate", description=_(
         "Test a fine-tuned model on questions it never saw, against its base model", key="cmd.evaluate"))

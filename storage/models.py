@@ -121,6 +121,8 @@ class BackendJob:
     suffix: str | None = None
     metadata: dict[str, str] | None = None
     method: str | None = None
+    # The school's trainer tells a waiting job's place in line (1: next to start); OpenAI does not (None).
+    queue_position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,19 @@ class BackendEvent:
     message: str
     type: str | None
     data: dict[str, object] | None
+
+
+@dataclass(frozen=True)
+class TrainingSpeed:
+    """How fast the school's trainer trains a base model: work tokens (a file's tokens x epochs as the dataset rules
+    count them) per second on one device, each job's start-up and wrap-up, the devices that train at once, and
+    whether it was measured there or is its default before any job ran."""
+
+    tokens_per_second: float
+    startup_seconds: float
+    wrapup_seconds: float
+    devices: int
+    measured: bool
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,7 @@ class BackendModel:
     progress: float | None = None
     languages: tuple[str, ...] = ()
     lesson_seconds: int | None = None
+    training_speed: TrainingSpeed | None = None
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,17 @@ def job_object(row: sqlite3.Row) -> dict[str, Any]:
         "estimated_finish": row["estimated_finish"], "integrations": [],
         "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "queue": _queue_place(row),
     }
+
+
+def _queue_place(row: sqlite3.Row) -> dict[str, int] | None:
+    """A waiting job's place in line (not OpenAI's: its SDK keeps unknown fields): position 1 starts next, ahead
+    counts the waiting jobs before it, estimated_start is when it should start (epoch seconds)."""
+    if row["status"] not in ("validating_files", "queued") or row["queue_position"] is None:
+        return None
+    return {"position": row["queue_position"], "ahead": row["queue_position"] - 1,
+            "estimated_start": row["queue_start"]}
 
 
 def _hyperparameters(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -445,7 +455,20 @@ def _base_model_object(request: web.Request, name: str) -> dict[str, Any]:
     status = generator.status(name) if hasattr(generator, "status") else {"status": "ready", "progress": 1.0}
     return {**_model_object(name, STARTED_AT, "system"), **status,
             "languages": list(languages(settings.base_models[name])),
-            "lesson_seconds": timings.by_model.get(name) if timings is not None else None}
+            "lesson_seconds": timings.by_model.get(name) if timings is not None else None,
+            "training_speed": _training_speed(request, name)}
+
+
+def _training_speed(request: web.Request, name: str) -> dict[str, Any] | None:
+    """How fast this machine trains the model, for clients that plan a class: work tokens (the file check's count x
+    epochs) per second on one device, each job's start-up and wrap-up seconds, how many devices train at once, and
+    whether the figures were measured here or are the default before any job ran."""
+    timings, devices = request.app.get(TIMINGS), request.app[SCHEDULER].devices
+    if timings is None or not devices:
+        return None
+    speed = timings.speed(name, devices[0])
+    return {"tokens_per_second": round(speed.tokens_per_second, 2), "startup_seconds": round(speed.startup_seconds, 1),
+            "wrapup_seconds": round(speed.wrapup_seconds, 1), "devices": len(devices), "measured": speed.measured}
 
 
 async def list_models(request: web.Request) -> web.Response:

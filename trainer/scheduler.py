@@ -18,7 +18,9 @@ from typing import Any
 import psutil
 
 from trainer.config import Settings
+from trainer.queue_estimate import QueueEstimator
 from trainer.store import ACTIVE_STATUSES, Store
+from trainer.timing import Timings
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class Scheduler:
         self._checks = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
         # Told a job's id when its worker ended well (the server loads the new model and records its timing).
         self.on_succeeded: Callable[[str], None] | None = None
+        # Each waiting job's place in line and estimated finish, redone when poked and while jobs wait.
+        self.estimates = QueueEstimator(store, Timings(store, settings.default_batch_size), devices)
 
     async def start(self) -> None:
         """Recover jobs left by a previous run, then start dispatching."""
@@ -95,6 +99,7 @@ class Scheduler:
             self.submit(job["id"])
         self._loop_task = asyncio.create_task(self._dispatch(), name="trainer-dispatch")
         self._loop_task.add_done_callback(_log_crash)
+        self._spawn(self.estimates.run(self.queue), "queue-estimates")
         self._wake.set()
 
     async def close(self) -> None:
@@ -131,6 +136,7 @@ class Scheduler:
     def submit(self, job_id: str) -> None:
         """Check a new job's files in the background; it is queued only if they pass."""
         self._spawn(self._validate(job_id), f"validate-{job_id}")
+        self.estimates.poke()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -175,7 +181,8 @@ class Scheduler:
             "learning_rate_multiplier": hyper["learning_rate_multiplier"]
             if hyper["learning_rate_multiplier"] != "auto" else 1.0,
         }
-        if self.store.update_job(job_id, only_if=("validating_files",), status="queued", hyperparameters=resolved):
+        if self.store.update_job(job_id, only_if=("validating_files",), status="queued", hyperparameters=resolved,
+                                 work_tokens=check.get("tokens") or None):
             self.store.add_event(job_id, "Files validated, moving job to queued state")
             self._wake.set()
 
@@ -203,6 +210,7 @@ class Scheduler:
         if not self.store.update_job(job_id, only_if=("queued", "running"), status="paused", estimated_finish=None):
             return False
         self.store.add_event(job_id, "Fine-tuning job paused")
+        self.estimates.poke()
         for running in self.running.values():
             if running.job_id == job_id and running.process.returncode is None:
                 running.process.send_signal(signal.SIGUSR1)
@@ -255,6 +263,7 @@ class Scheduler:
                 if job is None:
                     break
                 await self._launch(device, job)
+            self.estimates.poke()  # whatever woke the dispatcher (a job queued, ended, cancelled) moved the line
 
     async def _launch(self, device: str, job: sqlite3.Row) -> None:
         if not self.store.update_job(job["id"], only_if=("queued",), status="running", device=device):

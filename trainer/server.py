@@ -15,7 +15,6 @@ from trainer.api import TIMINGS, build_app
 from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
 from trainer.store import Store
-from trainer.timing import Timings
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +154,7 @@ def create_app(settings: Settings) -> web.Application:
     store = Store(settings.data_dir / "trainer.db")
     scheduler = Scheduler(settings, store, training_devices(settings.device))
     generator = LazyGenerator(settings)
-    timings = Timings(store, settings.default_batch_size)
+    timings = scheduler.estimates.timings  # one measurement of this machine, for /v1/models and the queue
     app = build_app(settings, store, scheduler, generator)
     app[TIMINGS] = timings
 

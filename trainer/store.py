@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     path TEXT NOT NULL, metrics TEXT NOT NULL);
 """
 
+# Columns added after the first release, for databases made before them: a job's work (trained tokens as the file
+# check counts them) and, while it waits, its place in line and estimated start (trainer/queue_estimate.py).
+ADDED_JOB_COLUMNS = {"work_tokens": "INTEGER", "queue_position": "INTEGER", "queue_start": "INTEGER"}
+
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "paused"})
 PARTIAL_SUFFIX = ".partial"  # a file being written; renamed to its id once recorded
@@ -73,7 +77,17 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)
+        self._add_columns("jobs", ADDED_JOB_COLUMNS)
         self._lock = threading.Lock()
+
+    def _add_columns(self, table: str, columns: dict[str, str]) -> None:
+        have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                try:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError:  # a worker process opening the database at once added it first
+                    pass
 
     def close(self) -> None:
         """Close the connection."""
@@ -204,6 +218,22 @@ class Store:
             args = (*args, *only_if)
         with self._tx() as db:
             return db.execute(sql, args).rowcount > 0
+
+    def set_queue_estimates(self, places: list[tuple[str, int | None, int | None, int | None]]) -> None:
+        """Write (job id, place in line, estimated start, estimated finish) for waiting jobs in one transaction;
+        a job that stopped waiting meanwhile keeps its own figures."""
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE jobs SET queue_position = ?, queue_start = ?, estimated_finish = ? WHERE id = ?"
+                " AND status IN ('validating_files', 'queued')",
+                [(position, start, finish, job_id) for job_id, position, start, finish in places],
+            )
+
+    def clear_queue_places(self) -> None:
+        """Forget the place in line of every job that no longer waits."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET queue_position = NULL, queue_start = NULL WHERE queue_position IS NOT NULL"
+                       " AND status NOT IN ('validating_files', 'queued')")
 
     def fine_tuned_models(self) -> list[sqlite3.Row]:
         """Return the succeeded jobs whose models were not deleted."""

@@ -1,10 +1,13 @@
-"""How long a class's typical lesson file takes to train here, measured from the events of real jobs."""
+"""How fast this machine trains, measured from the events of real jobs: a class's typical lesson file in seconds, and
+the throughput (work tokens per second, plus each job's start-up and wrap-up) that the queue's estimates use."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import statistics
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -12,6 +15,98 @@ log = logging.getLogger(__name__)
 # The figure clients show: a 40-example file trained for 3 epochs at the default batch size.
 LESSON_EXAMPLES, LESSON_EPOCHS = 40, 3
 EVENT_LIMIT = 100_000
+# Throughput is taken over the most recent measurable jobs of a base model: recent enough to follow a change of the
+# worker (a long-lived one starts jobs faster), many enough that one odd job moves it little.
+RECENT_JOBS = 12
+RESUMED_MARKERS = ("resumed",)
+STAMP_SECONDS = 1.0  # the resolution of event times
+STARTUP_RUNS = 3
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How fast one device trains a base model: work tokens (the file check's count x epochs) per second while
+    steps run, and the seconds a job spends before its first step (start, loading) and after its last (saving)."""
+
+    tokens_per_second: float
+    startup_seconds: float
+    wrapup_seconds: float
+    measured: bool
+
+    def seconds(self, work_tokens: int) -> float:
+        """Seconds one job of this much work takes, from its start to its end."""
+        return self.startup_seconds + work_tokens / self.tokens_per_second + self.wrapup_seconds
+
+
+# Before any job has run on this machine. CPU: the 40-example, 3-epoch English lesson (7,359 work tokens) trained in
+# about 100 s on 2 idle cores, with ~10 s of loading (docs/benchmarks.md): ~70 tokens/s; a slower default than that
+# promises less than a busier school machine may give. A GPU trains these small models many times faster.
+DEFAULT_SPEEDS = {"cpu": Speed(60.0, 15.0, 2.0, False), "cuda": Speed(1500.0, 10.0, 2.0, False)}
+
+
+def default_speed(device: str) -> Speed:
+    """The figure to use for a device kind before anything was measured on it."""
+    return DEFAULT_SPEEDS["cuda" if device.startswith("cuda") else "cpu"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished job's measurable stretch: when its steps ran, on which device, the work they did, and how long
+    it spent before the first step and after the last."""
+
+    job_id: str
+    device: str
+    first_step_start: float
+    last_step_end: float
+    work_tokens: int
+    startup: float
+    wrapup: float
+
+
+def measure_run(job: Any, events: list[Any]) -> Run | None:
+    """Read one succeeded job's events: None when it can't tell (resumed, fewer than two steps, no work figure)."""
+    ordered = sorted(events, key=lambda row: (row["created_at"], row["seq"] if "seq" in row.keys() else 0))
+    if any(marker in row["message"] for row in ordered for marker in RESUMED_MARKERS):
+        return None
+    started = next((row["created_at"] for row in ordered if row["message"] == "Fine-tuning job started"), None)
+    metrics = [(row["created_at"], json.loads(row["data"] or "{}")) for row in ordered if row["type"] == "metrics"]
+    keys = job.keys()
+    work = (job["work_tokens"] if "work_tokens" in keys else None) or job["trained_tokens"]
+    if started is None or len(metrics) < 2 or not job["finished_at"] or not work:
+        return None
+    (first_at, first), (last_at, last) = metrics[0], metrics[-1]
+    steps = int(last["step"]) - int(first["step"])
+    total = int(last.get("total_steps") or last["step"])
+    if steps <= 0:
+        return None
+    per_step = (last_at - first_at) / steps
+    # The first event is written when its step ends: the stretch of steps begins one step before it.
+    begin = first_at - per_step * int(first["step"])
+    # Events are stamped in whole seconds: steps that all fell in one second took up to about that long.
+    end = max(begin + per_step * total, begin + STAMP_SECONDS)
+    return Run(job["id"], str(job["device"] if "device" in keys and job["device"] else "cpu"), begin, end,
+               int(work), max(0.0, begin - started), max(0.0, job["finished_at"] - last_at))
+
+
+def speed_of(runs: list[Run]) -> Speed | None:
+    """The machine's throughput over these runs: all their work over the time their devices were busy stepping, so
+    jobs trained together in one batch count once (their stretches overlap), and start-up and wrap-up apart."""
+    busy = 0.0
+    for device in {run.device for run in runs}:
+        spans = sorted((run.first_step_start, run.last_step_end) for run in runs if run.device == device)
+        covered_until = -math.inf
+        for begin, end in spans:
+            begin = max(begin, covered_until)
+            if end > begin:
+                busy += end - begin
+                covered_until = end
+    work = sum(run.work_tokens for run in runs)
+    if busy <= 0 or work <= 0:
+        return None
+    # Start-up follows the latest jobs: it changes with the worker (a fresh process, or one already loaded).
+    latest = sorted(runs, key=lambda run: run.last_step_end)[-STARTUP_RUNS:]
+    return Speed(work / busy, statistics.median(run.startup for run in latest),
+                 statistics.median(run.wrapup for run in latest), True)
 
 
 def lesson_seconds(job: Any, events: list[Any], default_batch_size: int) -> int | None:
@@ -42,11 +137,18 @@ def lesson_seconds(job: Any, events: list[Any], default_batch_size: int) -> int 
 
 
 class Timings:
-    """The latest lesson estimate per base model, read from the store at start and updated as jobs succeed."""
+    """The latest lesson estimate and throughput per base model, read from the store at start and updated as jobs
+    succeed."""
 
     def __init__(self, store: Any, default_batch_size: int) -> None:
         self.store, self.default_batch_size = store, default_batch_size
         self.by_model: dict[str, int] = {}
+        self.runs: dict[str, list[Run]] = {}  # by base model, oldest first, at most RECENT_JOBS
+
+    def speed(self, model: str, device: str = "cpu") -> Speed:
+        """This machine's measured throughput for a base model, or the device's default before any measurement."""
+        runs = self.runs.get(model)
+        return (speed_of(runs) if runs else None) or default_speed(device)
 
     def load(self) -> None:
         """Take each base model's most recent measurable succeeded job."""
@@ -60,6 +162,10 @@ class Timings:
         if job is None or job["status"] != "succeeded":
             return None
         events = self.store.events(job_id, EVENT_LIMIT, None).rows
+        run = measure_run(job, events)
+        if run is not None:
+            runs = [kept for kept in self.runs.get(job["model"], []) if kept.job_id != job_id] + [run]
+            self.runs[job["model"]] = runs[-RECENT_JOBS:]
         seconds = lesson_seconds(job, events, self.default_batch_size)
         if seconds is not None:
             self.by_model[job["model"]] = seconds

@@ -29,6 +29,7 @@ class FileCheck:
     examples: int
     n_epochs: int | None
     error: dict[str, str | None]
+    tokens: int = 0  # training tokens x epochs as the rules count them: the job's work, for the queue's estimates
 
 
 class LineTooLong(Exception):
@@ -98,7 +99,7 @@ def check_files(
         message = f"Training file {training_id} is in the {report.format} format; this trainer accepts chat files"
         return FileCheck(False, report.examples, report.n_epochs, _error(DEFAULT_JOB_ERROR_CODE, message, "training_file"))
     if report.ok:
-        return FileCheck(True, report.examples, report.n_epochs, {})
+        return FileCheck(True, report.examples, report.n_epochs, {}, report.tokens_billed)
     finding = report.errors[0]
     code = JOB_ERROR_CODES.get(finding.code, DEFAULT_JOB_ERROR_CODE)
     in_validation = finding.params.get("file") == VALIDATION_LABEL

@@ -278,3 +278,12 @@ def downsample(
         kept.extend(sorted({low.step: low, high.step: high}.values(), key=lambda p: p.step))
     kept.append(last)
     return kept
+
+
+def wait_minutes(seconds: float) -> int:
+    """A wait in whole minutes, as roughly as people say it: to the minute under 10, to 5 under an hour, then to 15.
+
+    The card is edited only when this figure (or the place in line) changes, so a coarse figure also spares edits."""
+    minutes = max(1.0, seconds / 60)
+    step = 1 if minutes < 10 else 5 if minutes < 60 else 15
+    return max(1, round(minutes / step) * step)

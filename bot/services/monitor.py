@@ -25,6 +25,7 @@ CHART_REDRAW_FRACTION = 1 / 40
 _MODEL_NAME = re.compile(r"\bft:[\w.:\-]+")
 # The school's trainer says this before it loads the base model (a minute on a small machine, before step 1).
 LOADING_EVENT = "loading the base model"
+WAITING_STATUSES = frozenset({"validating_files", "queued"})
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Tick:
     job: Job
     progress: JobProgress
     loading_since: int | None = None  # when the backend said it is loading the base model (this tick's events)
+    queue: tuple[int, int | None] | None = None  # waiting: place in line and wait in minutes (see queue_place)
+    queue_moved: bool = False  # ...which differs from what the card shows
 
     @property
     def has_news(self) -> bool:
@@ -41,7 +44,7 @@ class Tick:
         p, j = self.progress, self.job
         return bool(p.metrics or p.checkpoints) or (p.status, p.fine_tuned_model, p.error_code) != (
             j.status, j.fine_tuned_model, j.error_code
-        ) or (p.last_event_id is not None and p.last_event_id != j.last_event_id)
+        ) or (p.last_event_id is not None and p.last_event_id != j.last_event_id) or self.queue_moved
 
 
 @dataclass
@@ -75,6 +78,16 @@ class ProgressCard:
     finish_range: tuple[int, int] | None = None  # earliest and latest finish; the same twice once settled
     waiting_since: int | None = None  # running with no step yet: since when (the card says what it waits for)
     loading: bool = False  # ...and the backend said it is loading the base model
+    queue_position: int | None = None  # waiting: its place in line (1: next), when the backend tells it
+    queue_wait_minutes: int | None = None  # ...and about how long until its model is ready, as the card says it
+
+
+def queue_place(status: str, position: int | None, estimated_finish: int | None,
+                now: int) -> tuple[int, int | None] | None:
+    """A waiting job's place in line and its wait in the card's minutes; None when it is not waiting in a known place."""
+    if status not in WAITING_STATUSES or position is None:
+        return None
+    return position, metrics.wait_minutes(estimated_finish - now) if estimated_finish else None
 
 
 class MonitorService:
@@ -94,6 +107,9 @@ class MonitorService:
         self.on_adopt = on_adopt
         # Adoption runs at the watcher's start and when reservations are reconciled: one at a time.
         self._adopting = asyncio.Lock()
+        # What each waiting job's card shows of its place in line. Not stored: after a restart the first look
+        # re-edits the card once, which costs one edit and shows the place as it is then.
+        self._queue_shown: dict[str, tuple[int, int | None]] = {}
 
     async def watched(self) -> list[Job]:
         """Jobs still running, or ended without their notice posted."""
@@ -158,7 +174,9 @@ class MonitorService:
             checkpoints=tuple(checkpoints),
         )
         loading = next((e.created_at for e in events if e.message.lower().startswith(LOADING_EVENT)), None)
-        return Tick(job, progress, loading)
+        place = queue_place(backend.status, backend.queue_position, backend.estimated_finish, int(time.time()))
+        return Tick(job, progress, loading, queue=place,
+                    queue_moved=place is not None and place != self._queue_shown.get(job.id))
 
     @staticmethod
     def snapshot(job: Job) -> Tick:
@@ -169,6 +187,15 @@ class MonitorService:
             total_steps=job.total_steps, estimated_finish=job.estimated_finish, finished_at=job.finished_at,
             last_event_id=None,
         ))
+
+    async def look(self, job: Job) -> Tick:
+        """The stored job for /finetune status; while it waits, with its place in line asked of the backend."""
+        tick = self.snapshot(job)
+        if job.status not in WAITING_STATUSES:
+            return tick
+        backend = await self.gateway.retrieve_job(job.id)
+        return replace(tick, queue=queue_place(backend.status, backend.queue_position, backend.estimated_finish,
+                                               int(time.time())))
 
     async def card(
         self, tick: Tick, *, locale: str, force_chart: bool = False, charts_left: ChartBudget | None = None
@@ -195,6 +222,7 @@ class MonitorService:
         if finish_range is None and job.estimated_finish and not job.is_terminal:
             finish_range = (job.estimated_finish, job.estimated_finish)
         waiting = job.status == "running" and latest is None
+        place = tick.queue
         return ProgressCard(
             job=job,
             latest=latest,
@@ -208,6 +236,8 @@ class MonitorService:
             finish_range=finish_range,
             waiting_since=(tick.loading_since or job.started_at or job.created_at) if waiting else None,
             loading=waiting and tick.loading_since is not None,
+            queue_position=place[0] if place else None,
+            queue_wait_minutes=place[1] if place else None,
         )
 
     async def chart(self, job: Job, *, locale: str) -> bytes | None:
@@ -238,6 +268,10 @@ class MonitorService:
     async def commit(self, tick: Tick, *, chart_step: int | None = None) -> Job:
         """Store the tick (the cursor moves here, after the channel was updated) and return the job as stored."""
         await self.jobs.apply(tick.progress)
+        if tick.queue is not None:
+            self._queue_shown[tick.job.id] = tick.queue
+        else:
+            self._queue_shown.pop(tick.job.id, None)
         if chart_step is not None and chart_step != tick.job.chart_step:
             await self.jobs.set_chart_step(tick.job.id, chart_step)
         job = await self.jobs.get_any(tick.job.id)

@@ -139,6 +139,9 @@ class FakeJob:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # oldest first
     metrics: list[dict[str, Any]] = field(default_factory=list)
     stage: int = 0  # 0 created, 1 queued, 2 running
+    estimated_finish: int | None = None
+    # The school's trainer's place in line ({"position", "ahead", "estimated_start"}); OpenAI sends no such field.
+    queue: dict[str, int] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -181,13 +184,15 @@ class FakeJob:
             "trained_tokens": self.trained_tokens,
             "training_file": self.training_file,
             "validation_file": self.validation_file,
-            "estimated_finish": None,
+            "estimated_finish": self.estimated_finish,
             "integrations": [],
             "metadata": self.metadata,
             "method": {"type": method_type, method_type: {"hyperparameters": hyper}},
             "user_provided_suffix": self.suffix,
             "usage_metrics": None,
             "shared_with_openai": False,
+            **({"queue": self.queue} if self.queue is not None and self.status in ("validating_files", "queued")
+               else {}),
         }
 
 
@@ -385,6 +390,7 @@ class FakeOpenAI:
                 self._event(job, "Files validated, moving job to queued state")
             elif job.stage == 1:
                 job.status, job.stage = "running", 2
+                job.queue = job.estimated_finish = None  # a queue's guess ends when training starts
                 self._event(job, "Fine-tuning job started")
             else:
                 self._train_step(job)
@@ -483,6 +489,14 @@ class FakeOpenAI:
         """Add a plain event to a job, as a backend reports what it is doing (e.g. "Loading the base model")."""
         job = self._jobs[job_id]
         self._event(job, message)
+        return job
+
+    def set_queue(self, job_id: str, position: int, finish_in_seconds: int, start_in_seconds: int = 0) -> FakeJob:
+        """Give a waiting job a place in line and an estimated finish, as the school's trainer does."""
+        job = self._jobs[job_id]
+        now = int(time.time())
+        job.queue = {"position": position, "ahead": position - 1, "estimated_start": now + start_in_seconds}
+        job.estimated_finish = now + finish_in_seconds
         return job
 
     def set_status(self, job_id: str, status: str) -> FakeJob:

@@ -1,0 +1,228 @@
+"""The queue told honestly: each waiting job's place in the fair queue's order and its estimated finish, kept current as
+the line moves (a controlled clock and fixed speed figures; no worker runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer.api import job_object
+from trainer.config import Settings
+from trainer.queue_estimate import QueueEstimator, plan
+from trainer.scheduler import FairQueue, Scheduler
+from trainer.store import Store, new_id
+from trainer.timing import DEFAULT_SPEEDS, Run, Speed, Timings, measure_run, speed_of
+from trainer.validation import check_files
+
+NOW = 1_900_000_000
+# 100 work tokens per second, 10 s before the first step, nothing after the last: a 1,000-token job takes 20 s.
+SPEED = Speed(100.0, 10.0, 0.0, True)
+
+
+class FixedTimings(Timings):
+    """Timings that answer one speed for every model, as if measured."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store, 4)
+
+    def speed(self, model: str, device: str = "cpu") -> Speed:
+        """The test's figure."""
+        return SPEED
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = float(NOW)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """An empty trainer database."""
+    return Store(tmp_path / "trainer.db")
+
+
+def _add(store: Store, guild: str, user: str, work: int, status: str = "queued") -> str:
+    job_id = new_id("ftjob")
+    store.add_job(id=job_id, model="tiny", base_source="tiny", training_file="file-x", validation_file=None,
+                  hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}, suffix=None,
+                  seed=1, metadata={"guild_id": guild, "user_id": user})
+    store.update_job(job_id, status=status, work_tokens=work, device="cpu" if status == "running" else None)
+    return job_id
+
+
+def _places(store: Store, *job_ids: str) -> list[tuple[int, int] | None]:
+    shown = []
+    for job_id in job_ids:
+        row = store.job(job_id)
+        assert row is not None
+        job = job_object(row)
+        shown.append((job["queue"]["position"], job["estimated_finish"] - NOW) if job["queue"] else None)
+    return shown
+
+
+def test_waiting_jobs_carry_place_and_finish_in_the_fair_queues_order(store: Store) -> None:
+    """Class A's second job waits behind class B's first: places and finishes follow the picks, after the running job."""
+    clock = Clock()
+    running = _add(store, "A", "a1", 1000, "running")
+    a_second = _add(store, "A", "a1", 1000)
+    a_other = _add(store, "A", "a2", 2000)
+    b_first = _add(store, "B", "b1", 1000)
+    queue = FairQueue()
+    queue.pick([store.job(running)])  # type: ignore[list-item]  # the dispatcher served class A's a1 already
+    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    estimator.refresh(queue)
+    # The running job has no step yet: 20 s from now. Then B (served never) 20 s, then A's a2 30 s, then a1's next 20 s.
+    assert _places(store, b_first, a_other, a_second) == [(1, 40), (2, 70), (3, 90)]
+    assert _places(store, running) == [None]
+    assert json.loads(json.dumps(job_object(store.job(b_first))))["queue"] == {  # type: ignore[arg-type]
+        "position": 1, "ahead": 0, "estimated_start": NOW + 20}
+
+
+def test_places_move_up_when_the_job_ahead_finishes_or_is_cancelled(store: Store) -> None:
+    """The running job ends and the next starts; a waiting job is cancelled: everyone behind moves up and sooner."""
+    clock = Clock()
+    first = _add(store, "A", "a1", 1000, "running")
+    second, third, fourth = (_add(store, "A", user, 1000) for user in ("a2", "a3", "a4"))
+    queue = FairQueue()
+    queue.pick([store.job(first)])  # type: ignore[list-item]
+    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    estimator.refresh(queue)
+    assert _places(store, second, third, fourth) == [(1, 40), (2, 60), (3, 80)]
+
+    clock.now += 15
+    store.update_job(first, status="succeeded", finished_at=int(clock.now))
+    queue.pick([store.job(second)])  # type: ignore[list-item]  # as the dispatcher does when the device frees
+    store.update_job(second, status="running", device="cpu")
+    estimator.refresh(queue)
+    assert _places(store, second, third, fourth) == [None, (1, 15 + 40), (2, 15 + 60)]
+
+    store.update_job(third, status="cancelled", finished_at=int(clock.now))
+    estimator.refresh(queue)
+    assert _places(store, third, fourth) == [None, (1, 15 + 40)]
+
+
+def test_running_job_with_steps_is_counted_from_its_own_pace(store: Store) -> None:
+    """Once the worker reports steps (its estimate follows its pace), the line is timed from that, not the model's."""
+    clock = Clock()
+    first = _add(store, "A", "a1", 1000, "running")
+    waiting = _add(store, "A", "a2", 1000)
+    store.update_job(first, trained_tokens=100, estimated_finish=NOW + 300)  # a slow machine: 5 minutes left
+    queue = FairQueue()
+    QueueEstimator(store, FixedTimings(store), ["cpu"], clock).refresh(queue)
+    assert _places(store, waiting) == [(1, 300 + 20)]
+
+
+def test_two_devices_take_the_next_jobs_as_they_free() -> None:
+    """With two devices, the next job goes to the one that frees first."""
+    def row(job_id: str, seq: int, user: str, status: str = "queued", device: str | None = None) -> dict[str, Any]:
+        return {"id": job_id, "seq": seq, "model": "m", "status": status, "device": device,
+                "metadata": json.dumps({"guild_id": "A", "user_id": user}), "estimated_finish": None,
+                "trained_tokens": None}
+
+    running = [row("r0", 1, "u0", "running", "cuda:0")]
+    waiting = [row("w1", 2, "u1"), row("w2", 3, "u2"), row("w3", 4, "u3")]
+    places = plan(FairQueue(), waiting, running, ["cuda:0", "cuda:1"], NOW, lambda model, device: SPEED,
+                  lambda job: 1000, {"r0": NOW - 5})
+    # cuda:1 is free now; cuda:0 frees in 15 s. w1 -> cuda:1 (0-20), w2 -> cuda:0 (15-35), w3 -> cuda:1 (20-40).
+    assert [(p.job_id, p.position, p.start - NOW, p.finish - NOW) for p in places] == [
+        ("w1", 1, 0, 20), ("w2", 2, 15, 35), ("w3", 3, 20, 40)]
+
+
+def test_speed_counts_jobs_trained_together_once() -> None:
+    """Two jobs stepping over the same 10 s did 2,000 tokens in 10 s of the device: 200 tokens/s, not 100."""
+    together = [Run("a", "cpu", 100, 110, 1000, 8, 2), Run("b", "cpu", 100, 110, 1000, 6, 2)]
+    after = [Run("a", "cpu", 100, 110, 1000, 8, 2), Run("b", "cpu", 115, 125, 1000, 6, 2)]
+    assert speed_of(together) == Speed(200.0, 7.0, 2.0, True)
+    assert speed_of(after) == Speed(100.0, 7.0, 2.0, True)
+
+
+def test_measure_run_reads_the_stretch_of_steps_and_the_start_up() -> None:
+    """Started at 100, steps of 4 s (step 1 ends at 112): the stretch is 108-140 for 8 steps, start-up 8 s."""
+    def event(seq: int, at: int, message: str, step: int | None = None) -> dict[str, Any]:
+        data = json.dumps({"step": step, "total_steps": 8}) if step else None
+        return {"seq": seq, "created_at": at, "message": message, "type": "metrics" if step else "message",
+                "data": data}
+
+    job = {"id": "j", "finished_at": 150, "work_tokens": 800, "trained_tokens": 700, "device": "cpu"}
+    events = [event(1, 100, "Fine-tuning job started"), event(2, 112, "Step 1", 1), event(3, 140, "Step 8", 8)]
+    assert measure_run(job, events) == Run("j", "cpu", 108.0, 140.0, 800, 8.0, 10.0)
+    assert measure_run(job, [*events, event(4, 141, "Fine-tuning job resumed from its last checkpoint")]) is None
+
+
+def test_file_check_reports_the_jobs_work_in_tokens(tmp_path: Path) -> None:
+    """The check counts the trained tokens (examples' tokens x epochs) that the queue's estimates are made of."""
+    path = tmp_path / "train.jsonl"
+    path.write_bytes((Path(__file__).parents[2] / "lessons" / "pirate-en" / "train.jsonl").read_bytes())
+    once = check_files(path, model="tiny", training_id="file-1", n_epochs=1)
+    thrice = check_files(path, model="tiny", training_id="file-1", n_epochs=3)
+    assert once.ok and once.tokens > once.examples and thrice.tokens == 3 * once.tokens
+
+
+async def test_scheduler_stores_the_checked_work_and_places_the_job(tmp_path: Path, store: Store) -> None:
+    """A job whose files pass is queued with its work, and the scheduler's estimator gives it a place and a finish."""
+    settings = Settings(data_dir=tmp_path, base_models={"tiny": "tiny"}, device="cpu", api_key="k")
+    scheduler = Scheduler(settings, store, ["cpu"])
+    scheduler.estimates.timings = FixedTimings(store)
+    scheduler.estimates.clock = Clock()
+
+    async def passed(arguments: dict[str, object]) -> dict[str, Any]:
+        return {"ok": True, "examples": 40, "n_epochs": 3, "error": {}, "tokens": 3000}
+
+    scheduler._check = passed  # type: ignore[method-assign]  # the file check's subprocess is tested elsewhere
+    store.add_file("file-x", "train.jsonl", "fine-tune", 10, tmp_path / "file-x")
+    running = _add(store, "A", "a1", 1000, "running")
+    job_id = _add(store, "A", "a2", 0, "validating_files")
+    store.update_job(job_id, work_tokens=None)
+    await scheduler._validate(job_id)
+    row = store.job(job_id)
+    assert row is not None and row["status"] == "queued" and row["work_tokens"] == 3000
+    scheduler.estimates.refresh(scheduler.queue)
+    assert _places(store, job_id, running) == [(1, 20 + 40), None]
+
+
+async def test_base_model_object_tells_the_training_speed(tmp_path: Path, store: Store) -> None:
+    """GET /v1/models/{base} carries the speed figures a client plans a class with, and whether they were measured."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from trainer.api import TIMINGS, build_app
+
+    settings = Settings(data_dir=tmp_path, base_models={"tiny": "tiny"}, device="cpu", api_key="k")
+    app = build_app(settings, store, Scheduler(settings, store, ["cpu", "cpu:1"]), object())
+    app[TIMINGS] = FixedTimings(store)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        answer = await client.get("/v1/models/tiny", headers={"Authorization": "Bearer k"})
+        body = await answer.json()
+    assert body["training_speed"] == {"tokens_per_second": 100.0, "startup_seconds": 10.0, "wrapup_seconds": 0.0,
+                                      "devices": 2, "measured": True}
+
+
+def test_speed_before_any_job_is_the_devices_default_and_says_so(store: Store) -> None:
+    """A machine that never trained answers its device's default figure, marked as not measured."""
+    timings = Timings(store, 4)
+    assert timings.speed("tiny", "cpu") == DEFAULT_SPEEDS["cpu"] and not timings.speed("tiny", "cpu").measured
+    assert timings.speed("tiny", "cuda:0") == DEFAULT_SPEEDS["cuda"]
+
+
+def test_a_database_from_before_gets_the_new_columns(tmp_path: Path) -> None:
+    """A trainer database made before the queue's columns opens with them added, its jobs kept."""
+    import sqlite3
+
+    from trainer.store import SCHEMA
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(SCHEMA)
+        old.execute("INSERT INTO jobs (id, created_at, model, base_source, status, training_file, hyperparameters,"
+                    " seed) VALUES ('ftjob-old', 1, 'tiny', 'tiny', 'queued', 'file-x', '{}', 1)")
+    reopened = Store(path)
+    row = reopened.job("ftjob-old")
+    assert row is not None and row["work_tokens"] is None and row["queue_position"] is None
+    assert job_object(row)["queue"] is None
