@@ -1,0 +1,256 @@
+"""Batched multi-adapter chat serving: the same tokens as one reply at a time and as today's merged model, rows and
+waiting places freed by clients that leave, a class of thirty admitted, and an honest retry-after when full."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from aiohttp import ClientSession, web
+from peft import PeftModel
+
+from trainer.batching import Engine, Request
+from trainer.config import Settings
+from trainer.lora_stack import LoraStack
+from trainer.modeling import render_chat
+from trainer.serving import Busy, Generated, Generator, ModelPool, Target, _eos_ids
+from trainer.training import chat_messages, lora_model
+
+WAIT_S = 60.0
+QUESTIONS = ["What is the sun?", "Why is the sea blue? Tell me all about it, please.", "How do birds fly?",
+             "What is rain?", "Where do stars come from, and why do they shine at night?", "Why do cats purr?"]
+
+
+def make_adapter(base: torch.nn.Module, folder: Path, seed: int, r: int = 4) -> Path:
+    """A LoRA adapter on all linear layers with random non-zero B, saved as training saves one."""
+    torch.manual_seed(seed)
+    model = lora_model(copy.deepcopy(base), r, 2 * r)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.3)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_model: Path) -> ModelPool:
+    """The tiny model as a served base."""
+    pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 8, 1)
+    pool.base("tiny")
+    return pool
+
+
+@pytest.fixture(scope="module")
+def adapters(pool: ModelPool, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three different adapters of the tiny model, one with a smaller rank (padded in the stack)."""
+    base, _ = pool.base("tiny")
+    folder = tmp_path_factory.mktemp("adapters")
+    return [make_adapter(base, folder / f"job{i}" / "final", seed=i, r=2 if i == 1 else 4) for i in range(3)]
+
+
+def prompt_ids(pool: ModelPool, question: str) -> list[int]:
+    """A chat prompt rendered as the served route renders it."""
+    _, tokenizer = pool.base("tiny")
+    text = render_chat(tokenizer, chat_messages(tokenizer, [{"role": "user", "content": question}]), True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def merged_reference(pool: ModelPool, adapter: Path | None, ids: list[int], max_tokens: int) -> list[int]:
+    """Today's path: the adapter merged into a copy of the base, greedy model.generate."""
+    base, tokenizer = pool.base("tiny")
+    model = base if adapter is None else PeftModel.from_pretrained(copy.deepcopy(base), str(adapter)).merge_and_unload()
+    output = model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=False, temperature=None,
+                            top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)  # type: ignore[operator]
+    return [int(t) for t in output[0, len(ids):]]
+
+
+class Run:
+    """One request on an engine, with events for its first tokens and its end."""
+
+    def __init__(self, ids: list[int], adapter: Path | None, max_tokens: int, **options: Any) -> None:
+        self.done, self.started, self.pieces = threading.Event(), threading.Event(), list[Any]()
+        self.request = Request(prompt=ids, adapter=adapter, max_tokens=max_tokens, temperature=options.get(
+            "temperature", 0.0), top_p=1.0, seed=options.get("seed"), frequency_penalty=0.0, emit=self.emit)
+        self.started_after = options.get("started_after", 2)
+
+    def emit(self, item: Any) -> None:
+        """The engine's callback: text, an error or None at the end."""
+        self.pieces.append(item)
+        if len(self.request.generated) >= self.started_after:
+            self.started.set()
+        if item is None or isinstance(item, BaseException):
+            self.done.set()
+            self.started.set()
+
+    def wait(self) -> list[int]:
+        """Wait for the end; the reply's tokens."""
+        assert self.done.wait(WAIT_S), "the engine never finished the request"
+        assert not any(isinstance(p, BaseException) for p in self.pieces), self.pieces
+        return list(self.request.generated)
+
+
+def engine_for(pool: ModelPool, max_rows: int = 32, eos: bool = True) -> Engine:
+    """A fresh engine on the pool's tiny base with its own adapter stack."""
+    model, tokenizer = pool.base("tiny")
+    return Engine(model, tokenizer, LoraStack(model, 8, 1 << 30), max_rows=max_rows, kv_budget_bytes=1 << 30,
+                  eos_ids=_eos_ids(model, tokenizer) if eos else set(),
+                  suppress_ids=list(model.generation_config.suppress_tokens or []))
+
+
+def test_batched_answers_equal_one_at_a_time_and_merged_answers(pool: ModelPool, adapters: list[Path]) -> None:
+    """Six greedy replies on three adapters and the base, four started together and two joining the running batch,
+    give the tokens each gives alone on the engine and the tokens of today's merged model.generate."""
+    targets: list[Path | None] = [adapters[0], adapters[1], None, adapters[2], adapters[0], None]
+    ids = [prompt_ids(pool, question) for question in QUESTIONS]
+    max_tokens = 10
+    alone = []
+    for target, prompt in zip(targets, ids, strict=True):
+        run = Run(prompt, target, max_tokens)
+        engine_for(pool).submit(run.request)
+        alone.append(run.wait())
+    merged = [merged_reference(pool, target, prompt, max_tokens) for target, prompt in zip(targets, ids, strict=True)]
+    assert alone == merged
+    assert len({tuple(tokens) for tokens in alone}) > 2  # the adapters really change the answers
+
+    engine = engine_for(pool, eos=True)
+    runs = [Run(prompt, target, max_tokens) for target, prompt in zip(targets, ids, strict=True)]
+    for run in runs[:4]:
+        engine.submit(run.request)
+    assert runs[0].started.wait(WAIT_S)  # the first four are decoding: the last two join a running batch
+    for run in runs[4:]:
+        engine.submit(run.request)
+    assert [run.wait() for run in runs] == alone
+    assert engine.rows == [] and engine.waiting == deque_of()
+
+
+def deque_of() -> Any:
+    """An empty waiting line, as the engine keeps it."""
+    from collections import deque
+
+    return deque()
+
+
+def test_sampled_reply_follows_its_seed_in_a_batch(pool: ModelPool, adapters: list[Path]) -> None:
+    """A sampled reply with a seed is the same alone and beside other rows (its own random generator)."""
+    ids = prompt_ids(pool, QUESTIONS[0])
+    alone = Run(ids, adapters[0], 8, temperature=1.0, seed=7)
+    engine_for(pool).submit(alone.request)
+    expected = alone.wait()
+    engine = engine_for(pool)
+    runs = [Run(ids, adapters[0], 8, temperature=1.0, seed=7), Run(ids, adapters[1], 8, temperature=1.0, seed=3),
+            Run(prompt_ids(pool, QUESTIONS[1]), None, 8)]
+    for run in runs:
+        engine.submit(run.request)
+    assert runs[0].wait() == expected
+
+
+def test_cancelled_requests_free_their_row_and_their_waiting_place(pool: ModelPool, adapters: list[Path]) -> None:
+    """With one row: a waiting request that is cancelled leaves the line at once; a running one leaves the batch at
+    the next step, its adapter unpinned, and the next request is admitted and answered."""
+    engine = engine_for(pool, max_rows=1, eos=False)  # no end-of-turn: the first reply runs until cancelled
+    stepped, record = threading.Event(), engine._record
+
+    def recorded(requests: list[Request], tokens: torch.Tensor) -> None:
+        record(requests, tokens)
+        stepped.set()
+
+    engine._record = recorded  # type: ignore[method-assign]  # to know that the first reply is being decoded
+    running = Run(prompt_ids(pool, QUESTIONS[0]), adapters[0], 1_000_000)
+    waiting = Run(prompt_ids(pool, QUESTIONS[1]), None, 4)
+    engine.submit(running.request)
+    assert stepped.wait(WAIT_S)
+    engine.submit(waiting.request)
+    engine.cancel(waiting.request)
+    assert waiting.request not in engine.waiting and not waiting.request.generated
+    engine.cancel(running.request)
+    assert running.done.wait(WAIT_S)
+    following = Run(prompt_ids(pool, QUESTIONS[2]), adapters[1], 4)
+    engine.submit(following.request)
+    assert len(following.wait()) == 4
+    assert len(running.request.generated) < 1_000_000 and engine.rows == [] and not engine.stack.pins
+
+
+def test_deleted_model_leaves_the_stack(pool: ModelPool, adapters: list[Path]) -> None:
+    """ModelPool.forget drops a deleted model's adapter from its base's stack, so its slot serves others."""
+    pool.warm(Target("tiny", adapters[2]))
+    assert adapters[2] in pool.stacks["tiny"].loaded
+    pool.forget(adapters[2].parent)
+    assert adapters[2] not in pool.stacks["tiny"].loaded
+
+
+def replies(generator: Generator, targets: list[Target], **options: Any) -> list[Callable[[], Any]]:
+    """Coroutine factories that stream one reply each and return its text and stats."""
+    def one(target: Target, question: str) -> Callable[[], Any]:
+        async def run() -> tuple[str, Generated]:
+            stats = Generated()
+            pieces = [piece async for piece in generator.stream(
+                target, [{"role": "user", "content": question}], max_tokens=options.get("max_tokens", 6),
+                temperature=0, top_p=1, seed=None, stats=stats)]
+            return "".join(pieces), stats
+        return run
+    return [one(target, QUESTIONS[i % len(QUESTIONS)]) for i, target in enumerate(targets)]
+
+
+async def test_a_class_of_thirty_is_admitted_with_default_settings(pool: ModelPool, adapters: list[Path]) -> None:
+    """30 replies at once, on three adapters and the base, with the default settings: none refused, all answered."""
+    settings = Settings()
+    generator = Generator(pool, settings.max_batch_rows, settings.max_queued_generations,
+                          max_tokens=settings.max_tokens, kv_budget_mb=settings.serving_memory_mb)
+    targets = [Target("tiny", [*adapters, None][i % 4]) for i in range(30)]
+    answers = await asyncio.wait_for(asyncio.gather(*(run() for run in replies(generator, targets))), WAIT_S)
+    assert len(answers) == 30 and all(0 < stats.completion_tokens <= 6 for _, stats in answers)
+    assert generator.limit("tiny") >= 30
+
+
+async def test_full_engine_is_busy_with_a_retry_after(pool: ModelPool) -> None:
+    """One row and no waiting room: a second reply is refused with Busy carrying a retry-after of at least 1 s."""
+    generator = Generator(pool, max_rows=1, max_waiting=0)
+    first = generator.stream(Target("tiny", None), [{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0,
+                             top_p=1, seed=None, stats=Generated())
+    await anext(first)
+    with pytest.raises(Busy) as refused:
+        await anext(generator.stream(Target("tiny", None), [{"role": "user", "content": "Hi"}], max_tokens=4,
+                                     temperature=0, top_p=1, seed=None, stats=Generated()))
+    assert refused.value.retry_after >= 1 and refused.value.waiting == 1
+    await first.aclose()
+    text, stats = await asyncio.wait_for(replies(generator, [Target("tiny", None)])[0](), WAIT_S)
+    assert stats.completion_tokens > 0
+
+
+async def test_busy_is_a_429_with_retry_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chat route answers Busy with 429, a retry-after header and a message that says how long to wait."""
+    from trainer.server import LazyGenerator, create_app
+
+    async def busy_stream(self: LazyGenerator, *args: Any, **kwargs: Any) -> Any:
+        raise Busy(retry_after=12, waiting=40)
+        yield ""  # an async generator, as the real one is
+
+    monkeypatch.setattr(LazyGenerator, "stream", busy_stream)
+    monkeypatch.setattr(LazyGenerator, "start", lambda self: None)  # no model to prepare
+    key = "test-key-for-busy-answers"
+    app = create_app(Settings(data_dir=tmp_path, base_models={"tiny": "unused"}, device="cpu", api_key=key))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with ClientSession() as session:
+            for stream in (False, True):
+                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                        headers={"Authorization": f"Bearer {key}"},
+                                        json={"model": "tiny", "stream": stream,
+                                              "messages": [{"role": "user", "content": "Hi"}]}) as response:
+                    body = await response.json()
+                    assert response.status == 429 and response.headers["retry-after"] == "12"
+                    assert "about 12 seconds" in body["error"]["message"]
+                    assert body["error"]["code"] == "rate_limit_exceeded"
+    finally:
+        await runner.cleanup()
