@@ -14,6 +14,7 @@ import pytest
 import torch
 from aiohttp import ClientSession, web
 from peft import PeftModel
+from transformers import PreTrainedModel
 
 from trainer.batching import Engine, Request
 from trainer.config import Settings
@@ -27,7 +28,7 @@ QUESTIONS = ["What is the sun?", "Why is the sea blue? Tell me all about it, ple
              "What is rain?", "Where do stars come from, and why do they shine at night?", "Why do cats purr?"]
 
 
-def make_adapter(base: torch.nn.Module, folder: Path, seed: int, r: int = 4) -> Path:
+def make_adapter(base: PreTrainedModel, folder: Path, seed: int, r: int = 4) -> Path:
     """A LoRA adapter on all linear layers with random non-zero B, saved as training saves one."""
     torch.manual_seed(seed)
     model = lora_model(copy.deepcopy(base), r, 2 * r)
@@ -219,7 +220,7 @@ async def test_full_engine_is_busy_with_a_retry_after(pool: ModelPool) -> None:
         await anext(generator.stream(Target("tiny", None), [{"role": "user", "content": "Hi"}], max_tokens=4,
                                      temperature=0, top_p=1, seed=None, stats=Generated()))
     assert refused.value.retry_after >= 1 and refused.value.waiting == 1
-    await first.aclose()
+    await first.aclose()  # type: ignore[attr-defined]
     text, stats = await asyncio.wait_for(replies(generator, [Target("tiny", None)])[0](), WAIT_S)
     assert stats.completion_tokens > 0
 
