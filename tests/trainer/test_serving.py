@@ -255,3 +255,43 @@ async def test_busy_is_a_429_with_retry_after(tmp_path: Path, monkeypatch: pytes
                     assert body["error"]["code"] == "rate_limit_exceeded"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Gemma3 (sliding-window layers with a window of 4 beside full ones) with Gemma's turn markers."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    from tests.trainer.harness import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), family="gemma")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=4, max_position_embeddings=512,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+        initializer_range=0.1, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id)
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_gemma3_sliding_window_layers_batch_like_generate(tiny_gemma3: Path, tmp_path: Path) -> None:
+    """Gemma3's sliding-window layers kept whole in the engine's cache (masked to the window) give generate()'s
+    tokens, for prompts longer than the window, the base and an adapter side by side in one batch."""
+    gemma = ModelPool({"tiny": str(tiny_gemma3)}, "cpu", 4, 1)
+    base, tokenizer = gemma.base("tiny")
+    assert type(base).__name__ == "Gemma3ForCausalLM"
+    adapter = make_adapter(base, tmp_path / "job" / "final", seed=5)
+    ids = [prompt_ids(gemma, question) for question in QUESTIONS[:4]]
+    targets: list[Path | None] = [None, adapter, adapter, None]
+    assert min(len(prompt) for prompt in ids) > 4
+    expected = [merged_reference(gemma, target, prompt, 8) for target, prompt in zip(targets, ids, strict=True)]
+    engine = engine_for(gemma)
+    runs = [Run(prompt, target, 8) for target, prompt in zip(targets, ids, strict=True)]
+    for run in runs:
+        engine.submit(run.request)
+    assert [run.wait() for run in runs] == expected
