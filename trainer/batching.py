@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase, TextStreamer
-from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TextStreamer,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from trainer.lora_stack import AdapterWeights, LoraStack
 
@@ -36,6 +43,23 @@ TYPICAL_PROMPT_TOKENS = 256
 _NO_IDS = torch.empty(0, dtype=torch.long)  # what top-k and top-p are handed as input ids (they don't read them)
 
 Emit = Callable[[Any], None]  # text, an exception, or None at the end
+
+
+class FrequencyPenalty(LogitsProcessor):
+    """OpenAI's frequency_penalty: lower each token's logit by the penalty times how often the reply has used it.
+
+    Only the reply's own tokens count (not the prompt's), as OpenAI defines it; it is what stops a small model
+    from looping on one sentence until the length limit."""
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self.penalty, self.prompt_length = penalty, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length:]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.penalty * counts
 
 
 class _RowStreamer(TextStreamer):
@@ -69,7 +93,6 @@ class Request:
     finish_reason: str = "stop"
     streamer: _RowStreamer | None = None
     generator: torch.Generator | None = None
-    counts: torch.Tensor | None = None  # how often the reply used each token (frequency penalty)
 
     def cancel(self) -> None:
         """The client went away: the engine drops the request at its next step."""
@@ -273,8 +296,9 @@ class Engine:
             if not request.frequency_penalty and request.temperature <= 0:
                 continue
             row_scores = scores[row : row + 1]
-            if request.frequency_penalty and request.counts is not None:
-                row_scores = row_scores - request.frequency_penalty * request.counts  # as _FrequencyPenalty does
+            if request.frequency_penalty:
+                generated = torch.tensor([request.generated], dtype=torch.long, device=self.device)
+                row_scores = FrequencyPenalty(request.frequency_penalty, 0)(generated, row_scores)  # type: ignore[arg-type]
             if request.temperature > 0:
                 row_scores = row_scores / request.temperature
                 if self.top_k:
@@ -291,10 +315,6 @@ class Engine:
         """Stream each row's new token and mark the rows that are done."""
         for request, token in zip(requests, tokens.tolist(), strict=True):
             request.generated.append(token)
-            if request.frequency_penalty:
-                if request.counts is None:
-                    request.counts = torch.zeros(self._suppress.shape[0], device=self.device)
-                request.counts[token] += 1
             _streamer(request).put(torch.tensor([token]))
             if token in self.eos_ids:
                 request.finish_reason = "stop"

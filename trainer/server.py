@@ -135,8 +135,9 @@ class LazyGenerator:
         return self._generator
 
     def _build(self) -> Any:
-        from trainer.batching import limit_malloc_arenas
-        from trainer.serving import Generator, ModelPool
+        # trainer.serving first: the chat route imports it too, and transformers' lazy imports are not thread-safe,
+        # so both threads must go through that one module's import lock before anything else of the model stack.
+        from trainer.serving import Generator, ModelPool, limit_malloc_arenas
 
         # Before torch starts its threads: each thread's own heap would otherwise keep what it freed (docs/trainer.md).
         limit_malloc_arenas()

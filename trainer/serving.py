@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
-from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.batching import Engine, Request
+from trainer.batching import Engine, FrequencyPenalty, Request, limit_malloc_arenas
 from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
 from trainer.modeling import (
     control_token_ids,
@@ -31,6 +31,7 @@ from trainer.modeling import (
 from trainer.training import chat_messages, longest_token
 
 log = logging.getLogger(__name__)
+__all__ = ["Busy", "Generated", "Generator", "ModelPool", "PromptTooLong", "Target", "limit_malloc_arenas"]
 
 
 @dataclass(frozen=True)
@@ -118,21 +119,7 @@ def download(source: str, report: Any) -> str:
     return str(snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True))
 
 
-class _FrequencyPenalty(LogitsProcessor):
-    """OpenAI's frequency_penalty: lower each token's logit by the penalty times how often the reply has used it.
-
-    Only the reply's own tokens count (not the prompt's), as OpenAI defines it; it is what stops a small model
-    from looping on one sentence until the length limit."""
-
-    def __init__(self, penalty: float, prompt_length: int) -> None:
-        self.penalty, self.prompt_length = penalty, prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_length:]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-        return scores - self.penalty * counts
+_FrequencyPenalty = FrequencyPenalty  # its name before the batching engine moved it
 
 
 class ModelPool:
