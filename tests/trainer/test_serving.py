@@ -295,3 +295,21 @@ def test_gemma3_sliding_window_layers_batch_like_generate(tiny_gemma3: Path, tmp
     for run in runs:
         engine.submit(run.request)
     assert [run.wait() for run in runs] == expected
+
+
+def test_adapters_leave_least_recently_used_first_never_while_in_use(pool: ModelPool, adapters: list[Path]) -> None:
+    """With room for two adapters, a third evicts the least recently used unpinned one; when both are in use the
+    third must wait (None), and it gets a slot once one is released."""
+    model, _ = pool.base("tiny")
+    stack = LoraStack(model, max_adapters=2, budget_bytes=1 << 30)
+    first, second = stack.acquire(adapters[0]), stack.acquire(adapters[1])
+    assert first is not None and second is not None and first != second
+    assert stack.acquire(adapters[2]) is None  # both pinned by running replies
+    stack.release(first)
+    third = stack.acquire(adapters[2])
+    assert third == first and stack.loaded == [adapters[1], adapters[2]]
+    stack.release(second)
+    stack.release(third)
+    assert not stack.pins
+    small = LoraStack(model, max_adapters=64, budget_bytes=1)  # a budget below one adapter still holds one
+    assert small.acquire(adapters[0]) is not None and small.acquire(adapters[1]) is None
