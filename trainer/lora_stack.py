@@ -79,8 +79,19 @@ class _Layer:
     def __init__(self, linear: nn.Linear, capacity: int, rank: int) -> None:
         weight = linear.weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.a = torch.zeros(capacity, self.in_features, rank, dtype=weight.dtype, device=weight.device)
-        self.b = torch.zeros(capacity, rank, self.out_features, dtype=weight.dtype, device=weight.device)
+        # A and B replaced together, in one assignment: a warm-up in another thread may grow them mid-forward.
+        self.stacks = (torch.zeros(capacity, self.in_features, rank, dtype=weight.dtype, device=weight.device),
+                       torch.zeros(capacity, rank, self.out_features, dtype=weight.dtype, device=weight.device))
+
+    @property
+    def a(self) -> torch.Tensor:
+        """A of every slot: (slots, in, r)."""
+        return self.stacks[0]
+
+    @property
+    def b(self) -> torch.Tensor:
+        """B of every slot, scale folded in: (slots, r, out)."""
+        return self.stacks[1]
 
     def resize(self, capacity: int, rank: int) -> None:
         """Grow or shrink to capacity slots of rank r, keeping the slots that remain."""
@@ -89,7 +100,7 @@ class _Layer:
         b = self.b.new_zeros(capacity, rank, self.out_features)
         a[:keep, :, :r] = self.a[:keep, :, :r]
         b[:keep, :r, :] = self.b[:keep, :r, :]
-        self.a, self.b = a, b
+        self.stacks = (a, b)
 
     @property
     def nbytes(self) -> int:
@@ -176,7 +187,7 @@ class LoraStack:
             return
         order = torch.tensor([0, *used], device=next(iter(self._layers.values())).a.device)
         for layer in self._layers.values():
-            layer.a, layer.b = layer.a.index_select(0, order), layer.b.index_select(0, order)
+            layer.stacks = (layer.a.index_select(0, order), layer.b.index_select(0, order))
             layer.resize(capacity, self._rank)
         renumber = {old: new for new, old in enumerate(used, start=1)}
         self.slots = OrderedDict((path, renumber[slot]) for path, slot in self.slots.items())
@@ -199,12 +210,13 @@ class LoraStack:
             plan = getattr(self._rows, "plan", None)
             if plan is None:
                 return None
-            layer, x = self._layers[name], args[0]
+            a, b = self._layers[name].stacks
+            x = args[0]
             if isinstance(plan, int):
-                return output + (x @ layer.a[plan]) @ layer.b[plan]  # type: ignore[no-any-return]
+                return output + (x @ a[plan]) @ b[plan]  # type: ignore[no-any-return]
             shape = x.shape
             flat = x.reshape(shape[0], -1, shape[-1])
-            delta = torch.bmm(torch.bmm(flat, layer.a[plan]), layer.b[plan])
+            delta = torch.bmm(torch.bmm(flat, a[plan]), b[plan])
             return output + delta.reshape(*shape[:-1], delta.shape[-1])
         return add_adapter
 
