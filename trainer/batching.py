@@ -39,6 +39,9 @@ FIRST_STEP_GUESS = 0.2
 DEFAULT_TOP_K = 50
 # Tokens a waiting request's prompt is assumed to have when sizing the waiting line.
 TYPICAL_PROMPT_TOKENS = 256
+# Padded prompt tokens prefilled together before the running rows get their next step: a class arriving at once is
+# prefilled in a few groups, so the first students read while the last are prefilled (the first one always goes).
+PREFILL_TOKENS = 512
 
 _NO_IDS = torch.empty(0, dtype=torch.long)  # what top-k and top-p are handed as input ids (they don't read them)
 
@@ -207,9 +210,13 @@ class Engine:
         running = sum(1 for r in self.rows if not r.cancelled)
         length = self._mask.shape[1] if self._mask is not None else 0
         longest_rest = max((r.max_tokens - len(r.generated) for r in self.rows), default=0)
+        longest_prompt = 0
         for request in list(self.waiting):
             rows = running + len(taken) + 1
             if rows > self.max_rows:
+                break
+            longest_prompt = max(longest_prompt, len(request.prompt))
+            if taken and (len(taken) + 1) * longest_prompt > PREFILL_TOKENS:
                 break
             length = max(length, len(request.prompt))
             longest_rest = max(longest_rest, request.max_tokens)
