@@ -191,7 +191,8 @@ async def run_class(name: str, streams: list[Any]) -> dict[str, Any]:
     firsts = [r["first"] for r in answered if r["first"] is not None]
     tokens = sum(r["tokens"] for r in answered)
     figures = {"scenario": name, "students": len(streams), "refused": len(results) - len(answered),
-               "first_token_p50_s": round(percentile(firsts, 50), 2), "first_token_p99_s": round(percentile(firsts, 99), 2),
+               "first_token_p50_s": round(percentile(firsts, 50), 2),
+               "first_token_p99_s": round(percentile(firsts, 99), 2),
                "tokens": tokens, "wall_s": round(wall, 1), "tokens_per_s": round(tokens / wall, 1),
                "peak_rss_mb": round(memory.peak / MB), "rss_after_mb": round(rss_mb())}
     print(json.dumps(figures), flush=True)

@@ -305,7 +305,8 @@ class Engine:
             row_scores = scores[row : row + 1]
             if request.frequency_penalty:
                 generated = torch.tensor([request.generated], dtype=torch.long, device=self.device)
-                row_scores = FrequencyPenalty(request.frequency_penalty, 0)(generated, row_scores)  # type: ignore[arg-type]
+                penalty = FrequencyPenalty(request.frequency_penalty, 0)
+                row_scores = penalty(generated, row_scores)  # type: ignore[arg-type]
             if request.temperature > 0:
                 row_scores = row_scores / request.temperature
                 if self.top_k:

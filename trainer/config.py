@@ -128,7 +128,8 @@ class Settings:
             "TRAINER_BASE_MODELS": ",".join(f"{name}={source}" for name, source in self.base_models.items()),
             "TRAINER_OWNER": self.owner, "TRAINER_DEVICE": self.device,
             "TRAINER_MAX_BATCH_ROWS": self.max_batch_rows,
-            "TRAINER_MAX_QUEUED_GENERATIONS": "" if self.max_queued_generations is None else self.max_queued_generations,
+            "TRAINER_MAX_QUEUED_GENERATIONS": ("" if self.max_queued_generations is None
+                                               else self.max_queued_generations),
             "TRAINER_MAX_TOKENS": self.max_tokens, "TRAINER_ADAPTER_CACHE": self.adapter_cache,
             "TRAINER_ADAPTER_MEMORY_MB": self.adapter_memory_mb, "TRAINER_SERVING_MEMORY_MB": self.serving_memory_mb,
             "TRAINER_MAX_SEQ_LEN": self.max_seq_len,
