@@ -313,3 +313,16 @@ def test_adapters_leave_least_recently_used_first_never_while_in_use(pool: Model
     assert not stack.pins
     small = LoraStack(model, max_adapters=64, budget_bytes=1)  # a budget below one adapter still holds one
     assert small.acquire(adapters[0]) is not None and small.acquire(adapters[1]) is None
+
+
+def test_serving_settings_and_their_old_names() -> None:
+    """Defaults admit a class (32 rows, a waiting line sized by memory); the old TRAINER_MAX_CONCURRENT_GENERATIONS
+    still sets the rows, TRAINER_MAX_BATCH_ROWS wins over it, and an explicit waiting line is kept."""
+    defaults = Settings.from_env({})
+    assert (defaults.max_batch_rows, defaults.max_queued_generations) == (32, None)
+    old = Settings.from_env({"TRAINER_MAX_CONCURRENT_GENERATIONS": "3", "TRAINER_MAX_QUEUED_GENERATIONS": "5"})
+    assert (old.max_batch_rows, old.max_queued_generations) == (3, 5)
+    both = Settings.from_env({"TRAINER_MAX_BATCH_ROWS": "40", "TRAINER_MAX_CONCURRENT_GENERATIONS": "3"})
+    assert both.max_batch_rows == 40
+    for settings in (defaults, old, both):
+        assert Settings.from_env({**settings.to_env(), "TRAINER_DATA_DIR": str(settings.data_dir)}) == settings
