@@ -186,6 +186,7 @@ class Engine:
                     self._cond.wait()
                 admitted = self._take_admissible()
             try:
+                admitted = self._with_adapters(admitted)  # outside the lock: stacking one copies megabytes
                 self._drop_finished()
                 if admitted:
                     self._prefill(admitted)
@@ -203,7 +204,8 @@ class Engine:
                 self._dirty = True
 
     def _take_admissible(self) -> list[Request]:
-        """Waiting requests that fit the batch (rows, KV budget, adapter slots), in order; the lock is held."""
+        """Take the waiting requests that fit the batch (rows, KV budget, a prefill group), in order; the lock is
+        held."""
         for request in [r for r in self.waiting if r.cancelled]:
             self.waiting.remove(request)
         taken: list[Request] = []
@@ -222,19 +224,30 @@ class Engine:
             longest_rest = max(longest_rest, request.max_tokens)
             if rows > 1 and rows * (length + longest_rest) * self.kv_token_bytes > self.kv_budget_bytes:
                 break
+            self.waiting.remove(request)
+            taken.append(request)
+        return taken
+
+    def _with_adapters(self, requests: list[Request]) -> list[Request]:
+        """Pin each request's adapter slot (loading it); the ones with no free slot go back to the line's front."""
+        ready: list[Request] = []
+        later: list[Request] = []
+        for request in requests:
             if request.adapter is not None:
                 try:
                     slot = self.stack.acquire(request.adapter, request.weights)
                 except Exception as error:  # a broken adapter fails its own request only
-                    self.waiting.remove(request)
                     request.emit(error)
                     continue
                 if slot is None:  # every slot serves a running chat: wait for one to end
+                    later.append(request)
                     continue
                 request.slot, request.weights = slot, None
-            self.waiting.remove(request)
-            taken.append(request)
-        return taken
+            ready.append(request)
+        if later:
+            with self._cond:
+                self.waiting.extendleft(reversed(later))
+        return ready
 
     def _prefill(self, requests: list[Request]) -> None:
         """Run the new prompts together (left padded), sample each one's first token, join them to the batch."""
