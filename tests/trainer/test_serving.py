@@ -326,3 +326,18 @@ def test_serving_settings_and_their_old_names() -> None:
     assert both.max_batch_rows == 40
     for settings in (defaults, old, both):
         assert Settings.from_env({**settings.to_env(), "TRAINER_DATA_DIR": str(settings.data_dir)}) == settings
+
+
+def test_reply_waits_for_an_adapter_slot_then_is_answered(pool: ModelPool, adapters: list[Path]) -> None:
+    """With room for one adapter, a reply on a second model waits (beside a base-model reply that runs at once) until
+    the first model's reply ends, then gets the slot and its own answer."""
+    model, tokenizer = pool.base("tiny")
+    engine = Engine(model, tokenizer, LoraStack(model, 1, 1 << 30), max_rows=8, kv_budget_bytes=1 << 30,
+                    eos_ids=_eos_ids(model, tokenizer), suppress_ids=list(model.generation_config.suppress_tokens or []))
+    ids = prompt_ids(pool, QUESTIONS[0])
+    runs = [Run(ids, adapters[0], 6), Run(ids, adapters[1], 6), Run(ids, None, 6)]
+    for run in runs:
+        engine.submit(run.request)
+    answers = [run.wait() for run in runs]
+    assert answers[1] == merged_reference(pool, adapters[1], ids, 6)
+    assert engine.stack.loaded == [adapters[1]] and not engine.stack.pins
