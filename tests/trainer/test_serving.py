@@ -341,3 +341,31 @@ def test_reply_waits_for_an_adapter_slot_then_is_answered(pool: ModelPool, adapt
     answers = [run.wait() for run in runs]
     assert answers[1] == merged_reference(pool, adapters[1], ids, 6)
     assert engine.stack.loaded == [adapters[1]] and not engine.stack.pins
+
+
+async def test_thirty_chats_through_the_server_are_all_answered(tmp_path: Path, tiny_model: Path) -> None:
+    """The server as create_app wires it, default serving settings: 30 chat completions sent at once all get 200."""
+    from trainer.server import create_app
+
+    key = "test-key-for-a-class-of-thirty"
+    app = create_app(Settings(data_dir=tmp_path, base_models={"tiny": str(tiny_model)}, device="cpu", api_key=key,
+                              torch_threads=1))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with ClientSession() as session:
+            async def chat(student: int) -> tuple[int, Any]:
+                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                                        headers={"Authorization": f"Bearer {key}"},
+                                        json={"model": "tiny", "max_tokens": 4, "temperature": 0.7, "seed": student,
+                                              "messages": [{"role": "user", "content": QUESTIONS[student % 6]}]},
+                                        ) as response:
+                    return response.status, await response.json()
+            answers = await asyncio.wait_for(asyncio.gather(*(chat(student) for student in range(30))), WAIT_S)
+        assert [status for status, _ in answers] == [200] * 30
+        assert all(0 < body["usage"]["completion_tokens"] <= 4 for _, body in answers)
+    finally:
+        await runner.cleanup()
