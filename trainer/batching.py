@@ -232,6 +232,13 @@ class Engine:
         """Pin each request's adapter slot (loading it); the ones with no free slot go back to the line's front."""
         ready: list[Request] = []
         later: list[Request] = []
+        new = {r.adapter: r.weights for r in requests if r.adapter is not None and r.adapter not in self.stack.slots}
+        sample = next((weights for weights in new.values() if weights is not None), None)
+        if sample is not None:
+            try:
+                self.stack.reserve(sample, len(new))
+            except Exception:  # a broken adapter: acquiring it below fails its own request
+                log.debug("Could not reserve room for %d adapters", len(new), exc_info=True)
         for request in requests:
             if request.adapter is not None:
                 try:
