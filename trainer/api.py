@@ -55,11 +55,12 @@ class ApiError(Exception):
                  kind: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.param, self.kind = status, message, code, param, kind
+        self.headers: dict[str, str] = {}
 
     def response(self) -> web.Response:
         """Render the envelope."""
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return web.json_response(body, status=self.status)
+        return web.json_response(body, status=self.status, headers=self.headers or None)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -588,9 +589,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "usage": _usage(stats),
             })
         first = await anext(pieces, None)
-    except Busy:
-        raise ApiError(429, "The trainer is busy generating other replies; try again shortly.",
-                       code="rate_limit_exceeded", kind="requests") from None
+    except Busy as busy:
+        error = ApiError(429, f"The trainer is answering {busy.waiting} chats on this base model already; "
+                              f"please try again in about {busy.retry_after} seconds.",
+                         code="rate_limit_exceeded", kind="requests")
+        error.headers = {"retry-after": str(busy.retry_after)}  # the openai SDK waits this long before a retry
+        raise error from None
     except PromptTooLong as error:  # worded as OpenAI words a context overflow
         raise ApiError(400, f"This model's maximum prompt length is {error.limit} tokens "
                             f"(TRAINER_MAX_PROMPT_TOKENS). However, your messages resulted in "

@@ -41,10 +41,12 @@ class Settings:
     base_models: dict[str, str] = field(default_factory=lambda: _parse_models(DEFAULT_BASE_MODELS))
     owner: str = "school"
     device: str = "auto"
-    max_concurrent_generations: int = 2
-    max_queued_generations: int = 16
+    max_batch_rows: int = 32  # chat replies decoded together in one batch per base model
+    max_queued_generations: int | None = None  # replies that may wait; None: as many as serving_memory_mb holds
     max_tokens: int = 512
-    adapter_cache: int = 4
+    adapter_cache: int = 64  # fine-tuned models' adapters kept loaded per base model (within adapter_memory_mb)
+    adapter_memory_mb: int = 1024
+    serving_memory_mb: int = 1024  # the running batch's KV cache
     max_seq_len: int = 1024
     lora_r: int = 16
     lora_alpha: int = 32
@@ -88,10 +90,15 @@ class Settings:
             base_models=_models(env),
             owner=_owner(env),
             device=_device(env),
-            max_concurrent_generations=_int(env, "TRAINER_MAX_CONCURRENT_GENERATIONS", 2, low=1),
-            max_queued_generations=_int(env, "TRAINER_MAX_QUEUED_GENERATIONS", 16, low=0),
+            # TRAINER_MAX_CONCURRENT_GENERATIONS is the old name of the batch's rows (replies generated at once).
+            max_batch_rows=_int(env, "TRAINER_MAX_BATCH_ROWS",
+                                _int(env, "TRAINER_MAX_CONCURRENT_GENERATIONS", 32, low=1), low=1),
+            max_queued_generations=(_int(env, "TRAINER_MAX_QUEUED_GENERATIONS", 0, low=0)
+                                    if env.get("TRAINER_MAX_QUEUED_GENERATIONS", "").strip() else None),
             max_tokens=_int(env, "TRAINER_MAX_TOKENS", 512, low=1),
-            adapter_cache=_int(env, "TRAINER_ADAPTER_CACHE", 4, low=1),
+            adapter_cache=_int(env, "TRAINER_ADAPTER_CACHE", 64, low=1),
+            adapter_memory_mb=_int(env, "TRAINER_ADAPTER_MEMORY_MB", 1024, low=1),
+            serving_memory_mb=_int(env, "TRAINER_SERVING_MEMORY_MB", 1024, low=1),
             max_seq_len=_int(env, "TRAINER_MAX_SEQ_LEN", 1024, low=16),
             lora_r=_int(env, "TRAINER_LORA_R", 16, low=1),
             lora_alpha=_int(env, "TRAINER_LORA_ALPHA", 32, low=1),
@@ -121,9 +128,12 @@ class Settings:
             "TRAINER_HOST": self.host, "TRAINER_PORT": self.port, "TRAINER_DATA_DIR": self.data_dir.resolve(),
             "TRAINER_BASE_MODELS": ",".join(f"{name}={source}" for name, source in self.base_models.items()),
             "TRAINER_OWNER": self.owner, "TRAINER_DEVICE": self.device,
-            "TRAINER_MAX_CONCURRENT_GENERATIONS": self.max_concurrent_generations,
-            "TRAINER_MAX_QUEUED_GENERATIONS": self.max_queued_generations, "TRAINER_MAX_TOKENS": self.max_tokens,
-            "TRAINER_ADAPTER_CACHE": self.adapter_cache, "TRAINER_MAX_SEQ_LEN": self.max_seq_len,
+            "TRAINER_MAX_BATCH_ROWS": self.max_batch_rows,
+            "TRAINER_MAX_QUEUED_GENERATIONS": ("" if self.max_queued_generations is None
+                                               else self.max_queued_generations),
+            "TRAINER_MAX_TOKENS": self.max_tokens, "TRAINER_ADAPTER_CACHE": self.adapter_cache,
+            "TRAINER_ADAPTER_MEMORY_MB": self.adapter_memory_mb, "TRAINER_SERVING_MEMORY_MB": self.serving_memory_mb,
+            "TRAINER_MAX_SEQ_LEN": self.max_seq_len,
             "TRAINER_LORA_R": self.lora_r, "TRAINER_LORA_ALPHA": self.lora_alpha,
             "TRAINER_BASE_LEARNING_RATE": self.base_learning_rate,
             "TRAINER_DEFAULT_BATCH_SIZE": self.default_batch_size, "TRAINER_TORCH_THREADS": self.torch_threads,

@@ -82,7 +82,7 @@ class LazyGenerator:
         self._spawn(self._prepare(), "prepare-base-models")
 
     def warm(self, base: str, adapter: Path) -> None:
-        """Merge a just fine-tuned model in the background, so its first chat answers at normal speed."""
+        """Load a just fine-tuned model's adapter in the background, so its first chat need not read it."""
         self._spawn(self._warm(base, adapter), f"warm-{adapter.parent.name}")
 
     async def close(self) -> None:
@@ -116,7 +116,7 @@ class LazyGenerator:
 
         generator = await self._get()
         try:
-            await _in_daemon_thread(lambda: generator.pool.get(Target(base, adapter)), "warm-model")
+            await _in_daemon_thread(lambda: generator.pool.warm(Target(base, adapter)), "warm-model")
         except Exception:  # boundary: the first chat will try again and report its own error
             log.exception("Loading the fine-tuned model from %s failed", adapter)
             return
@@ -134,12 +134,18 @@ class LazyGenerator:
         return self._generator
 
     def _build(self) -> Any:
-        from trainer.serving import Generator, ModelPool
+        # trainer.serving first: the chat route imports it too, and transformers' lazy imports are not thread-safe,
+        # so both threads must go through that one module's import lock before anything else of the model stack.
+        from trainer.serving import Generator, ModelPool, limit_malloc_arenas
 
-        pool = ModelPool(self.settings.base_models, self.settings.device, self.settings.adapter_cache,
-                         self.settings.torch_threads, cache_dir=self.settings.tokenizer_cache,
-                         weights_dir=self.settings.weights_cache)
-        return Generator(pool, self.settings.max_concurrent_generations, self.settings.max_queued_generations)
+        # Before torch starts its threads: each thread's own heap would otherwise keep what it freed (docs/trainer.md).
+        limit_malloc_arenas()
+        settings = self.settings
+        pool = ModelPool(settings.base_models, settings.device, settings.adapter_cache, settings.torch_threads,
+                         cache_dir=settings.tokenizer_cache, weights_dir=settings.weights_cache,
+                         adapter_budget_mb=settings.adapter_memory_mb)
+        return Generator(pool, settings.max_batch_rows, settings.max_queued_generations,
+                         max_tokens=settings.max_tokens, kv_budget_mb=settings.serving_memory_mb)
 
     async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[str]:
         """Stream a reply from the real generator."""

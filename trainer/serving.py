@@ -1,32 +1,23 @@
-"""Chat generation: base models loaded once, fine-tuned ones merged and cached, tokens streamed as they come."""
+"""Chat generation: base models loaded once, fine-tuned ones as stacked LoRA adapters, every chat of a base model
+decoded in one continuously batched engine (trainer.batching), tokens streamed as they come."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import io
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from peft import PeftModel
 from tqdm import tqdm
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextStreamer,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trainer.batching import Engine, FrequencyPenalty, Request, limit_malloc_arenas
+from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
 from trainer.modeling import (
     control_token_ids,
     load_model,
@@ -39,6 +30,7 @@ from trainer.modeling import (
 from trainer.training import chat_messages, longest_token
 
 log = logging.getLogger(__name__)
+__all__ = ["Busy", "Generated", "Generator", "ModelPool", "PromptTooLong", "Target", "limit_malloc_arenas"]
 
 
 @dataclass(frozen=True)
@@ -56,29 +48,6 @@ class Generated:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"
-
-
-class _QueueStreamer(TextStreamer):
-    """Hand decoded text from the generating thread to the event loop as it appears."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, loop: asyncio.AbstractEventLoop,
-                 queue: asyncio.Queue[str | None]) -> None:
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.loop, self.queue = loop, queue
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, text)
-
-
-class _StopWhen(StoppingCriteria):
-    """Stop generating when the client has gone away."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> bool:
-        return self.event.is_set()
 
 
 @dataclass
@@ -149,44 +118,31 @@ def download(source: str, report: Any) -> str:
     return str(snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True))
 
 
-class _FrequencyPenalty(LogitsProcessor):
-    """OpenAI's frequency_penalty: lower each token's logit by the penalty times how often the reply has used it.
-
-    Only the reply's own tokens count (not the prompt's), as OpenAI defines it; it is what stops a small model
-    from looping on one sentence until the length limit."""
-
-    def __init__(self, penalty: float, prompt_length: int) -> None:
-        self.penalty, self.prompt_length = penalty, prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_length:]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-        return scores - self.penalty * counts
+_FrequencyPenalty = FrequencyPenalty  # its name before the batching engine moved it
 
 
 class ModelPool:
-    """Load each base model once and keep the most recently used merged fine-tuned models."""
+    """Load each base model once, with a stack of its fine-tuned models' LoRA adapters (never merged copies)."""
 
     def __init__(self, sources: dict[str, str], device: str, cache_size: int, threads: int,
-                 cache_dir: Path | None = None, fetch: Any = download, weights_dir: Path | None = None) -> None:
+                 cache_dir: Path | None = None, fetch: Any = download, weights_dir: Path | None = None,
+                 adapter_budget_mb: int = 1024) -> None:
         self.sources, self.device, self.cache_size = sources, resolve_device(device), cache_size
         self.cache_dir, self.fetch, self.weights_dir = cache_dir, fetch, weights_dir
+        self.adapter_budget_bytes = adapter_budget_mb * 1024 * 1024
         if self.device == "cpu":
             set_threads(threads)
         self.preparations = {name: Preparation() for name in sources}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._local: dict[str, str] = {}
         self._bases: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
-        self._merged: OrderedDict[Path, PreTrainedModel] = OrderedDict()
+        self.stacks: dict[str, LoraStack] = {}
         self._lock = threading.Lock()
         # One download or load at a time: transformers imports its parts lazily and not thread-safely, and a
         # tokenizer asked for (a token count) while its model loads is the one that load uses, not a second one.
         # A token count waiting for a tokenizer goes before the next model load: seconds, not a minute.
         self._loading = threading.Condition()
         self._tokenizer_callers = 0
-        self._merge_locks: dict[Path, threading.Lock] = {}
 
     def _report(self, name: str, progress: float) -> None:
         preparation = self.preparations[name]
@@ -236,8 +192,9 @@ class ModelPool:
                     model = load_model(self._local[name], self.device, cache_dir=self.weights_dir).eval()
                     ends = turn_end_ids(tokenizer) | _eos_ids(model, tokenizer)
                     model.generation_config.eos_token_id = sorted(ends)
-                    # A reply may end its turn, never write another control token (a merged copy inherits this).
+                    # A reply may end its turn, never write another control token.
                     model.generation_config.suppress_tokens = sorted(control_token_ids(tokenizer) - ends)
+                    self.stacks[name] = LoraStack(model, self.cache_size, self.adapter_budget_bytes)
                     self._bases[name] = (model, tokenizer)
                     self._report(name, 1.0)
                     self.preparations[name].status = "ready"
@@ -262,37 +219,27 @@ class ModelPool:
             self.preparations[name].status = "failed"
             raise
 
-    def get(self, target: Target) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-        """Return the model for a target, merging a fine-tuned adapter into a copy of its base when not cached."""
-        base, tokenizer = self.base(target.base)
-        if target.adapter is None:
-            return base, tokenizer
-        with self._lock:
-            merge_lock = self._merge_locks.setdefault(target.adapter, threading.Lock())
-        with merge_lock:  # a chat that arrives during the background merge waits for it instead of merging twice
-            with self._lock:
-                if target.adapter in self._merged:
-                    self._merged.move_to_end(target.adapter)
-                    return self._merged[target.adapter], tokenizer
-            # Merging bakes the adapter into the weights: plain-model speed at generation time.
-            merged = PeftModel.from_pretrained(copy.deepcopy(base), str(target.adapter)).merge_and_unload().eval()
-            with self._lock:
-                self._merged[target.adapter] = merged
-                while len(self._merged) > self.cache_size:
-                    evicted, _ = self._merged.popitem(last=False)
-                    self._merge_locks.pop(evicted, None)
-                    log.info("Dropped merged model %s from the cache", evicted.name)
-        return merged, tokenizer
+    def warm(self, target: Target) -> None:
+        """Load a fine-tuned model's adapter into its base's stack ahead of its first chat."""
+        self.base(target.base)
+        if target.adapter is not None:
+            stack = self.stacks[target.base]
+            slot = stack.acquire(target.adapter)
+            if slot is not None:
+                stack.release(slot)
 
     def forget(self, adapter_dir: Path) -> None:
-        """Drop cached merged models from an adapter folder (its model was deleted)."""
-        with self._lock:
-            for path in [path for path in self._merged if path.is_relative_to(adapter_dir)]:
-                del self._merged[path]
+        """Drop the adapters from a folder (its model was deleted) from every stack."""
+        for stack in list(self.stacks.values()):
+            stack.forget(adapter_dir)
 
 
 class Busy(Exception):
-    """Too many generations are waiting already."""
+    """The batch and its waiting line are full; retry_after says in how many seconds a place is likely free."""
+
+    def __init__(self, retry_after: int, waiting: int) -> None:
+        super().__init__(f"busy: retry after {retry_after} s")
+        self.retry_after, self.waiting = retry_after, waiting
 
 
 class PromptTooLong(Exception):
@@ -304,85 +251,94 @@ class PromptTooLong(Exception):
 
 
 class Generator:
-    """Run chat generations with a cap on how many run at once and how many may wait."""
+    """Chat replies, each base model's decoded together in one continuously batched engine.
 
-    def __init__(self, pool: ModelPool, max_concurrent: int, max_queued: int) -> None:
-        self.pool = pool
-        self._slots = asyncio.Semaphore(max_concurrent)
-        self._max_waiting = max_concurrent + max_queued
-        self._admitted = 0
+    Up to max_rows replies decode in one batch; more wait in a line (max_waiting, or when None as many as the KV
+    memory budget holds); beyond that the answer is Busy with an honest retry-after."""
+
+    def __init__(self, pool: ModelPool, max_rows: int = 32, max_waiting: int | None = None, *,
+                 max_tokens: int = 512, kv_budget_mb: int = 1024) -> None:
+        self.pool, self.max_rows, self.max_waiting, self.max_tokens = pool, max_rows, max_waiting, max_tokens
+        self.kv_budget_bytes = kv_budget_mb * 1024 * 1024
+        self.engines: dict[str, Engine] = {}
+        self._admitted: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def engine(self, base: str) -> Engine:
+        """The engine of a base model, made (and the model loaded) on first use."""
+        model, tokenizer = self.pool.base(base)
+        with self._lock:
+            if base not in self.engines:
+                self.engines[base] = Engine(
+                    model, tokenizer, self.pool.stacks[base], max_rows=self.max_rows,
+                    kv_budget_bytes=self.kv_budget_bytes, eos_ids=_eos_ids(model, tokenizer),
+                    suppress_ids=list(model.generation_config.suppress_tokens or []))
+            return self.engines[base]
+
+    def limit(self, base: str) -> int:
+        """How many replies for a base model may be running or waiting at once."""
+        engine = self.engines.get(base)
+        waiting = self.max_waiting if self.max_waiting is not None else (
+            engine.waiting_room(self.max_tokens) if engine is not None else self.max_rows)
+        return self.max_rows + waiting
 
     async def stream(self, target: Target, messages: list[dict[str, Any]], *, max_tokens: int,
                      temperature: float, top_p: float, seed: int | None, stats: Generated,
                      max_prompt_tokens: int | None = None, frequency_penalty: float = 0.0) -> AsyncIterator[str]:
         """Yield the reply's text piece by piece; stats is complete once the iterator ends."""
-        if self._admitted >= self._max_waiting:
-            raise Busy
-        self._admitted += 1
+        admitted = self._admitted.get(target.base, 0)
+        if admitted >= self.limit(target.base):
+            engine = self.engines.get(target.base)
+            raise Busy(engine.retry_after() if engine is not None else 1, admitted)
+        self._admitted[target.base] = admitted + 1
         try:
-            async with self._slots:
-                async for piece in self._generate(target, messages, max_tokens, temperature, top_p, seed, stats,
-                                                  max_prompt_tokens, frequency_penalty):
-                    yield piece
+            async for piece in self._generate(target, messages, max_tokens, temperature, top_p, seed, stats,
+                                              max_prompt_tokens, frequency_penalty):
+                yield piece
         finally:
-            self._admitted -= 1
+            self._admitted[target.base] -= 1
 
     async def _generate(self, target: Target, messages: list[dict[str, Any]], max_tokens: int, temperature: float,
                         top_p: float, seed: int | None, stats: Generated,
                         max_prompt_tokens: int | None = None, frequency_penalty: float = 0.0) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
-        model, tokenizer = await asyncio.to_thread(self.pool.get, target)
+        engine = await asyncio.to_thread(self.engine, target.base)
+        tokenizer, stack = engine.tokenizer, engine.stack
 
-        def tokenize() -> Any:  # off the event loop: a long prompt takes a while to render and tokenize
+        def prepare() -> tuple[list[int], AdapterWeights | None]:  # off the event loop: rendering, reading files
             prompt = render_chat(tokenizer, chat_messages(tokenizer, messages), True)  # as training rendered it
             # No token stands for more characters than the vocabulary's longest: a prompt that long is over the
             # cap for sure, and is refused without the cost of tokenizing it (megabytes of text take seconds).
             at_least = len(prompt) // (longest_token(tokenizer) + 1)
             if max_prompt_tokens is not None and at_least > max_prompt_tokens:
                 raise PromptTooLong(at_least, max_prompt_tokens, exact=False)
-            return tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
+                raise PromptTooLong(len(ids), max_prompt_tokens)
+            # Read a new adapter here, so the engine's thread only copies it into its stack.
+            adapter = target.adapter
+            weights = read_adapter(adapter) if adapter is not None and adapter not in stack.slots else None
+            return ids, weights
 
-        inputs = await asyncio.to_thread(tokenize)
-        if max_prompt_tokens is not None and inputs["input_ids"].shape[1] > max_prompt_tokens:
-            raise PromptTooLong(int(inputs["input_ids"].shape[1]), max_prompt_tokens)
-        inputs = inputs.to(model.device)
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        stop = threading.Event()
-        streamer = _QueueStreamer(tokenizer, loop, queue)
-        options: dict[str, Any] = {"max_new_tokens": max_tokens, "streamer": streamer,
-                                   "stopping_criteria": StoppingCriteriaList([_StopWhen(stop)]),
-                                   "pad_token_id": tokenizer.pad_token_id}
-        if temperature > 0:
-            options.update(do_sample=True, temperature=temperature, top_p=top_p)
-        else:
-            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        stats.prompt_tokens = int(inputs["input_ids"].shape[1])
-        if frequency_penalty:
-            options["logits_processor"] = LogitsProcessorList([_FrequencyPenalty(frequency_penalty,
-                                                                                 stats.prompt_tokens)])
+        ids, weights = await asyncio.to_thread(prepare)
+        stats.prompt_tokens = len(ids)
+        queue: asyncio.Queue[Any] = asyncio.Queue()
 
-        def run() -> None:
-            try:
-                if seed is not None:
-                    torch.manual_seed(seed)
-                with torch.inference_mode():
-                    # PreTrainedModel no longer derives from GenerationMixin (the causal-LM classes do), so mypy
-                    # reads generate through nn.Module.__getattr__, typed Tensor | Module.
-                    output = model.generate(**inputs, **options)  # type: ignore[operator]
-                new = output[0, stats.prompt_tokens:]
-                stats.completion_tokens = int(new.shape[0])
-                ended = new.shape[0] > 0 and int(new[-1]) in _eos_ids(model, tokenizer)
-                stats.finish_reason = "length" if stats.completion_tokens >= max_tokens and not ended else "stop"
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
+        def emit(item: Any) -> None:
+            with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening
+                loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        worker = loop.run_in_executor(None, run)
+        request = Request(prompt=ids, adapter=target.adapter, max_tokens=max_tokens, temperature=temperature,
+                          top_p=top_p, seed=seed, frequency_penalty=frequency_penalty, emit=emit, weights=weights)
+        engine.submit(request)
         try:
-            while (piece := await queue.get()) is not None:
-                yield piece
-            await worker
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+            stats.completion_tokens, stats.finish_reason = len(request.generated), request.finish_reason
         finally:
-            stop.set()  # the client went away or the stream ended: free the thread at once
+            engine.cancel(request)  # the client went away: its row or waiting place is freed (a no-op once done)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

@@ -160,7 +160,7 @@ async def test_generator_refuses_beyond_its_limits_then_serves_again(tiny_model:
     """With one slot and no waiting room, a second reply is refused while the first streams, then served."""
     from trainer.serving import Busy, Generated, Generator, ModelPool, Target
 
-    generator = Generator(ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1), max_concurrent=1, max_queued=0)
+    generator = Generator(ModelPool({"tiny": str(tiny_model)}, "cpu", 1, 1), max_rows=1, max_waiting=0)
     messages = [{"role": "user", "content": "What is the sun?"}]
 
     def reply() -> object:

@@ -1,0 +1,423 @@
+"""Continuous batching: one thread per base model decodes every running chat together, one token per step.
+
+Waiting requests are prefilled together (each yields its first token at once) and their KV caches join the running
+batch (left padding, an attention mask and explicit position ids); finished and abandoned rows leave it. Each row
+samples with its own settings and seed, and adds its own LoRA adapter (trainer.lora_stack)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    DynamicCache,
+    LogitsProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TextStreamer,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from trainer.lora_stack import AdapterWeights, LoraStack
+
+log = logging.getLogger(__name__)
+
+# Before any step is measured, a guess of one decode step's seconds (SmolLM2 on 2 cores, 30 rows: ~0.15 s).
+FIRST_STEP_GUESS = 0.2
+# Top-k sampling as generate() applies it when the model's generation config leaves it unset.
+DEFAULT_TOP_K = 50
+# Tokens a waiting request's prompt is assumed to have when sizing the waiting line.
+TYPICAL_PROMPT_TOKENS = 256
+# Padded prompt tokens prefilled together before the running rows get their next step: a class arriving at once is
+# prefilled in a few groups, so the first students read while the last are prefilled (the first one always goes).
+PREFILL_TOKENS = 512
+
+_NO_IDS = torch.empty(0, dtype=torch.long)  # what top-k and top-p are handed as input ids (they don't read them)
+
+Emit = Callable[[Any], None]  # text, an exception, or None at the end
+
+
+class FrequencyPenalty(LogitsProcessor):
+    """OpenAI's frequency_penalty: lower each token's logit by the penalty times how often the reply has used it.
+
+    Only the reply's own tokens count (not the prompt's), as OpenAI defines it; it is what stops a small model
+    from looping on one sentence until the length limit."""
+
+    def __init__(self, penalty: float, prompt_length: int) -> None:
+        self.penalty, self.prompt_length = penalty, prompt_length
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length:]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self.penalty * counts
+
+
+class _RowStreamer(TextStreamer):
+    """Decode one row's tokens into text pieces as TextStreamer does (whole words, whole characters)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, emit: Emit) -> None:
+        super().__init__(tokenizer, skip_prompt=False, skip_special_tokens=True)
+        self.emit = emit
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.emit(text)
+
+
+@dataclass(eq=False)
+class Request:
+    """One chat reply: its prompt ids, adapter, sampling settings; filled in as it runs."""
+
+    prompt: list[int]
+    adapter: Path | None
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    frequency_penalty: float
+    emit: Emit
+    weights: AdapterWeights | None = None  # read ahead by the caller, so the engine's thread need not read files
+    cancelled: bool = False
+    slot: int = 0
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str = "stop"
+    streamer: _RowStreamer | None = None
+    generator: torch.Generator | None = None
+
+    def cancel(self) -> None:
+        """The client went away: the engine drops the request at its next step."""
+        self.cancelled = True
+
+
+def malloc_trim() -> None:
+    """Give freed heap pages back to the system (glibc keeps them otherwise); a no-op elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's per-thread heaps (M_ARENA_MAX): torch's threads otherwise each keep freed memory to themselves."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+class Engine:
+    """The running batch of one base model and the thread that decodes it."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stack: LoraStack, *,
+                 max_rows: int, kv_budget_bytes: int, eos_ids: set[int], suppress_ids: list[int]) -> None:
+        self.model, self.tokenizer, self.stack = model, tokenizer, stack
+        self.max_rows, self.kv_budget_bytes, self.eos_ids = max(1, max_rows), kv_budget_bytes, eos_ids
+        self.device = next(model.parameters()).device
+        vocab = model.get_output_embeddings().weight.shape[0]
+        self._suppress = torch.zeros(vocab, dtype=torch.bool, device=self.device)
+        self._suppress[[i for i in suppress_ids if i < vocab]] = True
+        top_k = model.generation_config.top_k
+        self.top_k = DEFAULT_TOP_K if top_k is None else int(top_k)
+        self.kv_token_bytes = _kv_bytes_per_token(model)
+        self.step_seconds: float | None = None  # measured, a moving average
+        self.waiting: deque[Request] = deque()
+        self.rows: list[Request] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (rows, cache length): 0 on left padding
+        self._last: torch.Tensor | None = None  # (rows, 1): each row's latest token
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._dirty = False  # something was freed since the last clean-up
+
+    # Called from other threads
+    def submit(self, request: Request) -> None:
+        """Put a request in the waiting line; the engine's thread picks it up at its next step."""
+        with self._cond:
+            self.waiting.append(request)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="chat-engine", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def cancel(self, request: Request) -> None:
+        """Remove a request: from the waiting line at once, from the batch at the next step."""
+        request.cancel()
+        with self._cond:
+            if request in self.waiting:
+                self.waiting.remove(request)
+            self._cond.notify_all()
+
+    def waiting_room(self, max_tokens: int) -> int:
+        """How many requests may wait: as many as the KV budget holds at a typical prompt plus max_tokens."""
+        need = self.kv_token_bytes * (TYPICAL_PROMPT_TOKENS + max_tokens)
+        return max(self.max_rows, self.kv_budget_bytes // max(1, need))
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely to free up: the running row nearest its end, at the measured step time."""
+        rows = list(self.rows)
+        remaining = min((r.max_tokens - len(r.generated) for r in rows), default=0)
+        ahead = len(self.waiting) // self.max_rows  # whole batches that wait before the next place frees
+        step = self.step_seconds or FIRST_STEP_GUESS
+        largest = max((r.max_tokens for r in rows), default=remaining)
+        return max(1, int(step * (remaining + ahead * largest) + 0.999))
+
+    # The engine's thread
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self.waiting and not self.rows:
+                    if self._dirty:
+                        self._clean_up()
+                    self._cond.wait()
+                admitted = self._take_admissible()
+            try:
+                admitted = self._with_adapters(admitted)  # outside the lock: stacking one copies megabytes
+                self._drop_finished()
+                if admitted:
+                    self._prefill(admitted)
+                    self._drop_finished()  # a reply may end at its first token
+                if self.rows:
+                    self._step()
+            except Exception as error:  # boundary: one failing batch ends its own replies, not the engine
+                log.exception("Chat generation failed")
+                for request in {id(r): r for r in [*self.rows, *admitted]}.values():
+                    if request.slot:
+                        self.stack.release(request.slot)
+                        request.slot = 0
+                    request.emit(error)
+                self.rows, self._cache, self._mask, self._last = [], None, None, None
+                self._dirty = True
+
+    def _take_admissible(self) -> list[Request]:
+        """Take the waiting requests that fit the batch (rows, KV budget, a prefill group), in order; the lock is
+        held."""
+        for request in [r for r in self.waiting if r.cancelled]:
+            self.waiting.remove(request)
+        taken: list[Request] = []
+        running = sum(1 for r in self.rows if not r.cancelled)
+        length = self._mask.shape[1] if self._mask is not None else 0
+        longest_rest = max((r.max_tokens - len(r.generated) for r in self.rows), default=0)
+        longest_prompt = 0
+        for request in list(self.waiting):
+            rows = running + len(taken) + 1
+            if rows > self.max_rows:
+                break
+            longest_prompt = max(longest_prompt, len(request.prompt))
+            if taken and (len(taken) + 1) * longest_prompt > PREFILL_TOKENS:
+                break
+            length = max(length, len(request.prompt))
+            longest_rest = max(longest_rest, request.max_tokens)
+            if rows > 1 and rows * (length + longest_rest) * self.kv_token_bytes > self.kv_budget_bytes:
+                break
+            self.waiting.remove(request)
+            taken.append(request)
+        return taken
+
+    def _with_adapters(self, requests: list[Request]) -> list[Request]:
+        """Pin each request's adapter slot (loading it); the ones with no free slot go back to the line's front."""
+        ready: list[Request] = []
+        later: list[Request] = []
+        new = {r.adapter: r.weights for r in requests if r.adapter is not None and r.adapter not in self.stack.slots}
+        sample = next((weights for weights in new.values() if weights is not None), None)
+        if sample is not None:
+            try:
+                self.stack.reserve(sample, len(new))
+            except Exception:  # a broken adapter: acquiring it below fails its own request
+                log.debug("Could not reserve room for %d adapters", len(new), exc_info=True)
+        for request in requests:
+            if request.adapter is not None:
+                try:
+                    slot = self.stack.acquire(request.adapter, request.weights)
+                except Exception as error:  # a broken adapter fails its own request only
+                    request.emit(error)
+                    continue
+                if slot is None:  # every slot serves a running chat: wait for one to end
+                    later.append(request)
+                    continue
+                request.slot, request.weights = slot, None
+            ready.append(request)
+        if later:
+            with self._cond:
+                self.waiting.extendleft(reversed(later))
+        return ready
+
+    def _prefill(self, requests: list[Request]) -> None:
+        """Run the new prompts together (left padded), sample each one's first token, join them to the batch."""
+        longest = max(len(r.prompt) for r in requests)
+        ids = torch.full((len(requests), longest), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(requests), longest), dtype=torch.long)
+        for row, request in enumerate(requests):
+            ids[row, longest - len(request.prompt):] = torch.tensor(request.prompt)
+            mask[row, longest - len(request.prompt):] = 1
+            request.streamer = _RowStreamer(self.tokenizer, request.emit)
+            request.generator = torch.Generator(self.device)
+            request.generator.manual_seed(request.seed if request.seed is not None else
+                                          int(torch.randint(0, 2**62, (1,)).item()))
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        # A model without padding sees no mask at all, exactly as generate() runs one prompt.
+        attention = mask if bool((mask == 0).any()) else None
+        with torch.inference_mode(), self.stack.rows(torch.tensor([r.slot for r in requests], device=self.device)):
+            output = self.model(input_ids=ids, attention_mask=attention, position_ids=_positions(mask),
+                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+        tokens = self._sample(requests, output.logits[:, -1, :])
+        self._join(requests, cache, mask, tokens)
+
+    def _join(self, requests: list[Request], cache: DynamicCache, mask: torch.Tensor, tokens: torch.Tensor) -> None:
+        if bool((mask == 0).any()):
+            # Padding's keys and values may be NaN (a query that may attend to nothing): zero them, or a masked NaN
+            # still poisons the softmax's weighted sum.
+            keep = mask[:, None, :, None].bool()
+            for layer in _layers(cache):
+                layer.keys = torch.where(keep, layer.keys, 0.0)
+                layer.values = torch.where(keep, layer.values, 0.0)
+        if self._cache is None or self._mask is None or self._last is None or not self.rows:
+            self._cache, self._mask, self._last = cache, mask, tokens[:, None]
+            self.rows = list(requests)
+        else:
+            length = max(self._mask.shape[1], mask.shape[1])
+            for old, new in zip(_layers(self._cache), _layers(cache), strict=True):
+                old.keys = torch.cat([_pad_left(old.keys, length), _pad_left(new.keys, length)])
+                old.values = torch.cat([_pad_left(old.values, length), _pad_left(new.values, length)])
+            self._mask = torch.cat([_pad_left(self._mask, length, dim=1), _pad_left(mask, length, dim=1)])
+            self._last = torch.cat([self._last, tokens[:, None]])
+            self.rows.extend(requests)
+        self._record(requests, tokens)
+
+    def _step(self) -> None:
+        """One decode step for every row."""
+        assert self._cache is not None and self._mask is not None and self._last is not None
+        started = time.perf_counter()
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
+        positions = (self._mask.sum(dim=1, keepdim=True) - 1)
+        slots = torch.tensor([r.slot for r in self.rows], device=self.device)
+        with torch.inference_mode(), self.stack.rows(slots):
+            output = self.model(input_ids=self._last, attention_mask=self._mask, position_ids=positions,
+                                past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+        tokens = self._sample(self.rows, output.logits[:, -1, :])
+        self._last = tokens[:, None]
+        self._record(self.rows, tokens)
+        seconds = time.perf_counter() - started
+        self.step_seconds = seconds if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * seconds
+
+    def _sample(self, requests: list[Request], logits: torch.Tensor) -> torch.Tensor:
+        """Pick each row's next token as generate() would for that request alone."""
+        scores = logits.float().masked_fill(self._suppress, float("-inf"))
+        chosen = scores.argmax(dim=-1)
+        for row, request in enumerate(requests):
+            if not request.frequency_penalty and request.temperature <= 0:
+                continue
+            row_scores = scores[row : row + 1]
+            if request.frequency_penalty:
+                generated = torch.tensor([request.generated], dtype=torch.long, device=self.device)
+                penalty = FrequencyPenalty(request.frequency_penalty, 0)
+                row_scores = penalty(generated, row_scores)  # type: ignore[arg-type]
+            if request.temperature > 0:
+                row_scores = row_scores / request.temperature
+                if self.top_k:
+                    row_scores = TopKLogitsWarper(self.top_k)(_NO_IDS, row_scores)
+                if request.top_p < 1:
+                    row_scores = TopPLogitsWarper(request.top_p)(_NO_IDS, row_scores)
+                probabilities = torch.softmax(row_scores, dim=-1)
+                chosen[row] = torch.multinomial(probabilities, 1, generator=request.generator)[0, 0]
+            else:
+                chosen[row] = row_scores.argmax(dim=-1)[0]
+        return chosen
+
+    def _record(self, requests: list[Request], tokens: torch.Tensor) -> None:
+        """Stream each row's new token and mark the rows that are done."""
+        for request, token in zip(requests, tokens.tolist(), strict=True):
+            request.generated.append(token)
+            _streamer(request).put(torch.tensor([token]))
+            if token in self.eos_ids:
+                request.finish_reason = "stop"
+            elif len(request.generated) >= request.max_tokens:
+                request.finish_reason = "length"
+
+    def _drop_finished(self) -> None:
+        """Finish rows that ended or whose client left, and cut them (and padding no row needs) from the cache."""
+        keep: list[int] = []
+        for row, request in enumerate(self.rows):
+            ended = bool(request.generated) and (request.generated[-1] in self.eos_ids
+                                                 or len(request.generated) >= request.max_tokens)
+            if ended or request.cancelled:
+                if request.slot:
+                    self.stack.release(request.slot)
+                if ended and request.streamer is not None:
+                    _streamer(request).end()
+                request.emit(None)
+            else:
+                keep.append(row)
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[row] for row in keep]
+        self._dirty = True
+        if not self.rows:
+            self._cache, self._mask, self._last = None, None, None
+            return
+        assert self._cache is not None and self._mask is not None and self._last is not None
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, index)
+        start = int((mask.cumsum(dim=1) == 0).sum(dim=1).min())  # columns that are padding in every row left
+        for layer in _layers(self._cache):
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
+            layer.values = layer.values.index_select(0, index)[:, :, start:]
+        self._mask, self._last = mask[:, start:], self._last.index_select(0, index)
+
+    def _clean_up(self) -> None:
+        """Idle: shrink the adapter stacks, collect garbage and hand freed memory back to the system."""
+        self._dirty = False
+        self.stack.compact()
+        gc.collect()
+        malloc_trim()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position among its row's real tokens (padding gets 0)."""
+    return (mask.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers (each with .keys and .values of shape (rows, heads, length, head_dim))."""
+    return list(cache.layers)
+
+
+def _streamer(request: Request) -> Any:
+    """A request's streamer, as Any: TextStreamer's methods are untyped."""
+    assert request.streamer is not None
+    return request.streamer
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _kv_bytes_per_token(model: PreTrainedModel) -> int:
+    """Bytes the KV cache holds per token of one row: keys and values of every layer."""
+    config = model.config.get_text_config(decoder=True)
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    element = next(model.parameters()).element_size()
+    return int(2 * config.num_hidden_layers * heads * head_dim * element)

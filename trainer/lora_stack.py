@@ -1,0 +1,287 @@
+"""Many LoRA adapters over one base model: stacked per adapted Linear, picked per batch row, never merged.
+
+Each adapted Linear keeps A (slots, in, r) and B (slots, r, out) with the adapter's scale folded into B; slot 0 is
+the zero adapter (the base model itself). A forward hook adds bmm(bmm(x, A[idx]), B[idx]) to the Linear's output,
+where idx holds the slot of every row of the current batch, so requests for different adapters share one forward.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+# peft names a layer's weights base_model.model.<module>.lora_A.weight / .lora_B.weight.
+PEFT_PREFIX = "base_model.model."
+
+
+class AdapterError(Exception):
+    """An adapter folder this server cannot serve (missing files, or layers other than Linear ones)."""
+
+
+@dataclass
+class AdapterWeights:
+    """One adapter read from disk: per module name, A as (in, r) and B as (r, out) with the scale folded in."""
+
+    path: Path
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def rank(self) -> int:
+        """The largest rank among its layers."""
+        return max((a.shape[1] for a, _ in self.layers.values()), default=0)
+
+
+def read_adapter(path: Path) -> AdapterWeights:
+    """Read an adapter saved by peft (adapter_config.json + adapter_model.safetensors) into plain tensors."""
+    try:
+        config = json.loads((path / ADAPTER_CONFIG).read_text("utf-8"))
+        tensors = load_file(str(path / ADAPTER_WEIGHTS))
+    except (OSError, ValueError) as error:
+        raise AdapterError(f"the adapter in {path} could not be read: {error}") from error
+    alpha, alpha_pattern = float(config.get("lora_alpha", 8)), config.get("alpha_pattern") or {}
+    rslora = bool(config.get("use_rslora"))
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, a in tensors.items():
+        if not key.endswith(".lora_A.weight"):
+            if not key.endswith(".lora_B.weight"):
+                raise AdapterError(f"the adapter in {path} has weights this server can't stack: {key}")
+            continue
+        name = key.removesuffix(".lora_A.weight").removeprefix(PEFT_PREFIX)
+        b = tensors[key.replace(".lora_A.", ".lora_B.")]
+        rank = a.shape[0]
+        module_alpha = float(next((v for k, v in alpha_pattern.items() if name.endswith(k)), alpha))
+        scale = module_alpha / (math.sqrt(rank) if rslora else rank)
+        # As peft computes it: x @ A.T @ B.T * scale; the scale goes into B once, here.
+        layers[name] = (a.t().contiguous(), (b.t() * scale).contiguous())
+    if not layers:
+        raise AdapterError(f"the adapter in {path} has no LoRA layers")
+    return AdapterWeights(path, layers)
+
+
+class _Layer:
+    """The stacked adapters of one Linear."""
+
+    def __init__(self, linear: nn.Linear, capacity: int, rank: int) -> None:
+        weight = linear.weight
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        # A and B replaced together, in one assignment: a warm-up in another thread may grow them mid-forward.
+        self.stacks = (torch.zeros(capacity, self.in_features, rank, dtype=weight.dtype, device=weight.device),
+                       torch.zeros(capacity, rank, self.out_features, dtype=weight.dtype, device=weight.device))
+
+    @property
+    def a(self) -> torch.Tensor:
+        """A of every slot: (slots, in, r)."""
+        return self.stacks[0]
+
+    @property
+    def b(self) -> torch.Tensor:
+        """B of every slot, scale folded in: (slots, r, out)."""
+        return self.stacks[1]
+
+    def resize(self, capacity: int, rank: int) -> None:
+        """Grow or shrink to capacity slots of rank r, keeping the slots that remain."""
+        keep, r = min(capacity, self.a.shape[0]), min(rank, self.a.shape[2])
+        a = self.a.new_zeros(capacity, self.in_features, rank)
+        b = self.b.new_zeros(capacity, rank, self.out_features)
+        a[:keep, :, :r] = self.a[:keep, :, :r]
+        b[:keep, :r, :] = self.b[:keep, :r, :]
+        self.stacks = (a, b)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes its stacks hold."""
+        return self.a.nelement() * self.a.element_size() + self.b.nelement() * self.b.element_size()
+
+
+class LoraStack:
+    """The adapters of one base model, loaded into slots, least recently used evicted first within a budget.
+
+    Slots in use by a running or admitted request are pinned and never evicted. Only the engine's thread changes
+    the stacks; read_adapter may run anywhere."""
+
+    def __init__(self, model: nn.Module, max_adapters: int, budget_bytes: int) -> None:
+        self.model, self.max_adapters, self.budget_bytes = model, max(1, max_adapters), budget_bytes
+        self.slots: OrderedDict[Path, int] = OrderedDict()  # adapter folder -> slot, least recently used first
+        self.pins: dict[int, int] = {}  # slot -> requests using it
+        self._layers: dict[str, _Layer] = {}
+        self._hooks: list[Any] = []
+        self._capacity, self._rank = 1, 0  # slot 0 is the base model
+        self._rows = threading.local()  # the slot of each row in the engine thread's current forward
+        self._lock = threading.RLock()  # the engine loads and evicts; a deletion or a warm-up may come from elsewhere
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes all stacks hold."""
+        return sum(layer.nbytes for layer in self._layers.values())
+
+    @property
+    def loaded(self) -> list[Path]:
+        """Adapter folders in the stack, least recently used first."""
+        return list(self.slots)
+
+    def slot_bytes(self, rank: int | None = None) -> int:
+        """Bytes one slot takes in every stacked layer (at the given rank, else the stack's own)."""
+        r = rank if rank is not None else self._rank
+        element = next(self.model.parameters()).element_size()
+        return sum((layer.in_features + layer.out_features) * r * element for layer in self._layers.values())
+
+    def acquire(self, path: Path, weights: AdapterWeights | None = None) -> int | None:
+        """Pin an adapter's slot, loading it (evicting unpinned ones) when needed; None when every slot is pinned."""
+        with self._lock:
+            if path in self.slots:
+                self.slots.move_to_end(path)
+                slot = self.slots[path]
+            else:
+                weights = weights if weights is not None and weights.path == path else read_adapter(path)
+                found = self._free_slot(weights)
+                if found is None:
+                    return None
+                slot = found
+                self._write(slot, weights)
+                self.slots[path] = slot
+                log.info("Loaded adapter %s into slot %d (%d adapters, %.0f MB)", path.parent.name, slot,
+                         len(self.slots), self.nbytes / 1e6)
+            self.pins[slot] = self.pins.get(slot, 0) + 1
+            return slot
+
+    def release(self, slot: int) -> None:
+        """Unpin a slot one request used."""
+        if slot == 0:
+            return
+        with self._lock:
+            self.pins[slot] -= 1
+            if not self.pins[slot]:
+                del self.pins[slot]
+
+    def forget(self, folder: Path) -> None:
+        """Drop adapters from a folder (a deleted model): their slots are free for others at once."""
+        with self._lock:
+            for path in [path for path in self.slots if path.is_relative_to(folder)]:
+                del self.slots[path]
+
+    def compact(self) -> None:
+        """Shrink the stacks to the adapters still loaded (when nothing runs), so memory follows what is in use."""
+        with self._lock:
+            if not self.pins and self._layers:
+                self._compact()
+
+    def _compact(self) -> None:
+        used = sorted(self.slots.values())
+        capacity = max(1, _pow2(len(used) + 1))
+        if capacity >= self._capacity:
+            return
+        order = torch.tensor([0, *used], device=next(iter(self._layers.values())).a.device)
+        for layer in self._layers.values():
+            layer.stacks = (layer.a.index_select(0, order), layer.b.index_select(0, order))
+            layer.resize(capacity, self._rank)
+        renumber = {old: new for new, old in enumerate(used, start=1)}
+        self.slots = OrderedDict((path, renumber[slot]) for path, slot in self.slots.items())
+        self._capacity = capacity
+
+    @contextmanager
+    def rows(self, slots: torch.Tensor) -> Iterator[None]:
+        """Within this block, this thread's forward passes add each row's adapter (slots: one per batch row)."""
+        unique = slots.unique()
+        # One slot for the whole batch needs no gather; the base alone needs no adapter at all.
+        self._rows.plan = (None if not self._layers or bool((unique == 0).all())
+                           else int(unique[0]) if unique.numel() == 1 else slots)
+        try:
+            yield
+        finally:
+            self._rows.plan = None
+
+    def _hook(self, name: str) -> Any:
+        def add_adapter(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
+            plan = getattr(self._rows, "plan", None)
+            if plan is None:
+                return None
+            a, b = self._layers[name].stacks
+            x = args[0]
+            if isinstance(plan, int):
+                return output + (x @ a[plan]) @ b[plan]  # type: ignore[no-any-return]
+            shape = x.shape
+            flat = x.reshape(shape[0], -1, shape[-1])
+            delta = torch.bmm(torch.bmm(flat, a[plan]), b[plan])
+            return output + delta.reshape(*shape[:-1], delta.shape[-1])
+        return add_adapter
+
+    def reserve(self, weights: AdapterWeights, count: int) -> None:
+        """Make room for count more adapters like weights in one growth (a class arriving at once brings 30 new
+        ones: one copy of the stack instead of one per doubling)."""
+        with self._lock:
+            self._ensure_layers(weights)
+            wanted = min(self._limit(), len(self.slots) + count) + 1
+            if wanted > self._capacity:
+                self._resize(wanted, self._rank)
+
+    def _limit(self) -> int:
+        """How many adapters the budget and the count allow (at least one)."""
+        return min(self.max_adapters, max(1, self.budget_bytes // max(1, self.slot_bytes())))
+
+    def _free_slot(self, weights: AdapterWeights) -> int | None:
+        self._ensure_layers(weights)
+        taken = set(self.slots.values()) | set(self.pins)  # a deleted model's slot stays taken while it answers
+        limit = self._limit()
+        if len(self.slots) < limit:
+            for slot in range(1, self._capacity):
+                if slot not in taken:
+                    return slot
+            if self._capacity - 1 < limit:
+                self._resize(min(limit + 1, _pow2(self._capacity + 1)), self._rank)
+                return self._free_slot(weights)
+        for path, slot in self.slots.items():  # least recently used first
+            if slot not in self.pins:
+                del self.slots[path]
+                log.info("Evicted adapter %s from slot %d", path.parent.name, slot)
+                return slot
+        return None
+
+    def _ensure_layers(self, weights: AdapterWeights) -> None:
+        if weights.rank > self._rank:
+            self._resize(self._capacity, weights.rank)
+        for name in weights.layers:
+            if name in self._layers:
+                continue
+            try:
+                module = self.model.get_submodule(name)
+            except AttributeError:
+                raise AdapterError(f"the adapter in {weights.path} adapts {name}, which the base model lacks") from None
+            if not isinstance(module, nn.Linear):
+                raise AdapterError(f"the adapter in {weights.path} adapts {name}, which is not a Linear layer")
+            self._layers[name] = _Layer(module, self._capacity, self._rank)
+            self._hooks.append(module.register_forward_hook(self._hook(name)))
+
+    def _resize(self, capacity: int, rank: int) -> None:
+        for layer in self._layers.values():
+            layer.resize(capacity, rank)
+        self._capacity, self._rank = capacity, rank
+
+    def _write(self, slot: int, weights: AdapterWeights) -> None:
+        for name, layer in self._layers.items():
+            layer.a[slot].zero_()
+            layer.b[slot].zero_()
+            if name in weights.layers:
+                a, b = weights.layers[name]
+                if a.shape[0] != layer.in_features or b.shape[1] != layer.out_features:
+                    raise AdapterError(f"the adapter in {weights.path} does not fit {name} of the base model")
+                layer.a[slot, :, : a.shape[1]] = a.to(layer.a.dtype)
+                layer.b[slot, : b.shape[0], :] = b.to(layer.b.dtype)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
