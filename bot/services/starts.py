@@ -24,8 +24,10 @@ from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
 from bot.services import training_file
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
+from bot.services.groups import GroupService
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
+from storage.groups import Group
 from storage.jobs import JobRepository
 from storage.models import Approval, BackendJob, Job, NewJob, Reservation
 from storage.private import make_private_dir, narrow_modes, write_private
@@ -175,6 +177,7 @@ class StartService:
         base_models: Callable[[], Awaitable[list[str]]],
         *,
         staging_dir: Path | None = None,
+        groups: GroupService | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -187,6 +190,9 @@ class StartService:
         self.adopt = adopt
         # The base models the backend lists (cached by the caller).
         self.base_models = base_models
+        # One model per group when the teacher turned groups on: a group trains one job at a time.
+        self.groups = groups
+        self._group_starts: set[tuple[int, str]] = set()  # groups whose Start is under way in this process
         self.staging_dir = staging_dir or _staging_dir(settings)
         # Students' files wait here for Start: this account's only (the school's computer has other accounts).
         make_private_dir(self.staging_dir)
@@ -206,6 +212,8 @@ class StartService:
                     "error.attachment_too_large", name=upload.filename, limit_mb=limit // 2**20
                 )
         await self._check_base_model(request)
+        if self.groups is not None:
+            await self.groups.check_before_card(request.guild_id, request.user_id)
         # One check per student at a time: the check workers are shared by the whole class.
         student = (request.guild_id, request.user_id)
         if student in self._checking:
@@ -368,6 +376,26 @@ class StartService:
             self._in_flight.discard(pending.token)
 
     async def _claimed_start(self, pending: PendingStart) -> Outcome:
+        try:
+            group = (await self.groups.group_for_start(pending.guild_id, pending.user_id, is_teacher=pending.is_teacher)
+                     if self.groups is not None else None)
+        except errors.UserFacingError as exc:
+            await self._forget(pending.token)  # the group's model is on its way: this card is done
+            return Refused(exc)
+        if group is None:
+            return await self._start_job(pending, None)
+        # Two members pressing Start in the same second: the second finds the group's start under way.
+        key = (group.guild_id, group.name.casefold())
+        if key in self._group_starts:
+            await self._forget(pending.token)
+            return Refused(errors.GroupJobUnderwayError("group.error.starting", group=group.name))
+        self._group_starts.add(key)
+        try:
+            return await self._start_job(pending, group)
+        finally:
+            self._group_starts.discard(key)
+
+    async def _start_job(self, pending: PendingStart, group: Group | None) -> Outcome:
         reservation: Reservation | None = None
         try:
             await self._refuse_while_preparing(pending.base_model)
@@ -390,7 +418,7 @@ class StartService:
         # From here on the job exists and trains: no error may void its reservation. A failure to record it is
         # repaired by reconcile() (the ledger row and the job's metadata share the token).
         try:
-            job = await self._record(pending, backend)
+            job = await self._record(pending, backend, group)
         except Exception:  # boundary: the job runs whatever happens here; reconcile() records and charges it
             log.exception("Job %s was created but could not be recorded; reconciling later", backend.id)
             return Refused(errors.UserFacingError("error.start_recorded_later", job=backend.id))
@@ -443,7 +471,7 @@ class StartService:
         log.info("Created job %s in guild %s for user %s", backend.id, pending.guild_id, pending.user_id)
         return backend
 
-    async def _record(self, pending: PendingStart, backend: BackendJob) -> Job:
+    async def _record(self, pending: PendingStart, backend: BackendJob, group: Group | None = None) -> Job:
         job = await self.jobs.insert(NewJob(
             id=backend.id, guild_id=pending.guild_id, channel_id=pending.channel_id, user_id=pending.user_id,
             base_model=pending.base_model, method=pending.method, suffix=pending.suffix,
@@ -452,7 +480,7 @@ class StartService:
             examples=pending.examples, estimated_tokens=pending.tokens_billed,
             estimated_cost_usd=pending.estimated_usd, status=backend.status,
             created_at=backend.created_at or int(time.time()),
-        ))
+        ), group_name=group.name if group else None)
         await self.policy.job_recorded(job, pending.token)
         await self._remember_training_prompt(job, pending)
         return job
