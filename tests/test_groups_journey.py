@@ -4,10 +4,17 @@ trains one job at a time, and every member sees it, is named on its card and not
 
 from __future__ import annotations
 
+import asyncio
+import math
+
+from bot.i18n import minutes_words
+from bot.services.class_time import class_seconds, lesson_work
+from storage.models import TrainingSpeed
 from tests.conftest import Classroom
 from tests.fakes.discord import FakeMessage, FakeUser
 from tests.harness import press
 from tests.test_finetune_journey import notices, open_card, progress_card
+from tests.test_class_time_journey import MODEL, PIRATE, SPEED, expected_minutes
 from tests.test_governance_journey import answer, command
 
 
@@ -154,3 +161,37 @@ async def test_groups_off_and_join_refused(classroom: Classroom) -> None:
     text = await join(classroom, classroom.student, "A")
     assert "Groups are off in this class" in text
     assert "Groups are off" in await groups_on(classroom, 0)
+
+
+async def test_two_members_pressing_start_together_make_one_job(classroom: Classroom) -> None:
+    """Two members of a group press Start in the same moment: one job is made, the other member is told."""
+    await groups_on(classroom, 3)
+    mina = await classmate(classroom, "mina")
+    for user in (classroom.student, mina):
+        await join(classroom, user, "A")
+    mine, hers = await open_card(classroom), await open_card(classroom, user=mina)
+    clicks = await asyncio.gather(start(classroom, classroom.student, mine), start(classroom, mina, hers))
+    await first_job(classroom)
+    await classroom.discord.wait_for(
+        lambda: sum(bool(c.followups) for c in clicks) == 1 or None,  # type: ignore[attr-defined]
+        timeout=10, what="one member told")
+    refused = next(c for c in clicks if c.followups).followups[-1]  # type: ignore[attr-defined]
+    assert "model is already on its way" in refused.text() or "pressed Start a moment ago" in refused.text()
+    assert len(classroom.openai.jobs) == 1
+
+
+async def test_class_settings_estimate_uses_the_class_group_size(classroom: Classroom) -> None:
+    """With groups of 5 on, /class settings gives the grouped figure for groups of 5, not the what-if of 3."""
+    classroom.openai.model_extras[MODEL] = {"status": "ready", "progress": 1.0, "training_speed": SPEED}
+    for extra in range(10):
+        classroom.guild.add_member(classroom.discord.add_user(f"student{extra}"))
+    await classroom.discord.wait_for(
+        lambda: (classroom.bot.get_guild(classroom.guild.id).member_count or 0) >= 13 or None,  # type: ignore[union-attr]
+        timeout=5, what="the bot to see the class")
+    await groups_on(classroom, 5)
+    text, _ = answer(await command(classroom, classroom.teacher, "class settings"))
+    students, _minutes = expected_minutes(classroom, SPEED)  # type: ignore[arg-type]
+    grouped = max(1, round(class_seconds(math.ceil(students / 5), lesson_work(PIRATE, MODEL),
+                                         TrainingSpeed(**SPEED)) / 60))  # type: ignore[arg-type]
+    assert f"Groups are on (groups of 5, one model each): about {minutes_words(grouped)}." in text
+    assert "Working in groups of 3" not in text
