@@ -74,6 +74,7 @@ async def test_group_shares_one_job_and_the_second_member_is_told_with_a_link(cl
     assert "Your group **Otters**'s model is already on its way" in told.text()
     assert f"https://discord.com/channels/{classroom.guild.id}/{classroom.channel_id}/{card.id}" in told.text()
     assert [j.id for j in classroom.openai.jobs] == [job_id]
+    assert classroom.openai.job(job_id).metadata["group"] == "Otters"  # a job adopted after a crash stays theirs
     await classroom.discord.wait_for(lambda: hers.button("Start").get("disabled") or None, timeout=5,
                                      what="her card greyed out")
 
@@ -121,6 +122,14 @@ async def test_a_member_chats_with_the_group_model(classroom: Classroom) -> None
         lambda: "reply to: Who are you?" in (asked.original.content if asked.original else "") or None, timeout=10,
         what="the group model's answer")
     assert any(r["model"] == model for r in classroom.openai.chat_requests)
+
+    opened = await classroom.discord.slash(classroom.guild, mina, "chat start", model=model)
+    await opened.followup(timeout=10)
+    thread = (await classroom.discord.wait_for(lambda: classroom.discord.threads(classroom.guild) or None,
+                                               timeout=5, what="the chat thread"))[0]
+    await classroom.discord.wait_for(lambda: classroom.student.id in thread.thread_members or None, timeout=5,
+                                     what="the whole group added to the thread")
+    assert mina.id in thread.thread_members
 
 
 async def test_groups_form_from_whoever_starts(classroom: Classroom) -> None:

@@ -46,6 +46,8 @@ APPROVAL_TTL_SECONDS = 24 * 3600
 LEGACY_STAGING_PREFIX = "classroom-bot-pending-"
 # The metadata key under which a job carries its client token (its ledger row's and its pending start's).
 TOKEN_KEY = "client_token"
+# The metadata key under which a group's job carries its group's name.
+GROUP_KEY = "group"
 
 
 @dataclass(frozen=True)
@@ -401,7 +403,7 @@ class StartService:
             await self._refuse_while_preparing(pending.base_model)
             pending = await self._moderated(pending)
             reservation = await self.policy.before_start(pending)  # written before the backend hears of it
-            backend = await self._create(pending)
+            backend = await self._create(pending, group)
         except BaseException as exc:
             # Nothing exists at the backend: the reservation goes back, and the card may be pressed again if
             # the backend was only busy.
@@ -444,7 +446,7 @@ class StartService:
         await self.repo.mark_cleared(pending.token)
         return replace(pending, cleared=True)
 
-    async def _create(self, pending: PendingStart) -> BackendJob:
+    async def _create(self, pending: PendingStart, group: Group | None = None) -> BackendJob:
         training_id = await self._upload(pending.training_name, pending.training_path)
         validation_id = (await self._upload(pending.validation_name, pending.validation_path)
                          if pending.validation_path and pending.validation_name else None)
@@ -461,6 +463,8 @@ class StartService:
                     "channel_id": str(pending.channel_id),
                     "user_id": str(pending.user_id),
                     TOKEN_KEY: pending.token,
+                    # A job adopted after a crash between creating and recording it stays its group's.
+                    **({GROUP_KEY: group.name} if group else {}),
                 },
             )
         except errors.UserFacingError:
