@@ -24,6 +24,7 @@ from bot.services.datasets import DatasetService
 from bot.services.finetune import FineTuneService
 from bot.services.evaluation import EvaluationService
 from bot.services.governance import Governance
+from bot.services.groups import GroupService
 from bot.services.lessons import LessonLibrary
 from bot.services.monitor import MonitorService
 from bot.services.ratelimit import EditBudget
@@ -36,6 +37,7 @@ from storage.chats import ChatRepository
 from storage.datasets import DatasetRepository
 from storage.database import Database
 from storage.governance import GovernanceRepository
+from storage.groups import GroupRepository
 from storage.jobs import JobRepository
 from storage.meta import MetaRepository
 from storage.starts import StartRepository
@@ -43,7 +45,8 @@ from storage.wordlist import WordListRepository
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom", "cogs.lesson", "cogs.dataset")
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom", "cogs.lesson", "cogs.dataset",
+              "cogs.groups")
 _TREE_HASH_KEY = "command_tree_hash"
 
 
@@ -102,6 +105,7 @@ class ClassroomBot(commands.Bot):
     chat: ChatService
     chat_limits: ChatLimits
     governance: Governance
+    groups: GroupService
     lessons: LessonLibrary
     evaluation: EvaluationService
     datasets: DatasetService
@@ -149,12 +153,13 @@ class ClassroomBot(commands.Bot):
             wordlist=self.wordlist,
         )
         self.finetune = FineTuneService(self.settings, self.jobs, self.gateway)
+        self.groups = GroupService(GroupRepository(self.db), self.jobs)
         self.monitor = MonitorService(self.jobs, self.gateway, self.workers, on_end=self.governance.policy.settle,
                                       on_adopt=self.governance.policy.job_recorded)
         self.starts = StartService(
             self.settings, StartRepository(self.db), self.jobs, self.gateway,
             DatasetCheckService(max_bytes=self.settings.max_training_file_bytes), self.workers,
-            self.governance.policy, self.monitor.adopt_unrecorded, self.finetune.base_models,
+            self.governance.policy, self.monitor.adopt_unrecorded, self.finetune.base_models, groups=self.groups,
         )
         self.chat_limits = ChatLimits(
             self.governance.repo, self.governance.roles, self.finetune.base_models, self_hosted=self.settings.self_hosted

@@ -90,3 +90,9 @@ class DatasetRejectedError(UserFacingError):
     """The dataset check found errors; the report says where."""
 
     key = "error.dataset_rejected"
+
+
+class GroupJobUnderwayError(UserFacingError):
+    """A member's group already has a job waiting or training: their model is on its way, one per group."""
+
+    key = "group.error.job_underway"

@@ -12,7 +12,7 @@ import discord
 from discord.app_commands import Choice
 
 from bot.i18n import locale_of, minutes_words, t
-from bot.services.class_time import GROUP_SIZE, ClassTime
+from bot.services.class_time import ClassTime
 from bot.services.evaluation import (
     EvaluationChartLabels,
     EvaluationPlan,
@@ -69,7 +69,8 @@ def class_time_text(estimate: ClassTime, locale: str) -> str:
     lines = [t("class_time.line", locale, time=_minutes(estimate.seconds, locale), students=students,
                lesson=estimate.lesson.title(locale_of(locale)), model=estimate.model)]
     if estimate.group_seconds is not None:
-        lines.append(t("class_time.groups", locale, size=GROUP_SIZE, time=_minutes(estimate.group_seconds, locale)))
+        key = "class_time.groups_on" if estimate.groups_on else "class_time.groups"
+        lines.append(t(key, locale, size=estimate.group_size, time=_minutes(estimate.group_seconds, locale)))
     if not estimate.measured:
         lines.append(t("class_time.guess", locale))
     return " ".join(lines)

@@ -155,12 +155,23 @@ def queue_line(position: int, wait_minutes: int | None, locale: str) -> str:
     return t("progress.queue", locale, place=place, wait=minutes_words(wait_minutes, locale))
 
 
-def progress_embed(card: ProgressCard, locale: str) -> discord.Embed:
-    """The one progress card of a job, edited in place while it trains."""
+def group_line(job: Job, members: Sequence[int], locale: str) -> str | None:
+    """"👥 Group A's model: @x, @y, @z" on a group's card and notice; None for one student's own job."""
+    if job.group_name is None:
+        return None
+    return t("group.card_line", locale, group=job.group_name,
+             members=", ".join(f"<@{m}>" for m in members) or f"<@{job.user_id}>")
+
+
+def progress_embed(card: ProgressCard, locale: str, members: Sequence[int] = ()) -> discord.Embed:
+    """The one progress card of a job, edited in place while it trains (a group's card names the group)."""
     job = card.job
     colour = {"succeeded": GREEN, "failed": RED, "cancelled": GREY}.get(job.status, BLURPLE)
     embed = discord.Embed(title=t("progress.title", locale, name=job.suffix or job.training_filename), colour=colour)
     lines = [status_text(job.status, locale)]
+    group = group_line(job, members, locale)
+    if group:
+        lines.append(group)
     if card.queue_position is not None and not job.is_terminal:
         lines.append(queue_line(card.queue_position, card.queue_wait_minutes, locale))
     if card.total_steps:
@@ -197,7 +208,8 @@ def progress_embed(card: ProgressCard, locale: str) -> discord.Embed:
     return embed
 
 
-def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: str, *, has_chart: bool) -> discord.Embed:
+def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: str, *, has_chart: bool,
+                 members: Sequence[int] = ()) -> discord.Embed:
     """The message that says a job has ended: its model, or what went wrong and what to do."""
     name = job.suffix or job.training_filename
     if job.status == "succeeded":
@@ -229,6 +241,9 @@ def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: st
     else:
         embed = discord.Embed(title=t("notice.cancelled_title", locale, name=name), colour=GREY)
         embed.description = t("notice.cancelled_body", locale)
+    group = group_line(job, members, locale)
+    if group:
+        embed.description = f"{group}\n{embed.description or ''}".strip()
     if has_chart:
         embed.set_image(url=f"attachment://{CHART_NAME}")
     embed.set_footer(text=job.id)
@@ -244,8 +259,11 @@ def jobs_list_embed(jobs: list[Job], locale: str) -> discord.Embed:
     lines = []
     for job in jobs:
         model = f" → `{job.fine_tuned_model}`" if job.fine_tuned_model else ""
+        who = f"<@{job.user_id}>"
+        if job.group_name is not None:
+            who = t("group.list_owner", locale, group=job.group_name, user=who)
         lines.append(f"{status_text(job.status, locale)} · **{job.suffix or job.training_filename}** · "
-                     f"<@{job.user_id}> · <t:{job.created_at}:R>\n`{job.id}` · `{job.base_model}`{model}")
+                     f"{who} · <t:{job.created_at}:R>\n`{job.id}` · `{job.base_model}`{model}")
     embed.description = _clip("\n\n".join(lines), 4000)
     return embed
 

@@ -183,6 +183,14 @@ class Chat(commands.Cog):
             await thread.add_user(interaction.user)
         except discord.HTTPException:
             log.info("Could not add user %s to chat thread %s", interaction.user.id, thread.id)
+        # A group's model: the thread is the group's, so every member finds it in their thread list.
+        for member_id in await self.bot.groups.members_of_model(interaction.guild_id, model):
+            if member_id == interaction.user.id:
+                continue
+            try:
+                await thread.add_user(discord.Object(member_id))
+            except discord.HTTPException:
+                log.info("Could not add group member %s to chat thread %s", member_id, thread.id)
         intro = t("chat.intro", locale, model=model)
         if system_prompt and trained_prompt:
             # The training file's prompt is the default: say where it came from and how to use another.
@@ -340,7 +348,8 @@ class Chat(commands.Cog):
         if interaction.guild_id is None:
             return []
         try:
-            choices = await self.service.model_choices(interaction.guild_id, current)
+            ours = await self.bot.groups.models_of(interaction.guild_id, interaction.user.id)
+            choices = await self.service.model_choices(interaction.guild_id, current, ours)
         except Exception:  # boundary: autocomplete must never raise
             log.exception("Model autocomplete failed in guild %s", interaction.guild_id)
             return []

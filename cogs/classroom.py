@@ -248,6 +248,31 @@ class Classroom(commands.Cog):
 
     # The teacher's own words (bot/services/wordlist.py) ---------------------------------------------------------
 
+    @klass.command(name="groups", description=_("One model per group instead of one per student",
+                                                key="group.cmd.class_groups"))
+    @app_commands.describe(size=_("Students in each group (0: everyone trains their own model)",
+                                  key="group.cmd.class_groups.size"))
+    @teacher_only()
+    async def class_groups(self, interaction: discord.Interaction, size: app_commands.Range[int, 0, 10]) -> None:
+        assert interaction.guild_id is not None
+        now = await self.bot.groups.set_group_size(interaction.guild_id, size)
+        text = t("group.on", interaction.locale, size=now) if now else t("group.off", interaction.locale)
+        await interaction.response.send_message(text, ephemeral=True)
+
+    @klass.command(name="group-put", description=_("Put a student in a group", key="group.cmd.class_put"))
+    @app_commands.describe(student=_("The student", key="group.cmd.class_put.student"),
+                           name=_("The group's name (a new name starts a group)", key="group.cmd.join.name"))
+    @teacher_only()
+    async def class_group_put(self, interaction: discord.Interaction, student: discord.Member,
+                              name: app_commands.Range[str, 1, 32]) -> None:
+        assert interaction.guild_id is not None
+        group = await self.bot.groups.join(interaction.guild_id, student.id, name)
+        members = ", ".join(f"<@{m}>" for m in group.members)
+        await interaction.response.send_message(
+            t("group.put", interaction.locale, student=student.mention, group=group.name, members=members),
+            ephemeral=True,
+        )
+
     words = app_commands.Group(
         name="words", description=_("Your class's own words to hold back", key="words.cmd.group"), parent=klass,
     )
@@ -309,7 +334,8 @@ class Classroom(commands.Cog):
         if lesson is None:
             return
         estimate = await class_time.estimate(self.bot.finetune, lesson,
-                                             class_time.class_size(guild.member_count if guild else None))
+                                             class_time.class_size(guild.member_count if guild else None),
+                                             await self.bot.groups.group_size(guild.id) if guild else None)
         if estimate is not None:
             embed.add_field(name=t("class_time.field", locale), value=_lesson_ui.class_time_text(estimate, locale),
                             inline=False)
@@ -377,6 +403,7 @@ class Classroom(commands.Cog):
                 threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
                 await self.starts.forget_user(plan.guild_id, plan.user_id)  # checked files waiting on disk
                 await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id)  # their /dataset examples
+                await self.bot.groups.forget_user(plan.guild_id, plan.user_id)  # and their place in a group
             await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
 
         view = ConfirmView(interaction.user.id, locale, on_confirm)

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # How often expired pending starts (and their staged files) are removed and stale reservations reconciled.
 HOUSEKEEPING_SECONDS = 300.0
+LIST_LIMIT = 10  # jobs in /finetune list
 
 
 class FineTune(commands.Cog):
@@ -215,12 +216,17 @@ class FineTune(commands.Cog):
         locale = str(interaction.locale)
         card = await self.monitor.card(await self.monitor.look(found), locale=locale, force_chart=True)
         files = [_ui.chart_file(card.chart_png)] if card.chart_png else []
-        await interaction.followup.send(embed=_ui.progress_embed(card, locale), files=files)
+        members = await self.bot.groups.members_of(found) if found.group_name else ()
+        await interaction.followup.send(embed=_ui.progress_embed(card, locale, members), files=files,
+                                        allowed_mentions=discord.AllowedMentions.none())
 
     @finetune.command(name="list", description=_("List this server's fine-tuning jobs", key="cmd.finetune.list"))
     async def finetune_list(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
-        jobs = await self.service.recent(interaction.guild_id, limit=10)
+        # The member's group's jobs come first: in a class of thirty they would scroll off the list.
+        ours = await self.bot.groups.jobs_of_member(interaction.guild_id, interaction.user.id, limit=LIST_LIMIT)
+        recent = await self.service.recent(interaction.guild_id, limit=LIST_LIMIT)
+        jobs = list({job.id: job for job in ours + recent}.values())[:LIST_LIMIT]
         await interaction.response.send_message(embed=_ui.jobs_list_embed(jobs, str(interaction.locale)))
 
     @finetune.command(name="cancel", description=_("Stop a running fine-tuning job", key="cmd.finetune.cancel"))

@@ -130,7 +130,8 @@ class JobMonitor(commands.Cog):
             await self._announce_end(job, locale)
 
     async def _show_card(self, job: Job, card: ProgressCard, locale: str) -> None:
-        embed = _ui.progress_embed(card, locale)
+        members = await self.bot.groups.members_of(job) if job.group_name else ()
+        embed = _ui.progress_embed(card, locale, members)
         files = [_ui.chart_file(card.chart_png)] if card.chart_png else []
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         if job.progress_message_id is not None:
@@ -153,7 +154,9 @@ class JobMonitor(commands.Cog):
     async def _announce_end(self, job: Job, locale: str) -> None:
         chart = await self.monitor.chart(job, locale=locale)
         losses = await self.monitor.final_losses(job)
-        embed = _ui.notice_embed(job, losses, locale, has_chart=chart is not None)
+        # A group's model is every member's: the notice names and mentions them all.
+        members = await self.bot.groups.members_of(job)
+        embed = _ui.notice_embed(job, losses, locale, has_chart=chart is not None, members=members)
         view = None
         if job.status == "succeeded" and job.fine_tuned_model:
             view = discord.ui.View(timeout=None)
@@ -161,7 +164,7 @@ class JobMonitor(commands.Cog):
             if job.validation_file_id or self.bot.evaluation.lesson_of_model(job.fine_tuned_model):
                 view.add_item(_lesson_ui.EvaluateJobButton(job.id, label=t("evaluate.button", locale)))
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-        mention = f"<@{job.user_id}>"
+        mention = " ".join(f"<@{m}>" for m in members)
         message = await channel.send(
             content=mention,
             embed=embed,

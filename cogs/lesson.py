@@ -63,7 +63,8 @@ class Lesson(commands.Cog):
         # The teacher alone is told how long the class's training will take on the school's trainer.
         guild = interaction.guild
         estimate = await class_time.estimate(self.bot.finetune, chosen,
-                                             class_time.class_size(guild.member_count if guild else None))
+                                             class_time.class_size(guild.member_count if guild else None),
+                                             await self.bot.groups.group_size(guild.id) if guild else None)
         if estimate is not None:
             await interaction.followup.send(_lesson_ui.class_time_text(estimate, str(interaction.locale)),
                                             ephemeral=True)

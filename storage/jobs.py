@@ -26,10 +26,11 @@ class JobRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def insert(self, new: NewJob) -> Job:
-        """Record a job the backend just created."""
+    async def insert(self, new: NewJob, *, group_name: str | None = None) -> Job:
+        """Record a job the backend just created (a group's job names its group)."""
         values = {f.name: getattr(new, f.name) for f in fields(NewJob)}
         values["updated_at"] = new.created_at
+        values["group_name"] = group_name
         columns = ", ".join(values)
         marks = ", ".join("?" for _ in values)
         await self.db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", list(values.values()))
@@ -57,6 +58,24 @@ class JobRepository:
             "OR lower(base_model) LIKE ? OR lower(coalesce(suffix, '')) LIKE ? OR lower(training_filename) LIKE ? "
             "OR lower(coalesce(fine_tuned_model, '')) LIKE ?) ORDER BY created_at DESC, rowid DESC LIMIT ?",
             (guild_id, pattern, pattern, pattern, pattern, pattern, limit),
+        )
+        return [_job(r) for r in rows]
+
+    async def active_for_group(self, guild_id: int, group_name: str) -> Job | None:
+        """The group's job that still waits or trains, if any (newest first)."""
+        row = await self.db.fetch_one(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE guild_id = ? AND group_name = ? COLLATE NOCASE "
+            f"AND status NOT IN ({_TERMINAL_SQL}) ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (guild_id, group_name),
+        )
+        return _job(row) if row else None
+
+    async def for_group(self, guild_id: int, group_name: str, *, limit: int = 25) -> list[Job]:
+        """A group's jobs, newest first."""
+        rows = await self.db.fetch_all(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE guild_id = ? AND group_name = ? COLLATE NOCASE "
+            "ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (guild_id, group_name, limit),
         )
         return [_job(r) for r in rows]
 

@@ -47,6 +47,7 @@ class Job(NewJob):
     started_at: int | None
     finished_at: int | None
     updated_at: int
+    group_name: str | None = None  # the group whose job this is (its members share it); None: one student's job
 
     @property
     def is_terminal(self) -> bool:

@@ -380,11 +380,15 @@ class ChatService:
             self._models = (time.monotonic(), cached)
         return cached
 
-    async def model_choices(self, guild_id: int, current: str = "") -> list[ModelChoice]:
-        """This server's fine-tuned models and checkpoints (newest first), then the backend's base models."""
+    async def model_choices(self, guild_id: int, current: str = "", ours: Sequence[str] = ()) -> list[ModelChoice]:
+        """The student's group's models (`ours`), this server's fine-tuned models and checkpoints (newest first),
+        then the backend's base models."""
         current = current.strip().lower()
         trained = await self.chats.trained_models(guild_id, search=current, limit=MAX_CHOICES)
-        choices = [ModelChoice(m.model_id, _model_label(m)) for m in trained]
+        first = [m for m in dict.fromkeys(ours) if current in m.lower()]
+        labels = {m.model_id: _model_label(m) for m in trained}
+        choices = [ModelChoice(m, f"👥 {labels.get(m, m)}") for m in first]
+        choices += [ModelChoice(m.model_id, labels[m.model_id]) for m in trained if m.model_id not in first]
         for name in await self.base_models() or []:
             if len(choices) >= MAX_CHOICES:
                 break

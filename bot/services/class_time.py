@@ -29,7 +29,9 @@ class ClassTime:
     students: int
     seconds: int
     measured: bool  # False: the trainer's default speed, before any job was timed there
-    group_seconds: int | None = None  # the same class in groups of GROUP_SIZE, one model each (None: too few)
+    group_seconds: int | None = None  # the same class in groups of group_size, one model each (None: too few)
+    group_size: int = GROUP_SIZE  # the class's own size when groups are on, else the what-if of GROUP_SIZE
+    groups_on: bool = False  # the teacher turned groups on: the grouped figure is the class's real one
 
 
 def lesson_work(lesson: Lesson, model: str) -> int:
@@ -48,8 +50,10 @@ def class_size(member_count: int | None) -> int:
     return max(1, member_count - 2) if member_count else DEFAULT_CLASS_SIZE
 
 
-async def estimate(finetune: FineTuneService, lesson: Lesson, students: int) -> ClassTime | None:
-    """The class's time on the school's trainer for the default base model; None on backends that don't tell."""
+async def estimate(finetune: FineTuneService, lesson: Lesson, students: int,
+                   group_size: int | None = None) -> ClassTime | None:
+    """The class's time on the school's trainer for the default base model; None on backends that don't tell.
+    With groups on (group_size), the grouped figure uses the class's own group size."""
     model = await finetune.default_base_model()
     await finetune.base_models()  # the listing (cached) is what carries the trainer's figures
     details = finetune.base_model_details(model)
@@ -57,5 +61,7 @@ async def estimate(finetune: FineTuneService, lesson: Lesson, students: int) -> 
         return None
     work = await asyncio.to_thread(lesson_work, lesson, model)  # counting tokens is CPU work: off the event loop
     speed = details.training_speed
-    grouped = round(class_seconds(math.ceil(students / GROUP_SIZE), work, speed)) if students > GROUP_SIZE else None
-    return ClassTime(model, lesson, students, round(class_seconds(students, work, speed)), speed.measured, grouped)
+    size = group_size or GROUP_SIZE
+    grouped = round(class_seconds(math.ceil(students / size), work, speed)) if students > size else None
+    return ClassTime(model, lesson, students, round(class_seconds(students, work, speed)), speed.measured, grouped,
+                     size, group_size is not None)

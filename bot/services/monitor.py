@@ -138,7 +138,7 @@ class MonitorService:
                 training_file_id=backend.training_file or "", validation_file_id=backend.validation_file,
                 training_filename=backend.training_file or backend.id, examples=0, estimated_tokens=0,
                 estimated_cost_usd=None, status=backend.status, created_at=backend.created_at,
-            ))
+            ), group_name=(backend.metadata or {}).get("group"))  # starts.GROUP_KEY: a group's job stays the group's
             adopted.append(job)
             if self.on_adopt is not None:
                 await self.on_adopt(job, (backend.metadata or {}).get("client_token"))

@@ -24,8 +24,10 @@ from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
 from bot.services import training_file
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
+from bot.services.groups import GroupService
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
+from storage.groups import Group
 from storage.jobs import JobRepository
 from storage.models import Approval, BackendJob, Job, NewJob, Reservation
 from storage.private import make_private_dir, narrow_modes, write_private
@@ -44,6 +46,8 @@ APPROVAL_TTL_SECONDS = 24 * 3600
 LEGACY_STAGING_PREFIX = "classroom-bot-pending-"
 # The metadata key under which a job carries its client token (its ledger row's and its pending start's).
 TOKEN_KEY = "client_token"
+# The metadata key under which a group's job carries its group's name.
+GROUP_KEY = "group"
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,7 @@ class StartService:
         base_models: Callable[[], Awaitable[list[str]]],
         *,
         staging_dir: Path | None = None,
+        groups: GroupService | None = None,
     ) -> None:
         self.settings = settings
         self.repo = repo
@@ -187,6 +192,9 @@ class StartService:
         self.adopt = adopt
         # The base models the backend lists (cached by the caller).
         self.base_models = base_models
+        # One model per group when the teacher turned groups on: a group trains one job at a time.
+        self.groups = groups
+        self._group_starts: set[tuple[int, str]] = set()  # groups whose Start is under way in this process
         self.staging_dir = staging_dir or _staging_dir(settings)
         # Students' files wait here for Start: this account's only (the school's computer has other accounts).
         make_private_dir(self.staging_dir)
@@ -206,6 +214,8 @@ class StartService:
                     "error.attachment_too_large", name=upload.filename, limit_mb=limit // 2**20
                 )
         await self._check_base_model(request)
+        if self.groups is not None:
+            await self.groups.check_before_card(request.guild_id, request.user_id)
         # One check per student at a time: the check workers are shared by the whole class.
         student = (request.guild_id, request.user_id)
         if student in self._checking:
@@ -368,12 +378,32 @@ class StartService:
             self._in_flight.discard(pending.token)
 
     async def _claimed_start(self, pending: PendingStart) -> Outcome:
+        try:
+            group = (await self.groups.group_for_start(pending.guild_id, pending.user_id, is_teacher=pending.is_teacher)
+                     if self.groups is not None else None)
+        except errors.UserFacingError as exc:
+            await self._forget(pending.token)  # the group's model is on its way: this card is done
+            return Refused(exc)
+        if group is None:
+            return await self._start_job(pending, None)
+        # Two members pressing Start in the same second: the second finds the group's start under way.
+        key = (group.guild_id, group.name.casefold())
+        if key in self._group_starts:
+            await self._forget(pending.token)
+            return Refused(errors.GroupJobUnderwayError("group.error.starting", group=group.name))
+        self._group_starts.add(key)
+        try:
+            return await self._start_job(pending, group)
+        finally:
+            self._group_starts.discard(key)
+
+    async def _start_job(self, pending: PendingStart, group: Group | None) -> Outcome:
         reservation: Reservation | None = None
         try:
             await self._refuse_while_preparing(pending.base_model)
             pending = await self._moderated(pending)
             reservation = await self.policy.before_start(pending)  # written before the backend hears of it
-            backend = await self._create(pending)
+            backend = await self._create(pending, group)
         except BaseException as exc:
             # Nothing exists at the backend: the reservation goes back, and the card may be pressed again if
             # the backend was only busy.
@@ -390,7 +420,7 @@ class StartService:
         # From here on the job exists and trains: no error may void its reservation. A failure to record it is
         # repaired by reconcile() (the ledger row and the job's metadata share the token).
         try:
-            job = await self._record(pending, backend)
+            job = await self._record(pending, backend, group)
         except Exception:  # boundary: the job runs whatever happens here; reconcile() records and charges it
             log.exception("Job %s was created but could not be recorded; reconciling later", backend.id)
             return Refused(errors.UserFacingError("error.start_recorded_later", job=backend.id))
@@ -416,7 +446,7 @@ class StartService:
         await self.repo.mark_cleared(pending.token)
         return replace(pending, cleared=True)
 
-    async def _create(self, pending: PendingStart) -> BackendJob:
+    async def _create(self, pending: PendingStart, group: Group | None = None) -> BackendJob:
         training_id = await self._upload(pending.training_name, pending.training_path)
         validation_id = (await self._upload(pending.validation_name, pending.validation_path)
                          if pending.validation_path and pending.validation_name else None)
@@ -433,6 +463,8 @@ class StartService:
                     "channel_id": str(pending.channel_id),
                     "user_id": str(pending.user_id),
                     TOKEN_KEY: pending.token,
+                    # A job adopted after a crash between creating and recording it stays its group's.
+                    **({GROUP_KEY: group.name} if group else {}),
                 },
             )
         except errors.UserFacingError:
@@ -443,7 +475,7 @@ class StartService:
         log.info("Created job %s in guild %s for user %s", backend.id, pending.guild_id, pending.user_id)
         return backend
 
-    async def _record(self, pending: PendingStart, backend: BackendJob) -> Job:
+    async def _record(self, pending: PendingStart, backend: BackendJob, group: Group | None = None) -> Job:
         job = await self.jobs.insert(NewJob(
             id=backend.id, guild_id=pending.guild_id, channel_id=pending.channel_id, user_id=pending.user_id,
             base_model=pending.base_model, method=pending.method, suffix=pending.suffix,
@@ -452,7 +484,7 @@ class StartService:
             examples=pending.examples, estimated_tokens=pending.tokens_billed,
             estimated_cost_usd=pending.estimated_usd, status=backend.status,
             created_at=backend.created_at or int(time.time()),
-        ))
+        ), group_name=group.name if group else None)
         await self.policy.job_recorded(job, pending.token)
         await self._remember_training_prompt(job, pending)
         return job

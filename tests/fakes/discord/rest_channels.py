@@ -59,8 +59,11 @@ class ChannelRoutes(Part):
         return _json(thread.payload(), 201)
 
     async def _thread_member(self, request: web.Request) -> web.Response:
-        if self._channel_or_none(request) is None:
+        channel = self._channel_or_none(request)
+        if channel is None:
             return _error(404, 10003, "Unknown Channel")
+        if request.method == "PUT" and int(request.match_info["uid"]) not in channel.thread_members:
+            channel.thread_members.append(int(request.match_info["uid"]))
         return web.Response(status=204)
 
     async def _channel_route(self, request: web.Request) -> web.Response:

@@ -169,6 +169,7 @@ class FakeChannel:
     deleted: bool = False
     # Discord's overwrite objects ({"id", "type": 0 role | 1 member, "allow", "deny"}); empty: the server's defaults.
     permission_overwrites: list[dict[str, Any]] = field(default_factory=list)
+    thread_members: list[int] = field(default_factory=list)  # users the bot added to this thread (PUT thread-members)
 
     @property
     def is_thread(self) -> bool:
