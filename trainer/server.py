@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -150,8 +151,9 @@ class LazyGenerator:
     async def stream(self, *args: Any, **kwargs: Any) -> AsyncIterator[str]:
         """Stream a reply from the real generator."""
         generator = await self._get()
-        async for piece in generator.stream(*args, **kwargs):
-            yield piece
+        async with contextlib.aclosing(generator.stream(*args, **kwargs)) as pieces:  # closed with this stream
+            async for piece in pieces:
+                yield piece
 
 
 def create_app(settings: Settings) -> web.Application:

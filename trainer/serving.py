@@ -292,9 +292,12 @@ class Generator:
             raise Busy(engine.retry_after() if engine is not None else 1, admitted)
         self._admitted[target.base] = admitted + 1
         try:
-            async for piece in self._generate(target, messages, max_tokens, temperature, top_p, seed, stats,
-                                              max_prompt_tokens, frequency_penalty):
-                yield piece
+            # Closed with this stream, not whenever the collector gets to it: the row is freed and the counts are in
+            # stats before the reply is answered (a client gone, or the reply guard ending the reply).
+            async with contextlib.aclosing(self._generate(target, messages, max_tokens, temperature, top_p, seed,
+                                                          stats, max_prompt_tokens, frequency_penalty)) as pieces:
+                async for piece in pieces:
+                    yield piece
         finally:
             self._admitted[target.base] -= 1
 
@@ -336,9 +339,11 @@ class Generator:
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-            stats.completion_tokens, stats.finish_reason = len(request.generated), request.finish_reason
+            stats.finish_reason = request.finish_reason
         finally:
             engine.cancel(request)  # the client went away: its row or waiting place is freed (a no-op once done)
+            # Also for a reply ended early (the reply guard, a client gone): the tokens generated for it so far.
+            stats.completion_tokens = len(request.generated)
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:

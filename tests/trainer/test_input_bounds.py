@@ -147,7 +147,8 @@ def test_check_process_answers_as_check_files(tmp_path: Path) -> None:
                           capture_output=True, cwd=REPO_ROOT, timeout=120, check=True)
     expected = check_files(path, model="tiny", training_id="file-t", max_line_bytes=1 << 20)
     assert json.loads(done.stdout) == {"ok": expected.ok, "examples": expected.examples,
-                                       "n_epochs": expected.n_epochs, "error": expected.error}
+                                       "n_epochs": expected.n_epochs, "error": expected.error,
+                                       "tokens": expected.tokens}
 
 
 @pytest.mark.parametrize("name", ["TRAINER_MAX_REQUEST_BYTES", "TRAINER_MAX_UPLOAD_BYTES", "TRAINER_MAX_EXAMPLE_BYTES",
