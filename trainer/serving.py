@@ -8,7 +8,7 @@ import contextlib
 import io
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -303,7 +303,8 @@ class Generator:
 
     async def _generate(self, target: Target, messages: list[dict[str, Any]], max_tokens: int, temperature: float,
                         top_p: float, seed: int | None, stats: Generated,
-                        max_prompt_tokens: int | None = None, frequency_penalty: float = 0.0) -> AsyncIterator[str]:
+                        max_prompt_tokens: int | None = None,
+                        frequency_penalty: float = 0.0) -> AsyncGenerator[str, None]:
         loop = asyncio.get_running_loop()
         engine = await asyncio.to_thread(self.engine, target.base)
         tokenizer, stack = engine.tokenizer, engine.stack
