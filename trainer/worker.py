@@ -226,18 +226,22 @@ class Controls:
             except (ValueError, KeyError, TypeError):
                 log.warning("Ignored a malformed command line (%d bytes)", len(line))
                 continue
-            with self._lock:
-                if op == "train":  # a job paused or cancelled before may come back resumed: forget that
-                    self._new.append(job_id)
-                    self.cancelled.discard(job_id)
-                    self.paused.discard(job_id)
-                elif op == "cancel":
-                    self.cancelled.add(job_id)
-                elif op == "pause":
-                    self.paused.add(job_id)
-                self._lock.notify_all()
+            self.give(op, job_id)
         with self._lock:
             self.closed = True
+            self._lock.notify_all()
+
+    def give(self, op: str, job_id: str) -> None:
+        """Take one command: train, cancel or pause a job."""
+        with self._lock:
+            if op == "train":  # a job paused or cancelled before may come back resumed: forget that
+                self._new.append(job_id)
+                self.cancelled.discard(job_id)
+                self.paused.discard(job_id)
+            elif op == "cancel":
+                self.cancelled.add(job_id)
+            elif op == "pause":
+                self.paused.add(job_id)
             self._lock.notify_all()
 
     def take(self, wait: bool) -> list[str]:
@@ -267,14 +271,19 @@ class LongLivedWorker:
 
     def serve(self) -> int:
         """Train until stdin closes; each job's end is told on stdout as {"event": "done", "job": id}."""
-        while True:
-            for job_id in self.controls.take(wait=not self.runs):
-                self._admit(job_id)
-            if self.controls.closed:
-                return 0  # the server is going: running jobs resume from their checkpoints at its next start
-            self._drop_cancelled()
-            if self.runs:
-                self._step()
+        while not self.controls.closed:  # once closed, the server is going: jobs resume from their checkpoints
+            self.turn(wait=True)
+        return 0
+
+    def turn(self, wait: bool = False) -> bool:
+        """Take the jobs handed over (waiting for one when idle and asked to), drop the cancelled ones and train
+        one step; say whether jobs are left."""
+        for job_id in self.controls.take(wait=wait and not self.runs):
+            self._admit(job_id)
+        self._drop_cancelled()
+        if self.runs and not self.controls.closed:
+            self._step()
+        return bool(self.runs)
 
     def _admit(self, job_id: str) -> None:
         started = time.monotonic()
