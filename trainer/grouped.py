@@ -67,9 +67,14 @@ class MultiLoraLinear(nn.Module):
         out: torch.Tensor = self.base(x)
         if not self.routes:
             return out
-        parts = [((x[start:end].to(a.dtype) @ a.t()) @ b.t()) * scale for start, end, a, b, scale in self.routes]
+        # split, not slicing: the backward of one split is one cat, where each slice's backward would fill a
+        # zero tensor the size of x and add it (measured: 10% of a step). Adding each job's update in place to its
+        # rows of the output was slower still (the backward copies slices). The scale goes on the r-wide product.
+        pieces = torch.split(x, [end - start for start, end, _, _, _ in self.routes]) if len(self.routes) > 1 else [x]
+        parts = [((piece.to(a.dtype) @ a.t()) * scale) @ b.t()
+                 for piece, (_, _, a, b, scale) in zip(pieces, self.routes, strict=True)]
         delta = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return out + delta.to(out.dtype)
+        return out.add_(delta.to(out.dtype))  # the base's backward does not need its own output: add in place
 
 
 @dataclass
@@ -215,7 +220,8 @@ def start_run(base: SharedBase, job_id: str, spec: TrainSpec, reporter: Reporter
         adapter = base.load_adapter(spec.resume_from)
     else:
         adapter = base.new_adapter(spec.lora_r, spec.lora_alpha, spec.seed)
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=spec.learning_rate, weight_decay=0.0)
+    # foreach: one pass over the job's 2 x modules tensors instead of a Python loop over them (the same arithmetic).
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=spec.learning_rate, weight_decay=0.0, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps))
     run = JobRun(job_id, spec, reporter, adapter, optimizer, scheduler, total_steps)
     if spec.resume_from is not None:
