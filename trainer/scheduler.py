@@ -22,6 +22,7 @@ from trainer.store import ACTIVE_STATUSES, Store
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+GPU_GROUP_JOBS = 4  # TRAINER_GROUP_JOBS=0 (auto) on a GPU: a small model's batch leaves a GPU mostly idle
 PAUSE_GRACE_S = 120  # a paused job finishes its step and saves; past this its worker is ended (no new checkpoint)
 CANCEL_GRACE_S = 120  # a cancelled job is dropped after its step; a worker that does not answer by then is ended
 TIME_LIMIT_GRACE = 0.1  # the worker stops a job at its limit; the scheduler ends the worker 10% (at least 1 min) later
@@ -276,9 +277,10 @@ class Scheduler:
 
     async def _fill(self, device: str) -> None:
         """Hand queued jobs to the device's worker up to TRAINER_GROUP_JOBS, those of its current base model only."""
+        capacity = self.settings.group_jobs or (1 if device == "cpu" else GPU_GROUP_JOBS)
         while True:
             worker = self.workers.get(device)
-            if worker is not None and len(worker.jobs) >= self.settings.group_jobs:
+            if worker is not None and len(worker.jobs) >= capacity:
                 return
             queued = self.store.jobs_with_status("queued")
             if worker is not None and worker.jobs:

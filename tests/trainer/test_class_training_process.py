@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -60,3 +61,29 @@ async def test_crashed_worker_fails_its_job_and_a_fresh_worker_trains_the_next(
     done = await wait_for(api, after.id, {"succeeded", "failed", "cancelled"}, timeout=180)
     assert done.status == "succeeded", done.error  # type: ignore[attr-defined]
     assert worker_pid(trainer_server, after.id) != crashed
+
+
+@pytest.mark.timeout(400)
+async def test_group_of_two_in_one_worker_cancel_one_and_the_other_succeeds(tmp_path: Path, tiny_model: Path) -> None:
+    """With TRAINER_GROUP_JOBS=2 two jobs train at once in one worker; cancelling one leaves the other to succeed."""
+    server = TrainerProcess(tmp_path / "data", tiny_model, TRAINER_GROUP_JOBS="2").start()
+    try:
+        api = client(server)
+        training = await upload(api, chat_file(12))
+        doomed = await api.fine_tuning.jobs.create(model="tiny", training_file=training,
+                                                   hyperparameters={"n_epochs": 50, "batch_size": 1})
+        kept = await api.fine_tuning.jobs.create(model="tiny", training_file=training,
+                                                 hyperparameters={"n_epochs": 2, "batch_size": 2})
+        await wait_for(api, kept.id, {"running"}, timeout=120)
+        deadline = time.monotonic() + JOB_TIMEOUT_S * 3
+        while not [e async for e in api.fine_tuning.jobs.list_events(doomed.id, limit=1) if e.type == "metrics"]:
+            assert time.monotonic() < deadline, "no step was reported"
+            await asyncio.sleep(0.2)
+        assert (await api.fine_tuning.jobs.cancel(doomed.id)).status == "cancelled"
+        done = await wait_for(api, kept.id, {"succeeded", "failed", "cancelled"}, timeout=180)
+        assert done.status == "succeeded", done.error  # type: ignore[attr-defined]
+        assert worker_pid(server, doomed.id) == worker_pid(server, kept.id)
+        metrics = [e async for e in api.fine_tuning.jobs.list_events(kept.id, limit=100) if e.type == "metrics"]
+        assert len(metrics) == 12  # 12 examples, batch 2, 2 epochs: every step of the kept job reported
+    finally:
+        server.stop()
