@@ -253,8 +253,9 @@ def main() -> None:
     if args.only in (None, "class"):
         print(f"\n## {args.students} students within {args.spread:.0f} s through `python -m trainer`")
         print("| TRAINER_GROUP_JOBS | last model | median wait | FLOP efficiency | efficiency by the worker's CPU time "
-              "| last model for 30 (extrapolated) | load |")
-        print("|---|---|---|---|---|---|---|")
+              "| last model for 30 (extrapolated at this load) | last model for 30 on this machine unshared (estimate) "
+              "| load |")
+        print("|---|---|---|---|---|---|---|---|")
         for group in (int(g) for g in args.group_jobs.split(",")):
             figures = asyncio.run(bench_class(source, args.cache, args.students, group, args.spread, args.epochs,
                                               parameters))
@@ -263,9 +264,12 @@ def main() -> None:
             threads = psutil.cpu_count(logical=False) or 1
             by_cpu = figures["flops"] / (figures["cpu"] / threads) / 1e9 / cpu_rate if figures["cpu"] else 0.0
             per_job = figures["last"] / args.students
+            # A class on this machine unshared: every job's FLOPs at the efficiency the worker's CPU time showed and
+            # the matmul rate the cores give when not shared.
+            unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * cpu_rate * 1e9) if by_cpu else 0.0
             print(f"| {group} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
-                  f"(matmul {rate:.0f} GFLOP/s) | {by_cpu:.0%} | {CLASS * per_job / 60:.1f} min | {load_average()} |",
-                  flush=True)
+                  f"(matmul {rate:.0f} GFLOP/s) | {by_cpu:.0%} | {CLASS * per_job / 60:.1f} min | "
+                  f"{unshared / 60:.1f} min | {load_average()} |", flush=True)
 
 
 if __name__ == "__main__":
