@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -182,7 +183,7 @@ async def bench_class(source: str, cache: Path, students: int, group_jobs: int, 
         server.stop()
 
 
-def bench_today(source: str, cache: Path, students: int, epochs: int) -> list[float]:
+def bench_today(source: str, cache: Path, students: int, epochs: int) -> tuple[list[float], list[float]]:
     """Today's path: each job in a fresh `python -m trainer.worker JOB_ID cpu` (torch import, model load, train())."""
     from trainer.config import Settings
     from trainer.store import Store
@@ -192,7 +193,8 @@ def bench_today(source: str, cache: Path, students: int, epochs: int) -> list[fl
     store = Store(data / "trainer.db")
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}
     (data / "files").mkdir(parents=True, exist_ok=True)
-    seconds = []
+    seconds: list[float] = []
+    cpu: list[float] = []
     for index in range(students):
         file_id, job_id = f"file-today{index}", f"ftjob-{index:08d}today"
         path = data / "files" / file_id
@@ -202,15 +204,17 @@ def bench_today(source: str, cache: Path, students: int, epochs: int) -> list[fl
                       hyperparameters={"n_epochs": epochs, "batch_size": 4, "learning_rate_multiplier": 1},
                       suffix=None, seed=index, metadata=None)
         store.update_job(job_id, status="running")
-        started = time.perf_counter()
+        started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-m", "trainer.worker", job_id, "cpu"], env=env, cwd=REPO_ROOT, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=3600)
         seconds.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime)
         job = store.job(job_id)
         assert job is not None and job["status"] == "succeeded", job["status"] if job else None
-        print(f"today's path, job {index + 1}: {seconds[-1]:.0f} s", flush=True)
+        print(f"today's path, job {index + 1}: {seconds[-1]:.0f} s, {cpu[-1]:.0f} CPU s", flush=True)
     store.close()
-    return seconds
+    return seconds, cpu
 
 
 def load_average() -> str:
@@ -247,9 +251,15 @@ def main() -> None:
         bench_steps(source, args.cache, [int(g) for g in args.step_groups.split(",")], args.steps, args.rounds,
                     parameters)
     if args.only in (None, "today"):
-        today = bench_today(source, args.cache, args.today, args.epochs)
-        print(f"\ntoday's path: {statistics.mean(today):.0f} s a job (fresh worker each); {CLASS} students one after "
-              f"another: {CLASS * statistics.mean(today) / 60:.1f} min to the last model; load {load_average()}")
+        today, cpu = bench_today(source, args.cache, args.today, args.epochs)
+        rate, cpu_rate = matmul_gflops()
+        threads = psutil.cpu_count(logical=False) or 1
+        by_cpu = 4 * parameters * per_job_tokens / (statistics.mean(cpu) / threads) / 1e9 / cpu_rate
+        unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * cpu_rate * 1e9)
+        print(f"\ntoday's path: {statistics.mean(today):.0f} s a job (fresh worker each), efficiency by its CPU time "
+              f"{by_cpu:.0%}; {CLASS} students one after another: {CLASS * statistics.mean(today) / 60:.1f} min to the "
+              f"last model at this load, {unshared / 60:.1f} min on this machine unshared (estimate); load "
+              f"{load_average()}")
     if args.only in (None, "class"):
         print(f"\n## {args.students} students within {args.spread:.0f} s through `python -m trainer`")
         print("| TRAINER_GROUP_JOBS | last model | median wait | FLOP efficiency | efficiency by the worker's CPU time "
