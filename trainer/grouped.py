@@ -44,8 +44,8 @@ from trainer.training import (
 
 log = logging.getLogger(__name__)
 
-# Padded tokens per forward pass: past about this many rows x tokens a CPU matmul is as fast per token as it gets,
-# and the activations kept for the backward pass (~1.4 MB a token for SmolLM2-135M) stay near 1.5 GB.
+# Padded tokens per forward pass: bounds the activations kept for the backward pass (~1.4 MB a token for
+# SmolLM2-135M, so ~1.5 GB) however many jobs are in the group; on a CPU larger passes were no faster per token.
 GROUP_CHUNK_TOKENS = 1024
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_PREFIX = "base_model.model."  # how peft names a wrapped model's modules in a saved adapter
