@@ -47,6 +47,7 @@ from tests.trainer.harness import (  # noqa: E402 - after the path is set
 
 LESSON = REPO_ROOT / "lessons" / "pirate-en" / "train.jsonl"
 CLASS = 30
+BEST_RATE = 0.0  # the best wall-clock matmul rate seen in this run: the nearest to the machine unshared
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 6) -> tuple[float, float]:
@@ -56,6 +57,7 @@ def matmul_gflops(size: int = 2048, repeats: int = 6) -> tuple[float, float]:
 
     from trainer.modeling import set_threads
 
+    global BEST_RATE
     threads = set_threads(0)
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b  # warm up
@@ -63,8 +65,11 @@ def matmul_gflops(size: int = 2048, repeats: int = 6) -> tuple[float, float]:
     for _ in range(repeats):
         a @ b
     flops = 2 * size**3 * repeats / 1e9
-    # CPU time over all threads: per thread-second, times the threads, is what the cores give when not shared.
-    return flops / (time.perf_counter() - started), flops / (time.process_time() - cpu) * threads
+    wall = flops / (time.perf_counter() - started)
+    BEST_RATE = max(BEST_RATE, wall)
+    # Per CPU-second of all threads, times the threads: a measure that hardly moves with others' load, good for
+    # comparing efficiencies; not a rate to plan with (this VM's 2 vCPUs give ~1.2x one, not 2x, when both run).
+    return wall, flops / (time.process_time() - cpu) * threads
 
 
 def lesson_tokens(source: str, cache: Path, epochs: int) -> tuple[int, int]:
@@ -254,7 +259,7 @@ def main() -> None:
         rate, cpu_rate = matmul_gflops()
         threads = psutil.cpu_count(logical=False) or 1
         by_cpu = 4 * parameters * per_job_tokens / (statistics.mean(cpu) / threads) / 1e9 / cpu_rate
-        unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * cpu_rate * 1e9)
+        unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * BEST_RATE * 1e9)
         print(f"\ntoday's path: {statistics.mean(today):.0f} s a job (fresh worker each), efficiency by its CPU time "
               f"{by_cpu:.0%}; {CLASS} students one after another: {CLASS * statistics.mean(today) / 60:.1f} min to the "
               f"last model at this load, {unshared / 60:.1f} min on this machine unshared (estimate); load "
@@ -274,8 +279,8 @@ def main() -> None:
             by_cpu = figures["flops"] / (figures["cpu"] / threads) / 1e9 / cpu_rate if figures["cpu"] else 0.0
             per_job = figures["last"] / args.students
             # A class on this machine unshared: every job's FLOPs at the efficiency the worker's CPU time showed and
-            # the matmul rate the cores give when not shared.
-            unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * cpu_rate * 1e9) if by_cpu else 0.0
+            # the best wall-clock matmul rate of the run.
+            unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * BEST_RATE * 1e9) if by_cpu else 0.0
             print(f"| {group} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
                   f"(matmul {rate:.0f} GFLOP/s) | {by_cpu:.0%} | {CLASS * per_job / 60:.1f} min | "
                   f"{unshared / 60:.1f} min | {load_average()} |", flush=True)
