@@ -59,6 +59,9 @@ class Settings:
     max_prompt_tokens: int = 4096
     max_batch_tokens: int = 8192  # batch_size x TRAINER_MAX_SEQ_LEN may not exceed this
     max_job_minutes: float = 60.0  # wall-clock minutes one run of a job may train
+    # Jobs of one base model a device's worker trains together, one batched pass per step; 0: 1 on a CPU (measured:
+    # no faster per token there, and one after another gives the first students their models sooner), 4 on a GPU.
+    group_jobs: int = 0
 
     @property
     def max_batch_size(self) -> int:
@@ -112,6 +115,7 @@ class Settings:
             max_prompt_tokens=_int(env, "TRAINER_MAX_PROMPT_TOKENS", 4096, low=1),
             max_batch_tokens=_int(env, "TRAINER_MAX_BATCH_TOKENS", 8192, low=16),
             max_job_minutes=_float(env, "TRAINER_MAX_JOB_MINUTES", 60.0),
+            group_jobs=_int(env, "TRAINER_GROUP_JOBS", 0, low=0),
         )
         if settings.api_key is not None and (len(settings.api_key) < 16 or any(c.isspace() for c in settings.api_key)):
             raise SettingsError("TRAINER_API_KEY must be at least 16 characters without spaces")
@@ -141,6 +145,7 @@ class Settings:
             "TRAINER_MAX_REQUEST_BYTES": self.max_request_bytes, "TRAINER_MAX_UPLOAD_BYTES": self.max_upload_bytes,
             "TRAINER_MAX_EXAMPLE_BYTES": self.max_example_bytes, "TRAINER_MAX_PROMPT_TOKENS": self.max_prompt_tokens,
             "TRAINER_MAX_BATCH_TOKENS": self.max_batch_tokens, "TRAINER_MAX_JOB_MINUTES": self.max_job_minutes,
+            "TRAINER_GROUP_JOBS": self.group_jobs,
         }
         env = {name: str(value) for name, value in values.items()}
         if self.api_key:

@@ -1,4 +1,4 @@
-"""Job lifecycle: file checks, a fair queue, one worker process per device, cancel, and recovery at startup."""
+"""Job lifecycle: file checks, a fair queue, one long-lived worker process per device, cancel, and recovery."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,40 @@ from trainer.timing import Timings
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-PAUSE_GRACE_S = 120  # a paused worker finishes its step and saves; past this it is ended without a new checkpoint
-TIME_LIMIT_GRACE = 0.1  # the worker stops itself at its limit; the scheduler ends it 10% (at least 1 min) later
+GPU_GROUP_JOBS = 4  # TRAINER_GROUP_JOBS=0 (auto) on a GPU: a small model's batch leaves a GPU mostly idle
+PAUSE_GRACE_S = 120  # a paused job finishes its step and saves; past this its worker is ended (no new checkpoint)
+CANCEL_GRACE_S = 120  # a cancelled job is dropped after its step; a worker that does not answer by then is ended
+TIME_LIMIT_GRACE = 0.1  # the worker stops a job at its limit; the scheduler ends the worker 10% (at least 1 min) later
 MAX_CONCURRENT_CHECKS = 2
 RESTART_MESSAGE = (
     "The trainer restarted while this job was running, before its first checkpoint was saved. "
     "Start the job again."
 )
+ENDED_MESSAGE = (
+    "The trainer had to end the worker that trained this job (another job on it did not stop in time), before this "
+    "job's first checkpoint was saved. Start the job again."
+)
 
 
 @dataclass
 class Running:
-    """A worker process and the job it trains."""
+    """A job handed to a worker, until the worker says it is done with it (or dies)."""
 
     job_id: str
-    process: asyncio.subprocess.Process
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: bool = False
     timed_out: bool = False
+
+
+@dataclass
+class Worker:
+    """A long-lived worker process on one device and the jobs it trains (of one base model at a time)."""
+
+    device: str
+    process: asyncio.subprocess.Process
+    jobs: dict[str, Running] = field(default_factory=dict)
+    source: str | None = None  # the base model its jobs train on
+    ended_by_us: bool = False  # killed because a job on it did not stop in time, not crashed
 
 
 def fairness_keys(job: sqlite3.Row) -> tuple[str, str]:
@@ -79,7 +95,7 @@ class Scheduler:
     def __init__(self, settings: Settings, store: Store, devices: list[str]) -> None:
         self.settings, self.store, self.devices = settings, store, devices
         self.queue = FairQueue()
-        self.running: dict[str, Running] = {}  # by device
+        self.workers: dict[str, Worker] = {}  # by device
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -107,8 +123,8 @@ class Scheduler:
         self._closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
-        for running in list(self.running.values()):
-            _kill(running.process)
+        for worker in list(self.workers.values()):
+            _kill(worker.process)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -206,15 +222,14 @@ class Scheduler:
         return {**os.environ, **self.settings.to_env(), "PYTHONPATH": _pythonpath()}
 
     async def pause(self, job_id: str) -> bool:
-        """Pause a queued or running job: its worker saves a checkpoint after the current step and frees the device."""
+        """Pause a queued or running job: its worker saves a checkpoint after the current step and drops it."""
         if not self.store.update_job(job_id, only_if=("queued", "running"), status="paused", estimated_finish=None):
             return False
         self.store.add_event(job_id, "Fine-tuning job paused")
         self.estimates.poke()
-        for running in self.running.values():
-            if running.job_id == job_id and running.process.returncode is None:
-                running.process.send_signal(signal.SIGUSR1)
-                self._spawn(self._end_if_still_running(running, PAUSE_GRACE_S), f"pause-{job_id}")
+        for worker, running in self._holding(job_id):
+            await self._send(worker, {"op": "pause", "job": job_id})
+            self._spawn(self._end_if_still_running(worker, running, PAUSE_GRACE_S), f"pause-{job_id}")
         return True
 
     async def resume(self, job_id: str) -> bool:
@@ -225,13 +240,19 @@ class Scheduler:
         self._wake.set()
         return True
 
-    async def _end_if_still_running(self, running: Running, after: float, timed_out: bool = False) -> None:
+    def _holding(self, job_id: str) -> list[tuple[Worker, Running]]:
+        return [(worker, worker.jobs[job_id]) for worker in self.workers.values() if job_id in worker.jobs]
+
+    async def _end_if_still_running(self, worker: Worker, running: Running, after: float,
+                                    timed_out: bool = False) -> None:
+        """End the worker if it still holds the job after a while: the last resort when it does not answer."""
         try:
-            await asyncio.wait_for(asyncio.shield(running.process.wait()), after)
+            await asyncio.wait_for(running.ended.wait(), after)
         except TimeoutError:
-            log.warning("Worker of job %s still running after %.0f s; ending it", running.job_id, after)
+            log.warning("Worker of job %s still holds it after %.0f s; ending the worker", running.job_id, after)
             running.timed_out = timed_out
-            _kill(running.process)
+            worker.ended_by_us = True
+            _kill(worker.process)
 
     def _fail(self, job_id: str, error: dict[str, str | None]) -> None:
         if self.store.update_job(job_id, only_if=tuple(ACTIVE_STATUSES), status="failed", error=error,
@@ -240,13 +261,16 @@ class Scheduler:
             log.info("Job %s failed: %s", job_id, error["code"])
 
     async def cancel(self, job_id: str) -> bool:
-        """Cancel an unfinished job at once, killing its worker; say whether it was still unfinished."""
-        for running in self.running.values():
-            if running.job_id == job_id:
-                running.cancelled = True
-                _kill(running.process)
+        """Cancel an unfinished job at once; its worker drops it after the step in flight, training the others on.
+
+        Nothing is recorded for the job after this returns (its worker's writes check the status). A worker that
+        does not drop it within CANCEL_GRACE_S is ended, the last resort."""
         changed = self.store.update_job(job_id, only_if=tuple(ACTIVE_STATUSES), status="cancelled",
                                         finished_at=int(time.time()), estimated_finish=None)
+        for worker, running in self._holding(job_id):
+            running.cancelled = True
+            await self._send(worker, {"op": "cancel", "job": job_id})
+            self._spawn(self._end_if_still_running(worker, running, CANCEL_GRACE_S), f"cancel-{job_id}")
         if changed:
             self.store.add_event(job_id, "Fine-tuning job cancelled")
             self._wake.set()
@@ -257,59 +281,125 @@ class Scheduler:
             await self._wake.wait()
             self._wake.clear()
             for device in self.devices:
-                if device in self.running:
-                    continue
-                job = self.queue.pick(self.store.jobs_with_status("queued"))
-                if job is None:
-                    break
-                await self._launch(device, job)
+                await self._fill(device)
             self.estimates.poke()  # whatever woke the dispatcher (a job queued, ended, cancelled) moved the line
 
-    async def _launch(self, device: str, job: sqlite3.Row) -> None:
-        if not self.store.update_job(job["id"], only_if=("queued",), status="running", device=device):
-            return
+    async def _fill(self, device: str) -> None:
+        """Hand queued jobs to the device's worker up to TRAINER_GROUP_JOBS, those of its current base model only."""
+        capacity = self.settings.group_jobs or (1 if device == "cpu" else GPU_GROUP_JOBS)
+        while True:
+            worker = self.workers.get(device)
+            if worker is not None and len(worker.jobs) >= capacity:
+                return
+            queued = self.store.jobs_with_status("queued")
+            if worker is not None and worker.jobs:
+                queued = [job for job in queued if job["base_source"] == worker.source]
+            job = self.queue.pick(queued)
+            if job is None:
+                return
+            if worker is None or worker.process.returncode is not None:
+                worker = await self._start_worker(device)
+            await self._launch(worker, job)
+
+    async def _start_worker(self, device: str) -> Worker:
         log_dir = self.settings.data_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = self._worker_env()
-        with (log_dir / f"{job['id']}.log").open("ab") as log_file:
+        with (log_dir / f"worker-{device.replace(':', '-')}.log").open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "trainer.worker", job["id"], device, env=env, cwd=str(PACKAGE_ROOT),
-                stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                sys.executable, "-m", "trainer.worker", "--serve", device, env=self._worker_env(),
+                cwd=str(PACKAGE_ROOT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
             )
-        self.store.update_job(job["id"], worker_pid=process.pid)
+        worker = self.workers[device] = Worker(device, process)
+        log.info("Worker started on %s (pid %s)", device, process.pid)
+        self._spawn(self._watch(worker), f"watch-{device}-{process.pid}")
+        return worker
+
+    async def _send(self, worker: Worker, command: dict[str, str]) -> None:
+        """Write one command line to a worker; a dead worker's pipe is left to its watcher."""
+        stdin = worker.process.stdin
+        if stdin is None or worker.process.returncode is not None:
+            return
+        try:
+            stdin.write((json.dumps(command) + "\n").encode())
+            await stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    async def _launch(self, worker: Worker, job: sqlite3.Row) -> None:
+        if not self.store.update_job(job["id"], only_if=("queued",), status="running", device=worker.device,
+                                     worker_pid=worker.process.pid):
+            return
         if self.store.last_checkpoint(job["id"]) is None:
             self.store.add_event(job["id"], "Fine-tuning job started")
         else:
             self.store.add_event(job["id"], "Fine-tuning job resumed from its last checkpoint")
-        self.running[device] = running = Running(job["id"], process)
-        log.info("Job %s started on %s (pid %s)", job["id"], device, process.pid)
-        self._spawn(self._watch(device), f"watch-{job['id']}")
-        # The worker stops itself at TRAINER_MAX_JOB_MINUTES; this ends one that cannot (stuck loading, say), so no
-        # job at the head of the queue waits longer than about that limit behind it.
+        running = worker.jobs[job["id"]] = Running(job["id"])
+        worker.source = job["base_source"]
+        await self._send(worker, {"op": "train", "job": job["id"]})
+        log.info("Job %s handed to the worker on %s (pid %s, %d jobs)", job["id"], worker.device,
+                 worker.process.pid, len(worker.jobs))
+        # The worker stops a job at TRAINER_MAX_JOB_MINUTES; this ends a worker that cannot (stuck loading, say), so
+        # no job at the head of the queue waits longer than about that limit behind it.
         limit = self.settings.max_job_minutes * 60
-        self._spawn(self._end_if_still_running(running, limit + max(60.0, limit * TIME_LIMIT_GRACE), True),
+        self._spawn(self._end_if_still_running(worker, running, limit + max(60.0, limit * TIME_LIMIT_GRACE), True),
                     f"limit-{job['id']}")
 
-    async def _watch(self, device: str) -> None:
-        running = self.running[device]
-        code = await running.process.wait()
-        del self.running[device]
+    async def _watch(self, worker: Worker) -> None:
+        """Follow a worker's reports until it exits; then settle the jobs it still held, and let a new one start."""
+        assert worker.process.stdout is not None
+        async for line in worker.process.stdout:
+            try:
+                report = json.loads(line)
+            except ValueError:
+                log.warning("Worker on %s wrote a line that is not JSON (%d bytes)", worker.device, len(line))
+                continue
+            if report.get("event") == "done":
+                self._done(worker, str(report.get("job")))
+        code = await worker.process.wait()
+        if self.workers.get(worker.device) is worker:
+            del self.workers[worker.device]
         self._wake.set()
-        if running.cancelled or self._closing:
-            return  # a cancel already recorded the outcome; at shutdown the next start resumes the job
+        left, worker.jobs = list(worker.jobs.values()), {}
+        for running in left:
+            running.ended.set()
+        if self._closing:
+            return  # at shutdown the next start resumes the jobs
+        for running in left:
+            self._settle(running, code, worker.ended_by_us)
+
+    def _done(self, worker: Worker, job_id: str) -> None:
+        running = worker.jobs.pop(job_id, None)
+        if running is None:
+            return
+        running.ended.set()
+        self._wake.set()
+        job = self.store.job(job_id)
+        if not running.cancelled and job is not None and job["status"] == "succeeded" and self.on_succeeded:
+            self.on_succeeded(job_id)
+
+    def _settle(self, running: Running, code: int, ended_by_us: bool) -> None:
+        """Record the outcome of a job whose worker exited while holding it."""
         job = self.store.job(running.job_id)
-        if job is not None and job["status"] == "succeeded" and self.on_succeeded is not None:
-            self.on_succeeded(running.job_id)
-        if job is not None and job["status"] == "running" and running.timed_out:
+        if running.cancelled or job is None or job["status"] != "running":
+            return  # a cancel or pause already recorded the outcome
+        checkpoint = self.store.last_checkpoint(running.job_id)
+        if running.timed_out:
             from trainer.worker import time_limit_message
 
-            checkpoint = self.store.last_checkpoint(running.job_id)
             self._fail(running.job_id, {
                 "code": "time_limit_exceeded", "param": None,
                 "message": time_limit_message(self.settings.max_job_minutes, checkpoint["step"] if checkpoint else 0,
                                               None, checkpoint["model_name"] if checkpoint else None),
             })
-        elif job is not None and job["status"] == "running":
+        elif ended_by_us and checkpoint is not None:
+            # Not its fault: it continues from its checkpoint in the next worker.
+            if self.store.update_job(running.job_id, only_if=("running",), status="queued", worker_pid=None):
+                self.store.add_event(running.job_id, f"The trainer restarted its worker; this job will resume "
+                                                     f"from the checkpoint at step {checkpoint['step']}")
+        elif ended_by_us:
+            self._fail(running.job_id, {"code": "server_error", "param": None, "message": ENDED_MESSAGE})
+        else:
             # The worker ended without recording an outcome: it crashed or was killed.
             log.warning("Worker of job %s exited with %s", running.job_id, code)
             self._fail(running.job_id, {
@@ -326,7 +416,7 @@ def _pythonpath() -> str:
 def _kill(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         try:
-            process.send_signal(signal.SIGKILL)
+            process.kill()
         except ProcessLookupError:
             pass
 

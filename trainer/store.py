@@ -249,14 +249,20 @@ class Store:
     # Events
     def add_event(
         self, job_id: str, message: str, *, level: str = "info", data: dict[str, Any] | None = None,
-        kind: str = "message",
-    ) -> None:
-        """Append one event to a job's log."""
+        kind: str = "message", only_if: tuple[str, ...] | None = None,
+    ) -> bool:
+        """Append one event to a job's log, only while its status is one of only_if when given; say whether it did."""
         with self._tx() as db:
+            if only_if:
+                # In the same transaction as the insert: a cancel recorded meanwhile is never followed by an event.
+                row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or row["status"] not in only_if:
+                    return False
             db.execute(
                 "INSERT INTO events (id, job_id, created_at, level, message, data, type) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (new_id("ftevent"), job_id, now(), level, message, json.dumps(data or {}), kind),
             )
+        return True
 
     def events(self, job_id: str, limit: int, after: str | None) -> Page:
         """List a job's events newest first."""

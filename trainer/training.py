@@ -251,6 +251,12 @@ def labelled_loss_and_accuracy(model: torch.nn.Module, ids: torch.Tensor, mask: 
 TURN_END_WEIGHT = 8.0
 
 
+def label_weights(targets: torch.Tensor, turn_ends: Sequence[int], weight: float = TURN_END_WEIGHT) -> torch.Tensor:
+    """Each labelled token's weight in the training objective: `weight` for a turn end, 1 for any other."""
+    ends = torch.isin(targets, torch.tensor(list(turn_ends), dtype=targets.dtype, device=targets.device))
+    return torch.where(ends, weight, 1.0).to(torch.float32)
+
+
 def training_objective(losses: torch.Tensor, targets: torch.Tensor, turn_ends: Sequence[int],
                        weight: float = TURN_END_WEIGHT) -> torch.Tensor:
     """The loss backward() takes: each labelled token's loss, turn ends weighted `weight` times, as a weighted mean.
@@ -258,11 +264,7 @@ def training_objective(losses: torch.Tensor, targets: torch.Tensor, turn_ends: S
     The loss reported to the class stays the plain mean, as OpenAI reports it."""
     if not losses.numel():
         return losses.sum() * 0.0
-    if not turn_ends:
-        return losses.mean()
-    weights = torch.where(torch.isin(targets, torch.tensor(list(turn_ends), device=targets.device)),
-                          torch.tensor(weight, dtype=losses.dtype, device=losses.device),
-                          torch.tensor(1.0, dtype=losses.dtype, device=losses.device))
+    weights = label_weights(targets, turn_ends, weight)
     return (losses * weights).sum() / weights.sum()
 
 

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 PAUSE_SIGNAL = signal.SIGUSR1  # the scheduler's "pause": stop after this step, keeping a checkpoint
 PAUSED, TIME_LIMIT = "paused", "time_limit"
+REPORTING = ("running", "paused")  # the statuses in which a worker still records a job's steps
 _PAUSE_ASKED = threading.Event()
 
 
@@ -81,17 +83,23 @@ class DatabaseReporter:
         self.store, self.job, self.model = store, job, fine_tuned_model
 
     def step(self, metrics: dict[str, Any], trained_tokens: int, seconds_per_step: float) -> None:
-        """Record one metrics event and move the estimated finish."""
+        """Record one metrics event and move the estimated finish (not once the job was cancelled)."""
         text = f"Step {metrics['step']}/{metrics['total_steps']}: training loss={metrics['train_loss']:.2f}"
         if "valid_loss" in metrics:
             text += f", validation loss={metrics['valid_loss']:.2f}"
-        self.store.add_event(self.job["id"], text, data=metrics, kind="metrics")
+        # A paused job still reports the step it was finishing (its checkpoint is at that step); a cancelled one
+        # reports nothing more: a long-lived worker may finish the step it was in after the cancel.
+        if not self.store.add_event(self.job["id"], text, data=metrics, kind="metrics", only_if=REPORTING):
+            return
         left = metrics["total_steps"] - metrics["step"]
-        self.store.update_job(self.job["id"], trained_tokens=trained_tokens,
+        self.store.update_job(self.job["id"], only_if=("running",), trained_tokens=trained_tokens,
                               estimated_finish=int(time.time() + left * seconds_per_step) if left else None)
 
     def checkpoint(self, epoch: int, step: int, path: Path, metrics: dict[str, Any], final: bool) -> None:
         """Record an epoch checkpoint; OpenAI announces only the non-final ones."""
+        job = self.store.job(self.job["id"])
+        if job is None or job["status"] not in REPORTING:
+            return  # cancelled meanwhile: nothing more is recorded for it
         name = f"{self.model}:ckpt-step-{step}"
         keep = {key: metrics[key] for key in metrics if key not in ("total_steps",)}
         self.store.add_checkpoint(self.job["id"], step, epoch, name, path, keep)
@@ -114,8 +122,8 @@ def results_csv(metrics: list[dict[str, Any]]) -> bytes:
 def run(job_id: str, device: str, started: float | None = None) -> int:
     """Train one job to the end (or to a pause or its time limit) and record the result; return the exit code."""
     from trainer.config import Settings
-    from trainer.modeling import load_tokenizer, set_threads
-    from trainer.store import PARTIAL_SUFFIX, Store, new_id
+    from trainer.modeling import load_tokenizer, set_threads, turn_end_ids
+    from trainer.store import Store
     from trainer.training import TrainSpec, encode_file, train
 
     settings = Settings.from_env()
@@ -148,11 +156,21 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
         learning_rate=settings.base_learning_rate * float(hyper["learning_rate_multiplier"]), seed=int(job["seed"]),
         lora_r=settings.lora_r, lora_alpha=settings.lora_alpha, out_dir=out_dir,
         resume_from=Path(checkpoint["path"]) if checkpoint is not None else None, should_stop=flags.reason,
-        cache_dir=settings.weights_cache,
+        cache_dir=settings.weights_cache, turn_ends=tuple(sorted(turn_end_ids(tokenizer))),
     )
     result = train(spec, DatabaseReporter(store, job, name))
+    return record_result(store, settings, job_id, name, result)
+
+
+def record_result(store: Any, settings: Any, job_id: str, name: str, result: Any) -> int:
+    """Record how a run ended: succeeded with its results file, or stopped (paused, time limit); return 0."""
+    from trainer.store import PARTIAL_SUFFIX, new_id
+
     if result.stopped is not None:
         return stopped(store, job_id, result, f"{name}:ckpt-step-{result.steps}", settings.max_job_minutes)
+    job = store.job(job_id)
+    if job is None or job["status"] != "running":
+        return 0  # cancelled while its last step ran: no model, no results file
     metrics = store.metrics(job_id)
     result_id = new_id("file")
     result_path = settings.data_dir / "files" / result_id
@@ -189,16 +207,248 @@ def stopped(store: Any, job_id: str, result: Any, checkpoint: str, minutes: floa
     return 0
 
 
+class Controls:
+    """What the scheduler asked over stdin, read by a thread: jobs to train, jobs to cancel or pause, the end."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._new: list[str] = []
+        self.cancelled: set[str] = set()
+        self.paused: set[str] = set()
+        self.closed = False
+
+    def listen(self, stream: Any) -> None:
+        """Read JSON lines until the scheduler closes stdin (it ended, or it is ending this worker)."""
+        for line in stream:
+            try:
+                command = json.loads(line)
+                op, job_id = str(command["op"]), str(command["job"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("Ignored a malformed command line (%d bytes)", len(line))
+                continue
+            self.give(op, job_id)
+        with self._lock:
+            self.closed = True
+            self._lock.notify_all()
+
+    def give(self, op: str, job_id: str) -> None:
+        """Take one command: train, cancel or pause a job."""
+        with self._lock:
+            if op == "train":  # a job paused or cancelled before may come back resumed: forget that
+                self._new.append(job_id)
+                self.cancelled.discard(job_id)
+                self.paused.discard(job_id)
+            elif op == "cancel":
+                self.cancelled.add(job_id)
+            elif op == "pause":
+                self.paused.add(job_id)
+            self._lock.notify_all()
+
+    def take(self, wait: bool) -> list[str]:
+        """The jobs handed over since the last call; with wait, block until there is one or stdin closed."""
+        with self._lock:
+            while wait and not self._new and not self.closed:
+                self._lock.wait()
+            new, self._new = self._new, []
+            return new
+
+
+class LongLivedWorker:
+    """Trains the jobs handed to it one step of all of them at a time, with each base model loaded once."""
+
+    def __init__(self, device: str, emit: Callable[[dict[str, Any]], None], controls: Controls) -> None:
+        from trainer.config import Settings
+        from trainer.store import Store
+
+        self.device, self.emit, self.controls = device, emit, controls
+        self.settings = Settings.from_env()
+        self.store = Store(self.settings.data_dir / "trainer.db")
+        self.bases: dict[str, Any] = {}  # base source -> grouped.SharedBase
+        self.tokenizers: dict[str, Any] = {}
+        self.runs: dict[str, Any] = {}  # job id -> grouped.JobRun, in the order they came
+        self.names: dict[str, str] = {}
+        self._turn = 0
+
+    def serve(self) -> int:
+        """Train until stdin closes; each job's end is told on stdout as {"event": "done", "job": id}."""
+        while not self.controls.closed:  # once closed, the server is going: jobs resume from their checkpoints
+            self.turn(wait=True)
+        return 0
+
+    def turn(self, wait: bool = False) -> bool:
+        """Take the jobs handed over (waiting for one when idle and asked to), drop the cancelled ones and train
+        one step; say whether jobs are left."""
+        for job_id in self.controls.take(wait=wait and not self.runs):
+            self._admit(job_id)
+        self._drop_cancelled()
+        if self.runs and not self.controls.closed:
+            self._step()
+        return bool(self.runs)
+
+    def _admit(self, job_id: str) -> None:
+        started = time.monotonic()
+        try:
+            run = self._prepare(job_id, started)
+        except Exception:  # boundary: one job's files or checkpoint must not end the worker that trains others
+            log.exception("Preparing job %s failed", job_id)
+            self._fail(job_id, "its training data or checkpoint could not be read")
+            return
+        if run is None:
+            self.emit({"event": "done", "job": job_id})
+        elif run.done:  # resumed after its last epoch: nothing left to train
+            self._end(run)
+        else:
+            self.runs[job_id] = run
+
+    def _prepare(self, job_id: str, started: float) -> Any:
+        from trainer.grouped import SharedBase, start_run
+        from trainer.modeling import load_tokenizer, turn_end_ids
+        from trainer.training import TrainSpec, encode_file
+
+        job = self.store.job(job_id)
+        if job is None or job["status"] != "running":
+            return None
+        settings, source = self.settings, job["base_source"]
+        if source not in self.bases:
+            self.store.add_event(job_id, "Loading the base model", only_if=("running",))
+            idle = [other for other in self.bases if all(run.spec.source != other for run in self.runs.values())]
+            for other in idle:  # one base model in memory per base that has jobs (a 0.5B model is 2 GB)
+                del self.bases[other]
+            self.tokenizers[source] = load_tokenizer(source, settings.tokenizer_cache)
+            self.bases[source] = SharedBase(source, self.device, settings.weights_cache)
+        tokenizer = self.tokenizers[source]
+        hyper = json.loads(job["hyperparameters"])
+        training_file = self.store.file(job["training_file"])
+        validation_file = self.store.file(job["validation_file"]) if job["validation_file"] else None
+        if training_file is None:
+            raise RuntimeError("training file was deleted before the job ran")
+        train_set = encode_file(tokenizer, Path(training_file["path"]), settings.max_seq_len,
+                                settings.max_example_bytes)
+        valid_set = encode_file(tokenizer, Path(validation_file["path"]), settings.max_seq_len,
+                                settings.max_example_bytes) if validation_file else []
+        checkpoint = self.store.last_checkpoint(job_id)
+        name = model_name(job["model"], settings.owner, job["suffix"], job_id)
+        deadline = started + settings.max_job_minutes * 60
+
+        def should_stop() -> str | None:
+            if job_id in self.controls.paused:
+                return PAUSED
+            return TIME_LIMIT if time.monotonic() >= deadline else None
+
+        spec = TrainSpec(
+            source=source, device=self.device, train=train_set, valid=valid_set, pad_id=tokenizer.pad_token_id,
+            n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
+            learning_rate=settings.base_learning_rate * float(hyper["learning_rate_multiplier"]),
+            seed=int(job["seed"]), lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
+            out_dir=settings.data_dir / "adapters" / job_id,
+            resume_from=Path(checkpoint["path"]) if checkpoint is not None else None, should_stop=should_stop,
+            turn_ends=tuple(sorted(turn_end_ids(tokenizer))),
+        )
+        self.names[job_id] = name
+        return start_run(self.bases[source], job_id, spec, DatabaseReporter(self.store, job, name))
+
+    def _drop_cancelled(self) -> None:
+        for job_id in [job_id for job_id in self.runs if job_id in self.controls.cancelled]:
+            del self.runs[job_id]
+            log.info("Job %s cancelled; the others train on", job_id)
+            self.emit({"event": "done", "job": job_id})
+
+    def _step(self) -> None:
+        """One step of every job on one base model (taking the bases in turn)."""
+        from trainer.grouped import after_step, group_step
+
+        sources = sorted({run.spec.source for run in self.runs.values()})
+        source = sources[self._turn % len(sources)]
+        self._turn += 1
+        base = self.bases[source]
+        group = [run for run in self.runs.values() if run.spec.source == source]
+        pad_id = group[0].spec.pad_id
+        started = time.perf_counter()
+        try:
+            pairs = list(zip(group, group_step(base, group, pad_id), strict=True))
+        except Exception:  # boundary: a step that fails is retried job by job, so only a job that fails alone fails
+            log.exception("A group step of %d jobs failed; retrying them one by one", len(group))
+            pairs = []
+            for run in group:
+                run.optimizer.zero_grad(set_to_none=True)
+            for run in group:
+                try:
+                    pairs += list(zip([run], group_step(base, [run], pad_id), strict=True))
+                except Exception:  # boundary: this job alone fails
+                    log.exception("Job %s failed its step alone", run.job_id)
+                    run.optimizer.zero_grad(set_to_none=True)
+                    del self.runs[run.job_id]
+                    self._fail(run.job_id, "a training step failed")
+        seconds = time.perf_counter() - started
+        for run, outcome in pairs:
+            if run.job_id in self.controls.cancelled:
+                continue  # dropped before the next step, with nothing more recorded
+            try:
+                after_step(base, run, outcome, seconds)
+            except Exception:  # boundary: saving or reporting one job must not stop the others
+                log.exception("Recording a step of job %s failed", run.job_id)
+                del self.runs[run.job_id]
+                self._fail(run.job_id, "its checkpoint could not be saved")
+                continue
+            if run.done:
+                del self.runs[run.job_id]
+                self._end(run)
+
+    def _end(self, run: Any) -> None:
+        assert run.result is not None
+        try:
+            record_result(self.store, self.settings, run.job_id, self.names[run.job_id], run.result)
+        except Exception:  # boundary: a job whose result cannot be written fails alone
+            log.exception("Recording the result of job %s failed", run.job_id)
+            self._fail(run.job_id, "its result could not be saved")
+            return
+        self.controls.paused.discard(run.job_id)
+        self.emit({"event": "done", "job": run.job_id})
+
+    def _fail(self, job_id: str, why: str) -> None:
+        message = f"Training stopped unexpectedly ({why}); start the job again"
+        if self.store.update_job(job_id, only_if=("running", "paused"), status="failed", finished_at=int(time.time()),
+                                 estimated_finish=None,
+                                 error={"code": "server_error", "message": message, "param": None}):
+            self.store.add_event(job_id, message, level="error")
+        self.emit({"event": "done", "job": job_id})
+
+
+def serve(device: str) -> int:
+    """Entry point of python -m trainer.worker --serve DEVICE: a worker that trains job after job, and several at once.
+
+    Commands come as JSON lines on stdin ({"op": "train" | "cancel" | "pause", "job": id}); the end of each job is
+    told on stdout. Everything else the process prints goes to stderr (its log): stdout carries the protocol only.
+    """
+    from trainer.config import Settings
+    from trainer.modeling import set_threads
+
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a library's print cannot break the protocol
+
+    def emit(message: dict[str, Any]) -> None:
+        protocol.write(json.dumps(message) + "\n")
+        protocol.flush()
+
+    if device == "cpu":
+        set_threads(Settings.from_env().torch_threads)
+    controls = Controls()
+    threading.Thread(target=controls.listen, args=(sys.stdin,), daemon=True, name="commands").start()
+    worker = LongLivedWorker(device, emit, controls)
+    emit({"event": "ready", "pid": os.getpid()})
+    return worker.serve()
+
+
 def main() -> None:
-    """Entry point of python -m trainer.worker."""
+    """Entry point of python -m trainer.worker (JOB_ID DEVICE: one job; --serve DEVICE: the long-lived worker)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     listen_for_pause()  # first: a pause sent while this process still starts must not kill it
     die_with_parent()
     if len(sys.argv) != 3:
-        print("usage: python -m trainer.worker JOB_ID DEVICE", file=sys.stderr)
+        print("usage: python -m trainer.worker JOB_ID DEVICE | --serve DEVICE", file=sys.stderr)
         sys.exit(2)
-    code = run(sys.argv[1], sys.argv[2], started)
+    code = serve(sys.argv[2]) if sys.argv[1] == "--serve" else run(sys.argv[1], sys.argv[2], started)
     # The outcome is recorded: end now. Tearing down torch and the model at interpreter exit took from seconds to
     # a minute on a loaded machine, all that time holding the device the next job waits for.
     logging.shutdown()

@@ -1,0 +1,249 @@
+"""Training a class: several jobs in one batched pass (grouped.py) and the long-lived worker that runs them.
+
+In-process on the tiny model: the worker's loop is driven turn by turn against a real store, so every outcome
+(a bad file, a cancel, a pause) lands at a known step without waiting on a process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.trainer.harness import chat_file
+from trainer import grouped
+from trainer.config import Settings
+from trainer.modeling import load_tokenizer
+from trainer.store import Store
+from trainer.training import TrainSpec, encode_file, train
+from trainer.worker import Controls, LongLivedWorker
+
+TOLERANCE = 1e-4  # float rounding of different batch shapes; a wrong gradient or data order is off by far more
+MAX_LEN = 96
+
+
+class Losses:
+    """A reporter that keeps each step's loss."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def step(self, metrics: dict[str, Any], trained_tokens: int, seconds_per_step: float) -> None:
+        self.losses.append(metrics["train_loss"])
+
+    def checkpoint(self, epoch: int, step: int, path: Path, metrics: dict[str, Any], final: bool) -> None:
+        pass
+
+
+def spec_for(model: Path, examples: list[Any], pad_id: int, out: Path, seed: int, **changes: Any) -> TrainSpec:
+    """A job's training spec with the tiny model's small settings."""
+    values: dict[str, Any] = {"source": str(model), "device": "cpu", "train": examples, "valid": [], "pad_id": pad_id,
+                              "n_epochs": 2, "batch_size": 3, "learning_rate": 1e-2, "seed": seed, "lora_r": 4,
+                              "lora_alpha": 8, "out_dir": out, **changes}
+    return TrainSpec(**values)
+
+
+@pytest.fixture(scope="module")
+def files(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[list[Any]]:
+    """Three students' encoded files of different sizes and questions."""
+    tokenizer = load_tokenizer(str(tiny_model))
+    folder = tmp_path_factory.mktemp("class-files")
+    sets = []
+    for index in range(3):
+        path = folder / f"train{index}.jsonl"
+        path.write_bytes(chat_file(8 + 3 * index, start=index))
+        sets.append(encode_file(tokenizer, path, MAX_LEN))
+    return sets
+
+
+def test_group_losses_equal_each_job_trained_alone(tiny_model: Path, files: list[list[Any]], tmp_path: Path) -> None:
+    """Three jobs trained in one batched pass report, step by step, the losses train() gives each alone."""
+    torch.set_num_threads(1)
+    pad_id = load_tokenizer(str(tiny_model)).pad_token_id
+    alone = []
+    for index, examples in enumerate(files):
+        losses = Losses()
+        train(spec_for(tiny_model, examples, pad_id, tmp_path / f"alone{index}", 7 + index), losses)
+        alone.append(losses.losses)
+    base = grouped.SharedBase(str(tiny_model), "cpu")
+    together = [Losses() for _ in files]
+    runs = [grouped.start_run(base, f"job{index}", spec_for(tiny_model, examples, pad_id, tmp_path / f"group{index}",
+                                                             7 + index), together[index])
+            for index, examples in enumerate(files)]
+    grouped.train_group(base, runs, pad_id, chunk_tokens=200)  # small chunks: rows of one job span several passes
+    for solo, grouped_losses in zip(alone, together, strict=True):
+        assert len(grouped_losses.losses) == len(solo)
+        assert max(abs(a - b) for a, b in zip(solo, grouped_losses.losses, strict=True)) < TOLERANCE
+    assert all(run.done and run.result is not None and run.result.stopped is None for run in runs)
+
+
+def test_group_adapter_loads_in_peft_as_the_solo_one_does(tiny_model: Path, files: list[list[Any]],
+                                                          tmp_path: Path) -> None:
+    """The adapter a group saves loads with PeftModel.from_pretrained and answers as the solo adapter does."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(1)
+    pad_id = load_tokenizer(str(tiny_model)).pad_token_id
+    solo = train(spec_for(tiny_model, files[0], pad_id, tmp_path / "alone", 3), Losses())
+    base = grouped.SharedBase(str(tiny_model), "cpu")
+    runs = [grouped.start_run(base, f"job{index}", spec_for(tiny_model, files[index], pad_id,
+                                                             tmp_path / f"group{index}", 3 + index), Losses())
+            for index in range(2)]
+    grouped.train_group(base, runs, pad_id)
+    assert runs[0].result is not None
+    ids = torch.tensor([files[0][0].input_ids])
+    answers = []
+    for folder in (solo.adapter_dir, runs[0].result.adapter_dir):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model)), str(folder))
+        with torch.no_grad():
+            answers.append(model(input_ids=ids).logits)
+    assert torch.allclose(answers[0], answers[1], atol=1e-4)
+    saved = json.loads((runs[0].result.adapter_dir / "adapter_config.json").read_text())
+    assert saved["r"] == 4 and saved["lora_alpha"] == 8 and saved["peft_type"] == "LORA"
+
+
+# The long-lived worker, driven turn by turn against a real store.
+
+@pytest.fixture
+def class_store(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """A trainer data folder and its store, with the worker's settings in the environment."""
+    env = {"TRAINER_DATA_DIR": str(tmp_path / "data"), "TRAINER_BASE_MODELS": f"tiny={tiny_model}",
+           "TRAINER_MAX_SEQ_LEN": str(MAX_LEN), "TRAINER_TORCH_THREADS": "1", "TRAINER_DEVICE": "cpu",
+           "TRAINER_LORA_R": "4", "TRAINER_LORA_ALPHA": "8"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    store = Store(tmp_path / "data" / "trainer.db")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+_NUMBERS = itertools.count(1)
+
+
+def add_running_job(store: Store, model: Path, content: bytes, seed: int, epochs: int = 2) -> str:
+    """A job as the scheduler hands it over: its file recorded, its status running."""
+    folder = Settings.from_env().data_dir / "files"
+    folder.mkdir(parents=True, exist_ok=True)
+    number = next(_NUMBERS)
+    file_id = f"file-{number}"
+    (folder / file_id).write_bytes(content)
+    store.add_file(file_id, "train.jsonl", "fine-tune", len(content), folder / file_id)
+    job_id = f"ftjob-{number:08d}{0:016d}"  # the model name takes the first 8 characters
+    store.add_job(id=job_id, model="tiny", base_source=str(model), training_file=file_id, validation_file=None,
+                  hyperparameters={"n_epochs": epochs, "batch_size": 2, "learning_rate_multiplier": 50},
+                  suffix=None, seed=seed, metadata=None)
+    store.update_job(job_id, status="running")
+    return job_id
+
+
+def step_losses(store: Store, job_id: str) -> list[float]:
+    """The training loss of each reported step."""
+    return [metrics["train_loss"] for metrics in store.metrics(job_id)]
+
+
+def new_worker(controls: Controls) -> tuple[LongLivedWorker, list[dict[str, Any]]]:
+    """A long-lived worker whose reports are kept in a list."""
+    said: list[dict[str, Any]] = []
+    return LongLivedWorker("cpu", said.append, controls), said
+
+
+def test_worker_bad_file_fails_only_its_own_job(class_store: Store, tiny_model: Path) -> None:
+    """A file that cannot be read by the time it trains fails its job; the other jobs of the group succeed."""
+    jobs = [add_running_job(class_store, tiny_model, chat_file(6, start=i), seed=i + 1) for i in range(3)]
+    bad = class_store.file(class_store.job(jobs[1])["training_file"])  # type: ignore[index]
+    Path(bad["path"]).write_bytes(b"{not json\n")  # type: ignore[index]
+    controls = Controls()
+    worker, said = new_worker(controls)
+    for job_id in jobs:
+        controls.give("train", job_id)
+    while worker.turn():
+        pass
+    statuses = [class_store.job(job_id)["status"] for job_id in jobs]  # type: ignore[index]
+    assert statuses == ["succeeded", "failed", "succeeded"]
+    failed = json.loads(class_store.job(jobs[1])["error"])  # type: ignore[index]
+    assert failed["code"] == "server_error" and "start the job again" in failed["message"]
+    assert sorted(report["job"] for report in said if report["event"] == "done") == sorted(jobs)
+
+
+def test_worker_cancel_of_one_job_leaves_the_group_to_succeed(class_store: Store, tiny_model: Path) -> None:
+    """Cancelling one job mid-group stops its reports; the others train on to success with every step reported."""
+    jobs = [add_running_job(class_store, tiny_model, chat_file(6, start=i), seed=i + 1) for i in range(3)]
+    controls = Controls()
+    worker, said = new_worker(controls)
+    for job_id in jobs:
+        controls.give("train", job_id)
+    worker.turn()
+    worker.turn()
+    class_store.update_job(jobs[0], status="cancelled")  # what the scheduler records, then tells the worker
+    controls.give("cancel", jobs[0])
+    while worker.turn():
+        pass
+    assert [len(step_losses(class_store, job_id)) for job_id in jobs] == [2, 6, 6]
+    assert [class_store.job(job_id)["status"] for job_id in jobs] == [  # type: ignore[index]
+        "cancelled", "succeeded", "succeeded"]
+    assert class_store.last_checkpoint(jobs[0]) is None
+    assert [report["job"] for report in said if report["event"] == "done"][0] == jobs[0]
+
+
+def test_worker_trains_job_after_job_with_the_base_loaded_once(class_store: Store, tiny_model: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second job handed over after the first ended trains on the same loaded base: no new load."""
+    loads: list[str] = []
+    real = grouped.SharedBase.__init__
+
+    def counted(self: grouped.SharedBase, source: str, *args: Any, **kwargs: Any) -> None:
+        loads.append(source)
+        real(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(grouped.SharedBase, "__init__", counted)
+    controls = Controls()
+    worker, _ = new_worker(controls)
+    for seed in (1, 2):
+        job_id = add_running_job(class_store, tiny_model, chat_file(6, start=seed), seed=seed)
+        controls.give("train", job_id)
+        while worker.turn():
+            pass
+        assert class_store.job(job_id)["status"] == "succeeded"  # type: ignore[index]
+    assert loads == [str(tiny_model)]
+
+
+def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(class_store: Store,
+                                                                             tiny_model: Path) -> None:
+    """A job paused mid-epoch in a group and resumed later reports the same losses as the job trained alone."""
+    alone = add_running_job(class_store, tiny_model, chat_file(7), seed=5, epochs=3)
+    controls = Controls()
+    worker, _ = new_worker(controls)
+    controls.give("train", alone)
+    while worker.turn():
+        pass
+    reference = step_losses(class_store, alone)
+    assert len(reference) == 12
+
+    paused = add_running_job(class_store, tiny_model, chat_file(7), seed=5, epochs=3)
+    other = add_running_job(class_store, tiny_model, chat_file(9, start=4), seed=6, epochs=3)
+    controls.give("train", paused)
+    controls.give("train", other)
+    for _ in range(6):  # mid-epoch: an epoch is 4 steps
+        worker.turn()
+    class_store.update_job(paused, status="paused")
+    controls.give("pause", paused)
+    worker.turn()
+    assert class_store.job(paused)["status"] == "paused"  # type: ignore[index]
+    assert class_store.last_checkpoint(paused)["step"] == 7  # type: ignore[index]
+    class_store.update_job(paused, status="running")  # resumed: the scheduler hands it over again
+    controls.give("train", paused)
+    while worker.turn():
+        pass
+    assert class_store.job(paused)["status"] == "succeeded"  # type: ignore[index]
+    assert class_store.job(other)["status"] == "succeeded"  # type: ignore[index]
+    resumed = step_losses(class_store, paused)
+    assert len(resumed) == len(reference)
+    assert max(abs(a - b) for a, b in zip(reference, resumed, strict=True)) < TOLERANCE
