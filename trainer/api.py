@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import importlib
 import json
 import logging
 import secrets
@@ -18,6 +17,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from trainer import moderation
+from trainer import import_heavy
 from trainer.catalog import languages
 from trainer.config import Settings, is_ip_address
 from trainer.reply_guard import ReplyGuard, guarded, scripts_in, scripts_of_file
@@ -537,7 +537,7 @@ def resolve_model(settings: Settings, store: Store, name: str) -> tuple[str, Pat
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """POST /v1/chat/completions, streamed (server-sent events) or not."""
     # The first import pulls in torch and transformers: many seconds on a busy machine, so not on the event loop.
-    await asyncio.to_thread(importlib.import_module, "trainer.serving")
+    await asyncio.to_thread(import_heavy, "trainer.serving")
     from trainer.serving import Busy, Generated, PromptTooLong, Target
 
     settings, store = request.app[SETTINGS], request.app[STORE]

@@ -27,6 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
+from trainer import IMPORT_LOCK
+
 log = logging.getLogger(__name__)
 
 # OpenAI's categories (omni-moderation), in its order; only the judged ones can ever be true.
@@ -168,7 +170,8 @@ class Moderator:
 
 def _load() -> Filters:
     try:
-        filters = Filters()
+        with IMPORT_LOCK:  # its libraries import torch: not while the chat models' thread imports it too
+            filters = Filters()
     except ImportError as error:
         log.warning("Moderation is off: %s is not installed", error.name)
         raise

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from trainer import import_heavy
 from trainer.api import TIMINGS, build_app
 from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
@@ -137,6 +138,7 @@ class LazyGenerator:
     def _build(self) -> Any:
         # trainer.serving first: the chat route imports it too, and transformers' lazy imports are not thread-safe,
         # so both threads must go through that one module's import lock before anything else of the model stack.
+        import_heavy("trainer.serving")
         from trainer.serving import Generator, ModelPool, limit_malloc_arenas
 
         # Before torch starts its threads: each thread's own heap would otherwise keep what it freed (docs/trainer.md).

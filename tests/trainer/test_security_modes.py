@@ -77,7 +77,7 @@ def _kinds(data: Path, job_id: str) -> dict[str, Path]:
         "key file": data / "api_key", "database": data / "trainer.db", "database -wal": data / "trainer.db-wal",
         "database -shm": data / "trainer.db-shm", "uploaded training file": next((data / "files").iterdir()),
         "checkpoint state": checkpoint / "trainer_state.pt", "final adapter": data / "adapters" / job_id / "final",
-        "job log": data / "logs" / f"{job_id}.log", "GGUF weights cache": data / WEIGHTS_CACHE / "abc",
+        "training worker log": data / "logs" / "worker-cpu.log", "GGUF weights cache": data / WEIGHTS_CACHE / "abc",
         "GGUF tokenizer cache": data / TOKENIZER_CACHE / "abc",
     }
 
