@@ -67,8 +67,8 @@ def matmul_gflops(size: int = 2048, repeats: int = 6) -> tuple[float, float]:
     flops = 2 * size**3 * repeats / 1e9
     wall = flops / (time.perf_counter() - started)
     BEST_RATE = max(BEST_RATE, wall)
-    # Per CPU-second of all threads, times the threads: a measure that hardly moves with others' load, good for
-    # comparing efficiencies; not a rate to plan with (this VM's 2 vCPUs give ~1.2x one, not 2x, when both run).
+    # Per CPU-second of all threads, times the threads: a measure that moves less with others' load than wall time
+    # (cache contention still moves it), for comparing efficiencies within a run.
     return wall, flops / (time.process_time() - cpu) * threads
 
 
