@@ -7,39 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from tests.fakes.discord import FakeDiscord, FakeMessage, FakeUser
-from tests.fakes.openai import FakeOpenAI
-from tests.harness import BotRunner, make_settings, press
+from tests.harness import BotRunner, press
 from tests.trainer.harness import chat_file
-from tests.trainer.test_bot_with_trainer import _until_trainer_counts, trainer_env
+from tests.trainer.test_bot_with_trainer import _until_trainer_counts, bot_with_own_trainer  # noqa: F401  # fixture
 
 CLASS = 30
 MANAGE_GUILD = 1 << 5
 CLASS_SECONDS = 900  # thirty tiny jobs and thirty chats: a minute or two idle, many on a busy machine
 PLACE = re.compile(r"(\d+)(st|nd|rd|th) in line, about")
-
-
-@pytest.fixture
-async def school_bot(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, tiny_model: Path,
-                     monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[BotRunner]:
-    """The bot with a Discord token only: it runs the school's trainer itself, on the tiny model."""
-    for name, value in trainer_env(f"tiny={tiny_model}").items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("TRAINER_API_KEY", raising=False)
-    settings = replace(make_settings(fake_discord, fake_openai, tmp_path), openai_api_key=None, openai_base_url=None,
-                       default_base_model=None, job_poll_seconds=0.5, trainer_data_dir=tmp_path / "trainer")
-    runner = BotRunner(settings, fake_discord)
-    await runner.start()
-    try:
-        yield runner
-    finally:
-        await runner.stop()
 
 
 def _card(fake: FakeDiscord, channel: int, name: str) -> FakeMessage | None:
@@ -66,9 +45,9 @@ async def _start(fake: FakeDiscord, guild: object, student: FakeUser, index: int
 
 @pytest.mark.timeout(CLASS_SECONDS + 120)
 async def test_class_of_thirty_trains_and_chats_on_one_school_machine(fake_discord: FakeDiscord,
-                                                                       school_bot: BotRunner) -> None:
+                                                                       bot_with_own_trainer: BotRunner) -> None:
     """The teacher sees the class's time; 30 Starts; waiting cards say their place and time; 30 models; 30 answers."""
-    bot = school_bot.bot
+    bot = bot_with_own_trainer.bot
     assert bot is not None
     guild = fake_discord.add_guild("Class 1")
     teacher = fake_discord.add_user("teacher")
