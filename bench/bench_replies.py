@@ -107,7 +107,9 @@ def report(lesson: Lesson, model: str, replies: list[Reply]) -> bool:
 async def main(lessons: list[str], count: int, cache: Path) -> int:
     """Train each lesson, sample its replies, print the figures; exit 1 when a lesson misses the bar."""
     library, sources = LessonLibrary(), model_sources()
-    server = start_trainer(cache, sources)
+    # The trainer's own defaults for what a class sends and trains on (the test harness shortens both for speed).
+    server = start_trainer(cache, sources, TRAINER_MAX_TOKENS=str(CLASSROOM_SAMPLING.max_tokens),
+                           TRAINER_MAX_SEQ_LEN="1024")
     gateway = FineTuningGateway.create(api_key=server.key, base_url=server.base_url, timeout_seconds=REPLY_SECONDS)
     passed = []
     try:
