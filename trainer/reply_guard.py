@@ -87,9 +87,10 @@ class ReplyGuard:
         """Take the next piece of the reply; return the text safe to show now and whether to stop generating."""
         start = len(self._text)
         self._text += piece
-        cuts = [cut for cut in (self._drift(start), self._repeat(), self._run()) if cut is not None]
+        cuts = [(cut, reason) for cut, reason in ((self._drift(start), "script"), (self._repeat(), "repetition"),
+                                                    (self._run(), "repetition")) if cut is not None]
         if cuts:
-            cut = min(cuts)
+            cut, self.reason = min(cuts)
             shown = self._text[self._shown:cut].rstrip() if cut > self._shown else ""
             self._shown = len(self._text)
             return shown, True
@@ -119,7 +120,6 @@ class ReplyGuard:
             if self._letters <= SETTLING_LETTERS:
                 self._own.add(script)
             elif script not in self.allowed and script not in self._own:
-                self.reason = "script"
                 return index
         return None
 
@@ -128,7 +128,6 @@ class ReplyGuard:
         for match in _UNIT_END.finditer(self._text, self._unit_start):
             unit = _unit_key(self._text[self._unit_start:match.end()])
             if len(unit) >= MIN_REPEAT_CHARS and unit in self._units:
-                self.reason = "repetition"
                 return self._unit_start
             if unit:
                 self._units.add(unit)
@@ -139,7 +138,6 @@ class ReplyGuard:
         """Where a short piece repeated over and over passes MAX_RUN_CHARS."""
         for match in _RUN.finditer(self._text, max(0, self._shown - 128)):
             if match.end() - match.start() > MAX_RUN_CHARS and not match.group(1).isspace():
-                self.reason = "repetition"
                 return match.start() + max(MAX_RUN_CHARS, len(match.group(1)))
         return None
 
