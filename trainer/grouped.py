@@ -36,10 +36,10 @@ from trainer.training import (
     Reporter,
     TrainResult,
     TrainSpec,
-    _OTHER_LOGIT_TRANSFORMS,
     batches,
     collate,
     label_weights,
+    labelled_logits,
     linear_schedule,
 )
 
@@ -164,23 +164,12 @@ class SharedBase:
 
     def labelled(self, ids: torch.Tensor, mask: torch.Tensor,
                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits at the positions whose next token is labelled, their targets, and the row of each.
-
-        As training.labelled_loss_and_accuracy: the output layer only where it counts (softcapping included); a
-        config with another logit transform takes the plain full-logit path."""
-        targets = labels[:, 1:]
-        labelled = targets != IGNORE
-        rows = torch.arange(ids.size(0), device=ids.device).unsqueeze(1).expand_as(targets)[labelled]
-        config = self.model.config
-        if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _OTHER_LOGIT_TRANSFORMS):
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1][labelled].float()
-            return logits, targets[labelled], rows
-        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = self.model.get_output_embeddings()(hidden[:, :-1][labelled]).float()
-        cap = getattr(config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits, targets[labelled], rows
+        """Logits at the positions whose next token is labelled, their targets, and the row of each (the logits as
+        training.labelled_logits computes them for one job: the output layer only where it counts)."""
+        labelled = labels[:, 1:] != IGNORE
+        rows = torch.arange(ids.size(0), device=ids.device).unsqueeze(1).expand_as(labelled)[labelled]
+        logits, targets = labelled_logits(self.model, ids, mask, labels)
+        return logits, targets, rows
 
 
 @dataclass
