@@ -25,8 +25,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     TextStreamer,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 from trainer.lora_stack import AdapterWeights, LoraStack
@@ -42,8 +40,6 @@ TYPICAL_PROMPT_TOKENS = 256
 # Padded prompt tokens prefilled together before the running rows get their next step: a class arriving at once is
 # prefilled in a few groups, so the first students read while the last are prefilled (the first one always goes).
 PREFILL_TOKENS = 512
-
-_NO_IDS = torch.empty(0, dtype=torch.long)  # what top-k and top-p are handed as input ids (they don't read them)
 
 Emit = Callable[[Any], None]  # text, an exception, or None at the end
 
@@ -63,6 +59,21 @@ class FrequencyPenalty(LogitsProcessor):
             return scores
         counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
         return scores - self.penalty * counts
+
+
+def nucleus(scores: torch.Tensor, temperatures: torch.Tensor, top_ps: torch.Tensor,
+            top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's candidates and their probabilities after temperature, top-k and top-p, as generate() keeps them.
+
+    scores: (rows, vocab); returns (rows, k) probabilities and the (rows, k) token ids they belong to."""
+    scores = scores / temperatures[:, None]
+    k = min(top_k, scores.shape[-1]) if top_k else scores.shape[-1]
+    values, candidates = torch.topk(scores, k, dim=-1)  # sorted, most likely first
+    # Top-p as TopPLogitsWarper: drop a candidate when it and every less likely one together hold at most 1 - p.
+    tail = torch.softmax(values, dim=-1).flip(-1).cumsum(-1).flip(-1)
+    dropped = tail <= (1 - top_ps)[:, None]
+    dropped[:, 0] = False
+    return torch.softmax(values.masked_fill(dropped, float("-inf")), dim=-1), candidates
 
 
 class _RowStreamer(TextStreamer):
@@ -316,27 +327,28 @@ class Engine:
         self.step_seconds = seconds if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * seconds
 
     def _sample(self, requests: list[Request], logits: torch.Tensor) -> torch.Tensor:
-        """Pick each row's next token as generate() would for that request alone."""
+        """Pick each row's next token by generate()'s rules for that request alone, all rows at once.
+
+        Frequency penalty, temperature, top-k, then top-p within the top k, then a draw from each row's own seeded
+        generator. Top-p is applied to the k candidates only, never by sorting the whole vocabulary per row: that
+        sort, one row at a time, cost more than the model's own step for a class of 30."""
         scores = logits.float().masked_fill(self._suppress, float("-inf"))
-        chosen = scores.argmax(dim=-1)
         for row, request in enumerate(requests):
-            if not request.frequency_penalty and request.temperature <= 0:
-                continue
-            row_scores = scores[row : row + 1]
-            if request.frequency_penalty:
-                generated = torch.tensor([request.generated], dtype=torch.long, device=self.device)
-                penalty = FrequencyPenalty(request.frequency_penalty, 0)
-                row_scores = penalty(generated, row_scores)  # type: ignore[arg-type]
-            if request.temperature > 0:
-                row_scores = row_scores / request.temperature
-                if self.top_k:
-                    row_scores = TopKLogitsWarper(self.top_k)(_NO_IDS, row_scores)
-                if request.top_p < 1:
-                    row_scores = TopPLogitsWarper(request.top_p)(_NO_IDS, row_scores)
-                probabilities = torch.softmax(row_scores, dim=-1)
-                chosen[row] = torch.multinomial(probabilities, 1, generator=request.generator)[0, 0]
-            else:
-                chosen[row] = row_scores.argmax(dim=-1)[0]
+            if request.frequency_penalty and request.generated:
+                used = torch.tensor(request.generated, dtype=torch.long, device=scores.device)
+                scores[row].index_add_(0, used, torch.full(used.shape, -request.frequency_penalty,
+                                                           dtype=scores.dtype, device=scores.device))
+        chosen = scores.argmax(dim=-1)
+        sampled = [row for row, request in enumerate(requests) if request.temperature > 0]
+        if not sampled:
+            return chosen
+        index = torch.tensor(sampled, device=scores.device)
+        temperatures = torch.tensor([requests[row].temperature for row in sampled], device=scores.device)
+        top_ps = torch.tensor([requests[row].top_p for row in sampled], device=scores.device)
+        probabilities, candidates = nucleus(scores.index_select(0, index), temperatures, top_ps, self.top_k)
+        for position, row in enumerate(sampled):
+            pick = torch.multinomial(probabilities[position], 1, generator=requests[row].generator)
+            chosen[row] = candidates[position, pick[0]]
         return chosen
 
     def _record(self, requests: list[Request], tokens: torch.Tensor) -> None:
