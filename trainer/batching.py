@@ -54,11 +54,16 @@ class FrequencyPenalty(LogitsProcessor):
         self.penalty, self.prompt_length = penalty, prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_length:]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-        return scores - self.penalty * counts
+        return penalised(scores, input_ids[:, self.prompt_length:], self.penalty)
+
+
+def penalised(scores: torch.Tensor, generated: torch.Tensor, penalty: float) -> torch.Tensor:
+    """Each row's scores (rows, vocab) lowered by the penalty once for every time its `generated` (rows, n) used a
+    token: the one frequency_penalty rule, for generate() (FrequencyPenalty) and for the engine's rows alike."""
+    if generated.shape[1] == 0:
+        return scores
+    return scores.scatter_add(1, generated, torch.full(generated.shape, -penalty, dtype=scores.dtype,
+                                                       device=scores.device))
 
 
 def nucleus(scores: torch.Tensor, temperatures: torch.Tensor, top_ps: torch.Tensor,
@@ -335,9 +340,8 @@ class Engine:
         scores = logits.float().masked_fill(self._suppress, float("-inf"))
         for row, request in enumerate(requests):
             if request.frequency_penalty and request.generated:
-                used = torch.tensor(request.generated, dtype=torch.long, device=scores.device)
-                scores[row].index_add_(0, used, torch.full(used.shape, -request.frequency_penalty,
-                                                           dtype=scores.dtype, device=scores.device))
+                used = torch.tensor([request.generated], dtype=torch.long, device=scores.device)
+                scores[row : row + 1] = penalised(scores[row : row + 1], used, request.frequency_penalty)
         chosen = scores.argmax(dim=-1)
         sampled = [row for row, request in enumerate(requests) if request.temperature > 0]
         if not sampled:
