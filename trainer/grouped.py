@@ -32,6 +32,7 @@ from trainer.modeling import load_model
 from trainer.training import (
     IGNORE,
     STATE_FILE,
+    TURN_END_WEIGHT,
     Encoded,
     Reporter,
     TrainResult,
@@ -290,9 +291,8 @@ def _pass(base: SharedBase, rows: list[tuple[int, Encoded]], adapters: Sequence[
 
 
 def _labelled_weight(example: Encoded, ends: Sequence[int]) -> float:
-    """The example's labelled tokens as the objective weighs them (turn ends count more)."""
-    labels = [label for label in example.labels[1:] if label != IGNORE]
-    return float(label_weights(torch.tensor(labels, dtype=torch.long), ends).sum()) if labels else 0.0
+    """The example's labelled tokens as the objective weighs them (training.label_weights: turn ends count more)."""
+    return sum(TURN_END_WEIGHT if label in ends else 1.0 for label in example.labels[1:] if label != IGNORE)
 
 
 def _labelled_count(example: Encoded) -> int:
