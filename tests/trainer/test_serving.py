@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 import torch
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
 from peft import PeftModel
 from transformers import PreTrainedModel
 
@@ -237,15 +238,12 @@ async def test_busy_is_a_429_with_retry_after(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(LazyGenerator, "start", lambda self: None)  # no model to prepare
     key = "test-key-for-busy-answers"
     app = create_app(Settings(data_dir=tmp_path, base_models={"tiny": "unused"}, device="cpu", api_key=key))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
     try:
         async with ClientSession() as session:
             for stream in (False, True):
-                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                async with session.post(str(server.make_url("/v1/chat/completions")),
                                         headers={"Authorization": f"Bearer {key}"},
                                         json={"model": "tiny", "stream": stream,
                                               "messages": [{"role": "user", "content": "Hi"}]}) as response:
@@ -254,7 +252,7 @@ async def test_busy_is_a_429_with_retry_after(tmp_path: Path, monkeypatch: pytes
                     assert "about 12 seconds" in body["error"]["message"]
                     assert body["error"]["code"] == "rate_limit_exceeded"
     finally:
-        await runner.cleanup()
+        await server.close()
 
 
 @pytest.fixture(scope="module")
@@ -350,15 +348,12 @@ async def test_thirty_chats_through_the_server_are_all_answered(tmp_path: Path, 
     key = "test-key-for-a-class-of-thirty"
     app = create_app(Settings(data_dir=tmp_path, base_models={"tiny": str(tiny_model)}, device="cpu", api_key=key,
                               torch_threads=1))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
     try:
         async with ClientSession() as session:
             async def chat(student: int) -> tuple[int, Any]:
-                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions",
+                async with session.post(str(server.make_url("/v1/chat/completions")),
                                         headers={"Authorization": f"Bearer {key}"},
                                         json={"model": "tiny", "max_tokens": 4, "temperature": 0.7, "seed": student,
                                               "messages": [{"role": "user", "content": QUESTIONS[student % 6]}]},
@@ -368,4 +363,4 @@ async def test_thirty_chats_through_the_server_are_all_answered(tmp_path: Path, 
         assert [status for status, _ in answers] == [200] * 30
         assert all(0 < body["usage"]["completion_tokens"] <= 4 for _, body in answers)
     finally:
-        await runner.cleanup()
+        await server.close()
