@@ -518,18 +518,19 @@ def _no_model(name: str) -> ApiError:
                     code="model_not_found", param="model")
 
 
-def resolve_model(settings: Settings, store: Store, name: str) -> tuple[str, Path | None]:
-    """Map a model name to its base model and, for fine-tuned models and checkpoints, its adapter folder."""
+def resolve_model(settings: Settings, store: Store, name: str) -> tuple[str, Path | None, sqlite3.Row | None]:
+    """Map a model name to its base model and, for fine-tuned models and checkpoints, its adapter folder and the job
+    that trained it."""
     if name in settings.base_models:
-        return name, None
+        return name, None, None
     job = store.job_by_model(name)
     if job is not None and job["status"] == "succeeded":
-        return job["model"], settings.data_dir / "adapters" / job["id"] / "final"
+        return job["model"], settings.data_dir / "adapters" / job["id"] / "final", job
     checkpoint = store.checkpoint_by_model(name)
     if checkpoint is not None:
         owner = store.job(checkpoint["job_id"])
         assert owner is not None
-        return owner["model"], Path(checkpoint["path"])
+        return owner["model"], Path(checkpoint["path"]), owner
     raise _no_model(name)
 
 
@@ -565,7 +566,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise ApiError(400, "seed must be an integer.", param="seed")
     name = str(body.get("model"))
-    base, adapter = resolve_model(settings, store, name)
+    base, adapter, job = resolve_model(settings, store, name)
     stats = Generated()
     pieces = request.app[GENERATOR].stream(
         Target(base, adapter), messages, max_tokens=min(requested, settings.max_tokens),
@@ -574,7 +575,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         frequency_penalty=float(frequency_penalty),
     )
     # Every reply passes the guard: one that loops or drifts into junk ends there (trainer/reply_guard.py).
-    allowed = scripts_in(_message_texts(messages)) | await _training_scripts(request, name)
+    allowed = scripts_in(_message_texts(messages)) | await _training_scripts(request, job)
     guard = ReplyGuard(allowed)
     pieces = guarded(pieces, guard, stats)
     completion_id, created = new_id("chatcmpl"), int(time.time())
@@ -620,14 +621,9 @@ def _message_texts(messages: list[dict[str, Any]]) -> list[str]:
     return texts
 
 
-async def _training_scripts(request: web.Request, name: str) -> frozenset[str]:
+async def _training_scripts(request: web.Request, job: sqlite3.Row | None) -> frozenset[str]:
     """The scripts of the training file a fine-tuned model (or checkpoint) learned from; none for a base model."""
-    store = request.app[STORE]
-    job = store.job_by_model(name)
-    if job is None:
-        checkpoint = store.checkpoint_by_model(name)
-        job = store.job(checkpoint["job_id"]) if checkpoint is not None else None
-    training = store.file(job["training_file"]) if job is not None else None
+    training = request.app[STORE].file(job["training_file"]) if job is not None else None
     if training is None:
         return frozenset()
     cache = request.app[TRAINING_SCRIPTS]
@@ -654,7 +650,7 @@ async def tokenize(request: web.Request) -> web.Response:
             isinstance(chat, list) and chat and all(isinstance(m, dict) for m in chat) for chat in chats):
         raise ApiError(400, "Send messages (a list of message objects) or conversations (a list of such lists, at "
                             f"most {MAX_TOKENIZE_CONVERSATIONS}).", param="messages")
-    base, _ = resolve_model(settings, store, str(body.get("model")))
+    base, _, _ = resolve_model(settings, store, str(body.get("model")))
     tokenizer = await request.app[GENERATOR].tokenizer(base)
     encoded = await asyncio.to_thread(_encode_all, tokenizer, chats, settings.max_seq_len)
     answer: dict[str, Any] = {"model": base, "max_model_len": settings.max_seq_len,
