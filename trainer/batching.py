@@ -248,13 +248,6 @@ class Engine:
         """Pin each request's adapter slot (loading it); the ones with no free slot go back to the line's front."""
         ready: list[Request] = []
         later: list[Request] = []
-        new = {r.adapter: r.weights for r in requests if r.adapter is not None and r.adapter not in self.stack.slots}
-        sample = next((weights for weights in new.values() if weights is not None), None)
-        if sample is not None:
-            try:
-                self.stack.reserve(sample, len(new))
-            except Exception:  # a broken adapter: acquiring it below fails its own request
-                log.debug("Could not reserve room for %d adapters", len(new), exc_info=True)
         for request in requests:
             if request.adapter is not None:
                 try:
@@ -288,7 +281,7 @@ class Engine:
         cache = DynamicCache()
         # A model without padding sees no mask at all, exactly as generate() runs one prompt.
         attention = mask if bool((mask == 0).any()) else None
-        with torch.inference_mode(), self.stack.rows(torch.tensor([r.slot for r in requests], device=self.device)):
+        with torch.inference_mode(), self.stack.rows([r.slot for r in requests]):
             output = self.model(input_ids=ids, attention_mask=attention, position_ids=_positions(mask),
                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
         tokens = self._sample(requests, output.logits[:, -1, :])
@@ -321,8 +314,7 @@ class Engine:
         started = time.perf_counter()
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
         positions = (self._mask.sum(dim=1, keepdim=True) - 1)
-        slots = torch.tensor([r.slot for r in self.rows], device=self.device)
-        with torch.inference_mode(), self.stack.rows(slots):
+        with torch.inference_mode(), self.stack.rows([r.slot for r in self.rows]):
             output = self.model(input_ids=self._last, attention_mask=self._mask, position_ids=positions,
                                 past_key_values=self._cache, use_cache=True, logits_to_keep=1)
         tokens = self._sample(self.rows, output.logits[:, -1, :])

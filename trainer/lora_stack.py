@@ -1,8 +1,11 @@
 """Many LoRA adapters over one base model: stacked per adapted Linear, picked per batch row, never merged.
 
 Each adapted Linear keeps A (slots, in, r) and B (slots, r, out) with the adapter's scale folded into B; slot 0 is
-the zero adapter (the base model itself). A forward hook adds bmm(bmm(x, A[idx]), B[idx]) to the Linear's output,
-where idx holds the slot of every row of the current batch, so requests for different adapters share one forward.
+the zero adapter (the base model itself). A forward hook adds each row's x @ A[slot] @ B[slot] to the Linear's
+output, so requests for different adapters share one forward. The rows are taken in order of their slots: a run of
+rows on consecutive slots (a class whose adapters were loaded together) multiplies by a view of the stacks, a run on
+one slot by that slot's matrices, and the base model's rows add nothing; only a batch scattered over many slots
+gathers each row's A and B (a copy of megabytes per layer and step, which cost a third of a class's decode step).
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ log = logging.getLogger(__name__)
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 # peft names a layer's weights base_model.model.<module>.lora_A.weight / .lora_B.weight.
 PEFT_PREFIX = "base_model.model."
+# A batch in more runs than this (rows sorted by slot) gathers every row's A and B instead: each run is a few small
+# matrix products per layer, and past a handful of runs their overhead costs more than the gather's copy.
+MAX_RUNS = 4
+
+Rows = slice | torch.Tensor  # batch rows: a slice when they are consecutive, else their indices
+Slots = slice | int  # one slot per row (consecutive slots), or one slot for every row of the run
+Plan = int | list[tuple[Rows, Slots]] | torch.Tensor  # one slot for all rows, runs, or every row's slot (gather)
 
 
 class AdapterError(Exception):
@@ -76,12 +86,14 @@ def read_adapter(path: Path) -> AdapterWeights:
 class _Layer:
     """The stacked adapters of one Linear."""
 
-    def __init__(self, linear: nn.Linear, capacity: int, rank: int) -> None:
-        weight = linear.weight
+    def __init__(self, linear: nn.Linear, capacity: int, rank: int, like: torch.Tensor) -> None:
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # A and B replaced together, in one assignment: a warm-up in another thread may grow them mid-forward.
-        self.stacks = (torch.zeros(capacity, self.in_features, rank, dtype=weight.dtype, device=weight.device),
-                       torch.zeros(capacity, rank, self.out_features, dtype=weight.dtype, device=weight.device))
+        # Left unwritten (memory pages the system hands out when first touched): a slot is zeroed and written when
+        # an adapter is loaded into it, and no batch reads a slot that holds no adapter; slot 0 is the zero adapter.
+        self.stacks = (like.new_empty(capacity, self.in_features, rank), like.new_empty(capacity, rank, self.out_features))
+        self.a[0].zero_()
+        self.b[0].zero_()
 
     @property
     def a(self) -> torch.Tensor:
@@ -96,16 +108,14 @@ class _Layer:
     def resize(self, capacity: int, rank: int) -> None:
         """Grow or shrink to capacity slots of rank r, keeping the slots that remain."""
         keep, r = min(capacity, self.a.shape[0]), min(rank, self.a.shape[2])
-        a = self.a.new_zeros(capacity, self.in_features, rank)
-        b = self.b.new_zeros(capacity, rank, self.out_features)
+        a = self.a.new_empty(capacity, self.in_features, rank)  # slots past `keep` are written before they are read
+        b = self.b.new_empty(capacity, rank, self.out_features)
+        if rank > r:  # a larger rank: the kept adapters' extra rows and columns are zero
+            a[:keep, :, r:] = 0
+            b[:keep, r:, :] = 0
         a[:keep, :, :r] = self.a[:keep, :, :r]
         b[:keep, :r, :] = self.b[:keep, :r, :]
         self.stacks = (a, b)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes its stacks hold."""
-        return self.a.nelement() * self.a.element_size() + self.b.nelement() * self.b.element_size()
 
 
 class LoraStack:
@@ -126,8 +136,8 @@ class LoraStack:
 
     @property
     def nbytes(self) -> int:
-        """Bytes all stacks hold."""
-        return sum(layer.nbytes for layer in self._layers.values())
+        """Bytes the loaded adapters (and the zero adapter) take in the stacks; the slots not yet written take none."""
+        return self.slot_bytes() * (len(self.slots) + 1)
 
     @property
     def loaded(self) -> list[Path]:
@@ -194,40 +204,47 @@ class LoraStack:
         self._capacity = capacity
 
     @contextmanager
-    def rows(self, slots: torch.Tensor) -> Iterator[None]:
+    def rows(self, slots: list[int]) -> Iterator[None]:
         """Within this block, this thread's forward passes add each row's adapter (slots: one per batch row)."""
-        unique = slots.unique()
-        # One slot for the whole batch needs no gather; the base alone needs no adapter at all.
-        self._rows.plan = (None if not self._layers or bool((unique == 0).all())
-                           else int(unique[0]) if unique.numel() == 1 else slots)
+        self._rows.plan = _plan(slots, self.device) if self._layers else None
         try:
             yield
         finally:
             self._rows.plan = None
 
+    @property
+    def device(self) -> torch.device:
+        """Where the base model (and so the stacks) lives."""
+        return next(self.model.parameters()).device
+
     def _hook(self, name: str) -> Any:
         def add_adapter(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
-            plan = getattr(self._rows, "plan", None)
+            plan: Plan | None = getattr(self._rows, "plan", None)
             if plan is None:
                 return None
             a, b = self._layers[name].stacks
             x = args[0]
-            if isinstance(plan, int):
-                return output + (x @ a[plan]) @ b[plan]  # type: ignore[no-any-return]
-            shape = x.shape
-            flat = x.reshape(shape[0], -1, shape[-1])
-            delta = torch.bmm(torch.bmm(flat, a[plan]), b[plan])
-            return output + delta.reshape(*shape[:-1], delta.shape[-1])
+            if isinstance(plan, int):  # every row on one adapter: out += (x @ A) @ B, in place
+                flat_out = output.view(-1, output.shape[-1])
+                flat_out.addmm_((x @ a[plan]).view(-1, a.shape[2]), b[plan])
+                return output
+            rows = x.reshape(x.shape[0], -1, x.shape[-1])
+            out = output.view(x.shape[0], -1, output.shape[-1])
+            if isinstance(plan, torch.Tensor):  # scattered over many slots: gather each row's A and B
+                out.baddbmm_(torch.bmm(rows, a[plan]), b[plan])
+                return output
+            for run, slots in plan:
+                xs = rows[run] if isinstance(run, slice) else rows.index_select(0, run)
+                if isinstance(slots, int):
+                    delta = (xs @ a[slots]) @ b[slots]
+                else:
+                    delta = torch.bmm(torch.bmm(xs, a[slots]), b[slots])
+                if isinstance(run, slice):
+                    out[run] += delta
+                else:
+                    out.index_add_(0, run, delta)
+            return output
         return add_adapter
-
-    def reserve(self, weights: AdapterWeights, count: int) -> None:
-        """Make room for count more adapters like weights in one growth (a class arriving at once brings 30 new
-        ones: one copy of the stack instead of one per doubling)."""
-        with self._lock:
-            self._ensure_layers(weights)
-            wanted = min(self._limit(), len(self.slots) + count) + 1
-            if wanted > self._capacity:
-                self._resize(wanted, self._rank)
 
     def _limit(self) -> int:
         """How many adapters the budget and the count allow (at least one)."""
@@ -242,7 +259,9 @@ class LoraStack:
                 if slot not in taken:
                     return slot
             if self._capacity - 1 < limit:
-                self._resize(min(limit + 1, _pow2(self._capacity + 1)), self._rank)
+                # Straight to the most the budget allows, in one copy: the new slots' memory is only taken when an
+                # adapter is written into them (a class arriving at once would otherwise copy the stack per doubling).
+                self._resize(limit + 1, self._rank)
                 return self._free_slot(weights)
         for path, slot in self.slots.items():  # least recently used first
             if slot not in self.pins:
@@ -263,7 +282,10 @@ class LoraStack:
                 raise AdapterError(f"the adapter in {weights.path} adapts {name}, which the base model lacks") from None
             if not isinstance(module, nn.Linear):
                 raise AdapterError(f"the adapter in {weights.path} adapts {name}, which is not a Linear layer")
-            self._layers[name] = _Layer(module, self._capacity, self._rank)
+            layer = self._layers[name] = _Layer(module, self._capacity, self._rank, next(self.model.parameters()))
+            for slot in set(self.slots.values()) | set(self.pins):  # adapters loaded before leave this layer alone
+                layer.a[slot].zero_()
+                layer.b[slot].zero_()
             self._hooks.append(module.register_forward_hook(self._hook(name)))
 
     def _resize(self, capacity: int, rank: int) -> None:
@@ -281,6 +303,42 @@ class LoraStack:
                     raise AdapterError(f"the adapter in {weights.path} does not fit {name} of the base model")
                 layer.a[slot, :, : a.shape[1]] = a.to(layer.a.dtype)
                 layer.b[slot, : b.shape[0], :] = b.to(layer.b.dtype)
+
+
+def _plan(slots: list[int], device: torch.device) -> Plan | None:
+    """How a batch adds its rows' adapters: None for the base alone, one slot, runs of rows, or a gather."""
+    distinct = set(slots)
+    if distinct == {0}:
+        return None
+    if len(distinct) == 1:
+        return slots[0]
+    order = sorted(range(len(slots)), key=slots.__getitem__)
+    ordered = [slots[row] for row in order]
+    runs: list[tuple[Rows, Slots]] = []
+    start = 0
+    while start < len(order):
+        slot, end = ordered[start], start + 1
+        if end < len(order) and ordered[end] == slot:  # rows sharing one adapter
+            while end < len(order) and ordered[end] == slot:
+                end += 1
+            if slot:  # the base model's rows add nothing
+                runs.append((_rows(order[start:end], device), slot))
+        else:  # rows on consecutive slots, one each (a row starting a shared run begins the next run)
+            while (end < len(order) and ordered[end] == ordered[end - 1] + 1
+                   and (end + 1 == len(order) or ordered[end + 1] != ordered[end])):
+                end += 1
+            runs.append((_rows(order[start:end], device), slice(slot, slot + end - start)))
+        start = end
+    if len(runs) > MAX_RUNS:
+        return torch.tensor(slots, device=device)
+    return runs
+
+
+def _rows(rows: list[int], device: torch.device) -> Rows:
+    """Batch rows as a slice when they are consecutive (no copy of their inputs), else as an index."""
+    if rows == list(range(rows[0], rows[0] + len(rows))):
+        return slice(rows[0], rows[0] + len(rows))
+    return torch.tensor(rows, device=device)
 
 
 def _pow2(n: int) -> int:

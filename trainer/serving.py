@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.batching import Engine, FrequencyPenalty, Request, limit_malloc_arenas
 from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
+from trainer.packed import pack_linears
 from trainer.modeling import (
     control_token_ids,
     load_model,
@@ -194,6 +195,7 @@ class ModelPool:
                     model.generation_config.eos_token_id = sorted(ends)
                     # A reply may end its turn, never write another control token.
                     model.generation_config.suppress_tokens = sorted(control_token_ids(tokenizer) - ends)
+                    pack_linears(model)  # served, never trained: its layers multiply faster packed
                     self.stacks[name] = LoraStack(model, self.cache_size, self.adapter_budget_bytes)
                     self._bases[name] = (model, tokenizer)
                     self._report(name, 1.0)
