@@ -28,7 +28,7 @@ class PackedLinear(nn.Linear):
         nn.Module.__init__(self)  # not nn.Linear's: that would allocate a fresh weight
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
-        self.weight: Any = linear.weight if keep_weight else None  # type: ignore[assignment]
+        self.weight: Any = linear.weight if keep_weight else None
         self.bias = linear.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
