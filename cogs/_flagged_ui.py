@@ -3,20 +3,16 @@ module: the finetune cog shows the lines and the Ask button, the flagged cog and
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
 
-from bot import errors
 from bot.i18n import t
 from cogs import _ui
-from cogs._replies import send_ephemeral
 from cogs._roles import member_is_teacher
 from storage.models import FlaggedFile, FlaggedLine
 
 FLAGGED_TEMPLATE = r"flagged:(?P<id>[0-9a-f]+):(?P<action>ask|allow)"
-FlaggedHandler = Callable[[discord.Interaction, str, str], Awaitable[None]]
 LINES_SHOWN = 5
 MESSAGE_CHARS = 2000
 
@@ -66,9 +62,8 @@ def _clip(text: str, limit: int) -> str:
 
 class FlaggedButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=FLAGGED_TEMPLATE):
     """"Ask my teacher" under the student's private message, "Allow this file" on the teacher's card; both work
-    after a restart (the flagged file is a row)."""
-
-    handler: FlaggedHandler
+    after a restart (the flagged file is a row). A click is dispatched as `flagged_click` to the flagged-files cog,
+    so the cogs that only show these buttons (finetune, classroom) need no handler of their own."""
 
     def __init__(self, flagged_id: str, action: str, label: str | None = None) -> None:
         style = discord.ButtonStyle.green if action == "allow" else discord.ButtonStyle.blurple
@@ -93,21 +88,8 @@ class FlaggedButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=FLA
         return False
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        """Hand the click to the cog that registered this button class."""
-        try:
-            await type(self).handler(interaction, self.flagged_id, self.action)
-        except errors.UserFacingError as exc:
-            await send_ephemeral(interaction, exc.render(interaction.locale))
-
-
-def bound_flagged_button(handler: FlaggedHandler) -> type[FlaggedButton]:
-    """A FlaggedButton class whose clicks go to this handler (one per cog instance: no global state)."""
-
-    class BoundFlaggedButton(FlaggedButton, template=FLAGGED_TEMPLATE):
-        pass
-
-    BoundFlaggedButton.handler = staticmethod(handler)
-    return BoundFlaggedButton
+        """Hand the click to the flagged-files cog (a listener, as approval requests are)."""
+        interaction.client.dispatch("flagged_click", interaction, self.flagged_id, self.action)
 
 
 def button_view(flagged_id: str, action: str, locale: str) -> discord.ui.View:

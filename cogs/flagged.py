@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
+from bot import errors
 from bot.i18n import t
 from bot.services.governance import Governance
 from bot.services.starts import AwaitingApproval, Flagged, Started, StartService
@@ -26,22 +28,29 @@ class FlaggedFiles(commands.Cog):
 
     def __init__(self, bot: ClassroomBot, governance: Governance, starts: StartService) -> None:
         self.bot, self.governance, self.starts = bot, governance, starts
-        self.buttons = _flagged_ui.bound_flagged_button(self.on_button)
 
     async def cog_load(self) -> None:
         """Ask and Allow buttons answer after a restart too."""
-        self.bot.add_dynamic_items(self.buttons)
+        self.bot.add_dynamic_items(_flagged_ui.FlaggedButton)
 
     async def cog_unload(self) -> None:
         """Stop answering the buttons."""
-        self.bot.remove_dynamic_items(self.buttons)
+        self.bot.remove_dynamic_items(_flagged_ui.FlaggedButton)
 
-    async def on_button(self, interaction: discord.Interaction, flagged_id: str, action: str) -> None:
+    @commands.Cog.listener()
+    async def on_flagged_click(self, interaction: discord.Interaction, flagged_id: str, action: str) -> None:
         """Ask (the student) or Allow (a teacher: the button checked that already)."""
-        if action == "ask":
-            await self._ask(interaction, flagged_id)
-        else:
-            await self._allow(interaction, flagged_id)
+        try:
+            if action == "ask":
+                await self._ask(interaction, flagged_id)
+            else:
+                await self._allow(interaction, flagged_id)
+        except errors.UserFacingError as exc:
+            await send_ephemeral(interaction, exc.render(interaction.locale))
+        except Exception:  # boundary: a button has no command tree behind it; never show a traceback
+            ref = secrets.token_hex(3)
+            log.exception("Flagged file button %s failed (ref %s, user %s)", action, ref, interaction.user.id)
+            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
 
     async def _ask(self, interaction: discord.Interaction, flagged_id: str) -> None:
         assert interaction.guild_id is not None
