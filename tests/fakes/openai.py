@@ -324,6 +324,10 @@ class FakeOpenAI:
         """Answer the next `times` matching requests with an error (`retry-after-ms` when retry_after is given)."""
         self._rules.append(_Rule(method.upper(), re.compile(path_regex), times, status, retry_after, code))
 
+    def clear_failures(self) -> None:
+        """Forget the errors and hangs still queued by fail_next and hang_next (the backend answers again)."""
+        self._rules.clear()
+
     def hang_next(self, method: str, path_regex: str, times: int = 1) -> None:
         """Never answer the next matching requests (until the client gives up or the fake closes)."""
         self._rules.append(_Rule(method.upper(), re.compile(path_regex), times, hang=True))
