@@ -172,8 +172,10 @@ class ClassroomBot(commands.Bot):
         # Chat answers a stopped bot left held are charged their worst case, so the budget never under-counts.
         await self.chat_limits.settle_stale()
         self.lessons = LessonLibrary()
-        self.evaluation = EvaluationService(self.gateway, self.chat, self.lessons)
-        self.datasets = DatasetService(DatasetRepository(self.db), DatasetCheckService())
+        self.evaluation = EvaluationService(self.gateway, self.chat, self.lessons,
+                                            moderate=self.governance.moderation.moderate_texts)
+        self.datasets = DatasetService(DatasetRepository(self.db), DatasetCheckService(),
+                                       moderate=self.governance.moderation.moderate_texts)
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

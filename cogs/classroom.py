@@ -520,7 +520,8 @@ class Classroom(commands.Cog):
             channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)
             await channel.send(embed=embed, allowed_mentions=discord.AllowedMentions.none())
             return
-        embed.description = t("gov.moderation.body", locale, count=notice.count,
+        body = "gov.moderation.body_post" if notice.where == "post" else "gov.moderation.body"
+        embed.description = t(body, locale, count=notice.count,
                               user=f"<@{notice.user_id}>" if notice.user_id else t("gov.moderation.someone", locale))
         if notice.detail:
             embed.add_field(name=t("gov.moderation.where", locale), value=_clip(notice.detail, 1024), inline=False)
