@@ -86,7 +86,8 @@ def _minutes(seconds: int, locale: str) -> str:
 def lesson_step_embed(lesson: Lesson, step: int, locale: str, held: frozenset[int] = frozenset()) -> discord.Embed:
     """One step of the guided lesson (0-based), in the class's language; `held`: examples moderation held back."""
     name = GUIDE_STEPS[step]
-    examples = "\n\n".join("> " + t("post.held_back", locale) if i in held else _example_block(e.as_messages(), e.reference)
+    examples = "\n\n".join("> " + t("post.held_back", locale) if i in held
+                             else _example_block(e.as_messages(), e.reference)
                              for i, e in enumerate(guide_examples(lesson)))
     body = t(f"lesson.step.{name}", locale, title=lesson.title(locale), lesson=lesson.name,
              examples=examples if name == "example" else len(lesson.training_examples))
@@ -168,8 +169,8 @@ def lesson_step_view(lesson: Lesson, step: int, owner_id: int, locale: str) -> d
 def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: str) -> discord.Embed:
     """Scores per model, a verdict, the metric explained in one line, and the first questions side by side."""
     first, second = report.scores
-    embed = discord.Embed(title=_clip(t("evaluate.title", locale, count=len(report.rows), source=_source(shown, locale)),
-                                      256), colour=EVALUATION_COLOUR)
+    title = t("evaluate.title", locale, count=len(report.rows), source=_source(shown, locale))
+    embed = discord.Embed(title=_clip(title, 256), colour=EVALUATION_COLOUR)
     if report.behaviour is not None:
         explain = t("evaluate.explain", locale, behaviour=behaviour_text(report.behaviour, locale))
     else:

@@ -325,13 +325,14 @@ class Classroom(commands.Cog):
         await self._describe_class_time(embed, interaction.guild, locale)
         lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
         text = "\n".join(line for line in lines if line)
-        # Without a teacher channel, students' requests about flagged files wait here, each with its Allow button.
-        waiting = await self.governance.flagged.waiting(settings.guild_id) if settings.teacher_channel_id is None else []
+        # Requests about flagged files with no card in a teacher channel (none set, or posting failed) wait here,
+        # each with its Allow button: a false positive always has a way forward.
+        waiting = await self.governance.flagged.waiting(settings.guild_id)
         if waiting:
             embed.add_field(name=t("flagged.waiting_title", locale), value=_flagged_ui.waiting_field(waiting, locale),
                             inline=False)
-        await interaction.followup.send(text or discord.utils.MISSING, embed=embed, ephemeral=True,
-                                        view=_flagged_ui.allow_views(waiting, locale) if waiting else discord.utils.MISSING)
+        view = _flagged_ui.allow_views(waiting, locale) if waiting else discord.utils.MISSING
+        await interaction.followup.send(text or discord.utils.MISSING, embed=embed, ephemeral=True, view=view)
 
     async def _describe_class_time(self, embed: discord.Embed, guild: discord.Guild | None, locale: str) -> None:
         # How long the class's training takes on the school's trainer (other backends don't say), for the lesson

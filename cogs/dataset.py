@@ -60,7 +60,8 @@ def summary_embed(summary: DatasetSummary, locale: str) -> discord.Embed:
     latest = summary.latest
     if latest:
         # What moderation flagged is not posted: a kind note stands in its place (the teacher was told).
-        shown = "\n".join(f"**#{e.number}** {t('post.held_back', locale)} (<@{e.user_id}>)" if e.number in summary.held_back
+        held = t("post.held_back", locale)
+        shown = "\n".join(f"**#{e.number}** {held} (<@{e.user_id}>)" if e.number in summary.held_back
                           else f"**#{e.number}** {_clip(e.question, 80)} → {_clip(e.answer, 80)} (<@{e.user_id}>)"
                           for e in latest)
         embed.add_field(name=t("dataset.latest", locale), value=shown[:1024], inline=False)

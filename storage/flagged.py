@@ -79,10 +79,11 @@ class FlaggedFileRepository:
         return {(str(x["file"]), int(x["line"])) for row in rows for x in json.loads(row["lines"])}
 
     async def waiting(self, guild_id: int, limit: int = 5) -> list[FlaggedFile]:
-        """Files students asked about that no teacher allowed yet, oldest first."""
+        """Files students asked about that no teacher allowed yet and whose card is in no teacher channel (there was
+        none, or posting failed), oldest first."""
         rows = await self.db.fetch_all(
             f"SELECT {_COLUMNS} FROM flagged_files WHERE guild_id = ? AND status = 'asked' "
-            "ORDER BY created_at, rowid LIMIT ?", (guild_id, limit))
+            "AND card_message_id IS NULL ORDER BY created_at, rowid LIMIT ?", (guild_id, limit))
         return [_flagged(r) for r in rows]
 
     async def allowed(self, guild_id: int) -> list[FlaggedFile]:

@@ -62,7 +62,8 @@ async def test_flagged_line_shown_asked_allowed_and_job_starts(classroom: Classr
     assert classroom.openai.uploads == [] and classroom.openai.jobs == []
     assert "Sent to your teacher" in await ask_teacher(classroom, message)
     card = await teacher_card(classroom, teachers)
-    assert f"<@{classroom.student.id}>" in card.text() and "line 3: ||You answer like a friendly pirate. Why is the **grumpy** cat" in card.text()
+    assert f"<@{classroom.student.id}>" in card.text()
+    assert "line 3: ||You answer like a friendly pirate. Why is the **grumpy** cat" in card.text()
     await click_and_wait(classroom, card, "Allow this file", classroom.teacher)
     job = await new_job(classroom)
     told = await classroom.discord.wait_message(classroom.channel_id, lambda m: "allowed" in m.content, timeout=10)
@@ -126,7 +127,8 @@ async def test_without_teacher_channel_request_waits_in_class_settings(classroom
     assert "/class settings" in told
     settings = await classroom.discord.slash(classroom.guild, classroom.teacher, "class settings")
     shown = await settings.followup(timeout=10)
-    assert "Flagged files students asked about" in shown.text() and "||You answer like a friendly pirate. Why is the grumpy cat" in shown.text()
+    assert "Flagged files students asked you about" in shown.text()
+    assert "||You answer like a friendly pirate. Why is the grumpy cat" in shown.text()
     await click_and_wait(classroom, shown, "Allow train.jsonl", classroom.teacher)
     await new_job(classroom)
 

@@ -169,7 +169,8 @@ class DatasetService:
             return summary
         shown = summary.latest
         prompt = summary.dataset.system_prompt
-        flags = await self.moderate(guild_id, [*(f"{e.question}\n{e.answer}" for e in shown), *([prompt] if prompt else [])])
+        texts = [f"{e.question}\n{e.answer}" for e in shown] + ([prompt] if prompt else [])
+        flags = await self.moderate(guild_id, texts)
         held = frozenset(e.number for e, flagged in zip(shown, flags) if flagged)
         return replace(summary, held_back=held, prompt_held_back=bool(prompt) and flags[-1])
 

@@ -51,7 +51,7 @@ class FlaggedFileService:
         await self.repo.set_card(flagged.id, message_id)
 
     async def waiting(self, guild_id: int) -> list[FlaggedFile]:
-        """Requests no teacher answered yet (shown in /class settings when there is no teacher channel)."""
+        """Requests no teacher answered yet whose card is in no teacher channel (shown in /class settings)."""
         return await self.repo.waiting(guild_id, WAITING_SHOWN)
 
     async def allowed(self, guild_id: int) -> list[FlaggedFile]:
