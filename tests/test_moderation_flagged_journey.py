@@ -143,3 +143,20 @@ async def test_allow_button_works_after_a_restart(classroom: Classroom, teachers
     await click_and_wait(classroom, card, "Allow this file", classroom.teacher)
     await new_job(classroom)
     assert len(classroom.openai.jobs) == 1
+
+
+async def test_with_approvals_on_an_allowed_file_goes_to_approval_then_starts(classroom: Classroom,
+                                                                             teachers: FakeChannel) -> None:
+    """Approvals on: Allow sends the start on to the approval card (cost still needs a yes); Approve starts it."""
+    await command(classroom, classroom.teacher, "class approvals", state="on", teacher_channel=teachers)
+    classroom.openai.flag_words = {"grumpy"}
+    await ask_teacher(classroom, await flagged_start(classroom, file_with("grumpy")))
+    await click_and_wait(classroom, await teacher_card(classroom, teachers), "Allow this file", classroom.teacher)
+    await classroom.discord.wait_message(classroom.channel_id, lambda m: "waits for a teacher's approval" in m.content,
+                                         timeout=10)
+    approval = await classroom.discord.wait_for(
+        lambda: next((m for m in classroom.discord.messages(teachers) if "Approve" in str(m.buttons)), None),
+        timeout=10, what="the approval card")
+    assert classroom.openai.jobs == []
+    await click_and_wait(classroom, approval, "Approve", classroom.teacher)
+    await new_job(classroom)
