@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from bot import errors
+from bot.services.governance import moderation as moderation_module
 from tests.conftest import Classroom
 from tests.fakes.discord import FakeChannel
 from tests.test_chat_journey import open_chat
@@ -81,3 +82,15 @@ async def test_model_reply_while_moderation_errors_is_not_shown(classroom: Class
     await classroom.discord.wait_message(thread, lambda m: "stopped showing the model's answer" in m.content,
                                          timeout=15)
     assert not any("nobody checked" in m.content for m in classroom.discord.messages(thread))
+
+
+async def test_chat_message_while_moderation_hangs_is_held_back(classroom: Classroom,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check that never answers is an outage too: past the request limit the message is held back."""
+    monkeypatch.setattr(moderation_module, "MODERATION_REQUEST_SECONDS", 0.3)
+    thread = await open_chat(classroom)
+    asked = len(classroom.openai.chat_requests)
+    classroom.openai.hang_next("POST", MODERATIONS, times=100)
+    await classroom.discord.say(thread, classroom.student, "What is the capital of France?")
+    await classroom.discord.wait_message(thread, lambda m: "safety check isn't answering" in m.content, timeout=10)
+    assert len(classroom.openai.chat_requests) == asked

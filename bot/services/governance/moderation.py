@@ -38,6 +38,10 @@ MODERATION_OVERLAP_CHARS = 200
 MODERATION_WINDOW_CAP = 2048
 # Whether the backend has a moderation endpoint is asked once, then remembered this long.
 MODERATION_PROBE_SECONDS = 3600
+# One moderation request that takes longer counts as an outage (the text is held back). Above the trainer's first
+# answer, which loads its filters (3 to 8 seconds on a 2-core machine); far below the SDK's 60 s x 3 attempts, which
+# would leave a student's chat message hanging for minutes.
+MODERATION_REQUEST_SECONDS = 30.0
 # What a student and a teacher see of a flagged line: this many characters of context around the flagged words, or
 # of the line when the backend does not say which words; and at most this many lines.
 FLAGGED_CONTEXT_CHARS = 60
@@ -155,9 +159,10 @@ class ModerationService:
         if self._probe is not None and now - self._probe[0] < MODERATION_PROBE_SECONDS:
             return self._probe[1]
         try:
-            self._moderation_model = await self.gateway.moderation_model()
+            self._moderation_model = await asyncio.wait_for(self.gateway.moderation_model(),
+                                                            MODERATION_REQUEST_SECONDS)
             available = True
-        except (errors.UpstreamBusyError, errors.UpstreamDownError):
+        except (errors.UpstreamBusyError, errors.UpstreamDownError, TimeoutError):
             # A blip: do not decide now. Never asked yet (a trainer still starting, a backend down at our start):
             # count it as moderating, so the checks that follow fail closed instead of letting text through.
             return self._probe[1] if self._probe else True
@@ -277,7 +282,11 @@ class ModerationService:
     async def _verdicts(self, texts: list[str]) -> list[ModerationVerdict]:
         verdicts: list[ModerationVerdict] = []
         for start in range(0, len(texts), MODERATION_BATCH):
-            verdicts += await self.gateway.moderate_verdicts(texts[start:start + MODERATION_BATCH])
+            try:
+                verdicts += await asyncio.wait_for(
+                    self.gateway.moderate_verdicts(texts[start:start + MODERATION_BATCH]), MODERATION_REQUEST_SECONDS)
+            except TimeoutError:
+                raise errors.UpstreamDownError() from None  # a check that does not answer is an outage
         return verdicts
 
     async def _report(self, notice: ModerationNotice) -> None:
