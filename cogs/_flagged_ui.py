@@ -26,8 +26,9 @@ def hidden(line: FlaggedLine) -> str:
 
 
 def _escape(text: str) -> str:
-    # A student's text must not close the spoiler early or turn into mentions and markup.
-    return discord.utils.escape_mentions(discord.utils.escape_markdown(text)).replace("|", "\\|")
+    # A student's text must not close the spoiler early or turn into mentions and markup (escape_markdown escapes
+    # the "|" of a spoiler too).
+    return discord.utils.escape_mentions(discord.utils.escape_markdown(text))
 
 
 def lines_text(flagged: FlaggedFile, locale: str) -> str:
