@@ -22,6 +22,7 @@ from bot.services.governance import (
     CleanupResult,
     Governance,
     ModerationNotice,
+    allowed_csv,
     report_csv,
 )
 from bot.services.starts import StartService
@@ -372,14 +373,16 @@ class Classroom(commands.Cog):
         assert interaction.guild is not None
         await self.governance.policy.settle_ended()
         report = await self.governance.reports.report(interaction.guild.id)
-        names = await _member_names(interaction.guild, [s.user_id for s in report.students])
-        csv_file = discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")
-        embed = report_embed(report, str(interaction.locale))
         allowed = await self.governance.flagged.allowed(interaction.guild.id)
-        if allowed:  # on record: which flagged files a teacher let through, and who
+        names = await _member_names(interaction.guild, list({s.user_id for s in report.students}
+                                                            | {f.user_id for f in allowed}))
+        files = [discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")]
+        embed = report_embed(report, str(interaction.locale))
+        if allowed:  # on record: which flagged files a teacher let through, whose, which lines, and who allowed them
             embed.add_field(name=t("flagged.report_title", interaction.locale),
                             value=_flagged_ui.allowed_field(allowed, str(interaction.locale)), inline=False)
-        await interaction.followup.send(embed=embed, file=csv_file, ephemeral=True)
+            files.append(discord.File(io.BytesIO(allowed_csv(allowed, names)), filename="allowed-files.csv"))
+        await interaction.followup.send(embed=embed, files=files, ephemeral=True)
 
     @klass.command(name="cleanup", description=_("Delete this server's uploaded files and fine-tuned models",
                                                  key="gov.cmd.cleanup"))

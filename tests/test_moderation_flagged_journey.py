@@ -71,9 +71,13 @@ async def test_flagged_line_shown_asked_allowed_and_job_starts(classroom: Classr
     await classroom.discord.wait_for(lambda: "Allowed by" in card.text() or None, timeout=10)
     assert not card.buttons
     assert [r.job_id for r in await ledger(classroom, classroom.guild.id)] == [job]
-    report, _ = answer(await command(classroom, classroom.teacher, "class report"))
+    reported = await command(classroom, classroom.teacher, "class report")
+    report, _ = answer(reported)
     assert "Flagged files a teacher allowed" in report and "train.jsonl" in report
     assert f"<@{classroom.teacher.id}>" in report and "lines 3" in report
+    rows = reported.followups[-1].file("allowed-files.csv").data.decode("utf-8-sig").splitlines()
+    assert rows[1].split(",")[1:4] == [str(classroom.student.id), "student", "train.jsonl"]
+    assert rows[1].split(",")[5:] == ["3", str(classroom.teacher.id)]
 
 
 async def test_allowance_binds_to_the_exact_file(classroom: Classroom, teachers: FakeChannel) -> None:

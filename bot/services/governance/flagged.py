@@ -61,3 +61,4 @@ class FlaggedFileService:
     async def forget_user(self, guild_id: int, user_id: int) -> int:
         """/mydata delete: the student's flagged lines go."""
         return await self.repo.delete_user(guild_id, user_id)
+
