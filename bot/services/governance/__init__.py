@@ -42,7 +42,8 @@ from storage.jobs import JobRepository
 __all__ = [
     "MODERATION_BATCH", "MODERATION_SAMPLE_CAP", "MODERATION_TEXT_CHARS", "QUOTA_WINDOW_SECONDS", "BudgetExceededError",
     "ClassReport",
-    "ClassSettingsService", "CleanupPlan", "CleanupResult", "ContentFlaggedError", "FlaggedFileService", "Governance", "allowed_csv",
+    "ClassSettingsService", "CleanupPlan", "CleanupResult", "ContentFlaggedError", "FlaggedFileService", "Governance",
+    "allowed_csv",
     "ModerationCoalescer", "ModerationNotice", "ModerationService", "QuotaExceededError", "ReportService",
     "StartPolicyService", "StudentTotals", "build_report", "job_cost", "report_csv", "training_texts",
 ]
