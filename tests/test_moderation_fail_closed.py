@@ -22,7 +22,7 @@ async def test_chat_message_while_moderation_errors_is_held_back(classroom: Clas
     await command(classroom, classroom.teacher, "class teacher-channel", teacher_channel=teachers)
     thread = await open_chat(classroom)
     asked = len(classroom.openai.chat_requests)
-    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100)
+    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100, retry_after=0.01)
     await classroom.discord.say(thread, classroom.student, "What is the capital of France?")
     told = await classroom.discord.wait_message(thread, lambda m: "safety check isn't answering" in m.content,
                                                 timeout=15)
@@ -40,7 +40,7 @@ async def test_teacher_is_told_once_per_outage(classroom: Classroom, teachers: F
     told again."""
     await command(classroom, classroom.teacher, "class teacher-channel", teacher_channel=teachers)
     moderation = classroom.bot.governance.moderation
-    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100)
+    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100, retry_after=0.01)
     for text in ("one", "two", "three"):
         with pytest.raises(errors.ModerationUnavailableError):
             await moderation.moderate_texts(classroom.guild.id, [text])
@@ -48,7 +48,7 @@ async def test_teacher_is_told_once_per_outage(classroom: Classroom, teachers: F
     classroom.openai.clear_failures()  # the backend answers again
     assert await moderation.moderate_texts(classroom.guild.id, ["fine"]) == [False]
     assert len(outage_notices(classroom, teachers)) == 1
-    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100)
+    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100, retry_after=0.01)
     with pytest.raises(errors.ModerationUnavailableError):
         await moderation.moderate_texts(classroom.guild.id, ["four"])
     await classroom.discord.wait_for(lambda: len(outage_notices(classroom, teachers)) == 2 or None, timeout=10)
@@ -58,7 +58,7 @@ async def test_teacher_is_told_once_per_outage(classroom: Classroom, teachers: F
 async def test_start_while_moderation_errors_uploads_nothing_and_card_stays(classroom: Classroom) -> None:
     """A Start during an outage uploads nothing; the student is told kindly to try again, and Start then works."""
     card = await open_card(classroom)
-    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100)
+    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100, retry_after=0.01)
     click = await click_and_wait(classroom, card, "Start", classroom.student)
     told = await click.followup(timeout=15)
     assert told.ephemeral and "isn't answering" in told.text() and "try again" in told.text()
@@ -74,7 +74,7 @@ async def test_model_reply_while_moderation_errors_is_not_shown(classroom: Class
     thread = await open_chat(classroom)
 
     def reply(model: str, messages: list[dict[str, Any]]) -> str:
-        classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100)  # from the answer's check on
+        classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100, retry_after=0.01)  # from the answer's check on
         return "A secret answer nobody checked"
 
     classroom.openai.chat_reply = reply

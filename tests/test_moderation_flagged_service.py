@@ -124,7 +124,7 @@ async def test_mydata_delete_removes_the_students_flagged_lines(parts: Parts) ->
 async def test_training_check_during_an_outage_refuses_retryably(parts: Parts) -> None:
     """The backend errors: nothing is recorded as flagged, and the refusal is one a Start may retry."""
     await parts.service.roles.update(GUILD, moderation=True)
-    parts.fake.fail_next("POST", "/moderations", status=500, times=100)
+    parts.fake.fail_next("POST", "/moderations", status=500, times=100, retry_after=0.01)
     with pytest.raises(errors.ModerationUnavailableError) as refused:
         await parts.service.moderation.check_training_data(pending(chat_lines(3)))
     assert isinstance(refused.value, errors.UpstreamBusyError)

@@ -72,7 +72,7 @@ async def test_dataset_export_leaves_flagged_examples_out_of_the_posted_file(cla
 async def test_dataset_posts_nothing_while_the_check_errors(classroom: Classroom) -> None:
     """Show and export during an outage post no example; the student is told kindly to try again."""
     await robot_dataset(classroom)
-    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100)
+    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100, retry_after=0.01)
     for name in ("dataset show", "dataset export"):
         asked = await classroom.discord.slash(classroom.guild, classroom.student, name, name="robot")
         told = await asked.followup(timeout=15)
@@ -112,7 +112,7 @@ async def test_evaluate_hides_flagged_questions_answers_and_model_replies_in_emb
 async def test_evaluate_posts_nothing_while_the_check_errors(classroom: Classroom) -> None:
     """An evaluation whose texts cannot be checked is not posted; the student is told kindly."""
     classroom.openai.chat_reply = lambda m, msgs: "Fine. Beep!"
-    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100)
+    classroom.openai.fail_next("POST", MODERATIONS, status=500, times=100, retry_after=0.01)
     result = await evaluate_file(classroom, [("Why is the sky blue?", "Light scatters. Beep!")] * 2)
     assert "isn't answering" in result.text()
     assert "sky blue" not in posted(classroom) and "Fine. Beep!" not in posted(classroom)
