@@ -129,3 +129,15 @@ async def test_training_check_during_an_outage_refuses_retryably(parts: Parts) -
         await parts.service.moderation.check_training_data(pending(chat_lines(3)))
     assert isinstance(refused.value, errors.UpstreamBusyError)
     assert await parts.service.flagged.waiting(GUILD) == [] and await parts.service.flagged.allowed(GUILD) == []
+
+
+async def test_flagged_validation_line_is_named_by_its_file(parts: Parts) -> None:
+    """A flagged line of the validation file is shown with that file's name, after the training file's lines."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    training = pending(chat_lines(1, word="nasty") + chat_lines(2))
+    held = pending(chat_lines(1) + chat_lines(1, word="nasty"))
+    both = replace(training, validation_name="held-out.jsonl", validation_path=held.training_path)
+    with pytest.raises(ContentFlaggedError) as refused:
+        await parts.service.moderation.check_training_data(both)
+    assert [(x.file, x.line) for x in refused.value.flagged.lines] == [("train.jsonl", 1), ("held-out.jsonl", 2)]
