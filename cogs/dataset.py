@@ -15,7 +15,6 @@ from discord.ext import commands
 from bot.i18n import t
 from bot.services.datasets import (
     ANSWER_MAX_CHARS,
-    LATEST_SHOWN,
     MIN_EXAMPLES,
     QUESTION_MAX_CHARS,
     TARGET_EXAMPLES,
