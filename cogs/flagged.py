@@ -54,6 +54,8 @@ class FlaggedFiles(commands.Cog):
 
     async def _ask(self, interaction: discord.Interaction, flagged_id: str) -> None:
         assert interaction.guild_id is not None
+        # Posting the card can take a moment on a busy server: answer Discord's 3-second window first, privately.
+        await interaction.response.defer(ephemeral=True, thinking=True)
         flagged, first = await self.governance.flagged.ask(interaction.guild_id, flagged_id, interaction.user.id)
         if not first:
             await send_ephemeral(interaction, t("flagged.asked_already", interaction.locale))
