@@ -62,7 +62,7 @@ class FlaggedFiles(commands.Cog):
             return
         settings = await self.governance.roles.settings(flagged.guild_id)
         if settings.teacher_channel_id is None or not await self._post_card(flagged, settings.teacher_channel_id):
-            # No teacher channel: the request waits in /class settings, with its Allow button.
+            # No teacher channel (or the post failed): the request waits in /class settings, with its Allow button.
             await send_ephemeral(interaction, t("flagged.asked_settings", interaction.locale))
             return
         await send_ephemeral(interaction, t("flagged.asked", interaction.locale))
