@@ -46,7 +46,7 @@ from storage.wordlist import WordListRepository
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom", "cogs.lesson", "cogs.dataset",
-              "cogs.groups")
+              "cogs.groups", "cogs.flagged")
 _TREE_HASH_KEY = "command_tree_hash"
 
 
@@ -172,8 +172,10 @@ class ClassroomBot(commands.Bot):
         # Chat answers a stopped bot left held are charged their worst case, so the budget never under-counts.
         await self.chat_limits.settle_stale()
         self.lessons = LessonLibrary()
-        self.evaluation = EvaluationService(self.gateway, self.chat, self.lessons)
-        self.datasets = DatasetService(DatasetRepository(self.db), DatasetCheckService())
+        self.evaluation = EvaluationService(self.gateway, self.chat, self.lessons,
+                                            moderate=self.governance.moderation.moderate_texts)
+        self.datasets = DatasetService(DatasetRepository(self.db), DatasetCheckService(),
+                                       moderate=self.governance.moderation.moderate_texts)
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)

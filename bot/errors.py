@@ -96,3 +96,9 @@ class GroupJobUnderwayError(UserFacingError):
     """A member's group already has a job waiting or training: their model is on its way, one per group."""
 
     key = "group.error.job_underway"
+
+
+class ModerationUnavailableError(UpstreamBusyError):
+    """The moderation check did not answer: the text is held back (fail closed), and trying again later may work."""
+
+    key = "gov.error.moderation_down"

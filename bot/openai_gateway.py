@@ -15,7 +15,7 @@ from openai import DEFAULT_CONNECTION_LIMITS, AsyncOpenAI, DefaultAsyncHttpxClie
 from openai.types import FilePurpose
 
 from bot import errors
-from storage.models import BackendEvent, BackendJob, BackendModel, TrainingSpeed
+from storage.models import BackendEvent, BackendJob, BackendModel, ModerationVerdict, TrainingSpeed
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,12 @@ class FineTuningGateway:
         return counts
 
     async def moderate(self, texts: Sequence[str]) -> list[bool]:
-        """Whether each text is flagged by the backend's moderation endpoint.
+        """Whether each text is flagged by the backend's moderation endpoint."""
+        return [verdict.flagged for verdict in await self.moderate_verdicts(texts)]
+
+    async def moderate_verdicts(self, texts: Sequence[str]) -> list[ModerationVerdict]:
+        """Each text's verdict, with the flagged spans where the backend reports them (an optional `spans` list of
+        [start, end] character offsets per result; OpenAI's endpoint has none).
 
         Read as plain JSON, like chat chunks: the typed result (every category and score of every text) costs more
         than the request itself when a class's streaming replies are checked."""
@@ -255,7 +260,9 @@ class FineTuningGateway:
         results = body.get("results") if isinstance(body, dict) else None
         if not isinstance(results, list) or len(results) != len(texts):
             raise errors.UpstreamDownError()
-        return [bool(isinstance(r, dict) and r.get("flagged")) for r in results]
+        return [ModerationVerdict(bool(isinstance(r, dict) and r.get("flagged")),
+                                  _spans(r.get("spans") if isinstance(r, dict) else None, len(text)))
+                for r, text in zip(results, texts)]
 
     async def moderation_model(self) -> str:
         """Ask the moderation endpoint once and return the model it names (which moderation the backend has)."""
@@ -277,6 +284,19 @@ class FineTuningGateway:
             return await call()
         except openai.APIError as exc:
             raise _translate(exc, what, creating_job=creating_job, chatting=chatting) from None
+
+
+def _spans(raw: object, length: int) -> tuple[tuple[int, int], ...]:
+    """The flagged spans a backend reported, kept only where they are sane offsets into the text."""
+    if not isinstance(raw, list):
+        return ()
+    found = []
+    for item in raw:
+        pair = (item.get("start"), item.get("end")) if isinstance(item, dict) else item
+        if (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
+                and 0 <= pair[0] < pair[1] <= length):
+            found.append((int(pair[0]), int(pair[1])))
+    return tuple(found)
 
 
 def _translate(

@@ -11,6 +11,7 @@ import discord
 
 from discord.app_commands import Choice
 
+from bot import errors
 from bot.i18n import locale_of, minutes_words, t
 from bot.services.class_time import ClassTime
 from bot.services.evaluation import (
@@ -18,6 +19,7 @@ from bot.services.evaluation import (
     EvaluationPlan,
     EvaluationReport,
     EvaluationService,
+    ShownEvaluation,
     render_score_chart,
 )
 from bot.services.lessons import GUIDE_STEPS, Behaviour, Lesson, LessonLibrary, guide_examples
@@ -81,10 +83,12 @@ def _minutes(seconds: int, locale: str) -> str:
 
 
 
-def lesson_step_embed(lesson: Lesson, step: int, locale: str) -> discord.Embed:
-    """One step of the guided lesson (0-based), in the class's language."""
+def lesson_step_embed(lesson: Lesson, step: int, locale: str, held: frozenset[int] = frozenset()) -> discord.Embed:
+    """One step of the guided lesson (0-based), in the class's language; `held`: examples moderation held back."""
     name = GUIDE_STEPS[step]
-    examples = "\n\n".join(_example_block(e.as_messages(), e.reference) for e in guide_examples(lesson))
+    examples = "\n\n".join("> " + t("post.held_back", locale) if i in held
+                             else _example_block(e.as_messages(), e.reference)
+                             for i, e in enumerate(guide_examples(lesson)))
     body = t(f"lesson.step.{name}", locale, title=lesson.title(locale), lesson=lesson.name,
              examples=examples if name == "example" else len(lesson.training_examples))
     embed = discord.Embed(title=t("lesson.step_title", locale, title=lesson.title(locale), step=step + 1,
@@ -123,19 +127,30 @@ class LessonNextButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
         return False
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        """Grey out this step's button and post the next step."""
+        """Grey out this step's button and post the next step (its examples moderated first)."""
         bot: ClassroomBot = interaction.client  # type: ignore[assignment]  # discord.py types it as a plain Client
         locale = bot.channel_locale(interaction.guild_id)
         lesson = bot.lessons.get(self.lesson)
+        following = self.step + 1
+        held: frozenset[int] = frozenset()
+        if following < len(GUIDE_STEPS) and GUIDE_STEPS[following] == "example" and interaction.guild_id is not None:
+            await interaction.response.defer()  # the check may take longer than Discord's 3 seconds
+            try:
+                held = await bot.evaluation.held_examples(interaction.guild_id, guide_examples(lesson))
+            except errors.ModerationUnavailableError as exc:  # fail closed: Next stays, to press again shortly
+                await interaction.followup.send(exc.render(interaction.locale), ephemeral=True)
+                return
         self.item.disabled = True
         done = discord.ui.View(timeout=None)
         done.add_item(self.item)
-        await interaction.response.edit_message(view=done)
-        following = self.step + 1
+        if interaction.response.is_done():
+            await interaction.edit_original_response(view=done)
+        else:
+            await interaction.response.edit_message(view=done)
         if following >= len(GUIDE_STEPS):
             return
         view = lesson_step_view(lesson, following, self.owner_id, locale)
-        await interaction.followup.send(embed=lesson_step_embed(lesson, following, locale),
+        await interaction.followup.send(embed=lesson_step_embed(lesson, following, locale, held),
                                         view=view or discord.utils.MISSING)
 
 
@@ -151,17 +166,18 @@ def lesson_step_view(lesson: Lesson, step: int, owner_id: int, locale: str) -> d
 # The evaluation ---------------------------------------------------------------------------------------------
 
 
-def evaluation_embed(report: EvaluationReport, shown: list[tuple[str | None, str | None]],
-                     locale: str) -> discord.Embed:
+def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: str) -> discord.Embed:
     """Scores per model, a verdict, the metric explained in one line, and the first questions side by side."""
     first, second = report.scores
-    embed = discord.Embed(title=t("evaluate.title", locale, count=len(report.rows), source=report.source),
-                          colour=EVALUATION_COLOUR)
+    title = t("evaluate.title", locale, count=len(report.rows), source=_source(shown, locale))
+    embed = discord.Embed(title=_clip(title, 256), colour=EVALUATION_COLOUR)
     if report.behaviour is not None:
         explain = t("evaluate.explain", locale, behaviour=behaviour_text(report.behaviour, locale))
     else:
         explain = t("evaluate.explain_similarity_only", locale)
     lines = [explain, "", _verdict(report, locale)]
+    if _any_held(shown):
+        lines += ["", t("post.held_back_rows", locale)]
     embed.description = _clip("\n".join(lines), 4096)
     for index, (score, role) in enumerate(((first, "evaluate.fine_tuned"), (second, "evaluate.other"))):
         value = []
@@ -171,17 +187,30 @@ def evaluation_embed(report: EvaluationReport, shown: list[tuple[str | None, str
                            total=len(checked), percent=_percent(score.behaviour_rate)))
         value.append(t("evaluate.score_similarity", locale, percent=_percent(score.similarity)))
         embed.add_field(name=_clip(f"{t(role, locale)}: {score.model}", 256), value="\n".join(value), inline=True)
-    for row, (one, two) in list(zip(report.rows, shown, strict=False))[:ROWS_SHOWN]:
+    for row in shown.rows[:ROWS_SHOWN]:
         answers = "\n".join([
-            t("evaluate.expected", locale, answer=_clip(row.example.reference, ANSWER_CHARS)),
-            f"**{short_name(report.models[0])}**: {_answer(one, locale)}",
-            f"**{short_name(report.models[1])}**: {_answer(two, locale)}",
+            t("evaluate.expected", locale, answer=_clip(_posted(row.reference, locale), ANSWER_CHARS)),
+            f"**{short_name(report.models[0])}**: {_answer(row.answers[0], locale)}",
+            f"**{short_name(report.models[1])}**: {_answer(row.answers[1], locale)}",
         ])
-        embed.add_field(name=_clip(t("evaluate.question", locale, prompt=row.example.prompt), 256),
+        embed.add_field(name=_clip(t("evaluate.question", locale, prompt=_posted(row.prompt, locale)), 256),
                         value=_clip(answers, FIELD_CHARS), inline=False)
     embed.set_image(url=f"attachment://{SCORES_CHART}")
     embed.set_footer(text=t("evaluate.all_answers", locale))
     return embed
+
+
+def _posted(text: str | None, locale: str) -> str:
+    # A student's question or answer that moderation held back: a kind note in its place.
+    return t("post.held_back", locale) if text is None else text
+
+
+def _source(shown: ShownEvaluation, locale: str) -> str:
+    return _posted(shown.source, locale)
+
+
+def _any_held(shown: ShownEvaluation) -> bool:
+    return shown.source is None or any(None in (r.prompt, r.reference, *r.answers) for r in shown.rows)
 
 
 def _answer(text: str | None, locale: str) -> str:
@@ -204,13 +233,14 @@ def _verdict(report: EvaluationReport, locale: str) -> str:
              second=_percent(second.similarity))
 
 
-def answers_file(report: EvaluationReport, shown: list[tuple[str | None, str | None]], locale: str) -> discord.File:
-    """Every question with the file's answer and both models' answers, as Markdown."""
-    parts = [f"# {t('evaluate.title', locale, count=len(report.rows), source=report.source)}\n"]
-    for row, (one, two) in zip(report.rows, shown, strict=True):
-        parts.append(f"## {row.example.prompt}\n\n{t('evaluate.expected', locale, answer=row.example.reference)}\n")
-        for model, text, sim in ((report.models[0], one, row.similarities[0]), (report.models[1], two,
-                                                                                 row.similarities[1])):
+def answers_file(report: EvaluationReport, shown: ShownEvaluation, locale: str) -> discord.File:
+    """Every question with the file's answer and both models' answers, as Markdown (held-back texts as a note)."""
+    parts = [f"# {t('evaluate.title', locale, count=len(report.rows), source=_source(shown, locale))}\n"]
+    for row, posted in zip(report.rows, shown.rows, strict=True):
+        parts.append(f"## {_posted(posted.prompt, locale)}\n\n"
+                     f"{t('evaluate.expected', locale, answer=_posted(posted.reference, locale))}\n")
+        for model, text, sim in ((report.models[0], posted.answers[0], row.similarities[0]),
+                                 (report.models[1], posted.answers[1], row.similarities[1])):
             shown_text = text if text is not None else t("evaluate.held_back", locale)
             parts.append(f"### {model} ({_percent(sim)}%)\n\n{shown_text}\n")
     return discord.File(io.BytesIO("\n".join(parts).encode()), filename="evaluation.md")
@@ -220,19 +250,18 @@ async def post_evaluation(interaction: discord.Interaction, service: EvaluationS
     """Run the plan and post the result in the channel: the embed, the score chart and every answer in a file."""
     locale = str(interaction.locale)
     report = await service.run(plan)
-    # Answers are shown to the whole class: each passes the class's moderation, as chat replies do (checked
-    # together, so the moderation hook can send them in one request).
-    checked = await asyncio.gather(*(service.shown_text(plan.guild_id, text) for row in report.rows
-                                     for text in row.answers))
+    # Everything posted for the class that a student or a model wrote passes the class's moderation first (checked
+    # together, in one request where the backend allows); a check that errors posts nothing (fail closed).
+    shown = await service.shown(plan.guild_id, report)
     labels = EvaluationChartLabels(title=t("evaluate.chart_title", locale),
                                    behaviour=t("evaluate.chart_behaviour", locale),
                                    similarity=t("evaluate.chart_similarity", locale))
     names = (f"{short_name(report.models[0])} ({t('evaluate.fine_tuned', locale)})", short_name(report.models[1]))
     png = await asyncio.to_thread(render_score_chart, report, labels=labels, names=names)  # ~0.1 s of CPU
-    pairs = list(zip(checked[0::2], checked[1::2], strict=True))
     await interaction.followup.send(
-        embed=evaluation_embed(report, pairs, locale),
-        files=[discord.File(io.BytesIO(png), filename=SCORES_CHART), answers_file(report, pairs, locale)],
+        embed=evaluation_embed(report, shown, locale),
+        files=[discord.File(io.BytesIO(png), filename=SCORES_CHART), answers_file(report, shown, locale)],
+        allowed_mentions=discord.AllowedMentions.none(),
     )
 
 
@@ -260,5 +289,8 @@ class EvaluateJobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template
                                                     ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
-        plan = await bot.evaluation.plan(interaction.guild_id, model)
-        await post_evaluation(interaction, bot.evaluation, plan)
+        try:
+            plan = await bot.evaluation.plan(interaction.guild_id, model)
+            await post_evaluation(interaction, bot.evaluation, plan)
+        except errors.UserFacingError as exc:  # e.g. the safety check is not answering: nothing unchecked is posted
+            await interaction.followup.send(exc.render(interaction.locale), ephemeral=True)

@@ -22,10 +22,11 @@ from bot.services.governance import (
     CleanupResult,
     Governance,
     ModerationNotice,
+    allowed_csv,
     report_csv,
 )
 from bot.services.starts import StartService
-from cogs import _lesson_ui, _ui
+from cogs import _flagged_ui, _lesson_ui, _ui
 from cogs._roles import member_is_teacher, teacher_only
 from dataset_rules.models import format_usd
 from storage.models import Approval, ClassSettings
@@ -325,7 +326,14 @@ class Classroom(commands.Cog):
         await self._describe_class_time(embed, interaction.guild, locale)
         lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
         text = "\n".join(line for line in lines if line)
-        await interaction.followup.send(text or discord.utils.MISSING, embed=embed, ephemeral=True)
+        # Requests about flagged files with no card in a teacher channel (none set, or posting failed) wait here,
+        # each with its Allow button: a false positive always has a way forward.
+        waiting = await self.governance.flagged.waiting(settings.guild_id)
+        if waiting:
+            embed.add_field(name=t("flagged.waiting_title", locale), value=_flagged_ui.waiting_field(waiting, locale),
+                            inline=False)
+        view = _flagged_ui.allow_views(waiting, locale) if waiting else discord.utils.MISSING
+        await interaction.followup.send(text or discord.utils.MISSING, embed=embed, ephemeral=True, view=view)
 
     async def _describe_class_time(self, embed: discord.Embed, guild: discord.Guild | None, locale: str) -> None:
         # How long the class's training takes on the school's trainer (other backends don't say), for the lesson
@@ -365,10 +373,16 @@ class Classroom(commands.Cog):
         assert interaction.guild is not None
         await self.governance.policy.settle_ended()
         report = await self.governance.reports.report(interaction.guild.id)
-        names = await _member_names(interaction.guild, [s.user_id for s in report.students])
-        csv_file = discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")
-        await interaction.followup.send(embed=report_embed(report, str(interaction.locale)), file=csv_file,
-                                        ephemeral=True)
+        allowed = await self.governance.flagged.allowed(interaction.guild.id)
+        names = await _member_names(interaction.guild, list({s.user_id for s in report.students}
+                                                            | {f.user_id for f in allowed}))
+        files = [discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")]
+        embed = report_embed(report, str(interaction.locale))
+        if allowed:  # on record: which flagged files a teacher let through, whose, which lines, and who allowed them
+            embed.add_field(name=t("flagged.report_title", interaction.locale),
+                            value=_flagged_ui.allowed_field(allowed, str(interaction.locale)), inline=False)
+            files.append(discord.File(io.BytesIO(allowed_csv(allowed, names)), filename="allowed-files.csv"))
+        await interaction.followup.send(embed=embed, files=files, ephemeral=True)
 
     @klass.command(name="cleanup", description=_("Delete this server's uploaded files and fine-tuned models",
                                                  key="gov.cmd.cleanup"))
@@ -402,6 +416,7 @@ class Classroom(commands.Cog):
             if plan.user_id is not None:
                 threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
                 await self.starts.forget_user(plan.guild_id, plan.user_id)  # checked files waiting on disk
+                await self.governance.flagged.forget_user(plan.guild_id, plan.user_id)  # their flagged lines
                 await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id)  # their /dataset examples
                 await self.bot.groups.forget_user(plan.guild_id, plan.user_id)  # and their place in a group
             await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
@@ -504,7 +519,13 @@ class Classroom(commands.Cog):
             return
         locale = self.bot.channel_locale(notice.guild_id)
         embed = discord.Embed(title=t(f"gov.moderation.title_{notice.where}", locale), colour=_ui.AMBER)
-        embed.description = t("gov.moderation.body", locale, count=notice.count,
+        if notice.where == "outage":  # said once per outage: nothing was shown, students were asked to wait
+            embed.description = t("gov.moderation.outage_body", locale)
+            channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)
+            await channel.send(embed=embed, allowed_mentions=discord.AllowedMentions.none())
+            return
+        body = "gov.moderation.body_post" if notice.where == "post" else "gov.moderation.body"
+        embed.description = t(body, locale, count=notice.count,
                               user=f"<@{notice.user_id}>" if notice.user_id else t("gov.moderation.someone", locale))
         if notice.detail:
             embed.add_field(name=t("gov.moderation.where", locale), value=_clip(notice.detail, 1024), inline=False)

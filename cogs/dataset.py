@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LATEST_SHOWN = 10
 WARNINGS_SHOWN = 5
 MODAL_TIMEOUT_SECONDS = 15 * 60
 COLOUR = 0xFEE75C
@@ -49,16 +48,20 @@ def summary_embed(summary: DatasetSummary, locale: str) -> discord.Embed:
     lines = [t("dataset.stats", locale, count=summary.count, tokens=summary.tokens, people=summary.contributors),
              progress_line(summary.count, summary.missing_to_train, summary.missing_to_target, name, locale)]
     if summary.dataset.system_prompt:
-        lines.append(t("dataset.system_prompt", locale, prompt=summary.dataset.system_prompt[:500]))
+        prompt = t("post.held_back", locale) if summary.prompt_held_back else summary.dataset.system_prompt[:500]
+        lines.append(t("dataset.system_prompt", locale, prompt=prompt))
     embed = discord.Embed(title=t("dataset.title", locale, name=name), description="\n".join(lines), colour=COLOUR)
     warnings = [w for w in (summary.report.warnings if summary.report else ()) if w.code != "few_examples"]
     if warnings:
         embed.add_field(name=t("dataset.warnings", locale),
                         value="\n".join(f"• {w.message(locale)}"[:200] for w in warnings[:WARNINGS_SHOWN]),
                         inline=False)
-    latest = summary.examples[-LATEST_SHOWN:]
+    latest = summary.latest
     if latest:
-        shown = "\n".join(f"**#{e.number}** {_clip(e.question, 80)} → {_clip(e.answer, 80)} (<@{e.user_id}>)"
+        # What moderation flagged is not posted: a kind note stands in its place (the teacher was told).
+        held = t("post.held_back", locale)
+        shown = "\n".join(f"**#{e.number}** {held} (<@{e.user_id}>)" if e.number in summary.held_back
+                          else f"**#{e.number}** {_clip(e.question, 80)} → {_clip(e.answer, 80)} (<@{e.user_id}>)"
                           for e in latest)
         embed.add_field(name=t("dataset.latest", locale), value=shown[:1024], inline=False)
     return embed
@@ -178,10 +181,16 @@ class Dataset(commands.Cog):
     async def dataset_export(self, interaction: discord.Interaction, name: str) -> None:
         """Post the dataset as a JSONL file."""
         assert interaction.guild_id is not None
-        filename, data = await self.service.export(interaction.guild_id, name)
-        await interaction.response.send_message(
-            t("dataset.exported", interaction.locale, name=filename.removesuffix(".jsonl"), count=data.count(b"\n")),
-            file=discord.File(io.BytesIO(data), filename=filename))
+        # Every example is moderated before the file is posted for the class: that can take a few seconds.
+        await interaction.response.defer(thinking=True)
+        export = await self.service.export_for_post(interaction.guild_id, name)
+        lines = [t("dataset.exported", interaction.locale, name=export.filename.removesuffix(".jsonl"),
+                   count=export.data.count(b"\n"))]
+        if export.held_back:
+            lines.append(t("post.held_back_examples", interaction.locale, count=len(export.held_back),
+                           numbers=", ".join(str(n) for n in export.held_back[:20])))
+        files = [discord.File(io.BytesIO(export.data), filename=export.filename)] if export.data else []
+        await interaction.followup.send("\n".join(lines), files=files, allowed_mentions=discord.AllowedMentions.none())
 
     @dataset_add.autocomplete("name")
     @dataset_show.autocomplete("name")

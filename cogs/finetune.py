@@ -20,8 +20,8 @@ from bot.i18n import locale_of, t
 from bot.services.finetune import FineTuneService, clean_suffix
 from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
-from bot.services.starts import AwaitingApproval, StartRequest, StartService, Started, Upload, jsonl_name
-from cogs import _lesson_ui, _ui
+from bot.services.starts import AwaitingApproval, Flagged, StartRequest, StartService, Started, Upload, jsonl_name
+from cogs import _flagged_ui, _lesson_ui, _ui
 from cogs._replies import send_ephemeral
 from cogs._roles import member_is_teacher
 
@@ -177,6 +177,13 @@ class FineTune(commands.Cog):
         elif isinstance(outcome, AwaitingApproval):
             await self._close_card(click, token, _ui.AMBER, t("gov.approval.sent", click.locale))
             self.bot.dispatch("approval_requested", outcome.approval)  # the classroom cog posts the teacher's card
+        elif isinstance(outcome, Flagged):
+            # The lines, for the student alone, with a way forward: fix the file, or ask a teacher to allow it.
+            await self._close_card(click, token, _ui.AMBER, t("flagged.card_footer", click.locale))
+            locale = str(click.locale)
+            await click.followup.send(_flagged_ui.student_text(outcome.flagged, locale), ephemeral=True,
+                                      view=_flagged_ui.button_view(outcome.flagged.id, "ask", locale),
+                                      allowed_mentions=discord.AllowedMentions.none())
         else:
             if not outcome.retry:  # refused for good (e.g. no fine-tuning for this account): grey the card out
                 await self._close_card(click, token, None, None)

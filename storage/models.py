@@ -308,3 +308,40 @@ class BackendResource:
     guild_id: int
     user_id: int
     job_id: str
+
+
+@dataclass(frozen=True)
+class ModerationVerdict:
+    """The backend's moderation answer for one text: flagged or not, and where in the text, when it says."""
+
+    flagged: bool
+    spans: tuple[tuple[int, int], ...] = ()  # [start, end) character offsets of what was flagged, if reported
+
+
+@dataclass(frozen=True)
+class FlaggedLine:
+    """One line of a training file that moderation flagged, with the flagged text when the backend named it."""
+
+    file: str
+    line: int
+    text: str  # the line's text (clipped), or the flagged words with a little context around them
+    span: tuple[int, int] | None = None  # the flagged words within `text`
+
+
+@dataclass(frozen=True)
+class FlaggedFile:
+    """A training file moderation flagged: the student may ask a teacher, who may allow exactly this file."""
+
+    id: str
+    guild_id: int
+    channel_id: int
+    user_id: int
+    pending_token: str
+    filename: str
+    file_hash: str
+    lines: tuple[FlaggedLine, ...]
+    status: str  # flagged | asked | allowed
+    decided_by: int | None
+    card_message_id: int | None
+    created_at: int
+    decided_at: int | None

@@ -90,6 +90,13 @@ class StartRepository:
             (expires_at, token),
         )
 
+    async def hold_for_review(self, token: str, expires_at: int) -> None:
+        """Moderation flagged the file: it waits (unclaimed, longer) for the student to ask and a teacher to allow."""
+        await self.db.execute(
+            "UPDATE pending_starts SET claimed = 0, expires_at = max(expires_at, ?) WHERE token = ?",
+            (expires_at, token),
+        )
+
     async def mark_cleared(self, token: str) -> None:
         """Moderation passed the data: the teacher's Approve does not check it again."""
         await self.db.execute("UPDATE pending_starts SET cleared = 1 WHERE token = ?", (token,))

@@ -355,7 +355,7 @@ async def test_moderation_flagged_training_data_is_held_back_and_reported(classr
     card = await open_card(classroom, _file_with("stupid"))
     click = await click_and_wait(classroom, card, "Start", classroom.student)
     refusal = await click.followup(timeout=10)
-    assert refusal.ephemeral and "lines 3" in refusal.text() and "didn't upload anything" in refusal.text()
+    assert refusal.ephemeral and "line 3: ||" in refusal.text() and "nothing was uploaded" in refusal.text()
     assert classroom.openai.uploads == [] and await ledger(classroom, classroom.guild.id) == []
     report = await classroom.discord.wait_for(lambda: next(iter(classroom.discord.messages(teachers)), None),
                                               timeout=10, what="moderation report")

@@ -113,7 +113,7 @@ async def test_own_word_in_training_data_stops_the_upload(classroom: Classroom) 
     await command(classroom, classroom.teacher, "class words add", word="dummy")
     card = await open_card(classroom, _file_with("a dummy"))
     refusal = await (await click_and_wait(classroom, card, "Start", classroom.student)).followup(timeout=10)
-    assert refusal.ephemeral and "lines 3" in refusal.text() and classroom.openai.uploads == []
+    assert refusal.ephemeral and "line 3: ||" in refusal.text() and classroom.openai.uploads == []
 
 
 async def test_moderation_off_turns_own_words_off_too(classroom: Classroom) -> None:

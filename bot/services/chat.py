@@ -514,13 +514,22 @@ class ChatService:
         flagged = await self.moderate(guild_id, [text])
         return not any(flagged)
 
+    async def _question_held(self, guild_id: int, text: str) -> str | None:
+        """None when a student's text may go to the model; else the catalog key of the kind note they see instead
+        (flagged, or the check is not answering: it fails closed)."""
+        try:
+            return None if await self.is_allowed(guild_id, text) else "chat.held_back_question"
+        except errors.ModerationUnavailableError:
+            return "chat.moderation_down"
+
     async def reply(self, thread: ChatThread, user_id: int, question: str, sink: ReplySink, locale: str) -> Delivered:
         """Answer a message in a chat thread, streamed into the sink, and remember the exchange."""
         if thread.ended:
             raise errors.UserFacingError("chat.error.already_ended")
-        if not await self.is_allowed(thread.guild_id, question):
-            log.info("Held back a message in chat thread %s (moderation)", thread.thread_id)
-            await sink.post(t("chat.held_back_question", locale))
+        held = await self._question_held(thread.guild_id, question)
+        if held is not None:
+            log.info("Held back a message in chat thread %s (moderation: %s)", thread.thread_id, held)
+            await sink.post(t(held, locale))
             return Delivered("", 1, held_back=True)
         messages = await self.history(thread, question)
         prompt_tokens = _prompt_tokens(thread.model, messages)
@@ -555,8 +564,9 @@ class ChatService:
     ) -> Delivered:
         """One question, one streamed answer (with the model's training system prompt unless another is given)."""
         model = await self.resolve_model(guild_id, model)
-        if not await self.is_allowed(guild_id, prompt):
-            await sink.post(t("chat.held_back_question", locale))
+        held = await self._question_held(guild_id, prompt)
+        if held is not None:
+            await sink.post(t(held, locale))
             return Delivered("", 1, held_back=True)
         system = await self.system_prompt_for(guild_id, model, system_prompt)
         messages = _with_system(system, prompt)
@@ -651,7 +661,7 @@ class ChatService:
             return comparison
         checked = []
         for answer in (comparison.first, comparison.second):
-            if answer.text and not await self.is_allowed(guild_id, answer.text):
+            if answer.text and await self._reply_held(guild_id, answer.text) is not None:
                 answer = Answer(answer.model, None, held_back=True)
             checked.append(answer)
         return replace(comparison, first=checked[0], second=checked[1])
@@ -724,8 +734,9 @@ class ChatService:
                     # The first words are checked at once (the reply appears quickly), later ones in batches: a
                     # class of streaming replies then makes a few moderation calls a second, not one per edit.
                     if not renderer.text.strip() or now - checked_at >= self.moderation_interval:
-                        if not await self.is_allowed(guild_id, _with_context(renderer.text, unchecked)):
-                            return await self._hold_back(renderer, sink, locale)
+                        held = await self._reply_held(guild_id, _with_context(renderer.text, unchecked))
+                        if held is not None:
+                            return await self._hold_back(renderer, sink, locale, held)
                         renderer.add(unchecked)
                         unchecked, checked_at = "", now
                 # Posts first: a new part must not wait for an edit budget that a previous part used up.
@@ -746,8 +757,9 @@ class ChatService:
         finally:
             await pieces.aclose()
         if unchecked:
-            if not await self.is_allowed(guild_id, _with_context(renderer.text, unchecked)):
-                return await self._hold_back(renderer, sink, locale)
+            held = await self._reply_held(guild_id, _with_context(renderer.text, unchecked))
+            if held is not None:
+                return await self._hold_back(renderer, sink, locale, held)
             renderer.add(unchecked)
         answer = renderer.text[len(header) + 1:] if header else renderer.text
         if not answer.strip():
@@ -771,8 +783,16 @@ class ChatService:
             budget.forget_idle()
         return Delivered(answer.strip(), len(renderer.shown), cut=end is not None and end.finish_reason == "length")
 
-    async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str) -> Delivered:
-        notice = t("chat.held_back_reply", locale)
+    async def _reply_held(self, guild_id: int, text: str) -> str | None:
+        """None when this much of a reply may be shown; else the key of the note shown in its place."""
+        try:
+            return None if await self.is_allowed(guild_id, text) else "chat.held_back_reply"
+        except errors.ModerationUnavailableError:
+            return "chat.moderation_down_reply"  # fail closed: what was not checked is not shown
+
+    async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str,
+                         key: str = "chat.held_back_reply") -> Delivered:
+        notice = t(key, locale)
         if not renderer.shown:
             await sink.post(notice)
             return Delivered("", 1, held_back=True)

@@ -8,7 +8,8 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 
 from bot import errors
 from bot.services.dataset_check import DatasetCheckService
@@ -23,6 +24,7 @@ NAME_MAX_CHARS = 40
 QUESTION_MAX_CHARS = 1000
 ANSWER_MAX_CHARS = 2000
 SYSTEM_PROMPT_MAX_CHARS = 1000
+LATEST_SHOWN = 10  # examples /dataset show posts (the newest), each moderated first
 _NAME = re.compile(r"[^a-z0-9_-]+")
 
 
@@ -34,6 +36,19 @@ def clean_name(name: str) -> str:
     return cleaned
 
 
+# Which of these texts to hold back before the bot posts them (the class's moderation; raises when it cannot check).
+PostModerator = Callable[[int, Sequence[str]], Awaitable[list[bool]]]
+
+
+@dataclass(frozen=True)
+class PostedExport:
+    """A dataset as a file to post in the channel: flagged examples are left out and named by number."""
+
+    filename: str
+    data: bytes
+    held_back: tuple[int, ...]
+
+
 @dataclass(frozen=True)
 class DatasetSummary:
     """Where a class dataset stands: its size, tokens, who wrote it, what is missing, and the check's findings."""
@@ -42,6 +57,13 @@ class DatasetSummary:
     examples: list[DatasetExample]
     contributors: int
     report: Report | None  # None while it is empty
+    held_back: frozenset[int] = frozenset()  # numbers of shown examples moderation flagged (shown as a note)
+    prompt_held_back: bool = False  # the system prompt was flagged (shown as a note)
+
+    @property
+    def latest(self) -> list[DatasetExample]:
+        """The newest examples, the ones /dataset show posts."""
+        return self.examples[-LATEST_SHOWN:]
 
     @property
     def count(self) -> int:
@@ -77,9 +99,11 @@ def to_jsonl(dataset: ClassDataset, examples: list[DatasetExample]) -> bytes:
 class DatasetService:
     """The rules of class-built datasets, scoped to one server each."""
 
-    def __init__(self, repository: DatasetRepository, checker: DatasetCheckService) -> None:
+    def __init__(self, repository: DatasetRepository, checker: DatasetCheckService, *,
+                 moderate: PostModerator | None = None) -> None:
         self.repository = repository
         self.checker = checker
+        self.moderate = moderate  # students' examples pass the class's moderation before the bot posts them
 
     async def create(self, guild_id: int, name: str, system_prompt: str | None, user_id: int) -> ClassDataset:
         """Create a dataset (a teacher's step), or change the system prompt of an existing one."""
@@ -136,7 +160,37 @@ class DatasetService:
             data = to_jsonl(dataset, examples)
             result = await asyncio.to_thread(self.checker.check_bytes, data, f"{dataset.name}.jsonl", model=model)
             report = result.report
-        return DatasetSummary(dataset, examples, len({e.user_id for e in examples}), report)
+        summary = DatasetSummary(dataset, examples, len({e.user_id for e in examples}), report)
+        return await self._moderated(guild_id, summary)
+
+    async def _moderated(self, guild_id: int, summary: DatasetSummary) -> DatasetSummary:
+        """The summary with what moderation flags among the texts it posts marked as held back."""
+        if self.moderate is None:
+            return summary
+        shown = summary.latest
+        prompt = summary.dataset.system_prompt
+        texts = [f"{e.question}\n{e.answer}" for e in shown] + ([prompt] if prompt else [])
+        flags = await self.moderate(guild_id, texts)
+        held = frozenset(e.number for e, flagged in zip(shown, flags) if flagged)
+        return replace(summary, held_back=held, prompt_held_back=bool(prompt) and flags[-1])
+
+    async def export_for_post(self, guild_id: int, name: str) -> PostedExport:
+        """The dataset as a file to post for the class: examples moderation flags are left out (and numbered), the
+        system prompt too if it is flagged. Training uses export(), whose file the Start's own check moderates."""
+        dataset = await self.get(guild_id, name)
+        examples = await self.repository.examples(guild_id, dataset.name)
+        if not examples:
+            raise errors.UserFacingError("dataset.error.empty", name=dataset.name)
+        held: tuple[int, ...] = ()
+        if self.moderate is not None:
+            prompt = dataset.system_prompt
+            flags = await self.moderate(guild_id, [*(f"{e.question}\n{e.answer}" for e in examples),
+                                                   *([prompt] if prompt else [])])
+            if prompt and flags[-1]:
+                dataset = replace(dataset, system_prompt=None)
+            held = tuple(e.number for e, flagged in zip(examples, flags) if flagged)
+            examples = [e for e in examples if e.number not in held]
+        return PostedExport(f"{dataset.name}.jsonl", to_jsonl(dataset, examples), held)
 
     async def export(self, guild_id: int, name: str) -> tuple[str, bytes]:
         """The dataset as a JSONL file: its name and bytes (a plain error when it has no examples yet)."""

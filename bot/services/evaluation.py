@@ -13,7 +13,7 @@ import io
 import logging
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -34,6 +34,8 @@ BASE_COLOR = "#80848E"  # the base model in grey, the fine-tuned one in the loss
 _BULLET = re.compile(r"^\s*(?:[-*•·▪‣]|\d{1,2}[.)])\s+\S")
 _NUMBER = re.compile(r"\d+")
 _TRAILING = "!.?~。！？ \n\t"
+# Which of these texts to hold back before the bot posts them (the class's moderation; raises when it cannot check).
+PostModerator = Callable[[int, Sequence[str]], Awaitable[list[bool]]]
 MIN_SIGN_OFF_CHARS = 4  # a common ending shorter than this ("요.") is the language, not a taught sign-off
 
 
@@ -216,14 +218,34 @@ class EvaluationPlan:
     lesson: Lesson | None
 
 
+@dataclass(frozen=True)
+class ShownRow:
+    """One question as it may be posted: each text, or None where moderation held it back."""
+
+    prompt: str | None
+    reference: str | None
+    answers: tuple[str | None, str | None]
+
+
+@dataclass(frozen=True)
+class ShownEvaluation:
+    """What of an evaluation may be posted for the class: the source's name and every row (None: held back)."""
+
+    source: str | None
+    rows: tuple[ShownRow, ...]
+
+
 class EvaluationService:
     """Runs held-out questions through a fine-tuned model and the model it is compared with, and scores them."""
 
     def __init__(self, gateway: FineTuningGateway, chat: ChatService, lessons: LessonLibrary, *,
-                 max_prompts: int = MAX_PROMPTS, answer_max_tokens: int = ANSWER_MAX_TOKENS) -> None:
+                 max_prompts: int = MAX_PROMPTS, answer_max_tokens: int = ANSWER_MAX_TOKENS,
+                 moderate: PostModerator | None = None) -> None:
         self.gateway = gateway
         self.chat = chat
         self.lessons = lessons
+        # Questions, the file's answers and the models' answers pass the class's moderation before they are posted.
+        self.moderate = moderate or chat.moderate
         self.max_prompts = max_prompts
         self.answer_max_tokens = answer_max_tokens
 
@@ -275,6 +297,25 @@ class EvaluationService:
         return build_report(plan.models, plan.behaviour, plan.source, plan.examples,
                             (answers[:count], answers[count:]))
 
-    async def shown_text(self, guild_id: int, text: str) -> str | None:
-        """An answer as it may be posted in the channel, or None when the class's moderation holds it back."""
-        return text if await self.chat.is_allowed(guild_id, text) else None
+    async def held_examples(self, guild_id: int, examples: Sequence[Example]) -> frozenset[int]:
+        """Which of these lesson examples (by position) moderation holds back before a lesson step posts them: a
+        lesson folder a school adds is text the bot did not write."""
+        if self.moderate is None or not examples:
+            return frozenset()
+        texts = ["\n".join([*(content for _, content in e.messages), e.reference]) for e in examples]
+        return frozenset(i for i, flagged in enumerate(await self.moderate(guild_id, texts)) if flagged)
+
+    async def shown(self, guild_id: int, report: EvaluationReport) -> ShownEvaluation:
+        """Everything of the report that a student or a model wrote, checked together before it is posted: the
+        file's name, its questions and answers, and both models' answers (held back ones become None)."""
+        texts = [report.source] + [text for row in report.rows
+                                   for text in (row.example.prompt, row.example.reference, *row.answers)]
+        checked = [i for i, text in enumerate(texts) if text.strip()]
+        flags = await self.moderate(guild_id, [texts[i] for i in checked]) if self.moderate and checked else []
+        held = {i for i, flagged in zip(checked, flags) if flagged}
+        shown = [None if i in held else text for i, text in enumerate(texts)]
+        rows = tuple(ShownRow(shown[k], shown[k + 1], (shown[k + 2], shown[k + 3]))
+                     for k in range(1, len(shown), 4))
+        if held:
+            log.info("Held back %d texts of an evaluation in guild %s", len(held), guild_id)
+        return ShownEvaluation(shown[0], rows)

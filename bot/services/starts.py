@@ -24,12 +24,13 @@ from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
 from bot.services import training_file
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
+from bot.services.governance.moderation import ContentFlaggedError
 from bot.services.groups import GroupService
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.groups import Group
 from storage.jobs import JobRepository
-from storage.models import Approval, BackendJob, Job, NewJob, Reservation
+from storage.models import Approval, BackendJob, FlaggedFile, Job, NewJob, Reservation
 from storage.private import make_private_dir, narrow_modes, write_private
 from storage.starts import PendingStart, StartRepository
 
@@ -106,7 +107,24 @@ class Refused:
     retry: bool = False
 
 
-Outcome = Started | AwaitingApproval | Refused
+@dataclass(frozen=True)
+class Flagged:
+    """Moderation flagged lines of the file: nothing was uploaded, and the start waits. The student sees the lines,
+    may fix the file or ask a teacher; a teacher's allowance of this exact file lets the same start go on."""
+
+    flagged: FlaggedFile
+    error: errors.UserFacingError
+
+
+Outcome = Started | AwaitingApproval | Refused | Flagged
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """A teacher allowed a flagged file, and what came of the start that waited for it."""
+
+    flagged: FlaggedFile
+    outcome: Outcome
 
 
 @dataclass(frozen=True)
@@ -148,6 +166,10 @@ class StartPolicy(Protocol):
 
     async def finish_approval(self, approval: Approval, *, job_id: str | None, status: str) -> None:
         """Record how an approved start went."""
+        ...
+
+    async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> FlaggedFile:
+        """Record a teacher's allowance of a flagged file once."""
         ...
 
     async def job_recorded(self, job: Job, token: str | None) -> None:
@@ -338,6 +360,8 @@ class StartService:
         try:
             pending = await self._moderated(pending)
             approval = await self.policy.request_approval(pending)
+        except ContentFlaggedError as exc:
+            return await self._held_for_review(pending, exc)
         except errors.UpstreamBusyError as exc:
             await self.repo.release(pending.token)
             return Refused(exc, retry=True)
@@ -362,10 +386,30 @@ class StartService:
         if isinstance(outcome, Started):
             await self.policy.finish_approval(approval, job_id=outcome.job.id, status="approved")
             return Decision(approval, approved=True, job=outcome.job)
-        assert isinstance(outcome, Refused)
+        if isinstance(outcome, Flagged | AwaitingApproval):  # cleared before the request: only if data changed
+            outcome = Refused(outcome.error if isinstance(outcome, Flagged) else errors.UserFacingError())
         await self.policy.finish_approval(approval, job_id=None, status="failed")
         await self._forget(approval.pending_token)  # the decision is recorded: the student asks again
         return Decision(approval, approved=True, problem=outcome.error)
+
+    async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> Allowed:
+        """A teacher allowed a flagged file: the start that waited for it goes on, through the same path as Start
+        (to a teacher's approval first when approvals are on)."""
+        flagged = await self.policy.allow_flagged(guild_id, flagged_id, teacher_id)
+        pending = await self.pending(flagged.pending_token)
+        if pending is None:
+            return Allowed(flagged, Refused(errors.UserFacingError("flagged.error.start_gone")))
+        try:
+            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher):
+                return Allowed(flagged, await self._send_for_approval(pending))
+        except errors.UserFacingError as exc:
+            return Allowed(flagged, Refused(exc, retry=isinstance(exc, errors.UpstreamBusyError)))
+        return Allowed(flagged, await self._start(pending))
+
+    async def _held_for_review(self, pending: PendingStart, flagged: ContentFlaggedError) -> Outcome:
+        # Nothing was uploaded; the start waits as long as an approval would, so a teacher can let it go on.
+        await self.repo.hold_for_review(pending.token, int(time.time()) + APPROVAL_TTL_SECONDS)
+        return Flagged(flagged.flagged, flagged)
 
     async def _start(self, pending: PendingStart) -> Outcome:
         # One click, one job: a double click, or Start racing the teacher's Approve, finds the start claimed.
@@ -409,6 +453,8 @@ class StartService:
             # the backend was only busy.
             if reservation is not None:
                 await self.policy.on_start_failed(reservation)
+            if isinstance(exc, ContentFlaggedError):
+                return await self._held_for_review(pending, exc)
             if isinstance(exc, errors.UpstreamBusyError):
                 await self.repo.release(pending.token)
                 return Refused(exc, retry=True)

@@ -264,6 +264,9 @@ class FakeOpenAI:
         self.flag_words: set[str] | dict[str, str] = set()
         # False: /v1/moderations answers 404 as a server without the route does (a plain vLLM, FastAPI's body).
         self.moderation_endpoint = True
+        # True: each result also names where the flagged words are (`spans`: [start, end] offsets), as the school's
+        # trainer may; OpenAI's endpoint does not.
+        self.moderation_spans = False
         self.auto_advance = 0
         self.validation_every = 0  # 0: about ten validation points per job
         self._refusal: tuple[int, str, str, str] | None = None
@@ -320,6 +323,10 @@ class FakeOpenAI:
     ) -> None:
         """Answer the next `times` matching requests with an error (`retry-after-ms` when retry_after is given)."""
         self._rules.append(_Rule(method.upper(), re.compile(path_regex), times, status, retry_after, code))
+
+    def clear_failures(self) -> None:
+        """Forget the errors and hangs still queued by fail_next and hang_next (the backend answers again)."""
+        self._rules.clear()
 
     def hang_next(self, method: str, path_regex: str, times: int = 1) -> None:
         """Never answer the next matching requests (until the client gives up or the fake closes)."""
@@ -947,15 +954,18 @@ class FakeOpenAI:
         results = []
         for text in inputs:
             lowered = str(text).lower()
-            hit = {cat for word, cat in words.items() if re.search(rf"\b{re.escape(word.lower())}\b", lowered)}
-            results.append(
-                {
-                    "flagged": bool(hit),
-                    "categories": {c: c in hit for c in MODERATION_CATEGORIES},
-                    "category_scores": {c: 0.93 if c in hit else 0.0001 for c in MODERATION_CATEGORIES},
-                    "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
-                }
-            )
+            found = [(m, cat) for word, cat in words.items()
+                     for m in re.finditer(rf"\b{re.escape(word.lower())}\b", lowered)]
+            hit = {cat for _, cat in found}
+            result: dict[str, Any] = {
+                "flagged": bool(hit),
+                "categories": {c: c in hit for c in MODERATION_CATEGORIES},
+                "category_scores": {c: 0.93 if c in hit else 0.0001 for c in MODERATION_CATEGORIES},
+                "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES},
+            }
+            if self.moderation_spans:
+                result["spans"] = [[m.start(), m.end()] for m, _ in found]
+            results.append(result)
         return _json(
             {"id": _rand_id("modr-"), "model": body.get("model") or "omni-moderation-latest", "results": results}
         )

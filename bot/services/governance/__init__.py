@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bot.openai_gateway import FineTuningGateway
+from bot.services.governance.flagged import FlaggedFileService
 from bot.services.governance.moderation import (
     MODERATION_BATCH,
     MODERATION_SAMPLE_CAP,
@@ -28,18 +29,21 @@ from bot.services.governance.reports import (
     CleanupResult,
     ReportService,
     StudentTotals,
+    allowed_csv,
     build_report,
     report_csv,
 )
 from bot.services.governance.roles import ClassSettingsService
 from bot.services.wordlist import WordListService
+from storage.flagged import FlaggedFileRepository
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 
 __all__ = [
     "MODERATION_BATCH", "MODERATION_SAMPLE_CAP", "MODERATION_TEXT_CHARS", "QUOTA_WINDOW_SECONDS", "BudgetExceededError",
     "ClassReport",
-    "ClassSettingsService", "CleanupPlan", "CleanupResult", "ContentFlaggedError", "Governance",
+    "ClassSettingsService", "CleanupPlan", "CleanupResult", "ContentFlaggedError", "FlaggedFileService", "Governance",
+    "allowed_csv",
     "ModerationCoalescer", "ModerationNotice", "ModerationService", "QuotaExceededError", "ReportService",
     "StartPolicyService", "StudentTotals", "build_report", "job_cost", "report_csv", "training_texts",
 ]
@@ -54,12 +58,15 @@ class Governance:
     policy: StartPolicyService
     moderation: ModerationService
     reports: ReportService
+    flagged: FlaggedFileService
 
     @classmethod
     def create(cls, repo: GovernanceRepository, jobs: JobRepository, gateway: FineTuningGateway, *,
                self_hosted: bool, wordlist: WordListService | None = None) -> Governance:
-        """Wire the four services (the teacher's own words go to moderation)."""
+        """Wire the five services (the teacher's own words go to moderation; flagged files are shared by both)."""
         roles = ClassSettingsService(repo)
-        moderation = ModerationService(repo, gateway, self_hosted=self_hosted, wordlist=wordlist)
-        policy = StartPolicyService(repo, jobs, moderation, self_hosted=self_hosted)
-        return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles))
+        flagged_files = FlaggedFileRepository(repo.db)
+        flagged = FlaggedFileService(flagged_files)
+        moderation = ModerationService(repo, gateway, self_hosted=self_hosted, wordlist=wordlist, flagged=flagged_files)
+        policy = StartPolicyService(repo, jobs, moderation, self_hosted=self_hosted, flagged=flagged)
+        return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles), flagged)

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.training_file import content_text, numbered_examples
 from bot.services.wordlist import ModerationKind, WordListService, moderation_kind
+from storage.flagged import FlaggedFileRepository
 from storage.governance import GovernanceRepository
-from storage.models import ClassSettings
+from storage.models import ClassSettings, FlaggedFile, FlaggedLine, ModerationVerdict
 from storage.starts import PendingStart
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+_ONE_LINE = re.compile(r"\s")
 _RANDOM = random.SystemRandom()  # samples nobody can predict, so none can be planned around
 
 # Moderation: texts per request; every example of a file up to MODERATION_SAMPLE_CAP examples, a fresh random
@@ -31,13 +38,25 @@ MODERATION_OVERLAP_CHARS = 200
 MODERATION_WINDOW_CAP = 2048
 # Whether the backend has a moderation endpoint is asked once, then remembered this long.
 MODERATION_PROBE_SECONDS = 3600
-# Float sums of cents must not refuse a job that fits exactly.
+# One moderation request that takes longer counts as an outage (the text is held back). Above the trainer's first
+# answer, which loads its filters (3 to 8 seconds on a 2-core machine); far below the SDK's 60 s x 3 attempts, which
+# would leave a student's chat message hanging for minutes.
+MODERATION_REQUEST_SECONDS = 30.0
+# What a student and a teacher see of a flagged line: this many characters of context around the flagged words, or
+# of the line when the backend does not say which words; and at most this many lines.
+FLAGGED_CONTEXT_CHARS = 60
+FLAGGED_LINE_CHARS = 160
+FLAGGED_LINES_KEPT = 10
 
 
 class ContentFlaggedError(errors.UserFacingError):
-    """Moderation flagged the training data."""
+    """Moderation flagged the training data; `flagged` says which lines, and is what a teacher may allow."""
 
     key = "gov.error.data_flagged"
+
+    def __init__(self, flagged: FlaggedFile, lines: str) -> None:
+        super().__init__(lines=lines)
+        self.flagged = flagged
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,7 @@ class ModerationNotice:
     """Something moderation held back, for the teacher channel."""
 
     guild_id: int
-    where: str  # training_data | chat
+    where: str  # training_data | chat | post | outage (the check is not answering; said once per outage)
     user_id: int | None
     count: int
     excerpt: str
@@ -97,17 +116,23 @@ class ModerationCoalescer:
 
 
 class ModerationService:
-    """Holds back harmful training data and chat texts, and tells the teacher channel what it held back."""
+    """Holds back harmful training data, chat texts and posts, and tells the teacher channel what it held back.
+
+    It fails closed: when the backend's check errors, the text is held back (ModerationUnavailableError) and the
+    teacher is told once per outage, not once per message."""
 
     def __init__(self, repo: GovernanceRepository, gateway: FineTuningGateway, *, self_hosted: bool,
-                 wordlist: WordListService | None = None) -> None:
+                 wordlist: WordListService | None = None, flagged: FlaggedFileRepository | None = None) -> None:
         self.repo = repo
         self.gateway = gateway
         self.self_hosted = self_hosted
         self.wordlist = wordlist  # the teacher's own words, checked before the backend is asked
+        self.flagged = flagged or FlaggedFileRepository(repo.db)
         self._reporters: list[Reporter] = []
         self._probe: tuple[float, bool] | None = None
         self._moderation_model: str | None = None
+        # Servers whose teachers were told the check is not answering; emptied when a check answers again.
+        self._outage_told: set[int] = set()
         # Chat texts checked at about the same moment (a class of streaming replies) share one moderation request.
         self._chat_checks = ModerationCoalescer(self._moderate, MODERATION_BATCH)
 
@@ -134,10 +159,13 @@ class ModerationService:
         if self._probe is not None and now - self._probe[0] < MODERATION_PROBE_SECONDS:
             return self._probe[1]
         try:
-            self._moderation_model = await self.gateway.moderation_model()
+            self._moderation_model = await asyncio.wait_for(self.gateway.moderation_model(),
+                                                            MODERATION_REQUEST_SECONDS)
             available = True
-        except (errors.UpstreamBusyError, errors.UpstreamDownError):
-            return self._probe[1] if self._probe else not self.self_hosted  # a blip: do not decide now
+        except (errors.UpstreamBusyError, errors.UpstreamDownError, TimeoutError):
+            # A blip: do not decide now. Never asked yet (a trainer still starting, a backend down at our start):
+            # count it as moderating, so the checks that follow fail closed instead of letting text through.
+            return self._probe[1] if self._probe else True
         except errors.UserFacingError:
             available = False
         self._probe = (now, available)
@@ -156,6 +184,13 @@ class ModerationService:
 
     async def moderate_chat(self, guild_id: int, texts: Sequence[str]) -> list[bool]:
         """Which chat texts to hold back (the chat feature calls this for messages and replies)."""
+        return await self.moderate_texts(guild_id, texts, where="chat")
+
+    async def moderate_texts(self, guild_id: int, texts: Sequence[str], *, where: str = "post",
+                             user_id: int | None = None) -> list[bool]:
+        """Which texts to hold back before the bot shows them (chat, or a post of students' or a model's text).
+
+        Raises ModerationUnavailableError when the check errors: nothing unchecked is shown."""
         if not texts:
             return []
         settings = await self.repo.settings(guild_id)
@@ -163,58 +198,96 @@ class ModerationService:
         if not all(flags) and await self.moderation_on(guild_id, settings):
             windows = [(i, window) for i, (text, own) in enumerate(zip(texts, flags)) if not own
                        for window in text_windows(text)]
-            try:
-                backend = await self._chat_checks.check([window for _, window in windows])
-            except errors.UserFacingError:
-                # A moderation outage must not silence every class chat; it is logged so the teacher can be told.
-                log.warning("Chat moderation unavailable in guild %s; letting %d texts through", guild_id,
-                            len(texts) - sum(flags))
-                backend = [False] * len(windows)
+            backend = await self._answered(guild_id, self._chat_checks.check([window for _, window in windows]))
             hits = {i for (i, _), flagged in zip(windows, backend) if flagged}
             flags = [own or i in hits for i, own in enumerate(flags)]
         flagged = [t for t, f in zip(texts, flags) if f]
         if flagged:
-            await self._report(ModerationNotice(guild_id, "chat", None, len(flagged), _excerpt(flagged[0])))
+            await self._report(ModerationNotice(guild_id, where, user_id, len(flagged), _excerpt(flagged[0])))
         return flags
 
+    async def _answered(self, guild_id: int, check: Awaitable[T]) -> T:
+        """The check's answer; when it errors, the teacher is told (once per outage) and nothing passes."""
+        try:
+            answer = await check
+        except errors.UserFacingError:
+            if guild_id not in self._outage_told:
+                self._outage_told.add(guild_id)
+                log.warning("Moderation check unavailable in guild %s; holding texts back", guild_id)
+                await self._report(ModerationNotice(guild_id, "outage", None, 0, ""))
+            raise errors.ModerationUnavailableError() from None
+        if self._outage_told:
+            log.info("Moderation check answers again (%d servers had been told it did not)", len(self._outage_told))
+            self._outage_told.clear()
+        return answer
+
     async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
-        """Moderate the user/assistant texts of the training (and validation) data before anything is uploaded."""
+        """Moderate the texts of the training (and validation) data before anything is uploaded; a flagged file is
+        recorded (the student may ask a teacher, who may allow exactly this file) and refused."""
         if pending.cleared:
             return
         settings = settings or await self.repo.settings(pending.guild_id)
         backend_on = await self.moderation_on(pending.guild_id, settings)
         if not backend_on and (self.wordlist is None or settings.moderation is False):
             return
-        examples: list[tuple[int, str]] = []
-        for upload_data in await asyncio.to_thread(_data_to_upload, pending):
-            examples += training_texts(upload_data)
+        files = await asyncio.to_thread(_data_to_upload, pending)
+        names = [pending.training_filename, pending.validation_name or "validation.jsonl"]
+        examples = [((name, line), text) for name, data in zip(names, files) for line, text in training_texts(data)]
         # The teacher's words are checked on every example; the backend on every example of a class-sized file and
         # on a fresh random sample of a bigger one: no line can be placed where it is never looked at.
         own = await self._own_words(pending.guild_id, [text for _, text in examples], settings)
-        flagged = {line: text for (line, text), hit in zip(examples, own) if hit}
+        flagged = {key: _flagged_line(key, text, None) for (key, text), hit in zip(examples, own) if hit}
         if backend_on:
             rest = _sample([example for example, hit in zip(examples, own) if not hit], MODERATION_SAMPLE_CAP)
-            windows = _sample([(line, window) for line, text in rest for window in text_windows(text)],
+            windows = _sample([(key, window) for key, text in rest for window in text_windows(text)],
                               MODERATION_WINDOW_CAP)
-            for (line, window), hit in zip(windows, await self._moderate([window for _, window in windows])):
-                if hit:
-                    flagged.setdefault(line, window)
+            verdicts = await self._answered(pending.guild_id, self._verdicts([window for _, window in windows]))
+            for (key, window), verdict in zip(windows, verdicts):
+                if verdict.flagged and key not in flagged:
+                    flagged[key] = _flagged_line(key, window, verdict.spans[0] if verdict.spans else None)
         if flagged:
-            lines = sorted(flagged)
-            shown = ", ".join(str(n) for n in lines[:10])
-            await self._report(ModerationNotice(
-                pending.guild_id, "training_data", pending.user_id, len(lines), _excerpt(flagged[lines[0]]),
-                detail=f"{pending.training_filename}: {shown}",
-            ))
-            log.info("Training data of user %s in guild %s flagged on %d lines", pending.user_id,
-                     pending.guild_id, len(lines))
-            raise ContentFlaggedError(lines=shown)
+            await self._refuse(pending, files, flagged)
+
+    async def _refuse(self, pending: PendingStart, files: list[bytes], flagged: dict[tuple[str, int], FlaggedLine]
+                      ) -> None:
+        """Let a file through whose flagged lines a teacher allowed in this exact file; else record it and refuse."""
+        digest = file_hash(files)
+        if set(flagged) <= await self.flagged.allowed_lines(pending.guild_id, digest):
+            log.info("Training data of user %s in guild %s: flagged lines a teacher allowed in this file",
+                     pending.user_id, pending.guild_id)
+            return
+        keys = sorted(flagged, key=lambda key: (key[0] != pending.training_filename, key))
+        shown = ", ".join(str(line) for line in sorted({line for _, line in keys})[:10])
+        earlier = await self.flagged.open_for(pending.token, digest)
+        if earlier is not None:  # Start pressed again on the same flagged file: one record, one report
+            raise ContentFlaggedError(earlier, shown)
+        record = FlaggedFile(
+            id=secrets.token_hex(6), guild_id=pending.guild_id, channel_id=pending.channel_id, user_id=pending.user_id,
+            pending_token=pending.token, filename=pending.training_filename, file_hash=digest,
+            lines=tuple(flagged[key] for key in keys[:FLAGGED_LINES_KEPT]), status="flagged", decided_by=None,
+            card_message_id=None, created_at=int(time.time()), decided_at=None,
+        )
+        await self.flagged.add(record)
+        await self._report(ModerationNotice(
+            pending.guild_id, "training_data", pending.user_id, len(keys), _excerpt(flagged[keys[0]].text),
+            detail=f"{pending.training_filename}: {shown}",
+        ))
+        log.info("Training data of user %s in guild %s flagged on %d lines (flagged file %s)", pending.user_id,
+                 pending.guild_id, len(keys), record.id)
+        raise ContentFlaggedError(record, shown)
 
     async def _moderate(self, texts: list[str]) -> list[bool]:
-        flags: list[bool] = []
+        return [verdict.flagged for verdict in await self._verdicts(texts)]
+
+    async def _verdicts(self, texts: list[str]) -> list[ModerationVerdict]:
+        verdicts: list[ModerationVerdict] = []
         for start in range(0, len(texts), MODERATION_BATCH):
-            flags += await self.gateway.moderate(texts[start:start + MODERATION_BATCH])
-        return flags
+            try:
+                verdicts += await asyncio.wait_for(
+                    self.gateway.moderate_verdicts(texts[start:start + MODERATION_BATCH]), MODERATION_REQUEST_SECONDS)
+            except TimeoutError:
+                raise errors.UpstreamDownError() from None  # a check that does not answer is an outage
+        return verdicts
 
     async def _report(self, notice: ModerationNotice) -> None:
         for reporter in list(self._reporters):
@@ -222,6 +295,31 @@ class ModerationService:
                 await reporter(notice)
             except Exception:  # boundary: a failed report must not undo the moderation decision
                 log.exception("Reporting a moderation notice in guild %s failed", notice.guild_id)
+
+
+def file_hash(files: Sequence[bytes]) -> str:
+    """SHA-256 of a start's staged file(s), the identity a teacher's allowance is bound to."""
+    digest = hashlib.sha256()
+    for data in files:
+        digest.update(len(data).to_bytes(8, "big"))  # the boundary between files is part of the identity
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _flagged_line(key: tuple[str, int], text: str, span: tuple[int, int] | None) -> FlaggedLine:
+    """A flagged line as it may be shown: the flagged words with some context, or the start of the line."""
+    if span is None:
+        flat = " ".join(text.split())
+        return FlaggedLine(key[0], key[1], _excerpt(flat, FLAGGED_LINE_CHARS))
+    text = _ONE_LINE.sub(" ", text)  # one character for one, so the span stays where it was
+    start, end = span
+    left = max(0, start - FLAGGED_CONTEXT_CHARS)
+    end = min(end, start + FLAGGED_LINE_CHARS)
+    right = min(len(text), end + FLAGGED_CONTEXT_CHARS)
+    prefix = "…" if left else ""
+    excerpt = prefix + text[left:right] + ("…" if right < len(text) else "")
+    offset = len(prefix) + start - left
+    return FlaggedLine(key[0], key[1], excerpt, (offset, offset + end - start))
 
 
 def training_texts(data: bytes) -> list[tuple[int, str]]:
@@ -253,9 +351,12 @@ def _data_to_upload(pending: PendingStart) -> list[bytes]:
     return [Path(path).read_bytes() for path in pending.paths]
 
 
-def _sample(items: list[tuple[int, str]], cap: int) -> list[tuple[int, str]]:
+def _sample(items: list[T], cap: int) -> list[T]:
     """All items up to the cap; beyond it a random sample (a fresh one each time), in file order."""
-    return items if len(items) <= cap else sorted(_RANDOM.sample(items, cap))
+    if len(items) <= cap:
+        return items
+    chosen = sorted(_RANDOM.sample(range(len(items)), cap))  # positions, so any item type keeps file order
+    return [items[i] for i in chosen]
 
 
 def _excerpt(text: str, limit: int = 120) -> str:

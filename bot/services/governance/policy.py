@@ -7,12 +7,14 @@ import secrets
 import time
 
 from bot import errors
+from bot.services.governance.flagged import FlaggedFileService
 from bot.services.governance.moderation import ModerationService
 from dataset_rules.models import format_usd
 from dataset_rules.models import lookup as lookup_model
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
-from storage.models import Approval, ClassSettings, Job, Reservation, SpendSnapshot
+from storage.flagged import FlaggedFileRepository
+from storage.models import Approval, ClassSettings, FlaggedFile, Job, Reservation, SpendSnapshot
 from storage.starts import PendingStart
 
 log = logging.getLogger(__name__)
@@ -38,11 +40,12 @@ class StartPolicyService:
     """The class's rules a start must pass, with the reservation they hold; the watcher's settler."""
 
     def __init__(self, repo: GovernanceRepository, jobs: JobRepository, moderation: ModerationService, *,
-                 self_hosted: bool) -> None:
+                 self_hosted: bool, flagged: FlaggedFileService | None = None) -> None:
         self.repo = repo
         self.jobs = jobs
         self.moderation = moderation
         self.self_hosted = self_hosted
+        self.flagged = flagged or FlaggedFileService(FlaggedFileRepository(repo.db))
 
     # The start policy (the start use case calls these) --------------------------------------------------------
 
@@ -162,6 +165,10 @@ class StartPolicyService:
     async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
         """Moderate the staged data (once per pending start; the start use case remembers it passed)."""
         await self.moderation.check_training_data(pending, settings)
+
+    async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> FlaggedFile:
+        """A teacher allows a flagged file: its flagged lines pass in this exact file from now on."""
+        return await self.flagged.allow(guild_id, flagged_id, teacher_id)
 
     # Helpers -----------------------------------------------------------------------------------------------
 

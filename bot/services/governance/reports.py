@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from datetime import UTC, datetime
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ from bot.services.governance.policy import job_cost
 from bot.services.governance.roles import ClassSettingsService
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
-from storage.models import BackendResource, Job, LedgerEntry
+from storage.models import BackendResource, FlaggedFile, Job, LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -193,4 +194,17 @@ def report_csv(report: ClassReport, names: dict[int, str]) -> bytes:
     t = report.total
     writer.writerow(["TOTAL", "", t.jobs, t.estimated_tokens, t.trained_tokens, f"{t.estimated_usd:.6f}",
                      f"{t.actual_usd:.6f}", " ".join(t.base_models), " ".join(t.models)])
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+def allowed_csv(allowed: list[FlaggedFile], names: dict[int, str]) -> bytes:
+    """Every flagged file a teacher allowed, as CSV beside the class report (UTF-8 with a BOM; cells a student
+    controls neutralised)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["allowed_at_utc", "user_id", "name", "file", "file_sha256", "lines", "allowed_by"])
+    for f in allowed:
+        when = datetime.fromtimestamp(f.decided_at or f.created_at, UTC).strftime("%Y-%m-%d %H:%M")
+        writer.writerow([when, f.user_id, _as_text(names.get(f.user_id, "")), _as_text(f.filename), f.file_hash,
+                         " ".join(str(x.line) for x in f.lines), f.decided_by or ""])
     return ("\ufeff" + out.getvalue()).encode("utf-8")
