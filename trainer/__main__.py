@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from trainer.config import Settings, SettingsError, ensure_api_key
+from trainer.lifeline import die_with_parent
 from trainer.private import PRIVATE_UMASK, narrow_modes
 
 SHUTDOWN_SECONDS = 5.0
@@ -48,8 +49,6 @@ def main(argv: list[str]) -> int:
         return 2
     if os.environ.get("TRAINER_EXIT_WITH_PARENT") == "1":
         # Started by the bot: a bot killed outright must not leave a trainer holding the port and the device.
-        from trainer.worker import die_with_parent
-
         die_with_parent()
     try:
         # Bound here, before the app starts, so that a refusal is one plain line and nothing else listens instead.

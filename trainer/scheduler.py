@@ -17,9 +17,11 @@ from typing import Any
 import psutil
 
 from trainer.config import Settings
+from trainer.fair_queue import FairQueue
 from trainer.queue_estimate import QueueEstimator
 from trainer.store import ACTIVE_STATUSES, Store
 from trainer.timing import Timings
+from trainer.worker import time_limit_message
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +60,6 @@ class Worker:
     jobs: dict[str, Running] = field(default_factory=dict)
     source: str | None = None  # the base model its jobs train on
     ended_by_us: bool = False  # killed because a job on it did not stop in time, not crashed
-
-
-def fairness_keys(job: sqlite3.Row) -> tuple[str, str]:
-    """Group a job by class (metadata guild_id) and then by person (metadata user_id), for the fair queue."""
-    metadata = json.loads(job["metadata"]) if job["metadata"] else {}
-    return str(metadata.get("guild_id", "")), str(metadata.get("user_id", ""))
-
-
-class FairQueue:
-    """Round-robin across classes, then across people in a class: no one server or student starves the rest."""
-
-    def __init__(self) -> None:
-        self._served: dict[tuple[str, ...], int] = {}
-        self._clock = 0
-
-    def pick(self, queued: list[sqlite3.Row]) -> sqlite3.Row | None:
-        """Choose the queued job whose class, then person, was served longest ago; oldest job first within."""
-        if not queued:
-            return None
-
-        def rank(job: sqlite3.Row) -> tuple[int, int, int]:
-            guild, user = fairness_keys(job)
-            return self._served.get((guild,), -1), self._served.get((guild, user), -1), job["seq"]
-
-        chosen = min(queued, key=rank)
-        guild, user = fairness_keys(chosen)
-        self._clock += 1
-        self._served[(guild,)] = self._served[(guild, user)] = self._clock
-        return chosen
 
 
 class Scheduler:
@@ -385,8 +358,6 @@ class Scheduler:
             return  # a cancel or pause already recorded the outcome
         checkpoint = self.store.last_checkpoint(running.job_id)
         if running.timed_out:
-            from trainer.worker import time_limit_message
-
             self._fail(running.job_id, {
                 "code": "time_limit_exceeded", "param": None,
                 "message": time_limit_message(self.settings.max_job_minutes, checkpoint["step"] if checkpoint else 0,

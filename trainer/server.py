@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from trainer import import_heavy
-from trainer.api import TIMINGS, build_app
+from trainer.api import TIMINGS
+from trainer.routes import build_app
 from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
 from trainer.store import Store
