@@ -9,7 +9,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-import tiktoken
+import tiktoken.load  # the test blocks its downloads; dataset_rules no longer imports it
 
 from dataset_rules import models, tokens
 from dataset_rules.check import check_stream, convert_table, default_epochs
@@ -275,7 +275,7 @@ def test_count_batch_matches_encode_ordinary() -> None:
 
 def test_digest_set_grows_and_finds_every_digest() -> None:
     """The flat duplicate table keeps every digest through growth, including 0, and reports repeats."""
-    from dataset_rules.check import _DigestSet
+    from dataset_rules.check.line_rules import _DigestSet
 
     digests = _DigestSet()
     values = [0, *((i * 0x9E3779B97F4A7C15) % (1 << 64) for i in range(1, 5000))]
