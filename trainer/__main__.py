@@ -47,12 +47,12 @@ def main(argv: list[str]) -> int:
     if argv:
         print("usage: python -m trainer [vllm-lora-modules]", file=sys.stderr)
         return 2
-    if os.environ.get("TRAINER_EXIT_WITH_PARENT") == "1":
+    if settings.exit_with_parent:
         # Started by the bot: a bot killed outright must not leave a trainer holding the port and the device.
         die_with_parent()
     try:
         # Bound here, before the app starts, so that a refusal is one plain line and nothing else listens instead.
-        listener = _listen(settings, os.environ.get("TRAINER_SOCKET", "").strip())
+        listener = _listen(settings)
     except ListenError as error:
         print(f"trainer: {error}", file=sys.stderr)
         return 2
@@ -65,10 +65,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _listen(settings: Settings, socket_path: str) -> socket.socket:
+def _listen(settings: Settings) -> socket.socket:
     """The listening socket: TRAINER_SOCKET's Unix socket (the bot's child), else TRAINER_HOST:TRAINER_PORT."""
-    if socket_path:
-        return _listen_unix(Path(socket_path))
+    if settings.socket is not None:
+        return _listen_unix(settings.socket)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
         # SO_REUSEADDR (create_server's default) only passes a closing socket: a program listening on the port,
