@@ -133,8 +133,10 @@ class CheckSettings:
         return cls(default_base_model=env.get("DEFAULT_BASE_MODEL", "").strip() or None, prices_file=prices_file)
 
 
-def backend_of(env: Mapping[str, str]) -> Backend:
-    """The backend these settings choose, without needing the rest (no Discord token): see Settings.backend."""
+def backend_of(env: Mapping[str, str] | None = None) -> Backend:
+    """The backend these settings (None: the environment's) choose, without needing the rest (no Discord token): see
+    Settings.backend."""
+    env = os.environ if env is None else env
     if env.get("OPENAI_BASE_URL", "").strip():
         return "compatible"
     return "openai" if env.get("OPENAI_API_KEY", "").strip() else "trainer"

@@ -63,7 +63,7 @@ class Launch:
         if self.exit_with_parent:
             env[EXIT_WITH_PARENT_VAR] = "1"
         env["PYTHONUNBUFFERED"] = "1"  # its log lines reach the starter as they are written
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), inherited.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = python_path(inherited, self.root)
         return env
 
     @property
@@ -74,6 +74,11 @@ class Launch:
     def key(self) -> str | None:
         """The key clients send: the configured one, else the one the trainer wrote at its first start (None yet)."""
         return self.api_key or read_key(self.data_dir)
+
+
+def python_path(inherited: Mapping[str, str], root: Path = PACKAGE_ROOT) -> str:
+    """PYTHONPATH for a child that runs a module of this checkout (the trainer, its workers): the checkout first."""
+    return os.pathsep.join(filter(None, [str(root), inherited.get("PYTHONPATH")]))
 
 
 def read_key(data_dir: Path) -> str | None:

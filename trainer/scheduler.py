@@ -11,11 +11,11 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
 
+from trainer import launch
 from trainer.config import Settings
 from trainer.fair_queue import FairQueue
 from trainer.queue_estimate import QueueEstimator
@@ -25,7 +25,6 @@ from trainer.worker import time_limit_message
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 GPU_GROUP_JOBS = 4  # TRAINER_GROUP_JOBS=0 (auto) on a GPU: a small model's batch leaves a GPU mostly idle
 PAUSE_GRACE_S = 120  # a paused job finishes its step and saves; past this its worker is ended (no new checkpoint)
 CANCEL_GRACE_S = 120  # a cancelled job is dropped after its step; a worker that does not answer by then is ended
@@ -179,7 +178,7 @@ class Scheduler:
         """Run trainer.validation's check_files in its own process: the server's loop and memory stay free."""
         async with self._checks:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "trainer.validation", env=self._worker_env(), cwd=str(PACKAGE_ROOT),
+                sys.executable, "-m", "trainer.validation", env=self._worker_env(), cwd=str(launch.PACKAGE_ROOT),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )
             try:
@@ -192,7 +191,8 @@ class Scheduler:
         return result
 
     def _worker_env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.to_env(), "PYTHONPATH": _pythonpath()}
+        # The server's own environment passes on (PATH, HOME...), then its settings as the workers read them.
+        return {**os.environ, **self.settings.to_env(), "PYTHONPATH": launch.python_path(os.environ)}
 
     async def pause(self, job_id: str) -> bool:
         """Pause a queued or running job: its worker saves a checkpoint after the current step and drops it."""
@@ -280,7 +280,7 @@ class Scheduler:
         with (log_dir / f"worker-{device.replace(':', '-')}.log").open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "trainer.worker", "--serve", device, env=self._worker_env(),
-                cwd=str(PACKAGE_ROOT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                cwd=str(launch.PACKAGE_ROOT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
             )
         worker = self.workers[device] = Worker(device, process)
@@ -377,11 +377,6 @@ class Scheduler:
                 "code": "server_error", "param": None,
                 "message": f"Training stopped unexpectedly (worker exit code {code}); start the job again",
             })
-
-
-def _pythonpath() -> str:
-    existing = os.environ.get("PYTHONPATH")
-    return f"{PACKAGE_ROOT}{os.pathsep}{existing}" if existing else str(PACKAGE_ROOT)
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:
