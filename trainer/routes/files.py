@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import BodyPartReader, web
 
@@ -45,7 +45,7 @@ async def upload_file(request: web.Request) -> web.Response:
     try:
         while (next_part := await reader.next()) is not None:
             # A nested multipart part (a MultipartReader) has no name: it fails on .name below, as it always has.
-            part: BodyPartReader = next_part  # type: ignore[assignment]  # see the line above
+            part = cast(BodyPartReader, next_part)
             if part.name == "purpose":
                 purpose = (await _small_part(part)).strip()
             elif part.name == "file":
