@@ -12,14 +12,17 @@ import pytest
 COGS = sorted(p for p in Path("cogs").glob("*.py") if not p.name.startswith("_"))
 
 
-def _runtime_imports(path: Path) -> list[str]:
+def _import_nodes(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    """The import statements that run (in functions too; not those under `if TYPE_CHECKING`)."""
     tree = ast.parse(path.read_text("utf-8"))
     guarded = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
                and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in guarded]
+
+
+def _runtime_imports(path: Path) -> list[str]:
     names: list[str] = []
-    for node in ast.walk(tree):
-        if id(node) in guarded:
-            continue
+    for node in _import_nodes(path):
         if isinstance(node, ast.ImportFrom) and node.module:
             names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
         elif isinstance(node, ast.Import):
@@ -45,13 +48,8 @@ def _files(*folders: str) -> list[Path]:
 def _modules(path: Path) -> list[str]:
     """Every module a file imports when it runs, in functions too: `from trainer import launch` is trainer.launch,
     `from trainer.api import ApiError` is trainer.api."""
-    tree = ast.parse(path.read_text("utf-8"))
-    guarded = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
-               and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
     names: list[str] = []
-    for node in ast.walk(tree):
-        if id(node) in guarded:
-            continue
+    for node in _import_nodes(path):
         if isinstance(node, ast.ImportFrom) and node.module:
             for alias in node.names:
                 candidate = f"{node.module}.{alias.name}"
