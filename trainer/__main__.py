@@ -12,8 +12,10 @@ from pathlib import Path
 from aiohttp import web
 
 from trainer.config import Settings, SettingsError, ensure_api_key
+from trainer.export import vllm_lora_modules
 from trainer.lifeline import die_with_parent
 from trainer.private import PRIVATE_UMASK, narrow_modes
+from trainer.server import create_app
 
 SHUTDOWN_SECONDS = 5.0
 
@@ -40,8 +42,6 @@ def main(argv: list[str]) -> int:
         print(f"trainer: {error}", file=sys.stderr)
         return 2
     if argv[:1] == ["vllm-lora-modules"]:
-        from trainer.export import vllm_lora_modules
-
         print(vllm_lora_modules(settings))
         return 0
     if argv:
@@ -56,8 +56,6 @@ def main(argv: list[str]) -> int:
     except ListenError as error:
         print(f"trainer: {error}", file=sys.stderr)
         return 2
-    from trainer.server import create_app
-
     # On SIGTERM, replies still streaming get a few seconds, not aiohttp's default minute: a bot or platform
     # restarting the trainer waits on this.
     web.run_app(create_app(settings), sock=listener, print=None, access_log_format='%r %s %b %Tfs',
