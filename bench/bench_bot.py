@@ -214,8 +214,8 @@ async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float, 
 
 @contextlib.asynccontextmanager
 async def running_remote_bot(world: dict[str, Any]) -> AsyncIterator[ClassroomBot]:
-    """The real ClassroomBot against the fakes' process (as support/bot_harness.py's make_settings, but the production watcher
-    interval and worker processes), stopped after."""
+    """The real ClassroomBot against the fakes' process (as support/bot_harness.py's make_settings, but the production
+    watcher interval and worker processes), stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
         settings = Settings.from_env({
             "DISCORD_TOKEN": "bench.discord.token", "OPENAI_API_KEY": world["api_key"],

@@ -175,7 +175,8 @@ async def bench_chat(source: str, prompts: int, max_tokens: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         key = "bench-trainer-key-0123456789"
         start = launch.Launch(Path(folder), port=port, api_key=key, settings={
-            "TRAINER_DEVICE": "cpu", launch.BASE_MODELS_VAR: f"smollm2={source}", "TRAINER_MAX_TOKENS": str(max_tokens)})
+            "TRAINER_DEVICE": "cpu", launch.BASE_MODELS_VAR: f"smollm2={source}",
+            "TRAINER_MAX_TOKENS": str(max_tokens)})
         log = open(Path(folder) / "server.log", "wb")  # noqa: SIM115, ASYNC230 - a benchmark, closed below
         server = subprocess.Popen(start.command(), env=start.environment(os.environ),  # noqa: ASYNC220
                                   cwd=start.root, stdout=log, stderr=subprocess.STDOUT)

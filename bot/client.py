@@ -163,8 +163,8 @@ class ClassroomBot(commands.Bot):
             self.governance.policy, self.monitor.adopt_unrecorded, self.finetune.base_models, groups=self.groups,
         )
         self.chat_limits = ChatLimits(
-            self.governance.repo, self.governance.roles, self.finetune.base_models, self_hosted=self.settings.self_hosted,
-            prices_file=self.settings.prices_file,
+            self.governance.repo, self.governance.roles, self.finetune.base_models,
+            self_hosted=self.settings.self_hosted, prices_file=self.settings.prices_file,
         )
         self.chat = ChatService(
             ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderation.moderate_chat,
@@ -175,7 +175,8 @@ class ClassroomBot(commands.Bot):
         await self.chat_limits.settle_stale()
         self.lessons = LessonLibrary()
         self.evaluation = EvaluationService(self.gateway, self.chat, self.lessons)
-        self.datasets = DatasetService(DatasetRepository(self.db), DatasetCheckService(prices_file=self.settings.prices_file))
+        self.datasets = DatasetService(DatasetRepository(self.db),
+                                       DatasetCheckService(prices_file=self.settings.prices_file))
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
