@@ -31,31 +31,27 @@ class _DigestSet:
     def add(self, digest: int) -> bool:
         """Insert a digest; return True if it was already there."""
         digest = digest or 1
-        slots, mask = self._slots, self._mask
-        i = digest & mask
-        while True:
-            held = slots[i]
-            if held == 0:
-                break
-            if held == digest:
-                return True
-            i = (i + 1) & mask
-        slots[i] = digest
+        i = self._find(digest)
+        if self._slots[i] == digest:
+            return True
+        self._slots[i] = digest
         self._size += 1
-        if self._size * 2 > mask:
+        if self._size * 2 > self._mask:
             self._grow()
         return False
 
     def __contains__(self, digest: int) -> bool:
         digest = digest or 1
+        return self._slots[self._find(digest)] == digest
+
+    def _find(self, digest: int) -> int:
+        """The slot that holds the digest, or the empty one where it goes (linear probing)."""
         slots, mask = self._slots, self._mask
         i = digest & mask
         while True:
             held = slots[i]
-            if held == 0:
-                return False
-            if held == digest:
-                return True
+            if held == 0 or held == digest:
+                return i
             i = (i + 1) & mask
 
     def _grow(self) -> None:
