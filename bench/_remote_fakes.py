@@ -26,8 +26,8 @@ from aiohttp import web
 if __package__ in (None, ""):  # run as a script (the fakes' process): make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser
-from tests.fakes.openai import FakeOpenAI
+from support.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser
+from support.fakes.openai import FakeOpenAI
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from bot.services.starts import StartRequest, Started, Upload
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS
 from cogs._ui import CHART_NAME
 from cogs.job_monitor import JobMonitor
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser, RecordedRequest
-from tests.fakes.openai import FakeOpenAI
-from tests.harness import BotRunner, make_settings, wait_for
+from support.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser, RecordedRequest
+from support.fakes.openai import FakeOpenAI
+from support.bot_harness import BotRunner, make_settings, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Probe:
 async def running_bot(
     fake_discord: FakeDiscord, fake_openai: FakeOpenAI, **overrides: object
 ) -> AsyncIterator[ClassroomBot]:
-    """The real ClassroomBot against the fakes (tests/harness.py's BotRunner and make_settings), stopped after."""
+    """The real ClassroomBot against the fakes (support/bot_harness.py's BotRunner and make_settings), stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
         # The tests run checks and charts in threads (make_settings' WORKER_PROCESSES=0: a process pool per test costs
         # a second); measure what runs in production, the default worker processes.
@@ -214,8 +214,8 @@ async def _starts_remote(n: int, size_mb: float, spread: float, timeout: float, 
 
 @contextlib.asynccontextmanager
 async def running_remote_bot(world: dict[str, Any]) -> AsyncIterator[ClassroomBot]:
-    """The real ClassroomBot against the fakes' process (as tests/harness.py's make_settings, but the production watcher
-    interval and worker processes), stopped after."""
+    """The real ClassroomBot against the fakes' process (as support/bot_harness.py's make_settings, but the production
+    watcher interval and worker processes), stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench-bot-") as tmp:
         settings = Settings.from_env({
             "DISCORD_TOKEN": "bench.discord.token", "OPENAI_API_KEY": world["api_key"],

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from bench._memory import PeakMemory
 from bot.config import Settings
-from tests.fakes.discord import FakeDiscord, FakeMessage
-from tests.harness import BotRunner, press
-from tests.trainer.harness import (
+from support.fakes.discord import FakeDiscord, FakeMessage
+from support.bot_harness import BotRunner, press
+from support.trainer_harness import (
     BENCH_GGUF_CACHE,
     INSTALL_GEMMA,
     INSTALL_SMOLLM2,

@@ -215,7 +215,7 @@ async def engine_streams(generator: Any, targets: list[Any], tokens: int) -> lis
 
 async def main(args: argparse.Namespace) -> None:
     """Build the adapters, run the engine's three scenarios, then the baseline."""
-    from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf
+    from support.trainer_harness import INSTALL_SMOLLM2, smollm2_gguf
     from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE, Settings
     from trainer.serving import Generator, ModelPool, Target, limit_malloc_arenas
 

@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it for itself and its workers
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.trainer.harness import (  # noqa: E402 - after the path is set
+from support.trainer_harness import (  # noqa: E402 - after the path is set
     BENCH_GGUF_CACHE,
     INSTALL_SMOLLM2,
     TrainerProcess,

@@ -34,7 +34,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets
 sys.path.insert(0, str(REPO_ROOT))
 
 from bench._memory import PeakMemory  # noqa: E402 - after the path is set
-from tests.trainer.harness import gemma_gguf, share_gguf_cache, smollm2_gguf  # noqa: E402
+from support.trainer_harness import gemma_gguf, share_gguf_cache, smollm2_gguf  # noqa: E402
+from trainer import launch  # noqa: E402
 from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE  # noqa: E402
 
 EN_TOPICS = ["the sun", "rain", "volcanoes", "bees", "the moon", "rivers", "snow", "wind", "stars", "trees"]
@@ -84,15 +85,15 @@ async def bench_job(name: str, source: str, language: str, cache: Path) -> dict[
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder)
         share_gguf_cache(data, cache)  # converted once per bench run
-        env = {**os.environ, "TRAINER_PORT": str(port), "TRAINER_DATA_DIR": folder, "TRAINER_DEVICE": "cpu",
-               "TRAINER_BASE_MODELS": f"{name}={source}", "TRAINER_MAX_TOKENS": "48", "PYTHONPATH": str(REPO_ROOT)}
-        env["TRAINER_API_KEY"] = key = "sk-bench-" + secrets.token_urlsafe(16)
+        key = "sk-bench-" + secrets.token_urlsafe(16)
+        start = launch.Launch(data, port=port, api_key=key, settings={
+            "TRAINER_DEVICE": "cpu", launch.BASE_MODELS_VAR: f"{name}={source}", "TRAINER_MAX_TOKENS": "48"})
         log = (data / "server.log").open("wb")
         started = time.perf_counter()
-        server = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
+        server = subprocess.Popen(start.command(), env=start.environment(os.environ), cwd=start.root,  # noqa: ASYNC220
                                   stdout=log, stderr=subprocess.STDOUT)
         sampler = PeakMemory(server.pid).start()
-        api = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0, timeout=600)
+        api = AsyncOpenAI(base_url=start.base_url, api_key=key, max_retries=0, timeout=600)
         try:
             while True:
                 try:

@@ -35,9 +35,9 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services.evaluation import EvaluationPlan, EvaluationReport, EvaluationService
 from bot.services.lessons import Lesson, LessonLibrary
 from storage.models import TERMINAL_STATUSES
-from tests.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser
-from tests.harness import BotRunner, press
-from tests.trainer.harness import (
+from support.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser
+from support.bot_harness import BotRunner, press
+from support.trainer_harness import (
     BENCH_GGUF_CACHE,
     INSTALL_GEMMA,
     INSTALL_SMOLLM2,

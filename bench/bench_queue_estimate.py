@@ -33,7 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.trainer.harness import TrainerProcess, build_tiny_model, chat_file, smollm2_gguf  # noqa: E402
+from support.trainer_harness import TrainerProcess, build_tiny_model, chat_file, smollm2_gguf  # noqa: E402
 
 PIRATE = REPO_ROOT / "lessons" / "pirate-en" / "train.jsonl"
 

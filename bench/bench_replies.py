@@ -32,7 +32,7 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import CLASSROOM_SAMPLING
 from bot.services.evaluation import similarity
 from bot.services.lessons import Example, Lesson, LessonLibrary
-from tests.trainer.harness import BENCH_GGUF_CACHE
+from support.trainer_harness import BENCH_GGUF_CACHE
 
 # Each shipped lesson on the offline base that speaks its language.
 LESSON_MODELS = {"pirate-en": "smollm2", "three-bullets-en": "smollm2", "library-helper-ko": "gemma3",

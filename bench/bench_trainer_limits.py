@@ -32,6 +32,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+
+from trainer import launch  # noqa: E402 - after the path is set
 MB = 1024 * 1024
 
 
@@ -68,12 +70,10 @@ class Sampler:
 
 def start_server(root: Path, data: Path, model: Path, port: int) -> subprocess.Popen[bytes]:
     """python -m trainer from root, on loopback, with the tiny model."""
-    env = {**os.environ, "TRAINER_HOST": "127.0.0.1", "TRAINER_PORT": str(port), "TRAINER_DATA_DIR": str(data),
-           "TRAINER_BASE_MODELS": f"tiny={model}", "TRAINER_DEVICE": "cpu", "TRAINER_TORCH_THREADS": "1",
-           "PYTHONPATH": str(root)}
-    env.pop("TRAINER_API_KEY", None)
+    start = launch.Launch(data, port=port, root=root, settings={
+        launch.BASE_MODELS_VAR: f"tiny={model}", "TRAINER_DEVICE": "cpu", "TRAINER_TORCH_THREADS": "1"})
     data.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "trainer"], cwd=root, env=env,
+    process = subprocess.Popen(start.command(), cwd=root, env=start.environment(os.environ),
                                stdout=(data / "server.log").open("ab"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -170,7 +170,7 @@ def tokenization(messages_count: int) -> list[dict[str, Any]]:
     from trainer.modeling import load_tokenizer
     from trainer.training import encode_chat
 
-    from tests.trainer.harness import build_tiny_model, smollm2_gguf
+    from support.trainer_harness import build_tiny_model, smollm2_gguf
 
     if (smollm2 := smollm2_gguf()) is not None:
         source, label = str(smollm2), "SmolLM2"
@@ -213,7 +213,7 @@ def main() -> None:
     if not args.skip_memory:
         import socket
 
-        from tests.trainer.harness import build_tiny_model
+        from support.trainer_harness import build_tiny_model
 
         with tempfile.TemporaryDirectory() as folder, socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
@@ -226,8 +226,7 @@ def main() -> None:
                 time.sleep(2)
                 idle = sampler.now()
                 print(json.dumps({"server_idle_rss_mb": round(idle / MB, 1), "root": str(args.root)}), flush=True)
-                key_file = Path(folder) / "data" / "api_key"  # the trainer makes one at first start
-                key = key_file.read_text("utf-8").strip() if key_file.exists() else None
+                key = launch.read_key(Path(folder) / "data")  # the trainer makes one at first start
                 asyncio.run(measure_routes(port, sampler, args, args.request_limit, key))
             finally:
                 sampler.stop()

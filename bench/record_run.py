@@ -19,7 +19,7 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
-from tests.trainer.harness import INSTALL_GEMMA, INSTALL_SMOLLM2, TrainerProcess, gemma_gguf, smollm2_gguf
+from support.trainer_harness import INSTALL_GEMMA, INSTALL_SMOLLM2, TrainerProcess, gemma_gguf, smollm2_gguf
 
 BENCH_KEY = "record-run-bench-key"  # the trainer wants 16 characters or more
 

@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
         # For scripts/run-bot.sh: which backend these settings choose, so it installs the trainer only when needed.
         from bot.config import backend_of
 
-        print(backend_of(os.environ))
+        print(backend_of())
         return 0
     if argv and argv[0] in {"-h", "--help"}:
         print(__doc__)

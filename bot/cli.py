@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TextIO
 
+from bot.config import CheckSettings, ConfigError
 from bot.services.dataset_check import DatasetCheckService, convert_file
 from dataset_rules.check import Report
 from dataset_rules.findings import Finding
@@ -25,8 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-dataset", help="Check a training file before fine-tuning.")
     check.add_argument("file", help="training file: .jsonl, or a .csv/.tsv with question and answer columns")
     check.add_argument("--validation", metavar="FILE", help="validation file")
-    check.add_argument("--model", default=os.environ.get("DEFAULT_BASE_MODEL") or FALLBACK_BASE_MODEL,
-                       help="base model (default: $DEFAULT_BASE_MODEL or %(default)s)")
+    check.add_argument("--model", help=f"base model (default: $DEFAULT_BASE_MODEL or {FALLBACK_BASE_MODEL})")
     check.add_argument("--epochs", type=int, metavar="N", help="epochs (default: OpenAI's heuristic)")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     check.add_argument("--system-prompt", metavar="TEXT", help="system message for rows of a converted CSV/TSV")
@@ -45,7 +44,13 @@ def main(argv: list[str]) -> int:
     if args.epochs is not None and not 1 <= args.epochs <= 50:
         print("--epochs must be between 1 and 50", file=sys.stderr)
         return EXIT_UNREADABLE
-    service = DatasetCheckService()
+    try:
+        settings = CheckSettings.from_env()
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_UNREADABLE
+    args.model = args.model or settings.default_base_model or FALLBACK_BASE_MODEL
+    service = DatasetCheckService(prices_file=settings.prices_file)
     try:
         report = service.check_file(args.file, validation_path=args.validation, model=args.model,
                                     n_epochs=args.epochs, system_prompt=args.system_prompt)

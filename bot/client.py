@@ -158,11 +158,13 @@ class ClassroomBot(commands.Bot):
                                       on_adopt=self.governance.policy.job_recorded)
         self.starts = StartService(
             self.settings, StartRepository(self.db), self.jobs, self.gateway,
-            DatasetCheckService(max_bytes=self.settings.max_training_file_bytes), self.workers,
+            DatasetCheckService(max_bytes=self.settings.max_training_file_bytes, prices_file=self.settings.prices_file),
+            self.workers,
             self.governance.policy, self.monitor.adopt_unrecorded, self.finetune.base_models, groups=self.groups,
         )
         self.chat_limits = ChatLimits(
-            self.governance.repo, self.governance.roles, self.finetune.base_models, self_hosted=self.settings.self_hosted
+            self.governance.repo, self.governance.roles, self.finetune.base_models,
+            self_hosted=self.settings.self_hosted, prices_file=self.settings.prices_file,
         )
         self.chat = ChatService(
             ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderation.moderate_chat,
@@ -174,7 +176,8 @@ class ClassroomBot(commands.Bot):
         self.lessons = LessonLibrary()
         self.evaluation = EvaluationService(self.gateway, self.chat, self.lessons,
                                             moderate=self.governance.moderation.moderate_texts)
-        self.datasets = DatasetService(DatasetRepository(self.db), DatasetCheckService(),
+        self.datasets = DatasetService(DatasetRepository(self.db),
+                                       DatasetCheckService(prices_file=self.settings.prices_file),
                                        moderate=self.governance.moderation.moderate_texts)
         await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:

@@ -62,6 +62,7 @@ class Settings:
     trainer_api_key: str | None = field(default=None, repr=False)
     # A Unix socket through which OPENAI_BASE_URL is reached (a trainer's TRAINER_SOCKET, or an SSH tunnel's end).
     backend_socket: Path | None = None
+    prices_file: Path | None = None  # the editable price table; None: dataset_rules/prices.json
 
     @property
     def backend(self) -> Backend:
@@ -91,6 +92,7 @@ class Settings:
         api_key = env.get("OPENAI_API_KEY", "").strip() or None
         database_path = _data_path(env.get("DATABASE_PATH", "").strip() or DEFAULT_DATABASE_PATH)
         tunable = tuple(m.strip() for m in env.get("FINETUNE_MODELS", "").split(",") if m.strip())
+        check = CheckSettings.from_env(env)
         return cls(
             discord_token=token,
             openai_api_key=api_key,
@@ -99,7 +101,7 @@ class Settings:
             discord_gateway_url=_optional_url(env, "DISCORD_GATEWAY_URL", ("ws://", "wss://")),
             database_path=database_path,
             job_poll_seconds=_number(env, "JOB_POLL_SECONDS", 10.0, low=0.05, high=3600.0),
-            default_base_model=env.get("DEFAULT_BASE_MODEL", "").strip() or None,
+            default_base_model=check.default_base_model,
             tunable_models=tunable,
             dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
             max_training_file_bytes=int(_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
@@ -109,11 +111,32 @@ class Settings:
             trainer_data_dir=_data_path(env.get("TRAINER_DATA_DIR", "").strip() or str(database_path.parent / "trainer")),
             trainer_api_key=env.get("TRAINER_API_KEY", "").strip() or None,
             backend_socket=backend_socket,
+            prices_file=check.prices_file,
         )
 
 
-def backend_of(env: Mapping[str, str]) -> Backend:
-    """The backend these settings choose, without needing the rest (no Discord token): see Settings.backend."""
+@dataclass(frozen=True)
+class CheckSettings:
+    """The settings a dataset check uses, which `python -m bot check-dataset` reads without a Discord token."""
+
+    default_base_model: str | None
+    prices_file: Path | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CheckSettings:
+        """Read DEFAULT_BASE_MODEL and PRICES_FILE, raising ConfigError when the price table is not a file."""
+        env = os.environ if env is None else env
+        raw = env.get("PRICES_FILE", "").strip()
+        prices_file = Path(raw).expanduser().resolve() if raw else None
+        if prices_file is not None and not prices_file.is_file():
+            raise ConfigError("PRICES_FILE", f"must name the price table's file ({prices_file} is none)")
+        return cls(default_base_model=env.get("DEFAULT_BASE_MODEL", "").strip() or None, prices_file=prices_file)
+
+
+def backend_of(env: Mapping[str, str] | None = None) -> Backend:
+    """The backend these settings (None: the environment's) choose, without needing the rest (no Discord token): see
+    Settings.backend."""
+    env = os.environ if env is None else env
     if env.get("OPENAI_BASE_URL", "").strip():
         return "compatible"
     return "openai" if env.get("OPENAI_API_KEY", "").strip() else "trainer"

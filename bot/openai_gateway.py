@@ -429,10 +429,10 @@ def _training_speed(value: object) -> TrainingSpeed | None:
     """The trainer's training_speed extra, when every figure is there and sensible."""
     if not isinstance(value, dict):
         return None
-    numbers = [value.get(key) for key in ("tokens_per_second", "startup_seconds", "wrapup_seconds")]
+    given = [value.get(key) for key in ("tokens_per_second", "startup_seconds", "wrapup_seconds")]
+    numbers = [float(n) for n in given if isinstance(n, int | float) and not isinstance(n, bool) and n >= 0]
     devices = _int(value.get("devices"))
-    if not all(isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 for n in numbers) \
-            or not numbers[0] or not devices or devices < 1:
+    if len(numbers) != len(given) or not numbers[0] or not devices or devices < 1:
         return None
-    rate, startup, wrapup = (float(n) for n in numbers)  # type: ignore[arg-type]  # checked to be numbers above
+    rate, startup, wrapup = numbers
     return TrainingSpeed(rate, startup, wrapup, devices, value.get("measured") is True)

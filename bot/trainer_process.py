@@ -18,16 +18,15 @@ import os
 import re
 import signal
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from trainer import launch
+
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-KEY_FILE = "api_key"  # written by the trainer at its first start (trainer/config.py), readable by the owner only
 # How long the first start may take to write its key (it does so before loading torch: about a second).
 KEY_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 8.0  # the trainer gives streaming replies 5 s to end
@@ -35,8 +34,8 @@ STOP_GRACE_SECONDS = 8.0  # the trainer gives streaming replies 5 s to end
 BACKOFF_FIRST_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 STABLE_RUN_SECONDS = 120.0
-# The bot's own secrets never reach the trainer's environment; nor does a TCP address, as it listens on its socket.
-_WITHHELD = ("DISCORD_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "TRAINER_HOST", "TRAINER_PORT")
+# The bot's own secrets never reach the trainer's environment (nor does a TCP address: launch gives it its socket).
+_WITHHELD = ("DISCORD_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL")
 SOCKET_NAME = "trainer.sock"
 # sun_path holds 108 bytes on Linux, 104 on macOS: a longer TMPDIR cannot hold the socket.
 MAX_SOCKET_PATH = 100
@@ -63,7 +62,7 @@ class TrainerProcess:
         self._configured_key = api_key
         self._environ = dict(os.environ if environ is None else environ)
         # The program to run: the trainer, or in tests a stand-in that prints what they need.
-        self._command = list(command) if command is not None else [sys.executable, "-m", "trainer"]
+        self._command = list(command) if command is not None else None
         self._socket_dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -75,7 +74,12 @@ class TrainerProcess:
     @property
     def base_url(self) -> str:
         """The OpenAI-compatible address the bot's client uses (over socket_path: the host names no TCP server)."""
-        return "http://localhost/v1"
+        return launch.SOCKET_BASE_URL
+
+    def _launch(self) -> launch.Launch:
+        """This start of the trainer: on the private socket, with the configured key, ending with the bot."""
+        return launch.Launch(self.data_dir, socket=self.socket_path, api_key=self._configured_key,
+                             exit_with_parent=True)
 
     @property
     def socket_path(self) -> Path:
@@ -143,16 +147,10 @@ class TrainerProcess:
         log.info("The school's trainer stopped")
 
     async def _spawn(self) -> None:
-        env = {key: value for key, value in self._environ.items() if key not in _WITHHELD}
-        env.update({
-            "TRAINER_SOCKET": str(self.socket_path), "TRAINER_DATA_DIR": str(self.data_dir.resolve()),
-            "TRAINER_EXIT_WITH_PARENT": "1", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])),
-        })
-        if self._configured_key:
-            env["TRAINER_API_KEY"] = self._configured_key
+        start = self._launch()
         self._process = await asyncio.create_subprocess_exec(
-            *self._command, env=env, cwd=str(PACKAGE_ROOT), stdin=asyncio.subprocess.DEVNULL,
+            *(self._command or start.command()), env=start.environment(self._environ, withheld=_WITHHELD),
+            cwd=str(start.root), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         assert self._process.stdout is not None
@@ -161,15 +159,12 @@ class TrainerProcess:
         pump.add_done_callback(self._pumps.discard)
 
     async def _key(self) -> str:
-        if self._configured_key:
-            return self._configured_key
-        path = self.data_dir / KEY_FILE
+        start = self._launch()
         deadline = time.monotonic() + KEY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            if path.exists():
-                key = path.read_text("utf-8").strip()
-                if key:
-                    return key
+            key = start.key()  # the configured one, else the one the trainer writes at its first start
+            if key:
+                return key
             if self._process is not None and self._process.returncode is not None:
                 await self._drain_pumps()
                 raise TrainerStartError(self._last_words or f"the trainer exited with {self._process.returncode}")

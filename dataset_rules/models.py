@@ -8,7 +8,6 @@ from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
-PRICES_FILE_ENV = "PRICES_FILE"
 DEFAULT_PRICES_PATH = Path(__file__).with_name("prices.json")
 # Models we know nothing about (e.g. the self-hosted trainer's) get a generous limit so only absurd examples warn.
 UNKNOWN_MODEL_TOKEN_LIMIT = 131_072
@@ -56,10 +55,11 @@ ALIASES: dict[str, str] = {
 
 
 def load_prices(path: str | os.PathLike[str] | None = None) -> dict[str, float]:
-    """Return training prices in USD per 1M tokens from the editable JSON table (PRICES_FILE overrides).
+    """Return training prices in USD per 1M tokens from the editable JSON table at `path` (the bot's PRICES_FILE
+    setting); None: the table shipped here.
 
     The table is read again only when the file changes, so lookups stay cheap and an edit shows without a restart."""
-    chosen = os.fspath(path or os.environ.get(PRICES_FILE_ENV) or DEFAULT_PRICES_PATH)
+    chosen = os.fspath(path or DEFAULT_PRICES_PATH)
     return dict(_read_prices(chosen, os.stat(chosen).st_mtime_ns))
 
 
@@ -72,8 +72,9 @@ def _read_prices(path: str, mtime_ns: int) -> dict[str, float]:
 
 
 def chat_price(model: str, path: str | os.PathLike[str] | None = None) -> tuple[float, float] | None:
-    """(input, output) USD per 1M chat tokens for a base or fine-tuned model; None when the table has no price."""
-    chosen = os.fspath(path or os.environ.get(PRICES_FILE_ENV) or DEFAULT_PRICES_PATH)
+    """(input, output) USD per 1M chat tokens for a base or fine-tuned model from the table at `path` (None: the
+    shipped one); None when the table has no price."""
+    chosen = os.fspath(path or DEFAULT_PRICES_PATH)
     table = _read_chat_prices(chosen, os.stat(chosen).st_mtime_ns)
     base = base_name(model)
     price = table.get(f"ft:{base}" if model.strip().startswith("ft:") else base)

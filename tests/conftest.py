@@ -1,4 +1,4 @@
-"""Shared fixtures: the loopback fakes, and the real bot running against them (run by tests/harness.py)."""
+"""Shared fixtures: the loopback fakes, and the real bot running against them (run by support/bot_harness.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from bot.client import ClassroomBot
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser
-from tests.fakes.openai import FakeOpenAI
-from tests.harness import BotRunner, make_settings
+from support.fakes.discord import FakeDiscord, FakeGuild, FakeUser
+from support.fakes.openai import FakeOpenAI
+from support.bot_harness import BotRunner, make_settings
 
-pytest_plugins = ["tests.fakes.conftest_plugin"]
+pytest_plugins = ["tests.fakes_plugin"]
 
 MANAGE_GUILD = 0x20
 

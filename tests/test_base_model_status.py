@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import Classroom
-from tests.harness import press
+from support.bot_harness import press
 from tests.test_finetune_journey import open_card
 
 MODEL = "gpt-4o-mini-2024-07-18"  # the classroom's default base model; the fake serves it with trainer extras

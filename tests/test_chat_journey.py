@@ -12,7 +12,7 @@ import pytest
 from bot.services.chat import CLASSROOM_SAMPLING
 from bot.services.ratelimit import EditBudget
 from tests.conftest import MANAGE_GUILD, Classroom
-from tests.fakes.discord import FakeChannel, FakeMessage
+from support.fakes.discord import FakeChannel, FakeMessage
 from tests.test_chat_service import fence_lines, long_reply_with_code
 from tests.test_finetune_journey import notices, start_job
 

@@ -26,7 +26,7 @@ from storage.chats import ChatRepository
 from storage.database import Database
 from storage.jobs import JobRepository
 from storage.models import ChatTurn, Checkpoint, JobProgress, MetricPoint, NewJob
-from tests.fakes.openai import FakeOpenAI
+from support.fakes.openai import FakeOpenAI
 
 GUILD, OTHER_GUILD, CHANNEL, STUDENT, OTHER_STUDENT = 1001, 2002, 3003, 4004, 5005
 PIRATE = "ft:gpt-4o-mini-2024-07-18:fake-school:pirate:abc12345"

@@ -8,7 +8,7 @@ from discord import app_commands
 
 from bot.client import EXTENSIONS
 from tests.conftest import Classroom
-from tests.harness import BotRunner, make_settings
+from support.bot_harness import BotRunner, make_settings
 
 
 def test_every_extension_has_setup() -> None:

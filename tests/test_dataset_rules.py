@@ -9,8 +9,9 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-import tiktoken
+import tiktoken.load  # the test blocks its downloads; dataset_rules no longer imports it
 
+from bot.config import CheckSettings
 from dataset_rules import models, tokens
 from dataset_rules.check import check_stream, convert_table, default_epochs
 from dataset_rules.findings import Finding
@@ -149,7 +150,8 @@ def test_prices_file_env_overrides_table(tmp_path: Path, monkeypatch: pytest.Mon
     table = tmp_path / "prices.json"
     table.write_text(json.dumps({"training_usd_per_1m_tokens": {"gpt-4o-mini-2024-07-18": 1.5}}))
     monkeypatch.setenv("PRICES_FILE", str(table))
-    info = models.lookup("gpt-4o-mini")
+    # dataset_rules reads no environment: the setting reaches the catalog through the bot's settings.
+    info = models.lookup("gpt-4o-mini", models.load_prices(CheckSettings.from_env().prices_file))
     assert info is not None and info.price_per_million == 1.5
 
 
@@ -275,7 +277,7 @@ def test_count_batch_matches_encode_ordinary() -> None:
 
 def test_digest_set_grows_and_finds_every_digest() -> None:
     """The flat duplicate table keeps every digest through growth, including 0, and reports repeats."""
-    from dataset_rules.check import _DigestSet
+    from dataset_rules.check.line_rules import _DigestSet
 
     digests = _DigestSet()
     values = [0, *((i * 0x9E3779B97F4A7C15) % (1 << 64) for i in range(1, 5000))]

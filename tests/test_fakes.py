@@ -1,6 +1,6 @@
 """The loopback fakes, proven with the real discord.py and the real openai SDK over 127.0.0.1."""
 
-pytest_plugins = ["tests.fakes.conftest_plugin"]
+pytest_plugins = ["tests.fakes_plugin"]
 
 import asyncio
 import io
@@ -15,8 +15,8 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakes.discord import FakeDiscord, FakeGuild, FakeUser, start_bot, stop_bot
-from tests.fakes.openai import FakeOpenAI
+from support.fakes.discord import FakeDiscord, FakeGuild, FakeUser, start_bot, stop_bot
+from support.fakes.openai import FakeOpenAI
 
 TRAIN = b"".join(
     json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode()

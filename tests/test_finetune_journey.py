@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from tests.conftest import Classroom, ticks
-from tests.fakes.discord import FakeMessage
-from tests.harness import press
+from support.fakes.discord import FakeMessage
+from support.bot_harness import press
 
 DEFERRED = 5
 GREEN, GREY = 3, 2

@@ -16,8 +16,8 @@ from bot.services import starts as starts_module
 from bot.services.dataset_check import DatasetCheckService
 from storage.models import LedgerEntry
 from tests.conftest import MANAGE_GUILD, Classroom
-from tests.fakes.discord import EPHEMERAL, FakeChannel, FakeGuild, FakeInteraction, FakeMessage, FakeUser
-from tests.harness import press
+from support.fakes.discord import EPHEMERAL, FakeChannel, FakeGuild, FakeInteraction, FakeMessage, FakeUser
+from support.bot_harness import press
 from tests.test_chat_journey import open_chat
 from tests.test_finetune_journey import chat_file, notices, open_card
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MANAGE_GUILD, Classroom
-from tests.fakes.discord import FakeChannel, FakeGuild, FakeInteraction, FakeMessage, FakeUser
+from support.fakes.discord import FakeChannel, FakeGuild, FakeInteraction, FakeMessage, FakeUser
 from tests.test_chat_journey import open_chat
 from tests.test_governance_journey import answer, click_and_wait, command, eventually, finished_job, open_card
 

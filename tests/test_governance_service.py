@@ -34,7 +34,7 @@ from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.models import JobProgress, LedgerEntry, NewJob, SpendSnapshot
 from storage.starts import PendingStart
-from tests.fakes.openai import FakeOpenAI
+from support.fakes.openai import FakeOpenAI
 
 GUILD, OTHER_GUILD, STUDENT = 1001, 2002, 42
 MODEL = "gpt-4o-mini-2024-07-18"

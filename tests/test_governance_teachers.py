@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Classroom
-from tests.fakes.discord import FakeChannel
+from support.fakes.discord import FakeChannel
 from tests.test_governance_journey import answer, command, eventually
 
 VIEW_CHANNEL = 0x400

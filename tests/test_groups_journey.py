@@ -11,8 +11,8 @@ from bot.i18n import minutes_words
 from bot.services.class_time import class_seconds, lesson_work
 from storage.models import TrainingSpeed
 from tests.conftest import Classroom
-from tests.fakes.discord import FakeMessage, FakeUser
-from tests.harness import press
+from support.fakes.discord import FakeMessage, FakeUser
+from support.bot_harness import press
 from tests.test_finetune_journey import notices, open_card, progress_card
 from tests.test_class_time_journey import MODEL, PIRATE, SPEED, expected_minutes
 from tests.test_governance_journey import answer, command

@@ -8,10 +8,10 @@ from typing import Any
 
 from bot.services.lessons import GUIDE_STEPS, LessonLibrary
 from tests.conftest import MANAGE_GUILD, Classroom
-from tests.fakes.discord import FakeMessage
-from tests.harness import press
+from support.fakes.discord import FakeMessage
+from support.bot_harness import press
 from tests.test_finetune_journey import notices, open_card, start_job
-from tests.trainer.harness import chat_file
+from support.trainer_harness import chat_file
 
 CHANNEL_MESSAGE = 4
 DEFERRED = 5

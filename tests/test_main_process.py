@@ -7,9 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from tests.fakes.discord import FakeDiscord
-from tests.fakes.openai import FakeOpenAI
-from tests.harness import press
+from support.fakes.discord import FakeDiscord
+from support.fakes.openai import FakeOpenAI
+from support.bot_harness import press
 from tests.test_finetune_journey import chat_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ async def test_leaving_async_with_after_a_signal_waits_for_the_whole_shutdown(
     """SIGTERM's handler closes the bot while `async with bot` ends: leaving the block waits for all of the shutdown
     (the trainer child included), or asyncio.run cancels it half-way and the trainer is orphaned."""
     from bot.client import ClassroomBot
-    from tests.harness import make_settings
+    from support.bot_harness import make_settings
 
     stopped = asyncio.Event()
 

@@ -9,7 +9,7 @@ import pytest
 from bot import errors
 from bot.services.governance import moderation as moderation_module
 from tests.conftest import Classroom
-from tests.fakes.discord import FakeChannel
+from support.fakes.discord import FakeChannel
 from tests.test_chat_journey import open_chat
 from tests.test_finetune_journey import open_card
 from tests.test_governance_journey import click_and_wait, command, teachers  # noqa: F401  (fixture)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import Classroom
-from tests.fakes.discord import FakeChannel, FakeMessage
+from support.fakes.discord import FakeChannel, FakeMessage
 from tests.test_finetune_journey import chat_file, open_card
 from tests.test_governance_journey import answer, click_and_wait, command, ledger, teachers  # noqa: F401 (fixture)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from bot.services.lessons import guide_examples
 from tests.conftest import Classroom
-from tests.fakes.discord import FakeChannel, FakeMessage
-from tests.harness import press
+from support.fakes.discord import FakeChannel, FakeMessage
+from support.bot_harness import press
 from tests.test_governance_journey import command, teachers  # noqa: F401 (fixture)
 from tests.test_lesson_journey import PIRATE, add_example, lesson_message
 

@@ -4,8 +4,8 @@ the card follows the line as it moves (the real bot against the fake Discord and
 from __future__ import annotations
 
 from tests.conftest import Classroom, ticks
-from tests.fakes.discord import FakeGuild, FakeMessage
-from tests.harness import press
+from support.fakes.discord import FakeGuild, FakeMessage
+from support.bot_harness import press
 from tests.test_finetune_journey import DEFERRED, chat_file
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bot.services import dataset_check
 from bot.services.dataset_check import CheckTooSlowError, DatasetCheckService
-from dataset_rules import check as rules
+from dataset_rules.check import tables as rules
 from tests.conftest import Classroom
 from tests.test_finetune_journey import DEFERRED, open_card
 

@@ -16,8 +16,8 @@ from bot.services import starts as starts_module
 from dataset_rules.models import lookup
 from storage.models import LedgerEntry
 from tests.conftest import Classroom
-from tests.fakes.discord import FakeMessage
-from tests.harness import press
+from support.fakes.discord import FakeMessage
+from support.bot_harness import press
 from tests.test_finetune_journey import notices, open_card, progress_card
 
 

@@ -10,7 +10,7 @@ from bot.services.wordlist import MAX_WORDS, WordListError, WordListService, mod
 from storage.database import Database
 from storage.wordlist import WordListRepository
 from tests.conftest import Classroom
-from tests.fakes.discord import FakeChannel
+from support.fakes.discord import FakeChannel
 from tests.test_chat_journey import open_chat
 from tests.test_finetune_journey import open_card
 from tests.test_governance_journey import _file_with, answer, click_and_wait, command, teachers  # noqa: F401

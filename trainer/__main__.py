@@ -12,7 +12,10 @@ from pathlib import Path
 from aiohttp import web
 
 from trainer.config import Settings, SettingsError, ensure_api_key
+from trainer.export import vllm_lora_modules
+from trainer.lifeline import die_with_parent
 from trainer.private import PRIVATE_UMASK, narrow_modes
+from trainer.server import create_app
 
 SHUTDOWN_SECONDS = 5.0
 
@@ -39,26 +42,20 @@ def main(argv: list[str]) -> int:
         print(f"trainer: {error}", file=sys.stderr)
         return 2
     if argv[:1] == ["vllm-lora-modules"]:
-        from trainer.export import vllm_lora_modules
-
         print(vllm_lora_modules(settings))
         return 0
     if argv:
         print("usage: python -m trainer [vllm-lora-modules]", file=sys.stderr)
         return 2
-    if os.environ.get("TRAINER_EXIT_WITH_PARENT") == "1":
+    if settings.exit_with_parent:
         # Started by the bot: a bot killed outright must not leave a trainer holding the port and the device.
-        from trainer.worker import die_with_parent
-
         die_with_parent()
     try:
         # Bound here, before the app starts, so that a refusal is one plain line and nothing else listens instead.
-        listener = _listen(settings, os.environ.get("TRAINER_SOCKET", "").strip())
+        listener = _listen(settings)
     except ListenError as error:
         print(f"trainer: {error}", file=sys.stderr)
         return 2
-    from trainer.server import create_app
-
     # On SIGTERM, replies still streaming get a few seconds, not aiohttp's default minute: a bot or platform
     # restarting the trainer waits on this.
     web.run_app(create_app(settings), sock=listener, print=None, access_log_format='%r %s %b %Tfs',
@@ -66,10 +63,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _listen(settings: Settings, socket_path: str) -> socket.socket:
+def _listen(settings: Settings) -> socket.socket:
     """The listening socket: TRAINER_SOCKET's Unix socket (the bot's child), else TRAINER_HOST:TRAINER_PORT."""
-    if socket_path:
-        return _listen_unix(Path(socket_path))
+    if settings.socket is not None:
+        return _listen_unix(settings.socket)
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     try:
         # SO_REUSEADDR (create_server's default) only passes a closing socket: a program listening on the port,

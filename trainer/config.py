@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from trainer import launch
+
 log = logging.getLogger(__name__)
 
 # First a multilingual instruct model that speaks Korean and downloads without an account (Apache-2.0, ungated),
@@ -19,7 +21,7 @@ DEFAULT_BASE_MODELS = (
     "smollm2-135m-instruct=HuggingFaceTB/SmolLM2-135M-Instruct"
 )
 # Where a generated key is kept, in the data directory, readable by its owner only.
-API_KEY_FILE = "api_key"
+API_KEY_FILE = launch.KEY_FILE
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # A data directory's caches of what a GGUF base model is converted into, once: its tokenizer, its dequantized weights.
 TOKENIZER_CACHE, WEIGHTS_CACHE = "tokenizers", "gguf-weights"
@@ -62,6 +64,9 @@ class Settings:
     # Jobs of one base model a device's worker trains together, one batched pass per step; 0: 1 on a CPU (measured:
     # no faster per token there, and one after another gives the first students their models sooner), 4 on a GPU.
     group_jobs: int = 0
+    # Started by the bot: a private Unix socket instead of host:port, and an end with the bot (trainer/launch.py).
+    socket: Path | None = None
+    exit_with_parent: bool = False
 
     @property
     def max_batch_size(self) -> int:
@@ -83,13 +88,13 @@ class Settings:
         """Build settings from the environment, raising SettingsError naming the first bad one."""
         env = os.environ if env is None else env
         settings = cls(
-            host=env.get("TRAINER_HOST", "127.0.0.1").strip() or "127.0.0.1",
-            port=_int(env, "TRAINER_PORT", 8400, low=0, high=65535),
-            api_key=(env.get("TRAINER_API_KEY") or "").strip() or None,
+            host=env.get(launch.HOST_VAR, launch.DEFAULT_HOST).strip() or launch.DEFAULT_HOST,
+            port=_int(env, launch.PORT_VAR, launch.DEFAULT_PORT, low=0, high=65535),
+            api_key=(env.get(launch.API_KEY_VAR) or "").strip() or None,
             allowed_hosts=tuple(h.strip().lower() for h in env.get("TRAINER_ALLOWED_HOSTS", "").split(",")
                                 if h.strip()),
             # Absolute from the start: paths stored in its database must not depend on where a later start runs from.
-            data_dir=Path(env.get("TRAINER_DATA_DIR", "").strip() or "data/trainer").expanduser().resolve(),
+            data_dir=Path(env.get(launch.DATA_DIR_VAR, "").strip() or "data/trainer").expanduser().resolve(),
             base_models=_models(env),
             owner=_owner(env),
             device=_device(env),
@@ -116,6 +121,8 @@ class Settings:
             max_batch_tokens=_int(env, "TRAINER_MAX_BATCH_TOKENS", 8192, low=16),
             max_job_minutes=_float(env, "TRAINER_MAX_JOB_MINUTES", 60.0),
             group_jobs=_int(env, "TRAINER_GROUP_JOBS", 0, low=0),
+            socket=Path(raw_socket) if (raw_socket := env.get(launch.SOCKET_VAR, "").strip()) else None,
+            exit_with_parent=env.get(launch.EXIT_WITH_PARENT_VAR, "").strip() == "1",
         )
         if settings.api_key is not None and (len(settings.api_key) < 16 or any(c.isspace() for c in settings.api_key)):
             raise SettingsError("TRAINER_API_KEY must be at least 16 characters without spaces")
@@ -230,7 +237,7 @@ def _parse_models(raw: str) -> dict[str, str]:
 
 
 def _models(env: Mapping[str, str]) -> dict[str, str]:
-    return _parse_models(env.get("TRAINER_BASE_MODELS", "").strip() or DEFAULT_BASE_MODELS)
+    return _parse_models(env.get(launch.BASE_MODELS_VAR, "").strip() or DEFAULT_BASE_MODELS)
 
 
 def _owner(env: Mapping[str, str]) -> str:

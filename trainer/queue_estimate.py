@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.timing import Speed, Timings
 
 if TYPE_CHECKING:
-    from trainer.scheduler import FairQueue
+    from trainer.fair_queue import FairQueue
 
 log = logging.getLogger(__name__)
 

@@ -11,19 +11,20 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
 
+from trainer import launch
 from trainer.config import Settings
+from trainer.fair_queue import FairQueue
 from trainer.queue_estimate import QueueEstimator
 from trainer.store import ACTIVE_STATUSES, Store
 from trainer.timing import Timings
+from trainer.worker import time_limit_message
 
 log = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 GPU_GROUP_JOBS = 4  # TRAINER_GROUP_JOBS=0 (auto) on a GPU: a small model's batch leaves a GPU mostly idle
 PAUSE_GRACE_S = 120  # a paused job finishes its step and saves; past this its worker is ended (no new checkpoint)
 CANCEL_GRACE_S = 120  # a cancelled job is dropped after its step; a worker that does not answer by then is ended
@@ -58,35 +59,6 @@ class Worker:
     jobs: dict[str, Running] = field(default_factory=dict)
     source: str | None = None  # the base model its jobs train on
     ended_by_us: bool = False  # killed because a job on it did not stop in time, not crashed
-
-
-def fairness_keys(job: sqlite3.Row) -> tuple[str, str]:
-    """Group a job by class (metadata guild_id) and then by person (metadata user_id), for the fair queue."""
-    metadata = json.loads(job["metadata"]) if job["metadata"] else {}
-    return str(metadata.get("guild_id", "")), str(metadata.get("user_id", ""))
-
-
-class FairQueue:
-    """Round-robin across classes, then across people in a class: no one server or student starves the rest."""
-
-    def __init__(self) -> None:
-        self._served: dict[tuple[str, ...], int] = {}
-        self._clock = 0
-
-    def pick(self, queued: list[sqlite3.Row]) -> sqlite3.Row | None:
-        """Choose the queued job whose class, then person, was served longest ago; oldest job first within."""
-        if not queued:
-            return None
-
-        def rank(job: sqlite3.Row) -> tuple[int, int, int]:
-            guild, user = fairness_keys(job)
-            return self._served.get((guild,), -1), self._served.get((guild, user), -1), job["seq"]
-
-        chosen = min(queued, key=rank)
-        guild, user = fairness_keys(chosen)
-        self._clock += 1
-        self._served[(guild,)] = self._served[(guild, user)] = self._clock
-        return chosen
 
 
 class Scheduler:
@@ -206,7 +178,7 @@ class Scheduler:
         """Run trainer.validation's check_files in its own process: the server's loop and memory stay free."""
         async with self._checks:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "trainer.validation", env=self._worker_env(), cwd=str(PACKAGE_ROOT),
+                sys.executable, "-m", "trainer.validation", env=self._worker_env(), cwd=str(launch.PACKAGE_ROOT),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )
             try:
@@ -219,7 +191,8 @@ class Scheduler:
         return result
 
     def _worker_env(self) -> dict[str, str]:
-        return {**os.environ, **self.settings.to_env(), "PYTHONPATH": _pythonpath()}
+        # The server's own environment passes on (PATH, HOME...), then its settings as the workers read them.
+        return {**os.environ, **self.settings.to_env(), "PYTHONPATH": launch.python_path(os.environ)}
 
     async def pause(self, job_id: str) -> bool:
         """Pause a queued or running job: its worker saves a checkpoint after the current step and drops it."""
@@ -307,7 +280,7 @@ class Scheduler:
         with (log_dir / f"worker-{device.replace(':', '-')}.log").open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "trainer.worker", "--serve", device, env=self._worker_env(),
-                cwd=str(PACKAGE_ROOT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                cwd=str(launch.PACKAGE_ROOT), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
             )
         worker = self.workers[device] = Worker(device, process)
@@ -385,8 +358,6 @@ class Scheduler:
             return  # a cancel or pause already recorded the outcome
         checkpoint = self.store.last_checkpoint(running.job_id)
         if running.timed_out:
-            from trainer.worker import time_limit_message
-
             self._fail(running.job_id, {
                 "code": "time_limit_exceeded", "param": None,
                 "message": time_limit_message(self.settings.max_job_minutes, checkpoint["step"] if checkpoint else 0,
@@ -406,11 +377,6 @@ class Scheduler:
                 "code": "server_error", "param": None,
                 "message": f"Training stopped unexpectedly (worker exit code {code}); start the job again",
             })
-
-
-def _pythonpath() -> str:
-    existing = os.environ.get("PYTHONPATH")
-    return f"{PACKAGE_ROOT}{os.pathsep}{existing}" if existing else str(PACKAGE_ROOT)
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from trainer import import_heavy
-from trainer.api import TIMINGS, build_app
+from trainer.api import TIMINGS
+from trainer.routes import build_app
 from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
 from trainer.store import Store
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 def training_devices(setting: str) -> list[str]:
     """List the devices that each train one job at a time: every GPU, else the CPU."""
     if setting == "auto":
-        import torch  # only here: the API itself needs no torch, so a server told its device starts fast
+        # Only here, through the one import lock: the API itself needs no torch, so a server told its device starts fast.
+        torch = import_heavy("torch")
 
         if torch.cuda.is_available():
             return [f"cuda:{index}" for index in range(torch.cuda.device_count())]
@@ -114,9 +116,9 @@ class LazyGenerator:
             f"{name} {self.status(name)['status']}" for name in self.settings.base_models))
 
     async def _warm(self, base: str, adapter: Path) -> None:
-        from trainer.serving import Target
-
         generator = await self._get()
+        from trainer.serving import Target  # _build imported it (through import_heavy) before the generator existed
+
         try:
             await _in_daemon_thread(lambda: generator.pool.warm(Target(base, adapter)), "warm-model")
         except Exception:  # boundary: the first chat will try again and report its own error

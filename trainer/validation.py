@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dataset_rules.check import check_stream
+from trainer.lifeline import die_with_parent
 
 CHUNK_BYTES = 1 << 16
 TRAINING_LABEL, VALIDATION_LABEL = "training.jsonl", "validation.jsonl"
@@ -125,8 +126,6 @@ def main() -> None:
     The server checks files in this short-lived process, so a large or hostile file costs the server neither its
     event loop nor its memory.
     """
-    from trainer.worker import die_with_parent
-
     die_with_parent()
     args = json.loads(sys.stdin.read())
     for key in ("training", "validation"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import ctypes
 import io
 import json
 import logging
@@ -16,9 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainer import import_heavy
+from trainer.config import Settings
+from trainer.lifeline import die_with_parent
+from trainer.store import PARTIAL_SUFFIX, Store, new_id
+
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
 PAUSE_SIGNAL = signal.SIGUSR1  # the scheduler's "pause": stop after this step, keeping a checkpoint
 PAUSED, TIME_LIMIT = "paused", "time_limit"
 REPORTING = ("running", "paused")  # the statuses in which a worker still records a job's steps
@@ -52,23 +55,6 @@ def time_limit_message(minutes: float, step: int, total: int | None, checkpoint:
     if checkpoint:
         text += f" Its last checkpoint, {checkpoint}, is kept and can be used for chat."
     return text
-
-
-def die_with_parent() -> None:
-    """End this process when the server dies, so no orphan keeps training a job the next server will resume."""
-    parent = os.getppid()
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the watcher thread below still notices
-        pass
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(3)
-            time.sleep(0.5)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def model_name(base: str, owner: str, suffix: str | None, job_id: str) -> str:
@@ -121,9 +107,10 @@ def results_csv(metrics: list[dict[str, Any]]) -> bytes:
 
 def run(job_id: str, device: str, started: float | None = None) -> int:
     """Train one job to the end (or to a pause or its time limit) and record the result; return the exit code."""
-    from trainer.config import Settings
+    # torch, peft and transformers take seconds to import: only here, once main() listens for a pause (a pause
+    # signal that came during the import would otherwise end the process).
+    import_heavy("trainer.training")
     from trainer.modeling import load_tokenizer, set_threads, turn_end_ids
-    from trainer.store import Store
     from trainer.training import TrainSpec, encode_file, train
 
     settings = Settings.from_env()
@@ -164,8 +151,6 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
 
 def record_result(store: Any, settings: Any, job_id: str, name: str, result: Any) -> int:
     """Record how a run ended: succeeded with its results file, or stopped (paused, time limit); return 0."""
-    from trainer.store import PARTIAL_SUFFIX, new_id
-
     if result.stopped is not None:
         return stopped(store, job_id, result, f"{name}:ckpt-step-{result.steps}", settings.max_job_minutes)
     job = store.job(job_id)
@@ -257,9 +242,6 @@ class LongLivedWorker:
     """Trains the jobs handed to it one step of all of them at a time, with each base model loaded once."""
 
     def __init__(self, device: str, emit: Callable[[dict[str, Any]], None], controls: Controls) -> None:
-        from trainer.config import Settings
-        from trainer.store import Store
-
         self.device, self.emit, self.controls = device, emit, controls
         self.settings = Settings.from_env()
         self.store = Store(self.settings.data_dir / "trainer.db")
@@ -301,6 +283,8 @@ class LongLivedWorker:
             self.runs[job_id] = run
 
     def _prepare(self, job_id: str, started: float) -> Any:
+        # The model stack (torch: seconds), imported on the first job, not while the worker starts.
+        import_heavy("trainer.grouped")
         from trainer.grouped import SharedBase, start_run
         from trainer.modeling import load_tokenizer, turn_end_ids
         from trainer.training import TrainSpec, encode_file
@@ -355,7 +339,7 @@ class LongLivedWorker:
 
     def _step(self) -> None:
         """One step of every job on one base model (taking the bases in turn)."""
-        from trainer.grouped import after_step, group_step
+        from trainer.grouped import after_step, group_step  # imported by _prepare already (import_heavy)
 
         sources = sorted({run.spec.source for run in self.runs.values()})
         source = sources[self._turn % len(sources)]
@@ -420,7 +404,8 @@ def serve(device: str) -> int:
     Commands come as JSON lines on stdin ({"op": "train" | "cancel" | "pause", "job": id}); the end of each job is
     told on stdout. Everything else the process prints goes to stderr (its log): stdout carries the protocol only.
     """
-    from trainer.config import Settings
+    # modeling imports torch (seconds): after main() listens for a pause.
+    import_heavy("trainer.modeling")
     from trainer.modeling import set_threads
 
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)

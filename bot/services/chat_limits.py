@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot import errors
 from bot.services.governance.policy import QUOTA_WINDOW_SECONDS
@@ -48,9 +49,10 @@ class ChatLimits:
     def __init__(
         self, repo: GovernanceRepository, roles: ClassSettingsService,
         tunable_models: Callable[[], Awaitable[list[str]]], *, self_hosted: bool,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, prices_file: Path | None = None,
     ) -> None:
         self.repo = repo
+        self.prices_file = prices_file  # Settings.prices_file: the table chat prices come from
         self.roles = roles
         self.tunable_models = tunable_models
         self.self_hosted = self_hosted
@@ -104,7 +106,7 @@ class ChatLimits:
     async def admit(self, guild_id: int, user_id: int, model: str, prompt_tokens: int,
                     max_tokens: int) -> ChatTicket | None:
         """Hold the answer's worst case (the prompt plus `max_tokens` of reply) against the budget, or refuse."""
-        price = chat_price(model)
+        price = chat_price(model, self.prices_file)
         if price is None:
             # The school's own trainer has no price and costs nothing (it is rate-limited all the same); elsewhere
             # an unpriced model cannot be kept within a cap.

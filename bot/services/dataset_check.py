@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 from dataset_rules.check import DEFAULT_MAX_BYTES, Report, check_stream, convert_table, is_table
+from dataset_rules.models import load_prices
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,11 @@ def _memory_chunks(data: bytes, size: int = READ_CHUNK_BYTES) -> Iterator[bytes]
 class DatasetCheckService:
     """Checks training (and validation) files before anything is uploaded."""
 
-    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, today: date | None = None) -> None:
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, today: date | None = None,
+                 prices_file: Path | None = None) -> None:
         self.max_bytes = max_bytes
         self.today = today
+        self.prices_file = prices_file  # Settings.prices_file: the price table the estimates use
 
     def check_file(
         self,
@@ -84,6 +87,7 @@ class DatasetCheckService:
             validation_filename=Path(validation_path).name if validation_path is not None else "validation.jsonl",
             today=self.today,
             system_prompt=system_prompt,
+            prices=load_prices(self.prices_file),
         )
         log.info("Checked dataset (%d examples, ok=%s, %d errors)", report.examples, report.ok,
                  sum(report.error_counts.values()))
@@ -117,6 +121,7 @@ class DatasetCheckService:
             validation_filename=validation[1] if validation else "validation.jsonl",
             today=self.today,
             system_prompt=system_prompt,
+            prices=load_prices(self.prices_file),
             converted=lines,
             converted_validation=validation_lines,
         )

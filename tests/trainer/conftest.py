@@ -1,5 +1,5 @@
 """Fixtures for the trainer: a tiny chat model built on the spot, the server as a real process (both from
-tests/trainer/harness.py, which bench/ imports too), and a session's cache of converted GGUFs."""
+support/trainer_harness.py, which bench/ imports too), and a session's cache of converted GGUFs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.harness import TrainerProcess, build_tiny_model
+from support.trainer_harness import TrainerProcess, build_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -30,5 +30,5 @@ def trainer_server(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -
 @pytest.fixture(scope="session")
 def gguf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's converted GGUFs, laid out like a trainer data folder (tokenizers/, gguf-weights/): each GGUF is
-    converted once per session (tests/trainer/harness.share_gguf_cache points trainers at it)."""
+    converted once per session (support/trainer_harness.share_gguf_cache points trainers at it)."""
     return tmp_path_factory.mktemp("gguf-cache")

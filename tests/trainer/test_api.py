@@ -8,7 +8,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.trainer.harness import TrainerProcess, chat_file
+from support.trainer_harness import TrainerProcess, chat_file
 from tests.trainer.test_journey import client, upload
 
 KEY = "test-key-not-secret"

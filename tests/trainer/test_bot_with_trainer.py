@@ -21,10 +21,10 @@ from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.trainer_process import TrainerProcess as ChildTrainer
 from bot.trainer_process import TrainerStartError
-from tests.fakes.discord import FakeDiscord, FakeMessage
-from tests.fakes.openai import FakeOpenAI
-from tests.harness import BotRunner, make_settings, press
-from tests.trainer.harness import REPO_ROOT, chat_file, free_port
+from support.fakes.discord import FakeDiscord, FakeMessage
+from support.fakes.openai import FakeOpenAI
+from support.bot_harness import BotRunner, make_settings, press
+from support.trainer_harness import REPO_ROOT, chat_file, free_port
 
 JOB_SECONDS = 240
 

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from tests.fakes.discord import FakeDiscord, FakeMessage, FakeUser
-from tests.harness import BotRunner, press
-from tests.trainer.harness import chat_file
+from support.fakes.discord import FakeDiscord, FakeMessage, FakeUser
+from support.bot_harness import BotRunner, press
+from support.trainer_harness import chat_file
 from tests.trainer.test_bot_with_trainer import _until_trainer_counts, bot_with_own_trainer  # noqa: F401  # fixture
 
 CLASS = 30

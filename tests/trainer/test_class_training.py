@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.trainer.harness import chat_file
+from support.trainer_harness import chat_file
 from trainer import grouped
 from trainer.config import Settings
 from trainer.modeling import load_tokenizer

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.trainer.harness import TrainerProcess, chat_file
+from support.trainer_harness import TrainerProcess, chat_file
 from tests.trainer.test_journey import JOB_TIMEOUT_S, client, upload, wait_for
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from tests.trainer.harness import TrainerProcess, build_tiny_model
+from support.trainer_harness import TrainerProcess, build_tiny_model
 from tests.trainer.test_journey import client, upload, wait_for
 from trainer.modeling import chat_family, load_tokenizer, render_chat, turn_end_ids
 from trainer.serving import ModelPool

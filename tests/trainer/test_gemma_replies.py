@@ -16,7 +16,7 @@ import torch
 
 from bot.services.chat import CLASSROOM_SAMPLING
 from bot.services.lessons import LessonLibrary
-from tests.trainer.harness import INSTALL_GEMMA, gemma_gguf
+from support.trainer_harness import INSTALL_GEMMA, gemma_gguf
 from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE
 from trainer.modeling import control_token_ids, load_model, load_tokenizer, render_chat, turn_end_ids
 from trainer.reply_guard import ReplyGuard, scripts_in

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.trainer.harness import REPO_ROOT, chat_example, chat_file
+from support.trainer_harness import REPO_ROOT, chat_example, chat_file
 from trainer.config import Settings, SettingsError
 from trainer.validation import check_files
 

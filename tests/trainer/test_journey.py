@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.trainer.harness import TrainerProcess, chat_file
+from support.trainer_harness import TrainerProcess, chat_file
 
 JOB_TIMEOUT_S = 60
 

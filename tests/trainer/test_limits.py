@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.trainer.harness import TrainerProcess, chat_example, chat_file
+from support.trainer_harness import TrainerProcess, chat_example, chat_file
 
 REQUEST_LIMIT = 64 * 1024
 UPLOAD_LIMIT = 256 * 1024

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.trainer.harness import ANSWER, INSTALL_SMOLLM2, chat_example, smollm2_gguf
+from support.trainer_harness import ANSWER, INSTALL_SMOLLM2, chat_example, smollm2_gguf
 from trainer.config import TOKENIZER_CACHE
 from trainer.modeling import (
     CHATML_TEMPLATE,

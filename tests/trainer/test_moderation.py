@@ -10,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.trainer.harness import TrainerProcess
+from support.trainer_harness import TrainerProcess
 from tests.trainer.test_journey import client
 from trainer import moderation
 

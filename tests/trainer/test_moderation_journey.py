@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import MANAGE_GUILD
-from tests.fakes.discord import FakeDiscord
-from tests.fakes.openai import FakeOpenAI
-from tests.harness import BotRunner, make_settings
+from support.fakes.discord import FakeDiscord
+from support.fakes.openai import FakeOpenAI
+from support.bot_harness import BotRunner, make_settings
 from tests.test_chat_journey import DEFERRED
 from tests.test_governance_journey import answer
-from tests.trainer.harness import TrainerProcess
+from support.trainer_harness import TrainerProcess
 
 SWEAR = "ㅅㅂ 이거 왜 안 돼"
 # Waits that the trainer answers: its first moderation call loads the word lists and the classifier (seconds idle,

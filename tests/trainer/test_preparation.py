@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.trainer.harness import TrainerProcess, chat_file
+from support.trainer_harness import TrainerProcess, chat_file
 from tests.trainer.test_journey import JOB_TIMEOUT_S, client, upload, wait_for
 from trainer.config import Settings
 from trainer.server import LazyGenerator, create_app

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from trainer.api import job_object
+from trainer.routes.jobs import job_object
 from trainer.config import Settings
 from trainer.queue_estimate import QueueEstimator, plan
 from trainer.scheduler import FairQueue, Scheduler
@@ -192,7 +192,8 @@ async def test_base_model_object_tells_the_training_speed(tmp_path: Path, store:
     """GET /v1/models/{base} carries the speed figures a client plans a class with, and whether they were measured."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from trainer.api import TIMINGS, build_app
+    from trainer.api import TIMINGS
+    from trainer.routes import build_app
 
     settings = Settings(data_dir=tmp_path, base_models={"tiny": "tiny"}, device="cpu", api_key="k")
     app = build_app(settings, store, Scheduler(settings, store, ["cpu", "cpu:1"]), object())

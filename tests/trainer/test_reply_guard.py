@@ -132,7 +132,7 @@ async def test_chat_reply_running_on_is_cut_through_the_api(tmp_path: Path, stre
     from aiohttp.test_utils import TestServer
     from openai import AsyncOpenAI
 
-    from trainer.api import build_app
+    from trainer.routes import build_app
     from trainer.config import Settings
     from trainer.scheduler import Scheduler
     from trainer.store import Store

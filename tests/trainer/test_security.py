@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.harness import TrainerProcess
+from support.trainer_harness import TrainerProcess
 from trainer.config import Settings, SettingsError, ensure_api_key
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.trainer.harness import chat_example
+from support.trainer_harness import chat_example
 from trainer.training import STATE_FILE, TrainSpec, encode_chat, train
 
 

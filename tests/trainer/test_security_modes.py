@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.harness import TrainerProcess, chat_file
+from support.trainer_harness import TrainerProcess, chat_file
 from tests.trainer.test_journey import client, upload, wait_for
 from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE
 

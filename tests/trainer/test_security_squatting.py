@@ -21,7 +21,7 @@ import pytest
 
 from bot.openai_gateway import FineTuningGateway
 from bot.trainer_process import TrainerProcess as ChildTrainer
-from tests.trainer.harness import REPO_ROOT, free_port
+from support.trainer_harness import REPO_ROOT, free_port
 
 
 class Squatter:

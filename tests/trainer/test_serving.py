@@ -260,7 +260,7 @@ def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Gemma3 (sliding-window layers with a window of 4 beside full ones) with Gemma's turn markers."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    from tests.trainer.harness import build_tiny_model
+    from support.trainer_harness import build_tiny_model
 
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), family="gemma")
     tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.harness import INSTALL_SMOLLM2, smollm2_gguf, trainer_with_shared_gguf_cache
+from support.trainer_harness import INSTALL_SMOLLM2, smollm2_gguf, trainer_with_shared_gguf_cache
 from tests.trainer.test_journey import client, upload, wait_for
 
 GGUF = smollm2_gguf()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.trainer.harness import chat_example
+from support.trainer_harness import chat_example
 from trainer.modeling import load_tokenizer, render_chat, turn_end_ids
 from trainer.training import (
     TURN_END_WEIGHT,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.harness import REPO_ROOT, chat_example, chat_file
+from support.trainer_harness import REPO_ROOT, chat_example, chat_file
 from trainer.catalog import languages
 from trainer.config import Settings, SettingsError
 from trainer.scheduler import FairQueue

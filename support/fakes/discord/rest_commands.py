@@ -3,12 +3,12 @@ reads these schemas to type the options it sends."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.plumbing import _json
+from support.fakes.discord._part import Part
+from support.fakes.discord.plumbing import _json
 
 
 class CommandRoutes(Part):
@@ -23,7 +23,7 @@ class CommandRoutes(Part):
         if request.method == "PUT":
             existing = {c["name"]: c["id"] for c in target}
             target.clear()
-            for cmd in payload:
+            for cmd in cast(list[dict[str, Any]], payload):  # a PUT sends the whole list
                 target.append(self._command_record(cmd, gid, existing.get(cmd["name"])))
             self._notify()
             return _json(target)

@@ -36,12 +36,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tests.fakes._server import serve_on_loopback
-from tests.fakes.discord.cdn import Cdn
-from tests.fakes.discord.clients import start_bot, stop_bot
-from tests.fakes.discord.faults import Faults, _FailRule
-from tests.fakes.discord.gateway import Gateway, _GatewaySession
-from tests.fakes.discord.interactions import (
+from support.fakes._server import serve_on_loopback
+from support.fakes.discord.cdn import Cdn
+from support.fakes.discord.clients import start_bot, stop_bot
+from support.fakes.discord.faults import Faults, _FailRule
+from support.fakes.discord.gateway import Gateway, _GatewaySession
+from support.fakes.discord.interactions import (
     APPLICATION_COMMAND,
     AUTOCOMPLETE,
     CB_AUTOCOMPLETE,
@@ -57,14 +57,14 @@ from tests.fakes.discord.interactions import (
     FakeInteraction,
     Interactions,
 )
-from tests.fakes.discord.limits import ATTACHMENT_SIZE_LIMIT, Limits
-from tests.fakes.discord.plumbing import JSON_HEADERS, Plumbing, RecordedRequest
-from tests.fakes.discord.rest_channels import ChannelRoutes
-from tests.fakes.discord.rest_commands import CommandRoutes
-from tests.fakes.discord.rest_guilds import GuildRoutes
-from tests.fakes.discord.rest_messages import NONCE_WINDOW_SECONDS, MessageRoutes
-from tests.fakes.discord.rest_users import UserRoutes
-from tests.fakes.discord.state import (
+from support.fakes.discord.limits import ATTACHMENT_SIZE_LIMIT, Limits
+from support.fakes.discord.plumbing import JSON_HEADERS, Plumbing, RecordedRequest
+from support.fakes.discord.rest_channels import ChannelRoutes
+from support.fakes.discord.rest_commands import CommandRoutes
+from support.fakes.discord.rest_guilds import GuildRoutes
+from support.fakes.discord.rest_messages import NONCE_WINDOW_SECONDS, MessageRoutes
+from support.fakes.discord.rest_users import UserRoutes
+from support.fakes.discord.state import (
     ADMINISTRATOR,
     ALL_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,

@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.limits import ATTACHMENT_SIZE_LIMIT
-from tests.fakes.discord.plumbing import _error, _json
-from tests.fakes.discord.state import (
+from support.fakes.discord._part import Part
+from support.fakes.discord.limits import ATTACHMENT_SIZE_LIMIT
+from support.fakes.discord.plumbing import _error, _json
+from support.fakes.discord.state import (
     ALL_PERMISSIONS,
     EPHEMERAL,
     LOADING,
@@ -37,8 +37,8 @@ from tests.fakes.discord.state import (
 )
 
 if TYPE_CHECKING:
-    from tests.fakes.discord import FakeDiscord
-    from tests.fakes.discord.state import FakeMessage
+    from support.fakes.discord import FakeDiscord
+    from support.fakes.discord.state import FakeMessage
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Interactions(Part):
         ch = self._resolve_channel(guild, channel)
         if guild is None and ch.guild_id:
             guild = self.guilds[ch.guild_id]
-        inter = FakeInteraction(self, itype, user, ch)
+        inter = FakeInteraction(cast("FakeDiscord", self), itype, user, ch)  # the mixin is FakeDiscord
         payload: dict[str, Any] = {
             "id": str(inter.id),
             "application_id": str(self.application_id),

@@ -11,15 +11,15 @@ if TYPE_CHECKING:
 
     from aiohttp import web
 
-    from tests.fakes.discord.faults import _FailRule
-    from tests.fakes.discord.gateway import _GatewaySession
-    from tests.fakes.discord.interactions import FakeInteraction
-    from tests.fakes.discord.plumbing import RecordedRequest
-    from tests.fakes.discord.state import FakeAttachment, FakeChannel, FakeGuild, FakeMessage, FakeUser, _Snowflakes
+    from support.fakes.discord.faults import _FailRule
+    from support.fakes.discord.gateway import _GatewaySession
+    from support.fakes.discord.interactions import FakeInteraction
+    from support.fakes.discord.plumbing import RecordedRequest
+    from support.fakes.discord.state import FakeAttachment, FakeChannel, FakeGuild, FakeMessage, FakeUser, _Snowflakes
 
 
 class Part:
-    """A mixin of FakeDiscord (tests/fakes/discord/__init__.py), which combines them all."""
+    """A mixin of FakeDiscord (support/fakes/discord/__init__.py), which combines them all."""
 
     if TYPE_CHECKING:
         # The world (FakeDiscord.__init__).

@@ -7,9 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.plumbing import _error, _json
-from tests.fakes.discord.state import FakeChannel
+from support.fakes.discord._part import Part
+from support.fakes.discord.plumbing import _error, _json
+from support.fakes.discord.state import FakeChannel
 
 
 class ChannelRoutes(Part):

@@ -12,8 +12,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.plumbing import _json
+from support.fakes.discord._part import Part
+from support.fakes.discord.plumbing import _json
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.plumbing import _error, _json
-from tests.fakes.discord.state import FakeGuild
+from support.fakes.discord._part import Part
+from support.fakes.discord.plumbing import _error, _json
+from support.fakes.discord.state import FakeGuild
 
 
 class GuildRoutes(Part):

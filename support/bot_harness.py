@@ -19,8 +19,8 @@ from discord.ext import tasks
 
 from bot.client import ClassroomBot
 from bot.config import Settings
-from tests.fakes.discord import FakeDiscord, FakeUser
-from tests.fakes.openai import FakeOpenAI
+from support.fakes.discord import FakeDiscord, FakeUser
+from support.fakes.openai import FakeOpenAI
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.plumbing import _json
+from support.fakes.discord._part import Part
+from support.fakes.discord.plumbing import _json
 
 
 @dataclass

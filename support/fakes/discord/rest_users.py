@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.plumbing import _error, _json
+from support.fakes.discord._part import Part
+from support.fakes.discord.plumbing import _error, _json
 
 
 class UserRoutes(Part):

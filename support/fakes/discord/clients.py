@@ -1,5 +1,5 @@
 """Starting and stopping a plain discord.py client against the installed fake (what tests/test_fakes.py drives; the
-real bot is started by tests/harness.py's BotRunner)."""
+real bot is started by support/bot_harness.py's BotRunner)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The fake's data model: users, roles, members, channels and threads, guilds, attachments and messages.
 
 Each object renders itself as Discord sends it (`payload()`); ids are snowflakes, permissions Discord's bits. The
-stores that hold them (by id, per channel) are FakeDiscord's (tests/fakes/discord/__init__.py).
+stores that hold them (by id, per channel) are FakeDiscord's (support/fakes/discord/__init__.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from tests.fakes.discord import FakeDiscord
-    from tests.fakes.discord.interactions import FakeInteraction
+    from support.fakes.discord import FakeDiscord
+    from support.fakes.discord.interactions import FakeInteraction
 
 DISCORD_EPOCH_MS = 1420070400000
 EPHEMERAL = 64

@@ -10,12 +10,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from tests.fakes.discord._part import Part
+from support.fakes.discord._part import Part
 
 if TYPE_CHECKING:
-    from tests.fakes.discord.state import FakeAttachment
+    from support.fakes.discord.state import FakeAttachment
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class Plumbing(Part):
         self.requests.append(rec)
         request[_RECORD] = rec
         try:
-            response = self._injected_failure(request.method, path) or self._edit_rate_limit(request.method, path)
+            response: web.StreamResponse | None = (self._injected_failure(request.method, path)
+                                                   or self._edit_rate_limit(request.method, path))
             if response is None:
                 try:
                     response = await handler(request)
@@ -94,6 +95,8 @@ class Plumbing(Part):
             raw_files: list[tuple[int, str, bytes, str | None]] = []
             reader = await request.multipart()
             async for part in reader:
+                if not isinstance(part, BodyPartReader):
+                    continue  # a nested multipart: discord.py never sends one
                 name = part.name or ""
                 if name == "payload_json":
                     payload = json.loads(await part.text())

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.fakes.discord import FakeDiscord
-from tests.fakes.openai import FakeOpenAI
+from support.fakes.discord import FakeDiscord
+from support.fakes.openai import FakeOpenAI
 
 
 @pytest.fixture

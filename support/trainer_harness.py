@@ -10,16 +10,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from trainer import launch
 from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -132,37 +132,36 @@ def free_port() -> int:
 
 
 class TrainerProcess:
-    """python -m trainer as a real process on loopback, started and killed by the test."""
+    """python -m trainer as a real process on loopback, started (through trainer/launch.py) and killed by the test."""
 
     def __init__(self, data_dir: Path, model_dir: Path, **extra_env: str) -> None:
         self.data_dir, self.port = data_dir, free_port()
-        self.env = {
-            **os.environ, "TRAINER_HOST": "127.0.0.1", "TRAINER_PORT": str(self.port),
-            "TRAINER_DATA_DIR": str(data_dir), "TRAINER_BASE_MODELS": f"tiny={model_dir}",
-            "TRAINER_MAX_SEQ_LEN": "96", "TRAINER_MAX_TOKENS": "24", "TRAINER_TORCH_THREADS": "1",
-            "TRAINER_DEVICE": "cpu",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])), **extra_env,
-        }
-        if "TRAINER_API_KEY" not in extra_env:
-            self.env.pop("TRAINER_API_KEY", None)
+        settings = {launch.BASE_MODELS_VAR: f"tiny={model_dir}", "TRAINER_MAX_SEQ_LEN": "96", "TRAINER_MAX_TOKENS": "24",
+                    "TRAINER_TORCH_THREADS": "1", "TRAINER_DEVICE": "cpu", **extra_env}
+        self.launch = launch.Launch(data_dir, port=self.port, api_key=settings.pop(launch.API_KEY_VAR, None),
+                                    settings=settings)
+        # The environment the process gets; a test may still change it before start().
+        self.env = self.launch.environment(os.environ)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def key(self) -> str:
         """The key clients must send: the configured one, else the one the trainer generated at first start."""
-        configured = self.env.get("TRAINER_API_KEY")
-        return configured or (self.data_dir / "api_key").read_text("utf-8").strip()
+        key = self.env.get(launch.API_KEY_VAR) or launch.read_key(self.data_dir)
+        if key is None:
+            raise FileNotFoundError(self.data_dir / launch.KEY_FILE)
+        return key
 
     @property
     def base_url(self) -> str:
         """The OpenAI base URL of this server."""
-        return f"http://127.0.0.1:{self.port}/v1"
+        return self.launch.base_url
 
     def start(self, timeout: float = 30) -> TrainerProcess:
         """Start the server and wait until it answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "server.log").open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "trainer"], env=self.env, cwd=REPO_ROOT,
+        self.process = subprocess.Popen(self.launch.command(), env=self.env, cwd=self.launch.root,
                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
-from tests.fakes._server import serve_on_loopback
+from support.fakes._server import serve_on_loopback
 
 log = logging.getLogger(__name__)
 
@@ -599,6 +599,8 @@ class FakeOpenAI:
         purpose, filename, data = "", "", b""
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: no field the API takes
             if part.name == "purpose":
                 purpose = await part.text()
             elif part.name == "file":

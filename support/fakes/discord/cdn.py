@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.state import FakeAttachment
+from support.fakes.discord._part import Part
+from support.fakes.discord.state import FakeAttachment
 
 
 class Cdn(Part):

@@ -4,13 +4,16 @@ and the routes under /channels/{cid}/messages: post (with enforce_nonce), list, 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
-from tests.fakes.discord._part import Part
-from tests.fakes.discord.plumbing import _error, _json
-from tests.fakes.discord.state import LOADING, FakeAttachment, FakeChannel, FakeMessage, FakeUser, _now_iso
+from support.fakes.discord._part import Part
+from support.fakes.discord.plumbing import _error, _json
+from support.fakes.discord.state import LOADING, FakeAttachment, FakeChannel, FakeMessage, FakeUser, _now_iso
+
+if TYPE_CHECKING:
+    from support.fakes.discord import FakeDiscord
 
 # How long Discord remembers an enforced nonce ("the past few minutes").
 NONCE_WINDOW_SECONDS = 300.0
@@ -22,7 +25,7 @@ class MessageRoutes(Part):
     # ----- message store -----
 
     def _new_message(self, channel: FakeChannel, author: FakeUser) -> FakeMessage:
-        msg = FakeMessage(self, self._ids.next(), channel, author)
+        msg = FakeMessage(cast("FakeDiscord", self), self._ids.next(), channel, author)  # the mixin is FakeDiscord
         self._messages[msg.id] = msg
         self._channel_messages[channel.id].append(msg)
         channel.last_message_id = msg.id
