@@ -1,10 +1,12 @@
 """The queue told honestly: each waiting job's place in line and when it should start and finish.
 
-The order is the fair queue's own, found by letting a copy of it pick as the scheduler will; the times come from the
-work ahead (each job's tokens as the file check counts them, times its epochs) and this machine's measured speed
-(trainer/timing.py). Jobs are simulated one after another per device: where the worker trains several jobs of one
-base model together, the machine's tokens per second (measured over overlapping jobs as one) still holds, so the
-last of a group is right and the first ones are told a little late rather than early.
+The order is the fair queue's own, found by letting a copy of it pick as the scheduler will; the times come from a
+simulation of each device's worker as it is: up to its capacity of jobs of one base model trained together (each
+group step takes every job's own step), a job that joins pays its start-up (and the model's loading when its worker
+does not hold that base), a job that ends its wrap-up (saving). What runs is timed from its own live pace (the
+seconds per step of its latest steps, written by the worker); what waits, from its work (the file check's tokens x
+epochs) at this machine's measured speed (trainer/timing.py) scaled by how fast the running jobs go now against that
+figure, so a machine that slowed down or sped up (other work on it) moves every estimate behind it at once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from trainer.timing import Speed, Timings
@@ -25,12 +27,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFRESH_SECONDS = 5.0  # while jobs wait, estimates follow the running job's steps this often
+REFRESH_SECONDS = 2.0  # while jobs wait, estimates follow the running jobs' steps this often
 WAITING_STATUSES = ("validating_files", "queued")
 # A file still being checked has no token count yet: a rough one from its size (JSON chat lines carry about this many
 # bytes per token in English; Korean has more bytes per token, so it is told a little late rather than early).
 BYTES_PER_TOKEN = 4
 DEFAULT_EPOCHS = 3
+LIVE_STEPS = 3  # a running job's pace stands for the machine's speed once it has done this many steps
+# How far the live pace may move the measured speed: a stalled or racing step must not tell a class hours or nothing.
+LIVE_FACTOR_RANGE = (0.1, 10.0)
 
 Row = Mapping[str, Any]
 
@@ -45,40 +50,163 @@ class Place:
     finish: int
 
 
-def running_left(job: Row, speed: Speed, work: int, seen_since: float, now: float) -> float:
-    """Seconds until a running job frees its device: from its own steps (the worker's estimate, which follows its
-    pace) when it has any, else from when it started and the measured speed."""
-    told = job["estimated_finish"]
-    if told and job["trained_tokens"]:  # written by the worker with its steps (before them it is the queue's guess)
-        return max(0.0, float(told) - now) + speed.wrapup_seconds
-    # No step yet (loading, or just started): the model's time for its work, counted from its start. A job slower
-    # than that is taken to be about to step, not finished.
-    return max(speed.wrapup_seconds, seen_since + speed.seconds(work) - now)
+@dataclass(frozen=True)
+class DeviceState:
+    """What the scheduler knows of one device's worker: how many jobs it trains together, the base models in its
+    memory (none: no worker yet, so the next start loads one), and its running jobs whose start loads their base."""
+
+    capacity: int = 1
+    loaded: frozenset[str] = frozenset()
+    cold: frozenset[str] = frozenset()
+
+
+@dataclass
+class _Slot:
+    """One job on a simulated device: the steps it has left and its own step's seconds at the device's speed now."""
+
+    row: Row
+    steps: float
+    step_seconds: float
+
+
+@dataclass
+class _Device:
+    """A device's worker in the simulation: its clock (up to which its jobs' progress is counted), its jobs."""
+
+    name: str
+    capacity: int
+    clock: float
+    factor: float  # how fast it trains now against its measured speed (1: as measured)
+    loaded: set[str]
+    slots: list[_Slot] = field(default_factory=list)
+
+    def group_seconds(self) -> float:
+        """One group step: every job's own step, one after another in one batched pass."""
+        return sum(slot.step_seconds for slot in self.slots)
+
+    def next_end(self) -> float:
+        """When the first of its jobs does its last step."""
+        return self.clock + min(slot.steps for slot in self.slots) * self.group_seconds()
+
+    def advance(self, to: float) -> None:
+        """Count its jobs' steps up to a time (nothing if it is busy past it: loading, saving)."""
+        if to <= self.clock:
+            return
+        if self.slots:
+            done = (to - self.clock) / self.group_seconds()
+            for slot in self.slots:
+                slot.steps -= done
+        self.clock = to
+
+
+def _steps(job: Row) -> tuple[int, int]:
+    """A job's steps in all and done so far (1 and 0 when not known yet: its work is then taken as one step)."""
+    total = job["total_steps"] or 0
+    done = min(job["steps_done"] or 0, total)
+    return (total, done) if total > 0 else (1, 0)
+
+
+def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Callable[[Row], int]) -> float:
+    """How fast a device trains now against its measured speed: the group step its stepping jobs would take at the
+    measured speed over the pace the worker measured (1 when no job has stepped enough to tell)."""
+    stepping = [job for job in running if job["stepped_at"] and job["step_seconds"] and job["total_steps"]
+                and (job["steps_done"] or 0) >= LIVE_STEPS]
+    if not stepping:
+        return 1.0
+    expected = sum(work(job) / job["total_steps"] / speed(job["model"]).tokens_per_second for job in stepping)
+    # In one group the jobs step together: each one's pace is the whole group step.
+    measured = sum(float(job["step_seconds"]) for job in stepping) / len(stepping)
+    low, high = LIVE_FACTOR_RANGE
+    return float(min(high, max(low, expected / measured)))
 
 
 def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devices: list[str], now: float,
          speed: Callable[[str, str], Speed], work: Callable[[Row], int],
-         running_since: Mapping[str, float]) -> list[Place]:
-    """Simulate the fair queue's picks on a copy: each waiting job in the order it will start, with its times."""
-    free = {device: now for device in devices}
+         running_since: Mapping[str, float], state: Callable[[str], DeviceState] = lambda device: DeviceState(),
+         ) -> list[Place]:
+    """Simulate the dispatcher and the workers on a copy of the fair queue: each waiting job in the order it will
+    start, with its times."""
+    by_device: dict[str, list[Row]] = {device: [] for device in devices}
     for job in running:
-        device = job["device"] if job["device"] in free else devices[0]
-        left = running_left(job, speed(job["model"], device), work(job), running_since.get(job["id"], now), now)
-        free[device] = max(free[device], now + left)
+        by_device[job["device"] if job["device"] in by_device else devices[0]].append(job)
+    sims: list[_Device] = []
+    for name in devices:
+        info, jobs = state(name), by_device[name]
+        factor = live_factor(jobs, _on(speed, name), work)
+        device = _Device(name, max(1, info.capacity, len(jobs)), now, factor, set(info.loaded))
+        busy_until = now
+        for job in jobs:
+            total, done = _steps(job)
+            slot = _Slot(job, total - done, _step_seconds(job, total, speed(job["model"], name), work, factor))
+            device.slots.append(slot)
+            if not job["stepped_at"]:  # still starting (loading): the group waits for it, as the worker does
+                start = speed(job["model"], name).startup(job["id"] in info.cold)
+                busy_until = max(busy_until, running_since.get(job["id"], now) + start)
+        stepped = [float(job["stepped_at"]) for job in jobs if job["stepped_at"]]
+        if stepped and device.slots:
+            # Part of the step in flight is done already; a step that is late is taken to end any moment.
+            into = min(1.0, max(0.0, now - max(stepped)) / device.group_seconds())
+            for slot in device.slots:
+                if slot.row["stepped_at"]:
+                    slot.steps = max(0.0, slot.steps - into)
+        device.clock = busy_until
+        sims.append(device)
+
     chooser = copy.deepcopy(queue)  # the real queue's memory of who was served is left as it is
     pending = list(waiting)
-    places: list[Place] = []
-    while pending:
-        # The queue reads rows by key, as sqlite3.Row and the tests' dicts both allow.
-        picked: Row | None = chooser.pick(pending)  # type: ignore[arg-type, assignment]
-        assert picked is not None
-        job = picked
-        pending.remove(job)
-        device = min(free, key=lambda name: (free[name], devices.index(name)))
-        start = free[device]
-        free[device] = start + speed(job["model"], device).seconds(work(job))
-        places.append(Place(job["id"], len(places) + 1, round(start), round(free[device])))
-    return places
+    waiting_ids = {job["id"] for job in waiting}
+    starts: dict[str, float] = {}
+    finishes: dict[str, float] = {}
+    order: list[str] = []
+    moment = now
+    while True:
+        for device in sims:  # as the dispatcher fills each device in turn whenever a job ends
+            device.advance(moment)
+            handed = device.clock  # jobs handed over together start together; the worker then admits one by one
+            while pending and len(device.slots) < device.capacity:
+                base = device.slots[0].row["base_source"] if device.slots else None
+                eligible = [job for job in pending if base is None or job["base_source"] == base]
+                # The queue reads rows by key, as sqlite3.Row and the tests' dicts both allow.
+                picked: Row | None = chooser.pick(eligible) if eligible else None  # type: ignore[arg-type, assignment]
+                if picked is None:
+                    break
+                pending.remove(picked)
+                starts[picked["id"]] = handed
+                order.append(picked["id"])
+                _join(device, picked, speed(picked["model"], device.name), work)
+        busy = [device for device in sims if device.slots]
+        if not busy or waiting_ids <= finishes.keys():
+            break
+        device = min(busy, key=lambda sim: (sim.next_end(), devices.index(sim.name)))
+        moment = device.next_end()
+        device.advance(moment)
+        for slot in [slot for slot in device.slots if slot.steps <= 1e-9]:
+            device.slots.remove(slot)
+            device.clock += speed(slot.row["model"], device.name).wrapup_seconds  # saving holds the worker
+            finishes[slot.row["id"]] = device.clock
+    return [Place(job_id, number, round(starts[job_id]), round(finishes.get(job_id, starts[job_id])))
+            for number, job_id in enumerate(order, 1)]
+
+
+def _on(speed: Callable[[str, str], Speed], device: str) -> Callable[[str], Speed]:
+    """The speed figures of one device, by base model."""
+    return lambda model: speed(model, device)
+
+
+def _step_seconds(job: Row, total: int, speed: Speed, work: Callable[[Row], int], factor: float) -> float:
+    """One step of a job alone on its device at the speed it trains now."""
+    return work(job) / total / (speed.tokens_per_second * factor)
+
+
+def _join(device: _Device, job: Row, speed: Speed, work: Callable[[Row], int]) -> None:
+    """A job handed to a device's worker: it starts (loading its base if the worker does not hold it), then steps."""
+    base = job["base_source"]
+    cold = base not in device.loaded
+    if cold:  # the worker drops the bases no job of it trains when it loads another
+        device.loaded = {base} | {slot.row["base_source"] for slot in device.slots}
+    device.clock += speed.startup(cold)  # the worker admits a job between steps: its group waits meanwhile
+    total, done = _steps(job)
+    device.slots.append(_Slot(job, total - done, _step_seconds(job, total, speed, work, device.factor)))
 
 
 class QueueEstimator:
@@ -90,6 +218,8 @@ class QueueEstimator:
         self._due = asyncio.Event()
         self._running_since: dict[str, float] = {}  # when each running job was first seen running
         self._placed: set[str] | None = None  # jobs given a place by the last refresh (None: clear all at first)
+        # Each device's worker as the scheduler knows it (capacity, base models held); one job at a time by default.
+        self.state: Callable[[str], DeviceState] = lambda device: DeviceState()
 
     def poke(self) -> None:
         """Say the queue changed (a job queued, started, ended, paused): estimates are redone at once."""
@@ -118,7 +248,8 @@ class QueueEstimator:
         for job_id in set(self._running_since) - {job["id"] for job in running}:
             del self._running_since[job_id]
         # Jobs whose files are still being checked join the queue in a moment: they are placed as if already in it.
-        places = plan(queue, waiting, running, self.devices, now, self.timings.speed, self.work, self._running_since)
+        places = plan(queue, waiting, running, self.devices, now, self.timings.speed, self.work, self._running_since,
+                      self.state)
         stored = {job["id"]: (job["queue_position"], job["queue_start"], job["estimated_finish"]) for job in waiting}
         changed = [(p.job_id, p.position, p.start, p.finish) for p in places
                    if stored.get(p.job_id) != (p.position, p.start, p.finish)]

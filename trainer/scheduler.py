@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -18,7 +19,7 @@ import psutil
 from trainer import launch
 from trainer.config import Settings
 from trainer.fair_queue import FairQueue
-from trainer.queue_estimate import QueueEstimator
+from trainer.queue_estimate import DeviceState, QueueEstimator
 from trainer.store import ACTIVE_STATUSES, Store
 from trainer.timing import Timings
 from trainer.worker import time_limit_message
@@ -58,6 +59,8 @@ class Worker:
     process: asyncio.subprocess.Process
     jobs: dict[str, Running] = field(default_factory=dict)
     source: str | None = None  # the base model its jobs train on
+    loaded: set[str] = field(default_factory=set)  # the base models in its memory, as the jobs handed to it tell
+    cold: set[str] = field(default_factory=set)  # its jobs whose start loads their base model
     ended_by_us: bool = False  # killed because a job on it did not stop in time, not crashed
 
 
@@ -77,6 +80,7 @@ class Scheduler:
         self.on_succeeded: Callable[[str], None] | None = None
         # Each waiting job's place in line and estimated finish, redone when poked and while jobs wait.
         self.estimates = QueueEstimator(store, Timings(store, settings.default_batch_size), devices)
+        self.estimates.state = self.device_state
 
     async def start(self) -> None:
         """Recover jobs left by a previous run, then start dispatching."""
@@ -169,8 +173,11 @@ class Scheduler:
             "learning_rate_multiplier": hyper["learning_rate_multiplier"]
             if hyper["learning_rate_multiplier"] != "auto" else 1.0,
         }
+        # Its steps, as the worker will count them: the queue times a group of jobs trained together by them.
+        steps = math.ceil(check["examples"] / resolved["batch_size"]) * resolved["n_epochs"] \
+            if check.get("examples") else None
         if self.store.update_job(job_id, only_if=("validating_files",), status="queued", hyperparameters=resolved,
-                                 work_tokens=check.get("tokens") or None):
+                                 work_tokens=check.get("tokens") or None, total_steps=steps):
             self.store.add_event(job_id, "Files validated, moving job to queued state")
             self._wake.set()
 
@@ -257,9 +264,20 @@ class Scheduler:
                 await self._fill(device)
             self.estimates.poke()  # whatever woke the dispatcher (a job queued, ended, cancelled) moved the line
 
+    def capacity(self, device: str) -> int:
+        """How many jobs the device's worker trains together (TRAINER_GROUP_JOBS, or auto for the device)."""
+        return self.settings.group_jobs or (1 if device == "cpu" else GPU_GROUP_JOBS)
+
+    def device_state(self, device: str) -> DeviceState:
+        """The device's worker as the queue's estimates need it: capacity, base models held, jobs still loading."""
+        worker = self.workers.get(device)
+        if worker is None or worker.process.returncode is not None:
+            return DeviceState(self.capacity(device))
+        return DeviceState(self.capacity(device), frozenset(worker.loaded), frozenset(worker.cold))
+
     async def _fill(self, device: str) -> None:
         """Hand queued jobs to the device's worker up to TRAINER_GROUP_JOBS, those of its current base model only."""
-        capacity = self.settings.group_jobs or (1 if device == "cpu" else GPU_GROUP_JOBS)
+        capacity = self.capacity(device)
         while True:
             worker = self.workers.get(device)
             if worker is not None and len(worker.jobs) >= capacity:
@@ -300,13 +318,18 @@ class Scheduler:
             pass
 
     async def _launch(self, worker: Worker, job: sqlite3.Row) -> None:
+        # The pace of an earlier run (before a pause or a restart) is not this one's: the worker measures it anew.
         if not self.store.update_job(job["id"], only_if=("queued",), status="running", device=worker.device,
-                                     worker_pid=worker.process.pid):
+                                     worker_pid=worker.process.pid, step_seconds=None, stepped_at=None):
             return
         if self.store.last_checkpoint(job["id"]) is None:
             self.store.add_event(job["id"], "Fine-tuning job started")
         else:
             self.store.add_event(job["id"], "Fine-tuning job resumed from its last checkpoint")
+        if job["base_source"] not in worker.loaded:
+            # As the worker does: loading a base drops those that none of its jobs trains.
+            worker.cold.add(job["id"])
+            worker.loaded = {job["base_source"]} | ({worker.source} if worker.jobs and worker.source else set())
         running = worker.jobs[job["id"]] = Running(job["id"])
         worker.source = job["base_source"]
         await self._send(worker, {"op": "train", "job": job["id"]})
@@ -343,6 +366,7 @@ class Scheduler:
 
     def _done(self, worker: Worker, job_id: str) -> None:
         running = worker.jobs.pop(job_id, None)
+        worker.cold.discard(job_id)
         if running is None:
             return
         running.ended.set()

@@ -38,8 +38,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """
 
 # Columns added after the first release, for databases made before them: a job's work (trained tokens as the file
-# check counts them) and, while it waits, its place in line and estimated start (trainer/queue_estimate.py).
-ADDED_JOB_COLUMNS = {"work_tokens": "INTEGER", "queue_position": "INTEGER", "queue_start": "INTEGER"}
+# check counts them) and, while it waits, its place in line and estimated start (trainer/queue_estimate.py); its
+# steps (all of them, from the file check on; done so far) and, while it runs, its pace: the seconds per step of its
+# latest steps and when the last one ended (epoch seconds), which the queue's estimates follow.
+ADDED_JOB_COLUMNS = {"work_tokens": "INTEGER", "queue_position": "INTEGER", "queue_start": "INTEGER",
+                     "total_steps": "INTEGER", "steps_done": "INTEGER", "step_seconds": "REAL", "stepped_at": "REAL"}
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "paused"})

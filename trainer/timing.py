@@ -3,10 +3,12 @@ the throughput (work tokens per second, plus each job's start-up and wrap-up) th
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
 import statistics
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,29 +21,57 @@ EVENT_LIMIT = 100_000
 # worker (a long-lived one starts jobs faster), many enough that one odd job moves it little.
 RECENT_JOBS = 12
 RESUMED_MARKERS = ("resumed",)
+LOADING_MESSAGE = "Loading the base model"  # the worker's event when a job's start loads its base (a cold start)
 STAMP_SECONDS = 1.0  # the resolution of event times
 STARTUP_RUNS = 3
+PACE_WINDOW = 6  # step gaps a running job's pace is the median of
 
 
 @dataclass(frozen=True)
 class Speed:
     """How fast one device trains a base model: work tokens (the file check's count x epochs) per second while
-    steps run, and the seconds a job spends before its first step (start, loading) and after its last (saving)."""
+    steps run, the seconds a job spends before its first step in a worker that holds its base model and after its
+    last (saving), and the seconds more a job waits whose start loads the base model (a new worker, another base)."""
 
     tokens_per_second: float
     startup_seconds: float
     wrapup_seconds: float
     measured: bool
+    load_seconds: float = 0.0
 
-    def seconds(self, work_tokens: int) -> float:
-        """Seconds one job of this much work takes, from its start to its end."""
-        return self.startup_seconds + work_tokens / self.tokens_per_second + self.wrapup_seconds
+    def seconds(self, work_tokens: float, cold: bool = False) -> float:
+        """Seconds one job of this much work takes, from its start to its end (cold: its start loads the model)."""
+        return self.startup(cold) + work_tokens / self.tokens_per_second + self.wrapup_seconds
+
+    def startup(self, cold: bool) -> float:
+        """Seconds from a job's start to its first step: loading the base model too when cold."""
+        return self.startup_seconds + (self.load_seconds if cold else 0.0)
 
 
 # Before any job has run on this machine. CPU: the 40-example, 3-epoch English lesson (7,359 work tokens) trained in
 # about 100 s on 2 idle cores, with ~10 s of loading (docs/benchmarks.md): ~70 tokens/s; a slower default than that
-# promises less than a busier school machine may give. A GPU trains these small models many times faster.
-DEFAULT_SPEEDS = {"cpu": Speed(60.0, 15.0, 2.0, False), "cuda": Speed(1500.0, 10.0, 2.0, False)}
+# promises less than a busier school machine may give. A GPU trains these small models many times faster. A job in a
+# worker that already holds its base model starts in about a second (reading and encoding its file).
+DEFAULT_SPEEDS = {"cpu": Speed(60.0, 1.0, 2.0, False, 14.0), "cuda": Speed(1500.0, 1.0, 2.0, False, 9.0)}
+
+
+class Pace:
+    """A running job's seconds per step now: the median gap between the ends of its latest steps.
+
+    The gap, not the step's own compute time, so what happens between steps (a checkpoint saved, the other jobs of a
+    group, another job admitted) counts; the median of a short window, so one slow step (a save) moves it little and a
+    change of the machine's speed (other work starting or ending) is followed within about half the window.
+    """
+
+    def __init__(self, window: int = PACE_WINDOW) -> None:
+        self.ends: deque[float] = deque(maxlen=window + 1)
+
+    def step(self, at: float, seconds: float) -> float:
+        """Note a step that ended at `at` (epoch seconds) after `seconds` of compute; return the seconds per step."""
+        self.ends.append(at)
+        if len(self.ends) < 2:
+            return seconds  # the first step of this run: its own time is all there is
+        return statistics.median(later - earlier for earlier, later in itertools.pairwise(self.ends))
 
 
 def default_speed(device: str) -> Speed:
@@ -61,6 +91,7 @@ class Run:
     work_tokens: int
     startup: float
     wrapup: float
+    cold: bool = True  # its start loaded the base model (or we can't tell: the old one-process-per-job worker did)
 
 
 def measure_run(job: Any, events: list[Any]) -> Run | None:
@@ -84,8 +115,9 @@ def measure_run(job: Any, events: list[Any]) -> Run | None:
     begin = first_at - per_step * int(first["step"])
     # Events are stamped in whole seconds: steps that all fell in one second took up to about that long.
     end = max(begin + per_step * total, begin + STAMP_SECONDS)
+    cold = any(row["message"] == LOADING_MESSAGE for row in ordered)
     return Run(job["id"], str(job["device"] if "device" in keys and job["device"] else "cpu"), begin, end,
-               int(work), max(0.0, begin - started), max(0.0, job["finished_at"] - last_at))
+               int(work), max(0.0, begin - started), max(0.0, job["finished_at"] - last_at), cold)
 
 
 def speed_of(runs: list[Run]) -> Speed | None:
@@ -103,10 +135,17 @@ def speed_of(runs: list[Run]) -> Speed | None:
     work = sum(run.work_tokens for run in runs)
     if busy <= 0 or work <= 0:
         return None
-    # Start-up follows the latest jobs: it changes with the worker (a fresh process, or one already loaded).
-    latest = sorted(runs, key=lambda run: run.last_step_end)[-STARTUP_RUNS:]
-    return Speed(work / busy, statistics.median(run.startup for run in latest),
-                 statistics.median(run.wrapup for run in latest), True)
+    # Start-up follows the latest jobs, cold (the base model loaded first) apart from warm (a worker that held it):
+    # a class's first job loads the model, the rest start in a second, and taking one for the other put 10 s of
+    # loading on every job of a line (the tiny model's estimates were 3-9x late for it).
+    ordered = sorted(runs, key=lambda run: run.last_step_end)
+    warm = [run.startup for run in ordered if not run.cold][-STARTUP_RUNS:]
+    cold = [run.startup for run in ordered if run.cold][-STARTUP_RUNS:]
+    default = default_speed(ordered[-1].device)
+    startup = statistics.median(warm) if warm else default.startup_seconds
+    load = max(0.0, statistics.median(cold) - startup) if cold else default.load_seconds
+    latest = ordered[-STARTUP_RUNS:]
+    return Speed(work / busy, startup, statistics.median(run.wrapup for run in latest), True, load)
 
 
 def lesson_seconds(job: Any, events: list[Any], default_batch_size: int) -> int | None:

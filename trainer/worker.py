@@ -19,6 +19,7 @@ from trainer import import_heavy
 from trainer.config import Settings
 from trainer.lifeline import die_with_parent
 from trainer.store import PARTIAL_SUFFIX, Store, new_id
+from trainer.timing import LOADING_MESSAGE, Pace
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,11 @@ class DatabaseReporter:
 
     def __init__(self, store: Any, job: Any, fine_tuned_model: str) -> None:
         self.store, self.job, self.model = store, job, fine_tuned_model
+        self.pace = Pace()
+        self.clock: Callable[[], float] = time.time
 
     def step(self, metrics: dict[str, Any], trained_tokens: int, seconds_per_step: float) -> None:
-        """Record one metrics event and move the estimated finish (not once the job was cancelled)."""
+        """Record one metrics event, the job's pace and its estimated finish (not once the job was cancelled)."""
         text = f"Step {metrics['step']}/{metrics['total_steps']}: training loss={metrics['train_loss']:.2f}"
         if "valid_loss" in metrics:
             text += f", validation loss={metrics['valid_loss']:.2f}"
@@ -77,9 +80,15 @@ class DatabaseReporter:
         # reports nothing more: a long-lived worker may finish the step it was in after the cancel.
         if not self.store.add_event(self.job["id"], text, data=metrics, kind="metrics", only_if=REPORTING):
             return
+        # The pace of the latest steps, not of the last one alone: one slow step (a checkpoint saved) told a
+        # running job's finish, and so everyone's behind it, far too late.
+        now = self.clock()
+        pace = self.pace.step(now, seconds_per_step)
         left = metrics["total_steps"] - metrics["step"]
         self.store.update_job(self.job["id"], only_if=("running",), trained_tokens=trained_tokens,
-                              estimated_finish=int(time.time() + left * seconds_per_step) if left else None)
+                              estimated_finish=int(now + left * pace) if left else None,
+                              steps_done=metrics["step"], total_steps=metrics["total_steps"], step_seconds=pace,
+                              stepped_at=now)
 
     def checkpoint(self, epoch: int, step: int, path: Path, metrics: dict[str, Any], final: bool) -> None:
         """Record an epoch checkpoint; OpenAI announces only the non-final ones."""
@@ -125,7 +134,7 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
         set_threads(settings.torch_threads)
     hyper = json.loads(job["hyperparameters"])
     # Loading takes a minute on a small machine, before any step: say so, or the job looks stuck.
-    store.add_event(job_id, "Loading the base model")
+    store.add_event(job_id, LOADING_MESSAGE)
     tokenizer = load_tokenizer(job["base_source"], settings.tokenizer_cache)
     training_file = store.file(job["training_file"])
     validation_file = store.file(job["validation_file"]) if job["validation_file"] else None
@@ -294,7 +303,7 @@ class LongLivedWorker:
             return None
         settings, source = self.settings, job["base_source"]
         if source not in self.bases:
-            self.store.add_event(job_id, "Loading the base model", only_if=("running",))
+            self.store.add_event(job_id, LOADING_MESSAGE, only_if=("running",))
             idle = [other for other in self.bases if all(run.spec.source != other for run in self.runs.values())]
             for other in idle:  # one base model in memory per base that has jobs (a 0.5B model is 2 GB)
                 del self.bases[other]

@@ -11,11 +11,13 @@ import pytest
 
 from trainer.routes.jobs import job_object
 from trainer.config import Settings
-from trainer.queue_estimate import QueueEstimator, plan
-from trainer.scheduler import FairQueue, Scheduler
+from trainer.queue_estimate import DeviceState, QueueEstimator, plan
+from trainer.fair_queue import FairQueue
+from trainer.scheduler import Scheduler
 from trainer.store import Store, new_id
-from trainer.timing import DEFAULT_SPEEDS, Run, Speed, Timings, measure_run, speed_of
+from trainer.timing import DEFAULT_SPEEDS, PACE_WINDOW, Pace, Run, Speed, Timings, measure_run, speed_of
 from trainer.validation import check_files
+from trainer.worker import DatabaseReporter
 
 NOW = 1_900_000_000
 # 100 work tokens per second, 10 s before the first step, nothing after the last: a 1,000-token job takes 20 s.
@@ -49,12 +51,13 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "trainer.db")
 
 
-def _add(store: Store, guild: str, user: str, work: int, status: str = "queued") -> str:
+def _add(store: Store, guild: str, user: str, work: int, status: str = "queued", steps: int | None = None) -> str:
     job_id = new_id("ftjob")
     store.add_job(id=job_id, model="tiny", base_source="tiny", training_file="file-x", validation_file=None,
                   hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}, suffix=None,
                   seed=1, metadata={"guild_id": guild, "user_id": user})
-    store.update_job(job_id, status=status, work_tokens=work, device="cpu" if status == "running" else None)
+    store.update_job(job_id, status=status, work_tokens=work, device="cpu" if status == "running" else None,
+                     total_steps=steps)
     return job_id
 
 
@@ -110,25 +113,28 @@ def test_places_move_up_when_the_job_ahead_finishes_or_is_cancelled(store: Store
 
 
 def test_running_job_with_steps_is_counted_from_its_own_pace(store: Store) -> None:
-    """Once the worker reports steps (its estimate follows its pace), the line is timed from that, not the model's."""
+    """Once the worker reports its pace, the line is timed from that: 3x slower than measured, so the job behind too."""
     clock = Clock()
-    first = _add(store, "A", "a1", 1000, "running")
-    waiting = _add(store, "A", "a2", 1000)
-    store.update_job(first, trained_tokens=100, estimated_finish=NOW + 300)  # a slow machine: 5 minutes left
+    first = _add(store, "A", "a1", 1000, "running", steps=30)
+    waiting = _add(store, "A", "a2", 1000, steps=30)
+    # Step 10 of 30 just ended, at 1 s a step where the measured speed makes a step 1/3 s: 20 s left.
+    store.update_job(first, steps_done=10, step_seconds=1.0, stepped_at=float(NOW))
     queue = FairQueue()
     QueueEstimator(store, FixedTimings(store), ["cpu"], clock).refresh(queue)
-    assert _places(store, waiting) == [(1, 300 + 20)]
+    assert _places(store, waiting) == [(1, 20 + 10 + 30)]
+
+
+def _row(job_id: str, seq: int, user: str, status: str = "queued", device: str | None = None,
+         steps: int | None = None) -> dict[str, Any]:
+    return {"id": job_id, "seq": seq, "model": "m", "base_source": "m", "status": status, "device": device,
+            "metadata": json.dumps({"guild_id": "A", "user_id": user}), "total_steps": steps, "steps_done": None,
+            "step_seconds": None, "stepped_at": None}
 
 
 def test_two_devices_take_the_next_jobs_as_they_free() -> None:
     """With two devices, the next job goes to the one that frees first."""
-    def row(job_id: str, seq: int, user: str, status: str = "queued", device: str | None = None) -> dict[str, Any]:
-        return {"id": job_id, "seq": seq, "model": "m", "status": status, "device": device,
-                "metadata": json.dumps({"guild_id": "A", "user_id": user}), "estimated_finish": None,
-                "trained_tokens": None}
-
-    running = [row("r0", 1, "u0", "running", "cuda:0")]
-    waiting = [row("w1", 2, "u1"), row("w2", 3, "u2"), row("w3", 4, "u3")]
+    running = [_row("r0", 1, "u0", "running", "cuda:0")]
+    waiting = [_row("w1", 2, "u1"), _row("w2", 3, "u2"), _row("w3", 4, "u3")]
     places = plan(FairQueue(), waiting, running, ["cuda:0", "cuda:1"], NOW, lambda model, device: SPEED,
                   lambda job: 1000, {"r0": NOW - 5})
     # cuda:1 is free now; cuda:0 frees in 15 s. w1 -> cuda:1 (0-20), w2 -> cuda:0 (15-35), w3 -> cuda:1 (20-40).
@@ -138,10 +144,20 @@ def test_two_devices_take_the_next_jobs_as_they_free() -> None:
 
 def test_speed_counts_jobs_trained_together_once() -> None:
     """Two jobs stepping over the same 10 s did 2,000 tokens in 10 s of the device: 200 tokens/s, not 100."""
-    together = [Run("a", "cpu", 100, 110, 1000, 8, 2), Run("b", "cpu", 100, 110, 1000, 6, 2)]
-    after = [Run("a", "cpu", 100, 110, 1000, 8, 2), Run("b", "cpu", 115, 125, 1000, 6, 2)]
-    assert speed_of(together) == Speed(200.0, 7.0, 2.0, True)
-    assert speed_of(after) == Speed(100.0, 7.0, 2.0, True)
+    together = [Run("a", "cpu", 100, 110, 1000, 8, 2, False), Run("b", "cpu", 100, 110, 1000, 6, 2, False)]
+    after = [Run("a", "cpu", 100, 110, 1000, 8, 2, False), Run("b", "cpu", 115, 125, 1000, 6, 2, False)]
+    load = DEFAULT_SPEEDS["cpu"].load_seconds  # no job here loaded the model: loading is the default figure
+    assert speed_of(together) == Speed(200.0, 7.0, 2.0, True, load)
+    assert speed_of(after) == Speed(100.0, 7.0, 2.0, True, load)
+
+
+def test_speed_tells_a_cold_start_from_a_warm_one() -> None:
+    """The job that loaded the model started in 12 s, the next ones (the model held) in 1 s: loading is 11 s more."""
+    runs = [Run("a", "cpu", 112, 122, 1000, 12, 1, True), Run("b", "cpu", 124, 134, 1000, 1, 1, False),
+            Run("c", "cpu", 136, 146, 1000, 1, 1, False)]
+    speed = speed_of(runs)
+    assert speed == Speed(100.0, 1.0, 1.0, True, 11.0)
+    assert speed.seconds(1000) == 12.0 and speed.seconds(1000, cold=True) == 23.0
 
 
 def test_measure_run_reads_the_stretch_of_steps_and_the_start_up() -> None:
@@ -153,7 +169,9 @@ def test_measure_run_reads_the_stretch_of_steps_and_the_start_up() -> None:
 
     job = {"id": "j", "finished_at": 150, "work_tokens": 800, "trained_tokens": 700, "device": "cpu"}
     events = [event(1, 100, "Fine-tuning job started"), event(2, 112, "Step 1", 1), event(3, 140, "Step 8", 8)]
-    assert measure_run(job, events) == Run("j", "cpu", 108.0, 140.0, 800, 8.0, 10.0)
+    assert measure_run(job, events) == Run("j", "cpu", 108.0, 140.0, 800, 8.0, 10.0, False)
+    loading = [events[0], event(4, 101, "Loading the base model"), *events[1:]]
+    assert measure_run(job, loading) == Run("j", "cpu", 108.0, 140.0, 800, 8.0, 10.0, True)
     assert measure_run(job, [*events, event(4, 141, "Fine-tuning job resumed from its last checkpoint")]) is None
 
 
@@ -184,6 +202,7 @@ async def test_scheduler_stores_the_checked_work_and_places_the_job(tmp_path: Pa
     await scheduler._validate(job_id)
     row = store.job(job_id)
     assert row is not None and row["status"] == "queued" and row["work_tokens"] == 3000
+    assert row["total_steps"] == 10 * 3  # 40 examples in batches of 4, 3 epochs
     scheduler.estimates.refresh(scheduler.queue)
     assert _places(store, job_id, running) == [(1, 20 + 40), None]
 
@@ -202,7 +221,7 @@ async def test_base_model_object_tells_the_training_speed(tmp_path: Path, store:
         answer = await client.get("/v1/models/tiny", headers={"Authorization": "Bearer k"})
         body = await answer.json()
     assert body["training_speed"] == {"tokens_per_second": 100.0, "startup_seconds": 10.0, "wrapup_seconds": 0.0,
-                                      "devices": 2, "measured": True}
+                                      "load_seconds": 0.0, "devices": 2, "measured": True}
 
 
 def test_speed_before_any_job_is_the_devices_default_and_says_so(store: Store) -> None:
@@ -226,4 +245,77 @@ def test_a_database_from_before_gets_the_new_columns(tmp_path: Path) -> None:
     reopened = Store(path)
     row = reopened.job("ftjob-old")
     assert row is not None and row["work_tokens"] is None and row["queue_position"] is None
+    assert row["total_steps"] is None and row["step_seconds"] is None
     assert job_object(row)["queue"] is None
+
+
+def _report(reporter: DatabaseReporter, clock: Clock, step: int, total: int, seconds: float) -> None:
+    """One step of the worker's training loop, `seconds` long, reported as the worker reports it."""
+    clock.now += seconds
+    reporter.step({"step": step, "total_steps": total, "train_loss": 1.0, "train_mean_token_accuracy": 0.5},
+                  step * 100, seconds)
+
+
+@pytest.mark.parametrize("change", [2.0, 0.5])
+def test_estimates_follow_the_machine_when_its_speed_changes(store: Store, change: float) -> None:
+    """Steps at the measured 1 s, then the machine slows to 2 s (or speeds up to 0.5 s, the bench's 66% error): a few
+    steps later both the running job's finish and the waiting job's follow the new pace, not the measured speed."""
+    clock = Clock()
+    running = _add(store, "A", "a1", 3000, "running", steps=30)  # 100 work tokens a step: 1 s at the measured speed
+    waiting = _add(store, "A", "a2", 3000, steps=30)
+    queue = FairQueue()
+    queue.pick([store.job(running)])  # type: ignore[list-item]
+    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    reporter = DatabaseReporter(store, store.job(running), "ft:tiny:school::a1")
+    reporter.clock = clock
+    for step in range(1, 11):
+        _report(reporter, clock, step, 30, 1.0)
+    followed = PACE_WINDOW // 2 + 1  # steps at the new pace before the median of the window is that pace
+    for step in range(11, 11 + followed):
+        _report(reporter, clock, step, 30, change)
+    estimator.refresh(queue)
+    left = (30 - 10 - followed) * change
+    real = clock.now + left + 10 + 30 * change  # then the waiting job: 10 s to start, 30 steps at the new pace
+    row = store.job(waiting)
+    assert row is not None and store.job(running)["estimated_finish"] == round(clock.now + left)  # type: ignore[index]
+    assert abs(row["estimated_finish"] - real) / (real - clock.now) <= 0.05
+
+
+def test_pace_follows_a_lasting_change_and_not_one_slow_step() -> None:
+    """A checkpoint's slow step moves the pace little; a machine that got slower moves it within half the window."""
+    pace, at = Pace(), 0.0
+    for _ in range(PACE_WINDOW):
+        at += 1.0
+        pace.step(at, 1.0)
+    assert pace.step(at + 9.0, 1.0) == 1.0  # one step of 9 s (an epoch's checkpoint saved)
+    at += 9.0
+    paces = []
+    for _ in range(PACE_WINDOW):
+        at += 3.0
+        paces.append(pace.step(at, 3.0))
+    assert paces[PACE_WINDOW // 2] == 3.0
+
+
+def test_a_worker_that_holds_the_base_model_starts_the_next_jobs_without_loading_it() -> None:
+    """Loading takes 30 s: with no worker yet the first job pays it and the next does not; a warm worker, neither."""
+    speed = Speed(100.0, 1.0, 0.0, True, 30.0)
+    waiting = [_row("w1", 2, "u1"), _row("w2", 3, "u2")]
+
+    def times(state: DeviceState) -> list[tuple[int, int]]:
+        places = plan(FairQueue(), waiting, [], ["cpu"], NOW, lambda model, device: speed, lambda job: 1000, {},
+                      lambda device: state)
+        return [(p.start - NOW, p.finish - NOW) for p in places]
+
+    assert times(DeviceState()) == [(0, 41), (41, 52)]
+    assert times(DeviceState(loaded=frozenset({"m"}))) == [(0, 11), (11, 22)]
+
+
+def test_jobs_trained_together_are_timed_as_one_group() -> None:
+    """Two jobs in one worker step together (each group step takes both jobs' steps) and end together; the third
+    starts when they end."""
+    waiting = [_row(f"w{n}", n, f"u{n}", steps=10) for n in (1, 2, 3)]
+    places = plan(FairQueue(), waiting, [], ["cuda:0"], NOW, lambda model, device: SPEED, lambda job: 1000, {},
+                  lambda device: DeviceState(capacity=2, loaded=frozenset({"m"})))
+    # Both handed at once; each takes 10 s to start (one after the other), then 10 group steps of 1 + 1 s.
+    assert [(p.job_id, p.start - NOW, p.finish - NOW) for p in places] == [
+        ("w1", 0, 40), ("w2", 0, 40), ("w3", 40, 60)]
