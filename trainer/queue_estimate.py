@@ -88,6 +88,17 @@ class _Device:
         """When the first of its jobs does its last step."""
         return self.clock + min(slot.steps for slot in self.slots) * self.group_seconds()
 
+    def end_next(self) -> list[_Slot]:
+        """Run its jobs to the next one's last step; return the jobs that ended there (always one at least)."""
+        least = min(slot.steps for slot in self.slots)
+        self.clock += least * self.group_seconds()
+        for slot in self.slots:
+            # Counted in steps, not by time: at epoch seconds a millisecond step is below the clock's resolution.
+            slot.steps -= least
+        ended = [slot for slot in self.slots if slot.steps <= 1e-9]
+        self.slots = [slot for slot in self.slots if slot not in ended]
+        return ended
+
     def advance(self, to: float) -> None:
         """Count its jobs' steps up to a time (nothing if it is busy past it: loading, saving)."""
         if to <= self.clock:
@@ -178,12 +189,10 @@ def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devic
         if not busy or waiting_ids <= finishes.keys():
             break
         device = min(busy, key=lambda sim: (sim.next_end(), devices.index(sim.name)))
-        moment = device.next_end()
-        device.advance(moment)
-        for slot in [slot for slot in device.slots if slot.steps <= 1e-9]:
-            device.slots.remove(slot)
+        for slot in device.end_next():
             device.clock += speed(slot.row["model"], device.name).wrapup_seconds  # saving holds the worker
             finishes[slot.row["id"]] = device.clock
+        moment = device.clock
     return [Place(job_id, number, round(starts[job_id]), round(finishes.get(job_id, starts[job_id])))
             for number, job_id in enumerate(order, 1)]
 

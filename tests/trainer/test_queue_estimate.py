@@ -319,3 +319,14 @@ def test_jobs_trained_together_are_timed_as_one_group() -> None:
     # Both handed at once; each takes 10 s to start (one after the other), then 10 group steps of 1 + 1 s.
     assert [(p.job_id, p.start - NOW, p.finish - NOW) for p in places] == [
         ("w1", 0, 40), ("w2", 0, 40), ("w3", 40, 60)]
+
+
+def test_jobs_of_milliseconds_are_placed_at_epoch_seconds() -> None:
+    """Steps far below the resolution of an epoch-seconds clock (the tiny model's) still end: every job is placed."""
+    fast = Speed(1e6, 0.01, 0.01, True, 1.0)
+    running = [{**_row("r0", 1, "u0", "running", "cpu", steps=30), "steps_done": 5, "step_seconds": 1e-4,
+                "stepped_at": NOW - 1e-5}]
+    waiting = [_row(f"w{n}", n + 1, f"u{n}", steps=30) for n in range(1, 7)]
+    places = plan(FairQueue(), waiting, running, ["cpu"], NOW + 0.123456, lambda model, device: fast,
+                  lambda job: 50, {"r0": NOW - 1}, lambda device: DeviceState(loaded=frozenset({"m"})))
+    assert [p.position for p in places] == [1, 2, 3, 4, 5, 6] and all(p.finish >= p.start for p in places)
