@@ -36,6 +36,7 @@ DEFAULT_EPOCHS = 3
 LIVE_STEPS = 3  # a running job's pace stands for the machine's speed once it has done this many steps
 # How far the live pace may move the measured speed: a stalled or racing step must not tell a class hours or nothing.
 LIVE_FACTOR_RANGE = (0.1, 10.0)
+FACTOR_MEMORY_SECONDS = 120.0  # how long a device's last live factor stands in while no job on it has stepped enough
 
 Row = Mapping[str, Any]
 
@@ -117,13 +118,13 @@ def _steps(job: Row) -> tuple[int, int]:
     return (total, done) if total > 0 else (1, 0)
 
 
-def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Callable[[Row], int]) -> float:
+def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Callable[[Row], int]) -> float | None:
     """How fast a device trains now against its measured speed: the group step its stepping jobs would take at the
-    measured speed over the pace the worker measured (1 when no job has stepped enough to tell)."""
+    measured speed over the pace the worker measured (None when no job has stepped enough to tell)."""
     stepping = [job for job in running if job["stepped_at"] and job["step_seconds"] and job["total_steps"]
                 and (job["steps_done"] or 0) >= LIVE_STEPS]
     if not stepping:
-        return 1.0
+        return None
     expected = sum(work(job) / job["total_steps"] / speed(job["model"]).tokens_per_second for job in stepping)
     # In one group the jobs step together: each one's pace is the whole group step.
     measured = sum(float(job["step_seconds"]) for job in stepping) / len(stepping)
@@ -134,16 +135,16 @@ def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Cal
 def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devices: list[str], now: float,
          speed: Callable[[str, str], Speed], work: Callable[[Row], int],
          running_since: Mapping[str, float], state: Callable[[str], DeviceState] = lambda device: DeviceState(),
-         ) -> list[Place]:
+         factors: Mapping[str, float] | None = None) -> list[Place]:
     """Simulate the dispatcher and the workers on a copy of the fair queue: each waiting job in the order it will
-    start, with its times."""
+    start, with its times. factors: how fast each device trains now against its measured speed (default 1)."""
     by_device: dict[str, list[Row]] = {device: [] for device in devices}
     for job in running:
         by_device[job["device"] if job["device"] in by_device else devices[0]].append(job)
     sims: list[_Device] = []
     for name in devices:
         info, jobs = state(name), by_device[name]
-        factor = live_factor(jobs, _on(speed, name), work)
+        factor = (factors or {}).get(name, 1.0)
         device = _Device(name, max(1, info.capacity, len(jobs)), now, factor, set(info.loaded))
         busy_until = now
         for job in jobs:
@@ -229,6 +230,7 @@ class QueueEstimator:
         self._placed: set[str] | None = None  # jobs given a place by the last refresh (None: clear all at first)
         # Each device's worker as the scheduler knows it (capacity, base models held); one job at a time by default.
         self.state: Callable[[str], DeviceState] = lambda device: DeviceState()
+        self._factors: dict[str, tuple[float, float]] = {}  # by device: its latest live factor, and when it was read
 
     def poke(self) -> None:
         """Say the queue changed (a job queued, started, ended, paused): estimates are redone at once."""
@@ -258,7 +260,7 @@ class QueueEstimator:
             del self._running_since[job_id]
         # Jobs whose files are still being checked join the queue in a moment: they are placed as if already in it.
         places = plan(queue, waiting, running, self.devices, now, self.timings.speed, self.work, self._running_since,
-                      self.state)
+                      self.state, self.factors(running, now))
         stored = {job["id"]: (job["queue_position"], job["queue_start"], job["estimated_finish"]) for job in waiting}
         changed = [(p.job_id, p.position, p.start, p.finish) for p in places
                    if stored.get(p.job_id) != (p.position, p.start, p.finish)]
@@ -269,6 +271,21 @@ class QueueEstimator:
             self.store.clear_queue_places()
         self._placed = placed
         return places
+
+    def factors(self, running: Sequence[Row], now: float) -> dict[str, float]:
+        """Each device's live factor; between two jobs (the next one's first steps) the last one read stands for a
+        while, so the line does not jump back to the measured speed and forth at every job's start."""
+        factors: dict[str, float] = {}
+        for device in self.devices:
+            jobs = [job for job in running if job["device"] == device or (device == self.devices[0]
+                                                                          and job["device"] not in self.devices)]
+            factor = live_factor(jobs, _on(self.timings.speed, device), self.work)
+            if factor is not None:
+                self._factors[device] = (factor, now)
+            elif device in self._factors and now - self._factors[device][1] <= FACTOR_MEMORY_SECONDS:
+                factor = self._factors[device][0]
+            factors[device] = factor if factor is not None else 1.0
+        return factors
 
     def work(self, job: Row) -> int:
         """A job's work in tokens x epochs: the file check's count, or before the check a rough one from its size."""

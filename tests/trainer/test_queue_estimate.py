@@ -330,3 +330,24 @@ def test_jobs_of_milliseconds_are_placed_at_epoch_seconds() -> None:
     places = plan(FairQueue(), waiting, running, ["cpu"], NOW + 0.123456, lambda model, device: fast,
                   lambda job: 50, {"r0": NOW - 1}, lambda device: DeviceState(loaded=frozenset({"m"})))
     assert [p.position for p in places] == [1, 2, 3, 4, 5, 6] and all(p.finish >= p.start for p in places)
+
+
+def test_the_last_live_pace_stands_while_the_next_job_starts(store: Store) -> None:
+    """The machine runs at half its measured speed; when the next job starts (no steps yet) the line stays timed at
+    that pace instead of jumping back to the measured speed."""
+    clock = Clock()
+    first = _add(store, "A", "a1", 3000, "running", steps=30)
+    second, third = _add(store, "A", "a2", 3000, steps=30), _add(store, "A", "a3", 3000, steps=30)
+    store.update_job(first, steps_done=10, step_seconds=2.0, stepped_at=float(NOW))  # 1 s a step as measured
+    queue = FairQueue()
+    queue.pick([store.job(first)])  # type: ignore[list-item]
+    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    estimator.refresh(queue)
+    assert _places(store, second, third) == [(1, 40 + 70), (2, 40 + 140)]
+
+    clock.now += 40
+    store.update_job(first, status="succeeded", finished_at=int(clock.now))
+    queue.pick([store.job(second)])  # type: ignore[list-item]
+    store.update_job(second, status="running", device="cpu")
+    estimator.refresh(queue)
+    assert _places(store, third) == [(1, 40 + 140)]
