@@ -69,10 +69,12 @@ def start(server: TrainerProcess, file_id: str, student: int, epochs: int) -> st
 
 
 def wait_done(server: TrainerProcess, job_ids: list[str], seen: dict[str, list[tuple[float, dict[str, Any]]]],
-              timeout: float) -> dict[str, dict[str, Any]]:
-    """Read every job each second until all have ended; keep each waiting job's estimates."""
+              timeout: float, loads: list[float] | None = None) -> dict[str, dict[str, Any]]:
+    """Read every job each second until all have ended; keep each waiting job's estimates (and the load average)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if loads is not None:
+            loads.append(os.getloadavg()[0])
         jobs = {job_id: call(server, "GET", f"/fine_tuning/jobs/{job_id}") for job_id in job_ids}
         now = time.time()
         for job_id, job in jobs.items():
@@ -115,12 +117,13 @@ def main() -> None:
         began = time.time()
         job_ids = [start(server, file_id, student, args.epochs) for student in range(1, args.students + 1)]
         seen: dict[str, list[tuple[float, dict[str, Any]]]] = {}
-        ended = wait_done(server, job_ids, seen, 6 * 3600)
-        load = os.getloadavg()
+        loads: list[float] = []
+        ended = wait_done(server, job_ids, seen, 6 * 3600, loads)
         print(f"{args.students} students, {args.model}, {args.examples} examples x {args.epochs} epochs, "
               f"{'warm (speed measured)' if args.warm else 'cold (default speed until the first job ends)'}; "
               f"last model {max(j['finished_at'] for j in ended.values()) - began:.0f} s after the first Start; "
-              f"load average {load[0]:.1f}")
+              f"load average (1 min) {min(loads):.1f}-{max(loads):.1f} over the run, "
+              f"{sum(loads) / len(loads):.1f} on average")
         print("Errors: |estimated - real finish| over the wait left when the estimate was read (strict), and over the "
               "time from Start to the real finish (as a student waits it)")
         print("job | place first seen | real finish (s after Start) | first estimate: strict, of wait | "
