@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true", help="train one job first, so the speed is measured")
     parser.add_argument("--examples", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--dump", type=Path, help="write every estimate read and every real finish here (JSON)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-queue-"))
     if args.model == "tiny":
@@ -119,6 +120,8 @@ def main() -> None:
         seen: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         loads: list[float] = []
         ended = wait_done(server, job_ids, seen, 6 * 3600, loads)
+        if args.dump:
+            args.dump.write_text(json.dumps({"began": began, "jobs": job_ids, "ended": ended, "seen": seen}))
         print(f"{args.students} students, {args.model}, {args.examples} examples x {args.epochs} epochs, "
               f"{'warm (speed measured)' if args.warm else 'cold (default speed until the first job ends)'}; "
               f"last model {max(j['finished_at'] for j in ended.values()) - began:.0f} s after the first Start; "

@@ -230,7 +230,9 @@ class QueueEstimator:
         self._placed: set[str] | None = None  # jobs given a place by the last refresh (None: clear all at first)
         # Each device's worker as the scheduler knows it (capacity, base models held); one job at a time by default.
         self.state: Callable[[str], DeviceState] = lambda device: DeviceState()
-        self._factors: dict[str, tuple[float, float]] = {}  # by device: its latest live factor, and when it was read
+        # By device: the running jobs its latest live factor was read from, and when. The rows, not the factor: the
+        # measured speed it is relative to changes when a job ends (the job's own run is recorded).
+        self._paced: dict[str, tuple[list[Row], float]] = {}
 
     def poke(self) -> None:
         """Say the queue changed (a job queued, started, ended, paused): estimates are redone at once."""
@@ -281,9 +283,9 @@ class QueueEstimator:
                                                                           and job["device"] not in self.devices)]
             factor = live_factor(jobs, _on(self.timings.speed, device), self.work)
             if factor is not None:
-                self._factors[device] = (factor, now)
-            elif device in self._factors and now - self._factors[device][1] <= FACTOR_MEMORY_SECONDS:
-                factor = self._factors[device][0]
+                self._paced[device] = ([dict(job) for job in jobs], now)
+            elif device in self._paced and now - self._paced[device][1] <= FACTOR_MEMORY_SECONDS:
+                factor = live_factor(self._paced[device][0], _on(self.timings.speed, device), self.work)
             factors[device] = factor if factor is not None else 1.0
         return factors
 

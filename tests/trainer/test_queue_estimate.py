@@ -29,10 +29,11 @@ class FixedTimings(Timings):
 
     def __init__(self, store: Store) -> None:
         super().__init__(store, 4)
+        self.figure = SPEED
 
     def speed(self, model: str, device: str = "cpu") -> Speed:
         """The test's figure."""
-        return SPEED
+        return self.figure
 
 
 class Clock:
@@ -334,14 +335,15 @@ def test_jobs_of_milliseconds_are_placed_at_epoch_seconds() -> None:
 
 def test_the_last_live_pace_stands_while_the_next_job_starts(store: Store) -> None:
     """The machine runs at half its measured speed; when the next job starts (no steps yet) the line stays timed at
-    that pace instead of jumping back to the measured speed."""
+    that pace instead of jumping back to the measured speed, also once the measured speed took the slow job in."""
     clock = Clock()
     first = _add(store, "A", "a1", 3000, "running", steps=30)
     second, third = _add(store, "A", "a2", 3000, steps=30), _add(store, "A", "a3", 3000, steps=30)
     store.update_job(first, steps_done=10, step_seconds=2.0, stepped_at=float(NOW))  # 1 s a step as measured
     queue = FairQueue()
     queue.pick([store.job(first)])  # type: ignore[list-item]
-    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    timings = FixedTimings(store)
+    estimator = QueueEstimator(store, timings, ["cpu"], clock)
     estimator.refresh(queue)
     assert _places(store, second, third) == [(1, 40 + 70), (2, 40 + 140)]
 
@@ -349,5 +351,8 @@ def test_the_last_live_pace_stands_while_the_next_job_starts(store: Store) -> No
     store.update_job(first, status="succeeded", finished_at=int(clock.now))
     queue.pick([store.job(second)])  # type: ignore[list-item]
     store.update_job(second, status="running", device="cpu")
+    estimator.refresh(queue)
+    assert _places(store, third) == [(1, 40 + 140)]
+    timings.figure = Speed(50.0, 10.0, 0.0, True)  # the slow job measured: the live pace is no longer slower than it
     estimator.refresh(queue)
     assert _places(store, third) == [(1, 40 + 140)]
