@@ -65,4 +65,10 @@ def pack_linears(model: nn.Module) -> int:
             log.warning("Could not pack %s for oneDNN; it stays an ordinary Linear", name, exc_info=True)
             continue
         packed += 1
+    if packed:
+        # The weights may be mapped from the model's file (safetensors): once read for packing, those pages stay
+        # resident while any tensor still maps the file. Copying the few that remain (embeddings, norms) lets the
+        # mapping go, so the packed copies replace the weights in memory instead of doubling them.
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
     return packed
