@@ -93,8 +93,15 @@ def normalise(text: str) -> str:
 
 
 def compact(text: str) -> str:
-    """The normalised text's letters and digits only (spacing and punctuation gone), for substring word lists."""
-    return "".join(ch for ch in normalise(text) if unicodedata.category(ch)[0] in "LN")
+    """The normalised text's letters and digits only (spacing and punctuation gone), for substring word lists.
+
+    Normalised once more after the spaces go, so that compact(compact(x)) == compact(x): a word stored compacted
+    matches the same word in a text however the text was spaced (2학년 3반 and 2학년3반 give the same)."""
+    return _letters(normalise(_letters(normalise(text))))
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LN")
 
 
 def compose_jamo(text: str) -> str:

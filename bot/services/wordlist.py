@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot import errors
+from dataset_rules.normalise import compact
 from storage.wordlist import WordListRepository
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,12 @@ class WordListError(errors.UserFacingError):
 
 
 def normalize(text: str) -> str:
-    """What is compared: NFKC (full-width letters, compatibility jamo), case-folded, letters and digits only.
+    """What is compared: the normaliser every moderation check shares (dataset_rules.normalise), letters and digits
+    only.
 
-    So "바 보", "바.보" and "ＢＡＢＯ" match the words "바보" and "babo": spacing and punctuation tricks do not hide a
-    word. Look-alike letters (시1발) are left to the backend's filter, which knows them."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
+    So "바 보", "바.보", "ＢＡＢＯ", "바1보", "ㅂㅏㅂㅗ" and a zero-width space inside a word all match the words "바보"
+    and "babo": spacing, punctuation, width, look-alike and jamo tricks do not hide a word."""
+    return compact(text)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,8 @@ class WordListService:
         """Which texts hold one of the server's words (after the same normalisation)."""
         keys = self._cache.get(guild_id)
         if keys is None:
-            keys = self._cache[guild_id] = tuple(key for key, _ in await self.repo.words(guild_id))
+            # Words stored before the shared normaliser came are read through it too (it is idempotent).
+            keys = self._cache[guild_id] = tuple(normalize(key) for key, _ in await self.repo.words(guild_id))
         if not keys:
             return [False] * len(texts)
         return [any(key in normalized for key in keys) for normalized in map(normalize, texts)]
