@@ -26,26 +26,26 @@ _FINAL_INDEX = {jamo: i for i, jamo in enumerate(_JONGSEONG) if jamo}
 _SYLLABLE_FIRST, _SYLLABLE_LAST = 0xAC00, 0xD7A3
 
 
-def _conjoining_to_compat() -> dict[int, str]:
+def _conjoining_to_compat() -> dict[str, str]:
     """Map each conjoining jamo (U+1100..U+11FF) that has a compatibility form to that form."""
-    table: dict[int, str] = {}
+    table: dict[str, str] = {}
     for code in range(0x3131, 0x318F):
         compat = chr(code)
         conjoining = unicodedata.normalize("NFKC", compat)
         if len(conjoining) == 1 and conjoining != compat:
-            table[ord(conjoining)] = compat
+            table[conjoining] = compat
     # Final consonants (jongseong) have no compatibility form of their own; they share the initial's.
     for code in range(0x11A8, 0x11C3):
         name = unicodedata.name(chr(code), "")
         for compat in _JONGSEONG[1:]:
             if unicodedata.name(compat, "").removeprefix("HANGUL LETTER ") == name.removeprefix(
                     "HANGUL JONGSEONG "):
-                table[code] = compat
+                table[chr(code)] = compat
     return table
 
 
 # Letters that look Latin but are not (Cyrillic, Greek, small capitals, dotless i), folded after case-folding.
-_LOOKALIKES = str.maketrans({
+_FOLDS: dict[str, str] = {
     "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
     "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ь": "b", "г": "r",
     "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
@@ -55,7 +55,8 @@ _LOOKALIKES = str.maketrans({
     "ʏ": "y", "ᴢ": "z",
     **{chr(0x1F1E6 + i): chr(ord("a") + i) for i in range(26)},  # regional indicators 🇦..🇿
     **_conjoining_to_compat(),
-})
+}
+_LOOKALIKES = str.maketrans(_FOLDS)
 # Characters nobody sees: dropped wherever they are (format characters are found by category below).
 _INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u034f\u180e\u2800") | {chr(c) for c in range(0xFE00, 0xFE10)}
 # Digits and symbols read as letters inside a Latin word.

@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     tests = [e for e in read_all(args.corpora) if e.split == "test"]
     rng = random.Random(22)  # issue 22: fixed, so the file is the same each time it is built
-    benign = []
+    benign: list[dict[str, object]] = []
     for corpus, count in BENIGN_PER_SOURCE.items():
         texts = sorted({e.text.strip() for e in tests if e.corpus == corpus and e.text.strip()})
         benign += [{"text": text, "lang": LANG[corpus], "source": corpus} for text in rng.sample(texts, count)]

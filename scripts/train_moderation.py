@@ -7,7 +7,8 @@
 
 It fits a logistic regression on the train splits only, picks the regularisation and each language's threshold on
 the dev splits only (the test splits are never read here), writes the model as plain arrays, and prints the dev
-figures. The fixed texts' scores it prints are what tests/trainer/test_moderation_model.py expects.
+figures. It keeps scikit-learn's scores of a few fixed texts in the file; tests/trainer/test_moderation_model.py
+checks that the shipped arrays give the same.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import sparse
+from scipy import sparse  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,7 +43,8 @@ MAX_BENIGN_RATE = 0.0003
 # 0.5 it held back plain science questions such as "How do clouds move?").
 APC_THRESHOLD = 0.8
 FIXED_TEXTS = ("안녕하세요, 숙제 질문이 있어요.", "시발 진짜 짜증나", "How do clouds move?", "you are a stupid idiot",
-               "ㅅㅂ 숙제 왜 이렇게 많아", "학생증을 다시 발급받은 뒤 빌려 주세요.")
+               "너 같은 새끼는 꺼져", "학생증을 다시 발급받은 뒤 빌려 주세요.", "What is photosynthesis?",
+               "진짜 못생겼다 돼지같이 생겨서")
 
 
 def matrix(texts: Sequence[str], bits: int, words: WordLists) -> sparse.csr_matrix:
@@ -59,7 +61,7 @@ def matrix(texts: Sequence[str], bits: int, words: WordLists) -> sparse.csr_matr
 
 def english_word_model() -> dict[str, np.ndarray]:
     """alt-profanity-check's vectorizer and calibrated SVMs as plain arrays (its joblib files are pickles)."""
-    import joblib
+    import joblib  # type: ignore[import-untyped]
     from importlib import resources
 
     folder = resources.files("profanity_check") / "data"
@@ -97,7 +99,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=mm.MODEL_PATH)
     parser.add_argument("--c", type=float, nargs="*", default=[8.0])
     args = parser.parse_args()
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
     examples = [e for e in read_all(args.corpora) if e.split != "test"]
     train = [e for e in examples if e.split == "train"]
@@ -126,17 +128,20 @@ def main() -> None:
             best = (mean, model, thresholds)
     assert best is not None
     _, model, thresholds = best
+    # The scores scikit-learn gives at training time, kept in the file: the tests check the shipped arrays agree.
+    fixed_scores = model.predict_proba(matrix(FIXED_TEXTS, BITS, words))[:, 1]  # type: ignore[attr-defined]
     weights = np.asarray(model.coef_[0], np.float32)  # type: ignore[attr-defined]
     bias = float(model.intercept_[0])  # type: ignore[attr-defined]
     np.savez_compressed(args.out, weights=weights.astype(np.float16), bias=np.float64(bias), bits=np.int64(BITS),
                         threshold_ko=np.float64(thresholds["ko"]), threshold_en=np.float64(thresholds["en"]),
                         feature_version=np.int64(mm.FEATURE_VERSION), threshold_apc=np.float64(APC_THRESHOLD),
-                        **english_word_model())
+                        fixed_texts=np.array(FIXED_TEXTS), fixed_scores=fixed_scores,
+                        **english_word_model())  # type: ignore[arg-type]
     shipped = mm.Model.load(args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB), C={model.C}, "  # type: ignore[attr-defined]
           f"thresholds {thresholds}")
-    for text in FIXED_TEXTS:
-        print(f"  {shipped.score(text, words.signals(text)):.6f}  {text}")
+    for text, trained in zip(FIXED_TEXTS, fixed_scores):
+        print(f"  trained {trained:.6f} shipped {shipped.score(text, words.signals(text)):.6f}  {text}")
 
 
 if __name__ == "__main__":
