@@ -67,9 +67,11 @@ _LEET_INSIDE = re.compile(r"(?<=[a-z])[0-9!|€]{1,2}(?=[a-z])|(?<=[a-z])[@$]+|[
 # A Latin letter or digit written for the vowel ㅣ after a jamo consonant (새ㄲI, ㅅ1발).
 _LATIN_VOWEL = re.compile(rf"(?<=[{_CHOSEONG}])[il1|!]")
 _HANGUL = "\uac00-\ud7a3\u3131-\u318e"
-# One digit or mark slipped between two Hangul letters (시1발, 씨-발, 병.신, 존*나): dropped. Separators that
-# also split ordinary lists (commas, middle dots, spaces) are not in it, so 바디워시, 바디로션 stays two words.
-_INSIDE_KOREAN = re.compile(rf"(?<=[{_HANGUL}])[0-9.\-_*~^+=@#$%&!?'\"`/\\|:;]{{1,2}}(?=[{_HANGUL}])")
+# One digit or mark slipped between two Hangul letters (시1발, 씨-발, 병.신, 존*나), or the vowel ㅡ used as a dash
+# between two syllables (새ㅡ퀴): dropped. Separators that also split ordinary lists (commas, middle dots, spaces)
+# are not in it, so 바디워시, 바디로션 stays two words.
+_INSIDE_KOREAN = re.compile(rf"(?<=[{_HANGUL}])[0-9.\-_*~^+=@#$%&!?'\"`/\\|:;]{{1,2}}(?=[{_HANGUL}])"
+                            rf"|(?<=[\uac00-\ud7a3])ㅡ{{1,2}}(?=[\uac00-\ud7a3])")
 # Letters spaced or dotted apart: single letters with only separators between them.
 _SEPARATOR = r"[\s.\-_*~^+=/\\|·,:;'\"`]{1,3}"
 _SPACED_LATIN = re.compile(rf"(?<![a-z0-9])[a-z](?:{_SEPARATOR}[a-z]){{2,}}(?![a-z0-9])")

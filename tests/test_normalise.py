@@ -62,9 +62,11 @@ def test_hangul_jamo_are_recomposed(text: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(("text", "expected"), [("시1발", "시발"), ("씨-발", "씨발"), ("병.신", "병신"),
-                                                ("존*나", "존나"), ("씨~발", "씨발")])
+                                                ("존*나", "존나"), ("씨~발", "씨발"), ("새ㅡ퀴", "새퀴"),
+                                                ("짜증나ㅡㅡ", "짜증나ㅡㅡ")])
 def test_a_digit_or_mark_inside_a_korean_word_is_dropped(text: str, expected: str) -> None:
-    """One digit or mark slipped between Hangul letters does not split the word."""
+    """One digit or mark (or the vowel ㅡ as a dash) slipped between Hangul letters does not split the word; ㅡㅡ
+    after a word (a frown) stays."""
     assert normalise(text) == expected
 
 

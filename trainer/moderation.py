@@ -9,8 +9,8 @@ letters, jamo), then:
   words (다시 발급 never reads 시발);
 - the extra words (korean_extra_words.txt, english_extra_words.txt: offensive in any sentence) flag on their own,
   also matched inside one word only (Korean) or as whole words (English);
-- on text with Latin letters, alt-profanity-check's English model (its arrays copied into the same file) flags from
-  probability 0.8, as it did before the classifier came.
+- on text with Latin letters that the classifier scores at least 0.5, alt-profanity-check's English model (its
+  arrays copied into the same file) flags from probability 0.8, as it did before the classifier came.
 
 A hit is reported as `harassment` (the corpora label insults, hate and profanity, not sexual or violent content as
 such). Every other OpenAI category (violence, self-harm, sexual, hate, illicit and their sub-categories) stays false
@@ -58,6 +58,14 @@ KOREAN_EXTRA_WORDS = Path(__file__).with_name("korean_extra_words.txt")
 ENGLISH_EXTRA_WORDS = Path(__file__).with_name("english_extra_words.txt")
 MAX_INPUTS = 1024
 LATIN = re.compile(r"[A-Za-z]")
+# alt-profanity-check's English model is asked only where the classifier is at least unsure: alone it misfired on
+# "I hate Mondays", "Dick Grayson". On OLID's dev split this moved its added flags' precision from 86.3% to 89.9% for
+# recall 31.6% -> 29.0% (chosen there; no test split was read).
+ENGLISH_WORDS_GATE = 0.5
+# Names and titles that hold an English swear word (a literature or history lesson must be able to write them): read
+# as a neutral word by the English checks, as korcen's own list does for Korean look-alikes.
+INNOCENT_ENGLISH = re.compile(r"\b(?:moby[ -]dick|dick grayson|dick tracy|dick van dyke|philip k\.? dick|"
+                              r"dick whittington|scunthorpe|penistone|cockburn|hancock|shitake|shiitake)\b")
 # Innocent words that hold one of korcen's entries: removed from a word before korcen reads it (자위대: Japan's
 # Self-Defense Forces, 자위권: the right of self-defence).
 INNOCENT_INSIDE = re.compile("자위대|자위권|자위력|자위적|자위함")
@@ -153,12 +161,15 @@ class Filters:
 
     def verdict(self, text: str) -> Verdict:
         """Judge one text: the word lists, the classifier, and (on Latin letters) the English word model."""
+        norm = normalise(text)
+        if LATIN.search(norm):  # after normalising: full-width Latin letters count too
+            text = INNOCENT_ENGLISH.sub("name", norm)
         signals = self.words.signals(text)
         if "extra" in signals:
             return Verdict(True, 1.0)
         probability = self.model.score(text, signals)
         flagged = probability >= self.model.thresholds[language(text)]
-        if not flagged and LATIN.search(text):
+        if not flagged and probability >= ENGLISH_WORDS_GATE and LATIN.search(text):
             english = self.model.english_words.score(normalise(text))
             flagged, probability = english >= self.model.english_words_threshold, max(probability, english)
         return Verdict(flagged, probability)

@@ -67,7 +67,7 @@ def test_features_of_a_disguised_word_equal_the_plain_word() -> None:
 @pytest.mark.parametrize("text", [
     "시\u200b발 진짜 짜증나", "ｆｕｃｋ you", "f u c k you", "s h i t", "ѕhіt happens, you idiot", "ㅅㅣㅂㅏㄹ 진짜",
     "새ㄲI", "ㅅ키야", "시1발 이거 또 틀렸네", "씨-발", "병.신아", "ㅄ", "개 새 끼", "존 나 어렵네", "fuuuuck this",
-    "sh1t", "b!tch please",
+    "sh1t", "b!tch please", "이 새ㅡ퀴 뭐냐", "범죄자색히", "드러운 뇬", "재미 좃도 없다",
 ])
 def test_each_bypass_of_issue_22_is_caught(filters: moderation.Filters, text: str) -> None:
     """Zero-width spaces, full-width and look-alike letters, spaced-out letters, jamo and inserted marks are caught."""
@@ -78,7 +78,8 @@ def test_each_bypass_of_issue_22_is_caught(filters: moderation.Filters, text: st
     LIBRARY_LINE_17, "다시 발급", "바디워시, 바디로션", "일본 자위대", "일본의 자위대는 군대인가요?", "수시 발표는 언제예요?",
     "새끼 고양이가 우유를 마셔요", "강아지 새끼 세 마리", "사자 새끼는 울타리를 오르려고 한다.", "달을 보지 못했다",
     "시발점이 어디야?", "수박씨 발라 먹어야 해", "우리 반은 18명이야", "How do clouds move?", "What makes wind blow?",
-    "The titanic sank in 1912", "We visited Sussex and Essex",
+    "The titanic sank in 1912", "We visited Sussex and Essex", "Moby Dick is a novel by Herman Melville",
+    "Dick Grayson was the first Robin", "ＭＯＢＹ ＤＩＣＫ", "I hate Mondays",
 ])
 def test_innocent_phrases_pass(filters: moderation.Filters, text: str) -> None:
     """Issue 22's innocent texts (다시 발급, 바디워시, 자위대, 수시 발표, baby animals) and older ones are not flagged."""
