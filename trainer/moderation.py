@@ -34,7 +34,7 @@ from aiohttp import web
 
 from dataset_rules.normalise import normalise
 from trainer import IMPORT_LOCK
-from trainer.moderation_model import HANGUL, MODEL_PATH, Model, language
+from trainer.moderation_model import HANGUL, MODEL_PATH, Model, jamo, language
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,10 @@ class WordLists:
         self._korean = [getattr(korcen, level) for level in KOREAN_LEVELS]
         words = [korcen.normalize_for_custom_comparison(word) for word in _word_list(extra_words)]
         self._extra = re.compile("|".join(map(re.escape, words))) if words else None
-        english = _word_list(english_words)
+        # The Korean words typed on an English keyboard with the Korean layout still on (시발 -> tlqkf) count as
+        # English extra words: the Latin text never reaches korcen.
+        english = _word_list(english_words) + [keyboard(word) for word in _word_list(extra_words) + KEYBOARD_ALSO
+                                               if len(keyboard(word)) >= 4]
         self._english_extra = (re.compile(rf"\b(?:{'|'.join(map(re.escape, english))})s?\b") if english else None)
         # Words repeat across a class's texts; each distinct word is looked up once.
         self._korcen_word = lru_cache(maxsize=65536)(self._korcen_hit)
@@ -184,6 +187,22 @@ class Filters:
     def classify(self, texts: Sequence[str]) -> list[Verdict]:
         """Judge texts, each on its own (the cost is per text: there is nothing to share in a batch)."""
         return [self.verdict(text) for text in texts]
+
+
+# Korean words korcen knows that are also typed on an English keyboard (keyboard() spells them); the extra words are too.
+KEYBOARD_ALSO = ["시발", "병신", "새끼", "개새끼", "지랄", "미친년", "미친놈", "좆까", "닥쳐"]
+# The Korean (dubeolsik) keyboard: which Latin key types each jamo; double consonants are shifted keys, compound
+# vowels and finals two keys.
+_KEYS = dict(zip("ㅂㅈㄷㄱㅅㅛㅕㅑㅐㅔㅁㄴㅇㄹㅎㅗㅓㅏㅣㅋㅌㅊㅍㅠㅜㅡ", "qwertyuiopasdfghjklzxcvbnm"))
+_KEYS.update({"ㅃ": "q", "ㅉ": "w", "ㄸ": "e", "ㄲ": "r", "ㅆ": "t", "ㅒ": "o", "ㅖ": "p", "ㅘ": "hk", "ㅙ": "ho",
+              "ㅚ": "hl", "ㅝ": "nj", "ㅞ": "np", "ㅟ": "nl", "ㅢ": "ml", "ㄳ": "rt", "ㄵ": "sw", "ㄶ": "sg",
+              "ㄺ": "fr", "ㄻ": "fa", "ㄼ": "fq", "ㄽ": "ft", "ㄾ": "fx", "ㄿ": "fv", "ㅀ": "fg", "ㅄ": "qt"})
+
+
+def keyboard(word: str) -> str:
+    """The keys that type a Hangul word on an English keyboard with the Korean layout on (시발 -> tlqkf), in lower
+    case (the shifted keys of double consonants are case-folded, as the checked text is)."""
+    return "".join(_KEYS.get(ch, "") for ch in jamo(word))
 
 
 def _innocent_beside(words: Sequence[str], i: int) -> bool:

@@ -86,6 +86,14 @@ def test_innocent_phrases_pass(filters: moderation.Filters, text: str) -> None:
     assert not filters.verdict(text).flagged
 
 
+def test_korean_typed_on_an_english_keyboard_or_romanised_is_caught(filters: moderation.Filters) -> None:
+    """시발 typed with the Korean layout on an English keyboard is tlqkf; it and romanised spellings are caught as
+    whole words, and English words that hold those letters pass."""
+    assert moderation.keyboard("시발") == "tlqkf" and moderation.keyboard("병신") == "qudtls"
+    assert all(filters.verdict(text).flagged for text in ["tlqkf 짜증나", "qudtls 아니냐", "WHSSK 어렵네", "sibal"])
+    assert not any(filters.verdict(text).flagged for text in ["I like torte", "a tlqkfx typo", "Sibalik is a name"])
+
+
 def test_korcen_never_matches_across_words(filters: moderation.Filters) -> None:
     """korcen reads each word alone: 다시 발급 and 시, 바 do not fire it; 시발 in one word does."""
     assert filters.words.signals("다시 발급받은 뒤") == [] and filters.words.signals("워시, 바디") == []
