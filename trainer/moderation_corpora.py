@@ -52,8 +52,8 @@ SOURCES = {
                      "KorSTS / KorNLI Korean sentences (benign 0); sts-train + xnli.dev train, sts-dev dev, "
                      "sts-test test"),
     "chatbot": Source("songys/Chatbot_data", "4cf20d1", "MIT",
-                      "Korean everyday chat lines (benign 0); hash split; lines where korcen or the extra words "
-                      "fire are dropped (a few are plain insults, e.g. 쓰레기새끼, which no label should call benign)"),
+                      "Korean everyday chat lines (benign 0); hash split; 17 lines a reviewer judged offensive or "
+                      "not classroom text (CHATBOT_OFFENSIVE, e.g. 쓰레기새끼) are left out"),
 }
 
 
@@ -156,14 +156,20 @@ def _korsts(folder: Path) -> Iterator[Example]:
                         yield Example(text, 0, "korsts", split)
 
 
-def _chatbot(folder: Path) -> Iterator[Example]:
-    from trainer.moderation import WordLists
+# Chatbot_data lines a reviewer judged offensive or not classroom text (found by korcen over all 23,646 lines, then
+# read one by one; its innocent hits, such as 도시락 싸가지고 가야지 and 영화 뭐 보지, stay in): left out everywhere.
+CHATBOT_OFFENSIVE = frozenset({
+    "개같은 상황", "개같이 되버렸어.", "또라이가 너무 많아", "또라이들 짱 많아", "엿같다.", "엿같은 상황", "결국 제가 병신인거죠.",
+    "술먹고 병신짓거리 했네여", "쓰레기새끼", "아무리 미친놈 욕을해도", "의외로 병신들이 많다", "이별6일차. 정신병자 같네.",
+    "이제 너 따위 생각도 안난다 꺼져", "전 병신인가봅니다.", "짱나는새끼", "섹스리스 부부 어때?", "섹스리스 커플이야",
+})
 
-    words = WordLists()
+
+def _chatbot(folder: Path) -> Iterator[Example]:
     with (folder / "ChatbotData.csv").open(encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             for text in (row["Q"], row["A"]):
-                if not words.signals(text):
+                if text.strip() not in CHATBOT_OFFENSIVE:
                     yield Example(text, 0, "chatbot", hash_split(text))
 
 
