@@ -1,4 +1,5 @@
-"""The school's offensive-text classifier: hashed character and word n-grams of the normalised text, a linear model.
+"""The school's offensive-text classifier: hashed character, jamo and word n-grams of the normalised text, a linear
+model.
 
 Trained by hand with scripts/train_moderation.py on public, human-labelled corpora (see docs/moderation.md); shipped
 as plain arrays in moderation_model.npz (loaded with allow_pickle=False: no code runs at load). Pure numpy at run
@@ -22,8 +23,8 @@ from dataset_rules.normalise import normalise
 MODEL_PATH = Path(__file__).with_name("moderation_model.npz")
 HANGUL = re.compile(r"[\uac00-\ud7a3\u3131-\u318e]")
 _WORD = re.compile(r"\w+")
-# Which n-grams a text becomes (stored in the model file too, and checked at load, so a model never meets features
-# it was not trained on).
+# Which n-grams a text becomes. FEATURE_VERSION is stored in the model file and checked at load: raise it with any
+# change here (or to the hashing), so a model never meets features it was not trained on.
 CHAR_NGRAMS = (1, 2, 3, 4, 5)
 WORD_NGRAMS = (1, 2)
 # Hangul spelled out as jamo (새끼 -> ㅅㅐㄲㅣ): disguised spellings (색기, 새기, ㅅㅐ끼) share most jamo n-grams.
