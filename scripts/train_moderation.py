@@ -2,8 +2,10 @@
 
 1. Bring each corpus of trainer/moderation_corpora.SOURCES into one folder as `<owner>+<name>/`, e.g.
    git clone https://github.com/kocohub/korean-hate-speech DIR/kocohub+korean-hate-speech (and check out the commit
-   named there); the Davidson corpus needs only data/labeled_data.csv, the others their data files.
-2. python scripts/train_moderation.py DIR      (about a minute or two on 2 cores; needs scikit-learn and scipy)
+   named there); the Davidson corpus needs only data/labeled_data.csv, the others their data files. UnSmile and
+   K-MHaS (adlnlp/K-MHaS) are only read by the bench, never here.
+2. python scripts/train_moderation.py DIR      (about two minutes on 2 cores; needs scikit-learn, scipy and
+   alt-profanity-check, all in requirements-trainer.txt)
 
 It fits a logistic regression on the train splits only, picks the regularisation and each language's threshold on
 the dev splits only (the test splits are never read here), writes the model as plain arrays, and prints the dev
@@ -35,12 +37,13 @@ BITS = 20
 # (false flags).
 OFFENSIVE_DEV = {"ko": ("beep", "curse"), "en": ("olid",)}
 BENIGN_DEV = {"ko": ("chatbot", "korsts"), "en": ("gsm8k",)}
-# Thresholds keep a margin over the goals, since dev figures are a little optimistic: precision >= 93% on each
-# offensive dev set, and at most this share of benign dev messages flagged.
+# Thresholds keep a margin over the goals, since dev figures are a little optimistic: precision >= 92% on each
+# offensive dev set (the goal is 90%), and at most this share of benign dev messages flagged (the goal is 0.05%).
 MIN_PRECISION = 0.92
 MAX_BENIGN_RATE = 0.0003
-# alt-profanity-check's own English model flags on its own from this probability (chosen in issue 16: at its default
-# 0.5 it held back plain science questions such as "How do clouds move?").
+# alt-profanity-check's English model flags from this probability (chosen in issue 16: at its default 0.5 it held
+# back plain science questions such as "How do clouds move?"); trainer/moderation.py asks it only where the
+# classifier scores at least ENGLISH_WORDS_GATE.
 APC_THRESHOLD = 0.8
 FIXED_TEXTS = ("안녕하세요, 숙제 질문이 있어요.", "시발 진짜 짜증나", "How do clouds move?", "you are a stupid idiot",
                "너 같은 새끼는 꺼져", "학생증을 다시 발급받은 뒤 빌려 주세요.", "What is photosynthesis?",
