@@ -34,6 +34,7 @@ from aiohttp import web
 
 from dataset_rules.normalise import normalise
 from trainer import IMPORT_LOCK
+from trainer.api import ApiError, json_body
 from trainer.moderation_model import HANGUL, MODEL_PATH, Model, jamo, language
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,13 @@ class Verdict:
 
     flagged: bool
     harassment: float
+    spans: tuple[tuple[int, int], ...] = ()  # where in the text the flagged words are, where a word list says so
 
     def result(self) -> dict[str, Any]:
-        """Render as one of OpenAI's `results[]`."""
+        """Render as one of OpenAI's `results[]`, with `spans` ([start, end] offsets into the text) when known."""
+        spans = {"spans": [list(span) for span in self.spans]} if self.spans else {}
         return {
+            **spans,
             "flagged": self.flagged,
             "categories": {name: name == "harassment" and self.flagged for name in CATEGORIES},
             "category_scores": {name: round(self.harassment, 6) if name == "harassment" else 0.0
@@ -138,6 +142,19 @@ class WordLists:
             return True
         return self._english_extra is not None and self._english_extra.search(norm) is not None
 
+    def spans(self, text: str) -> tuple[tuple[int, int], ...]:
+        """Where the words of the original text are that a list finds on their own, as offsets into the text, so a
+        student sees which words were flagged. Empty when no single word is (the classifier judged the whole text,
+        or a word was spelled across spaces)."""
+        found = []
+        for match in re.finditer(r"\S+", text):
+            word = normalise(match.group())
+            hangul = HANGUL.search(word) is not None
+            if ((hangul and (self._korcen_word(word) or self._extra_word(word)))
+                    or (not hangul and self._english_extra is not None and self._english_extra.search(word))):
+                found.append((match.start(), match.end()))
+        return tuple(found)
+
     def _korcen_hit(self, word: str) -> bool:
         word = INNOCENT_INSIDE.sub("", word)
         return bool(word) and any(check(word) for check in self._korean)
@@ -176,13 +193,13 @@ class Filters:
             norm = INNOCENT_ENGLISH.sub("name", norm)
         signals = self.words.signals(norm, normalised=True)
         if "extra" in signals:
-            return Verdict(True, 1.0)
+            return Verdict(True, 1.0, self.words.spans(text))
         probability = self.model.score(norm, signals, normalised=True)
         flagged = probability >= self.model.thresholds[language(norm)]
         if not flagged and probability >= ENGLISH_WORDS_GATE and latin:
             english = self.model.english_words.score(norm)
             flagged, probability = english >= self.model.english_words_threshold, max(probability, english)
-        return Verdict(flagged, probability)
+        return Verdict(flagged, probability, self.words.spans(text) if flagged else ())
 
     def classify(self, texts: Sequence[str]) -> list[Verdict]:
         """Judge texts, each on its own (the cost is per text: there is nothing to share in a batch)."""
@@ -276,7 +293,6 @@ MODERATOR: web.AppKey[Moderator] = web.AppKey("moderator", Moderator)
 
 def parse_input(body: dict[str, Any]) -> list[str]:
     """The texts to judge from OpenAI's `input`: a string, a list of strings, or one list of multi-modal parts."""
-    from trainer.api import ApiError
 
     given = body.get("input")
     if isinstance(given, str):
@@ -297,9 +313,8 @@ def parse_input(body: dict[str, Any]) -> list[str]:
 
 async def create_moderation(request: web.Request) -> web.Response:
     """POST /v1/moderations: OpenAI's request and response, judged by the local filters."""
-    from trainer.api import ApiError, _json
 
-    body = await _json(request)
+    body = await json_body(request)
     model = body.get("model")
     if model is not None and model not in ACCEPTED_MODELS:
         raise ApiError(400, f"Model {model} is not a moderation model of this trainer; use {MODEL_NAME}.",

@@ -164,3 +164,23 @@ def test_english_words_the_classifier_misses_are_flagged(filters: moderation.Fil
 def test_extra_english_words_match_whole_words_only(filters: moderation.Filters, text: str) -> None:
     """The list matches whole words: 'titanic', 'titmouse' and 'skys' pass, and so does an art lesson's 'nude'."""
     assert not filters.classify([text])[0].flagged
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("학생증이 없으면 ㅅㅂ 빌릴 수 없어요", ["ㅅㅂ"]),
+    ("숙제 씨발 진짜 많네, 이 병신아", ["씨발", "병신아"]),
+    ("just kys already", ["kys"]),
+])
+def test_flagged_words_are_named_by_their_place_in_the_text(filters: moderation.Filters, text: str,
+                                                             words: list[str]) -> None:
+    """A flagged text names where its flagged words are (offsets into the text as sent), so the student sees them."""
+    verdict = filters.verdict(text)
+    assert verdict.flagged
+    assert [text[start:end] for start, end in verdict.spans] == words
+    assert verdict.result()["spans"] == [list(span) for span in verdict.spans]
+
+
+def test_clean_text_and_whole_text_verdicts_name_no_words(filters: moderation.Filters) -> None:
+    """A clean text has no spans, and its result no `spans` key (OpenAI's shape stays as it was)."""
+    verdict = filters.verdict("다시 발급받은 뒤 빌려 주세요")
+    assert not verdict.flagged and verdict.spans == () and "spans" not in verdict.result()
