@@ -12,10 +12,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 from trainer.packed import PackedLinear, pack_linears
 
 
-def tiny(tied: bool = True, dtype: torch.dtype = torch.float32) -> nn.Module:
+def tiny(tied: bool = True, dtype: torch.dtype = torch.float32, vocab: int = 300) -> nn.Module:
     """A two-layer Llama with random weights."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
     return AutoModelForCausalLM.from_config(config).to(dtype).eval()
 
@@ -53,6 +53,17 @@ def test_a_copy_of_a_packed_model_is_ordinary_with_the_same_values_and_ties() ->
         assert not any(isinstance(module, PackedLinear) for module in clone.modules())
         assert (clone.lm_head.weight is clone.model.embed_tokens.weight) == tied
         torch.testing.assert_close(logits(clone, ids), before, rtol=1e-5, atol=1e-5)
+
+
+def test_a_large_tied_output_layer_is_not_copied() -> None:
+    """Packing a tied output layer copies it; a vocabulary that is most of the model (Qwen2.5, Gemma 3) stays as it
+    is rather than grow the model's memory by that much, while every other layer is packed."""
+    model = tiny(vocab=3000)
+    ids = torch.randint(0, 3000, (2, 5), generator=torch.Generator().manual_seed(3))
+    before = logits(model, ids)
+    assert pack_linears(model) == 14
+    assert type(model.lm_head) is nn.Linear and isinstance(model.model.layers[0].mlp.up_proj, PackedLinear)
+    torch.testing.assert_close(logits(model, ids), before, rtol=1e-5, atol=1e-5)
 
 
 def test_a_model_onednn_does_not_pack_is_left_alone() -> None:
