@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import secrets
 import weakref
 from typing import TYPE_CHECKING, Final
 
@@ -16,11 +15,12 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
+from bot.discord_edge.replies import reply_error, unexpected
+from bot.discord_edge.roles import member_is_teacher
+from bot.discord_edge.text import clip
 from bot.i18n import t
 from bot.services.chat import Answer, ChatService, Comparison
 from bot.services.chat_limits import ChatLimits
-from cogs._replies import send_ephemeral
-from cogs._roles import member_is_teacher
 from dataset_rules.models import lookup
 from storage.models import ChatThread, TrainedModel
 
@@ -141,8 +141,10 @@ class Chat(commands.Cog):
             allowed_mentions=NO_MENTIONS,
         )
 
-    async def open_from_job(self, interaction: discord.Interaction, job_id: str) -> None:
-        """The "Chat with this model" button: open a thread with the job's fine-tuned model."""
+    @commands.Cog.listener()
+    async def on_chat_with_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The "Chat with this model" button (a listener, as approval and flagged-file clicks are): open a thread
+        with the job's fine-tuned model."""
         await interaction.response.defer(thinking=True, ephemeral=True)
         try:
             if interaction.guild_id is None:
@@ -154,12 +156,8 @@ class Chat(commands.Cog):
                 t("chat.opened", interaction.locale, user=interaction.user.mention, model=model,
                   thread=thread.mention), ephemeral=True,
             )
-        except errors.UserFacingError as exc:
-            await send_ephemeral(interaction, exc.render(interaction.locale))
-        except Exception:  # boundary: a button has no command tree to report for it
-            ref = secrets.token_hex(3)
-            log.exception("Opening a chat from job %s failed (ref %s)", job_id, ref)
-            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
+        except Exception as exc:  # boundary: a listener has no command tree to report for it
+            await reply_error(interaction, exc, log, "Opening a chat from job %s failed", job_id)
 
     async def _open(
         self, interaction: discord.Interaction, model: str, system_prompt: str | None, job_id: str | None,
@@ -262,9 +260,7 @@ class Chat(commands.Cog):
         except discord.HTTPException:
             log.warning("Discord refused a reply in chat thread %s", thread.thread_id, exc_info=True)
         except Exception:  # boundary: one failed answer must not stop the thread
-            ref = secrets.token_hex(3)
-            log.exception("Answer failed in chat thread %s (ref %s)", thread.thread_id, ref)
-            await _send_quietly(channel, t("error.unexpected", locale, ref=ref))
+            await _send_quietly(channel, unexpected(locale, log, "Answer failed in chat thread %s", thread.thread_id))
         finally:
             sink.stop_typing()
 
@@ -372,10 +368,6 @@ def _short_name(model: str) -> str:
     return model
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _answer_text(answer: Answer, locale: str) -> str:
     if answer.held_back:
         return t("compare.held_back", locale)
@@ -391,14 +383,14 @@ def _answer_text(answer: Answer, locale: str) -> str:
 def compare_embed(comparison: Comparison, locale: str) -> tuple[discord.Embed, discord.File | None]:
     """Two answers side by side; the full texts go in a file when a field cannot hold them."""
     embed = discord.Embed(title=t("compare.title", locale), colour=0x5865F2)
-    embed.description = f"**{t('compare.question', locale)}**\n> " + _clip(comparison.prompt, 1000).replace("\n", "\n> ")
+    embed.description = f"**{t('compare.question', locale)}**\n> " + clip(comparison.prompt, 1000).replace("\n", "\n> ")
     if comparison.system_prompt:
-        embed.description += "\n" + t("compare.system_prompt", locale, prompt=_clip(comparison.system_prompt, 900))
+        embed.description += "\n" + t("compare.system_prompt", locale, prompt=clip(comparison.system_prompt, 900))
     clipped = False
     for answer in (comparison.first, comparison.second):
         text = _answer_text(answer, locale)
         clipped |= len(text) > FIELD_CHARS
-        embed.add_field(name=_clip(_short_name(answer.model), 256), value=_clip(text, FIELD_CHARS), inline=True)
+        embed.add_field(name=clip(_short_name(answer.model), 256), value=clip(text, FIELD_CHARS), inline=True)
     file = None
     if clipped and comparison.done:
         embed.add_field(name="\u200b", value=t("compare.full_answers", locale), inline=False)
@@ -434,11 +426,11 @@ def models_embed(models: list[TrainedModel], locale: str) -> discord.Embed:
                 t("models.checkpoint", locale, step=m.step) + (
                     f" ({_loss_value(m)})" if _loss_value(m) else "") for m in checkpoints))
         lines.append(entry)
-    embed.description = _clip("\n\n".join(lines), 4000)
+    embed.description = clip("\n\n".join(lines), 4000)
     shutdowns = sorted({(info.name, info.shutdown) for m in models if (info := lookup(m.base_model)) and info.shutdown})
     if shutdowns:
         notes = "\n".join(t("models.shutdown", locale, base=base, date=day.isoformat()) for base, day in shutdowns)
-        embed.add_field(name="⏳", value=_clip(notes, FIELD_CHARS), inline=False)
+        embed.add_field(name="⏳", value=clip(notes, FIELD_CHARS), inline=False)
     embed.set_footer(text=t("models.footer", locale))
     return embed
 

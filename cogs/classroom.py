@@ -6,7 +6,7 @@ import io
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import discord
 from discord import app_commands
@@ -14,6 +14,10 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
+from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.roles import member_is_teacher, refuse_unless_teacher, teacher_only
+from bot.discord_edge.text import clip
+from bot.discord_edge.views import OwnerOnlyView
 from bot.i18n import t
 from bot.services import class_time
 from bot.services.governance import (
@@ -27,7 +31,6 @@ from bot.services.governance import (
 )
 from bot.services.starts import StartService
 from cogs import _flagged_ui, _lesson_ui, _ui
-from cogs._roles import member_is_teacher, teacher_only
 from dataset_rules.models import format_usd
 from storage.models import Approval, ClassSettings
 
@@ -46,51 +49,26 @@ APPROVAL_TEMPLATE = r"approval:(?P<id>[0-9a-f]+):(?P<action>approve|reject)"
 DecideHandler = Callable[[discord.Interaction, str, bool], Awaitable[None]]
 
 
-class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=APPROVAL_TEMPLATE):
+class ApprovalButton(DurableButton, template=APPROVAL_TEMPLATE):
     """Approve or Reject on an approval card in the teacher channel; works after a restart."""
 
-    handler: DecideHandler
+    handler: ClassVar[DecideHandler]
 
-    def __init__(self, approval_id: str, action: str, label: str | None = None) -> None:
+    def __init__(self, id: str, action: str, label: str | None = None) -> None:
         style = discord.ButtonStyle.green if action == "approve" else discord.ButtonStyle.red
-        super().__init__(discord.ui.Button(label=label or action.title(), style=style,
-                                           custom_id=f"approval:{approval_id}:{action}"))
-        self.approval_id, self.action = approval_id, action
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
-    ) -> ApprovalButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["id"], match["action"])
+        super().__init__(f"approval:{id}:{action}", label or action.title(), style)
+        self.approval_id, self.action = id, action
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only teachers decide; everyone else is refused privately."""
-        # discord.py types interaction.client as a plain Client; it is the ClassroomBot, which has governance.
-        if await member_is_teacher(interaction, interaction.client.governance.roles):  # type: ignore[attr-defined]
-            return True
-        await interaction.response.send_message(t("error.teachers_only", interaction.locale), ephemeral=True)
-        return False
+        return await refuse_unless_teacher(interaction)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         """Hand the decision to the cog that registered this button class."""
-        try:
-            await type(self).handler(interaction, self.approval_id, self.action == "approve")
-        except errors.UserFacingError as exc:
-            await _reply(interaction, exc.render(interaction.locale))
+        await type(self).handler(interaction, self.approval_id, self.action == "approve")
 
 
-def bound_approval_button(handler: DecideHandler) -> type[ApprovalButton]:
-    """An ApprovalButton class whose clicks go to this handler (one per cog instance: no global state)."""
-
-    class BoundApprovalButton(ApprovalButton, template=APPROVAL_TEMPLATE):
-        pass
-
-    BoundApprovalButton.handler = staticmethod(handler)
-    return BoundApprovalButton
-
-
-class ConfirmView(_ui.OwnerOnlyView):
+class ConfirmView(OwnerOnlyView):
     """A red Delete and a grey Keep button under a cleanup plan."""
 
     def __init__(self, owner_id: int, locale: str,
@@ -129,7 +107,7 @@ class Classroom(commands.Cog):
 
     def __init__(self, bot: ClassroomBot, governance: Governance, starts: StartService) -> None:
         self.bot, self.governance, self.starts = bot, governance, starts
-        self.approval_buttons = bound_approval_button(self._on_decision)
+        self.approval_buttons = ApprovalButton.bound(self._on_decision)
 
     async def cog_load(self) -> None:
         """Restore approval buttons, report moderation to teachers, settle jobs that ended while we were away."""
@@ -304,7 +282,7 @@ class Classroom(commands.Cog):
         assert interaction.guild_id is not None and self.governance.moderation.wordlist is not None
         words = await self.governance.moderation.wordlist.words(interaction.guild_id)
         text = ", ".join(f"`{w}`" for w in words) if words else t("words.empty", interaction.locale)
-        await interaction.response.send_message(_clip(t("words.list", interaction.locale, count=len(words),
+        await interaction.response.send_message(clip(t("words.list", interaction.locale, count=len(words),
                                                         words=text), 2000), ephemeral=True)
 
     @klass.command(name="settings", description=_("Show this class's settings and budget", key="gov.cmd.settings"))
@@ -358,7 +336,7 @@ class Classroom(commands.Cog):
             if settings.moderation and not await self.governance.moderation.backend_moderates():
                 # `on` chosen while the backend had a moderation endpoint (or before the backend changed).
                 checked = t("gov.warning.moderation_on_unavailable", locale)
-        embed.add_field(name=t("words.by", locale), value=_clip(checked, 1024), inline=False)
+        embed.add_field(name=t("words.by", locale), value=clip(checked, 1024), inline=False)
         if self.governance.moderation.wordlist is not None:
             count = len(await self.governance.moderation.wordlist.words(settings.guild_id))
             embed.add_field(name=t("words.own", locale), value=t("words.own_value", locale, count=count),
@@ -528,8 +506,8 @@ class Classroom(commands.Cog):
         embed.description = t(body, locale, count=notice.count,
                               user=f"<@{notice.user_id}>" if notice.user_id else t("gov.moderation.someone", locale))
         if notice.detail:
-            embed.add_field(name=t("gov.moderation.where", locale), value=_clip(notice.detail, 1024), inline=False)
-        embed.add_field(name=t("gov.moderation.excerpt", locale), value=f"||{_clip(notice.excerpt, 1000)}||",
+            embed.add_field(name=t("gov.moderation.where", locale), value=clip(notice.detail, 1024), inline=False)
+        embed.add_field(name=t("gov.moderation.excerpt", locale), value=f"||{clip(notice.excerpt, 1000)}||",
                         inline=False)
         channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)
         await channel.send(embed=embed, allowed_mentions=discord.AllowedMentions.none())
@@ -550,10 +528,6 @@ async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, 
                 continue  # left the server: the report keeps their id
         names[user_id] = member.display_name
     return names
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _teacher_channel_warning(guild: discord.Guild | None, settings: ClassSettings, locale: str) -> str:
@@ -618,7 +592,7 @@ def report_embed(report: ClassReport, locale: str) -> discord.Embed:
     ]
     if len(report.students) > MAX_STUDENTS_SHOWN:
         lines.append(t("gov.report.more", locale, count=len(report.students) - MAX_STUDENTS_SHOWN))
-    embed.description = _clip("\n".join(lines), 4000)
+    embed.description = clip("\n".join(lines), 4000)
     total = report.total
     embed.add_field(name=t("gov.report.total", locale),
                     value=t("gov.report.total_value", locale, jobs=total.jobs, tokens=f"{total.trained_tokens:,}",
@@ -648,7 +622,7 @@ def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
                 shown = [f"`{r.resource_id}`" for r in items[:MAX_NAMES_SHOWN]]
                 if len(items) > MAX_NAMES_SHOWN:
                     shown.append(t("gov.report.more", locale, count=len(items) - MAX_NAMES_SHOWN))
-                embed.add_field(name=name, value=_clip("\n".join(shown), 1024), inline=False)
+                embed.add_field(name=name, value=clip("\n".join(shown), 1024), inline=False)
         embed.set_footer(text=t("gov.cleanup.irreversible", locale))
     if plan.running_jobs:
         embed.add_field(name=t("gov.cleanup.running_title", locale),
@@ -680,13 +654,6 @@ def approval_embed(approval: Approval, cap: float | None, committed: float, loca
                                 left=format_usd(max(0.0, cap - committed))), inline=False)
     embed.set_footer(text=approval.id)
     return embed
-
-
-async def _reply(interaction: discord.Interaction, text: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True)
-    else:
-        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: ClassroomBot) -> None:

@@ -12,6 +12,9 @@ from discord.app_commands import Choice
 from discord.app_commands import locale_str as _
 from discord.ext import commands
 
+from bot.discord_edge.replies import tree_error
+from bot.discord_edge.roles import teacher_only
+from bot.discord_edge.text import clip
 from bot.i18n import t
 from bot.services.datasets import (
     ANSWER_MAX_CHARS,
@@ -21,7 +24,6 @@ from bot.services.datasets import (
     DatasetService,
     DatasetSummary,
 )
-from cogs._roles import teacher_only
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -61,15 +63,11 @@ def summary_embed(summary: DatasetSummary, locale: str) -> discord.Embed:
         # What moderation flagged is not posted: a kind note stands in its place (the teacher was told).
         held = t("post.held_back", locale)
         shown = "\n".join(f"**#{e.number}** {held} (<@{e.user_id}>)" if e.number in summary.held_back
-                          else f"**#{e.number}** {_clip(e.question, 80)} → {_clip(e.answer, 80)} (<@{e.user_id}>)"
+                          else f"**#{e.number}** {clip(e.question, 80, one_line=True)} → "
+                               f"{clip(e.answer, 80, one_line=True)} (<@{e.user_id}>)"
                           for e in latest)
         embed.add_field(name=t("dataset.latest", locale), value=shown[:1024], inline=False)
     return embed
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ExampleModal(discord.ui.Modal):
@@ -89,6 +87,12 @@ class ExampleModal(discord.ui.Modal):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         """Store the example and tell the student its number and what the class still needs."""
+        try:
+            await self._store(interaction)
+        except Exception as exc:  # boundary: a refused example is explained like any command's error
+            await tree_error(interaction, exc)
+
+    async def _store(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         example = await self.service.add(interaction.guild_id, self.name, interaction.user.id,
                                          self.question.value, self.answer.value)
@@ -97,21 +101,6 @@ class ExampleModal(discord.ui.Modal):
                                  str(interaction.locale))
         await interaction.response.send_message(
             t("dataset.added", interaction.locale, number=example.number, progress=progress), ephemeral=True)
-
-    # Modal's own on_error drops BaseView's item argument, so mypy finds every override of it incompatible.
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
-        """A refused example is explained like any command's error."""
-        # discord.py types an interaction's client as a plain Client; here it is always the ClassroomBot.
-        bot_interaction: discord.Interaction[ClassroomBot] = interaction  # type: ignore[assignment]
-        await bot_interaction.client.tree.on_error(bot_interaction, _wrap(error))
-
-
-def _wrap(error: Exception) -> app_commands.AppCommandError:
-    if isinstance(error, app_commands.AppCommandError):
-        return error
-    wrapped = app_commands.AppCommandError(type(error).__name__)
-    wrapped.original = error  # type: ignore[attr-defined]  # as CommandInvokeError has; the tree's handler reads it
-    return wrapped
 
 
 class Dataset(commands.Cog):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ClassVar
 
 import discord
 from discord import app_commands
@@ -16,14 +15,15 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands, tasks
 
 from bot import errors
+from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.replies import send_ephemeral
+from bot.discord_edge.roles import member_is_teacher
 from bot.i18n import locale_of, t
 from bot.services.finetune import FineTuneService, clean_suffix
 from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
 from bot.services.starts import AwaitingApproval, Flagged, StartRequest, StartService, Started, Upload, jsonl_name
 from cogs import _flagged_ui, _lesson_ui, _ui
-from cogs._replies import send_ephemeral
-from cogs._roles import member_is_teacher
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -49,7 +49,7 @@ class FineTune(commands.Cog):
         self.bot, self.service, self.starts, self.monitor, self.roles = bot, service, starts, monitor, roles
         self._intake = asyncio.Semaphore(max(2, 2 * bot.settings.worker_processes))
         # Start and Cancel are rebuilt from their custom id after a restart, and reach this cog's handler directly.
-        self.buttons = bound_start_button(self.on_card_button)
+        self.buttons = StartButton.bound(self.on_card_button)
 
     async def cog_load(self) -> None:
         """Restore every card's buttons; remove expired starts (and a killed bot's files) now and on a schedule."""
@@ -314,44 +314,19 @@ START_TEMPLATE = r"start:(?P<token>[0-9a-f]+):(?P<action>start|cancel)"
 ButtonHandler = Callable[[discord.Interaction, str, str], Awaitable[None]]
 
 
-class StartButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=START_TEMPLATE):
+class StartButton(DurableButton, template=START_TEMPLATE):
     """Start or Cancel under a checked file's card; it works after a restart, since the start waits as a row."""
 
-    handler: ButtonHandler
+    handler: ClassVar[ButtonHandler]
 
     def __init__(self, token: str, action: str, label: str | None = None) -> None:
         style = discord.ButtonStyle.green if action == "start" else discord.ButtonStyle.grey
-        super().__init__(discord.ui.Button(label=label or action.title(), style=style,
-                                           custom_id=f"start:{token}:{action}"))
+        super().__init__(f"start:{token}:{action}", label or action.title(), style)
         self.token, self.action = token, action
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
-    ) -> StartButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["token"], match["action"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         """Hand the click to the cog that registered this button class."""
-        try:
-            await type(self).handler(interaction, self.token, self.action)
-        except errors.UserFacingError as exc:
-            await send_ephemeral(interaction, exc.render(interaction.locale))
-        except Exception:  # boundary: a button has no command tree behind it; never show a traceback
-            ref = secrets.token_hex(3)
-            log.exception("Start button %s failed (ref %s, user %s)", self.action, ref, interaction.user.id)
-            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
-
-
-def bound_start_button(handler: ButtonHandler) -> type[StartButton]:
-    """A StartButton class whose clicks go to this handler (one per cog instance: no global state)."""
-
-    class BoundStartButton(StartButton, template=START_TEMPLATE):
-        pass
-
-    BoundStartButton.handler = staticmethod(handler)
-    return BoundStartButton
+        await type(self).handler(interaction, self.token, self.action)
 
 
 async def setup(bot: ClassroomBot) -> None:

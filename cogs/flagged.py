@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
-from bot import errors
+from bot.discord_edge.replies import reply_error, send_ephemeral
 from bot.i18n import t
 from bot.services.governance import Governance
 from bot.services.starts import AwaitingApproval, Flagged, Started, StartService
 from cogs import _flagged_ui, _ui
-from cogs._replies import send_ephemeral
 from storage.models import FlaggedFile
 
 if TYPE_CHECKING:
@@ -45,12 +43,9 @@ class FlaggedFiles(commands.Cog):
                 await self._ask(interaction, flagged_id)
             else:
                 await self._allow(interaction, flagged_id)
-        except errors.UserFacingError as exc:
-            await send_ephemeral(interaction, exc.render(interaction.locale))
-        except Exception:  # boundary: a button has no command tree behind it; never show a traceback
-            ref = secrets.token_hex(3)
-            log.exception("Flagged file button %s failed (ref %s, user %s)", action, ref, interaction.user.id)
-            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
+        except Exception as exc:  # boundary: a listener has no command tree behind it; never show a traceback
+            await reply_error(interaction, exc, log, "Flagged file button %s failed (user %s)", action,
+                              interaction.user.id)
 
     async def _ask(self, interaction: discord.Interaction, flagged_id: str) -> None:
         assert interaction.guild_id is not None
