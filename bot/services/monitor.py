@@ -295,9 +295,10 @@ class MonitorService:
 
 
 def _owner(metadata: dict[str, str] | None) -> tuple[int, int, int] | None:
+    if metadata is None:
+        return None
     try:
-        # No metadata (None) raises TypeError here, which is caught below like a missing or malformed id.
-        return int(metadata["guild_id"]), int(metadata["channel_id"]), int(metadata["user_id"])  # type: ignore[index]
+        return int(metadata["guild_id"]), int(metadata["channel_id"]), int(metadata["user_id"])
     except (KeyError, TypeError, ValueError):
         return None
 
