@@ -47,6 +47,10 @@ class StreamEnd:
 
     finish_reason: str | None = None
 
+    def was_cut(self) -> bool:
+        """Whether the reply length limit stopped it (not the model)."""
+        return self.finish_reason == "length"
+
 
 class FineTuningGateway:
     """Speaks the OpenAI fine-tuning, files, models, chat and moderation API; returns our dataclasses."""

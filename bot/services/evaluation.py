@@ -245,7 +245,7 @@ class EvaluationService:
         self.chat = chat
         self.lessons = lessons
         # Questions, the file's answers and the models' answers pass the class's moderation before they are posted.
-        self.moderate = moderate or chat.moderate
+        self.moderate = moderate or chat.delivery.moderate
         self.max_prompts = max_prompts
         self.answer_max_tokens = answer_max_tokens
 
