@@ -11,7 +11,8 @@ import pytest
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
-from bot.services.chat import ChatService, build_history, chat_error, count_tokens
+from bot.services.chat import ChatService, build_history, count_tokens
+from bot.services.chat_models import chat_error
 from bot.services.delivery import ReplyAction, ReplyRenderer, split_reply
 from bot.services.governance.moderation import MODERATION_OVERLAP_CHARS
 from bot.services.ratelimit import EditBudget

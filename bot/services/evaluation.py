@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.charts import CHART_DPI, CHART_SIZE_INCHES, GRID_COLOR, TEXT_COLOR, TRAIN_COLOR, _font
-from bot.services.chat import ChatService, chat_error
+from bot.services.chat import ChatService
+from bot.services.chat_models import chat_error
 from bot.services.lessons import Behaviour, Example, Lesson, LessonLibrary, parse_examples
 
 log = logging.getLogger(__name__)
