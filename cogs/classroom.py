@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -14,24 +13,13 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
-from bot.discord_edge.buttons import DurableButton
-from bot.discord_edge.roles import member_is_teacher, refuse_unless_teacher, teacher_only
+from bot.discord_edge.roles import member_is_teacher, teacher_only
 from bot.discord_edge.text import clip
-from bot.discord_edge.views import OwnerOnlyView
 from bot.i18n import t
 from bot.services import class_time
-from bot.services.governance import (
-    ClassReport,
-    CleanupPlan,
-    CleanupResult,
-    Governance,
-    ModerationNotice,
-    allowed_csv,
-    report_csv,
-)
+from bot.services.governance import CleanupPlan, Governance, ModerationNotice, allowed_csv, report_csv
 from bot.services.starts import StartService
-from cogs import _flagged_ui, _lesson_ui, _ui
-from dataset_rules.models import format_usd
+from cogs import _classroom_ui, _flagged_ui, _lesson_ui, _ui
 from storage.models import Approval, ClassSettings
 
 if TYPE_CHECKING:
@@ -39,59 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIRM_TIMEOUT_SECONDS = 300.0
-MAX_NAMES_SHOWN = 15
-MAX_STUDENTS_SHOWN = 20
 MAX_NAMES_FETCHED = 200
-
-
-APPROVAL_TEMPLATE = r"approval:(?P<id>[0-9a-f]+):(?P<action>approve|reject)"
-DecideHandler = Callable[[discord.Interaction, str, bool], Awaitable[None]]
-
-
-class ApprovalButton(DurableButton, template=APPROVAL_TEMPLATE):
-    """Approve or Reject on an approval card in the teacher channel; works after a restart."""
-
-    handler: ClassVar[DecideHandler]
-
-    def __init__(self, id: str, action: str, label: str | None = None) -> None:
-        style = discord.ButtonStyle.green if action == "approve" else discord.ButtonStyle.red
-        super().__init__(f"approval:{id}:{action}", label or action.title(), style)
-        self.approval_id, self.action = id, action
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        """Only teachers decide; everyone else is refused privately."""
-        return await refuse_unless_teacher(interaction)
-
-    async def clicked(self, interaction: discord.Interaction) -> None:
-        """Hand the decision to the cog that registered this button class."""
-        await type(self).handler(interaction, self.approval_id, self.action == "approve")
-
-
-class ConfirmView(OwnerOnlyView):
-    """A red Delete and a grey Keep button under a cleanup plan."""
-
-    def __init__(self, owner_id: int, locale: str,
-                 on_confirm: Callable[[discord.Interaction], Awaitable[None]]) -> None:
-        super().__init__(owner_id, locale, timeout=CONFIRM_TIMEOUT_SECONDS)
-        self._on_confirm = on_confirm
-        self.confirm.label = t("gov.cleanup.confirm", locale)
-        self.keep.label = t("gov.cleanup.keep", locale)
-
-    @discord.ui.button(label="Delete", style=discord.ButtonStyle.red)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        """Delete what the plan lists."""
-        self.disable()
-        self.stop()
-        await self._on_confirm(interaction)
-
-    @discord.ui.button(label="Keep", style=discord.ButtonStyle.grey)
-    async def keep(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        """Delete nothing."""
-        self.disable()
-        self.stop()
-        await interaction.response.edit_message(content=t("gov.cleanup.kept", interaction.locale), embed=None,
-                                                view=self)
 
 
 class Classroom(commands.Cog):
@@ -107,7 +43,7 @@ class Classroom(commands.Cog):
 
     def __init__(self, bot: ClassroomBot, governance: Governance, starts: StartService) -> None:
         self.bot, self.governance, self.starts = bot, governance, starts
-        self.approval_buttons = ApprovalButton.bound(self._on_decision)
+        self.approval_buttons = _classroom_ui.ApprovalButton.bound(self._on_decision)
 
     async def cog_load(self) -> None:
         """Restore approval buttons, report moderation to teachers, settle jobs that ended while we were away."""
@@ -299,10 +235,10 @@ class Classroom(commands.Cog):
         locale = str(interaction.locale)
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
-        embed = settings_embed(settings, cap, committed, moderating, locale)
+        embed = _classroom_ui.settings_embed(settings, cap, committed, moderating, locale)
         await self._describe_moderation(embed, settings, locale)
         await self._describe_class_time(embed, interaction.guild, locale)
-        lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
+        lines = [t(saved, locale) if saved else "", _classroom_ui.teacher_channel_warning(interaction.guild, settings, locale)]
         text = "\n".join(line for line in lines if line)
         # Requests about flagged files with no card in a teacher channel (none set, or posting failed) wait here,
         # each with its Allow button: a false positive always has a way forward.
@@ -355,7 +291,7 @@ class Classroom(commands.Cog):
         names = await _member_names(interaction.guild, list({s.user_id for s in report.students}
                                                             | {f.user_id for f in allowed}))
         files = [discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")]
-        embed = report_embed(report, str(interaction.locale))
+        embed = _classroom_ui.report_embed(report, str(interaction.locale))
         if allowed:  # on record: which flagged files a teacher let through, whose, which lines, and who allowed them
             embed.add_field(name=t("flagged.report_title", interaction.locale),
                             value=_flagged_ui.allowed_field(allowed, str(interaction.locale)), inline=False)
@@ -380,7 +316,7 @@ class Classroom(commands.Cog):
 
     async def _offer_cleanup(self, interaction: discord.Interaction, plan: CleanupPlan, title: str) -> None:
         locale = str(interaction.locale)
-        embed = cleanup_embed(plan, title, locale)
+        embed = _classroom_ui.cleanup_embed(plan, title, locale)
         if plan.empty:
             await interaction.response.send_message(embed=embed, ephemeral=True)
             return
@@ -397,9 +333,9 @@ class Classroom(commands.Cog):
                 await self.governance.flagged.forget_user(plan.guild_id, plan.user_id)  # their flagged lines
                 await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id)  # their /dataset examples
                 await self.bot.groups.forget_user(plan.guild_id, plan.user_id)  # and their place in a group
-            await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
+            await click.edit_original_response(embed=_classroom_ui.cleanup_done_embed(result, threads_gone, locale), view=view)
 
-        view = ConfirmView(interaction.user.id, locale, on_confirm)
+        view = _classroom_ui.ConfirmView(interaction.user.id, locale, on_confirm)
         listing = "\n".join(f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources)
         files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")] if listing else []
         await interaction.response.send_message(embed=embed, view=view, files=files, ephemeral=True)
@@ -432,7 +368,7 @@ class Classroom(commands.Cog):
         view.add_item(self.approval_buttons(approval.id, "reject", t("gov.approval.reject", locale)))
         channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=approval.guild_id)
         try:
-            message = await channel.send(embed=approval_embed(approval, cap, committed, locale), view=view,
+            message = await channel.send(embed=_classroom_ui.approval_embed(approval, cap, committed, locale), view=view,
                                          allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException:
             log.warning("Could not post approval %s in guild %s", approval.id, approval.guild_id)
@@ -528,132 +464,6 @@ async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, 
                 continue  # left the server: the report keeps their id
         names[user_id] = member.display_name
     return names
-
-
-def _teacher_channel_warning(guild: discord.Guild | None, settings: ClassSettings, locale: str) -> str:
-    # Approval cards and moderation reports (with the flagged text) go there: say so if @everyone can read it.
-    # Asked each time settings are shown, since a channel's permissions can change after it was chosen.
-    if guild is None or settings.teacher_channel_id is None:
-        return ""
-    channel = guild.get_channel(settings.teacher_channel_id)
-    if channel is None or not channel.permissions_for(guild.default_role).view_channel:
-        return ""
-    return t("gov.warning.teacher_channel_public", locale, channel=f"<#{channel.id}>")
-
-
-def _limit(value: int | None, locale: str) -> str:
-    return f"{value:,}" if value is not None else t("gov.settings.none", locale)
-
-
-def settings_embed(settings: ClassSettings, cap: float | None, committed: float, moderating: bool,
-                   locale: str) -> discord.Embed:
-    """Everything a teacher set, and the budget as it stands."""
-    none = t("gov.settings.none", locale)
-    embed = discord.Embed(title=t("gov.settings.title", locale), colour=_ui.BLURPLE)
-    embed.add_field(name=t("gov.settings.teacher_role", locale),
-                    value=f"<@&{settings.teacher_role_id}>" if settings.teacher_role_id else none)
-    embed.add_field(name=t("gov.settings.teacher_channel", locale),
-                    value=f"<#{settings.teacher_channel_id}>" if settings.teacher_channel_id else none)
-    if cap is None:
-        budget = t("gov.settings.no_cap", locale, spent=format_usd(committed))
-    else:
-        budget = t("gov.settings.budget_value", locale, cap=format_usd(cap), spent=format_usd(committed),
-                   left=format_usd(max(0.0, cap - committed)))
-    embed.add_field(name=t("gov.settings.budget", locale), value=budget, inline=False)
-    embed.add_field(name=t("gov.settings.jobs_per_day", locale), value=_limit(settings.jobs_per_day, locale))
-    embed.add_field(name=t("gov.settings.max_examples", locale), value=_limit(settings.max_examples, locale))
-    embed.add_field(name=t("gov.settings.max_tokens", locale), value=_limit(settings.max_tokens, locale))
-    embed.add_field(name=t("gov.settings.models", locale),
-                    value=", ".join(f"`{m}`" for m in settings.allowed_models) or t("gov.settings.any", locale),
-                    inline=False)
-    embed.add_field(name=t("gov.settings.approvals", locale), value=t(f"gov.settings.{_on(settings.approvals)}", locale))
-    moderation = t(f"gov.settings.{_on(moderating)}", locale)
-    if settings.moderation is None:
-        moderation += " " + t("gov.settings.auto", locale)
-    embed.add_field(name=t("gov.settings.moderation", locale), value=moderation)
-    return embed
-
-
-def _on(flag: bool) -> str:
-    return "on" if flag else "off"
-
-
-def report_embed(report: ClassReport, locale: str) -> discord.Embed:
-    """Per-student totals (the CSV has every student)."""
-    embed = discord.Embed(title=t("gov.report.title", locale), colour=_ui.BLURPLE)
-    if not report.students:
-        embed.description = t("gov.report.empty", locale)
-        return embed
-    lines = [
-        t("gov.report.line", locale, user=f"<@{s.user_id}>", jobs=s.jobs, tokens=f"{s.trained_tokens:,}",
-          estimated=format_usd(s.estimated_usd), actual=format_usd(s.actual_usd),
-          models=", ".join(f"`{m}`" for m in (s.models or s.base_models)))
-        for s in report.students[:MAX_STUDENTS_SHOWN]
-    ]
-    if len(report.students) > MAX_STUDENTS_SHOWN:
-        lines.append(t("gov.report.more", locale, count=len(report.students) - MAX_STUDENTS_SHOWN))
-    embed.description = clip("\n".join(lines), 4000)
-    total = report.total
-    embed.add_field(name=t("gov.report.total", locale),
-                    value=t("gov.report.total_value", locale, jobs=total.jobs, tokens=f"{total.trained_tokens:,}",
-                            estimated=format_usd(total.estimated_usd), actual=format_usd(total.actual_usd)), inline=False)
-    if report.budget_usd is not None:
-        embed.add_field(name=t("gov.settings.budget", locale),
-                        value=t("gov.settings.budget_value", locale, cap=format_usd(report.budget_usd),
-                                spent=format_usd(report.committed_usd),
-                                left=format_usd(max(0.0, report.budget_usd - report.committed_usd))), inline=False)
-    return embed
-
-
-def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
-    """Exactly what will be deleted at the backend, and what stays because a job still runs."""
-    embed = discord.Embed(title=t(title, locale), colour=_ui.RED if plan.resources else _ui.GREY)
-    if plan.empty:
-        embed.description = t("gov.cleanup.nothing", locale)
-    else:
-        embed.description = t("gov.cleanup.intro", locale, files=len(plan.files), models=len(plan.models))
-        if plan.user_id is not None:
-            embed.description += "\n" + t("gov.cleanup.chats", locale, threads=plan.chat_threads,
-                                           messages=plan.chat_messages)
-            if plan.dataset_examples:
-                embed.description += "\n" + t("dataset.cleanup_examples", locale, count=plan.dataset_examples)
-        for name, items in ((t("gov.cleanup.files", locale), plan.files), (t("gov.cleanup.models", locale), plan.models)):
-            if items:
-                shown = [f"`{r.resource_id}`" for r in items[:MAX_NAMES_SHOWN]]
-                if len(items) > MAX_NAMES_SHOWN:
-                    shown.append(t("gov.report.more", locale, count=len(items) - MAX_NAMES_SHOWN))
-                embed.add_field(name=name, value=clip("\n".join(shown), 1024), inline=False)
-        embed.set_footer(text=t("gov.cleanup.irreversible", locale))
-    if plan.running_jobs:
-        embed.add_field(name=t("gov.cleanup.running_title", locale),
-                        value=t("gov.cleanup.running", locale, count=plan.running_jobs), inline=False)
-    return embed
-
-
-def cleanup_done_embed(result: CleanupResult, threads_deleted: int, locale: str) -> discord.Embed:
-    """What the cleanup did."""
-    embed = discord.Embed(title=t("gov.cleanup.done_title", locale), colour=_ui.GREEN if not result.failed else _ui.AMBER)
-    embed.description = t("gov.cleanup.done", locale, deleted=len(result.deleted), gone=len(result.already_gone),
-                          failed=len(result.failed))
-    if threads_deleted:
-        embed.description += "\n" + t("gov.cleanup.threads_done", locale, threads=threads_deleted)
-    return embed
-
-
-def approval_embed(approval: Approval, cap: float | None, committed: float, locale: str) -> discord.Embed:
-    """The card a teacher approves or rejects."""
-    embed = discord.Embed(title=t("gov.approval.title", locale), colour=_ui.AMBER)
-    embed.description = t("gov.approval.body", locale, user=f"<@{approval.user_id}>", file=approval.filename)
-    embed.add_field(name=t("card.base_model", locale), value=f"`{approval.base_model}`")
-    embed.add_field(name=t("card.examples", locale), value=f"{approval.examples:,}")
-    embed.add_field(name=t("card.billed_tokens", locale), value=f"{approval.tokens:,}")
-    embed.add_field(name=t("card.cost", locale), value=_ui.cost_text(approval.estimated_usd, locale))
-    if cap is not None:
-        embed.add_field(name=t("gov.settings.budget", locale),
-                        value=t("gov.settings.budget_value", locale, cap=format_usd(cap), spent=format_usd(committed),
-                                left=format_usd(max(0.0, cap - committed))), inline=False)
-    embed.set_footer(text=approval.id)
-    return embed
 
 
 async def setup(bot: ClassroomBot) -> None:
