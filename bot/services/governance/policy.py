@@ -201,11 +201,20 @@ def _check_job_limits(settings: ClassSettings, pending: PendingStart) -> None:
         raise QuotaExceededError("gov.error.quota_tokens", tokens=pending.tokens_billed, limit=settings.max_tokens)
 
 
+def over_budget(snapshot: SpendSnapshot, cost: float) -> float | None:
+    """The one budget rule, for jobs and chat alike: None when `cost` fits the class's cap (or there is none), else
+    what is left of the cap."""
+    cap = snapshot.settings.budget_usd
+    if cap is None or snapshot.committed_usd + cost <= cap + _EPSILON_USD:
+        return None
+    return max(0.0, cap - snapshot.committed_usd)
+
+
 def _decide(snapshot: SpendSnapshot, cost: float, *, counts_quota: bool) -> None:
     """Refuse a job the budget or the daily quota cannot hold (pure: runs inside the reservation transaction)."""
     settings = snapshot.settings
     if counts_quota and settings.jobs_per_day is not None and snapshot.user_jobs_recent >= settings.jobs_per_day:
         raise QuotaExceededError(limit=settings.jobs_per_day)
-    if settings.budget_usd is not None and snapshot.committed_usd + cost > settings.budget_usd + _EPSILON_USD:
-        left = max(0.0, settings.budget_usd - snapshot.committed_usd)
+    left = over_budget(snapshot, cost)
+    if left is not None and settings.budget_usd is not None:
         raise BudgetExceededError(left=format_usd(left), cost=format_usd(cost), cap=format_usd(settings.budget_usd))
