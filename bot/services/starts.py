@@ -17,20 +17,20 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot import errors
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
 from bot.services import training_file
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
-from bot.services.governance.moderation import ContentFlaggedError
+from bot.services.governance.moderation import ContentFlaggedError, read_staged
 from bot.services.groups import GroupService
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.groups import Group
 from storage.jobs import JobRepository
-from storage.models import Approval, BackendJob, FlaggedFile, Job, NewJob, Reservation
+from storage.models import Approval, BackendJob, ClassSettings, FlaggedFile, Job, NewJob, Reservation
 from storage.private import make_private_dir, narrow_modes, write_private
 from storage.starts import PendingStart, StartRepository
 
@@ -140,19 +140,25 @@ class Decision:
 class StartPolicy(Protocol):
     """The class's rules a start must pass (quotas, budget, moderation, approvals), with its ledger."""
 
-    async def needs_approval(self, guild_id: int, *, is_teacher: bool) -> bool:
+    async def settings(self, guild_id: int) -> ClassSettings:
+        """The class's settings (read once per click)."""
+        ...
+
+    async def needs_approval(self, guild_id: int, *, is_teacher: bool, settings: ClassSettings | None = None) -> bool:
         """Whether a Start waits for a teacher."""
         ...
 
-    async def check_training_data(self, pending: PendingStart) -> None:
-        """Moderate the staged data; raise to refuse."""
+    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None,
+                                  files: list[bytes] | None = None) -> None:
+        """Moderate the staged data (`files`: as read for the upload, in the order of pending.paths); raise to
+        refuse."""
         ...
 
-    async def request_approval(self, pending: PendingStart) -> Approval:
+    async def request_approval(self, pending: PendingStart, settings: ClassSettings | None = None) -> Approval:
         """Check what can be checked now and record the request."""
         ...
 
-    async def before_start(self, pending: PendingStart) -> Reservation | None:
+    async def before_start(self, pending: PendingStart, settings: ClassSettings | None = None) -> Reservation | None:
         """Check and reserve under the pending start's token; raise a UserFacingError to refuse."""
         ...
 
@@ -261,7 +267,9 @@ class StartService:
             self._checking.discard(student)
         if not check.report.ok:
             return Prepared(check, None)
-        check = await self._count_on_backend(check, request.base_model, check.converted_jsonl or training.data)
+        # The one parse of the file on this side besides the check: its system prompt and its conversations.
+        prompt, conversations = await self.workers.run(training_file.profile, check.converted_jsonl or training.data)
+        check = await self._count_on_backend(check, request.base_model, conversations)
         if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
             # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
             check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
@@ -279,7 +287,7 @@ class StartService:
             training_name=training_name, training_path=training_path, validation_name=validation_name,
             validation_path=validation_path, examples=report.examples, tokens_billed=report.tokens_billed,
             report_epochs=report.n_epochs, estimated_usd=report.estimated_cost_usd, cleared=False, state="waiting",
-            claimed=False, created_at=now, expires_at=now + PENDING_TTL_SECONDS,
+            claimed=False, created_at=now, expires_at=now + PENDING_TTL_SECONDS, training_prompt=prompt,
         )
         try:
             await self.repo.add(pending)
@@ -288,13 +296,11 @@ class StartService:
             raise
         return Prepared(check, pending)
 
-    async def _count_on_backend(self, check: CheckResult, model: str, data: bytes) -> CheckResult:
+    async def _count_on_backend(self, check: CheckResult, model: str,
+                                conversations: list[list[dict[str, Any]]]) -> CheckResult:
         """On a self-hosted trainer, count tokens in the base model's own tokenizer and chat template (what it will
         train on); OpenAI's tokenizer, which the check used, is off by up to 3x for Korean on other models."""
-        if not self.settings.self_hosted or check.report.format != "chat":
-            return check
-        conversations = await self.workers.run(training_file.chat_conversations, data)
-        if not conversations:
+        if not self.settings.self_hosted or check.report.format != "chat" or not conversations:
             return check
         try:
             counts = await asyncio.wait_for(self.gateway.count_chat_tokens(model, conversations),
@@ -348,18 +354,19 @@ class StartService:
             pending = await self._owned(token, user_id)
             if pending.state != "waiting":
                 raise errors.UserFacingError("gov.approval.sent")
-            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher):
-                return await self._send_for_approval(pending)
+            settings = await self.policy.settings(pending.guild_id)  # once for the whole click
+            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher, settings=settings):
+                return await self._send_for_approval(pending, settings)
         except errors.UserFacingError as exc:
             return Refused(exc, retry=isinstance(exc, errors.UpstreamBusyError | errors.NotAllowedError))
-        return await self._start(pending)
+        return await self._start(pending, settings)
 
-    async def _send_for_approval(self, pending: PendingStart) -> Outcome:
+    async def _send_for_approval(self, pending: PendingStart, settings: ClassSettings) -> Outcome:
         if not await self.repo.claim(pending.token):
             return Refused(errors.UserFacingError("error.start_in_progress"), retry=True)
         try:
-            pending = await self._moderated(pending)
-            approval = await self.policy.request_approval(pending)
+            pending = await self._moderated(pending, settings)
+            approval = await self.policy.request_approval(pending, settings)
         except ContentFlaggedError as exc:
             return await self._held_for_review(pending, exc)
         except errors.UpstreamBusyError as exc:
@@ -400,28 +407,29 @@ class StartService:
         if pending is None:
             return Allowed(flagged, Refused(errors.UserFacingError("flagged.error.start_gone")))
         try:
-            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher):
-                return Allowed(flagged, await self._send_for_approval(pending))
+            settings = await self.policy.settings(pending.guild_id)  # once for the whole click
+            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher, settings=settings):
+                return Allowed(flagged, await self._send_for_approval(pending, settings))
         except errors.UserFacingError as exc:
             return Allowed(flagged, Refused(exc, retry=isinstance(exc, errors.UpstreamBusyError)))
-        return Allowed(flagged, await self._start(pending))
+        return Allowed(flagged, await self._start(pending, settings))
 
     async def _held_for_review(self, pending: PendingStart, flagged: ContentFlaggedError) -> Outcome:
         # Nothing was uploaded; the start waits as long as an approval would, so a teacher can let it go on.
         await self.repo.hold_for_review(pending.token, int(time.time()) + APPROVAL_TTL_SECONDS)
         return Flagged(flagged.flagged, flagged)
 
-    async def _start(self, pending: PendingStart) -> Outcome:
+    async def _start(self, pending: PendingStart, settings: ClassSettings | None = None) -> Outcome:
         # One click, one job: a double click, or Start racing the teacher's Approve, finds the start claimed.
         if not await self.repo.claim(pending.token):
             return Refused(errors.UserFacingError("error.start_in_progress"), retry=True)
         self._in_flight.add(pending.token)
         try:
-            return await self._claimed_start(pending)
+            return await self._claimed_start(pending, settings or await self.policy.settings(pending.guild_id))
         finally:
             self._in_flight.discard(pending.token)
 
-    async def _claimed_start(self, pending: PendingStart) -> Outcome:
+    async def _claimed_start(self, pending: PendingStart, settings: ClassSettings) -> Outcome:
         try:
             group = (await self.groups.group_for_start(pending.guild_id, pending.user_id, is_teacher=pending.is_teacher)
                      if self.groups is not None else None)
@@ -429,7 +437,7 @@ class StartService:
             await self._forget(pending.token)  # the group's model is on its way: this card is done
             return Refused(exc)
         if group is None:
-            return await self._start_job(pending, None)
+            return await self._start_job(pending, None, settings)
         # Two members pressing Start in the same second: the second finds the group's start under way.
         key = (group.guild_id, group.name.casefold())
         if key in self._group_starts:
@@ -437,17 +445,18 @@ class StartService:
             return Refused(errors.GroupJobUnderwayError("group.error.starting", group=group.name))
         self._group_starts.add(key)
         try:
-            return await self._start_job(pending, group)
+            return await self._start_job(pending, group, settings)
         finally:
             self._group_starts.discard(key)
 
-    async def _start_job(self, pending: PendingStart, group: Group | None) -> Outcome:
+    async def _start_job(self, pending: PendingStart, group: Group | None, settings: ClassSettings) -> Outcome:
         reservation: Reservation | None = None
         try:
             await self._refuse_while_preparing(pending.base_model)
-            pending = await self._moderated(pending)
-            reservation = await self.policy.before_start(pending)  # written before the backend hears of it
-            backend = await self._create(pending, group)
+            files = await asyncio.to_thread(read_staged, pending)  # read once: moderated, then uploaded
+            pending = await self._moderated(pending, settings, files)
+            reservation = await self.policy.before_start(pending, settings)  # written before the backend hears of it
+            backend = await self._create(pending, files, group)
         except BaseException as exc:
             # Nothing exists at the backend: the reservation goes back, and the card may be pressed again if
             # the backend was only busy.
@@ -485,16 +494,17 @@ class StartService:
         if model is not None and model.status == "preparing":
             raise errors.TrainerPreparingError(model=base_model, percent=round(100 * (model.progress or 0.0)))
 
-    async def _moderated(self, pending: PendingStart) -> PendingStart:
+    async def _moderated(self, pending: PendingStart, settings: ClassSettings,
+                         files: list[bytes] | None = None) -> PendingStart:
         if pending.cleared:
             return pending
-        await self.policy.check_training_data(pending)
+        await self.policy.check_training_data(pending, settings, files)
         await self.repo.mark_cleared(pending.token)
         return replace(pending, cleared=True)
 
-    async def _create(self, pending: PendingStart, group: Group | None = None) -> BackendJob:
-        training_id = await self._upload(pending.training_name, pending.training_path)
-        validation_id = (await self._upload(pending.validation_name, pending.validation_path)
+    async def _create(self, pending: PendingStart, files: list[bytes], group: Group | None = None) -> BackendJob:
+        training_id = await self.gateway.upload_file(pending.training_name, files[0])
+        validation_id = (await self.gateway.upload_file(pending.validation_name, files[1])
                          if pending.validation_path and pending.validation_name else None)
         try:
             backend = await self.gateway.create_job(
@@ -537,18 +547,8 @@ class StartService:
 
     async def _remember_training_prompt(self, job: Job, pending: PendingStart) -> None:
         """Store the system prompt most of the file's examples use: chat asks the model the way it was trained."""
-        try:
-            data = await asyncio.to_thread(Path(pending.training_path).read_bytes)
-        except OSError:
-            log.warning("Training file of job %s was gone before its system prompt was read", job.id)
-            return
-        prompt = await self.workers.run(training_file.training_system_prompt, data)
-        if prompt:
-            await self.jobs.set_training_system_prompt(job.id, prompt)
-
-    async def _upload(self, name: str, path: str) -> str:
-        data = await asyncio.to_thread(Path(path).read_bytes)
-        return await self.gateway.upload_file(name, data)
+        if pending.training_prompt:
+            await self.jobs.set_training_system_prompt(job.id, pending.training_prompt)
 
     async def _forget_upload(self, file_id: str) -> None:
         try:

@@ -221,7 +221,8 @@ class ModerationService:
             self._outage_told.clear()
         return answer
 
-    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
+    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None,
+                                  files: list[bytes] | None = None) -> None:
         """Moderate the texts of the training (and validation) data before anything is uploaded; a flagged file is
         recorded (the student may ask a teacher, who may allow exactly this file) and refused."""
         if pending.cleared:
@@ -230,7 +231,8 @@ class ModerationService:
         backend_on = await self.moderation_on(pending.guild_id, settings)
         if not backend_on and (self.wordlist is None or settings.moderation is False):
             return
-        files = await asyncio.to_thread(_data_to_upload, pending)
+        # Exactly what will be uploaded (`files`: the staged files as the start read them once for the upload).
+        files = files if files is not None else await asyncio.to_thread(read_staged, pending)
         names = [pending.training_filename, pending.validation_name or "validation.jsonl"]
         examples = [((name, line), text) for name, data in zip(names, files) for line, text in training_texts(data)]
         # The teacher's words are checked on every example; the backend on every example of a class-sized file and
@@ -346,8 +348,8 @@ def text_windows(text: str) -> list[str]:
     return [text[start:start + MODERATION_TEXT_CHARS] for start in range(0, len(text) - MODERATION_OVERLAP_CHARS, step)]
 
 
-def _data_to_upload(pending: PendingStart) -> list[bytes]:
-    # Exactly what will be uploaded: the staged files (a converted CSV is already JSONL there).
+def read_staged(pending: PendingStart) -> list[bytes]:
+    """The staged files, exactly what will be uploaded (a converted CSV is already JSONL there)."""
     return [Path(path).read_bytes() for path in pending.paths]
 
 

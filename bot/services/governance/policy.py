@@ -49,10 +49,15 @@ class StartPolicyService:
 
     # The start policy (the start use case calls these) --------------------------------------------------------
 
-    async def before_start(self, pending: PendingStart) -> Reservation | None:
+    async def settings(self, guild_id: int) -> ClassSettings:
+        """The class's settings, read once per click and handed to each rule the click passes."""
+        return await self.repo.settings(guild_id)
+
+    async def before_start(self, pending: PendingStart, settings: ClassSettings | None = None) -> Reservation | None:
         """Check quotas, allowed models and the data, then reserve the estimated cost atomically under the pending
-        start's token (the same token goes into the job's metadata, so a crash can be reconciled)."""
-        settings = await self.repo.settings(pending.guild_id)
+        start's token (the same token goes into the job's metadata, so a crash can be reconciled). The budget is
+        decided on the settings read again inside the reservation's transaction, so two clicks cannot both fit."""
+        settings = settings or await self.repo.settings(pending.guild_id)
         if not pending.is_teacher:
             _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
@@ -113,13 +118,13 @@ class StartPolicyService:
 
     # Approvals ---------------------------------------------------------------------------------------------
 
-    async def needs_approval(self, guild_id: int, *, is_teacher: bool) -> bool:
+    async def needs_approval(self, guild_id: int, *, is_teacher: bool, settings: ClassSettings | None = None) -> bool:
         """A student's Start waits for a teacher when approvals are on."""
-        return not is_teacher and (await self.repo.settings(guild_id)).approvals
+        return not is_teacher and (settings or await self.repo.settings(guild_id)).approvals
 
-    async def request_approval(self, pending: PendingStart) -> Approval:
+    async def request_approval(self, pending: PendingStart, settings: ClassSettings | None = None) -> Approval:
         """Check what can be checked now (limits, budget, data) and record the request for the teacher channel."""
-        settings = await self.repo.settings(pending.guild_id)
+        settings = settings or await self.repo.settings(pending.guild_id)
         if settings.teacher_channel_id is None:
             raise errors.UserFacingError("gov.error.no_teacher_channel")
         _check_job_limits(settings, pending)
@@ -162,9 +167,10 @@ class StartPolicyService:
         """Remember the approval card's message."""
         await self.repo.set_approval_card(approval.id, message_id)
 
-    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
+    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None,
+                                  files: list[bytes] | None = None) -> None:
         """Moderate the staged data (once per pending start; the start use case remembers it passed)."""
-        await self.moderation.check_training_data(pending, settings)
+        await self.moderation.check_training_data(pending, settings, files)
 
     async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> FlaggedFile:
         """A teacher allows a flagged file: its flagged lines pass in this exact file from now on."""
