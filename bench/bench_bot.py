@@ -36,7 +36,7 @@ import psutil
 from bench._remote_fakes import RemoteFakes, chat_jsonl, chat_line, run_starts
 from bot.client import ClassroomBot
 from bot.config import DEFAULT_BASE_MODEL, DEFAULT_WORKER_PROCESSES, Settings
-from bot.services.starts import StartRequest, Started, Upload
+from bot.services.start_outcomes import StartRequest, Started, Upload
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS
 from cogs._ui import CHART_NAME
 from cogs.job_monitor import JobMonitor

@@ -22,7 +22,9 @@ from bot.i18n import locale_of, t
 from bot.services.finetune import FineTuneService, clean_suffix
 from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
-from bot.services.starts import AwaitingApproval, Flagged, StartRequest, StartService, Started, Upload, jsonl_name
+from bot.services.staging import jsonl_name
+from bot.services.start_outcomes import AwaitingApproval, Flagged, StartRequest, Started, Upload
+from bot.services.starts import StartService
 from cogs import _flagged_ui, _lesson_ui, _ui
 
 if TYPE_CHECKING:

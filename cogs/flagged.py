@@ -11,7 +11,8 @@ from discord.ext import commands
 from bot.discord_edge.replies import reply_error, send_ephemeral
 from bot.i18n import t
 from bot.services.governance import Governance
-from bot.services.starts import AwaitingApproval, Flagged, Started, StartService
+from bot.services.start_outcomes import AwaitingApproval, Flagged, Started
+from bot.services.starts import StartService
 from cogs import _flagged_ui, _ui
 from storage.models import FlaggedFile
 

@@ -11,11 +11,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
+from bot.services import staging
 from bot.services.training_file import content_text, numbered_examples
 from bot.services.wordlist import ModerationKind, WordListService, moderation_kind
 from storage.flagged import FlaggedFileRepository
@@ -232,7 +232,7 @@ class ModerationService:
         if not backend_on and (self.wordlist is None or settings.moderation is False):
             return
         # Exactly what will be uploaded (`files`: the staged files as the start read them once for the upload).
-        files = files if files is not None else await asyncio.to_thread(read_staged, pending)
+        files = files if files is not None else await asyncio.to_thread(staging.read_staged, pending)
         names = [pending.training_filename, pending.validation_name or "validation.jsonl"]
         examples = [((name, line), text) for name, data in zip(names, files) for line, text in training_texts(data)]
         # The teacher's words are checked on every example; the backend on every example of a class-sized file and
@@ -346,11 +346,6 @@ def text_windows(text: str) -> list[str]:
         return [text]
     step = MODERATION_TEXT_CHARS - MODERATION_OVERLAP_CHARS
     return [text[start:start + MODERATION_TEXT_CHARS] for start in range(0, len(text) - MODERATION_OVERLAP_CHARS, step)]
-
-
-def read_staged(pending: PendingStart) -> list[bytes]:
-    """The staged files, exactly what will be uploaded (a converted CSV is already JSONL there)."""
-    return [Path(path).read_bytes() for path in pending.paths]
 
 
 def _sample(items: list[T], cap: int) -> list[T]:
