@@ -4,11 +4,11 @@ cleanup's confirmation. Pure rendering; the classroom cog does the work."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import discord
 
-from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.buttons import ActionButton
 from bot.discord_edge.roles import refuse_unless_teacher
 from bot.discord_edge.text import clip
 from bot.discord_edge.views import OwnerOnlyView
@@ -22,26 +22,17 @@ CONFIRM_TIMEOUT_SECONDS = 300.0
 MAX_NAMES_SHOWN = 15
 MAX_STUDENTS_SHOWN = 20
 APPROVAL_TEMPLATE = r"approval:(?P<id>[0-9a-f]+):(?P<action>approve|reject)"
-DecideHandler = Callable[[discord.Interaction, str, bool], Awaitable[None]]
 
 
-class ApprovalButton(DurableButton, template=APPROVAL_TEMPLATE):
+class ApprovalButton(ActionButton, template=APPROVAL_TEMPLATE):
     """Approve or Reject on an approval card in the teacher channel; works after a restart."""
 
-    handler: ClassVar[DecideHandler]
-
-    def __init__(self, id: str, action: str, label: str | None = None) -> None:
-        style = discord.ButtonStyle.green if action == "approve" else discord.ButtonStyle.red
-        super().__init__(f"approval:{id}:{action}", label or action.title(), style)
-        self.approval_id, self.action = id, action
+    prefix = "approval"
+    styles = {"approve": discord.ButtonStyle.green, "reject": discord.ButtonStyle.red}
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only teachers decide; everyone else is refused privately."""
         return await refuse_unless_teacher(interaction)
-
-    async def clicked(self, interaction: discord.Interaction) -> None:
-        """Hand the decision to the cog that registered this button class."""
-        await type(self).handler(interaction, self.approval_id, self.action == "approve")
 
 
 class ConfirmView(OwnerOnlyView):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import discord
 
 from bot.discord_edge.access import classroom_bot
-from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.buttons import ActionButton
 from bot.discord_edge.roles import refuse_unless_teacher
 from bot.discord_edge.text import clip
 from bot.i18n import t
@@ -58,15 +58,13 @@ def teacher_embed(flagged: FlaggedFile, locale: str) -> discord.Embed:
     return embed
 
 
-class FlaggedButton(DurableButton, template=FLAGGED_TEMPLATE):
+class FlaggedButton(ActionButton, template=FLAGGED_TEMPLATE):
     """"Ask my teacher" under the student's private message, "Allow this file" on the teacher's card; both work
     after a restart (the flagged file is a row). A click is dispatched as `flagged_click` to the flagged-files cog,
     so the cogs that only show these buttons (finetune, classroom) need no handler of their own."""
 
-    def __init__(self, id: str, action: str, label: str | None = None) -> None:
-        style = discord.ButtonStyle.green if action == "allow" else discord.ButtonStyle.blurple
-        super().__init__(f"flagged:{id}:{action}", label or action.title(), style)
-        self.flagged_id, self.action = id, action
+    prefix = "flagged"
+    styles = {"allow": discord.ButtonStyle.green, "ask": discord.ButtonStyle.blurple}
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only teachers allow; anyone may press Ask (the service lets only the file's owner ask)."""
@@ -74,7 +72,7 @@ class FlaggedButton(DurableButton, template=FLAGGED_TEMPLATE):
 
     async def clicked(self, interaction: discord.Interaction) -> None:
         """Hand the click to the flagged-files cog (a listener, as approval requests are)."""
-        classroom_bot(interaction).dispatch("flagged_click", interaction, self.flagged_id, self.action)
+        classroom_bot(interaction).dispatch("flagged_click", interaction, self.target, self.action)
 
 
 def button_view(flagged_id: str, action: str, locale: str) -> discord.ui.View:

@@ -375,9 +375,10 @@ class Classroom(commands.Cog):
             return
         await self.governance.policy.set_approval_card(approval, message.id)
 
-    async def _on_decision(self, interaction: discord.Interaction, approval_id: str, approve: bool) -> None:
+    async def _on_decision(self, interaction: discord.Interaction, approval_id: str, action: str) -> None:
         """A teacher approved or rejected: the start use case decides, this tells the student and closes the card."""
         assert interaction.guild_id is not None
+        approve = action == "approve"
         await interaction.response.defer()
         decision = await self.starts.decide(interaction.guild_id, approval_id, interaction.user.id, approve=approve)
         approval = decision.approval

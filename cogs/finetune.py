@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -15,7 +14,7 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands, tasks
 
 from bot import errors
-from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.buttons import ActionButton
 from bot.discord_edge.replies import send_ephemeral
 from bot.discord_edge.roles import member_is_teacher
 from bot.i18n import locale_of, t
@@ -312,23 +311,11 @@ def _footed(click: discord.Interaction, colour: int | None, footer: str | None) 
     return embed
 
 
-START_TEMPLATE = r"start:(?P<token>[0-9a-f]+):(?P<action>start|cancel)"
-ButtonHandler = Callable[[discord.Interaction, str, str], Awaitable[None]]
-
-
-class StartButton(DurableButton, template=START_TEMPLATE):
+class StartButton(ActionButton, template=r"start:(?P<id>[0-9a-f]+):(?P<action>start|cancel)"):
     """Start or Cancel under a checked file's card; it works after a restart, since the start waits as a row."""
 
-    handler: ClassVar[ButtonHandler]
-
-    def __init__(self, token: str, action: str, label: str | None = None) -> None:
-        style = discord.ButtonStyle.green if action == "start" else discord.ButtonStyle.grey
-        super().__init__(f"start:{token}:{action}", label or action.title(), style)
-        self.token, self.action = token, action
-
-    async def clicked(self, interaction: discord.Interaction) -> None:
-        """Hand the click to the cog that registered this button class."""
-        await type(self).handler(interaction, self.token, self.action)
+    prefix = "start"
+    styles = {"start": discord.ButtonStyle.green, "cancel": discord.ButtonStyle.grey}
 
 
 async def setup(bot: ClassroomBot) -> None:

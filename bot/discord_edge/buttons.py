@@ -52,3 +52,20 @@ class DurableButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(
     async def clicked(self, interaction: discord.Interaction) -> None:
         """The click's work."""
         raise NotImplementedError
+
+
+class ActionButton(DurableButton, template=r"(?!)"):
+    """A durable button that names one thing and what to do with it: its id is "<prefix>:<id>:<action>" (Start or
+    Cancel under a card, Approve or Reject, Ask or Allow), its colour follows the action, and a click goes to the
+    handler a cog bound with (interaction, id, action)."""
+
+    prefix: ClassVar[str]
+    styles: ClassVar[dict[str, discord.ButtonStyle]]
+
+    def __init__(self, id: str, action: str, label: str | None = None) -> None:
+        super().__init__(f"{self.prefix}:{id}:{action}", label or action.title(), self.styles[action])
+        self.target, self.action = id, action  # not `id`: discord.py items have a numeric one
+
+    async def clicked(self, interaction: discord.Interaction) -> None:
+        """Hand the click to the cog that bound this button class."""
+        await type(self).handler(interaction, self.target, self.action)
