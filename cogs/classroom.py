@@ -13,6 +13,7 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
+from bot.discord_edge.replies import tell
 from bot.discord_edge.roles import member_is_teacher, teacher_only
 from bot.discord_edge.text import clip
 from bot.i18n import t
@@ -405,10 +406,7 @@ class Classroom(commands.Cog):
         self.bot.dispatch("job_started", job)
 
     async def _tell_student(self, approval: Approval, text: str) -> None:
-        channel = self.bot.get_partial_messageable(approval.channel_id, guild_id=approval.guild_id)
-        try:
-            await channel.send(text, allowed_mentions=discord.AllowedMentions(users=True))
-        except discord.HTTPException:
+        if not await tell(self.bot, approval.channel_id, approval.guild_id, text):
             log.warning("Could not tell user %s about approval %s", approval.user_id, approval.id)
 
     async def _close_card(self, interaction: discord.Interaction, approval: Approval, footer: str,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from bot.discord_edge.replies import reply_error, send_ephemeral
+from bot.discord_edge.replies import reply_error, send_ephemeral, tell
 from bot.i18n import t
 from bot.services.governance import Governance
 from bot.services.start_outcomes import AwaitingApproval, Flagged, Started
@@ -102,10 +102,7 @@ class FlaggedFiles(commands.Cog):
         await self._close_card(interaction, flagged, card)
 
     async def _tell_student(self, flagged: FlaggedFile, text: str) -> None:
-        channel = self.bot.get_partial_messageable(flagged.channel_id, guild_id=flagged.guild_id)
-        try:
-            await channel.send(text, allowed_mentions=discord.AllowedMentions(users=True))
-        except discord.HTTPException:
+        if not await tell(self.bot, flagged.channel_id, flagged.guild_id, text):
             log.warning("Could not tell user %s about flagged file %s", flagged.user_id, flagged.id)
 
     async def _close_card(self, interaction: discord.Interaction, flagged: FlaggedFile, footer: str) -> None:

@@ -30,6 +30,16 @@ async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
         log.warning("Could not deliver a private reply for interaction %s", interaction.id)
 
 
+async def tell(client: discord.Client, channel_id: int, guild_id: int, text: str) -> bool:
+    """Post a notice that mentions its student in a channel; False when Discord refused it (the caller logs which)."""
+    channel = client.get_partial_messageable(channel_id, guild_id=guild_id)
+    try:
+        await channel.send(text, allowed_mentions=discord.AllowedMentions(users=True))
+    except discord.HTTPException:
+        return False
+    return True
+
+
 def unexpected(locale: str | discord.Locale, logger: logging.Logger, what: str, *args: object,
                exc_info: BaseException | bool = True) -> str:
     """Log a failure with a short reference and give the words a user sees for it (the reference, nothing else)."""
