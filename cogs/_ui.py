@@ -15,7 +15,7 @@ from bot.discord_edge.buttons import DurableButton
 from bot.discord_edge.text import clip
 from bot.discord_edge.views import OwnerOnlyView
 from bot.i18n import minutes_words, ordinal, t
-from bot.services import metrics
+from bot.services import charts, metrics
 from bot.services.dataset_check import CheckResult
 from bot.services.monitor import ProgressCard
 from dataset_rules.findings import Finding
@@ -273,6 +273,11 @@ def _duration(seconds: int, locale: str) -> str:
     if minutes:
         return t("time.minutes_seconds", locale, m=minutes, s=sec)
     return t("time.seconds", locale, s=sec)
+
+
+def chart_labels(locale: str) -> charts.ChartLabels:
+    """The loss chart's words in a reader's language."""
+    return charts.ChartLabels.from_catalog(lambda key: t(key, locale))
 
 
 def chart_file(png: bytes) -> discord.File:

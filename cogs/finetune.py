@@ -222,7 +222,8 @@ class FineTune(commands.Cog):
         assert interaction.guild_id is not None
         found = await self.service.get(interaction.guild_id, job)
         locale = str(interaction.locale)
-        card = await self.monitor.card(await self.monitor.look(found), locale=locale, force_chart=True)
+        card = await self.monitor.card(await self.monitor.look(found), labels=_ui.chart_labels(locale),
+                                       force_chart=True)
         files = [_ui.chart_file(card.chart_png)] if card.chart_png else []
         members = await self.bot.groups.members_of(found) if found.group_name else ()
         await interaction.followup.send(embed=_ui.progress_embed(card, locale, members), files=files,

@@ -122,7 +122,7 @@ class JobMonitor(commands.Cog):
         if not job.is_terminal and (job.progress_message_id is None or budget.delay(job.channel_id) == 0):
             tick = await self.monitor.poll(job)
             if tick.has_news or job.progress_message_id is None:
-                card = await self.monitor.card(tick, locale=locale, charts_left=charts_left)
+                card = await self.monitor.card(tick, labels=_ui.chart_labels(locale), charts_left=charts_left)
                 await self._show_card(job, card, locale)
                 # The cursor moves only now, after the channel shows the news.
                 job = await self.monitor.commit(tick, chart_step=card.chart_step)
@@ -152,7 +152,7 @@ class JobMonitor(commands.Cog):
         await self.monitor.set_progress_message(job, message.id)
 
     async def _announce_end(self, job: Job, locale: str) -> None:
-        chart = await self.monitor.chart(job, locale=locale)
+        chart = await self.monitor.chart(job, labels=_ui.chart_labels(locale))
         losses = await self.monitor.final_losses(job)
         # A group's model is every member's: the notice names and mentions them all.
         members = await self.bot.groups.members_of(job)
