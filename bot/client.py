@@ -13,6 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.discord_edge.access import Classroom
 from bot.discord_edge.replies import ErrorTree
 from bot.i18n import catalog, locale_of
 from bot.openai_gateway import FineTuningGateway
@@ -211,6 +212,11 @@ class ClassroomBot(commands.Bot):
             await self.db.close()
         if self.trainer is not None:
             await self.trainer.stop()
+
+
+def _is_a_classroom(bot: ClassroomBot) -> Classroom:
+    # Never called: mypy checks here that the bot offers all the edge reaches of it (discord_edge.access).
+    return bot
 
 
 def _point_discord_at(settings: Settings) -> None:

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING
+from typing import cast
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
-from bot.discord_edge.access import classroom_interaction
 from bot.errors import UserFacingError
 from bot.i18n import t
-
-if TYPE_CHECKING:
-    from bot.client import ClassroomBot
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +70,15 @@ class ClickError(app_commands.AppCommandError):
 
 async def tree_error(interaction: discord.Interaction, error: Exception) -> None:
     """Buttons and forms share the command tree's error handling."""
-    typed = classroom_interaction(interaction)
+    # The edge knows the bot only as a commands.Bot (whose tree this is), so the bot class can import the edge.
+    typed = cast("discord.Interaction[commands.Bot]", interaction)
     await typed.client.tree.on_error(typed, as_app_error(error))
 
 
-class ErrorTree(app_commands.CommandTree["ClassroomBot"]):
+class ErrorTree(app_commands.CommandTree[commands.Bot]):
     """One error handler for every slash command: plain words, ephemeral, never a traceback or str(e)."""
 
-    async def on_error(self, interaction: discord.Interaction[ClassroomBot],
+    async def on_error(self, interaction: discord.Interaction[commands.Bot],
                        error: app_commands.AppCommandError) -> None:
         """Answer the user and log what they must not see."""
         original = getattr(error, "original", error)
