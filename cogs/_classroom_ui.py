@@ -14,7 +14,7 @@ from bot.discord_edge.text import clip
 from bot.discord_edge.views import OwnerOnlyView
 from bot.i18n import t
 from bot.services.governance import ClassReport, CleanupPlan, CleanupResult
-from cogs import _ui
+from cogs import _jobs_ui
 from dataset_rules.models import format_usd
 from storage.models import Approval, ClassSettings
 
@@ -80,7 +80,7 @@ def settings_embed(settings: ClassSettings, cap: float | None, committed: float,
                    locale: str) -> discord.Embed:
     """Everything a teacher set, and the budget as it stands."""
     none = t("gov.settings.none", locale)
-    embed = discord.Embed(title=t("gov.settings.title", locale), colour=_ui.BLURPLE)
+    embed = discord.Embed(title=t("gov.settings.title", locale), colour=_jobs_ui.BLURPLE)
     embed.add_field(name=t("gov.settings.teacher_role", locale),
                     value=f"<@&{settings.teacher_role_id}>" if settings.teacher_role_id else none)
     embed.add_field(name=t("gov.settings.teacher_channel", locale),
@@ -111,7 +111,7 @@ def _on(flag: bool) -> str:
 
 def report_embed(report: ClassReport, locale: str) -> discord.Embed:
     """Per-student totals (the CSV has every student)."""
-    embed = discord.Embed(title=t("gov.report.title", locale), colour=_ui.BLURPLE)
+    embed = discord.Embed(title=t("gov.report.title", locale), colour=_jobs_ui.BLURPLE)
     if not report.students:
         embed.description = t("gov.report.empty", locale)
         return embed
@@ -138,7 +138,7 @@ def report_embed(report: ClassReport, locale: str) -> discord.Embed:
 
 def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
     """Exactly what will be deleted at the backend, and what stays because a job still runs."""
-    embed = discord.Embed(title=t(title, locale), colour=_ui.RED if plan.resources else _ui.GREY)
+    embed = discord.Embed(title=t(title, locale), colour=_jobs_ui.RED if plan.resources else _jobs_ui.GREY)
     if plan.empty:
         embed.description = t("gov.cleanup.nothing", locale)
     else:
@@ -163,7 +163,7 @@ def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
 
 def cleanup_done_embed(result: CleanupResult, threads_deleted: int, locale: str) -> discord.Embed:
     """What the cleanup did."""
-    embed = discord.Embed(title=t("gov.cleanup.done_title", locale), colour=_ui.GREEN if not result.failed else _ui.AMBER)
+    embed = discord.Embed(title=t("gov.cleanup.done_title", locale), colour=_jobs_ui.GREEN if not result.failed else _jobs_ui.AMBER)
     embed.description = t("gov.cleanup.done", locale, deleted=len(result.deleted), gone=len(result.already_gone),
                           failed=len(result.failed))
     if threads_deleted:
@@ -173,12 +173,12 @@ def cleanup_done_embed(result: CleanupResult, threads_deleted: int, locale: str)
 
 def approval_embed(approval: Approval, cap: float | None, committed: float, locale: str) -> discord.Embed:
     """The card a teacher approves or rejects."""
-    embed = discord.Embed(title=t("gov.approval.title", locale), colour=_ui.AMBER)
+    embed = discord.Embed(title=t("gov.approval.title", locale), colour=_jobs_ui.AMBER)
     embed.description = t("gov.approval.body", locale, user=f"<@{approval.user_id}>", file=approval.filename)
     embed.add_field(name=t("card.base_model", locale), value=f"`{approval.base_model}`")
     embed.add_field(name=t("card.examples", locale), value=f"{approval.examples:,}")
     embed.add_field(name=t("card.billed_tokens", locale), value=f"{approval.tokens:,}")
-    embed.add_field(name=t("card.cost", locale), value=_ui.cost_text(approval.estimated_usd, locale))
+    embed.add_field(name=t("card.cost", locale), value=_jobs_ui.cost_text(approval.estimated_usd, locale))
     if cap is not None:
         embed.add_field(name=t("gov.settings.budget", locale),
                         value=t("gov.settings.budget_value", locale, cap=format_usd(cap), spent=format_usd(committed),

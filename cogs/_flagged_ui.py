@@ -10,7 +10,7 @@ from bot.discord_edge.buttons import ActionButton
 from bot.discord_edge.roles import refuse_unless_teacher
 from bot.discord_edge.text import clip
 from bot.i18n import t
-from cogs import _ui
+from cogs import _jobs_ui
 from storage.models import FlaggedFile, FlaggedLine
 
 FLAGGED_TEMPLATE = r"flagged:(?P<id>[0-9a-f]+):(?P<action>ask|allow)"
@@ -50,7 +50,7 @@ def student_text(flagged: FlaggedFile, locale: str) -> str:
 
 def teacher_embed(flagged: FlaggedFile, locale: str) -> discord.Embed:
     """The card a teacher allows the file from."""
-    embed = discord.Embed(title=t("flagged.card_title", locale), colour=_ui.AMBER)
+    embed = discord.Embed(title=t("flagged.card_title", locale), colour=_jobs_ui.AMBER)
     embed.description = clip("\n".join([
         t("flagged.card_body", locale, user=f"<@{flagged.user_id}>", file=_escape(flagged.filename)),
         lines_text(flagged, locale), t("flagged.card_explain", locale)]), 4096)

@@ -20,7 +20,7 @@ from bot.i18n import t
 from bot.services import class_time
 from bot.services.governance import CleanupPlan, Governance, ModerationNotice, allowed_csv, report_csv
 from bot.services.starts import StartService
-from cogs import _classroom_ui, _flagged_ui, _lesson_ui, _ui
+from cogs import _classroom_ui, _flagged_ui, _jobs_ui, _lesson_ui
 from storage.models import Approval, ClassSettings
 
 if TYPE_CHECKING:
@@ -388,7 +388,7 @@ class Classroom(commands.Cog):
             await self._tell_student(approval, t("gov.approval.rejected_student", locale,
                                                  user=f"<@{approval.user_id}>", file=approval.filename))
             await self._close_card(interaction, approval, t("gov.approval.rejected_card", locale,
-                                                            teacher=f"<@{interaction.user.id}>"), _ui.RED)
+                                                            teacher=f"<@{interaction.user.id}>"), _jobs_ui.RED)
             return
         if decision.job is None:
             problem = decision.problem.render(locale) if decision.problem else ""
@@ -396,13 +396,13 @@ class Classroom(commands.Cog):
                                                  user=f"<@{approval.user_id}>", file=approval.filename,
                                                  reason=problem))
             await self._close_card(interaction, approval, t("gov.approval.failed_card", locale, reason=problem),
-                                   _ui.RED)
+                                   _jobs_ui.RED)
             return
         job = decision.job
         await self._tell_student(approval, t("gov.approval.approved_student", locale, user=f"<@{approval.user_id}>",
                                              file=approval.filename, job=job.id))
         await self._close_card(interaction, approval, t("gov.approval.approved_card", locale,
-                                                        teacher=f"<@{interaction.user.id}>", job=job.id), _ui.GREEN)
+                                                        teacher=f"<@{interaction.user.id}>", job=job.id), _jobs_ui.GREEN)
         self.bot.dispatch("job_started", job)
 
     async def _tell_student(self, approval: Approval, text: str) -> None:
@@ -431,7 +431,7 @@ class Classroom(commands.Cog):
             log.info("Moderation held back %d texts in guild %s (no teacher channel)", notice.count, notice.guild_id)
             return
         locale = self.bot.channel_locale(notice.guild_id)
-        embed = discord.Embed(title=t(f"gov.moderation.title_{notice.where}", locale), colour=_ui.AMBER)
+        embed = discord.Embed(title=t(f"gov.moderation.title_{notice.where}", locale), colour=_jobs_ui.AMBER)
         if notice.where == "outage":  # said once per outage: nothing was shown, students were asked to wait
             embed.description = t("gov.moderation.outage_body", locale)
             channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)

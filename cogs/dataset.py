@@ -14,60 +14,16 @@ from discord.ext import commands
 
 from bot.discord_edge.replies import tree_error
 from bot.discord_edge.roles import teacher_only
-from bot.discord_edge.text import clip
 from bot.i18n import t
-from bot.services.datasets import (
-    ANSWER_MAX_CHARS,
-    MIN_EXAMPLES,
-    QUESTION_MAX_CHARS,
-    TARGET_EXAMPLES,
-    DatasetService,
-    DatasetSummary,
-)
+from bot.services.datasets import ANSWER_MAX_CHARS, MIN_EXAMPLES, QUESTION_MAX_CHARS, TARGET_EXAMPLES, DatasetService
+from cogs import _dataset_ui
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
 
 log = logging.getLogger(__name__)
 
-WARNINGS_SHOWN = 5
 MODAL_TIMEOUT_SECONDS = 15 * 60
-COLOUR = 0xFEE75C
-
-
-def progress_line(count: int, missing_to_train: int, missing_to_target: int, name: str, locale: str) -> str:
-    """What is still missing, in numbers ("12 more examples to reach 50")."""
-    if missing_to_train:
-        return t("dataset.progress_train", locale, count=count, train=missing_to_train, target=missing_to_target)
-    if missing_to_target:
-        return t("dataset.progress_target", locale, count=count, target=missing_to_target)
-    return t("dataset.progress_done", locale, count=count, name=name)
-
-
-def summary_embed(summary: DatasetSummary, locale: str) -> discord.Embed:
-    """The dataset's size, tokens, authors, what is missing, what to check, and its latest examples by number."""
-    name = summary.dataset.name
-    lines = [t("dataset.stats", locale, count=summary.count, tokens=summary.tokens, people=summary.contributors),
-             progress_line(summary.count, summary.missing_to_train, summary.missing_to_target, name, locale)]
-    if summary.dataset.system_prompt:
-        prompt = t("post.held_back", locale) if summary.prompt_held_back else summary.dataset.system_prompt[:500]
-        lines.append(t("dataset.system_prompt", locale, prompt=prompt))
-    embed = discord.Embed(title=t("dataset.title", locale, name=name), description="\n".join(lines), colour=COLOUR)
-    warnings = [w for w in (summary.report.warnings if summary.report else ()) if w.code != "few_examples"]
-    if warnings:
-        embed.add_field(name=t("dataset.warnings", locale),
-                        value="\n".join(f"• {w.message(locale)}"[:200] for w in warnings[:WARNINGS_SHOWN]),
-                        inline=False)
-    latest = summary.latest
-    if latest:
-        # What moderation flagged is not posted: a kind note stands in its place (the teacher was told).
-        held = t("post.held_back", locale)
-        shown = "\n".join(f"**#{e.number}** {held} (<@{e.user_id}>)" if e.number in summary.held_back
-                          else f"**#{e.number}** {clip(e.question, 80, one_line=True)} → "
-                               f"{clip(e.answer, 80, one_line=True)} (<@{e.user_id}>)"
-                          for e in latest)
-        embed.add_field(name=t("dataset.latest", locale), value=shown[:1024], inline=False)
-    return embed
 
 
 class ExampleModal(discord.ui.Modal):
@@ -97,7 +53,7 @@ class ExampleModal(discord.ui.Modal):
         example = await self.service.add(interaction.guild_id, self.name, interaction.user.id,
                                          self.question.value, self.answer.value)
         count = await self.service.count(interaction.guild_id, self.name)  # numbers skip removed examples
-        progress = progress_line(count, max(0, MIN_EXAMPLES - count), max(0, TARGET_EXAMPLES - count), self.name,
+        progress = _dataset_ui.progress_line(count, max(0, MIN_EXAMPLES - count), max(0, TARGET_EXAMPLES - count), self.name,
                                  str(interaction.locale))
         await interaction.response.send_message(
             t("dataset.added", interaction.locale, number=example.number, progress=progress), ephemeral=True)
@@ -147,7 +103,7 @@ class Dataset(commands.Cog):
         assert interaction.guild_id is not None
         await interaction.response.defer(thinking=True)
         summary = await self.service.summary(interaction.guild_id, name, await self.bot.finetune.default_base_model())
-        await interaction.followup.send(embed=summary_embed(summary, str(interaction.locale)),
+        await interaction.followup.send(embed=_dataset_ui.summary_embed(summary, str(interaction.locale)),
                                         allowed_mentions=discord.AllowedMentions.none())
 
     @dataset.command(name="remove", description=_("Remove one example by its number (teachers)",

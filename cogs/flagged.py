@@ -13,7 +13,7 @@ from bot.i18n import t
 from bot.services.governance import Governance
 from bot.services.start_outcomes import AwaitingApproval, Flagged, Started
 from bot.services.starts import StartService
-from cogs import _flagged_ui, _ui
+from cogs import _flagged_ui, _jobs_ui
 from storage.models import FlaggedFile
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class FlaggedFiles(commands.Cog):
             # Allowed from /class settings: that private message lists other requests; answer beside it.
             await send_ephemeral(interaction, footer)
             return
-        embed.colour = _ui.GREEN
+        embed.colour = _jobs_ui.GREEN
         embed.set_footer(text=footer)
         try:
             await interaction.edit_original_response(embed=embed, view=None)

@@ -1,4 +1,4 @@
-"""Embeds and views: how jobs, cards and reports look in Discord. Pure rendering; no rules, no I/O."""
+"""Embeds and views of jobs (the finetune and job-monitor cogs): cards, progress, notices, lists. Pure rendering."""
 
 from __future__ import annotations
 
