@@ -306,7 +306,7 @@ class Engine:
             self._mask = torch.cat([_pad_left(self._mask, length, dim=1), _pad_left(mask, length, dim=1)])
             self._last = torch.cat([self._last, tokens[:, None]])
             self.rows.extend(requests)
-            self._sort_by_slot()
+        self._sort_by_slot()
         self._record(requests, tokens)
 
     def _sort_by_slot(self) -> None:
