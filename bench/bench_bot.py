@@ -36,9 +36,9 @@ import psutil
 from bench._remote_fakes import RemoteFakes, chat_jsonl, chat_line, run_starts
 from bot.client import ClassroomBot
 from bot.config import DEFAULT_BASE_MODEL, DEFAULT_WORKER_PROCESSES, Settings
-from bot.services.starts import StartRequest, Started, Upload
+from bot.services.start_outcomes import StartRequest, Started, Upload
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS
-from cogs._ui import CHART_NAME
+from cogs._jobs_ui import CHART_NAME
 from cogs.job_monitor import JobMonitor
 from support.fakes.discord import FakeDiscord, FakeGuild, FakeInteraction, FakeUser, RecordedRequest
 from support.fakes.openai import FakeOpenAI
@@ -337,7 +337,7 @@ class TickFigures:
 
 def chart_uploads(requests: Sequence[RecordedRequest]) -> int:
     """How many loss charts the bot sent to Discord in these requests: each new chart goes out as a card's or a
-    notice's attachment named cogs/_ui.py's CHART_NAME (an edit without a new chart lists no attachments)."""
+    notice's attachment named cogs/_jobs_ui.py's CHART_NAME (an edit without a new chart lists no attachments)."""
     return sum(1 for r in requests if isinstance(r.json, dict)
                and any(a.get("filename") == CHART_NAME for a in r.json.get("attachments") or []))
 

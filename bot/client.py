@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import secrets
 
 import discord
 import yarl
@@ -14,8 +13,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
-from bot.errors import UserFacingError
-from bot.i18n import catalog, locale_of, t
+from bot.discord_edge.access import Classroom
+from bot.discord_edge.replies import ErrorTree
+from bot.i18n import catalog, locale_of
 from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import ChatService
 from bot.services.chat_limits import ChatLimits
@@ -32,7 +32,6 @@ from bot.services.starts import StartService
 from bot.services.wordlist import WordListService
 from bot.services.workers import CpuWorkers
 from bot.trainer_process import TrainerProcess
-from cogs._replies import send_ephemeral  # the one private-reply helper, shared with the cogs
 from storage.chats import ChatRepository
 from storage.datasets import DatasetRepository
 from storage.database import Database
@@ -62,32 +61,6 @@ class CatalogTranslator(app_commands.Translator):
             return None
         text = catalog().raw(key, locale_of(locale))
         return text if text and text != string.message else None
-
-
-class ErrorTree(app_commands.CommandTree["ClassroomBot"]):
-    """One error handler for every slash command: plain words, ephemeral, never a traceback or str(e)."""
-
-    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        """Answer the user and log what they must not see."""
-        original = getattr(error, "original", error)
-        locale = interaction.locale
-        if isinstance(original, UserFacingError):
-            text = original.render(locale)
-        elif isinstance(error, app_commands.CommandOnCooldown):
-            text = t("error.cooldown", locale, when=f"<t:{int(discord.utils.utcnow().timestamp() + error.retry_after)}:R>")
-        elif isinstance(error, app_commands.NoPrivateMessage):
-            text = t("error.guild_only", locale)
-        elif isinstance(error, app_commands.CheckFailure):
-            text = t("error.teachers_only", locale)
-        else:
-            ref = secrets.token_hex(3)
-            log.error(
-                "Command %s failed (ref %s, guild %s, user %s)",
-                interaction.command.qualified_name if interaction.command else "?",
-                ref, interaction.guild_id, interaction.user.id, exc_info=original,
-            )
-            text = t("error.unexpected", locale, ref=ref)
-        await send_ephemeral(interaction, text)
 
 
 class ClassroomBot(commands.Bot):
@@ -239,6 +212,11 @@ class ClassroomBot(commands.Bot):
             await self.db.close()
         if self.trainer is not None:
             await self.trainer.stop()
+
+
+def _is_a_classroom(bot: ClassroomBot) -> Classroom:
+    # Never called: mypy checks here that the bot offers all the edge reaches of it (discord_edge.access).
+    return bot
 
 
 def _point_discord_at(settings: Settings) -> None:

@@ -13,6 +13,9 @@ import httpx2
 import openai
 from openai import DEFAULT_CONNECTION_LIMITS, AsyncOpenAI, DefaultAsyncHttpxClient
 from openai.types import FilePurpose
+from openai.types.chat import ChatCompletion
+from openai.types.fine_tuning import DpoHyperparametersParam, SupervisedHyperparametersParam
+from openai.types.fine_tuning.job_create_params import Method
 
 from bot import errors
 from storage.models import BackendEvent, BackendJob, BackendModel, ModerationVerdict, TrainingSpeed
@@ -43,6 +46,10 @@ class StreamEnd:
     """How a streamed reply ended: the backend's finish_reason ("stop", "length", ...) once the stream is over."""
 
     finish_reason: str | None = None
+
+    def was_cut(self) -> bool:
+        """Whether the reply length limit stopped it (not the model)."""
+        return self.finish_reason == "length"
 
 
 class FineTuningGateway:
@@ -106,15 +113,14 @@ class FineTuningGateway:
         metadata: Mapping[str, str],
     ) -> BackendJob:
         """Create a job (supervised or dpo); refusals become plain-language errors."""
-        hyper: dict[str, object] = {"n_epochs": n_epochs} if n_epochs else {}
-        method_body: dict[str, object] = {"type": method, method: {"hyperparameters": hyper}}
+        method_body = _method(method, n_epochs)
         job = await self._call(
             "create job",
             lambda: self.client.fine_tuning.jobs.create(
                 model=model,
                 training_file=training_file,
                 validation_file=validation_file or openai.omit,
-                method=method_body,  # type: ignore[arg-type]  # a plain dict: its key is the method's name
+                method=method_body,
                 suffix=suffix or openai.omit,
                 metadata=dict(metadata),
             ),
@@ -182,13 +188,14 @@ class FineTuningGateway:
         sampling: Mapping[str, float] | None = None,
     ) -> str:
         """One whole reply, with the given sampling (e.g. temperature 0: the same question, the same answer)."""
+        body: dict[str, object] = {"model": model, "messages": list(messages), **dict(sampling or {})}
+        if max_tokens:
+            body["max_tokens"] = max_tokens
         response = await self._call(
             "chat",
-            # The SDK's overloads want its message TypedDicts and named sampling options; ours are plain mappings.
-            lambda: self.client.chat.completions.create(  # type: ignore[call-overload]  # see the line above
-                model=model, messages=list(messages), max_tokens=max_tokens or openai.omit,
-                **dict(sampling or {}),
-            ),
+            # The same request as chat.completions.create, whose overloads want the SDK's message TypedDicts and
+            # named sampling options where ours are plain mappings; the answer is still the SDK's typed one.
+            lambda: self.client.post("/chat/completions", body=body, cast_to=ChatCompletion),
             chatting=True,
         )
         return (response.choices[0].message.content or "") if response.choices else ""
@@ -298,6 +305,15 @@ def _spans(raw: object, length: int) -> tuple[tuple[int, int], ...]:
             found.append((int(pair[0]), int(pair[1])))
     return tuple(found)
 
+
+
+def _method(method: str, n_epochs: int | None) -> Method:
+    """The job's training method as the API takes it: its type, and its hyperparameters under its own name."""
+    if method == "dpo":  # the checker knows two methods: chat files train supervised, preference files dpo
+        dpo: DpoHyperparametersParam = {"n_epochs": n_epochs} if n_epochs else {}
+        return {"type": "dpo", "dpo": {"hyperparameters": dpo}}
+    supervised: SupervisedHyperparametersParam = {"n_epochs": n_epochs} if n_epochs else {}
+    return {"type": "supervised", "supervised": {"hyperparameters": supervised}}
 
 def _translate(
     exc: openai.APIError, what: str, *, creating_job: bool = False, chatting: bool = False

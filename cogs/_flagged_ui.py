@@ -3,13 +3,14 @@ module: the finetune cog shows the lines and the Ask button, the flagged cog and
 
 from __future__ import annotations
 
-from typing import Any
-
 import discord
 
+from bot.discord_edge.access import classroom_bot
+from bot.discord_edge.buttons import ActionButton
+from bot.discord_edge.roles import refuse_unless_teacher
+from bot.discord_edge.text import clip
 from bot.i18n import t
-from cogs import _ui
-from cogs._roles import member_is_teacher
+from cogs import _jobs_ui
 from storage.models import FlaggedFile, FlaggedLine
 
 FLAGGED_TEMPLATE = r"flagged:(?P<id>[0-9a-f]+):(?P<action>ask|allow)"
@@ -44,53 +45,34 @@ def student_text(flagged: FlaggedFile, locale: str) -> str:
     """What the student alone sees: which lines, what to do, and that a teacher can let a mistake through."""
     text = "\n".join([t("flagged.student", locale, file=_escape(flagged.filename)), lines_text(flagged, locale),
                       t("flagged.student_next", locale)])
-    return _clip(text, MESSAGE_CHARS)
+    return clip(text, MESSAGE_CHARS)
 
 
 def teacher_embed(flagged: FlaggedFile, locale: str) -> discord.Embed:
     """The card a teacher allows the file from."""
-    embed = discord.Embed(title=t("flagged.card_title", locale), colour=_ui.AMBER)
-    embed.description = _clip("\n".join([
+    embed = discord.Embed(title=t("flagged.card_title", locale), colour=_jobs_ui.AMBER)
+    embed.description = clip("\n".join([
         t("flagged.card_body", locale, user=f"<@{flagged.user_id}>", file=_escape(flagged.filename)),
         lines_text(flagged, locale), t("flagged.card_explain", locale)]), 4096)
     embed.set_footer(text=flagged.id)
     return embed
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class FlaggedButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=FLAGGED_TEMPLATE):
+class FlaggedButton(ActionButton, template=FLAGGED_TEMPLATE):
     """"Ask my teacher" under the student's private message, "Allow this file" on the teacher's card; both work
     after a restart (the flagged file is a row). A click is dispatched as `flagged_click` to the flagged-files cog,
     so the cogs that only show these buttons (finetune, classroom) need no handler of their own."""
 
-    def __init__(self, flagged_id: str, action: str, label: str | None = None) -> None:
-        style = discord.ButtonStyle.green if action == "allow" else discord.ButtonStyle.blurple
-        super().__init__(discord.ui.Button(label=label or action.title(), style=style,
-                                           custom_id=f"flagged:{flagged_id}:{action}"))
-        self.flagged_id, self.action = flagged_id, action
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: Any) -> FlaggedButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["id"], match["action"])
+    prefix = "flagged"
+    styles = {"allow": discord.ButtonStyle.green, "ask": discord.ButtonStyle.blurple}
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only teachers allow; anyone may press Ask (the service lets only the file's owner ask)."""
-        if self.action != "allow":
-            return True
-        # discord.py types interaction.client as a plain Client; it is the ClassroomBot, which has governance.
-        if await member_is_teacher(interaction, interaction.client.governance.roles):  # type: ignore[attr-defined]
-            return True
-        await interaction.response.send_message(t("error.teachers_only", interaction.locale), ephemeral=True)
-        return False
+        return self.action != "allow" or await refuse_unless_teacher(interaction)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         """Hand the click to the flagged-files cog (a listener, as approval requests are)."""
-        interaction.client.dispatch("flagged_click", interaction, self.flagged_id, self.action)
+        classroom_bot(interaction).dispatch("flagged_click", interaction, self.target, self.action)
 
 
 def button_view(flagged_id: str, action: str, locale: str) -> discord.ui.View:
@@ -105,7 +87,7 @@ def allow_views(waiting: list[FlaggedFile], locale: str) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for flagged in waiting:
         view.add_item(FlaggedButton(flagged.id, "allow",
-                                    _clip(t("flagged.allow_named", locale, file=flagged.filename), 80)))
+                                    clip(t("flagged.allow_named", locale, file=flagged.filename), 80)))
     return view
 
 
@@ -113,7 +95,7 @@ def waiting_field(waiting: list[FlaggedFile], locale: str) -> str:
     """The requests waiting for a teacher, for /class settings."""
     parts = [t("flagged.waiting_line", locale, user=f"<@{f.user_id}>", file=_escape(f.filename))
              + "\n" + lines_text(f, locale) for f in waiting]
-    return _clip("\n".join(parts), 1024)
+    return clip("\n".join(parts), 1024)
 
 
 def allowed_field(allowed: list[FlaggedFile], locale: str) -> str:
@@ -123,4 +105,4 @@ def allowed_field(allowed: list[FlaggedFile], locale: str) -> str:
                lines=", ".join(str(x.line) for x in f.lines) or "-") for f in allowed[-10:]]
     if len(allowed) > 10:
         lines.insert(0, t("flagged.report_more", locale, count=len(allowed) - 10))
-    return _clip("\n".join(lines), 1024)
+    return clip("\n".join(lines), 1024)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from typing import TYPE_CHECKING, Any
 
 import discord
 
 from discord.app_commands import Choice
 
 from bot import errors
+from bot.discord_edge.access import classroom_bot
+from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.text import clip
 from bot.i18n import locale_of, minutes_words, t
 from bot.services.class_time import ClassTime
 from bot.services.evaluation import (
@@ -24,9 +26,6 @@ from bot.services.evaluation import (
 )
 from bot.services.lessons import GUIDE_STEPS, Behaviour, Lesson, LessonLibrary, guide_examples
 
-if TYPE_CHECKING:
-    from bot.client import ClassroomBot
-
 log = logging.getLogger(__name__)
 
 SCORES_CHART = "scores.png"
@@ -35,10 +34,6 @@ FIELD_CHARS = 1024
 ANSWER_CHARS = 300
 LESSON_COLOUR = 0x57F287
 EVALUATION_COLOUR = 0x5865F2
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
 def short_name(model: str) -> str:
@@ -92,32 +87,24 @@ def lesson_step_embed(lesson: Lesson, step: int, locale: str, held: frozenset[in
     body = t(f"lesson.step.{name}", locale, title=lesson.title(locale), lesson=lesson.name,
              examples=examples if name == "example" else len(lesson.training_examples))
     embed = discord.Embed(title=t("lesson.step_title", locale, title=lesson.title(locale), step=step + 1,
-                                  total=len(GUIDE_STEPS)), description=_clip(body, 4096), colour=LESSON_COLOUR)
+                                  total=len(GUIDE_STEPS)), description=clip(body, 4096), colour=LESSON_COLOUR)
     if step == len(GUIDE_STEPS) - 1:
         embed.set_footer(text=t("lesson.finished", locale))
     return embed
 
 
 def _example_block(messages: list[dict[str, str]], answer: str) -> str:
-    lines = [f"**{m['role']}**: {_clip(m['content'], 200)}" for m in messages]
-    lines.append(f"**assistant**: {_clip(answer, 300)}")
+    lines = [f"**{m['role']}**: {clip(m['content'], 200)}" for m in messages]
+    lines.append(f"**assistant**: {clip(answer, 300)}")
     return "> " + "\n> ".join(line.replace("\n", "\n> ") for line in lines)
 
 
-class LessonNextButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
-                       template=r"lesson-next:(?P<lesson>[\w\-]+):(?P<step>\d+):(?P<owner>\d+)"):
+class LessonNextButton(DurableButton, template=r"lesson-next:(?P<lesson>[\w\-]+):(?P<step>\d+):(?P<owner_id>\d+)"):
     """The teacher's "Next" under a lesson step; everything it needs is in its id, so it works after a restart."""
 
-    def __init__(self, lesson: str, step: int, owner_id: int, label: str = "Next") -> None:
-        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.green, emoji="▶️",
-                                           custom_id=f"lesson-next:{lesson}:{step}:{owner_id}"))
-        self.lesson, self.step, self.owner_id = lesson, step, owner_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: Any) -> LessonNextButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["lesson"], int(match["step"]), int(match["owner"]))
+    def __init__(self, lesson: str, step: int | str, owner_id: int | str, label: str = "Next") -> None:
+        super().__init__(f"lesson-next:{lesson}:{step}:{owner_id}", label, discord.ButtonStyle.green, emoji="▶️")
+        self.lesson, self.step, self.owner_id = lesson, int(step), int(owner_id)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """Only the teacher who started the lesson moves it on (students would skip ahead of the class)."""
@@ -126,9 +113,9 @@ class LessonNextButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
         await interaction.response.send_message(t("lesson.error.not_yours", interaction.locale), ephemeral=True)
         return False
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         """Grey out this step's button and post the next step (its examples moderated first)."""
-        bot: ClassroomBot = interaction.client  # type: ignore[assignment]  # discord.py types it as a plain Client
+        bot = classroom_bot(interaction)
         locale = bot.channel_locale(interaction.guild_id)
         lesson = bot.lessons.get(self.lesson)
         following = self.step + 1
@@ -170,7 +157,7 @@ def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: s
     """Scores per model, a verdict, the metric explained in one line, and the first questions side by side."""
     first, second = report.scores
     title = t("evaluate.title", locale, count=len(report.rows), source=_source(shown, locale))
-    embed = discord.Embed(title=_clip(title, 256), colour=EVALUATION_COLOUR)
+    embed = discord.Embed(title=clip(title, 256), colour=EVALUATION_COLOUR)
     if report.behaviour is not None:
         explain = t("evaluate.explain", locale, behaviour=behaviour_text(report.behaviour, locale))
     else:
@@ -178,7 +165,7 @@ def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: s
     lines = [explain, "", _verdict(report, locale)]
     if _any_held(shown):
         lines += ["", t("post.held_back_rows", locale)]
-    embed.description = _clip("\n".join(lines), 4096)
+    embed.description = clip("\n".join(lines), 4096)
     for index, (score, role) in enumerate(((first, "evaluate.fine_tuned"), (second, "evaluate.other"))):
         value = []
         if score.behaviour_rate is not None:
@@ -186,15 +173,15 @@ def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: s
             value.append(t("evaluate.score_behaviour", locale, shown=sum(bool(c) for c in checked),
                            total=len(checked), percent=_percent(score.behaviour_rate)))
         value.append(t("evaluate.score_similarity", locale, percent=_percent(score.similarity)))
-        embed.add_field(name=_clip(f"{t(role, locale)}: {score.model}", 256), value="\n".join(value), inline=True)
+        embed.add_field(name=clip(f"{t(role, locale)}: {score.model}", 256), value="\n".join(value), inline=True)
     for row in shown.rows[:ROWS_SHOWN]:
         answers = "\n".join([
-            t("evaluate.expected", locale, answer=_clip(_posted(row.reference, locale), ANSWER_CHARS)),
+            t("evaluate.expected", locale, answer=clip(_posted(row.reference, locale), ANSWER_CHARS)),
             f"**{short_name(report.models[0])}**: {_answer(row.answers[0], locale)}",
             f"**{short_name(report.models[1])}**: {_answer(row.answers[1], locale)}",
         ])
-        embed.add_field(name=_clip(t("evaluate.question", locale, prompt=_posted(row.prompt, locale)), 256),
-                        value=_clip(answers, FIELD_CHARS), inline=False)
+        embed.add_field(name=clip(t("evaluate.question", locale, prompt=_posted(row.prompt, locale)), 256),
+                        value=clip(answers, FIELD_CHARS), inline=False)
     embed.set_image(url=f"attachment://{SCORES_CHART}")
     embed.set_footer(text=t("evaluate.all_answers", locale))
     return embed
@@ -216,7 +203,7 @@ def _any_held(shown: ShownEvaluation) -> bool:
 def _answer(text: str | None, locale: str) -> str:
     if text is None:
         return t("evaluate.held_back", locale)
-    return _clip(" ".join(text.split()), ANSWER_CHARS) or t("evaluate.empty", locale)
+    return clip(" ".join(text.split()), ANSWER_CHARS) or t("evaluate.empty", locale)
 
 
 def _percent(value: float) -> int:
@@ -265,23 +252,16 @@ async def post_evaluation(interaction: discord.Interaction, service: EvaluationS
     )
 
 
-class EvaluateJobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"evaluate-job:(?P<job_id>[\w\-]+)"):
+class EvaluateJobButton(DurableButton, template=r"evaluate-job:(?P<job_id>[\w\-]+)"):
     """"Test on unseen questions" under a success notice; it keeps working after a restart."""
 
     def __init__(self, job_id: str, label: str = "Test on unseen questions") -> None:
-        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.grey, emoji="📝",
-                                           custom_id=f"evaluate-job:{job_id}"))
+        super().__init__(f"evaluate-job:{job_id}", label, discord.ButtonStyle.grey, emoji="📝")
         self.job_id = job_id
 
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item[Any],
-                             match: Any) -> EvaluateJobButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["job_id"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def clicked(self, interaction: discord.Interaction) -> None:
         """Evaluate the job's model on its lesson's held-out questions (or say how to, for a file of one's own)."""
-        bot: ClassroomBot = interaction.client  # type: ignore[assignment]  # discord.py types it as a plain Client
+        bot = classroom_bot(interaction)
         assert interaction.guild_id is not None
         model, _ = await bot.chat.model_for_job(interaction.guild_id, self.job_id)
         if bot.evaluation.lesson_of_model(model) is None:

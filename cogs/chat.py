@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import secrets
 import weakref
 from typing import TYPE_CHECKING, Final
 
@@ -16,78 +14,23 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
+from bot.discord_edge.replies import reply_error, unexpected
+from bot.discord_edge.roles import member_is_teacher
+from bot.discord_edge.sinks import NO_MENTIONS, FollowupSink, ThreadSink
 from bot.i18n import t
-from bot.services.chat import Answer, ChatService, Comparison
+from bot.services.chat import ChatService, Comparison
 from bot.services.chat_limits import ChatLimits
-from cogs._replies import send_ephemeral
-from cogs._roles import member_is_teacher
-from dataset_rules.models import lookup
-from storage.models import ChatThread, TrainedModel
+from cogs import _chat_ui
+from storage.models import ChatThread
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
 
 log = logging.getLogger(__name__)
 
-NO_MENTIONS = discord.AllowedMentions.none()
-# Discord shows "typing…" for about 10 s after each request; refresh before it fades.
-TYPING_REFRESH_SECONDS = 8.0
 THREAD_ARCHIVE_MINUTES: Final = 1440  # Final: create_thread takes only 60, 1440, 4320 or 10080
-FIELD_CHARS = 1024
-MODELS_SHOWN = 15
 # Message types a student writes (plain messages and replies); joins, pins and the like are not questions.
 _SPOKEN = (discord.MessageType.default, discord.MessageType.reply)
-
-
-class ThreadSink:
-    """Shows a reply in a thread: a typing indicator until the first message, then messages and their edits."""
-
-    def __init__(self, channel: discord.abc.Messageable, channel_id: int) -> None:
-        self.channel = channel
-        self.channel_id = channel_id
-        self.messages: list[discord.Message] = []
-        self._typing: asyncio.Task[None] = asyncio.create_task(_keep_typing(channel), name=f"typing-{channel_id}")
-
-    def stop_typing(self) -> None:
-        """Stop refreshing the typing indicator (Discord clears it when the bot posts)."""
-        self._typing.cancel()
-
-    async def post(self, text: str) -> None:
-        """Post a new message of the reply."""
-        self.stop_typing()
-        self.messages.append(await self.channel.send(text, allowed_mentions=NO_MENTIONS))
-
-    async def edit(self, index: int, text: str) -> None:
-        """Edit one message of the reply."""
-        self.messages[index] = await self.messages[index].edit(content=text, allowed_mentions=NO_MENTIONS)
-
-
-class FollowupSink:
-    """Shows a reply as an interaction's followups (the first one replaces the 'thinking…' placeholder)."""
-
-    def __init__(self, interaction: discord.Interaction) -> None:
-        self.interaction = interaction
-        self.channel_id = interaction.channel_id or 0
-        self.messages: list[discord.WebhookMessage] = []
-
-    async def post(self, text: str) -> None:
-        """Post a new message of the answer."""
-        self.messages.append(
-            await self.interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
-        )
-
-    async def edit(self, index: int, text: str) -> None:
-        """Edit one message of the answer."""
-        self.messages[index] = await self.messages[index].edit(content=text, allowed_mentions=NO_MENTIONS)
-
-
-async def _keep_typing(channel: discord.abc.Messageable) -> None:
-    while True:
-        try:
-            await channel.typing()
-        except Exception:  # boundary: the indicator is a courtesy; the reply comes without it
-            log.debug("Typing indicator failed; the reply still comes", exc_info=True)
-        await asyncio.sleep(TYPING_REFRESH_SECONDS)
 
 
 class Chat(commands.Cog):
@@ -141,8 +84,10 @@ class Chat(commands.Cog):
             allowed_mentions=NO_MENTIONS,
         )
 
-    async def open_from_job(self, interaction: discord.Interaction, job_id: str) -> None:
-        """The "Chat with this model" button: open a thread with the job's fine-tuned model."""
+    @commands.Cog.listener()
+    async def on_chat_with_job(self, interaction: discord.Interaction, job_id: str) -> None:
+        """The "Chat with this model" button (a listener, as approval and flagged-file clicks are): open a thread
+        with the job's fine-tuned model."""
         await interaction.response.defer(thinking=True, ephemeral=True)
         try:
             if interaction.guild_id is None:
@@ -154,12 +99,8 @@ class Chat(commands.Cog):
                 t("chat.opened", interaction.locale, user=interaction.user.mention, model=model,
                   thread=thread.mention), ephemeral=True,
             )
-        except errors.UserFacingError as exc:
-            await send_ephemeral(interaction, exc.render(interaction.locale))
-        except Exception:  # boundary: a button has no command tree to report for it
-            ref = secrets.token_hex(3)
-            log.exception("Opening a chat from job %s failed (ref %s)", job_id, ref)
-            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
+        except Exception as exc:  # boundary: a listener has no command tree to report for it
+            await reply_error(interaction, exc, log, "Opening a chat from job %s failed", job_id)
 
     async def _open(
         self, interaction: discord.Interaction, model: str, system_prompt: str | None, job_id: str | None,
@@ -172,7 +113,7 @@ class Chat(commands.Cog):
             raise errors.UserFacingError("chat.error.no_threads_here")
         locale = self.bot.channel_locale(interaction.guild_id)
         thread = await channel.create_thread(
-            name=t("chat.thread_name", locale, model=_short_name(model))[:100],
+            name=t("chat.thread_name", locale, model=_chat_ui.short_name(model))[:100],
             type=discord.ChannelType.public_thread, auto_archive_duration=THREAD_ARCHIVE_MINUTES,
         )
         await self.service.open_thread(
@@ -262,9 +203,7 @@ class Chat(commands.Cog):
         except discord.HTTPException:
             log.warning("Discord refused a reply in chat thread %s", thread.thread_id, exc_info=True)
         except Exception:  # boundary: one failed answer must not stop the thread
-            ref = secrets.token_hex(3)
-            log.exception("Answer failed in chat thread %s (ref %s)", thread.thread_id, ref)
-            await _send_quietly(channel, t("error.unexpected", locale, ref=ref))
+            await _send_quietly(channel, unexpected(locale, log, "Answer failed in chat thread %s", thread.thread_id))
         finally:
             sink.stop_typing()
 
@@ -310,7 +249,7 @@ class Chat(commands.Cog):
 
         async def show(partial: Comparison) -> None:
             # Both answers appear as they are written; the final one (with a file for long answers) comes last.
-            embed, _file = compare_embed(partial, locale)
+            embed, _file = _chat_ui.compare_embed(partial, locale)
             if shown:
                 await self.bot.edit_budget.start(interaction.channel_id or 0)
                 try:
@@ -323,7 +262,7 @@ class Chat(commands.Cog):
         comparison = await self.service.compare(interaction.guild_id, prompt, model, against,
                                                 user_id=interaction.user.id, system_prompt=system_prompt,
                                                 on_progress=show)
-        embed, file = compare_embed(comparison, locale)
+        embed, file = _chat_ui.compare_embed(comparison, locale)
         if shown:
             shown[0] = await shown[0].edit(embed=embed, attachments=[file] if file else [])
         else:
@@ -335,8 +274,8 @@ class Chat(commands.Cog):
         """List the models this server has trained."""
         assert interaction.guild_id is not None
         # Enough rows for whole jobs: a 10-epoch job is one model and nine checkpoints.
-        trained = await self.service.trained_models(interaction.guild_id, limit=MODELS_SHOWN * 10)
-        await interaction.response.send_message(embed=models_embed(trained, str(interaction.locale)),
+        trained = await self.service.trained_models(interaction.guild_id, limit=_chat_ui.MODELS_SHOWN * 10)
+        await interaction.response.send_message(embed=_chat_ui.models_embed(trained, str(interaction.locale)),
                                                 allowed_mentions=NO_MENTIONS)
 
     @chat_start.autocomplete("model")
@@ -361,100 +300,6 @@ async def _send_quietly(channel: discord.abc.Messageable, text: str) -> None:
         await channel.send(text[:2000], allowed_mentions=NO_MENTIONS)
     except discord.HTTPException:
         log.warning("Could not post a chat notice")
-
-
-def _short_name(model: str) -> str:
-    # ft:<base>:<org>:<suffix>:<id> reads best as its suffix (or id) and base.
-    if model.startswith("ft:"):
-        parts = model.split(":")
-        label = (parts[3] if len(parts) > 3 and parts[3] else parts[-1]) or model
-        return f"{label} ({parts[1]})" if len(parts) > 1 else label
-    return model
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _answer_text(answer: Answer, locale: str) -> str:
-    if answer.held_back:
-        return t("compare.held_back", locale)
-    if answer.error is not None:
-        return "⚠️ " + answer.error.render(locale)
-    if not answer.done:
-        return (answer.text or "") + " ✍️"
-    if answer.cut:
-        return (answer.text or "") + "\n\n" + t("chat.reply_cut", locale)
-    return answer.text or t("chat.empty_reply", locale)
-
-
-def compare_embed(comparison: Comparison, locale: str) -> tuple[discord.Embed, discord.File | None]:
-    """Two answers side by side; the full texts go in a file when a field cannot hold them."""
-    embed = discord.Embed(title=t("compare.title", locale), colour=0x5865F2)
-    embed.description = f"**{t('compare.question', locale)}**\n> " + _clip(comparison.prompt, 1000).replace("\n", "\n> ")
-    if comparison.system_prompt:
-        embed.description += "\n" + t("compare.system_prompt", locale, prompt=_clip(comparison.system_prompt, 900))
-    clipped = False
-    for answer in (comparison.first, comparison.second):
-        text = _answer_text(answer, locale)
-        clipped |= len(text) > FIELD_CHARS
-        embed.add_field(name=_clip(_short_name(answer.model), 256), value=_clip(text, FIELD_CHARS), inline=True)
-    file = None
-    if clipped and comparison.done:
-        embed.add_field(name="\u200b", value=t("compare.full_answers", locale), inline=False)
-        full = "\n\n".join(f"## {a.model}\n\n{_answer_text(a, locale)}" for a in (comparison.first, comparison.second))
-        file = discord.File(io.BytesIO(f"# {comparison.prompt}\n\n{full}\n".encode()), filename="compare.md")
-    embed.set_footer(text=t("compare.hint", locale) if comparison.done else t("compare.writing", locale))
-    return embed, file
-
-
-def models_embed(models: list[TrainedModel], locale: str) -> discord.Embed:
-    """This server's fine-tuned models, one entry per job with its checkpoints under it, and each one's loss over
-    its last epoch (not a single batch's)."""
-    embed = discord.Embed(title=t("models.title", locale), colour=0x57F287)
-    if not models:
-        embed.description = t("models.empty", locale)
-        return embed
-    jobs: dict[str, list[TrainedModel]] = {}
-    for model in models:
-        jobs.setdefault(model.job_id, []).append(model)
-    lines = []
-    for group in list(jobs.values())[:MODELS_SHOWN]:
-        final = next((m for m in group if not m.is_checkpoint), None)
-        head = final or group[0]
-        entry = f"**{head.suffix or head.training_filename}**"
-        entry += f" · `{final.model_id}`" if final else ""
-        entry += "\n" + t("models.entry", locale, user=f"<@{head.user_id}>", when=f"<t:{head.created_at}:R>",
-                          file=head.training_filename, base=head.base_model)
-        if final is not None:
-            entry += "\n" + _loss_line(final, locale)
-        checkpoints = sorted((m for m in group if m.is_checkpoint), key=lambda m: m.step or 0)
-        if checkpoints:
-            entry += "\n-# " + t("models.checkpoints", locale, list=" · ".join(
-                t("models.checkpoint", locale, step=m.step) + (
-                    f" ({_loss_value(m)})" if _loss_value(m) else "") for m in checkpoints))
-        lines.append(entry)
-    embed.description = _clip("\n\n".join(lines), 4000)
-    shutdowns = sorted({(info.name, info.shutdown) for m in models if (info := lookup(m.base_model)) and info.shutdown})
-    if shutdowns:
-        notes = "\n".join(t("models.shutdown", locale, base=base, date=day.isoformat()) for base, day in shutdowns)
-        embed.add_field(name="⏳", value=_clip(notes, FIELD_CHARS), inline=False)
-    embed.set_footer(text=t("models.footer", locale))
-    return embed
-
-
-def _loss_value(model: TrainedModel) -> str:
-    loss = model.valid_loss if model.valid_loss is not None else model.epoch_train_loss
-    return f"{loss:.2f}" if loss is not None else ""
-
-
-def _loss_line(model: TrainedModel, locale: str) -> str:
-    parts = []
-    if model.epoch_train_loss is not None:
-        parts.append(t("models.epoch_loss", locale, loss=f"{model.epoch_train_loss:.2f}"))
-    if model.valid_loss is not None:
-        parts.append(t("models.valid_loss", locale, loss=f"{model.valid_loss:.2f}"))
-    return " · ".join(parts) or t("models.no_loss", locale)
 
 
 async def setup(bot: ClassroomBot) -> None:

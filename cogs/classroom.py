@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
@@ -14,21 +13,14 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
+from bot.discord_edge.replies import tell
+from bot.discord_edge.roles import member_is_teacher, teacher_only
+from bot.discord_edge.text import clip
 from bot.i18n import t
 from bot.services import class_time
-from bot.services.governance import (
-    ClassReport,
-    CleanupPlan,
-    CleanupResult,
-    Governance,
-    ModerationNotice,
-    allowed_csv,
-    report_csv,
-)
+from bot.services.governance import CleanupPlan, Governance, ModerationNotice, allowed_csv, report_csv
 from bot.services.starts import StartService
-from cogs import _flagged_ui, _lesson_ui, _ui
-from cogs._roles import member_is_teacher, teacher_only
-from dataset_rules.models import format_usd
+from cogs import _classroom_ui, _flagged_ui, _jobs_ui, _lesson_ui
 from storage.models import Approval, ClassSettings
 
 if TYPE_CHECKING:
@@ -36,84 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIRM_TIMEOUT_SECONDS = 300.0
-MAX_NAMES_SHOWN = 15
-MAX_STUDENTS_SHOWN = 20
 MAX_NAMES_FETCHED = 200
-
-
-APPROVAL_TEMPLATE = r"approval:(?P<id>[0-9a-f]+):(?P<action>approve|reject)"
-DecideHandler = Callable[[discord.Interaction, str, bool], Awaitable[None]]
-
-
-class ApprovalButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=APPROVAL_TEMPLATE):
-    """Approve or Reject on an approval card in the teacher channel; works after a restart."""
-
-    handler: DecideHandler
-
-    def __init__(self, approval_id: str, action: str, label: str | None = None) -> None:
-        style = discord.ButtonStyle.green if action == "approve" else discord.ButtonStyle.red
-        super().__init__(discord.ui.Button(label=label or action.title(), style=style,
-                                           custom_id=f"approval:{approval_id}:{action}"))
-        self.approval_id, self.action = approval_id, action
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
-    ) -> ApprovalButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["id"], match["action"])
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        """Only teachers decide; everyone else is refused privately."""
-        # discord.py types interaction.client as a plain Client; it is the ClassroomBot, which has governance.
-        if await member_is_teacher(interaction, interaction.client.governance.roles):  # type: ignore[attr-defined]
-            return True
-        await interaction.response.send_message(t("error.teachers_only", interaction.locale), ephemeral=True)
-        return False
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        """Hand the decision to the cog that registered this button class."""
-        try:
-            await type(self).handler(interaction, self.approval_id, self.action == "approve")
-        except errors.UserFacingError as exc:
-            await _reply(interaction, exc.render(interaction.locale))
-
-
-def bound_approval_button(handler: DecideHandler) -> type[ApprovalButton]:
-    """An ApprovalButton class whose clicks go to this handler (one per cog instance: no global state)."""
-
-    class BoundApprovalButton(ApprovalButton, template=APPROVAL_TEMPLATE):
-        pass
-
-    BoundApprovalButton.handler = staticmethod(handler)
-    return BoundApprovalButton
-
-
-class ConfirmView(_ui.OwnerOnlyView):
-    """A red Delete and a grey Keep button under a cleanup plan."""
-
-    def __init__(self, owner_id: int, locale: str,
-                 on_confirm: Callable[[discord.Interaction], Awaitable[None]]) -> None:
-        super().__init__(owner_id, locale, timeout=CONFIRM_TIMEOUT_SECONDS)
-        self._on_confirm = on_confirm
-        self.confirm.label = t("gov.cleanup.confirm", locale)
-        self.keep.label = t("gov.cleanup.keep", locale)
-
-    @discord.ui.button(label="Delete", style=discord.ButtonStyle.red)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        """Delete what the plan lists."""
-        self.disable()
-        self.stop()
-        await self._on_confirm(interaction)
-
-    @discord.ui.button(label="Keep", style=discord.ButtonStyle.grey)
-    async def keep(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        """Delete nothing."""
-        self.disable()
-        self.stop()
-        await interaction.response.edit_message(content=t("gov.cleanup.kept", interaction.locale), embed=None,
-                                                view=self)
 
 
 class Classroom(commands.Cog):
@@ -129,7 +44,7 @@ class Classroom(commands.Cog):
 
     def __init__(self, bot: ClassroomBot, governance: Governance, starts: StartService) -> None:
         self.bot, self.governance, self.starts = bot, governance, starts
-        self.approval_buttons = bound_approval_button(self._on_decision)
+        self.approval_buttons = _classroom_ui.ApprovalButton.bound(self._on_decision)
 
     async def cog_load(self) -> None:
         """Restore approval buttons, report moderation to teachers, settle jobs that ended while we were away."""
@@ -304,7 +219,7 @@ class Classroom(commands.Cog):
         assert interaction.guild_id is not None and self.governance.moderation.wordlist is not None
         words = await self.governance.moderation.wordlist.words(interaction.guild_id)
         text = ", ".join(f"`{w}`" for w in words) if words else t("words.empty", interaction.locale)
-        await interaction.response.send_message(_clip(t("words.list", interaction.locale, count=len(words),
+        await interaction.response.send_message(clip(t("words.list", interaction.locale, count=len(words),
                                                         words=text), 2000), ephemeral=True)
 
     @klass.command(name="settings", description=_("Show this class's settings and budget", key="gov.cmd.settings"))
@@ -321,10 +236,10 @@ class Classroom(commands.Cog):
         locale = str(interaction.locale)
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
-        embed = settings_embed(settings, cap, committed, moderating, locale)
+        embed = _classroom_ui.settings_embed(settings, cap, committed, moderating, locale)
         await self._describe_moderation(embed, settings, locale)
         await self._describe_class_time(embed, interaction.guild, locale)
-        lines = [t(saved, locale) if saved else "", _teacher_channel_warning(interaction.guild, settings, locale)]
+        lines = [t(saved, locale) if saved else "", _classroom_ui.teacher_channel_warning(interaction.guild, settings, locale)]
         text = "\n".join(line for line in lines if line)
         # Requests about flagged files with no card in a teacher channel (none set, or posting failed) wait here,
         # each with its Allow button: a false positive always has a way forward.
@@ -358,7 +273,7 @@ class Classroom(commands.Cog):
             if settings.moderation and not await self.governance.moderation.backend_moderates():
                 # `on` chosen while the backend had a moderation endpoint (or before the backend changed).
                 checked = t("gov.warning.moderation_on_unavailable", locale)
-        embed.add_field(name=t("words.by", locale), value=_clip(checked, 1024), inline=False)
+        embed.add_field(name=t("words.by", locale), value=clip(checked, 1024), inline=False)
         if self.governance.moderation.wordlist is not None:
             count = len(await self.governance.moderation.wordlist.words(settings.guild_id))
             embed.add_field(name=t("words.own", locale), value=t("words.own_value", locale, count=count),
@@ -377,7 +292,7 @@ class Classroom(commands.Cog):
         names = await _member_names(interaction.guild, list({s.user_id for s in report.students}
                                                             | {f.user_id for f in allowed}))
         files = [discord.File(io.BytesIO(report_csv(report, names)), filename="class-report.csv")]
-        embed = report_embed(report, str(interaction.locale))
+        embed = _classroom_ui.report_embed(report, str(interaction.locale))
         if allowed:  # on record: which flagged files a teacher let through, whose, which lines, and who allowed them
             embed.add_field(name=t("flagged.report_title", interaction.locale),
                             value=_flagged_ui.allowed_field(allowed, str(interaction.locale)), inline=False)
@@ -402,7 +317,7 @@ class Classroom(commands.Cog):
 
     async def _offer_cleanup(self, interaction: discord.Interaction, plan: CleanupPlan, title: str) -> None:
         locale = str(interaction.locale)
-        embed = cleanup_embed(plan, title, locale)
+        embed = _classroom_ui.cleanup_embed(plan, title, locale)
         if plan.empty:
             await interaction.response.send_message(embed=embed, ephemeral=True)
             return
@@ -419,9 +334,9 @@ class Classroom(commands.Cog):
                 await self.governance.flagged.forget_user(plan.guild_id, plan.user_id)  # their flagged lines
                 await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id)  # their /dataset examples
                 await self.bot.groups.forget_user(plan.guild_id, plan.user_id)  # and their place in a group
-            await click.edit_original_response(embed=cleanup_done_embed(result, threads_gone, locale), view=view)
+            await click.edit_original_response(embed=_classroom_ui.cleanup_done_embed(result, threads_gone, locale), view=view)
 
-        view = ConfirmView(interaction.user.id, locale, on_confirm)
+        view = _classroom_ui.ConfirmView(interaction.user.id, locale, on_confirm)
         listing = "\n".join(f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources)
         files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")] if listing else []
         await interaction.response.send_message(embed=embed, view=view, files=files, ephemeral=True)
@@ -454,16 +369,17 @@ class Classroom(commands.Cog):
         view.add_item(self.approval_buttons(approval.id, "reject", t("gov.approval.reject", locale)))
         channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=approval.guild_id)
         try:
-            message = await channel.send(embed=approval_embed(approval, cap, committed, locale), view=view,
+            message = await channel.send(embed=_classroom_ui.approval_embed(approval, cap, committed, locale), view=view,
                                          allowed_mentions=discord.AllowedMentions.none())
         except discord.HTTPException:
             log.warning("Could not post approval %s in guild %s", approval.id, approval.guild_id)
             return
         await self.governance.policy.set_approval_card(approval, message.id)
 
-    async def _on_decision(self, interaction: discord.Interaction, approval_id: str, approve: bool) -> None:
+    async def _on_decision(self, interaction: discord.Interaction, approval_id: str, action: str) -> None:
         """A teacher approved or rejected: the start use case decides, this tells the student and closes the card."""
         assert interaction.guild_id is not None
+        approve = action == "approve"
         await interaction.response.defer()
         decision = await self.starts.decide(interaction.guild_id, approval_id, interaction.user.id, approve=approve)
         approval = decision.approval
@@ -472,7 +388,7 @@ class Classroom(commands.Cog):
             await self._tell_student(approval, t("gov.approval.rejected_student", locale,
                                                  user=f"<@{approval.user_id}>", file=approval.filename))
             await self._close_card(interaction, approval, t("gov.approval.rejected_card", locale,
-                                                            teacher=f"<@{interaction.user.id}>"), _ui.RED)
+                                                            teacher=f"<@{interaction.user.id}>"), _jobs_ui.RED)
             return
         if decision.job is None:
             problem = decision.problem.render(locale) if decision.problem else ""
@@ -480,20 +396,17 @@ class Classroom(commands.Cog):
                                                  user=f"<@{approval.user_id}>", file=approval.filename,
                                                  reason=problem))
             await self._close_card(interaction, approval, t("gov.approval.failed_card", locale, reason=problem),
-                                   _ui.RED)
+                                   _jobs_ui.RED)
             return
         job = decision.job
         await self._tell_student(approval, t("gov.approval.approved_student", locale, user=f"<@{approval.user_id}>",
                                              file=approval.filename, job=job.id))
         await self._close_card(interaction, approval, t("gov.approval.approved_card", locale,
-                                                        teacher=f"<@{interaction.user.id}>", job=job.id), _ui.GREEN)
+                                                        teacher=f"<@{interaction.user.id}>", job=job.id), _jobs_ui.GREEN)
         self.bot.dispatch("job_started", job)
 
     async def _tell_student(self, approval: Approval, text: str) -> None:
-        channel = self.bot.get_partial_messageable(approval.channel_id, guild_id=approval.guild_id)
-        try:
-            await channel.send(text, allowed_mentions=discord.AllowedMentions(users=True))
-        except discord.HTTPException:
+        if not await tell(self.bot, approval.channel_id, approval.guild_id, text):
             log.warning("Could not tell user %s about approval %s", approval.user_id, approval.id)
 
     async def _close_card(self, interaction: discord.Interaction, approval: Approval, footer: str,
@@ -518,7 +431,7 @@ class Classroom(commands.Cog):
             log.info("Moderation held back %d texts in guild %s (no teacher channel)", notice.count, notice.guild_id)
             return
         locale = self.bot.channel_locale(notice.guild_id)
-        embed = discord.Embed(title=t(f"gov.moderation.title_{notice.where}", locale), colour=_ui.AMBER)
+        embed = discord.Embed(title=t(f"gov.moderation.title_{notice.where}", locale), colour=_jobs_ui.AMBER)
         if notice.where == "outage":  # said once per outage: nothing was shown, students were asked to wait
             embed.description = t("gov.moderation.outage_body", locale)
             channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)
@@ -528,8 +441,8 @@ class Classroom(commands.Cog):
         embed.description = t(body, locale, count=notice.count,
                               user=f"<@{notice.user_id}>" if notice.user_id else t("gov.moderation.someone", locale))
         if notice.detail:
-            embed.add_field(name=t("gov.moderation.where", locale), value=_clip(notice.detail, 1024), inline=False)
-        embed.add_field(name=t("gov.moderation.excerpt", locale), value=f"||{_clip(notice.excerpt, 1000)}||",
+            embed.add_field(name=t("gov.moderation.where", locale), value=clip(notice.detail, 1024), inline=False)
+        embed.add_field(name=t("gov.moderation.excerpt", locale), value=f"||{clip(notice.excerpt, 1000)}||",
                         inline=False)
         channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=notice.guild_id)
         await channel.send(embed=embed, allowed_mentions=discord.AllowedMentions.none())
@@ -550,143 +463,6 @@ async def _member_names(guild: discord.Guild, user_ids: list[int]) -> dict[int, 
                 continue  # left the server: the report keeps their id
         names[user_id] = member.display_name
     return names
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _teacher_channel_warning(guild: discord.Guild | None, settings: ClassSettings, locale: str) -> str:
-    # Approval cards and moderation reports (with the flagged text) go there: say so if @everyone can read it.
-    # Asked each time settings are shown, since a channel's permissions can change after it was chosen.
-    if guild is None or settings.teacher_channel_id is None:
-        return ""
-    channel = guild.get_channel(settings.teacher_channel_id)
-    if channel is None or not channel.permissions_for(guild.default_role).view_channel:
-        return ""
-    return t("gov.warning.teacher_channel_public", locale, channel=f"<#{channel.id}>")
-
-
-def _limit(value: int | None, locale: str) -> str:
-    return f"{value:,}" if value is not None else t("gov.settings.none", locale)
-
-
-def settings_embed(settings: ClassSettings, cap: float | None, committed: float, moderating: bool,
-                   locale: str) -> discord.Embed:
-    """Everything a teacher set, and the budget as it stands."""
-    none = t("gov.settings.none", locale)
-    embed = discord.Embed(title=t("gov.settings.title", locale), colour=_ui.BLURPLE)
-    embed.add_field(name=t("gov.settings.teacher_role", locale),
-                    value=f"<@&{settings.teacher_role_id}>" if settings.teacher_role_id else none)
-    embed.add_field(name=t("gov.settings.teacher_channel", locale),
-                    value=f"<#{settings.teacher_channel_id}>" if settings.teacher_channel_id else none)
-    if cap is None:
-        budget = t("gov.settings.no_cap", locale, spent=format_usd(committed))
-    else:
-        budget = t("gov.settings.budget_value", locale, cap=format_usd(cap), spent=format_usd(committed),
-                   left=format_usd(max(0.0, cap - committed)))
-    embed.add_field(name=t("gov.settings.budget", locale), value=budget, inline=False)
-    embed.add_field(name=t("gov.settings.jobs_per_day", locale), value=_limit(settings.jobs_per_day, locale))
-    embed.add_field(name=t("gov.settings.max_examples", locale), value=_limit(settings.max_examples, locale))
-    embed.add_field(name=t("gov.settings.max_tokens", locale), value=_limit(settings.max_tokens, locale))
-    embed.add_field(name=t("gov.settings.models", locale),
-                    value=", ".join(f"`{m}`" for m in settings.allowed_models) or t("gov.settings.any", locale),
-                    inline=False)
-    embed.add_field(name=t("gov.settings.approvals", locale), value=t(f"gov.settings.{_on(settings.approvals)}", locale))
-    moderation = t(f"gov.settings.{_on(moderating)}", locale)
-    if settings.moderation is None:
-        moderation += " " + t("gov.settings.auto", locale)
-    embed.add_field(name=t("gov.settings.moderation", locale), value=moderation)
-    return embed
-
-
-def _on(flag: bool) -> str:
-    return "on" if flag else "off"
-
-
-def report_embed(report: ClassReport, locale: str) -> discord.Embed:
-    """Per-student totals (the CSV has every student)."""
-    embed = discord.Embed(title=t("gov.report.title", locale), colour=_ui.BLURPLE)
-    if not report.students:
-        embed.description = t("gov.report.empty", locale)
-        return embed
-    lines = [
-        t("gov.report.line", locale, user=f"<@{s.user_id}>", jobs=s.jobs, tokens=f"{s.trained_tokens:,}",
-          estimated=format_usd(s.estimated_usd), actual=format_usd(s.actual_usd),
-          models=", ".join(f"`{m}`" for m in (s.models or s.base_models)))
-        for s in report.students[:MAX_STUDENTS_SHOWN]
-    ]
-    if len(report.students) > MAX_STUDENTS_SHOWN:
-        lines.append(t("gov.report.more", locale, count=len(report.students) - MAX_STUDENTS_SHOWN))
-    embed.description = _clip("\n".join(lines), 4000)
-    total = report.total
-    embed.add_field(name=t("gov.report.total", locale),
-                    value=t("gov.report.total_value", locale, jobs=total.jobs, tokens=f"{total.trained_tokens:,}",
-                            estimated=format_usd(total.estimated_usd), actual=format_usd(total.actual_usd)), inline=False)
-    if report.budget_usd is not None:
-        embed.add_field(name=t("gov.settings.budget", locale),
-                        value=t("gov.settings.budget_value", locale, cap=format_usd(report.budget_usd),
-                                spent=format_usd(report.committed_usd),
-                                left=format_usd(max(0.0, report.budget_usd - report.committed_usd))), inline=False)
-    return embed
-
-
-def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
-    """Exactly what will be deleted at the backend, and what stays because a job still runs."""
-    embed = discord.Embed(title=t(title, locale), colour=_ui.RED if plan.resources else _ui.GREY)
-    if plan.empty:
-        embed.description = t("gov.cleanup.nothing", locale)
-    else:
-        embed.description = t("gov.cleanup.intro", locale, files=len(plan.files), models=len(plan.models))
-        if plan.user_id is not None:
-            embed.description += "\n" + t("gov.cleanup.chats", locale, threads=plan.chat_threads,
-                                           messages=plan.chat_messages)
-            if plan.dataset_examples:
-                embed.description += "\n" + t("dataset.cleanup_examples", locale, count=plan.dataset_examples)
-        for name, items in ((t("gov.cleanup.files", locale), plan.files), (t("gov.cleanup.models", locale), plan.models)):
-            if items:
-                shown = [f"`{r.resource_id}`" for r in items[:MAX_NAMES_SHOWN]]
-                if len(items) > MAX_NAMES_SHOWN:
-                    shown.append(t("gov.report.more", locale, count=len(items) - MAX_NAMES_SHOWN))
-                embed.add_field(name=name, value=_clip("\n".join(shown), 1024), inline=False)
-        embed.set_footer(text=t("gov.cleanup.irreversible", locale))
-    if plan.running_jobs:
-        embed.add_field(name=t("gov.cleanup.running_title", locale),
-                        value=t("gov.cleanup.running", locale, count=plan.running_jobs), inline=False)
-    return embed
-
-
-def cleanup_done_embed(result: CleanupResult, threads_deleted: int, locale: str) -> discord.Embed:
-    """What the cleanup did."""
-    embed = discord.Embed(title=t("gov.cleanup.done_title", locale), colour=_ui.GREEN if not result.failed else _ui.AMBER)
-    embed.description = t("gov.cleanup.done", locale, deleted=len(result.deleted), gone=len(result.already_gone),
-                          failed=len(result.failed))
-    if threads_deleted:
-        embed.description += "\n" + t("gov.cleanup.threads_done", locale, threads=threads_deleted)
-    return embed
-
-
-def approval_embed(approval: Approval, cap: float | None, committed: float, locale: str) -> discord.Embed:
-    """The card a teacher approves or rejects."""
-    embed = discord.Embed(title=t("gov.approval.title", locale), colour=_ui.AMBER)
-    embed.description = t("gov.approval.body", locale, user=f"<@{approval.user_id}>", file=approval.filename)
-    embed.add_field(name=t("card.base_model", locale), value=f"`{approval.base_model}`")
-    embed.add_field(name=t("card.examples", locale), value=f"{approval.examples:,}")
-    embed.add_field(name=t("card.billed_tokens", locale), value=f"{approval.tokens:,}")
-    embed.add_field(name=t("card.cost", locale), value=_ui.cost_text(approval.estimated_usd, locale))
-    if cap is not None:
-        embed.add_field(name=t("gov.settings.budget", locale),
-                        value=t("gov.settings.budget_value", locale, cap=format_usd(cap), spent=format_usd(committed),
-                                left=format_usd(max(0.0, cap - committed))), inline=False)
-    embed.set_footer(text=approval.id)
-    return embed
-
-
-async def _reply(interaction: discord.Interaction, text: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True)
-    else:
-        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: ClassroomBot) -> None:

@@ -12,64 +12,18 @@ from discord.app_commands import Choice
 from discord.app_commands import locale_str as _
 from discord.ext import commands
 
+from bot.discord_edge.replies import tree_error
+from bot.discord_edge.roles import teacher_only
 from bot.i18n import t
-from bot.services.datasets import (
-    ANSWER_MAX_CHARS,
-    MIN_EXAMPLES,
-    QUESTION_MAX_CHARS,
-    TARGET_EXAMPLES,
-    DatasetService,
-    DatasetSummary,
-)
-from cogs._roles import teacher_only
+from bot.services.datasets import ANSWER_MAX_CHARS, MIN_EXAMPLES, QUESTION_MAX_CHARS, TARGET_EXAMPLES, DatasetService
+from cogs import _dataset_ui
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
 
 log = logging.getLogger(__name__)
 
-WARNINGS_SHOWN = 5
 MODAL_TIMEOUT_SECONDS = 15 * 60
-COLOUR = 0xFEE75C
-
-
-def progress_line(count: int, missing_to_train: int, missing_to_target: int, name: str, locale: str) -> str:
-    """What is still missing, in numbers ("12 more examples to reach 50")."""
-    if missing_to_train:
-        return t("dataset.progress_train", locale, count=count, train=missing_to_train, target=missing_to_target)
-    if missing_to_target:
-        return t("dataset.progress_target", locale, count=count, target=missing_to_target)
-    return t("dataset.progress_done", locale, count=count, name=name)
-
-
-def summary_embed(summary: DatasetSummary, locale: str) -> discord.Embed:
-    """The dataset's size, tokens, authors, what is missing, what to check, and its latest examples by number."""
-    name = summary.dataset.name
-    lines = [t("dataset.stats", locale, count=summary.count, tokens=summary.tokens, people=summary.contributors),
-             progress_line(summary.count, summary.missing_to_train, summary.missing_to_target, name, locale)]
-    if summary.dataset.system_prompt:
-        prompt = t("post.held_back", locale) if summary.prompt_held_back else summary.dataset.system_prompt[:500]
-        lines.append(t("dataset.system_prompt", locale, prompt=prompt))
-    embed = discord.Embed(title=t("dataset.title", locale, name=name), description="\n".join(lines), colour=COLOUR)
-    warnings = [w for w in (summary.report.warnings if summary.report else ()) if w.code != "few_examples"]
-    if warnings:
-        embed.add_field(name=t("dataset.warnings", locale),
-                        value="\n".join(f"• {w.message(locale)}"[:200] for w in warnings[:WARNINGS_SHOWN]),
-                        inline=False)
-    latest = summary.latest
-    if latest:
-        # What moderation flagged is not posted: a kind note stands in its place (the teacher was told).
-        held = t("post.held_back", locale)
-        shown = "\n".join(f"**#{e.number}** {held} (<@{e.user_id}>)" if e.number in summary.held_back
-                          else f"**#{e.number}** {_clip(e.question, 80)} → {_clip(e.answer, 80)} (<@{e.user_id}>)"
-                          for e in latest)
-        embed.add_field(name=t("dataset.latest", locale), value=shown[:1024], inline=False)
-    return embed
-
-
-def _clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class ExampleModal(discord.ui.Modal):
@@ -89,29 +43,20 @@ class ExampleModal(discord.ui.Modal):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         """Store the example and tell the student its number and what the class still needs."""
+        try:
+            await self._store(interaction)
+        except Exception as exc:  # boundary: a refused example is explained like any command's error
+            await tree_error(interaction, exc)
+
+    async def _store(self, interaction: discord.Interaction) -> None:
         assert interaction.guild_id is not None
         example = await self.service.add(interaction.guild_id, self.name, interaction.user.id,
                                          self.question.value, self.answer.value)
         count = await self.service.count(interaction.guild_id, self.name)  # numbers skip removed examples
-        progress = progress_line(count, max(0, MIN_EXAMPLES - count), max(0, TARGET_EXAMPLES - count), self.name,
+        progress = _dataset_ui.progress_line(count, max(0, MIN_EXAMPLES - count), max(0, TARGET_EXAMPLES - count), self.name,
                                  str(interaction.locale))
         await interaction.response.send_message(
             t("dataset.added", interaction.locale, number=example.number, progress=progress), ephemeral=True)
-
-    # Modal's own on_error drops BaseView's item argument, so mypy finds every override of it incompatible.
-    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
-        """A refused example is explained like any command's error."""
-        # discord.py types an interaction's client as a plain Client; here it is always the ClassroomBot.
-        bot_interaction: discord.Interaction[ClassroomBot] = interaction  # type: ignore[assignment]
-        await bot_interaction.client.tree.on_error(bot_interaction, _wrap(error))
-
-
-def _wrap(error: Exception) -> app_commands.AppCommandError:
-    if isinstance(error, app_commands.AppCommandError):
-        return error
-    wrapped = app_commands.AppCommandError(type(error).__name__)
-    wrapped.original = error  # type: ignore[attr-defined]  # as CommandInvokeError has; the tree's handler reads it
-    return wrapped
 
 
 class Dataset(commands.Cog):
@@ -158,7 +103,7 @@ class Dataset(commands.Cog):
         assert interaction.guild_id is not None
         await interaction.response.defer(thinking=True)
         summary = await self.service.summary(interaction.guild_id, name, await self.bot.finetune.default_base_model())
-        await interaction.followup.send(embed=summary_embed(summary, str(interaction.locale)),
+        await interaction.followup.send(embed=_dataset_ui.summary_embed(summary, str(interaction.locale)),
                                         allowed_mentions=discord.AllowedMentions.none())
 
     @dataset.command(name="remove", description=_("Remove one example by its number (teachers)",

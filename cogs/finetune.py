@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import secrets
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
@@ -16,14 +14,17 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands, tasks
 
 from bot import errors
+from bot.discord_edge.buttons import ActionButton
+from bot.discord_edge.replies import send_ephemeral
+from bot.discord_edge.roles import member_is_teacher
 from bot.i18n import locale_of, t
 from bot.services.finetune import FineTuneService, clean_suffix
 from bot.services.governance import ClassSettingsService
 from bot.services.monitor import MonitorService
-from bot.services.starts import AwaitingApproval, Flagged, StartRequest, StartService, Started, Upload, jsonl_name
-from cogs import _flagged_ui, _lesson_ui, _ui
-from cogs._replies import send_ephemeral
-from cogs._roles import member_is_teacher
+from bot.services.staging import jsonl_name
+from bot.services.start_outcomes import AwaitingApproval, Flagged, StartRequest, Started, Upload
+from bot.services.starts import StartService
+from cogs import _flagged_ui, _jobs_ui, _lesson_ui
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -49,7 +50,7 @@ class FineTune(commands.Cog):
         self.bot, self.service, self.starts, self.monitor, self.roles = bot, service, starts, monitor, roles
         self._intake = asyncio.Semaphore(max(2, 2 * bot.settings.worker_processes))
         # Start and Cancel are rebuilt from their custom id after a restart, and reach this cog's handler directly.
-        self.buttons = bound_start_button(self.on_card_button)
+        self.buttons = StartButton.bound(self.on_card_button)
 
     async def cog_load(self) -> None:
         """Restore every card's buttons; remove expired starts (and a killed bot's files) now and on a schedule."""
@@ -134,9 +135,9 @@ class FineTune(commands.Cog):
                 training = await self._read(training_file)
                 validation = await self._read(validation_file) if validation_file else None
             prepared = await self.starts.prepare(request, training, validation)
-        embed = _ui.check_card(prepared.check, filename=training.filename, base_model=request.base_model,
+        embed = _jobs_ui.check_card(prepared.check, filename=training.filename, base_model=request.base_model,
                                suffix=request.suffix, locale=locale)
-        report = _ui.report_file(prepared.check, locale)
+        report = _jobs_ui.report_file(prepared.check, locale)
         files = [report] if report else []
         if prepared.pending is None:
             await interaction.followup.send(embed=embed, files=files)
@@ -166,20 +167,20 @@ class FineTune(commands.Cog):
             except errors.UserFacingError as exc:
                 await send_ephemeral(click, exc.render(click.locale))
                 return
-            await click.response.edit_message(embed=_footed(click, _ui.GREY, t("card.cancelled", click.locale)),
+            await click.response.edit_message(embed=_footed(click, _jobs_ui.GREY, t("card.cancelled", click.locale)),
                                               view=self._greyed(token, click.locale))
             return
         await click.response.defer()
         outcome = await self.starts.press(token, click.user.id)
         if isinstance(outcome, Started):
-            await self._close_card(click, token, _ui.GREEN, t("card.started", click.locale, job=outcome.job.id))
+            await self._close_card(click, token, _jobs_ui.GREEN, t("card.started", click.locale, job=outcome.job.id))
             self.bot.dispatch("job_started", outcome.job)  # the watcher posts the progress card
         elif isinstance(outcome, AwaitingApproval):
-            await self._close_card(click, token, _ui.AMBER, t("gov.approval.sent", click.locale))
+            await self._close_card(click, token, _jobs_ui.AMBER, t("gov.approval.sent", click.locale))
             self.bot.dispatch("approval_requested", outcome.approval)  # the classroom cog posts the teacher's card
         elif isinstance(outcome, Flagged):
             # The lines, for the student alone, with a way forward: fix the file, or ask a teacher to allow it.
-            await self._close_card(click, token, _ui.AMBER, t("flagged.card_footer", click.locale))
+            await self._close_card(click, token, _jobs_ui.AMBER, t("flagged.card_footer", click.locale))
             locale = str(click.locale)
             await click.followup.send(_flagged_ui.student_text(outcome.flagged, locale), ephemeral=True,
                                       view=_flagged_ui.button_view(outcome.flagged.id, "ask", locale),
@@ -221,10 +222,11 @@ class FineTune(commands.Cog):
         assert interaction.guild_id is not None
         found = await self.service.get(interaction.guild_id, job)
         locale = str(interaction.locale)
-        card = await self.monitor.card(await self.monitor.look(found), locale=locale, force_chart=True)
-        files = [_ui.chart_file(card.chart_png)] if card.chart_png else []
+        card = await self.monitor.card(await self.monitor.look(found), labels=_jobs_ui.chart_labels(locale),
+                                       force_chart=True)
+        files = [_jobs_ui.chart_file(card.chart_png)] if card.chart_png else []
         members = await self.bot.groups.members_of(found) if found.group_name else ()
-        await interaction.followup.send(embed=_ui.progress_embed(card, locale, members), files=files,
+        await interaction.followup.send(embed=_jobs_ui.progress_embed(card, locale, members), files=files,
                                         allowed_mentions=discord.AllowedMentions.none())
 
     @finetune.command(name="list", description=_("List this server's fine-tuning jobs", key="cmd.finetune.list"))
@@ -234,7 +236,7 @@ class FineTune(commands.Cog):
         ours = await self.bot.groups.jobs_of_member(interaction.guild_id, interaction.user.id, limit=LIST_LIMIT)
         recent = await self.service.recent(interaction.guild_id, limit=LIST_LIMIT)
         jobs = list({job.id: job for job in ours + recent}.values())[:LIST_LIMIT]
-        await interaction.response.send_message(embed=_ui.jobs_list_embed(jobs, str(interaction.locale)))
+        await interaction.response.send_message(embed=_jobs_ui.jobs_list_embed(jobs, str(interaction.locale)))
 
     @finetune.command(name="cancel", description=_("Stop a running fine-tuning job", key="cmd.finetune.cancel"))
     @app_commands.describe(job=_("The job (start typing its name)", key="cmd.finetune.job"))
@@ -256,7 +258,7 @@ class FineTune(commands.Cog):
         except Exception:  # boundary: autocomplete must never raise
             log.exception("Job autocomplete failed in guild %s", interaction.guild_id)
             return []
-        return [Choice(name=_ui.job_label(j), value=j.id) for j in jobs][:25]
+        return [Choice(name=_jobs_ui.job_label(j), value=j.id) for j in jobs][:25]
 
     @finetune_start.autocomplete("sample")
     async def sample_autocomplete(self, interaction: discord.Interaction, current: str) -> list[Choice[str]]:
@@ -310,48 +312,11 @@ def _footed(click: discord.Interaction, colour: int | None, footer: str | None) 
     return embed
 
 
-START_TEMPLATE = r"start:(?P<token>[0-9a-f]+):(?P<action>start|cancel)"
-ButtonHandler = Callable[[discord.Interaction, str, str], Awaitable[None]]
-
-
-class StartButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=START_TEMPLATE):
+class StartButton(ActionButton, template=r"start:(?P<id>[0-9a-f]+):(?P<action>start|cancel)"):
     """Start or Cancel under a checked file's card; it works after a restart, since the start waits as a row."""
 
-    handler: ButtonHandler
-
-    def __init__(self, token: str, action: str, label: str | None = None) -> None:
-        style = discord.ButtonStyle.green if action == "start" else discord.ButtonStyle.grey
-        super().__init__(discord.ui.Button(label=label or action.title(), style=style,
-                                           custom_id=f"start:{token}:{action}"))
-        self.token, self.action = token, action
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
-    ) -> StartButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["token"], match["action"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        """Hand the click to the cog that registered this button class."""
-        try:
-            await type(self).handler(interaction, self.token, self.action)
-        except errors.UserFacingError as exc:
-            await send_ephemeral(interaction, exc.render(interaction.locale))
-        except Exception:  # boundary: a button has no command tree behind it; never show a traceback
-            ref = secrets.token_hex(3)
-            log.exception("Start button %s failed (ref %s, user %s)", self.action, ref, interaction.user.id)
-            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
-
-
-def bound_start_button(handler: ButtonHandler) -> type[StartButton]:
-    """A StartButton class whose clicks go to this handler (one per cog instance: no global state)."""
-
-    class BoundStartButton(StartButton, template=START_TEMPLATE):
-        pass
-
-    BoundStartButton.handler = staticmethod(handler)
-    return BoundStartButton
+    prefix = "start"
+    styles = {"start": discord.ButtonStyle.green, "cancel": discord.ButtonStyle.grey}
 
 
 async def setup(bot: ClassroomBot) -> None:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
-from bot import errors
+from bot.discord_edge.replies import reply_error, send_ephemeral, tell
 from bot.i18n import t
 from bot.services.governance import Governance
-from bot.services.starts import AwaitingApproval, Flagged, Started, StartService
-from cogs import _flagged_ui, _ui
-from cogs._replies import send_ephemeral
+from bot.services.start_outcomes import AwaitingApproval, Flagged, Started
+from bot.services.starts import StartService
+from cogs import _flagged_ui, _jobs_ui
 from storage.models import FlaggedFile
 
 if TYPE_CHECKING:
@@ -45,12 +44,9 @@ class FlaggedFiles(commands.Cog):
                 await self._ask(interaction, flagged_id)
             else:
                 await self._allow(interaction, flagged_id)
-        except errors.UserFacingError as exc:
-            await send_ephemeral(interaction, exc.render(interaction.locale))
-        except Exception:  # boundary: a button has no command tree behind it; never show a traceback
-            ref = secrets.token_hex(3)
-            log.exception("Flagged file button %s failed (ref %s, user %s)", action, ref, interaction.user.id)
-            await send_ephemeral(interaction, t("error.unexpected", interaction.locale, ref=ref))
+        except Exception as exc:  # boundary: a listener has no command tree behind it; never show a traceback
+            await reply_error(interaction, exc, log, "Flagged file button %s failed (user %s)", action,
+                              interaction.user.id)
 
     async def _ask(self, interaction: discord.Interaction, flagged_id: str) -> None:
         assert interaction.guild_id is not None
@@ -106,10 +102,7 @@ class FlaggedFiles(commands.Cog):
         await self._close_card(interaction, flagged, card)
 
     async def _tell_student(self, flagged: FlaggedFile, text: str) -> None:
-        channel = self.bot.get_partial_messageable(flagged.channel_id, guild_id=flagged.guild_id)
-        try:
-            await channel.send(text, allowed_mentions=discord.AllowedMentions(users=True))
-        except discord.HTTPException:
+        if not await tell(self.bot, flagged.channel_id, flagged.guild_id, text):
             log.warning("Could not tell user %s about flagged file %s", flagged.user_id, flagged.id)
 
     async def _close_card(self, interaction: discord.Interaction, flagged: FlaggedFile, footer: str) -> None:
@@ -119,7 +112,7 @@ class FlaggedFiles(commands.Cog):
             # Allowed from /class settings: that private message lists other requests; answer beside it.
             await send_ephemeral(interaction, footer)
             return
-        embed.colour = _ui.GREEN
+        embed.colour = _jobs_ui.GREEN
         embed.set_footer(text=footer)
         try:
             await interaction.edit_original_response(embed=embed, view=None)

@@ -13,7 +13,7 @@ from discord.ext import commands, tasks
 from bot import errors
 from bot.i18n import t
 from bot.services.monitor import ChartBudget, MonitorService, ProgressCard
-from cogs import _lesson_ui, _ui
+from cogs import _jobs_ui, _lesson_ui
 from storage.models import Job
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class JobMonitor(commands.Cog):
 
     async def cog_load(self) -> None:
         """Start polling; a restart resumes every unfinished job from the database."""
-        self.bot.add_dynamic_items(_ui.ChatWithModelButton)
+        self.bot.add_dynamic_items(_jobs_ui.ChatWithModelButton)
         self.poll.change_interval(seconds=self.bot.settings.job_poll_seconds)
         self.poll.start()
 
@@ -122,7 +122,7 @@ class JobMonitor(commands.Cog):
         if not job.is_terminal and (job.progress_message_id is None or budget.delay(job.channel_id) == 0):
             tick = await self.monitor.poll(job)
             if tick.has_news or job.progress_message_id is None:
-                card = await self.monitor.card(tick, locale=locale, charts_left=charts_left)
+                card = await self.monitor.card(tick, labels=_jobs_ui.chart_labels(locale), charts_left=charts_left)
                 await self._show_card(job, card, locale)
                 # The cursor moves only now, after the channel shows the news.
                 job = await self.monitor.commit(tick, chart_step=card.chart_step)
@@ -131,8 +131,8 @@ class JobMonitor(commands.Cog):
 
     async def _show_card(self, job: Job, card: ProgressCard, locale: str) -> None:
         members = await self.bot.groups.members_of(job) if job.group_name else ()
-        embed = _ui.progress_embed(card, locale, members)
-        files = [_ui.chart_file(card.chart_png)] if card.chart_png else []
+        embed = _jobs_ui.progress_embed(card, locale, members)
+        files = [_jobs_ui.chart_file(card.chart_png)] if card.chart_png else []
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         if job.progress_message_id is not None:
             budget = self.bot.edit_budget
@@ -152,15 +152,15 @@ class JobMonitor(commands.Cog):
         await self.monitor.set_progress_message(job, message.id)
 
     async def _announce_end(self, job: Job, locale: str) -> None:
-        chart = await self.monitor.chart(job, locale=locale)
+        chart = await self.monitor.chart(job, labels=_jobs_ui.chart_labels(locale))
         losses = await self.monitor.final_losses(job)
         # A group's model is every member's: the notice names and mentions them all.
         members = await self.bot.groups.members_of(job)
-        embed = _ui.notice_embed(job, losses, locale, has_chart=chart is not None, members=members)
+        embed = _jobs_ui.notice_embed(job, losses, locale, has_chart=chart is not None, members=members)
         view = None
         if job.status == "succeeded" and job.fine_tuned_model:
             view = discord.ui.View(timeout=None)
-            view.add_item(_ui.ChatWithModelButton(job.id, label=t("notice.chat_button", locale)))
+            view.add_item(_jobs_ui.ChatWithModelButton(job.id, label=t("notice.chat_button", locale)))
             if job.validation_file_id or self.bot.evaluation.lesson_of_model(job.fine_tuned_model):
                 view.add_item(_lesson_ui.EvaluateJobButton(job.id, label=t("evaluate.button", locale)))
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -168,7 +168,7 @@ class JobMonitor(commands.Cog):
         message = await channel.send(
             content=mention,
             embed=embed,
-            files=[_ui.chart_file(chart)] if chart else [],
+            files=[_jobs_ui.chart_file(chart)] if chart else [],
             view=view or discord.utils.MISSING,
             # A restart between this post and the database write below sends the same nonce: Discord keeps one.
             nonce=_notice_nonce(job.id),

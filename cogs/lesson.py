@@ -16,7 +16,7 @@ from bot.services import class_time
 from bot.services.evaluation import EvaluationService
 from bot.services.lessons import LessonLibrary
 from cogs import _lesson_ui
-from cogs._roles import teacher_only
+from bot.discord_edge.roles import teacher_only
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot

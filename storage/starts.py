@@ -37,6 +37,7 @@ class PendingStart:
     claimed: bool
     created_at: int
     expires_at: int
+    training_prompt: str | None = None  # the system prompt most examples use, found while the card was made
 
     @property
     def paths(self) -> list[str]:

@@ -158,9 +158,9 @@ async def test_chat_reply_cut_by_length_limit_says_so(classroom: Classroom) -> N
 async def test_chat_streamed_edits_never_exceed_rate_limit(classroom: Classroom) -> None:
     """A reply streamed over ~2 s shows at once and is edited as it grows, never above the channel's edit limit."""
     window = 0.5  # Discord's 5 edits per 5 s, scaled down ten times so the test stays fast
-    classroom.bot.chat.edit_budget = EditBudget(5, window)
-    classroom.bot.chat.min_edit_interval = window / 10
-    classroom.bot.chat.moderation_interval = window / 10  # the reply is checked (and shown) as often as it is edited
+    classroom.bot.chat.delivery.edit_budget = EditBudget(5, window)
+    classroom.bot.chat.delivery.min_edit_interval = window / 10
+    classroom.bot.chat.delivery.moderation_interval = window / 10  # the reply is checked (and shown) as often as it is edited
     classroom.discord.rate_limit_edits = (5, window)
     classroom.openai.stream_token_delay = 0.006
     words = " ".join(f"token{i}" for i in range(300))

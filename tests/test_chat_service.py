@@ -11,15 +11,9 @@ import pytest
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
-from bot.services.chat import (
-    ChatService,
-    ReplyAction,
-    ReplyRenderer,
-    build_history,
-    chat_error,
-    count_tokens,
-    split_reply,
-)
+from bot.services.chat import ChatService, build_history, count_tokens
+from bot.services.chat_models import chat_error
+from bot.services.delivery import ReplyAction, ReplyRenderer, split_reply
 from bot.services.governance.moderation import MODERATION_OVERLAP_CHARS
 from bot.services.ratelimit import EditBudget
 from storage.chats import ChatRepository
@@ -179,11 +173,11 @@ def max_in_window(times: list[float], window: float) -> int:
 
 async def test_deliver_edits_stay_within_budget_and_final_text_lands(service: ChatService) -> None:
     """Streaming 3,000 characters: edits never exceed the channel budget and the messages end with the full text."""
-    service.edit_budget = EditBudget(5, 0.5)
-    service.min_edit_interval = 0.02
+    service.delivery.edit_budget = EditBudget(5, 0.5)
+    service.delivery.min_edit_interval = 0.02
     words = [f" w{i:04d}" for i in range(500)]
     sink = RecordingSink()
-    delivered = await service.deliver(steady_stream(words, 0.002), sink, guild_id=GUILD, locale="en")
+    delivered = await service.delivery.deliver(steady_stream(words, 0.002), sink, guild_id=GUILD, locale="en")
     assert delivered.text == "".join(words).strip()
     assert "".join(sink.messages).replace(" ", "") == "".join(words).replace(" ", "")
     assert len(sink.messages) == 2 and all(len(m) <= 2000 for m in sink.messages)
@@ -350,7 +344,7 @@ async def test_reply_flagged_question_is_held_back_and_not_sent(service: ChatSer
         seen.append((guild_id, list(texts)))
         return ["badword" in text for text in texts]
 
-    service.moderate = moderate  # type: ignore[assignment]
+    service.delivery.moderate = moderate  # type: ignore[assignment]
     thread = await open_pirate_thread(service)
     sink = RecordingSink()
     delivered = await service.reply(thread, STUDENT, "you badword", sink, "en")  # type: ignore[arg-type]
@@ -367,7 +361,7 @@ async def test_reply_flagged_answer_is_held_back_and_not_remembered(service: Cha
     async def moderate(guild_id: int, texts: list[str]) -> list[bool]:
         return ["badword" in text for text in texts]
 
-    service.moderate = moderate  # type: ignore[assignment]
+    service.delivery.moderate = moderate  # type: ignore[assignment]
     thread = await open_pirate_thread(service)
     sink = RecordingSink()
     delivered = await service.reply(thread, STUDENT, "Hello", sink, "en")  # type: ignore[arg-type]
@@ -436,8 +430,8 @@ async def test_streamed_reply_is_moderated_on_new_text_through_its_end(service: 
         seen.extend(texts)
         return ["badword" in text for text in texts]
 
-    service.moderate = moderate  # type: ignore[assignment]
-    service.moderation_interval = 0  # every piece is checked
+    service.delivery.moderate = moderate  # type: ignore[assignment]
+    service.delivery.moderation_interval = 0  # every piece is checked
     service.reply_max_tokens = 4000  # the whole reply comes
     thread = await open_pirate_thread(service)
     sink = RecordingSink()

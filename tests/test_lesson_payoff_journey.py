@@ -79,7 +79,7 @@ async def test_compare_streams_both_answers_with_training_prompt_and_same_sampli
     card shows the answers while they are written, then complete."""
     model = await _trained_model(classroom)
     classroom.openai.stream_token_delay = 0.05
-    classroom.bot.chat.min_edit_interval = 0.02
+    classroom.bot.chat.delivery.min_edit_interval = 0.02
     compare = await classroom.discord.slash(classroom.guild, classroom.student, "compare", prompt="Say hi",
                                             model=model)
     card = await compare.followup(timeout=10)

@@ -7,7 +7,7 @@ import pytest
 from bot.i18n import minutes_words, ordinal
 from bot.services.metrics import wait_minutes
 from bot.services.monitor import queue_place
-from cogs._ui import queue_line
+from cogs._jobs_ui import queue_line
 
 
 @pytest.mark.parametrize(("number", "en", "ko"), [

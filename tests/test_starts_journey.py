@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bot.services import staging as staging_module
 from bot.services import starts as starts_module
 from dataset_rules.models import lookup
 from storage.models import LedgerEntry
@@ -267,11 +268,11 @@ async def test_error_after_creation_keeps_the_reservation_and_reconcile_records_
 
 async def test_old_bots_temp_staging_folders_are_removed(classroom: Classroom) -> None:
     """Folders an older bot staged students' files in (and never removed when killed) go once they are stale."""
-    stale = Path(tempfile.mkdtemp(prefix=starts_module.LEGACY_STAGING_PREFIX))
+    stale = Path(tempfile.mkdtemp(prefix=staging_module.LEGACY_STAGING_PREFIX))
     (stale / "abc-training.jsonl").write_bytes(b"{}\n")
     old = stale.stat().st_mtime - starts_module.APPROVAL_TTL_SECONDS - 60
     os.utime(stale, (old, old))
-    fresh = Path(tempfile.mkdtemp(prefix=starts_module.LEGACY_STAGING_PREFIX))
+    fresh = Path(tempfile.mkdtemp(prefix=staging_module.LEGACY_STAGING_PREFIX))
     try:
         await classroom.bot.starts.sweep()
         assert not stale.exists() and fresh.exists()

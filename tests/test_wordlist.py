@@ -45,6 +45,21 @@ async def test_flags_texts_with_a_word_spaced_or_punctuated(words: WordListServi
     assert await words.flags(OTHER, texts) == [False] * 4
 
 
+async def test_a_word_is_never_found_across_two_ordinary_words(words: WordListService) -> None:
+    """Issue 22: with 시발 on the list, "다시 발급" (issue 22's library line 17) passes; 시발 in one word, spaced out or
+    disguised is held back."""
+    assert await words.add(GUILD, "시발", TEACHER)
+    texts = ["학생증이 없으면 빌릴 수 없어요. 행정실에서 학생증을 다시 발급받은 뒤 빌려 주세요.", "수시 발표는 언제예요?",
+             "시발 진짜", "시 발", "시1발", "ㅅㅣㅂㅏㄹ", "시\u200b발놈아"]
+    assert await words.flags(GUILD, texts) == [False, False, True, True, True, True, True]
+
+
+async def test_a_phrase_is_found_across_its_spaces(words: WordListService) -> None:
+    """A list entry typed with a space is a phrase: found however the text spaces it."""
+    assert await words.add(GUILD, "너 바보", TEACHER)
+    assert await words.flags(GUILD, ["너바보", "너 바보야", "너는 바보"]) == [True, True, False]
+
+
 async def test_add_twice_then_remove_then_list(words: WordListService) -> None:
     """Adding the same word again (any spacing) keeps one entry; removing it empties the list and the checks."""
     assert await words.add(GUILD, "멍청이", TEACHER)

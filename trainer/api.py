@@ -151,12 +151,6 @@ async def json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-
-
-# trainer/moderation.py imports the body reader under its old name.
-_json = json_body
-
-
 def frequency_penalty(body: dict[str, Any]) -> float:
     """The body's frequency_penalty (a job's default for its chats, or one chat's), checked: -2 to 2."""
     value = body.get("frequency_penalty") or 0.0

@@ -306,7 +306,21 @@ class Engine:
             self._mask = torch.cat([_pad_left(self._mask, length, dim=1), _pad_left(mask, length, dim=1)])
             self._last = torch.cat([self._last, tokens[:, None]])
             self.rows.extend(requests)
+        self._sort_by_slot()
         self._record(requests, tokens)
+
+    def _sort_by_slot(self) -> None:
+        """Order the batch's rows by adapter slot (stable), so the stack adds adapters to runs of rows on views of
+        its stacks instead of gathering every row's matrices at every step (trainer.lora_stack)."""
+        assert self._cache is not None and self._mask is not None and self._last is not None
+        order = sorted(range(len(self.rows)), key=lambda row: self.rows[row].slot)
+        if order == list(range(len(order))):
+            return
+        index = torch.tensor(order, device=self.device)
+        for layer in _layers(self._cache):
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+        self._mask, self._last = self._mask.index_select(0, index), self._last.index_select(0, index)
+        self.rows = [self.rows[row] for row in order]
 
     def _step(self) -> None:
         """One decode step for every row."""

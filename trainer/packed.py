@@ -6,7 +6,8 @@ output layer ran at half the rate of the others). oneDNN's linear with its weigh
 the model's layers and 2.3x on the output layer, measured on this machine's 2 cores (docs/benchmarks.md). The
 packed layers are what torch's own compiler uses for CPU inference with frozen weights (mkldnn._linear_pointwise).
 The served model is never trained, so each packed weight replaces the original (the same memory); an output layer
-that shares its weight with the embeddings keeps it, and a copy of a packed model gets ordinary Linear layers.
+that shares its weight with the embeddings keeps it and is packed as a copy only when that copy is small, and a copy
+of a packed model gets ordinary Linear layers.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
+
+# A tied output layer's packed copy may add at most this share of the model's weights to its memory.
+TIED_COPY_SHARE = 0.25
 
 
 class PackedLinear(nn.Linear):
@@ -55,14 +59,26 @@ def pack_linears(model: nn.Module) -> int:
         return 0
     shared = {id(p) for module in model.modules() if not isinstance(module, nn.Linear)
               for p in module.parameters(recurse=False)}  # an output layer tied to the embeddings
+    weights = sum(p.numel() for p in model.parameters())
     packed = 0
     for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear:
             continue
+        tied = id(module.weight) in shared
+        if tied and module.weight.numel() > weights * TIED_COPY_SHARE:
+            # A tied output layer is packed as a copy (the embeddings still need the plain weight): worth it for a
+            # small vocabulary (SmolLM2: 113 MB, a fifth of the model), not for Qwen2.5's or Gemma 3's (545-671 MB).
+            continue
         try:
-            model.set_submodule(name, PackedLinear(module, keep_weight=id(module.weight) in shared))
+            model.set_submodule(name, PackedLinear(module, keep_weight=tied))
         except (RuntimeError, AttributeError):  # an op this torch build lacks: the layer stays as it was
             log.warning("Could not pack %s for oneDNN; it stays an ordinary Linear", name, exc_info=True)
             continue
         packed += 1
+    if packed:
+        # The weights may be mapped from the model's file (safetensors): once read for packing, those pages stay
+        # resident while any tensor still maps the file. Copying the few that remain (embeddings, norms) lets the
+        # mapping go, so the packed copies replace the weights in memory instead of doubling them.
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
     return packed

@@ -1,40 +1,29 @@
-"""Chatting with models: which models a server may use, history trimmed to fit, replies paced into Discord messages."""
+"""Chatting with models: which models a server may use, history trimmed to fit, what an answer costs; the delivery
+service shows the streamed answers."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import date
-from typing import Literal, Protocol
 
 import tiktoken
 
 from bot import errors
-from bot.i18n import t
 from bot.openai_gateway import FineTuningGateway, StreamEnd
 from bot.services.chat_limits import ChatLimits, ChatTicket
-from bot.services.governance.moderation import MODERATION_OVERLAP_CHARS
-from bot.services.ratelimit import EDIT_WINDOW_SECONDS, EDITS_PER_WINDOW, EditBudget
+from bot.services.chat_models import ChatModels, chat_error, context_window, model_info
+from bot.services.delivery import Delivered, DeliveryService, Moderator, ReplySink
+from bot.services.ratelimit import EditBudget
 from dataset_rules import tokens as token_rules
-from dataset_rules.models import ModelInfo, base_name, lookup
 from storage.chats import ChatRepository, DeletedChats
 from storage.jobs import JobRepository
-from storage.models import ChatThread, ChatTurn, TrainedModel
+from storage.models import ChatThread, ChatTurn
 
 log = logging.getLogger(__name__)
-
-DISCORD_MESSAGE_CHARS = 2000
-# One message is edited at most this often, so a burst of tokens cannot use up the channel's budget at once.
-MIN_EDIT_INTERVAL_SECONDS = EDIT_WINDOW_SECONDS / EDITS_PER_WINDOW
-# A streaming reply is passed to the moderation hook at most this often (and once more at its end): each time the
-# text added since the last check, after the moderation windows' overlap of the text already checked, so a word
-# across the cut is whole.
-MODERATION_INTERVAL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,175 +48,10 @@ REPLY_MAX_TOKENS = CLASSROOM_SAMPLING.max_tokens
 # Sending a whole 128k-token history every turn would be slow and costly for a class: history stops here.
 HISTORY_TOKEN_CAP = 16_000
 HISTORY_TURNS_LOADED = 400
-MODEL_CACHE_SECONDS = 600
 THREAD_CACHE_SIZE = 10_000
-IDLE_CHANNELS_KEPT = 1_000  # past this many channels in the edit budget, quiet ones are dropped
-MAX_CHOICES = 25
-FENCE = "```"
-# Context windows by base-model prefix (tokens); unknown models (the school's small trainer models) get a small one.
-CONTEXT_WINDOWS: tuple[tuple[str, int], ...] = (
-    ("gpt-4.1", 1_047_576),
-    ("gpt-4o", 128_000),
-    ("gpt-5", 400_000),
-    ("gpt-3.5-turbo", 16_385),
-)
-UNKNOWN_CONTEXT_WINDOW = 8_192
 TOKENS_PER_MESSAGE = token_rules.TOKENS_PER_MESSAGE
 REPLY_PRIMER_TOKENS = token_rules.TOKENS_PER_EXAMPLE
-# Backend models that cannot chat (OpenAI lists them alongside chat models).
-_NOT_CHAT = ("embedding", "moderation", "whisper", "tts", "dall-e", "davinci", "babbage", "audio", "realtime",
-             "transcribe", "image", "search", "sora", "computer-use")
-
-Moderator = Callable[[int, Sequence[str]], Awaitable[list[bool]]]
-
-
-# Splitting replies ------------------------------------------------------------------------------------------
-
-
-def _opener(line: str) -> str:
-    # A fence's opening line, e.g. ```python, reused to reopen the block in the next message (kept short).
-    info = line.strip()[len(FENCE):].strip().split(" ")[0][:20]
-    return FENCE + info
-
-
-def _fence_after(text: str, fence: str | None) -> str | None:
-    """The code fence still open after `text`, given the one open before it."""
-    for line in text.split("\n"):
-        if line.lstrip().startswith(FENCE):
-            fence = None if fence is not None else _opener(line)
-    return fence
-
-
-def _cut_point(rest: str, budget: int) -> int:
-    window = rest[:budget]
-    newline = window.rfind("\n")
-    if newline >= budget // 2:
-        return newline
-    space = window.rfind(" ")
-    cut = space if space >= budget // 2 else budget
-    # Never cut through a fence line: it would open or close a block in the wrong place.
-    line_start = window.rfind("\n", 0, cut) + 1
-    if line_start > 0 and rest[line_start:].lstrip().startswith(FENCE):
-        return line_start - 1
-    return cut
-
-
-def split_reply(text: str, limit: int = DISCORD_MESSAGE_CHARS) -> list[str]:
-    """Split text into messages of at most `limit` characters; a code block cut in two is closed and reopened."""
-    closer = "\n" + FENCE
-    parts: list[str] = []
-    fence: str | None = None
-    rest = text.strip()
-    while rest:
-        opener = fence + "\n" if fence else ""
-        open_after = _fence_after(rest, fence)
-        if len(opener) + len(rest) + (len(closer) if open_after else 0) <= limit:
-            # A block still open at the end (a reply mid-stream) is closed for display.
-            parts.append(opener + rest + (closer if open_after else ""))
-            break
-        cut = _cut_point(rest, limit - len(opener) - len(closer))
-        piece, rest = rest[:cut].rstrip(), rest[cut:]
-        rest = rest[1:] if rest[:1] in ("\n", " ") else rest
-        fence = _fence_after(piece, fence)
-        if piece.strip():
-            parts.append(opener + piece + (closer if fence else ""))
-    return parts
-
-
-# Pacing edits -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReplyAction:
-    """Show a part of a reply: post it as a new message, or edit the message already showing it."""
-
-    kind: Literal["post", "edit"]
-    index: int
-    text: str
-
-
-class ReplyRenderer:
-    """Turns a growing reply into posts and edits: new parts are posted at once, shown ones edited at a pace.
-
-    `first_edit_delay` (default: the interval) sets when a new message may first be edited; giving each reply a
-    different one keeps many replies that started together from all editing in the same instant.
-    """
-
-    def __init__(
-        self, limit: int = DISCORD_MESSAGE_CHARS, min_edit_interval: float = MIN_EDIT_INTERVAL_SECONDS,
-        first_edit_delay: float | None = None,
-    ) -> None:
-        self.limit = limit
-        self.min_edit_interval = min_edit_interval
-        self.first_edit_delay = min_edit_interval if first_edit_delay is None else first_edit_delay
-        self.text = ""
-        self.shown: list[str] = []
-        self._edit_due: list[float] = []  # per message: when it may be edited again
-
-    def add(self, piece: str) -> None:
-        """Append streamed text."""
-        self.text += piece
-
-    def due(self, now: float, *, final: bool = False) -> list[ReplyAction]:
-        """What to show now: posts for parts not shown yet, edits for changed parts whose pause has passed."""
-        if not final and self.shown and len(self.text) < self.limit - 8 and now < self._edit_due[-1]:
-            return []  # the cheap common case while tokens stream into the first message
-        parts = split_reply(self.text, self.limit)
-        actions: list[ReplyAction] = []
-        for index, part in enumerate(parts):
-            if index >= len(self.shown):
-                actions.append(ReplyAction("post", index, part))
-            elif part != self.shown[index] and (final or index < len(parts) - 1 or now >= self._edit_due[index]):
-                actions.append(ReplyAction("edit", index, part))
-        return actions
-
-    def mark(self, action: ReplyAction, now: float) -> None:
-        """Record that an action was carried out."""
-        if action.kind == "post":
-            self.shown.append(action.text)
-            self._edit_due.append(now + self.first_edit_delay)
-        else:
-            self.shown[action.index] = action.text
-            self._edit_due[action.index] = now + self.min_edit_interval
-
-
-class ReplySink(Protocol):
-    """Where a reply is shown: a Discord thread or an interaction's followups (the cog implements it)."""
-
-    channel_id: int
-
-    async def post(self, text: str) -> None:
-        """Show text in a new message."""
-
-    async def edit(self, index: int, text: str) -> None:
-        """Replace the text of the index-th message posted."""
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """A reply as finally shown."""
-
-    text: str
-    messages: int
-    held_back: bool = False
-    cut: bool = False  # the reply length limit stopped it (and the reply says so)
-
-
 # History ----------------------------------------------------------------------------------------------------
-
-
-def context_window(model: str) -> int:
-    """The model's context window in tokens (a small default for models we do not know)."""
-    base = base_name(model)
-    for prefix, size in CONTEXT_WINDOWS:
-        if base.startswith(prefix):
-            return size
-    return UNKNOWN_CONTEXT_WINDOW
-
-
-def model_info(model: str) -> ModelInfo | None:
-    """The catalog entry of a model's base."""
-    return lookup(model)
 
 
 def encoding_for(model: str) -> tiktoken.Encoding:
@@ -246,6 +70,14 @@ def build_history(
     budget: int,
 ) -> list[dict[str, str]]:
     """Messages for the model: the system prompt, the newest turns that fit `budget` tokens, and the question."""
+    return fit_history(system_prompt, system_tokens, turns, question, question_tokens, budget)[0]
+
+
+def fit_history(
+    system_prompt: str | None, system_tokens: int, turns: Sequence[ChatTurn], question: str, question_tokens: int,
+    budget: int,
+) -> tuple[list[dict[str, str]], int]:
+    """build_history's messages, and their prompt tokens (as the ledger charges them), counted as they are chosen."""
     used = REPLY_PRIMER_TOKENS + question_tokens + TOKENS_PER_MESSAGE
     if system_prompt:
         used += system_tokens + TOKENS_PER_MESSAGE
@@ -260,44 +92,14 @@ def build_history(
         used += cost
     kept.reverse()
     while kept and kept[0].role != "user":
-        kept.pop(0)  # an answer without its question would puzzle the model
+        used -= kept.pop(0).tokens + TOKENS_PER_MESSAGE  # an answer without its question would puzzle the model
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages += [{"role": turn.role, "content": turn.content} for turn in kept]
     messages.append({"role": "user", "content": question})
-    return messages
-
-
-# Errors -----------------------------------------------------------------------------------------------------
-
-
-def chat_error(error: errors.UserFacingError, model: str, today: date | None = None) -> errors.UserFacingError:
-    """Say in plain words what went wrong while talking to a model."""
-    if isinstance(error, errors.UnknownModelError):
-        info = model_info(model)
-        if info is not None and info.shutdown is not None and info.shutdown <= (today or date.today()):
-            return errors.UserFacingError("chat.error.model_retired", model=model, base=info.name,
-                                          date=info.shutdown.isoformat())
-        return errors.UserFacingError("chat.error.model_gone", model=model)
-    if isinstance(error, errors.InsufficientQuotaError):
-        return errors.UserFacingError("chat.error.no_credit")
-    if isinstance(error, errors.UpstreamBusyError):
-        return errors.UserFacingError("chat.error.busy")
-    if isinstance(error, errors.UpstreamDownError):
-        return errors.UserFacingError("chat.error.down")
-    if error.key == "error.context_too_long":
-        return errors.UserFacingError("chat.error.context_too_long")
-    return error
+    return messages, used - REPLY_PRIMER_TOKENS
 
 
 # The service ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """One entry of the model autocomplete."""
-
-    value: str
-    label: str
 
 
 @dataclass(frozen=True)
@@ -327,7 +129,7 @@ class Comparison:
         return self.first.done and self.second.done
 
 
-class ChatService:
+class ChatService(ChatModels):
     """Chat threads, one-off questions and comparisons with the models a server may use."""
 
     def __init__(
@@ -346,106 +148,19 @@ class ChatService:
         self.chats = chats
         self.jobs = jobs
         self.gateway = gateway
-        self.moderate = moderate
+        # Streaming into Discord, and the moderation of what shows, are the delivery service's.
+        self.delivery = DeliveryService(edit_budget, moderate)
         # Spend in the class ledger and the chat base-model rule (bot.services.chat_limits); None: unlimited.
         self.limits = limits
-        self.edit_budget = edit_budget or EditBudget()
         self.history_token_cap = history_token_cap
         self.reply_max_tokens = reply_max_tokens
         self.sampling = sampling
-        self.min_edit_interval = MIN_EDIT_INTERVAL_SECONDS
-        self.moderation_interval = MODERATION_INTERVAL_SECONDS
         self._threads: OrderedDict[int, ChatThread | None] = OrderedDict()
-        self._models: tuple[float, list[str] | None] = (0.0, None)
 
     async def warm_up(self) -> None:
         """Load the tokenizers off the event loop, so the first message does not wait for them."""
         for name in token_rules.ENCODING_FILES:
             await asyncio.to_thread(token_rules.get_encoding, name)
-
-    # Models ------------------------------------------------------------------------------------------------
-
-    async def base_models(self) -> list[str] | None:
-        """Chat models the backend lists (no fine-tuned ones, nothing retired); None if it cannot be asked now."""
-        stamp, cached = self._models
-        if cached is None or time.monotonic() - stamp > MODEL_CACHE_SECONDS:
-            try:
-                listed = await self.gateway.list_models()
-            except errors.UserFacingError:
-                return cached  # a busy backend must not break autocomplete; the last list is good enough
-            cached = sorted(
-                m.id for m in listed
-                if not m.id.startswith("ft:") and not any(word in m.id for word in _NOT_CHAT) and not _retired(m.id)
-            )
-            self._models = (time.monotonic(), cached)
-        return cached
-
-    async def model_choices(self, guild_id: int, current: str = "", ours: Sequence[str] = ()) -> list[ModelChoice]:
-        """The student's group's models (`ours`), this server's fine-tuned models and checkpoints (newest first),
-        then the backend's base models."""
-        current = current.strip().lower()
-        trained = await self.chats.trained_models(guild_id, search=current, limit=MAX_CHOICES)
-        first = [m for m in dict.fromkeys(ours) if current in m.lower()]
-        labels = {m.model_id: _model_label(m) for m in trained}
-        choices = [ModelChoice(m, f"👥 {labels.get(m, m)}") for m in first]
-        choices += [ModelChoice(m.model_id, labels[m.model_id]) for m in trained if m.model_id not in first]
-        for name in await self.base_models() or []:
-            if len(choices) >= MAX_CHOICES:
-                break
-            if current in name.lower():
-                choices.append(ModelChoice(name, name))
-        return choices[:MAX_CHOICES]
-
-    async def trained_models(self, guild_id: int, limit: int = MAX_CHOICES) -> list[TrainedModel]:
-        """This server's fine-tuned models and checkpoints, newest first (for /models)."""
-        return await self.chats.trained_models(guild_id, limit=limit)
-
-    async def resolve_model(self, guild_id: int, model: str) -> str:
-        """The model name if this server may chat with it: its own fine-tuned models, or a base model."""
-        model = model.strip()
-        if not model:
-            raise errors.UserFacingError("chat.error.no_model")
-        if model.startswith("ft:"):
-            if await self.chats.trained_model(guild_id, model) is None:
-                log.info("Refused model of another server in guild %s", guild_id)
-                raise errors.UserFacingError("chat.error.other_server")
-            return model
-        listed = await self.base_models()
-        if listed is not None and model not in listed:
-            if _retired(model):
-                raise chat_error(errors.UnknownModelError(), model)
-            raise errors.UserFacingError("chat.error.unknown_model", model=model)
-        if self.limits is not None:
-            await self.limits.check_base_model(guild_id, model)
-        return model
-
-    async def base_of(self, guild_id: int, model: str) -> str:
-        """The model a fine-tuned model was trained from (the default opponent in /compare)."""
-        if not model.startswith("ft:"):
-            raise errors.UserFacingError("chat.error.compare_needs_against")
-        trained = await self.chats.trained_model(guild_id, model)
-        return trained.base_model if trained else model[3:].split(":", 1)[0]
-
-    async def system_prompt_for(self, guild_id: int, model: str, given: str | None = None) -> str | None:
-        """The system prompt to chat with: the one given (once moderation lets it through), else the one the model was
-        trained with (if any)."""
-        if given and given.strip():
-            if not await self.is_allowed(guild_id, given):
-                raise errors.UserFacingError("chat.error.system_prompt_held_back")
-            return given.strip()
-        if not model.startswith("ft:"):
-            return None
-        trained = await self.chats.trained_model(guild_id, model)
-        return trained.system_prompt if trained else None
-
-    async def model_for_job(self, guild_id: int, job_id: str) -> tuple[str, str]:
-        """The fine-tuned model of a finished job of this server, and the job's id."""
-        job = await self.jobs.get(guild_id, job_id)
-        if job is None:
-            raise errors.JobNotFoundError()
-        if not job.fine_tuned_model:
-            raise errors.UserFacingError("chat.error.job_has_no_model")
-        return job.fine_tuned_model, job.id
 
     # Threads -----------------------------------------------------------------------------------------------
 
@@ -497,11 +212,16 @@ class ChatService:
 
     async def history(self, thread: ChatThread, question: str, budget: int | None = None) -> list[dict[str, str]]:
         """The messages to send for a new question: stored turns, trimmed by tokens to fit the model."""
+        messages, _ = await self._fitted(thread, question, count_tokens(thread.model, question), budget)
+        return messages
+
+    async def _fitted(self, thread: ChatThread, question: str, question_tokens: int,
+                      budget: int | None = None) -> tuple[list[dict[str, str]], int]:
+        """The messages for a question whose tokens are counted already, and the prompt's tokens (counted once)."""
         turns = await self.chats.recent_turns(thread.thread_id, HISTORY_TURNS_LOADED)
-        limit = budget or self.history_budget(thread.model)
         system_tokens = count_tokens(thread.model, thread.system_prompt) if thread.system_prompt else 0
-        return build_history(thread.system_prompt, system_tokens, turns, question,
-                             count_tokens(thread.model, question), limit)
+        return fit_history(thread.system_prompt, system_tokens, turns, question, question_tokens,
+                           budget or self.history_budget(thread.model))
 
     def history_budget(self, model: str) -> int:
         """Tokens of history a request to this model may carry."""
@@ -509,10 +229,7 @@ class ChatService:
 
     async def is_allowed(self, guild_id: int, text: str) -> bool:
         """Whether the moderation hook lets this text through (always, when there is none)."""
-        if self.moderate is None or not text.strip():
-            return True
-        flagged = await self.moderate(guild_id, [text])
-        return not any(flagged)
+        return await self.delivery.is_allowed(guild_id, text)
 
     async def _question_held(self, guild_id: int, text: str) -> str | None:
         """None when a student's text may go to the model; else the catalog key of the kind note they see instead
@@ -529,10 +246,9 @@ class ChatService:
         held = await self._question_held(thread.guild_id, question)
         if held is not None:
             log.info("Held back a message in chat thread %s (moderation: %s)", thread.thread_id, held)
-            await sink.post(t(held, locale))
-            return Delivered("", 1, held_back=True)
-        messages = await self.history(thread, question)
-        prompt_tokens = _prompt_tokens(thread.model, messages)
+            return await self.delivery.note(sink, held, locale)
+        question_tokens = count_tokens(thread.model, question)  # the one count of the question: history and memory
+        messages, prompt_tokens = await self._fitted(thread, question, question_tokens)
         ticket = await self._admit(thread.guild_id, user_id, thread.model, prompt_tokens, self.reply_max_tokens)
         end = StreamEnd()
         try:
@@ -542,21 +258,24 @@ class ChatService:
                 await self._release(ticket)
                 raise chat_error(exc, thread.model) from None
             # Our count was too generous for this model (e.g. a self-hosted one): once more with half the history.
-            messages = await self.history(thread, question, budget=self.history_budget(thread.model) // 2)
+            # The ticket keeps the first count: it holds at least what the shorter prompt costs.
+            messages, _ = await self._fitted(thread, question, question_tokens,
+                                             self.history_budget(thread.model) // 2)
             try:
                 pieces = await self._open_stream(thread.model, messages, end)
             except errors.UserFacingError as again:
                 await self._release(ticket)
                 raise chat_error(again, thread.model) from None
+        answer_tokens: list[int] = []
 
         async def remember(answer: str) -> None:
-            await self.chats.add_exchange(
-                thread.thread_id, user_id, question, count_tokens(thread.model, question),
-                answer, count_tokens(thread.model, answer), int(time.time()),
-            )
+            answer_tokens.append(count_tokens(thread.model, answer))
+            await self.chats.add_exchange(thread.thread_id, user_id, question, question_tokens,
+                                          answer, answer_tokens[0], int(time.time()))
 
-        return await self._charged(ticket, prompt_tokens, thread.model, self.deliver(
-            pieces, sink, guild_id=thread.guild_id, locale=locale, model=thread.model, before_final=remember, end=end))
+        return await self._charged(ticket, prompt_tokens, thread.model, self.delivery.deliver(
+            pieces, sink, guild_id=thread.guild_id, locale=locale, before_final=remember, cut=end.was_cut),
+            answer_tokens)
 
     async def ask(
         self, guild_id: int, model: str, prompt: str, sink: ReplySink, locale: str, user_id: int = 0, *,
@@ -566,13 +285,12 @@ class ChatService:
         model = await self.resolve_model(guild_id, model)
         held = await self._question_held(guild_id, prompt)
         if held is not None:
-            await sink.post(t(held, locale))
-            return Delivered("", 1, held_back=True)
+            return await self.delivery.note(sink, held, locale)
         system = await self.system_prompt_for(guild_id, model, system_prompt)
         messages = _with_system(system, prompt)
-        if sum(count_tokens(model, m["content"]) + TOKENS_PER_MESSAGE for m in messages) > self.history_budget(model):
-            raise errors.UserFacingError("chat.error.message_too_long")
         prompt_tokens = _prompt_tokens(model, messages)
+        if prompt_tokens > self.history_budget(model):
+            raise errors.UserFacingError("chat.error.message_too_long")
         ticket = await self._admit(guild_id, user_id, model, prompt_tokens, self.reply_max_tokens)
         end = StreamEnd()
         try:
@@ -580,9 +298,8 @@ class ChatService:
         except errors.UserFacingError as exc:
             await self._release(ticket)
             raise chat_error(exc, model) from None
-        header = t("chat.ask_system", locale, prompt=_clip_line(system)) if system else None
-        return await self._charged(ticket, prompt_tokens, model, self.deliver(
-            pieces, sink, guild_id=guild_id, locale=locale, model=model, end=end, header=header))
+        return await self._charged(ticket, prompt_tokens, model, self.delivery.deliver(
+            pieces, sink, guild_id=guild_id, locale=locale, cut=end.was_cut, system_prompt=system))
 
     async def compare(
         self, guild_id: int, prompt: str, model: str, against: str | None = None, user_id: int = 0, *,
@@ -648,7 +365,8 @@ class ChatService:
                 if current != shown:
                     await on_progress(current)
                     shown = current
-                    await asyncio.sleep(self.min_edit_interval)  # the channel's edit pace: news waits, then merges
+                    # The channel's edit pace: news waits, then merges.
+                    await asyncio.sleep(self.delivery.min_edit_interval)
             await asyncio.gather(*tasks)
         finally:
             for task in tasks:
@@ -657,11 +375,11 @@ class ChatService:
 
     async def _moderated(self, guild_id: int, comparison: Comparison) -> Comparison:
         """The comparison with any answer the moderation hook flags held back."""
-        if self.moderate is None:
+        if self.delivery.moderate is None:
             return comparison
         checked = []
         for answer in (comparison.first, comparison.second):
-            if answer.text and await self._reply_held(guild_id, answer.text) is not None:
+            if answer.text and await self.delivery.reply_held(guild_id, answer.text) is not None:
                 answer = Answer(answer.model, None, held_back=True)
             checked.append(answer)
         return replace(comparison, first=checked[0], second=checked[1])
@@ -682,14 +400,18 @@ class ChatService:
             await self.limits.settle(ticket, prompt_tokens, reply_tokens)
 
     async def _charged(self, ticket: ChatTicket | None, prompt_tokens: int, model: str,
-                       delivery: Awaitable[Delivered]) -> Delivered:
-        """Deliver, then charge what the answer used; an answer cut off midway is charged its worst case."""
+                       delivery: Awaitable[Delivered], counted: Sequence[int] = ()) -> Delivered:
+        """Deliver, then charge what the answer used (`counted`: its tokens, when they were counted already); an
+        answer cut off midway is charged its worst case."""
         try:
             delivered = await delivery
+        except errors.UserFacingError as exc:
+            await self._settle(ticket, prompt_tokens, self.reply_max_tokens)
+            raise chat_error(exc, model) from None
         except BaseException:
             await self._settle(ticket, prompt_tokens, self.reply_max_tokens)
             raise
-        await self._settle(ticket, prompt_tokens, count_tokens(model, delivered.text))
+        await self._settle(ticket, prompt_tokens, counted[0] if counted else count_tokens(model, delivered.text))
         return delivered
 
     async def _open_stream(
@@ -707,103 +429,6 @@ class ChatService:
             raise
         return _pieces(first, stream)
 
-    async def deliver(
-        self, pieces: AsyncGenerator[str, None], sink: ReplySink, *, guild_id: int, locale: str, model: str = "",
-        before_final: Callable[[str], Awaitable[None]] | None = None, end: StreamEnd | None = None,
-        header: str | None = None,
-    ) -> Delivered:
-        """Show a streamed reply: the first message as soon as text arrives, edits within the channel's budget,
-        and a last edit that always lands. With a moderation hook, text is checked before it is shown.
-        `before_final` gets the whole answer before the last edit, so an answer seen complete is remembered.
-        A reply the length limit cut (`end`) says so at its end; `header` is shown above the answer."""
-        # A random first pause spreads the edits of replies that started together (a class all asking at once).
-        renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval,
-                                 first_edit_delay=self.min_edit_interval * random.uniform(0.5, 1.5))
-        if header:
-            renderer.add(header + "\n")
-        budget, channel = self.edit_budget, sink.channel_id
-        unchecked = ""  # streamed text the moderation hook has not passed yet: it is not shown until it has
-        checked_at = -self.moderation_interval
-        try:
-            async for piece in pieces:
-                if self.moderate is None:
-                    renderer.add(piece)
-                else:
-                    unchecked += piece
-                    now = budget.clock()
-                    # The first words are checked at once (the reply appears quickly), later ones in batches: a
-                    # class of streaming replies then makes a few moderation calls a second, not one per edit.
-                    if not renderer.text.strip() or now - checked_at >= self.moderation_interval:
-                        held = await self._reply_held(guild_id, _with_context(renderer.text, unchecked))
-                        if held is not None:
-                            return await self._hold_back(renderer, sink, locale, held)
-                        renderer.add(unchecked)
-                        unchecked, checked_at = "", now
-                # Posts first: a new part must not wait for an edit budget that a previous part used up.
-                actions = sorted(renderer.due(budget.clock()), key=lambda a: a.kind != "post")
-                for action in actions:
-                    if action.kind == "post":
-                        await sink.post(action.text)
-                    elif budget.try_start(channel):
-                        try:
-                            await sink.edit(action.index, action.text)
-                        finally:
-                            budget.finish(channel)
-                    else:
-                        break  # no edit left in this channel's window: a later piece or the last pass catches up
-                    renderer.mark(action, budget.clock())
-        except errors.UserFacingError as exc:
-            raise chat_error(exc, model) from None
-        finally:
-            await pieces.aclose()
-        if unchecked:
-            held = await self._reply_held(guild_id, _with_context(renderer.text, unchecked))
-            if held is not None:
-                return await self._hold_back(renderer, sink, locale, held)
-            renderer.add(unchecked)
-        answer = renderer.text[len(header) + 1:] if header else renderer.text
-        if not answer.strip():
-            await sink.post(t("chat.empty_reply", locale))
-            return Delivered("", 1)
-        if before_final is not None:
-            await before_final(answer.strip())
-        if end is not None and end.finish_reason == "length":
-            renderer.add("\n\n" + t("chat.reply_cut", locale))
-        for action in renderer.due(budget.clock(), final=True):
-            if action.kind == "post":
-                await sink.post(action.text)
-            else:
-                await budget.start(channel)
-                try:
-                    await sink.edit(action.index, action.text)
-                finally:
-                    budget.finish(channel)
-            renderer.mark(action, budget.clock())
-        if len(budget) > IDLE_CHANNELS_KEPT:
-            budget.forget_idle()
-        return Delivered(answer.strip(), len(renderer.shown), cut=end is not None and end.finish_reason == "length")
-
-    async def _reply_held(self, guild_id: int, text: str) -> str | None:
-        """None when this much of a reply may be shown; else the key of the note shown in its place."""
-        try:
-            return None if await self.is_allowed(guild_id, text) else "chat.held_back_reply"
-        except errors.ModerationUnavailableError:
-            return "chat.moderation_down_reply"  # fail closed: what was not checked is not shown
-
-    async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str,
-                         key: str = "chat.held_back_reply") -> Delivered:
-        notice = t(key, locale)
-        if not renderer.shown:
-            await sink.post(notice)
-            return Delivered("", 1, held_back=True)
-        for index in range(len(renderer.shown)):
-            await self.edit_budget.start(sink.channel_id)
-            try:
-                await sink.edit(index, notice if index == 0 else "…")
-            finally:
-                self.edit_budget.finish(sink.channel_id)
-        return Delivered("", len(renderer.shown), held_back=True)
-
     # A student's data --------------------------------------------------------------------------------------
 
     async def delete_user_data(self, guild_id: int, user_id: int) -> DeletedChats:
@@ -814,11 +439,6 @@ class ChatService:
         log.info("Deleted chat data of user %s in guild %s: %d threads, %d messages", user_id, guild_id,
                  len(deleted.thread_ids), deleted.messages)
         return deleted
-
-
-def _with_context(checked: str, added: str) -> str:
-    """What a streamed reply's next moderation check sends: the added text after the end of what was checked."""
-    return checked[-MODERATION_OVERLAP_CHARS:] + added
 
 
 async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator[str, None]:
@@ -837,20 +457,3 @@ def _prompt_tokens(model: str, messages: list[dict[str, str]]) -> int:
 
 def _with_system(system: str | None, prompt: str) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-
-
-def _clip_line(text: str, limit: int = 300) -> str:
-    # A system prompt shown above an answer: one line, short (the whole one is in the training file).
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _retired(model: str) -> bool:
-    info = model_info(model)
-    return bool(info and info.retired())
-
-
-def _model_label(model: TrainedModel) -> str:
-    name = model.suffix or model.training_filename
-    kind = f"checkpoint step {model.step}" if model.is_checkpoint else "fine-tuned"
-    return f"{name} · {kind} · {model.model_id}"[:100]

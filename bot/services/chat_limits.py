@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot import errors
-from bot.services.governance.policy import QUOTA_WINDOW_SECONDS
+from bot.services.governance.policy import QUOTA_WINDOW_SECONDS, over_budget
 from bot.services.governance.roles import ClassSettingsService
 from dataset_rules.models import chat_price, format_usd
 from storage.governance import GovernanceRepository
@@ -24,8 +24,6 @@ MESSAGES_PER_WINDOW = 6
 RATE_WINDOW_SECONDS = 60.0
 # Messages waiting in one thread for the model at most; more are refused at once instead of piling up.
 THREAD_QUEUE_MAX = 4
-# Float sums of cents must not refuse an answer that fits exactly.
-_EPSILON_USD = 1e-9
 
 
 class ChatBudgetError(errors.UserFacingError):
@@ -141,6 +139,6 @@ def _cost(price: tuple[float, float], prompt_tokens: int, reply_tokens: int) -> 
 
 def _fits(snapshot: SpendSnapshot, cost: float) -> None:
     """Refuse an answer whose worst case the budget cannot hold (runs inside the reservation transaction)."""
-    cap = snapshot.settings.budget_usd
-    if cap is not None and snapshot.committed_usd + cost > cap + _EPSILON_USD:
-        raise ChatBudgetError(left=format_usd(max(0.0, cap - snapshot.committed_usd)))
+    left = over_budget(snapshot, cost)
+    if left is not None:
+        raise ChatBudgetError(left=format_usd(left))

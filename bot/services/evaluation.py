@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.charts import CHART_DPI, CHART_SIZE_INCHES, GRID_COLOR, TEXT_COLOR, TRAIN_COLOR, _font
-from bot.services.chat import ChatService, chat_error
+from bot.services.chat import ChatService
+from bot.services.chat_models import chat_error
 from bot.services.lessons import Behaviour, Example, Lesson, LessonLibrary, parse_examples
 
 log = logging.getLogger(__name__)
@@ -245,7 +246,7 @@ class EvaluationService:
         self.chat = chat
         self.lessons = lessons
         # Questions, the file's answers and the models' answers pass the class's moderation before they are posted.
-        self.moderate = moderate or chat.moderate
+        self.moderate = moderate or chat.delivery.moderate
         self.max_prompts = max_prompts
         self.answer_max_tokens = answer_max_tokens
 

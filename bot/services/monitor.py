@@ -9,7 +9,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 
-from bot.i18n import t
 from bot.openai_gateway import FineTuningGateway
 from bot.services import charts, metrics
 from bot.services.workers import CpuWorkers
@@ -198,9 +197,11 @@ class MonitorService:
                                                int(time.time())))
 
     async def card(
-        self, tick: Tick, *, locale: str, force_chart: bool = False, charts_left: ChartBudget | None = None
+        self, tick: Tick, *, labels: charts.ChartLabels, force_chart: bool = False,
+        charts_left: ChartBudget | None = None,
     ) -> ProgressCard:
-        """The card after this tick: stored points plus the new ones, with a redrawn chart when due (and allowed)."""
+        """The card after this tick: stored points plus the new ones, with a redrawn chart when due (and allowed),
+        its words (`labels`) in the reader's language."""
         job = _merged(tick.job, tick.progress)
         points = _merge_points(await self.jobs.metrics(job.id), tick.progress.metrics)
         stored = await self.jobs.checkpoints(job.id)
@@ -213,7 +214,7 @@ class MonitorService:
         if latest is not None and due and (charts_left is None or charts_left.take()):
             chart_png = await self.workers.run(
                 charts.render_loss_chart, points, epoch_steps=epoch_steps, total_steps=total,
-                labels=_chart_labels(locale),
+                labels=labels,
             )
             chart_step = latest.step
         now = int(time.time())
@@ -240,7 +241,7 @@ class MonitorService:
             queue_wait_minutes=place[1] if place else None,
         )
 
-    async def chart(self, job: Job, *, locale: str) -> bytes | None:
+    async def chart(self, job: Job, *, labels: charts.ChartLabels) -> bytes | None:
         """A fresh chart of the whole job (for the end-of-job notice); None before the first step."""
         points = await self.jobs.metrics(job.id)
         if not points:
@@ -248,7 +249,7 @@ class MonitorService:
         epoch_steps = [c.step for c in await self.jobs.checkpoints(job.id)]
         return await self.workers.run(
             charts.render_loss_chart, points, epoch_steps=epoch_steps,
-            total_steps=job.total_steps, labels=_chart_labels(locale),
+            total_steps=job.total_steps, labels=labels,
         )
 
     async def final_losses(self, job: Job) -> tuple[float | None, float | None]:
@@ -295,15 +296,12 @@ class MonitorService:
 
 
 def _owner(metadata: dict[str, str] | None) -> tuple[int, int, int] | None:
+    if metadata is None:
+        return None
     try:
-        # No metadata (None) raises TypeError here, which is caught below like a missing or malformed id.
-        return int(metadata["guild_id"]), int(metadata["channel_id"]), int(metadata["user_id"])  # type: ignore[index]
+        return int(metadata["guild_id"]), int(metadata["channel_id"]), int(metadata["user_id"])
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _chart_labels(locale: str) -> charts.ChartLabels:
-    return charts.ChartLabels.from_catalog(lambda key: t(key, locale))
 
 
 def _parse_events(job_id: str, events: list[BackendEvent]) -> tuple[list[MetricPoint], list[Checkpoint]]:

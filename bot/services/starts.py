@@ -11,27 +11,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from bot import errors
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
-from bot.services import training_file
+from bot.services import staging, training_file
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
 from bot.services.governance.moderation import ContentFlaggedError
 from bot.services.groups import GroupService
+from bot.services.start_outcomes import (
+    Allowed,
+    AwaitingApproval,
+    Decision,
+    Flagged,
+    Outcome,
+    Prepared,
+    Refused,
+    StartPolicy,
+    StartRequest,
+    Started,
+    Upload,
+)
 from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.groups import Group
 from storage.jobs import JobRepository
-from storage.models import Approval, BackendJob, FlaggedFile, Job, NewJob, Reservation
-from storage.private import make_private_dir, narrow_modes, write_private
+from storage.models import BackendJob, ClassSettings, Job, NewJob, Reservation
+from storage.private import make_private_dir, narrow_modes
 from storage.starts import PendingStart, StartRepository
 
 log = logging.getLogger(__name__)
@@ -43,146 +54,10 @@ CHECK_TIME_LIMIT_SECONDS = 60.0
 BACKEND_COUNT_SECONDS = 20.0
 # How long a student's checked file waits on disk for a teacher's decision.
 APPROVAL_TTL_SECONDS = 24 * 3600
-# Temp folders of bots before pending starts were rows (and of a bot whose database is in memory).
-LEGACY_STAGING_PREFIX = "classroom-bot-pending-"
 # The metadata key under which a job carries its client token (its ledger row's and its pending start's).
 TOKEN_KEY = "client_token"
 # The metadata key under which a group's job carries its group's name.
 GROUP_KEY = "group"
-
-
-@dataclass(frozen=True)
-class Upload:
-    """An attached file as the bot received it."""
-
-    filename: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class StartRequest:
-    """Who asks to train what, where."""
-
-    guild_id: int
-    channel_id: int
-    user_id: int
-    base_model: str
-    n_epochs: int | None
-    suffix: str | None
-    is_teacher: bool = False  # teachers are exempt from per-student quotas and approvals (not from the budget)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The checked file(s): the card's figures, and the waiting start when the file can be trained on."""
-
-    check: CheckResult
-    pending: PendingStart | None
-
-    @property
-    def can_start(self) -> bool:
-        """Whether the check found nothing that stops training."""
-        return self.pending is not None
-
-
-@dataclass(frozen=True)
-class Started:
-    """The backend created the job and it is recorded."""
-
-    job: Job
-
-
-@dataclass(frozen=True)
-class AwaitingApproval:
-    """A student's Start waits for a teacher."""
-
-    approval: Approval
-
-
-@dataclass(frozen=True)
-class Refused:
-    """Nothing started; `retry` when pressing Start again later may work (the card stays usable)."""
-
-    error: errors.UserFacingError
-    retry: bool = False
-
-
-@dataclass(frozen=True)
-class Flagged:
-    """Moderation flagged lines of the file: nothing was uploaded, and the start waits. The student sees the lines,
-    may fix the file or ask a teacher; a teacher's allowance of this exact file lets the same start go on."""
-
-    flagged: FlaggedFile
-    error: errors.UserFacingError
-
-
-Outcome = Started | AwaitingApproval | Refused | Flagged
-
-
-@dataclass(frozen=True)
-class Allowed:
-    """A teacher allowed a flagged file, and what came of the start that waited for it."""
-
-    flagged: FlaggedFile
-    outcome: Outcome
-
-
-@dataclass(frozen=True)
-class Decision:
-    """A teacher's decision on an approval, and what came of it."""
-
-    approval: Approval
-    approved: bool
-    job: Job | None = None
-    problem: errors.UserFacingError | None = None
-
-
-class StartPolicy(Protocol):
-    """The class's rules a start must pass (quotas, budget, moderation, approvals), with its ledger."""
-
-    async def needs_approval(self, guild_id: int, *, is_teacher: bool) -> bool:
-        """Whether a Start waits for a teacher."""
-        ...
-
-    async def check_training_data(self, pending: PendingStart) -> None:
-        """Moderate the staged data; raise to refuse."""
-        ...
-
-    async def request_approval(self, pending: PendingStart) -> Approval:
-        """Check what can be checked now and record the request."""
-        ...
-
-    async def before_start(self, pending: PendingStart) -> Reservation | None:
-        """Check and reserve under the pending start's token; raise a UserFacingError to refuse."""
-        ...
-
-    async def on_start_failed(self, reservation: Reservation | None) -> None:
-        """Nothing was created at the backend: release the reservation."""
-        ...
-
-    async def decide(self, guild_id: int, approval_id: str, teacher_id: int, *, approve: bool) -> Approval:
-        """Record a teacher's decision once."""
-        ...
-
-    async def finish_approval(self, approval: Approval, *, job_id: str | None, status: str) -> None:
-        """Record how an approved start went."""
-        ...
-
-    async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> FlaggedFile:
-        """Record a teacher's allowance of a flagged file once."""
-        ...
-
-    async def job_recorded(self, job: Job, token: str | None) -> None:
-        """The job is recorded: tie it to the reservation made under its token, or charge it a new row."""
-        ...
-
-    async def reserved_tokens(self) -> dict[str, int]:
-        """Client tokens of reservations not yet tied to a job, with their server."""
-        ...
-
-    async def void_token(self, token: str) -> None:
-        """The start under this token never created a job."""
-        ...
 
 
 class StartService:
@@ -217,7 +92,7 @@ class StartService:
         # One model per group when the teacher turned groups on: a group trains one job at a time.
         self.groups = groups
         self._group_starts: set[tuple[int, str]] = set()  # groups whose Start is under way in this process
-        self.staging_dir = staging_dir or _staging_dir(settings)
+        self.staging_dir = staging_dir or staging.default_dir(settings.database_path)
         # Students' files wait here for Start: this account's only (the school's computer has other accounts).
         make_private_dir(self.staging_dir)
         narrow_modes(self.staging_dir)
@@ -261,15 +136,19 @@ class StartService:
             self._checking.discard(student)
         if not check.report.ok:
             return Prepared(check, None)
-        check = await self._count_on_backend(check, request.base_model, check.converted_jsonl or training.data)
+        # The one parse of the file on this side besides the check: its system prompt and its conversations.
+        prompt, conversations = await self.workers.run(training_file.profile, check.converted_jsonl or training.data)
+        check = await self._count_on_backend(check, request.base_model, conversations)
         if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
             # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
             check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
         token = secrets.token_hex(8)
-        training_name, training_path = await self._stage(token, "training", training, check.converted_jsonl)
+        training_name, training_path = await staging.stage(self.staging_dir, token, "training", training.filename,
+                                                                   training.data, check.converted_jsonl)
         validation_name = validation_path = None
         if validation is not None:
-            validation_name, validation_path = await self._stage(token, "validation", validation,
+            validation_name, validation_path = await staging.stage(self.staging_dir, token, "validation", validation.filename,
+                                                                     validation.data,
                                                                  check.converted_validation)
         report, now = check.report, int(time.time())
         pending = PendingStart(
@@ -279,22 +158,20 @@ class StartService:
             training_name=training_name, training_path=training_path, validation_name=validation_name,
             validation_path=validation_path, examples=report.examples, tokens_billed=report.tokens_billed,
             report_epochs=report.n_epochs, estimated_usd=report.estimated_cost_usd, cleared=False, state="waiting",
-            claimed=False, created_at=now, expires_at=now + PENDING_TTL_SECONDS,
+            claimed=False, created_at=now, expires_at=now + PENDING_TTL_SECONDS, training_prompt=prompt,
         )
         try:
             await self.repo.add(pending)
         except BaseException:
-            _remove_files(pending)  # no row, no file: nothing a student sent lingers unreferenced
+            staging.remove_files(pending)  # no row, no file: nothing a student sent lingers unreferenced
             raise
         return Prepared(check, pending)
 
-    async def _count_on_backend(self, check: CheckResult, model: str, data: bytes) -> CheckResult:
+    async def _count_on_backend(self, check: CheckResult, model: str,
+                                conversations: list[list[dict[str, Any]]]) -> CheckResult:
         """On a self-hosted trainer, count tokens in the base model's own tokenizer and chat template (what it will
         train on); OpenAI's tokenizer, which the check used, is off by up to 3x for Korean on other models."""
-        if not self.settings.self_hosted or check.report.format != "chat":
-            return check
-        conversations = await self.workers.run(training_file.chat_conversations, data)
-        if not conversations:
+        if not self.settings.self_hosted or check.report.format != "chat" or not conversations:
             return check
         try:
             counts = await asyncio.wait_for(self.gateway.count_chat_tokens(model, conversations),
@@ -321,13 +198,6 @@ class StartService:
             return  # a retired one is checked on: the card says plainly that it shut down
         raise errors.UserFacingError("error.base_model_unknown", model=name)
 
-    async def _stage(self, token: str, kind: str, upload: Upload, converted: bytes | None) -> tuple[str, str]:
-        # A converted CSV/TSV goes up as the JSONL it became, named after the original.
-        name, data = (jsonl_name(upload.filename), converted) if converted is not None else (upload.filename, upload.data)
-        path = self.staging_dir / f"{token}-{kind}.jsonl"
-        await asyncio.to_thread(write_private, path, data)
-        return name, str(path)
-
     async def cancel(self, token: str, user_id: int) -> None:
         """The requester pressed Cancel: forget the start and its file."""
         pending = await self._owned(token, user_id)
@@ -348,18 +218,19 @@ class StartService:
             pending = await self._owned(token, user_id)
             if pending.state != "waiting":
                 raise errors.UserFacingError("gov.approval.sent")
-            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher):
-                return await self._send_for_approval(pending)
+            settings = await self.policy.settings(pending.guild_id)  # once for the whole click
+            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher, settings=settings):
+                return await self._send_for_approval(pending, settings)
         except errors.UserFacingError as exc:
             return Refused(exc, retry=isinstance(exc, errors.UpstreamBusyError | errors.NotAllowedError))
-        return await self._start(pending)
+        return await self._start(pending, settings)
 
-    async def _send_for_approval(self, pending: PendingStart) -> Outcome:
+    async def _send_for_approval(self, pending: PendingStart, settings: ClassSettings) -> Outcome:
         if not await self.repo.claim(pending.token):
             return Refused(errors.UserFacingError("error.start_in_progress"), retry=True)
         try:
-            pending = await self._moderated(pending)
-            approval = await self.policy.request_approval(pending)
+            pending = await self._moderated(pending, settings)
+            approval = await self.policy.request_approval(pending, settings)
         except ContentFlaggedError as exc:
             return await self._held_for_review(pending, exc)
         except errors.UpstreamBusyError as exc:
@@ -400,28 +271,29 @@ class StartService:
         if pending is None:
             return Allowed(flagged, Refused(errors.UserFacingError("flagged.error.start_gone")))
         try:
-            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher):
-                return Allowed(flagged, await self._send_for_approval(pending))
+            settings = await self.policy.settings(pending.guild_id)  # once for the whole click
+            if await self.policy.needs_approval(pending.guild_id, is_teacher=pending.is_teacher, settings=settings):
+                return Allowed(flagged, await self._send_for_approval(pending, settings))
         except errors.UserFacingError as exc:
             return Allowed(flagged, Refused(exc, retry=isinstance(exc, errors.UpstreamBusyError)))
-        return Allowed(flagged, await self._start(pending))
+        return Allowed(flagged, await self._start(pending, settings))
 
     async def _held_for_review(self, pending: PendingStart, flagged: ContentFlaggedError) -> Outcome:
         # Nothing was uploaded; the start waits as long as an approval would, so a teacher can let it go on.
         await self.repo.hold_for_review(pending.token, int(time.time()) + APPROVAL_TTL_SECONDS)
         return Flagged(flagged.flagged, flagged)
 
-    async def _start(self, pending: PendingStart) -> Outcome:
+    async def _start(self, pending: PendingStart, settings: ClassSettings | None = None) -> Outcome:
         # One click, one job: a double click, or Start racing the teacher's Approve, finds the start claimed.
         if not await self.repo.claim(pending.token):
             return Refused(errors.UserFacingError("error.start_in_progress"), retry=True)
         self._in_flight.add(pending.token)
         try:
-            return await self._claimed_start(pending)
+            return await self._claimed_start(pending, settings or await self.policy.settings(pending.guild_id))
         finally:
             self._in_flight.discard(pending.token)
 
-    async def _claimed_start(self, pending: PendingStart) -> Outcome:
+    async def _claimed_start(self, pending: PendingStart, settings: ClassSettings) -> Outcome:
         try:
             group = (await self.groups.group_for_start(pending.guild_id, pending.user_id, is_teacher=pending.is_teacher)
                      if self.groups is not None else None)
@@ -429,7 +301,7 @@ class StartService:
             await self._forget(pending.token)  # the group's model is on its way: this card is done
             return Refused(exc)
         if group is None:
-            return await self._start_job(pending, None)
+            return await self._start_job(pending, None, settings)
         # Two members pressing Start in the same second: the second finds the group's start under way.
         key = (group.guild_id, group.name.casefold())
         if key in self._group_starts:
@@ -437,17 +309,18 @@ class StartService:
             return Refused(errors.GroupJobUnderwayError("group.error.starting", group=group.name))
         self._group_starts.add(key)
         try:
-            return await self._start_job(pending, group)
+            return await self._start_job(pending, group, settings)
         finally:
             self._group_starts.discard(key)
 
-    async def _start_job(self, pending: PendingStart, group: Group | None) -> Outcome:
+    async def _start_job(self, pending: PendingStart, group: Group | None, settings: ClassSettings) -> Outcome:
         reservation: Reservation | None = None
         try:
             await self._refuse_while_preparing(pending.base_model)
-            pending = await self._moderated(pending)
-            reservation = await self.policy.before_start(pending)  # written before the backend hears of it
-            backend = await self._create(pending, group)
+            files = await asyncio.to_thread(staging.read_staged, pending)  # read once: moderated, then uploaded
+            pending = await self._moderated(pending, settings, files)
+            reservation = await self.policy.before_start(pending, settings)  # written before the backend hears of it
+            backend = await self._create(pending, files, group)
         except BaseException as exc:
             # Nothing exists at the backend: the reservation goes back, and the card may be pressed again if
             # the backend was only busy.
@@ -485,16 +358,17 @@ class StartService:
         if model is not None and model.status == "preparing":
             raise errors.TrainerPreparingError(model=base_model, percent=round(100 * (model.progress or 0.0)))
 
-    async def _moderated(self, pending: PendingStart) -> PendingStart:
+    async def _moderated(self, pending: PendingStart, settings: ClassSettings,
+                         files: list[bytes] | None = None) -> PendingStart:
         if pending.cleared:
             return pending
-        await self.policy.check_training_data(pending)
+        await self.policy.check_training_data(pending, settings, files)
         await self.repo.mark_cleared(pending.token)
         return replace(pending, cleared=True)
 
-    async def _create(self, pending: PendingStart, group: Group | None = None) -> BackendJob:
-        training_id = await self._upload(pending.training_name, pending.training_path)
-        validation_id = (await self._upload(pending.validation_name, pending.validation_path)
+    async def _create(self, pending: PendingStart, files: list[bytes], group: Group | None = None) -> BackendJob:
+        training_id = await self.gateway.upload_file(pending.training_name, files[0])
+        validation_id = (await self.gateway.upload_file(pending.validation_name, files[1])
                          if pending.validation_path and pending.validation_name else None)
         try:
             backend = await self.gateway.create_job(
@@ -537,18 +411,8 @@ class StartService:
 
     async def _remember_training_prompt(self, job: Job, pending: PendingStart) -> None:
         """Store the system prompt most of the file's examples use: chat asks the model the way it was trained."""
-        try:
-            data = await asyncio.to_thread(Path(pending.training_path).read_bytes)
-        except OSError:
-            log.warning("Training file of job %s was gone before its system prompt was read", job.id)
-            return
-        prompt = await self.workers.run(training_file.training_system_prompt, data)
-        if prompt:
-            await self.jobs.set_training_system_prompt(job.id, prompt)
-
-    async def _upload(self, name: str, path: str) -> str:
-        data = await asyncio.to_thread(Path(path).read_bytes)
-        return await self.gateway.upload_file(name, data)
+        if pending.training_prompt:
+            await self.jobs.set_training_system_prompt(job.id, pending.training_prompt)
 
     async def _forget_upload(self, file_id: str) -> None:
         try:
@@ -562,33 +426,18 @@ class StartService:
         """Remove expired pending starts with their files, and staged files no row refers to; returns how many."""
         expired = await self.repo.take_expired()
         for pending in expired:
-            _remove_files(pending)
+            staging.remove_files(pending)
         known = await self.repo.tokens()
         strays = 0
         for path in await asyncio.to_thread(lambda: list(self.staging_dir.glob("*.jsonl"))):
             if path.name.split("-", 1)[0] not in known:
                 path.unlink(missing_ok=True)  # a killed bot's file, written before its row
                 strays += 1
-        legacy = await asyncio.to_thread(self._remove_legacy_folders)
+        legacy = await asyncio.to_thread(staging.remove_legacy_folders, self.staging_dir, APPROVAL_TTL_SECONDS)
         if expired or strays or legacy:
             log.info("Removed %d expired pending starts, %d stray staged files and %d old staging folders",
                      len(expired), strays, legacy)
         return len(expired) + strays + legacy
-
-    def _remove_legacy_folders(self) -> int:
-        # Bots before pending starts were rows staged files in temp folders that a killed bot never removed; any
-        # such folder untouched for longer than an approval may wait holds nothing anyone can still start.
-        cutoff = time.time() - APPROVAL_TTL_SECONDS
-        removed = 0
-        for folder in Path(tempfile.gettempdir()).glob(f"{LEGACY_STAGING_PREFIX}*"):
-            try:
-                if folder.resolve() == self.staging_dir.resolve() or folder.stat().st_mtime > cutoff:
-                    continue
-            except OSError:
-                continue
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-        return removed
 
     async def reconcile(self, guild_ids: Collection[int]) -> int:
         """Match reservations no running start holds against the backend by token: record (and charge) the jobs
@@ -630,21 +479,4 @@ class StartService:
     async def _forget(self, token: str) -> None:
         pending = await self.repo.remove(token)
         if pending is not None:
-            _remove_files(pending)
-
-
-def jsonl_name(filename: str) -> str:
-    """The name a converted table goes by: the same name, ending in .jsonl."""
-    return filename.rsplit(".", 1)[0] + ".jsonl"
-
-
-def _staging_dir(settings: Settings) -> Path:
-    # Next to the database, on the same persistent disk; a database in memory has no such place.
-    if str(settings.database_path) == ":memory:":
-        return Path(tempfile.mkdtemp(prefix=LEGACY_STAGING_PREFIX))
-    return Path(settings.database_path).parent / "pending-starts"
-
-
-def _remove_files(pending: PendingStart) -> None:
-    for path in pending.paths:
-        Path(path).unlink(missing_ok=True)
+            staging.remove_files(pending)

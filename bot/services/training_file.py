@@ -5,7 +5,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 # A system prompt longer than this is not shown or reused as a chat default (Discord's option holds 1500).
@@ -44,8 +44,23 @@ def training_system_prompt(data: bytes) -> str | None:
     """The system prompt most examples of a chat file begin with (the first seen wins a tie), or None.
 
     A model answers as it was trained only when it is asked the same way: this is the prompt chat uses by default."""
+    return _system_prompt(example for _, example in numbered_examples(data))
+
+
+def chat_conversations(data: bytes) -> list[list[dict[str, Any]]]:
+    """Every example's messages as the backend will train on them (for counting tokens in its own tokenizer)."""
+    return _conversations(example for _, example in numbered_examples(data))
+
+
+def profile(data: bytes) -> tuple[str | None, list[list[dict[str, Any]]]]:
+    """The file's training system prompt and its conversations, from one parse (runs in a worker process)."""
+    examples = [example for _, example in numbered_examples(data)]
+    return _system_prompt(examples), _conversations(examples)
+
+
+def _system_prompt(examples: Iterable[dict[str, Any]]) -> str | None:
     counts: Counter[str] = Counter()
-    for _, example in numbered_examples(data):
+    for example in examples:
         messages = example.get("messages")
         if isinstance(messages, list) and messages and isinstance(messages[0], dict) and (
                 messages[0].get("role") == "system"):
@@ -58,12 +73,6 @@ def training_system_prompt(data: bytes) -> str | None:
     return prompt if len(prompt) <= MAX_SYSTEM_PROMPT_CHARS else None
 
 
-def chat_conversations(data: bytes) -> list[list[dict[str, Any]]]:
-    """Every example's messages as the backend will train on them (for counting tokens in its own tokenizer)."""
-    return [example["messages"] for _, example in numbered_examples(data)
+def _conversations(examples: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [example["messages"] for example in examples
             if isinstance(example.get("messages"), list) and example["messages"]]
-
-
-def profile(data: bytes) -> tuple[str | None, list[list[dict[str, Any]]]]:
-    """The file's training system prompt and its conversations, in one read (runs in a worker process)."""
-    return training_system_prompt(data), chat_conversations(data)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot import errors
+from dataset_rules.normalise import compact, normalise
 from storage.wordlist import WordListRepository
 
 log = logging.getLogger(__name__)
@@ -25,12 +25,13 @@ class WordListError(errors.UserFacingError):
 
 
 def normalize(text: str) -> str:
-    """What is compared: NFKC (full-width letters, compatibility jamo), case-folded, letters and digits only.
+    """What is compared: the normaliser every moderation check shares (dataset_rules.normalise), letters and digits
+    only.
 
-    So "바 보", "바.보" and "ＢＡＢＯ" match the words "바보" and "babo": spacing and punctuation tricks do not hide a
-    word. Look-alike letters (시1발) are left to the backend's filter, which knows them."""
-    folded = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
+    So "바 보", "바.보", "ＢＡＢＯ", "바1보", "ㅂㅏㅂㅗ" and a zero-width space inside a word all match the words "바보"
+    and "babo": spacing, punctuation, width, look-alike and jamo tricks do not hide a word. (flags() compares it word
+    by word, so two ordinary words are never read as one.)"""
+    return compact(text)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class WordListService:
 
     def __init__(self, repo: WordListRepository) -> None:
         self.repo = repo
-        self._cache: dict[int, tuple[str, ...]] = {}
+        self._cache: dict[int, tuple[tuple[str, bool], ...]] = {}
 
     async def add(self, guild_id: int, word: str, added_by: int) -> bool:
         """Add a word (False: it was on the list already)."""
@@ -85,13 +86,26 @@ class WordListService:
         return [word for _, word in await self.repo.words(guild_id)]
 
     async def flags(self, guild_id: int, texts: Sequence[str]) -> list[bool]:
-        """Which texts hold one of the server's words (after the same normalisation)."""
-        keys = self._cache.get(guild_id)
-        if keys is None:
-            keys = self._cache[guild_id] = tuple(key for key, _ in await self.repo.words(guild_id))
-        if not keys:
+        """Which texts hold one of the server's words (after the same normalisation).
+
+        A word the teacher typed as one word is looked for inside each word of the text, never across two words:
+        with 시발 on the list, "다시 발급" passes (spaced-out letters are joined first, so "시 발" is still found).
+        Words typed with a space (a phrase) are looked for in the text with its spaces removed."""
+        entries = self._cache.get(guild_id)
+        if entries is None:
+            # Words stored before the shared normaliser came are read through it too (it is idempotent).
+            entries = self._cache[guild_id] = tuple((normalize(key), len(shown.split()) > 1)
+                                                    for key, shown in await self.repo.words(guild_id))
+        if not entries:
             return [False] * len(texts)
-        return [any(key in normalized for key in keys) for normalized in map(normalize, texts)]
+        return [_holds(text, entries) for text in texts]
+
+
+def _holds(text: str, entries: Sequence[tuple[str, bool]]) -> bool:
+    """Whether the text holds one of the (key, is a phrase) entries."""
+    words = [compact(word) for word in normalise(text).split()]
+    whole = normalize(text) if any(phrase for _, phrase in entries) else ""
+    return any(key in whole if phrase else any(key in word for word in words) for key, phrase in entries)
 
 
 def _hangul(text: str) -> bool:

@@ -109,7 +109,7 @@ async def test_without_the_key_moderation_is_refused(server: TrainerProcess) -> 
 
 
 async def test_moderator_without_libraries_answers_none(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When korcen or alt-profanity-check is not installed, the moderator says so instead of passing texts."""
+    """When korcen is not installed, the moderator says so instead of passing texts."""
     def missing() -> moderation.Filters:
         raise ModuleNotFoundError("No module named 'korcen'", name="korcen")
 
@@ -146,15 +146,16 @@ def test_korean_spacing_and_jamo_count_as_korcen_counts_them(filters: moderation
 
 
 def test_korcen_is_not_run_on_latin_text(filters: moderation.Filters) -> None:
-    """korcen's lists misfire on English ("Sussex"); Latin-only text goes to the English classifier alone."""
-    assert not filters.korean("We visited Sussex and Essex") and not filters.classify(["We visited Sussex"])[0].flagged
+    """korcen's lists misfire on English ("Sussex"); it reads only words with Hangul."""
+    assert filters.words.signals("We visited Sussex and Essex") == []
+    assert not filters.classify(["We visited Sussex"])[0].flagged
 
 
 @pytest.mark.parametrize("text", ["nice tits lol", "im so horny", "kys", "send nudes", "she is a MILF",
                                   "blowjob jokes in chat"])
 def test_english_words_the_classifier_misses_are_flagged(filters: moderation.Filters, text: str) -> None:
     """Sexual words and a self-harm taunt that alt-profanity-check scores under 0.8 (tits 0.72, horny 0.50, kys 0.04,
-    milf 0.04, blowjob 0.04) are flagged by the extra English word list, as the Korean one does for korcen."""
+    milf 0.04, blowjob 0.04) are flagged by the extra English word list."""
     assert filters.classify([text])[0].flagged
 
 
@@ -163,3 +164,23 @@ def test_english_words_the_classifier_misses_are_flagged(filters: moderation.Fil
 def test_extra_english_words_match_whole_words_only(filters: moderation.Filters, text: str) -> None:
     """The list matches whole words: 'titanic', 'titmouse' and 'skys' pass, and so does an art lesson's 'nude'."""
     assert not filters.classify([text])[0].flagged
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("학생증이 없으면 ㅅㅂ 빌릴 수 없어요", ["ㅅㅂ"]),
+    ("숙제 씨발 진짜 많네, 이 병신아", ["씨발", "병신아"]),
+    ("just kys already", ["kys"]),
+])
+def test_flagged_words_are_named_by_their_place_in_the_text(filters: moderation.Filters, text: str,
+                                                             words: list[str]) -> None:
+    """A flagged text names where its flagged words are (offsets into the text as sent), so the student sees them."""
+    verdict = filters.verdict(text)
+    assert verdict.flagged
+    assert [text[start:end] for start, end in verdict.spans] == words
+    assert verdict.result()["spans"] == [list(span) for span in verdict.spans]
+
+
+def test_clean_text_and_whole_text_verdicts_name_no_words(filters: moderation.Filters) -> None:
+    """A clean text has no spans, and its result no `spans` key (OpenAI's shape stays as it was)."""
+    verdict = filters.verdict("다시 발급받은 뒤 빌려 주세요")
+    assert not verdict.flagged and verdict.spans == () and "spans" not in verdict.result()

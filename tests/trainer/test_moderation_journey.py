@@ -51,7 +51,7 @@ async def test_flagged_chat_message_on_trainer_is_held_back_and_reported(
     await chosen.wait_done(timeout=TRAINER_SECONDS)
     settings = await (await fake_discord.slash(guild, teacher, "class settings")).wait_done(timeout=TRAINER_SECONDS)
     shown = answer(settings)[0]
-    assert "word filters (`school-profanity-ko-en`" in shown and "on (automatic)" in shown
+    assert "classifier (`school-profanity-ko-en" in shown and "on (automatic)" in shown
     start = await fake_discord.slash(guild, student, "chat start", model="tiny")
     assert (await start.response(timeout=10))["type"] == DEFERRED
     await start.followup(timeout=TRAINER_SECONDS)

@@ -11,11 +11,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
+from bot.services import staging
 from bot.services.training_file import content_text, numbered_examples
 from bot.services.wordlist import ModerationKind, WordListService, moderation_kind
 from storage.flagged import FlaggedFileRepository
@@ -221,7 +221,8 @@ class ModerationService:
             self._outage_told.clear()
         return answer
 
-    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
+    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None,
+                                  files: list[bytes] | None = None) -> None:
         """Moderate the texts of the training (and validation) data before anything is uploaded; a flagged file is
         recorded (the student may ask a teacher, who may allow exactly this file) and refused."""
         if pending.cleared:
@@ -230,7 +231,8 @@ class ModerationService:
         backend_on = await self.moderation_on(pending.guild_id, settings)
         if not backend_on and (self.wordlist is None or settings.moderation is False):
             return
-        files = await asyncio.to_thread(_data_to_upload, pending)
+        # Exactly what will be uploaded (`files`: the staged files as the start read them once for the upload).
+        files = files if files is not None else await asyncio.to_thread(staging.read_staged, pending)
         names = [pending.training_filename, pending.validation_name or "validation.jsonl"]
         examples = [((name, line), text) for name, data in zip(names, files) for line, text in training_texts(data)]
         # The teacher's words are checked on every example; the backend on every example of a class-sized file and
@@ -344,11 +346,6 @@ def text_windows(text: str) -> list[str]:
         return [text]
     step = MODERATION_TEXT_CHARS - MODERATION_OVERLAP_CHARS
     return [text[start:start + MODERATION_TEXT_CHARS] for start in range(0, len(text) - MODERATION_OVERLAP_CHARS, step)]
-
-
-def _data_to_upload(pending: PendingStart) -> list[bytes]:
-    # Exactly what will be uploaded: the staged files (a converted CSV is already JSONL there).
-    return [Path(path).read_bytes() for path in pending.paths]
 
 
 def _sample(items: list[T], cap: int) -> list[T]:

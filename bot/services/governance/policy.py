@@ -49,10 +49,15 @@ class StartPolicyService:
 
     # The start policy (the start use case calls these) --------------------------------------------------------
 
-    async def before_start(self, pending: PendingStart) -> Reservation | None:
+    async def settings(self, guild_id: int) -> ClassSettings:
+        """The class's settings, read once per click and handed to each rule the click passes."""
+        return await self.repo.settings(guild_id)
+
+    async def before_start(self, pending: PendingStart, settings: ClassSettings | None = None) -> Reservation | None:
         """Check quotas, allowed models and the data, then reserve the estimated cost atomically under the pending
-        start's token (the same token goes into the job's metadata, so a crash can be reconciled)."""
-        settings = await self.repo.settings(pending.guild_id)
+        start's token (the same token goes into the job's metadata, so a crash can be reconciled). The budget is
+        decided on the settings read again inside the reservation's transaction, so two clicks cannot both fit."""
+        settings = settings or await self.repo.settings(pending.guild_id)
         if not pending.is_teacher:
             _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
@@ -113,13 +118,13 @@ class StartPolicyService:
 
     # Approvals ---------------------------------------------------------------------------------------------
 
-    async def needs_approval(self, guild_id: int, *, is_teacher: bool) -> bool:
+    async def needs_approval(self, guild_id: int, *, is_teacher: bool, settings: ClassSettings | None = None) -> bool:
         """A student's Start waits for a teacher when approvals are on."""
-        return not is_teacher and (await self.repo.settings(guild_id)).approvals
+        return not is_teacher and (settings or await self.repo.settings(guild_id)).approvals
 
-    async def request_approval(self, pending: PendingStart) -> Approval:
+    async def request_approval(self, pending: PendingStart, settings: ClassSettings | None = None) -> Approval:
         """Check what can be checked now (limits, budget, data) and record the request for the teacher channel."""
-        settings = await self.repo.settings(pending.guild_id)
+        settings = settings or await self.repo.settings(pending.guild_id)
         if settings.teacher_channel_id is None:
             raise errors.UserFacingError("gov.error.no_teacher_channel")
         _check_job_limits(settings, pending)
@@ -162,9 +167,10 @@ class StartPolicyService:
         """Remember the approval card's message."""
         await self.repo.set_approval_card(approval.id, message_id)
 
-    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None) -> None:
+    async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None,
+                                  files: list[bytes] | None = None) -> None:
         """Moderate the staged data (once per pending start; the start use case remembers it passed)."""
-        await self.moderation.check_training_data(pending, settings)
+        await self.moderation.check_training_data(pending, settings, files)
 
     async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> FlaggedFile:
         """A teacher allows a flagged file: its flagged lines pass in this exact file from now on."""
@@ -201,11 +207,20 @@ def _check_job_limits(settings: ClassSettings, pending: PendingStart) -> None:
         raise QuotaExceededError("gov.error.quota_tokens", tokens=pending.tokens_billed, limit=settings.max_tokens)
 
 
+def over_budget(snapshot: SpendSnapshot, cost: float) -> float | None:
+    """The one budget rule, for jobs and chat alike: None when `cost` fits the class's cap (or there is none), else
+    what is left of the cap."""
+    cap = snapshot.settings.budget_usd
+    if cap is None or snapshot.committed_usd + cost <= cap + _EPSILON_USD:
+        return None
+    return max(0.0, cap - snapshot.committed_usd)
+
+
 def _decide(snapshot: SpendSnapshot, cost: float, *, counts_quota: bool) -> None:
     """Refuse a job the budget or the daily quota cannot hold (pure: runs inside the reservation transaction)."""
     settings = snapshot.settings
     if counts_quota and settings.jobs_per_day is not None and snapshot.user_jobs_recent >= settings.jobs_per_day:
         raise QuotaExceededError(limit=settings.jobs_per_day)
-    if settings.budget_usd is not None and snapshot.committed_usd + cost > settings.budget_usd + _EPSILON_USD:
-        left = max(0.0, settings.budget_usd - snapshot.committed_usd)
+    left = over_budget(snapshot, cost)
+    if left is not None and settings.budget_usd is not None:
         raise BudgetExceededError(left=format_usd(left), cost=format_usd(cost), cap=format_usd(settings.budget_usd))

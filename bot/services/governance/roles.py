@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 from storage.governance import GovernanceRepository
 from storage.models import ClassSettings
@@ -46,5 +46,6 @@ class ClassSettingsService:
 def _normalise_models(value: object) -> list[str]:
     if isinstance(value, str):
         value = value.replace(";", ",").split(",")
-    names = [str(v).strip() for v in value or ()]  # type: ignore[attr-defined]  # names or None; update() says object
+    # Names (a string, or an iterable of them) or None: update() takes its settings as objects.
+    names = [str(v).strip() for v in value] if isinstance(value, Iterable) else []
     return list(dict.fromkeys(n for n in names if n and n.lower() not in ("all", "any", "*")))

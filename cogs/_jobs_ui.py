@@ -1,4 +1,4 @@
-"""Embeds and views: how jobs, cards and reports look in Discord. Pure rendering; no rules, no I/O."""
+"""Embeds and views of jobs (the finetune and job-monitor cogs): cards, progress, notices, lists. Pure rendering."""
 
 from __future__ import annotations
 
@@ -6,20 +6,21 @@ import io
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
+from bot.discord_edge.access import classroom_bot
+from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.text import clip
+from bot.discord_edge.views import OwnerOnlyView
 from bot.i18n import minutes_words, ordinal, t
-from bot.services import metrics
+from bot.services import charts, metrics
 from bot.services.dataset_check import CheckResult
 from bot.services.monitor import ProgressCard
 from dataset_rules.findings import Finding
 from dataset_rules.models import format_usd
 from storage.models import Job
-
-if TYPE_CHECKING:
-    from bot.client import ClassroomBot
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,6 @@ def _counts_line(counts: dict[str, int], shown: int, locale: str) -> str | None:
     return t("card.counts", locale, total=total, parts=parts)
 
 
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _named(kind: str, value: str | None, locale: str) -> str:
     """A format or training method in the reader's words (the file's own term when we have no name for it)."""
     from bot.i18n import catalog
@@ -99,12 +96,12 @@ def check_card(result: CheckResult, *, filename: str, base_model: str, suffix: s
     report = result.report
     if not report.ok:
         embed = discord.Embed(title=t("card.fix_title", locale), colour=RED)
-        embed.description = _clip(
+        embed.description = clip(
             t("card.fix_intro", locale, file=filename) + "\n\n" + _finding_lines(report.errors, locale), 4000
         )
         counts = _counts_line(report.error_counts, min(len(report.errors), MAX_FINDINGS_SHOWN), locale)
         if counts:
-            embed.add_field(name=t("card.more_errors", locale), value=_clip(counts, 1024), inline=False)
+            embed.add_field(name=t("card.more_errors", locale), value=clip(counts, 1024), inline=False)
         embed.set_footer(text=t("card.nothing_uploaded", locale))
         return embed
     embed = discord.Embed(title=t("card.ready_title", locale), colour=BLURPLE)
@@ -125,11 +122,11 @@ def check_card(result: CheckResult, *, filename: str, base_model: str, suffix: s
     if result.converted_jsonl is not None:
         notes.append(t("card.converted", locale))
     if notes:
-        embed.add_field(name=t("card.good_to_know", locale), value=_clip("\n".join(notes), 1024), inline=False)
+        embed.add_field(name=t("card.good_to_know", locale), value=clip("\n".join(notes), 1024), inline=False)
     if report.warnings:
         text = _finding_lines(report.warnings, locale)
         counts = _counts_line(report.warning_counts, min(len(report.warnings), MAX_FINDINGS_SHOWN), locale)
-        embed.add_field(name=t("card.warnings", locale), value=_clip(text + ("\n" + counts if counts else ""), 1024),
+        embed.add_field(name=t("card.warnings", locale), value=clip(text + ("\n" + counts if counts else ""), 1024),
                         inline=False)
     embed.set_footer(text=t("card.only_requester", locale))
     return embed
@@ -237,7 +234,7 @@ def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: st
         embed.description = t(advice_key, locale)
         embed.add_field(name=t("notice.error_code", locale), value=f"`{code}`")
         if job.error_message:
-            embed.add_field(name=t("notice.error_message", locale), value=_clip(job.error_message, 1000), inline=False)
+            embed.add_field(name=t("notice.error_message", locale), value=clip(job.error_message, 1000), inline=False)
     else:
         embed = discord.Embed(title=t("notice.cancelled_title", locale, name=name), colour=GREY)
         embed.description = t("notice.cancelled_body", locale)
@@ -264,7 +261,7 @@ def jobs_list_embed(jobs: list[Job], locale: str) -> discord.Embed:
             who = t("group.list_owner", locale, group=job.group_name, user=who)
         lines.append(f"{status_text(job.status, locale)} · **{job.suffix or job.training_filename}** · "
                      f"{who} · <t:{job.created_at}:R>\n`{job.id}` · `{job.base_model}`{model}")
-    embed.description = _clip("\n\n".join(lines), 4000)
+    embed.description = clip("\n\n".join(lines), 4000)
     return embed
 
 
@@ -278,55 +275,14 @@ def _duration(seconds: int, locale: str) -> str:
     return t("time.seconds", locale, s=sec)
 
 
+def chart_labels(locale: str) -> charts.ChartLabels:
+    """The loss chart's words in a reader's language."""
+    return charts.ChartLabels.from_catalog(lambda key: t(key, locale))
+
+
 def chart_file(png: bytes) -> discord.File:
     """The loss chart as an attachment the embed shows."""
     return discord.File(io.BytesIO(png), filename=CHART_NAME)
-
-
-class OwnerOnlyView(discord.ui.View):
-    """Buttons only the person who asked may press; they grey out when the view times out."""
-
-    def __init__(self, owner_id: int, locale: str, *, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self.owner_id = owner_id
-        self.locale = locale
-        self.message: discord.Message | discord.WebhookMessage | None = None
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        """Refuse, privately, anyone but the owner."""
-        if interaction.user.id == self.owner_id:
-            return True
-        await interaction.response.send_message(t("card.not_yours", interaction.locale), ephemeral=True)
-        return False
-
-    def disable(self) -> None:
-        """Grey out every button."""
-        for item in self.children:
-            if isinstance(item, discord.ui.Button):
-                item.disabled = True
-
-    async def on_timeout(self) -> None:
-        """Grey out the buttons so nobody presses a dead card."""
-        self.disable()
-        if self.message is not None:
-            try:
-                await self.message.edit(view=self)
-            except discord.HTTPException:
-                pass
-
-    async def on_error(self, interaction: discord.Interaction, error: Exception, item: discord.ui.Item[Any]) -> None:
-        """Buttons share the command tree's error handling: plain words, never a traceback."""
-        # discord.py types an interaction's client as a plain Client; here it is always the ClassroomBot.
-        bot_interaction: discord.Interaction[ClassroomBot] = interaction  # type: ignore[assignment]
-        await bot_interaction.client.tree.on_error(bot_interaction, _as_app_error(error))
-
-
-def _as_app_error(error: Exception) -> discord.app_commands.AppCommandError:
-    if isinstance(error, discord.app_commands.AppCommandError):
-        return error
-    wrapped = discord.app_commands.AppCommandError(type(error).__name__)
-    wrapped.original = error  # type: ignore[attr-defined]  # as CommandInvokeError has; the tree's handler reads it
-    return wrapped
 
 
 class ConfirmStartView(OwnerOnlyView):
@@ -363,27 +319,13 @@ class ConfirmStartView(OwnerOnlyView):
         await super().on_timeout()
 
 
-class ChatWithModelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"chat-job:(?P<job_id>[\w\-]+)"):
+class ChatWithModelButton(DurableButton, template=r"chat-job:(?P<job_id>[\w\-]+)"):
     """The "Chat with this model" button under a success notice; it keeps working after a restart."""
 
     def __init__(self, job_id: str, label: str = "Chat with this model") -> None:
-        super().__init__(
-            discord.ui.Button(label=label, style=discord.ButtonStyle.blurple, emoji="💬",
-                              custom_id=f"chat-job:{job_id}")
-        )
+        super().__init__(f"chat-job:{job_id}", label, discord.ButtonStyle.blurple, emoji="💬")
         self.job_id = job_id
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: Any
-    ) -> ChatWithModelButton:
-        """Rebuild the button from its custom id."""
-        return cls(match["job_id"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        """Open a chat thread with the job's model (the chat feature does the work)."""
-        chat = interaction.client.get_cog("Chat")  # type: ignore[attr-defined]  # typed Client; it is our commands.Bot
-        if chat is None or not hasattr(chat, "open_from_job"):
-            await interaction.response.send_message(t("chat.unavailable", interaction.locale), ephemeral=True)
-            return
-        await chat.open_from_job(interaction, self.job_id)
+    async def clicked(self, interaction: discord.Interaction) -> None:
+        """Open a chat thread with the job's model (the chat feature does the work, as a listener)."""
+        classroom_bot(interaction).dispatch("chat_with_job", interaction, self.job_id)
