@@ -27,6 +27,7 @@ from transformers import (
     TextStreamer,
 )
 
+from trainer.kv_cache import growing_cache
 from trainer.lora_stack import AdapterWeights, LoraStack
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ class Engine:
             request.generator.manual_seed(request.seed if request.seed is not None else
                                           int(torch.randint(0, 2**62, (1,)).item()))
         ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache()
+        cache = growing_cache()
         # A model without padding sees no mask at all, exactly as generate() runs one prompt.
         attention = mask if bool((mask == 0).any()) else None
         with torch.inference_mode(), self.stack.rows([r.slot for r in requests]):

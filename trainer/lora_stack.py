@@ -3,9 +3,12 @@
 Each adapted Linear keeps A (slots, in, r) and B (slots, r, out) with the adapter's scale folded into B; slot 0 is
 the zero adapter (the base model itself). A forward hook adds each row's x @ A[slot] @ B[slot] to the Linear's
 output, so requests for different adapters share one forward. The rows are taken in order of their slots: a run of
-rows on consecutive slots (a class whose adapters were loaded together) multiplies by a view of the stacks, a run on
+rows on ascending slots (a class whose adapters were loaded together) multiplies by a view of the stacks, a run on
 one slot by that slot's matrices, and the base model's rows add nothing; only a batch scattered over many slots
 gathers each row's A and B (a copy of megabytes per layer and step, which cost a third of a class's decode step).
+A run's slots may have gaps (the slots of chats that ended, or of other classes' models) as long as at most half its
+view is gaps: its rows are placed among zero rows for the gaps, which costs reading the gaps' matrices, less than
+the gather's copy.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ PEFT_PREFIX = "base_model.model."
 MAX_RUNS = 4
 
 Rows = slice | torch.Tensor  # batch rows: a slice when they are consecutive, else their indices
-Slots = slice | int  # one slot per row (consecutive slots), or one slot for every row of the run
-Plan = int | list[tuple[Rows, Slots]] | torch.Tensor  # one slot for all rows, runs, or every row's slot (gather)
+Slots = slice | int  # a view of ascending slots, one row each at most, or one slot for every row of the run
+Places = torch.Tensor | None  # where a run's rows sit in its view of slots, when the view has gaps
+Plan = int | list[tuple[Rows, Slots, Places]] | torch.Tensor  # one slot for every row, runs, or a gather
 
 
 class AdapterError(Exception):
@@ -233,12 +237,15 @@ class LoraStack:
             if isinstance(plan, torch.Tensor):  # scattered over many slots: gather each row's A and B
                 out.baddbmm_(torch.bmm(rows, a[plan]), b[plan])
                 return output
-            for run, slots in plan:
+            for run, slots, places in plan:
                 xs = rows[run] if isinstance(run, slice) else rows.index_select(0, run)
                 if isinstance(slots, int):
                     delta = (xs @ a[slots]) @ b[slots]
-                else:
+                elif places is None:
                     delta = torch.bmm(torch.bmm(xs, a[slots]), b[slots])
+                else:  # zero rows for the view's gaps
+                    spread = xs.new_zeros(slots.stop - slots.start, *xs.shape[1:]).index_copy_(0, places, xs)
+                    delta = torch.bmm(torch.bmm(spread, a[slots]), b[slots]).index_select(0, places)
                 if isinstance(run, slice):
                     out[run] += delta
                 else:
@@ -314,7 +321,7 @@ def _plan(slots: list[int], device: torch.device) -> Plan | None:
         return slots[0]
     order = sorted(range(len(slots)), key=slots.__getitem__)
     ordered = [slots[row] for row in order]
-    runs: list[tuple[Rows, Slots]] = []
+    runs: list[tuple[Rows, Slots, Places]] = []
     start = 0
     while start < len(order):
         slot, end = ordered[start], start + 1
@@ -322,12 +329,16 @@ def _plan(slots: list[int], device: torch.device) -> Plan | None:
             while end < len(order) and ordered[end] == slot:
                 end += 1
             if slot:  # the base model's rows add nothing
-                runs.append((_rows(order[start:end], device), slot))
-        else:  # rows on consecutive slots, one each (a row starting a shared run begins the next run)
-            while (end < len(order) and ordered[end] == ordered[end - 1] + 1
-                   and (end + 1 == len(order) or ordered[end + 1] != ordered[end])):
+                runs.append((_rows(order[start:end], device), slot, None))
+        else:  # rows on ascending slots, one each (a row starting a shared run begins the next run), gaps <= half
+            while (end < len(order) and ordered[end] > ordered[end - 1]
+                   and (end + 1 == len(order) or ordered[end + 1] != ordered[end])
+                   and ordered[end] - slot + 1 <= 2 * (end + 1 - start)):
                 end += 1
-            runs.append((_rows(order[start:end], device), slice(slot, slot + end - start)))
+            view = slice(slot, ordered[end - 1] + 1)
+            places = None if view.stop - view.start == end - start else \
+                torch.tensor([s - slot for s in ordered[start:end]], device=device)
+            runs.append((_rows(order[start:end], device), view, places))
         start = end
     if len(runs) > MAX_RUNS:
         return torch.tensor(slots, device=device)

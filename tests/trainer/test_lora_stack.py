@@ -25,7 +25,7 @@ def logits(stack: LoraStack, ids: torch.Tensor, slots: list[int]) -> torch.Tenso
 
 
 @pytest.mark.parametrize("slots", [[2, 2, 2, 2], [3, 1, 2, 0], [0, 2, 2, 1, 0, 3], [1, 0, 0, 3, 3, 1],
-                                   [3, 2, 1, 3, 2, 1]])
+                                   [3, 2, 1, 3, 2, 1], [3, 1], [0, 3, 1, 0]])
 def test_every_batch_shape_equals_each_row_alone(pool: ModelPool, adapters: list[Path],  # noqa: F811
                                                  slots: list[int]) -> None:
     """A batch gives each row what that row gets alone, by runs and by the gather alike."""
@@ -44,20 +44,26 @@ def test_every_batch_shape_equals_each_row_alone(pool: ModelPool, adapters: list
 
 
 def test_plan_takes_runs_of_consecutive_and_shared_slots() -> None:
-    """Rows sorted by slot: consecutive slots one row each are one run on a slice of the stacks, rows sharing a slot
-    one run on that slot, base rows no run; too many runs gather."""
+    """Rows sorted by slot: ascending slots one row each are one run on a slice of the stacks (gaps placed, up to
+    half the slice), rows sharing a slot one run on that slot, base rows no run; too many runs gather."""
     cpu = torch.device("cpu")
+
+    def plain(plan: object) -> object:
+        return plan if not isinstance(plan, list) else [
+            tuple(part.tolist() if isinstance(part, torch.Tensor) else part for part in run) for run in plan]
+
     assert _plan([0, 0], cpu) is None
     assert _plan([5, 5, 5], cpu) == 5
-    assert _plan([1, 2, 3], cpu) == [(slice(0, 3), slice(1, 4))]
-    [(rows, slots)] = _plan([3, 1, 2], cpu)  # type: ignore[misc]
-    assert isinstance(rows, torch.Tensor) and rows.tolist() == [1, 2, 0] and slots == slice(1, 4)
-    runs = _plan([0, 4, 4, 1, 0, 2], cpu)
-    assert isinstance(runs, list)
-    assert [(r.tolist() if isinstance(r, torch.Tensor) else r, s) for r, s in runs] == [
-        ([3, 5], slice(1, 3)), (slice(1, 3), 4)]
-    scattered = _plan([1, 3, 5, 7, 9, 11], cpu)
-    assert isinstance(scattered, torch.Tensor) and scattered.tolist() == [1, 3, 5, 7, 9, 11]
+    assert plain(_plan([1, 2, 3], cpu)) == [(slice(0, 3), slice(1, 4), None)]
+    assert plain(_plan([3, 1, 2], cpu)) == [([1, 2, 0], slice(1, 4), None)]
+    assert plain(_plan([0, 4, 4, 1, 0, 2], cpu)) == [([3, 5], slice(1, 3), None), (slice(1, 3), 4, None)]
+    # The class's chats that ended left gaps: still one run, its rows placed in the slice.
+    assert plain(_plan([1, 3, 5, 7, 9, 11], cpu)) == [(slice(0, 6), slice(1, 12), [0, 2, 4, 6, 8, 10])]
+    assert plain(_plan([2, 3, 6, 7], cpu)) == [(slice(0, 4), slice(2, 8), [0, 1, 4, 5])]
+    # More gap than rows starts a new run; past MAX_RUNS runs, the gather.
+    assert plain(_plan([1, 9], cpu)) == [(slice(0, 1), slice(1, 2), None), (slice(1, 2), slice(9, 10), None)]
+    scattered = _plan([1, 5, 9, 13, 17, 21], cpu)
+    assert isinstance(scattered, torch.Tensor) and scattered.tolist() == [1, 5, 9, 13, 17, 21]
 
 
 def test_a_layer_new_to_the_stack_leaves_earlier_adapters_unchanged(pool: ModelPool, tmp_path: Path) -> None:
