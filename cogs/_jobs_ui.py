@@ -322,6 +322,8 @@ class ConfirmStartView(OwnerOnlyView):
 class ChatWithModelButton(DurableButton, template=r"chat-job:(?P<job_id>[\w\-]+)"):
     """The "Chat with this model" button under a success notice; it keeps working after a restart."""
 
+    cooldown = (3, 60.0)  # each press opens a public thread: as many a minute as /chat start allows
+
     def __init__(self, job_id: str, label: str = "Chat with this model") -> None:
         super().__init__(f"chat-job:{job_id}", label, discord.ButtonStyle.blurple, emoji="💬")
         self.job_id = job_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.openai_gateway import FineTuningGateway
 from bot.services.governance.flagged import FlaggedFileService
@@ -62,11 +63,13 @@ class Governance:
 
     @classmethod
     def create(cls, repo: GovernanceRepository, jobs: JobRepository, gateway: FineTuningGateway, *,
-               self_hosted: bool, wordlist: WordListService | None = None) -> Governance:
+               self_hosted: bool, free_backend: bool = False, wordlist: WordListService | None = None,
+               prices_file: Path | None = None) -> Governance:
         """Wire the five services (the teacher's own words go to moderation; flagged files are shared by both)."""
         roles = ClassSettingsService(repo)
         flagged_files = FlaggedFileRepository(repo.db)
         flagged = FlaggedFileService(flagged_files)
         moderation = ModerationService(repo, gateway, self_hosted=self_hosted, wordlist=wordlist, flagged=flagged_files)
-        policy = StartPolicyService(repo, jobs, moderation, self_hosted=self_hosted, flagged=flagged)
+        policy = StartPolicyService(repo, jobs, moderation, free_backend=free_backend, flagged=flagged,
+                                    prices_file=prices_file)
         return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles), flagged)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from pathlib import Path
 
 from bot import errors
 from bot.services.governance.flagged import FlaggedFileService
 from bot.services.governance.moderation import ModerationService
-from dataset_rules.models import format_usd
-from dataset_rules.models import lookup as lookup_model
+from dataset_rules.models import format_usd, info_or_default, load_prices
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.flagged import FlaggedFileRepository
@@ -40,11 +40,13 @@ class StartPolicyService:
     """The class's rules a start must pass, with the reservation they hold; the watcher's settler."""
 
     def __init__(self, repo: GovernanceRepository, jobs: JobRepository, moderation: ModerationService, *,
-                 self_hosted: bool, flagged: FlaggedFileService | None = None) -> None:
+                 free_backend: bool, flagged: FlaggedFileService | None = None,
+                 prices_file: Path | None = None) -> None:
         self.repo = repo
         self.jobs = jobs
         self.moderation = moderation
-        self.self_hosted = self_hosted
+        self.free_backend = free_backend  # the school's own trainer: nothing it runs costs money
+        self.prices_file = prices_file  # Settings.prices_file: the table an ended job's real cost comes from
         self.flagged = flagged or FlaggedFileService(FlaggedFileRepository(repo.db))
 
     # The start policy (the start use case calls these) --------------------------------------------------------
@@ -98,7 +100,7 @@ class StartPolicyService:
         """Replace an ended job's estimate by its real cost; failed and cancelled jobs release what they did not use."""
         if not job.is_terminal:
             return
-        actual = job_cost(job)
+        actual = job_cost(job, load_prices(self.prices_file), free=self.free_backend)
         if actual is None:
             # Succeeded without a token count or a price: the estimate is the best figure there is.
             entries = [e for e in await self.repo.ledger(job.guild_id) if e.job_id == job.id]
@@ -182,19 +184,20 @@ class StartPolicyService:
         cost = pending.estimated_usd
         if cost is not None:
             return float(cost)
-        if self.self_hosted or settings.budget_usd is None:
+        if self.free_backend or settings.budget_usd is None:
             return 0.0  # the school's own trainer costs nothing; without a cap there is nothing to hold
         raise BudgetExceededError("gov.error.no_price", model=pending.base_model)
 
 
-def job_cost(job: Job) -> float | None:
-    """What an ended job really cost: trained tokens x the base model's price; None when either is unknown."""
-    info = lookup_model(job.base_model)
+def job_cost(job: Job, prices: dict[str, float] | None = None, *, free: bool = False) -> float | None:
+    """What an ended job really cost: trained tokens x the base model's price in the table (`prices`; None: the
+    shipped one); None when either is unknown, except on a free backend (the school's own trainer)."""
     if job.trained_tokens is None:
         return 0.0 if job.status in ("failed", "cancelled") else None
-    if info is None or info.price_per_million is None:
-        return 0.0 if info is None else None
-    return job.trained_tokens * info.price_per_million / 1_000_000
+    price = info_or_default(job.base_model, prices).price_per_million
+    if price is None:
+        return 0.0 if free else None  # elsewhere an unpriced job keeps its estimate: never silently free
+    return job.trained_tokens * price / 1_000_000
 
 
 def _check_job_limits(settings: ClassSettings, pending: PendingStart) -> None:

@@ -1,0 +1,75 @@
+"""Prices for every backend: OpenAI's table, the school's own trainer free, and any other backend's model without a
+price not used under a cap (never silently free) until the teacher prices it in PRICES_FILE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from support.bot_harness import BotRunner, make_settings
+from support.fakes.discord import FakeDiscord
+from support.fakes.openai import FakeOpenAI
+from tests.conftest import MANAGE_GUILD, Classroom
+from tests.test_governance_journey import eventually
+
+UNPRICED = "gpt-4-0613"  # a model another OpenAI-compatible backend lists, not in the shipped price table
+
+
+async def _ask(room: Classroom, model: str, expect: str) -> str:
+    """Run /ask and wait until what it shows says `expect` (the streamed answer grows by edits)."""
+    ask = await room.discord.slash(room.guild, room.student, "ask", model=model, prompt="Hello?")
+    return await room.discord.wait_for(
+        lambda: next((m.text() for m in ask.followups if expect in m.text()), None), timeout=10, what=expect)
+
+
+@pytest.fixture
+async def priced_room(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Classroom]:
+    """The class on another OpenAI-compatible backend, with a PRICES_FILE that prices the backend's own model."""
+    table = json.loads(Path("dataset_rules/prices.json").read_text("utf-8"))
+    table["chat_usd_per_1m_tokens"][UNPRICED] = [30.0, 60.0]
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps(table), "utf-8")
+    fake_openai.base_models.append(UNPRICED)
+    guild = fake_discord.add_guild("Class 1")
+    student, teacher = fake_discord.add_user("student"), fake_discord.add_user("teacher")
+    guild.add_member(student)
+    guild.add_member(teacher, permissions=MANAGE_GUILD)
+    runner = BotRunner(make_settings(fake_discord, fake_openai, tmp_path, prices_file=prices), fake_discord)
+    await runner.start()
+    try:
+        yield Classroom(fake_discord, fake_openai, runner, guild, student, teacher)
+    finally:
+        await runner.stop()
+
+
+async def test_an_unpriced_model_of_another_backend_is_refused_under_a_cap(classroom: Classroom) -> None:
+    """The finding: three answers on gpt-4-0613 under a $0.0001 cap, committed stayed 0. Now it is refused, saying
+    why, and nothing reaches the backend."""
+    classroom.openai.base_models.append(UNPRICED)
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=0.0001)
+    await _ask(classroom, UNPRICED, f"I don't know what {UNPRICED} costs")
+    assert classroom.openai.chat_requests == []
+    assert (await classroom.bot.governance.roles.budget(classroom.guild.id))[1] == 0
+
+
+async def test_without_a_cap_an_unpriced_model_may_be_used(classroom: Classroom) -> None:
+    """With no cap there is nothing to keep within: the backend's own model answers."""
+    classroom.openai.base_models.append(UNPRICED)
+    await _ask(classroom, UNPRICED, "reply to: Hello?")
+
+
+async def test_a_price_in_prices_file_is_charged_under_a_cap(priced_room: Classroom) -> None:
+    """Priced by the teacher's PRICES_FILE, the model answers under a cap and what it used is charged."""
+    await priced_room.bot.governance.roles.update(priced_room.guild.id, budget_usd=1.0)
+    await _ask(priced_room, UNPRICED, "reply to: Hello?")
+    await eventually(lambda: _settled(priced_room), what="the answer charged")
+    _, committed = await priced_room.bot.governance.roles.budget(priced_room.guild.id)
+    assert 0 < committed < 0.01
+
+
+async def _settled(room: Classroom) -> bool:
+    rows = await room.bot.governance.repo.ledger(room.guild.id)
+    return bool(rows) and all(r.state == "settled" for r in rows)
