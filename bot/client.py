@@ -212,6 +212,8 @@ class ClassroomBot(commands.Bot):
     async def _close_everything(self) -> None:
         """Stop the cogs, then the workers, the backend client, the database and the school's trainer."""
         await super().close()
+        if hasattr(self, "starts"):
+            self.starts.close()
         if hasattr(self, "workers"):
             self.workers.close()
         if hasattr(self, "gateway"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -29,6 +30,10 @@ FIRST_EVENTS_PAGE = 25
 EVENTS_PAGE_SIZE = 100
 # A page of events is read until the cursor shows up; past this many pages the rest is history we skip.
 MAX_EVENT_PAGES = 20
+# Tries at creating one job. Each try after the first comes only once the job is known not to exist: a creation
+# whose answer was lost (a 5xx, a timeout, a dropped connection) may have made it, and is looked up by its token.
+CREATE_ATTEMPTS = 3
+CREATE_BACKOFF_SECONDS = 0.5
 # Words with which backends refuse fine-tuning to an organisation (OpenAI's wind-down of self-serve fine-tuning).
 _REFUSAL_HINTS = (
     "fine-tuning is not available",
@@ -111,22 +116,50 @@ class FineTuningGateway:
         n_epochs: int | None,
         suffix: str | None,
         metadata: Mapping[str, str],
+        token_key: str | None = None,
     ) -> BackendJob:
-        """Create a job (supervised or dpo); refusals become plain-language errors."""
-        method_body = _method(method, n_epochs)
-        job = await self._call(
-            "create job",
-            lambda: self.client.fine_tuning.jobs.create(
-                model=model,
-                training_file=training_file,
-                validation_file=validation_file or openai.omit,
-                method=method_body,
-                suffix=suffix or openai.omit,
-                metadata=dict(metadata),
-            ),
-            creating_job=True,
-        )
-        return _job(job)
+        """Create a job (supervised or dpo) at most once; refusals become plain-language errors.
+
+        `metadata[token_key]` is the start's client token: a creation whose answer was lost is looked up by it
+        before anything is tried again, so one start never makes two jobs (the SDK's own retries are blind)."""
+        once = self.client.with_options(max_retries=0)
+        token = metadata.get(token_key) if token_key else None
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return _job(await once.fine_tuning.jobs.create(
+                    model=model, training_file=training_file, validation_file=validation_file or openai.omit,
+                    method=_method(method, n_epochs), suffix=suffix or openai.omit, metadata=dict(metadata),
+                    # A backend that honours it (the school's trainer) gives the same job to the same key again.
+                    extra_headers={"Idempotency-Key": token} if token else None))
+            except openai.APIError as exc:
+                error = _translate(exc, "create job", creating_job=True)
+                if _maybe_created(exc):
+                    if not token_key or not token:
+                        raise error from None  # without a token a lost answer cannot be told from a refusal
+                    found = await self._created(token_key, token)
+                    if found is not None:
+                        log.warning("Job creation's answer was lost; job %s was made and is kept", found.id)
+                        return found
+                elif not isinstance(error, errors.UpstreamBusyError):
+                    raise error from None  # a refusal: trying again changes nothing
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise error from None
+                await asyncio.sleep(CREATE_BACKOFF_SECONDS * 2**attempt)  # known not made (or only rate-limited)
+        raise AssertionError("unreachable")
+
+    async def _created(self, token_key: str, token: str) -> BackendJob | None:
+        """The job a lost creation made, or None when it made none; CreationUnknownError when nobody can tell."""
+        try:
+            return await self.job_with(token_key, token)
+        except errors.UserFacingError:
+            raise errors.CreationUnknownError() from None
+
+    async def job_with(self, key: str, value: str) -> BackendJob | None:
+        """The newest job whose metadata holds this value under this key (a start's client token), or None."""
+        page = await self._call("find job", lambda: self.client.fine_tuning.jobs.list(limit=10,
+                                                                                        metadata={key: value}))
+        found = [job for job in page.data if (job.metadata or {}).get(key) == value]  # a backend may not filter
+        return _job(found[0]) if found else None
 
     async def retrieve_job(self, job_id: str) -> BackendJob:
         """The job's current state."""
@@ -291,6 +324,15 @@ class FineTuningGateway:
             return await call()
         except openai.APIError as exc:
             raise _translate(exc, what, creating_job=creating_job, chatting=chatting) from None
+
+
+def _maybe_created(exc: openai.APIError) -> bool:
+    """Whether a failed creation may have happened all the same: its answer was lost, or the backend failed after
+    it may have done the work (a 429 or a 4xx is a refusal before any work)."""
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return True
+    status = getattr(exc, "status_code", None)
+    return status is not None and (status >= 500 or status in (408, 409))
 
 
 def _spans(raw: object, length: int) -> tuple[tuple[int, int], ...]:

@@ -193,6 +193,12 @@ class GovernanceRepository:
             )
         return True
 
+    async def job_of_token(self, token: str) -> str | None:
+        """The job a start's client token created, once it is recorded (None while none is)."""
+        row = await self.db.fetch_one(
+            "SELECT job_id FROM spend_ledger WHERE client_token = ? AND job_id IS NOT NULL AND kind = 'job'", (token,))
+        return str(row["job_id"]) if row is not None else None
+
     async def reserved_tokens(self) -> dict[str, int]:
         """Client tokens of reservations not yet tied to a job, with their server."""
         rows = await self.db.fetch_all(

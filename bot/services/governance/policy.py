@@ -86,6 +86,11 @@ class StartPolicyService:
         if await self.repo.attach_job_entry(job, token):
             log.warning("Job %s had no reservation; its ledger row was created on adoption", job.id)
 
+    async def job_of_token(self, token: str) -> Job | None:
+        """The recorded job a start's client token created, if any (a card pressed after its job was adopted)."""
+        job_id = await self.repo.job_of_token(token)
+        return await self.jobs.get_any(job_id) if job_id else None
+
     async def reserved_tokens(self) -> dict[str, int]:
         """Client tokens of reservations not yet tied to a job, with their server."""
         return await self.repo.reserved_tokens()
