@@ -327,18 +327,21 @@ class Classroom(commands.Cog):
             if plan.user_id is None and not await member_is_teacher(click, self.governance.roles):  # the role may have gone meanwhile
                 raise app_commands.CheckFailure()
             result = await self.governance.reports.cleanup(plan, click.user.id)
-            threads_gone = 0
+            mine = None
             if plan.user_id is not None:
-                threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
-                await self.starts.forget_user(plan.guild_id, plan.user_id)  # checked files waiting on disk
+                mine = _classroom_ui.MineDeleted(
+                    threads=await self._forget_chats(plan.guild_id, plan.user_id),
+                    starts=await self.starts.forget_user(plan.guild_id, plan.user_id),  # checked files on disk
+                    examples=await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id),
+                )
                 await self.governance.flagged.forget_user(plan.guild_id, plan.user_id)  # their flagged lines
-                await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id)  # their /dataset examples
                 await self.bot.groups.forget_user(plan.guild_id, plan.user_id)  # and their place in a group
-            await click.edit_original_response(embed=_classroom_ui.cleanup_done_embed(result, threads_gone, locale), view=view)
+            await click.edit_original_response(embed=_classroom_ui.cleanup_done_embed(result, mine, locale), view=view)
 
         view = _classroom_ui.ConfirmView(interaction.user.id, locale, on_confirm)
-        listing = "\n".join(f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources)
-        files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")] if listing else []
+        # The list the card promises: every file and model by name, and what else of a student's goes.
+        listing = _classroom_ui.cleanup_listing(plan)
+        files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")]
         await interaction.response.send_message(embed=embed, view=view, files=files, ephemeral=True)
         view.message = await interaction.original_response()
 
