@@ -89,3 +89,13 @@ async def test_an_expired_cards_file_is_removed_when_it_expires(classroom: Class
     click = await press(classroom.discord, card, "Start", classroom.student)
     assert isinstance(click, FakeInteraction)
     assert "expired" in (await click.followup(timeout=10)).text() and classroom.openai.jobs == []
+
+
+async def test_an_upload_whose_answer_was_lost_is_found_not_sent_twice(classroom: Classroom) -> None:
+    """The same for uploads: the backend stored the file and answered 500; the file is found by its name and size
+    and used, and no second copy is uploaded."""
+    classroom.openai.fail_after_next("POST", r"/files$", status=500)
+    await _press_start(classroom)
+    await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10, what="the progress card")
+    training = [f for f in classroom.openai.files.values() if f.purpose == "fine-tune"]
+    assert len(training) == 1 and classroom.openai.jobs[0].training_file == training[0].id
