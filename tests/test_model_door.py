@@ -266,3 +266,26 @@ async def test_a_class_has_at_most_its_slots_of_requests_at_the_backend(classroo
     release.set()
     for ask in asks:
         assert "Fine." in await _answered(classroom, ask)
+
+
+async def test_an_evaluation_killed_half_way_is_charged_its_worst_case_after_restart(classroom: Classroom) -> None:
+    """Killed while the models answer: nothing the evaluation held is left open after the restart, and what it held
+    (every answer's worst case, which covers whatever the backend generated) is what is charged."""
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=5.0)
+    answering, stop = asyncio.Event(), asyncio.Event()
+
+    async def slow(model: str, messages: list[dict[str, Any]]) -> str:
+        answering.set()
+        await asyncio.wait_for(stop.wait(), timeout=30)
+        return "Fine."
+
+    classroom.openai.chat_reply = slow
+    await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model=BASE, against=OTHER,
+                                  lesson="pirate-en")
+    await asyncio.wait_for(answering.wait(), timeout=10)
+    held = await classroom.bot.governance.repo.ledger(classroom.guild.id)
+    assert sorted((r.base_model, r.state) for r in held) == sorted([(BASE, "reserved"), (OTHER, "reserved")])
+    await classroom.restart(crash=True)
+    stop.set()
+    rows = await classroom.bot.governance.repo.ledger(classroom.guild.id)
+    assert all(r.state == "settled" and r.actual_usd == r.reserved_usd for r in rows) and len(rows) == 2

@@ -14,6 +14,7 @@ from support.fakes.discord import FakeDiscord
 from support.fakes.openai import FakeOpenAI
 from tests.conftest import MANAGE_GUILD, Classroom
 from tests.test_governance_journey import eventually
+from tests.test_rates_and_bursts import all_settled
 
 UNPRICED = "gpt-4-0613"  # a model another OpenAI-compatible backend lists, not in the shipped price table
 
@@ -65,11 +66,6 @@ async def test_a_price_in_prices_file_is_charged_under_a_cap(priced_room: Classr
     """Priced by the teacher's PRICES_FILE, the model answers under a cap and what it used is charged."""
     await priced_room.bot.governance.roles.update(priced_room.guild.id, budget_usd=1.0)
     await _ask(priced_room, UNPRICED, "reply to: Hello?")
-    await eventually(lambda: _settled(priced_room), what="the answer charged")
+    await eventually(lambda: all_settled(priced_room), what="the answer charged")
     _, committed = await priced_room.bot.governance.roles.budget(priced_room.guild.id)
     assert 0 < committed < 0.01
-
-
-async def _settled(room: Classroom) -> bool:
-    rows = await room.bot.governance.repo.ledger(room.guild.id)
-    return bool(rows) and all(r.state == "settled" for r in rows)

@@ -66,7 +66,7 @@ async def test_a_held_back_reply_is_charged_as_what_was_generated(classroom: Cla
     classroom.openai.flag_words = {"forbidden"}
     classroom.openai.chat_reply = lambda model, messages: "word " * 60 + "forbidden"
     await _ask(classroom, "safety check")
-    await eventually(lambda: _settled(classroom), what="the reply charged")
+    await eventually(lambda: all_settled(classroom), what="the reply charged")
     rows = await classroom.bot.governance.repo.ledger(classroom.guild.id)
     price = chat_price(MODEL)
     assert price is not None and len(rows) == 1 and rows[0].state == "settled"
@@ -74,6 +74,7 @@ async def test_a_held_back_reply_is_charged_as_what_was_generated(classroom: Cla
     assert (rows[0].actual_usd or 0) > prompt_only + 50 * price[1] / 1_000_000
 
 
-async def _settled(room: Classroom) -> bool:
+async def all_settled(room: Classroom) -> bool:
+    """Whether the class's ledger has rows and every one is settled (the answers are charged)."""
     rows = await room.bot.governance.repo.ledger(room.guild.id)
     return bool(rows) and all(r.state == "settled" for r in rows)
