@@ -99,3 +99,15 @@ async def test_an_upload_whose_answer_was_lost_is_found_not_sent_twice(classroom
     await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10, what="the progress card")
     training = [f for f in classroom.openai.files.values() if f.purpose == "fine-tune"]
     assert len(training) == 1 and classroom.openai.jobs[0].training_file == training[0].id
+
+
+async def test_a_card_waiting_across_a_restart_is_removed_when_it_expires(classroom: Classroom,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A card made before a restart is timed again by the new bot: its file goes when it expires, not at a sweep
+    minutes later."""
+    monkeypatch.setattr(starts_module, "PENDING_TTL_SECONDS", 4)  # longer than a restart takes here (~0.3 s)
+    await open_card(classroom)
+    staged = classroom.bot.starts.staging_dir
+    await classroom.restart(crash=True)
+    assert list(staged.glob("*.jsonl"))
+    await wait_for(lambda: not list(staged.glob("*.jsonl")), timeout=15, what="the staged file removed")

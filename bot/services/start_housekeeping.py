@@ -37,6 +37,8 @@ class StartHousekeeping:
     def expire_later(self, token: str, expires_at: float) -> None:
         """Remove a waiting card's start and its file the moment it expires (the sweep catches what a restart
         left): a converted table does not sit on disk longer than its card."""
+        if any(task.get_name() == f"expire start {token}" for task in self._expiries):
+            return  # timed already
         task = asyncio.create_task(self._expire(token, expires_at), name=f"expire start {token}")
         self._expiries.add(task)
         task.add_done_callback(self._expiries.discard)
@@ -69,6 +71,8 @@ class StartHousekeeping:
         expired = await self.repo.take_expired()
         for pending in expired:
             staging.remove_files(pending)
+        for token, expires_at in (await self.repo.expiries()).items():
+            self.expire_later(token, expires_at)  # cards a restart found waiting go the moment they expire too
         known = await self.repo.tokens()
         strays = 0
         for path in await asyncio.to_thread(lambda: list(self.staging_dir.glob("*.jsonl"))):
