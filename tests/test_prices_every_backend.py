@@ -13,7 +13,8 @@ from support.bot_harness import BotRunner, make_settings
 from support.fakes.discord import FakeDiscord
 from support.fakes.openai import FakeOpenAI
 from tests.conftest import MANAGE_GUILD, Classroom
-from tests.test_governance_journey import eventually
+from tests.test_finetune_journey import open_card
+from tests.test_governance_journey import click_and_wait, command, estimated_cost, eventually
 from tests.test_rates_and_bursts import all_settled
 
 UNPRICED = "gpt-4-0613"  # a model another OpenAI-compatible backend lists, not in the shipped price table
@@ -69,3 +70,19 @@ async def test_a_price_in_prices_file_is_charged_under_a_cap(priced_room: Classr
     await eventually(lambda: all_settled(priced_room), what="the answer charged")
     _, committed = await priced_room.bot.governance.roles.budget(priced_room.guild.id)
     assert 0 < committed < 0.01
+
+
+async def test_a_start_holds_its_worst_case_not_just_its_estimate(classroom: Classroom) -> None:
+    """The finding: the cap limited estimates with no margin, so a job billed a little over its estimate overspent
+    the class. A cap exactly the estimate refuses the Start, saying what it may cost; with room, it holds more than
+    the estimate until it ends."""
+    cost = estimated_cost()
+    await command(classroom, classroom.teacher, "class budget", usd=round(cost, 6))
+    card = await open_card(classroom)
+    click = await click_and_wait(classroom, card, "Start", classroom.student)
+    assert "may cost up to" in (await click.followup(timeout=10)).text() and classroom.openai.jobs == []
+    await command(classroom, classroom.teacher, "class budget", usd=round(cost * 2, 6))
+    await click_and_wait(classroom, await open_card(classroom), "Start", classroom.student)
+    await classroom.discord.wait_for(lambda: classroom.openai.jobs or None, timeout=10, what="the job")
+    (row,) = await classroom.bot.governance.repo.ledger(classroom.guild.id)
+    assert row.reserved_usd > cost

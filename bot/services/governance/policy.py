@@ -20,6 +20,9 @@ from storage.starts import PendingStart
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 24 * 3600
+# A job's tokens are counted here (tiktoken) and billed by the backend's own count: under a cap a job holds its
+# estimate and this share more, its worst case, until it ends and is charged what it really cost.
+JOB_COST_MARGIN = 0.05
 # Float sums of cents must not refuse a job that fits exactly.
 _EPSILON_USD = 1e-9
 
@@ -63,7 +66,7 @@ class StartPolicyService:
         if not pending.is_teacher:
             _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
-        cost = self._estimate(pending, settings)
+        cost = self._held(pending, settings)
         reservation = await self.repo.reserve(
             pending.guild_id, pending.user_id, pending.base_model, cost,
             since=int(time.time()) - QUOTA_WINDOW_SECONDS,
@@ -136,7 +139,7 @@ class StartPolicyService:
             raise errors.UserFacingError("gov.error.no_teacher_channel")
         _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
-        cost = self._estimate(pending, settings)
+        cost = self._held(pending, settings)
         snapshot = await self.repo.snapshot(pending.guild_id, pending.user_id,
                                             int(time.time()) - QUOTA_WINDOW_SECONDS)
         _decide(snapshot, cost, counts_quota=True)  # refuse now rather than after the teacher said yes
@@ -184,6 +187,10 @@ class StartPolicyService:
         return await self.flagged.allow(guild_id, flagged_id, teacher_id)
 
     # Helpers -----------------------------------------------------------------------------------------------
+
+    def _held(self, pending: PendingStart, settings: ClassSettings) -> float:
+        """What a start holds against the budget: its estimate, with room for the backend's own token count."""
+        return self._estimate(pending, settings) * (1 + JOB_COST_MARGIN)
 
     def _estimate(self, pending: PendingStart, settings: ClassSettings) -> float:
         cost = pending.estimated_usd
