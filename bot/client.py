@@ -142,8 +142,7 @@ class ClassroomBot(commands.Bot):
         )
         self.chat_limits = ChatLimits(
             self.governance.repo, self.governance.roles, self.finetune.base_models,
-            free_backend=self.settings.free_backend, prices_file=self.settings.prices_file,
-            rates=RateRepository(self.db),
+            free_backend=self.settings.free_backend, prices=self.governance.prices, rates=RateRepository(self.db),
         )
         # The one door every request to a model passes (chat, /ask, /compare, /evaluate, lessons).
         self.door = ModelDoor(self.gateway, self.chat_limits, self.governance.moderation.moderate_chat)

@@ -15,6 +15,7 @@ from bot.discord_edge.text import clip
 from bot.discord_edge.views import OwnerOnlyView
 from bot.i18n import t
 from bot.services.governance import ClassReport, CleanupPlan, CleanupResult
+from storage.prices import ClassPrice
 from cogs import _jobs_ui
 from dataset_rules.models import format_usd
 from storage.models import Approval, ClassSettings
@@ -171,6 +172,13 @@ class MineDeleted:
     threads: int
     starts: int
     examples: int
+
+
+def price_text(price: ClassPrice, locale: str) -> str:
+    """What a model now costs the class, in the words the teacher set it."""
+    line = t("gov.saved.price", locale, model=price.model, input=price.input_usd, output=price.output_usd)
+    training = ("gov.saved.price_training" if price.training_usd is not None else "gov.saved.price_no_training")
+    return line + " " + t(training, locale, training=price.training_usd or 0)
 
 
 def cleanup_listing(plan: CleanupPlan) -> str:

@@ -22,6 +22,7 @@ from bot.services.governance import CleanupPlan, Governance, ModerationNotice, a
 from bot.services.starts import StartService
 from cogs import _classroom_ui, _flagged_ui, _jobs_ui, _lesson_ui
 from storage.models import Approval, ClassSettings
+from storage.prices import ClassPrice
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -99,6 +100,26 @@ class Classroom(commands.Cog):
             await self._show(interaction, settings, "gov.saved.budget")
         else:  # no option given: show, never clear by accident
             await self._show(interaction, await self.governance.roles.settings(interaction.guild_id), None)
+
+    @klass.command(name="price", description=_("Set what a model costs, for models the price table does not know",
+                                              key="gov.cmd.price"))
+    @app_commands.describe(
+        model=_("The model's name, as the backend lists it", key="gov.cmd.price.model"),
+        input_usd=_("Chat: US dollars per million tokens sent to it", key="gov.cmd.price.input"),
+        output_usd=_("Chat: US dollars per million tokens it writes", key="gov.cmd.price.output"),
+        training_usd=_("Training: US dollars per million trained tokens (empty: not for training)",
+                       key="gov.cmd.price.training"),
+    )
+    @teacher_only()
+    async def class_price(self, interaction: discord.Interaction, model: app_commands.Range[str, 1, 200],
+                          input_usd: app_commands.Range[float, 0.0, 10_000.0],
+                          output_usd: app_commands.Range[float, 0.0, 10_000.0],
+                          training_usd: app_commands.Range[float, 0.0, 10_000.0] | None = None) -> None:
+        assert interaction.guild_id is not None
+        price = await self.governance.prices.set(
+            interaction.guild_id, ClassPrice(model.strip(), input_usd, output_usd, training_usd), interaction.user.id)
+        await interaction.response.send_message(_classroom_ui.price_text(price, str(interaction.locale)),
+                                                ephemeral=True)
 
     @klass.command(name="quota", description=_("Set limits for each student", key="gov.cmd.quota"))
     @app_commands.describe(

@@ -99,7 +99,7 @@ NO_MODEL: dict[str, str] = {
     "dataset export": "sends a file", "dataset remove": "removes an example",
     "group join": "groups", "group leave": "groups", "group show": "groups",
     "class teacher-role": "a setting", "class teacher-channel": "a setting", "class budget": "a setting",
-    "class quota": "a setting", "class approvals": "a setting", "class moderation": "a setting",
+    "class quota": "a setting", "class price": "a setting", "class approvals": "a setting", "class moderation": "a setting",
     "class words add": "a setting", "class words remove": "a setting", "class words list": "a setting",
     "class groups": "a setting", "class group-put": "a setting", "class settings": "shows settings",
     "class report": "a report", "class cleanup": "deletes files and models", "ApprovalButton": "a decision",

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bot import errors
+from bot.services.governance.policy import JOB_COST_MARGIN
+from storage.prices import ClassPrice
 from support.bot_harness import BotRunner, make_settings
 from support.fakes.discord import FakeDiscord
 from support.fakes.openai import FakeOpenAI
 from tests.conftest import MANAGE_GUILD, Classroom
 from tests.test_finetune_journey import open_card
 from tests.test_governance_journey import click_and_wait, command, estimated_cost, eventually
+from tests.test_governance_service import GUILD, Parts, chat_lines, parts, pending
 from tests.test_rates_and_bursts import all_settled
 
 UNPRICED = "gpt-4-0613"  # a model another OpenAI-compatible backend lists, not in the shipped price table
+__all__ = ["parts"]  # the governance service's fixture, shared
 
 
 async def _ask(room: Classroom, model: str, expect: str) -> str:
@@ -86,3 +92,34 @@ async def test_a_start_holds_its_worst_case_not_just_its_estimate(classroom: Cla
     await classroom.discord.wait_for(lambda: classroom.openai.jobs or None, timeout=10, what="the job")
     (row,) = await classroom.bot.governance.repo.ledger(classroom.guild.id)
     assert row.reserved_usd > cost
+
+
+async def test_a_teacher_prices_an_unknown_model_and_chat_with_it_is_charged(classroom: Classroom) -> None:
+    """/class price gives another backend's model a price: under a cap it answers, and what it used is charged at
+    the teacher's price (a student may not set prices)."""
+    classroom.openai.base_models.append(UNPRICED)
+    await classroom.bot.governance.roles.update(classroom.guild.id, budget_usd=1.0)
+    refused = await command(classroom, classroom.student, "class price", model=UNPRICED, input_usd=30.0,
+                            output_usd=60.0)
+    assert refused.callback is not None and "teacher" in str(refused.callback["data"]["content"]).lower()
+    saved = await command(classroom, classroom.teacher, "class price", model=UNPRICED, input_usd=30.0,
+                          output_usd=60.0)
+    assert saved.callback is not None and "$30.0 per million" in saved.callback["data"]["content"]
+    await _ask(classroom, UNPRICED, "reply to: Hello?")
+    await eventually(lambda: all_settled(classroom), what="the answer charged")
+    (row,) = await classroom.bot.governance.repo.ledger(classroom.guild.id)
+    request = classroom.openai.chat_requests[-1]
+    assert row.actual_usd is not None and row.actual_usd >= 30.0 * len(request["messages"]) / 1_000_000
+
+
+async def test_a_start_on_an_unpriced_model_waits_for_a_class_training_price(parts: Parts) -> None:
+    """A Start on a model no table prices is refused under a cap until the teacher gives it a training price; then
+    it holds that price's worst case, and its real cost is charged at the same price when it ends."""
+    await parts.service.roles.update(GUILD, budget_usd=100.0)
+    start = replace(pending(chat_lines(20)), base_model=UNPRICED, estimated_usd=None, tokens_billed=1_000_000)
+    with pytest.raises(errors.UserFacingError) as refused:
+        await parts.service.policy.before_start(start)
+    assert refused.value.key == "gov.error.no_price"
+    await parts.service.prices.set(GUILD, ClassPrice(UNPRICED, 1.0, 2.0, 8.0), teacher_id=1)
+    reservation = await parts.service.policy.before_start(start)
+    assert reservation is not None and reservation.reserved_usd == pytest.approx(8.0 * (1 + JOB_COST_MARGIN))

@@ -7,12 +7,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from bot import errors
 from bot.services.governance.policy import QUOTA_WINDOW_SECONDS, over_budget
 from bot.services.governance.roles import ClassSettingsService
-from dataset_rules.models import chat_price, format_usd
+from bot.services.prices import PriceService
+from dataset_rules.models import format_usd
 from storage.governance import GovernanceRepository
 from storage.models import SpendSnapshot
 from storage.rates import RateRepository
@@ -53,10 +53,10 @@ class ChatLimits:
     def __init__(
         self, repo: GovernanceRepository, roles: ClassSettingsService,
         tunable_models: Callable[[], Awaitable[list[str]]], *, free_backend: bool, rates: RateRepository,
-        clock: Callable[[], float] = time.time, prices_file: Path | None = None,
+        clock: Callable[[], float] = time.time, prices: PriceService,
     ) -> None:
         self.repo = repo
-        self.prices_file = prices_file  # Settings.prices_file: the table chat prices come from
+        self.prices = prices  # the table's prices and the class's own (/class price)
         self.roles = roles
         self.tunable_models = tunable_models
         self.free_backend = free_backend
@@ -104,7 +104,7 @@ class ChatLimits:
     async def admit(self, guild_id: int, user_id: int, model: str, prompt_tokens: int,
                     max_tokens: int) -> ChatTicket | None:
         """Hold the answer's worst case (the prompt plus `max_tokens` of reply) against the budget, or refuse."""
-        price = chat_price(model, self.prices_file)
+        price = await self.prices.chat(guild_id, model)
         if price is None:
             # The school's own trainer has no price and costs nothing (it is rate-limited all the same); any other
             # backend's unpriced model cannot be kept within a cap (never silently free).

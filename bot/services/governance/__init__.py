@@ -35,10 +35,12 @@ from bot.services.governance.reports import (
     report_csv,
 )
 from bot.services.governance.roles import ClassSettingsService
+from bot.services.prices import PriceService
 from bot.services.wordlist import WordListService
 from storage.flagged import FlaggedFileRepository
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
+from storage.prices import PriceRepository
 
 __all__ = [
     "MODERATION_BATCH", "MODERATION_SAMPLE_CAP", "MODERATION_TEXT_CHARS", "QUOTA_WINDOW_SECONDS", "BudgetExceededError",
@@ -60,6 +62,7 @@ class Governance:
     moderation: ModerationService
     reports: ReportService
     flagged: FlaggedFileService
+    prices: PriceService
 
     @classmethod
     def create(cls, repo: GovernanceRepository, jobs: JobRepository, gateway: FineTuningGateway, *,
@@ -70,6 +73,6 @@ class Governance:
         flagged_files = FlaggedFileRepository(repo.db)
         flagged = FlaggedFileService(flagged_files)
         moderation = ModerationService(repo, gateway, self_hosted=self_hosted, wordlist=wordlist, flagged=flagged_files)
-        policy = StartPolicyService(repo, jobs, moderation, free_backend=free_backend, flagged=flagged,
-                                    prices_file=prices_file)
-        return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles), flagged)
+        prices = PriceService(PriceRepository(repo.db), prices_file)
+        policy = StartPolicyService(repo, jobs, moderation, free_backend=free_backend, flagged=flagged, prices=prices)
+        return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles), flagged, prices)

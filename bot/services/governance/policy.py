@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from pathlib import Path
 
 from bot import errors
 from bot.services.governance.flagged import FlaggedFileService
 from bot.services.governance.moderation import ModerationService
-from dataset_rules.models import format_usd, info_or_default, load_prices
+from bot.services.prices import PriceService
+from dataset_rules.models import format_usd, info_or_default
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.flagged import FlaggedFileRepository
@@ -44,12 +44,12 @@ class StartPolicyService:
 
     def __init__(self, repo: GovernanceRepository, jobs: JobRepository, moderation: ModerationService, *,
                  free_backend: bool, flagged: FlaggedFileService | None = None,
-                 prices_file: Path | None = None) -> None:
+                 prices: PriceService) -> None:
         self.repo = repo
         self.jobs = jobs
         self.moderation = moderation
         self.free_backend = free_backend  # the school's own trainer: nothing it runs costs money
-        self.prices_file = prices_file  # Settings.prices_file: the table an ended job's real cost comes from
+        self.prices = prices  # the table's prices and the class's own (/class price): estimates and real costs
         self.flagged = flagged or FlaggedFileService(FlaggedFileRepository(repo.db))
 
     # The start policy (the start use case calls these) --------------------------------------------------------
@@ -66,7 +66,7 @@ class StartPolicyService:
         if not pending.is_teacher:
             _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
-        cost = self._held(pending, settings)
+        cost = await self._held(pending, settings)
         reservation = await self.repo.reserve(
             pending.guild_id, pending.user_id, pending.base_model, cost,
             since=int(time.time()) - QUOTA_WINDOW_SECONDS,
@@ -108,7 +108,7 @@ class StartPolicyService:
         """Replace an ended job's estimate by its real cost; failed and cancelled jobs release what they did not use."""
         if not job.is_terminal:
             return
-        actual = job_cost(job, load_prices(self.prices_file), free=self.free_backend)
+        actual = job_cost(job, await self.prices.training_table(job.guild_id), free=self.free_backend)
         if actual is None:
             # Succeeded without a token count or a price: the estimate is the best figure there is.
             entries = [e for e in await self.repo.ledger(job.guild_id) if e.job_id == job.id]
@@ -139,7 +139,7 @@ class StartPolicyService:
             raise errors.UserFacingError("gov.error.no_teacher_channel")
         _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
-        cost = self._held(pending, settings)
+        cost = await self._held(pending, settings)
         snapshot = await self.repo.snapshot(pending.guild_id, pending.user_id,
                                             int(time.time()) - QUOTA_WINDOW_SECONDS)
         _decide(snapshot, cost, counts_quota=True)  # refuse now rather than after the teacher said yes
@@ -188,16 +188,19 @@ class StartPolicyService:
 
     # Helpers -----------------------------------------------------------------------------------------------
 
-    def _held(self, pending: PendingStart, settings: ClassSettings) -> float:
+    async def _held(self, pending: PendingStart, settings: ClassSettings) -> float:
         """What a start holds against the budget: its estimate, with room for the backend's own token count."""
-        return self._estimate(pending, settings) * (1 + JOB_COST_MARGIN)
+        return await self._estimate(pending, settings) * (1 + JOB_COST_MARGIN)
 
-    def _estimate(self, pending: PendingStart, settings: ClassSettings) -> float:
+    async def _estimate(self, pending: PendingStart, settings: ClassSettings) -> float:
         cost = pending.estimated_usd
         if cost is not None:
             return float(cost)
         if self.free_backend or settings.budget_usd is None:
             return 0.0  # the school's own trainer costs nothing; without a cap there is nothing to hold
+        price = await self.prices.class_training(pending.guild_id, pending.base_model)
+        if price is not None:  # a price the class's teacher set (/class price) for a model the table lacks
+            return pending.tokens_billed * price / 1_000_000
         raise BudgetExceededError("gov.error.no_price", model=pending.base_model)
 
 
