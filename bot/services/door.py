@@ -21,9 +21,11 @@ from bot.services.chat_limits import ChatLimits, ChatTicket
 
 log = logging.getLogger(__name__)
 
-# Requests one class may have at the backend at once; more wait their turn (a class of 30 chatting, or an evaluation
-# of 40 questions, shares the school's trainer with the other classes).
-CLASS_CONCURRENT_REQUESTS = 8
+# Requests one class may have at the backend at once; more wait their turn. A class of thirty all asking at the same
+# moment fits (the school's trainer decodes 32 replies in one batch: docs/benchmarks.md, "A class chatting at once");
+# what is past it (an evaluation pressed again and again) waits, so the other classes sharing the trainer still get
+# their turn.
+CLASS_CONCURRENT_REQUESTS = 32
 
 Moderator = Callable[[int, Sequence[str]], Awaitable[list[bool]]]
 
