@@ -165,6 +165,8 @@ def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: s
     lines = [explain, "", _verdict(report, locale)]
     if _any_held(shown):
         lines += ["", t("post.held_back_rows", locale)]
+    if report.held_questions:
+        lines += ["", t("evaluate.questions_held", locale, count=report.held_questions)]
     embed.description = clip("\n".join(lines), 4096)
     for index, (score, role) in enumerate(((first, "evaluate.fine_tuned"), (second, "evaluate.other"))):
         value = []

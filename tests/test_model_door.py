@@ -205,7 +205,8 @@ async def test_evaluate_questions_are_moderated_before_they_are_sent(classroom: 
 
     ask = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model=BASE, against=OTHER,
                                         file=upload(("What is a wave?", "Say badword please", "What is wind?")))
-    assert "2 questions the model never saw" in await _answered(classroom, ask)
+    said = await _answered(classroom, ask)
+    assert "2 questions the model never saw" in said and "1 question(s) of the file were not asked" in said
     sent = [r["messages"][-1]["content"] for r in classroom.openai.chat_requests]
     assert len(sent) == 4 and not any("badword" in text for text in sent)
     again = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model=BASE, against=OTHER,

@@ -131,6 +131,7 @@ class EvaluationReport:
     source: str  # a lesson's name or the file's name
     rows: tuple[Row, ...]
     scores: tuple[ModelScore, ModelScore]
+    held_questions: int = 0  # questions moderation kept from the models: not asked, not scored
 
 
 def score(model: str, answers: Sequence[str], examples: Sequence[Example], behaviour: Behaviour | None) -> ModelScore:
@@ -289,7 +290,7 @@ class EvaluationService:
         first, second = plan.models
         # A question moderation flags is not asked (nor scored): the others are.
         held = await self.door.flagged(plan.guild_id, ["\n".join(c for _, c in e.messages) for e in plan.examples])
-        plan = replace(plan, examples=tuple(e for e, flag in zip(plan.examples, held) if not flag))
+        plan = replace(plan, examples=tuple(e for e, flag in zip(plan.examples, held, strict=True) if not flag))
         if not plan.examples:
             raise HeldBackError()
         sent = {m: sum(prompt_tokens(m, e.as_messages()) for e in plan.examples) for m in (first, second)}
@@ -300,8 +301,8 @@ class EvaluationService:
         answers = await self._answers(admission, plan, sent)
         count = len(plan.examples)
         log.info("Evaluated %s against %s on %d questions in guild %s", first, second, count, plan.guild_id)
-        return build_report(plan.models, plan.behaviour, plan.source, plan.examples,
-                            (answers[:count], answers[count:]))
+        return replace(build_report(plan.models, plan.behaviour, plan.source, plan.examples,
+                                    (answers[:count], answers[count:])), held_questions=sum(held))
 
     async def _answers(self, admission: Admission, plan: EvaluationPlan, sent: dict[str, int]) -> list[str]:
         """Every answer, the first model's then the second's; each model charged what it generated, and a question
