@@ -32,6 +32,7 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
+from bot.services.door import ModelDoor
 from bot.services.evaluation import EvaluationPlan, EvaluationReport, EvaluationService
 from bot.services.lessons import Lesson, LessonLibrary
 from storage.models import TERMINAL_STATUSES
@@ -203,7 +204,7 @@ async def lessons(cache: Path) -> list[Verdict]:
             tuned = await _train(gateway, server, lesson, model)
             print(f"{name}: {tuned} trained in {time.perf_counter() - started:.0f} s", flush=True)
             service = EvaluationService(gateway, chat=None, lessons=library,  # type: ignore[arg-type]
-                                        answer_max_tokens=ANSWER_TOKENS)
+                                        answer_max_tokens=ANSWER_TOKENS, door=ModelDoor(gateway, None))
             assert service.lesson_of_model(tuned) == lesson  # the notice's "Evaluate" button finds the lesson
             report = await service.run(EvaluationPlan(1, (tuned, model), tuple(lesson.heldout_examples),
                                                       lesson.behaviour, lesson.name, lesson))

@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.discord_edge.access import Classroom
+from bot.discord_edge.buttons import ButtonCooldowns, Cooled
 from bot.discord_edge.replies import ErrorTree
 from bot.i18n import catalog, locale_of
 from bot.openai_gateway import FineTuningGateway
@@ -21,6 +22,7 @@ from bot.services.chat import ChatService
 from bot.services.chat_limits import ChatLimits
 from bot.services.dataset_check import DatasetCheckService
 from bot.services.datasets import DatasetService
+from bot.services.door import ModelDoor
 from bot.services.finetune import FineTuneService
 from bot.services.evaluation import EvaluationService
 from bot.services.governance import Governance
@@ -39,6 +41,7 @@ from storage.governance import GovernanceRepository
 from storage.groups import GroupRepository
 from storage.jobs import JobRepository
 from storage.meta import MetaRepository
+from storage.rates import RateRepository
 from storage.starts import StartRepository
 from storage.wordlist import WordListRepository
 
@@ -77,6 +80,7 @@ class ClassroomBot(commands.Bot):
     edit_budget: EditBudget
     chat: ChatService
     chat_limits: ChatLimits
+    door: ModelDoor
     governance: Governance
     groups: GroupService
     lessons: LessonLibrary
@@ -97,6 +101,7 @@ class ClassroomBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
         )
         self.settings = settings
+        self.button_cooldowns = ButtonCooldowns()
         _point_discord_at(settings)
 
     async def setup_hook(self) -> None:
@@ -123,7 +128,7 @@ class ClassroomBot(commands.Bot):
         self.wordlist = WordListService(WordListRepository(self.db))
         self.governance = Governance.create(
             GovernanceRepository(self.db), self.jobs, self.gateway, self_hosted=self.settings.self_hosted,
-            wordlist=self.wordlist,
+            free_backend=self.settings.free_backend, wordlist=self.wordlist, prices_file=self.settings.prices_file,
         )
         self.finetune = FineTuneService(self.settings, self.jobs, self.gateway)
         self.groups = GroupService(GroupRepository(self.db), self.jobs)
@@ -137,11 +142,13 @@ class ClassroomBot(commands.Bot):
         )
         self.chat_limits = ChatLimits(
             self.governance.repo, self.governance.roles, self.finetune.base_models,
-            self_hosted=self.settings.self_hosted, prices_file=self.settings.prices_file,
+            free_backend=self.settings.free_backend, prices=self.governance.prices, rates=RateRepository(self.db),
         )
+        # The one door every request to a model passes (chat, /ask, /compare, /evaluate, lessons).
+        self.door = ModelDoor(self.gateway, self.chat_limits, self.governance.moderation.moderate_chat)
         self.chat = ChatService(
             ChatRepository(self.db), self.jobs, self.gateway, moderate=self.governance.moderation.moderate_chat,
-            limits=self.chat_limits,
+            limits=self.chat_limits, door=self.door,
             edit_budget=self.edit_budget,
         )
         # Chat answers a stopped bot left held are charged their worst case, so the budget never under-counts.
@@ -204,6 +211,8 @@ class ClassroomBot(commands.Bot):
     async def _close_everything(self) -> None:
         """Stop the cogs, then the workers, the backend client, the database and the school's trainer."""
         await super().close()
+        if hasattr(self, "starts"):
+            self.starts.close()
         if hasattr(self, "workers"):
             self.workers.close()
         if hasattr(self, "gateway"):
@@ -216,6 +225,11 @@ class ClassroomBot(commands.Bot):
 
 def _is_a_classroom(bot: ClassroomBot) -> Classroom:
     # Never called: mypy checks here that the bot offers all the edge reaches of it (discord_edge.access).
+    return bot
+
+
+def _has_button_cooldowns(bot: ClassroomBot) -> Cooled:
+    # Never called: mypy checks here that durable buttons find their cooldowns on the bot.
     return bot
 
 

@@ -70,6 +70,12 @@ class Settings:
         return backend_of({"OPENAI_BASE_URL": self.openai_base_url or "", "OPENAI_API_KEY": self.openai_api_key or ""})
 
     @property
+    def free_backend(self) -> bool:
+        """True for the school's own trainer that the bot runs: it costs nothing. Any other backend's models cost
+        what the price table (PRICES_FILE) says, and a model it has no price for is not used under a cap."""
+        return self.backend == "trainer"
+
+    @property
     def self_hosted(self) -> bool:
         """True when the backend is not OpenAI itself (the built-in trainer or another compatible API)."""
         if self.backend == "compatible":

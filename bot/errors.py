@@ -44,6 +44,13 @@ class TrainerPreparingError(UpstreamBusyError):
     key = "error.trainer_preparing"
 
 
+class CreationUnknownError(UserFacingError):
+    """A job's creation lost its answer and the backend cannot be asked whether it made the job: nothing is voided,
+    and the housekeeping finds the job by its token (or frees the Start) when the backend answers again."""
+
+    key = "error.start_unknown"
+
+
 class UpstreamDownError(UserFacingError):
     """The fine-tuning API failed on its side (5xx) even after retries."""
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import httpx2
 import openai
@@ -18,7 +20,8 @@ from openai.types.fine_tuning import DpoHyperparametersParam, SupervisedHyperpar
 from openai.types.fine_tuning.job_create_params import Method
 
 from bot import errors
-from storage.models import BackendEvent, BackendJob, BackendModel, ModerationVerdict, TrainingSpeed
+from bot.backend_shapes import backend_event, backend_job, backend_model, flagged_spans
+from storage.models import BackendEvent, BackendJob, BackendModel, ModerationVerdict
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,12 @@ FIRST_EVENTS_PAGE = 25
 EVENTS_PAGE_SIZE = 100
 # A page of events is read until the cursor shows up; past this many pages the rest is history we skip.
 MAX_EVENT_PAGES = 20
+# Tries at creating one job. Each try after the first comes only once the job is known not to exist: a creation
+# whose answer was lost (a 5xx, a timeout, a dropped connection) may have made it, and is looked up by its token.
+CREATE_ATTEMPTS = 3
+CREATE_BACKOFF_SECONDS = 0.5
+# A lost upload is looked for among the files made since it was sent, allowing for the backend's clock.
+UPLOAD_CLOCK_SLACK_SECONDS = 120
 # Words with which backends refuse fine-tuning to an organisation (OpenAI's wind-down of self-serve fine-tuning).
 _REFUSAL_HINTS = (
     "fine-tuning is not available",
@@ -83,13 +92,23 @@ class FineTuningGateway:
     # Files -------------------------------------------------------------------------------------------------
 
     async def upload_file(self, filename: str, data: bytes, purpose: FilePurpose = "fine-tune") -> str:
-        """Upload a training or validation file; the name must end in .jsonl or the API refuses it."""
+        """Upload a training or validation file at most once; the name must end in .jsonl or the API refuses it.
+
+        An upload whose answer was lost is looked for (its name and size, made since it was sent) before it is sent
+        again; when the backend cannot be asked, it fails as busy (Start may be pressed again)."""
         if not filename.lower().endswith(".jsonl"):
             filename = filename.rsplit(".", 1)[0] + ".jsonl"
-        result = await self._call(
-            "upload file", lambda: self.client.files.create(file=(filename, data), purpose=purpose)
-        )
-        return result.id
+        once, sent = self.client.with_options(max_retries=0), int(time.time()) - UPLOAD_CLOCK_SLACK_SECONDS
+
+        async def upload() -> str:
+            return (await once.files.create(file=(filename, data), purpose=purpose)).id
+
+        async def uploaded() -> str | None:
+            page = await self._call("find file", lambda: self.client.files.list(purpose=purpose, limit=100))
+            found = [f.id for f in page.data if f.filename == filename and f.bytes == len(data) and f.created_at >= sent]
+            return found[0] if len(found) == 1 else None  # two alike: not ours to pick; send it again
+
+        return await self._at_most_once("upload file", upload, uploaded, unknown=errors.UpstreamBusyError())
 
     async def delete_file(self, file_id: str) -> bool:
         """Delete an uploaded file; False if it was already gone."""
@@ -111,35 +130,76 @@ class FineTuningGateway:
         n_epochs: int | None,
         suffix: str | None,
         metadata: Mapping[str, str],
+        token_key: str | None = None,
     ) -> BackendJob:
-        """Create a job (supervised or dpo); refusals become plain-language errors."""
-        method_body = _method(method, n_epochs)
-        job = await self._call(
-            "create job",
-            lambda: self.client.fine_tuning.jobs.create(
-                model=model,
-                training_file=training_file,
-                validation_file=validation_file or openai.omit,
-                method=method_body,
-                suffix=suffix or openai.omit,
-                metadata=dict(metadata),
-            ),
-            creating_job=True,
-        )
-        return _job(job)
+        """Create a job (supervised or dpo) at most once; refusals become plain-language errors.
+
+        `metadata[token_key]` is the start's client token: a creation whose answer was lost is looked up by it
+        before anything is tried again, so one start never makes two jobs (the SDK's own retries are blind)."""
+        once = self.client.with_options(max_retries=0)
+        token = metadata.get(token_key) if token_key else None
+
+        async def create() -> BackendJob:
+            return backend_job(await once.fine_tuning.jobs.create(
+                model=model, training_file=training_file, validation_file=validation_file or openai.omit,
+                method=_method(method, n_epochs), suffix=suffix or openai.omit, metadata=dict(metadata),
+                # A backend that honours it (the school's trainer) gives the same job to the same key again.
+                extra_headers={"Idempotency-Key": token} if token else None))
+
+        async def created() -> BackendJob | None:
+            return await self.job_with(token_key, token) if token_key and token else None
+
+        return await self._at_most_once("create job", create, created if token else None,
+                                        unknown=errors.CreationUnknownError(), creating_job=True)
+
+    async def _at_most_once(self, what: str, send: Callable[[], Awaitable[T]],
+                            find: Callable[[], Awaitable[T | None]] | None, *, unknown: errors.UserFacingError,
+                            creating_job: bool = False) -> T:
+        """Send a request that makes something (a job, a file) without the SDK's blind retries: when its answer
+        may have been lost (a 5xx, 408/409, a timeout, a dropped connection) `find` looks for what it made before it
+        is sent again; a 429 is retried after a pause; a refusal is final. `unknown` is raised when `find` cannot
+        ask; without `find` a lost answer is final (it cannot be told from a refusal)."""
+        for attempt in range(CREATE_ATTEMPTS):
+            try:
+                return await send()
+            except openai.APIError as exc:
+                error = _translate(exc, what, creating_job=creating_job)
+                if _maybe_created(exc):
+                    if find is None:
+                        raise error from None
+                    try:
+                        found = await find()
+                    except errors.UserFacingError:
+                        raise unknown from None
+                    if found is not None:
+                        log.warning("The answer to %s was lost; what it made is kept", what)
+                        return found
+                elif not isinstance(error, errors.UpstreamBusyError):
+                    raise error from None  # a refusal: trying again changes nothing
+                if attempt == CREATE_ATTEMPTS - 1:
+                    raise error from None
+                await asyncio.sleep(CREATE_BACKOFF_SECONDS * 2**attempt)  # known not made (or only rate-limited)
+        raise AssertionError("unreachable")
+
+    async def job_with(self, key: str, value: str) -> BackendJob | None:
+        """The newest job whose metadata holds this value under this key (a start's client token), or None."""
+        page = await self._call("find job", lambda: self.client.fine_tuning.jobs.list(limit=10,
+                                                                                        metadata={key: value}))
+        found = [job for job in page.data if (job.metadata or {}).get(key) == value]  # a backend may not filter
+        return backend_job(found[0]) if found else None
 
     async def retrieve_job(self, job_id: str) -> BackendJob:
         """The job's current state."""
-        return _job(await self._call("retrieve job", lambda: self.client.fine_tuning.jobs.retrieve(job_id)))
+        return backend_job(await self._call("retrieve job", lambda: self.client.fine_tuning.jobs.retrieve(job_id)))
 
     async def recent_jobs(self, limit: int = 50) -> list[BackendJob]:
         """The newest jobs of this account (one page)."""
         page = await self._call("list jobs", lambda: self.client.fine_tuning.jobs.list(limit=limit))
-        return [_job(job) for job in page.data]
+        return [backend_job(job) for job in page.data]
 
     async def cancel_job(self, job_id: str) -> BackendJob:
         """Ask the backend to cancel a job."""
-        return _job(await self._call("cancel job", lambda: self.client.fine_tuning.jobs.cancel(job_id)))
+        return backend_job(await self._call("cancel job", lambda: self.client.fine_tuning.jobs.cancel(job_id)))
 
     async def events_since(self, job_id: str, cursor: str | None) -> list[BackendEvent]:
         """Events newer than the cursor, oldest first: usually one request (events come newest first)."""
@@ -157,7 +217,7 @@ class FineTuningGateway:
             for item in page.data:
                 if cursor is not None and item.id == cursor:
                     return newer[::-1]
-                newer.append(_event(item))
+                newer.append(backend_event(item))
             if not page.has_more or not page.data:
                 break
             after = page.data[-1].id
@@ -170,7 +230,7 @@ class FineTuningGateway:
         models: list[BackendModel] = []
         paginator = await self._call("list models", lambda: self.client.models.list())
         async for model in paginator:
-            models.append(_backend_model(model))
+            models.append(backend_model(model))
         return models
 
     async def delete_model(self, model_id: str) -> bool:
@@ -268,7 +328,7 @@ class FineTuningGateway:
         if not isinstance(results, list) or len(results) != len(texts):
             raise errors.UpstreamDownError()
         return [ModerationVerdict(bool(isinstance(r, dict) and r.get("flagged")),
-                                  _spans(r.get("spans") if isinstance(r, dict) else None, len(text)))
+                                  flagged_spans(r.get("spans") if isinstance(r, dict) else None, len(text)))
                 for r, text in zip(results, texts)]
 
     async def moderation_model(self) -> str:
@@ -293,18 +353,13 @@ class FineTuningGateway:
             raise _translate(exc, what, creating_job=creating_job, chatting=chatting) from None
 
 
-def _spans(raw: object, length: int) -> tuple[tuple[int, int], ...]:
-    """The flagged spans a backend reported, kept only where they are sane offsets into the text."""
-    if not isinstance(raw, list):
-        return ()
-    found = []
-    for item in raw:
-        pair = (item.get("start"), item.get("end")) if isinstance(item, dict) else item
-        if (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
-                and 0 <= pair[0] < pair[1] <= length):
-            found.append((int(pair[0]), int(pair[1])))
-    return tuple(found)
-
+def _maybe_created(exc: openai.APIError) -> bool:
+    """Whether a failed creation may have happened all the same: its answer was lost, or the backend failed after
+    it may have done the work (a 429 or a 4xx is a refusal before any work)."""
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return True
+    status = getattr(exc, "status_code", None)
+    return status is not None and (status >= 500 or status in (408, 409))
 
 
 def _method(method: str, n_epochs: int | None) -> Method:
@@ -356,99 +411,3 @@ def _safe_detail(exc: openai.APIError) -> str:
     # A 400's message explains what the backend disliked (a file, a setting); keys never appear in those.
     text = (exc.message or "").strip()
     return text[:300] if "sk-" not in text else ""
-
-
-class _Identified(Protocol):
-    """An SDK object with an id (a job, an event); its other fields are read defensively with getattr."""
-
-    @property
-    def id(self) -> str: ...
-
-
-def _job(job: _Identified) -> BackendJob:
-    error = getattr(job, "error", None)
-    # Healthy jobs carry "error": {} which the SDK turns into a truthy object with None fields.
-    error_code = getattr(error, "code", None) if error else None
-    hyper = getattr(job, "hyperparameters", None)
-    method = getattr(job, "method", None)
-    metadata = getattr(job, "metadata", None)
-    n_epochs = _int(getattr(hyper, "n_epochs", None))
-    if n_epochs is None and method is not None:
-        inner = getattr(method, getattr(method, "type", "") or "", None)
-        n_epochs = _int(getattr(getattr(inner, "hyperparameters", None), "n_epochs", None))
-    return BackendJob(
-        id=str(job.id),
-        status=str(getattr(job, "status", "") or "unknown"),
-        model=str(getattr(job, "model", "") or ""),
-        fine_tuned_model=getattr(job, "fine_tuned_model", None),
-        trained_tokens=_int(getattr(job, "trained_tokens", None)),
-        error_code=str(error_code) if error_code else None,
-        error_message=(getattr(error, "message", None) or None) if error_code else None,
-        created_at=_int(getattr(job, "created_at", None)) or 0,
-        finished_at=_int(getattr(job, "finished_at", None)),
-        estimated_finish=_int(getattr(job, "estimated_finish", None)),
-        n_epochs=n_epochs,
-        training_file=getattr(job, "training_file", None),
-        validation_file=getattr(job, "validation_file", None),
-        suffix=getattr(job, "user_provided_suffix", None),
-        metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else None,
-        method=getattr(method, "type", None),
-        queue_position=_queue_position(getattr(job, "queue", None)),
-    )
-
-
-def _queue_position(queue: object) -> int | None:
-    # The school's trainer adds {"position", "ahead", "estimated_start"} to a waiting job; the SDK keeps the unknown
-    # field as a plain dict. Anything else (OpenAI: absent) means no place is known.
-    position = _int(queue.get("position")) if isinstance(queue, dict) else None
-    return position if position is not None and position >= 1 else None
-
-
-def _event(event: _Identified) -> BackendEvent:
-    data = getattr(event, "data", None)
-    return BackendEvent(
-        id=str(event.id),
-        created_at=_int(getattr(event, "created_at", None)) or 0,
-        level=str(getattr(event, "level", "info") or "info"),
-        message=str(getattr(event, "message", "") or ""),
-        type=getattr(event, "type", None),
-        data=dict(data) if isinstance(data, dict) else None,
-    )
-
-
-def _int(value: object) -> int | None:
-    # n_epochs may be "auto" until the job starts; anything not a whole number is unknown.
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
-def _backend_model(model: object) -> BackendModel:
-    """A listed model, with the trainer's extra fields when present and well-formed (other backends have none)."""
-    status, progress = getattr(model, "status", None), getattr(model, "progress", None)
-    languages, seconds = getattr(model, "languages", None), getattr(model, "lesson_seconds", None)
-    return BackendModel(
-        id=getattr(model, "id", ""), owned_by=getattr(model, "owned_by", None), created=getattr(model, "created", None),
-        status=status if isinstance(status, str) else None,
-        progress=float(progress) if isinstance(progress, int | float) and not isinstance(progress, bool) else None,
-        languages=tuple(str(code) for code in languages) if isinstance(languages, list) else (),
-        lesson_seconds=int(seconds) if isinstance(seconds, int | float) and not isinstance(seconds, bool) else None,
-        training_speed=_training_speed(getattr(model, "training_speed", None)),
-    )
-
-
-def _training_speed(value: object) -> TrainingSpeed | None:
-    """The trainer's training_speed extra, when every figure is there and sensible."""
-    if not isinstance(value, dict):
-        return None
-    given = [value.get(key) for key in ("tokens_per_second", "startup_seconds", "wrapup_seconds")]
-    numbers = [float(n) for n in given if isinstance(n, int | float) and not isinstance(n, bool) and n >= 0]
-    devices = _int(value.get("devices"))
-    if len(numbers) != len(given) or not numbers[0] or not devices or devices < 1:
-        return None
-    rate, startup, wrapup = numbers
-    return TrainingSpeed(rate, startup, wrapup, devices, value.get("measured") is True)

@@ -4,6 +4,7 @@ cleanup's confirmation. Pure rendering; the classroom cog does the work."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -14,6 +15,7 @@ from bot.discord_edge.text import clip
 from bot.discord_edge.views import OwnerOnlyView
 from bot.i18n import t
 from bot.services.governance import ClassReport, CleanupPlan, CleanupResult
+from storage.prices import ClassPrice
 from cogs import _jobs_ui
 from dataset_rules.models import format_usd
 from storage.models import Approval, ClassSettings
@@ -143,6 +145,8 @@ def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
         embed.description = t("gov.cleanup.nothing", locale)
     else:
         embed.description = t("gov.cleanup.intro", locale, files=len(plan.files), models=len(plan.models))
+        if plan.models:
+            embed.description += "\n" + t("gov.cleanup.models_unlisted", locale)
         if plan.user_id is not None:
             embed.description += "\n" + t("gov.cleanup.chats", locale, threads=plan.chat_threads,
                                            messages=plan.chat_messages)
@@ -161,13 +165,42 @@ def cleanup_embed(plan: CleanupPlan, title: str, locale: str) -> discord.Embed:
     return embed
 
 
-def cleanup_done_embed(result: CleanupResult, threads_deleted: int, locale: str) -> discord.Embed:
-    """What the cleanup did."""
+@dataclass(frozen=True)
+class MineDeleted:
+    """What /mydata delete removed besides the backend's files and models."""
+
+    threads: int
+    starts: int
+    examples: int
+
+
+def price_text(price: ClassPrice, locale: str) -> str:
+    """What a model now costs the class, in the words the teacher set it."""
+    line = t("gov.saved.price", locale, model=price.model, input=price.input_usd, output=price.output_usd)
+    training = ("gov.saved.price_training" if price.training_usd is not None else "gov.saved.price_no_training")
+    return line + " " + t(training, locale, training=price.training_usd or 0)
+
+
+def cleanup_listing(plan: CleanupPlan) -> str:
+    """The attached list: every file and model (kind, id, whose, which job), then a student's other data."""
+    lines = [f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources]
+    if plan.user_id is not None:
+        lines += [f"chat_threads\t{plan.chat_threads}", f"chat_messages\t{plan.chat_messages}",
+                  f"dataset_examples\t{plan.dataset_examples}"]
+    return "\n".join(lines) + "\n"
+
+
+def cleanup_done_embed(result: CleanupResult, mine: MineDeleted | None, locale: str) -> discord.Embed:
+    """What the cleanup did, counted truly: the backend's files and models, and a student's other data."""
     embed = discord.Embed(title=t("gov.cleanup.done_title", locale), colour=_jobs_ui.GREEN if not result.failed else _jobs_ui.AMBER)
     embed.description = t("gov.cleanup.done", locale, deleted=len(result.deleted), gone=len(result.already_gone),
                           failed=len(result.failed))
-    if threads_deleted:
-        embed.description += "\n" + t("gov.cleanup.threads_done", locale, threads=threads_deleted)
+    if mine is not None and mine.threads:
+        embed.description += "\n" + t("gov.cleanup.threads_done", locale, threads=mine.threads)
+    if mine is not None and mine.examples:
+        embed.description += "\n" + t("gov.cleanup.examples_done", locale, count=mine.examples)
+    if mine is not None and mine.starts:
+        embed.description += "\n" + t("gov.cleanup.starts_done", locale, count=mine.starts)
     return embed
 
 

@@ -247,6 +247,13 @@ def notice_embed(job: Job, losses: tuple[float | None, float | None], locale: st
     return embed
 
 
+def progress_link(job: Job) -> str | None:
+    """A link to the job's progress card, once it is posted."""
+    if job.progress_message_id is None:
+        return None
+    return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.progress_message_id}"
+
+
 def jobs_list_embed(jobs: list[Job], locale: str) -> discord.Embed:
     """This server's recent jobs, newest first."""
     embed = discord.Embed(title=t("list.title", locale), colour=BLURPLE)
@@ -321,6 +328,8 @@ class ConfirmStartView(OwnerOnlyView):
 
 class ChatWithModelButton(DurableButton, template=r"chat-job:(?P<job_id>[\w\-]+)"):
     """The "Chat with this model" button under a success notice; it keeps working after a restart."""
+
+    cooldown = (3, 60.0)  # each press opens a public thread: as many a minute as /chat start allows
 
     def __init__(self, job_id: str, label: str = "Chat with this model") -> None:
         super().__init__(f"chat-job:{job_id}", label, discord.ButtonStyle.blurple, emoji="💬")

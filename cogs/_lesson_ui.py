@@ -165,6 +165,8 @@ def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: s
     lines = [explain, "", _verdict(report, locale)]
     if _any_held(shown):
         lines += ["", t("post.held_back_rows", locale)]
+    if report.held_questions:
+        lines += ["", t("evaluate.questions_held", locale, count=report.held_questions)]
     embed.description = clip("\n".join(lines), 4096)
     for index, (score, role) in enumerate(((first, "evaluate.fine_tuned"), (second, "evaluate.other"))):
         value = []
@@ -255,6 +257,8 @@ async def post_evaluation(interaction: discord.Interaction, service: EvaluationS
 class EvaluateJobButton(DurableButton, template=r"evaluate-job:(?P<job_id>[\w\-]+)"):
     """"Test on unseen questions" under a success notice; it keeps working after a restart."""
 
+    cooldown = (1, 60.0)  # one evaluation (up to 40 model requests) per member a minute, as /evaluate allows two
+
     def __init__(self, job_id: str, label: str = "Test on unseen questions") -> None:
         super().__init__(f"evaluate-job:{job_id}", label, discord.ButtonStyle.grey, emoji="📝")
         self.job_id = job_id
@@ -270,7 +274,7 @@ class EvaluateJobButton(DurableButton, template=r"evaluate-job:(?P<job_id>[\w\-]
             return
         await interaction.response.defer(thinking=True)
         try:
-            plan = await bot.evaluation.plan(interaction.guild_id, model)
+            plan = await bot.evaluation.plan(interaction.guild_id, model, user_id=interaction.user.id)
             await post_evaluation(interaction, bot.evaluation, plan)
         except errors.UserFacingError as exc:  # e.g. the safety check is not answering: nothing unchecked is posted
             await interaction.followup.send(exc.render(interaction.locale), ephemeral=True)

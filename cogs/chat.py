@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 from typing import TYPE_CHECKING, Final
 
@@ -19,7 +20,7 @@ from bot.discord_edge.roles import member_is_teacher
 from bot.discord_edge.sinks import NO_MENTIONS, FollowupSink, ThreadSink
 from bot.i18n import t
 from bot.services.chat import ChatService, Comparison
-from bot.services.chat_limits import ChatLimits
+from bot.services.chat_limits import RATE_WINDOW_SECONDS, ChatLimits, TooFastError
 from cogs import _chat_ui
 from storage.models import ChatThread
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 THREAD_ARCHIVE_MINUTES: Final = 1440  # Final: create_thread takes only 60, 1440, 4320 or 10080
 # Message types a student writes (plain messages and replies); joins, pins and the like are not questions.
 _SPOKEN = (discord.MessageType.default, discord.MessageType.reply)
+TOLD_KEPT = 10_000  # past this many remembered refusals, those older than the rate's window are forgotten
 
 
 class Chat(commands.Cog):
@@ -44,6 +46,8 @@ class Chat(commands.Cog):
         self.bot, self.service, self.limits = bot, service, limits
         # One answer at a time per thread, in the order messages arrived; a lock lives while someone waits on it.
         self._locks: weakref.WeakValueDictionary[int, asyncio.Lock] = weakref.WeakValueDictionary()
+        # When each (thread, student, refusal) was last said: a burst of refused messages is told once, not each.
+        self._told: dict[tuple[int, int, str], float] = {}
 
     async def cog_load(self) -> None:
         """Load the tokenizers before the first message needs them."""
@@ -168,7 +172,8 @@ class Chat(commands.Cog):
             return
         if not self.limits.wait(channel.id):  # the thread's queue is full: refused at once, not piled up
             thread = await self.service.thread(channel.id)
-            if thread is not None and not thread.ended and thread.guild_id == message.guild.id:
+            if thread is not None and not thread.ended and thread.guild_id == message.guild.id \
+                    and self._first_of_burst(channel.id, message.author.id, "chat.error.queue_full"):
                 await _send_quietly(channel, t("chat.error.queue_full", self.bot.channel_locale(thread.guild_id)))
             return
         lock = self._locks.get(channel.id)
@@ -179,12 +184,7 @@ class Chat(commands.Cog):
                 thread = await self.service.thread(channel.id)
                 if thread is None or thread.ended or thread.guild_id != message.guild.id:
                     return
-                try:
-                    self.limits.check_rate(thread.guild_id, message.author.id)
-                except errors.UserFacingError as exc:
-                    await _send_quietly(channel, exc.render(self.bot.channel_locale(thread.guild_id)))
-                    return
-                await self._answer(channel, thread, message)
+                await self._answer(channel, thread, message)  # the chat service's door counts the student's rate
         finally:
             self.limits.leave(channel.id)
 
@@ -197,6 +197,11 @@ class Chat(commands.Cog):
         sink = ThreadSink(channel, thread.thread_id)
         try:
             await self.service.reply(thread, message.author.id, text, sink, locale)
+            for key in (TooFastError.key, "chat.error.queue_full"):  # answered: the next refusal is a new burst
+                self._told.pop((thread.thread_id, message.author.id, key), None)
+        except TooFastError as exc:
+            if self._first_of_burst(thread.thread_id, message.author.id, exc.key):
+                await _send_quietly(channel, exc.render(locale))
         except errors.UserFacingError as exc:
             reason = exc.render(locale)
             await _send_quietly(channel, t("chat.cut_off", locale, reason=reason) if sink.messages else reason)
@@ -206,6 +211,18 @@ class Chat(commands.Cog):
             await _send_quietly(channel, unexpected(locale, log, "Answer failed in chat thread %s", thread.thread_id))
         finally:
             sink.stop_typing()
+
+    def _first_of_burst(self, thread_id: int, user_id: int, key: str) -> bool:
+        """Whether this refusal starts a burst (and is said); the same refusal again within the rate's window is
+        not said again: a student who sent twenty messages at once reads one notice, not nineteen."""
+        now = time.monotonic()
+        last = self._told.get((thread_id, user_id, key))
+        if last is not None and now - last < RATE_WINDOW_SECONDS:
+            return False
+        self._told[(thread_id, user_id, key)] = now
+        if len(self._told) > TOLD_KEPT:
+            self._told = {k: v for k, v in self._told.items() if now - v < RATE_WINDOW_SECONDS}
+        return True
 
     # /ask, /compare, /models ---------------------------------------------------------------------------------
 
@@ -221,10 +238,12 @@ class Chat(commands.Cog):
         system_prompt: app_commands.Range[str, 1, 1500] | None = None,
     ) -> None:
         """Ask a model one question."""
-        await interaction.response.defer(thinking=True)
+        # A student's own instructions show above the answer: then the answer is theirs alone, as in /chat start.
+        own_prompt = bool(system_prompt and system_prompt.strip())
+        await interaction.response.defer(thinking=True, ephemeral=own_prompt)
         assert interaction.guild_id is not None
-        await self.service.ask(interaction.guild_id, model, prompt, FollowupSink(interaction), str(interaction.locale),
-                               user_id=interaction.user.id, system_prompt=system_prompt)
+        await self.service.ask(interaction.guild_id, model, prompt, FollowupSink(interaction, ephemeral=own_prompt),
+                               str(interaction.locale), user_id=interaction.user.id, system_prompt=system_prompt)
 
     @app_commands.command(name="compare", description=_(
         "Ask a fine-tuned model and its base model the same thing, side by side", key="cmd.compare"))
@@ -242,7 +261,8 @@ class Chat(commands.Cog):
         against: str | None = None, system_prompt: app_commands.Range[str, 1, 1500] | None = None,
     ) -> None:
         """Ask a fine-tuned model and its base model the same thing, side by side."""
-        await interaction.response.defer(thinking=True)
+        own_prompt = bool(system_prompt and system_prompt.strip())  # the card shows it: then it is theirs alone
+        await interaction.response.defer(thinking=True, ephemeral=own_prompt)
         assert interaction.guild_id is not None
         locale = str(interaction.locale)
         shown: list[discord.WebhookMessage] = []
@@ -257,7 +277,8 @@ class Chat(commands.Cog):
                 finally:
                     self.bot.edit_budget.finish(interaction.channel_id or 0)
             else:
-                shown.append(await interaction.followup.send(embed=embed, wait=True, allowed_mentions=NO_MENTIONS))
+                shown.append(await interaction.followup.send(embed=embed, wait=True, allowed_mentions=NO_MENTIONS,
+                                                             ephemeral=own_prompt))
 
         comparison = await self.service.compare(interaction.guild_id, prompt, model, against,
                                                 user_id=interaction.user.id, system_prompt=system_prompt,
@@ -266,7 +287,8 @@ class Chat(commands.Cog):
         if shown:
             shown[0] = await shown[0].edit(embed=embed, attachments=[file] if file else [])
         else:
-            await interaction.followup.send(embed=embed, files=[file] if file else [], allowed_mentions=NO_MENTIONS)
+            await interaction.followup.send(embed=embed, files=[file] if file else [], allowed_mentions=NO_MENTIONS,
+                                            ephemeral=own_prompt)
 
     @app_commands.command(name="models", description=_("List the models this server has trained", key="cmd.models"))
     @app_commands.guild_only()

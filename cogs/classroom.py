@@ -22,6 +22,7 @@ from bot.services.governance import CleanupPlan, Governance, ModerationNotice, a
 from bot.services.starts import StartService
 from cogs import _classroom_ui, _flagged_ui, _jobs_ui, _lesson_ui
 from storage.models import Approval, ClassSettings
+from storage.prices import ClassPrice
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -99,6 +100,26 @@ class Classroom(commands.Cog):
             await self._show(interaction, settings, "gov.saved.budget")
         else:  # no option given: show, never clear by accident
             await self._show(interaction, await self.governance.roles.settings(interaction.guild_id), None)
+
+    @klass.command(name="price", description=_("Set what a model costs, for models the price table does not know",
+                                              key="gov.cmd.price"))
+    @app_commands.describe(
+        model=_("The model's name, as the backend lists it", key="gov.cmd.price.model"),
+        input_usd=_("Chat: US dollars per million tokens sent to it", key="gov.cmd.price.input"),
+        output_usd=_("Chat: US dollars per million tokens it writes", key="gov.cmd.price.output"),
+        training_usd=_("Training: US dollars per million trained tokens (empty: not for training)",
+                       key="gov.cmd.price.training"),
+    )
+    @teacher_only()
+    async def class_price(self, interaction: discord.Interaction, model: app_commands.Range[str, 1, 200],
+                          input_usd: app_commands.Range[float, 0.0, 10_000.0],
+                          output_usd: app_commands.Range[float, 0.0, 10_000.0],
+                          training_usd: app_commands.Range[float, 0.0, 10_000.0] | None = None) -> None:
+        assert interaction.guild_id is not None
+        price = await self.governance.prices.set(
+            interaction.guild_id, ClassPrice(model.strip(), input_usd, output_usd, training_usd), interaction.user.id)
+        await interaction.response.send_message(_classroom_ui.price_text(price, str(interaction.locale)),
+                                                ephemeral=True)
 
     @klass.command(name="quota", description=_("Set limits for each student", key="gov.cmd.quota"))
     @app_commands.describe(
@@ -327,18 +348,21 @@ class Classroom(commands.Cog):
             if plan.user_id is None and not await member_is_teacher(click, self.governance.roles):  # the role may have gone meanwhile
                 raise app_commands.CheckFailure()
             result = await self.governance.reports.cleanup(plan, click.user.id)
-            threads_gone = 0
+            mine = None
             if plan.user_id is not None:
-                threads_gone = await self._forget_chats(plan.guild_id, plan.user_id)
-                await self.starts.forget_user(plan.guild_id, plan.user_id)  # checked files waiting on disk
+                mine = _classroom_ui.MineDeleted(
+                    threads=await self._forget_chats(plan.guild_id, plan.user_id),
+                    starts=await self.starts.forget_user(plan.guild_id, plan.user_id),  # checked files on disk
+                    examples=await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id),
+                )
                 await self.governance.flagged.forget_user(plan.guild_id, plan.user_id)  # their flagged lines
-                await self.bot.datasets.delete_user_data(plan.guild_id, plan.user_id)  # their /dataset examples
                 await self.bot.groups.forget_user(plan.guild_id, plan.user_id)  # and their place in a group
-            await click.edit_original_response(embed=_classroom_ui.cleanup_done_embed(result, threads_gone, locale), view=view)
+            await click.edit_original_response(embed=_classroom_ui.cleanup_done_embed(result, mine, locale), view=view)
 
         view = _classroom_ui.ConfirmView(interaction.user.id, locale, on_confirm)
-        listing = "\n".join(f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources)
-        files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")] if listing else []
+        # The list the card promises: every file and model by name, and what else of a student's goes.
+        listing = _classroom_ui.cleanup_listing(plan)
+        files = [discord.File(io.BytesIO(listing.encode()), filename="to-delete.txt")]
         await interaction.response.send_message(embed=embed, view=view, files=files, ephemeral=True)
         view.message = await interaction.original_response()
 

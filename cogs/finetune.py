@@ -172,7 +172,14 @@ class FineTune(commands.Cog):
             return
         await click.response.defer()
         outcome = await self.starts.press(token, click.user.id)
-        if isinstance(outcome, Started):
+        if isinstance(outcome, Started) and outcome.earlier:
+            # Its job was started before (and recovered after a crash): it trains; the card says where to watch it.
+            link = _jobs_ui.progress_link(outcome.job)
+            await self._close_card(click, token, _jobs_ui.GREEN, t("card.already_training", click.locale,
+                                                                   job=outcome.job.id))
+            await send_ephemeral(click, t("card.already_training", click.locale, job=outcome.job.id)
+                                 + (f"\n{link}" if link else ""))
+        elif isinstance(outcome, Started):
             await self._close_card(click, token, _jobs_ui.GREEN, t("card.started", click.locale, job=outcome.job.id))
             self.bot.dispatch("job_started", outcome.job)  # the watcher posts the progress card
         elif isinstance(outcome, AwaitingApproval):

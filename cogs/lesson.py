@@ -96,7 +96,8 @@ class Lesson(commands.Cog):
                 upload = (file.filename, await file.read())
             except discord.HTTPException:
                 raise errors.AttachmentError(name=file.filename) from None
-        plan = await self.evaluation.plan(interaction.guild_id, model, against=against, lesson=lesson, file=upload)
+        plan = await self.evaluation.plan(interaction.guild_id, model, against=against, lesson=lesson, file=upload,
+                                          user_id=interaction.user.id)
         await _lesson_ui.post_evaluation(interaction, self.evaluation, plan)
 
     @evaluate.autocomplete("model")

@@ -11,7 +11,7 @@ ERROR_CODES: frozenset[str] = frozenset({
     "too_many_images", "invalid_preference", "mixed_formats", "unsupported_format", "too_few_examples",
     "file_too_large",
     # Added beyond datasets.md:
-    "invalid_content", "table_missing_columns", "table_cell_too_large",
+    "invalid_content", "table_missing_columns", "table_cell_too_large", "table_too_large",
 })
 WARNING_CODES: frozenset[str] = frozenset({
     "blank_line", "utf8_bom", "example_too_long", "missing_system_message", "missing_user_message",
@@ -115,6 +115,12 @@ MESSAGES: dict[str, dict[str, str]] = {
     "file_too_large": {
         "en": "The file is larger than {limit_mb} MB. Use fewer or shorter examples.",
         "ko": "파일이 {limit_mb}MB보다 커요. 예시 수를 줄이거나 더 짧게 만들어 주세요.",
+    },
+    "table_too_large": {
+        "en": "As a training file this table becomes more than {limit_mb} MB (each row grows when it is written as "
+              "a chat example). Use fewer rows or shorter cells.",
+        "ko": "이 표를 학습 파일로 바꾸면 {limit_mb}MB보다 커져요(각 줄이 대화 예시로 바뀌면서 길어져요). "
+              "줄 수를 줄이거나 칸의 내용을 짧게 해 주세요.",
     },
     "table_missing_columns": {
         "en": "The table needs a header row with a question column and an answer column (found: {columns}). "

@@ -31,6 +31,7 @@ SELECT * FROM (
                      AND m.step > {_EPOCH_START.format(job="j.id", step=_LAST_STEP)})) AS valid_loss,
            j.training_system_prompt AS system_prompt
     FROM jobs j WHERE j.guild_id = ? AND j.fine_tuned_model IS NOT NULL
+          AND j.fine_tuned_model NOT IN (SELECT resource_id FROM backend_deletions)
     UNION ALL
     SELECT c.model_id, j.id, 1, c.step, j.base_model, j.user_id, j.training_filename, j.suffix, c.created_at,
            (SELECT avg(m.train_loss) FROM job_metrics m WHERE m.job_id = j.id AND m.train_loss IS NOT NULL
@@ -39,6 +40,7 @@ SELECT * FROM (
             AND m.step <= c.step AND m.step > {_EPOCH_START.format(job="j.id", step="c.step")}),
            j.training_system_prompt
     FROM job_checkpoints c JOIN jobs j ON j.id = c.job_id WHERE j.guild_id = ? AND c.model_id IS NOT NULL
+          AND c.model_id NOT IN (SELECT resource_id FROM backend_deletions)
 )
 """
 

@@ -193,6 +193,12 @@ class GovernanceRepository:
             )
         return True
 
+    async def job_of_token(self, token: str) -> str | None:
+        """The job a start's client token created, once it is recorded (None while none is)."""
+        row = await self.db.fetch_one(
+            "SELECT job_id FROM spend_ledger WHERE client_token = ? AND job_id IS NOT NULL AND kind = 'job'", (token,))
+        return str(row["job_id"]) if row is not None else None
+
     async def reserved_tokens(self) -> dict[str, int]:
         """Client tokens of reservations not yet tied to a job, with their server."""
         rows = await self.db.fetch_all(
@@ -295,11 +301,19 @@ class GovernanceRepository:
         deleted = {str(r["resource_id"]) for r in await self.db.fetch_all(
             "SELECT resource_id FROM backend_deletions WHERE guild_id = ?", (guild_id,)
         )}
+        # A job's checkpoints are models too: each answers chat until it is deleted.
+        checkpoints: dict[str, list[str]] = {}
+        for row in await self.db.fetch_all(
+                "SELECT c.job_id, c.model_id FROM job_checkpoints c JOIN jobs j ON j.id = c.job_id "
+                f"WHERE j.guild_id = ?{mine.replace('user_id', 'j.user_id')} AND c.model_id IS NOT NULL "
+                "ORDER BY c.step", params):
+            checkpoints.setdefault(str(row["job_id"]), []).append(str(row["model_id"]))
         found: list[BackendResource] = []
         seen: set[str] = set()
         for row in rows:
-            for kind, resource in (("file", row["training_file_id"]), ("file", row["validation_file_id"]),
-                                   ("model", row["fine_tuned_model"])):
+            owned = [("file", row["training_file_id"]), ("file", row["validation_file_id"]),
+                     ("model", row["fine_tuned_model"]), *(("model", m) for m in checkpoints.get(str(row["id"]), []))]
+            for kind, resource in owned:
                 if resource and resource not in deleted and resource not in seen:
                     seen.add(resource)
                     found.append(BackendResource(str(resource), kind, guild_id, int(row["user_id"]), str(row["id"])))

@@ -133,6 +133,11 @@ class StartRepository:
         )
         return [_pending(r) for r in rows]
 
+    async def expiries(self) -> dict[str, int]:
+        """When each pending start no one has claimed expires, by token (to time their removal after a restart)."""
+        rows = await self.db.fetch_all("SELECT token, expires_at FROM pending_starts WHERE claimed = 0")
+        return {str(r["token"]): int(r["expires_at"]) for r in rows}
+
     async def tokens(self) -> set[str]:
         """Every pending start's token (to find staged files nothing refers to)."""
         return {str(r["token"]) for r in await self.db.fetch_all("SELECT token FROM pending_starts")}

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from bot import errors
-from bot.services.chat_limits import MESSAGES_PER_WINDOW, THREAD_QUEUE_MAX, ChatBudgetError
+from bot.services.chat_limits import ChatBudgetError
 from tests.conftest import Classroom
-from tests.test_chat_journey import bot_replies, open_chat
 
 MODEL = "gpt-4o-mini-2024-07-18"
 
@@ -28,15 +27,16 @@ class Collect:
 
 
 async def test_burst_of_30_chats_never_spends_past_a_small_cap(classroom: Classroom) -> None:
-    """30 questions at once against $0.003 (about a dozen replies' worst case at the classroom reply length): what
+    """30 questions at once (from 30 students) against $0.003 (about a dozen replies' worst case at the classroom reply length): what
     is charged stays within the cap, and each refusal says what is left."""
     guild = classroom.guild.id
     await classroom.bot.governance.roles.update(guild, budget_usd=0.003)
 
     async def one(i: int) -> str | errors.UserFacingError:
         try:
+            # Thirty students, one question each: the budget decides, not one student's rate.
             delivered = await classroom.bot.chat.ask(guild, MODEL, f"Question {i}?", Collect(1000 + i), "en",
-                                                     user_id=classroom.student.id)
+                                                     user_id=classroom.student.id + 1 + i)
         except errors.UserFacingError as exc:
             return exc
         return delivered.text
@@ -62,27 +62,6 @@ async def test_chat_spend_counts_against_the_job_budget(classroom: Classroom) ->
     assert committed > 0
     rows = await classroom.bot.governance.repo.ledger(guild)
     assert [(r.job_id, r.state) for r in rows] == [(None, "settled")]
-
-
-async def test_thread_burst_is_rate_limited_and_queue_bounded(classroom: Classroom) -> None:
-    """30 messages at once in a thread: a few are answered, the others are told plainly why not."""
-    classroom.openai.stream_token_delay = 0.005
-    thread = await open_chat(classroom)
-    for i in range(30):
-        await classroom.discord.say(thread, classroom.student, f"message {i}")
-
-    def settled() -> list[object] | None:
-        replies = bot_replies(classroom, thread)
-        answers = [m for m in replies if "reply to:" in m.content]
-        refusals = [m for m in replies if "very fast" in m.content or "already waiting" in m.content]
-        return [answers, refusals] if len(answers) + len(refusals) >= 30 else None
-
-    answers, refusals = await classroom.discord.wait_for(settled, timeout=20, what="every message answered or refused")
-    assert 0 < len(answers) <= min(MESSAGES_PER_WINDOW, THREAD_QUEUE_MAX) + 1
-    assert len(refusals) == 30 - len(answers)
-    # Every queued message leaves the queue (the last one just after its answer's final edit).
-    await classroom.discord.wait_for(lambda: not classroom.bot.chat_limits._waiting or None, timeout=10,
-                                     what="an empty queue")
 
 
 async def test_chat_base_model_outside_the_allowed_list_is_refused(classroom: Classroom) -> None:

@@ -482,12 +482,14 @@ async def test_cleanup_deletes_exactly_this_servers_files_and_models(classroom: 
     theirs = await finished_job(classroom, teacher2, guild2)
     unrelated = classroom.openai._add_file("someone-else.jsonl", "fine-tune", b"{}")
     our_files = {classroom.openai.job(j).training_file for j in ours}
-    our_models = {classroom.openai.job(j).fine_tuned_model for j in ours}
+    # Each job's model and its checkpoints (models too, which answer chat until deleted).
+    our_models = {m.model_id for m in await classroom.bot.chat.trained_models(classroom.guild.id)}
+    assert {classroom.openai.job(j).fine_tuned_model for j in ours} < our_models
 
     interaction = await command(classroom, classroom.teacher, "class cleanup")
     confirmation = interaction.original
     assert confirmation is not None and confirmation.ephemeral
-    assert "2 uploaded file(s) and 2 fine-tuned model(s)" in confirmation.text()
+    assert f"2 uploaded file(s) and {len(our_models)} fine-tuned model(s)" in confirmation.text()
     assert all(name in confirmation.text() for name in our_files | our_models)
     listing = confirmation.file("to-delete.txt").data.decode()
     assert {line.split("\t")[1] for line in listing.splitlines()} == our_files | our_models

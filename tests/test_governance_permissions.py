@@ -149,6 +149,7 @@ ACTIONS: dict[str, Action] = {
     "class teacher-role": slash("class teacher-role", role=lambda w: w.room.guild.add_role("Helpers")),
     "class teacher-channel": slash("class teacher-channel", teacher_channel=lambda w: w.room.guild.text_channel),
     "class budget": slash("class budget", usd=1.0),
+    "class price": slash("class price", model="gpt-4-0613", input_usd=30.0, output_usd=60.0),
     "class quota": slash("class quota", jobs_per_day=1, max_examples=3, models="gpt-4.1-2025-04-14"),
     "class approvals": slash("class approvals", state="off"),
     "class moderation": slash("class moderation", state="off"),

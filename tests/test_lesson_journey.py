@@ -130,7 +130,7 @@ async def test_evaluate_a_file_of_ones_own_against_a_chosen_model(classroom: Cla
                                       {"role": "assistant", "content": f"Answer {i}. Beep boop!"}]})
              for i in range(4)]
     classroom.openai.chat_reply = lambda m, msgs: "Yes. Beep boop!" if m == "gpt-4o" else f"No: {msgs[-1]['content']}"
-    classroom.openai.flag_words = {"Question 0"}  # the class's moderation (on by default) holds one answer back
+    classroom.openai.flag_words = {"No: Question 0"}  # the class's moderation (on by default) holds one answer back
     ask = await classroom.discord.slash(
         classroom.guild, classroom.student, "evaluate", model="gpt-4o", against="gpt-4o-mini",
         file=classroom.discord.attachment("mine.jsonl", "\n".join(lines).encode()))

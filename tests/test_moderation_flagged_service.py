@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from bot import errors
-from bot.openai_gateway import _spans
+from bot.backend_shapes import flagged_spans
 from bot.services.governance import ContentFlaggedError
 from bot.services.governance.moderation import FLAGGED_CONTEXT_CHARS, _flagged_line, file_hash
 from tests.test_governance_service import GUILD, STUDENT, Parts, chat_lines, parts, pending  # noqa: F401 (fixture)
@@ -25,7 +25,7 @@ TEACHER = 77
 ])
 def test_spans_keep_only_sane_offsets(raw: object, expected: tuple[tuple[int, int], ...]) -> None:
     """A backend's `spans` are read defensively: only [start, end) pairs inside the text are kept."""
-    assert _spans(raw, 20) == expected
+    assert flagged_spans(raw, 20) == expected
 
 
 def test_flagged_line_with_a_span_keeps_context_and_moves_the_span() -> None:

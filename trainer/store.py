@@ -40,9 +40,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 # Columns added after the first release, for databases made before them: a job's work (trained tokens as the file
 # check counts them) and, while it waits, its place in line and estimated start (trainer/queue_estimate.py); its
 # steps (all of them, from the file check on; done so far) and, while it runs, its pace: the seconds per step of its
-# latest steps and when the last one ended (epoch seconds), which the queue's estimates follow.
+# latest steps and when the last one ended (epoch seconds), which the queue's estimates follow; and the client's
+# Idempotency-Key it was created under (the same key again gets the same job).
 ADDED_JOB_COLUMNS = {"work_tokens": "INTEGER", "queue_position": "INTEGER", "queue_start": "INTEGER",
-                     "total_steps": "INTEGER", "steps_done": "INTEGER", "step_seconds": "REAL", "stepped_at": "REAL"}
+                     "total_steps": "INTEGER", "steps_done": "INTEGER", "step_seconds": "REAL", "stepped_at": "REAL",
+                     "idempotency_key": "TEXT"}
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "paused"})
@@ -81,6 +83,7 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)
         self._add_columns("jobs", ADDED_JOB_COLUMNS)
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs (idempotency_key)")
         self._lock = threading.Lock()
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
@@ -193,6 +196,10 @@ class Store:
     def job(self, job_id: str) -> sqlite3.Row | None:
         """Return one job's row."""
         return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    def job_by_key(self, idempotency_key: str) -> sqlite3.Row | None:
+        """The job created under this Idempotency-Key, if any."""
+        return self._one("SELECT * FROM jobs WHERE idempotency_key = ?", (idempotency_key,))
 
     def jobs(self, limit: int, after: str | None, metadata: dict[str, str] | None = None) -> Page:
         """List jobs newest first, optionally only those whose metadata holds every given pair."""

@@ -4,17 +4,47 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import types
 from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, cast
 
 import discord
+from discord import app_commands
 
-from bot.discord_edge.replies import reply_error
+from bot.discord_edge.replies import reply_error, send_ephemeral
+from bot.i18n import t
 
 log = logging.getLogger(__name__)
 
 ClickHandler = Callable[..., Awaitable[None]]
+COOLDOWNS_KEPT = 10_000  # past this many members' cooldowns, the ones long over are forgotten
+
+
+class ButtonCooldowns:
+    """How often each member may press each kind of button that starts work (the bot holds one; a durable button is
+    rebuilt at every click, so it cannot keep count itself)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int, int], app_commands.Cooldown] = {}
+
+    def retry_after(self, kind: str, guild_id: int, user_id: int, rate: int, per: float) -> float | None:
+        """Count a press; None when it may go ahead, else the seconds until it may."""
+        key = (kind, guild_id, user_id)
+        cooldown = self._counts.get(key)
+        if cooldown is None:
+            cooldown = self._counts[key] = app_commands.Cooldown(rate, per)
+        retry = cooldown.update_rate_limit()
+        if len(self._counts) > COOLDOWNS_KEPT:
+            now = time.time()
+            self._counts = {k: c for k, c in self._counts.items() if c.get_tokens(now) < c.rate}
+        return retry
+
+
+class Cooled(Protocol):
+    """What a button with a cooldown finds on the bot behind its interaction."""
+
+    button_cooldowns: ButtonCooldowns
 
 
 class DurableButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!)"):
@@ -23,6 +53,9 @@ class DurableButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(
     a button has no command tree behind it. The base's template matches nothing: it is never registered."""
 
     handler: ClassVar[ClickHandler]
+    # (presses, seconds) one member may make of this kind of button; None: no limit. Every button that starts work
+    # (asks a model, opens a thread) has one, as its slash command has.
+    cooldown: ClassVar[tuple[int, float] | None] = None
 
     def __init__(self, custom_id: str, label: str, style: discord.ButtonStyle, emoji: str | None = None) -> None:
         super().__init__(discord.ui.Button(label=label, style=style, emoji=emoji, custom_id=custom_id))
@@ -43,6 +76,14 @@ class DurableButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(
 
     async def callback(self, interaction: discord.Interaction) -> None:
         """Do the click's work; whatever goes wrong is answered privately, never as a traceback."""
+        if self.cooldown is not None:
+            cooldowns = cast(Cooled, interaction.client).button_cooldowns
+            retry = cooldowns.retry_after(type(self).__name__, interaction.guild_id or 0, interaction.user.id,
+                                          *self.cooldown)
+            if retry is not None:
+                when = int(time.time() + retry) + 1
+                await send_ephemeral(interaction, t("error.cooldown", interaction.locale, when=f"<t:{when}:R>"))
+                return
         try:
             await self.clicked(interaction)
         except Exception as exc:  # boundary: a button has no command tree behind it

@@ -40,15 +40,17 @@ class ThreadSink:
 class FollowupSink:
     """Shows a reply as an interaction's followups (the first one replaces the 'thinking…' placeholder)."""
 
-    def __init__(self, interaction: discord.Interaction) -> None:
+    def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False) -> None:
         self.interaction = interaction
         self.channel_id = interaction.channel_id or 0
+        self.ephemeral = ephemeral  # for its asker alone (e.g. it shows their own instructions)
         self.messages: list[discord.WebhookMessage] = []
 
     async def post(self, text: str) -> None:
         """Post a new message of the answer."""
         self.messages.append(
-            await self.interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS)
+            await self.interaction.followup.send(text, wait=True, allowed_mentions=NO_MENTIONS,
+                                                 ephemeral=self.ephemeral)
         )
 
     async def edit(self, index: int, text: str) -> None:

@@ -7,16 +7,17 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import tiktoken
 
 from bot import errors
 from bot.openai_gateway import FineTuningGateway, StreamEnd
-from bot.services.chat_limits import ChatLimits, ChatTicket
+from bot.services.chat_limits import ChatLimits
 from bot.services.chat_models import ChatModels, chat_error, context_window, model_info
 from bot.services.delivery import Delivered, DeliveryService, Moderator, ReplySink
+from bot.services.door import Admission, Call, Entry, HeldBackError, ModelDoor
 from bot.services.ratelimit import EditBudget
 from dataset_rules import tokens as token_rules
 from storage.chats import ChatRepository, DeletedChats
@@ -140,6 +141,7 @@ class ChatService(ChatModels):
         *,
         moderate: Moderator | None = None,
         limits: ChatLimits | None = None,
+        door: ModelDoor | None = None,
         edit_budget: EditBudget | None = None,
         history_token_cap: int = HISTORY_TOKEN_CAP,
         reply_max_tokens: int = REPLY_MAX_TOKENS,
@@ -150,8 +152,11 @@ class ChatService(ChatModels):
         self.gateway = gateway
         # Streaming into Discord, and the moderation of what shows, are the delivery service's.
         self.delivery = DeliveryService(edit_budget, moderate)
-        # Spend in the class ledger and the chat base-model rule (bot.services.chat_limits); None: unlimited.
+        # The chat base-model rule (bot.services.chat_limits); None: unlimited.
         self.limits = limits
+        # Every request to a model passes the one door: rate, moderation of what goes in, the budget's hold (with the
+        # same moderation hook as what shows, unless a door is given).
+        self.door = door or ModelDoor(gateway, limits, self._moderate_in)
         self.history_token_cap = history_token_cap
         self.reply_max_tokens = reply_max_tokens
         self.sampling = sampling
@@ -231,40 +236,38 @@ class ChatService(ChatModels):
         """Whether the moderation hook lets this text through (always, when there is none)."""
         return await self.delivery.is_allowed(guild_id, text)
 
-    async def _question_held(self, guild_id: int, text: str) -> str | None:
-        """None when a student's text may go to the model; else the catalog key of the kind note they see instead
-        (flagged, or the check is not answering: it fails closed)."""
-        try:
-            return None if await self.is_allowed(guild_id, text) else "chat.held_back_question"
-        except errors.ModerationUnavailableError:
-            return "chat.moderation_down"
+    async def _moderate_in(self, guild_id: int, texts: Sequence[str]) -> list[bool]:
+        """The delivery's moderation hook, for what a student sends (nothing is flagged without one)."""
+        moderate = self.delivery.moderate
+        return [False] * len(texts) if moderate is None else await moderate(guild_id, texts)
 
     async def reply(self, thread: ChatThread, user_id: int, question: str, sink: ReplySink, locale: str) -> Delivered:
         """Answer a message in a chat thread, streamed into the sink, and remember the exchange."""
         if thread.ended:
             raise errors.UserFacingError("chat.error.already_ended")
-        held = await self._question_held(thread.guild_id, question)
-        if held is not None:
-            log.info("Held back a message in chat thread %s (moderation: %s)", thread.thread_id, held)
-            return await self.delivery.note(sink, held, locale)
         question_tokens = count_tokens(thread.model, question)  # the one count of the question: history and memory
         messages, prompt_tokens = await self._fitted(thread, question, question_tokens)
-        ticket = await self._admit(thread.guild_id, user_id, thread.model, prompt_tokens, self.reply_max_tokens)
+        try:
+            admission = await self.door.admit(Entry(thread.guild_id, user_id, (
+                Call(thread.model, prompt_tokens, self.reply_max_tokens),), (question,), "chat"))
+        except HeldBackError as held:
+            log.info("Held back a message in chat thread %s (moderation: %s)", thread.thread_id, held.key)
+            return await self.delivery.note(sink, held.key, locale)
         end = StreamEnd()
         try:
-            pieces = await self._open_stream(thread.model, messages, end)
+            pieces = await self._open_stream(admission, thread.model, messages, end)
         except errors.UserFacingError as exc:
             if exc.key != "error.context_too_long":
-                await self._release(ticket)
+                await admission.release(thread.model)
                 raise chat_error(exc, thread.model) from None
             # Our count was too generous for this model (e.g. a self-hosted one): once more with half the history.
-            # The ticket keeps the first count: it holds at least what the shorter prompt costs.
+            # The hold keeps the first count: it holds at least what the shorter prompt costs.
             messages, _ = await self._fitted(thread, question, question_tokens,
                                              self.history_budget(thread.model) // 2)
             try:
-                pieces = await self._open_stream(thread.model, messages, end)
+                pieces = await self._open_stream(admission, thread.model, messages, end)
             except errors.UserFacingError as again:
-                await self._release(ticket)
+                await admission.release(thread.model)
                 raise chat_error(again, thread.model) from None
         answer_tokens: list[int] = []
 
@@ -273,7 +276,7 @@ class ChatService(ChatModels):
             await self.chats.add_exchange(thread.thread_id, user_id, question, question_tokens,
                                           answer, answer_tokens[0], int(time.time()))
 
-        return await self._charged(ticket, prompt_tokens, thread.model, self.delivery.deliver(
+        return await self._charged(admission, prompt_tokens, thread.model, self.delivery.deliver(
             pieces, sink, guild_id=thread.guild_id, locale=locale, before_final=remember, cut=end.was_cut),
             answer_tokens)
 
@@ -283,22 +286,23 @@ class ChatService(ChatModels):
     ) -> Delivered:
         """One question, one streamed answer (with the model's training system prompt unless another is given)."""
         model = await self.resolve_model(guild_id, model)
-        held = await self._question_held(guild_id, prompt)
-        if held is not None:
-            return await self.delivery.note(sink, held, locale)
         system = await self.system_prompt_for(guild_id, model, system_prompt)
         messages = _with_system(system, prompt)
-        prompt_tokens = _prompt_tokens(model, messages)
-        if prompt_tokens > self.history_budget(model):
+        tokens = prompt_tokens(model, messages)
+        if tokens > self.history_budget(model):
             raise errors.UserFacingError("chat.error.message_too_long")
-        ticket = await self._admit(guild_id, user_id, model, prompt_tokens, self.reply_max_tokens)
+        try:
+            admission = await self.door.admit(Entry(guild_id, user_id, (Call(model, tokens, self.reply_max_tokens),),
+                                                    (prompt,), "ask"))
+        except HeldBackError as held:
+            return await self.delivery.note(sink, held.key, locale)
         end = StreamEnd()
         try:
-            pieces = await self._open_stream(model, messages, end)
+            pieces = await self._open_stream(admission, model, messages, end)
         except errors.UserFacingError as exc:
-            await self._release(ticket)
+            await admission.release(model)
             raise chat_error(exc, model) from None
-        return await self._charged(ticket, prompt_tokens, model, self.delivery.deliver(
+        return await self._charged(admission, tokens, model, self.delivery.deliver(
             pieces, sink, guild_id=guild_id, locale=locale, cut=end.was_cut, system_prompt=system))
 
     async def compare(
@@ -313,12 +317,14 @@ class ChatService(ChatModels):
         second = await self.resolve_model(guild_id, against) if against else await self.base_of(guild_id, first)
         if first == second:
             raise errors.UserFacingError("chat.error.compare_same")
-        if not await self.is_allowed(guild_id, prompt):
-            raise errors.UserFacingError("chat.held_back_question")
         system = await self.system_prompt_for(guild_id, first, system_prompt)
         if system is None and against:
             system = await self.system_prompt_for(guild_id, second)
         messages = _with_system(system, prompt)
+        tokens = {name: prompt_tokens(name, messages) for name in (first, second)}
+        # Both sides are let in together (one request of the student's), or neither is.
+        admission = await self.door.admit(Entry(guild_id, user_id, tuple(
+            Call(name, tokens[name], self.reply_max_tokens) for name in (first, second)), (prompt,), "compare"))
         answers = {first: Answer(first, "", done=False), second: Answer(second, "", done=False)}
         changed = asyncio.Event()
 
@@ -326,28 +332,22 @@ class ChatService(ChatModels):
             return Comparison(prompt, answers[first], answers[second], system)
 
         async def run(name: str) -> None:
-            end, text, prompt_tokens = StreamEnd(), "", _prompt_tokens(name, messages)
+            end, text = StreamEnd(), ""
             try:
-                ticket = await self._admit(guild_id, user_id, name, prompt_tokens, self.reply_max_tokens)
-            except errors.UserFacingError as exc:
-                answers[name] = Answer(name, None, exc)  # e.g. the budget is spent: this side says so
-                changed.set()
-                return
-            try:
-                pieces = await self._open_stream(name, messages, end)
+                pieces = await self._open_stream(admission, name, messages, end)
                 async for piece in pieces:
                     text += piece
                     answers[name] = replace(answers[name], text=text)
                     changed.set()
             except errors.UserFacingError as exc:
-                await (self._settle(ticket, prompt_tokens, count_tokens(name, text)) if text else
-                       self._release(ticket))
+                await (admission.settle(name, tokens[name], count_tokens(name, text)) if text else
+                       admission.release(name))
                 answers[name] = Answer(name, None, chat_error(exc, name))
             except BaseException:
-                await self._settle(ticket, prompt_tokens, self.reply_max_tokens)  # it may have been answered
+                await admission.settle_worst(name)  # it may have been answered
                 raise
             else:
-                await self._settle(ticket, prompt_tokens, count_tokens(name, text))
+                await admission.settle(name, tokens[name], count_tokens(name, text))
                 answers[name] = Answer(name, text, cut=end.finish_reason == "length")
             changed.set()
 
@@ -384,42 +384,32 @@ class ChatService(ChatModels):
             checked.append(answer)
         return replace(comparison, first=checked[0], second=checked[1])
 
-    # Spend (hooks into bot.services.chat_limits) -----------------------------------------------------------------
+    # Spend (the door's admission holds it) ------------------------------------------------------------------
 
-    async def _admit(self, guild_id: int, user_id: int, model: str, prompt_tokens: int,
-                     max_tokens: int) -> ChatTicket | None:
-        return None if self.limits is None else await self.limits.admit(
-            guild_id, user_id, model, prompt_tokens, max_tokens)
-
-    async def _release(self, ticket: ChatTicket | None) -> None:
-        if self.limits is not None:
-            await self.limits.release(ticket)
-
-    async def _settle(self, ticket: ChatTicket | None, prompt_tokens: int, reply_tokens: int) -> None:
-        if self.limits is not None:
-            await self.limits.settle(ticket, prompt_tokens, reply_tokens)
-
-    async def _charged(self, ticket: ChatTicket | None, prompt_tokens: int, model: str,
+    async def _charged(self, admission: Admission, prompt_tokens: int, model: str,
                        delivery: Awaitable[Delivered], counted: Sequence[int] = ()) -> Delivered:
         """Deliver, then charge what the answer used (`counted`: its tokens, when they were counted already); an
         answer cut off midway is charged its worst case."""
         try:
             delivered = await delivery
         except errors.UserFacingError as exc:
-            await self._settle(ticket, prompt_tokens, self.reply_max_tokens)
+            await admission.settle(model, prompt_tokens, self.reply_max_tokens)
             raise chat_error(exc, model) from None
         except BaseException:
-            await self._settle(ticket, prompt_tokens, self.reply_max_tokens)
+            await admission.settle(model, prompt_tokens, self.reply_max_tokens)
             raise
-        await self._settle(ticket, prompt_tokens, counted[0] if counted else count_tokens(model, delivered.text))
+        # A reply held back by moderation was generated all the same: it is charged as what the model wrote.
+        used = count_tokens(model, delivered.generated) if delivered.held_back else (
+            counted[0] if counted else count_tokens(model, delivered.text))
+        await admission.settle(model, prompt_tokens, used)
         return delivered
 
     async def _open_stream(
-        self, model: str, messages: list[dict[str, str]], end: StreamEnd | None = None,
+        self, admission: Admission, model: str, messages: list[dict[str, str]], end: StreamEnd | None = None,
     ) -> AsyncGenerator[str, None]:
         """Start a streamed reply and wait for its first piece, so that refusals surface here, before anything shows."""
-        stream = self.gateway.stream_chat(model, messages, max_tokens=self.reply_max_tokens,
-                                          sampling=self.sampling.body(), end=end)
+        stream = admission.stream(model, messages, max_tokens=self.reply_max_tokens, sampling=self.sampling.body(),
+                                  end=end)
         try:
             first = await anext(stream)
         except StopAsyncIteration:
@@ -451,7 +441,8 @@ async def _pieces(first: str, rest: AsyncGenerator[str, None]) -> AsyncGenerator
         await rest.aclose()
 
 
-def _prompt_tokens(model: str, messages: list[dict[str, str]]) -> int:
+def prompt_tokens(model: str, messages: Sequence[Mapping[str, str]]) -> int:
+    """The prompt tokens of these messages for this model, as the ledger charges them."""
     return sum(count_tokens(model, m["content"]) + TOKENS_PER_MESSAGE for m in messages)
 
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from bot import errors
 from bot.services.governance.policy import QUOTA_WINDOW_SECONDS, over_budget
 from bot.services.governance.roles import ClassSettingsService
-from dataset_rules.models import chat_price, format_usd
+from bot.services.prices import PriceService
+from dataset_rules.models import format_usd
 from storage.governance import GovernanceRepository
 from storage.models import SpendSnapshot
+from storage.rates import RateRepository
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,12 @@ MESSAGES_PER_WINDOW = 6
 RATE_WINDOW_SECONDS = 60.0
 # Messages waiting in one thread for the model at most; more are refused at once instead of piling up.
 THREAD_QUEUE_MAX = 4
+
+
+class TooFastError(errors.UserFacingError):
+    """A student asked models more often than the rate allows."""
+
+    key = "chat.error.too_fast"
 
 
 class ChatBudgetError(errors.UserFacingError):
@@ -46,16 +52,16 @@ class ChatLimits:
 
     def __init__(
         self, repo: GovernanceRepository, roles: ClassSettingsService,
-        tunable_models: Callable[[], Awaitable[list[str]]], *, self_hosted: bool,
-        clock: Callable[[], float] = time.monotonic, prices_file: Path | None = None,
+        tunable_models: Callable[[], Awaitable[list[str]]], *, free_backend: bool, rates: RateRepository,
+        clock: Callable[[], float] = time.time, prices: PriceService,
     ) -> None:
         self.repo = repo
-        self.prices_file = prices_file  # Settings.prices_file: the table chat prices come from
+        self.prices = prices  # the table's prices and the class's own (/class price)
         self.roles = roles
         self.tunable_models = tunable_models
-        self.self_hosted = self_hosted
-        self.clock = clock
-        self._sent: dict[tuple[int, int], deque[float]] = {}
+        self.free_backend = free_backend
+        self.rates = rates  # kept in the database: a restart gives nobody a fresh minute
+        self.clock = clock  # wall-clock seconds, which go on across a restart (monotonic ones start again)
         self._waiting: dict[int, int] = {}
 
     # Which base models -------------------------------------------------------------------------------------
@@ -86,29 +92,23 @@ class ChatLimits:
         else:
             self._waiting.pop(thread_id, None)
 
-    def check_rate(self, guild_id: int, user_id: int) -> None:
-        """Count a student's message in a chat thread; past the rate, refuse it with when to try again."""
-        now = self.clock()
-        sent = self._sent.setdefault((guild_id, user_id), deque())
-        while sent and now - sent[0] >= RATE_WINDOW_SECONDS:
-            sent.popleft()
-        if len(sent) >= MESSAGES_PER_WINDOW:
-            raise errors.UserFacingError("chat.error.too_fast",
-                                         seconds=max(1, int(RATE_WINDOW_SECONDS - (now - sent[0])) + 1))
-        sent.append(now)
-        if len(self._sent) > 10_000:  # forget students who stopped chatting
-            self._sent = {k: v for k, v in self._sent.items() if v and now - v[-1] < RATE_WINDOW_SECONDS}
+    async def check_rate(self, guild_id: int, user_id: int) -> None:
+        """Count a student's request to a model (the door asks); past the rate, refuse it with when to try again."""
+        wait = await self.rates.take(guild_id, user_id, now=self.clock(), window=RATE_WINDOW_SECONDS,
+                                     limit=MESSAGES_PER_WINDOW)
+        if wait is not None:
+            raise TooFastError(seconds=max(1, int(wait) + 1))
 
     # Spend -------------------------------------------------------------------------------------------------
 
     async def admit(self, guild_id: int, user_id: int, model: str, prompt_tokens: int,
                     max_tokens: int) -> ChatTicket | None:
         """Hold the answer's worst case (the prompt plus `max_tokens` of reply) against the budget, or refuse."""
-        price = chat_price(model, self.prices_file)
+        price = await self.prices.chat(guild_id, model)
         if price is None:
-            # The school's own trainer has no price and costs nothing (it is rate-limited all the same); elsewhere
-            # an unpriced model cannot be kept within a cap.
-            if self.self_hosted or (await self.roles.settings(guild_id)).budget_usd is None:
+            # The school's own trainer has no price and costs nothing (it is rate-limited all the same); any other
+            # backend's unpriced model cannot be kept within a cap (never silently free).
+            if self.free_backend or (await self.roles.settings(guild_id)).budget_usd is None:
                 return None
             raise ChatBudgetError("chat.error.no_price", model=model)
         worst = _cost(price, prompt_tokens, max_tokens)

@@ -156,6 +156,7 @@ class Delivered:
     messages: int
     held_back: bool = False
     cut: bool = False  # the reply length limit stopped it (and the reply says so)
+    generated: str = ""  # a reply held back: what the model had written by then (it is paid for all the same)
 
 
 # The service ------------------------------------------------------------------------------------------------
@@ -196,6 +197,7 @@ class DeliveryService:
         renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval,
                                  first_edit_delay=self.min_edit_interval * random.uniform(0.5, 1.5))
         header = t("chat.ask_system", locale, prompt=_one_line(system_prompt)) if system_prompt else None
+        skip = len(header) + 1 if header else 0  # the header shown above the answer is the bot's, not the model's
         if header:
             renderer.add(header + "\n")
         budget, channel = self.edit_budget, sink.channel_id
@@ -213,7 +215,8 @@ class DeliveryService:
                     if not renderer.text.strip() or now - checked_at >= self.moderation_interval:
                         held = await self.reply_held(guild_id, _with_context(renderer.text, unchecked))
                         if held is not None:
-                            return await self._hold_back(renderer, sink, locale, held)
+                            return await self._hold_back(renderer, sink, locale, held,
+                                                         (renderer.text + unchecked)[skip:])
                         renderer.add(unchecked)
                         unchecked, checked_at = "", now
                 # Posts first: a new part must not wait for an edit budget that a previous part used up.
@@ -234,7 +237,7 @@ class DeliveryService:
         if unchecked:
             held = await self.reply_held(guild_id, _with_context(renderer.text, unchecked))
             if held is not None:
-                return await self._hold_back(renderer, sink, locale, held)
+                return await self._hold_back(renderer, sink, locale, held, (renderer.text + unchecked)[skip:])
             renderer.add(unchecked)
         answer = renderer.text[len(header) + 1:] if header else renderer.text
         if not answer.strip():
@@ -267,18 +270,18 @@ class DeliveryService:
             return "chat.moderation_down_reply"  # fail closed: what was not checked is not shown
 
     async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str,
-                         key: str = "chat.held_back_reply") -> Delivered:
+                         key: str = "chat.held_back_reply", generated: str = "") -> Delivered:
         notice = t(key, locale)
         if not renderer.shown:
             await sink.post(notice)
-            return Delivered("", 1, held_back=True)
+            return Delivered("", 1, held_back=True, generated=generated)
         for index in range(len(renderer.shown)):
             await self.edit_budget.start(sink.channel_id)
             try:
                 await sink.edit(index, notice if index == 0 else "…")
             finally:
                 self.edit_budget.finish(sink.channel_id)
-        return Delivered("", len(renderer.shown), held_back=True)
+        return Delivered("", len(renderer.shown), held_back=True, generated=generated)
 
 
 def _with_context(checked: str, added: str) -> str:

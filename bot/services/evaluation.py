@@ -14,7 +14,7 @@ import logging
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -22,8 +22,9 @@ from matplotlib.figure import Figure
 from bot import errors
 from bot.openai_gateway import FineTuningGateway
 from bot.services.charts import CHART_DPI, CHART_SIZE_INCHES, GRID_COLOR, TEXT_COLOR, TRAIN_COLOR, _font
-from bot.services.chat import ChatService
+from bot.services.chat import ChatService, count_tokens, prompt_tokens
 from bot.services.chat_models import chat_error
+from bot.services.door import Admission, Call, Entry, HeldBackError, ModelDoor
 from bot.services.lessons import Behaviour, Example, Lesson, LessonLibrary, parse_examples
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class EvaluationReport:
     source: str  # a lesson's name or the file's name
     rows: tuple[Row, ...]
     scores: tuple[ModelScore, ModelScore]
+    held_questions: int = 0  # questions moderation kept from the models: not asked, not scored
 
 
 def score(model: str, answers: Sequence[str], examples: Sequence[Example], behaviour: Behaviour | None) -> ModelScore:
@@ -217,6 +219,7 @@ class EvaluationPlan:
     behaviour: Behaviour | None
     source: str
     lesson: Lesson | None
+    user_id: int = 0  # who asked: the door counts the evaluation against their rate and the class's budget
 
 
 @dataclass(frozen=True)
@@ -241,9 +244,11 @@ class EvaluationService:
 
     def __init__(self, gateway: FineTuningGateway, chat: ChatService, lessons: LessonLibrary, *,
                  max_prompts: int = MAX_PROMPTS, answer_max_tokens: int = ANSWER_MAX_TOKENS,
-                 moderate: PostModerator | None = None) -> None:
+                 moderate: PostModerator | None = None, door: ModelDoor | None = None) -> None:
         self.gateway = gateway
         self.chat = chat
+        # Every question goes to the models through the one door (the chat service's, unless another is given).
+        self.door = door or chat.door
         self.lessons = lessons
         # Questions, the file's answers and the models' answers pass the class's moderation before they are posted.
         self.moderate = moderate or chat.delivery.moderate
@@ -256,7 +261,7 @@ class EvaluationService:
         return next((self.lessons.get(part) for part in parts[1:] if part in self.lessons.names()), None)
 
     async def plan(self, guild_id: int, model: str, *, against: str | None = None, lesson: str | None = None,
-                   file: tuple[str, bytes] | None = None) -> EvaluationPlan:
+                   file: tuple[str, bytes] | None = None, user_id: int = 0) -> EvaluationPlan:
         """Check the models (this server's own, or base models) and pick the questions: a lesson, a file, or the
         lesson the model was trained on."""
         first = await self.chat.resolve_model(guild_id, model)
@@ -276,27 +281,58 @@ class EvaluationService:
         if not examples:
             raise errors.UserFacingError("evaluate.error.no_examples")
         return EvaluationPlan(guild_id, (first, second), tuple(examples[: self.max_prompts]), behaviour, source,
-                              chosen if file is None else None)
+                              chosen if file is None else None, user_id)
 
     async def run(self, plan: EvaluationPlan) -> EvaluationReport:
-        """Ask both models every question (at temperature 0, a few at a time) and score the answers."""
+        """Ask both models every question (at temperature 0, a few at a time) and score the answers. The whole
+        evaluation passes the door as one request of the student's: every question moderated, and the worst case of
+        every answer held against the budget before the first is asked."""
+        first, second = plan.models
+        # A question moderation flags is not asked (nor scored): the others are.
+        held = await self.door.flagged(plan.guild_id, ["\n".join(c for _, c in e.messages) for e in plan.examples])
+        plan = replace(plan, examples=tuple(e for e, flag in zip(plan.examples, held, strict=True) if not flag))
+        if not plan.examples:
+            raise HeldBackError()
+        sent = {m: sum(prompt_tokens(m, e.as_messages()) for e in plan.examples) for m in (first, second)}
+        admission = await self.door.admit(Entry(
+            plan.guild_id, plan.user_id,
+            tuple(Call(m, sent[m], self.answer_max_tokens * len(plan.examples)) for m in (first, second)),
+            (), "evaluate"))  # its texts were checked just above
+        answers = await self._answers(admission, plan, sent)
+        count = len(plan.examples)
+        log.info("Evaluated %s against %s on %d questions in guild %s", first, second, count, plan.guild_id)
+        return replace(build_report(plan.models, plan.behaviour, plan.source, plan.examples,
+                                    (answers[:count], answers[count:])), held_questions=sum(held))
+
+    async def _answers(self, admission: Admission, plan: EvaluationPlan, sent: dict[str, int]) -> list[str]:
+        """Every answer, the first model's then the second's; each model charged what it generated, and a question
+        still being answered when the run stopped its worst case (the backend may have answered it)."""
         gate = asyncio.Semaphore(PARALLEL_REQUESTS)
+        generated = {m: 0 for m in plan.models}
+        asked = {m: 0 for m in plan.models}  # questions sent and not yet answered
 
         async def answer(model: str, example: Example) -> str:
             async with gate:
+                asked[model] += 1
                 try:
-                    return await self.gateway.complete_chat(model, example.as_messages(),
-                                                            max_tokens=self.answer_max_tokens,
-                                                            sampling={"temperature": 0.0})
+                    text = await admission.complete(model, example.as_messages(), max_tokens=self.answer_max_tokens,
+                                                    sampling={"temperature": 0.0})
                 except errors.UserFacingError as exc:
+                    asked[model] -= 1  # refused: nothing generated
                     raise chat_error(exc, model) from None
+            asked[model] -= 1
+            generated[model] += count_tokens(model, text)
+            return text
 
-        first, second = plan.models
-        answers = await asyncio.gather(*(answer(m, e) for m in (first, second) for e in plan.examples))
-        count = len(plan.examples)
-        log.info("Evaluated %s against %s on %d questions in guild %s", first, second, count, plan.guild_id)
-        return build_report(plan.models, plan.behaviour, plan.source, plan.examples,
-                            (answers[:count], answers[count:]))
+        tasks = [asyncio.create_task(answer(m, e)) for m in plan.models for e in plan.examples]
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:  # one refusal (or a stop) ends the run: the questions not yet asked are not
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for model in plan.models:
+                await admission.settle(model, sent[model], generated[model] + asked[model] * self.answer_max_tokens)
 
     async def held_examples(self, guild_id: int, examples: Sequence[Example]) -> frozenset[int]:
         """Which of these lesson examples (by position) moderation holds back before a lesson step posts them: a

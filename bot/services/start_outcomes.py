@@ -51,6 +51,7 @@ class Started:
     """The backend created the job and it is recorded."""
 
     job: Job
+    earlier: bool = False  # it was started before this click (e.g. found after a restart): the card just says so
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ class StartPolicy(Protocol):
         """Record a teacher's decision once."""
         ...
 
+    async def approval(self, guild_id: int, approval_id: str) -> Approval:
+        """An approval of this server, as recorded."""
+        ...
+
     async def finish_approval(self, approval: Approval, *, job_id: str | None, status: str) -> None:
         """Record how an approved start went."""
         ...
@@ -145,6 +150,10 @@ class StartPolicy(Protocol):
 
     async def reserved_tokens(self) -> dict[str, int]:
         """Client tokens of reservations not yet tied to a job, with their server."""
+        ...
+
+    async def job_of_token(self, token: str) -> Job | None:
+        """The recorded job a start's client token created, if any."""
         ...
 
     async def void_token(self, token: str) -> None:

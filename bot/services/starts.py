@@ -24,6 +24,7 @@ from bot.services import staging, training_file
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
 from bot.services.governance.moderation import ContentFlaggedError
 from bot.services.groups import GroupService
+from bot.services.start_housekeeping import APPROVAL_TTL_SECONDS, TOKEN_KEY, StartHousekeeping
 from bot.services.start_outcomes import (
     Allowed,
     AwaitingApproval,
@@ -48,19 +49,20 @@ from storage.starts import PendingStart, StartRepository
 log = logging.getLogger(__name__)
 
 PENDING_TTL_SECONDS = 15 * 60
+# Cards one student may have waiting for Start at once: each holds a checked (maybe converted) file on disk.
+WAITING_CARDS_MAX = 2
 # A dataset check (a CSV's conversion included) that takes longer is stopped: the worker is shared by the class.
 CHECK_TIME_LIMIT_SECONDS = 60.0
 # A trainer that has just started may still be loading a tokenizer: past this, the card keeps tiktoken's estimate.
 BACKEND_COUNT_SECONDS = 20.0
-# How long a student's checked file waits on disk for a teacher's decision.
-APPROVAL_TTL_SECONDS = 24 * 3600
-# The metadata key under which a job carries its client token (its ledger row's and its pending start's).
-TOKEN_KEY = "client_token"
 # The metadata key under which a group's job carries its group's name.
 GROUP_KEY = "group"
+# The metadata key under which a job carries its training file's name (OpenAI keeps values up to 512 characters).
+FILE_KEY = "file"
+FILE_NAME_CHARS = 200
 
 
-class StartService:
+class StartService(StartHousekeeping):
     """Prepare, press Start, decide: the whole start of a job, with its waiting state in SQLite."""
 
     def __init__(
@@ -98,6 +100,7 @@ class StartService:
         narrow_modes(self.staging_dir)
         # Tokens whose start is running in this process: reconciling must not void a reservation mid-upload.
         self._in_flight: set[str] = set()
+        self._expiries: set[asyncio.Task[None]] = set()  # cards' timers: each file goes the moment its card expires
         self._checking: set[tuple[int, int]] = set()
 
     # Before the click ---------------------------------------------------------------------------------------
@@ -111,6 +114,7 @@ class StartService:
                     "error.attachment_too_large", name=upload.filename, limit_mb=limit // 2**20
                 )
         await self._check_base_model(request)
+        await self._check_waiting_cards(request)
         if self.groups is not None:
             await self.groups.check_before_card(request.guild_id, request.user_id)
         # One check per student at a time: the check workers are shared by the whole class.
@@ -165,6 +169,7 @@ class StartService:
         except BaseException:
             staging.remove_files(pending)  # no row, no file: nothing a student sent lingers unreferenced
             raise
+        self.expire_later(pending.token, pending.expires_at)
         return Prepared(check, pending)
 
     async def _count_on_backend(self, check: CheckResult, model: str,
@@ -183,6 +188,16 @@ class StartService:
         report = replace(check.report, tokens_total=total, tokens_billed=total * (check.report.n_epochs or 0),
                          max_example_tokens=max(counts))
         return replace(check, report=report)
+
+    async def _check_waiting_cards(self, request: StartRequest) -> None:
+        """A student holds at most WAITING_CARDS_MAX cards waiting for Start (each holds a checked file on disk)."""
+        if request.is_teacher:
+            return
+        now = time.time()
+        waiting = [p for p in await self.repo.for_user(request.guild_id, request.user_id)
+                   if p.state == "waiting" and not p.claimed and p.expires_at > now]
+        if len(waiting) >= WAITING_CARDS_MAX:
+            raise errors.UserFacingError("error.too_many_cards", count=len(waiting))
 
     async def _check_base_model(self, request: StartRequest) -> None:
         # A base model the backend lists, or a model this server fine-tuned: never another server's model.
@@ -214,6 +229,12 @@ class StartService:
 
     async def press(self, token: str, user_id: int) -> Outcome:
         """The requester pressed Start: a student's start goes to a teacher when approvals are on."""
+        if await self.pending(token) is None:
+            # An old card of a start whose job exists (found by its token after a crash): it trains; starting
+            # again would make a second paid job.
+            job = await self.policy.job_of_token(token)
+            if job is not None:
+                return Started(job, earlier=True)
         try:
             pending = await self._owned(token, user_id)
             if pending.state != "waiting":
@@ -246,8 +267,17 @@ class StartService:
         return AwaitingApproval(approval)
 
     async def decide(self, guild_id: int, approval_id: str, teacher_id: int, *, approve: bool) -> Decision:
-        """A teacher approved or rejected (once); an approval starts through the same path as Start."""
-        approval = await self.policy.decide(guild_id, approval_id, teacher_id, approve=approve)
+        """A teacher approved or rejected (once); an approval starts through the same path as Start. An approved
+        start a stopped bot never finished (no job, its file still waiting) is finished by pressing Approve again."""
+        try:
+            approval = await self.policy.decide(guild_id, approval_id, teacher_id, approve=approve)
+        except errors.UserFacingError:
+            approval = await self.policy.approval(guild_id, approval_id)
+            if not (approve and approval.status == "approved" and approval.job_id is None
+                    and approval.pending_token not in self._in_flight
+                    and await self.pending(approval.pending_token) is not None):
+                raise
+            log.info("Resuming approved start %s: the bot stopped before it started", approval_id)
         if not approve:
             await self._forget(approval.pending_token)
             return Decision(approval, approved=False)
@@ -321,6 +351,10 @@ class StartService:
             pending = await self._moderated(pending, settings, files)
             reservation = await self.policy.before_start(pending, settings)  # written before the backend hears of it
             backend = await self._create(pending, files, group)
+        except errors.CreationUnknownError as exc:
+            # The job may exist: its reservation stays held and the start claimed, until the housekeeping finds the
+            # job by its token (records and charges it) or learns there is none (voids it, and Start works again).
+            return Refused(exc, retry=True)
         except BaseException as exc:
             # Nothing exists at the backend: the reservation goes back, and the card may be pressed again if
             # the backend was only busy.
@@ -383,10 +417,15 @@ class StartService:
                     "channel_id": str(pending.channel_id),
                     "user_id": str(pending.user_id),
                     TOKEN_KEY: pending.token,
+                    # The file's name, so a job recovered after a crash is titled as the student knows it.
+                    FILE_KEY: pending.training_filename[:FILE_NAME_CHARS],
                     # A job adopted after a crash between creating and recording it stays its group's.
                     **({GROUP_KEY: group.name} if group else {}),
                 },
+                token_key=TOKEN_KEY,
             )
+        except errors.CreationUnknownError:
+            raise  # the job may be using the uploads
         except errors.UserFacingError:
             # No job, so the uploads would only sit at the backend: remove them (a retry uploads again).
             for file_id in filter(None, (training_id, validation_id)):
@@ -420,54 +459,6 @@ class StartService:
         except errors.UserFacingError:
             log.warning("Could not delete upload %s after a failed job creation", file_id)
 
-    # Housekeeping ------------------------------------------------------------------------------------------
-
-    async def sweep(self) -> int:
-        """Remove expired pending starts with their files, and staged files no row refers to; returns how many."""
-        expired = await self.repo.take_expired()
-        for pending in expired:
-            staging.remove_files(pending)
-        known = await self.repo.tokens()
-        strays = 0
-        for path in await asyncio.to_thread(lambda: list(self.staging_dir.glob("*.jsonl"))):
-            if path.name.split("-", 1)[0] not in known:
-                path.unlink(missing_ok=True)  # a killed bot's file, written before its row
-                strays += 1
-        legacy = await asyncio.to_thread(staging.remove_legacy_folders, self.staging_dir, APPROVAL_TTL_SECONDS)
-        if expired or strays or legacy:
-            log.info("Removed %d expired pending starts, %d stray staged files and %d old staging folders",
-                     len(expired), strays, legacy)
-        return len(expired) + strays + legacy
-
-    async def reconcile(self, guild_ids: Collection[int]) -> int:
-        """Match reservations no running start holds against the backend by token: record (and charge) the jobs
-        it ran, void the rest. Returns how many reservations were settled either way."""
-        held = {t: g for t, g in (await self.policy.reserved_tokens()).items() if t not in self._in_flight}
-        claimed = [p for p in await self.repo.claimed() if p.token not in self._in_flight]
-        if not held and not claimed:
-            return 0
-        ran = {job.metadata.get(TOKEN_KEY): job for job in await self.gateway.recent_jobs(limit=100)
-               if job.metadata and job.metadata.get(TOKEN_KEY)}
-        if any(t in ran for t in held):
-            await self.adopt(set(guild_ids) | {g for t, g in held.items() if t in ran})
-        for token in held:
-            if token not in ran:
-                await self.policy.void_token(token)
-                log.warning("Voided reservation %s: its start never created a job", token)
-        for pending in claimed:
-            if pending.token in ran:
-                await self._forget(pending.token)  # it started: the job is recorded now
-            else:
-                await self.repo.release(pending.token)  # cut off before the backend: Start works again
-        return len(held)
-
-    async def forget_user(self, guild_id: int, user_id: int) -> int:
-        """/mydata delete: a student's waiting starts and their files go too."""
-        waiting = await self.repo.for_user(guild_id, user_id)
-        for pending in waiting:
-            await self._forget(pending.token)
-        return len(waiting)
-
     async def _owned(self, token: str, user_id: int) -> PendingStart:
         pending = await self.pending(token)
         if pending is None:
@@ -475,8 +466,3 @@ class StartService:
         if pending.user_id != user_id:
             raise errors.NotAllowedError("card.not_yours")
         return pending
-
-    async def _forget(self, token: str) -> None:
-        pending = await self.repo.remove(token)
-        if pending is not None:
-            staging.remove_files(pending)

@@ -17,6 +17,8 @@ QUESTION_COLUMNS = ("question", "prompt", "input", "q", "user", "instruction", "
 ANSWER_COLUMNS = ("answer", "completion", "output", "response", "a", "assistant", "reply", "답변", "답", "대답",
                   "출력", "응답", "정답")
 SYSTEM_COLUMNS = ("system", "system_prompt", "시스템")
+# The most a question/answer table may become as chat JSONL: thousands of examples, more than any class lesson needs.
+CONVERTED_TABLE_MAX_BYTES = 20 * 1024 * 1024
 
 
 @dataclass
@@ -27,6 +29,9 @@ class Conversion:
     filename: str
     system_prompt: str | None
     max_bytes: int = DEFAULT_MAX_BYTES
+    # What the table may become as JSONL: a row of a few bytes grows twentyfold, and the whole JSONL is held in
+    # memory and on disk until Start; the conversion stops here, before anything is written.
+    max_output_bytes: int = CONVERTED_TABLE_MAX_BYTES
     delimiter: str = ","
     findings: list[Finding] = field(default_factory=list)
     rows: int = 0
@@ -82,8 +87,10 @@ class Conversion:
             encoded = json.dumps({"messages": messages}, ensure_ascii=False).encode("utf-8")
             # The limit is on what would be uploaded: a table grows several times as JSONL, so stop past it.
             self.output_bytes += len(encoded) + 1
-            if self.output_bytes > self.max_bytes:
-                self.findings.append(Finding(None, "file_too_large", {"limit_mb": self.max_bytes // (1024 * 1024)}))
+            if self.output_bytes > min(self.max_bytes, self.max_output_bytes):
+                code, limit = (("file_too_large", self.max_bytes) if self.max_bytes <= self.max_output_bytes
+                               else ("table_too_large", self.max_output_bytes))
+                self.findings.append(Finding(None, code, {"limit_mb": limit // (1024 * 1024)}))
                 return
             self.rows += 1
             yield start, encoded
@@ -92,10 +99,11 @@ class Conversion:
 
 
 def convert_table(
-    chunks: Iterable[bytes], *, filename: str, system_prompt: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
+    chunks: Iterable[bytes], *, filename: str, system_prompt: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
+    max_output_bytes: int = CONVERTED_TABLE_MAX_BYTES,
 ) -> Conversion:
     """Start converting a question/answer CSV or TSV to chat JSONL (lazy: iterate `.lines()`)."""
-    return Conversion(chunks, filename, system_prompt, max_bytes)
+    return Conversion(chunks, filename, system_prompt, max_bytes, max_output_bytes)
 
 
 def _find_columns(header: list[str]) -> tuple[int, int, int | None] | None:

@@ -217,6 +217,7 @@ class _Rule:
     retry_after: float | None = None
     code: str | None = None
     hang: bool = False
+    after: bool = False  # do the work first, then answer the error (the job exists; the client is not told)
 
 
 _RECORD = web.RequestKey("fake_openai_record", RecordedCall)
@@ -323,6 +324,16 @@ class FakeOpenAI:
     ) -> None:
         """Answer the next `times` matching requests with an error (`retry-after-ms` when retry_after is given)."""
         self._rules.append(_Rule(method.upper(), re.compile(path_regex), times, status, retry_after, code))
+
+    def fail_after_next(self, method: str, path_regex: str, status: int = 500, times: int = 1) -> None:
+        """Do the next `times` matching requests (a job or a file is created) but answer them with an error, as a
+        backend that failed after its work was done, or a proxy that lost the answer."""
+        self._rules.append(_Rule(method.upper(), re.compile(path_regex), times, status, after=True))
+
+    def hang_after_next(self, method: str, path_regex: str, times: int = 1) -> None:
+        """Do the next matching requests (a job is created) and never answer them, as a bot killed while it waited
+        for the answer sees it."""
+        self._rules.append(_Rule(method.upper(), re.compile(path_regex), times, hang=True, after=True))
 
     def clear_failures(self) -> None:
         """Forget the errors and hangs still queued by fail_next and hang_next (the backend answers again)."""
@@ -532,6 +543,8 @@ class FakeOpenAI:
         for rule in self._rules:
             if rule.times > 0 and rule.method in (request.method, "*") and rule.path.search(request.path):
                 rule.times -= 1
+                if rule.after:
+                    await handler(request)  # the work is done; only its answer is lost
                 if rule.hang:
                     await self._closing.wait()
                     return api_error(503, "The server is shutting down.", None, "server_error")

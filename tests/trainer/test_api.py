@@ -94,6 +94,21 @@ async def test_jobs_list_filters_by_metadata(keyed_server: TrainerProcess) -> No
     assert [j.id for j in only.data] == [first.id] and only.data[0].metadata == {"guild_id": "g1"}
 
 
+async def test_same_idempotency_key_gets_the_same_job(keyed_server: TrainerProcess) -> None:
+    """A client that lost the answer to a creation and sends it again under the same key gets the same job, not a
+    second one; another key makes another job."""
+    api = client(keyed_server, KEY)
+    training = await upload(api, chat_file(7))
+    before = len((await api.fine_tuning.jobs.list(limit=100)).data)
+    once = {"Idempotency-Key": "start-token-1"}
+    first = await api.fine_tuning.jobs.create(model="tiny", training_file=training, extra_headers=once)
+    again = await api.fine_tuning.jobs.create(model="tiny", training_file=training, extra_headers=once)
+    other = await api.fine_tuning.jobs.create(model="tiny", training_file=training,
+                                              extra_headers={"Idempotency-Key": "start-token-2"})
+    assert again.id == first.id and other.id != first.id
+    assert len((await api.fine_tuning.jobs.list(limit=100)).data) == before + 2
+
+
 async def test_tokenize_counts_chats_in_the_base_models_template_as_training_encodes_them(
         keyed_server: TrainerProcess, tiny_model: Path) -> None:
     """POST /v1/tokenize: one chat gets vLLM's count and tokens, many get counts; each is what training encodes."""

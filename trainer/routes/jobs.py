@@ -105,13 +105,25 @@ async def create_job(request: web.Request) -> web.Response:
     if metadata is not None and (not isinstance(metadata, dict) or len(metadata) > 16
                                  or not all(isinstance(v, str) for v in metadata.values())):
         raise ApiError(400, "metadata must map at most 16 keys to strings.", param="metadata")
-    job = store.add_job(
-        id=new_id("ftjob"), model=model, base_source=settings.base_models[model],
-        training_file=body["training_file"], validation_file=body.get("validation_file"),
-        hyperparameters=_hyperparameters(body, settings), suffix=suffix or None,
-        seed=chosen_seed if chosen_seed is not None else secrets.randbelow(2**31),
-        metadata=metadata,
-    )
+    # A client that lost the answer to its creation sends the same Idempotency-Key again: it gets the same job.
+    key = request.headers.get("Idempotency-Key") or None
+    existing = store.job_by_key(key) if key else None
+    if existing is not None:
+        log.info("Job %s asked for again under its idempotency key", existing["id"])
+        return web.json_response(job_object(existing))
+    try:
+        job = store.add_job(
+            id=new_id("ftjob"), model=model, base_source=settings.base_models[model],
+            training_file=body["training_file"], validation_file=body.get("validation_file"),
+            hyperparameters=_hyperparameters(body, settings), suffix=suffix or None,
+            seed=chosen_seed if chosen_seed is not None else secrets.randbelow(2**31),
+            metadata=metadata, idempotency_key=key,
+        )
+    except sqlite3.IntegrityError:  # the same key at the same moment: the other request made the job
+        made = store.job_by_key(key or "")
+        if made is None:
+            raise
+        return web.json_response(job_object(made))
     request.app[SCHEDULER].submit(job["id"])
     log.info("Created job %s on %s", job["id"], model)
     return web.json_response(job_object(job))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from bot.openai_gateway import FineTuningGateway
 from bot.services.governance.flagged import FlaggedFileService
@@ -34,10 +35,12 @@ from bot.services.governance.reports import (
     report_csv,
 )
 from bot.services.governance.roles import ClassSettingsService
+from bot.services.prices import PriceService
 from bot.services.wordlist import WordListService
 from storage.flagged import FlaggedFileRepository
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
+from storage.prices import PriceRepository
 
 __all__ = [
     "MODERATION_BATCH", "MODERATION_SAMPLE_CAP", "MODERATION_TEXT_CHARS", "QUOTA_WINDOW_SECONDS", "BudgetExceededError",
@@ -59,14 +62,17 @@ class Governance:
     moderation: ModerationService
     reports: ReportService
     flagged: FlaggedFileService
+    prices: PriceService
 
     @classmethod
     def create(cls, repo: GovernanceRepository, jobs: JobRepository, gateway: FineTuningGateway, *,
-               self_hosted: bool, wordlist: WordListService | None = None) -> Governance:
+               self_hosted: bool, free_backend: bool = False, wordlist: WordListService | None = None,
+               prices_file: Path | None = None) -> Governance:
         """Wire the five services (the teacher's own words go to moderation; flagged files are shared by both)."""
         roles = ClassSettingsService(repo)
         flagged_files = FlaggedFileRepository(repo.db)
         flagged = FlaggedFileService(flagged_files)
         moderation = ModerationService(repo, gateway, self_hosted=self_hosted, wordlist=wordlist, flagged=flagged_files)
-        policy = StartPolicyService(repo, jobs, moderation, self_hosted=self_hosted, flagged=flagged)
-        return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles), flagged)
+        prices = PriceService(PriceRepository(repo.db), prices_file)
+        policy = StartPolicyService(repo, jobs, moderation, free_backend=free_backend, flagged=flagged, prices=prices)
+        return cls(repo, roles, policy, moderation, ReportService(repo, jobs, gateway, roles), flagged, prices)

@@ -9,8 +9,8 @@ import time
 from bot import errors
 from bot.services.governance.flagged import FlaggedFileService
 from bot.services.governance.moderation import ModerationService
-from dataset_rules.models import format_usd
-from dataset_rules.models import lookup as lookup_model
+from bot.services.prices import PriceService
+from dataset_rules.models import format_usd, info_or_default
 from storage.governance import GovernanceRepository
 from storage.jobs import JobRepository
 from storage.flagged import FlaggedFileRepository
@@ -20,6 +20,9 @@ from storage.starts import PendingStart
 log = logging.getLogger(__name__)
 
 QUOTA_WINDOW_SECONDS = 24 * 3600
+# A job's tokens are counted here (tiktoken) and billed by the backend's own count: under a cap a job holds its
+# estimate and this share more, its worst case, until it ends and is charged what it really cost.
+JOB_COST_MARGIN = 0.05
 # Float sums of cents must not refuse a job that fits exactly.
 _EPSILON_USD = 1e-9
 
@@ -40,11 +43,13 @@ class StartPolicyService:
     """The class's rules a start must pass, with the reservation they hold; the watcher's settler."""
 
     def __init__(self, repo: GovernanceRepository, jobs: JobRepository, moderation: ModerationService, *,
-                 self_hosted: bool, flagged: FlaggedFileService | None = None) -> None:
+                 free_backend: bool, flagged: FlaggedFileService | None = None,
+                 prices: PriceService) -> None:
         self.repo = repo
         self.jobs = jobs
         self.moderation = moderation
-        self.self_hosted = self_hosted
+        self.free_backend = free_backend  # the school's own trainer: nothing it runs costs money
+        self.prices = prices  # the table's prices and the class's own (/class price): estimates and real costs
         self.flagged = flagged or FlaggedFileService(FlaggedFileRepository(repo.db))
 
     # The start policy (the start use case calls these) --------------------------------------------------------
@@ -61,7 +66,7 @@ class StartPolicyService:
         if not pending.is_teacher:
             _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
-        cost = self._estimate(pending, settings)
+        cost = await self._held(pending, settings)
         reservation = await self.repo.reserve(
             pending.guild_id, pending.user_id, pending.base_model, cost,
             since=int(time.time()) - QUOTA_WINDOW_SECONDS,
@@ -84,6 +89,11 @@ class StartPolicyService:
         if await self.repo.attach_job_entry(job, token):
             log.warning("Job %s had no reservation; its ledger row was created on adoption", job.id)
 
+    async def job_of_token(self, token: str) -> Job | None:
+        """The recorded job a start's client token created, if any (a card pressed after its job was adopted)."""
+        job_id = await self.repo.job_of_token(token)
+        return await self.jobs.get_any(job_id) if job_id else None
+
     async def reserved_tokens(self) -> dict[str, int]:
         """Client tokens of reservations not yet tied to a job, with their server."""
         return await self.repo.reserved_tokens()
@@ -98,7 +108,7 @@ class StartPolicyService:
         """Replace an ended job's estimate by its real cost; failed and cancelled jobs release what they did not use."""
         if not job.is_terminal:
             return
-        actual = job_cost(job)
+        actual = job_cost(job, await self.prices.training_table(job.guild_id), free=self.free_backend)
         if actual is None:
             # Succeeded without a token count or a price: the estimate is the best figure there is.
             entries = [e for e in await self.repo.ledger(job.guild_id) if e.job_id == job.id]
@@ -129,7 +139,7 @@ class StartPolicyService:
             raise errors.UserFacingError("gov.error.no_teacher_channel")
         _check_job_limits(settings, pending)
         await self.check_training_data(pending, settings)
-        cost = self._estimate(pending, settings)
+        cost = await self._held(pending, settings)
         snapshot = await self.repo.snapshot(pending.guild_id, pending.user_id,
                                             int(time.time()) - QUOTA_WINDOW_SECONDS)
         _decide(snapshot, cost, counts_quota=True)  # refuse now rather than after the teacher said yes
@@ -178,23 +188,31 @@ class StartPolicyService:
 
     # Helpers -----------------------------------------------------------------------------------------------
 
-    def _estimate(self, pending: PendingStart, settings: ClassSettings) -> float:
+    async def _held(self, pending: PendingStart, settings: ClassSettings) -> float:
+        """What a start holds against the budget: its estimate, with room for the backend's own token count."""
+        return await self._estimate(pending, settings) * (1 + JOB_COST_MARGIN)
+
+    async def _estimate(self, pending: PendingStart, settings: ClassSettings) -> float:
         cost = pending.estimated_usd
         if cost is not None:
             return float(cost)
-        if self.self_hosted or settings.budget_usd is None:
+        if self.free_backend or settings.budget_usd is None:
             return 0.0  # the school's own trainer costs nothing; without a cap there is nothing to hold
+        price = await self.prices.class_training(pending.guild_id, pending.base_model)
+        if price is not None:  # a price the class's teacher set (/class price) for a model the table lacks
+            return pending.tokens_billed * price / 1_000_000
         raise BudgetExceededError("gov.error.no_price", model=pending.base_model)
 
 
-def job_cost(job: Job) -> float | None:
-    """What an ended job really cost: trained tokens x the base model's price; None when either is unknown."""
-    info = lookup_model(job.base_model)
+def job_cost(job: Job, prices: dict[str, float] | None = None, *, free: bool = False) -> float | None:
+    """What an ended job really cost: trained tokens x the base model's price in the table (`prices`; None: the
+    shipped one); None when either is unknown, except on a free backend (the school's own trainer)."""
     if job.trained_tokens is None:
         return 0.0 if job.status in ("failed", "cancelled") else None
-    if info is None or info.price_per_million is None:
-        return 0.0 if info is None else None
-    return job.trained_tokens * info.price_per_million / 1_000_000
+    price = info_or_default(job.base_model, prices).price_per_million
+    if price is None:
+        return 0.0 if free else None  # elsewhere an unpriced job keeps its estimate: never silently free
+    return job.trained_tokens * price / 1_000_000
 
 
 def _check_job_limits(settings: ClassSettings, pending: PendingStart) -> None:

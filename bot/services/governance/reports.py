@@ -153,7 +153,9 @@ def build_report(
     everyone = _Tally()
     for job in jobs:
         entry = ledger.get(job.id)
-        estimated = entry.reserved_usd if entry else float(job.estimated_cost_usd or 0.0)
+        # The card's estimate (what its ledger row holds adds room for the backend's own token count).
+        estimated = (float(job.estimated_cost_usd) if job.estimated_cost_usd is not None
+                     else entry.reserved_usd if entry else 0.0)
         if entry is not None and entry.actual_usd is not None:
             actual = entry.actual_usd
         else:

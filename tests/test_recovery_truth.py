@@ -1,0 +1,63 @@
+"""Recovery that tells the truth: a bot killed between creating a job and updating its card comes back with the job
+adopted under the file's name, and the old card, pressed again, says the job trains (never "start again", which
+would make a second paid job)."""
+
+from __future__ import annotations
+
+from support.bot_harness import press
+from support.fakes.discord import FakeChannel, FakeInteraction
+from tests.conftest import Classroom, ticks
+from tests.test_finetune_journey import open_card, progress_card
+from tests.test_governance_journey import _request_approval, click_and_wait, eventually, ledger, teachers
+
+__all__ = ["teachers"]  # the teacher channel's fixture, shared with the governance journeys
+
+JOBS = r"/fine_tuning/jobs$"
+
+
+async def test_old_card_pressed_after_its_job_was_adopted_says_it_trains(classroom: Classroom) -> None:
+    """Killed while the backend made the job: after the restart the job is adopted (one job, its card titled with
+    the file's name), and Start on the old card says it is training with a link to its progress card."""
+    card = await open_card(classroom, filename="pirate_talk.jsonl")
+    classroom.openai.hang_after_next("POST", JOBS)
+    await classroom.discord.click(card, "Start", classroom.student)
+    await classroom.discord.wait_for(lambda: classroom.openai.jobs or None, timeout=10, what="the job made")
+    await classroom.restart(crash=True)
+    progress = await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=15, what="adopted card")
+    assert progress.embed is not None and "pirate_talk.jsonl" in progress.embed["title"]
+    job = classroom.openai.jobs[0]
+    await ticks(classroom)  # the card's message id is stored
+    click = await press(classroom.discord, card, "Start", classroom.student)
+    assert isinstance(click, FakeInteraction)
+    said = (await click.followup(timeout=10)).text()
+    assert "already started and is training" in said and job.id in said
+    assert f"/{progress.id}" in said  # the link to its progress card
+    assert "again" not in said.replace("No need to press Start again", "")
+    assert len(classroom.openai.jobs) == 1
+    rows = await classroom.bot.governance.repo.ledger(classroom.guild.id)
+    assert [(r.job_id, r.state) for r in rows] == [(job.id, "active")]
+
+
+async def test_approved_start_killed_before_its_upload_is_finished_by_approve(classroom: Classroom,
+                                                                              teachers: FakeChannel) -> None:
+    """The finding: killed after the teacher's Approve and before the upload, the approved start was stuck (Approve
+    said "already decided", the student's card greyed) until its file expired a day later. Approve again now
+    finishes it: one job, the student told, the reservation held once."""
+    _, approval = await _request_approval(classroom, teachers)
+    classroom.openai.hang_next("POST", r"/files$")  # the upload never answers: the bot is killed meanwhile
+    await classroom.discord.click(approval, "Approve", classroom.teacher)
+    await classroom.discord.wait_for(lambda: classroom.openai.count("POST", r"/files$") or None, timeout=10,
+                                     what="the upload under way")
+    await classroom.restart(crash=True)
+    await eventually(lambda: _released(classroom), what="the housekeeping freed the cut-off start")
+    await click_and_wait(classroom, approval, "Approve", classroom.teacher)
+    job = await classroom.discord.wait_for(lambda: classroom.openai.jobs[0] if classroom.openai.jobs else None,
+                                           timeout=10, what="the approved job")
+    told = await classroom.discord.wait_message(classroom.channel_id, lambda m: "approved" in m.content, timeout=10)
+    assert job.id in told.content and len(classroom.openai.jobs) == 1
+    rows = await ledger(classroom, classroom.guild.id)
+    assert [(r.job_id, r.state) for r in rows if r.state != "void"] == [(job.id, "active")]
+
+
+async def _released(room: Classroom) -> bool:
+    return not await room.bot.starts.repo.claimed()
