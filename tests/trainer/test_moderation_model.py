@@ -110,3 +110,19 @@ def test_every_shipped_lesson_message_passes(filters: moderation.Filters) -> Non
              for message in json.loads(line)["messages"] if isinstance(message.get("content"), str)]
     assert len(texts) > 300
     assert [text for text, verdict in zip(texts, filters.classify(texts)) if verdict.flagged] == []
+
+
+@pytest.mark.parametrize("text", ["개새 끼", "이 개새 끼야", "시 발놈", "병 신아", "씨 발년아", "개새 끼들아"])
+def test_a_swear_word_split_by_a_space_is_caught(filters: moderation.Filters, text: str) -> None:
+    """A space inside a swear word (개새 끼, 시 발놈) does not get it past: the two parts are read as one word."""
+    assert filters.verdict(text).flagged
+
+
+@pytest.mark.parametrize("text", ["몇 시 발표야?", "오늘 다시 발 닦았어", "이 병 신기하다", "고양이 새 끼들이 잔다", "한 끼 먹자",
+                                  "수시 발표는 언제예요?", "병 신고는 어디에 해요?"])
+def test_ordinary_words_that_join_into_a_swear_word_stay_apart(filters: moderation.Filters, text: str) -> None:
+    """Only a swear word split exactly in two is joined: 시 발표 (it would end inside 발표), 다시 발 (it would start
+    inside 다시), 병 신기하다 and baby animals pass."""
+    assert not filters.words.split_swear(moderation.prepared(text).split())
+    assert not filters.verdict(text).flagged
+
