@@ -126,3 +126,12 @@ def test_ordinary_words_that_join_into_a_swear_word_stay_apart(filters: moderati
     assert not filters.words.split_swear(moderation.prepared(text).split())
     assert not filters.verdict(text).flagged
 
+
+@pytest.mark.parametrize("text", ["I hate it when it rains", "Why do people hate spiders?"])
+def test_english_second_opinion_is_asked_only_over_the_gate(filters: moderation.Filters, text: str) -> None:
+    """alt-profanity-check scores a mild complaint with "hate" as profane; it counts only where the classifier scores
+    at least the gate chosen on OLID's dev split, so these pass."""
+    norm = moderation.prepared(text)
+    assert filters.model.english_words.score(norm) >= filters.model.english_words_threshold
+    assert filters.model.score(norm, normalised=True) < filters.model.english_words_gate <= 1.01
+    assert not filters.verdict(text).flagged
