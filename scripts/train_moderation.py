@@ -4,7 +4,7 @@
    git clone https://github.com/kocohub/korean-hate-speech DIR/kocohub+korean-hate-speech (and check out the commit
    named there); the Davidson corpus needs only data/labeled_data.csv, the others their data files. UnSmile and
    K-MHaS (adlnlp/K-MHaS) are only read by the bench, never here.
-2. python scripts/train_moderation.py DIR      (about two minutes on 2 cores; needs scikit-learn, scipy and
+2. python scripts/train_moderation.py DIR --c 4 8 16   (about three minutes on 2 cores; needs scikit-learn, scipy and
    alt-profanity-check, all in requirements-trainer.txt)
 
 It fits a logistic regression on the train splits only (NB-LR: each feature first scaled by its naive-Bayes log-count
@@ -77,9 +77,10 @@ def nb_ratios(x: sparse.csr_matrix, y: np.ndarray, alpha: float) -> np.ndarray:
     """Each feature's naive-Bayes log-count ratio on the train split (Wang and Manning 2012, "Baselines and bigrams"):
     log of its smoothed share among offensive texts over its share among the others."""
     present = (x > 0).astype(np.float32)
-    offensive = np.asarray(present[y == 1].sum(axis=0)).ravel() + alpha
-    other = np.asarray(present[y == 0].sum(axis=0)).ravel() + alpha
-    return np.log((offensive / offensive.sum()) / (other / other.sum())).astype(np.float32)
+    offensive: np.ndarray = np.asarray(present[y == 1].sum(axis=0), np.float64).ravel() + alpha
+    other: np.ndarray = np.asarray(present[y == 0].sum(axis=0), np.float64).ravel() + alpha
+    ratios: np.ndarray = np.log((offensive / offensive.sum()) / (other / other.sum())).astype(np.float32)
+    return ratios
 
 
 def english_word_model() -> dict[str, np.ndarray]:
