@@ -8,9 +8,11 @@ letters, jamo), then:
   lesson must be able to write) are one more input of that classifier, matched inside each word, never across
   words (다시 발급 never reads 시발);
 - the extra words (korean_extra_words.txt, english_extra_words.txt: offensive in any sentence) flag on their own,
-  also matched inside one word only (Korean) or as whole words (English);
-- on text with Latin letters that the classifier scores at least 0.5, alt-profanity-check's English model (its
-  arrays copied into the same file) flags from probability 0.8, as it did before the classifier came.
+  also matched inside one word only (Korean) or as whole words (English); so does a Korean swear word split by a
+  space into exactly two parts (개새 끼, 시 발놈);
+- on text with Latin letters that the classifier scores at least the gate stored in the model file (chosen on OLID's
+  dev split by scripts/train_moderation.py), alt-profanity-check's English model (its arrays copied into the same
+  file) flags from probability 0.8, as it did before the classifier came.
 
 A hit is reported as `harassment` (the corpora label insults, hate and profanity, not sexual or violent content as
 such). Every other OpenAI category (violence, self-harm, sexual, hate, illicit and their sub-categories) stays false
@@ -48,9 +50,9 @@ CATEGORIES = (
 JUDGED = ("harassment",)
 # What the answer's `model` says, so a client (the bot's /class settings) can tell this filter from OpenAI's. The
 # bot's moderation_kind matches its prefix, school-profanity-ko-en, which the word-list filter answered with before.
-MODEL_NAME = "school-profanity-ko-en-2"
-# OpenAI's model names are accepted too, so clients written for OpenAI work unchanged; so is the old name.
-ACCEPTED_MODELS = frozenset({MODEL_NAME, "school-profanity-ko-en", "omni-moderation-latest",
+MODEL_NAME = "school-profanity-ko-en-3"
+# OpenAI's model names are accepted too, so clients written for OpenAI work unchanged; so are the old names.
+ACCEPTED_MODELS = frozenset({MODEL_NAME, "school-profanity-ko-en", "school-profanity-ko-en-2", "omni-moderation-latest",
                              "omni-moderation-2024-09-26", "text-moderation-latest", "text-moderation-stable",
                              "text-moderation-007"})
 # korcen's lists used; "politics" is left out (see above), the foreign ones misfire on English ("Sussex").
@@ -59,10 +61,6 @@ KOREAN_EXTRA_WORDS = Path(__file__).with_name("korean_extra_words.txt")
 ENGLISH_EXTRA_WORDS = Path(__file__).with_name("english_extra_words.txt")
 MAX_INPUTS = 1024
 LATIN = re.compile(r"[A-Za-z]")
-# alt-profanity-check's English model is asked only where the classifier is at least unsure: alone it misfired on
-# "I hate Mondays", "Dick Grayson". On OLID's dev split this moved its added flags' precision from 86.3% to 89.9% for
-# recall 31.6% -> 29.0% (chosen there; no test split was read).
-ENGLISH_WORDS_GATE = 0.5
 # Names and titles that hold an English swear word (a literature or history lesson must be able to write them): read
 # as a neutral word by the English checks, as korcen's own list does for Korean look-alikes.
 INNOCENT_ENGLISH = re.compile(r"\b(?:moby[ -]dick|dick grayson|dick tracy|dick van dyke|philip k\.? dick|"
@@ -70,6 +68,10 @@ INNOCENT_ENGLISH = re.compile(r"\b(?:moby[ -]dick|dick grayson|dick tracy|dick v
 # Innocent words that hold one of korcen's entries: removed from a word before korcen reads it (자위대: Japan's
 # Self-Defense Forces, 자위권: the right of self-defence).
 INNOCENT_INSIDE = re.compile("자위대|자위권|자위력|자위적|자위함")
+# Swear words that WordLists.split_swear finds split by a space (시 발놈, 개새 끼, 병 신아), besides the Korean extra
+# words; what may follow one in its second part: a noun for a person, then a vocative, plural or "like".
+SPLIT_WORDS = frozenset({"시발", "씨발", "시팔", "씨팔", "병신", "븅신", "개새끼", "새끼", "좆같"})
+SPLIT_ENDINGS = re.compile(r"(?:놈|년|새끼|들)?(?:아|야|이|들|같은|같이|같네|같다)?$")
 # korcen entries that are innocent beside certain words: 새끼 next to an animal is its young (새끼 고양이, 강아지
 # 새끼), 보지 before 못/않/마 is the verb "to see" (보지 못했다).
 ANIMALS = ("고양이|강아지|개|사자|호랑이|곰|새|쥐|돼지|소|말|양|염소|오리|닭|여우|늑대|토끼|펭귄|코끼리|원숭이|"
@@ -119,6 +121,9 @@ class WordLists:
         english = _word_list(english_words) + [keyboard(word) for word in _word_list(extra_words) + KEYBOARD_ALSO
                                                if len(keyboard(word)) >= 4]
         self._english_extra = (re.compile(rf"\b(?:{'|'.join(map(re.escape, english))})s?\b") if english else None)
+        # Swear words found also when a space splits them (split_swear): the Korean extra words and SPLIT_WORDS.
+        self._split_words = SPLIT_WORDS | {word for word in _word_list(extra_words)
+                                           if len(word) >= 2 and all("가" <= ch <= "힣" for ch in word)}
         # Words repeat across a class's texts; each distinct word is looked up once.
         self._korcen_word = lru_cache(maxsize=65536)(self._korcen_hit)
         self._extra_word = lru_cache(maxsize=65536)(self._extra_hit)
@@ -137,10 +142,29 @@ class WordLists:
         return fired
 
     def extra_words(self, norm: str, words: Sequence[str]) -> bool:
-        """Whether an extra word is in one word of the normalised text (Korean) or is a whole word (English)."""
+        """Whether an extra word is in one word of the normalised text (Korean) or is a whole word (English), or a
+        Korean swear word is split by a space (split_swear)."""
         if any(self._extra_word(word) for word in words if HANGUL.search(word)):
             return True
-        return self._english_extra is not None and self._english_extra.search(norm) is not None
+        if self._english_extra is not None and self._english_extra.search(norm) is not None:
+            return True
+        return self.split_swear(words)
+
+    def split_swear(self, words: Sequence[str]) -> bool:
+        """Whether two neighbouring words are exactly one swear word of SPLIT_WORDS split by a space (시 발놈, 개새 끼야,
+        병 신아), the second part perhaps with an ending of SPLIT_ENDINGS. Exactly: 다시 발급 (시발 would start inside
+        다시), 몇 시 발표야 (it would end inside 발표) and 이 병 신기하다 stay two words; 고양이 새 끼들 is an animal's."""
+        for i in range(len(words) - 1):
+            first, second = words[i], re.sub(r"\W", "", words[i + 1])
+            if re.search(r"\W$", first) or not HANGUL.search(second):  # a comma or full stop ends a word
+                continue
+            first = re.sub(r"\W", "", first)
+            ending = SPLIT_ENDINGS.search(second)
+            core = second[:ending.start()] if ending else second
+            if (core and first + core in self._split_words
+                    and not _innocent_beside([*words[:i], first + core, *words[i + 2:]], i)):
+                return True
+        return False
 
     def spans(self, text: str) -> tuple[tuple[int, int], ...]:
         """Where the words of the original text are that a list finds on their own, as offsets into the text, so a
@@ -187,16 +211,14 @@ class Filters:
 
     def verdict(self, text: str) -> Verdict:
         """Judge one text: the word lists, the classifier, and (on Latin letters) the English word model."""
-        norm = normalise(text)  # once: the checks below take it as it is
+        norm = prepared(text)  # once: the checks below take it as it is
         latin = LATIN.search(norm) is not None  # after normalising: full-width Latin letters count too
-        if latin:
-            norm = INNOCENT_ENGLISH.sub("name", norm)
         signals = self.words.signals(norm, normalised=True)
         if "extra" in signals:
             return Verdict(True, 1.0, self.words.spans(text))
         probability = self.model.score(norm, signals, normalised=True)
         flagged = probability >= self.model.thresholds[language(norm)]
-        if not flagged and probability >= ENGLISH_WORDS_GATE and latin:
+        if not flagged and probability >= self.model.english_words_gate and latin:
             english = self.model.english_words.score(norm)
             flagged, probability = english >= self.model.english_words_threshold, max(probability, english)
         return Verdict(flagged, probability, self.words.spans(text) if flagged else ())
@@ -220,6 +242,13 @@ def keyboard(word: str) -> str:
     """The keys that type a Hangul word on an English keyboard with the Korean layout on (시발 -> tlqkf), in lower
     case (the shifted keys of double consonants are case-folded, as the checked text is)."""
     return "".join(_KEYS.get(ch, "") for ch in jamo(word))
+
+
+def prepared(text: str) -> str:
+    """The text as every check reads it (and as the classifier was trained on it): normalised, and names that hold an
+    English swear word (Moby Dick) read as a plain word."""
+    norm = normalise(text)
+    return INNOCENT_ENGLISH.sub("name", norm) if LATIN.search(norm) else norm
 
 
 def _innocent_beside(words: Sequence[str], i: int) -> bool:

@@ -115,6 +115,9 @@ class Model:
     thresholds: dict[str, float]
     english_words: WordModel
     english_words_threshold: float
+    # alt-profanity-check's model is asked only where the classifier scores at least this (chosen on OLID's dev split
+    # by the training script; above 1: never asked).
+    english_words_gate: float
 
     @classmethod
     def load(cls, path: Path = MODEL_PATH) -> Model:
@@ -127,7 +130,7 @@ class Model:
                               data["apc_coef"], data["apc_intercept"], data["apc_a"], data["apc_b"])
             return cls(weights, float(data["bias"]), int(data["bits"]),
                        {"ko": float(data["threshold_ko"]), "en": float(data["threshold_en"])},
-                       words, float(data["threshold_apc"]))
+                       words, float(data["threshold_apc"]), float(data["gate_apc"]))
 
     def score(self, text: str, signals: Sequence[str] = (), normalised: bool = False) -> float:
         """The probability (0..1) that the text is offensive, given the word-list signals that fired on it."""

@@ -110,3 +110,28 @@ def test_every_shipped_lesson_message_passes(filters: moderation.Filters) -> Non
              for message in json.loads(line)["messages"] if isinstance(message.get("content"), str)]
     assert len(texts) > 300
     assert [text for text, verdict in zip(texts, filters.classify(texts)) if verdict.flagged] == []
+
+
+@pytest.mark.parametrize("text", ["개새 끼", "이 개새 끼야", "시 발놈", "병 신아", "씨 발년아", "개새 끼들아"])
+def test_a_swear_word_split_by_a_space_is_caught(filters: moderation.Filters, text: str) -> None:
+    """A space inside a swear word (개새 끼, 시 발놈) does not get it past: the two parts are read as one word."""
+    assert filters.verdict(text).flagged
+
+
+@pytest.mark.parametrize("text", ["몇 시 발표야?", "오늘 다시 발 닦았어", "이 병 신기하다", "고양이 새 끼들이 잔다", "한 끼 먹자",
+                                  "수시 발표는 언제예요?", "병 신고는 어디에 해요?"])
+def test_ordinary_words_that_join_into_a_swear_word_stay_apart(filters: moderation.Filters, text: str) -> None:
+    """Only a swear word split exactly in two is joined: 시 발표 (it would end inside 발표), 다시 발 (it would start
+    inside 다시), 병 신기하다 and baby animals pass."""
+    assert not filters.words.split_swear(moderation.prepared(text).split())
+    assert not filters.verdict(text).flagged
+
+
+@pytest.mark.parametrize("text", ["I hate it when it rains", "Why do people hate spiders?"])
+def test_english_second_opinion_is_asked_only_over_the_gate(filters: moderation.Filters, text: str) -> None:
+    """alt-profanity-check scores a mild complaint with "hate" as profane; it counts only where the classifier scores
+    at least the gate chosen on OLID's dev split, so these pass."""
+    norm = moderation.prepared(text)
+    assert filters.model.english_words.score(norm) >= filters.model.english_words_threshold
+    assert filters.model.score(norm, normalised=True) < filters.model.english_words_gate <= 1.01
+    assert not filters.verdict(text).flagged
