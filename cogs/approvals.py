@@ -12,6 +12,7 @@ from discord.ext import commands
 from bot.discord_edge.replies import tell
 from bot.i18n import t
 from bot.services.governance import Governance
+from bot.services.start_outcomes import Decision
 from bot.services.starts import StartService
 from cogs import _classroom_ui, _jobs_ui
 from storage.models import Approval
@@ -63,46 +64,63 @@ class Approvals(commands.Cog):
         approve = action == "approve"
         await interaction.response.defer()
         decision = await self.starts.decide(interaction.guild_id, approval_id, interaction.user.id, approve=approve)
+        footer, colour = await self._announce(decision, interaction.user.id)
+        message = interaction.message
+        if message is None:
+            return
+        try:
+            await interaction.edit_original_response(embed=_closed(message, footer, colour), view=None)
+        except discord.HTTPException:
+            log.warning("Could not update the card of approval %s", decision.approval.id)
+
+    @commands.Cog.listener()
+    async def on_approval_resumed(self, decision: Decision) -> None:
+        """An approved start a stopped bot left half-way was finished (or ended) by the sweep after the restart:
+        tell the student, and close the teacher's card as its Approve would have."""
+        approval = decision.approval
+        footer, colour = await self._announce(decision, approval.decided_by)
+        settings = await self.governance.roles.settings(approval.guild_id)
+        if settings.teacher_channel_id is None or approval.card_message_id is None:
+            return
+        channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=approval.guild_id)
+        try:
+            message = await channel.fetch_message(approval.card_message_id)
+            await message.edit(embed=_closed(message, footer, colour), view=None)
+        except discord.HTTPException:
+            log.warning("Could not update the card of approval %s", approval.id)
+
+    async def _announce(self, decision: Decision, teacher_id: int | None) -> tuple[str, int]:
+        """Tell the student how the decision went; the card's footer and colour for it."""
         approval = decision.approval
         locale = self.bot.channel_locale(approval.guild_id)
+        teacher = f"<@{teacher_id}>"
         if not decision.approved:
             await self._tell_student(approval, t("gov.approval.rejected_student", locale,
                                                  user=f"<@{approval.user_id}>", file=approval.filename))
-            await self._close_card(interaction, approval, t("gov.approval.rejected_card", locale,
-                                                            teacher=f"<@{interaction.user.id}>"), _jobs_ui.RED)
-            return
+            return t("gov.approval.rejected_card", locale, teacher=teacher), _jobs_ui.RED
         if decision.job is None:
             problem = decision.problem.render(locale) if decision.problem else ""
             await self._tell_student(approval, t("gov.approval.failed_student", locale,
                                                  user=f"<@{approval.user_id}>", file=approval.filename,
                                                  reason=problem))
-            await self._close_card(interaction, approval, t("gov.approval.failed_card", locale, reason=problem),
-                                   _jobs_ui.RED)
-            return
+            return t("gov.approval.failed_card", locale, reason=problem), _jobs_ui.RED
         job = decision.job
         await self._tell_student(approval, t("gov.approval.approved_student", locale, user=f"<@{approval.user_id}>",
                                              file=approval.filename, job=job.id))
-        await self._close_card(interaction, approval, t("gov.approval.approved_card", locale,
-                                                        teacher=f"<@{interaction.user.id}>", job=job.id), _jobs_ui.GREEN)
         self.bot.dispatch("job_started", job)
+        return t("gov.approval.approved_card", locale, teacher=teacher, job=job.id), _jobs_ui.GREEN
 
     async def _tell_student(self, approval: Approval, text: str) -> None:
         if not await tell(self.bot, approval.channel_id, approval.guild_id, text):
             log.warning("Could not tell user %s about approval %s", approval.user_id, approval.id)
 
-    async def _close_card(self, interaction: discord.Interaction, approval: Approval, footer: str,
-                          colour: int) -> None:
-        message = interaction.message
-        if message is None:
-            return
-        embed = message.embeds[0] if message.embeds else discord.Embed()
-        embed.colour = colour
-        embed.set_footer(text=footer)
-        try:
-            await interaction.edit_original_response(embed=embed, view=None)
-        except discord.HTTPException:
-            log.warning("Could not update the card of approval %s", approval.id)
 
+def _closed(message: discord.Message, footer: str, colour: int) -> discord.Embed:
+    """The card's embed, coloured and footed with how the decision went."""
+    embed = message.embeds[0] if message.embeds else discord.Embed()
+    embed.colour = colour
+    embed.set_footer(text=footer)
+    return embed
 
 async def setup(bot: ClassroomBot) -> None:
     """Load the cog with its services."""

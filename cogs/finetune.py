@@ -64,7 +64,8 @@ class FineTune(commands.Cog):
 
     @tasks.loop(seconds=HOUSEKEEPING_SECONDS)
     async def housekeeping(self) -> None:
-        """Expired starts and stray files go; reservations no running start holds are matched by token."""
+        """Expired starts and stray files go; reservations no running start holds are matched by token; approved
+        starts a stopped bot never finished are finished."""
         try:
             await self.starts.sweep()
         except Exception:  # boundary: the schedule must survive a full disk or a locked database
@@ -77,6 +78,11 @@ class FineTune(commands.Cog):
             log.info("Backend unavailable; reservations are reconciled at the next run")
         except Exception:  # boundary: as above
             log.exception("Reconciling reservations failed")
+        try:  # approved starts a killed bot left half-way: started now (or ended), the approvals cog tells both
+            for decision in await self.starts.resume_approved():
+                self.bot.dispatch("approval_resumed", decision)
+        except Exception:  # boundary: as above
+            log.exception("Resuming approved starts failed")
 
     @finetune.command(name="start", description=_("Check a training file and start fine-tuning", key="cmd.finetune.start"))
     @app_commands.describe(

@@ -140,6 +140,10 @@ class StartPolicy(Protocol):
         """Record how an approved start went."""
         ...
 
+    async def unfinished_approvals(self, since: int) -> list[Approval]:
+        """Approved starts (decided since then) whose outcome was never recorded (the bot stopped in between)."""
+        ...
+
     async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> FlaggedFile:
         """Record a teacher's allowance of a flagged file once."""
         ...

@@ -173,6 +173,10 @@ class StartPolicyService:
         """Record the outcome of an approved start."""
         await self.repo.finish_approval(approval.id, status=status, job_id=job_id)
 
+    async def unfinished_approvals(self, since: int) -> list[Approval]:
+        """Approved starts (decided since then) with no job and no failure recorded, on every server."""
+        return await self.repo.unfinished_approvals(since)
+
     async def set_approval_card(self, approval: Approval, message_id: int) -> None:
         """Remember the approval card's message."""
         await self.repo.set_approval_card(approval.id, message_id)
