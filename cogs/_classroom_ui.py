@@ -181,6 +181,17 @@ def price_text(price: ClassPrice, locale: str) -> str:
     return line + " " + t(training, locale, training=price.training_usd or 0)
 
 
+def prices_field(prices: list[ClassPrice], locale: str) -> str:
+    """The prices the class's teachers set (/class price), one model a line."""
+    lines = []
+    for price in prices:
+        training = (t("gov.settings.price_training", locale, training=price.training_usd)
+                    if price.training_usd is not None else t("gov.settings.price_no_training", locale))
+        lines.append(t("gov.settings.price_line", locale, model=price.model, input=price.input_usd,
+                       output=price.output_usd, training=training))
+    return clip("\n".join(lines), 1024)
+
+
 def cleanup_listing(plan: CleanupPlan) -> str:
     """The attached list: every file and model (kind, id, whose, which job), then a student's other data."""
     lines = [f"{r.kind}\t{r.resource_id}\t{r.user_id}\t{r.job_id}" for r in plan.resources]

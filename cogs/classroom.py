@@ -255,6 +255,10 @@ class Classroom(commands.Cog):
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = _classroom_ui.settings_embed(settings, cap, committed, moderating, locale)
+        prices = await self.governance.prices.of_class(settings.guild_id)
+        if prices:  # the models the teachers priced themselves (/class price), for chat and for training
+            embed.add_field(name=t("gov.settings.prices", locale), value=_classroom_ui.prices_field(prices, locale),
+                            inline=False)
         await self._describe_moderation(embed, settings, locale)
         await self._describe_class_time(embed, interaction.guild, locale)
         lines = [t(saved, locale) if saved else "", _classroom_ui.teacher_channel_warning(interaction.guild, settings, locale)]

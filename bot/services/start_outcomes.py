@@ -110,6 +110,10 @@ class StartPolicy(Protocol):
         """Whether a Start waits for a teacher."""
         ...
 
+    async def class_training_price(self, guild_id: int, model: str) -> float | None:
+        """The training price (USD per 1M trained tokens) the class's teacher set for a model (/class price)."""
+        ...
+
     async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None,
                                   files: list[bytes] | None = None) -> None:
         """Moderate the staged data (`files`: as read for the upload, in the order of pending.paths); raise to

@@ -142,6 +142,7 @@ class StartService(StartHousekeeping):
         if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
             # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
             check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
+        check = await self._class_priced(check, request)
         token = secrets.token_hex(8)
         training_name, training_path = await staging.stage(self.staging_dir, token, "training", training.filename,
                                                                    training.data, check.converted_jsonl)
@@ -184,6 +185,17 @@ class StartService(StartHousekeeping):
         report = replace(check.report, tokens_total=total, tokens_billed=total * (check.report.n_epochs or 0),
                          max_example_tokens=max(counts))
         return replace(check, report=report)
+
+    async def _class_priced(self, check: CheckResult, request: StartRequest) -> CheckResult:
+        """A model the table does not price, priced by the class's teacher (/class price): the card shows that cost,
+        and the start holds it (as Start would charge it)."""
+        if check.report.estimated_cost_usd is not None:
+            return check
+        price = await self.policy.class_training_price(request.guild_id, request.base_model)
+        if price is None:
+            return check
+        cost = check.report.tokens_billed * price / 1_000_000
+        return replace(check, report=replace(check.report, estimated_cost_usd=cost))
 
     async def _check_waiting_cards(self, request: StartRequest) -> None:
         """A student holds at most WAITING_CARDS_MAX cards waiting for Start (each holds a checked file on disk)."""

@@ -89,6 +89,10 @@ class StartPolicyService:
         if await self.repo.attach_job_entry(job, token):
             log.warning("Job %s had no reservation; its ledger row was created on adoption", job.id)
 
+    async def class_training_price(self, guild_id: int, model: str) -> float | None:
+        """The training price the class's teacher set for a model the table lacks (/class price), if any."""
+        return await self.prices.class_training(guild_id, model)
+
     async def job_of_token(self, token: str) -> Job | None:
         """The recorded job a start's client token created, if any (a card pressed after its job was adopted)."""
         job_id = await self.repo.job_of_token(token)
