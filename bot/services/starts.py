@@ -20,7 +20,7 @@ from typing import Any
 from bot import errors
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
-from bot.services import staging, start_backend, training_file
+from bot.services import staging, start_backend
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
 from bot.services.governance.moderation import ContentFlaggedError
 from bot.services.groups import GroupService
@@ -136,9 +136,9 @@ class StartService(StartHousekeeping):
             self._checking.discard(student)
         if not check.report.ok:
             return Prepared(check, None)
-        # The one parse of the file on this side besides the check: its system prompt and its conversations.
-        prompt, conversations = await self.workers.run(training_file.profile, check.converted_jsonl or training.data)
-        check = await self._count_on_backend(check, request.base_model, conversations)
+        # The check's one parse of the file gave its system prompt and its conversations too.
+        prompt = check.system_prompt
+        check = await self._count_on_backend(check, request.base_model, check.conversations)
         if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
             # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
             check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
