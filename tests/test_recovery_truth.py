@@ -110,3 +110,33 @@ async def test_approved_start_whose_file_expired_while_killed_is_ended_truthfull
     rows = await ledger(classroom, classroom.guild.id)
     assert all(r.state == "void" for r in rows)
 
+
+
+async def test_approve_again_while_a_killed_bots_claim_is_not_yet_reconciled_waits_for_the_sweep(
+        classroom: Classroom, teachers: FakeChannel) -> None:
+    """Approve pressed again after the restart, while the backend cannot be asked yet whether the killed bot's start
+    made a job (its claim still held): the teacher is told it is starting, the approved start is not ended as failed,
+    and the sweep finishes it once the backend answers: one job, the student told once."""
+    _, approval = await _request_approval(classroom, teachers)
+    stale = dict(approval.payload()["components"][0]["components"][0])
+    classroom.openai.hang_next("POST", r"/files$")
+    await classroom.discord.click(approval, "Approve", classroom.teacher)
+    await classroom.discord.wait_for(lambda: classroom.openai.count("POST", r"/files$") or None, timeout=10,
+                                     what="the upload under way")
+    classroom.openai.fail_next("GET", r"/fine_tuning/jobs$", status=503, times=1000)  # no answer on the jobs yet
+    await classroom.restart(crash=True)
+    approval.components = [{"type": 1, "components": [stale]}]  # the card as the teacher still sees it
+    again = await press(classroom.discord, approval, "Approve", classroom.teacher)
+    assert isinstance(again, FakeInteraction)
+    assert "already starting" in (await again.followup(timeout=10)).text()
+    assert not any("could not start" in m.content for m in classroom.discord.messages(classroom.channel_id))
+    classroom.openai.clear_failures()
+    starts = classroom.bot.starts
+    await starts.reconcile({classroom.guild.id})  # what the next housekeeping run does
+    for decision in await starts.resume_approved():
+        classroom.bot.dispatch("approval_resumed", decision)
+    job = await classroom.discord.wait_for(lambda: classroom.openai.jobs[0] if classroom.openai.jobs else None,
+                                           timeout=10, what="the approved job")
+    await classroom.discord.wait_message(classroom.channel_id, lambda m: job.id in m.content, timeout=10)
+    told = [m.content for m in classroom.discord.messages(classroom.channel_id) if "approved" in m.content]
+    assert len(told) == 1 and len(classroom.openai.jobs) == 1

@@ -286,10 +286,13 @@ class StartService(StartHousekeeping):
                 approval = await self.policy.decide(guild_id, approval_id, teacher_id, approve=approve)
             except errors.UserFacingError:
                 approval = await self.policy.approval(guild_id, approval_id)
-                if not (approve and approval.status == "approved" and approval.job_id is None
-                        and approval.pending_token not in self._in_flight
-                        and await self.pending(approval.pending_token) is not None):
+                pending = await self.pending(approval.pending_token)
+                if not (approve and approval.status == "approved" and approval.job_id is None and pending is not None):
                     raise
+                if pending.claimed or approval.pending_token in self._in_flight:
+                    # Under way here, or claimed by a killed bot whose job the housekeeping has not looked for yet:
+                    # the sweep after it finishes the start; ending it here would drop an approved start.
+                    raise errors.UserFacingError("error.start_in_progress") from None
                 log.info("Resuming approved start %s: the bot stopped before it started", approval_id)
             if not approve:
                 await self._forget(approval.pending_token)
