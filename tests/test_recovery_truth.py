@@ -140,3 +140,29 @@ async def test_approve_again_while_a_killed_bots_claim_is_not_yet_reconciled_wai
     await classroom.discord.wait_message(classroom.channel_id, lambda m: job.id in m.content, timeout=10)
     told = [m.content for m in classroom.discord.messages(classroom.channel_id) if "approved" in m.content]
     assert len(told) == 1 and len(classroom.openai.jobs) == 1
+
+
+async def test_approved_job_made_before_the_kill_is_never_called_expired_while_the_backend_is_silent(
+        classroom: Classroom, teachers: FakeChannel) -> None:
+    """Killed after the backend made the approved job, the card's day ran out while the bot was down, and the backend
+    does not answer about its jobs at first: the sweep says nothing rather than "could not start"; once the backend
+    answers, the job is adopted and the student told it was approved."""
+    _, approval = await _request_approval(classroom, teachers)
+    classroom.openai.hang_after_next("POST", JOBS)
+    await classroom.discord.click(approval, "Approve", classroom.teacher)
+    await classroom.discord.wait_for(lambda: classroom.openai.jobs or None, timeout=10, what="the job made")
+    await classroom.runner.kill()
+    with sqlite3.connect(classroom.runner.settings.database_path) as db:
+        db.execute("UPDATE pending_starts SET expires_at = 0")
+    classroom.openai.fail_next("GET", r"/fine_tuning/jobs$", status=503, times=1000)
+    await classroom.runner.start()
+    starts = classroom.bot.starts
+    assert await starts.resume_approved() == []  # the claim is not settled: nothing to say yet
+    assert not any("could not start" in m.content for m in classroom.discord.messages(classroom.channel_id))
+    classroom.openai.clear_failures()
+    await starts.reconcile({classroom.guild.id})
+    for decision in await starts.resume_approved():
+        classroom.bot.dispatch("approval_resumed", decision)
+    job = classroom.openai.jobs[0]
+    told = await classroom.discord.wait_message(classroom.channel_id, lambda m: job.id in m.content, timeout=10)
+    assert "approved" in told.content and len(classroom.openai.jobs) == 1

@@ -311,6 +311,9 @@ class StartService(StartHousekeeping):
         for approval in await self.policy.unfinished_approvals(int(time.time()) - APPROVAL_TTL_SECONDS):
             if approval.id in self._deciding or approval.pending_token in self._in_flight:
                 continue  # a teacher's click in this process is starting it
+            row = await self.repo.get(approval.pending_token)
+            if row is not None and row.claimed:
+                continue  # a killed bot's claim reconcile() has not settled (the backend did not answer): later
             self._deciding.add(approval.id)
             try:
                 decision = await self._finish_approved(approval, sweeping=True)
