@@ -1,5 +1,5 @@
 """How /class looks: the settings, report and cleanup cards, the approval card and its restart-proof buttons, the
-cleanup's confirmation. Pure rendering; the classroom cog does the work."""
+cleanup's confirmation. Pure rendering; the classroom and approvals cogs do the work."""
 
 from __future__ import annotations
 

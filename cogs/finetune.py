@@ -190,7 +190,7 @@ class FineTune(commands.Cog):
             self.bot.dispatch("job_started", outcome.job)  # the watcher posts the progress card
         elif isinstance(outcome, AwaitingApproval):
             await self._close_card(click, token, _jobs_ui.AMBER, t("gov.approval.sent", click.locale))
-            self.bot.dispatch("approval_requested", outcome.approval)  # the classroom cog posts the teacher's card
+            self.bot.dispatch("approval_requested", outcome.approval)  # the approvals cog posts the teacher's card
         elif isinstance(outcome, Flagged):
             # The lines, for the student alone, with a way forward: fix the file, or ask a teacher to allow it.
             await self._close_card(click, token, _jobs_ui.AMBER, t("flagged.card_footer", click.locale))
