@@ -47,8 +47,8 @@ from storage.wordlist import WordListRepository
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom", "cogs.lesson", "cogs.dataset",
-              "cogs.groups", "cogs.flagged")
+EXTENSIONS = ("cogs.finetune", "cogs.job_monitor", "cogs.chat", "cogs.classroom", "cogs.approvals", "cogs.lesson",
+              "cogs.dataset", "cogs.groups", "cogs.flagged")
 _TREE_HASH_KEY = "command_tree_hash"
 
 

@@ -1,5 +1,5 @@
 """How /class looks: the settings, report and cleanup cards, the approval card and its restart-proof buttons, the
-cleanup's confirmation. Pure rendering; the classroom cog does the work."""
+cleanup's confirmation. Pure rendering; the classroom and approvals cogs do the work."""
 
 from __future__ import annotations
 
@@ -179,6 +179,17 @@ def price_text(price: ClassPrice, locale: str) -> str:
     line = t("gov.saved.price", locale, model=price.model, input=price.input_usd, output=price.output_usd)
     training = ("gov.saved.price_training" if price.training_usd is not None else "gov.saved.price_no_training")
     return line + " " + t(training, locale, training=price.training_usd or 0)
+
+
+def prices_field(prices: list[ClassPrice], locale: str) -> str:
+    """The prices the class's teachers set (/class price), one model a line."""
+    lines = []
+    for price in prices:
+        training = (t("gov.settings.price_training", locale, training=price.training_usd)
+                    if price.training_usd is not None else t("gov.settings.price_no_training", locale))
+        lines.append(t("gov.settings.price_line", locale, model=price.model, input=price.input_usd,
+                       output=price.output_usd, training=training))
+    return clip("\n".join(lines), 1024)
 
 
 def cleanup_listing(plan: CleanupPlan) -> str:

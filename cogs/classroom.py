@@ -1,4 +1,5 @@
-"""/class (teacher settings, approvals, report, cleanup) and /mydata (a student's own data)."""
+"""/class (teacher settings, report, cleanup, moderation reports) and /mydata (a student's own data); approval cards
+and their decisions are cogs/approvals.py's."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from discord.app_commands import locale_str as _
 from discord.ext import commands
 
 from bot import errors
-from bot.discord_edge.replies import tell
 from bot.discord_edge.roles import member_is_teacher, teacher_only
 from bot.discord_edge.text import clip
 from bot.i18n import t
@@ -21,7 +21,7 @@ from bot.services import class_time
 from bot.services.governance import CleanupPlan, Governance, ModerationNotice, allowed_csv, report_csv
 from bot.services.starts import StartService
 from cogs import _classroom_ui, _flagged_ui, _jobs_ui, _lesson_ui
-from storage.models import Approval, ClassSettings
+from storage.models import ClassSettings
 from storage.prices import ClassPrice
 
 if TYPE_CHECKING:
@@ -45,11 +45,9 @@ class Classroom(commands.Cog):
 
     def __init__(self, bot: ClassroomBot, governance: Governance, starts: StartService) -> None:
         self.bot, self.governance, self.starts = bot, governance, starts
-        self.approval_buttons = _classroom_ui.ApprovalButton.bound(self._on_decision)
 
     async def cog_load(self) -> None:
-        """Restore approval buttons, report moderation to teachers, settle jobs that ended while we were away."""
-        self.bot.add_dynamic_items(self.approval_buttons)
+        """Report moderation to teachers, settle jobs that ended while we were away."""
         self.governance.moderation.add_reporter(self.report_moderation)
         settled = await self.governance.policy.settle_ended()
         if settled:
@@ -58,7 +56,6 @@ class Classroom(commands.Cog):
     async def cog_unload(self) -> None:
         """Stop reporting."""
         self.governance.moderation.remove_reporter(self.report_moderation)
-        self.bot.remove_dynamic_items(self.approval_buttons)
 
     # Settings ----------------------------------------------------------------------------------------------
 
@@ -258,6 +255,10 @@ class Classroom(commands.Cog):
         cap, committed = await self.governance.roles.budget(settings.guild_id)
         moderating = await self.governance.moderation.moderation_on(settings.guild_id, settings)
         embed = _classroom_ui.settings_embed(settings, cap, committed, moderating, locale)
+        prices = await self.governance.prices.of_class(settings.guild_id)
+        if prices:  # the models the teachers priced themselves (/class price), for chat and for training
+            embed.add_field(name=t("gov.settings.prices", locale), value=_classroom_ui.prices_field(prices, locale),
+                            inline=False)
         await self._describe_moderation(embed, settings, locale)
         await self._describe_class_time(embed, interaction.guild, locale)
         lines = [t(saved, locale) if saved else "", _classroom_ui.teacher_channel_warning(interaction.guild, settings, locale)]
@@ -377,74 +378,6 @@ class Classroom(commands.Cog):
             except discord.HTTPException:
                 log.info("Could not delete chat thread %s for /mydata delete", thread_id)
         return gone
-
-    # Approvals ---------------------------------------------------------------------------------------------
-
-    @commands.Cog.listener()
-    async def on_approval_requested(self, approval: Approval) -> None:
-        """Post the approval card in the teacher channel."""
-        settings = await self.governance.roles.settings(approval.guild_id)
-        if settings.teacher_channel_id is None:
-            return
-        locale = self.bot.channel_locale(approval.guild_id)
-        cap, committed = await self.governance.roles.budget(approval.guild_id)
-        view = discord.ui.View(timeout=None)
-        view.add_item(self.approval_buttons(approval.id, "approve", t("gov.approval.approve", locale)))
-        view.add_item(self.approval_buttons(approval.id, "reject", t("gov.approval.reject", locale)))
-        channel = self.bot.get_partial_messageable(settings.teacher_channel_id, guild_id=approval.guild_id)
-        try:
-            message = await channel.send(embed=_classroom_ui.approval_embed(approval, cap, committed, locale), view=view,
-                                         allowed_mentions=discord.AllowedMentions.none())
-        except discord.HTTPException:
-            log.warning("Could not post approval %s in guild %s", approval.id, approval.guild_id)
-            return
-        await self.governance.policy.set_approval_card(approval, message.id)
-
-    async def _on_decision(self, interaction: discord.Interaction, approval_id: str, action: str) -> None:
-        """A teacher approved or rejected: the start use case decides, this tells the student and closes the card."""
-        assert interaction.guild_id is not None
-        approve = action == "approve"
-        await interaction.response.defer()
-        decision = await self.starts.decide(interaction.guild_id, approval_id, interaction.user.id, approve=approve)
-        approval = decision.approval
-        locale = self.bot.channel_locale(approval.guild_id)
-        if not decision.approved:
-            await self._tell_student(approval, t("gov.approval.rejected_student", locale,
-                                                 user=f"<@{approval.user_id}>", file=approval.filename))
-            await self._close_card(interaction, approval, t("gov.approval.rejected_card", locale,
-                                                            teacher=f"<@{interaction.user.id}>"), _jobs_ui.RED)
-            return
-        if decision.job is None:
-            problem = decision.problem.render(locale) if decision.problem else ""
-            await self._tell_student(approval, t("gov.approval.failed_student", locale,
-                                                 user=f"<@{approval.user_id}>", file=approval.filename,
-                                                 reason=problem))
-            await self._close_card(interaction, approval, t("gov.approval.failed_card", locale, reason=problem),
-                                   _jobs_ui.RED)
-            return
-        job = decision.job
-        await self._tell_student(approval, t("gov.approval.approved_student", locale, user=f"<@{approval.user_id}>",
-                                             file=approval.filename, job=job.id))
-        await self._close_card(interaction, approval, t("gov.approval.approved_card", locale,
-                                                        teacher=f"<@{interaction.user.id}>", job=job.id), _jobs_ui.GREEN)
-        self.bot.dispatch("job_started", job)
-
-    async def _tell_student(self, approval: Approval, text: str) -> None:
-        if not await tell(self.bot, approval.channel_id, approval.guild_id, text):
-            log.warning("Could not tell user %s about approval %s", approval.user_id, approval.id)
-
-    async def _close_card(self, interaction: discord.Interaction, approval: Approval, footer: str,
-                          colour: int) -> None:
-        message = interaction.message
-        if message is None:
-            return
-        embed = message.embeds[0] if message.embeds else discord.Embed()
-        embed.colour = colour
-        embed.set_footer(text=footer)
-        try:
-            await interaction.edit_original_response(embed=embed, view=None)
-        except discord.HTTPException:
-            log.warning("Could not update the card of approval %s", approval.id)
 
     # Moderation reports ------------------------------------------------------------------------------------
 

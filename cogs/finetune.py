@@ -64,7 +64,8 @@ class FineTune(commands.Cog):
 
     @tasks.loop(seconds=HOUSEKEEPING_SECONDS)
     async def housekeeping(self) -> None:
-        """Expired starts and stray files go; reservations no running start holds are matched by token."""
+        """Expired starts and stray files go; reservations no running start holds are matched by token; approved
+        starts a stopped bot never finished are finished."""
         try:
             await self.starts.sweep()
         except Exception:  # boundary: the schedule must survive a full disk or a locked database
@@ -77,6 +78,11 @@ class FineTune(commands.Cog):
             log.info("Backend unavailable; reservations are reconciled at the next run")
         except Exception:  # boundary: as above
             log.exception("Reconciling reservations failed")
+        try:  # approved starts a killed bot left half-way: started now (or ended), the approvals cog tells both
+            for decision in await self.starts.resume_approved():
+                self.bot.dispatch("approval_resumed", decision)
+        except Exception:  # boundary: as above
+            log.exception("Resuming approved starts failed")
 
     @finetune.command(name="start", description=_("Check a training file and start fine-tuning", key="cmd.finetune.start"))
     @app_commands.describe(
@@ -184,7 +190,7 @@ class FineTune(commands.Cog):
             self.bot.dispatch("job_started", outcome.job)  # the watcher posts the progress card
         elif isinstance(outcome, AwaitingApproval):
             await self._close_card(click, token, _jobs_ui.AMBER, t("gov.approval.sent", click.locale))
-            self.bot.dispatch("approval_requested", outcome.approval)  # the classroom cog posts the teacher's card
+            self.bot.dispatch("approval_requested", outcome.approval)  # the approvals cog posts the teacher's card
         elif isinstance(outcome, Flagged):
             # The lines, for the student alone, with a way forward: fix the file, or ask a teacher to allow it.
             await self._close_card(click, token, _jobs_ui.AMBER, t("flagged.card_footer", click.locale))

@@ -91,7 +91,7 @@ class FlaggedFiles(commands.Cog):
         elif isinstance(outcome, AwaitingApproval):
             told = t("flagged.allowed_approval", locale, user=student, file=flagged.filename)
             card = t("flagged.allowed_card_approval", locale, teacher=teacher)
-            self.bot.dispatch("approval_requested", outcome.approval)  # the classroom cog posts the approval card
+            self.bot.dispatch("approval_requested", outcome.approval)  # the approvals cog posts the approval card
         else:
             reason = outcome.error.render(locale)
             if isinstance(outcome, Flagged):  # a huge file's fresh sample found lines nobody allowed yet

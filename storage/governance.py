@@ -284,6 +284,14 @@ class GovernanceRepository:
         """Record how an approved start went (the job, or that it failed)."""
         await self.db.execute("UPDATE approvals SET status = ?, job_id = ? WHERE id = ?", (status, job_id, approval_id))
 
+    async def unfinished_approvals(self, since: int) -> list[Approval]:
+        """Approvals a teacher approved (since then) whose start has no outcome recorded: no job, not failed."""
+        rows = await self.db.fetch_all(
+            f"SELECT {_APPROVAL_COLUMNS} FROM approvals WHERE status = 'approved' AND job_id IS NULL "
+            "AND decided_at >= ? ORDER BY decided_at", (since,)
+        )
+        return [Approval(**dict(r)) for r in rows]
+
     async def set_approval_card(self, approval_id: str, message_id: int) -> None:
         """Remember the card in the teacher channel."""
         await self.db.execute("UPDATE approvals SET card_message_id = ? WHERE id = ?", (message_id, approval_id))

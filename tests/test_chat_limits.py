@@ -6,14 +6,15 @@ from __future__ import annotations
 import asyncio
 
 from bot import errors
+from bot.discord_edge.sinks import WordedSink
 from bot.services.chat_limits import ChatBudgetError
 from tests.conftest import Classroom
 
 MODEL = "gpt-4o-mini-2024-07-18"
 
 
-class Collect:
-    """A reply sink that keeps what would be shown."""
+class Collect(WordedSink):
+    """A reply sink that keeps what would be shown (its notes worded as the bot's sinks word them)."""
 
     def __init__(self, channel_id: int = 1) -> None:
         self.channel_id = channel_id

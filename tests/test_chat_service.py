@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from bot import errors
+from bot.discord_edge.sinks import WordedSink
 from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import ChatService, build_history, count_tokens
 from bot.services.chat_models import chat_error
@@ -137,8 +138,8 @@ def test_renderer_posts_first_piece_then_edits_at_most_once_per_interval() -> No
 
 
 @dataclass
-class RecordingSink:
-    """A sink that keeps every post and edit with its time."""
+class RecordingSink(WordedSink):
+    """A sink that keeps every post and edit with its time (its notes worded as the bot's sinks word them)."""
 
     channel_id: int = 1
     messages: list[str] = field(default_factory=list)

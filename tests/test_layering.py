@@ -125,3 +125,11 @@ def test_package_modules_import_each_other_in_no_cycle(package: str) -> None:
 
     for module in sorted(graph):
         visit(module, ())
+
+
+def test_services_word_nothing() -> None:
+    """Services return outcomes, never sentences: no module of bot/services imports the catalog (bot.i18n); the
+    edge (bot/discord_edge/, cogs/) words what they return."""
+    bad = {(str(path), name) for path in _files("bot/services") for name in _modules(path)
+           if name == "bot.i18n" or name.startswith("bot.i18n.")}
+    assert bad == set()

@@ -12,13 +12,14 @@ import pytest
 
 from bot import errors
 from bot.services.governance.policy import JOB_COST_MARGIN
+from dataset_rules.models import format_usd
 from storage.prices import ClassPrice
 from support.bot_harness import BotRunner, make_settings
 from support.fakes.discord import FakeDiscord
 from support.fakes.openai import FakeOpenAI
 from tests.conftest import MANAGE_GUILD, Classroom
 from tests.test_finetune_journey import open_card
-from tests.test_governance_journey import click_and_wait, command, estimated_cost, eventually
+from tests.test_governance_journey import answer, click_and_wait, command, estimated_cost, eventually
 from tests.test_governance_service import GUILD, Parts, chat_lines, parts, pending
 from tests.test_rates_and_bursts import all_settled
 
@@ -123,3 +124,33 @@ async def test_a_start_on_an_unpriced_model_waits_for_a_class_training_price(par
     await parts.service.prices.set(GUILD, ClassPrice(UNPRICED, 1.0, 2.0, 8.0), teacher_id=1)
     reservation = await parts.service.policy.before_start(start)
     assert reservation is not None and reservation.reserved_usd == pytest.approx(8.0 * (1 + JOB_COST_MARGIN))
+
+
+def _cost_field(card_text: str, words: str) -> str:
+    """The card's estimated-cost line (the field named `words`)."""
+    return card_text.split(words, 1)[1].split("\n")[1]
+
+
+@pytest.mark.parametrize(("locale", "cost_words", "unknown", "prices_title", "training"), [
+    ("en-US", "Estimated cost", "no price known", "Prices your class set", "training $8.0 per million"),
+    ("ko", "예상 비용", "가격은 알 수 없어요", "우리 반이 정한 가격", "학습은 토큰 100만 개당 $8.0"),
+])
+async def test_a_class_price_shows_on_the_card_and_in_the_settings(
+        classroom: Classroom, locale: str, cost_words: str, unknown: str, prices_title: str, training: str) -> None:
+    """The finding: a price set with /class price was used at Start, but the card still said "no price known" and
+    /class settings did not list it. Now the card shows the cost at the class's price, and the settings list the
+    class's prices, in the student's and the teacher's language."""
+    classroom.openai.base_models.append(UNPRICED)
+    before = await open_card(classroom, base_model=UNPRICED, locale=locale)
+    assert unknown in _cost_field(before.text(), cost_words)
+    await command(classroom, classroom.teacher, "class price", model=UNPRICED, input_usd=30.0, output_usd=60.0,
+                  training_usd=8.0)
+    card = await open_card(classroom, base_model=UNPRICED, locale=locale)
+    pending = await classroom.bot.starts.repo.get(card.buttons[0]["custom_id"].split(":")[1])  # the card's start
+    assert pending is not None
+    expected = format_usd(pending.tokens_billed * 8.0 / 1_000_000)
+    assert pending.tokens_billed > 0 and expected in _cost_field(card.text(), cost_words)
+    interaction = await classroom.discord.slash(classroom.guild, classroom.teacher, "class settings", locale=locale)
+    text = answer(await interaction.wait_done(timeout=10))[0]
+    assert prices_title in text and UNPRICED in text and training in text
+    assert "$30.0" in text and "$60.0" in text

@@ -7,6 +7,8 @@ import logging
 
 import discord
 
+from bot.i18n import t
+
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -14,7 +16,15 @@ NO_MENTIONS = discord.AllowedMentions.none()
 TYPING_REFRESH_SECONDS = 8.0
 
 
-class ThreadSink:
+class WordedSink:
+    """What every sink shares: the delivery names its notes by catalog key, and the sink words them."""
+
+    def words(self, key: str, locale: str, **values: str) -> str:
+        """The note's words in the reader's language."""
+        return t(key, locale, **values)
+
+
+class ThreadSink(WordedSink):
     """Shows a reply in a thread: a typing indicator until the first message, then messages and their edits."""
 
     def __init__(self, channel: discord.abc.Messageable, channel_id: int) -> None:
@@ -37,7 +47,7 @@ class ThreadSink:
         self.messages[index] = await self.messages[index].edit(content=text, allowed_mentions=NO_MENTIONS)
 
 
-class FollowupSink:
+class FollowupSink(WordedSink):
     """Shows a reply as an interaction's followups (the first one replaces the 'thinking…' placeholder)."""
 
     def __init__(self, interaction: discord.Interaction, *, ephemeral: bool = False) -> None:

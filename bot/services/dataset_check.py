@@ -5,10 +5,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+from bot.services.training_file import profile_of
 from dataset_rules.check import DEFAULT_MAX_BYTES, Report, check_stream, convert_table, is_table
 from dataset_rules.models import load_prices
 
@@ -26,11 +28,14 @@ SNIFF_BYTES = 4096
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A report plus the chat JSONL to upload when a CSV/TSV table was converted."""
+    """A report plus the chat JSONL to upload when a CSV/TSV table was converted, and what the check's parse of a
+    file that passed gives besides: the system prompt it teaches and its conversations (to count their tokens)."""
 
     report: Report
     converted_jsonl: bytes | None = None
     converted_validation: bytes | None = None
+    system_prompt: str | None = None
+    conversations: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 def read_chunks(path: str | os.PathLike[str], size: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
@@ -110,6 +115,7 @@ class DatasetCheckService:
         # A table is converted once, while it is checked; the JSONL lines the check read are what is uploaded.
         lines: list[bytes] = []
         validation_lines: list[bytes] = []
+        examples: list[tuple[int, dict[str, Any]]] = []  # the training file's one parse, for the profile below
         deadline = None if time_limit_seconds is None else time.monotonic() + time_limit_seconds
         report = check_stream(
             _timed(_memory_chunks(data, TIMED_CHUNK_BYTES), deadline),
@@ -124,12 +130,16 @@ class DatasetCheckService:
             prices=load_prices(self.prices_file),
             converted=lines,
             converted_validation=validation_lines,
+            parsed=examples,
         )
         converted = b"".join(lines) if report.converted_from and report.ok else None
         converted_validation = None
         if report.ok and validation is not None and is_table(validation[1], validation[0][:SNIFF_BYTES]):
             converted_validation = b"".join(validation_lines)
-        return CheckResult(report, converted, converted_validation)
+        if not report.ok:
+            return CheckResult(report, converted, converted_validation)
+        prompt, conversations = profile_of([example for _, example in examples])
+        return CheckResult(report, converted, converted_validation, prompt, conversations)
 
 
 def convert_bytes(data: bytes, filename: str, system_prompt: str | None = None) -> bytes:

@@ -1,5 +1,6 @@
 """Showing a streamed reply in Discord's terms: split into messages, paced within the channel's edit budget, each
-piece let through the moderation hook before it shows (and held back, with a kind note, when it is not)."""
+piece let through the moderation hook before it shows (and held back, with a kind note, when it is not). The notes
+are named by their catalog keys; the sink words them in its reader's language (this service words nothing)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from bot import errors
-from bot.i18n import t
 from bot.services.governance.moderation import MODERATION_OVERLAP_CHARS
 from bot.services.ratelimit import EDIT_WINDOW_SECONDS, EDITS_PER_WINDOW, EditBudget
 
@@ -137,7 +137,7 @@ class ReplyRenderer:
 
 
 class ReplySink(Protocol):
-    """Where a reply is shown: a Discord thread or an interaction's followups (the cog implements it)."""
+    """Where a reply is shown: a Discord thread or an interaction's followups (bot/discord_edge/sinks.py)."""
 
     channel_id: int
 
@@ -146,6 +146,10 @@ class ReplySink(Protocol):
 
     async def edit(self, index: int, text: str) -> None:
         """Replace the text of the index-th message posted."""
+
+    def words(self, key: str, locale: str, **values: str) -> str:
+        """The words of a note shown with (or instead of) a reply: a held-back or empty answer, a cut one, the
+        instructions shown above an answer; `key` names it in the catalog."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ class DeliveryService:
 
     async def note(self, sink: ReplySink, key: str, locale: str) -> Delivered:
         """Show a kind note in place of an answer (a question held back, the check not answering)."""
-        await sink.post(t(key, locale))
+        await sink.post(sink.words(key, locale))
         return Delivered("", 1, held_back=True)
 
     async def deliver(
@@ -196,7 +200,7 @@ class DeliveryService:
         # A random first pause spreads the edits of replies that started together (a class all asking at once).
         renderer = ReplyRenderer(DISCORD_MESSAGE_CHARS, self.min_edit_interval,
                                  first_edit_delay=self.min_edit_interval * random.uniform(0.5, 1.5))
-        header = t("chat.ask_system", locale, prompt=_one_line(system_prompt)) if system_prompt else None
+        header = sink.words("chat.ask_system", locale, prompt=_one_line(system_prompt)) if system_prompt else None
         skip = len(header) + 1 if header else 0  # the header shown above the answer is the bot's, not the model's
         if header:
             renderer.add(header + "\n")
@@ -241,13 +245,13 @@ class DeliveryService:
             renderer.add(unchecked)
         answer = renderer.text[len(header) + 1:] if header else renderer.text
         if not answer.strip():
-            await sink.post(t("chat.empty_reply", locale))
+            await sink.post(sink.words("chat.empty_reply", locale))
             return Delivered("", 1)
         if before_final is not None:
             await before_final(answer.strip())
         was_cut = cut is not None and cut()
         if was_cut:
-            renderer.add("\n\n" + t("chat.reply_cut", locale))
+            renderer.add("\n\n" + sink.words("chat.reply_cut", locale))
         for action in renderer.due(budget.clock(), final=True):
             if action.kind == "post":
                 await sink.post(action.text)
@@ -271,7 +275,7 @@ class DeliveryService:
 
     async def _hold_back(self, renderer: ReplyRenderer, sink: ReplySink, locale: str,
                          key: str = "chat.held_back_reply", generated: str = "") -> Delivered:
-        notice = t(key, locale)
+        notice = sink.words(key, locale)
         if not renderer.shown:
             await sink.post(notice)
             return Delivered("", 1, held_back=True, generated=generated)

@@ -135,11 +135,11 @@ class MonitorService:
                 id=backend.id, guild_id=guild_id, channel_id=channel_id, user_id=user_id, base_model=backend.model,
                 method=backend.method or "supervised", suffix=backend.suffix, n_epochs=backend.n_epochs,
                 training_file_id=backend.training_file or "", validation_file_id=backend.validation_file,
-                # starts.FILE_KEY: the name the student gave the file (older jobs: the file's id).
+                # start_backend.FILE_KEY: the name the student gave the file (older jobs: the file's id).
                 training_filename=(backend.metadata or {}).get("file") or backend.training_file or backend.id,
                 examples=0, estimated_tokens=0,
                 estimated_cost_usd=None, status=backend.status, created_at=backend.created_at,
-            ), group_name=(backend.metadata or {}).get("group"))  # starts.GROUP_KEY: a group's job stays the group's
+            ), group_name=(backend.metadata or {}).get("group"))  # start_backend.GROUP_KEY: a group's job stays the group's
             adopted.append(job)
             if self.on_adopt is not None:
                 await self.on_adopt(job, (backend.metadata or {}).get("client_token"))

@@ -25,6 +25,10 @@ class PriceService:
         log.info("Price of %s set in guild %s by user %s", price.model, guild_id, teacher_id)
         return price
 
+    async def of_class(self, guild_id: int) -> list[ClassPrice]:
+        """Every price the class's teachers set, by model name."""
+        return sorted((await self.repo.of_class(guild_id)).values(), key=lambda price: price.model)
+
     async def chat(self, guild_id: int, model: str) -> tuple[float, float] | None:
         """(input, output) USD per 1M chat tokens of a model (a fine-tuned one by its own name, else its base)."""
         own = await self.repo.of_class(guild_id)

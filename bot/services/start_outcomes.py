@@ -110,6 +110,10 @@ class StartPolicy(Protocol):
         """Whether a Start waits for a teacher."""
         ...
 
+    async def class_training_price(self, guild_id: int, model: str) -> float | None:
+        """The training price (USD per 1M trained tokens) the class's teacher set for a model (/class price)."""
+        ...
+
     async def check_training_data(self, pending: PendingStart, settings: ClassSettings | None = None,
                                   files: list[bytes] | None = None) -> None:
         """Moderate the staged data (`files`: as read for the upload, in the order of pending.paths); raise to
@@ -138,6 +142,10 @@ class StartPolicy(Protocol):
 
     async def finish_approval(self, approval: Approval, *, job_id: str | None, status: str) -> None:
         """Record how an approved start went."""
+        ...
+
+    async def unfinished_approvals(self, since: int) -> list[Approval]:
+        """Approved starts (decided since then) whose outcome was never recorded (the bot stopped in between)."""
         ...
 
     async def allow_flagged(self, guild_id: int, flagged_id: str, teacher_id: int) -> FlaggedFile:

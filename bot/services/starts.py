@@ -20,7 +20,7 @@ from typing import Any
 from bot import errors
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
-from bot.services import staging, training_file
+from bot.services import staging, start_backend
 from bot.services.dataset_check import CheckResult, CheckTooSlowError, DatasetCheckService
 from bot.services.governance.moderation import ContentFlaggedError
 from bot.services.groups import GroupService
@@ -42,7 +42,7 @@ from bot.services.workers import CpuWorkers
 from dataset_rules.models import lookup as lookup_model
 from storage.groups import Group
 from storage.jobs import JobRepository
-from storage.models import BackendJob, ClassSettings, Job, NewJob, Reservation
+from storage.models import Approval, BackendJob, ClassSettings, Job, NewJob, Reservation
 from storage.private import make_private_dir, narrow_modes
 from storage.starts import PendingStart, StartRepository
 
@@ -55,11 +55,6 @@ WAITING_CARDS_MAX = 2
 CHECK_TIME_LIMIT_SECONDS = 60.0
 # A trainer that has just started may still be loading a tokenizer: past this, the card keeps tiktoken's estimate.
 BACKEND_COUNT_SECONDS = 20.0
-# The metadata key under which a group's job carries its group's name.
-GROUP_KEY = "group"
-# The metadata key under which a job carries its training file's name (OpenAI keeps values up to 512 characters).
-FILE_KEY = "file"
-FILE_NAME_CHARS = 200
 
 
 class StartService(StartHousekeeping):
@@ -102,6 +97,7 @@ class StartService(StartHousekeeping):
         self._in_flight: set[str] = set()
         self._expiries: set[asyncio.Task[None]] = set()  # cards' timers: each file goes the moment its card expires
         self._checking: set[tuple[int, int]] = set()
+        self._deciding: set[str] = set()  # approvals being started in this process (a teacher's click or the sweep)
 
     # Before the click ---------------------------------------------------------------------------------------
 
@@ -140,12 +136,13 @@ class StartService(StartHousekeeping):
             self._checking.discard(student)
         if not check.report.ok:
             return Prepared(check, None)
-        # The one parse of the file on this side besides the check: its system prompt and its conversations.
-        prompt, conversations = await self.workers.run(training_file.profile, check.converted_jsonl or training.data)
-        check = await self._count_on_backend(check, request.base_model, conversations)
+        # The check's one parse of the file gave its system prompt and its conversations too.
+        prompt = check.system_prompt
+        check = await self._count_on_backend(check, request.base_model, check.conversations)
         if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
             # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
             check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
+        check = await self._class_priced(check, request)
         token = secrets.token_hex(8)
         training_name, training_path = await staging.stage(self.staging_dir, token, "training", training.filename,
                                                                    training.data, check.converted_jsonl)
@@ -188,6 +185,17 @@ class StartService(StartHousekeeping):
         report = replace(check.report, tokens_total=total, tokens_billed=total * (check.report.n_epochs or 0),
                          max_example_tokens=max(counts))
         return replace(check, report=report)
+
+    async def _class_priced(self, check: CheckResult, request: StartRequest) -> CheckResult:
+        """A model the table does not price, priced by the class's teacher (/class price): the card shows that cost,
+        and the start holds it (as Start would charge it)."""
+        if check.report.estimated_cost_usd is not None:
+            return check
+        price = await self.policy.class_training_price(request.guild_id, request.base_model)
+        if price is None:
+            return check
+        cost = check.report.tokens_billed * price / 1_000_000
+        return replace(check, report=replace(check.report, estimated_cost_usd=cost))
 
     async def _check_waiting_cards(self, request: StartRequest) -> None:
         """A student holds at most WAITING_CARDS_MAX cards waiting for Start (each holds a checked file on disk)."""
@@ -268,25 +276,69 @@ class StartService(StartHousekeeping):
 
     async def decide(self, guild_id: int, approval_id: str, teacher_id: int, *, approve: bool) -> Decision:
         """A teacher approved or rejected (once); an approval starts through the same path as Start. An approved
-        start a stopped bot never finished (no job, its file still waiting) is finished by pressing Approve again."""
+        start a stopped bot never finished (no job, its file still waiting) is finished by pressing Approve again,
+        or by the sweep after the restart (resume_approved), whichever comes first."""
+        if approval_id in self._deciding:  # the sweep (or another teacher's click) is starting it this moment
+            raise errors.UserFacingError("error.start_in_progress")
+        self._deciding.add(approval_id)
         try:
-            approval = await self.policy.decide(guild_id, approval_id, teacher_id, approve=approve)
-        except errors.UserFacingError:
-            approval = await self.policy.approval(guild_id, approval_id)
-            if not (approve and approval.status == "approved" and approval.job_id is None
-                    and approval.pending_token not in self._in_flight
-                    and await self.pending(approval.pending_token) is not None):
-                raise
-            log.info("Resuming approved start %s: the bot stopped before it started", approval_id)
-        if not approve:
-            await self._forget(approval.pending_token)
-            return Decision(approval, approved=False)
+            try:
+                approval = await self.policy.decide(guild_id, approval_id, teacher_id, approve=approve)
+            except errors.UserFacingError:
+                approval = await self.policy.approval(guild_id, approval_id)
+                pending = await self.pending(approval.pending_token)
+                if not (approve and approval.status == "approved" and approval.job_id is None and pending is not None):
+                    raise
+                if pending.claimed or approval.pending_token in self._in_flight:
+                    # Under way here, or claimed by a killed bot whose job the housekeeping has not looked for yet:
+                    # the sweep after it finishes the start; ending it here would drop an approved start.
+                    raise errors.UserFacingError("error.start_in_progress") from None
+                log.info("Resuming approved start %s: the bot stopped before it started", approval_id)
+            if not approve:
+                await self._forget(approval.pending_token)
+                return Decision(approval, approved=False)
+            decision = await self._finish_approved(approval, sweeping=False)
+            assert decision is not None  # only the sweep leaves a start for later
+            return decision
+        finally:
+            self._deciding.discard(approval_id)
+
+    async def resume_approved(self) -> list[Decision]:
+        """After a restart: approved starts the stopped bot never finished are started now, tied to the job a crash
+        left them, or ended truthfully (their file expired); a busy backend leaves them to the next sweep. Run after
+        reconcile(), which frees the starts a killed bot had claimed."""
+        decisions = []
+        for approval in await self.policy.unfinished_approvals(int(time.time()) - APPROVAL_TTL_SECONDS):
+            if approval.id in self._deciding or approval.pending_token in self._in_flight:
+                continue  # a teacher's click in this process is starting it
+            row = await self.repo.get(approval.pending_token)
+            if row is not None and row.claimed:
+                continue  # a killed bot's claim reconcile() has not settled (the backend did not answer): later
+            self._deciding.add(approval.id)
+            try:
+                decision = await self._finish_approved(approval, sweeping=True)
+            finally:
+                self._deciding.discard(approval.id)
+            if decision is not None:
+                log.info("Approved start %s finished after a restart (job %s)", approval.id,
+                         decision.job.id if decision.job else None)
+                decisions.append(decision)
+        return decisions
+
+    async def _finish_approved(self, approval: Approval, *, sweeping: bool) -> Decision | None:
         pending = await self.pending(approval.pending_token)
-        outcome: Outcome = (Refused(errors.UserFacingError("gov.error.approval_expired")) if pending is None
-                            else await self._start(pending))
+        outcome: Outcome
+        if pending is not None:
+            outcome = await self._start(pending)
+        else:  # gone: its job was made (and adopted after a crash), or its file expired
+            job = await self.policy.job_of_token(approval.pending_token)
+            outcome = (Started(job, earlier=True) if job is not None
+                       else Refused(errors.UserFacingError("gov.error.approval_expired")))
         if isinstance(outcome, Started):
             await self.policy.finish_approval(approval, job_id=outcome.job.id, status="approved")
             return Decision(approval, approved=True, job=outcome.job)
+        if sweeping and isinstance(outcome, Refused) and outcome.retry:
+            return None  # a busy backend, or a job that may exist: the next sweep looks again
         if isinstance(outcome, Flagged | AwaitingApproval):  # cleared before the request: only if data changed
             outcome = Refused(outcome.error if isinstance(outcome, Flagged) else errors.UserFacingError())
         await self.policy.finish_approval(approval, job_id=None, status="failed")
@@ -350,7 +402,7 @@ class StartService(StartHousekeeping):
             files = await asyncio.to_thread(staging.read_staged, pending)  # read once: moderated, then uploaded
             pending = await self._moderated(pending, settings, files)
             reservation = await self.policy.before_start(pending, settings)  # written before the backend hears of it
-            backend = await self._create(pending, files, group)
+            backend = await start_backend.create_job(self.gateway, pending, files, group)
         except errors.CreationUnknownError as exc:
             # The job may exist: its reservation stays held and the start claimed, until the housekeeping finds the
             # job by its token (records and charges it) or learns there is none (voids it, and Start works again).
@@ -400,40 +452,6 @@ class StartService(StartHousekeeping):
         await self.repo.mark_cleared(pending.token)
         return replace(pending, cleared=True)
 
-    async def _create(self, pending: PendingStart, files: list[bytes], group: Group | None = None) -> BackendJob:
-        training_id = await self.gateway.upload_file(pending.training_name, files[0])
-        validation_id = (await self.gateway.upload_file(pending.validation_name, files[1])
-                         if pending.validation_path and pending.validation_name else None)
-        try:
-            backend = await self.gateway.create_job(
-                model=pending.base_model,
-                training_file=training_id,
-                validation_file=validation_id,
-                method=pending.method,
-                n_epochs=pending.n_epochs,
-                suffix=pending.suffix,
-                metadata={
-                    "guild_id": str(pending.guild_id),
-                    "channel_id": str(pending.channel_id),
-                    "user_id": str(pending.user_id),
-                    TOKEN_KEY: pending.token,
-                    # The file's name, so a job recovered after a crash is titled as the student knows it.
-                    FILE_KEY: pending.training_filename[:FILE_NAME_CHARS],
-                    # A job adopted after a crash between creating and recording it stays its group's.
-                    **({GROUP_KEY: group.name} if group else {}),
-                },
-                token_key=TOKEN_KEY,
-            )
-        except errors.CreationUnknownError:
-            raise  # the job may be using the uploads
-        except errors.UserFacingError:
-            # No job, so the uploads would only sit at the backend: remove them (a retry uploads again).
-            for file_id in filter(None, (training_id, validation_id)):
-                await self._forget_upload(file_id)
-            raise
-        log.info("Created job %s in guild %s for user %s", backend.id, pending.guild_id, pending.user_id)
-        return backend
-
     async def _record(self, pending: PendingStart, backend: BackendJob, group: Group | None = None) -> Job:
         job = await self.jobs.insert(NewJob(
             id=backend.id, guild_id=pending.guild_id, channel_id=pending.channel_id, user_id=pending.user_id,
@@ -452,12 +470,6 @@ class StartService(StartHousekeeping):
         """Store the system prompt most of the file's examples use: chat asks the model the way it was trained."""
         if pending.training_prompt:
             await self.jobs.set_training_system_prompt(job.id, pending.training_prompt)
-
-    async def _forget_upload(self, file_id: str) -> None:
-        try:
-            await self.gateway.delete_file(file_id)
-        except errors.UserFacingError:
-            log.warning("Could not delete upload %s after a failed job creation", file_id)
 
     async def _owned(self, token: str, user_id: int) -> PendingStart:
         pending = await self.pending(token)

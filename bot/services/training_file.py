@@ -54,7 +54,11 @@ def chat_conversations(data: bytes) -> list[list[dict[str, Any]]]:
 
 def profile(data: bytes) -> tuple[str | None, list[list[dict[str, Any]]]]:
     """The file's training system prompt and its conversations, from one parse (runs in a worker process)."""
-    examples = [example for _, example in numbered_examples(data)]
+    return profile_of([example for _, example in numbered_examples(data)])
+
+
+def profile_of(examples: list[dict[str, Any]]) -> tuple[str | None, list[list[dict[str, Any]]]]:
+    """The training system prompt and the conversations of examples parsed already (the dataset check's)."""
     return _system_prompt(examples), _conversations(examples)
 
 

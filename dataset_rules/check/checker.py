@@ -50,9 +50,11 @@ class FileChecker:
         self.content_lines = 0
 
     def check_file(
-        self, numbered: Iterable[tuple[int, bytes]], *, file_label: str, order: int, is_validation: bool
+        self, numbered: Iterable[tuple[int, bytes]], *, file_label: str, order: int, is_validation: bool,
+        examples: list[tuple[int, dict[str, Any]]] | None = None,
     ) -> dict[str, FormatStats]:
-        """Check every line of one file; return per-format totals."""
+        """Check every line of one file; return per-format totals. `examples` receives each JSON object the lines
+        hold, with its line, as parsed here (so no caller parses the file again)."""
         stats: dict[str, FormatStats] = {}
         pending: Pending | None = None
         block = _Block()
@@ -77,6 +79,8 @@ class FileChecker:
                 return stats
             if obj is None:
                 continue
+            if examples is not None:
+                examples.append((line_no, obj))
             fmt = classify(obj)
             if fmt is None:
                 self.recorder.add(line_no, "missing_messages_list", order, file_label, **other_format_hint(obj))
@@ -149,12 +153,14 @@ def check_stream(
     converted: list[bytes] | None = None,
     converted_validation: list[bytes] | None = None,
     prices: dict[str, float] | None = None,
+    parsed: list[tuple[int, dict[str, Any]]] | None = None,
 ) -> Report:
     """Check a training file (and optionally a validation file) given as byte chunks; never holds it whole.
 
     A CSV/TSV table is converted once, on the fly: pass `converted` (and `converted_validation`) to receive the
     chat JSONL lines the check read, which is exactly what to upload. `prices` is the training price table
-    (models.load_prices); None: the one shipped with the rules."""
+    (models.load_prices); None: the one shipped with the rules. `parsed` receives the training file's JSON
+    objects with their lines as the check parsed them: the file is parsed once, here, for whatever else needs it."""
     info = models.info_or_default(model, prices)
     checker = FileChecker(info, max_listed)
     findings = checker.findings
@@ -163,7 +169,7 @@ def check_stream(
 
     train_lines, converted_from = tables.numbered_lines(checker.recorder, chunks, filename, system_prompt, max_bytes,
                                                         order=0, sink=converted)
-    stats = checker.check_file(train_lines, file_label=filename, order=0, is_validation=False)
+    stats = checker.check_file(train_lines, file_label=filename, order=0, is_validation=False, examples=parsed)
     chosen = _majority(stats)
     examples = checker.content_lines
     _report_mixed(checker.recorder, stats, chosen, filename, order=0)

@@ -89,6 +89,10 @@ class StartPolicyService:
         if await self.repo.attach_job_entry(job, token):
             log.warning("Job %s had no reservation; its ledger row was created on adoption", job.id)
 
+    async def class_training_price(self, guild_id: int, model: str) -> float | None:
+        """The training price the class's teacher set for a model the table lacks (/class price), if any."""
+        return await self.prices.class_training(guild_id, model)
+
     async def job_of_token(self, token: str) -> Job | None:
         """The recorded job a start's client token created, if any (a card pressed after its job was adopted)."""
         job_id = await self.repo.job_of_token(token)
@@ -172,6 +176,10 @@ class StartPolicyService:
     async def finish_approval(self, approval: Approval, *, job_id: str | None, status: str) -> None:
         """Record the outcome of an approved start."""
         await self.repo.finish_approval(approval.id, status=status, job_id=job_id)
+
+    async def unfinished_approvals(self, since: int) -> list[Approval]:
+        """Approved starts (decided since then) with no job and no failure recorded, on every server."""
+        return await self.repo.unfinished_approvals(since)
 
     async def set_approval_card(self, approval: Approval, message_id: int) -> None:
         """Remember the approval card's message."""
