@@ -138,9 +138,10 @@ class StartService:
             return Prepared(check, None)
         # The one parse of the file on this side besides the check: its system prompt and its conversations.
         prompt, conversations = await self.workers.run(training_file.profile, check.converted_jsonl or training.data)
-        check = await self._count_on_backend(check, request.base_model, conversations)
-        if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
-            # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
+        check, counted = await self._count_on_backend(check, request.base_model, conversations)
+        if (self.settings.backend == "trainer" or counted) and check.report.estimated_cost_usd is None:
+            # The school's own trainer charges nothing, whether this bot runs it or it runs elsewhere behind a URL
+            # (only it counts tokens in its own tokenizer): the card says free, not "no price known".
             check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
         token = secrets.token_hex(8)
         training_name, training_path = await staging.stage(self.staging_dir, token, "training", training.filename,
@@ -168,21 +169,22 @@ class StartService:
         return Prepared(check, pending)
 
     async def _count_on_backend(self, check: CheckResult, model: str,
-                                conversations: list[list[dict[str, Any]]]) -> CheckResult:
+                                conversations: list[list[dict[str, Any]]]) -> tuple[CheckResult, bool]:
         """On a self-hosted trainer, count tokens in the base model's own tokenizer and chat template (what it will
-        train on); OpenAI's tokenizer, which the check used, is off by up to 3x for Korean on other models."""
+        train on); OpenAI's tokenizer, which the check used, is off by up to 3x for Korean on other models. Whether
+        the backend counted them (the school's trainer does; other backends have no such route)."""
         if not self.settings.self_hosted or check.report.format != "chat" or not conversations:
-            return check
+            return check, False
         try:
             counts = await asyncio.wait_for(self.gateway.count_chat_tokens(model, conversations),
                                             BACKEND_COUNT_SECONDS)
         except (errors.UserFacingError, TimeoutError):
             log.info("The backend could not count tokens in time; the card keeps the estimate")
-            return check
+            return check, False
         total = sum(counts)
         report = replace(check.report, tokens_total=total, tokens_billed=total * (check.report.n_epochs or 0),
                          max_example_tokens=max(counts))
-        return replace(check, report=report)
+        return replace(check, report=report), True
 
     async def _check_base_model(self, request: StartRequest) -> None:
         # A base model the backend lists, or a model this server fine-tuned: never another server's model.
