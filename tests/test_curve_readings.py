@@ -50,3 +50,21 @@ def test_recorded_run_tables_cover_every_step_after_the_first_few(run: str) -> N
     """Each recorded run's table has a person's reading for every step from the first reading on."""
     steps = [step for first, last, _ in HUMAN_READINGS[run] for step in range(first, last + 1)]
     assert steps == list(range(MIN_POINTS_FOR_READING, len(_points(run)) + 1))
+
+
+def _whole_file_run(valid: list[float], every: int = 5) -> list[MetricPoint]:
+    """A run whose training loss falls all along and whose whole held-out file is scored every few steps."""
+    return [MetricPoint(step=s, train_loss=3.0 * 0.97 ** s, created_at=s,
+                        full_valid_loss=valid[s // every - 1] if s % every == 0 else None)
+            for s in range(1, every * len(valid) + 1)]
+
+
+def test_whole_file_validation_that_turns_up_reads_memorising() -> None:
+    """Scored on the whole held-out file, validation that falls, bottoms out and climbs twice reads "memorising"."""
+    assert read_curve(_whole_file_run([2.0, 1.6, 1.4, 1.5, 1.7])) is CurveReading.OVERFITTING
+
+
+@pytest.mark.parametrize("valid", [[2.0, 1.6, 1.4, 1.3, 1.25], [2.0, 1.6, 1.4, 1.3, 1.5], [2.0, 1.6, 1.4, 1.6, 1.5]])
+def test_whole_file_validation_without_a_lasting_turn_up_is_not_memorising(valid: list[float]) -> None:
+    """Still falling, one step up at the very end, or a bump already coming down: not "memorising" (yet)."""
+    assert read_curve(_whole_file_run(valid)) is not CurveReading.OVERFITTING
