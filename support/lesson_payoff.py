@@ -83,8 +83,9 @@ async def _nothing_held(guild_id: int, texts: Sequence[str]) -> list[bool]:
 def evaluator(gateway: FineTuningGateway, library: LessonLibrary) -> EvaluationService:
     """The evaluation service as /evaluate runs it, for asking models directly (no server, no chat rules)."""
     # run() asks the gateway only; the chat service is for plan(), which these callers skip.
+    # A quality measure, not a class waiting: a busy machine is waited for as long as a job.
     return EvaluationService(gateway, cast(ChatService, None), library, answer_max_tokens=ANSWER_TOKENS,
-                             moderate=_nothing_held)
+                             moderate=_nothing_held, wait_in_line_seconds=JOB_SECONDS)
 
 
 async def payoff(gateway: FineTuningGateway, lesson: Lesson, base: str, library: LessonLibrary) -> Payoff:
