@@ -40,6 +40,7 @@ from bot.services.lessons import LessonLibrary
 from support.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser
 from support.bot_harness import BotRunner, press
 from support.lesson_payoff import ANSWER_TOKENS, CLEAR_MARGIN, Payoff, payoff
+from trainer.catalog import languages
 from support.trainer_harness import (
     BENCH_GGUF_CACHE,
     INSTALL_GEMMA,
@@ -229,15 +230,18 @@ def _judge(result: Payoff, ended: list[bool]) -> list[Verdict]:
               f"    base given the instruction {told.answers[1]!r}")
     leaked = sum(any(marker in row.answers[0] for marker in TURN_MARKERS) for row in report.rows)
     figures = f"{result.figures()}, {sum(ended)}/{len(ended)} fine-tuned turns ended, {leaked} turn markers shown"
-    verdicts = [Verdict(f"{lesson.name} on {result.base} (bar: the base with the lesson's prompt at least "
-                        f"{CLEAR_MARGIN:.0%} below the fine-tuned model)", figures, result.clear)]
+    # The bar holds where the base speaks the lesson's language (a Korean lesson on English SmolLM2 is a figure only).
+    spoken = lesson.language in languages(result.base)
+    bar = f"at least {CLEAR_MARGIN:.0%} below the fine-tuned model" if spoken else "none: the base does not speak it"
+    verdicts = [Verdict(f"{lesson.name} on {result.base} (bar: the base with the lesson's prompt {bar})", figures,
+                        result.clear or not spoken)]
     if lesson.language == "ko":
         letters = sum(len(LETTER.findall(row.answers[0])) for row in report.rows)
         hangul = sum(len(HANGUL.findall(row.answers[0])) for row in report.rows)
         share = hangul / letters if letters else 0.0
         verdicts.append(Verdict(f"{lesson.name} on {result.base} answers in Korean (bar: 80% of letters Hangul)",
                                 f"{share:.0%} of {letters} letters are Hangul",
-                                share >= 0.8 or result.base == "smollm2"))  # SmolLM2 is an English model
+                                share >= 0.8 or not spoken))
     return verdicts
 
 
