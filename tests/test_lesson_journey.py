@@ -94,7 +94,7 @@ async def test_class_trains_a_sample_lesson_and_the_notice_offers_the_evaluation
                                            timeout=10, what="the job")
     request = classroom.openai.job_requests[0]
     assert request["suffix"] == "pirate-en" and request["validation_file"]
-    assert request["method"]["supervised"]["hyperparameters"]["n_epochs"] == 3
+    assert request["method"]["supervised"]["hyperparameters"]["n_epochs"] == PIRATE.epochs == 5
     uploaded = {name: data for name, _, data in classroom.openai.uploads}
     assert uploaded["pirate-en.jsonl"] == PIRATE.training_bytes()
     assert uploaded["pirate-en-heldout.jsonl"] == PIRATE.heldout_bytes()
