@@ -162,7 +162,7 @@ def build_report(models: tuple[str, str], behaviour: Behaviour | None, source: s
         for example, one, two in zip(examples, answers[0], answers[1], strict=True)
     )
     scores = (score(models[0], answers[0], examples, behaviour), score(models[1], answers[1], examples, behaviour))
-    return EvaluationReport(models, behaviour, source, rows, scores, instruction)
+    return EvaluationReport(models, behaviour, source, rows, scores, instruction=instruction)
 
 
 # The chart (pure) -------------------------------------------------------------------------------------------
