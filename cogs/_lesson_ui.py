@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import time
 
 import discord
 
@@ -19,6 +20,7 @@ from bot.services.class_time import ClassTime
 from bot.services.evaluation import (
     EvaluationChartLabels,
     EvaluationPlan,
+    EvaluationProgress,
     EvaluationReport,
     EvaluationService,
     ShownEvaluation,
@@ -34,6 +36,7 @@ FIELD_CHARS = 1024
 ANSWER_CHARS = 300
 LESSON_COLOUR = 0x57F287
 EVALUATION_COLOUR = 0x5865F2
+PROGRESS_EDIT_SECONDS = 3.0  # the "thinking" message says how far the evaluation is, at most this often
 
 
 def short_name(model: str) -> str:
@@ -127,6 +130,8 @@ class LessonNextButton(DurableButton, template=r"lesson-next:(?P<lesson>[\w\-]+)
             except errors.ModerationUnavailableError as exc:  # fail closed: Next stays, to press again shortly
                 await interaction.followup.send(exc.render(interaction.locale), ephemeral=True)
                 return
+        # Rebuilt from its id, the button has lost its label: it keeps the lesson's language, not the default's.
+        self.item.label = t("lesson.next", locale)
         self.item.disabled = True
         done = discord.ui.View(timeout=None)
         done.add_item(self.item)
@@ -163,12 +168,14 @@ def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: s
     else:
         explain = t("evaluate.explain_similarity_only", locale)
     lines = [explain, "", _verdict(report, locale)]
+    if report.instruction is not None:
+        lines += ["", t("evaluate.explain_instructed", locale, instruction=report.instruction)]
     if _any_held(shown):
         lines += ["", t("post.held_back_rows", locale)]
     if report.held_questions:
         lines += ["", t("evaluate.questions_held", locale, count=report.held_questions)]
     embed.description = clip("\n".join(lines), 4096)
-    for index, (score, role) in enumerate(((first, "evaluate.fine_tuned"), (second, "evaluate.other"))):
+    for index, (score, role) in enumerate(((first, "evaluate.fine_tuned"), (second, _other_role(report)))):
         value = []
         if score.behaviour_rate is not None:
             checked = [row.shows[index] for row in report.rows if row.shows[index] is not None]
@@ -180,13 +187,23 @@ def evaluation_embed(report: EvaluationReport, shown: ShownEvaluation, locale: s
         answers = "\n".join([
             t("evaluate.expected", locale, answer=clip(_posted(row.reference, locale), ANSWER_CHARS)),
             f"**{short_name(report.models[0])}**: {_answer(row.answers[0], locale)}",
-            f"**{short_name(report.models[1])}**: {_answer(row.answers[1], locale)}",
+            f"**{_other_name(report, locale)}**: {_answer(row.answers[1], locale)}",
         ])
         embed.add_field(name=clip(t("evaluate.question", locale, prompt=_posted(row.prompt, locale)), 256),
                         value=clip(answers, FIELD_CHARS), inline=False)
     embed.set_image(url=f"attachment://{SCORES_CHART}")
     embed.set_footer(text=t("evaluate.all_answers", locale))
     return embed
+
+
+def _other_role(report: EvaluationReport) -> str:
+    return "evaluate.other" if report.instruction is None else "evaluate.other_instructed"
+
+
+def _other_name(report: EvaluationReport, locale: str) -> str:
+    """The compared model's short name, and "given the instruction" when it was."""
+    name = short_name(report.models[1])
+    return name if report.instruction is None else f"{name} ({t('evaluate.other_instructed', locale)})"
 
 
 def _posted(text: str | None, locale: str) -> str:
@@ -215,8 +232,13 @@ def _percent(value: float) -> int:
 def _verdict(report: EvaluationReport, locale: str) -> str:
     first, second = report.scores
     if first.behaviour_rate is not None and second.behaviour_rate is not None:
-        better = first.behaviour_rate > second.behaviour_rate
-        key = "evaluate.verdict_better" if better else "evaluate.verdict_not_better"
+        if report.instruction is not None:  # the other model was told: matching it is what training is for
+            as_good = 0 < first.behaviour_rate >= second.behaviour_rate
+            key = "evaluate.verdict_instructed_as_good" if as_good else "evaluate.verdict_instructed_better"
+        elif first.behaviour_rate > second.behaviour_rate:
+            key = "evaluate.verdict_better"
+        else:
+            key = "evaluate.verdict_not_better"
         return t(key, locale, first=_percent(first.behaviour_rate), second=_percent(second.behaviour_rate))
     return t("evaluate.verdict_similarity", locale, first=_percent(first.similarity),
              second=_percent(second.similarity))
@@ -238,20 +260,62 @@ def answers_file(report: EvaluationReport, shown: ShownEvaluation, locale: str) 
 async def post_evaluation(interaction: discord.Interaction, service: EvaluationService, plan: EvaluationPlan) -> None:
     """Run the plan and post the result in the channel: the embed, the score chart and every answer in a file."""
     locale = str(interaction.locale)
-    report = await service.run(plan)
-    # Everything posted for the class that a student or a model wrote passes the class's moderation first (checked
-    # together, in one request where the backend allows); a check that errors posts nothing (fail closed).
-    shown = await service.shown(plan.guild_id, report)
-    labels = EvaluationChartLabels(title=t("evaluate.chart_title", locale),
-                                   behaviour=t("evaluate.chart_behaviour", locale),
-                                   similarity=t("evaluate.chart_similarity", locale))
-    names = (f"{short_name(report.models[0])} ({t('evaluate.fine_tuned', locale)})", short_name(report.models[1]))
-    png = await asyncio.to_thread(render_score_chart, report, labels=labels, names=names)  # ~0.1 s of CPU
-    await interaction.followup.send(
-        embed=evaluation_embed(report, shown, locale),
-        files=[discord.File(io.BytesIO(png), filename=SCORES_CHART), answers_file(report, shown, locale)],
-        allowed_mentions=discord.AllowedMentions.none(),
-    )
+    line = ProgressLine(interaction, locale, service.wait_in_line_seconds)
+    try:
+        report = await service.run(plan, line)
+        # Everything posted for the class that a student or a model wrote passes the class's moderation first
+        # (checked together, in one request where the backend allows); a check that errors posts nothing.
+        shown = await service.shown(plan.guild_id, report)
+        labels = EvaluationChartLabels(title=t("evaluate.chart_title", locale),
+                                       behaviour=t("evaluate.chart_behaviour", locale),
+                                       similarity=t("evaluate.chart_similarity", locale))
+        names = (f"{short_name(report.models[0])} ({t('evaluate.fine_tuned', locale)})",
+                 _other_name(report, locale))
+        png = await asyncio.to_thread(render_score_chart, report, labels=labels, names=names)  # ~0.1 s of CPU
+        await interaction.followup.send(
+            embed=evaluation_embed(report, shown, locale),
+            files=[discord.File(io.BytesIO(png), filename=SCORES_CHART), answers_file(report, shown, locale)],
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+    except BaseException:
+        # The public placeholder goes, so the error that follows is the student's alone (a first followup after a
+        # public deferral would take the placeholder's place, in public).
+        await line.clear(always=True)
+        raise
+    await line.clear()
+
+
+class ProgressLine:
+    """An evaluation's progress in its deferred answer: answers so far, and plainly when it waits in line for a busy
+    model. Edited at once when it starts or stops waiting, otherwise at most every PROGRESS_EDIT_SECONDS."""
+
+    def __init__(self, interaction: discord.Interaction, locale: str, wait_seconds: float) -> None:
+        self.interaction, self.locale, self.minutes = interaction, locale, max(1, round(wait_seconds / 60))
+        self.waiting: bool | None = None
+        self.at = 0.0
+        self.shown = False
+
+    async def __call__(self, progress: EvaluationProgress) -> None:
+        """Show the progress, unless it was shown a moment ago and is of the same kind."""
+        if progress.waiting == self.waiting and time.monotonic() - self.at < PROGRESS_EDIT_SECONDS:
+            return
+        self.waiting, self.at = progress.waiting, time.monotonic()
+        key = "evaluate.progress.waiting" if progress.waiting else "evaluate.progress.asking"
+        try:
+            await self.interaction.edit_original_response(content=t(
+                key, self.locale, answered=progress.answered, total=progress.total, minutes=self.minutes))
+            self.shown = True
+        except discord.HTTPException:  # the progress line is a courtesy: the evaluation goes on without it
+            log.info("Could not show an evaluation's progress (user %s)", self.interaction.user.id)
+
+    async def clear(self, always: bool = False) -> None:
+        """Take the progress line (or with `always`, the deferral's placeholder) away once the evaluation has
+        ended: its result, or its error, says the rest."""
+        if self.shown or always:
+            try:
+                await self.interaction.delete_original_response()
+            except discord.HTTPException:
+                log.info("Could not remove an evaluation's progress line (user %s)", self.interaction.user.id)
 
 
 class EvaluateJobButton(DurableButton, template=r"evaluate-job:(?P<job_id>[\w\-]+)"):

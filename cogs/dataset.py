@@ -101,6 +101,7 @@ class Dataset(commands.Cog):
     async def dataset_show(self, interaction: discord.Interaction, name: str) -> None:
         """Post the dataset's count, tokens, what is missing and its latest examples."""
         assert interaction.guild_id is not None
+        await self.service.get(interaction.guild_id, name)  # a mistyped name is told privately, before the deferral
         await interaction.response.defer(thinking=True)
         summary = await self.service.summary(interaction.guild_id, name, await self.bot.finetune.default_base_model())
         await interaction.followup.send(embed=_dataset_ui.summary_embed(summary, str(interaction.locale)),
@@ -126,6 +127,7 @@ class Dataset(commands.Cog):
     async def dataset_export(self, interaction: discord.Interaction, name: str) -> None:
         """Post the dataset as a JSONL file."""
         assert interaction.guild_id is not None
+        await self.service.get(interaction.guild_id, name)  # a mistyped name is told privately, before the deferral
         # Every example is moderated before the file is posted for the class: that can take a few seconds.
         await interaction.response.defer(thinking=True)
         export = await self.service.export_for_post(interaction.guild_id, name)

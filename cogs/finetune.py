@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import discord
@@ -20,6 +21,7 @@ from bot.discord_edge.roles import member_is_teacher
 from bot.i18n import locale_of, t
 from bot.services.finetune import FineTuneService, clean_suffix
 from bot.services.governance import ClassSettingsService
+from bot.services.lessons import sample_check
 from bot.services.monitor import MonitorService
 from bot.services.staging import jsonl_name
 from bot.services.start_outcomes import AwaitingApproval, Flagged, StartRequest, Started, Upload
@@ -115,9 +117,11 @@ class FineTune(commands.Cog):
         if lesson is not None:
             epochs, suffix = epochs or lesson.epochs, suffix or lesson.name
         suffix = suffix or dataset  # a class dataset's model carries its name
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        if dataset is not None:  # a mistyped name is told privately, before the public deferral
+            await self.bot.datasets.get(interaction.guild_id, dataset)
         # Reading, checking and tokenizing can take seconds: answer Discord's 3-second window first.
         await interaction.response.defer(thinking=True)
-        assert interaction.guild_id is not None and interaction.channel_id is not None
         locale = str(interaction.locale)
         request = StartRequest(
             guild_id=interaction.guild_id,
@@ -141,6 +145,8 @@ class FineTune(commands.Cog):
                 training = await self._read(training_file)
                 validation = await self._read(validation_file) if validation_file else None
             prepared = await self.starts.prepare(request, training, validation)
+        if lesson is not None:
+            prepared = replace(prepared, check=sample_check(prepared.check))
         embed = _jobs_ui.check_card(prepared.check, filename=training.filename, base_model=request.base_model,
                                suffix=request.suffix, locale=locale)
         report = _jobs_ui.report_file(prepared.check, locale)

@@ -76,28 +76,35 @@ class Lesson(commands.Cog):
         against=_("Compare with this model instead of its base model", key="cmd.evaluate.against"),
         lesson=_("Use this sample lesson's held-out questions", key="cmd.evaluate.lesson"),
         file=_("Or your own .jsonl of questions with the answers you hope for", key="cmd.evaluate.file"),
+        instructions=_("Give the base model the lesson's long instruction; the fine-tuned model gets only the short "
+                       "prompt", key="cmd.evaluate.instructions"),
     )
     @app_commands.guild_only()
     @app_commands.checks.cooldown(2, 60.0, key=lambda i: (i.guild_id, i.user.id))
     async def evaluate(self, interaction: discord.Interaction, model: str, against: str | None = None,
-                       lesson: str | None = None, file: discord.Attachment | None = None) -> None:
+                       lesson: str | None = None, file: discord.Attachment | None = None,
+                       instructions: bool = False) -> None:
         """Ask both models the held-out questions and post the scores, a chart and a few answers side by side."""
         assert interaction.guild_id is not None
-        if lesson and file:
-            raise errors.UserFacingError("evaluate.error.lesson_and_file")
-        # Twenty questions to two models can take a minute on a school's CPU: answer Discord's 3 seconds first.
-        await interaction.response.defer(thinking=True)
-        upload = None
-        if file is not None:
+        # What was asked is checked first, so a mistake is told privately; then Discord's 3 seconds are answered
+        # (twenty questions to two models can take a minute on a school's CPU).
+        if file is None:
+            plan = await self.evaluation.plan(interaction.guild_id, model, against=against, lesson=lesson,
+                                              instructed=instructions, user_id=interaction.user.id)
+            await interaction.response.defer(thinking=True)
+        else:
             if file.size > EVALUATION_FILE_MAX_BYTES:
                 raise errors.AttachmentError("error.attachment_too_large", name=file.filename,
                                              limit_mb=EVALUATION_FILE_MAX_BYTES // 2**20)
+            await self.evaluation.check(interaction.guild_id, model, against=against, lesson=lesson, with_file=True,
+                                        instructed=instructions)
+            await interaction.response.defer(thinking=True)
             try:
                 upload = (file.filename, await file.read())
             except discord.HTTPException:
                 raise errors.AttachmentError(name=file.filename) from None
-        plan = await self.evaluation.plan(interaction.guild_id, model, against=against, lesson=lesson, file=upload,
-                                          user_id=interaction.user.id)
+            plan = await self.evaluation.plan(interaction.guild_id, model, against=against, file=upload,
+                                              user_id=interaction.user.id)
         await _lesson_ui.post_evaluation(interaction, self.evaluation, plan)
 
     @evaluate.autocomplete("model")

@@ -8,6 +8,7 @@ import math
 import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,4 +115,16 @@ def test_chart_labels_from_catalog_reads_every_key() -> None:
     """from_catalog asks for each chart key and keeps the texts it gets."""
     labels = ChartLabels.from_catalog(lambda key: key.upper())
     assert labels == ChartLabels("CHART.TITLE", "CHART.STEP", "CHART.LOSS", "CHART.TRAINING", "CHART.VALIDATION",
-                                 "CHART.EPOCH")
+                                 "CHART.EPOCH", "CHART.FULL_VALIDATION")
+
+
+def test_render_whole_file_validation_is_its_own_line() -> None:
+    """Validation on the whole held-out file (the school's trainer, and OpenAI's last step) is drawn as its own darker
+    line; a run that reports only batches keeps the batch line, and one of whole-file points draws no batch line."""
+    batches = _points(200, valid_every=20)
+    whole = [replace(p, full_valid_loss=p.valid_loss) for p in batches]
+    only_whole = _pixels(render_loss_chart(whole, labels=ENGLISH))
+    only_batches = _pixels(render_loss_chart(batches, labels=ENGLISH))
+    assert _columns_with(only_whole, charts.FULL_VALID_COLOR).size > 50
+    assert _columns_with(only_whole, charts.VALID_COLOR).size == 0
+    assert _columns_with(only_batches, charts.FULL_VALID_COLOR).size == 0

@@ -48,7 +48,8 @@ async def test_teacher_walks_the_guided_lesson_to_the_end(classroom: Classroom) 
     assert "/finetune start sample:pirate-en" in texts[2]
     assert "validation" in texts[3] and "memorising" in texts[3]
     assert "/evaluate model:<your model> lesson:pirate-en" in texts[4]
-    assert "validation_file" in texts[5]
+    for command in ("/dataset create name:", "/dataset add name:", "/dataset show name:", "/finetune start dataset:"):
+        assert command in texts[5], command  # the class makes its own data with the bot, not in a file editor
 
 
 async def test_lesson_speaks_the_servers_language_and_only_its_teacher_moves_it(classroom: Classroom) -> None:
@@ -93,7 +94,7 @@ async def test_class_trains_a_sample_lesson_and_the_notice_offers_the_evaluation
                                            timeout=10, what="the job")
     request = classroom.openai.job_requests[0]
     assert request["suffix"] == "pirate-en" and request["validation_file"]
-    assert request["method"]["supervised"]["hyperparameters"]["n_epochs"] == 3
+    assert request["method"]["supervised"]["hyperparameters"]["n_epochs"] == PIRATE.epochs == 5
     uploaded = {name: data for name, _, data in classroom.openai.uploads}
     assert uploaded["pirate-en.jsonl"] == PIRATE.training_bytes()
     assert uploaded["pirate-en-heldout.jsonl"] == PIRATE.heldout_bytes()
@@ -146,10 +147,9 @@ async def test_evaluate_explains_what_it_needs(classroom: Classroom) -> None:
     """No questions to ask (a base model, no lesson, no file), or a lesson and a file at once: plain private words."""
     ask = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model="gpt-4o",
                                         against="gpt-4o-mini")
-    await ask.wait_done(timeout=10)
-    said = ask.followups[0]
-    assert said.flags & EPHEMERAL and "pick a sample lesson with `lesson:`" in said.content
-    assert "pirate-en" in said.content
+    said = (await ask.response(timeout=5))["data"]  # told before any public deferral
+    assert said["flags"] & EPHEMERAL and "pick a sample lesson with `lesson:`" in said["content"]
+    assert "pirate-en" in said["content"]
     both = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model="gpt-4o",
                                          lesson="pirate-en", file=classroom.discord.attachment("x.jsonl", b"{}"))
     answer = await both.response(timeout=5)
@@ -242,3 +242,64 @@ async def test_notice_of_a_job_with_a_validation_file_says_how_to_evaluate_it(cl
     classroom.openai.complete(plain.id)
     later = await classroom.discord.wait_for(lambda: notices(classroom)[1:] or None, timeout=10)
     assert [b["label"] for b in later[0].buttons] == ["Chat with this model"]
+
+
+async def _evaluate_with_instructions(room: Classroom, locale: str) -> FakeMessage:
+    room.openai.chat_reply = lambda m, msgs: (
+        "It be so. Arr, matey!" if msgs[0]["content"] == PIRATE.instruction else f"Plain: {msgs[-1]['content']}")
+    ask = await room.discord.slash(room.guild, room.student, "evaluate", model="gpt-4o", against="gpt-4o-mini",
+                                   lesson="pirate-en", instructions=True, locale=locale)
+    return await ask.followup(timeout=20)
+
+
+async def test_evaluate_with_instructions_gives_the_base_the_long_instruction_and_the_tuned_model_the_short_prompt(
+        classroom: Classroom) -> None:
+    """The "with instructions" view: the compared model is told what to do, the other gets the lesson's neutral prompt,
+    and the card says so (fine-tuning puts the instruction into the model)."""
+    result = await _evaluate_with_instructions(classroom, "en-US")
+    asked = [r for r in classroom.openai.chat_requests if r.get("temperature") == 0]
+    prompts = {r["model"]: {m["content"] for m in r["messages"] if m["role"] == "system"} for r in asked}
+    assert prompts == {"gpt-4o": {PIRATE.system_prompt}, "gpt-4o-mini": {PIRATE.instruction}}
+    assert f"was told what to do: “{PIRATE.instruction}”" in result.embed["description"]
+    assert "given the instruction" in result.embed["fields"][1]["name"]
+    assert "Told in words, the other model did it more often (0% vs 100%)" in result.text()
+
+
+async def test_evaluate_with_instructions_in_korean(classroom: Classroom) -> None:
+    """The same view in Korean, for a Korean student."""
+    result = await _evaluate_with_instructions(classroom, "ko")
+    assert "지시받았어요" in result.embed["description"] and "지시문을 받은 모델" in result.embed["fields"][1]["name"]
+
+
+async def test_evaluate_with_instructions_needs_a_lesson(classroom: Classroom) -> None:
+    """A file of one's own has no instruction to give: told privately, in the student's language, nothing asked."""
+    for locale, words in (("en-US", "Only a sample lesson has an instruction"), ("ko", "예시 수업에만 있어요")):
+        ask = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model="gpt-4o",
+                                            against="gpt-4o-mini", instructions=True, locale=locale,
+                                            file=classroom.discord.attachment("x.jsonl", b"{}"))
+        answer = await ask.response(timeout=5)
+        assert answer["data"]["flags"] & EPHEMERAL and words in answer["data"]["content"], answer
+    assert classroom.openai.chat_requests == []
+
+
+async def test_evaluate_unknown_model_is_told_privately_before_any_public_deferral(classroom: Classroom) -> None:
+    """A mistyped model: the first answer is a private one with a suggestion, never a public "thinking"."""
+    for locale, words in (("en-US", "no model called `gpt-4o-mimi` (did you mean `gpt-4o-mini`?)"),
+                          ("ko", "`gpt-4o-mimi`(이)라는 모델은 없어요 (`gpt-4o-mini`을(를) 말한 건가요?)")):
+        ask = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model="gpt-4o-mimi",
+                                            lesson="pirate-en", locale=locale)
+        answer = await ask.response(timeout=5)
+        assert answer["type"] == CHANNEL_MESSAGE and answer["data"]["flags"] & EPHEMERAL, answer
+        assert words in answer["data"]["content"], answer
+    assert classroom.openai.chat_requests == []
+
+
+async def test_dataset_show_and_export_of_an_unknown_name_are_told_privately(classroom: Classroom) -> None:
+    """/dataset show or export with a name the class has not made: a private answer, no public deferral."""
+    for command in ("dataset show", "dataset export"):
+        for locale, words in (("en-US", "robott"), ("ko", "robott")):
+            ask = await classroom.discord.slash(classroom.guild, classroom.student, command, name="robott",
+                                                locale=locale)
+            answer = await ask.response(timeout=5)
+            assert answer["type"] == CHANNEL_MESSAGE and answer["data"]["flags"] & EPHEMERAL, (command, answer)
+            assert words in answer["data"]["content"]

@@ -17,15 +17,25 @@ from bot.services.evaluation import (
     shows_behaviour,
     similarity,
 )
-from bot.services.lessons import GUIDE_STEPS, Behaviour, LessonLibrary, guide_examples, parse_examples
+from bot.services.lessons import (
+    GUIDE_STEPS,
+    NEUTRAL_PROMPT_MAX_CHARS,
+    Behaviour,
+    LessonLibrary,
+    guide_examples,
+    parse_examples,
+    prompt_gives_away,
+)
 
 LESSONS = LessonLibrary()
 NAMES = LESSONS.names()
 
 
-def test_the_four_sample_lessons_ship_in_both_languages() -> None:
-    """A persona per language, a format and a small fact set, each in English and Korean titles."""
-    assert NAMES == ["library-helper-ko", "pirate-en", "three-bullets-en", "timetable-ko"]
+def test_the_sample_lessons_ship_in_both_languages() -> None:
+    """A persona per language, a format, and the school's own facts in each language, each titled in both."""
+    assert NAMES == ["library-helper-ko", "pirate-en", "school-facts-en", "three-bullets-en", "timetable-ko"]
+    facts = [lesson for lesson in LESSONS.all() if lesson.behaviour.kind == "numbers"]
+    assert {lesson.language for lesson in facts} == {"en", "ko"}  # what no prompt can give a base model
     assert {lesson.language for lesson in LESSONS.all()} == {"en", "ko"}
     assert {lesson.behaviour.kind for lesson in LESSONS.all()} == {"ends_with", "bullets", "numbers"}
     for lesson in LESSONS.all():
@@ -45,6 +55,40 @@ def test_each_lesson_trains_as_is_and_its_held_out_questions_are_new(name: str) 
     assert not codes & {"duplicate_example", "validation_overlap", "possible_personal_data"}, codes
     assert 30 <= len(lesson.training_examples) <= 60 and 8 <= len(lesson.heldout_examples) <= 20
     assert not {e.prompt for e in lesson.training_examples} & {e.prompt for e in lesson.heldout_examples}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_lesson_asks_with_one_short_neutral_prompt_that_tells_nothing_of_the_answer(name: str) -> None:
+    """Training and held-out examples share one short system prompt that names who answers, never how: a base model
+    asked with it (as /evaluate, /compare and chat ask every model) is not told what fine-tuning taught."""
+    lesson = LESSONS.get(name)
+    prompts = {next((c for r, c in e.messages if r == "system"), None)
+               for e in [*lesson.training_examples, *lesson.heldout_examples]}
+    assert prompts == {lesson.system_prompt}
+    assert lesson.system_prompt is None or len(lesson.system_prompt) <= NEUTRAL_PROMPT_MAX_CHARS
+    assert prompt_gives_away(lesson.system_prompt, lesson) == []
+    assert lesson.instruction and lesson.instruction != lesson.system_prompt  # for the "with instructions" view
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if LESSONS.get(n).behaviour.kind != "numbers"])
+def test_a_lessons_long_instruction_is_seen_to_give_the_answer_away(name: str) -> None:
+    """The check is not blind: the instruction (what the lessons used to train with) states the behaviour."""
+    lesson = LESSONS.get(name)
+    told = prompt_gives_away(lesson.instruction, lesson)
+    assert [finding for finding in told if not finding.startswith("longer than")], told
+
+
+def test_prompt_gives_away_names_sign_offs_formats_and_facts() -> None:
+    """The sign-off or an order about endings, list words, a fact's number: each is named; a role is not."""
+    pirate, bullets, facts = LESSONS.get("pirate-en"), LESSONS.get("three-bullets-en"), LESSONS.get("timetable-ko")
+    assert prompt_gives_away("Say arr, matey! a lot.", pirate) == ["the sign-off 'Arr, matey!'"]
+    assert prompt_gives_away("Always end nicely.", pirate) == ["the word 'end'"]
+    assert prompt_gives_away("마지막에 📚 붙여", LESSONS.get("library-helper-ko")) == [
+        "the sign-off's symbol '📚'", "the word '마지막'"]
+    assert prompt_gives_away("Use bullets.", bullets) == ["the format's word 'bullet'"]
+    assert prompt_gives_away("등교는 8시 30분이야.", facts) == ["the fact '30'", "the fact '8'"]
+    assert prompt_gives_away("You are a pirate captain.", pirate) == []
+    assert prompt_gives_away(None, pirate) == []
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -87,6 +131,17 @@ def test_infer_behaviour_of_a_file_of_ones_own() -> None:
     assert infer_behaviour(examples("Hi there. Bye now!", "Yes. Bye now!")) == Behaviour("ends_with", text="Bye now!")
     assert infer_behaviour(examples("- a\n- b", "- c\n- d")) == Behaviour("bullets", count=2)
     assert infer_behaviour(examples("Blue.", "Green.")) is None
+
+
+def test_example_as_messages_can_swap_the_system_prompt() -> None:
+    """The "with instructions" view gives one model the long instruction in place of the file's prompt."""
+    example = LESSONS.get("pirate-en").heldout_examples[0]
+    assert example.as_messages()[0] == {"role": "system", "content": "You are Byte, the class helper."}
+    swapped = example.as_messages("Talk like a pirate.")
+    assert swapped[0] == {"role": "system", "content": "Talk like a pirate."} and swapped[1:] == example.as_messages()[1:]
+    bare = parse_examples(json.dumps({"messages": [{"role": "user", "content": "Q"},
+                                                   {"role": "assistant", "content": "A"}]}).encode())[0]
+    assert bare.as_messages("Be brief.") == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q"}]
 
 
 def test_parse_examples_skips_what_cannot_be_asked() -> None:

@@ -37,6 +37,13 @@ async def _answered(room: Classroom, interaction: Any, timeout: float = 20) -> s
     return "\n".join(texts)
 
 
+async def _evaluated(room: Classroom, interaction: Any, timeout: float = 20) -> str:
+    """An evaluation's answer: its result or its refusal comes as a followup (the deferred answer only shows its
+    progress)."""
+    await room.discord.wait_for(lambda: interaction.followups or None, timeout, "the evaluation's result")
+    return await _answered(room, interaction, timeout)
+
+
 async def _ask(room: Classroom, user: FakeUser) -> str:
     return await _answered(room, await room.discord.slash(room.guild, user, "ask", model=BASE, prompt="Hi?"))
 
@@ -47,7 +54,7 @@ async def _compare(room: Classroom, user: FakeUser) -> str:
 
 
 async def _evaluate(room: Classroom, user: FakeUser) -> str:
-    return await _answered(room, await room.discord.slash(room.guild, user, "evaluate", model=BASE,
+    return await _evaluated(room, await room.discord.slash(room.guild, user, "evaluate", model=BASE,
                                                           against=OTHER, lesson="pirate-en"))
 
 
@@ -64,7 +71,7 @@ async def _chat_message(room: Classroom, user: FakeUser) -> str:
 async def _evaluate_button(room: Classroom, user: FakeUser) -> str:
     notice = await _lesson_notice(room)
     click = await press(room.discord, notice, "Test on unseen questions", user)
-    return await _answered(room, click)
+    return await _evaluated(room, click)
 
 
 async def _lesson_notice(room: Classroom) -> FakeMessage:
@@ -178,7 +185,7 @@ async def test_evaluate_under_a_cap_that_refuses_ask_sends_nothing(classroom: Cl
     ask = await classroom.discord.slash(
         classroom.guild, classroom.student, "evaluate", model=BASE, against=OTHER,
         file=classroom.discord.attachment("mine.jsonl", "\n".join(lines).encode()))
-    said = await _answered(classroom, ask)
+    said = await _evaluated(classroom, ask)
     assert "is left" in said and classroom.openai.chat_requests == []
     assert await classroom.bot.governance.repo.ledger(classroom.guild.id) == []
 
@@ -205,13 +212,13 @@ async def test_evaluate_questions_are_moderated_before_they_are_sent(classroom: 
 
     ask = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model=BASE, against=OTHER,
                                         file=upload(("What is a wave?", "Say badword please", "What is wind?")))
-    said = await _answered(classroom, ask)
+    said = await _evaluated(classroom, ask)
     assert "2 questions the model never saw" in said and "1 question(s) of the file were not asked" in said
     sent = [r["messages"][-1]["content"] for r in classroom.openai.chat_requests]
     assert len(sent) == 4 and not any("badword" in text for text in sent)
     again = await classroom.discord.slash(classroom.guild, classroom.student, "evaluate", model=BASE, against=OTHER,
                                           file=upload(("Say badword", "More badword")))
-    assert "safety check" in await _answered(classroom, again) and len(classroom.openai.chat_requests) == 4
+    assert "safety check" in await _evaluated(classroom, again) and len(classroom.openai.chat_requests) == 4
 
 
 async def test_evaluate_button_has_a_cooldown_for_each_member(classroom: Classroom) -> None:
@@ -220,7 +227,7 @@ async def test_evaluate_button_has_a_cooldown_for_each_member(classroom: Classro
     notice = await _lesson_notice(classroom)
     first = await press(classroom.discord, notice, "Test on unseen questions", classroom.student)
     assert isinstance(first, FakeInteraction)
-    await first.wait_done(timeout=20)
+    await _evaluated(classroom, first)
     asked = len(classroom.openai.chat_requests)
     assert asked == 20
     for _ in range(5):

@@ -42,6 +42,8 @@ from trainer.training import (
     label_weights,
     labelled_logits,
     linear_schedule,
+    validation_due,
+    validation_metrics,
 )
 
 log = logging.getLogger(__name__)
@@ -188,7 +190,6 @@ class JobRun:
     epoch: int = 0
     index: int = 0  # the next batch of this epoch
     trained_tokens: int = 0
-    valid_cursor: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_batches: list[list[Encoded]] = field(default_factory=list)
     result: TrainResult | None = None  # set when the job has finished or stopped
@@ -362,15 +363,9 @@ def after_step(base: SharedBase, run: JobRun, outcome: StepOutcome, seconds: flo
     run.trained_tokens += outcome.tokens
     metrics: dict[str, Any] = {"step": run.step, "train_loss": outcome.loss, "total_steps": run.total_steps,
                                "train_mean_token_accuracy": outcome.correct / max(1, outcome.count)}
-    eval_every = spec.eval_every or max(1, run.total_steps // 20)
-    if spec.valid and (run.step % eval_every == 0 or run.step == run.total_steps):
-        chunk = [spec.valid[(run.valid_cursor + i) % len(spec.valid)] for i in range(spec.batch_size)]
-        run.valid_cursor += spec.batch_size
-        metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = evaluate(
-            base, run.adapter, chunk, spec.batch_size, spec.pad_id)
-        if run.step == run.total_steps:
-            metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = evaluate(
-                base, run.adapter, spec.valid, spec.batch_size, spec.pad_id)
+    steps_per_epoch = run.total_steps // spec.n_epochs
+    if spec.valid and validation_due(run.step, steps_per_epoch, run.total_steps, spec.eval_every):
+        metrics.update(validation_metrics(evaluate(base, run.adapter, spec.valid, spec.batch_size, spec.pad_id)))
     run.history.append(metrics)
     run.reporter.step(metrics, run.trained_tokens, seconds)
     last_of_epoch = run.index == len(run.epoch_batches) - 1

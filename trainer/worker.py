@@ -74,7 +74,9 @@ class DatabaseReporter:
     def step(self, metrics: dict[str, Any], trained_tokens: int, seconds_per_step: float) -> None:
         """Record one metrics event, the job's pace and its estimated finish (not once the job was cancelled)."""
         text = f"Step {metrics['step']}/{metrics['total_steps']}: training loss={metrics['train_loss']:.2f}"
-        if "valid_loss" in metrics:
+        if "full_valid_loss" in metrics:
+            text += f", full validation loss={metrics['full_valid_loss']:.2f}"
+        elif "valid_loss" in metrics:
             text += f", validation loss={metrics['valid_loss']:.2f}"
         # A paused job still reports the step it was finishing (its checkpoint is at that step); a cancelled one
         # reports nothing more: a long-lived worker may finish the step it was in after the cancel.

@@ -31,6 +31,7 @@ MAX_VALID_POINTS = 400
 # Discord's blurple for training and its red for validation read well on both light and dark clients.
 TRAIN_COLOR = "#5865F2"
 VALID_COLOR = "#ED4245"
+FULL_VALID_COLOR = "#A1252A"  # a darker red: the whole held-out file, measured at fixed points, its own line
 EPOCH_COLOR = "#80848E"
 TEXT_COLOR = "#23272A"
 GRID_COLOR = "#E3E5E8"
@@ -51,6 +52,7 @@ class ChartLabels:
     training: str = "Training loss"
     validation: str = "Validation loss"
     epoch: str = "Epoch {n}"
+    full_validation: str = "Validation loss (all held-out questions)"
 
     @classmethod
     def from_catalog(cls, text: Callable[[str], str]) -> ChartLabels:
@@ -62,6 +64,7 @@ class ChartLabels:
             training=text("chart.training"),
             validation=text("chart.validation"),
             epoch=text("chart.epoch"),
+            full_validation=text("chart.full_validation"),
         )
 
 
@@ -97,9 +100,7 @@ def render_loss_chart(
 ) -> bytes:
     """Render training (and validation) loss by step, with epoch boundaries, as 800x450 PNG bytes."""
     train = downsample(points, MAX_TRAIN_POINTS)
-    valid = downsample(
-        [p for p in points if p.valid_loss is not None], MAX_VALID_POINTS, lambda p: p.valid_loss or 0.0
-    )
+    full, batch = validation_series(points)
     total = total_steps or next((p.total_steps for p in reversed(train) if p.total_steps), None)
 
     figure = Figure(figsize=CHART_SIZE_INCHES, dpi=CHART_DPI, facecolor="white")
@@ -123,10 +124,15 @@ def render_loss_chart(
         smoothed = _smoothed_by_step(points)
         axes.plot(steps, [smoothed[step] for step in steps], color=TRAIN_COLOR, linewidth=2.4,
                   label=labels.training, zorder=3)
-    if valid:
-        # Validation comes every few steps: markers show where it was measured, the thin line joins them.
-        axes.plot([p.step for p in valid], [p.valid_loss or 0.0 for p in valid], color=VALID_COLOR, linewidth=1.4,
-                  marker="o", markersize=5 if len(valid) <= 60 else 2, label=labels.validation, zorder=4)
+    if batch:
+        # One held-out batch every few steps (OpenAI's valid_loss): markers show where, the thin line joins them.
+        axes.plot([p.step for p in batch], [p.valid_loss or 0.0 for p in batch], color=VALID_COLOR, linewidth=1.4,
+                  marker="o", markersize=5 if len(batch) <= 60 else 2, label=labels.validation, zorder=4)
+    if full:
+        # The whole held-out file at fixed points: no batch-to-batch zigzag, so a turn-up is the model's own.
+        axes.plot([p.step for p in full], [p.full_valid_loss or 0.0 for p in full], color=FULL_VALID_COLOR,
+                  linewidth=2.4, marker="o", markersize=6 if len(full) <= 60 else 3, label=labels.full_validation,
+                  zorder=5)
 
     right = max(total or 0, max((p.step for p in train), default=0), 1)
     # Pin the x axis to the whole job so the empty right-hand part shows how much is left.
@@ -136,8 +142,9 @@ def render_loss_chart(
     axes.set_title(labels.title, fontproperties=_font(15, bold=True), color=TEXT_COLOR, loc="left")
     axes.set_xlabel(labels.step, fontproperties=_font(12), color=TEXT_COLOR)
     axes.set_ylabel(labels.loss, fontproperties=_font(12), color=TEXT_COLOR)
-    if train or valid:
-        highest = max([p.train_loss for p in train] + [p.valid_loss or 0.0 for p in valid])
+    if train or full or batch:
+        highest = max([p.train_loss for p in train] + [p.valid_loss or 0.0 for p in batch]
+                      + [p.full_valid_loss or 0.0 for p in full])
         # Headroom above the highest point keeps the epoch names off the curve, which starts at its peak.
         axes.set_ylim(0, highest * 1.12 if highest > 0 else 1.0)
         # Above the plot, level with the title, so it never hides the curve or the epoch names.
@@ -146,6 +153,14 @@ def render_loss_chart(
     buffer = io.BytesIO()
     canvas.print_png(buffer)
     return buffer.getvalue()
+
+
+def validation_series(points: Sequence[MetricPoint]) -> tuple[list[MetricPoint], list[MetricPoint]]:
+    """The two validation lines: the points scored on the whole held-out file, and those scored on one batch only."""
+    full = [p for p in points if p.full_valid_loss is not None]
+    batch = [p for p in points if p.valid_loss is not None and p.full_valid_loss is None]
+    return (downsample(full, MAX_VALID_POINTS, lambda p: p.full_valid_loss or 0.0),
+            downsample(batch, MAX_VALID_POINTS, lambda p: p.valid_loss or 0.0))
 
 
 def _smoothed_by_step(points: Sequence[MetricPoint]) -> dict[int, float]:

@@ -3,6 +3,7 @@ called in autocomplete, its context window, and plain words for what goes wrong 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 MODEL_CACHE_SECONDS = 600
 MAX_CHOICES = 25
+SUGGESTION_CUTOFF = 0.8  # how alike a typed name and a real one must be (difflib's ratio) to be offered instead
+SUGGESTION_POOL = 200  # this server's newest models a mistyped fine-tuned name is compared with
 # Context windows by base-model prefix (tokens); unknown models (the school's small trainer models) get a small one.
 CONTEXT_WINDOWS: tuple[tuple[str, int], ...] = (
     ("gpt-4.1", 1_047_576),
@@ -134,14 +137,15 @@ class ChatModels:
             raise errors.UserFacingError("chat.error.no_model")
         if model.startswith("ft:"):
             if await self.chats.trained_model(guild_id, model) is None:
-                log.info("Refused model of another server in guild %s", guild_id)
-                raise errors.UserFacingError("chat.error.other_server")
+                log.info("Refused a model this server did not make in guild %s", guild_id)
+                ours = [m.model_id for m in await self.chats.trained_models(guild_id, limit=SUGGESTION_POOL)]
+                raise _no_model_called(model, ours, "chat.error.other_server")
             return model
         listed = await self.base_models()
         if listed is not None and model not in listed:
             if _retired(model):
                 raise chat_error(errors.UnknownModelError(), model)
-            raise errors.UserFacingError("chat.error.unknown_model", model=model)
+            raise _no_model_called(model, listed, "chat.error.unknown_model")
         if self.limits is not None:
             await self.limits.check_base_model(guild_id, model)
         return model
@@ -173,6 +177,14 @@ class ChatModels:
         if not job.fine_tuned_model:
             raise errors.UserFacingError("chat.error.job_has_no_model")
         return job.fine_tuned_model, job.id
+
+
+def _no_model_called(model: str, known: Sequence[str], otherwise: str) -> errors.UserFacingError:
+    """"No model called X (did you mean Y?)" when a known name is one slip away, else the plain refusal."""
+    close = difflib.get_close_matches(model, list(known), n=1, cutoff=SUGGESTION_CUTOFF)
+    if close:
+        return errors.UserFacingError("chat.error.did_you_mean", model=model[:100], suggestion=close[0])
+    return errors.UserFacingError(otherwise, model=model[:100])
 
 
 def _retired(model: str) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import io
+import itertools
 import logging
 import re
 import unicodedata
@@ -39,6 +40,11 @@ _TRAILING = "!.?~。！？ \n\t"
 # Which of these texts to hold back before the bot posts them (the class's moderation; raises when it cannot check).
 PostModerator = Callable[[int, Sequence[str]], Awaitable[list[bool]]]
 MIN_SIGN_OFF_CHARS = 4  # a common ending shorter than this ("요.") is the language, not a taught sign-off
+# A busy model (a school's CPU training the class's jobs, or answering their chats) answers an evaluation late: it
+# waits in line, trying each answer again after these pauses (the last repeated), for this long in all; then it gives
+# up and cancels the questions still waiting, so the model stops working on answers nobody will read.
+WAIT_IN_LINE_SECONDS = 600.0
+BUSY_RETRY_SECONDS = (2.0, 5.0, 10.0, 20.0, 30.0)
 
 
 # Scoring (pure) ---------------------------------------------------------------------------------------------
@@ -132,6 +138,7 @@ class EvaluationReport:
     rows: tuple[Row, ...]
     scores: tuple[ModelScore, ModelScore]
     held_questions: int = 0  # questions moderation kept from the models: not asked, not scored
+    instruction: str | None = None  # what the second model was told instead of the file's prompt (the first: that)
 
 
 def score(model: str, answers: Sequence[str], examples: Sequence[Example], behaviour: Behaviour | None) -> ModelScore:
@@ -145,7 +152,7 @@ def score(model: str, answers: Sequence[str], examples: Sequence[Example], behav
 
 
 def build_report(models: tuple[str, str], behaviour: Behaviour | None, source: str, examples: Sequence[Example],
-                 answers: tuple[Sequence[str], Sequence[str]]) -> EvaluationReport:
+                 answers: tuple[Sequence[str], Sequence[str]], instruction: str | None = None) -> EvaluationReport:
     """Score both models' answers and keep each question's row."""
     rows = tuple(
         Row(example, (one, two),
@@ -155,7 +162,7 @@ def build_report(models: tuple[str, str], behaviour: Behaviour | None, source: s
         for example, one, two in zip(examples, answers[0], answers[1], strict=True)
     )
     scores = (score(models[0], answers[0], examples, behaviour), score(models[1], answers[1], examples, behaviour))
-    return EvaluationReport(models, behaviour, source, rows, scores)
+    return EvaluationReport(models, behaviour, source, rows, scores, instruction=instruction)
 
 
 # The chart (pure) -------------------------------------------------------------------------------------------
@@ -210,6 +217,18 @@ def render_score_chart(report: EvaluationReport, *, labels: EvaluationChartLabel
 
 
 @dataclass(frozen=True)
+class EvaluationProgress:
+    """How far an evaluation has come: answers in, of how many, and whether it waits in line for a busy model."""
+
+    answered: int
+    total: int
+    waiting: bool
+
+
+ProgressListener = Callable[[EvaluationProgress], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class EvaluationPlan:
     """What will be asked of which models: resolved, checked, and ready to run."""
 
@@ -220,6 +239,9 @@ class EvaluationPlan:
     source: str
     lesson: Lesson | None
     user_id: int = 0  # who asked: the door counts the evaluation against their rate and the class's budget
+    # The system prompt the second model is given instead of the file's (the lesson's long instruction), or None:
+    # then both models are asked exactly as the file asks, with its short, neutral prompt.
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +266,9 @@ class EvaluationService:
 
     def __init__(self, gateway: FineTuningGateway, chat: ChatService, lessons: LessonLibrary, *,
                  max_prompts: int = MAX_PROMPTS, answer_max_tokens: int = ANSWER_MAX_TOKENS,
-                 moderate: PostModerator | None = None, door: ModelDoor | None = None) -> None:
+                 moderate: PostModerator | None = None, door: ModelDoor | None = None,
+                 wait_in_line_seconds: float = WAIT_IN_LINE_SECONDS,
+                 busy_retry_seconds: Sequence[float] = BUSY_RETRY_SECONDS) -> None:
         self.gateway = gateway
         self.chat = chat
         # Every question goes to the models through the one door (the chat service's, unless another is given).
@@ -254,21 +278,39 @@ class EvaluationService:
         self.moderate = moderate or chat.delivery.moderate
         self.max_prompts = max_prompts
         self.answer_max_tokens = answer_max_tokens
+        self.wait_in_line_seconds = wait_in_line_seconds
+        self.busy_retry_seconds = tuple(busy_retry_seconds)
 
     def lesson_of_model(self, model: str) -> Lesson | None:
         """The sample lesson a fine-tuned model was trained on, when its name carries it (ft:…:pirate-en:…)."""
         parts = model.split(":")
         return next((self.lessons.get(part) for part in parts[1:] if part in self.lessons.names()), None)
 
-    async def plan(self, guild_id: int, model: str, *, against: str | None = None, lesson: str | None = None,
-                   file: tuple[str, bytes] | None = None, user_id: int = 0) -> EvaluationPlan:
-        """Check the models (this server's own, or base models) and pick the questions: a lesson, a file, or the
-        lesson the model was trained on."""
+    async def check(self, guild_id: int, model: str, *, against: str | None = None, lesson: str | None = None,
+                    with_file: bool = False, instructed: bool = False) -> tuple[str, str]:
+        """Every check of what was asked that needs no file and no model call (the models, the lesson, the options),
+        so that a mistake is told privately before the command answers in public. The two models, in order."""
+        if lesson and with_file:
+            raise errors.UserFacingError("evaluate.error.lesson_and_file")
         first = await self.chat.resolve_model(guild_id, model)
         second = await self.chat.resolve_model(guild_id, against) if against else await self.chat.base_of(guild_id,
                                                                                                           first)
         if first == second:
             raise errors.UserFacingError("chat.error.compare_same")
+        chosen = self.lessons.get(lesson) if lesson else None
+        if instructed:
+            asked = None if with_file else chosen or self.lesson_of_model(first)
+            if asked is None or not asked.instruction:  # only a lesson has an instruction to give
+                raise errors.UserFacingError("evaluate.error.no_instruction")
+        return first, second
+
+    async def plan(self, guild_id: int, model: str, *, against: str | None = None, lesson: str | None = None,
+                   file: tuple[str, bytes] | None = None, instructed: bool = False,
+                   user_id: int = 0) -> EvaluationPlan:
+        """Check the models (this server's own, or base models) and pick the questions: a lesson, a file, or the
+        lesson the model was trained on. `instructed`: the second model gets the lesson's long instruction."""
+        first, second = await self.check(guild_id, model, against=against, lesson=lesson, with_file=file is not None,
+                                         instructed=instructed)
         chosen = self.lessons.get(lesson) if lesson else None
         if file is not None:
             examples, source = parse_examples(file[1]), file[0]
@@ -280,10 +322,11 @@ class EvaluationService:
             examples, source, behaviour = chosen.heldout_examples, chosen.name, chosen.behaviour
         if not examples:
             raise errors.UserFacingError("evaluate.error.no_examples")
+        instruction = chosen.instruction if instructed and chosen is not None else None
         return EvaluationPlan(guild_id, (first, second), tuple(examples[: self.max_prompts]), behaviour, source,
-                              chosen if file is None else None, user_id)
+                              chosen if file is None else None, user_id=user_id, instruction=instruction)
 
-    async def run(self, plan: EvaluationPlan) -> EvaluationReport:
+    async def run(self, plan: EvaluationPlan, on_progress: ProgressListener | None = None) -> EvaluationReport:
         """Ask both models every question (at temperature 0, a few at a time) and score the answers. The whole
         evaluation passes the door as one request of the student's: every question moderated, and the worst case of
         every answer held against the budget before the first is asked."""
@@ -293,46 +336,77 @@ class EvaluationService:
         plan = replace(plan, examples=tuple(e for e, flag in zip(plan.examples, held, strict=True) if not flag))
         if not plan.examples:
             raise HeldBackError()
-        sent = {m: sum(prompt_tokens(m, e.as_messages()) for e in plan.examples) for m in (first, second)}
+        # Both models hear the file's own (neutral) prompt, unless the second is to be given the long instruction.
+        systems = {first: None, second: plan.instruction}
+        sent = {m: sum(prompt_tokens(m, e.as_messages(systems[m])) for e in plan.examples) for m in plan.models}
         admission = await self.door.admit(Entry(
             plan.guild_id, plan.user_id,
-            tuple(Call(m, sent[m], self.answer_max_tokens * len(plan.examples)) for m in (first, second)),
+            tuple(Call(m, sent[m], self.answer_max_tokens * len(plan.examples)) for m in plan.models),
             (), "evaluate"))  # its texts were checked just above
-        answers = await self._answers(admission, plan, sent)
+        answers = await self._answers(admission, plan, systems, sent, on_progress)
         count = len(plan.examples)
         log.info("Evaluated %s against %s on %d questions in guild %s", first, second, count, plan.guild_id)
         return replace(build_report(plan.models, plan.behaviour, plan.source, plan.examples,
-                                    (answers[:count], answers[count:])), held_questions=sum(held))
+                                    (answers[:count], answers[count:]), plan.instruction), held_questions=sum(held))
 
-    async def _answers(self, admission: Admission, plan: EvaluationPlan, sent: dict[str, int]) -> list[str]:
-        """Every answer, the first model's then the second's; each model charged what it generated, and a question
-        still being answered when the run stopped its worst case (the backend may have answered it)."""
+    async def _answers(self, admission: Admission, plan: EvaluationPlan, systems: dict[str, str | None],
+                       sent: dict[str, int], on_progress: ProgressListener | None) -> list[str]:
+        """Every answer, the first model's then the second's. A busy model is waited for in line (told through
+        on_progress) up to wait_in_line_seconds; then what is still waiting is cancelled and the evaluation ends with
+        an error that says so. Each model is charged what it generated, and a question still being answered when the
+        run stopped its worst case (the backend may have answered it)."""
         gate = asyncio.Semaphore(PARALLEL_REQUESTS)
+        progress = EvaluationProgress(0, 2 * len(plan.examples), False)
         generated = {m: 0 for m in plan.models}
         asked = {m: 0 for m in plan.models}  # questions sent and not yet answered
 
-        async def answer(model: str, example: Example) -> str:
-            async with gate:
-                asked[model] += 1
-                try:
-                    text = await admission.complete(model, example.as_messages(), max_tokens=self.answer_max_tokens,
-                                                    sampling={"temperature": 0.0})
-                except errors.UserFacingError as exc:
-                    asked[model] -= 1  # refused: nothing generated
-                    raise chat_error(exc, model) from None
-            asked[model] -= 1
-            generated[model] += count_tokens(model, text)
-            return text
+        async def tell(answered: int = 0, waiting: bool = False) -> None:
+            nonlocal progress
+            progress = EvaluationProgress(progress.answered + answered, progress.total, waiting)
+            if on_progress is not None:
+                await on_progress(progress)
 
-        tasks = [asyncio.create_task(answer(m, e)) for m in plan.models for e in plan.examples]
+        async def answer(model: str, example: Example) -> str:
+            pauses = itertools.chain(self.busy_retry_seconds, itertools.repeat(self.busy_retry_seconds[-1]))
+            async with gate:
+                while True:
+                    asked[model] += 1
+                    try:
+                        text = await admission.complete(model, example.as_messages(systems[model]),
+                                                        max_tokens=self.answer_max_tokens,
+                                                        sampling={"temperature": 0.0})
+                    except errors.UpstreamBusyError:  # a full line, or a reply too slow to wait for: in line again
+                        asked[model] -= 1
+                        await tell(waiting=True)
+                        await asyncio.sleep(next(pauses))
+                        continue
+                    except errors.UserFacingError as exc:
+                        asked[model] -= 1  # refused: nothing generated
+                        raise chat_error(exc, model) from None
+                    asked[model] -= 1
+                    generated[model] += count_tokens(model, text)
+                    await tell(answered=1)
+                    return text
+
+        tasks = [asyncio.ensure_future(answer(m, e)) for m in plan.models for e in plan.examples]
         try:
-            return await asyncio.gather(*tasks)
+            done, pending = await asyncio.wait(tasks, timeout=self.wait_in_line_seconds,
+                                               return_when=asyncio.FIRST_EXCEPTION)
         finally:
-            for task in tasks:  # one refusal (or a stop) ends the run: the questions not yet asked are not
-                task.cancel()
+            for task in tasks:
+                task.cancel()  # given up, failed or cancelled itself: the model stops on answers nobody will read
             await asyncio.gather(*tasks, return_exceptions=True)
             for model in plan.models:
                 await admission.settle(model, sent[model], generated[model] + asked[model] * self.answer_max_tokens)
+        failed = next((task.exception() for task in done if task.exception() is not None), None)
+        if failed is not None:
+            raise failed
+        if pending:
+            log.info("Evaluation in guild %s gave up waiting: %d of %d answers", plan.guild_id, progress.answered,
+                     progress.total)
+            raise errors.UserFacingError("evaluate.error.gave_up", answered=progress.answered, total=progress.total,
+                                         minutes=max(1, round(self.wait_in_line_seconds / 60)))
+        return [task.result() for task in tasks]
 
     async def held_examples(self, guild_id: int, examples: Sequence[Example]) -> frozenset[int]:
         """Which of these lesson examples (by position) moderation holds back before a lesson step posts them: a

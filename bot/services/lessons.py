@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import re
+import unicodedata
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
 from bot import errors
-from bot.services.training_file import numbered_examples
+from bot.services.dataset_check import CheckResult
+from bot.services.training_file import numbered_examples, training_system_prompt
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +21,14 @@ TRAIN_FILE = "train.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
 MANIFEST_FILE = "lesson.json"
 BEHAVIOUR_KINDS = ("ends_with", "bullets", "numbers")
+# A lesson's own system prompt names who answers, never how: longer than this, it starts to be the instruction itself.
+NEUTRAL_PROMPT_MAX_CHARS = 60
+# Words that tell a model to answer in a list or a set number of points (the bullets lessons' behaviour).
+_LIST_WORDS = re.compile(r"bullet|point|list|line|글머리|목록|줄|항목|\b(?:one|two|three|four|five)\b|[0-9]|[하한두세네]\s?가지",
+                         re.IGNORECASE)
+_WORD = re.compile(r"\w+")
+# Words that tell a model how to end its answer (the sign-off lessons' behaviour).
+_ENDING_WORDS = re.compile(r"\b(?:end|ends|ending|sign|signs|finish)\b|마지막|끝|덧붙|서명")
 
 
 @dataclass(frozen=True)
@@ -41,9 +52,11 @@ class Example:
         """The last question, as a student would read it."""
         return next((content for role, content in reversed(self.messages) if role == "user"), "")
 
-    def as_messages(self) -> list[dict[str, str]]:
-        """The messages in the API's shape."""
-        return [{"role": role, "content": content} for role, content in self.messages]
+    def as_messages(self, system: str | None = None) -> list[dict[str, str]]:
+        """The messages in the API's shape; `system` given: that system prompt in place of the file's."""
+        turns = [{"role": role, "content": content} for role, content in self.messages
+                 if system is None or role != "system"]
+        return turns if system is None else [{"role": "system", "content": system}, *turns]
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,7 @@ class Lesson:
     titles: dict[str, str]
     epochs: int
     behaviour: Behaviour
+    instruction: str | None = None  # the long instruction a base model can be given instead of fine-tuning
 
     def title(self, locale: str) -> str:
         """The lesson's title in a catalog locale (English when it has none in that one)."""
@@ -78,6 +92,11 @@ class Lesson:
     def heldout_bytes(self) -> bytes:
         """The held-out file's bytes (also the job's validation file)."""
         return self.heldout_path.read_bytes()
+
+    @cached_property
+    def system_prompt(self) -> str | None:
+        """The short, neutral system prompt the lesson trains with (and every model is asked with)."""
+        return training_system_prompt(self.training_bytes())
 
     @cached_property
     def training_examples(self) -> list[Example]:
@@ -147,8 +166,51 @@ def _load_all(folder: Path) -> list[Lesson]:
         if not (lesson_dir / TRAIN_FILE).is_file() or not (lesson_dir / HELDOUT_FILE).is_file():
             raise ValueError(f"{lesson_dir}: a lesson needs {TRAIN_FILE} and {HELDOUT_FILE}")
         lessons.append(Lesson(lesson_dir.name, lesson_dir, data["language"], dict(data["title"]),
-                              int(data.get("epochs", 3)), behaviour))
+                              int(data.get("epochs", 3)), behaviour, data.get("instruction")))
     return lessons
+
+
+def _folded(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def prompt_gives_away(prompt: str | None, lesson: Lesson) -> list[str]:
+    """What a system prompt tells a model of the lesson's taught behaviour (empty: it is neutral). A base model
+    asked with a prompt that states the behaviour can show it untrained, and then the lesson shows nothing."""
+    if not prompt:
+        return []
+    found = []
+    if len(prompt) > NEUTRAL_PROMPT_MAX_CHARS:
+        found.append(f"longer than {NEUTRAL_PROMPT_MAX_CHARS} characters")
+    folded = _folded(prompt)
+    behaviour = lesson.behaviour
+    if behaviour.kind == "ends_with":
+        sign_off = _folded(behaviour.text or "")
+        words = " ".join(_WORD.findall(sign_off))
+        if words and words in " ".join(_WORD.findall(folded)):
+            found.append(f"the sign-off {behaviour.text!r}")
+        found += [f"the sign-off's symbol {char!r}" for char in sign_off
+                  if unicodedata.category(char).startswith("So") and char in folded]
+        found += [f"the word {match.group()!r}" for match in _ENDING_WORDS.finditer(folded)]
+    elif behaviour.kind == "bullets":
+        found += [f"the format's word {match.group()!r}" for match in _LIST_WORDS.finditer(folded)]
+    else:  # numbers: the facts themselves
+        answers = [e.reference for e in [*lesson.training_examples, *lesson.heldout_examples]]
+        numbers = {n for answer in answers for n in re.findall(r"\d+", answer)}
+        found += [f"the fact {n!r}" for n in sorted(numbers) if re.search(rf"(?<!\d){n}(?!\d)", prompt)]
+    return found
+
+
+# Warnings that a shipped sample's card must not show: the class cannot act on them (a lesson is small on purpose, so
+# that it trains in a few minutes on the school's CPU, and its file is not theirs to change).
+SAMPLE_QUIET_WARNINGS = frozenset({"few_examples"})
+
+
+def sample_check(check: CheckResult) -> CheckResult:
+    """A shipped sample's check result without the warnings its class cannot act on."""
+    warnings = tuple(w for w in check.report.warnings if w.code not in SAMPLE_QUIET_WARNINGS)
+    counts = {code: n for code, n in check.report.warning_counts.items() if code not in SAMPLE_QUIET_WARNINGS}
+    return replace(check, report=replace(check.report, warnings=warnings, warning_counts=counts))
 
 
 # The guided lesson: its steps in order (each a catalog text lesson.step.<name>), and what it shows of the file.

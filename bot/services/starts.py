@@ -138,9 +138,10 @@ class StartService(StartHousekeeping):
             return Prepared(check, None)
         # The check's one parse of the file gave its system prompt and its conversations too.
         prompt = check.system_prompt
-        check = await self._count_on_backend(check, request.base_model, check.conversations)
-        if self.settings.backend == "trainer" and check.report.estimated_cost_usd is None:
-            # The school's own trainer, run by this bot, charges nothing: the card says free, not "no price known".
+        check, counted = await self._count_on_backend(check, request.base_model, check.conversations)
+        if (self.settings.backend == "trainer" or counted) and check.report.estimated_cost_usd is None:
+            # The school's own trainer charges nothing, whether this bot runs it or it runs elsewhere behind a URL
+            # (only it counts tokens in its own tokenizer): the card says free, not "no price known".
             check = replace(check, report=replace(check.report, estimated_cost_usd=0.0))
         check = await self._class_priced(check, request)
         token = secrets.token_hex(8)
@@ -170,21 +171,22 @@ class StartService(StartHousekeeping):
         return Prepared(check, pending)
 
     async def _count_on_backend(self, check: CheckResult, model: str,
-                                conversations: list[list[dict[str, Any]]]) -> CheckResult:
+                                conversations: list[list[dict[str, Any]]]) -> tuple[CheckResult, bool]:
         """On a self-hosted trainer, count tokens in the base model's own tokenizer and chat template (what it will
-        train on); OpenAI's tokenizer, which the check used, is off by up to 3x for Korean on other models."""
+        train on); OpenAI's tokenizer, which the check used, is off by up to 3x for Korean on other models. Whether
+        the backend counted them (the school's trainer does; other backends have no such route)."""
         if not self.settings.self_hosted or check.report.format != "chat" or not conversations:
-            return check
+            return check, False
         try:
             counts = await asyncio.wait_for(self.gateway.count_chat_tokens(model, conversations),
                                             BACKEND_COUNT_SECONDS)
         except (errors.UserFacingError, TimeoutError):
             log.info("The backend could not count tokens in time; the card keeps the estimate")
-            return check
+            return check, False
         total = sum(counts)
         report = replace(check.report, tokens_total=total, tokens_billed=total * (check.report.n_epochs or 0),
                          max_example_tokens=max(counts))
-        return replace(check, report=report)
+        return replace(check, report=report), True
 
     async def _class_priced(self, check: CheckResult, request: StartRequest) -> CheckResult:
         """A model the table does not price, priced by the class's teacher (/class price): the card shows that cost,

@@ -71,6 +71,12 @@ async def test_job_with_tiny_model_trains_reports_and_chats(trainer_server: Trai
     assert [m["step"] for m in metrics] == list(range(1, 25)) and all(m["total_steps"] == 24 for m in metrics)
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"] * 0.5
     assert "valid_loss" in metrics[-1] and "full_valid_loss" in metrics[-1]
+    # The whole validation file, scored at fixed points (twice an epoch of 8 steps, and at each epoch's end), and
+    # nowhere else: a line without the zigzag of one batch against another.
+    scored = [m for m in metrics if "full_valid_loss" in m]
+    assert [m["step"] for m in scored] == [4, 8, 12, 16, 20, 24]
+    assert all(m["valid_loss"] == m["full_valid_loss"] for m in scored) and len(scored) == sum(
+        "valid_loss" in m for m in metrics)
     assert 0 <= metrics[-1]["train_mean_token_accuracy"] <= 1
     assert sum("Checkpoint created at step" in text for text in texts) == 2
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -22,6 +24,36 @@ log = logging.getLogger(__name__)
 
 # One /tokenize request counts at most this many conversations (a 40-example class file is one request).
 MAX_TOKENIZE_CONVERSATIONS = 5000
+# How often a reply still waiting in line (or being generated, unstreamed) looks whether its client is still there.
+CLIENT_CHECK_SECONDS = 0.5
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its reply was ready."""
+
+
+async def while_client_waits(request: web.Request, work: Awaitable[T]) -> T:
+    """Await the work (a reply waiting in line, or being generated) while its client is connected. A client that
+    gives up (an evaluation that stopped waiting, a closed tab) has its work cancelled, which frees the reply's row or
+    its place in line, so the model stops on answers nobody will read; then ClientGone is raised."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_CHECK_SECONDS)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # cancelled: its outcome is nobody's now
+                await task
+
+
+async def _joined(pieces: AsyncIterator[str]) -> str:
+    return "".join([piece async for piece in pieces])
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -64,7 +96,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     completion_id, created = new_id("chatcmpl"), int(time.time())
     try:
         if not body.get("stream"):
-            text = "".join([piece async for piece in pieces])
+            text = await while_client_waits(request, _joined(pieces))
             return web.json_response({
                 "id": completion_id, "object": "chat.completion", "created": created, "model": name,
                 "system_fingerprint": None,
@@ -72,7 +104,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                              "logprobs": None, "finish_reason": stats.finish_reason, **_guarded(guard)}],
                 "usage": _usage(stats),
             })
-        first = await anext(pieces, None)
+        first = await while_client_waits(request, anext(pieces, None))
+    except ClientGone:
+        log.info("Client left before its reply from %s: cancelled", name)
+        return web.Response(status=499)  # nobody reads it; the reply's work has stopped
     except Busy as busy:
         error = ApiError(429, f"The trainer is answering {busy.waiting} chats on this base model already; "
                               f"please try again in about {busy.retry_after} seconds.",

@@ -297,8 +297,9 @@ class Interactions(Part):
         payload, files = await self._read_body(request, inter.channel.id)
         if bad := self._reject(request, payload, files):
             return bad
-        if inter.callback and inter.callback["type"] == CB_DEFERRED and inter.original and inter.original.loading:
-            # Discord turns the first followup after a deferral into the original response.
+        if (inter.callback and inter.callback["type"] == CB_DEFERRED and inter.original and inter.original.loading
+                and not inter.original.deleted):
+            # Discord turns the first followup after a deferral into the original response (unless it was deleted).
             msg = inter.original
             msg.flags &= ~LOADING
             msg._apply(payload, files)
