@@ -783,23 +783,20 @@ class FakeOpenAI:
         return _json(job.payload())
 
     async def _pause_job(self, request: web.Request) -> web.Response:
-        job = self._job_or_error(request)
-        if isinstance(job, web.Response):
-            return job
-        if job.status != "running":
-            return api_error(400, f"Only running jobs can be paused; {job.id} is {job.status}.", None, param="id")
-        job.status = "paused"
-        self._event(job, "Fine-tuning job paused")
-        return _json(job.payload())
+        return self._move_job(request, "running", "paused", "paused")
 
     async def _resume_job(self, request: web.Request) -> web.Response:
+        return self._move_job(request, "paused", "running", "resumed")
+
+    def _move_job(self, request: web.Request, before: str, after: str, done: str) -> web.Response:
+        """Pause or resume: only a job in `before` moves to `after`, with its event ("Fine-tuning job <done>")."""
         job = self._job_or_error(request)
         if isinstance(job, web.Response):
             return job
-        if job.status != "paused":
-            return api_error(400, f"Only paused jobs can be resumed; {job.id} is {job.status}.", None, param="id")
-        job.status = "running"
-        self._event(job, "Fine-tuning job resumed")
+        if job.status != before:
+            return api_error(400, f"Only {before} jobs can be {done}; {job.id} is {job.status}.", None, param="id")
+        job.status = after
+        self._event(job, f"Fine-tuning job {done}")
         return _json(job.payload())
 
     async def _job_events(self, request: web.Request) -> web.Response:
