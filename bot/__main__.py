@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
         return 2
 
     from bot.config import ConfigError, Settings
-    from storage.private import PRIVATE_UMASK
+    from common.private import PRIVATE_UMASK
 
     # Before anything is written: what the bot, its worker processes and the trainer it starts create is for this
     # account only (the school's computer has other accounts: teachers, lab logins, services).

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from common.settings import SettingError, read_number, read_whole
+
 Backend = Literal["compatible", "openai", "trainer"]
 
 DEFAULT_DATABASE_PATH = "./data/classroom.sqlite3"
@@ -31,12 +33,7 @@ _API_VERSION = re.compile(r"/api/v\d+/?$")
 PLAIN_HTTP_OPT_IN = "ALLOW_PLAIN_HTTP_BACKEND"
 
 
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message names it and never holds a secret value."""
-
-    def __init__(self, setting: str, problem: str) -> None:
-        super().__init__(f"{setting}: {problem}")
-        self.setting = setting
+ConfigError = SettingError  # a bad setting, named (never its value)
 
 
 @dataclass(frozen=True)
@@ -106,12 +103,12 @@ class Settings:
             discord_api_base_url=_discord_api_base(_optional_url(env, "DISCORD_API_BASE_URL", ("http://", "https://"))),
             discord_gateway_url=_optional_url(env, "DISCORD_GATEWAY_URL", ("ws://", "wss://")),
             database_path=database_path,
-            job_poll_seconds=_number(env, "JOB_POLL_SECONDS", 10.0, low=0.05, high=3600.0),
+            job_poll_seconds=read_number(env, "JOB_POLL_SECONDS", 10.0, low=0.05, high=3600.0),
             default_base_model=check.default_base_model,
             tunable_models=tunable,
             dev_guild_id=_snowflake(env, "DEV_GUILD_ID"),
-            max_training_file_bytes=int(_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
-            worker_processes=int(_number(env, "WORKER_PROCESSES", float(DEFAULT_WORKER_PROCESSES), low=0, high=64)),
+            max_training_file_bytes=int(read_number(env, "MAX_TRAINING_FILE_MB", 100.0, low=0.001, high=512.0) * 2**20),
+            worker_processes=read_whole(env, "WORKER_PROCESSES", DEFAULT_WORKER_PROCESSES, low=0, high=64),
             log_level=_log_level(env),
             # Beside the bot's database unless set: one data folder for the whole school's installation.
             trainer_data_dir=_data_path(env.get("TRAINER_DATA_DIR", "").strip() or str(database_path.parent / "trainer")),
@@ -217,19 +214,6 @@ def _discord_api_base(url: str | None) -> str | None:
     if _API_VERSION.search(url):
         return url
     return url + ("/v10" if url.endswith("/api") else "/api/v10")
-
-
-def _number(env: Mapping[str, str], name: str, default: float, *, low: float, high: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be a number between {low:g} and {high:g}") from None
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be a number between {low:g} and {high:g}")
-    return value
 
 
 def _snowflake(env: Mapping[str, str], name: str) -> int | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from storage.private import make_private_dir, narrow_file
+from common.private import make_private_dir, narrow_file
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The layers: cogs are glue (none imports another cog or the bot's client at run time; helpers start with `_`); the
-trainer and the bot share only dataset_rules and the launcher; the tests and the benches share support/."""
+trainer and the bot share only dataset_rules, common and the launcher; the tests and the benches share support/."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_cog_imports_no_other_cog_nor_the_client(path: Path) -> None:
     assert bad == []
 
 
-PRODUCT = ("bot", "cogs", "storage", "dataset_rules", "trainer")
+PRODUCT = ("bot", "cogs", "storage", "dataset_rules", "common", "trainer")
 
 
 def _files(*folders: str) -> list[Path]:
@@ -66,7 +66,8 @@ def _top(name: str) -> str:
 
 
 def test_trainer_imports_nothing_of_the_bot_nor_of_the_tests() -> None:
-    """The trainer is its own program: it shares only dataset_rules with the bot, and knows nothing of the tests."""
+    """The trainer is its own program: it shares only dataset_rules and common with the bot, and knows nothing of the
+    tests."""
     bad = {(str(path), name) for path in _files("trainer") for name in _modules(path)
            if _top(name) in {"bot", "cogs", "storage", "support", "tests", "bench"}}
     assert bad == set()
@@ -91,6 +92,13 @@ def test_dataset_rules_import_no_other_package_of_ours() -> None:
     bad = {(str(path), name) for path in _files("dataset_rules") for name in _modules(path)
            if _top(name) in {"bot", "cogs", "storage", "trainer", "support", "tests", "bench"}}
     assert bad == set()
+
+
+def test_common_imports_the_standard_library_alone() -> None:
+    """What both programs share and neither owns (common/) sits below them all: the standard library only."""
+    bad = [(str(path), name) for path in _files("common") for name in _modules(path)
+           if _top(name) not in sys.stdlib_module_names and name != "__future__" and _top(name) != "common"]
+    assert bad == []
 
 
 def test_product_code_imports_no_test_support() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage.database import Database
-from storage.private import narrow_modes, write_private
+from common.private import narrow_modes, write_private
 from tests.conftest import Classroom
 from tests.test_finetune_journey import open_card
 

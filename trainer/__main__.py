@@ -14,7 +14,7 @@ from aiohttp import web
 from trainer.config import Settings, SettingsError, ensure_api_key
 from trainer.export import vllm_lora_modules
 from trainer.lifeline import die_with_parent
-from trainer.private import PRIVATE_UMASK, narrow_modes
+from common.private import PRIVATE_UMASK, narrow_modes
 from trainer.server import create_app
 
 SHUTDOWN_SECONDS = 5.0

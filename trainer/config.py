@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from common.settings import SettingError, read_number, read_whole
 from trainer import launch
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,7 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 TOKENIZER_CACHE, WEIGHTS_CACHE = "tokenizers", "gguf-weights"
 
 
-class SettingsError(Exception):
-    """A setting is missing or malformed; the text names it and never holds its value."""
+SettingsError = SettingError  # a bad setting, named (never its value)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Settings:
         env = os.environ if env is None else env
         settings = cls(
             host=env.get(launch.HOST_VAR, launch.DEFAULT_HOST).strip() or launch.DEFAULT_HOST,
-            port=_int(env, launch.PORT_VAR, launch.DEFAULT_PORT, low=0, high=65535),
+            port=read_whole(env, launch.PORT_VAR, launch.DEFAULT_PORT, low=0, high=65535),
             api_key=(env.get(launch.API_KEY_VAR) or "").strip() or None,
             allowed_hosts=tuple(h.strip().lower() for h in env.get("TRAINER_ALLOWED_HOSTS", "").split(",")
                                 if h.strip()),
@@ -99,33 +99,33 @@ class Settings:
             owner=_owner(env),
             device=_device(env),
             # TRAINER_MAX_CONCURRENT_GENERATIONS is the old name of the batch's rows (replies generated at once).
-            max_batch_rows=_int(env, "TRAINER_MAX_BATCH_ROWS",
-                                _int(env, "TRAINER_MAX_CONCURRENT_GENERATIONS", 32, low=1), low=1),
-            max_queued_generations=(_int(env, "TRAINER_MAX_QUEUED_GENERATIONS", 0, low=0)
+            max_batch_rows=read_whole(env, "TRAINER_MAX_BATCH_ROWS",
+                                      read_whole(env, "TRAINER_MAX_CONCURRENT_GENERATIONS", 32, low=1), low=1),
+            max_queued_generations=(read_whole(env, "TRAINER_MAX_QUEUED_GENERATIONS", 0, low=0)
                                     if env.get("TRAINER_MAX_QUEUED_GENERATIONS", "").strip() else None),
-            max_tokens=_int(env, "TRAINER_MAX_TOKENS", 512, low=1),
-            adapter_cache=_int(env, "TRAINER_ADAPTER_CACHE", 64, low=1),
-            adapter_memory_mb=_int(env, "TRAINER_ADAPTER_MEMORY_MB", 1024, low=1),
-            serving_memory_mb=_int(env, "TRAINER_SERVING_MEMORY_MB", 1024, low=1),
-            max_seq_len=_int(env, "TRAINER_MAX_SEQ_LEN", 1024, low=16),
-            lora_r=_int(env, "TRAINER_LORA_R", 16, low=1),
-            lora_alpha=_int(env, "TRAINER_LORA_ALPHA", 32, low=1),
-            base_learning_rate=_float(env, "TRAINER_BASE_LEARNING_RATE", 2e-4),
-            default_batch_size=_int(env, "TRAINER_DEFAULT_BATCH_SIZE", 4, low=1),
-            torch_threads=_int(env, "TRAINER_TORCH_THREADS", 0, low=0),
-            max_request_bytes=_int(env, "TRAINER_MAX_REQUEST_BYTES", 2 * 1024 * 1024, low=1024),
-            max_upload_bytes=_int(env, "TRAINER_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, low=1024,
+            max_tokens=read_whole(env, "TRAINER_MAX_TOKENS", 512, low=1),
+            adapter_cache=read_whole(env, "TRAINER_ADAPTER_CACHE", 64, low=1),
+            adapter_memory_mb=read_whole(env, "TRAINER_ADAPTER_MEMORY_MB", 1024, low=1),
+            serving_memory_mb=read_whole(env, "TRAINER_SERVING_MEMORY_MB", 1024, low=1),
+            max_seq_len=read_whole(env, "TRAINER_MAX_SEQ_LEN", 1024, low=16),
+            lora_r=read_whole(env, "TRAINER_LORA_R", 16, low=1),
+            lora_alpha=read_whole(env, "TRAINER_LORA_ALPHA", 32, low=1),
+            base_learning_rate=read_number(env, "TRAINER_BASE_LEARNING_RATE", 2e-4, positive=True),
+            default_batch_size=read_whole(env, "TRAINER_DEFAULT_BATCH_SIZE", 4, low=1),
+            torch_threads=read_whole(env, "TRAINER_TORCH_THREADS", 0, low=0),
+            max_request_bytes=read_whole(env, "TRAINER_MAX_REQUEST_BYTES", 2 * 1024 * 1024, low=1024),
+            max_upload_bytes=read_whole(env, "TRAINER_MAX_UPLOAD_BYTES", 512 * 1024 * 1024, low=1024,
                                   high=512 * 1024 * 1024),
-            max_example_bytes=_int(env, "TRAINER_MAX_EXAMPLE_BYTES", 8 * 1024 * 1024, low=1024),
-            max_prompt_tokens=_int(env, "TRAINER_MAX_PROMPT_TOKENS", 4096, low=1),
-            max_batch_tokens=_int(env, "TRAINER_MAX_BATCH_TOKENS", 8192, low=16),
-            max_job_minutes=_float(env, "TRAINER_MAX_JOB_MINUTES", 60.0),
-            group_jobs=_int(env, "TRAINER_GROUP_JOBS", 0, low=0),
+            max_example_bytes=read_whole(env, "TRAINER_MAX_EXAMPLE_BYTES", 8 * 1024 * 1024, low=1024),
+            max_prompt_tokens=read_whole(env, "TRAINER_MAX_PROMPT_TOKENS", 4096, low=1),
+            max_batch_tokens=read_whole(env, "TRAINER_MAX_BATCH_TOKENS", 8192, low=16),
+            max_job_minutes=read_number(env, "TRAINER_MAX_JOB_MINUTES", 60.0, positive=True),
+            group_jobs=read_whole(env, "TRAINER_GROUP_JOBS", 0, low=0),
             socket=Path(raw_socket) if (raw_socket := env.get(launch.SOCKET_VAR, "").strip()) else None,
             exit_with_parent=env.get(launch.EXIT_WITH_PARENT_VAR, "").strip() == "1",
         )
         if settings.api_key is not None and (len(settings.api_key) < 16 or any(c.isspace() for c in settings.api_key)):
-            raise SettingsError("TRAINER_API_KEY must be at least 16 characters without spaces")
+            raise SettingsError("TRAINER_API_KEY", "must be at least 16 characters without spaces")
         return settings
 
     @property
@@ -176,7 +176,7 @@ def ensure_api_key(settings: Settings) -> Settings:
             path.chmod(0o600)  # someone widened it: readable by the owner only, as promised
         key = path.read_text("utf-8").strip()
         if len(key) < 16:
-            raise SettingsError(f"TRAINER_API_KEY: the key file {path} is empty or damaged; delete it to make a new one")
+            raise SettingsError("TRAINER_API_KEY", f"the key file {path} is empty or damaged; delete it to make a new one")
         return replace(settings, api_key=key)
     key = "sk-trainer-" + secrets.token_urlsafe(32)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -194,32 +194,6 @@ def is_ip_address(host: str) -> bool:
     return True
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number") from None
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise SettingsError(f"{name} must be between {low} and {high}" if high is not None else f"{name} must be >= {low}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number") from None
-    if not value > 0:
-        raise SettingsError(f"{name} must be positive")
-    return value
-
-
 def _parse_models(raw: str) -> dict[str, str]:
     models: dict[str, str] = {}
     for pair in raw.split(","):
@@ -229,10 +203,10 @@ def _parse_models(raw: str) -> dict[str, str]:
         name, source = name.strip(), source.strip()
         # ':' would break the ft:<base>:<owner>:<suffix>:<id> naming, '/' the URL paths.
         if not sep or not name or not source or ":" in name or "/" in name or name in models:
-            raise SettingsError("TRAINER_BASE_MODELS must be comma-separated name=source pairs with unique names")
+            raise SettingsError("TRAINER_BASE_MODELS", "must be comma-separated name=source pairs with unique names")
         models[name] = source
     if not models:
-        raise SettingsError("TRAINER_BASE_MODELS must name at least one model")
+        raise SettingsError("TRAINER_BASE_MODELS", "must name at least one model")
     return models
 
 
@@ -243,12 +217,12 @@ def _models(env: Mapping[str, str]) -> dict[str, str]:
 def _owner(env: Mapping[str, str]) -> str:
     owner = env.get("TRAINER_OWNER", "school").strip() or "school"
     if ":" in owner or "/" in owner:
-        raise SettingsError("TRAINER_OWNER must not contain ':' or '/'")
+        raise SettingsError("TRAINER_OWNER", "must not contain ':' or '/'")
     return owner
 
 
 def _device(env: Mapping[str, str]) -> str:
     device = env.get("TRAINER_DEVICE", "auto").strip() or "auto"
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise SettingsError("TRAINER_DEVICE must be auto, cpu, cuda or cuda:N")
+        raise SettingsError("TRAINER_DEVICE", "must be auto, cpu, cuda or cuda:N")
     return device

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer.private import make_private_dir
+from common.private import make_private_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from storage.private import write_private
+from common.private import write_private
 from storage.starts import PendingStart
 
 # Temp folders of bots before pending starts were rows (and of a bot whose database is in memory).

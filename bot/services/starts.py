@@ -43,7 +43,7 @@ from dataset_rules.models import lookup as lookup_model
 from storage.groups import Group
 from storage.jobs import JobRepository
 from storage.models import Approval, BackendJob, ClassSettings, Job, NewJob, Reservation
-from storage.private import make_private_dir, narrow_modes
+from common.private import make_private_dir, narrow_modes
 from storage.starts import PendingStart, StartRepository
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The bot's files are its class's: folders 0700, files 0600, whatever else shares the school's computer."""
+"""The school's files, the bot's and the trainer's: folders 0700, files 0600, whatever else shares its computer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PRIVATE_UMASK = 0o077  # what the bot creates (and its worker processes with it) is for its own account only
+PRIVATE_UMASK = 0o077  # what the bot or the trainer creates (and their worker processes) is for its own account only
 
 
 def make_private_dir(path: Path) -> Path:
