@@ -165,15 +165,24 @@ async def bench_class(source: str, cache: Path, students: int, group_jobs: int, 
                                                     metadata={"guild_id": "1", "user_id": str(index)})
             pressed[job.id] = time.monotonic()
         finished: dict[str, float] = {}
+        ended_at: dict[str, int] = {}
+        # Each waiting job's estimates as the students' cards show them: (when read, estimated finish), unix seconds.
+        estimates: dict[str, list[tuple[float, int]]] = {job_id: [] for job_id in pressed}
         tokens = 0
         while len(finished) < len(pressed):
             for job_id in pressed.keys() - finished.keys():
                 job = await api.fine_tuning.jobs.retrieve(job_id)
+                if job.status == "queued" and job.estimated_finish:
+                    estimates[job_id].append((time.time(), job.estimated_finish))
                 if job.status in ("succeeded", "failed", "cancelled"):
                     finished[job_id] = time.monotonic()
                     assert job.status == "succeeded", f"{job_id}: {job.status} {job.error}"
                     tokens += job.trained_tokens or 0
+                    ended_at[job_id] = job.finished_at or int(time.time())
             await asyncio.sleep(1.0)
+        # |estimated - real finish| over the wait left when it was read: the first estimate, and the worst of all.
+        errors = {job_id: [abs(estimate - ended_at[job_id]) / max(1.0, ended_at[job_id] - at)
+                           for at, estimate in seen] for job_id, seen in estimates.items() if seen}
         first = min(pressed.values())
         last = max(finished.values()) - first
         waits = [finished[job_id] - pressed[job_id] for job_id in pressed]
@@ -181,8 +190,13 @@ async def bench_class(source: str, cache: Path, students: int, group_jobs: int, 
         with sqlite3.connect(data / "trainer.db") as db:
             pids = {row[0] for row in db.execute("SELECT worker_pid FROM jobs WHERE worker_pid IS NOT NULL")}
         cpu = sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids if psutil.pid_exists(pid))
+        firsts = sorted(errs[0] for errs in errors.values())
         return {"last": last, "median": statistics.median(waits), "tokens": tokens,
-                "flops": 4 * parameters * tokens, "seconds": last, "cpu": cpu}
+                "flops": 4 * parameters * tokens, "seconds": last, "cpu": cpu, "queued": len(errors),
+                "first_median": statistics.median(firsts) if firsts else 0.0, "first_worst": max(firsts, default=0.0),
+                "first_within": sum(error <= 0.25 for error in firsts),
+                "worst": max((max(errs) for errs in errors.values()), default=0.0),
+                "within": sum(max(errs) <= 0.25 for errs in errors.values())}
     finally:
         server.stop()
 
@@ -268,8 +282,9 @@ def main() -> None:
         print(f"\n## {args.students} students within {args.spread:.0f} s through `python -m trainer`")
         print("| TRAINER_GROUP_JOBS | last model | median wait | FLOP efficiency | efficiency by the worker's CPU time "
               "| last model for 30 (extrapolated at this load) | last model for 30 on this machine unshared (estimate) "
+              "| queued jobs' first estimate: median error, worst, within 25% | every estimate: worst, jobs within 25% "
               "| load |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for group in (int(g) for g in args.group_jobs.split(",")):
             figures = asyncio.run(bench_class(source, args.cache, args.students, group, args.spread, args.epochs,
                                               parameters))
@@ -283,7 +298,9 @@ def main() -> None:
             unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * BEST_RATE * 1e9) if by_cpu else 0.0
             print(f"| {group} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
                   f"(matmul {rate:.0f} GFLOP/s) | {by_cpu:.0%} | {CLASS * per_job / 60:.1f} min | "
-                  f"{unshared / 60:.1f} min | {load_average()} |", flush=True)
+                  f"{unshared / 60:.1f} min | {figures['first_median']:.0%}, {figures['first_worst']:.0%}, "
+                  f"{figures['first_within']:.0f} of {figures['queued']:.0f} | {figures['worst']:.0%}, "
+                  f"{figures['within']:.0f} of {figures['queued']:.0f} | {load_average()} |", flush=True)
 
 
 if __name__ == "__main__":

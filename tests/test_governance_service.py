@@ -22,6 +22,7 @@ from bot.services.governance import (
     BudgetExceededError,
     Governance,
     ModerationCoalescer,
+    ModerationNotice,
     QuotaExceededError,
     StudentTotals,
     build_report,
@@ -78,6 +79,11 @@ async def moderation_probed(parts: Parts) -> None:
     await parts.service.roles.update(GUILD, moderation=True)
     assert await parts.service.moderation.moderation_on(GUILD)
     parts.fake.moderation_requests.clear()
+
+
+def example_batches(parts: Parts) -> list[list[str]]:
+    """The moderation requests of a start's examples (not the one of its file's name, "train jsonl")."""
+    return [batch for batch in parts.fake.moderation_requests if batch != ["train jsonl"]]
 
 
 def pending(data: bytes, *, user_id: int = STUDENT, guild_id: int = GUILD, is_teacher: bool = False) -> PendingStart:
@@ -272,12 +278,12 @@ async def test_class_sized_file_is_moderated_whole_and_a_huge_one_at_random(part
     examples the fixed sample was every other line, so the odd ones were never checked)."""
     await moderation_probed(parts)
     await parts.service.moderation.check_training_data(pending(chat_lines(MODERATION_SAMPLE_CAP)))
-    assert sum(len(b) for b in parts.fake.moderation_requests) == MODERATION_SAMPLE_CAP
+    assert sum(len(b) for b in example_batches(parts)) == MODERATION_SAMPLE_CAP
     samples = []
     for _ in range(2):
         parts.fake.moderation_requests.clear()
         await parts.service.moderation.check_training_data(pending(chat_lines(2 * MODERATION_SAMPLE_CAP)))
-        samples.append(frozenset(text for batch in parts.fake.moderation_requests for text in batch))
+        samples.append(frozenset(text for batch in example_batches(parts) for text in batch))
     assert samples[0] != samples[1]  # two draws of 512 out of 1,024 agree with odds of about 1 in 10^306
     assert len(samples[0]) == MODERATION_SAMPLE_CAP
 
@@ -286,7 +292,7 @@ async def test_training_data_moderation_is_batched_and_capped(parts: Parts) -> N
     """A huge file is moderated as a sample of at most the cap, in batches, before anything is uploaded."""
     await moderation_probed(parts)
     await parts.service.moderation.check_training_data(pending(chat_lines(2000)))
-    batches = parts.fake.moderation_requests
+    batches = example_batches(parts)
     assert sum(len(b) for b in batches) == MODERATION_SAMPLE_CAP
     assert all(len(b) <= MODERATION_BATCH for b in batches)
     assert parts.fake.uploads == []
@@ -300,6 +306,36 @@ async def test_training_data_flagged_line_is_named(parts: Parts) -> None:
     with pytest.raises(errors.UserFacingError) as refused:
         await parts.service.moderation.check_training_data(pending(data))
     assert refused.value.key == "gov.error.data_flagged" and refused.value.params["lines"] == "4"
+
+
+@pytest.mark.parametrize(("field", "name"), [("suffix", "my_nasty-model"), ("training_filename", "nasty.jsonl"),
+                                           ("validation_name", "so.nasty.jsonl")])
+async def test_a_flagged_model_or_file_name_refuses_the_start_and_tells_the_teacher(parts: Parts, field: str,
+                                                                                     name: str) -> None:
+    """The model's name and the files' names show on the class's cards and lists: a flagged one (read as the words
+    it is made of) refuses the start before anything is uploaded, and the teacher channel hears of it."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    notices: list[ModerationNotice] = []
+
+    async def report(notice: ModerationNotice) -> None:
+        notices.append(notice)
+
+    parts.service.moderation.add_reporter(report)
+    with pytest.raises(errors.UserFacingError) as refused:
+        await parts.service.moderation.check_training_data(replace(pending(chat_lines(3)), **{field: name}))
+    assert refused.value.key == "gov.error.name_held_back"
+    assert [(n.where, n.user_id, n.count) for n in notices] == [("name", STUDENT, 1)]
+    assert parts.fake.uploads == []
+
+
+async def test_ordinary_model_and_file_names_pass(parts: Parts) -> None:
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    named = replace(pending(chat_lines(3)), suffix="pirate-bot", training_filename="library_helper.jsonl",
+                    validation_name="held_out.jsonl")
+    await parts.service.moderation.check_training_data(named)
+    assert ["pirate bot", "library helper jsonl", "held out jsonl"] in parts.fake.moderation_requests
 
 
 async def test_moderation_defaults_off_when_backend_has_no_endpoint(parts: Parts) -> None:

@@ -164,3 +164,25 @@ async def test_with_approvals_on_an_allowed_file_goes_to_approval_then_starts(cl
     assert classroom.openai.jobs == []
     await click_and_wait(classroom, approval, "Approve", classroom.teacher)
     await new_job(classroom)
+
+
+async def test_a_flagged_model_name_is_refused_kindly_and_a_new_start_with_another_name_trains(
+        classroom: Classroom, teachers: FakeChannel) -> None:
+    """The model's name shows on the class's cards and lists: a flagged one starts nothing, the student is told
+    privately in plain words (in Korean where their Discord is Korean) and the teacher channel hears of it; a new
+    /finetune start with another name trains."""
+    await command(classroom, classroom.teacher, "class teacher-channel", teacher_channel=teachers)
+    classroom.openai.flag_words = {"grumpy"}
+    card = await open_card(classroom, suffix="grumpy-bot", locale="ko")
+    click = await classroom.discord.click(card, "시작", classroom.student, locale="ko")
+    message = await click.followup(timeout=10)
+    assert message.ephemeral and "모델에 붙인 이름이나 파일 이름" in message.text()
+    assert "grumpy" not in message.text()
+    assert classroom.openai.uploads == [] and classroom.openai.jobs == []
+    notice = await classroom.discord.wait_for(
+        lambda: next((m for m in classroom.discord.messages(teachers) if "name was held back" in m.text()), None),
+        timeout=10, what="the teacher channel's notice")
+    assert f"<@{classroom.student.id}>" in notice.text() and "||grumpy bot||" in notice.text()
+    card = await open_card(classroom, suffix="kind-bot")
+    await click_and_wait(classroom, card, "Start", classroom.student)
+    await new_job(classroom)

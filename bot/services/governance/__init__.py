@@ -15,6 +15,7 @@ from bot.services.governance.moderation import (
     ModerationCoalescer,
     ModerationNotice,
     ModerationService,
+    NameHeldBackError,
     training_texts,
 )
 from bot.services.governance.policy import (
@@ -47,7 +48,8 @@ __all__ = [
     "ClassReport",
     "ClassSettingsService", "CleanupPlan", "CleanupResult", "ContentFlaggedError", "FlaggedFileService", "Governance",
     "allowed_csv",
-    "ModerationCoalescer", "ModerationNotice", "ModerationService", "QuotaExceededError", "ReportService",
+    "ModerationCoalescer", "ModerationNotice", "ModerationService", "NameHeldBackError", "QuotaExceededError",
+    "ReportService",
     "StartPolicyService", "StudentTotals", "build_report", "job_cost", "report_csv", "training_texts",
 ]
 

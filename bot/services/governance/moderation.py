@@ -26,6 +26,7 @@ from storage.starts import PendingStart
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ONE_LINE = re.compile(r"\s")
+_NAME_PARTS = re.compile(r"[-_.]+")  # my_bad-model.jsonl reads as the words it is made of
 _RANDOM = random.SystemRandom()  # samples nobody can predict, so none can be planned around
 
 # Moderation: texts per request; every example of a file up to MODERATION_SAMPLE_CAP examples, a fresh random
@@ -47,6 +48,13 @@ MODERATION_REQUEST_SECONDS = 30.0
 FLAGGED_CONTEXT_CHARS = 60
 FLAGGED_LINE_CHARS = 160
 FLAGGED_LINES_KEPT = 10
+
+
+class NameHeldBackError(errors.UserFacingError):
+    """Moderation flagged the model's name (suffix) or a file's name, which the class's cards and lists would show;
+    the student starts again with another name."""
+
+    key = "gov.error.name_held_back"
 
 
 class ContentFlaggedError(errors.UserFacingError):
@@ -187,13 +195,14 @@ class ModerationService:
         return await self.moderate_texts(guild_id, texts, where="chat")
 
     async def moderate_texts(self, guild_id: int, texts: Sequence[str], *, where: str = "post",
-                             user_id: int | None = None) -> list[bool]:
-        """Which texts to hold back before the bot shows them (chat, or a post of students' or a model's text).
+                             user_id: int | None = None, settings: ClassSettings | None = None) -> list[bool]:
+        """Which texts to hold back before the bot shows them (chat, a post of students' or a model's text, or the
+        names a student gives a model and its files).
 
         Raises ModerationUnavailableError when the check errors: nothing unchecked is shown."""
         if not texts:
             return []
-        settings = await self.repo.settings(guild_id)
+        settings = settings or await self.repo.settings(guild_id)
         flags = await self._own_words(guild_id, texts, settings)
         if not all(flags) and await self.moderation_on(guild_id, settings):
             windows = [(i, window) for i, (text, own) in enumerate(zip(texts, flags)) if not own
@@ -225,9 +234,10 @@ class ModerationService:
                                   files: list[bytes] | None = None) -> None:
         """Moderate the texts of the training (and validation) data before anything is uploaded; a flagged file is
         recorded (the student may ask a teacher, who may allow exactly this file) and refused."""
+        settings = settings or await self.repo.settings(pending.guild_id)
+        await self._check_names(pending, settings)
         if pending.cleared:
             return
-        settings = settings or await self.repo.settings(pending.guild_id)
         backend_on = await self.moderation_on(pending.guild_id, settings)
         if not backend_on and (self.wordlist is None or settings.moderation is False):
             return
@@ -249,6 +259,16 @@ class ModerationService:
                     flagged[key] = _flagged_line(key, window, verdict.spans[0] if verdict.spans else None)
         if flagged:
             await self._refuse(pending, files, flagged)
+
+    async def _check_names(self, pending: PendingStart, settings: ClassSettings) -> None:
+        """The model's name and the files' names show on the class's cards and model lists: moderated as any text a
+        student writes, and the start refused when one is flagged (a teacher's allowance covers lines, not names)."""
+        names = [name for name in (pending.suffix, pending.training_filename, pending.validation_name) if name]
+        flags = await self.moderate_texts(pending.guild_id, [_NAME_PARTS.sub(" ", name) for name in names],
+                                          where="name", user_id=pending.user_id, settings=settings)
+        if any(flags):
+            log.info("The model or file name of user %s in guild %s was held back", pending.user_id, pending.guild_id)
+            raise NameHeldBackError()
 
     async def _refuse(self, pending: PendingStart, files: list[bytes], flagged: dict[tuple[str, int], FlaggedLine]
                       ) -> None:
