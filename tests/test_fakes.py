@@ -83,6 +83,12 @@ class DemoBot(commands.Bot):
             thread = await interaction.channel.create_thread(name="demo chat", message=card)
             await thread.send("thread open")
 
+        @group.command(name="whisper", description="Defer in public, then follow up privately twice")
+        async def whisper(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(thinking=True)
+            await interaction.followup.send("first", ephemeral=True)
+            await interaction.followup.send("second", ephemeral=True)
+
         @group.command(name="close", description="Archive and lock this thread")
         async def close(interaction: discord.Interaction) -> None:
             await interaction.response.send_message("closing")
@@ -188,6 +194,18 @@ async def test_discord_slash_defer_followup_click_thread_roundtrip(
     with pytest.raises(PermissionError):
         await fake_discord.say(thread.id, student, "can I still post?")
     assert fake_discord.unhandled == []
+
+
+async def test_discord_first_followup_after_a_public_deferral_is_public_whatever_its_flag(
+    fake_discord: FakeDiscord, world: tuple[FakeGuild, FakeUser], demo_bot: DemoBot
+) -> None:
+    """As Discord does: the first followup fills the deferred response, whose visibility the deferral set (its
+    ephemeral flag is ignored: the whole channel reads it); only later followups can be private."""
+    guild, student = world
+    inter = await fake_discord.slash(guild, student, "demo whisper")
+    first, second = await inter.followup(), await inter.followup(index=1)
+    assert first is inter.original and first.content == "first" and not first.ephemeral
+    assert second.content == "second" and second.ephemeral
 
 
 async def test_discord_429_with_via_is_retried_by_discord_py(

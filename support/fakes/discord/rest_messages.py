@@ -40,7 +40,7 @@ class MessageRoutes(Part):
         msg = self._new_message(channel, self.bot_user)
         for key, value in attrs.items():
             setattr(msg, key, value)
-        msg._apply(payload, files)
+        msg._apply(payload, files, created=True)
         if payload.get("message_reference"):
             msg.reference = payload["message_reference"]
             msg.type = 19

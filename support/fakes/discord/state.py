@@ -466,8 +466,10 @@ class FakeMessage:
                 parts.append(comp.get("content", ""))
         return "\n".join(p for p in parts if p)
 
-    def _apply(self, payload: dict[str, Any], new_files: list[FakeAttachment]) -> None:
-        """Apply a create/edit payload: fields present replace, attachments kept by id plus new files."""
+    def _apply(self, payload: dict[str, Any], new_files: list[FakeAttachment], *, created: bool = False) -> None:
+        """Apply a create/edit payload: fields present replace, attachments kept by id plus new files. Whether a
+        message is ephemeral is set when it is created (for a deferred response: by the deferral); an edit, or the
+        first followup that fills a deferral, cannot change it (Discord ignores the flag there)."""
         if "content" in payload:
             self.content = payload["content"] or ""
         if "embeds" in payload:
@@ -477,7 +479,8 @@ class FakeMessage:
         if "components" in payload:
             self.components = list(payload["components"] or [])
         if "flags" in payload and payload["flags"] is not None:
-            self.flags = (self.flags & (EPHEMERAL | LOADING)) | int(payload["flags"])
+            flags = int(payload["flags"]) if created else int(payload["flags"]) & ~EPHEMERAL
+            self.flags = (self.flags & (EPHEMERAL | LOADING)) | flags
         if "attachments" in payload:
             keep = {int(a["id"]) for a in payload["attachments"] or [] if str(a.get("id", "")).isdigit()}
             kept = [a for a in self.attachments if a.id in keep]
