@@ -34,7 +34,9 @@ from typing import Any
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it for itself and its workers
+# The in-process steps run as the trainer's long-lived worker runs them: OpenMP threads spin a moment between operations
+# (trainer/cpu_share.py); the trainers this bench starts get the environment without it, as the bot starts them.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 sys.path.insert(0, str(REPO_ROOT))
 
 from support.trainer_harness import (  # noqa: E402 - after the path is set
@@ -149,7 +151,9 @@ async def bench_class(source: str, cache: Path, students: int, group_jobs: int, 
     data = share_gguf_cache(Path(tempfile.mkdtemp(prefix="bench-class-")) / "data", cache)
     server = TrainerProcess(data, Path(source).parent, TRAINER_BASE_MODELS=f"smollm2={source}",
                             TRAINER_GROUP_JOBS=str(group_jobs), TRAINER_DEVICE="cpu", TRAINER_MAX_SEQ_LEN="1024",
-                            TRAINER_MAX_TOKENS="64", TRAINER_TORCH_THREADS="0").start()
+                            TRAINER_MAX_TOKENS="64", TRAINER_TORCH_THREADS="0")
+    server.env.pop("GOMP_SPINCOUNT", None)
+    server.start()
     try:
         server.wait_models_ready()
         api = AsyncOpenAI(base_url=server.base_url, api_key=server.key, max_retries=2, timeout=120)

@@ -17,6 +17,7 @@ from typing import Any
 
 from trainer import import_heavy
 from trainer.config import Settings
+from trainer.cpu_share import SPIN_COUNT, ThreadGovernor
 from trainer.lifeline import die_with_parent
 from trainer.store import PARTIAL_SUFFIX, Store, new_id
 from trainer.timing import LOADING_MESSAGE, Pace
@@ -252,8 +253,10 @@ class Controls:
 class LongLivedWorker:
     """Trains the jobs handed to it one step of all of them at a time, with each base model loaded once."""
 
-    def __init__(self, device: str, emit: Callable[[dict[str, Any]], None], controls: Controls) -> None:
+    def __init__(self, device: str, emit: Callable[[dict[str, Any]], None], controls: Controls,
+                 threads: ThreadGovernor | None = None) -> None:
         self.device, self.emit, self.controls = device, emit, controls
+        self.threads = threads  # on a CPU with threads left to the trainer: each step's, by the cores free now
         self.settings = Settings.from_env()
         self.store = Store(self.settings.data_dir / "trainer.db")
         self.bases: dict[str, Any] = {}  # base source -> grouped.SharedBase
@@ -358,6 +361,8 @@ class LongLivedWorker:
         base = self.bases[source]
         group = [run for run in self.runs.values() if run.spec.source == source]
         pad_id = group[0].spec.pad_id
+        if self.threads is not None:
+            self._use_threads(self.threads.choose())
         started = time.perf_counter()
         try:
             pairs = list(zip(group, group_step(base, group, pad_id), strict=True))
@@ -389,6 +394,14 @@ class LongLivedWorker:
                 del self.runs[run.job_id]
                 self._end(run)
 
+    def _use_threads(self, threads: int) -> None:
+        import torch  # loaded with the first job's base model (import_heavy)
+
+        if threads != torch.get_num_threads():
+            log.info("Training with %d threads: other programs %s", threads,
+                     "left cores free" if threads > torch.get_num_threads() else "keep a core busy")
+            torch.set_num_threads(threads)
+
     def _end(self, run: Any) -> None:
         assert run.result is not None
         try:
@@ -415,6 +428,8 @@ def serve(device: str) -> int:
     Commands come as JSON lines on stdin ({"op": "train" | "cancel" | "pause", "job": id}); the end of each job is
     told on stdout. Everything else the process prints goes to stderr (its log): stdout carries the protocol only.
     """
+    if device == "cpu":  # before OpenMP loads with torch: threads spin a moment between operations (cpu_share)
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
     # modeling imports torch (seconds): after main() listens for a pause.
     import_heavy("trainer.modeling")
     from trainer.modeling import set_threads
@@ -426,11 +441,14 @@ def serve(device: str) -> int:
         protocol.write(json.dumps(message) + "\n")
         protocol.flush()
 
+    governor = None
     if device == "cpu":
-        set_threads(Settings.from_env().torch_threads)
+        configured = Settings.from_env().torch_threads
+        threads = set_threads(configured)
+        governor = None if configured else ThreadGovernor(threads)  # TRAINER_TORCH_THREADS set: exactly that
     controls = Controls()
     threading.Thread(target=controls.listen, args=(sys.stdin,), daemon=True, name="commands").start()
-    worker = LongLivedWorker(device, emit, controls)
+    worker = LongLivedWorker(device, emit, controls, governor)
     emit({"event": "ready", "pid": os.getpid()})
     return worker.serve()
 
