@@ -14,6 +14,7 @@ from discord.app_commands import Choice
 from bot import errors
 from bot.discord_edge.access import classroom_bot
 from bot.discord_edge.buttons import DurableButton
+from bot.discord_edge.replies import private_followup
 from bot.discord_edge.text import clip
 from bot.i18n import locale_of, minutes_words, t
 from bot.services.class_time import ClassTime
@@ -341,4 +342,4 @@ class EvaluateJobButton(DurableButton, template=r"evaluate-job:(?P<job_id>[\w\-]
             plan = await bot.evaluation.plan(interaction.guild_id, model, user_id=interaction.user.id)
             await post_evaluation(interaction, bot.evaluation, plan)
         except errors.UserFacingError as exc:  # e.g. the safety check is not answering: nothing unchecked is posted
-            await interaction.followup.send(exc.render(interaction.locale), ephemeral=True)
+            await private_followup(interaction, exc.render(interaction.locale))

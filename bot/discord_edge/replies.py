@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import cast
+from typing import Any, cast
 
 import discord
 from discord import app_commands
@@ -20,11 +20,26 @@ async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
     """Reply privately, whether or not the interaction was already answered or deferred."""
     try:
         if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
+            await private_followup(interaction, text)
         else:
             await interaction.response.send_message(text, ephemeral=True)
     except discord.HTTPException:
         log.warning("Could not deliver a private reply for interaction %s", interaction.id)
+
+
+async def private_followup(interaction: discord.Interaction, content: str = discord.utils.MISSING,
+                           **kwargs: Any) -> discord.WebhookMessage:
+    """A followup only its reader sees, also after a public deferral: Discord fills a deferral's "thinking" message
+    with the first followup, public as the deferral was whatever the followup's flag says (the whole class would read
+    it), so that placeholder is deleted first and the followup is a message of its own."""
+    if interaction.response.type is discord.InteractionResponseType.deferred_channel_message:
+        try:
+            original = await interaction.original_response()
+            if original.flags.loading and not original.flags.ephemeral:
+                await original.delete()
+        except discord.NotFound:  # deleted already: the followup is a message of its own
+            pass
+    return await interaction.followup.send(content, ephemeral=True, wait=True, **kwargs)
 
 
 async def tell(client: discord.Client, channel_id: int, guild_id: int, text: str) -> bool:
