@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,21 @@ def devices(setting: str) -> list[str]:
 def dtype_for(device: str) -> torch.dtype:
     """Use bfloat16 on a GPU; float32 on a CPU, where bfloat16 matmuls are slower for training."""
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def forward_seconds_per_token(model: PreTrainedModel, rows: int = 4, length: int = 64) -> float:
+    """Seconds per token of a forward pass over a lesson-sized batch on this machine now (the faster of two: the
+    first also warms up): how the queue guesses a base model's training speed before any job ran (trainer.timing)."""
+    device = next(model.parameters()).device
+    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
+    ids = torch.randint(0, min(vocab, 1000), (rows, length), generator=torch.Generator().manual_seed(0)).to(device)
+    best = math.inf
+    with torch.inference_mode():
+        for _ in range(2):
+            started = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            best = min(best, time.perf_counter() - started)
+    return best / (rows * length)
 
 
 def set_threads(configured: int) -> int:

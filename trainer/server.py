@@ -74,6 +74,11 @@ class LazyGenerator:
         """The model pool, once loaded."""
         return self._generator.pool if self._generator is not None else None
 
+    def forward_seconds(self, name: str) -> float | None:
+        """A base model's forward seconds per token, timed when it loaded on a CPU (None before, or on a GPU)."""
+        pool = self.pool
+        return pool.forward_seconds.get(name) if pool is not None else None
+
     def status(self, name: str) -> dict[str, Any]:
         """How far a base model is from answering, for /v1/models."""
         pool = self.pool
@@ -167,6 +172,7 @@ def create_app(settings: Settings) -> web.Application:
     scheduler = Scheduler(settings, store, training_devices(settings.device))
     generator = LazyGenerator(settings)
     timings = scheduler.estimates.timings  # one measurement of this machine, for /v1/models and the queue
+    timings.forward_seconds = generator.forward_seconds  # its first guess, before any job ran
     app = build_app(settings, store, scheduler, generator)
     app[TIMINGS] = timings
 

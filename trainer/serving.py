@@ -21,6 +21,7 @@ from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
 from trainer.packed import pack_linears
 from trainer.modeling import (
     control_token_ids,
+    forward_seconds_per_token,
     load_model,
     load_tokenizer,
     render_chat,
@@ -138,6 +139,7 @@ class ModelPool:
         self._local: dict[str, str] = {}
         self._bases: dict[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
         self.stacks: dict[str, LoraStack] = {}
+        self.forward_seconds: dict[str, float] = {}  # by base model, timed as it loads on a CPU (the queue's guess)
         self._lock = threading.Lock()
         # One download or load at a time: transformers imports its parts lazily and not thread-safely, and a
         # tokenizer asked for (a token count) while its model loads is the one that load uses, not a second one.
@@ -196,6 +198,8 @@ class ModelPool:
                     # A reply may end its turn, never write another control token.
                     model.generation_config.suppress_tokens = sorted(control_token_ids(tokenizer) - ends)
                     pack_linears(model)  # served, never trained: its layers multiply faster packed
+                    if self.device == "cpu":
+                        self.forward_seconds[name] = forward_seconds_per_token(model)
                     self.stacks[name] = LoraStack(model, self.cache_size, self.adapter_budget_bytes)
                     self._bases[name] = (model, tokenizer)
                     self._report(name, 1.0)

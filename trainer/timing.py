@@ -9,7 +9,8 @@ import logging
 import math
 import statistics
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,13 @@ class Speed:
 # promises less than a busier school machine may give. A GPU trains these small models many times faster. A job in a
 # worker that already holds its base model starts in about a second (reading and encoding its file).
 DEFAULT_SPEEDS = {"cpu": Speed(60.0, 1.0, 2.0, False, 14.0), "cuda": Speed(1500.0, 1.0, 2.0, False, 9.0)}
+# Better than the default before any job: the server times a forward pass of each base model over a lesson-sized
+# batch when it loads it (trainer.modeling.forward_seconds_per_token), and a CPU training step over as many tokens
+# takes about this many times as long. Measured 2026-12-05, SmolLM2-135M on 2 cores: a lesson step 3.65 ms a token
+# (two spinning threads) against the server's forward 1.62 ms, 2.25x, on the idle machine; 6.0 ms (one thread)
+# against 2.35 ms, 2.57x, with another program keeping a core busy. The default figure of 60 tokens a second told a
+# fresh trainer's first class 2.3-2.8x too long a wait (bench/bench_class_training.py).
+TRAIN_OVER_FORWARD = 2.4
 
 
 class Pace:
@@ -183,11 +191,20 @@ class Timings:
         self.store, self.default_batch_size = store, default_batch_size
         self.by_model: dict[str, int] = {}
         self.runs: dict[str, list[Run]] = {}  # by base model, oldest first, at most RECENT_JOBS
+        # A base model's forward seconds per token as the server timed it when loading it (None: not loaded yet).
+        self.forward_seconds: Callable[[str], float | None] = lambda model: None
 
     def speed(self, model: str, device: str = "cpu") -> Speed:
-        """This machine's measured throughput for a base model, or the device's default before any measurement."""
+        """This machine's measured throughput for a base model; before any measurement, on a CPU, a guess from the
+        model's forward pass timed here (TRAIN_OVER_FORWARD), else the device's default (measured False both)."""
         runs = self.runs.get(model)
-        return (speed_of(runs) if runs else None) or default_speed(device)
+        measured = speed_of(runs) if runs else None
+        if measured is not None:
+            return measured
+        forward = None if device.startswith("cuda") else self.forward_seconds(model)
+        if forward:
+            return replace(default_speed(device), tokens_per_second=1.0 / (forward * TRAIN_OVER_FORWARD))
+        return default_speed(device)
 
     def load(self) -> None:
         """Take each base model's most recent measurable succeeded job."""

@@ -93,6 +93,8 @@ async def test_failed_base_model_says_so(tmp_path: Path, tiny_model: Path) -> No
     await asyncio.to_thread(pool.prepare_all)
     assert pool.preparations["broken"].as_dict()["status"] == "failed"
     assert pool.preparations["tiny"].as_dict() == {"status": "ready", "progress": 1.0}
+    # The model that loaded had its forward pass timed (the queue's first guess of its training speed); not the other.
+    assert set(pool.forward_seconds) == {"tiny"} and 0 < pool.forward_seconds["tiny"] < 1
 
 
 async def test_succeeded_job_is_timed_and_merged_in_background(trainer_server: TrainerProcess) -> None:
