@@ -6,7 +6,9 @@ comments, the curse corpus's test split (also with each disguise of dataset_rule
 classroom set, the shipped lessons (every message, and each file as a whole), and the labelled classroom set of
 tests/trainer/data. Sets that may not be passed on are read from --corpora DIR (the folder of
 scripts/train_moderation.py): OLID test tweets, Davidson's hash test split, Smilegate UnSmile's valid split and
-K-MHaS's test split (neither ever trained on). Without DIR they are skipped, and the output says so.
+K-MHaS's test split (neither ever trained on), and the test splits of the third round's corpora (HateScore, APEACH,
+KoSBi, ConvAbuse, Stormfront, Surge AI's toxicity sample, and HateCheck, never trained on). Without DIR they are
+skipped, and the output says so.
 
 Figures per set: precision and recall at the shipped thresholds (what a class gets), and, for information only, the
 best recall reachable at precision >= 90% on that set (a threshold read off the test set: not what ships). Then the
@@ -31,13 +33,16 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from trainer.moderation_corpora import SOURCES, read_all  # noqa: E402
+from trainer.moderation_corpora import KMHAS_TEST, SOURCES, kmhas_test, read_all  # noqa: E402
 
 DATA = ROOT / "bench" / "data"
 BATCH = 32
 GOALS = {"beep": ("Korean comments labelled hateful/offensive", 0.40), "curse": ("Korean profanity", 0.80),
          "olid": ("English offensive tweets", 0.60)}
 Row = dict[str, object]
+# The corpora whose test split is read from --corpora DIR (the others' test sets are shipped under bench/data/).
+FROM_CORPORA = ("olid", "davidson", "unsmile", "hatescore", "apeach", "kosbi", "convabuse", "stormfront", "surge",
+                "hatecheck")
 
 
 def _jsonl(path: Path) -> list[Row]:
@@ -102,6 +107,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", type=Path, help="folder with the corpora that are not shipped")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--model", type=Path, default=None, help="a model file other than the shipped one")
     parser.add_argument("--previous", action="store_true",
                         help="also measure the filter before issue 22 (korcen on whole texts, alt-profanity-check)")
     args = parser.parse_args()
@@ -110,9 +116,10 @@ def main() -> None:
     before = process.memory_info().rss
     start = time.perf_counter()
     from trainer import moderation
-    filters = moderation.Filters()
+    filters = moderation.Filters(args.model or moderation.MODEL_PATH)
     loaded = time.perf_counter() - start
-    print(f"filter {moderation.MODEL_NAME}: loaded in {loaded:.2f} s; thresholds {filters.model.thresholds}; "
+    name = args.model or moderation.MODEL_NAME
+    print(f"filter {name}: loaded in {loaded:.2f} s; thresholds {filters.model.thresholds}; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
 
     labelled: dict[str, list[Row]] = {"beep": _jsonl(DATA / "beep_test.jsonl"),
@@ -121,10 +128,10 @@ def main() -> None:
     for lang in ("ko", "en"):
         labelled[f"classroom-{lang}"] = [r for r in classroom if r["lang"] == lang]
     if args.corpora is None:
-        print("(no --corpora DIR: OLID, Davidson, UnSmile and K-MHaS are not measured; they may not be shipped)")
+        print("(no --corpora DIR: OLID, Davidson, UnSmile, K-MHaS and the third round's corpora are not measured)")
     else:
         for example in read_all(args.corpora):
-            if example.split == "test" and example.corpus in ("olid", "davidson", "unsmile"):
+            if example.split == "test" and example.corpus in FROM_CORPORA:
                 labelled.setdefault(example.corpus, []).append(
                     {"text": example.text, "flagged": bool(example.label)})
         labelled.update(_kmhas(args.corpora))
@@ -254,16 +261,14 @@ def _unsmile_abuse(root: Path) -> dict[str, list[Row]]:
 def _kmhas(root: Path) -> dict[str, list[Row]]:
     """K-MHaS's test split (adlnlp/K-MHaS, data/kmhas_test.txt), when present: label 8 is 'not hate speech', 3 is
     'profanity'."""
-    path = root / "adlnlp+K-MHaS" / "data" / "kmhas_test.txt"
+    path = root / KMHAS_TEST
     if not path.is_file():
         return {}
-    with path.open(encoding="utf-8") as handle:
-        table = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    rows: list[Row] = [{"text": row["document"].strip('"'), "flagged": row["label"].strip() != "8"} for row in table]
+    table = list(kmhas_test(path))
+    rows: list[Row] = [{"text": text, "flagged": label != "8"} for text, label in table]
     # Its Profanity label (3) alone: hate speech without profanity counts as not offensive here, so this precision
     # is low by construction for a filter that also holds back hate.
-    profanity: list[Row] = [{"text": row["document"].strip('"'), "flagged": "3" in row["label"].split(",")}
-                            for row in table]
+    profanity: list[Row] = [{"text": text, "flagged": "3" in label.split(",")} for text, label in table]
     return {"kmhas": rows, "kmhas-profanity": profanity}
 
 

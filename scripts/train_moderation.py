@@ -2,8 +2,9 @@
 
 1. Bring each corpus of trainer/moderation_corpora.SOURCES into one folder as `<owner>+<name>/`, e.g.
    git clone https://github.com/kocohub/korean-hate-speech DIR/kocohub+korean-hate-speech (and check out the commit
-   named there); the Davidson corpus needs only data/labeled_data.csv, the others their data files. UnSmile and
-   K-MHaS (adlnlp/K-MHaS) are only read by the bench, never here.
+   named there); the Davidson corpus needs only data/labeled_data.csv, the others their data files. UnSmile, K-MHaS
+   (adlnlp/K-MHaS) and HateCheck are only read by the bench, never here (K-MHaS's test texts are read to keep them
+   out of the third round's corpora).
 2. python scripts/train_moderation.py DIR --c 4 8 16   (about three minutes on 2 cores; needs scikit-learn, scipy and
    alt-profanity-check, all in requirements-trainer.txt)
 
@@ -54,6 +55,11 @@ NEVER = 1.01
 # English classroom set lost 10 points of recall (82% -> 72%: "whore", "motherfucker stole my seat", "go kill
 # yourself loser", which the classifier scores 0.75-0.84, under its threshold 0.86).
 GATE_PRECISION = 0.90
+# English corpora of the third round read by the bench only, unless named with --include: with them in training the
+# English threshold chosen on OLID's dev split rose (all three: 0.965-0.97, OLID dev recall 9-11%; ConvAbuse and
+# Surge AI's sample alone: 0.95 with the gate at 0.60, no gain on OLID's dev split, and two benign dev sentences more
+# held back). docs/benchmarks.md, third round.
+LEFT_OUT = ("convabuse", "stormfront", "surge")
 FIXED_TEXTS = ("안녕하세요, 숙제 질문이 있어요.", "시발 진짜 짜증나", "How do clouds move?", "you are a stupid idiot",
                "너 같은 새끼는 꺼져", "학생증을 다시 발급받은 뒤 빌려 주세요.", "What is photosynthesis?",
                "진짜 못생겼다 돼지같이 생겨서")
@@ -144,11 +150,14 @@ def main() -> None:
     parser.add_argument("--c", type=float, nargs="*", default=[8.0])
     parser.add_argument("--nb", type=float, default=1.0, help="NB-LR smoothing (0: plain logistic regression)")
     parser.add_argument("--skip", nargs="*", default=[], choices=sorted(SOURCES),
-                        help="corpora to leave out (e.g. olid, for a model without its research-only tweets)")
+                        help="corpora to leave out (e.g. olid and hatescore, for a model without research-only or "
+                             "non-profit data)")
+    parser.add_argument("--include", nargs="*", default=[], choices=LEFT_OUT, help="LEFT_OUT corpora to train on")
     args = parser.parse_args()
     from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
-    examples = [e for e in read_all(args.corpora) if e.split != "test" and e.corpus not in args.skip]
+    left_out = set(args.skip) | set(LEFT_OUT) - set(args.include)
+    examples = [e for e in read_all(args.corpora) if e.split != "test" and e.corpus not in left_out]
     train = [e for e in examples if e.split == "train"]
     dev: dict[str, list[Example]] = {}
     for example in examples:
@@ -174,6 +183,11 @@ def main() -> None:
                    for lang in OFFENSIVE_DEV for name in OFFENSIVE_DEV[lang] if name in scored}
         mean = sum(recalls.values()) / len(recalls)
         print(f"C={c}: thresholds {thresholds}; dev recall {', '.join(f'{k} {v:.1%}' for k, v in recalls.items())}")
+        # The other offensive dev sets, for information (they choose nothing): precision / recall at the language's
+        # threshold.
+        others = {name: _rates(*scored[name], thresholds[mm.language(dev[name][0].text)]) for name in scored
+                  if scored[name][1].any() and all(name not in names for names in OFFENSIVE_DEV.values())}
+        print("  also " + ", ".join(f"{k} {p:.1%} / {r:.1%}" for k, (p, r) in sorted(others.items())))
         if best is None or mean > best[0]:
             best = (mean, model, thresholds, scored)
     assert best is not None

@@ -50,11 +50,11 @@ CATEGORIES = (
 JUDGED = ("harassment",)
 # What the answer's `model` says, so a client (the bot's /class settings) can tell this filter from OpenAI's. The
 # bot's moderation_kind matches its prefix, school-profanity-ko-en, which the word-list filter answered with before.
-MODEL_NAME = "school-profanity-ko-en-3"
+MODEL_NAME = "school-profanity-ko-en-4"
 # OpenAI's model names are accepted too, so clients written for OpenAI work unchanged; so are the old names.
-ACCEPTED_MODELS = frozenset({MODEL_NAME, "school-profanity-ko-en", "school-profanity-ko-en-2", "omni-moderation-latest",
-                             "omni-moderation-2024-09-26", "text-moderation-latest", "text-moderation-stable",
-                             "text-moderation-007"})
+ACCEPTED_MODELS = frozenset({MODEL_NAME, "school-profanity-ko-en", "school-profanity-ko-en-2",
+                             "school-profanity-ko-en-3", "omni-moderation-latest", "omni-moderation-2024-09-26",
+                             "text-moderation-latest", "text-moderation-stable", "text-moderation-007"})
 # korcen's lists used; "politics" is left out (see above), the foreign ones misfire on English ("Sussex").
 KOREAN_LEVELS = ("general", "minor", "sexual", "belittle", "race", "parent", "special")
 KOREAN_EXTRA_WORDS = Path(__file__).with_name("korean_extra_words.txt")
@@ -68,6 +68,9 @@ INNOCENT_ENGLISH = re.compile(r"\b(?:moby[ -]dick|dick grayson|dick tracy|dick v
 # Innocent words that hold one of korcen's entries: removed from a word before korcen reads it (자위대: Japan's
 # Self-Defense Forces, 자위권: the right of self-defence).
 INNOCENT_INSIDE = re.compile("자위대|자위권|자위력|자위적|자위함")
+# korcen's innocent words that start with 시발 (시발점: starting point, 시발역: the first station ...): every check,
+# the classifier included, reads them as 출발점, 출발역 ... (the classifier scored 시발점이 어디야? 0.74 otherwise).
+INNOCENT_SIBAL = re.compile("시발(?=점|역|택시|자동차|차|음|유|수뢰)")
 # Swear words that WordLists.split_swear finds split by a space (시 발놈, 개새 끼, 병 신아), besides the Korean extra
 # words; what may follow one in its second part: a noun for a person, then a vocative, plural or "like".
 SPLIT_WORDS = frozenset({"시발", "씨발", "시팔", "씨팔", "병신", "븅신", "개새끼", "새끼", "좆같"})
@@ -246,8 +249,8 @@ def keyboard(word: str) -> str:
 
 def prepared(text: str) -> str:
     """The text as every check reads it (and as the classifier was trained on it): normalised, and names that hold an
-    English swear word (Moby Dick) read as a plain word."""
-    norm = normalise(text)
+    English swear word (Moby Dick) or innocent words that start with 시발 (시발점) read as plain words."""
+    norm = INNOCENT_SIBAL.sub("출발", normalise(text))
     return INNOCENT_ENGLISH.sub("name", norm) if LATIN.search(norm) else norm
 
 

@@ -82,7 +82,7 @@ def test_each_bypass_of_issue_22_is_caught(filters: moderation.Filters, text: st
     "Dick Grayson was the first Robin", "ＭＯＢＹ ＤＩＣＫ", "I hate Mondays",
 ])
 def test_innocent_phrases_pass(filters: moderation.Filters, text: str) -> None:
-    """Issue 22's innocent texts (다시 발급, 바디워시, 자위대, 수시 발표, baby animals) and older ones are not flagged."""
+    """Issue 22's innocent texts (다시 발급, 바디워시, 자위대, 수시 발표, 시발점, baby animals) and older ones are not flagged."""
     assert not filters.verdict(text).flagged
 
 
