@@ -398,7 +398,7 @@ class LongLivedWorker:
         import torch  # loaded with the first job's base model (import_heavy)
 
         if threads != torch.get_num_threads():
-            log.info("Training with %d threads: other programs %s", threads,
+            log.debug("Training with %d threads: other programs %s", threads,
                      "left cores free" if threads > torch.get_num_threads() else "keep a core busy")
             torch.set_num_threads(threads)
 
