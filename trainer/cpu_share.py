@@ -43,7 +43,7 @@ class ThreadGovernor:
                  machine: Callable[[], Any] = psutil.cpu_times,
                  own: Callable[[], Any] | None = None) -> None:
         self.most = max(1, most)
-        self.threads = self.most
+        self.threads = 1  # until the first window tells: two spinning threads beside a busy core cost 2.3x
         self.clock, self.machine = clock, machine
         self.own = own or psutil.Process().cpu_times
         self._since: tuple[float, float, float] | None = None  # when, the machine's busy seconds, this process's
