@@ -63,7 +63,8 @@ SOURCES = {
                         "출신인 사람이구나); hash split"),
     "apeach": Source("jason9693/APEACH", "a904c08", "CC BY-SA 4.0",
                      "APEACH: Korean sentences that crowd workers wrote to be hateful (Spoiled, 1) or not (Default, 0) "
-                     "on 10 topics (gender, age, region, disability ...); hash split"),
+                     "on 10 topics (gender, age, region, disability ...); an evaluation set by its authors' design "
+                     "(its one file is test.csv), so never trained on: all of it is a test split here"),
     "kosbi": Source("naver-ai/korean-safety-benchmarks", "e32837c", "MIT",
                     "KoSBi: Korean sentences about social groups (written by a language model, labelled by people) "
                     "unsafe: stereotype, prejudice or discrimination (1), or safe (0); its kosbi_valid.json by hash "
@@ -246,7 +247,7 @@ def _apeach(folder: Path) -> Iterator[Example]:
         for row in csv.DictReader(handle):
             text = row["text"]
             if text.strip():
-                yield Example(text, int(row["class"] == "Spoiled"), "apeach", hash_split(text))
+                yield Example(text, int(row["class"] == "Spoiled"), "apeach", "test")
 
 
 def _kosbi(folder: Path) -> Iterator[Example]:
