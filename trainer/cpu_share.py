@@ -51,13 +51,14 @@ class ThreadGovernor:
     def choose(self) -> int:
         """The threads for the next step: kept for WINDOW_SECONDS, then taken again from the cores the other
         programs used in that window (a program that takes a core a quarter of the time or more takes it)."""
-        now, busy, own = self.clock(), _busy(self.machine()), _own(self.own())
+        now = self.clock()
+        if self._since is not None and now - self._since[0] < WINDOW_SECONDS:
+            return self.threads
+        busy, own = _busy(self.machine()), _own(self.own())
         if self._since is None:
             self._since = (now, busy, own)
             return self.threads
         when, busy_before, own_before = self._since
-        if now - when < WINDOW_SECONDS:
-            return self.threads
         others = max(0.0, (busy - busy_before) - (own - own_before)) / (now - when)  # in cores
         self._since = (now, busy, own)
         taken = max(0, math.ceil(others - FREE_BELOW))  # cores the others hold a quarter of the time or more
