@@ -53,6 +53,13 @@ class BotRunner:
             raise AssertionError("the bot was not ready in time")
         return bot
 
+    async def __aenter__(self) -> BotRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         """Close the bot the way a clean shutdown does."""
         if self.bot is not None:
@@ -108,11 +115,12 @@ def make_settings(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: 
     return replace(Settings.from_env(env), **overrides)  # type: ignore[arg-type]
 
 
-async def press(fake: FakeDiscord, message: object, label: str, user: FakeUser, attempts: int = 3) -> object:
-    """Click a button the way a person does: if nothing answers (the bot had not yet stored the view of a
-    message it posted a millisecond ago, which no human can out-click), press again."""
+async def press(fake: FakeDiscord, message: object, label: str, user: FakeUser, attempts: int = 3,
+                values: list[str] | None = None) -> object:
+    """Click a button (or pick `values` in a select menu) the way a person does: if nothing answers (the bot had not
+    yet stored the view of a message it posted a millisecond ago, which no human can out-click), press again."""
     for attempt in range(attempts):
-        click = await fake.click(message, label, user)  # type: ignore[arg-type]
+        click = await fake.click(message, label, user, values=values)  # type: ignore[arg-type]
         try:
             await click.response(timeout=3)
             return click

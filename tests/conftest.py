@@ -54,12 +54,8 @@ async def classroom(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path
     teacher = fake_discord.add_user("teacher")
     guild.add_member(student)
     guild.add_member(teacher, permissions=MANAGE_GUILD)
-    runner = BotRunner(make_settings(fake_discord, fake_openai, tmp_path), fake_discord)
-    await runner.start()
-    try:
+    async with BotRunner(make_settings(fake_discord, fake_openai, tmp_path), fake_discord) as runner:
         yield Classroom(fake_discord, fake_openai, runner, guild, student, teacher)
-    finally:
-        await runner.stop()
 
 
 async def ticks(room: Classroom, n: int = 2, timeout: float = 10) -> None:

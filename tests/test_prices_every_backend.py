@@ -46,12 +46,8 @@ async def priced_room(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_pa
     student, teacher = fake_discord.add_user("student"), fake_discord.add_user("teacher")
     guild.add_member(student)
     guild.add_member(teacher, permissions=MANAGE_GUILD)
-    runner = BotRunner(make_settings(fake_discord, fake_openai, tmp_path, prices_file=prices), fake_discord)
-    await runner.start()
-    try:
+    async with BotRunner(make_settings(fake_discord, fake_openai, tmp_path, prices_file=prices), fake_discord) as runner:
         yield Classroom(fake_discord, fake_openai, runner, guild, student, teacher)
-    finally:
-        await runner.stop()
 
 
 async def test_an_unpriced_model_of_another_backend_is_refused_under_a_cap(classroom: Classroom) -> None:

@@ -45,12 +45,8 @@ async def bot_with_own_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenA
     settings = replace(make_settings(fake_discord, fake_openai, tmp_path), openai_api_key=None, openai_base_url=None,
                        default_base_model=None, job_poll_seconds=0.5,
                        trainer_data_dir=tmp_path / "trainer")
-    runner = BotRunner(settings, fake_discord)
-    await runner.start()
-    try:
+    async with BotRunner(settings, fake_discord) as runner:
         yield runner
-    finally:
-        await runner.stop()
 
 
 def _text_of(fake: FakeDiscord, channel: int, words: str) -> FakeMessage | None:

@@ -27,12 +27,8 @@ async def bot_on_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tra
     """The bot with the trainer (tiny model) as its backend, and moderation left at its default, auto."""
     settings = make_settings(fake_discord, fake_openai, tmp_path, openai_base_url=trainer_server.base_url,
                              openai_api_key=trainer_server.key, default_base_model=None)
-    runner = BotRunner(settings, fake_discord)
-    await runner.start()
-    try:
+    async with BotRunner(settings, fake_discord) as runner:
         yield runner
-    finally:
-        await runner.stop()
 
 
 @pytest.mark.timeout(4 * TRAINER_SECONDS)

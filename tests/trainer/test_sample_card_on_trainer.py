@@ -22,12 +22,8 @@ async def bot_on_trainer(fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp
     """The bot pointed at a trainer by URL and key, as a school that runs `python -m trainer` on its own."""
     settings = make_settings(fake_discord, fake_openai, tmp_path, openai_base_url=trainer_server.base_url,
                              openai_api_key=trainer_server.key, default_base_model="tiny")
-    runner = BotRunner(settings, fake_discord)
-    await runner.start()
-    try:
+    async with BotRunner(settings, fake_discord) as runner:
         yield runner
-    finally:
-        await runner.stop()
 
 
 @pytest.mark.timeout(240)
