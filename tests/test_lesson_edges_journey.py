@@ -10,25 +10,15 @@ import pytest
 
 from bot.services.lessons import GUIDE_STEPS
 from support.bot_harness import press
-from support.fakes.discord import FakeGuild
-from tests.conftest import MANAGE_GUILD, Classroom
+from tests.conftest import Classroom
 from tests.test_finetune_journey import notices, start_job
-from tests.test_lesson_journey import EPHEMERAL, lesson_message
-
-
-async def _korean_server(room: Classroom) -> FakeGuild:
-    korean = room.discord.add_guild("2학년 3반", locale="ko")
-    korean.add_member(room.student)
-    korean.add_member(room.teacher, permissions=MANAGE_GUILD)
-    await room.discord.dispatch("GUILD_CREATE", korean.payload())
-    await room.discord.wait_for(lambda: room.bot.get_guild(korean.id), timeout=5, what="the Korean server")
-    return korean
+from tests.test_lesson_journey import EPHEMERAL, korean_server, lesson_message
 
 
 async def test_pressed_next_keeps_the_lessons_language_to_the_last_step_which_teaches_dataset(
         classroom: Classroom) -> None:
     """On a Korean server every pressed 다음 stays 다음 (greyed), and the last step teaches /dataset in Korean."""
-    korean = await _korean_server(classroom)
+    korean = await korean_server(classroom)
     start = await classroom.discord.slash(korean, classroom.teacher, "lesson start")
     step = await lesson_message(classroom, start)
     for number in range(1, len(GUIDE_STEPS)):

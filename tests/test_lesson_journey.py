@@ -8,7 +8,7 @@ from typing import Any
 
 from bot.services.lessons import GUIDE_STEPS, LessonLibrary
 from tests.conftest import MANAGE_GUILD, Classroom
-from support.fakes.discord import FakeMessage
+from support.fakes.discord import FakeGuild, FakeMessage
 from support.bot_harness import press
 from tests.test_finetune_journey import notices, open_card, start_job
 from support.trainer_harness import chat_file
@@ -52,13 +52,19 @@ async def test_teacher_walks_the_guided_lesson_to_the_end(classroom: Classroom) 
         assert command in texts[5], command  # the class makes its own data with the bot, not in a file editor
 
 
+async def korean_server(room: Classroom) -> FakeGuild:
+    """A Korean server with the class's student and teacher in it, as the bot sees it join."""
+    korean = room.discord.add_guild("2학년 3반", locale="ko")
+    korean.add_member(room.student)
+    korean.add_member(room.teacher, permissions=MANAGE_GUILD)
+    await room.discord.dispatch("GUILD_CREATE", korean.payload())
+    await room.discord.wait_for(lambda: room.bot.get_guild(korean.id), timeout=5, what="the Korean server")
+    return korean
+
+
 async def test_lesson_speaks_the_servers_language_and_only_its_teacher_moves_it(classroom: Classroom) -> None:
     """A Korean server gets its Korean lesson by default; a student can neither start a lesson nor press Next."""
-    korean = classroom.discord.add_guild("2학년 3반", locale="ko")
-    korean.add_member(classroom.student)
-    korean.add_member(classroom.teacher, permissions=MANAGE_GUILD)
-    await classroom.discord.dispatch("GUILD_CREATE", korean.payload())
-    await classroom.discord.wait_for(lambda: classroom.bot.get_guild(korean.id), timeout=5, what="the Korean server")
+    korean = await korean_server(classroom)
     start = await classroom.discord.slash(korean, classroom.teacher, "lesson start")
     step = await lesson_message(classroom, start)
     assert "학교 도서관 도우미" in step.text() and "1/6 단계" in step.text() and step.button("다음")
