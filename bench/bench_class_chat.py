@@ -33,8 +33,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainer.cpu_share import serving_openmp  # noqa: E402
+
+serving_openmp(os.environ)  # before torch loads OpenMP, as python -m trainer does
 
 import psutil  # noqa: E402
 

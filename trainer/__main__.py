@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from trainer.config import Settings, SettingsError, ensure_api_key
+from trainer.cpu_share import serving_openmp
 from trainer.export import vllm_lora_modules
 from trainer.lifeline import die_with_parent
 from common.private import PRIVATE_UMASK, narrow_modes
@@ -29,9 +30,8 @@ def main(argv: list[str]) -> int:
     # Before anything is written: files, adapters, logs and caches, this process's and its workers', are this
     # account's only (a school's computer has other accounts).
     os.umask(PRIVATE_UMASK)
-    # Before torch loads OpenMP (workers inherit it): on a CPU shared by training, chat and other programs,
-    # spinning OpenMP threads made a SmolLM2 step 4-8x slower in our measurements; passive waiting does not.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # Before torch loads OpenMP: how its threads wait between operations (trainer/cpu_share.py).
+    serving_openmp(os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()

@@ -27,8 +27,10 @@ from transformers import (
     TextStreamer,
 )
 
+from trainer.cpu_share import ThreadGovernor
 from trainer.kv_cache import growing_cache
 from trainer.lora_stack import AdapterWeights, LoraStack
+from trainer.modeling import use_threads_here
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +143,17 @@ class Engine:
     """The running batch of one base model and the thread that decodes it."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stack: LoraStack, *,
-                 max_rows: int, kv_budget_bytes: int, eos_ids: set[int], suppress_ids: list[int]) -> None:
+                 max_rows: int, kv_budget_bytes: int, eos_ids: set[int], suppress_ids: list[int],
+                 threads: int = 1, governed: bool = False) -> None:
         self.model, self.tokenizer, self.stack = model, tokenizer, stack
         self.max_rows, self.kv_budget_bytes, self.eos_ids = max(1, max_rows), kv_budget_bytes, eos_ids
         self.device = next(model.parameters()).device
+        # On a CPU the engine's thread is the server's one thread that runs torch on several cores: `threads`, or
+        # when governed one per core the other programs leave free (cpu_share: spinning threads beside a busy core
+        # wait for it at every operation).
+        self.cpu_threads = threads if self.device.type == "cpu" else 0
+        self.governor = ThreadGovernor(threads) if governed and self.cpu_threads > 1 else None
+        self.threads = 0  # what the engine's thread runs torch on now, set there before its first forward
         vocab = model.get_output_embeddings().weight.shape[0]
         self._suppress = torch.zeros(vocab, dtype=torch.bool, device=self.device)
         self._suppress[[i for i in suppress_ids if i < vocab]] = True
@@ -202,6 +211,7 @@ class Engine:
                         self._clean_up()
                     self._cond.wait()
                 admitted = self._take_admissible()
+            self._pace()
             try:
                 admitted = self._with_adapters(admitted)  # outside the lock: stacking one copies megabytes
                 self._drop_finished()
@@ -219,6 +229,15 @@ class Engine:
                     request.emit(error)
                 self.rows, self._cache, self._mask, self._last = [], None, None, None
                 self._dirty = True
+
+    def _pace(self) -> None:
+        """Before a round of work: the threads this engine's thread runs torch on, as its governor says now."""
+        if not self.cpu_threads:
+            return
+        threads = self.governor.choose() if self.governor is not None else self.cpu_threads
+        if threads != self.threads:
+            use_threads_here(threads)
+            self.threads = threads
 
     def _take_admissible(self) -> list[Request]:
         """Take the waiting requests that fit the batch (rows, KV budget, a prefill group), in order; the lock is

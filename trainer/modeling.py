@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -130,11 +131,36 @@ def forward_seconds_per_token(model: PreTrainedModel, rows: int = 4, length: int
     return best / (rows * length)
 
 
+def cpu_threads(configured: int) -> int:
+    """The threads torch should use: as configured, else one per physical core (hyper-threads slow CPU matmuls)."""
+    return configured or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 def set_threads(configured: int) -> int:
-    """Give torch one thread per physical core (hyper-threads slow CPU matmuls down) unless configured."""
-    threads = configured or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    """Give torch one thread per physical core unless configured (cpu_threads); how many it has now."""
+    threads = cpu_threads(configured)
     torch.set_num_threads(threads)
     return threads
+
+
+_threads_lock = threading.Lock()
+
+
+def use_threads_here(threads: int, others: int = 1) -> None:
+    """Run this thread's torch operations on `threads` threads; the process's other threads keep `others`.
+
+    libgomp (torch's OpenMP) lets its threads spin between operations only while the process has no more of them
+    than cores, and every thread that ever ran torch on several threads keeps a team of its own. So the server gives
+    several threads to its chat engines alone: with one team more, the engine's threads slept and were woken at
+    each of a decode step's hundreds of operations, and two threads were no faster than one (docs/trainer.md,
+    "Threads on a shared CPU"). torch.set_num_threads sets this thread's count and also the default that other
+    threads take when they first use torch; that default is set back from a thread that ends at once."""
+    with _threads_lock:
+        torch.get_num_threads()  # torch's own set-up of this thread first: it would reset what is set below
+        torch.set_num_threads(threads)
+        reset = threading.Thread(target=torch.set_num_threads, args=(others,), name="torch-threads-default")
+        reset.start()
+        reset.join()
 
 
 def _model_type(source: str) -> str | None:

@@ -21,6 +21,7 @@ from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
 from trainer.packed import pack_linears
 from trainer.modeling import (
     control_token_ids,
+    cpu_threads,
     forward_seconds_per_token,
     load_model,
     load_tokenizer,
@@ -132,8 +133,12 @@ class ModelPool:
         self.sources, self.device, self.cache_size = sources, resolve_device(device), cache_size
         self.cache_dir, self.fetch, self.weights_dir = cache_dir, fetch, weights_dir
         self.adapter_budget_bytes = adapter_budget_mb * 1024 * 1024
+        # On a CPU the chat engines run on `threads` threads each (Engine), every other thread of the server on one:
+        # loading, the first guess of training's speed and reading adapters (modeling.use_threads_here says why).
+        self.threads = cpu_threads(threads) if self.device == "cpu" else 1
+        self.threads_configured = bool(threads)
         if self.device == "cpu":
-            set_threads(threads)
+            set_threads(1)
         self.preparations = {name: Preparation() for name in sources}
         self._tokenizers: dict[str, PreTrainedTokenizerBase] = {}
         self._local: dict[str, str] = {}
@@ -278,7 +283,8 @@ class Generator:
                 self.engines[base] = Engine(
                     model, tokenizer, self.pool.stacks[base], max_rows=self.max_rows,
                     kv_budget_bytes=self.kv_budget_bytes, eos_ids=_eos_ids(model, tokenizer),
-                    suppress_ids=list(model.generation_config.suppress_tokens or []))
+                    suppress_ids=list(model.generation_config.suppress_tokens or []),
+                    threads=self.pool.threads, governed=not self.pool.threads_configured)
             return self.engines[base]
 
     def limit(self, base: str) -> int:

@@ -55,12 +55,17 @@ class Speed:
 # worker that already holds its base model starts in about a second (reading and encoding its file).
 DEFAULT_SPEEDS = {"cpu": Speed(60.0, 1.0, 2.0, False, 14.0), "cuda": Speed(1500.0, 1.0, 2.0, False, 9.0)}
 # Better than the default before any job: the server times a forward pass of each base model over a lesson-sized
-# batch when it loads it (trainer.modeling.forward_seconds_per_token), and a CPU training step over as many tokens
-# takes about this many times as long. Measured 2026-12-05, SmolLM2-135M on 2 cores: a lesson step 3.65 ms a token
-# (two spinning threads) against the server's forward 1.62 ms, 2.25x, on the idle machine; 6.0 ms (one thread)
-# against 2.35 ms, 2.57x, with another program keeping a core busy. The default figure of 60 tokens a second told a
-# fresh trainer's first class 2.3-2.8x too long a wait (bench/bench_class_training.py).
-TRAIN_OVER_FORWARD = 2.4
+# batch when it loads it (trainer.modeling.forward_seconds_per_token), on one thread as every thread of the server
+# but its chat engines' runs torch (docs/trainer.md, "Threads on a shared CPU"), and a CPU training step over as many
+# tokens takes about this many times as long. Measured 2026-12-05, SmolLM2-135M on 2 cores: a lesson step 3.65 ms a
+# token (two spinning threads) against a forward of 1.62 ms on two passively waiting threads, 2.25x, on the idle
+# machine; 6.0 ms (one thread) against 2.35 ms, 2.57x, with another program keeping a core busy. One thread times
+# that forward 1.24x slower on the idle machine (2.47 against 1.99 ms a token, 2026-12-06) and about as fast beside a
+# busy core, so 2.25 / 1.24 = 1.8 idle and about 2.5 busy by those figures; but a class of 10 on the idle machine
+# (bench_class_training --students 10, 2026-12-06) told at 1.9 waited 1.25-1.36x less than each first estimate said:
+# 1.5 is what the class measured. Beside a busy core it guesses short until the first job's steps correct it. The
+# default figure of 60 tokens a second told a fresh trainer's first class 2.3-2.8x too long a wait.
+TRAIN_OVER_FORWARD = 1.5
 
 
 class Pace:

@@ -428,8 +428,8 @@ def serve(device: str) -> int:
     Commands come as JSON lines on stdin ({"op": "train" | "cancel" | "pause", "job": id}); the end of each job is
     told on stdout. Everything else the process prints goes to stderr (its log): stdout carries the protocol only.
     """
-    if device == "cpu":  # before OpenMP loads with torch: threads spin a moment between operations (cpu_share)
-        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
+    if device == "cpu":  # before OpenMP loads with torch: threads spin a moment between operations (cpu_share),
+        os.environ["GOMP_SPINCOUNT"] = SPIN_COUNT  # not the server's longer spin, which the worker inherits
     # modeling imports torch (seconds): after main() listens for a pause.
     import_heavy("trainer.modeling")
     from trainer.modeling import set_threads

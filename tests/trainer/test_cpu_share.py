@@ -1,12 +1,22 @@
-"""Each CPU training step's threads: one per core that the other programs left free (trainer/cpu_share.py)."""
+"""Each CPU training step's threads: one per core that the other programs left free (trainer/cpu_share.py); the
+server's chat engine as the one thread there that runs torch on several cores."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import torch
 
-from trainer.cpu_share import WINDOW_SECONDS, ThreadGovernor
+from trainer.batching import Engine, Request
+from trainer.cpu_share import SERVING_SPIN_COUNT, SPIN_COUNT, WINDOW_SECONDS, ThreadGovernor, serving_openmp
+from trainer.lora_stack import LoraStack
+from trainer.modeling import use_threads_here
+from trainer.serving import ModelPool
 
 
 class Machine:
@@ -71,3 +81,81 @@ def test_a_big_machine_leaves_the_busy_cores_to_their_programs() -> None:
     governor.choose()
     machine.run(WINDOW_SECONDS, own_cores=13, other_cores=2.6)
     assert governor.choose() == 13
+
+
+def in_a_new_thread(work: Callable[[], Any]) -> Any:
+    """What `work` returns when run in a thread of its own (which then ends)."""
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", work()))
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive() and "value" in box
+    return box["value"]
+
+
+@pytest.fixture
+def torch_threads_kept() -> Iterator[None]:
+    """The test process's torch default, as it was before the test."""
+    before = in_a_new_thread(torch.get_num_threads)
+    yield
+    in_a_new_thread(lambda: torch.set_num_threads(before))
+
+
+def test_one_thread_runs_torch_on_several_cores_and_the_others_on_one(torch_threads_kept: None) -> None:
+    """The chat engine's thread takes its threads for itself (also after torch's own first use there sets a thread
+    up); every other thread, new ones included, runs torch on one, so no other OpenMP team stops the engine's from
+    spinning."""
+    def engine_thread() -> tuple[int, int, int]:
+        use_threads_here(2, others=1)
+        torch.ones(1 << 17).mul(2).sum()  # an operation that runs in parallel
+        mine, another = torch.get_num_threads(), in_a_new_thread(torch.get_num_threads)
+        use_threads_here(1, others=1)  # the governor takes a thread back
+        return mine, another, torch.get_num_threads()
+
+    assert in_a_new_thread(engine_thread) == (2, 1, 1)
+    assert in_a_new_thread(torch.get_num_threads) == 1
+
+
+def test_the_server_spins_longer_than_its_workers_and_keeps_what_was_set() -> None:
+    """python -m trainer: the server's own threads spin SERVING_SPIN_COUNT rounds, its workers wait passively unless
+    they set their own (the worker sets SPIN_COUNT); whatever the user set stays."""
+    environ: dict[str, str] = {}
+    serving_openmp(environ)
+    assert environ == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": SERVING_SPIN_COUNT}
+    assert int(SERVING_SPIN_COUNT) > int(SPIN_COUNT)
+    mine = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "5"}
+    serving_openmp(mine)
+    assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "5"}
+
+
+def test_the_chat_engine_runs_on_the_cores_other_programs_leave_free(tiny_model: Path) -> None:
+    """On a CPU the engine's thread runs torch on its own threads, every other thread of the server on one. Governed,
+    it starts on one, takes both cores once a window shows them free, and gives one back while another program (the
+    training beside it) keeps a core busy."""
+    pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 4, 0)
+    model, tokenizer = pool.base("tiny")
+    engine = Engine(model, tokenizer, LoraStack(model, 4, 1 << 30), max_rows=4, kv_budget_bytes=1 << 30,
+                    eos_ids=set(), suppress_ids=[], threads=2, governed=True)
+    machine = Machine()
+    engine.governor = machine.governor(2)
+    seen: list[int] = []
+    hook = model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+
+    def reply() -> set[int]:
+        seen.clear()
+        done = threading.Event()
+        engine.submit(Request(prompt=[1, 2, 3], adapter=None, max_tokens=2, temperature=0.0, top_p=1.0, seed=None,
+                              frequency_penalty=0.0, emit=lambda item: done.set() if item is None else None))
+        assert done.wait(60), "the engine never answered"
+        return set(seen)
+
+    try:
+        assert reply() == {1}  # nothing measured yet
+        machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=0.0)
+        assert reply() == {2}
+        assert in_a_new_thread(torch.get_num_threads) == 1  # the rest of the server
+        machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=1.0)
+        assert reply() == {1}
+    finally:
+        hook.remove()
+    assert in_a_new_thread(torch.get_num_threads) == 1
