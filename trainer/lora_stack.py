@@ -239,13 +239,21 @@ class LoraStack:
                 return output
             for run, slots, places in plan:
                 xs = rows[run] if isinstance(run, slice) else rows.index_select(0, run)
-                if isinstance(slots, int):
-                    delta = (xs @ a[slots]) @ b[slots]
-                elif places is None:
-                    delta = torch.bmm(torch.bmm(xs, a[slots]), b[slots])
-                else:  # zero rows for the view's gaps
+                if places is not None:  # zero rows for the view's gaps
+                    assert isinstance(slots, slice)
                     spread = xs.new_zeros(slots.stop - slots.start, *xs.shape[1:]).index_copy_(0, places, xs)
                     delta = torch.bmm(torch.bmm(spread, a[slots]), b[slots]).index_select(0, places)
+                elif isinstance(run, slice):  # the run's outputs are one block: added to it in place
+                    block = out[run]
+                    if isinstance(slots, int):
+                        block.view(-1, block.shape[-1]).addmm_((xs @ a[slots]).view(-1, a.shape[2]), b[slots])
+                    else:
+                        block.baddbmm_(torch.bmm(xs, a[slots]), b[slots])
+                    continue
+                elif isinstance(slots, int):
+                    delta = (xs @ a[slots]) @ b[slots]
+                else:
+                    delta = torch.bmm(torch.bmm(xs, a[slots]), b[slots])
                 if isinstance(run, slice):
                     out[run] += delta
                 else:
@@ -301,15 +309,22 @@ class LoraStack:
         self._capacity, self._rank = capacity, rank
 
     def _write(self, slot: int, weights: AdapterWeights) -> None:
+        """Write an adapter into a slot: its matrices, zeros where it has none (a layer it leaves alone, a smaller
+        rank). Each byte is written once: zeroing the slot first doubled a class's loading, on the engine's thread."""
         for name, layer in self._layers.items():
-            layer.a[slot].zero_()
-            layer.b[slot].zero_()
-            if name in weights.layers:
-                a, b = weights.layers[name]
-                if a.shape[0] != layer.in_features or b.shape[1] != layer.out_features:
-                    raise AdapterError(f"the adapter in {weights.path} does not fit {name} of the base model")
-                layer.a[slot, :, : a.shape[1]] = a.to(layer.a.dtype)
-                layer.b[slot, : b.shape[0], :] = b.to(layer.b.dtype)
+            if name not in weights.layers:
+                layer.a[slot].zero_()
+                layer.b[slot].zero_()
+                continue
+            a, b = weights.layers[name]
+            if a.shape[0] != layer.in_features or b.shape[1] != layer.out_features:
+                raise AdapterError(f"the adapter in {weights.path} does not fit {name} of the base model")
+            rank = a.shape[1]
+            layer.a[slot, :, :rank] = a
+            layer.b[slot, :rank, :] = b
+            if rank < layer.a.shape[2]:
+                layer.a[slot, :, rank:].zero_()
+                layer.b[slot, rank:, :].zero_()
 
 
 def _plan(slots: list[int], device: torch.device) -> Plan | None:
