@@ -4,6 +4,7 @@ decoded in one continuously batched engine (trainer.batching), tokens streamed a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import io
 import logging
@@ -33,6 +34,7 @@ from trainer.modeling import (
 from trainer.training import chat_messages, longest_token
 
 log = logging.getLogger(__name__)
+_ADAPTER_READER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-reader")
 __all__ = ["Busy", "Generated", "Generator", "ModelPool", "PromptTooLong", "Target", "limit_malloc_arenas"]
 
 
@@ -321,7 +323,7 @@ class Generator:
         engine = await asyncio.to_thread(self.engine, target.base)
         tokenizer, stack = engine.tokenizer, engine.stack
 
-        def prepare() -> tuple[list[int], AdapterWeights | None]:  # off the event loop: rendering, reading files
+        def prepare() -> list[int]:  # off the event loop: rendering the prompt, counting its tokens
             prompt = render_chat(tokenizer, chat_messages(tokenizer, messages), True)  # as training rendered it
             # No token stands for more characters than the vocabulary's longest: a prompt that long is over the
             # cap for sure, and is refused without the cost of tokenizing it (megabytes of text take seconds).
@@ -331,12 +333,14 @@ class Generator:
             ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
             if max_prompt_tokens is not None and len(ids) > max_prompt_tokens:
                 raise PromptTooLong(len(ids), max_prompt_tokens)
-            # Read a new adapter here, so the engine's thread only copies it into its stack.
-            adapter = target.adapter
-            weights = read_adapter(adapter) if adapter is not None and adapter not in stack.slots else None
-            return ids, weights
+            return ids
 
-        ids, weights = await asyncio.to_thread(prepare)
+        ids = await asyncio.to_thread(prepare)
+        # Read a new adapter in the one reader thread, so the engine's thread only copies it into its stack.
+        adapter = target.adapter
+        weights = None
+        if adapter is not None and adapter not in stack.slots:
+            weights = await loop.run_in_executor(_ADAPTER_READER, read_adapter, adapter)
         stats.prompt_tokens = len(ids)
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
