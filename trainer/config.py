@@ -78,6 +78,14 @@ class Settings:
         """Where converted GGUF tokenizers are kept."""
         return self.data_dir / TOKENIZER_CACHE
 
+    def adapters_dir(self, job_id: str) -> Path:
+        """A job's saved adapters: its checkpoints, and once it succeeded its fine-tuned model (final_adapter)."""
+        return self.data_dir / "adapters" / job_id
+
+    def final_adapter(self, job_id: str) -> Path:
+        """Where a succeeded job's fine-tuned model (its LoRA adapter) is saved."""
+        return self.adapters_dir(job_id) / "final"
+
     @property
     def weights_cache(self) -> Path:
         """Where dequantized GGUF weights are kept."""

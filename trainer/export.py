@@ -24,7 +24,7 @@ def adapters(settings: Settings) -> list[Adapter]:
     store = Store(settings.data_dir / "trainer.db")
     try:
         found = [Adapter(row["fine_tuned_model"], row["model"],
-                         settings.data_dir.resolve() / "adapters" / row["id"] / "final")
+                         settings.final_adapter(row["id"]).resolve())
                  for row in store.fine_tuned_models()]
     finally:
         store.close()

@@ -94,6 +94,12 @@ class LazyGenerator:
         """Load a just fine-tuned model's adapter in the background, so its first chat need not read it."""
         self._spawn(self._warm(base, adapter), f"warm-{adapter.parent.name}")
 
+    def warm_all(self, models: list[tuple[str, Path]]) -> None:
+        """Load earlier jobs' models (base, adapter folder) in the background, one after another: after a restart a
+        class's chats find them loaded, as they would have after their jobs, instead of 30 read at once."""
+        if models:
+            self._spawn(self._warm_all(models), "warm-earlier-models")
+
     async def close(self) -> None:
         """Stop waiting for background work (its daemon threads end with the process)."""
         for task in list(self._tasks):
@@ -119,6 +125,10 @@ class LazyGenerator:
         await _in_daemon_thread(generator.pool.prepare_all, "prepare-base-models")
         log.info("Base models prepared: %s", ", ".join(
             f"{name} {self.status(name)['status']}" for name in self.settings.base_models))
+
+    async def _warm_all(self, models: list[tuple[str, Path]]) -> None:
+        for base, adapter in models:
+            await self._warm(base, adapter)
 
     async def _warm(self, base: str, adapter: Path) -> None:
         generator = await self._get()
@@ -165,6 +175,14 @@ class LazyGenerator:
                 yield piece
 
 
+def models_to_warm(settings: Settings, store: Store) -> list[tuple[str, Path]]:
+    """The newest fine-tuned models still on disk, as many as a base model's stack keeps, oldest first: the newest
+    are loaded last, so they are the ones kept when the memory budget holds fewer."""
+    models = [(row["model"], settings.final_adapter(row["id"])) for row in store.fine_tuned_models()
+              if row["model"] in settings.base_models]
+    return [(base, adapter) for base, adapter in models if adapter.is_dir()][: settings.adapter_cache][::-1]
+
+
 def create_app(settings: Settings) -> web.Application:
     """Build the application with its start-up (recovery, dispatch, model preparation) and clean-up hooks."""
     settings = ensure_api_key(settings)
@@ -181,13 +199,14 @@ def create_app(settings: Settings) -> web.Application:
         if job is None or job["status"] != "succeeded":
             return
         timings.record(job_id)
-        generator.warm(job["model"], settings.data_dir / "adapters" / job_id / "final")
+        generator.warm(job["model"], settings.final_adapter(job_id))
 
     scheduler.on_succeeded = succeeded
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         timings.load()
         generator.start()
+        generator.warm_all(models_to_warm(settings, store))
         await scheduler.start()
         log.info("Trainer ready: models %s, training on %s", ", ".join(settings.base_models), scheduler.devices)
         yield

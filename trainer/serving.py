@@ -275,6 +275,7 @@ class Generator:
         self.kv_budget_bytes = kv_budget_mb * 1024 * 1024
         self.engines: dict[str, Engine] = {}
         self._admitted: dict[str, int] = {}
+        self._reading: dict[Path, asyncio.Future[AdapterWeights]] = {}  # adapters being read, by folder
         self._lock = threading.Lock()
 
     def engine(self, base: str) -> Engine:
@@ -314,6 +315,19 @@ class Generator:
                     yield piece
         finally:
             self._admitted[target.base] -= 1
+            if target.adapter is not None:  # a read adapter is in the engine's stack once one of its chats ended
+                self._reading.pop(target.adapter, None)
+
+    async def _read(self, stack: LoraStack, adapter: Path) -> AdapterWeights | None:
+        """A new adapter's weights, read in the one reader thread so the engine's thread only copies them into its
+        stack, once however many chats ask for it at once (a class on one model); None when it is loaded already."""
+        if adapter in stack.slots:
+            return None
+        reading = self._reading.get(adapter)
+        if reading is None:  # kept until a chat on it ends (stream): by then the engine has it in its stack
+            reading = self._reading[adapter] = asyncio.get_running_loop().run_in_executor(
+                _ADAPTER_READER, read_adapter, adapter)
+        return await asyncio.shield(reading)  # a chat that leaves does not stop the others' read
 
     async def _generate(self, target: Target, messages: list[dict[str, Any]], max_tokens: int, temperature: float,
                         top_p: float, seed: int | None, stats: Generated,
@@ -336,11 +350,7 @@ class Generator:
             return ids
 
         ids = await asyncio.to_thread(prepare)
-        # Read a new adapter in the one reader thread, so the engine's thread only copies it into its stack.
-        adapter = target.adapter
-        weights = None
-        if adapter is not None and adapter not in stack.slots:
-            weights = await loop.run_in_executor(_ADAPTER_READER, read_adapter, adapter)
+        weights = None if target.adapter is None else await self._read(stack, target.adapter)
         stats.prompt_tokens = len(ids)
         queue: asyncio.Queue[Any] = asyncio.Queue()
 

@@ -61,11 +61,12 @@ DEFAULT_SPEEDS = {"cpu": Speed(60.0, 1.0, 2.0, False, 14.0), "cuda": Speed(1500.
 # token (two spinning threads) against a forward of 1.62 ms on two passively waiting threads, 2.25x, on the idle
 # machine; 6.0 ms (one thread) against 2.35 ms, 2.57x, with another program keeping a core busy. One thread times
 # that forward 1.24x slower on the idle machine (2.47 against 1.99 ms a token, 2026-12-06) and about as fast beside a
-# busy core, so 2.25 / 1.24 = 1.8 idle and about 2.5 busy by those figures; but a class of 10 on the idle machine
-# (bench_class_training --students 10, 2026-12-06) told at 1.9 waited 1.25-1.36x less than each first estimate said:
-# 1.5 is what the class measured. Beside a busy core it guesses short until the first job's steps correct it. The
-# default figure of 60 tokens a second told a fresh trainer's first class 2.3-2.8x too long a wait.
-TRAIN_OVER_FORWARD = 1.5
+# busy core, so 2.25 / 1.24 = 1.8 idle and about 2.5 busy by those figures. The classes measured less
+# (bench_class_training, 2026-12-06, idle 2 cores): 10 students told at 1.9 waited 1.25-1.36x less than each first
+# estimate said, and at 1.5 within 3% (worst 14%); 30 students at 1.5 waited 14-31% longer (their first job also
+# waits for 30 files' checks). 1.65 puts both within 25%. Beside a busy core it guesses short until the first job's
+# steps correct it. The default figure of 60 tokens a second told a fresh trainer's first class 2.3-2.8x too long.
+TRAIN_OVER_FORWARD = 1.65
 
 
 class Pace:

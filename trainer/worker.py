@@ -147,7 +147,7 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
     valid_set = encode_file(tokenizer, Path(validation_file["path"]), settings.max_seq_len,
                             settings.max_example_bytes) if validation_file else []
     checkpoint = store.last_checkpoint(job_id)
-    out_dir = settings.data_dir / "adapters" / job_id
+    out_dir = settings.adapters_dir(job_id)
     name = model_name(job["model"], settings.owner, job["suffix"], job_id)
     spec = TrainSpec(
         source=job["base_source"], device=device, train=train_set, valid=valid_set, pad_id=tokenizer.pad_token_id,
@@ -338,7 +338,7 @@ class LongLivedWorker:
             n_epochs=int(hyper["n_epochs"]), batch_size=int(hyper["batch_size"]),
             learning_rate=settings.base_learning_rate * float(hyper["learning_rate_multiplier"]),
             seed=int(job["seed"]), lora_r=settings.lora_r, lora_alpha=settings.lora_alpha,
-            out_dir=settings.data_dir / "adapters" / job_id,
+            out_dir=settings.adapters_dir(job_id),
             resume_from=Path(checkpoint["path"]) if checkpoint is not None else None, should_stop=should_stop,
             turn_ends=tuple(sorted(turn_end_ids(tokenizer))),
         )

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from support.trainer_harness import TrainerProcess, chat_file
 from tests.trainer.test_journey import JOB_TIMEOUT_S, client, upload, wait_for
+from trainer.api import GENERATOR
 from trainer.config import Settings
 from trainer.server import LazyGenerator, create_app
 from trainer.serving import ModelPool
@@ -118,6 +119,45 @@ async def test_succeeded_job_is_timed_and_merged_in_background(trainer_server: T
     reply = await api.chat.completions.create(model=done.fine_tuned_model, max_tokens=5, temperature=0,
                                               messages=[{"role": "user", "content": "Hi"}])
     assert reply.usage.completion_tokens <= 5
+
+
+async def test_a_restarted_trainer_loads_the_newest_models_again(tmp_path: Path, tiny_model: Path) -> None:
+    """After a restart the trainer loads the newest fine-tuned models still on disk in the background, as many as a
+    base's stack keeps, the newest last (kept when the memory holds fewer): a class's chats find them loaded instead of
+    thirty read at once. A deleted model, one whose files are gone and one of a base no longer served are skipped."""
+    from tests.trainer.test_serving import make_adapter
+    from trainer.store import Store
+
+    settings = Settings(data_dir=tmp_path / "data", base_models={"tiny": str(tiny_model)}, device="cpu",
+                        api_key="test-key-for-restart", adapter_cache=3)
+    settings.data_dir.mkdir(parents=True)
+    store = Store(settings.data_dir / "trainer.db")
+    base = ModelPool({"tiny": str(tiny_model)}, "cpu", 2, 1).base("tiny")[0]
+    made = []
+    for index, (model, files, deleted) in enumerate([("tiny", True, False), ("tiny", True, False),
+                                                      ("tiny", True, True), ("tiny", False, False),
+                                                      ("gone", True, False), ("tiny", True, False),
+                                                      ("tiny", True, False)]):
+        job_id = f"ftjob-{index}"
+        store.add_job(id=job_id, model=model, base_source="x", training_file="file-x", hyperparameters={}, seed=0)
+        store.update_job(job_id, status="succeeded", fine_tuned_model=f"ft:{model}:{index}", model_deleted=int(deleted))
+        if files:
+            make_adapter(base, settings.final_adapter(job_id), seed=index)
+        made.append(settings.final_adapter(job_id))
+    store.close()
+    app = create_app(settings)
+    runner, _ = await _serve(app)
+    try:
+        generator = app[GENERATOR]
+
+        async def loaded() -> list[Path] | None:
+            pool = generator.pool
+            stack = pool.stacks.get("tiny") if pool is not None else None
+            return stack.loaded if stack is not None and len(stack.loaded) == 3 else None
+
+        assert await _until(loaded) == [made[1], made[5], made[6]]  # the newest three that can be served, newest last
+    finally:
+        await runner.cleanup()
 
 
 def _event(seq: int, at: int, message: str, step: int | None = None) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from transformers import PreTrainedModel
 
 from trainer.batching import Engine, Request
 from trainer.config import Settings
-from trainer.lora_stack import LoraStack
+from trainer import serving
+from trainer.lora_stack import LoraStack, read_adapter
 from trainer.modeling import render_chat
 from trainer.serving import Busy, Generated, Generator, ModelPool, Target, _eos_ids
 from trainer.training import chat_messages, lora_model
@@ -209,6 +210,29 @@ async def test_a_class_of_thirty_is_admitted_with_default_settings(pool: ModelPo
     answers = await asyncio.wait_for(asyncio.gather(*(run() for run in replies(generator, targets))), WAIT_S)
     assert len(answers) == 30 and all(0 < stats.completion_tokens <= 6 for _, stats in answers)
     assert generator.limit("tiny") >= 30
+
+
+async def test_a_class_on_one_new_model_reads_its_adapter_once(pool: ModelPool, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten chats at once on a model none has chatted with yet: its adapter file is read once, in the reader thread
+    (not ten times beside the engine), and every chat gets the merged model's answer."""
+    base, _ = pool.base("tiny")
+    adapter = make_adapter(base, tmp_path / "job-new" / "final", seed=7)
+    reads: list[str] = []
+
+    def counted(path: Path) -> Any:
+        reads.append(threading.current_thread().name)
+        return read_adapter(path)
+
+    monkeypatch.setattr(serving, "read_adapter", counted)
+    generator = Generator(pool, max_rows=16)
+    answers = await asyncio.wait_for(asyncio.gather(*(run() for run in replies(
+        generator, [Target("tiny", adapter)] * 10, max_tokens=4))), WAIT_S)
+    assert len(reads) == 1 and reads[0].startswith("adapter-reader")
+    _, tokenizer = pool.base("tiny")
+    for student, (text, _) in enumerate(answers):
+        expected = merged_reference(pool, adapter, prompt_ids(pool, QUESTIONS[student % len(QUESTIONS)]), 4)
+        assert text == tokenizer.decode(expected, skip_special_tokens=True)
 
 
 async def test_full_engine_is_busy_with_a_retry_after(pool: ModelPool) -> None:

@@ -83,7 +83,7 @@ async def delete_model(request: web.Request) -> web.Response:
     if job is None:
         raise _no_model(name)
     store.update_job(job["id"], model_deleted=1)
-    adapters = settings.data_dir / "adapters" / job["id"]
+    adapters = settings.adapters_dir(job["id"])
     pool = getattr(request.app[GENERATOR], "pool", None)
     if pool is not None:
         pool.forget(adapters)
@@ -103,7 +103,7 @@ def resolve_model(settings: Settings, store: Store, name: str) -> tuple[str, Pat
         return name, None, None
     job = store.job_by_model(name)
     if job is not None and job["status"] == "succeeded":
-        return job["model"], settings.data_dir / "adapters" / job["id"] / "final", job
+        return job["model"], settings.final_adapter(job["id"]), job
     checkpoint = store.checkpoint_by_model(name)
     if checkpoint is not None:
         owner = store.job(checkpoint["job_id"])
