@@ -285,14 +285,20 @@ class Store:
 
     # Checkpoints
     def add_checkpoint(self, job_id: str, step: int, epoch: int, model_name: str, path: Path,
-                       metrics: dict[str, Any]) -> None:
-        """Record a saved epoch checkpoint."""
+                       metrics: dict[str, Any], only_if: tuple[str, ...] | None = None) -> bool:
+        """Record a saved epoch checkpoint, only while the job's status is one of only_if when given; say whether it
+        did."""
         with self._tx() as db:
+            if only_if:  # in the same transaction as the insert, as add_event does
+                row = db.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None or row["status"] not in only_if:
+                    return False
             db.execute(
                 "INSERT INTO checkpoints (id, job_id, created_at, step, epoch, model_name, path, metrics)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (new_id("ftckpt"), job_id, now(), step, epoch, model_name, str(path), json.dumps(metrics)),
             )
+        return True
 
     def checkpoints(self, job_id: str, limit: int, after: str | None) -> Page:
         """List a job's checkpoints newest first."""

@@ -95,14 +95,15 @@ class DatabaseReporter:
 
     def checkpoint(self, epoch: int, step: int, path: Path, metrics: dict[str, Any], final: bool) -> None:
         """Record an epoch checkpoint; OpenAI announces only the non-final ones."""
-        job = self.store.job(self.job["id"])
-        if job is None or job["status"] not in REPORTING:
-            return  # cancelled meanwhile: nothing more is recorded for it
         name = f"{self.model}:ckpt-step-{step}"
         keep = {key: metrics[key] for key in metrics if key not in ("total_steps",)}
-        self.store.add_checkpoint(self.job["id"], step, epoch, name, path, keep)
+        # Each record only while the job still runs, checked with the write: a cancel that lands while the epoch's
+        # checkpoint is saved is never followed by a "Checkpoint created" line (seen on a busy machine).
+        if not self.store.add_checkpoint(self.job["id"], step, epoch, name, path, keep, only_if=REPORTING):
+            return  # cancelled meanwhile: nothing more is recorded for it
         if not final:
-            self.store.add_event(self.job["id"], f"Checkpoint created at step {step} with Snapshot ID: {name}")
+            self.store.add_event(self.job["id"], f"Checkpoint created at step {step} with Snapshot ID: {name}",
+                                 only_if=REPORTING)
 
 
 def results_csv(metrics: list[dict[str, Any]]) -> bytes:

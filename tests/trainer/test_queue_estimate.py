@@ -382,3 +382,30 @@ def test_the_last_live_pace_stands_while_the_next_job_starts(store: Store) -> No
     timings.figure = Speed(50.0, 10.0, 0.0, True)  # the slow job measured: the live pace is no longer slower than it
     estimator.refresh(queue)
     assert _places(store, third) == [(1, 40 + 140)]
+
+
+@pytest.mark.parametrize("cancelled", ["before the checkpoint is recorded", "after it, before its line"])
+def test_a_cancel_during_a_checkpoint_is_the_last_line(store: Store, cancelled: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cancel that lands while the worker records an epoch's checkpoint (seen on a busy machine) is never followed
+    by a "Checkpoint created" line, and a checkpoint not yet recorded is not recorded after it."""
+    job_id = _add(store, "A", "a1", 3000, "running", steps=30)
+    reporter = DatabaseReporter(store, store.job(job_id), "ft:tiny:school::a1")
+    record = store.add_checkpoint
+
+    def cancel() -> None:
+        store.update_job(job_id, status="cancelled")
+        store.add_event(job_id, "Fine-tuning job cancelled")
+
+    def racing(*args: Any, **kwargs: Any) -> bool:
+        if cancelled.startswith("before"):
+            cancel()
+            return record(*args, **kwargs)
+        recorded = record(*args, **kwargs)
+        cancel()
+        return recorded
+
+    monkeypatch.setattr(store, "add_checkpoint", racing)
+    reporter.checkpoint(1, 15, Path("ckpt"), {"step": 15, "total_steps": 30, "train_loss": 1.0}, final=False)
+    assert store.events(job_id, 10, None).rows[0]["message"] == "Fine-tuning job cancelled"  # newest first
+    assert len(store.checkpoints(job_id, 10, None).rows) == (0 if cancelled.startswith("before") else 1)
