@@ -153,9 +153,13 @@ class LoraStack:
 
     def slot_bytes(self, rank: int | None = None) -> int:
         """Bytes one slot takes in every stacked layer (at the given rank, else the stack's own)."""
-        r = rank if rank is not None else self._rank
+        return self._bytes([(layer.in_features, layer.out_features) for layer in self._layers.values()],
+                           rank if rank is not None else self._rank)
+
+    def _bytes(self, sizes: list[tuple[int, int]], rank: int) -> int:
+        """Bytes one slot takes in layers of these (in, out) sizes at a rank."""
         element = next(self.model.parameters()).element_size()
-        return sum((layer.in_features + layer.out_features) * r * element for layer in self._layers.values())
+        return sum((inputs + outputs) * rank * element for inputs, outputs in sizes)
 
     def acquire(self, path: Path, weights: AdapterWeights | None = None) -> int | None:
         """Pin an adapter's slot, loading it (evicting unpinned ones) when needed; None when every slot is pinned."""
@@ -232,8 +236,7 @@ class LoraStack:
             a, b = self._layers[name].stacks
             x = args[0]
             if isinstance(plan, int):  # every row on one adapter: out += (x @ A) @ B, in place
-                flat_out = output.view(-1, output.shape[-1])
-                flat_out.addmm_((x @ a[plan]).view(-1, a.shape[2]), b[plan])
+                _add_one(output, x, a[plan], b[plan])
                 return output
             rows = x.reshape(x.shape[0], -1, x.shape[-1])
             out = output.view(x.shape[0], -1, output.shape[-1])
@@ -249,7 +252,7 @@ class LoraStack:
                 elif isinstance(run, slice):  # the run's outputs are one block: added to it in place
                     block = out[run]
                     if isinstance(slots, int):
-                        block.view(-1, block.shape[-1]).addmm_((xs @ a[slots]).view(-1, a.shape[2]), b[slots])
+                        _add_one(block, xs, a[slots], b[slots])
                     else:
                         block.baddbmm_(torch.bmm(xs, a[slots]), b[slots])
                     continue
@@ -294,8 +297,7 @@ class LoraStack:
         if not self._layers:
             # The first adapter: the stacks are made at once with room for as many as the budget holds (made small
             # and grown at once, they cost a class's first chat 0.3 s more); a slot takes memory once written.
-            element = next(self.model.parameters()).element_size()
-            size = sum((a.shape[1] + b.shape[0]) * weights.rank * element for a, b, _ in weights.layers.values())
+            size = self._bytes([(a.shape[1], b.shape[0]) for a, b, _ in weights.layers.values()], weights.rank)
             self._capacity = max(self._capacity, self._limit(size) + 1)
         if weights.rank > self._rank:
             self._resize(self._capacity, weights.rank)
@@ -336,6 +338,11 @@ class LoraStack:
             if rank < layer.a.shape[2]:
                 layer.a[slot, :, rank:].zero_()
                 layer.b[slot, rank:, :].zero_()
+
+
+def _add_one(out: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out += (x @ a) @ b in place, for rows that all add one adapter (out contiguous, as a Linear's output is)."""
+    out.view(-1, out.shape[-1]).addmm_((x @ a).view(-1, a.shape[-1]), b)
 
 
 def _plan(slots: list[int], device: torch.device) -> Plan | None:
