@@ -249,7 +249,7 @@ def _previous_filter() -> Callable[[Sequence[str]], list[bool]]:
 def _unsmile_abuse(root: Path) -> dict[str, list[Row]]:
     """UnSmile's valid split read for its 악플/욕설 (abuse and profanity) label alone: the other hate labels count as
     not offensive here, so precision is lower than for 'any label'."""
-    path = root / SOURCES["unsmile"].repo.replace("/", "+") / "unsmile_valid_v1.0.tsv"
+    path = SOURCES["unsmile"].folder(root) / "unsmile_valid_v1.0.tsv"
     if not path.is_file():
         return {}
     with path.open(encoding="utf-8") as handle:

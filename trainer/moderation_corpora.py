@@ -31,6 +31,10 @@ class Source:
     licence: str
     labels: str
 
+    def folder(self, root: Path) -> Path:
+        """Where its snapshot is under root: `<owner>+<name>/`."""
+        return root / self.repo.replace("/", "+")
+
 
 SOURCES = {
     "beep": Source("kocohub/korean-hate-speech", "f8d05dc", "CC BY-SA 4.0",
@@ -109,8 +113,8 @@ def hash_split(text: str) -> str:
 def read_all(root: Path) -> Iterator[Example]:
     """Every example of every corpus found under root (a corpus whose folder is missing is skipped); the SCREENED
     corpora without texts that would cross from one corpus's test split into another's training (module docstring)."""
-    found = {name: list(reader(root / SOURCES[name].repo.replace("/", "+"))) for name, reader in READERS.items()
-             if (root / SOURCES[name].repo.replace("/", "+")).is_dir()}
+    found = {name: list(reader(SOURCES[name].folder(root))) for name, reader in READERS.items()
+             if SOURCES[name].folder(root).is_dir()}
     if not SCREENED & found.keys():
         yield from (example for rows in found.values() for example in rows)
         return
@@ -176,8 +180,7 @@ def _davidson(folder: Path) -> Iterator[Example]:
 def _zizun(folder: Path) -> Iterator[Example]:
     root = folder.parent
     known = {_key(e.text) for reader, name in ((_beep, "beep"), (_curse, "curse"))
-             if (root / SOURCES[name].repo.replace("/", "+")).is_dir()
-             for e in reader(root / SOURCES[name].repo.replace("/", "+"))}
+             if SOURCES[name].folder(root).is_dir() for e in reader(SOURCES[name].folder(root))}
     with (folder / "Dataset.csv").open(encoding="utf-8-sig") as handle:
         for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
             text, label = row.get("content") or "", (row.get("lable") or "").strip()
