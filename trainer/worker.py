@@ -301,7 +301,7 @@ class LongLivedWorker:
         # The model stack (torch: seconds), imported on the first job, not while the worker starts.
         import_heavy("trainer.grouped")
         from trainer.grouped import SharedBase, start_run
-        from trainer.modeling import load_tokenizer, turn_end_ids
+        from trainer.modeling import load_tokenizer, training_matmul_dtype, turn_end_ids
         from trainer.training import TrainSpec, encode_file
 
         job = self.store.job(job_id)
@@ -314,7 +314,8 @@ class LongLivedWorker:
             for other in idle:  # one base model in memory per base that has jobs (a 0.5B model is 2 GB)
                 del self.bases[other]
             self.tokenizers[source] = load_tokenizer(source, settings.tokenizer_cache)
-            self.bases[source] = SharedBase(source, self.device, settings.weights_cache)
+            self.bases[source] = SharedBase(source, self.device, settings.weights_cache,
+                                            matmul_dtype=training_matmul_dtype(self.device, settings.train_precision))
         tokenizer = self.tokenizers[source]
         hyper = json.loads(job["hyperparameters"])
         training_file = self.store.file(job["training_file"])

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from support.trainer_harness import chat_file
 from trainer import grouped
@@ -24,6 +25,10 @@ from trainer.training import TrainSpec, encode_file, train
 from trainer.worker import Controls, LongLivedWorker
 
 TOLERANCE = 1e-4  # float rounding of different batch shapes; a wrong gradient or data order is off by far more
+# bfloat16 matmuls round to 8 bits of mantissa: on the tiny model the same job's losses in another batch shape differ
+# by ~2e-3, against float32 training by ~7e-3; one step's loss differs from the next by 0.2-0.6, so a wrong gradient
+# or data order is off by far more.
+BF16_TOLERANCE = 0.03
 MAX_LEN = 96
 
 
@@ -82,6 +87,33 @@ def test_group_losses_equal_each_job_trained_alone(tiny_model: Path, files: list
     assert all(run.done and run.result is not None and run.result.stopped is None for run in runs)
 
 
+def test_bfloat16_matmuls_train_as_float32_does(tiny_model: Path, files: list[list[Any]], tmp_path: Path) -> None:
+    """A base multiplying in bfloat16 converts its linear layers, leaves the embeddings the output layer shares in
+    float32, and trains a job as the float32 base does: the same losses to bfloat16's rounding, a float32 adapter."""
+    torch.set_num_threads(1)
+    pad_id = load_tokenizer(str(tiny_model)).pad_token_id
+    losses: dict[str, list[float]] = {}
+    for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+        base = grouped.SharedBase(str(tiny_model), "cpu", matmul_dtype=dtype)
+        reported = Losses()
+        run = grouped.start_run(base, precision, spec_for(tiny_model, files[0], pad_id, tmp_path / precision, 3),
+                                reported)
+        grouped.train_group(base, [run], pad_id)
+        losses[precision] = reported.losses
+    layer = base.layers[0].base
+    assert layer.weight.dtype == torch.bfloat16 and not layer.weight.requires_grad
+    head, embeddings = base.model.get_output_embeddings(), base.model.get_input_embeddings()
+    assert isinstance(head, grouped.CastLinear) and head.weight.dtype == torch.bfloat16
+    assert embeddings.weight.dtype == torch.float32
+    assert all(tensor.dtype == torch.float32 for tensor in run.adapter.parameters())
+    assert run.result is not None
+    saved = load_file(str(run.result.adapter_dir / grouped.ADAPTER_WEIGHTS))
+    assert {tensor.dtype for tensor in saved.values()} == {torch.float32}
+    assert len(losses["bfloat16"]) == len(losses["float32"])
+    assert max(abs(a - b) for a, b in zip(losses["float32"], losses["bfloat16"], strict=True)) < BF16_TOLERANCE
+    assert losses["bfloat16"][-1] < losses["bfloat16"][0]  # it learned
+
+
 def test_group_adapter_loads_in_peft_as_the_solo_one_does(tiny_model: Path, files: list[list[Any]],
                                                           tmp_path: Path) -> None:
     """The adapter a group saves loads with PeftModel.from_pretrained and answers as the solo adapter does."""
@@ -115,7 +147,8 @@ def class_store(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatc
     """A trainer data folder and its store, with the worker's settings in the environment."""
     env = {"TRAINER_DATA_DIR": str(tmp_path / "data"), "TRAINER_BASE_MODELS": f"tiny={tiny_model}",
            "TRAINER_MAX_SEQ_LEN": str(MAX_LEN), "TRAINER_TORCH_THREADS": "1", "TRAINER_DEVICE": "cpu",
-           "TRAINER_LORA_R": "4", "TRAINER_LORA_ALPHA": "8"}
+           "TRAINER_LORA_R": "4", "TRAINER_LORA_ALPHA": "8",
+           "TRAINER_TRAIN_PRECISION": "float32"}  # exact comparisons on any CPU; bfloat16 where a test says so
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     store = Store(tmp_path / "data" / "trainer.db")
@@ -215,9 +248,11 @@ def test_worker_trains_job_after_job_with_the_base_loaded_once(class_store: Stor
     assert loads == [str(tiny_model)]
 
 
-def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(class_store: Store,
-                                                                             tiny_model: Path) -> None:
+@pytest.mark.parametrize(("precision", "tolerance"), [("float32", TOLERANCE), ("bfloat16", BF16_TOLERANCE)])
+def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(
+        class_store: Store, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, precision: str, tolerance: float) -> None:
     """A job paused mid-epoch in a group and resumed later reports the same losses as the job trained alone."""
+    monkeypatch.setenv("TRAINER_TRAIN_PRECISION", precision)
     alone = add_running_job(class_store, tiny_model, chat_file(7), seed=5, epochs=3)
     controls = Controls()
     worker, _ = new_worker(controls)
@@ -246,4 +281,4 @@ def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(cl
     assert class_store.job(other)["status"] == "succeeded"  # type: ignore[index]
     resumed = step_losses(class_store, paused)
     assert len(resumed) == len(reference)
-    assert max(abs(a - b) for a, b in zip(reference, resumed, strict=True)) < TOLERANCE
+    assert max(abs(a - b) for a, b in zip(reference, resumed, strict=True)) < tolerance

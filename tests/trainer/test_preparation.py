@@ -317,3 +317,27 @@ def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_mod
     preparing.join(JOB_TIMEOUT_S)
     assert model_loading.is_set()
     assert pool.preparations["tiny"].status == "ready"
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+async def test_the_queues_first_guess_is_the_forward_pass_scaled_as_training_multiplies(
+        tmp_path: Path, tiny_model: Path, precision: str) -> None:
+    """Before any job, the queue's guess of a base model's training seconds per token is its forward pass timed at
+    load times the ratio measured for the arithmetic training will use: float32, or bfloat16 matmuls (faster)."""
+    from trainer.timing import TRAIN_OVER_FORWARD, TRAIN_OVER_FORWARD_BFLOAT16
+
+    generator = LazyGenerator(Settings(data_dir=tmp_path, base_models={"tiny": str(tiny_model)}, device="cpu",
+                                       train_precision=precision))
+    assert generator.training_guess("tiny") is None  # nothing timed before the model stack loads
+    generator.start()
+    try:
+        async def ready() -> bool:
+            return generator.status("tiny")["status"] == "ready"
+
+        await _until(ready)
+        forward = generator.pool.forward_seconds["tiny"]
+        ratio = TRAIN_OVER_FORWARD_BFLOAT16 if precision == "bfloat16" else TRAIN_OVER_FORWARD
+        assert generator.training_guess("tiny") == pytest.approx(forward * ratio)
+        assert generator.training_guess("other") is None
+    finally:
+        await generator.close()

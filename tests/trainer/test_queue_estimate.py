@@ -247,7 +247,7 @@ def test_before_any_job_a_cpu_guesses_from_the_forward_pass_timed_as_the_model_l
     comes from the forward pass the server timed when it loaded the model (still not measured: a guess); a GPU keeps
     its default; a finished job's measurement replaces the guess."""
     timings = Timings(store, 4)
-    timings.forward_seconds = {"tiny": 0.002}.get
+    timings.first_guess = {"tiny": 0.002 * TRAIN_OVER_FORWARD}.get
     guess = timings.speed("tiny", "cpu")
     assert guess.tokens_per_second == pytest.approx(1 / (0.002 * TRAIN_OVER_FORWARD)) and not guess.measured
     assert (guess.startup_seconds, guess.load_seconds) == (DEFAULT_SPEEDS["cpu"].startup_seconds,

@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from support.trainer_harness import REPO_ROOT, chat_example, chat_file
+from trainer import modeling
 from trainer.catalog import languages
 from trainer.config import Settings, SettingsError
 from trainer.scheduler import FairQueue
@@ -24,6 +26,7 @@ from trainer.validation import check_files
     ({"TRAINER_API_KEY": "short"}, "TRAINER_API_KEY"),
     ({"TRAINER_MAX_TOKENS": "0"}, "TRAINER_MAX_TOKENS"),
     ({"TRAINER_DEVICE": "tpu"}, "TRAINER_DEVICE"),
+    ({"TRAINER_TRAIN_PRECISION": "float16"}, "TRAINER_TRAIN_PRECISION"),
 ])
 def test_settings_bad_value_names_the_setting(env: dict[str, str], named: str) -> None:
     """A malformed or missing setting raises an error naming it."""
@@ -45,8 +48,24 @@ def test_settings_defaults_listen_on_loopback_with_korean_model_first() -> None:
 def test_settings_round_trip_through_worker_environment() -> None:
     """The settings handed to a worker as environment variables read back the same."""
     settings = Settings.from_env({"TRAINER_BASE_MODELS": "a=/m/a,b=/m/b.gguf", "TRAINER_LORA_R": "8",
-                                  "TRAINER_DATA_DIR": "/tmp/x"})
+                                  "TRAINER_DATA_DIR": "/tmp/x", "TRAINER_TRAIN_PRECISION": "BFloat16"})
+    assert settings.train_precision == "bfloat16"
     assert Settings.from_env(settings.to_env()) == settings
+
+
+@pytest.mark.parametrize(("device", "precision", "native", "expected"), [
+    ("cpu", "auto", True, torch.bfloat16),  # AMX or AVX512-BF16: the base multiplies in bfloat16
+    ("cpu", "auto", False, None),  # converted in software, slower: float32
+    ("cpu", "float32", True, None),
+    ("cpu", "bfloat16", False, torch.bfloat16),  # as the school asked, even where slower
+    ("cuda", "auto", True, None),  # a GPU's model is bfloat16 already
+    ("cuda:1", "bfloat16", True, None),
+])
+def test_training_matmul_dtype_by_setting_and_cpu(monkeypatch: pytest.MonkeyPatch, device: str, precision: str,
+                                                  native: bool, expected: torch.dtype | None) -> None:
+    """CPU training multiplies the base in bfloat16 where the CPU does so natively or the setting says so."""
+    monkeypatch.setattr(modeling, "cpu_multiplies_bfloat16", lambda: native)
+    assert modeling.training_matmul_dtype(device, precision) == expected
 
 
 def test_main_with_bad_key_exits_with_one_line(tmp_path: Path) -> None:
