@@ -123,7 +123,7 @@ class SharedBase:
     With a matmul_dtype (bfloat16 on a CPU that multiplies it natively: trainer.modeling.training_matmul_dtype), the
     frozen linear layers and the output layer multiply in it while the rest (norms, attention, the residual stream,
     the loss) stays in the model's float32, as mixed-precision training does; the LoRAs are float32 either way. A
-    lesson's step on 2 cores with AMX: 0.52 s instead of 0.78 (docs/benchmarks.md). The converted layers' weights
+    lesson's step on 2 cores with AMX: 0.55 s instead of 0.82 (docs/benchmarks.md). The converted layers' weights
     replace the float32 ones (half their memory); a tied output layer gets a converted copy.
     """
 

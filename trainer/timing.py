@@ -68,8 +68,8 @@ DEFAULT_SPEEDS = {"cpu": Speed(60.0, 1.0, 2.0, False, 14.0), "cuda": Speed(1500.
 # steps correct it. The default figure of 60 tokens a second told a fresh trainer's first class 2.3-2.8x too long.
 TRAIN_OVER_FORWARD = 1.65
 # The same where training multiplies the base in bfloat16 (trainer.grouped.SharedBase, on a CPU with AMX or
-# AVX512-BF16) while the forward is timed on the served float32 model: a lesson step 0.52 s against 0.78 in float32
-# (2026-12-06, 2 cores with AMX), so 1.65 x 0.52 / 0.78 = 1.1.
+# AVX512-BF16) while the forward is timed on the served float32 model: a lesson step 0.55 s against 0.82 in float32
+# (2026-12-06, 2 cores with AMX), so 1.65 x 0.55 / 0.82 = 1.1; a class of 30 then had every first estimate within 10%.
 TRAIN_OVER_FORWARD_BFLOAT16 = 1.1
 
 
