@@ -39,6 +39,7 @@ from trainer.training import (
     TrainSpec,
     batches,
     collate,
+    guessed,
     label_weights,
     labelled_logits,
     linear_schedule,
@@ -317,7 +318,7 @@ def _pass(base: SharedBase, rows: list[tuple[int, Encoded]], adapters: Sequence[
         base.route([])
     losses = F.cross_entropy(logits, targets, reduction="none")
     with torch.no_grad():
-        correct = logits.argmax(-1) == targets
+        correct = guessed(logits, targets)
     return losses, correct, torch.tensor(owners, device=ids.device)[at_rows], targets, mask
 
 

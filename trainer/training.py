@@ -196,14 +196,21 @@ def collate(batch: Sequence[Encoded], pad_id: int, device: str) -> tuple[torch.T
     return ids.to(device), mask.to(device), labels.to(device)
 
 
+def guessed(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Whether each target token is the model's top guess: its logit the largest of its row. That is argmax's answer
+    but for exact ties, from a max-reduction, which a CPU runs 5x faster than argmax over Gemma's 262k-token
+    vocabulary (34 ms against 6 for 100 positions). targets must be token ids (no IGNORE)."""
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) >= logits.amax(-1)
+
+
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Mean next-token loss over labelled tokens, the count of correct argmax guesses, and the label count."""
+    """Mean next-token loss over labelled tokens, the count of correct top guesses, and the label count."""
     shifted = logits[:, :-1].float()
     targets = labels[:, 1:]
     loss = F.cross_entropy(shifted.reshape(-1, shifted.size(-1)), targets.reshape(-1), ignore_index=IGNORE)
     with torch.no_grad():
         labelled = targets != IGNORE
-        correct = (shifted.argmax(-1) == targets)[labelled].sum()
+        correct = guessed(shifted, targets.clamp(min=0))[labelled].sum()
     return loss, correct, int(labelled.sum())
 
 
@@ -239,7 +246,7 @@ def labelled_loss_and_accuracy(model: torch.nn.Module, ids: torch.Tensor, mask: 
     logits, chosen = labelled_logits(model, ids, mask, labels)
     loss = F.cross_entropy(logits, chosen) if chosen.numel() else logits.sum() * 0.0
     with torch.no_grad():
-        correct = (logits.argmax(-1) == chosen).sum()
+        correct = guessed(logits, chosen).sum()
     return loss, correct, int(chosen.numel())
 
 
@@ -412,7 +419,7 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
             training_objective(losses, targets, spec.turn_ends).backward()
             loss = losses.detach().mean() if losses.numel() else losses.detach().sum()
             with torch.no_grad():
-                correct, count = (logits.argmax(-1) == targets).sum(), int(targets.numel())
+                correct, count = guessed(logits, targets).sum(), int(targets.numel())
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

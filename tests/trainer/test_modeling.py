@@ -21,6 +21,7 @@ from trainer.training import (
     IGNORE,
     collate,
     encode_chat,
+    guessed,
     labelled_loss_and_accuracy,
     lora_model,
     loss_and_accuracy,
@@ -155,3 +156,21 @@ def test_labelled_loss_matches_with_logit_softcapping(tiny_model: Path) -> None:
     logits = model(input_ids=ids, attention_mask=mask).logits
     assert float(logits.detach().abs().max()) <= 2.0  # the cap is what the test is about
     _check_same_loss_and_grads(model, batch)
+
+
+def test_top_guess_is_argmax_without_its_cost() -> None:
+    """guessed() says what argmax == target says (the reported token accuracy), on random rows, at the labels, where a
+    row's top logit is the target, and for every label of a padded batch (IGNORE positions left out)."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(64, 1000, generator=generator)
+    targets = torch.randint(0, 1000, (64,), generator=generator)
+    targets[::4] = logits[::4].argmax(-1)  # a quarter of them guessed right
+    assert torch.equal(guessed(logits, targets), logits.argmax(-1) == targets)
+    assert int(guessed(logits, targets).sum()) >= 16
+    labels = torch.full((2, 9), IGNORE)
+    labels[0, 3:], labels[1, 5:] = targets[:6], targets[6:10]
+    rows = torch.randn(2, 9, 1000, generator=generator)
+    rows[0, 2:8].scatter_(-1, targets[:6, None], 10.0)  # the first row's labels are all its top guesses
+    _, correct, count = loss_and_accuracy(rows, labels)
+    expected = (rows[:, :-1].argmax(-1) == labels[:, 1:])[labels[:, 1:] != IGNORE].sum()
+    assert (int(correct), count) == (int(expected), 10) and int(correct) >= 6
