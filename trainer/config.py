@@ -24,6 +24,8 @@ DEFAULT_BASE_MODELS = (
 # Where a generated key is kept, in the data directory, readable by its owner only.
 API_KEY_FILE = launch.KEY_FILE
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# In a checkpoint folder, beside its adapter: what resuming from it needs (optimizer, schedule, place in the data).
+STATE_FILE = "trainer_state.pt"
 # A data directory's caches of what a GGUF base model is converted into, once: its tokenizer, its dequantized weights.
 TOKENIZER_CACHE, WEIGHTS_CACHE = "tokenizers", "gguf-weights"
 

@@ -28,10 +28,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from trainer.config import STATE_FILE
 from trainer.modeling import load_model
 from trainer.training import (
     IGNORE,
-    STATE_FILE,
     TURN_END_WEIGHT,
     Encoded,
     Reporter,
@@ -86,7 +86,7 @@ class MultiLoraLinear(nn.Module):
 
 class CastLinear(nn.Module):
     """A frozen Linear that multiplies in a lower precision than the model around it: input cast down, output back.
-    Its weight is a converted copy, so a weight it shares (an output layer tied to the embeddings) stays as it was."""
+    Its weight is the Linear's, converted (no copy when it is in that precision already)."""
 
     def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
         super().__init__()
@@ -125,7 +125,7 @@ class SharedBase:
     frozen linear layers and the output layer multiply in it while the rest (norms, attention, the residual stream,
     the loss) stays in the model's float32, as mixed-precision training does; the LoRAs are float32 either way. A
     lesson's step on 2 cores with AMX: 0.55 s instead of 0.82 (docs/benchmarks.md). The converted layers' weights
-    replace the float32 ones (half their memory); a tied output layer gets a converted copy.
+    replace the float32 ones (half their memory), embeddings tied to the output layer included.
     """
 
     def __init__(self, source: str, device: str, cache_dir: Path | None = None,
@@ -146,10 +146,24 @@ class SharedBase:
             setattr(parent, leaf, wrapped)
             self.layers.append(wrapped)
         if matmul_dtype is not None and matmul_dtype != next(self.model.parameters()).dtype:
-            for layer in self.layers:
-                layer.base.to(matmul_dtype)
-            if isinstance(output, nn.Linear):
-                self.model.set_output_embeddings(CastLinear(output, matmul_dtype))
+            self._multiply_in(matmul_dtype, output)
+
+    def _multiply_in(self, dtype: torch.dtype, output: nn.Module | None) -> None:
+        """Convert the frozen linear layers and the output layer to dtype, in place: their products run in it.
+
+        An output layer tied to the input embeddings converts the shared weight (a copy would cost Gemma's 262k x 640
+        vocabulary 335 MB more); the embeddings' lookups are then cast back to the model's dtype, so only the matrix
+        products see the rounding."""
+        for layer in self.layers:
+            layer.base.to(dtype)
+        if not isinstance(output, nn.Linear):
+            return
+        embeddings = self.model.get_input_embeddings()
+        if embeddings.weight is output.weight:
+            model_dtype = next(self.model.parameters()).dtype
+            embeddings.to(dtype)
+            embeddings.register_forward_hook(lambda module, args, looked_up: looked_up.to(model_dtype))
+        self.model.set_output_embeddings(CastLinear(output, dtype))
 
     def new_adapter(self, r: int, alpha: int, seed: int) -> Adapter:
         """Fresh LoRA weights exactly as peft makes them after torch.manual_seed(seed) (A: nn.Linear's uniform

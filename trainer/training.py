@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trainer.config import STATE_FILE
 from trainer.modeling import control_token_ids, load_model, render_chat
 from trainer.validation import file_lines
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-STATE_FILE = "trainer_state.pt"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from support.trainer_harness import chat_file
 from trainer import grouped
-from trainer.config import Settings
+from trainer.config import STATE_FILE, Settings
 from trainer.modeling import load_tokenizer
 from trainer.store import Store
 from trainer.training import TrainSpec, encode_file, train
@@ -88,8 +88,9 @@ def test_group_losses_equal_each_job_trained_alone(tiny_model: Path, files: list
 
 
 def test_bfloat16_matmuls_train_as_float32_does(tiny_model: Path, files: list[list[Any]], tmp_path: Path) -> None:
-    """A base multiplying in bfloat16 converts its linear layers, leaves the embeddings the output layer shares in
-    float32, and trains a job as the float32 base does: the same losses to bfloat16's rounding, a float32 adapter."""
+    """A base multiplying in bfloat16 converts its linear layers and the embeddings the output layer shares (their
+    lookups still float32), and trains a job as the float32 base does: the same losses to bfloat16's rounding, a
+    float32 adapter."""
     torch.set_num_threads(1)
     pad_id = load_tokenizer(str(tiny_model)).pad_token_id
     losses: dict[str, list[float]] = {}
@@ -104,7 +105,8 @@ def test_bfloat16_matmuls_train_as_float32_does(tiny_model: Path, files: list[li
     assert layer.weight.dtype == torch.bfloat16 and not layer.weight.requires_grad
     head, embeddings = base.model.get_output_embeddings(), base.model.get_input_embeddings()
     assert isinstance(head, grouped.CastLinear) and head.weight.dtype == torch.bfloat16
-    assert embeddings.weight.dtype == torch.float32
+    assert head.weight.data_ptr() == embeddings.weight.data_ptr()  # converted in place, not copied
+    assert embeddings(torch.tensor([[1, 2]])).dtype == torch.float32
     assert all(tensor.dtype == torch.float32 for tensor in run.adapter.parameters())
     assert run.result is not None
     saved = load_file(str(run.result.adapter_dir / grouped.ADAPTER_WEIGHTS))
@@ -273,6 +275,8 @@ def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(
     worker.turn()
     assert class_store.job(paused)["status"] == "paused"  # type: ignore[index]
     assert class_store.last_checkpoint(paused)["step"] == 7  # type: ignore[index]
+    adapters = Settings.from_env().adapters_dir
+    assert (adapters(paused) / "ckpt-step-7" / STATE_FILE).is_file()  # what the resume needs
     class_store.update_job(paused, status="running")  # resumed: the scheduler hands it over again
     controls.give("train", paused)
     while worker.turn():
@@ -282,3 +286,9 @@ def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(
     resumed = step_losses(class_store, paused)
     assert len(resumed) == len(reference)
     assert max(abs(a - b) for a, b in zip(reference, resumed, strict=True)) < tolerance
+    # Succeeded jobs never resume: every checkpoint keeps its adapter (a model to chat with), not the resume state.
+    for job_id in (alone, paused, other):
+        checkpoints = sorted(adapters(job_id).glob("ckpt-step-*"))
+        assert len(checkpoints) >= 3 and (adapters(job_id) / "final" / grouped.ADAPTER_WEIGHTS).is_file()
+        assert all((folder / grouped.ADAPTER_WEIGHTS).is_file() for folder in checkpoints)
+        assert not list(adapters(job_id).glob(f"*/{STATE_FILE}"))

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from support.trainer_harness import chat_example
-from trainer.training import STATE_FILE, TrainSpec, encode_chat, train
+from trainer.config import STATE_FILE
+from trainer.training import TrainSpec, encode_chat, train
 
 
 class Recorder:
