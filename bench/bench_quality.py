@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -89,6 +91,7 @@ def model_sources() -> dict[str, Path]:
 def start_trainer(cache: Path, sources: dict[str, Path], **env: str) -> TrainerProcess:
     """The trainer with these base models, its GGUF conversions kept in cache, every model prepared."""
     data = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+    atexit.register(shutil.rmtree, data, True)  # a trainer's data folder: gigabytes of checkpoints
     models = ",".join(f"{name}={path}" for name, path in sources.items())
     server = trainer_with_shared_gguf_cache(data / "data", next(iter(sources.values())), cache,
                                             TRAINER_BASE_MODELS=models, TRAINER_TORCH_THREADS="0", **env)

@@ -20,8 +20,10 @@ Run: python -m bench.bench_queue_estimate [--students 6] [--model tiny|smollm2] 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--dump", type=Path, help="write every estimate read and every real finish here (JSON)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-queue-"))
+    atexit.register(shutil.rmtree, folder, True)  # a trainer's data folder: gigabytes of checkpoints
     if args.model == "tiny":
         model = build_tiny_model(folder / "tiny")
         content = chat_file(args.examples)

@@ -8,7 +8,6 @@ docs/benchmarks.md). The suite's fast part checks that every lesson's prompt is 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -38,13 +37,13 @@ pytestmark = [pytest.mark.skipif(not os.environ.get("MODEL_TESTS"), reason="trai
 
 
 @pytest.fixture(scope="module")
-def real_trainer(gguf_cache: Path) -> Iterator[TrainerProcess]:
+def real_trainer(gguf_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerProcess]:
     """One trainer with both offline base models, prepared once for the module."""
     sources = {"smollm2": smollm2_gguf(), "gemma3": gemma_gguf()}
     if None in sources.values():
         pytest.skip(f"{INSTALL_SMOLLM2} and {INSTALL_GEMMA} to run")
     models = ",".join(f"{name}={path}" for name, path in sources.items())
-    data = Path(tempfile.mkdtemp(prefix="lesson-payoff-")) / "data"
+    data = tmp_path_factory.mktemp("lesson-payoff") / "data"  # pytest keeps the last 3 runs' folders, not all
     server = trainer_with_shared_gguf_cache(data, next(p for p in sources.values() if p), gguf_cache,
                                             TRAINER_BASE_MODELS=models, TRAINER_TORCH_THREADS="0",
                                             TRAINER_MAX_TOKENS="64")
