@@ -17,8 +17,8 @@ from trainer.api import TIMINGS
 from trainer.routes import build_app
 from trainer.config import Settings, ensure_api_key
 from trainer.scheduler import Scheduler
-from trainer.timing import train_over_forward
 from trainer.store import Store
+from trainer.timing import train_over_forward
 
 log = logging.getLogger(__name__)
 
