@@ -24,8 +24,10 @@ DEFAULT_BASE_MODELS = (
 # Where a generated key is kept, in the data directory, readable by its owner only.
 API_KEY_FILE = launch.KEY_FILE
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-# In a checkpoint folder, beside its adapter: what resuming from it needs (optimizer, schedule, place in the data).
-STATE_FILE = "trainer_state.pt"
+# A job's adapters folder (Settings.adapters_dir) holds a checkpoint per epoch, CHECKPOINT_PREFIX + its step, and once
+# the job succeeded its fine-tuned model, FINAL_FOLDER. Beside a checkpoint's adapter, STATE_FILE: what resuming from
+# it needs (optimizer, schedule, place in the data).
+CHECKPOINT_PREFIX, FINAL_FOLDER, STATE_FILE = "ckpt-step-", "final", "trainer_state.pt"
 # A data directory's caches of what a GGUF base model is converted into, once: its tokenizer, its dequantized weights.
 TOKENIZER_CACHE, WEIGHTS_CACHE = "tokenizers", "gguf-weights"
 
@@ -89,7 +91,7 @@ class Settings:
 
     def final_adapter(self, job_id: str) -> Path:
         """Where a succeeded job's fine-tuned model (its LoRA adapter) is saved."""
-        return self.adapters_dir(job_id) / "final"
+        return self.adapters_dir(job_id) / FINAL_FOLDER
 
     @property
     def weights_cache(self) -> Path:

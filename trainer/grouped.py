@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from trainer.config import STATE_FILE
+from trainer.config import CHECKPOINT_PREFIX, FINAL_FOLDER, STATE_FILE
 from trainer.modeling import load_model
 from trainer.training import (
     IGNORE,
@@ -145,10 +145,11 @@ class SharedBase:
             wrapped = MultiLoraLinear(getattr(parent, leaf))
             setattr(parent, leaf, wrapped)
             self.layers.append(wrapped)
-        if matmul_dtype is not None and matmul_dtype != next(self.model.parameters()).dtype:
-            self._multiply_in(matmul_dtype, output)
+        model_dtype = next(self.model.parameters()).dtype
+        if matmul_dtype is not None and matmul_dtype != model_dtype:
+            self._multiply_in(matmul_dtype, model_dtype, output)
 
-    def _multiply_in(self, dtype: torch.dtype, output: nn.Module | None) -> None:
+    def _multiply_in(self, dtype: torch.dtype, model_dtype: torch.dtype, output: nn.Module | None) -> None:
         """Convert the frozen linear layers and the output layer to dtype, in place: their products run in it.
 
         An output layer tied to the input embeddings converts the shared weight (a copy would cost Gemma's 262k x 640
@@ -160,7 +161,6 @@ class SharedBase:
             return
         embeddings = self.model.get_input_embeddings()
         if embeddings.weight is output.weight:
-            model_dtype = next(self.model.parameters()).dtype
             embeddings.to(dtype)
             embeddings.register_forward_hook(lambda module, args, looked_up: looked_up.to(model_dtype))
         self.model.set_output_embeddings(CastLinear(output, dtype))
@@ -283,7 +283,7 @@ def _save(base: SharedBase, run: JobRun, path: Path, epoch: int, batch: int | No
 
 
 def _finish(base: SharedBase, run: JobRun) -> None:
-    final = run.spec.out_dir / "final"
+    final = run.spec.out_dir / FINAL_FOLDER
     base.save_adapter(run.adapter, final)
     run.result = TrainResult(final, run.trained_tokens, run.step, run.history)
 
@@ -416,7 +416,7 @@ def after_step(base: SharedBase, run: JobRun, outcome: StepOutcome, seconds: flo
     last_of_epoch = run.index == len(run.epoch_batches) - 1
     reason = spec.should_stop() if spec.should_stop is not None and run.step < run.total_steps else None
     if reason is not None:
-        path = spec.out_dir / f"ckpt-step-{run.step}"
+        path = spec.out_dir / f"{CHECKPOINT_PREFIX}{run.step}"
         _save(base, run, path, run.epoch, None if last_of_epoch else run.index + 1)
         run.reporter.checkpoint(run.epoch, run.step, path, metrics, False)
         run.result = TrainResult(path, run.trained_tokens, run.step, run.history, stopped=reason, checkpoint=path)
@@ -424,7 +424,7 @@ def after_step(base: SharedBase, run: JobRun, outcome: StepOutcome, seconds: flo
     if not last_of_epoch:
         run.index += 1
         return
-    path = spec.out_dir / f"ckpt-step-{run.step}"
+    path = spec.out_dir / f"{CHECKPOINT_PREFIX}{run.step}"
     _save(base, run, path, run.epoch, None)
     run.reporter.checkpoint(run.epoch, run.step, path, metrics, run.epoch == spec.n_epochs - 1)
     run.epoch += 1

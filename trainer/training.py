@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.config import STATE_FILE
+from trainer.config import CHECKPOINT_PREFIX, FINAL_FOLDER, STATE_FILE
 from trainer.modeling import control_token_ids, load_model, render_chat
 from trainer.validation import file_lines
 
@@ -434,14 +434,14 @@ def train(spec: TrainSpec, reporter: Reporter) -> TrainResult:
             reporter.step(metrics, trained_tokens, time.perf_counter() - started)
             reason = spec.should_stop() if spec.should_stop is not None and step < total_steps else None
             if reason is not None:
-                path = spec.out_dir / f"ckpt-step-{step}"
+                path = spec.out_dir / f"{CHECKPOINT_PREFIX}{step}"
                 last = index == len(epoch_batches) - 1
                 save(path, epoch, None if last else index + 1)
                 reporter.checkpoint(epoch, step, path, metrics, False)
                 return TrainResult(path, trained_tokens, step, history, stopped=reason, checkpoint=path)
-        path = spec.out_dir / f"ckpt-step-{step}"
+        path = spec.out_dir / f"{CHECKPOINT_PREFIX}{step}"
         save(path, epoch, None)
         reporter.checkpoint(epoch, step, path, history[-1] if history else {}, epoch == spec.n_epochs - 1)
-    final = spec.out_dir / "final"
+    final = spec.out_dir / FINAL_FOLDER
     model.save_pretrained(str(final))
     return TrainResult(final, trained_tokens, step, history)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import import_heavy
-from trainer.config import STATE_FILE, Settings
+from trainer.config import CHECKPOINT_PREFIX, STATE_FILE, Settings
 from trainer.cpu_share import SPIN_COUNT, ThreadGovernor
 from trainer.lifeline import die_with_parent
 from trainer.store import PARTIAL_SUFFIX, Store, new_id
@@ -193,7 +193,7 @@ def forget_resume_states(folder: Path) -> None:
     """A succeeded job never resumes: its checkpoints keep their adapters (models the class can still chat with) and
     drop what resuming needed, the optimizer's state: two thirds of their bytes (a class of 30's lesson on
     SmolLM2-135M left 5.5 GB of checkpoints before)."""
-    for state in folder.glob(f"ckpt-step-*/{STATE_FILE}"):
+    for state in folder.glob(f"{CHECKPOINT_PREFIX}*/{STATE_FILE}"):
         state.unlink(missing_ok=True)
 
 
