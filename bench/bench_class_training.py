@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import json
 import os
 import random
 import resource
-import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +44,7 @@ from support.trainer_harness import (  # noqa: E402 - after the path is set
     BENCH_GGUF_CACHE,
     INSTALL_SMOLLM2,
     TrainerProcess,
+    bench_folder,
     share_gguf_cache,
     smollm2_gguf,
 )
@@ -125,8 +123,7 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
         def checkpoint(self, *args: Any) -> None:
             pass
 
-    out = Path(tempfile.mkdtemp(prefix="bench-class-steps-"))
-    atexit.register(shutil.rmtree, out, True)
+    out = bench_folder("bench-class-steps-")
     runs = {size: [grouped.start_run(base, f"job{size}-{i}", TrainSpec(
         source=source, device="cpu", train=examples, valid=[], pad_id=tokenizer.pad_token_id, n_epochs=3,
         batch_size=4, learning_rate=2e-4, seed=i, lora_r=16, lora_alpha=32, out_dir=out / f"{size}-{i}"), Quiet())
@@ -159,8 +156,7 @@ async def bench_class(source: str, cache: Path, students: int, group_jobs: int, 
     """N students press Start within the spread through a real trainer; time to each model, and the efficiency."""
     from openai import AsyncOpenAI
 
-    data = share_gguf_cache(Path(tempfile.mkdtemp(prefix="bench-class-")) / "data", cache)
-    atexit.register(shutil.rmtree, data.parent, True)  # a class's checkpoints: gigabytes (the cache is a link)
+    data = share_gguf_cache(bench_folder("bench-class-") / "data", cache)
     server = TrainerProcess(data, Path(source).parent, TRAINER_BASE_MODELS=f"smollm2={source}",
                             TRAINER_GROUP_JOBS=str(group_jobs), TRAINER_DEVICE="cpu", TRAINER_MAX_SEQ_LEN="1024",
                             TRAINER_MAX_TOKENS="64", TRAINER_TORCH_THREADS="0",
@@ -230,8 +226,7 @@ def bench_today(source: str, cache: Path, students: int, epochs: int) -> tuple[l
     from trainer.config import Settings
     from trainer.store import Store
 
-    data = share_gguf_cache(Path(tempfile.mkdtemp(prefix="bench-class-today-")) / "data", cache)
-    atexit.register(shutil.rmtree, data.parent, True)
+    data = share_gguf_cache(bench_folder("bench-class-today-") / "data", cache)
     settings = Settings(data_dir=data, base_models={"smollm2": source}, device="cpu")
     store = Store(data / "trainer.db")
     env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(REPO_ROOT)}

@@ -26,11 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
 import re
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +46,7 @@ from support.trainer_harness import (
     INSTALL_SMOLLM2,
     REPO_ROOT,
     TrainerProcess,
+    bench_folder,
     gemma_gguf,
     smollm2_gguf,
     trainer_with_shared_gguf_cache,
@@ -90,8 +88,7 @@ def model_sources() -> dict[str, Path]:
 
 def start_trainer(cache: Path, sources: dict[str, Path], **env: str) -> TrainerProcess:
     """The trainer with these base models, its GGUF conversions kept in cache, every model prepared."""
-    data = Path(tempfile.mkdtemp(prefix="bench-quality-"))
-    atexit.register(shutil.rmtree, data, True)  # a trainer's data folder: gigabytes of checkpoints
+    data = bench_folder("bench-quality-")
     models = ",".join(f"{name}={path}" for name, path in sources.items())
     server = trainer_with_shared_gguf_cache(data / "data", next(iter(sources.values())), cache,
                                             TRAINER_BASE_MODELS=models, TRAINER_TORCH_THREADS="0", **env)

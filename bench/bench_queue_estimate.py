@@ -20,12 +20,9 @@ Run: python -m bench.bench_queue_estimate [--students 6] [--model tiny|smollm2] 
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -35,7 +32,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as python -m trainer sets it
 sys.path.insert(0, str(REPO_ROOT))
 
-from support.trainer_harness import TrainerProcess, build_tiny_model, chat_file, smollm2_gguf  # noqa: E402
+from support.trainer_harness import (  # noqa: E402
+    TrainerProcess,
+    bench_folder,
+    build_tiny_model,
+    chat_file,
+    smollm2_gguf,
+)
 
 PIRATE = REPO_ROOT / "lessons" / "pirate-en" / "train.jsonl"
 
@@ -98,8 +101,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--dump", type=Path, help="write every estimate read and every real finish here (JSON)")
     args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="bench-queue-"))
-    atexit.register(shutil.rmtree, folder, True)  # a trainer's data folder: gigabytes of checkpoints
+    folder = bench_folder("bench-queue-")
     if args.model == "tiny":
         model = build_tiny_model(folder / "tiny")
         content = chat_file(args.examples)

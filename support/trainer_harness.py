@@ -4,9 +4,11 @@ server as a real process. Nothing here needs pytest (bench/ imports it); the fix
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -216,6 +218,14 @@ class TrainerProcess:
 
 # Where bench/ keeps converted GGUFs between runs (the tests use a folder of their session).
 BENCH_GGUF_CACHE = Path(tempfile.gettempdir()) / "classroom-bench-gguf-cache"
+
+
+def bench_folder(prefix: str) -> Path:
+    """A new folder in the temp dir, removed when the process exits: a bench's trainer data folder (a class run leaves
+    gigabytes of checkpoints; links in it, such as a shared GGUF cache, are removed, not followed)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 GGUF_CACHES = (TOKENIZER_CACHE, WEIGHTS_CACHE)  # a trainer data folder's converted tokenizers and dequantized weights
 
 
