@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.settings import SettingError, read_number, read_whole
-from trainer import launch
+from trainer import cpu_share, launch
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ class Settings:
     # Jobs of one base model a device's worker trains together, one batched pass per step; 0: 1 on a CPU (measured:
     # no faster per token there, and one after another gives the first students their models sooner), 4 on a GPU.
     group_jobs: int = 0
+    # Lanes of a CPU's worker: groups of jobs trained side by side, each on its share of the cores (trainer/cpu_share.py,
+    # train_lanes); 0: one a core, at most 4. Its capacity is TRAINER_GROUP_JOBS x lanes.
+    train_lanes: int = 0
     # The arithmetic of the frozen base's matrix products in CPU training: auto (bfloat16 where the CPU multiplies
     # bfloat16 natively, trainer.modeling.training_matmul_dtype), float32 or bfloat16. A GPU trains in bfloat16.
     train_precision: str = "auto"
@@ -136,6 +139,7 @@ class Settings:
             max_batch_tokens=read_whole(env, "TRAINER_MAX_BATCH_TOKENS", 8192, low=16),
             max_job_minutes=read_number(env, "TRAINER_MAX_JOB_MINUTES", 60.0, positive=True),
             group_jobs=read_whole(env, "TRAINER_GROUP_JOBS", 0, low=0),
+            train_lanes=read_whole(env, "TRAINER_TRAIN_LANES", 0, low=0),
             train_precision=_train_precision(env),
             socket=Path(raw_socket) if (raw_socket := env.get(launch.SOCKET_VAR, "").strip()) else None,
             exit_with_parent=env.get(launch.EXIT_WITH_PARENT_VAR, "").strip() == "1",
@@ -148,6 +152,10 @@ class Settings:
     def host_names(self) -> frozenset[str]:
         """The names a client may put in the Host header (IP addresses are always accepted)."""
         return frozenset({self.host.lower(), *LOOPBACK_NAMES, *self.allowed_hosts})
+
+    def lanes(self, device: str) -> int:
+        """How many lanes the device's worker trains in (trainer.cpu_share.train_lanes)."""
+        return cpu_share.train_lanes(device, self.train_lanes, self.torch_threads)
 
     def to_env(self) -> dict[str, str]:
         """Write these settings back as environment variables, for the worker processes."""
@@ -168,7 +176,8 @@ class Settings:
             "TRAINER_MAX_REQUEST_BYTES": self.max_request_bytes, "TRAINER_MAX_UPLOAD_BYTES": self.max_upload_bytes,
             "TRAINER_MAX_EXAMPLE_BYTES": self.max_example_bytes, "TRAINER_MAX_PROMPT_TOKENS": self.max_prompt_tokens,
             "TRAINER_MAX_BATCH_TOKENS": self.max_batch_tokens, "TRAINER_MAX_JOB_MINUTES": self.max_job_minutes,
-            "TRAINER_GROUP_JOBS": self.group_jobs, "TRAINER_TRAIN_PRECISION": self.train_precision,
+            "TRAINER_GROUP_JOBS": self.group_jobs, "TRAINER_TRAIN_LANES": self.train_lanes,
+            "TRAINER_TRAIN_PRECISION": self.train_precision,
         }
         env = {name: str(value) for name, value in values.items()}
         if self.api_key:

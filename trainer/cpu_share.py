@@ -11,6 +11,7 @@ spins, and before each step takes one thread per core the other programs left fr
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -30,6 +31,33 @@ WINDOW_SECONDS = 2.0  # other programs' use is read over at least this long
 # A core counts as free while the other programs use less than this much of it: at a quarter of a core taken, two
 # spinning threads are about as fast as one (measured: 0.72 s idle, 2.8 s with a whole core taken, 1.2 s alone).
 FREE_BELOW = 0.25
+# Lanes: jobs trained side by side in the worker's threads, each on its own share of the cores (trainer/worker.py).
+# Small LoRA steps spend much of their time between a step's thousands of small operations, where two threads of one
+# operation wait for each other; two jobs, each on one core, wait for nobody. Measured (2 idle cores with AMX,
+# SmolLM2-135M, lesson batches of 4, docs/benchmarks.md): 453-456 tokens/s in two lanes against 357-363 for one job on
+# both cores (bfloat16 matmuls), 295-304 against 235-247 in float32: 1.25x. Two processes did 1.45x, but each holds
+# its own copy of the base model; in threads the lanes share it and wait on Python's lock a little. More lanes than
+# this are unmeasured (only 2 cores here): by default a machine gets one lane a core up to this many, the cores
+# shared out among them.
+MAX_AUTO_LANES = 4
+
+
+def physical_cores() -> int:
+    """This machine's physical cores (hyper-threads slow CPU matmuls), or its logical ones when psutil cannot tell."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def cpu_threads(configured: int) -> int:
+    """The threads torch should use: as configured, else one per physical core."""
+    return configured or physical_cores()
+
+
+def train_lanes(device: str, configured: int, threads: int) -> int:
+    """How many lanes a device's worker trains in: on a CPU as configured (TRAINER_TRAIN_LANES; 0: one a core, at
+    most MAX_AUTO_LANES), never more than its threads (TRAINER_TORCH_THREADS; 0: one a physical core); a GPU one."""
+    if device != "cpu":
+        return 1
+    return max(1, min(configured or MAX_AUTO_LANES, cpu_threads(threads)))
 
 
 def serving_openmp(environ: MutableMapping[str, str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,26 +61,40 @@ Route = tuple[int, int, torch.Tensor, torch.Tensor, float]
 
 
 class MultiLoraLinear(nn.Module):
-    """A frozen Linear that adds, to each run of rows, the LoRA of the job those rows belong to."""
+    """A frozen Linear that adds, to each run of rows, the LoRA of the job those rows belong to.
+
+    The routes are set by the group before each pass, per thread: the worker's lanes (trainer/worker.py) pass
+    different jobs through the one shared base at the same time."""
 
     def __init__(self, base: nn.Linear) -> None:
         super().__init__()
         self.base = base
-        self.routes: list[Route] = []  # set by the group before each forward pass
+        self._lanes = threading.local()
+
+    @property
+    def routes(self) -> list[Route]:
+        """This thread's routes for its next pass (none: the base alone)."""
+        routes: list[Route] = getattr(self._lanes, "routes", [])
+        return routes
+
+    @routes.setter
+    def routes(self, routes: list[Route]) -> None:
+        self._lanes.routes = routes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """base(x) plus each row's own job's low-rank update."""
         # A base multiplying in a lower precision (SharedBase's matmul_dtype) takes its input cast down and gives its
         # output back in the model's; otherwise both casts are no-ops.
         out: torch.Tensor = self.base(x.to(self.base.weight.dtype)).to(x.dtype)
-        if not self.routes:
+        routes = self.routes
+        if not routes:
             return out
         # split, not slicing: the backward of one split is one cat, where each slice's backward would fill a
         # zero tensor the size of x and add it (measured: 10% of a step). Adding each job's update in place to its
         # rows of the output was slower still (the backward copies slices). The scale goes on the r-wide product.
-        pieces = torch.split(x, [end - start for start, end, _, _, _ in self.routes]) if len(self.routes) > 1 else [x]
+        pieces = torch.split(x, [end - start for start, end, _, _, _ in routes]) if len(routes) > 1 else [x]
         parts = [((piece.to(a.dtype) @ a.t()) * scale) @ b.t()
-                 for piece, (_, _, a, b, scale) in zip(pieces, self.routes, strict=True)]
+                 for piece, (_, _, a, b, scale) in zip(pieces, routes, strict=True)]
         delta = parts[0] if len(parts) == 1 else torch.cat(parts)
         return out.add_(delta.to(out.dtype))  # the base's backward does not need its own output: add in place
 
@@ -206,7 +221,7 @@ class SharedBase:
         return nn.Parameter(tensor.to(self.device, dtype=torch.float32).clone(), requires_grad=True)
 
     def route(self, routes: list[Route]) -> None:
-        """Tell every adapted layer which rows of the next pass belong to which job's LoRA."""
+        """Tell every adapted layer which rows of this thread's next pass belong to which job's LoRA."""
         for layer in self.layers:
             layer.routes = routes
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import shutil
 import tempfile
 import threading
@@ -13,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GgufConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from trainer.cpu_share import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +146,6 @@ def forward_seconds_per_token(model: PreTrainedModel, rows: int = 4, length: int
             model(input_ids=ids, use_cache=False)
             best = min(best, time.perf_counter() - started)
     return best / (rows * length)
-
-
-def cpu_threads(configured: int) -> int:
-    """The threads torch should use: as configured, else one per physical core (hyper-threads slow CPU matmuls)."""
-    return configured or psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 def set_threads(configured: int) -> int:

@@ -1,8 +1,9 @@
 """The queue told honestly: each waiting job's place in line and when it should start and finish.
 
 The order is the fair queue's own, found by letting a copy of it pick as the scheduler will; the times come from a
-simulation of each device's worker as it is: up to its capacity of jobs of one base model trained together (each
-group step takes every job's own step), a job that joins pays its start-up (and the model's loading when its worker
+simulation of each device's worker as it is: up to its capacity of jobs of one base model trained together (in one
+batched pass or in lanes side by side, they share its throughput: each job's step takes its own tokens at the
+measured speed, and their steps add up), a job that joins pays its start-up (and the model's loading when its worker
 does not hold that base), a job that ends its wrap-up (saving). What runs is timed from its own live pace (the
 seconds per step of its latest steps, written by the worker); what waits, from its work (the file check's tokens x
 epochs) at this machine's measured speed (trainer/timing.py) scaled by how fast the running jobs go now against that
@@ -82,7 +83,8 @@ class _Device:
     slots: list[_Slot] = field(default_factory=list)
 
     def group_seconds(self) -> float:
-        """One group step: every job's own step, one after another in one batched pass."""
+        """One step of every job: their own steps added up (the measured speed is the device's whole throughput, lanes
+        side by side included)."""
         return sum(slot.step_seconds for slot in self.slots)
 
     def next_end(self) -> float:

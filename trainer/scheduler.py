@@ -265,8 +265,10 @@ class Scheduler:
             self.estimates.poke()  # whatever woke the dispatcher (a job queued, ended, cancelled) moved the line
 
     def capacity(self, device: str) -> int:
-        """How many jobs the device's worker trains together (TRAINER_GROUP_JOBS, or auto for the device)."""
-        return self.settings.group_jobs or (1 if device == "cpu" else GPU_GROUP_JOBS)
+        """How many jobs the device's worker trains at once: TRAINER_GROUP_JOBS (auto for the device) in a batched
+        pass, in each of its lanes (a CPU's: trainer.cpu_share.train_lanes)."""
+        group = self.settings.group_jobs or (1 if device == "cpu" else GPU_GROUP_JOBS)
+        return group * self.settings.lanes(device)
 
     def device_state(self, device: str) -> DeviceState:
         """The device's worker as the queue's estimates need it: capacity, base models held, jobs still loading."""
@@ -276,7 +278,7 @@ class Scheduler:
         return DeviceState(self.capacity(device), frozenset(worker.loaded), frozenset(worker.cold))
 
     async def _fill(self, device: str) -> None:
-        """Hand queued jobs to the device's worker up to TRAINER_GROUP_JOBS, those of its current base model only."""
+        """Hand queued jobs to the device's worker up to its capacity, those of its current base model only."""
         capacity = self.capacity(device)
         while True:
             worker = self.workers.get(device)

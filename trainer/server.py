@@ -81,7 +81,8 @@ class LazyGenerator:
         (None before, or on a GPU), for the arithmetic training will use (timing.train_over_forward)."""
         pool = self.pool
         forward = pool.forward_seconds.get(name) if pool is not None else None
-        return forward * train_over_forward(self._bfloat16_training) if forward else None
+        lanes = self.settings.lanes("cpu")
+        return forward * train_over_forward(self._bfloat16_training, lanes) if forward else None
 
     def status(self, name: str) -> dict[str, Any]:
         """How far a base model is from answering, for /v1/models."""

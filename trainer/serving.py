@@ -18,11 +18,11 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.batching import Engine, FrequencyPenalty, Request, limit_malloc_arenas
+from trainer.cpu_share import cpu_threads
 from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
 from trainer.packed import pack_linears
 from trainer.modeling import (
     control_token_ids,
-    cpu_threads,
     forward_seconds_per_token,
     load_model,
     load_tokenizer,

@@ -71,11 +71,17 @@ TRAIN_OVER_FORWARD = 1.65
 # AVX512-BF16) while the forward is timed on the served float32 model: a lesson step 0.55 s against 0.82 in float32
 # (2026-12-06, 2 cores with AMX), so 1.65 x 0.55 / 0.82 = 1.1; a class of 30 then had every first estimate within 10%.
 TRAIN_OVER_FORWARD_BFLOAT16 = 1.1
+# A worker training in lanes (trainer.cpu_share.train_lanes) gets this much more done a second once a class fills
+# them: 1.25x in two lanes on 2 cores, in either arithmetic (docs/benchmarks.md). The queue's estimates count a
+# device's whole throughput (trainer/queue_estimate.py), and a class's line is trained in its lanes.
+LANES_GAIN = 1.25
 
 
-def train_over_forward(bfloat16: bool) -> float:
-    """How many times a forward pass's seconds per token a CPU training step takes, by training's arithmetic."""
-    return TRAIN_OVER_FORWARD_BFLOAT16 if bfloat16 else TRAIN_OVER_FORWARD
+def train_over_forward(bfloat16: bool, lanes: int = 1) -> float:
+    """How many times a forward pass's seconds per token a CPU worker takes to train a token, by training's arithmetic
+    and its lanes."""
+    ratio = TRAIN_OVER_FORWARD_BFLOAT16 if bfloat16 else TRAIN_OVER_FORWARD
+    return ratio / LANES_GAIN if lanes > 1 else ratio
 
 
 class Pace:

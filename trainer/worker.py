@@ -12,12 +12,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from trainer import import_heavy
 from trainer.config import CHECKPOINT_PREFIX, STATE_FILE, Settings
-from trainer.cpu_share import SPIN_COUNT, ThreadGovernor
+from trainer.cpu_share import SPIN_COUNT, ThreadGovernor, cpu_threads
 from trainer.lifeline import die_with_parent
 from trainer.store import PARTIAL_SUFFIX, Store, new_id
 from trainer.timing import LOADING_MESSAGE, Pace
@@ -268,6 +269,9 @@ class LongLivedWorker:
         self.device, self.emit, self.controls = device, emit, controls
         self.threads = threads  # on a CPU with threads left to the trainer: each step's, by the cores free now
         self.settings = Settings.from_env()
+        self.cpu_threads = cpu_threads(self.settings.torch_threads)  # without a governor: as set
+        self.lanes = self.settings.lanes(device)  # groups of jobs stepped side by side, each on its own threads
+        self._pool: ThreadPoolExecutor | None = None  # the lanes' threads beside this one, made when first needed
         self.store = Store(self.settings.data_dir / "trainer.db")
         self.bases: dict[str, Any] = {}  # base source -> grouped.SharedBase
         self.tokenizers: dict[str, Any] = {}
@@ -363,18 +367,61 @@ class LongLivedWorker:
             self.emit({"event": "done", "job": job_id})
 
     def _step(self) -> None:
-        """One step of every job on one base model (taking the bases in turn)."""
-        from trainer.grouped import after_step, group_step  # imported by _prepare already (import_heavy)
+        """One step of every job on one base model (taking the bases in turn): in one batched pass, or on a CPU with
+        cores enough in lanes side by side, each lane's jobs on its own share of the threads."""
+        from trainer.grouped import after_step  # imported by _prepare already (import_heavy)
 
         sources = sorted({run.spec.source for run in self.runs.values()})
         source = sources[self._turn % len(sources)]
         self._turn += 1
         base = self.bases[source]
         group = [run for run in self.runs.values() if run.spec.source == source]
+        threads = self._threads_now()
+        count = min(self.lanes, len(group), threads or 1)
+        lanes = [group[index::count] for index in range(count)]
+        each = max(1, threads // count) if threads else None
+        if count == 1:
+            stepped = [self._lane_step(base, group, each)]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="lane")
+            others = [self._pool.submit(self._lane_step, base, lane, each) for lane in lanes[1:]]
+            stepped = [self._lane_step(base, lanes[0], each)] + [future.result() for future in others]
+        for pairs, failed, seconds in stepped:
+            for run in failed:
+                del self.runs[run.job_id]
+                self._fail(run.job_id, "a training step failed")
+            for run, outcome in pairs:
+                if run.job_id in self.controls.cancelled:
+                    continue  # dropped before the next step, with nothing more recorded
+                try:
+                    after_step(base, run, outcome, seconds)
+                except Exception:  # boundary: saving or reporting one job must not stop the others
+                    log.exception("Recording a step of job %s failed", run.job_id)
+                    del self.runs[run.job_id]
+                    self._fail(run.job_id, "its checkpoint could not be saved")
+                    continue
+                if run.done:
+                    del self.runs[run.job_id]
+                    self._end(run)
+
+    def _threads_now(self) -> int:
+        """The threads training may take for this step (0 on a GPU): those the governor finds free, else as set."""
+        if self.device != "cpu":
+            return 0
+        return self.threads.choose() if self.threads is not None else self.cpu_threads
+
+    def _lane_step(self, base: Any, group: list[Any], threads: int | None) -> tuple[list[tuple[Any, Any]], list[Any],
+                                                                                     float]:
+        """One step of a lane's jobs on this thread: (run, outcome) pairs, the runs that failed, the seconds taken.
+        Touches no store: the worker's own thread records what the lanes did."""
+        from trainer.grouped import group_step  # imported by _prepare already (import_heavy)
+
+        if threads is not None:
+            self._use_threads(threads)
         pad_id = group[0].spec.pad_id
-        if self.threads is not None:
-            self._use_threads(self.threads.choose())
         started = time.perf_counter()
+        failed = []
         try:
             pairs = list(zip(group, group_step(base, group, pad_id), strict=True))
         except Exception:  # boundary: a step that fails is retried job by job, so only a job that fails alone fails
@@ -388,29 +435,15 @@ class LongLivedWorker:
                 except Exception:  # boundary: this job alone fails
                     log.exception("Job %s failed its step alone", run.job_id)
                     run.optimizer.zero_grad(set_to_none=True)
-                    del self.runs[run.job_id]
-                    self._fail(run.job_id, "a training step failed")
-        seconds = time.perf_counter() - started
-        for run, outcome in pairs:
-            if run.job_id in self.controls.cancelled:
-                continue  # dropped before the next step, with nothing more recorded
-            try:
-                after_step(base, run, outcome, seconds)
-            except Exception:  # boundary: saving or reporting one job must not stop the others
-                log.exception("Recording a step of job %s failed", run.job_id)
-                del self.runs[run.job_id]
-                self._fail(run.job_id, "its checkpoint could not be saved")
-                continue
-            if run.done:
-                del self.runs[run.job_id]
-                self._end(run)
+                    failed.append(run)
+        return pairs, failed, time.perf_counter() - started
 
     def _use_threads(self, threads: int) -> None:
+        """Set this thread's torch threads (each lane's thread keeps its own count)."""
         import torch  # loaded with the first job's base model (import_heavy)
 
         if threads != torch.get_num_threads():
-            log.debug("Training with %d threads: other programs %s", threads,
-                     "left cores free" if threads > torch.get_num_threads() else "keep a core busy")
+            log.debug("Training with %d threads on %s", threads, threading.current_thread().name)
             torch.set_num_threads(threads)
 
     def _end(self, run: Any) -> None:

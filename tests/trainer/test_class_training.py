@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,25 +67,71 @@ def files(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[li
     return sets
 
 
-def test_group_losses_equal_each_job_trained_alone(tiny_model: Path, files: list[list[Any]], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def alone(tiny_model: Path, files: list[list[Any]], tmp_path_factory: pytest.TempPathFactory) -> list[list[float]]:
+    """Each student's step losses with the job trained alone by train(), seeds 7, 8, 9."""
+    torch.set_num_threads(1)
+    pad_id = load_tokenizer(str(tiny_model)).pad_token_id
+    folder = tmp_path_factory.mktemp("alone")
+    losses = []
+    for index, examples in enumerate(files):
+        reported = Losses()
+        train(spec_for(tiny_model, examples, pad_id, folder / str(index), 7 + index), reported)
+        losses.append(reported.losses)
+    return losses
+
+
+def assert_as_alone(alone: list[list[float]], reported: list[Losses]) -> None:
+    """Each job reported, step by step, the losses it has trained alone."""
+    for solo, losses in zip(alone, reported, strict=True):
+        assert len(losses.losses) == len(solo)
+        assert max(abs(a - b) for a, b in zip(solo, losses.losses, strict=True)) < TOLERANCE
+
+
+def test_group_losses_equal_each_job_trained_alone(tiny_model: Path, files: list[list[Any]], alone: list[list[float]],
+                                                   tmp_path: Path) -> None:
     """Three jobs trained in one batched pass report, step by step, the losses train() gives each alone."""
     torch.set_num_threads(1)
     pad_id = load_tokenizer(str(tiny_model)).pad_token_id
-    alone = []
-    for index, examples in enumerate(files):
-        losses = Losses()
-        train(spec_for(tiny_model, examples, pad_id, tmp_path / f"alone{index}", 7 + index), losses)
-        alone.append(losses.losses)
     base = grouped.SharedBase(str(tiny_model), "cpu")
     together = [Losses() for _ in files]
     runs = [grouped.start_run(base, f"job{index}", spec_for(tiny_model, examples, pad_id, tmp_path / f"group{index}",
                                                              7 + index), together[index])
             for index, examples in enumerate(files)]
     grouped.train_group(base, runs, pad_id, chunk_tokens=200)  # small chunks: rows of one job span several passes
-    for solo, grouped_losses in zip(alone, together, strict=True):
-        assert len(grouped_losses.losses) == len(solo)
-        assert max(abs(a - b) for a, b in zip(solo, grouped_losses.losses, strict=True)) < TOLERANCE
+    assert_as_alone(alone, together)
     assert all(run.done and run.result is not None and run.result.stopped is None for run in runs)
+
+
+def test_jobs_in_threads_through_one_base_train_as_each_alone(tiny_model: Path, files: list[list[Any]],
+                                                              alone: list[list[float]], tmp_path: Path) -> None:
+    """Three jobs trained at the same time in three threads through one shared base (the worker's lanes) report the
+    losses each has alone: every thread's pass routes its own rows to its own job's LoRA."""
+    pad_id = load_tokenizer(str(tiny_model)).pad_token_id
+    base = grouped.SharedBase(str(tiny_model), "cpu")
+    reported = [Losses() for _ in files]
+    runs = [grouped.start_run(base, f"lane{index}", spec_for(tiny_model, examples, pad_id, tmp_path / f"lane{index}",
+                                                             7 + index), reported[index])
+            for index, examples in enumerate(files)]
+    started = threading.Barrier(len(runs))
+    errors: list[BaseException] = []
+
+    def lane(run: grouped.JobRun) -> None:
+        torch.set_num_threads(1)
+        started.wait(timeout=60)
+        try:
+            grouped.train_group(base, [run], pad_id)
+        except BaseException as error:  # handed to the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=lane, args=(run,)) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and not any(thread.is_alive() for thread in threads)
+    assert_as_alone(alone, reported)
+    assert all(layer.routes == [] for layer in base.layers)  # this thread's routes: none was left behind
 
 
 def test_bfloat16_matmuls_train_as_float32_does(tiny_model: Path, files: list[list[Any]], tmp_path: Path) -> None:
@@ -292,3 +339,52 @@ def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(
         assert len(checkpoints) >= 3 and (adapters(job_id) / "final" / grouped.ADAPTER_WEIGHTS).is_file()
         assert all((folder / grouped.ADAPTER_WEIGHTS).is_file() for folder in checkpoints)
         assert not list(adapters(job_id).glob(f"*/{STATE_FILE}"))
+
+
+def test_worker_lanes_train_each_job_as_alone_and_a_failing_step_fails_only_its_job(
+        class_store: Store, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With two threads and two lanes the worker steps its jobs side by side in two threads, each job reporting the
+    losses it has trained alone; a job whose step fails is failed alone, the lanes' other jobs succeed."""
+    contents = [(chat_file(6, start=index), index + 1) for index in range(3)]
+    controls = Controls()
+    worker, _ = new_worker(controls)
+    assert worker.lanes == 1  # TRAINER_TORCH_THREADS=1: one lane
+    reference = []
+    for content, seed in contents:
+        job_id = add_running_job(class_store, tiny_model, content, seed=seed)
+        controls.give("train", job_id)
+        while worker.turn():
+            pass
+        reference.append(step_losses(class_store, job_id))
+
+    monkeypatch.setenv("TRAINER_TORCH_THREADS", "2")
+    monkeypatch.setenv("TRAINER_TRAIN_LANES", "2")
+    jobs = [add_running_job(class_store, tiny_model, content, seed=seed) for content, seed in contents]
+    broken = add_running_job(class_store, tiny_model, chat_file(6, start=5), seed=9)
+    lanes: list[tuple[str, list[str]]] = []  # each lane's step: its thread, its jobs
+    real = grouped.group_step
+
+    def spied(base: grouped.SharedBase, runs: list[grouped.JobRun], *args: Any) -> list[grouped.StepOutcome]:
+        lanes.append((threading.current_thread().name, [run.job_id for run in runs]))
+        if any(run.job_id == broken for run in runs):
+            raise RuntimeError("a step that fails")
+        return real(base, runs, *args)
+
+    monkeypatch.setattr(grouped, "group_step", spied)
+    controls = Controls()
+    worker, said = new_worker(controls)
+    assert worker.lanes == 2
+    for job_id in [*jobs, broken]:
+        controls.give("train", job_id)
+    while worker.turn():
+        pass
+    assert [class_store.job(job_id)["status"] for job_id in jobs] == ["succeeded"] * 3  # type: ignore[index]
+    assert class_store.job(broken)["status"] == "failed"  # type: ignore[index]
+    assert "a training step failed" in json.loads(class_store.job(broken)["error"])["message"]  # type: ignore[index]
+    for job_id, solo in zip(jobs, reference, strict=True):
+        losses = step_losses(class_store, job_id)
+        assert len(losses) == len(solo)
+        assert max(abs(a - b) for a, b in zip(solo, losses, strict=True)) < TOLERANCE
+    threads = {thread for thread, _ in lanes}
+    assert len(threads) == 2 and any(name.startswith("lane") for name in threads)
+    assert sorted(report["job"] for report in said if report["event"] == "done") == sorted([*jobs, broken])

@@ -319,15 +319,16 @@ def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_mod
     assert pool.preparations["tiny"].status == "ready"
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize(("precision", "lanes"), [("float32", 1), ("bfloat16", 1), ("bfloat16", 2)])
 async def test_the_queues_first_guess_is_the_forward_pass_scaled_as_training_multiplies(
-        tmp_path: Path, tiny_model: Path, precision: str) -> None:
+        tmp_path: Path, tiny_model: Path, precision: str, lanes: int) -> None:
     """Before any job, the queue's guess of a base model's training seconds per token is its forward pass timed at
-    load times the ratio measured for the arithmetic training will use: float32, or bfloat16 matmuls (faster)."""
-    from trainer.timing import TRAIN_OVER_FORWARD, TRAIN_OVER_FORWARD_BFLOAT16
+    load times the ratio measured for the arithmetic training will use (float32, or bfloat16 matmuls: faster), less
+    where the worker trains a class in lanes side by side."""
+    from trainer.timing import LANES_GAIN, TRAIN_OVER_FORWARD, TRAIN_OVER_FORWARD_BFLOAT16
 
     generator = LazyGenerator(Settings(data_dir=tmp_path, base_models={"tiny": str(tiny_model)}, device="cpu",
-                                       train_precision=precision))
+                                       train_precision=precision, torch_threads=2, train_lanes=lanes))
     assert generator.training_guess("tiny") is None  # nothing timed before the model stack loads
     generator.start()
     try:
@@ -337,7 +338,7 @@ async def test_the_queues_first_guess_is_the_forward_pass_scaled_as_training_mul
         await _until(ready)
         forward = generator.pool.forward_seconds["tiny"]
         ratio = TRAIN_OVER_FORWARD_BFLOAT16 if precision == "bfloat16" else TRAIN_OVER_FORWARD
-        assert generator.training_guess("tiny") == pytest.approx(forward * ratio)
+        assert generator.training_guess("tiny") == pytest.approx(forward * ratio / (LANES_GAIN if lanes > 1 else 1))
         assert generator.training_guess("other") is None
     finally:
         await generator.close()

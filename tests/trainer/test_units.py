@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from support.trainer_harness import REPO_ROOT, chat_example, chat_file
-from trainer import modeling
+from trainer import cpu_share, modeling
 from trainer.catalog import languages
 from trainer.config import Settings, SettingsError
-from trainer.scheduler import FairQueue
+from trainer.scheduler import GPU_GROUP_JOBS, FairQueue, Scheduler
 from trainer.validation import check_files
 
 
@@ -27,6 +27,8 @@ from trainer.validation import check_files
     ({"TRAINER_MAX_TOKENS": "0"}, "TRAINER_MAX_TOKENS"),
     ({"TRAINER_DEVICE": "tpu"}, "TRAINER_DEVICE"),
     ({"TRAINER_TRAIN_PRECISION": "float16"}, "TRAINER_TRAIN_PRECISION"),
+    ({"TRAINER_TRAIN_LANES": "-1"}, "TRAINER_TRAIN_LANES"),
+    ({"TRAINER_TRAIN_LANES": "two"}, "TRAINER_TRAIN_LANES"),
 ])
 def test_settings_bad_value_names_the_setting(env: dict[str, str], named: str) -> None:
     """A malformed or missing setting raises an error naming it."""
@@ -48,7 +50,8 @@ def test_settings_defaults_listen_on_loopback_with_korean_model_first() -> None:
 def test_settings_round_trip_through_worker_environment() -> None:
     """The settings handed to a worker as environment variables read back the same."""
     settings = Settings.from_env({"TRAINER_BASE_MODELS": "a=/m/a,b=/m/b.gguf", "TRAINER_LORA_R": "8",
-                                  "TRAINER_DATA_DIR": "/tmp/x", "TRAINER_TRAIN_PRECISION": "BFloat16"})
+                                  "TRAINER_DATA_DIR": "/tmp/x", "TRAINER_TRAIN_PRECISION": "BFloat16",
+                                  "TRAINER_TRAIN_LANES": "3"})
     assert settings.train_precision == "bfloat16"
     assert Settings.from_env(settings.to_env()) == settings
 
@@ -66,6 +69,26 @@ def test_training_matmul_dtype_by_setting_and_cpu(monkeypatch: pytest.MonkeyPatc
     """CPU training multiplies the base in bfloat16 where the CPU does so natively or the setting says so."""
     monkeypatch.setattr(modeling, "cpu_multiplies_bfloat16", lambda: native)
     assert modeling.training_matmul_dtype(device, precision) == expected
+
+
+@pytest.mark.parametrize(("device", "lanes", "threads", "cores", "expected"), [
+    ("cpu", 0, 0, 2, 2),  # auto: a lane a physical core
+    ("cpu", 0, 0, 16, cpu_share.MAX_AUTO_LANES),
+    ("cpu", 0, 1, 16, 1),  # TRAINER_TORCH_THREADS=1: one core, one lane
+    ("cpu", 3, 0, 2, 2),  # never more lanes than threads
+    ("cpu", 1, 0, 8, 1),
+    ("cuda", 0, 0, 8, 1),  # a GPU trains its jobs in one batched pass
+    ("cuda:1", 4, 0, 8, 1),
+])
+def test_training_lanes_by_setting_and_cores(monkeypatch: pytest.MonkeyPatch, device: str, lanes: int, threads: int,
+                                             cores: int, expected: int) -> None:
+    """A CPU's worker trains in a lane a core by default, as many as it may take threads; the scheduler hands it that
+    many times TRAINER_GROUP_JOBS jobs at once."""
+    monkeypatch.setattr(cpu_share, "physical_cores", lambda: cores)
+    settings = Settings(train_lanes=lanes, torch_threads=threads)
+    assert settings.lanes(device) == expected
+    scheduler = Scheduler(settings, None, [device])  # type: ignore[arg-type]  # capacity reads no store
+    assert scheduler.capacity(device) == expected * (1 if device == "cpu" else GPU_GROUP_JOBS)
 
 
 def test_main_with_bad_key_exits_with_one_line(tmp_path: Path) -> None:
