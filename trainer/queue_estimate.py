@@ -121,15 +121,18 @@ def _steps(job: Row) -> tuple[int, int]:
 
 
 def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Callable[[Row], int]) -> float | None:
-    """How fast a device trains now against its measured speed: the group step its stepping jobs would take at the
-    measured speed over the pace the worker measured (None when no job has stepped enough to tell)."""
+    """How fast a device trains now against its measured speed: the steps its stepping jobs would take at the
+    measured speed over their parts of the worker's time lately (None when no job has stepped enough to tell)."""
     stepping = [job for job in running if job["stepped_at"] and job["step_seconds"] and job["total_steps"]
                 and (job["steps_done"] or 0) >= LIVE_STEPS]
     if not stepping:
         return None
+    # Each job's pace is its part of the worker's step (trainer.timing.Pace: the gap times its share of the step's
+    # tokens), so jobs stepped together (one batched pass, or lanes side by side) add up to the worker's step, and a
+    # job that joined a moment ago, or left, moves no one else's. (With the whole step as each one's pace, the line
+    # was told 2x too long whenever one of two lanes' jobs was in its first steps.)
     expected = sum(work(job) / job["total_steps"] / speed(job["model"]).tokens_per_second for job in stepping)
-    # In one group the jobs step together: each one's pace is the whole group step.
-    measured = sum(float(job["step_seconds"]) for job in stepping) / len(stepping)
+    measured = sum(float(job["step_seconds"]) for job in stepping)
     low, high = LIVE_FACTOR_RANGE
     return float(min(high, max(low, expected / measured)))
 

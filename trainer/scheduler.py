@@ -322,7 +322,8 @@ class Scheduler:
     async def _launch(self, worker: Worker, job: sqlite3.Row) -> None:
         # The pace of an earlier run (before a pause or a restart) is not this one's: the worker measures it anew.
         if not self.store.update_job(job["id"], only_if=("queued",), status="running", device=worker.device,
-                                     worker_pid=worker.process.pid, step_seconds=None, stepped_at=None):
+                                     worker_pid=worker.process.pid, step_seconds=None, stepped_at=None,
+                                     busy_seconds=None):
             return
         if self.store.last_checkpoint(job["id"]) is None:
             self.store.add_event(job["id"], "Fine-tuning job started")

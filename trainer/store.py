@@ -39,12 +39,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 # Columns added after the first release, for databases made before them: a job's work (trained tokens as the file
 # check counts them) and, while it waits, its place in line and estimated start (trainer/queue_estimate.py); its
-# steps (all of them, from the file check on; done so far) and, while it runs, its pace: the seconds per step of its
-# latest steps and when the last one ended (epoch seconds), which the queue's estimates follow; and the client's
-# Idempotency-Key it was created under (the same key again gets the same job).
+# steps (all of them, from the file check on; done so far) and, while it runs, its pace: its part of the worker's
+# seconds per step lately and when its last step ended (epoch seconds), which the queue's estimates follow; the
+# client's Idempotency-Key it was created under (the same key again gets the same job); and its part of the worker's
+# time in all (busy_seconds: the steps' gaps, each times its share of its step's tokens), which measures the speed.
 ADDED_JOB_COLUMNS = {"work_tokens": "INTEGER", "queue_position": "INTEGER", "queue_start": "INTEGER",
                      "total_steps": "INTEGER", "steps_done": "INTEGER", "step_seconds": "REAL", "stepped_at": "REAL",
-                     "idempotency_key": "TEXT"}
+                     "idempotency_key": "TEXT", "busy_seconds": "REAL"}
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE_STATUSES = frozenset({"validating_files", "queued", "running", "paused"})

@@ -90,17 +90,32 @@ class Pace:
     The gap, not the step's own compute time, so what happens between steps (a checkpoint saved, the other jobs of a
     group, another job admitted) counts; the median of a short window, so one slow step (a save) moves it little and a
     change of the machine's speed (other work starting or ending) is followed within about half the window.
+
+    A job stepped together with others (a group's batched pass, the worker's lanes) shares each step with them: its
+    part of the worker's time is the gap times its share of the step's tokens. That part (`worker_seconds`, its
+    median, and `busy`, all of it so far) is what the queue's estimates count, whichever jobs stepped beside it.
     """
 
     def __init__(self, window: int = PACE_WINDOW) -> None:
         self.ends: deque[float] = deque(maxlen=window + 1)
+        self.parts: deque[float] = deque(maxlen=window)  # each step's gap x share
+        self.busy = 0.0
 
-    def step(self, at: float, seconds: float) -> float:
-        """Note a step that ended at `at` (epoch seconds) after `seconds` of compute; return the seconds per step."""
+    def step(self, at: float, seconds: float, share: float = 1.0) -> float:
+        """Note a step that ended at `at` (epoch seconds) after `seconds` of compute, `share` of it this job's;
+        return the seconds per step (the wall clock's)."""
+        gap = at - self.ends[-1] if self.ends else seconds  # the first step of this run: its own time is all there is
         self.ends.append(at)
+        self.parts.append(gap * share)
+        self.busy += gap * share
         if len(self.ends) < 2:
-            return seconds  # the first step of this run: its own time is all there is
+            return seconds
         return statistics.median(later - earlier for earlier, later in itertools.pairwise(self.ends))
+
+    @property
+    def worker_seconds(self) -> float:
+        """This job's part of the worker's seconds per step lately (the median; 0 before any step)."""
+        return statistics.median(self.parts) if self.parts else 0.0
 
 
 def default_speed(device: str) -> Speed:
@@ -121,6 +136,7 @@ class Run:
     startup: float
     wrapup: float
     cold: bool = True  # its start loaded the base model (or we can't tell: the old one-process-per-job worker did)
+    busy: float | None = None  # its part of the worker's time (trainer.timing.Pace.busy; None: not recorded)
 
 
 def measure_run(job: Any, events: list[Any]) -> Run | None:
@@ -145,22 +161,20 @@ def measure_run(job: Any, events: list[Any]) -> Run | None:
     # Events are stamped in whole seconds: steps that all fell in one second took up to about that long.
     end = max(begin + per_step * total, begin + STAMP_SECONDS)
     cold = any(row["message"] == LOADING_MESSAGE for row in ordered)
+    busy = float(job["busy_seconds"]) if "busy_seconds" in keys and job["busy_seconds"] else None
     return Run(job["id"], str(job["device"] if "device" in keys and job["device"] else "cpu"), begin, end,
-               int(work), max(0.0, begin - started), max(0.0, job["finished_at"] - last_at), cold)
+               int(work), max(0.0, begin - started), max(0.0, job["finished_at"] - last_at), cold, busy)
 
 
 def speed_of(runs: list[Run]) -> Speed | None:
-    """The machine's throughput over these runs: all their work over the time their devices were busy stepping, so
-    jobs trained together in one batch count once (their stretches overlap), and start-up and wrap-up apart."""
-    busy = 0.0
-    for device in {run.device for run in runs}:
-        spans = sorted((run.first_step_start, run.last_step_end) for run in runs if run.device == device)
-        covered_until = -math.inf
-        for begin, end in spans:
-            begin = max(begin, covered_until)
-            if end > begin:
-                busy += end - begin
-                covered_until = end
+    """The machine's throughput over these runs: all their work over the time their devices were busy stepping for
+    them, and start-up and wrap-up apart. Each run's own part of its worker's time where recorded (jobs trained
+    together share each step by their tokens: right as soon as the first of them is measured, before the others
+    end); else the stretches' union, so jobs trained together count once."""
+    if all(run.busy for run in runs):
+        busy = sum(run.busy or 0.0 for run in runs)
+    else:
+        busy = _stretches(runs)
     work = sum(run.work_tokens for run in runs)
     if busy <= 0 or work <= 0:
         return None
@@ -175,6 +189,20 @@ def speed_of(runs: list[Run]) -> Speed | None:
     load = max(0.0, statistics.median(cold) - startup) if cold else default.load_seconds
     latest = ordered[-STARTUP_RUNS:]
     return Speed(work / busy, startup, statistics.median(run.wrapup for run in latest), True, load)
+
+
+def _stretches(runs: list[Run]) -> float:
+    """The seconds in which each device was stepping any of these runs (overlapping stretches count once)."""
+    busy = 0.0
+    for device in {run.device for run in runs}:
+        spans = sorted((run.first_step_start, run.last_step_end) for run in runs if run.device == device)
+        covered_until = -math.inf
+        for begin, end in spans:
+            begin = max(begin, covered_until)
+            if end > begin:
+                busy += end - begin
+                covered_until = end
+    return busy
 
 
 def lesson_seconds(job: Any, events: list[Any], default_batch_size: int) -> int | None:

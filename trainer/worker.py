@@ -72,6 +72,9 @@ class DatabaseReporter:
         self.store, self.job, self.model = store, job, fine_tuned_model
         self.pace = Pace()
         self.clock: Callable[[], float] = time.time
+        # This job's share of the worker's next reported step (its tokens over the step's, the jobs stepped beside it
+        # included), set by the long-lived worker before it reports the step: the queue counts the worker's time by it.
+        self.share = 1.0
 
     def step(self, metrics: dict[str, Any], trained_tokens: int, seconds_per_step: float) -> None:
         """Record one metrics event, the job's pace and its estimated finish (not once the job was cancelled)."""
@@ -87,12 +90,13 @@ class DatabaseReporter:
         # The pace of the latest steps, not of the last one alone: one slow step (a checkpoint saved) told a
         # running job's finish, and so everyone's behind it, far too late.
         now = self.clock()
-        pace = self.pace.step(now, seconds_per_step)
+        pace = self.pace.step(now, seconds_per_step, self.share)
         left = metrics["total_steps"] - metrics["step"]
+        # Its own finish at its own pace; for the queue its part of the worker's time (step_seconds, busy_seconds).
         self.store.update_job(self.job["id"], only_if=("running",), trained_tokens=trained_tokens,
                               estimated_finish=int(now + left * pace) if left else None,
-                              steps_done=metrics["step"], total_steps=metrics["total_steps"], step_seconds=pace,
-                              stepped_at=now)
+                              steps_done=metrics["step"], total_steps=metrics["total_steps"],
+                              step_seconds=self.pace.worker_seconds, busy_seconds=self.pace.busy, stepped_at=now)
 
     def checkpoint(self, epoch: int, step: int, path: Path, metrics: dict[str, Any], final: bool) -> None:
         """Record an epoch checkpoint; OpenAI announces only the non-final ones."""
@@ -387,6 +391,7 @@ class LongLivedWorker:
                 self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="lane")
             others = [self._pool.submit(self._lane_step, base, lane, each) for lane in lanes[1:]]
             stepped = [self._lane_step(base, lanes[0], each)] + [future.result() for future in others]
+        tokens = sum(outcome.tokens for pairs, _, _ in stepped for _, outcome in pairs)
         for pairs, failed, seconds in stepped:
             for run in failed:
                 del self.runs[run.job_id]
@@ -394,6 +399,7 @@ class LongLivedWorker:
             for run, outcome in pairs:
                 if run.job_id in self.controls.cancelled:
                     continue  # dropped before the next step, with nothing more recorded
+                run.reporter.share = outcome.tokens / max(1, tokens)
                 try:
                     after_step(base, run, outcome, seconds)
                 except Exception:  # boundary: saving or reporting one job must not stop the others

@@ -11,7 +11,7 @@ import pytest
 
 from trainer.routes.jobs import job_object
 from trainer.config import Settings
-from trainer.queue_estimate import DeviceState, QueueEstimator, plan
+from trainer.queue_estimate import DeviceState, QueueEstimator, live_factor, plan
 from trainer.fair_queue import FairQueue
 from trainer.scheduler import Scheduler
 from trainer.store import Store, new_id
@@ -346,6 +346,37 @@ def test_jobs_trained_together_are_timed_as_one_group() -> None:
     # Both handed at once; each takes 10 s to start (one after the other), then 10 group steps of 1 + 1 s.
     assert [(p.job_id, p.start - NOW, p.finish - NOW) for p in places] == [
         ("w1", 0, 40), ("w2", 0, 40), ("w3", 40, 60)]
+
+
+def test_jobs_stepping_together_are_paced_by_their_share_of_each_step(store: Store) -> None:
+    """Two jobs share every step of the worker (lanes, or one batched pass), one of them joined a step ago: each
+    reports its part of the worker's time, so the device is seen training at its measured speed (factor 1, not
+    half of it), and the first of the two to end is measured at the worker's speed before the other ends."""
+    clock = Clock()
+    jobs = [_add(store, "A", user, 3000, "running", steps=30) for user in ("a1", "a2")]
+    reporters = [DatabaseReporter(store, store.job(job_id), f"ft:tiny:school::{job_id}") for job_id in jobs]
+    for reporter in reporters:
+        reporter.clock, reporter.share = clock, 0.5  # each has half of every step's tokens
+    for step in range(1, 11):  # both jobs' 100 tokens in 2 s: the measured 100 tokens a second
+        clock.now += 2.0
+        for reporter in reporters[: 1 if step == 1 else 2]:  # the second job joins at the second step
+            reporter.step({"step": step, "total_steps": 30, "train_loss": 1.0, "train_mean_token_accuracy": 0.5},
+                          step * 100, 2.0)
+    rows = [store.job(job_id) for job_id in jobs]
+    assert [row["step_seconds"] for row in rows] == [1.0, 1.0]  # type: ignore[index]
+    assert store.job(jobs[0])["estimated_finish"] == round(clock.now + 20 * 2.0)  # type: ignore[index]  # its own
+    speed = FixedTimings(store).figure
+    assert live_factor(rows, lambda model: speed, lambda job: 3000) == pytest.approx(1.0)  # type: ignore[arg-type]
+    rows[1] = {**dict(rows[1]), "steps_done": 1}  # type: ignore[call-overload]  # just joined: not settled yet
+    assert live_factor(rows, lambda model: speed, lambda job: 3000) == pytest.approx(1.0)  # type: ignore[arg-type]
+    alone = [{**dict(rows[0]), "step_seconds": 2.0}]  # type: ignore[call-overload]  # alone at 2 s a step: half
+    assert live_factor(alone, lambda model: speed, lambda job: 3000) == pytest.approx(0.5)
+    # The first ends (the other still runs): its part of the worker's time measures the worker's whole speed.
+    first = Run(jobs[0], "cpu", 0.0, 20.0, 1000, 0.0, 0.0, False, busy=rows[0]["busy_seconds"])  # type: ignore[index]
+    measured = speed_of([first])
+    assert measured is not None and measured.tokens_per_second == pytest.approx(100.0)
+    unshared = speed_of([Run(jobs[0], "cpu", 0.0, 20.0, 1000, 0.0, 0.0, False)])  # a run from before: its stretch
+    assert unshared is not None and unshared.tokens_per_second == 50.0
 
 
 def test_jobs_of_milliseconds_are_placed_at_epoch_seconds() -> None:
