@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -225,6 +226,7 @@ class Controls:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._new: list[str] = []
+        self.handed: dict[str, float] = {}  # job id -> when it was last handed over to train (monotonic seconds)
         self.cancelled: set[str] = set()
         self.paused: set[str] = set()
         self.closed = False
@@ -248,6 +250,7 @@ class Controls:
         with self._lock:
             if op == "train":  # a job paused or cancelled before may come back resumed: forget that
                 self._new.append(job_id)
+                self.handed[job_id] = time.monotonic()
                 self.cancelled.discard(job_id)
                 self.paused.discard(job_id)
             elif op == "cancel":
@@ -278,6 +281,7 @@ class LongLivedWorker:
         self._pool: ThreadPoolExecutor | None = None  # the lanes' threads beside this one, made when first needed
         self.store = Store(self.settings.data_dir / "trainer.db")
         self.bases: dict[str, Any] = {}  # base source -> grouped.SharedBase
+        self.ready: dict[str, float] = {}  # base source -> when it finished loading (monotonic seconds)
         self.tokenizers: dict[str, Any] = {}
         self.runs: dict[str, Any] = {}  # job id -> grouped.JobRun, in the order they came
         self.names: dict[str, str] = {}
@@ -325,14 +329,19 @@ class LongLivedWorker:
         if job is None or job["status"] != "running":
             return None
         settings, source = self.settings, job["base_source"]
-        if source not in self.bases:
+        handed = self.controls.handed.pop(job_id, math.inf)
+        if source not in self.bases or handed < self.ready.get(source, 0.0):
+            # Loading its base, or handed over while another job's start loaded it: either way its start waits for
+            # the load, a cold start to trainer.timing (counted warm, a lane's second job put 6 s on every later one).
             self.store.add_event(job_id, LOADING_MESSAGE, only_if=("running",))
+        if source not in self.bases:
             idle = [other for other in self.bases if all(run.spec.source != other for run in self.runs.values())]
             for other in idle:  # one base model in memory per base that has jobs (a 0.5B model is 2 GB)
                 del self.bases[other]
             self.tokenizers[source] = load_tokenizer(source, settings.tokenizer_cache)
             self.bases[source] = SharedBase(source, self.device, settings.weights_cache,
                                             matmul_dtype=training_matmul_dtype(self.device, settings.train_precision))
+            self.ready[source] = time.monotonic()
         tokenizer = self.tokenizers[source]
         hyper = json.loads(job["hyperparameters"])
         training_file = self.store.file(job["training_file"])

@@ -388,3 +388,25 @@ def test_worker_lanes_train_each_job_as_alone_and_a_failing_step_fails_only_its_
     threads = {thread for thread, _ in lanes}
     assert len(threads) == 2 and any(name.startswith("lane") for name in threads)
     assert sorted(report["job"] for report in said if report["event"] == "done") == sorted([*jobs, broken])
+
+
+def test_jobs_handed_over_while_the_base_loads_start_cold(class_store: Store, tiny_model: Path) -> None:
+    """Jobs handed over together to a worker that loads their base all wait for the load: each says so (the queue
+    counts their start-up as a cold one); a job handed over once the base is loaded starts warm."""
+    from trainer.timing import LOADING_MESSAGE
+
+    def loaded(job_id: str) -> bool:
+        return any(row["message"] == LOADING_MESSAGE for row in class_store.events(job_id, 100, None).rows)
+
+    together = [add_running_job(class_store, tiny_model, chat_file(6, start=i), seed=i + 1) for i in range(2)]
+    controls = Controls()
+    worker, _ = new_worker(controls)
+    for job_id in together:
+        controls.give("train", job_id)
+    worker.turn()
+    later = add_running_job(class_store, tiny_model, chat_file(6, start=3), seed=4)
+    controls.give("train", later)
+    while worker.turn():
+        pass
+    assert [loaded(job_id) for job_id in [*together, later]] == [True, True, False]
+    assert not controls.handed  # each hand-over forgotten once read
