@@ -51,7 +51,8 @@ from trainer.training import (
 log = logging.getLogger(__name__)
 
 # Padded tokens per forward pass: bounds the activations kept for the backward pass (~1.4 MB a token for
-# SmolLM2-135M, so ~1.5 GB) however many jobs are in the group; on a CPU larger passes were no faster per token.
+# SmolLM2-135M, so ~1.5 GB) however many jobs are in the group (the worker's lanes share it: each lane's passes take
+# their part); on a CPU larger passes were no faster per token.
 GROUP_CHUNK_TOKENS = 1024
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 PEFT_PREFIX = "base_model.model."  # how peft names a wrapped model's modules in a saved adapter

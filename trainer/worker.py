@@ -382,7 +382,7 @@ class LongLivedWorker:
     def _step(self) -> None:
         """One step of every job on one base model (taking the bases in turn): in one batched pass, or on a CPU with
         cores enough in lanes side by side, each lane's jobs on its own share of the threads."""
-        from trainer.grouped import after_step  # imported by _prepare already (import_heavy)
+        from trainer.grouped import GROUP_CHUNK_TOKENS, after_step  # imported by _prepare already (import_heavy)
 
         sources = sorted({run.spec.source for run in self.runs.values()})
         source = sources[self._turn % len(sources)]
@@ -393,13 +393,16 @@ class LongLivedWorker:
         count = min(self.lanes, len(group), threads or 1)
         lanes = [group[index::count] for index in range(count)]
         each = max(1, threads // count) if threads else None
+        # The lanes share the activations' bound (GROUP_CHUNK_TOKENS padded tokens a pass): the worker's memory stays
+        # what one pass needed, however many lanes (a lesson's batch of ~250 tokens is one pass either way).
+        chunk = max(1, GROUP_CHUNK_TOKENS // count)
         if count == 1:
-            stepped = [self._lane_step(base, group, each)]
+            stepped = [self._lane_step(base, group, each, chunk)]
         else:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="lane")
-            others = [self._pool.submit(self._lane_step, base, lane, each) for lane in lanes[1:]]
-            stepped = [self._lane_step(base, lanes[0], each)] + [future.result() for future in others]
+            others = [self._pool.submit(self._lane_step, base, lane, each, chunk) for lane in lanes[1:]]
+            stepped = [self._lane_step(base, lanes[0], each, chunk)] + [future.result() for future in others]
         tokens = sum(outcome.tokens for pairs, _, _ in stepped for _, outcome in pairs)
         for pairs, failed, seconds in stepped:
             for run in failed:
@@ -426,10 +429,11 @@ class LongLivedWorker:
             return 0
         return self.threads.choose() if self.threads is not None else self.cpu_threads
 
-    def _lane_step(self, base: Any, group: list[Any], threads: int | None) -> tuple[list[tuple[Any, Any]], list[Any],
-                                                                                     float]:
-        """One step of a lane's jobs on this thread: (run, outcome) pairs, the runs that failed, the seconds taken.
-        Touches no store: the worker's own thread records what the lanes did."""
+    def _lane_step(self, base: Any, group: list[Any], threads: int | None,
+                   chunk: int) -> tuple[list[tuple[Any, Any]], list[Any], float]:
+        """One step of a lane's jobs on this thread, in passes of at most `chunk` padded tokens: (run, outcome)
+        pairs, the runs that failed, the seconds taken. Touches no store: the worker's own thread records what the
+        lanes did."""
         from trainer.grouped import group_step  # imported by _prepare already (import_heavy)
 
         if threads is not None:
@@ -438,7 +442,7 @@ class LongLivedWorker:
         started = time.perf_counter()
         failed = []
         try:
-            pairs = list(zip(group, group_step(base, group, pad_id), strict=True))
+            pairs = list(zip(group, group_step(base, group, pad_id, chunk), strict=True))
         except Exception:  # boundary: a step that fails is retried job by job, so only a job that fails alone fails
             log.exception("A group step of %d jobs failed; retrying them one by one", len(group))
             pairs = []
@@ -446,7 +450,7 @@ class LongLivedWorker:
                 run.optimizer.zero_grad(set_to_none=True)
             for run in group:
                 try:
-                    pairs += list(zip([run], group_step(base, [run], pad_id), strict=True))
+                    pairs += list(zip([run], group_step(base, [run], pad_id, chunk), strict=True))
                 except Exception:  # boundary: this job alone fails
                     log.exception("Job %s failed its step alone", run.job_id)
                     run.optimizer.zero_grad(set_to_none=True)

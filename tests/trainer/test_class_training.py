@@ -361,14 +361,15 @@ def test_worker_lanes_train_each_job_as_alone_and_a_failing_step_fails_only_its_
     monkeypatch.setenv("TRAINER_TRAIN_LANES", "2")
     jobs = [add_running_job(class_store, tiny_model, content, seed=seed) for content, seed in contents]
     broken = add_running_job(class_store, tiny_model, chat_file(6, start=5), seed=9)
-    lanes: list[tuple[str, list[str]]] = []  # each lane's step: its thread, its jobs
+    lanes: list[tuple[str, list[str], int]] = []  # each lane's step: its thread, its jobs, its passes' tokens
     real = grouped.group_step
 
-    def spied(base: grouped.SharedBase, runs: list[grouped.JobRun], *args: Any) -> list[grouped.StepOutcome]:
-        lanes.append((threading.current_thread().name, [run.job_id for run in runs]))
+    def spied(base: grouped.SharedBase, runs: list[grouped.JobRun], pad_id: int,
+              chunk_tokens: int) -> list[grouped.StepOutcome]:
+        lanes.append((threading.current_thread().name, [run.job_id for run in runs], chunk_tokens))
         if any(run.job_id == broken for run in runs):
             raise RuntimeError("a step that fails")
-        return real(base, runs, *args)
+        return real(base, runs, pad_id, chunk_tokens)
 
     monkeypatch.setattr(grouped, "group_step", spied)
     controls = Controls()
@@ -385,8 +386,10 @@ def test_worker_lanes_train_each_job_as_alone_and_a_failing_step_fails_only_its_
         losses = step_losses(class_store, job_id)
         assert len(losses) == len(solo)
         assert max(abs(a - b) for a, b in zip(solo, losses, strict=True)) < TOLERANCE
-    threads = {thread for thread, _ in lanes}
+    threads = {thread for thread, _, _ in lanes}
     assert len(threads) == 2 and any(name.startswith("lane") for name in threads)
+    # Two lanes share one pass's bound on activations: half of it each.
+    assert {chunk for thread, _, chunk in lanes if thread.startswith("lane")} == {grouped.GROUP_CHUNK_TOKENS // 2}
     assert sorted(report["job"] for report in said if report["event"] == "done") == sorted([*jobs, broken])
 
 
