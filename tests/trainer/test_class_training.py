@@ -88,16 +88,22 @@ def assert_as_alone(alone: list[list[float]], reported: list[Losses]) -> None:
         assert max(abs(a - b) for a, b in zip(solo, losses.losses, strict=True)) < TOLERANCE
 
 
+def class_runs(model: Path, files: list[list[Any]],
+               out: Path) -> tuple[grouped.SharedBase, int, list[Losses], list[grouped.JobRun]]:
+    """One shared base and each student's job on it, seeded as `alone` seeds them, each reporting its losses."""
+    pad_id = load_tokenizer(str(model)).pad_token_id
+    base = grouped.SharedBase(str(model), "cpu")
+    reported = [Losses() for _ in files]
+    runs = [grouped.start_run(base, f"job{index}", spec_for(model, examples, pad_id, out / f"job{index}", 7 + index),
+                              reported[index]) for index, examples in enumerate(files)]
+    return base, pad_id, reported, runs
+
+
 def test_group_losses_equal_each_job_trained_alone(tiny_model: Path, files: list[list[Any]], alone: list[list[float]],
                                                    tmp_path: Path) -> None:
     """Three jobs trained in one batched pass report, step by step, the losses train() gives each alone."""
     torch.set_num_threads(1)
-    pad_id = load_tokenizer(str(tiny_model)).pad_token_id
-    base = grouped.SharedBase(str(tiny_model), "cpu")
-    together = [Losses() for _ in files]
-    runs = [grouped.start_run(base, f"job{index}", spec_for(tiny_model, examples, pad_id, tmp_path / f"group{index}",
-                                                             7 + index), together[index])
-            for index, examples in enumerate(files)]
+    base, pad_id, together, runs = class_runs(tiny_model, files, tmp_path)
     grouped.train_group(base, runs, pad_id, chunk_tokens=200)  # small chunks: rows of one job span several passes
     assert_as_alone(alone, together)
     assert all(run.done and run.result is not None and run.result.stopped is None for run in runs)
@@ -107,12 +113,7 @@ def test_jobs_in_threads_through_one_base_train_as_each_alone(tiny_model: Path, 
                                                               alone: list[list[float]], tmp_path: Path) -> None:
     """Three jobs trained at the same time in three threads through one shared base (the worker's lanes) report the
     losses each has alone: every thread's pass routes its own rows to its own job's LoRA."""
-    pad_id = load_tokenizer(str(tiny_model)).pad_token_id
-    base = grouped.SharedBase(str(tiny_model), "cpu")
-    reported = [Losses() for _ in files]
-    runs = [grouped.start_run(base, f"lane{index}", spec_for(tiny_model, examples, pad_id, tmp_path / f"lane{index}",
-                                                             7 + index), reported[index])
-            for index, examples in enumerate(files)]
+    base, pad_id, reported, runs = class_runs(tiny_model, files, tmp_path)
     started = threading.Barrier(len(runs))
     errors: list[BaseException] = []
 
