@@ -238,15 +238,22 @@ def new_worker(controls: Controls) -> tuple[LongLivedWorker, list[dict[str, Any]
     return LongLivedWorker("cpu", said.append, controls), said
 
 
-def test_worker_bad_file_fails_only_its_own_job(class_store: Store, tiny_model: Path) -> None:
-    """A file that cannot be read by the time it trains fails its job; the other jobs of the group succeed."""
-    jobs = [add_running_job(class_store, tiny_model, chat_file(6, start=i), seed=i + 1) for i in range(3)]
-    bad = class_store.file(class_store.job(jobs[1])["training_file"])  # type: ignore[index]
-    Path(bad["path"]).write_bytes(b"{not json\n")  # type: ignore[index]
+def handed_over(store: Store, model: Path, count: int) -> tuple[list[str], Controls, LongLivedWorker,
+                                                                 list[dict[str, Any]]]:
+    """`count` students' jobs of 6 examples, handed over together to a new long-lived worker."""
+    jobs = [add_running_job(store, model, chat_file(6, start=i), seed=i + 1) for i in range(count)]
     controls = Controls()
     worker, said = new_worker(controls)
     for job_id in jobs:
         controls.give("train", job_id)
+    return jobs, controls, worker, said
+
+
+def test_worker_bad_file_fails_only_its_own_job(class_store: Store, tiny_model: Path) -> None:
+    """A file that cannot be read by the time it trains fails its job; the other jobs of the group succeed."""
+    jobs, _, worker, said = handed_over(class_store, tiny_model, 3)
+    bad = class_store.file(class_store.job(jobs[1])["training_file"])  # type: ignore[index]
+    Path(bad["path"]).write_bytes(b"{not json\n")  # type: ignore[index]
     while worker.turn():
         pass
     statuses = [class_store.job(job_id)["status"] for job_id in jobs]  # type: ignore[index]
@@ -258,11 +265,7 @@ def test_worker_bad_file_fails_only_its_own_job(class_store: Store, tiny_model: 
 
 def test_worker_cancel_of_one_job_leaves_the_group_to_succeed(class_store: Store, tiny_model: Path) -> None:
     """Cancelling one job mid-group stops its reports; the others train on to success with every step reported."""
-    jobs = [add_running_job(class_store, tiny_model, chat_file(6, start=i), seed=i + 1) for i in range(3)]
-    controls = Controls()
-    worker, said = new_worker(controls)
-    for job_id in jobs:
-        controls.give("train", job_id)
+    jobs, controls, worker, said = handed_over(class_store, tiny_model, 3)
     worker.turn()
     worker.turn()
     class_store.update_job(jobs[0], status="cancelled")  # what the scheduler records, then tells the worker
@@ -402,11 +405,7 @@ def test_jobs_handed_over_while_the_base_loads_start_cold(class_store: Store, ti
     def loaded(job_id: str) -> bool:
         return any(row["message"] == LOADING_MESSAGE for row in class_store.events(job_id, 100, None).rows)
 
-    together = [add_running_job(class_store, tiny_model, chat_file(6, start=i), seed=i + 1) for i in range(2)]
-    controls = Controls()
-    worker, _ = new_worker(controls)
-    for job_id in together:
-        controls.give("train", job_id)
+    together, controls, worker, _ = handed_over(class_store, tiny_model, 2)
     worker.turn()
     later = add_running_job(class_store, tiny_model, chat_file(6, start=3), seed=4)
     controls.give("train", later)
