@@ -301,11 +301,18 @@ def test_worker_trains_job_after_job_with_the_base_loaded_once(class_store: Stor
     assert loads == [str(tiny_model)]
 
 
-@pytest.mark.parametrize(("precision", "tolerance"), [("float32", TOLERANCE), ("bfloat16", BF16_TOLERANCE)])
+@pytest.mark.parametrize(("precision", "tolerance", "lanes"), [
+    ("float32", TOLERANCE, 1), ("bfloat16", BF16_TOLERANCE, 1),
+    ("float32", TOLERANCE, 2),  # the two jobs side by side in two threads, one thread each
+])
 def test_worker_job_in_a_group_matches_it_alone_and_survives_pause_and_resume(
-        class_store: Store, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, precision: str, tolerance: float) -> None:
-    """A job paused mid-epoch in a group and resumed later reports the same losses as the job trained alone."""
+        class_store: Store, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, precision: str, tolerance: float,
+        lanes: int) -> None:
+    """A job paused mid-epoch in a group (or a lane) and resumed later reports the same losses as the job trained
+    alone."""
     monkeypatch.setenv("TRAINER_TRAIN_PRECISION", precision)
+    monkeypatch.setenv("TRAINER_TORCH_THREADS", str(lanes))
+    monkeypatch.setenv("TRAINER_TRAIN_LANES", str(lanes))
     alone = add_running_job(class_store, tiny_model, chat_file(7), seed=5, epochs=3)
     controls = Controls()
     worker, _ = new_worker(controls)
