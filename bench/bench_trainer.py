@@ -79,7 +79,7 @@ def trainer_loop(source: str, examples: list[Any], pad_id: int, batch: int, out:
     """Run the trainer's own training code for one epoch; return the seconds of each step."""
     from trainer.store import Store
     from trainer.training import TrainSpec, train
-    from trainer.worker import DatabaseReporter
+    from trainer.job_records import DatabaseReporter
 
     store = Store(out / "trainer.db")
     file_id = f"file-bench{time.time_ns()}"

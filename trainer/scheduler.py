@@ -22,7 +22,7 @@ from trainer.fair_queue import FairQueue
 from trainer.queue_estimate import DeviceState, QueueEstimator
 from trainer.store import ACTIVE_STATUSES, Store
 from trainer.timing import Timings
-from trainer.worker import time_limit_message
+from trainer.job_records import time_limit_message
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from trainer.timing import (
     speed_of,
 )
 from trainer.validation import check_files
-from trainer.worker import DatabaseReporter
+from trainer.job_records import DatabaseReporter
 
 NOW = 1_900_000_000
 # 100 work tokens per second, 10 s before the first step, nothing after the last: a 1,000-token job takes 20 s.

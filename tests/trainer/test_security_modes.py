@@ -76,7 +76,7 @@ def _kinds(data: Path, job_id: str) -> dict[str, Path]:
     return {
         "key file": data / "api_key", "database": data / "trainer.db", "database -wal": data / "trainer.db-wal",
         "database -shm": data / "trainer.db-shm", "uploaded training file": next((data / "files").iterdir()),
-        # A succeeded job's checkpoints keep their adapters (their resume state is dropped: worker.forget_resume_states).
+        # A succeeded job's checkpoints keep their adapters (their resume state is dropped: job_records.forget_resume_states).
         "checkpoint adapter": checkpoint / "adapter_model.safetensors",
         "final adapter": data / "adapters" / job_id / "final",
         "training worker log": data / "logs" / "worker-cpu.log", "GGUF weights cache": data / WEIGHTS_CACHE / "abc",
