@@ -198,11 +198,11 @@ class LongLivedWorker:
         from trainer.modeling import load_tokenizer, training_matmul_dtype, turn_end_ids
         from trainer.training import TrainSpec, encode_file
 
+        handed = self.controls.handed.pop(job_id, math.inf)
         job = self.store.job(job_id)
         if job is None or job["status"] != "running":
             return None
         settings, source = self.settings, job["base_source"]
-        handed = self.controls.handed.pop(job_id, math.inf)
         if source not in self.bases or handed < self.ready.get(source, 0.0):
             # Loading its base, or handed over while another job's start loaded it: either way its start waits for
             # the load, a cold start to trainer.timing (counted warm, a lane's second job put 6 s on every later one).
