@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainer.timing import Speed, Timings
+from trainer.timing import PACE_WINDOW, Speed, Timings
 
 if TYPE_CHECKING:
     from trainer.fair_queue import FairQueue
@@ -133,8 +133,11 @@ def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Cal
     # was told 2x too long whenever one of two lanes' jobs was in its first steps.)
     expected = sum(work(job) / job["total_steps"] / speed(job["model"]).tokens_per_second for job in stepping)
     measured = sum(float(job["step_seconds"]) for job in stepping)
+    # A pace read off a few steps is weighed by how much of its window they fill: a class's first steps run beside
+    # its 30 uploads and file checks, and taken at once for the machine's they told the line up to 2x too long.
+    seen = min(1.0, max(int(job["steps_done"] or 0) for job in stepping) / PACE_WINDOW)
     low, high = LIVE_FACTOR_RANGE
-    return float(min(high, max(low, expected / measured)))
+    return float(min(high, max(low, (expected / measured) ** seen)))
 
 
 def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devices: list[str], now: float,

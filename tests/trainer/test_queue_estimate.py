@@ -128,11 +128,12 @@ def test_running_job_with_steps_is_counted_from_its_own_pace(store: Store) -> No
     clock = Clock()
     first = _add(store, "A", "a1", 1000, "running", steps=30)
     waiting = _add(store, "A", "a2", 1000, steps=30)
-    # Step 10 of 30 just ended, at 1 s a step where the measured speed makes a step 1/3 s: 20 s left.
-    store.update_job(first, steps_done=10, step_seconds=1.0, stepped_at=float(NOW))
+    # Step 12 of 30 just ended (a full window of steps), at 1 s a step where the measured speed makes a step 1/3 s:
+    # 18 s left.
+    store.update_job(first, steps_done=12, step_seconds=1.0, stepped_at=float(NOW))
     queue = FairQueue()
     QueueEstimator(store, FixedTimings(store), ["cpu"], clock).refresh(queue)
-    assert _places(store, waiting) == [(1, 20 + 10 + 30)]
+    assert _places(store, waiting) == [(1, 18 + 10 + 30)]
 
 
 def _row(job_id: str, seq: int, user: str, status: str = "queued", device: str | None = None,
@@ -357,25 +358,28 @@ def test_jobs_stepping_together_are_paced_by_their_share_of_each_step(store: Sto
     reporters = [DatabaseReporter(store, store.job(job_id), f"ft:tiny:school::{job_id}") for job_id in jobs]
     for reporter in reporters:
         reporter.clock, reporter.share = clock, 0.5  # each has half of every step's tokens
-    for step in range(1, 11):  # both jobs' 100 tokens in 2 s: the measured 100 tokens a second
+    for step in range(1, PACE_WINDOW + 1):  # both jobs' 100 tokens in 2 s: the measured 100 tokens a second
         clock.now += 2.0
         for reporter in reporters[: 1 if step == 1 else 2]:  # the second job joins at the second step
             reporter.step({"step": step, "total_steps": 30, "train_loss": 1.0, "train_mean_token_accuracy": 0.5},
                           step * 100, 2.0)
     rows = [store.job(job_id) for job_id in jobs]
     assert [row["step_seconds"] for row in rows] == [1.0, 1.0]  # type: ignore[index]
-    assert store.job(jobs[0])["estimated_finish"] == round(clock.now + 20 * 2.0)  # type: ignore[index]  # its own
+    assert store.job(jobs[0])["estimated_finish"] == round(clock.now + 18 * 2.0)  # type: ignore[index]  # its own
     speed = FixedTimings(store).figure
     assert live_factor(rows, lambda model: speed, lambda job: 3000) == pytest.approx(1.0)  # type: ignore[arg-type]
     rows[1] = {**dict(rows[1]), "steps_done": 1}  # type: ignore[call-overload]  # just joined: not settled yet
     assert live_factor(rows, lambda model: speed, lambda job: 3000) == pytest.approx(1.0)  # type: ignore[arg-type]
     alone = [{**dict(rows[0]), "step_seconds": 2.0}]  # type: ignore[call-overload]  # alone at 2 s a step: half
     assert live_factor(alone, lambda model: speed, lambda job: 3000) == pytest.approx(0.5)
+    # A pace read off 3 steps counts for 3 of its window's 12: a class's first steps run beside its uploads.
+    early = [{**alone[0], "steps_done": 3}]
+    assert live_factor(early, lambda model: speed, lambda job: 3000) == pytest.approx(0.5 ** (3 / PACE_WINDOW))
     # The first ends (the other still runs): its part of the worker's time measures the worker's whole speed.
-    first = Run(jobs[0], "cpu", 0.0, 20.0, 1000, 0.0, 0.0, False, busy=rows[0]["busy_seconds"])  # type: ignore[index]
+    first = Run(jobs[0], "cpu", 0.0, 24.0, 1200, 0.0, 0.0, False, busy=rows[0]["busy_seconds"])  # type: ignore[index]
     measured = speed_of([first])
     assert measured is not None and measured.tokens_per_second == pytest.approx(100.0)
-    unshared = speed_of([Run(jobs[0], "cpu", 0.0, 20.0, 1000, 0.0, 0.0, False)])  # a run from before: its stretch
+    unshared = speed_of([Run(jobs[0], "cpu", 0.0, 24.0, 1200, 0.0, 0.0, False)])  # a run from before: its stretch
     assert unshared is not None and unshared.tokens_per_second == 50.0
 
 
@@ -396,23 +400,23 @@ def test_the_last_live_pace_stands_while_the_next_job_starts(store: Store) -> No
     clock = Clock()
     first = _add(store, "A", "a1", 3000, "running", steps=30)
     second, third = _add(store, "A", "a2", 3000, steps=30), _add(store, "A", "a3", 3000, steps=30)
-    store.update_job(first, steps_done=10, step_seconds=2.0, stepped_at=float(NOW))  # 1 s a step as measured
+    store.update_job(first, steps_done=12, step_seconds=2.0, stepped_at=float(NOW))  # 1 s a step as measured
     queue = FairQueue()
     queue.pick([store.job(first)])  # type: ignore[list-item]
     timings = FixedTimings(store)
     estimator = QueueEstimator(store, timings, ["cpu"], clock)
     estimator.refresh(queue)
-    assert _places(store, second, third) == [(1, 40 + 70), (2, 40 + 140)]
+    assert _places(store, second, third) == [(1, 36 + 70), (2, 36 + 140)]  # 18 steps left at 2 s
 
-    clock.now += 40
+    clock.now += 36
     store.update_job(first, status="succeeded", finished_at=int(clock.now))
     queue.pick([store.job(second)])  # type: ignore[list-item]
     store.update_job(second, status="running", device="cpu")
     estimator.refresh(queue)
-    assert _places(store, third) == [(1, 40 + 140)]
+    assert _places(store, third) == [(1, 36 + 140)]
     timings.figure = Speed(50.0, 10.0, 0.0, True)  # the slow job measured: the live pace is no longer slower than it
     estimator.refresh(queue)
-    assert _places(store, third) == [(1, 40 + 140)]
+    assert _places(store, third) == [(1, 36 + 140)]
 
 
 @pytest.mark.parametrize("cancelled", ["before the checkpoint is recorded", "after it, before its line"])
