@@ -108,7 +108,8 @@ def _numel(shape: list[int]) -> int:
 
 def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds: int, parameters: int,
                 precision: str) -> None:
-    """Group steps in-process: 1 job against G jobs in one pass, interleaved, each against the matmul rate."""
+    """Group steps in-process: 1 job against G jobs in one pass and one job a core in lanes (threads stepping side
+    by side, one torch thread each, as the worker's lanes do), interleaved, each against the matmul rate."""
     import torch
 
     from trainer import grouped
