@@ -16,6 +16,7 @@ import asyncio
 import copy
 import json
 import logging
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ DEFAULT_EPOCHS = 3
 LIVE_STEPS = 3  # a running job's pace stands for the machine's speed once it has done this many steps
 # How far the live pace may move the measured speed: a stalled or racing step must not tell a class hours or nothing.
 LIVE_FACTOR_RANGE = (0.1, 10.0)
+# The work tokens of a step of a job whose steps are not known yet, when no job's are: a lesson's batch of 4 examples
+# (the pirate lesson's are 189 tokens a step on SmolLM2, the Korean lesson's about 250 on Gemma).
+STEP_WORK_GUESS = 200.0
 FACTOR_MEMORY_SECONDS = 120.0  # how long a device's last live factor stands in while no job on it has stepped enough
 
 Row = Mapping[str, Any]
@@ -113,11 +117,21 @@ class _Device:
         self.clock = to
 
 
-def _steps(job: Row) -> tuple[int, int]:
-    """A job's steps in all and done so far (1 and 0 when not known yet: its work is then taken as one step)."""
+def _steps(job: Row, work: Callable[[Row], int], step_work: float) -> tuple[float, float]:
+    """A job's steps in all and done so far. Not known yet (its file still being checked): its work in steps of
+    `step_work` tokens, as the known jobs' steps are. Jobs step together, each taking its own step at every step of
+    the worker, so a job taken as one step of all its work made every job beside it wait that whole step at each of
+    theirs: a class's first estimates read up to 5x long while the files behind were being checked."""
     total = job["total_steps"] or 0
-    done = min(job["steps_done"] or 0, total)
-    return (total, done) if total > 0 else (1, 0)
+    if total <= 0:
+        return max(1.0, work(job) / step_work), 0.0
+    return total, min(job["steps_done"] or 0, total)
+
+
+def _step_work(jobs: Sequence[Row], work: Callable[[Row], int]) -> float:
+    """The work tokens of a step of these jobs whose steps are known (the median), or STEP_WORK_GUESS."""
+    known = [work(job) / job["total_steps"] for job in jobs if job["total_steps"]]
+    return statistics.median(known) if known else STEP_WORK_GUESS
 
 
 def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Callable[[Row], int]) -> float | None:
@@ -146,6 +160,7 @@ def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devic
          factors: Mapping[str, float] | None = None) -> list[Place]:
     """Simulate the dispatcher and the workers on a copy of the fair queue: each waiting job in the order it will
     start, with its times. factors: how fast each device trains now against its measured speed (default 1)."""
+    step_work = _step_work([*running, *waiting], work)
     by_device: dict[str, list[Row]] = {device: [] for device in devices}
     for job in running:
         by_device[job["device"] if job["device"] in by_device else devices[0]].append(job)
@@ -156,7 +171,7 @@ def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devic
         device = _Device(name, max(1, info.capacity, len(jobs)), now, factor, set(info.loaded))
         busy_until = now
         for job in jobs:
-            total, done = _steps(job)
+            total, done = _steps(job, work, step_work)
             slot = _Slot(job, total - done, _step_seconds(job, total, speed(job["model"], name), work, factor))
             device.slots.append(slot)
             if not job["stepped_at"]:  # still starting (loading): the group waits for it, as the worker does
@@ -193,7 +208,7 @@ def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devic
                 pending.remove(picked)
                 starts[picked["id"]] = handed
                 order.append(picked["id"])
-                _join(device, picked, speed(picked["model"], device.name), work)
+                _join(device, picked, speed(picked["model"], device.name), work, step_work)
         busy = [device for device in sims if device.slots]
         if not busy or waiting_ids <= finishes.keys():
             break
@@ -211,19 +226,19 @@ def _on(speed: Callable[[str, str], Speed], device: str) -> Callable[[str], Spee
     return lambda model: speed(model, device)
 
 
-def _step_seconds(job: Row, total: int, speed: Speed, work: Callable[[Row], int], factor: float) -> float:
+def _step_seconds(job: Row, total: float, speed: Speed, work: Callable[[Row], int], factor: float) -> float:
     """One step of a job alone on its device at the speed it trains now."""
     return work(job) / total / (speed.tokens_per_second * factor)
 
 
-def _join(device: _Device, job: Row, speed: Speed, work: Callable[[Row], int]) -> None:
+def _join(device: _Device, job: Row, speed: Speed, work: Callable[[Row], int], step_work: float) -> None:
     """A job handed to a device's worker: it starts (loading its base if the worker does not hold it), then steps."""
     base = job["base_source"]
     cold = base not in device.loaded
     if cold:  # the worker drops the bases no job of it trains when it loads another
         device.loaded = {base} | {slot.row["base_source"] for slot in device.slots}
     device.clock += speed.startup(cold)  # the worker admits a job between steps: its group waits meanwhile
-    total, done = _steps(job)
+    total, done = _steps(job, work, step_work)
     device.slots.append(_Slot(job, total - done, _step_seconds(job, total, speed, work, device.factor)))
 
 

@@ -383,6 +383,18 @@ def test_jobs_stepping_together_are_paced_by_their_share_of_each_step(store: Sto
     assert unshared is not None and unshared.tokens_per_second == 50.0
 
 
+def test_a_job_whose_steps_are_not_known_yet_shares_the_worker_step_by_step() -> None:
+    """The first job's file is checked (30 steps), the next three are still being checked (steps unknown): they are
+    taken as steps of the known jobs' size, so the first job, trained beside them, ends when its work says (two jobs
+    together: 10 + 10 s to start, then 2 x 1,000 tokens at 100 a second), not after each of theirs as one long step."""
+    waiting = [_row("known", 1, "u1", steps=30), *(_row(f"checking{n}", n + 1, f"u{n + 1}") for n in (1, 2, 3))]
+    places = plan(FairQueue(), waiting, [], ["cpu"], NOW, lambda model, device: SPEED, lambda job: 1000, {},
+                  lambda device: DeviceState(capacity=2, loaded=frozenset({"m"})))
+    finish = {p.job_id: p.finish - NOW for p in places}
+    assert finish["known"] == 40 and finish["checking1"] == 40
+    assert finish["checking3"] == 80  # the line behind: 20 s of work and 10 s to start for each of the next pair
+
+
 def test_jobs_of_milliseconds_are_placed_at_epoch_seconds() -> None:
     """Steps far below the resolution of an epoch-seconds clock (the tiny model's) still end: every job is placed."""
     fast = Speed(1e6, 0.01, 0.01, True, 1.0)
