@@ -10,6 +10,7 @@ spins, and before each step takes one thread per core the other programs left fr
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -42,8 +43,11 @@ FREE_BELOW = 0.25
 MAX_AUTO_LANES = 4
 
 
+@functools.cache
 def physical_cores() -> int:
-    """This machine's physical cores (hyper-threads slow CPU matmuls), or its logical ones when psutil cannot tell."""
+    """This machine's physical cores (hyper-threads slow CPU matmuls), or its logical ones when psutil cannot tell.
+    Read once: psutil reads every core's topology files (60 us on 2 cores), and the queue's estimates ask for the
+    worker's lanes, so for the cores, at every job's speed of every refresh."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
