@@ -60,3 +60,19 @@ async def test_backend_without_speed_figures_shows_no_class_time(classroom: Clas
     start = await classroom.discord.slash(classroom.guild, classroom.teacher, "lesson start", lesson="pirate-en")
     await start.wait_done(timeout=10)
     assert start.followups == []
+
+
+async def test_class_settings_show_the_measured_time_as_soon_as_the_trainer_has_it(classroom: Classroom) -> None:
+    """A teacher who looks before the first lesson reads the first guess; right after the class's jobs were timed,
+    /class settings says the measured figure (the trainer's listing was cached for 10 minutes: after a 7-minute class
+    the teacher still read the first guess, 12 minutes for a class that took 7)."""
+    classroom.openai.model_extras[MODEL] = {"status": "ready", "progress": 1.0,
+                                            "training_speed": {**SPEED, "measured": False}}
+    before, _ = answer(await command(classroom, classroom.teacher, "class settings"))
+    assert "A first guess" in before
+    measured = {**SPEED, "tokens_per_second": 80.0}
+    classroom.openai.model_extras[MODEL] = {"status": "ready", "progress": 1.0, "training_speed": measured}
+    after, _ = answer(await command(classroom, classroom.teacher, "class settings"))
+    students, minutes = expected_minutes(classroom, measured)
+    people = "student" if students == 1 else "students"
+    assert "A first guess" not in after and f"about {minutes_words(minutes)} for {students} {people}" in after

@@ -55,7 +55,9 @@ async def estimate(finetune: FineTuneService, lesson: Lesson, students: int,
     """The class's time on the school's trainer for the default base model; None on backends that don't tell.
     With groups on (group_size), the grouped figure uses the class's own group size."""
     model = await finetune.default_base_model()
-    await finetune.base_models()  # the listing (cached) is what carries the trainer's figures
+    # The listing carries the trainer's figures: asked fresh, so the teacher reads the time measured by the class
+    # that just trained (a cached listing kept the first guess for 10 minutes after it).
+    await finetune.base_models(fresh=True)
     details = finetune.base_model_details(model)
     if details is None or details.training_speed is None:
         return None

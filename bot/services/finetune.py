@@ -57,10 +57,11 @@ class FineTuneService:
 
     # Base models -------------------------------------------------------------------------------------------
 
-    async def base_models(self) -> list[str]:
+    async def base_models(self, fresh: bool = False) -> list[str]:
         """Models a class can fine-tune: FINETUNE_MODELS, else OpenAI's fine-tunable list, or on a self-hosted
-        backend the base models it lists (added to FINETUNE_MODELS when that is set)."""
-        if self._models is not None and time.monotonic() - self._models[0] <= MODEL_CACHE_SECONDS:
+        backend the base models it lists (added to FINETUNE_MODELS when that is set). Kept for a while, unless
+        asked fresh (the trainer's figures change as soon as a job was timed)."""
+        if not fresh and self._models is not None and time.monotonic() - self._models[0] <= MODEL_CACHE_SECONDS:
             return self._models[1]
         cached = list(self.settings.tunable_models)
         if self.settings.self_hosted:
