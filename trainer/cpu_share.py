@@ -32,6 +32,13 @@ WINDOW_SECONDS = 2.0  # other programs' use is read over at least this long
 # A core counts as free while the other programs use less than this much of it: at a quarter of a core taken, two
 # spinning threads are about as fast as one (measured: 0.72 s idle, 2.8 s with a whole core taken, 1.2 s alone).
 FREE_BELOW = 0.25
+# For lanes (a thread each, each stepping its own jobs) a core counts as free while the others use less than half of
+# it: such a thread waits for no other, so it only slows by the part of its core it loses. Measured (2 cores,
+# SmolLM2-135M, two lesson jobs, bfloat16 matmuls, a program busy for a share of each 10 ms on the side): two lanes
+# 478-494 tokens/s idle, 390-396 beside 30% of a core, 375-390 beside 50%, 354-364 at 75% and 336 at 100%; both jobs
+# in one pass on one thread 268-284 throughout. Beyond half a core the lane takes its core's time from the other
+# program (a chat being answered, say), so from there training leaves that core alone.
+LANES_FREE_BELOW = 0.5
 # Lanes: jobs trained side by side in the worker's threads, each on its own share of the cores (trainer/worker.py).
 # Small LoRA steps spend much of their time between a step's thousands of small operations, where two threads of one
 # operation wait for each other; two jobs, each on one core, wait for nobody. Measured (2 idle cores with AMX,
@@ -87,24 +94,25 @@ class ThreadGovernor:
                  machine: Callable[[], Any] = psutil.cpu_times,
                  own: Callable[[], Any] | None = None) -> None:
         self.most = max(1, most)
-        self.threads = 1  # until the first window tells: two spinning threads beside a busy core cost 2.3x
+        self.threads = 1  # the latest choice; until the first window tells, one: two spinning threads beside a busy
+        # core cost 2.3x
         self.clock, self.machine = clock, machine
         self.own = own or psutil.Process().cpu_times
         self._since: tuple[float, float, float] | None = None  # when, the machine's busy seconds, this process's
+        self._others: float | None = None  # the cores the other programs used over the latest window
 
-    def choose(self) -> int:
-        """The threads for the next step: kept for WINDOW_SECONDS, then taken again from the cores the other
-        programs used in that window (a program that takes a core a quarter of the time or more takes it)."""
+    def choose(self, lanes: int = 1) -> int:
+        """The threads for the next step, from the cores the other programs used over the latest WINDOW_SECONDS: a
+        program that takes a core a quarter of the time or more takes it, or half the time or more where the step
+        trains `lanes` > 1 jobs side by side, a thread each (LANES_FREE_BELOW)."""
         now = self.clock()
-        if self._since is not None and now - self._since[0] < WINDOW_SECONDS:
-            return self.threads
-        busy, own = _busy(self.machine()), _own(self.own())
-        if self._since is None:
+        if self._since is None or now - self._since[0] >= WINDOW_SECONDS:
+            busy, own = _busy(self.machine()), _own(self.own())
+            if self._since is not None:
+                when, busy_before, own_before = self._since
+                self._others = max(0.0, (busy - busy_before) - (own - own_before)) / (now - when)  # in cores
             self._since = (now, busy, own)
-            return self.threads
-        when, busy_before, own_before = self._since
-        others = max(0.0, (busy - busy_before) - (own - own_before)) / (now - when)  # in cores
-        self._since = (now, busy, own)
-        taken = max(0, math.ceil(others - FREE_BELOW))  # cores the others hold a quarter of the time or more
-        self.threads = max(1, self.most - taken)
+        if self._others is not None:
+            taken = max(0, math.ceil(self._others - (LANES_FREE_BELOW if lanes > 1 else FREE_BELOW)))
+            self.threads = max(1, self.most - taken)
         return self.threads

@@ -262,7 +262,7 @@ class LongLivedWorker:
         self._turn += 1
         base = self.bases[source]
         group = [run for run in self.runs.values() if run.spec.source == source]
-        threads = self._threads_now()
+        threads = self._threads_now(lanes=min(self.lanes, len(group)))
         count = min(self.lanes, len(group), threads or 1)
         lanes = [group[index::count] for index in range(count)]
         each = max(1, threads // count) if threads else None
@@ -296,11 +296,18 @@ class LongLivedWorker:
                     del self.runs[run.job_id]
                     self._end(run)
 
-    def _threads_now(self) -> int:
-        """The threads training may take for this step (0 on a GPU): those the governor finds free, else as set."""
+    def _threads_now(self, lanes: int) -> int:
+        """The threads training may take for this step of up to `lanes` lanes (0 on a GPU): those the governor finds
+        free, else as set."""
         if self.device != "cpu":
             return 0
-        return self.threads.choose() if self.threads is not None else self.cpu_threads
+        if self.threads is None:
+            return self.cpu_threads
+        before, threads = self.threads.threads, self.threads.choose(lanes)
+        if threads != before:
+            log.info("Training on %d of %d threads now, by the cores other programs leave free", threads,
+                     self.threads.most)
+        return threads
 
     def _lane_step(self, base: Any, group: list[Any], threads: int | None,
                    chunk: int) -> tuple[list[tuple[Any, Any]], list[Any], float]:
