@@ -51,9 +51,13 @@ class Speed:
 
 # Before any job has run on this machine. CPU: the 40-example, 3-epoch English lesson (7,359 work tokens) trained in
 # about 100 s on 2 idle cores, with ~10 s of loading (docs/benchmarks.md): ~70 tokens/s; a slower default than that
-# promises less than a busier school machine may give. A GPU trains these small models many times faster. A job in a
-# worker that already holds its base model starts in about a second (reading and encoding its file).
-DEFAULT_SPEEDS = {"cpu": Speed(60.0, 1.0, 2.0, False, 14.0), "cuda": Speed(1500.0, 1.0, 2.0, False, 9.0)}
+# promises less than a busier school machine may give. A GPU trains these small models many times faster. On a CPU the
+# long-lived worker starts a job that finds its base model loaded in 0.2 s (reading and encoding its file), saves it
+# in well under a second, and its first job waits about 5 s for torch and SmolLM2-135M (about 8 s for gemma-3-270m's
+# vocabulary): measured in a class of 10 (2026-12-06). The figures before (1.0 s, 2.0 s and 14 s, from when every job
+# had a process of its own) told a class's line about 3 s too long per job until its first jobs ended: the 30th
+# student 1.5 minutes too long.
+DEFAULT_SPEEDS = {"cpu": Speed(60.0, 0.5, 0.5, False, 8.0), "cuda": Speed(1500.0, 1.0, 2.0, False, 9.0)}
 # Better than the default before any job: the server times a forward pass of each base model over a lesson-sized
 # batch when it loads it (trainer.modeling.forward_seconds_per_token), on one thread as every thread of the server
 # but its chat engines' runs torch (docs/trainer.md, "Threads on a shared CPU"), and a CPU training step over as many
