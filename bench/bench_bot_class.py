@@ -183,8 +183,7 @@ async def settings_estimate(fake: FakeDiscord, guild: FakeGuild, teacher: FakeUs
     await interaction.wait_done(timeout=60)
     message = interaction.followups[-1] if interaction.followups else interaction.original
     assert message is not None, "/class settings answered nothing"
-    return next((line for line in message.text().splitlines() if re.search(r"\d", line) and
-                 ("minute" in line or "분" in line)), message.text())
+    return next((line for line in message.text().splitlines() if line.startswith("⏱️")), message.text())
 
 
 async def press_start(fake: FakeDiscord, guild: FakeGuild, student: Student, data: bytes, lesson: str, epochs: int,
