@@ -48,7 +48,7 @@ from support.bot_harness import BotRunner, press
 from support.fakes.discord import FakeDiscord, FakeGuild, FakeMessage, FakeUser
 from support.trainer_harness import BENCH_GGUF_CACHE, INSTALL_GEMMA, INSTALL_SMOLLM2, gemma_gguf, share_gguf_cache, \
     smollm2_gguf
-from tests.conftest import MANAGE_GUILD
+from support.fakes.discord.state import MANAGE_GUILD
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_SECONDS = 3600.0
