@@ -118,8 +118,11 @@ class JobMonitor(commands.Cog):
         locale = self.bot.channel_locale(job.guild_id)
         budget = self.bot.edit_budget
         # A channel whose edit budget is spent (many jobs, or a streaming chat) is looked at next tick, before the
-        # jobs just updated: nothing is lost, the card only lags, and Discord never rate-limits us.
-        if not job.is_terminal and (job.progress_message_id is None or budget.delay(job.channel_id) == 0):
+        # jobs just updated: nothing is lost, the card only lags, and Discord never rate-limits us. A job's end does
+        # not wait: its card takes the next free edit and its notice follows (a class of 30 in one channel kept the
+        # edits spent, and a finished student's notice came 30 s after the model).
+        if not job.is_terminal and (job.progress_message_id is None or budget.delay(job.channel_id) == 0
+                                    or await self.monitor.has_ended(job)):
             tick = await self.monitor.poll(job)
             if tick.has_news or job.progress_message_id is None:
                 card = await self.monitor.card(tick, labels=_jobs_ui.chart_labels(locale), charts_left=charts_left)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 
 from tests.conftest import Classroom, ticks
@@ -112,6 +114,35 @@ async def test_whole_journey_card_progress_chart_and_one_notice(classroom: Class
     await ticks(classroom, 3)
     assert classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+$") == polls
     assert len(notices(classroom)) == 1
+
+
+async def test_a_job_that_ends_is_announced_while_other_cards_spend_the_channels_edits(classroom: Classroom) -> None:
+    """A class of 30 shares one channel's 5 edits in 5 s: the cards of the jobs in line and in training kept it spent,
+    and the watcher did not even ask about a job whose channel had no edit free, so a finished student's notice came
+    30 s after the model (bench_bot_class). A job's end is news that must not wait: it is asked about every tick, its
+    card takes the next free edit and its notice follows."""
+    job_id = await start_job(classroom, suffix="pirate", epochs=2)
+    card = await classroom.discord.wait_for(lambda: progress_card(classroom), timeout=10, what="progress card")
+    budget = classroom.bot.edit_budget
+    channel = classroom.channel_id
+
+    async def other_cards() -> None:  # 29 other cards waiting their turn: every edit that frees is taken at once
+        while True:
+            await budget.start(channel)
+            budget.finish(channel)
+
+    hog = asyncio.create_task(other_cards())
+    try:
+        await asyncio.sleep(0.5)
+        assert budget.delay(channel) > 0  # the channel's edits are spent from here on
+        classroom.openai.complete(job_id)
+        notice = await classroom.discord.wait_for(lambda: notices(classroom) or None, timeout=10, what="notice")
+        assert classroom.openai.job(job_id).fine_tuned_model in notice[0].text()
+        assert "Finished" in card.text()  # its card took an edit before the notice
+    finally:
+        hog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hog
 
 
 async def test_bad_file_names_the_line_and_uploads_nothing(classroom: Classroom) -> None:

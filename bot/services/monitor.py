@@ -13,7 +13,7 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services import charts, metrics
 from bot.services.workers import CpuWorkers
 from storage.jobs import JobRepository
-from storage.models import BackendEvent, Checkpoint, Job, JobProgress, MetricPoint, NewJob
+from storage.models import TERMINAL_STATUSES, BackendEvent, Checkpoint, Job, JobProgress, MetricPoint, NewJob
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,10 @@ class MonitorService:
     async def reload(self, job: Job) -> Job | None:
         """The job as stored now."""
         return await self.jobs.get_any(job.id)
+
+    async def has_ended(self, job: Job) -> bool:
+        """Whether the backend says the job has ended: one look at its state, for a job whose card waits its turn."""
+        return (await self.gateway.retrieve_job(job.id)).status in TERMINAL_STATUSES
 
     async def poll(self, job: Job) -> Tick:
         """Ask the backend about one job: its state first, then only the events after the cursor."""
