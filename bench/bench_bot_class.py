@@ -255,6 +255,20 @@ async def chat(fake: FakeDiscord, runner: BotRunner, guild: FakeGuild, notice: F
     student.thread = thread.id
 
 
+async def notice_lags(runner: BotRunner, students: list[Student], clock: float) -> dict[str, float]:
+    """Seconds from the trainer's end of each job (whole seconds, as it stamps them) to its notice in the channel."""
+    assert runner.bot is not None
+    lags = []
+    for student in students:
+        assert student.card is not None and student.arrived is not None
+        job_id = re.search(r"ftjob-[0-9a-f]+", student.card.text())
+        if job_id is not None:
+            finished = (await runner.bot.gateway.retrieve_job(job_id.group(0))).finished_at
+            if finished:
+                lags.append(student.arrived + clock - finished)
+    return {"median_s": statistics.median(lags), "max_s": max(lags)} if lags else {}
+
+
 def _errors(readings: list[tuple[float, float]], arrived: float, pressed: float) -> tuple[list[float], list[float]]:
     """Each (read at, estimated arrival) against the real arrival: over the wait left (strict), over the whole wait."""
     strict = [abs(estimate - arrived) / max(1.0, arrived - at) for at, estimate in readings]
@@ -382,6 +396,8 @@ async def main(count: int, lesson: str, spread: float, epochs: int | None, out: 
 
             results["speed_after"] = await trainer_speed(runner, lesson)
             print(f"the trainer's figures after the class: {results['speed_after']}", flush=True)
+            results["notice_lag"] = await notice_lags(runner, students, time.time() - time.monotonic())
+            print(f"notices after their models: {json.dumps(results['notice_lag'])}", flush=True)
             after = await settings_estimate(fake, guild, teacher)
             results["settings_after"] = after
             print(f"/class settings now reads: {after}", flush=True)

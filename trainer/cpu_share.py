@@ -94,8 +94,8 @@ class ThreadGovernor:
                  machine: Callable[[], Any] = psutil.cpu_times,
                  own: Callable[[], Any] | None = None) -> None:
         self.most = max(1, most)
-        self.threads = 1  # the latest choice; until the first window tells, one: two spinning threads beside a busy
-        # core cost 2.3x
+        # The latest choice; one until the first window tells (two spinning threads beside a busy core cost 2.3x).
+        self.threads = 1
         self.clock, self.machine = clock, machine
         self.own = own or psutil.Process().cpu_times
         self._since: tuple[float, float, float] | None = None  # when, the machine's busy seconds, this process's
