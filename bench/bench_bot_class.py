@@ -38,17 +38,15 @@ from pathlib import Path
 import psutil
 
 from bench._memory import PeakMemory
-from bench.bench_bot_lesson import LESSONS, dump, models_ready
-from bot.config import Settings
+from bench.bench_bot_lesson import LESSONS, bot_with_trainer, dump, models_ready
 from bot.services.class_time import class_seconds
 from bot.services.lessons import Lesson, LessonLibrary
 from dataset_rules.check import check_stream
 from storage.models import TrainingSpeed
 from support.bot_harness import BotRunner, press
 from support.fakes.discord import FakeDiscord, FakeGuild, FakeMessage, FakeUser
-from support.trainer_harness import BENCH_GGUF_CACHE, INSTALL_GEMMA, INSTALL_SMOLLM2, gemma_gguf, share_gguf_cache, \
-    smollm2_gguf
 from support.fakes.discord.state import MANAGE_GUILD
+from support.trainer_harness import INSTALL_GEMMA, INSTALL_SMOLLM2, gemma_gguf, smollm2_gguf
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 JOB_TIMEOUT_SECONDS = 3600.0
@@ -329,11 +327,7 @@ async def main(count: int, lesson: str, spread: float, epochs: int | None, out: 
     epochs = epochs or lesson_plan.epochs
     results: dict[str, object] = {"students": count, "lesson": folder, "epochs": epochs, "spread_s": spread}
     with tempfile.TemporaryDirectory() as home:
-        env = {"DISCORD_TOKEN": "bench.class.token", "DISCORD_API_BASE_URL": fake.api_base,
-               "DISCORD_GATEWAY_URL": fake.gateway_url, "DATABASE_PATH": str(Path(home) / "bot.sqlite3"),
-               "JOB_POLL_SECONDS": "2"}
-        share_gguf_cache(Path(home) / "trainer", BENCH_GGUF_CACHE)
-        runner = BotRunner(Settings.from_env(env), fake)
+        runner = bot_with_trainer(fake, Path(home), "bench.class.token")
         await runner.start()
         try:
             await models_ready(runner)

@@ -114,6 +114,15 @@ async def run_lesson(fake: FakeDiscord, runner: BotRunner, lesson: str, epochs: 
             "answer_chars": float(len(answer_done))}
 
 
+def bot_with_trainer(fake: FakeDiscord, home: Path, token: str) -> BotRunner:
+    """The real bot for the fake Discord with its data in home and no OPENAI_* setting, so it starts the school's
+    trainer itself (its data beside the database, its GGUF conversions from the bench cache)."""
+    env = {"DISCORD_TOKEN": token, "DISCORD_API_BASE_URL": fake.api_base, "DISCORD_GATEWAY_URL": fake.gateway_url,
+           "DATABASE_PATH": str(home / "bot.sqlite3"), "JOB_POLL_SECONDS": "2"}
+    share_gguf_cache(home / "trainer", BENCH_GGUF_CACHE)
+    return BotRunner(Settings.from_env(env), fake)
+
+
 async def models_ready(runner: BotRunner) -> None:
     """Wait until the trainer lists every base model as ready, as /finetune start's card would let it start."""
     assert runner.bot is not None
@@ -135,12 +144,7 @@ async def main(lessons: list[str], epochs: int, out: Path) -> None:
     fake = await FakeDiscord().start()
     restore = fake.install()
     with tempfile.TemporaryDirectory() as data:
-        env = {"DISCORD_TOKEN": "bench.lesson.token", "DISCORD_API_BASE_URL": fake.api_base,
-               "DISCORD_GATEWAY_URL": fake.gateway_url, "DATABASE_PATH": str(Path(data) / "bot.sqlite3"),
-               "JOB_POLL_SECONDS": "2"}
-        # The bot's trainer keeps its data beside the database; its GGUF conversions come from the bench cache.
-        share_gguf_cache(Path(data) / "trainer", BENCH_GGUF_CACHE)
-        runner = BotRunner(Settings.from_env(env), fake)
+        runner = bot_with_trainer(fake, Path(data), "bench.lesson.token")
         memory = PeakMemory(every=0.5).start()
         started = time.perf_counter()
         await runner.start()
