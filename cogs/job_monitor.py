@@ -126,33 +126,41 @@ class JobMonitor(commands.Cog):
             tick = await self.monitor.poll(job)
             if tick.has_news or job.progress_message_id is None:
                 card = await self.monitor.card(tick, labels=_jobs_ui.chart_labels(locale), charts_left=charts_left)
-                await self._show_card(job, card, locale)
+                if not await self._show_card(job, card, locale, wait=tick.ended):
+                    return  # the channel's edits went to other cards meanwhile: shown next tick, first in line
                 # The cursor moves only now, after the channel shows the news.
                 job = await self.monitor.commit(tick, chart_step=card.chart_step)
         if job.is_terminal and job.notice_message_id is None:
             await self._announce_end(job, locale)
 
-    async def _show_card(self, job: Job, card: ProgressCard, locale: str) -> None:
+    async def _show_card(self, job: Job, card: ProgressCard, locale: str, wait: bool) -> bool:
+        """Post or edit the job's card; False when no edit was free in its channel and this one need not wait (only
+        a job's end waits for an edit: cards that waited inside the tick, 16 at once at one edit a second, made a
+        tick as long as their queue, and a job's end was seen only at the next one, up to 24 s after the model)."""
         members = await self.bot.groups.members_of(job) if job.group_name else ()
         embed = _jobs_ui.progress_embed(card, locale, members)
         files = [_jobs_ui.chart_file(card.chart_png)] if card.chart_png else []
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         if job.progress_message_id is not None:
             budget = self.bot.edit_budget
-            await budget.start(job.channel_id)
+            if wait:
+                await budget.start(job.channel_id)
+            elif not budget.try_start(job.channel_id):
+                return False
             try:
                 message = channel.get_partial_message(job.progress_message_id)
                 if files:
                     await message.edit(embed=embed, attachments=files)
                 else:
                     await message.edit(embed=embed)
-                return
+                return True
             except discord.NotFound:
                 log.info("Progress card of job %s was deleted; posting a new one", job.id)
             finally:
                 budget.finish(job.channel_id)
         message = await channel.send(embed=embed, files=files)
         await self.monitor.set_progress_message(job, message.id)
+        return True
 
     async def _announce_end(self, job: Job, locale: str) -> None:
         chart = await self.monitor.chart(job, labels=_jobs_ui.chart_labels(locale))

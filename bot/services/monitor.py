@@ -38,6 +38,11 @@ class Tick:
     queue_moved: bool = False  # ...which differs from what the card shows
 
     @property
+    def ended(self) -> bool:
+        """Whether the backend says the job has ended (succeeded, failed or cancelled)."""
+        return self.progress.status in TERMINAL_STATUSES
+
+    @property
     def has_news(self) -> bool:
         """Whether anything the channel shows has changed."""
         p, j = self.progress, self.job
