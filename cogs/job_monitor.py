@@ -124,6 +124,8 @@ class JobMonitor(commands.Cog):
         if not job.is_terminal and (job.progress_message_id is None or budget.delay(job.channel_id) == 0
                                     or await self.monitor.has_ended(job)):
             tick = await self.monitor.poll(job)
+            if not tick.ended and job.progress_message_id is not None and budget.delay(job.channel_id) > 0:
+                return  # the channel's edits went to other cards while it was asked: no chart drawn for nothing
             if tick.has_news or job.progress_message_id is None:
                 card = await self.monitor.card(tick, labels=_jobs_ui.chart_labels(locale), charts_left=charts_left)
                 if not await self._show_card(job, card, locale, wait=tick.ended):
