@@ -39,9 +39,8 @@ import psutil
 
 from bench._memory import PeakMemory
 from bench.bench_bot_lesson import LESSONS, bot_with_trainer, dump, models_ready
-from bot.services.class_time import class_seconds
+from bot.services.class_time import class_seconds, lesson_work
 from bot.services.lessons import Lesson, LessonLibrary
-from dataset_rules.check import check_stream
 from storage.models import TrainingSpeed
 from support.bot_harness import BotRunner, press
 from support.fakes.discord import FakeDiscord, FakeGuild, FakeMessage, FakeUser
@@ -150,21 +149,20 @@ def class_minutes(text: str) -> int | None:
     return None
 
 
-async def trainer_speed(runner: BotRunner, lesson: str) -> dict[str, object]:
+async def trainer_speed(runner: BotRunner, lesson: str) -> TrainingSpeed | None:
     """The trainer's figures for the lesson's base model, as the class-time estimate reads them (asked fresh)."""
     assert runner.bot is not None
     _, model, _ = LESSONS[lesson]
     await runner.bot.finetune.base_models(fresh=True)
     details = runner.bot.finetune.base_model_details(model)
-    speed = details.training_speed if details is not None else None
-    return vars(speed) if speed is not None else {}
+    return details.training_speed if details is not None else None
 
 
-def class_time_at(speed: object, lesson: Lesson, model: str, epochs: int, students: int) -> float:
+def class_time_at(speed: TrainingSpeed | None, lesson: Lesson, model: str, epochs: int, students: int) -> float:
     """The teacher's figure, in minutes, worked out for the epochs the students really train (the note is for the
-    lesson's own)."""
-    work = check_stream([lesson.training_bytes()], model=model, n_epochs=epochs).tokens_billed
-    return class_seconds(students, work, TrainingSpeed(**speed)) / 60 if isinstance(speed, dict) and speed else 0.0
+    lesson's own: its work is tokens x epochs)."""
+    work = lesson_work(lesson, model) * epochs // lesson.epochs
+    return class_seconds(students, work, speed) / 60 if speed is not None else 0.0
 
 
 async def teacher_estimate(fake: FakeDiscord, guild: FakeGuild, teacher: FakeUser, lesson: str) -> str:
@@ -343,7 +341,8 @@ async def main(count: int, lesson: str, spread: float, epochs: int | None, out: 
             await fake.wait_for(lambda: runner.bot.get_guild(guild.id) if runner.bot else None, timeout=30,
                                 what="the class server")
             channel = guild.text_channel.id
-            results["speed_before"] = await trainer_speed(runner, lesson)
+            speed_before = await trainer_speed(runner, lesson)
+            results["speed_before"] = vars(speed_before) if speed_before is not None else {}
             print(f"the trainer's figures before the class: {results['speed_before']}", flush=True)
             note = await teacher_estimate(fake, guild, teacher, lesson)
             results["teacher_note"] = note
@@ -372,7 +371,7 @@ async def main(count: int, lesson: str, spread: float, epochs: int | None, out: 
             waits = [s.arrived - s.pressed for s in students if s.arrived is not None]
             results.update({"first_press_to_last_model_s": last, "median_wait_s": statistics.median(waits),
                             "teacher_minutes": class_minutes(note),
-                            "teacher_minutes_at_these_epochs": class_time_at(results["speed_before"], lesson_plan,
+                            "teacher_minutes_at_these_epochs": class_time_at(speed_before, lesson_plan,
                                                                              model_name, epochs, count),
                             "queue": queue_figures(students, time.time() - time.monotonic())})
             print(f"last model {last / 60:.1f} min after the first Start (the teacher read "
@@ -388,7 +387,8 @@ async def main(count: int, lesson: str, spread: float, epochs: int | None, out: 
             for name, used in cpu_seconds.items():
                 print(f"CPU seconds, {name}: {json.dumps(used)}", flush=True)
 
-            results["speed_after"] = await trainer_speed(runner, lesson)
+            speed_after = await trainer_speed(runner, lesson)
+            results["speed_after"] = vars(speed_after) if speed_after is not None else {}
             print(f"the trainer's figures after the class: {results['speed_after']}", flush=True)
             results["notice_lag"] = await notice_lags(runner, students, time.time() - time.monotonic())
             print(f"notices after their models: {json.dumps(results['notice_lag'])}", flush=True)
@@ -410,10 +410,11 @@ async def main(count: int, lesson: str, spread: float, epochs: int | None, out: 
             print(f"chats: {json.dumps(results['chats'])}", flush=True)
             await asyncio.sleep(1)  # the last edits land before the dump
             dump(fake, [channel] + [s.thread for s in students if s.thread is not None], out)
-            (out / "cards.json").write_text(json.dumps(
-                {"begun_unix": time.time() - (time.monotonic() - begun)} | {s.name: {"pressed": s.pressed - begun, "arrived": (s.arrived or 0) - begun,
-                          "seen": [(at - begun, text) for at, text in s.seen], "answer": s.chat.get("answer")}
-                 for s in students}, ensure_ascii=False, indent=1), encoding="utf-8")
+            cards = {s.name: {"pressed": s.pressed - begun, "arrived": (s.arrived or 0) - begun,
+                              "seen": [(at - begun, text) for at, text in s.seen],
+                              "answer": s.chat.get("answer"), "stored": s.chat.get("stored")} for s in students}
+            (out / "cards.json").write_text(json.dumps({"begun_unix": time.time() - (time.monotonic() - begun)} | cards,
+                                                       ensure_ascii=False, indent=1), encoding="utf-8")
         finally:
             await runner.stop()
             for log in ("server.log", "logs"):  # the trainer's own account of the class, before its folder goes
