@@ -420,3 +420,31 @@ def test_jobs_handed_over_while_the_base_loads_start_cold(class_store: Store, ti
         pass
     assert [loaded(job_id) for job_id in [*together, later]] == [True, True, False]
     assert not controls.handed  # each hand-over forgotten once read
+
+
+@pytest.mark.parametrize(("scales", "out", "ranks"), [((2.0, 2.0, 2.0), 8, (4, 4, 4)), ((2.0, 0.5, 1.0), 8, (4, 4, 4)),
+                                                     ((2.0, 2.0, 2.0), 10, (4, 4, 4)), ((2.0, 2.0, 1.0), 8, (4, 4, 8))])
+def test_grouped_lora_update_equals_each_jobs_own_product(scales: tuple[float, float, float], out: int,
+                                                          ranks: tuple[int, int, int]) -> None:
+    """An adapted layer carrying three jobs' rows adds to each run of rows that job's own x @ A.T * scale @ B.T, and
+    hands each job's A and B the gradient that job's rows give them: in grouped matmuls, also for LoRAs of different
+    scales and for a gradient broadcast from a sum (which torch's grouped matmul refuses as it comes); and with a
+    width the grouped matmul cannot take (10 floats: rows of 40 bytes) or LoRAs of different ranks, a product per
+    job."""
+    torch.manual_seed(0)
+    layer = grouped.MultiLoraLinear(torch.nn.Linear(12, out))
+    x = torch.randn(6, 5, 12)  # 6 rows of 5 positions: job 0 has rows 0-1, job 1 rows 2-4, job 2 row 5
+    pairs = [(torch.randn(r, 12, requires_grad=True), torch.randn(out, r, requires_grad=True)) for r in ranks]
+    spans = [(0, 2), (2, 5), (5, 6)]
+    layer.routes = [(start, end, a, b, scale) for (start, end), (a, b), scale in zip(spans, pairs, scales)]
+    together = layer(x)
+    together.sum().backward()
+    grads = [(a.grad.clone(), b.grad.clone()) for a, b in pairs]  # type: ignore[union-attr]
+    for a, b in pairs:
+        a.grad = b.grad = None
+    for (start, end), (a, b), scale in zip(spans, pairs, scales):
+        alone = layer.base(x[start:end]) + ((x[start:end] @ a.t()) * scale) @ b.t()
+        assert torch.allclose(together[start:end], alone, atol=1e-5)
+        alone.sum().backward()
+    for (a, b), (grad_a, grad_b) in zip(pairs, grads):
+        assert torch.allclose(grad_a, a.grad, atol=1e-4) and torch.allclose(grad_b, b.grad, atol=1e-4)  # type: ignore[arg-type]
