@@ -70,11 +70,18 @@ DEFAULT_SPEEDS = {"cpu": Speed(60.0, 0.5, 0.5, False, 8.0), "cuda": Speed(1500.0
 # estimate said, and at 1.5 within 3% (worst 14%); 30 students at 1.5 waited 14-31% longer (their first job also
 # waits for 30 files' checks). 1.65 puts both within 25%. Beside a busy core it guesses short until the first job's
 # steps correct it. The default figure of 60 tokens a second told a fresh trainer's first class 2.3-2.8x too long.
-TRAIN_OVER_FORWARD = 1.65
+# Since stop 35 the forward is timed as training computes it, the output layer only at a lesson's labelled share of
+# positions (modeling.LABELLED_SHARE): SmolLM2's timed forward 0.88x what it was (Gemma-3-270m's 0.72x: its 262k-token
+# output layer had been two thirds of it), so 1.65 / 0.88 = 1.85.
+TRAIN_OVER_FORWARD = 1.85
 # The same where training multiplies the base in bfloat16 (trainer.grouped.SharedBase, on a CPU with AMX or
 # AVX512-BF16) while the forward is timed on the served float32 model: a lesson step 0.55 s against 0.82 in float32
 # (2026-12-06, 2 cores with AMX), so 1.65 x 0.55 / 0.82 = 1.1; a class of 30 then had every first estimate within 10%.
-TRAIN_OVER_FORWARD_BFLOAT16 = 1.1
+# With the forward timed at the labelled positions (above), the classes of stop 34 would have been right at 1.31 for
+# SmolLM2 (a guess of 455 tokens/s at 1.1 against 434 measured) and 1.08 for Gemma-3-270m (259 against 364): in
+# bfloat16 the output layer costs training less than the float32 forward shows, and Gemma's is large. 1.2 is between:
+# each about 10% off, on either side (Gemma's first guess was 1.4x slow).
+TRAIN_OVER_FORWARD_BFLOAT16 = 1.2
 # A worker training in lanes (trainer.cpu_share.train_lanes) gets this much more done a second once a class fills
 # them: 1.25x in two lanes on 2 cores, in either arithmetic (docs/benchmarks.md). The queue's estimates count a
 # device's whole throughput (trainer/queue_estimate.py), and a class's line is trained in its lanes.
