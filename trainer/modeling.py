@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -131,34 +129,6 @@ def training_matmul_dtype(device: str, precision: str) -> torch.dtype | None:
     if device.startswith("cuda") or precision == "float32":
         return None
     return torch.bfloat16 if precision == "bfloat16" or cpu_multiplies_bfloat16() else None
-
-
-# The share of a lesson's positions whose next token is labelled (the assistant's replies): 0.35-0.53 in the shipped
-# lessons (SmolLM2's tokenizer), so about half. Training computes the output layer only there.
-LABELLED_SHARE = 0.45
-
-
-def forward_seconds_per_token(model: PreTrainedModel, rows: int = 4, length: int = 64) -> float:
-    """Seconds per token of a forward pass over a lesson-sized batch on this machine now, as training computes it:
-    the output layer only at the labelled positions (the last LABELLED_SHARE of each row), as
-    training.labelled_logits does (the faster of two: the first also warms up). How the queue guesses a base model's
-    training speed before any job ran (trainer.timing): with Gemma's 262k-token vocabulary the output layer at every
-    position was two thirds of the forward, so the guess was 1.4x slow for Gemma and not for SmolLM2."""
-    from trainer.training import IGNORE, labelled_logits  # training imports this module
-
-    device = next(model.parameters()).device
-    vocab = int(getattr(model.config, "vocab_size", 0) or 2)
-    ids = torch.randint(0, min(vocab, 1000), (rows, length), generator=torch.Generator().manual_seed(0)).to(device)
-    labels = ids.clone()
-    labels[:, : length - round(length * LABELLED_SHARE)] = IGNORE
-    mask = torch.ones_like(ids)
-    best = math.inf
-    with torch.inference_mode():
-        for _ in range(2):
-            started = time.perf_counter()
-            labelled_logits(model, ids, mask, labels)
-            best = min(best, time.perf_counter() - started)
-    return best / (rows * length)
 
 
 def set_threads(configured: int) -> int:

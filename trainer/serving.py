@@ -23,7 +23,6 @@ from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
 from trainer.packed import pack_linears
 from trainer.modeling import (
     control_token_ids,
-    forward_seconds_per_token,
     load_model,
     load_tokenizer,
     render_chat,
@@ -31,7 +30,7 @@ from trainer.modeling import (
     set_threads,
     turn_end_ids,
 )
-from trainer.training import chat_messages, longest_token
+from trainer.training import chat_messages, forward_seconds_per_token, longest_token
 
 log = logging.getLogger(__name__)
 _ADAPTER_READER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-reader")

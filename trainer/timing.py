@@ -59,7 +59,7 @@ class Speed:
 # student 1.5 minutes too long.
 DEFAULT_SPEEDS = {"cpu": Speed(60.0, 0.5, 0.5, False, 8.0), "cuda": Speed(1500.0, 1.0, 2.0, False, 9.0)}
 # Better than the default before any job: the server times a forward pass of each base model over a lesson-sized
-# batch when it loads it (trainer.modeling.forward_seconds_per_token), on one thread as every thread of the server
+# batch when it loads it (trainer.training.forward_seconds_per_token), on one thread as every thread of the server
 # but its chat engines' runs torch (docs/trainer.md, "Threads on a shared CPU"), and a CPU training step over as many
 # tokens takes about this many times as long. Measured 2026-12-05, SmolLM2-135M on 2 cores: a lesson step 3.65 ms a
 # token (two spinning threads) against a forward of 1.62 ms on two passively waiting threads, 2.25x, on the idle
@@ -71,7 +71,7 @@ DEFAULT_SPEEDS = {"cpu": Speed(60.0, 0.5, 0.5, False, 8.0), "cuda": Speed(1500.0
 # waits for 30 files' checks). 1.65 puts both within 25%. Beside a busy core it guesses short until the first job's
 # steps correct it. The default figure of 60 tokens a second told a fresh trainer's first class 2.3-2.8x too long.
 # Since stop 35 the forward is timed as training computes it, the output layer only at a lesson's labelled share of
-# positions (modeling.LABELLED_SHARE): SmolLM2's timed forward 0.88x what it was (Gemma-3-270m's 0.72x: its 262k-token
+# positions (training.LABELLED_SHARE): SmolLM2's timed forward 0.88x what it was (Gemma-3-270m's 0.72x: its 262k-token
 # output layer had been two thirds of it), so 1.65 / 0.88 = 1.85.
 TRAIN_OVER_FORWARD = 1.85
 # The same where training multiplies the base in bfloat16 (trainer.grouped.SharedBase, on a CPU with AMX or

@@ -12,17 +12,17 @@ from trainer.config import TOKENIZER_CACHE
 from trainer.modeling import (
     CHATML_TEMPLATE,
     GEMMA_TEMPLATE,
-    LABELLED_SHARE,
     apply_family_template,
-    forward_seconds_per_token,
     load_tokenizer,
     render_chat,
     turn_end_ids,
 )
 from trainer.training import (
     IGNORE,
+    LABELLED_SHARE,
     collate,
     encode_chat,
+    forward_seconds_per_token,
     guessed,
     labelled_loss_and_accuracy,
     lora_model,
