@@ -436,13 +436,17 @@ def test_lora_layer_adds_each_jobs_own_product_to_its_rows(scales: tuple[float, 
     layer.routes = [(start, end, a, b, scale) for (start, end), (a, b), scale in zip(spans, pairs, scales)]
     together = layer(x)
     together.sum().backward()
-    grads = [(a.grad.clone(), b.grad.clone()) for a, b in pairs if a.grad is not None and b.grad is not None]
-    for a, b in pairs:
-        a.grad = b.grad = None
+    together_grads = [_take_grad(tensor) for pair in pairs for tensor in pair]
     for (start, end), (a, b), scale in zip(spans, pairs, scales):
         alone = layer.base(x[start:end]) + ((x[start:end] @ a.t()) * scale) @ b.t()
         assert torch.allclose(together[start:end], alone, atol=1e-5)
         alone.sum().backward()
-    for (a, b), (grad_a, grad_b) in zip(pairs, grads):
-        assert a.grad is not None and b.grad is not None
-        assert torch.allclose(grad_a, a.grad, atol=1e-4) and torch.allclose(grad_b, b.grad, atol=1e-4)
+    alone_grads = [_take_grad(tensor) for pair in pairs for tensor in pair]
+    assert all(torch.allclose(one, other, atol=1e-4) for one, other in zip(together_grads, alone_grads, strict=True))
+
+
+def _take_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's gradient, which must be there, taken off it for the next backward."""
+    assert tensor.grad is not None
+    grad, tensor.grad = tensor.grad, None
+    return grad
