@@ -83,6 +83,7 @@ TRAIN_OVER_FORWARD = 1.85
 # Gemma's class read 319 and measured 333 (right at 1.15), SmolLM2's classes 9-12% short and once 534 against 417
 # (right at 1.32 and 1.54: the timed forward itself moves 10% from one start to the next). 1.3 errs long for Gemma
 # (about 12%) rather than short for SmolLM2: a class told 5 minutes that takes 4.4 is better off than the reverse.
+# At 1.3 Gemma's class of 10 read 302 and measured 352; SmolLM2's first estimates in a class of 10 within 9%.
 TRAIN_OVER_FORWARD_BFLOAT16 = 1.3
 # A worker training in lanes (trainer.cpu_share.train_lanes) gets this much more done a second once a class fills
 # them: 1.25x in two lanes on 2 cores, in either arithmetic (docs/benchmarks.md). The queue's estimates count a
