@@ -14,7 +14,7 @@ from bot import errors
 from bot.i18n import t
 from bot.services.monitor import ChartBudget, MonitorService, ProgressCard
 from cogs import _jobs_ui, _lesson_ui
-from storage.models import Job
+from storage.models import TERMINAL_STATUSES, Job
 
 if TYPE_CHECKING:
     from bot.client import ClassroomBot
@@ -121,9 +121,10 @@ class JobMonitor(commands.Cog):
         # jobs just updated: nothing is lost, the card only lags, and Discord never rate-limits us. A job's end does
         # not wait: its card takes the next free edit and its notice follows (a class of 30 in one channel kept the
         # edits spent, and a finished student's notice came 30 s after the model).
-        if not job.is_terminal and (job.progress_message_id is None or budget.delay(job.channel_id) == 0
-                                    or await self.monitor.has_ended(job)):
-            tick = await self.monitor.poll(job)
+        waits = not job.is_terminal and job.progress_message_id is not None and budget.delay(job.channel_id) > 0
+        state = await self.monitor.state(job) if waits else None  # the one look, handed on to the poll
+        if not job.is_terminal and (state is None or state.status in TERMINAL_STATUSES):
+            tick = await self.monitor.poll(job, state)
             if not tick.ended and job.progress_message_id is not None and budget.delay(job.channel_id) > 0:
                 return  # the channel's edits went to other cards while it was asked: no chart drawn for nothing
             if tick.has_news or job.progress_message_id is None:

@@ -13,7 +13,16 @@ from bot.openai_gateway import FineTuningGateway
 from bot.services import charts, metrics
 from bot.services.workers import CpuWorkers
 from storage.jobs import JobRepository
-from storage.models import TERMINAL_STATUSES, BackendEvent, Checkpoint, Job, JobProgress, MetricPoint, NewJob
+from storage.models import (
+    TERMINAL_STATUSES,
+    BackendEvent,
+    BackendJob,
+    Checkpoint,
+    Job,
+    JobProgress,
+    MetricPoint,
+    NewJob,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +164,14 @@ class MonitorService:
         """The job as stored now."""
         return await self.jobs.get_any(job.id)
 
-    async def has_ended(self, job: Job) -> bool:
-        """Whether the backend says the job has ended: one look at its state, for a job whose card waits its turn."""
-        return (await self.gateway.retrieve_job(job.id)).status in TERMINAL_STATUSES
+    async def state(self, job: Job) -> BackendJob:
+        """The job's state at the backend: one look, for a job whose card waits its turn (has it ended?)."""
+        return await self.gateway.retrieve_job(job.id)
 
-    async def poll(self, job: Job) -> Tick:
-        """Ask the backend about one job: its state first, then only the events after the cursor."""
-        backend = await self.gateway.retrieve_job(job.id)
+    async def poll(self, job: Job, state: BackendJob | None = None) -> Tick:
+        """Ask the backend about one job: its state first (unless just looked at: `state`), then only the events
+        after the cursor."""
+        backend = state if state is not None else await self.gateway.retrieve_job(job.id)
         events = await self.gateway.events_since(job.id, job.last_event_id)
         points, checkpoints = _parse_events(job.id, events)
         total_steps = next((p.total_steps for p in reversed(points) if p.total_steps), None)
