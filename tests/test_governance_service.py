@@ -53,8 +53,11 @@ class Parts:
 
 
 @pytest.fixture
-async def parts(fake_openai: FakeOpenAI, tmp_path: Path) -> AsyncIterator[Parts]:
-    """A migrated database file, the repositories, and the service talking to the fake OpenAI."""
+async def parts(fake_openai: FakeOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Parts]:
+    """A migrated database file, the repositories, and the service talking to the fake OpenAI.
+
+    The system's temporary folder is this test's own for its length: the files `pending` stages go with it."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     db = await Database.open(tmp_path / "gov.sqlite3")
     gateway = FineTuningGateway.create(api_key=fake_openai.api_key, base_url=fake_openai.base_url)
     repo, jobs = GovernanceRepository(db), JobRepository(db)
