@@ -54,6 +54,13 @@ class FlaggedFileRepository:
             "AND status IN ('flagged', 'asked') ORDER BY created_at DESC, rowid DESC", (pending_token, file_hash))
         return _flagged(row) if row else None
 
+    async def open_lines(self, guild_id: int, file_hash: str) -> list[FlaggedLine]:
+        """The lines moderation flagged in this exact file on this server, in records no teacher allowed yet."""
+        rows = await self.db.fetch_all(
+            f"SELECT {_COLUMNS} FROM flagged_files WHERE guild_id = ? AND file_hash = ? "
+            "AND status IN ('flagged', 'asked') ORDER BY created_at, rowid", (guild_id, file_hash))
+        return [line for row in rows for line in _flagged(row).lines]
+
     async def ask(self, guild_id: int, flagged_id: str) -> bool:
         """The student asked a teacher, once: False when asked (or decided) already."""
         return await self.db.execute(

@@ -141,3 +141,29 @@ async def test_flagged_validation_line_is_named_by_its_file(parts: Parts) -> Non
     with pytest.raises(ContentFlaggedError) as refused:
         await parts.service.moderation.check_training_data(both)
     assert [(x.file, x.line) for x in refused.value.flagged.lines] == [("train.jsonl", 1), ("held-out.jsonl", 2)]
+
+
+async def test_a_big_file_once_flagged_stays_flagged_whatever_the_next_sample(parts: Parts) -> None:
+    """A file past the sample cap is moderated as a fresh random sample at each Start. Once a sample found a line,
+    starting the same file again is refused on that line whatever the next sample holds, until a teacher allows it:
+    otherwise pressing Start a few times would let the line through (a sample of 512 of 2,048 lines misses it three
+    times in four)."""
+    await parts.service.roles.update(GUILD, moderation=True)
+    parts.fake.flag_words = {"nasty"}
+    data = chat_lines(2047) + chat_lines(1, word="nasty")
+    for _ in range(80):  # until a sample holds the line: each does one time in four (never in 80: 1 in 10^10)
+        try:
+            await parts.service.moderation.check_training_data(pending(data))
+        except ContentFlaggedError as refused:
+            flagged = refused.flagged
+            break
+    else:
+        pytest.fail("no sample of the file held its flagged line")
+    assert [(x.file, x.line) for x in flagged.lines] == [("train.jsonl", 2048)]
+    for _ in range(12):  # without the record, all 12 samples would hold the line one time in 17 million
+        with pytest.raises(ContentFlaggedError) as again:
+            await parts.service.moderation.check_training_data(pending(data))
+        assert [(x.file, x.line) for x in again.value.flagged.lines] == [("train.jsonl", 2048)]
+    await parts.service.flagged.ask(GUILD, flagged.id, STUDENT)
+    await parts.service.flagged.allow(GUILD, flagged.id, TEACHER)
+    await parts.service.moderation.check_training_data(pending(data))  # allowed: this file passes from now on

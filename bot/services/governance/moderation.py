@@ -30,7 +30,7 @@ _NAME_PARTS = re.compile(r"[-_.]+")  # my_bad-model.jsonl reads as the words it 
 _RANDOM = random.SystemRandom()  # samples nobody can predict, so none can be planned around
 
 # Moderation: texts per request; every example of a file up to MODERATION_SAMPLE_CAP examples, a fresh random
-# sample of that many beyond; texts are sent whole, in windows of MODERATION_TEXT_CHARS that overlap by
+# sample of that many beyond (and the lines an earlier sample flagged in the same file); texts are sent whole, in windows of MODERATION_TEXT_CHARS that overlap by
 # MODERATION_OVERLAP_CHARS, at most MODERATION_WINDOW_CAP windows per file (a random sample of them beyond).
 MODERATION_BATCH = 32
 MODERATION_SAMPLE_CAP = 512
@@ -249,6 +249,11 @@ class ModerationService:
         # on a fresh random sample of a bigger one: no line can be placed where it is never looked at.
         own = await self._own_words(pending.guild_id, [text for _, text in examples], settings)
         flagged = {key: _flagged_line(key, text, None) for (key, text), hit in zip(examples, own) if hit}
+        # Lines an earlier Start's sample found in this very file stay flagged until a teacher allows them: a fresh
+        # sample of a big file may miss them, and pressing Start again must not be a way past the check.
+        digest = file_hash(files)
+        for line in await self.flagged.open_lines(pending.guild_id, digest):
+            flagged.setdefault((line.file, line.line), line)
         if backend_on:
             rest = _sample([example for example, hit in zip(examples, own) if not hit], MODERATION_SAMPLE_CAP)
             windows = _sample([(key, window) for key, text in rest for window in text_windows(text)],
@@ -258,7 +263,7 @@ class ModerationService:
                 if verdict.flagged and key not in flagged:
                     flagged[key] = _flagged_line(key, window, verdict.spans[0] if verdict.spans else None)
         if flagged:
-            await self._refuse(pending, files, flagged)
+            await self._refuse(pending, digest, flagged)
 
     async def _check_names(self, pending: PendingStart, settings: ClassSettings) -> None:
         """The model's name and the files' names show on the class's cards and model lists: moderated as any text a
@@ -270,10 +275,9 @@ class ModerationService:
             log.info("The model or file name of user %s in guild %s was held back", pending.user_id, pending.guild_id)
             raise NameHeldBackError()
 
-    async def _refuse(self, pending: PendingStart, files: list[bytes], flagged: dict[tuple[str, int], FlaggedLine]
-                      ) -> None:
-        """Let a file through whose flagged lines a teacher allowed in this exact file; else record it and refuse."""
-        digest = file_hash(files)
+    async def _refuse(self, pending: PendingStart, digest: str, flagged: dict[tuple[str, int], FlaggedLine]) -> None:
+        """Let a file (its hash: digest) through whose flagged lines a teacher allowed in this exact file; else record
+        it and refuse."""
         if set(flagged) <= await self.flagged.allowed_lines(pending.guild_id, digest):
             log.info("Training data of user %s in guild %s: flagged lines a teacher allowed in this file",
                      pending.user_id, pending.guild_id)
