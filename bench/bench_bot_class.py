@@ -34,6 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -272,14 +273,16 @@ def _errors(readings: list[tuple[float, float]], arrived: float, pressed: float)
     return strict, of_wait
 
 
-def queue_figures(students: list[Student], clock: float) -> dict[str, float]:
+def queue_figures(students: list[Student], clock: float) -> dict[str, Any]:
     """Of the cards that waited in line: how many showed a place and a time, and how far off each estimate was, read
     from the queue line's minutes and from the card's exact "Estimated finish" (clock: wall minus monotonic)."""
     waited = [s for s in students if any(QUEUE_PLACE.search(text) for _, text in s.seen)]
     with_time = [s for s in waited if any(QUEUE_WAIT.search(text) for _, text in s.seen)]
-    figures: dict[str, float] = {"waited": len(waited), "with_place_and_time": len(with_time)}
+    figures: dict[str, Any] = {"waited": len(waited), "with_place_and_time": len(with_time)}
+    first_press = min((s.pressed for s in students), default=0.0)
     for kind in ("line", "finish"):
         firsts: list[float] = []
+        by_press: list[tuple[int, float]] = []  # (seconds after the first Start it was pressed, its first error)
         strict: list[float] = []
         of_wait: list[float] = []
         for student in waited:
@@ -297,6 +300,7 @@ def queue_figures(students: list[Student], clock: float) -> dict[str, float]:
             if readings:
                 errors, whole = _errors(readings, student.arrived, student.pressed)
                 firsts.append(errors[0])
+                by_press.append((round(student.pressed - first_press), round(errors[0], 2)))
                 strict += errors
                 of_wait += whole
         figures.update({f"{kind}_readings": len(strict),
@@ -305,7 +309,8 @@ def queue_figures(students: list[Student], clock: float) -> dict[str, float]:
                         f"{kind}_first_within_25": sum(error <= 0.25 for error in firsts),
                         f"{kind}_worst_strict": max(strict, default=0.0),
                         f"{kind}_worst_of_wait": max(of_wait, default=0.0),
-                        f"{kind}_within_25_of_wait": sum(error <= 0.25 for error in of_wait)})
+                        f"{kind}_within_25_of_wait": sum(error <= 0.25 for error in of_wait),
+                        f"{kind}_first_by_press": sorted(by_press)})
     return figures
 
 

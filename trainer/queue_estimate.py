@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainer.timing import PACE_WINDOW, Speed, Timings
+from trainer.timing import ARRIVAL_SECONDS, PACE_WINDOW, Speed, Timings, class_arrived
 
 if TYPE_CHECKING:
     from trainer.fair_queue import FairQueue
@@ -134,11 +134,16 @@ def _step_work(jobs: Sequence[Row], work: Callable[[Row], int]) -> float:
     return statistics.median(known) if known else STEP_WORK_GUESS
 
 
-def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Callable[[Row], int]) -> float | None:
+def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Callable[[Row], int],
+                counted_from: Mapping[str, int] | None = None) -> float | None:
     """How fast a device trains now against its measured speed: the steps its stepping jobs would take at the
-    measured speed over their parts of the worker's time lately (None when no job has stepped enough to tell)."""
+    measured speed over their parts of the worker's time lately (None when no job has stepped enough to tell).
+    counted_from: per job, the steps it had done when a class last arrived; only its steps since count."""
+    def counted(job: Row) -> int:
+        return (job["steps_done"] or 0) - (counted_from or {}).get(job["id"], 0)
+
     stepping = [job for job in running if job["stepped_at"] and job["step_seconds"] and job["total_steps"]
-                and (job["steps_done"] or 0) >= LIVE_STEPS]
+                and counted(job) >= LIVE_STEPS]
     if not stepping:
         return None
     # Each job's pace is its part of the worker's step (trainer.timing.Pace: the gap times its share of the step's
@@ -149,7 +154,7 @@ def live_factor(running: Sequence[Row], speed: Callable[[str], Speed], work: Cal
     measured = sum(float(job["step_seconds"]) for job in stepping)
     # A pace read off a few steps is weighed by how much of its window they fill: a class's first steps run beside
     # its 30 uploads and file checks, and taken at once for the machine's they told the line up to 2x too long.
-    seen = min(1.0, max(int(job["steps_done"] or 0) for job in stepping) / PACE_WINDOW)
+    seen = min(1.0, max(counted(job) for job in stepping) / PACE_WINDOW)
     low, high = LIVE_FACTOR_RANGE
     return float(min(high, max(low, (expected / measured) ** seen)))
 
@@ -256,6 +261,8 @@ class QueueEstimator:
         # By device: the running jobs its latest live factor was read from, and when. The rows, not the factor: the
         # measured speed it is relative to changes when a job ends (the job's own run is recorded).
         self._paced: dict[str, tuple[list[Row], float]] = {}
+        # Per running job, the steps it had done when a class was last arriving (live_factor counts the steps since).
+        self._counted_from: dict[str, int] = {}
 
     def poke(self) -> None:
         """Say the queue changed (a job queued, started, ended, paused): estimates are redone at once."""
@@ -283,6 +290,12 @@ class QueueEstimator:
             self._running_since.setdefault(job["id"], now)
         for job_id in set(self._running_since) - {job["id"] for job in running}:
             del self._running_since[job_id]
+        kept = {job["id"] for job in running} | {row["id"] for rows, _ in self._paced.values() for row in rows}
+        self._counted_from = {job_id: steps for job_id, steps in self._counted_from.items() if job_id in kept}
+        if class_arrived(self.store.jobs_created_between(now - ARRIVAL_SECONDS, now), now, now):
+            # A class arriving (trainer.timing.CLASS_ARRIVING): the running jobs' steps so far are not the machine's
+            # pace; only their steps after it are.
+            self._counted_from.update((job["id"], job["steps_done"] or 0) for job in running)
         # Jobs whose files are still being checked join the queue in a moment: they are placed as if already in it.
         places = plan(queue, waiting, running, self.devices, now, self.timings.speed, self.work, self._running_since,
                       self.state, self.factors(running, now))
@@ -304,11 +317,12 @@ class QueueEstimator:
         for device in self.devices:
             jobs = [job for job in running if job["device"] == device or (device == self.devices[0]
                                                                           and job["device"] not in self.devices)]
-            factor = live_factor(jobs, _on(self.timings.speed, device), self.work)
+            factor = live_factor(jobs, _on(self.timings.speed, device), self.work, self._counted_from)
             if factor is not None:
                 self._paced[device] = ([dict(job) for job in jobs], now)
             elif device in self._paced and now - self._paced[device][1] <= FACTOR_MEMORY_SECONDS:
-                factor = live_factor(self._paced[device][0], _on(self.timings.speed, device), self.work)
+                factor = live_factor(self._paced[device][0], _on(self.timings.speed, device), self.work,
+                                     self._counted_from)
             factors[device] = factor if factor is not None else 1.0
         return factors
 

@@ -26,6 +26,13 @@ LOADING_MESSAGE = "Loading the base model"  # the worker's event when a job's st
 STAMP_SECONDS = 1.0  # the resolution of event times
 STARTUP_RUNS = 3
 PACE_WINDOW = 12  # step gaps a running job's pace is the median of (measured: 6 swung 20% with a shared machine's load)
+# A class arriving: at least this many jobs created within ARRIVAL_SECONDS. Meanwhile the machine also checks and
+# uploads their files and draws their cards, so the jobs training then step slower than they will once the class is in
+# (a class of 30 through the bot: the worker had 60% of the machine in the first minute, 88% after). Neither their live
+# pace (trainer/queue_estimate.py) nor their finished runs are taken for the machine's speed: taken so, they told the
+# students pressing in that minute up to 72% too long (docs/benchmarks.md, "A whole class through the bot").
+CLASS_ARRIVING = 3
+ARRIVAL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,14 @@ class Pace:
         return statistics.median(self.parts) if self.parts else 0.0
 
 
+def class_arrived(created: list[float], since: float, until: float) -> bool:
+    """Whether a class was arriving at some moment from `since` to `until`, by these job creation times: a moment
+    with CLASS_ARRIVING jobs created in the ARRIVAL_SECONDS up to it."""
+    moments, k = sorted(created), CLASS_ARRIVING - 1
+    return any(moments[i + k] - moments[i] <= ARRIVAL_SECONDS and moments[i + k] <= until
+               and moments[i] + ARRIVAL_SECONDS >= since for i in range(len(moments) - k))
+
+
 def default_speed(device: str) -> Speed:
     """The figure to use for a device kind before anything was measured on it."""
     return DEFAULT_SPEEDS["cuda" if device.startswith("cuda") else "cpu"]
@@ -151,6 +166,7 @@ class Run:
     wrapup: float
     cold: bool = True  # its start loaded the base model (or we can't tell: the old one-process-per-job worker did)
     busy: float | None = None  # its part of the worker's time (trainer.timing.Pace.busy; None: not recorded)
+    crowded: bool = False  # it stepped while a class arrived (CLASS_ARRIVING jobs created meanwhile)
 
 
 def measure_run(job: Any, events: list[Any]) -> Run | None:
@@ -259,16 +275,18 @@ class Timings:
         self.first_guess: Callable[[str], float | None] = lambda model: None
 
     def speed(self, model: str, device: str = "cpu") -> Speed:
-        """This machine's measured throughput for a base model; before any measurement, on a CPU, a guess from the
-        model's forward pass timed here (first_guess), else the device's default (measured False both)."""
-        runs = self.runs.get(model)
-        measured = speed_of(runs) if runs else None
+        """This machine's measured throughput for a base model, from the runs that trained while no class arrived;
+        before any such run, on a CPU, a guess from the model's forward pass timed here (first_guess; measured False),
+        else the runs of a class's arrival, else the device's default (measured False)."""
+        runs = self.runs.get(model, [])
+        calm = [run for run in runs if not run.crowded]
+        measured = speed_of(calm) if calm else None
         if measured is not None:
             return measured
         guess = None if device.startswith("cuda") else self.first_guess(model)
         if guess:
             return replace(default_speed(device), tokens_per_second=1.0 / guess)
-        return default_speed(device)
+        return (speed_of(runs) if runs else None) or default_speed(device)
 
     def load(self) -> None:
         """Take each base model's most recent measurable succeeded job."""
@@ -284,6 +302,8 @@ class Timings:
         events = self.store.events(job_id, EVENT_LIMIT, None).rows
         run = measure_run(job, events)
         if run is not None:
+            created = self.store.jobs_created_between(run.first_step_start - ARRIVAL_SECONDS, run.last_step_end)
+            run = replace(run, crowded=class_arrived(created, run.first_step_start, run.last_step_end))
             runs = [kept for kept in self.runs.get(job["model"], []) if kept.job_id != job_id] + [run]
             self.runs[job["model"]] = runs[-RECENT_JOBS:]
         seconds = lesson_seconds(job, events, self.default_batch_size)

@@ -23,6 +23,7 @@ from trainer.timing import (
     Run,
     Speed,
     Timings,
+    class_arrived,
     measure_run,
     speed_of,
 )
@@ -456,3 +457,81 @@ def test_a_cancel_during_a_checkpoint_is_the_last_line(store: Store, cancelled: 
     reporter.checkpoint(1, 15, Path("ckpt"), {"step": 15, "total_steps": 30, "train_loss": 1.0}, final=False)
     assert store.events(job_id, 10, None).rows[0]["message"] == "Fine-tuning job cancelled"  # newest first
     assert len(store.checkpoints(job_id, 10, None).rows) == (0 if cancelled.startswith("before") else 1)
+
+
+def test_a_class_arriving_does_not_set_the_machines_pace(store: Store) -> None:
+    """While a class arrives the machine also checks and uploads its files, and the running job steps slower (2 s
+    against the measured 1 s). Those steps are not the machine's pace: the line is told at the measured speed. Once
+    the class is in, steps still at 2 s are a lasting change, and the line follows them."""
+    clock = Clock()
+    running = _add(store, "A", "a1", 3000, "running", steps=30)  # 100 work tokens a step: 1 s at the measured speed
+    arriving = [_add(store, "A", f"a{n}", 3000, steps=30) for n in range(2, 5)]
+    for job_id in [running, *arriving]:
+        store.update_job(job_id, created_at=NOW)
+    queue = FairQueue()
+    queue.pick([store.job(running)])  # type: ignore[list-item]
+    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    reporter = DatabaseReporter(store, store.job(running), "ft:tiny:school::a1")
+    reporter.clock = clock
+    for step in range(1, PACE_WINDOW + 1):  # 24 s: the class still arriving (all within 30 s)
+        _report(reporter, clock, step, 30, 2.0)
+        estimator.refresh(queue)
+    next_in_line = store.job(arriving[0])
+    assert next_in_line is not None
+    # At the measured speed: the running job's 18 steps left, then 10 s to start and 30 steps of 1 s.
+    at_measured = clock.now + (30 - PACE_WINDOW) * 1.0 + 10 + 30
+    assert abs(next_in_line["estimated_finish"] - at_measured) <= 2
+    clock.now += 7  # the class is in (31 s after it arrived); the job keeps stepping at 2 s
+    for step in range(PACE_WINDOW + 1, 2 * PACE_WINDOW + 1):
+        _report(reporter, clock, step, 30, 2.0)
+        estimator.refresh(queue)
+    next_in_line = store.job(arriving[0])
+    assert next_in_line is not None
+    at_the_pace = clock.now + (30 - 2 * PACE_WINDOW) * 2.0 + 10 + 30 * 2.0
+    assert abs(next_in_line["estimated_finish"] - at_the_pace) / (at_the_pace - clock.now) <= 0.05
+
+
+def test_class_arrived_at_a_moment_with_three_jobs_created_in_the_30_s_before() -> None:
+    """A class arrives from the third of three jobs created within 30 s until 30 s after the first of them."""
+    assert class_arrived([100, 110, 120], 120, 120) and class_arrived([100, 110, 120], 125, 200)
+    assert not class_arrived([100, 110, 120], 131, 200)  # the first is more than 30 s old by then
+    assert not class_arrived([100, 110, 120], 0, 119)  # the third not created yet
+    assert not class_arrived([100, 120, 140], 0, 1000)  # never three within 30 s
+    assert not class_arrived([100, 110], 0, 1000)
+
+
+def test_a_run_trained_while_a_class_arrived_is_not_the_machines_speed(store: Store,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that stepped while a class's files came in ran slowed by their checks and uploads: it is recorded as
+    crowded, and the speed stays the first guess until a job trained without a class arriving; without a guess (a
+    GPU) the crowded run is still better than the default figure."""
+    clock = [1000]
+    monkeypatch.setattr("trainer.store.now", lambda: clock[0])
+    timings = Timings(store, 4)
+    timings.first_guess = {"tiny": 0.01}.get
+
+    def trained(begin: int, others_created: list[int]) -> str:
+        clock[0] = begin
+        job_id = _add(store, "A", f"u{begin}", 800, "running", steps=8)
+        for at in others_created:
+            clock[0] = at
+            _add(store, "A", f"v{at}", 800)
+        for step, at in ((None, begin), (1, begin + 4), (8, begin + 32)):
+            clock[0] = at
+            if step is None:
+                store.add_event(job_id, "Fine-tuning job started")
+            else:
+                store.add_event(job_id, f"Step {step}", data={"step": step, "total_steps": 8}, kind="metrics")
+        store.update_job(job_id, status="succeeded", finished_at=begin + 33, fine_tuned_model=f"ft:tiny:{job_id}")
+        timings.record(job_id)
+        return job_id
+
+    crowded = trained(1000, [1005, 1010, 1015])  # three students pressing Start while it trained
+    assert [run.crowded for run in timings.runs["tiny"]] == [True]
+    assert timings.speed("tiny", "cpu").tokens_per_second == pytest.approx(100.0)  # the guess: 1 / 0.01
+    assert not timings.speed("tiny", "cpu").measured
+    assert timings.speed("tiny", "cuda:0") == speed_of(timings.runs["tiny"])
+    trained(1200, [])  # the class is in
+    assert [run.crowded for run in timings.runs["tiny"]] == [True, False]
+    calm = timings.speed("tiny", "cpu")
+    assert calm.measured and calm == speed_of(timings.runs["tiny"][1:]) and crowded
