@@ -54,12 +54,12 @@ class FlaggedFileRepository:
             "AND status IN ('flagged', 'asked') ORDER BY created_at DESC, rowid DESC", (pending_token, file_hash))
         return _flagged(row) if row else None
 
-    async def open_lines(self, guild_id: int, file_hash: str) -> list[FlaggedLine]:
-        """The lines moderation flagged in this exact file on this server, in records no teacher allowed yet."""
+    async def open_records(self, guild_id: int, file_hash: str, user_id: int) -> list[FlaggedFile]:
+        """The records no teacher allowed yet on this server of this exact file, or of any file of this student."""
         rows = await self.db.fetch_all(
-            f"SELECT {_COLUMNS} FROM flagged_files WHERE guild_id = ? AND file_hash = ? "
-            "AND status IN ('flagged', 'asked') ORDER BY created_at, rowid", (guild_id, file_hash))
-        return [line for row in rows for line in _flagged(row).lines]
+            f"SELECT {_COLUMNS} FROM flagged_files WHERE guild_id = ? AND (file_hash = ? OR user_id = ?) "
+            "AND status IN ('flagged', 'asked') ORDER BY created_at, rowid", (guild_id, file_hash, user_id))
+        return [_flagged(row) for row in rows]
 
     async def ask(self, guild_id: int, flagged_id: str) -> bool:
         """The student asked a teacher, once: False when asked (or decided) already."""

@@ -145,9 +145,9 @@ async def test_flagged_validation_line_is_named_by_its_file(parts: Parts) -> Non
 
 async def test_a_big_file_once_flagged_stays_flagged_whatever_the_next_sample(parts: Parts) -> None:
     """A file past the sample cap is moderated as a fresh random sample at each Start. Once a sample found a line,
-    starting the same file again is refused on that line whatever the next sample holds, until a teacher allows it:
-    otherwise pressing Start a few times would let the line through (a sample of 512 of 2,048 lines misses it three
-    times in four)."""
+    starting the same file again is refused on that line whatever the next sample holds, until a teacher allows it,
+    and a file with some other line changed has the line checked again: otherwise pressing Start a few times (or
+    adding a line first) would let it through (a sample of 512 of 2,048 lines misses it three times in four)."""
     await parts.service.roles.update(GUILD, moderation=True)
     parts.fake.flag_words = {"nasty"}
     data = chat_lines(2047) + chat_lines(1, word="nasty")
@@ -164,6 +164,10 @@ async def test_a_big_file_once_flagged_stays_flagged_whatever_the_next_sample(pa
         with pytest.raises(ContentFlaggedError) as again:
             await parts.service.moderation.check_training_data(pending(data))
         assert [(x.file, x.line) for x in again.value.flagged.lines] == [("train.jsonl", 2048)]
+    for n in range(12):  # another file: one more line in front, the flagged one moved; it is checked all the same
+        with pytest.raises(ContentFlaggedError) as moved:
+            await parts.service.moderation.check_training_data(pending(chat_lines(1, word=f"extra{n}") + data))
+        assert [(x.file, x.line) for x in moved.value.flagged.lines] == [("train.jsonl", 2049)]
     await parts.service.flagged.ask(GUILD, flagged.id, STUDENT)
     await parts.service.flagged.allow(GUILD, flagged.id, TEACHER)
     await parts.service.moderation.check_training_data(pending(data))  # allowed: this file passes from now on

@@ -249,13 +249,20 @@ class ModerationService:
         # on a fresh random sample of a bigger one: no line can be placed where it is never looked at.
         own = await self._own_words(pending.guild_id, [text for _, text in examples], settings)
         flagged = {key: _flagged_line(key, text, None) for (key, text), hit in zip(examples, own) if hit}
-        # Lines an earlier Start's sample found in this very file stay flagged until a teacher allows them: a fresh
-        # sample of a big file may miss them, and pressing Start again must not be a way past the check.
+        # What an earlier Start's sample found must not be missed by the next one's, or pressing Start again (or
+        # again after changing some other line) would be a way past the check: lines found in this very file stay
+        # flagged until a teacher allows them, and the examples holding what was found in the student's files are
+        # always checked.
         digest = file_hash(files)
-        for line in await self.flagged.open_lines(pending.guild_id, digest):
+        earlier = await self.flagged.open_records(pending.guild_id, digest, pending.user_id)
+        for line in (line for record in earlier if record.file_hash == digest for line in record.lines):
             flagged.setdefault((line.file, line.line), line)
         if backend_on:
-            rest = _sample([example for example, hit in zip(examples, own) if not hit], MODERATION_SAMPLE_CAP)
+            marks = {_found(line) for record in earlier for line in record.lines} - {""}
+            unflagged = [example for example, hit in zip(examples, own) if not hit]
+            again = {key for key, text in unflagged if any(mark in _one_line(text) for mark in marks)}
+            rest = ([example for example in unflagged if example[0] in again][:MODERATION_SAMPLE_CAP]
+                    + _sample([example for example in unflagged if example[0] not in again], MODERATION_SAMPLE_CAP))
             windows = _sample([(key, window) for key, text in rest for window in text_windows(text)],
                               MODERATION_WINDOW_CAP)
             verdicts = await self._answered(pending.guild_id, self._verdicts([window for _, window in windows]))
@@ -335,8 +342,7 @@ def file_hash(files: Sequence[bytes]) -> str:
 def _flagged_line(key: tuple[str, int], text: str, span: tuple[int, int] | None) -> FlaggedLine:
     """A flagged line as it may be shown: the flagged words with some context, or the start of the line."""
     if span is None:
-        flat = " ".join(text.split())
-        return FlaggedLine(key[0], key[1], _excerpt(flat, FLAGGED_LINE_CHARS))
+        return FlaggedLine(key[0], key[1], _excerpt(text, FLAGGED_LINE_CHARS))
     text = _ONE_LINE.sub(" ", text)  # one character for one, so the span stays where it was
     start, end = span
     left = max(0, start - FLAGGED_CONTEXT_CHARS)
@@ -346,6 +352,19 @@ def _flagged_line(key: tuple[str, int], text: str, span: tuple[int, int] | None)
     excerpt = prefix + text[left:right] + ("…" if right < len(text) else "")
     offset = len(prefix) + start - left
     return FlaggedLine(key[0], key[1], excerpt, (offset, offset + end - start))
+
+
+def _found(line: FlaggedLine) -> str:
+    """What moderation found in a flagged line, to look for again: its flagged words, else the shown start of the
+    line (without the ellipsis of a clipped one)."""
+    if line.span is not None:
+        return line.text[line.span[0]:line.span[1]]
+    return line.text.removesuffix("…")
+
+
+def _one_line(text: str) -> str:
+    """A text with its whitespace runs as single spaces, as a flagged line is shown."""
+    return " ".join(text.split())
 
 
 def training_texts(data: bytes) -> list[tuple[int, str]]:
@@ -381,5 +400,5 @@ def _sample(items: list[T], cap: int) -> list[T]:
 
 
 def _excerpt(text: str, limit: int = 120) -> str:
-    flat = " ".join(text.split())
+    flat = _one_line(text)
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
