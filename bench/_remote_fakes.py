@@ -199,7 +199,7 @@ class FakesServer:
 
         def complete() -> bool:
             done = sum(1 for m in self.discord.messages(body["thread"]) if m.content.endswith(body["ending"]))
-            return done >= body["count"]
+            return bool(done >= body["count"])
 
         await self.discord.wait_for(complete, timeout=120, what="complete answers")
         return web.json_response({})

@@ -369,7 +369,7 @@ async def bench_watcher(running: int, finished: int, guilds: int, examples: int,
         # A long interval: the bench drives the ticks itself (the loop's own body, JobMonitor.poll).
         async with running_bot(fake_discord, fake_openai, job_poll_seconds=3600.0) as bot:
             # load_extension imports cogs.job_monitor afresh, so the cog is not an instance of our JobMonitor.
-            cog = bot.get_cog("JobMonitor")
+            cog: Any = bot.get_cog("JobMonitor")
             assert cog is not None and type(cog).__name__ == "JobMonitor"
             cog.poll.cancel()
             await wait_for(lambda: not cog.poll.is_running(), 5, "the watcher loop to stop")

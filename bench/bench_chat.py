@@ -102,7 +102,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             first_piece_at.setdefault(key, time.monotonic())
             yield piece
 
-    bot.gateway.stream_chat = timed_stream  # type: ignore[method-assign]
+    bot.gateway.stream_chat = timed_stream  # type: ignore[method-assign, assignment]
 
     threads = [(await fakes.call("/open", {"user": student}))["thread"] for student in students]
     lag: list[float] = []

@@ -163,7 +163,8 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
         return sum(outcome.tokens for outcome in grouped.group_step(base, runs[int(size)], tokenizer.pad_token_id))
 
     for _ in range(rounds):
-        for size in [*groups, "lanes"] if threads > 1 else groups:
+        sizes: list[int | str] = [*groups, "lanes"] if threads > 1 else [*groups]
+        for size in sizes:
             step(size)  # warm-up: first-pass allocations
             tokens, started, cpu = 0, time.perf_counter(), time.process_time()
             for _ in range(steps):

@@ -98,9 +98,10 @@ async def bench_job(name: str, source: str, language: str, cache: Path) -> dict[
             while True:
                 try:
                     model = await api.models.retrieve(name)
-                    if model.status == "ready":
+                    status = getattr(model, "status", None)  # the trainer's own field on a base model
+                    if status == "ready":
                         break
-                    if model.status == "failed":
+                    if status == "failed":
                         raise RuntimeError(f"{name} failed to load: {(data / 'server.log').read_text()[-2000:]}")
                 except Exception as error:  # noqa: BLE001 - not up yet
                     if "failed to load" in str(error):
@@ -120,7 +121,7 @@ async def bench_job(name: str, source: str, language: str, cache: Path) -> dict[
                         first_metrics = time.perf_counter() - created
                 await asyncio.sleep(0.2)
             succeeded = time.perf_counter()
-            if job.status != "succeeded":
+            if job.status != "succeeded" or not job.fine_tuned_model:
                 raise RuntimeError(f"job {job.status}: {job.error}")
             stream = await api.chat.completions.create(
                 model=job.fine_tuned_model, messages=[{"role": "user", "content": PROMPTS[language]}], stream=True,
@@ -130,7 +131,7 @@ async def bench_job(name: str, source: str, language: str, cache: Path) -> dict[
                 if chunk.choices and chunk.choices[0].delta.content:
                     first_token = first_token or time.perf_counter() - succeeded
                     reply += chunk.choices[0].delta.content
-            steps = job.hyperparameters.n_epochs * -(-40 // job.hyperparameters.batch_size)
+            steps = int(job.hyperparameters.n_epochs or 0) * -(-40 // int(job.hyperparameters.batch_size or 1))
             return {"model": name, "lesson": language, "ready_s": ready, "first_metrics_s": first_metrics,
                     "succeeded_s": succeeded - created, "first_token_s": first_token, "steps": steps,
                     "peak_rss_mib": sampler.peak_mib, "reply": reply.strip().replace("\n", " ")[:80]}

@@ -116,7 +116,8 @@ def main() -> None:
     before = process.memory_info().rss
     start = time.perf_counter()
     from trainer import moderation
-    filters = moderation.Filters(args.model or moderation.MODEL_PATH)
+    from trainer.moderation_model import MODEL_PATH
+    filters = moderation.Filters(args.model or MODEL_PATH)
     loaded = time.perf_counter() - start
     name = args.model or moderation.MODEL_NAME
     print(f"filter {name}: loaded in {loaded:.2f} s; thresholds {filters.model.thresholds}; "

@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from bot.config import Settings
 from bot.openai_gateway import FineTuningGateway
@@ -218,7 +219,8 @@ async def _turns_ended(gateway: FineTuningGateway, report: EvaluationReport) -> 
     ended = []
     for row in report.rows:
         reply = await gateway.client.chat.completions.create(
-            model=report.models[0], messages=row.example.as_messages(), max_tokens=ANSWER_TOKENS, temperature=0)
+            model=report.models[0], messages=cast(Any, row.example.as_messages()), max_tokens=ANSWER_TOKENS,
+            temperature=0)  # plain role/content dicts: the SDK's message types are TypedDicts of them
         ended.append(reply.choices[0].finish_reason == "stop")
     return ended
 

@@ -27,11 +27,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.bench_quality import _train, model_sources, start_trainer
+from bench.bench_quality import model_sources, start_trainer
 from bot.openai_gateway import FineTuningGateway
 from bot.services.chat import CLASSROOM_SAMPLING
 from bot.services.evaluation import similarity
 from bot.services.lessons import Example, Lesson, LessonLibrary
+from support.lesson_payoff import train
 from support.trainer_harness import BENCH_GGUF_CACHE
 
 # Each shipped lesson on the offline base that speaks its language.
@@ -116,7 +117,7 @@ async def main(lessons: list[str], count: int, cache: Path) -> int:
         for name in lessons:
             lesson, model = library.get(name), LESSON_MODELS[name]
             started = time.perf_counter()
-            tuned = await _train(gateway, server, lesson, model)
+            tuned = await train(gateway, lesson, model)
             print(f"{name}: trained {tuned} in {time.perf_counter() - started:.0f} s", flush=True)
             started = time.perf_counter()
             replies = await sample(gateway, tuned, questions(lesson, count))

@@ -192,6 +192,7 @@ async def bench_chat(source: str, prompts: int, max_tokens: int) -> None:
                 await asyncio.sleep(1)
             assert job.status == "succeeded", job.error
             name = job.fine_tuned_model
+            assert name is not None
             await api.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
 
             set_threads(0)
@@ -200,7 +201,7 @@ async def bench_chat(source: str, prompts: int, max_tokens: int) -> None:
             model = PeftModel.from_pretrained(load_model(source, "cpu"), str(adapter)).merge_and_unload().eval()
             served_tokens = served_time = plain_tokens = plain_time = 0.0
             for prompt in (PROMPTS * prompts)[:prompts]:
-                messages = [{"role": "user", "content": prompt}]
+                messages: list[Any] = [{"role": "user", "content": prompt}]
                 started = time.perf_counter()
                 stream = await api.chat.completions.create(
                     model=name, messages=messages, stream=True, temperature=0, max_tokens=max_tokens,
@@ -211,7 +212,7 @@ async def bench_chat(source: str, prompts: int, max_tokens: int) -> None:
                 served_time += time.perf_counter() - started
                 served_tokens += usage.completion_tokens if usage else 0
 
-                inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                inputs: Any = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                        return_dict=True)
                 started = time.perf_counter()
                 with torch.inference_mode():

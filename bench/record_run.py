@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 from openai import AsyncOpenAI
 
@@ -25,7 +26,7 @@ BENCH_KEY = "record-run-bench-key"  # the trainer wants 16 characters or more
 
 
 async def record(file: Path, model: str, epochs: int, data_dir: Path, model_path: Path,
-                 validation: Path | None = None) -> dict[str, object]:
+                 validation: Path | None = None) -> dict[str, Any]:
     """Train once and return what the run reported."""
     server = TrainerProcess(data_dir, model_path, TRAINER_MAX_SEQ_LEN="256", TRAINER_TORCH_THREADS="0",
                             TRAINER_API_KEY=BENCH_KEY)
@@ -37,14 +38,15 @@ async def record(file: Path, model: str, epochs: int, data_dir: Path, model_path
         held_out = (await api.files.create(file=(validation.name, validation.read_bytes()), purpose="fine-tune")
                     if validation is not None else None)
         started = time.time()
-        extra = {"validation_file": held_out.id} if held_out is not None else {}
+        extra: dict[str, Any] = {"validation_file": held_out.id} if held_out is not None else {}
         job = await api.fine_tuning.jobs.create(model=model, training_file=uploaded.id, seed=7,
                                                 hyperparameters={"n_epochs": epochs}, **extra)
         while job.status not in ("succeeded", "failed", "cancelled"):
             await asyncio.sleep(2)
             job = await api.fine_tuning.jobs.retrieve(job.id)
         events = [e async for e in api.fine_tuning.jobs.list_events(job.id, limit=100)][::-1]
-        points = [dict(e.data or {}, created_at=e.created_at) for e in events if e.type == "metrics"]
+        points = [{**cast(dict[str, Any], e.data or {}), "created_at": e.created_at} for e in events
+                  if e.type == "metrics"]
         return {
             "model": model, "file": file.name, "validation": validation.name if validation else None,
             "epochs": epochs, "status": job.status,
@@ -74,7 +76,7 @@ def main() -> None:
         run = asyncio.run(record(args.file, args.model, args.epochs, Path(tmp) / "data", path, args.validation))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(run, indent=1) + "\n")
-    losses = [round(p["train_loss"], 3) for p in run["points"]]  # type: ignore[index, union-attr]
+    losses = [round(p["train_loss"], 3) for p in run["points"]]
     print(f"{run['status']}: {len(losses)} steps, trained_tokens={run['trained_tokens']}, "
           f"{run['wall_seconds']} s\n{losses}")
 
