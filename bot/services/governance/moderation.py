@@ -30,8 +30,9 @@ _NAME_PARTS = re.compile(r"[-_.]+")  # my_bad-model.jsonl reads as the words it 
 _RANDOM = random.SystemRandom()  # samples nobody can predict, so none can be planned around
 
 # Moderation: texts per request; every example of a file up to MODERATION_SAMPLE_CAP examples, a fresh random
-# sample of that many beyond (and the lines an earlier sample flagged in the same file); texts are sent whole, in windows of MODERATION_TEXT_CHARS that overlap by
-# MODERATION_OVERLAP_CHARS, at most MODERATION_WINDOW_CAP windows per file (a random sample of them beyond).
+# sample of that many beyond (and the examples holding what an earlier sample flagged); texts are sent whole, in
+# windows of MODERATION_TEXT_CHARS that overlap by MODERATION_OVERLAP_CHARS, at most MODERATION_WINDOW_CAP windows per
+# file (a random sample of them beyond).
 MODERATION_BATCH = 32
 MODERATION_SAMPLE_CAP = 512
 MODERATION_TEXT_CHARS = 4000
