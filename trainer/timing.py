@@ -308,7 +308,8 @@ class Timings:
             runs = [kept for kept in self.runs.get(job["model"], []) if kept.job_id != job_id] + [run]
             self.runs[job["model"]] = runs[-RECENT_JOBS:]
         seconds = lesson_seconds(job, events, self.default_batch_size)
-        if seconds is not None:
+        # A job slowed by a class's arrival does not replace a figure taken without one.
+        if seconds is not None and not (run is not None and run.crowded and job["model"] in self.by_model):
             self.by_model[job["model"]] = seconds
             log.info("A 40-example, 3-epoch file on %s takes about %d s here (from job %s)", job["model"], seconds,
                      job_id)

@@ -510,19 +510,20 @@ def test_a_run_trained_while_a_class_arrived_is_not_the_machines_speed(store: St
     timings = Timings(store, 4)
     timings.first_guess = {"tiny": 0.01}.get
 
-    def trained(begin: int, others_created: list[int]) -> str:
+    def trained(begin: int, others_created: list[int], last_step: int = 32) -> str:
         clock[0] = begin
         job_id = _add(store, "A", f"u{begin}", 800, "running", steps=8)
         for at in others_created:
             clock[0] = at
             _add(store, "A", f"v{at}", 800)
-        for step, at in ((None, begin), (1, begin + 4), (8, begin + 32)):
+        for step, at in ((None, begin), (1, begin + 4), (8, begin + last_step)):
             clock[0] = at
             if step is None:
                 store.add_event(job_id, "Fine-tuning job started")
             else:
                 store.add_event(job_id, f"Step {step}", data={"step": step, "total_steps": 8}, kind="metrics")
-        store.update_job(job_id, status="succeeded", finished_at=begin + 33, fine_tuned_model=f"ft:tiny:{job_id}")
+        store.update_job(job_id, status="succeeded", finished_at=begin + last_step + 1,
+                         fine_tuned_model=f"ft:tiny:{job_id}")
         timings.record(job_id)
         return job_id
 
@@ -535,3 +536,6 @@ def test_a_run_trained_while_a_class_arrived_is_not_the_machines_speed(store: St
     assert [run.crowded for run in timings.runs["tiny"]] == [True, False]
     calm = timings.speed("tiny", "cpu")
     assert calm.measured and calm == speed_of(timings.runs["tiny"][1:]) and crowded
+    lesson = timings.by_model["tiny"]  # the lesson's time shown beside the base model, from the calm job
+    slower = trained(1400, [1405, 1410, 1415], last_step=60)
+    assert timings.record(slower) != lesson and timings.by_model["tiny"] == lesson
