@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from trainer.timing import ARRIVAL_SECONDS, PACE_WINDOW, Speed, Timings, class_arrived
+from trainer.timing import PACE_WINDOW, Speed, Timings
 
 if TYPE_CHECKING:
     from trainer.fair_queue import FairQueue
@@ -292,7 +292,7 @@ class QueueEstimator:
             del self._running_since[job_id]
         kept = {job["id"] for job in running} | {row["id"] for rows, _ in self._paced.values() for row in rows}
         self._counted_from = {job_id: steps for job_id, steps in self._counted_from.items() if job_id in kept}
-        if class_arrived(self.store.jobs_created_between(now - ARRIVAL_SECONDS, now), now, now):
+        if self.timings.class_arriving(now, now):
             # A class arriving (trainer.timing.CLASS_ARRIVING): the running jobs' steps so far are not the machine's
             # pace; only their steps after it are.
             self._counted_from.update((job["id"], job["steps_done"] or 0) for job in running)

@@ -289,6 +289,11 @@ class Timings:
             return replace(default_speed(device), tokens_per_second=1.0 / guess)
         return (speed_of(runs) if runs else None) or default_speed(device)
 
+    def class_arriving(self, since: float, until: float) -> bool:
+        """Whether a class was arriving on this machine at some moment from `since` to `until` (class_arrived, by the
+        jobs created then and in the ARRIVAL_SECONDS before)."""
+        return class_arrived(self.store.jobs_created_between(since - ARRIVAL_SECONDS, until), since, until)
+
     def load(self) -> None:
         """Take each base model's most recent measurable succeeded job."""
         rows = sorted(self.store.fine_tuned_models(), key=lambda row: row["finished_at"] or 0)
@@ -303,8 +308,7 @@ class Timings:
         events = self.store.events(job_id, EVENT_LIMIT, None).rows
         run = measure_run(job, events)
         if run is not None:
-            created = self.store.jobs_created_between(run.first_step_start - ARRIVAL_SECONDS, run.last_step_end)
-            run = replace(run, crowded=class_arrived(created, run.first_step_start, run.last_step_end))
+            run = replace(run, crowded=self.class_arriving(run.first_step_start, run.last_step_end))
             runs = [kept for kept in self.runs.get(job["model"], []) if kept.job_id != job_id] + [run]
             self.runs[job["model"]] = runs[-RECENT_JOBS:]
         seconds = lesson_seconds(job, events, self.default_batch_size)
