@@ -74,6 +74,10 @@ class Settings:
     # The arithmetic of the frozen base's matrix products in CPU training: auto (bfloat16 where the CPU multiplies
     # bfloat16 natively, trainer.modeling.training_matmul_dtype), float32 or bfloat16. A GPU trains in bfloat16.
     train_precision: str = "auto"
+    # Once the chat models are ready, the CPU's worker trains a few steps of a shipped lesson on each base model, so the
+    # queue's first estimates use this machine's real training speed (trainer/worker.py, _measure); 0 leaves them to
+    # the forward pass timed at load.
+    measure_speed: bool = True
     # Started by the bot: a private Unix socket instead of host:port, and an end with the bot (trainer/launch.py).
     socket: Path | None = None
     exit_with_parent: bool = False
@@ -141,6 +145,7 @@ class Settings:
             group_jobs=read_whole(env, "TRAINER_GROUP_JOBS", 0, low=0),
             train_lanes=read_whole(env, "TRAINER_TRAIN_LANES", 0, low=0),
             train_precision=_train_precision(env),
+            measure_speed=env.get("TRAINER_MEASURE_SPEED", "1").strip() != "0",
             socket=Path(raw_socket) if (raw_socket := env.get(launch.SOCKET_VAR, "").strip()) else None,
             exit_with_parent=env.get(launch.EXIT_WITH_PARENT_VAR, "").strip() == "1",
         )
@@ -177,7 +182,7 @@ class Settings:
             "TRAINER_MAX_EXAMPLE_BYTES": self.max_example_bytes, "TRAINER_MAX_PROMPT_TOKENS": self.max_prompt_tokens,
             "TRAINER_MAX_BATCH_TOKENS": self.max_batch_tokens, "TRAINER_MAX_JOB_MINUTES": self.max_job_minutes,
             "TRAINER_GROUP_JOBS": self.group_jobs, "TRAINER_TRAIN_LANES": self.train_lanes,
-            "TRAINER_TRAIN_PRECISION": self.train_precision,
+            "TRAINER_TRAIN_PRECISION": self.train_precision, "TRAINER_MEASURE_SPEED": int(self.measure_speed),
         }
         env = {name: str(value) for name, value in values.items()}
         if self.api_key:

@@ -462,3 +462,14 @@ def train_group(base: SharedBase, runs: list[JobRun], pad_id: int, chunk_tokens:
             after_step(base, run, outcome, seconds)
         if on_step is not None:
             on_step(active)
+
+
+
+class Unrecorded(Reporter):
+    """The reporter of a run whose steps nobody keeps: the worker's trial of a lesson (LongLivedWorker._measure)."""
+
+    def step(self, metrics: dict[str, Any], trained_tokens: int, seconds_per_step: float) -> None:
+        return None
+
+    def checkpoint(self, epoch: int, step: int, path: Path, metrics: dict[str, Any], final: bool) -> None:
+        return None

@@ -68,6 +68,8 @@ class LazyGenerator:
         self._generator: Any = None
         self._failed = False  # the model stack itself (torch, transformers) could not be loaded
         self._bfloat16_training = False  # whether CPU training multiplies in bfloat16 here (known once torch is)
+        self.prepared = asyncio.Event()  # every base model tried once at start (ready or failed)
+        self.trials: dict[str, float] = {}  # base source -> training seconds per token, from the worker's trial
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -77,8 +79,12 @@ class LazyGenerator:
         return self._generator.pool if self._generator is not None else None
 
     def training_guess(self, name: str) -> float | None:
-        """A base model's training seconds per token as guessed from its forward pass, timed when it loaded on a CPU
-        (None before, or on a GPU), for the arithmetic training will use (timing.train_over_forward)."""
+        """A base model's training seconds per token before any of its jobs ran here, on a CPU (None before it
+        loaded, or on a GPU): the worker's trial of a lesson when it ran (a class's jobs stepped in its lanes), else
+        its forward pass timed when it loaded, for the arithmetic training will use (timing.train_over_forward)."""
+        trial = self.trials.get(self.settings.base_models.get(name, ""))
+        if trial is not None:
+            return trial
         pool = self.pool
         forward = pool.forward_seconds.get(name) if pool is not None else None
         lanes = self.settings.lanes("cpu")
@@ -126,8 +132,10 @@ class LazyGenerator:
             generator = await self._get()
         except Exception:  # boundary: logged and shown as failed in /v1/models; a chat tries again
             log.exception("The chat models could not be loaded")
+            self.prepared.set()
             return
         await _in_daemon_thread(generator.pool.prepare_all, "prepare-base-models")
+        self.prepared.set()
         log.info("Base models prepared: %s", ", ".join(
             f"{name} {self.status(name)['status']}" for name in self.settings.base_models))
 
@@ -209,14 +217,27 @@ def create_app(settings: Settings) -> web.Application:
         generator.warm(job["model"], settings.final_adapter(job_id))
 
     scheduler.on_succeeded = succeeded
+    scheduler.on_speed = generator.trials.__setitem__
+
+    async def measure_when_prepared() -> None:
+        # After the chat models loaded: the trial then has the machine to itself (and their weights, converted once).
+        # The first configured model last: the worker keeps the last one loaded, for the class's first job.
+        await generator.prepared.wait()
+        ready = [source for name, source in settings.base_models.items() if generator.status(name)["status"] == "ready"]
+        await scheduler.measure(list(dict.fromkeys(reversed(ready))))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         timings.load()
         generator.start()
         generator.warm_all(models_to_warm(settings, store))
         await scheduler.start()
+        measuring = asyncio.create_task(measure_when_prepared(), name="measure-training-speed") \
+            if settings.measure_speed else None
         log.info("Trainer ready: models %s, training on %s", ", ".join(settings.base_models), scheduler.devices)
         yield
+        if measuring is not None:
+            measuring.cancel()
+            await asyncio.gather(measuring, return_exceptions=True)
         await scheduler.close()
         await generator.close()
         store.close()

@@ -65,6 +65,11 @@ class Speed:
 # had a process of its own) told a class's line about 3 s too long per job until its first jobs ended: the 30th
 # student 1.5 minutes too long.
 DEFAULT_SPEEDS = {"cpu": Speed(60.0, 0.5, 0.5, False, 8.0), "cuda": Speed(1500.0, 1.0, 2.0, False, 9.0)}
+# Before any job the worker's practice run of a lesson is the guess (trainer/worker.py, _measure: the class's own
+# arithmetic, threads and lanes on this CPU). Where it has not run (TRAINER_MEASURE_SPEED=0, failed, crowded by a
+# class arriving, not done yet), a guess from the forward pass: the ratios below were measured on two CPUs and do not
+# carry to every other (on an AVX512-BF16 CPU without AMX the right bfloat16 ratio for gemma-3-270m was 0.87, not
+# 1.3: a Korean class told 8 minutes for what took 5.5).
 # Better than the default before any job: the server times a forward pass of each base model over a lesson-sized
 # batch when it loads it (trainer.training.forward_seconds_per_token), on one thread as every thread of the server
 # but its chat engines' runs torch (docs/trainer.md, "Threads on a shared CPU"), and a CPU training step over as many

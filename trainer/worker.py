@@ -18,13 +18,19 @@ from typing import Any
 from trainer import import_heavy
 from trainer.config import Settings
 from trainer.cpu_share import SPIN_COUNT, ThreadGovernor, cpu_threads
-from trainer.lifeline import die_with_parent
 from trainer.job_records import PAUSED, TIME_LIMIT, DatabaseReporter, model_name, record_result
+from trainer.launch import PACKAGE_ROOT
+from trainer.lifeline import die_with_parent
 from trainer.store import Store
 from trainer.timing import LOADING_MESSAGE
 
 log = logging.getLogger(__name__)
 
+# What the worker trains to measure a base model's speed before any job (LongLivedWorker._measure): a shipped lesson,
+# 40 examples of 40-90 tokens. Every shipped lesson trained within 10% of the same speed on gemma-3-270m (2026-12-06).
+CALIBRATION_LESSON = PACKAGE_ROOT / "lessons" / "pirate-en" / "train.jsonl"
+# Steps of that trial, after one that warms up: about 8 s for gemma-3-270m in 2 lanes on 2 cores.
+TRIAL_STEPS = 3
 PAUSE_SIGNAL = signal.SIGUSR1  # the scheduler's "pause": stop after this step, keeping a checkpoint
 _PAUSE_ASKED = threading.Event()
 
@@ -94,11 +100,13 @@ def run(job_id: str, device: str, started: float | None = None) -> int:
 
 
 class Controls:
-    """What the scheduler asked over stdin, read by a thread: jobs to train, jobs to cancel or pause, the end."""
+    """What the scheduler asked over stdin, read by a thread: jobs to train, jobs to cancel or pause, base models whose
+    training speed to measure, the end."""
 
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._new: list[str] = []
+        self._measures: list[str] = []  # base model sources
         self.handed: dict[str, float] = {}  # job id -> when it was last handed over to train (monotonic seconds)
         self.cancelled: set[str] = set()
         self.paused: set[str] = set()
@@ -109,36 +117,46 @@ class Controls:
         for line in stream:
             try:
                 command = json.loads(line)
-                op, job_id = str(command["op"]), str(command["job"])
+                op = str(command["op"])
+                subject = str(command["source"] if op == "measure" else command["job"])
             except (ValueError, KeyError, TypeError):
                 log.warning("Ignored a malformed command line (%d bytes)", len(line))
                 continue
-            self.give(op, job_id)
+            self.give(op, subject)
         with self._lock:
             self.closed = True
             self._lock.notify_all()
 
-    def give(self, op: str, job_id: str) -> None:
-        """Take one command: train, cancel or pause a job."""
+    def give(self, op: str, subject: str) -> None:
+        """Take one command: train, cancel or pause a job (subject: its id), or measure a base model (its source)."""
         with self._lock:
-            if op == "train":  # a job paused or cancelled before may come back resumed: forget that
-                self._new.append(job_id)
-                self.handed[job_id] = time.monotonic()
-                self.cancelled.discard(job_id)
-                self.paused.discard(job_id)
+            if op == "measure":
+                self._measures.append(subject)
+            elif op == "train":  # a job paused or cancelled before may come back resumed: forget that
+                self._new.append(subject)
+                self.handed[subject] = time.monotonic()
+                self.cancelled.discard(subject)
+                self.paused.discard(subject)
             elif op == "cancel":
-                self.cancelled.add(job_id)
+                self.cancelled.add(subject)
             elif op == "pause":
-                self.paused.add(job_id)
+                self.paused.add(subject)
             self._lock.notify_all()
 
     def take(self, wait: bool) -> list[str]:
-        """The jobs handed over since the last call; with wait, block until there is one or stdin closed."""
+        """The jobs handed over since the last call; with wait, block until there is one, a model to measure, or stdin
+        closed."""
         with self._lock:
-            while wait and not self._new and not self.closed:
+            while wait and not self._new and not self._measures and not self.closed:
                 self._lock.wait()
             new, self._new = self._new, []
             return new
+
+    def take_measures(self) -> list[str]:
+        """The base models asked to be measured since the last call."""
+        with self._lock:
+            sources, self._measures = self._measures, []
+            return sources
 
 
 class LongLivedWorker:
@@ -171,6 +189,8 @@ class LongLivedWorker:
         one step; say whether jobs are left."""
         for job_id in self.controls.take(wait=wait and not self.runs):
             self._admit(job_id)
+        for source in self.controls.take_measures():
+            self._measure(source)
         self._drop_cancelled()
         if self.runs and not self.controls.closed:
             self._step()
@@ -194,8 +214,8 @@ class LongLivedWorker:
     def _prepare(self, job_id: str, started: float) -> Any:
         # The model stack (torch: seconds), imported on the first job, not while the worker starts.
         import_heavy("trainer.grouped")
-        from trainer.grouped import SharedBase, start_run
-        from trainer.modeling import load_tokenizer, training_matmul_dtype, turn_end_ids
+        from trainer.grouped import start_run
+        from trainer.modeling import turn_end_ids
         from trainer.training import TrainSpec, encode_file
 
         handed = self.controls.handed.pop(job_id, math.inf)
@@ -207,15 +227,7 @@ class LongLivedWorker:
             # Loading its base, or handed over while another job's start loaded it: either way its start waits for
             # the load, a cold start to trainer.timing (counted warm, a lane's second job put 6 s on every later one).
             self.store.add_event(job_id, LOADING_MESSAGE, only_if=("running",))
-        if source not in self.bases:
-            idle = [other for other in self.bases if all(run.spec.source != other for run in self.runs.values())]
-            for other in idle:  # one base model in memory per base that has jobs (a 0.5B model is 2 GB)
-                del self.bases[other]
-            self.tokenizers[source] = load_tokenizer(source, settings.tokenizer_cache)
-            self.bases[source] = SharedBase(source, self.device, settings.weights_cache,
-                                            matmul_dtype=training_matmul_dtype(self.device, settings.train_precision))
-            self.ready[source] = time.monotonic()
-        tokenizer = self.tokenizers[source]
+        tokenizer = self._load(source)
         hyper = json.loads(job["hyperparameters"])
         training_file = self.store.file(job["training_file"])
         validation_file = self.store.file(job["validation_file"]) if job["validation_file"] else None
@@ -246,6 +258,71 @@ class LongLivedWorker:
         self.names[job_id] = name
         return start_run(self.bases[source], job_id, spec, DatabaseReporter(self.store, job, name))
 
+    def _load(self, source: str) -> Any:
+        """Load a base model for training, once (dropping those no job trains); return its tokenizer."""
+        import_heavy("trainer.grouped")  # the model stack (torch: seconds), imported when first needed
+        from trainer.grouped import SharedBase
+        from trainer.modeling import load_tokenizer, training_matmul_dtype
+
+        if source not in self.bases:
+            idle = [other for other in self.bases if all(run.spec.source != other for run in self.runs.values())]
+            for other in idle:  # one base model in memory per base that has jobs (a 0.5B model is 2 GB)
+                del self.bases[other]
+            self.tokenizers[source] = load_tokenizer(source, self.settings.tokenizer_cache)
+            self.bases[source] = SharedBase(source, self.device, self.settings.weights_cache,
+                                            matmul_dtype=training_matmul_dtype(self.device,
+                                                                               self.settings.train_precision))
+            self.ready[source] = time.monotonic()
+        return self.tokenizers[source]
+
+    def _measure(self, source: str) -> None:
+        """Time a short trial of the calibration lesson on a base model, loading it, and tell the scheduler its
+        trained tokens a second ({"event": "speed"}): the queue's first guess on this machine, in the arithmetic,
+        threads, lanes and code that train a class (a job in each lane). Skipped while jobs train (their own steps
+        are measured)."""
+        if self.runs:
+            return
+        import_heavy("trainer.grouped")
+        from trainer.grouped import Unrecorded, start_run
+        from trainer.modeling import turn_end_ids
+        from trainer.training import TrainSpec, encode_file
+
+        try:
+            self._threads_now(lanes=self.lanes)  # the governor's first reading of the machine starts as the model loads
+            tokenizer = self._load(source)
+            examples = encode_file(tokenizer, CALIBRATION_LESSON, self.settings.max_seq_len)
+            runs = [start_run(self.bases[source], f"trial-{lane}", TrainSpec(
+                source=source, device=self.device, train=examples, valid=[], pad_id=tokenizer.pad_token_id,
+                n_epochs=1, batch_size=self.settings.default_batch_size,
+                learning_rate=self.settings.base_learning_rate, seed=lane, lora_r=self.settings.lora_r,
+                lora_alpha=self.settings.lora_alpha, out_dir=self.settings.data_dir / "trial",
+                turn_ends=tuple(sorted(turn_end_ids(tokenizer)))), Unrecorded()) for lane in range(self.lanes)]
+            tokens_per_second, seconds = self._trial(self.bases[source], runs)
+        except Exception:  # boundary: the queue keeps its guess from the forward pass; the jobs train on
+            log.exception("Measuring the training speed of %s failed", source)
+            return
+        log.info("Training speed of %s on this machine: %.0f tokens a second (a trial of the calibration lesson)",
+                 source, tokens_per_second)
+        self.emit({"event": "speed", "source": source, "seconds_per_token": 1.0 / tokens_per_second,
+                   "seconds": seconds})
+
+    def _trial(self, base: Any, runs: list[Any]) -> tuple[float, float]:
+        """Trained tokens a second of these runs stepped as a class's jobs are (one a lane), and the seconds that
+        took: TRIAL_STEPS steps after one that warms up. Nothing of them is saved or recorded."""
+        seconds, tokens = 0.0, 0
+        for step in range(TRIAL_STEPS + 1):
+            started = time.perf_counter()
+            stepped = self._step_in_lanes(base, runs)
+            took = time.perf_counter() - started
+            if any(failed for _, failed, _ in stepped):
+                raise RuntimeError("a step of the trial failed")
+            if step:
+                seconds += took
+                tokens += sum(outcome.tokens for pairs, _, _ in stepped for _, outcome in pairs)
+            for run in runs:
+                run.index = (run.index + 1) % len(run.epoch_batches)
+        return tokens / seconds, seconds
+
     def _drop_cancelled(self) -> None:
         for job_id in [job_id for job_id in self.runs if job_id in self.controls.cancelled]:
             del self.runs[job_id]
@@ -255,27 +332,13 @@ class LongLivedWorker:
     def _step(self) -> None:
         """One step of every job on one base model (taking the bases in turn): in one batched pass, or on a CPU with
         cores enough in lanes side by side, each lane's jobs on its own share of the threads."""
-        from trainer.grouped import GROUP_CHUNK_TOKENS, after_step  # imported by _prepare already (import_heavy)
+        from trainer.grouped import after_step  # imported by _prepare already (import_heavy)
 
         sources = sorted({run.spec.source for run in self.runs.values()})
         source = sources[self._turn % len(sources)]
         self._turn += 1
         base = self.bases[source]
-        group = [run for run in self.runs.values() if run.spec.source == source]
-        threads = self._threads_now(lanes=min(self.lanes, len(group)))
-        count = min(self.lanes, len(group), threads or 1)
-        lanes = [group[index::count] for index in range(count)]
-        each = max(1, threads // count) if threads else None
-        # The lanes share the activations' bound (GROUP_CHUNK_TOKENS padded tokens a pass): the worker's memory stays
-        # what one pass needed, however many lanes (a lesson's batch of ~250 tokens is one pass either way).
-        chunk = max(1, GROUP_CHUNK_TOKENS // count)
-        if count == 1:
-            stepped = [self._lane_step(base, group, each, chunk)]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="lane")
-            others = [self._pool.submit(self._lane_step, base, lane, each, chunk) for lane in lanes[1:]]
-            stepped = [self._lane_step(base, lanes[0], each, chunk)] + [future.result() for future in others]
+        stepped = self._step_in_lanes(base, [run for run in self.runs.values() if run.spec.source == source])
         tokens = sum(outcome.tokens for pairs, _, _ in stepped for _, outcome in pairs)
         for pairs, failed, seconds in stepped:
             for run in failed:
@@ -295,6 +358,25 @@ class LongLivedWorker:
                 if run.done:
                     del self.runs[run.job_id]
                     self._end(run)
+
+    def _step_in_lanes(self, base: Any, group: list[Any]) -> list[tuple[list[tuple[Any, Any]], list[Any], float]]:
+        """One step of a group of jobs on one base model: in one batched pass, or on a CPU with cores enough in lanes
+        side by side, each lane's jobs on its own share of the threads; each lane's _lane_step result."""
+        from trainer.grouped import GROUP_CHUNK_TOKENS  # imported by _prepare already (import_heavy)
+
+        threads = self._threads_now(lanes=min(self.lanes, len(group)))
+        count = min(self.lanes, len(group), threads or 1)
+        lanes = [group[index::count] for index in range(count)]
+        each = max(1, threads // count) if threads else None
+        # The lanes share the activations' bound (GROUP_CHUNK_TOKENS padded tokens a pass): the worker's memory stays
+        # what one pass needed, however many lanes (a lesson's batch of ~250 tokens is one pass either way).
+        chunk = max(1, GROUP_CHUNK_TOKENS // count)
+        if count == 1:
+            return [self._lane_step(base, group, each, chunk)]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.lanes - 1, thread_name_prefix="lane")
+        others = [self._pool.submit(self._lane_step, base, lane, each, chunk) for lane in lanes[1:]]
+        return [self._lane_step(base, lanes[0], each, chunk)] + [future.result() for future in others]
 
     def _threads_now(self, lanes: int) -> int:
         """The threads training may take for this step of up to `lanes` lanes (0 on a GPU): those the governor finds

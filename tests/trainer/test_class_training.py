@@ -6,6 +6,7 @@ In-process on the tiny model: the worker's loop is driven turn by turn against a
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import threading
@@ -420,6 +421,49 @@ def test_jobs_handed_over_while_the_base_loads_start_cold(class_store: Store, ti
         pass
     assert [loaded(job_id) for job_id in [*together, later]] == [True, True, False]
     assert not controls.handed  # each hand-over forgotten once read
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_worker_measures_a_base_models_training_and_keeps_it_loaded_for_the_first_job(
+        class_store: Store, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, lanes: int) -> None:
+    """Asked to measure a base model before any job, the worker trains a few steps of the calibration lesson (a job
+    in each of its lanes, as a class trains) and tells its seconds per token, recording nothing; the class's first job
+    then finds the model loaded (it starts warm), and a model that cannot be measured leaves the worker training."""
+    from trainer.timing import LOADING_MESSAGE
+
+    monkeypatch.setenv("TRAINER_TORCH_THREADS", str(lanes))  # a lane a thread
+
+    loads: list[str] = []
+    real = grouped.SharedBase.__init__
+
+    def counted(self: grouped.SharedBase, source: str, *args: Any, **kwargs: Any) -> None:
+        loads.append(source)
+        real(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(grouped.SharedBase, "__init__", counted)
+    controls = Controls()
+    worker, said = new_worker(controls)
+    assert worker.lanes == lanes
+    data_dir = Settings.from_env().data_dir
+    before = sorted(data_dir.rglob("*"))
+    controls.listen(io.StringIO(json.dumps({"op": "measure", "source": str(data_dir / "no-such-model")}) + "\n"
+                                + json.dumps({"op": "measure", "source": str(tiny_model)}) + "\n"))
+    controls.closed = False  # listen() marks stdin closed at its end; this worker goes on
+    assert not worker.turn()
+    speeds = [report for report in said if report["event"] == "speed"]
+    assert [report["source"] for report in speeds] == [str(tiny_model)]  # the missing model: none, and no crash
+    assert 0 < speeds[0]["seconds_per_token"] < 60 and speeds[0]["seconds"] > 0
+    assert sorted(data_dir.rglob("*")) == before  # nothing saved, nothing recorded
+    assert class_store.jobs_with_status("running") == []
+    job_id = add_running_job(class_store, tiny_model, chat_file(6, start=1), seed=1)
+    controls.give("train", job_id)
+    controls.give("measure", str(tiny_model))  # asked while a job trains: its own steps are measured instead
+    while worker.turn():
+        pass
+    assert class_store.job(job_id)["status"] == "succeeded"  # type: ignore[index]
+    assert not any(row["message"] == LOADING_MESSAGE for row in class_store.events(job_id, 100, None).rows)
+    assert loads.count(str(tiny_model)) == 1
+    assert len([report for report in said if report["event"] == "speed"]) == 1
 
 
 @pytest.mark.parametrize(("scales", "ranks"), [((2.0, 2.0, 2.0), (4, 4, 4)), ((2.0, 0.5, 1.0), (4, 4, 8))])

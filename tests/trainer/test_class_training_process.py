@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sqlite3
 import time
@@ -85,5 +86,40 @@ async def test_group_of_two_in_one_worker_cancel_one_and_the_other_succeeds(tmp_
         assert worker_pid(server, doomed.id) == worker_pid(server, kept.id)
         metrics = [e async for e in api.fine_tuning.jobs.list_events(kept.id, limit=100) if e.type == "metrics"]
         assert len(metrics) == 12  # 12 examples, batch 2, 2 epochs: every step of the kept job reported
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(400)
+async def test_before_any_job_the_trainer_measures_training_and_the_first_job_starts_warm(
+        tmp_path: Path, tiny_model: Path) -> None:
+    """Once its chat models are ready the trainer has its worker train a few steps of a shipped lesson: the queue's
+    training speed before any job is that trial's (not the forward pass's guess), and the first student's job finds
+    the model loaded."""
+    from trainer.timing import LOADING_MESSAGE
+
+    server = TrainerProcess(tmp_path / "data", tiny_model).start()  # TRAINER_TORCH_THREADS=1: one lane
+    try:
+        worker_log = server.data_dir / "logs" / "worker-cpu.log"
+        measured = re.compile(r"Training speed of \S+ on this machine: (\d+) tokens a second")
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while not (found := measured.search(worker_log.read_text("utf-8") if worker_log.exists() else "")):
+            assert time.monotonic() < deadline, "the worker measured no training speed"
+            await asyncio.sleep(0.2)
+        api = client(server)
+        deadline = time.monotonic() + JOB_TIMEOUT_S  # the scheduler reads the worker's report a moment later
+        while True:
+            speed = (await api.models.retrieve("tiny")).model_extra["training_speed"]  # type: ignore[index]
+            if abs(speed["tokens_per_second"] - int(found.group(1))) <= 1:
+                break
+            assert time.monotonic() < deadline, (speed, found.group(0))
+            await asyncio.sleep(0.2)
+        assert speed["measured"] is False and speed["trial"] is True  # a guess until a job has trained here
+        job = await api.fine_tuning.jobs.create(model="tiny", training_file=await upload(api, chat_file(10)),
+                                                hyperparameters={"n_epochs": 1, "batch_size": 4})
+        done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"}, timeout=180)
+        assert done.status == "succeeded", done.error  # type: ignore[attr-defined]
+        messages = [event.message async for event in api.fine_tuning.jobs.list_events(job.id, limit=100)]
+        assert "Fine-tuning job started" in messages and LOADING_MESSAGE not in messages
     finally:
         server.stop()

@@ -319,6 +319,19 @@ def test_token_count_waiting_for_a_tokenizer_goes_before_the_model_load(tiny_mod
     assert pool.preparations["tiny"].status == "ready"
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_the_workers_trial_of_a_lesson_is_the_first_guess_over_the_forward_pass(tmp_path: Path, tiny_model: Path,
+                                                                                lanes: int) -> None:
+    """A base model the worker has measured is guessed at the trial's seconds per token (the trial stepped a job in
+    each lane, as a class trains), whatever the forward pass said; a model not measured keeps the forward's guess
+    (None before it loads)."""
+    generator = LazyGenerator(Settings(data_dir=tmp_path, base_models={"tiny": str(tiny_model), "other": "elsewhere"},
+                                       device="cpu", torch_threads=2, train_lanes=lanes))
+    generator.trials[str(tiny_model)] = 0.004
+    assert generator.training_guess("tiny") == 0.004
+    assert generator.training_guess("other") is None
+
+
 @pytest.mark.parametrize(("precision", "lanes"), [("float32", 1), ("bfloat16", 1), ("bfloat16", 2)])
 async def test_the_queues_first_guess_is_the_forward_pass_scaled_as_training_multiplies(
         tmp_path: Path, tiny_model: Path, precision: str, lanes: int) -> None:

@@ -234,7 +234,7 @@ async def test_base_model_object_tells_the_training_speed(tmp_path: Path, store:
         answer = await client.get("/v1/models/tiny", headers={"Authorization": "Bearer k"})
         body = await answer.json()
     assert body["training_speed"] == {"tokens_per_second": 100.0, "startup_seconds": 10.0, "wrapup_seconds": 0.0,
-                                      "load_seconds": 0.0, "devices": 2, "measured": True}
+                                      "load_seconds": 0.0, "devices": 2, "measured": True, "trial": False}
 
 
 def test_speed_before_any_job_is_the_devices_default_and_says_so(store: Store) -> None:
@@ -539,3 +539,23 @@ def test_a_run_trained_while_a_class_arrived_is_not_the_machines_speed(store: St
     lesson = timings.by_model["tiny"]  # the lesson's time shown beside the base model, from the calm job
     slower = trained(1400, [1405, 1410, 1415], last_step=60)
     assert timings.record(slower) != lesson and timings.by_model["tiny"] == lesson
+
+
+@pytest.mark.parametrize("arriving", [False, True])
+def test_a_practice_run_of_training_is_the_guess_unless_a_class_arrived_during_it(
+        tmp_path: Path, store: Store, arriving: bool) -> None:
+    """The worker's practice run before any job gives the queue its first guess; one that ran while a class was
+    arriving (its files checked and uploaded beside it) is not the machine's pace, and the guess stays as it was.
+    Either way the worker now holds that base model, so the first job starts without loading it."""
+    from trainer.scheduler import Worker
+
+    scheduler = Scheduler(Settings(data_dir=tmp_path, base_models={"tiny": "tiny"}, device="cpu"), store, ["cpu"])
+    told: list[tuple[str, float]] = []
+    scheduler.on_speed = lambda source, seconds: told.append((source, seconds))
+    if arriving:
+        for user in ("a1", "a2", "a3"):
+            _add(store, "A", user, 3000)  # created just now, within 30 s of one another
+    worker = Worker("cpu", None)  # type: ignore[arg-type]  # only its bookkeeping is used here
+    scheduler._measured(worker, {"event": "speed", "source": "tiny", "seconds_per_token": 0.004, "seconds": 4.0})
+    assert told == ([] if arriving else [("tiny", 0.004)])
+    assert worker.loaded == {"tiny"}

@@ -40,14 +40,17 @@ def _training_speed(request: web.Request, name: str) -> dict[str, Any] | None:
     """How fast this machine trains the model, for clients that plan a class: work tokens (the file check's count x
     epochs) per second on one device, each job's start-up (in a worker that holds the model) and wrap-up seconds, the
     seconds more of a start that loads the model (once per worker), how many devices train at once, and whether the
-    figures were measured here or are the default before any job ran."""
+    figures were measured here (from its jobs) or are a guess before any job ran, and whether the worker's trial of a
+    lesson on it has run (the guess is then that trial's: trainer/worker.py, _measure)."""
     timings, devices = request.app.get(TIMINGS), request.app[SCHEDULER].devices
     if timings is None or not devices:
         return None
     speed = timings.speed(name, devices[0])
+    trials = getattr(request.app[GENERATOR], "trials", {})
     return {"tokens_per_second": round(speed.tokens_per_second, 2), "startup_seconds": round(speed.startup_seconds, 1),
             "wrapup_seconds": round(speed.wrapup_seconds, 1), "load_seconds": round(speed.load_seconds, 1),
-            "devices": len(devices), "measured": speed.measured}
+            "devices": len(devices), "measured": speed.measured,
+            "trial": request.app[SETTINGS].base_models.get(name) in trials}
 
 
 async def list_models(request: web.Request) -> web.Response:
