@@ -159,6 +159,17 @@ async def trainer_speed(runner: BotRunner, lesson: str) -> TrainingSpeed | None:
     return details.training_speed if details is not None else None
 
 
+async def trial_speed(runner: BotRunner, lesson: str, timeout: float = 180) -> TrainingSpeed | None:
+    """The trainer's figures once its worker's practice run of training has given them (or jobs have, or it gave up:
+    after timeout): a class that comes after the trainer settled, as one that starts the bot before the lesson."""
+    deadline = time.monotonic() + timeout
+    while True:
+        speed = await trainer_speed(runner, lesson)
+        if speed is not None and (speed.trial or speed.measured) or time.monotonic() > deadline:
+            return speed
+        await asyncio.sleep(0.5)
+
+
 def class_time_at(speed: TrainingSpeed | None, lesson: Lesson, model: str, epochs: int, students: int) -> float:
     """The teacher's figure, in minutes, worked out for the epochs the students really train (the note is for the
     lesson's own: its work is tokens x epochs)."""
@@ -346,7 +357,10 @@ async def main(count: int, lesson: str, spread: float, epochs: int | None, out: 
             await fake.wait_for(lambda: runner.bot.get_guild(guild.id) if runner.bot else None, timeout=30,
                                 what="the class server")
             channel = guild.text_channel.id
-            speed_before = await trainer_speed(runner, lesson)
+            settling = time.monotonic()
+            speed_before = await trial_speed(runner, lesson)
+            results["trial_wait_s"] = round(time.monotonic() - settling, 1)
+            print(f"waited {results['trial_wait_s']} s for the trainer's practice run", flush=True)
             results["speed_before"] = vars(speed_before) if speed_before is not None else {}
             print(f"the trainer's figures before the class: {results['speed_before']}", flush=True)
             note = await teacher_estimate(fake, guild, teacher, lesson)

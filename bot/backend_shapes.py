@@ -115,4 +115,4 @@ def _training_speed(value: object) -> TrainingSpeed | None:
     if len(numbers) != len(given) or not numbers[0] or not devices or devices < 1:
         return None
     rate, startup, wrapup = numbers
-    return TrainingSpeed(rate, startup, wrapup, devices, value.get("measured") is True)
+    return TrainingSpeed(rate, startup, wrapup, devices, value.get("measured") is True, value.get("trial") is True)

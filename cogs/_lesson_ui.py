@@ -73,7 +73,7 @@ def class_time_text(estimate: ClassTime, locale: str) -> str:
         key = "class_time.groups_on" if estimate.groups_on else "class_time.groups"
         lines.append(t(key, locale, size=estimate.group_size, time=_minutes(estimate.group_seconds, locale)))
     if not estimate.measured:
-        lines.append(t("class_time.guess", locale))
+        lines.append(t("class_time.trial" if estimate.trial else "class_time.guess", locale))
     return " ".join(lines)
 
 

@@ -142,13 +142,15 @@ class BackendEvent:
 class TrainingSpeed:
     """How fast the school's trainer trains a base model: work tokens (a file's tokens x epochs as the dataset rules
     count them) per second on one device, each job's start-up and wrap-up, the devices that train at once, and
-    whether it was measured there or is its default before any job ran."""
+    whether it was measured there (from jobs) or is a guess before any job ran, and whether that guess comes from a
+    short trial of training there (the trainer's worker trains a few steps of a lesson when it starts)."""
 
     tokens_per_second: float
     startup_seconds: float
     wrapup_seconds: float
     devices: int
     measured: bool
+    trial: bool = False
 
 
 @dataclass(frozen=True)

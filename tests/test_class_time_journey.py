@@ -53,6 +53,17 @@ async def test_class_settings_show_the_class_time_and_say_when_it_is_a_guess(cla
     assert f"about {minutes_words(minutes)} for {students} {people}" in text and "A first guess" in text
 
 
+async def test_a_guess_from_the_trainers_practice_run_says_so(classroom: Classroom) -> None:
+    """Before any job, a figure the trainer took from a short practice run of training there is not called an untimed
+    first guess: the teacher reads where it came from."""
+    trial = {**SPEED, "measured": False, "trial": True}
+    classroom.openai.model_extras[MODEL] = {"status": "ready", "progress": 1.0, "training_speed": trial}
+    text, _ = answer(await command(classroom, classroom.teacher, "class settings"))
+    students, minutes = expected_minutes(classroom, trial)
+    assert f"about {minutes_words(minutes)} for {students}" in text
+    assert "from a short practice run of training on this machine" in text and "A first guess" not in text
+
+
 async def test_backend_without_speed_figures_shows_no_class_time(classroom: Classroom) -> None:
     """OpenAI tells no speed: /class settings and /lesson start stay as they were."""
     text, _ = answer(await command(classroom, classroom.teacher, "class settings"))

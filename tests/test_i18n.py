@@ -58,6 +58,9 @@ def test_catalog_rejects_a_key_defined_twice(tmp_path: Path) -> None:
         Catalog.load(tmp_path)
 
 
-def test_chart_and_card_use_the_same_word_for_epoch_in_korean() -> None:
-    """The chart's epoch label and the card's epoch field say the same Korean word (에폭), not two spellings."""
-    assert t("card.epochs", "ko") in t("chart.epoch", "ko") and "에포크" not in t("chart.epoch", "ko")
+def test_every_korean_text_uses_the_lessons_word_for_epoch() -> None:
+    """The lesson teaches 에포크 (3번 반복해서 학습, 3 에포크); the card, the chart, the model's details and every other
+    Korean text say the same word, never a second spelling (에폭) a beginner would take for something else."""
+    assert "에포크" in t("card.epochs", "ko") and "에포크" in t("chart.epoch", "ko", n=1)
+    texts = catalog()
+    assert [key for key in texts.keys() if "에폭" in (texts.raw(key, "ko") or "")] == []

@@ -32,6 +32,7 @@ class ClassTime:
     group_seconds: int | None = None  # the same class in groups of group_size, one model each (None: too few)
     group_size: int = GROUP_SIZE  # the class's own size when groups are on, else the what-if of GROUP_SIZE
     groups_on: bool = False  # the teacher turned groups on: the grouped figure is the class's real one
+    trial: bool = False  # not measured, but guessed from a short trial of training on the trainer's machine
 
 
 def lesson_work(lesson: Lesson, model: str) -> int:
@@ -66,4 +67,4 @@ async def estimate(finetune: FineTuneService, lesson: Lesson, students: int,
     size = group_size or GROUP_SIZE
     grouped = round(class_seconds(math.ceil(students / size), work, speed)) if students > size else None
     return ClassTime(model, lesson, students, round(class_seconds(students, work, speed)), speed.measured, grouped,
-                     size, group_size is not None)
+                     size, group_size is not None, trial=speed.trial)
