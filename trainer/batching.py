@@ -6,8 +6,6 @@ samples with its own settings and seed, and adds its own LoRA adapter (trainer.l
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import logging
 import threading
@@ -28,6 +26,7 @@ from transformers import (
 )
 
 from trainer.cpu_share import ThreadGovernor
+from trainer.heap import malloc_trim
 from trainer.kv_cache import growing_cache
 from trainer.lora_stack import AdapterWeights, LoraStack
 from trainer.modeling import use_threads_here
@@ -119,24 +118,6 @@ class Request:
     def cancel(self) -> None:
         """The client went away: the engine drops the request at its next step."""
         self.cancelled = True
-
-
-def malloc_trim() -> None:
-    """Give freed heap pages back to the system (glibc keeps them otherwise); a no-op elsewhere."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's per-thread heaps (M_ARENA_MAX): torch's threads otherwise each keep freed memory to themselves."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 class Engine:

@@ -17,7 +17,8 @@ from typing import Any
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer.batching import Engine, FrequencyPenalty, Request, limit_malloc_arenas
+from trainer.batching import Engine, FrequencyPenalty, Request
+from trainer.heap import limit_malloc_arenas
 from trainer.cpu_share import cpu_threads
 from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
 from trainer.packed import pack_linears

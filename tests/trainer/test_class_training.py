@@ -441,6 +441,8 @@ def test_worker_measures_a_base_models_training_and_keeps_it_loaded_for_the_firs
         real(self, source, *args, **kwargs)
 
     monkeypatch.setattr(grouped.SharedBase, "__init__", counted)
+    trims: list[int] = []
+    monkeypatch.setattr("trainer.worker.malloc_trim", lambda: trims.append(len(said)))
     controls = Controls()
     worker, said = new_worker(controls)
     assert worker.lanes == lanes
@@ -450,6 +452,7 @@ def test_worker_measures_a_base_models_training_and_keeps_it_loaded_for_the_firs
                                 + json.dumps({"op": "measure", "source": str(tiny_model)}) + "\n"))
     controls.closed = False  # listen() marks stdin closed at its end; this worker goes on
     assert not worker.turn()
+    assert len(trims) == 1  # idle after the practice run: what its steps freed goes back to the system
     speeds = [report for report in said if report["event"] == "speed"]
     assert [report["source"] for report in speeds] == [str(tiny_model)]  # the missing model: none, and no crash
     assert 0 < speeds[0]["seconds_per_token"] < 60 and speeds[0]["seconds"] > 0
@@ -464,6 +467,7 @@ def test_worker_measures_a_base_models_training_and_keeps_it_loaded_for_the_firs
     assert not any(row["message"] == LOADING_MESSAGE for row in class_store.events(job_id, 100, None).rows)
     assert loads.count(str(tiny_model)) == 1
     assert len([report for report in said if report["event"] == "speed"]) == 1
+    assert len(trims) == 2 and trims[1] == len(said)  # and again once its last job ended, not at every step
 
 
 @pytest.mark.parametrize(("scales", "ranks"), [((2.0, 2.0, 2.0), (4, 4, 4)), ((2.0, 0.5, 1.0), (4, 4, 8))])
