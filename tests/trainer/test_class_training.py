@@ -250,6 +250,19 @@ def handed_over(store: Store, model: Path, count: int) -> tuple[list[str], Contr
     return jobs, controls, worker, said
 
 
+def counted_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sources of the base models loaded for training from now on, in order (the load itself still happens)."""
+    loads: list[str] = []
+    real = grouped.SharedBase.__init__
+
+    def counted(self: grouped.SharedBase, source: str, *args: Any, **kwargs: Any) -> None:
+        loads.append(source)
+        real(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(grouped.SharedBase, "__init__", counted)
+    return loads
+
+
 def test_worker_bad_file_fails_only_its_own_job(class_store: Store, tiny_model: Path) -> None:
     """A file that cannot be read by the time it trains fails its job; the other jobs of the group succeed."""
     jobs, _, worker, said = handed_over(class_store, tiny_model, 3)
@@ -283,14 +296,7 @@ def test_worker_cancel_of_one_job_leaves_the_group_to_succeed(class_store: Store
 def test_worker_trains_job_after_job_with_the_base_loaded_once(class_store: Store, tiny_model: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A second job handed over after the first ended trains on the same loaded base: no new load."""
-    loads: list[str] = []
-    real = grouped.SharedBase.__init__
-
-    def counted(self: grouped.SharedBase, source: str, *args: Any, **kwargs: Any) -> None:
-        loads.append(source)
-        real(self, source, *args, **kwargs)
-
-    monkeypatch.setattr(grouped.SharedBase, "__init__", counted)
+    loads = counted_loads(monkeypatch)
     controls = Controls()
     worker, _ = new_worker(controls)
     for seed in (1, 2):
@@ -433,14 +439,7 @@ def test_worker_measures_a_base_models_training_and_keeps_it_loaded_for_the_firs
 
     monkeypatch.setenv("TRAINER_TORCH_THREADS", str(lanes))  # a lane a thread
 
-    loads: list[str] = []
-    real = grouped.SharedBase.__init__
-
-    def counted(self: grouped.SharedBase, source: str, *args: Any, **kwargs: Any) -> None:
-        loads.append(source)
-        real(self, source, *args, **kwargs)
-
-    monkeypatch.setattr(grouped.SharedBase, "__init__", counted)
+    loads = counted_loads(monkeypatch)
     trims: list[int] = []
     monkeypatch.setattr("trainer.worker.malloc_trim", lambda: trims.append(len(said)))
     controls = Controls()
