@@ -287,8 +287,8 @@ class LongLivedWorker:
     def _measure(self, source: str) -> None:
         """Time a short trial of the calibration lesson on a base model, loading it, and tell the scheduler its
         trained tokens a second ({"event": "speed"}): the queue's first guess on this machine, in the arithmetic,
-        threads, lanes and code that train a class (a job in each lane). Skipped while jobs train (their own steps
-        are measured)."""
+        threads, lanes and code that train a class (as many jobs as fill the lanes). Skipped while jobs train (their
+        own steps are measured)."""
         if self.runs:
             return
         import_heavy("trainer.grouped")
@@ -300,12 +300,13 @@ class LongLivedWorker:
             self._threads_now(lanes=self.lanes)  # the governor's first reading of the machine starts as the model loads
             tokenizer = self._load(source)
             examples = encode_file(tokenizer, CALIBRATION_LESSON, self.settings.max_seq_len)
-            runs = [start_run(self.bases[source], f"trial-{lane}", TrainSpec(
+            runs = [start_run(self.bases[source], f"trial-{number}", TrainSpec(
                 source=source, device=self.device, train=examples, valid=[], pad_id=tokenizer.pad_token_id,
                 n_epochs=1, batch_size=self.settings.default_batch_size,
-                learning_rate=self.settings.base_learning_rate, seed=lane, lora_r=self.settings.lora_r,
+                learning_rate=self.settings.base_learning_rate, seed=number, lora_r=self.settings.lora_r,
                 lora_alpha=self.settings.lora_alpha, out_dir=self.settings.data_dir / "trial",
-                turn_ends=tuple(sorted(turn_end_ids(tokenizer)))), Unrecorded()) for lane in range(self.lanes)]
+                turn_ends=tuple(sorted(turn_end_ids(tokenizer)))), Unrecorded())
+                for number in range(self.lanes * max(1, self.settings.group_jobs))]  # as many as a class fills
             tokens_per_second, seconds = self._trial(self.bases[source], runs)
         except Exception:  # boundary: the queue keeps its guess from the forward pass; the jobs train on
             log.exception("Measuring the training speed of %s failed", source)
@@ -316,7 +317,7 @@ class LongLivedWorker:
                    "seconds": seconds})
 
     def _trial(self, base: Any, runs: list[Any]) -> tuple[float, float]:
-        """Trained tokens a second of these runs stepped as a class's jobs are (one a lane), and the seconds that
+        """Trained tokens a second of these runs stepped as a class's jobs are (in the lanes), and the seconds that
         took: TRIAL_STEPS steps after one that warms up. Nothing of them is saved or recorded."""
         seconds, tokens = 0.0, 0
         for step in range(TRIAL_STEPS + 1):
