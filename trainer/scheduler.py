@@ -313,7 +313,7 @@ class Scheduler:
     async def measure(self, sources: list[str]) -> None:
         """Have the CPU's worker time a short trial of training on each base model (started for it, and keeping the
         last one loaded for the first job), unless it trains jobs already; each result comes to on_speed."""
-        if "cpu" not in self.devices or self._closing:
+        if "cpu" not in self.devices or self._closing or not sources:
             return
         worker = self.workers.get("cpu")
         if worker is not None and worker.jobs:
