@@ -464,7 +464,6 @@ def train_group(base: SharedBase, runs: list[JobRun], pad_id: int, chunk_tokens:
             on_step(active)
 
 
-
 class Unrecorded(Reporter):
     """The reporter of a run whose steps nobody keeps: the worker's trial of a lesson (LongLivedWorker._measure)."""
 

@@ -82,13 +82,17 @@ class LazyGenerator:
         """A base model's training seconds per token before any of its jobs ran here, on a CPU (None before it
         loaded, or on a GPU): the worker's trial of a lesson when it ran (a class's jobs stepped in its lanes), else
         its forward pass timed when it loaded, for the arithmetic training will use (timing.train_over_forward)."""
-        trial = self.trials.get(self.settings.base_models.get(name, ""))
+        trial = self.trial(name)
         if trial is not None:
             return trial
         pool = self.pool
         forward = pool.forward_seconds.get(name) if pool is not None else None
         lanes = self.settings.lanes("cpu")
         return forward * train_over_forward(self._bfloat16_training, lanes) if forward else None
+
+    def trial(self, name: str) -> float | None:
+        """A base model's training seconds per token from the worker's trial of a lesson, once it ran (None before)."""
+        return self.trials.get(self.settings.base_models.get(name, ""))
 
     def status(self, name: str) -> dict[str, Any]:
         """How far a base model is from answering, for /v1/models."""

@@ -276,14 +276,15 @@ class Timings:
         self.store, self.default_batch_size = store, default_batch_size
         self.by_model: dict[str, int] = {}
         self.runs: dict[str, list[Run]] = {}  # by base model, oldest first, at most RECENT_JOBS
-        # A base model's training seconds per token as guessed from the forward pass the server timed when loading
-        # it (None: not loaded yet): server.LazyGenerator.training_guess.
+        # A base model's training seconds per token before any of its jobs ran (None: not known yet): the worker's
+        # practice run, else the forward pass the server timed when loading it (server.LazyGenerator.training_guess).
         self.first_guess: Callable[[str], float | None] = lambda model: None
 
     def speed(self, model: str, device: str = "cpu") -> Speed:
         """This machine's measured throughput for a base model, from the runs that trained while no class arrived;
-        before any such run, on a CPU, a guess from the model's forward pass timed here (first_guess; measured False),
-        else the runs of a class's arrival, else the device's default (measured False)."""
+        before any such run, on a CPU, a guess from the worker's practice run or the model's forward pass timed here
+        (first_guess; measured False), else the runs of a class's arrival, else the device's default (measured
+        False)."""
         runs = self.runs.get(model, [])
         calm = [run for run in runs if not run.crowded]
         measured = speed_of(calm) if calm else None
