@@ -278,6 +278,24 @@ def test_a_database_from_before_gets_the_new_columns(tmp_path: Path) -> None:
     assert job_object(row)["queue"] is None
 
 
+def test_the_queues_reads_search_an_index_not_every_job(tmp_path: Path) -> None:
+    """Every 2 s while jobs wait, the queue reads the jobs by status and those created lately: on a school's database
+    of years of jobs (also one made before the indexes) each read searches an index instead of scanning all jobs."""
+    import sqlite3
+
+    from trainer.store import SCHEMA
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(SCHEMA.split("CREATE INDEX IF NOT EXISTS jobs_")[0])
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        for query in ("SELECT created_at FROM jobs WHERE created_at BETWEEN 1 AND 2 ORDER BY created_at",
+                      "SELECT * FROM jobs WHERE status IN ('queued', 'validating_files') ORDER BY seq"):
+            plan = " ".join(str(row[-1]) for row in db.execute("EXPLAIN QUERY PLAN " + query))
+            assert "USING" in plan and "INDEX" in plan and "SCAN jobs" not in plan, plan
+
+
 def _report(reporter: DatabaseReporter, clock: Clock, step: int, total: int, seconds: float) -> None:
     """One step of the worker's training loop, `seconds` long, reported as the worker reports it."""
     clock.now += seconds
