@@ -509,6 +509,43 @@ def test_a_class_arriving_does_not_set_the_machines_pace(store: Store) -> None:
     assert abs(next_in_line["estimated_finish"] - at_the_pace) / (at_the_pace - clock.now) <= 0.05
 
 
+def test_while_a_class_arrives_the_odd_student_out_is_timed_beside_the_next_one() -> None:
+    """Two lanes, three students: once the pair ahead ends, the third job trains alone, the whole device its own (20
+    s). While a class arrives the next student presses Start any moment and takes the free lane: the third job is
+    timed beside a job like its own (its start, the newcomer's, then 10 steps of both: 40 s). The jobs ahead, in
+    pairs already, are timed as before; no stand-in is ever a place in line."""
+    waiting = [_row(f"w{n}", n, f"u{n}", steps=10) for n in (1, 2, 3)]
+
+    def times(arriving: bool) -> list[tuple[str, int, int]]:
+        places = plan(FairQueue(), waiting, [], ["cpu"], NOW, lambda model, device: SPEED, lambda job: 1000, {},
+                      lambda device: DeviceState(capacity=2, loaded=frozenset({"m"})), arriving=arriving)
+        return [(p.job_id, p.start - NOW, p.finish - NOW) for p in places]
+
+    assert times(False) == [("w1", 0, 40), ("w2", 0, 40), ("w3", 40, 60)]
+    assert times(True) == [("w1", 0, 40), ("w2", 0, 40), ("w3", 40, 80)]
+    one_lane = plan(FairQueue(), waiting, [], ["cpu"], NOW, lambda model, device: SPEED, lambda job: 1000, {},
+                    lambda device: DeviceState(capacity=1, loaded=frozenset({"m"})), arriving=True)
+    assert [p.finish - NOW for p in one_lane] == [20, 40, 60]  # one job at a time: no place is free to take
+
+
+def test_the_queue_times_the_odd_student_out_beside_the_next_one_only_while_a_class_arrives(store: Store) -> None:
+    """Through the estimator: three jobs created in the same second are a class arriving, and the third is told 40 s
+    after the pair ahead instead of 20; the same jobs created minutes apart are no class, and the third is told 20."""
+    clock = Clock()
+    jobs = [_add(store, "A", f"a{n}", 1000, steps=10) for n in range(3)]
+    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    estimator.state = lambda device: DeviceState(capacity=2, loaded=frozenset({"tiny"}))
+
+    def third_finish(created: list[int]) -> int:
+        for job_id, at in zip(jobs, created, strict=True):
+            store.update_job(job_id, created_at=at)
+        places = estimator.refresh(FairQueue())
+        return next(p.finish for p in places if p.job_id == jobs[2]) - NOW
+
+    assert third_finish([NOW, NOW, NOW]) == 80
+    assert third_finish([NOW - 600, NOW - 300, NOW]) == 60
+
+
 def test_class_arrived_at_a_moment_with_three_jobs_created_in_the_30_s_before() -> None:
     """A class arrives from the third of three jobs created within 30 s until 30 s after the first of them."""
     assert class_arrived([100, 110, 120], 120, 120) and class_arrived([100, 110, 120], 125, 200)
