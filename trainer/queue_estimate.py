@@ -166,9 +166,9 @@ def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devic
     """Simulate the dispatcher and the workers on a copy of the fair queue: each waiting job in the order it will
     start, with its times. factors: how fast each device trains now against its measured speed (default 1).
 
-    arriving: a class is arriving (trainer.timing.class_arrived), so more of its students are about to press Start. A
-    place a device has free beside the jobs at the end of the line is then taken by the next of them (a job like the
-    last one handed to it), as it will be, instead of leaving that job the whole device: in lanes the class's odd
+    arriving: a class is arriving (trainer.timing.class_arrived), so more of its students are about to press Start. The
+    places a device has free beside the jobs at the end of the line are then taken by the next of them (jobs like the
+    last one handed to it), as they will be, instead of leaving those jobs the whole device: in lanes the class's odd
     student out at each reading was told about half a job's training too early (a class of 30 through the bot: every
     first estimate short, those at the end of the line by 20-30 s, the others by 5-15)."""
     step_work = _step_work([*running, *waiting], work)
@@ -220,7 +220,7 @@ def plan(queue: FairQueue, waiting: Sequence[Row], running: Sequence[Row], devic
                 starts[picked["id"]] = handed
                 order.append(picked["id"])
                 _join(device, picked, speed(picked["model"], device.name), work, step_work)
-            if arriving and not pending and device.slots and len(device.slots) < device.capacity:
+            while arriving and not pending and device.slots and len(device.slots) < device.capacity:
                 latest = device.slots[-1].row
                 _join(device, {**latest, "id": None, "steps_done": 0}, speed(latest["model"], device.name), work,
                       step_work)

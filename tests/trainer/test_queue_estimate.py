@@ -526,6 +526,10 @@ def test_while_a_class_arrives_the_odd_student_out_is_timed_beside_the_next_one(
     one_lane = plan(FairQueue(), waiting, [], ["cpu"], NOW, lambda model, device: SPEED, lambda job: 1000, {},
                     lambda device: DeviceState(capacity=1, loaded=frozenset({"m"})), arriving=True)
     assert [p.finish - NOW for p in one_lane] == [20, 40, 60]  # one job at a time: no place is free to take
+    group = plan(FairQueue(), waiting[:1], [], ["cuda:0"], NOW, lambda model, device: SPEED, lambda job: 1000, {},
+                 lambda device: DeviceState(capacity=4, loaded=frozenset({"m"})), arriving=True)
+    # A GPU's group of 4: the three places beside the one job are all taken (4 starts of 10 s, then 10 steps of 4 s).
+    assert [p.finish - NOW for p in group] == [80]
 
 
 def test_the_queue_times_the_odd_student_out_beside_the_next_one_only_while_a_class_arrives(store: Store) -> None:
