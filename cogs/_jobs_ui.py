@@ -186,7 +186,9 @@ def progress_embed(card: ProgressCard, locale: str, members: Sequence[int] = ())
     latest = card.latest
     if latest is not None:
         if latest.train_loss is not None:
-            embed.add_field(name=t("progress.train_loss", locale), value=f"{latest.train_loss:.4f}")
+            # A finished card keeps its last step's loss; the notice below it gives the last epoch's mean.
+            label = "progress.train_loss_last" if job.is_terminal else "progress.train_loss"
+            embed.add_field(name=t(label, locale), value=f"{latest.train_loss:.4f}")
         valid = latest.full_valid_loss if latest.full_valid_loss is not None else latest.valid_loss
         if valid is not None:
             embed.add_field(name=t("progress.valid_loss", locale), value=f"{valid:.4f}")

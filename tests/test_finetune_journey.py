@@ -109,6 +109,8 @@ async def test_whole_journey_card_progress_chart_and_one_notice(classroom: Class
     assert notice[0].button("Chat with this model")
     assert notice[0].files[0].data.startswith(PNG)
     await classroom.discord.wait_for(lambda: "Finished" in card.text() or None, timeout=10)
+    # The finished card's loss is its last step's; the notice's, the last epoch's mean: each says which it is.
+    assert "Training loss (last step)" in card.text() and "mean over the last epoch" in notice[0].text()
     # Later ticks must not announce again, nor ask the backend about a finished job.
     polls = classroom.openai.count("GET", r"/fine_tuning/jobs/[^/]+$")
     await ticks(classroom, 3)
