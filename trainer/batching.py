@@ -28,7 +28,7 @@ from transformers import (
 from trainer.cpu_share import FIRST_WINDOW_SECONDS, WINDOW_SECONDS, ThreadGovernor
 from trainer.heap import malloc_trim
 from trainer.kv_cache import growing_cache
-from trainer.lora_stack import AdapterWeights, LoraStack
+from trainer.lora_stack import LoraStack
 from trainer.modeling import use_threads_here
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,6 @@ class Request:
     seed: int | None
     frequency_penalty: float
     emit: Emit
-    weights: AdapterWeights | None = None  # read ahead by the caller, so the engine's thread need not read files
     cancelled: bool = False
     slot: int = 0
     generated: list[int] = field(default_factory=list)
@@ -202,7 +201,7 @@ class Engine:
                 admitted = self._take_admissible()
             self._pace()
             try:
-                admitted = self._with_adapters(admitted)  # outside the lock: stacking one copies megabytes
+                admitted = self._with_adapters(admitted)  # outside the lock: loading one reads and copies megabytes
                 self._drop_finished()
                 if admitted:
                     self._prefill(admitted)
@@ -260,14 +259,14 @@ class Engine:
         for request in requests:
             if request.adapter is not None:
                 try:
-                    slot = self.stack.acquire(request.adapter, request.weights)
+                    slot = self.stack.acquire(request.adapter)
                 except Exception as error:  # a broken adapter fails its own request only
                     request.emit(error)
                     continue
                 if slot is None:  # every slot serves a running chat: wait for one to end
                     later.append(request)
                     continue
-                request.slot, request.weights = slot, None
+                request.slot = slot
             ready.append(request)
         if later:
             with self._cond:

@@ -13,18 +13,20 @@ the gather's copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -63,13 +65,14 @@ class AdapterWeights:
 def read_adapter(path: Path) -> AdapterWeights:
     """Read an adapter saved by peft (adapter_config.json + adapter_model.safetensors) into plain tensors.
 
-    No tensor work here: it runs beside the engine's thread while a class's first chats arrive, and every torch
-    operation in Python there took the interpreter's lock from the engine (a first prefill took 0.8 s instead of
-    0.1). The stack transposes and scales each matrix as it copies it in (LoraStack._write)."""
+    The thread that loads it into a stack reads it (LoraStack.acquire: the engine's, or a warm-up's), never a thread
+    beside the engine's: on 2 busy cores a side thread reading a class's 30 adapters at its first chats took
+    Python's lock from the engine's at every turn (bench_class_chat: the first words came 0.5 s later than with the
+    files read beforehand). The stack transposes and scales each matrix as it copies it in (LoraStack._write)."""
     try:
         config = json.loads((path / ADAPTER_CONFIG).read_text("utf-8"))
         tensors = load_file(str(path / ADAPTER_WEIGHTS))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:
         raise AdapterError(f"the adapter in {path} could not be read: {error}") from error
     alpha, alpha_pattern = float(config.get("lora_alpha", 8)), config.get("alpha_pattern") or {}
     rslora = bool(config.get("use_rslora"))
@@ -88,6 +91,15 @@ def read_adapter(path: Path) -> AdapterWeights:
     if not layers:
         raise AdapterError(f"the adapter in {path} has no LoRA layers")
     return AdapterWeights(path, layers)
+
+
+def read_ahead(path: Path) -> None:
+    """Ask the system to bring an adapter's file into memory, so loading it later reads memory, not the disk (where
+    the system can: posix_fadvise; it returns at once). A file that is not there is left to the load to report."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    with contextlib.suppress(OSError), (path / ADAPTER_WEIGHTS).open("rb") as stream:
+        os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
 
 
 class _Layer:
@@ -128,8 +140,8 @@ class _Layer:
 class LoraStack:
     """The adapters of one base model, loaded into slots, least recently used evicted first within a budget.
 
-    Slots in use by a running or admitted request are pinned and never evicted. Only the engine's thread changes
-    the stacks; read_adapter may run anywhere."""
+    Slots in use by a running or admitted request are pinned and never evicted. An adapter is read from its folder
+    as it is loaded, under the stack's lock, by the thread that loads it (the engine's, or a warm-up)."""
 
     def __init__(self, model: nn.Module, max_adapters: int, budget_bytes: int) -> None:
         self.model, self.max_adapters, self.budget_bytes = model, max(1, max_adapters), budget_bytes
@@ -161,14 +173,14 @@ class LoraStack:
         element = next(self.model.parameters()).element_size()
         return sum((inputs + outputs) * rank * element for inputs, outputs in sizes)
 
-    def acquire(self, path: Path, weights: AdapterWeights | None = None) -> int | None:
+    def acquire(self, path: Path) -> int | None:
         """Pin an adapter's slot, loading it (evicting unpinned ones) when needed; None when every slot is pinned."""
         with self._lock:
             if path in self.slots:
                 self.slots.move_to_end(path)
                 slot = self.slots[path]
             else:
-                weights = weights if weights is not None and weights.path == path else read_adapter(path)
+                weights = read_adapter(path)
                 found = self._free_slot(weights)
                 if found is None:
                     return None
@@ -214,7 +226,7 @@ class LoraStack:
         self.slots = OrderedDict((path, renumber[slot]) for path, slot in self.slots.items())
         self._capacity = capacity
 
-    @contextmanager
+    @contextlib.contextmanager
     def rows(self, slots: list[int]) -> Iterator[None]:
         """Within this block, this thread's forward passes add each row's adapter (slots: one per batch row)."""
         self._rows.plan = _plan(slots, self.device) if self._layers else None

@@ -4,7 +4,6 @@ decoded in one continuously batched engine (trainer.batching), tokens streamed a
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import io
 import logging
@@ -20,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trainer.batching import Engine, FrequencyPenalty, Request
 from trainer.heap import limit_malloc_arenas
 from trainer.cpu_share import cpu_threads
-from trainer.lora_stack import AdapterWeights, LoraStack, read_adapter
+from trainer.lora_stack import LoraStack, read_ahead
 from trainer.packed import pack_linears
 from trainer.modeling import (
     control_token_ids,
@@ -34,7 +33,6 @@ from trainer.modeling import (
 from trainer.training import chat_messages, forward_seconds_per_token, longest_token
 
 log = logging.getLogger(__name__)
-_ADAPTER_READER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="adapter-reader")
 __all__ = ["Busy", "Generated", "Generator", "ModelPool", "PromptTooLong", "Target", "limit_malloc_arenas"]
 
 
@@ -275,7 +273,6 @@ class Generator:
         self.kv_budget_bytes = kv_budget_mb * 1024 * 1024
         self.engines: dict[str, Engine] = {}
         self._admitted: dict[str, int] = {}
-        self._reading: dict[Path, asyncio.Future[AdapterWeights]] = {}  # adapters being read, by folder
         self._lock = threading.Lock()
 
     def engine(self, base: str) -> Engine:
@@ -315,19 +312,6 @@ class Generator:
                     yield piece
         finally:
             self._admitted[target.base] -= 1
-            if target.adapter is not None:  # a read adapter is in the engine's stack once one of its chats ended
-                self._reading.pop(target.adapter, None)
-
-    async def _read(self, stack: LoraStack, adapter: Path) -> AdapterWeights | None:
-        """A new adapter's weights, read in the one reader thread so the engine's thread only copies them into its
-        stack, once however many chats ask for it at once (a class on one model); None when it is loaded already."""
-        if adapter in stack.slots:
-            return None
-        reading = self._reading.get(adapter)
-        if reading is None:  # kept until a chat on it ends (stream): by then the engine has it in its stack
-            reading = self._reading[adapter] = asyncio.get_running_loop().run_in_executor(
-                _ADAPTER_READER, read_adapter, adapter)
-        return await asyncio.shield(reading)  # a chat that leaves does not stop the others' read
 
     async def _generate(self, target: Target, messages: list[dict[str, Any]], max_tokens: int, temperature: float,
                         top_p: float, seed: int | None, stats: Generated,
@@ -338,6 +322,8 @@ class Generator:
         tokenizer, stack = engine.tokenizer, engine.stack
 
         def prepare() -> list[int]:  # off the event loop: rendering the prompt, counting its tokens
+            if target.adapter is not None and target.adapter not in stack.slots:
+                read_ahead(target.adapter)  # the engine's thread loads it: from memory, not the disk
             prompt = render_chat(tokenizer, chat_messages(tokenizer, messages), True)  # as training rendered it
             # No token stands for more characters than the vocabulary's longest: a prompt that long is over the
             # cap for sure, and is refused without the cost of tokenizing it (megabytes of text take seconds).
@@ -350,7 +336,6 @@ class Generator:
             return ids
 
         ids = await asyncio.to_thread(prepare)
-        weights = None if target.adapter is None else await self._read(stack, target.adapter)
         stats.prompt_tokens = len(ids)
         queue: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -359,7 +344,7 @@ class Generator:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
         request = Request(prompt=ids, adapter=target.adapter, max_tokens=max_tokens, temperature=temperature,
-                          top_p=top_p, seed=seed, frequency_penalty=frequency_penalty, emit=emit, weights=weights)
+                          top_p=top_p, seed=seed, frequency_penalty=frequency_penalty, emit=emit)
         engine.submit(request)
         try:
             while (item := await queue.get()) is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -86,3 +87,38 @@ def test_a_layer_new_to_the_stack_leaves_earlier_adapters_unchanged(pool: ModelP
     second = stack.acquire(wide)
     assert second is not None
     torch.testing.assert_close(logits(stack, ids, [first, second])[0], before[0])
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[:5],
+    lambda data: (10 ** 9).to_bytes(8, "little") + data[8:],
+    lambda data: data[:-7],
+    lambda data: data[:8] + b"[" + data[9:],
+    lambda data: data.replace(b"data_offsets", b"data_offsetz", 1),
+])
+def test_a_damaged_adapter_file_fails_its_own_chat_with_what_is_wrong(
+        pool: ModelPool, adapters: list[Path], tmp_path: Path, damage: Any) -> None:  # noqa: F811
+    """A cut or garbled adapter file is an AdapterError naming the folder and what is wrong (the chat's error), never
+    a crash or tensors made of whatever follows the file."""
+    folder = tmp_path / "ftjob-damaged" / "final"
+    folder.mkdir(parents=True)
+    for name in (lora_stack.ADAPTER_CONFIG, lora_stack.ADAPTER_WEIGHTS):
+        data = (adapters[0] / name).read_bytes()
+        (folder / name).write_bytes(damage(data) if name == lora_stack.ADAPTER_WEIGHTS else data)
+    with pytest.raises(lora_stack.AdapterError, match="could not be read") as raised:
+        lora_stack.read_adapter(folder)
+    assert str(folder) in str(raised.value)
+
+
+def test_a_chat_asks_the_system_to_read_its_new_model_ahead(adapters: list[Path], tmp_path: Path,  # noqa: F811
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a chat's prompt is prepared, its adapter file is asked into memory (posix_fadvise WILLNEED), so the
+    engine's thread that loads it reads memory, not the disk; a folder that is gone is left to the load to report."""
+    if not hasattr(lora_stack.os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this system")
+    asked: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(lora_stack.os, "posix_fadvise", lambda fd, offset, length, advice: asked.append(
+        (offset, length, advice)))
+    lora_stack.read_ahead(adapters[0])
+    lora_stack.read_ahead(tmp_path / "ftjob-gone" / "final")
+    assert asked == [(0, 0, lora_stack.os.POSIX_FADV_WILLNEED)]

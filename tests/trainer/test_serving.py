@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from trainer.batching import Engine, Request
 from trainer.config import Settings
-from trainer import serving
+from trainer import lora_stack
 from trainer.lora_stack import LoraStack, read_adapter
 from trainer.modeling import render_chat
 from trainer.serving import Busy, Generated, Generator, ModelPool, Target, _eos_ids
@@ -214,8 +214,9 @@ async def test_a_class_of_thirty_is_admitted_with_default_settings(pool: ModelPo
 
 async def test_a_class_on_one_new_model_reads_its_adapter_once(pool: ModelPool, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ten chats at once on a model none has chatted with yet: its adapter file is read once, in the reader thread
-    (not ten times beside the engine), and every chat gets the merged model's answer."""
+    """Ten chats at once on a model none has chatted with yet: its adapter file is read once, by the engine's thread
+    as it loads it (no thread beside the engine takes Python's lock to read it), and every chat gets the merged
+    model's answer."""
     base, _ = pool.base("tiny")
     adapter = make_adapter(base, tmp_path / "job-new" / "final", seed=7)
     reads: list[str] = []
@@ -224,11 +225,11 @@ async def test_a_class_on_one_new_model_reads_its_adapter_once(pool: ModelPool, 
         reads.append(threading.current_thread().name)
         return read_adapter(path)
 
-    monkeypatch.setattr(serving, "read_adapter", counted)
+    monkeypatch.setattr(lora_stack, "read_adapter", counted)
     generator = Generator(pool, max_rows=16)
     answers = await asyncio.wait_for(asyncio.gather(*(run() for run in replies(
         generator, [Target("tiny", adapter)] * 10, max_tokens=4))), WAIT_S)
-    assert len(reads) == 1 and reads[0].startswith("adapter-reader")
+    assert reads == ["chat-engine"]
     _, tokenizer = pool.base("tiny")
     for student, (text, _) in enumerate(answers):
         expected = merged_reference(pool, adapter, prompt_ids(pool, QUESTIONS[student % len(QUESTIONS)]), 4)
