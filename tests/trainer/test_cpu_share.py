@@ -183,71 +183,61 @@ def test_the_server_spins_longer_than_its_workers_and_keeps_what_was_set() -> No
     assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "5"}
 
 
-def test_the_chat_engine_runs_on_the_cores_other_programs_leave_free(tiny_model: Path) -> None:
-    """On a CPU the engine's thread runs torch on its own threads, every other thread of the server on one. Governed,
-    it starts on one, takes both cores once a window shows them free, and gives one back while another program (the
-    training beside it) keeps a core busy."""
-    pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 4, 0)
-    model, tokenizer = pool.base("tiny")
-    engine = Engine(model, tokenizer, LoraStack(model, 4, 1 << 30), max_rows=4, kv_budget_bytes=1 << 30,
-                    eos_ids=set(), suppress_ids=[], threads=2, governed=True)
-    machine = Machine()
-    assert engine.governor is not None
-    machine.clocks(engine.governor)
-    seen: list[int] = []
-    hook = model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+class GovernedEngine:
+    """A governed chat engine on the tiny model, its governor reading a Machine, and the threads its replies ran on."""
 
-    def reply() -> set[int]:
-        seen.clear()
+    def __init__(self, tiny_model: Path) -> None:
+        pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 4, 0)
+        self.model, tokenizer = pool.base("tiny")
+        self.engine = Engine(self.model, tokenizer, LoraStack(self.model, 4, 1 << 30), max_rows=4,
+                             kv_budget_bytes=1 << 30, eos_ids=set(), suppress_ids=[], threads=2, governed=True)
+        assert self.engine.governor is not None
+        self.machine = Machine()
+        self.machine.clocks(self.engine.governor)
+        self.seen: list[int] = []
+        self.hook = self.model.register_forward_hook(lambda *_: self.seen.append(torch.get_num_threads()))
+
+    def reply(self) -> set[int]:
+        """The threads one short reply's forward passes ran on."""
+        self.seen.clear()
         done = threading.Event()
-        engine.submit(Request(prompt=[1, 2, 3], adapter=None, max_tokens=2, temperature=0.0, top_p=1.0, seed=None,
-                              frequency_penalty=0.0, emit=lambda item: done.set() if item is None else None))
+        self.engine.submit(Request(prompt=[1, 2, 3], adapter=None, max_tokens=2, temperature=0.0, top_p=1.0,
+                                   seed=None, frequency_penalty=0.0,
+                                   emit=lambda item: done.set() if item is None else None))
         assert done.wait(60), "the engine never answered"
-        return set(seen)
+        return set(self.seen)
 
-    try:
-        assert reply() == {1}  # nothing measured yet
-        machine.run(FIRST_WINDOW_SECONDS, own_cores=1.0, other_cores=0.0)
-        assert reply() == {2}
-        assert in_a_new_thread(torch.get_num_threads) == 1  # the rest of the server
-        machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=1.0)
-        assert reply() == {1}
-    finally:
-        hook.remove()
+
+@pytest.fixture
+def governed(tiny_model: Path) -> Iterator[GovernedEngine]:
+    engine = GovernedEngine(tiny_model)
+    yield engine
+    engine.hook.remove()
+
+
+def test_the_chat_engine_runs_on_the_cores_other_programs_leave_free(governed: GovernedEngine) -> None:
+    """On a CPU the engine's thread runs torch on its own threads, every other thread of the server on one. Governed,
+    it starts on one, takes both cores once its first window (half a second) shows them free, and gives one back
+    while another program (the training beside it) keeps a core busy."""
+    assert governed.reply() == {1}  # nothing measured yet
+    governed.machine.run(FIRST_WINDOW_SECONDS, own_cores=1.0, other_cores=0.0)
+    assert governed.reply() == {2}
+    assert in_a_new_thread(torch.get_num_threads) == 1  # the rest of the server
+    governed.machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=1.0)
+    assert governed.reply() == {1}
     assert in_a_new_thread(torch.get_num_threads) == 1
 
 
-def test_an_idle_engine_keeps_reading_the_machine(tiny_model: Path) -> None:
+def test_an_idle_engine_keeps_reading_the_machine(governed: GovernedEngine) -> None:
     """A class's first chats after minutes of training beside an idle engine run on the cores free now: the engine
     reads the machine every window while it waits, so its first choice after the training is not the average since
     its previous chat (two cores busy most of that time: one thread, for a first prefill 1.6x as long)."""
-    pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 4, 0)
-    model, tokenizer = pool.base("tiny")
-    engine = Engine(model, tokenizer, LoraStack(model, 4, 1 << 30), max_rows=4, kv_budget_bytes=1 << 30,
-                    eos_ids=set(), suppress_ids=[], threads=2, governed=True)
-    assert engine.governor is not None
-    machine = Machine()
-    machine.clocks(engine.governor)
-    engine.idle_check = 0.005
-    seen: list[int] = []
-    hook = model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
-
-    def reply() -> set[int]:
-        seen.clear()
-        done = threading.Event()
-        engine.submit(Request(prompt=[1, 2, 3], adapter=None, max_tokens=2, temperature=0.0, top_p=1.0, seed=None,
-                              frequency_penalty=0.0, emit=lambda item: done.set() if item is None else None))
-        assert done.wait(60), "the engine never answered"
-        return set(seen)
-
-    try:
-        reply()  # the engine's thread runs, and waits
-        for _ in range(5):  # ten minutes of a class training beside it: both cores
-            machine.run(2 * WINDOW_SECONDS, own_cores=0.0, other_cores=2.0)
-            machine.wait_until_read()
-        machine.run(WINDOW_SECONDS, own_cores=0.0, other_cores=0.0)  # the last model arrived
-        machine.wait_until_read()
-        machine.run(WINDOW_SECONDS / 4, own_cores=0.0, other_cores=0.0)
-        assert reply() == {2}
-    finally:
-        hook.remove()
+    governed.engine.idle_check = 0.005
+    governed.reply()  # the engine's thread runs, and waits
+    for _ in range(5):  # a class training beside it, window after window: both cores busy
+        governed.machine.run(2 * WINDOW_SECONDS, own_cores=0.0, other_cores=2.0)
+        governed.machine.wait_until_read()
+    governed.machine.run(WINDOW_SECONDS, own_cores=0.0, other_cores=0.0)  # the last model arrived
+    governed.machine.wait_until_read()
+    governed.machine.run(WINDOW_SECONDS / 4, own_cores=0.0, other_cores=0.0)
+    assert governed.reply() == {2}
