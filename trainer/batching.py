@@ -6,6 +6,7 @@ samples with its own settings and seed, and adds its own LoRA adapter (trainer.l
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -30,6 +31,7 @@ from trainer.heap import malloc_trim
 from trainer.kv_cache import growing_cache
 from trainer.lora_stack import LoraStack
 from trainer.modeling import use_threads_here
+from trainer.shortlist import ShortlistHead
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,9 @@ class Engine:
         self.cpu_threads = threads if self.device.type == "cpu" else 0
         self.governor = ThreadGovernor(threads) if governed and self.cpu_threads > 1 else None
         self.threads = 0  # what the engine's thread runs torch on now, set there before its first forward
-        vocab = model.get_output_embeddings().weight.shape[0]
+        output = model.get_output_embeddings()
+        self.shortlist = output if isinstance(output, ShortlistHead) else None
+        vocab = output.weight.shape[0]
         self._suppress = torch.zeros(vocab, dtype=torch.bool, device=self.device)
         self._suppress[[i for i in suppress_ids if i < vocab]] = True
         top_k = model.generation_config.top_k
@@ -281,10 +285,8 @@ class Engine:
         cache = growing_cache()
         # A model without padding sees no mask at all, exactly as generate() runs one prompt.
         attention = mask if bool((mask == 0).any()) else None
-        with torch.inference_mode(), self.stack.rows([r.slot for r in requests]):
-            output = self.model(input_ids=ids, attention_mask=attention, position_ids=_positions(mask),
-                                past_key_values=cache, use_cache=True, logits_to_keep=1)
-        tokens = self._sample(requests, output.logits[:, -1, :])
+        tokens = self._forward(requests, input_ids=ids, attention_mask=attention, position_ids=_positions(mask),
+                               past_key_values=cache)
         self._join(requests, cache, mask, tokens)
 
     def _join(self, requests: list[Request], cache: DynamicCache, mask: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -328,28 +330,33 @@ class Engine:
         started = time.perf_counter()
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self.rows), 1)], dim=1)
         positions = (self._mask.sum(dim=1, keepdim=True) - 1)
-        with torch.inference_mode(), self.stack.rows([r.slot for r in self.rows]):
-            output = self.model(input_ids=self._last, attention_mask=self._mask, position_ids=positions,
-                                past_key_values=self._cache, use_cache=True, logits_to_keep=1)
-        tokens = self._sample(self.rows, output.logits[:, -1, :])
+        tokens = self._forward(self.rows, input_ids=self._last, attention_mask=self._mask, position_ids=positions,
+                               past_key_values=self._cache)
         self._last = tokens[:, None]
         self._record(self.rows, tokens)
         seconds = time.perf_counter() - started
         self.step_seconds = seconds if self.step_seconds is None else 0.8 * self.step_seconds + 0.2 * seconds
+
+    def _forward(self, requests: list[Request], **inputs: Any) -> torch.Tensor:
+        """One forward of the batch (its last position's logits only) and each row's next token."""
+        approximate = self.shortlist.approximate() if self.shortlist is not None else contextlib.nullcontext()
+        with torch.inference_mode(), self.stack.rows([r.slot for r in requests]), approximate:
+            output = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            return self._sample(requests, output.logits[:, -1, :])
 
     def _sample(self, requests: list[Request], logits: torch.Tensor) -> torch.Tensor:
         """Pick each row's next token by generate()'s rules for that request alone, all rows at once.
 
         Frequency penalty, temperature, top-k, then top-p within the top k, then a draw from each row's own seeded
         generator. Top-p is applied to the k candidates only, never by sorting the whole vocabulary per row: that
-        sort, one row at a time, cost more than the model's own step for a class of 30."""
-        scores = logits.float().masked_fill(self._suppress, float("-inf"))
-        for row, request in enumerate(requests):
-            if request.frequency_penalty and request.generated:
-                used = torch.tensor([request.generated], dtype=torch.long, device=scores.device)
-                scores[row : row + 1] = penalised(scores[row : row + 1], used, request.frequency_penalty)
-        chosen = scores.argmax(dim=-1)
+        sort, one row at a time, cost more than the model's own step for a class of 30. A shortlisted output layer's
+        bfloat16 logits are first made the float32 layer's wherever the best k may be (trainer/shortlist)."""
+        scores = self._scores(requests, logits)
         sampled = [row for row, request in enumerate(requests) if request.temperature > 0]
+        if self.shortlist is not None:
+            exact = self.shortlist.exact_top(scores, logits.float(), (self.top_k or scores.shape[-1]) if sampled else 1)
+            scores = self._scores(requests, exact)
+        chosen = scores.argmax(dim=-1)
         if not sampled:
             return chosen
         index = torch.tensor(sampled, device=scores.device)
@@ -360,6 +367,15 @@ class Engine:
             pick = torch.multinomial(probabilities[position], 1, generator=requests[row].generator)
             chosen[row] = candidates[position, pick[0]]
         return chosen
+
+    def _scores(self, requests: list[Request], logits: torch.Tensor) -> torch.Tensor:
+        """The logits as each request ranks them: suppressed tokens at -inf, its frequency penalty applied."""
+        scores = logits.float().masked_fill(self._suppress, float("-inf"))
+        for row, request in enumerate(requests):
+            if request.frequency_penalty and request.generated:
+                used = torch.tensor([request.generated], dtype=torch.long, device=scores.device)
+                scores[row : row + 1] = penalised(scores[row : row + 1], used, request.frequency_penalty)
+        return scores
 
     def _record(self, requests: list[Request], tokens: torch.Tensor) -> None:
         """Stream each row's new token and mark the rows that are done."""

@@ -122,6 +122,15 @@ def cpu_multiplies_bfloat16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
+# Configs whose logits are more than the output layer's (a scale other than Gemma's final softcapping).
+_OTHER_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def plain_logits(config: Any) -> bool:
+    """Whether a model's logits are its output layer's, then capped where final_logit_softcapping is set."""
+    return config is not None and all(getattr(config, name, None) in (None, 1, 1.0) for name in _OTHER_LOGIT_TRANSFORMS)
+
+
 def training_matmul_dtype(device: str, precision: str) -> torch.dtype | None:
     """The dtype the frozen base's matrix products train in, when it is not the model's own (None): on a CPU,
     bfloat16 as TRAINER_TRAIN_PRECISION says (auto: where the CPU multiplies it natively); a GPU's model is

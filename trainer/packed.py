@@ -18,6 +18,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
+
+from trainer.modeling import cpu_multiplies_bfloat16, plain_logits
+from trainer.shortlist import ShortlistHead
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ def pack_linears(model: nn.Module) -> int:
     shared = {id(p) for module in model.modules() if not isinstance(module, nn.Linear)
               for p in module.parameters(recurse=False)}  # an output layer tied to the embeddings
     weights = sum(p.numel() for p in model.parameters())
+    output = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
     packed = 0
     for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear:
@@ -68,6 +73,10 @@ def pack_linears(model: nn.Module) -> int:
         if tied and module.weight.numel() > weights * TIED_COPY_SHARE:
             # A tied output layer is packed as a copy (the embeddings still need the plain weight): worth it for a
             # small vocabulary (SmolLM2: 113 MB, a fifth of the model), not for Qwen2.5's or Gemma 3's (545-671 MB).
+            # Those get a bfloat16 copy, half the size, that the chat engine corrects to float32 (trainer/shortlist).
+            config = getattr(model, "config", None)
+            if id(module) == id(output) and module.bias is None and plain_logits(config) and cpu_multiplies_bfloat16():
+                model.set_submodule(name, ShortlistHead(module, getattr(config, "final_logit_softcapping", None)))
             continue
         try:
             model.set_submodule(name, PackedLinear(module, keep_weight=tied))

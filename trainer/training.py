@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.config import CHECKPOINT_PREFIX, FINAL_FOLDER, STATE_FILE
-from trainer.modeling import control_token_ids, load_model, render_chat
+from trainer.modeling import control_token_ids, load_model, plain_logits, render_chat
 from trainer.validation import file_lines
 
 log = logging.getLogger(__name__)
@@ -214,10 +214,6 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return loss, correct, int(labelled.sum())
 
 
-# Configs whose logits are more than lm_head(hidden) (a scale other than softcapping): computed the plain way.
-_OTHER_LOGIT_TRANSFORMS = ("logit_scale", "logits_scaling", "output_multiplier_scale")
-
-
 def labelled_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits (float32) at every position whose next token is labelled, and those labels.
@@ -229,7 +225,7 @@ def labelled_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tenso
     labelled = targets != IGNORE
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     config = getattr(base, "config", None)
-    if config is None or any(getattr(config, name, None) not in (None, 1, 1.0) for name in _OTHER_LOGIT_TRANSFORMS):
+    if not plain_logits(config):  # another transform of the logits: computed the plain way
         return model(input_ids=ids, attention_mask=mask).logits[:, :-1][labelled].float(), targets[labelled]
     assert isinstance(base, PreTrainedModel)  # a model with a config is a Hugging Face one (load_model's)
     hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state

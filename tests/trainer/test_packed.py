@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from trainer import packed
 from trainer.packed import PackedLinear, pack_linears
+from trainer.shortlist import ShortlistHead
 
 
 def tiny(tied: bool = True, dtype: torch.dtype = torch.float32, vocab: int = 300) -> nn.Module:
@@ -55,14 +58,20 @@ def test_a_copy_of_a_packed_model_is_ordinary_with_the_same_values_and_ties() ->
         torch.testing.assert_close(logits(clone, ids), before, rtol=1e-5, atol=1e-5)
 
 
-def test_a_large_tied_output_layer_is_not_copied() -> None:
-    """Packing a tied output layer copies it; a vocabulary that is most of the model (Qwen2.5, Gemma 3) stays as it
-    is rather than grow the model's memory by that much, while every other layer is packed."""
+@pytest.mark.parametrize("bfloat16", [True, False])
+def test_a_large_tied_output_layer_is_not_copied_in_float32(bfloat16: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Packing a tied output layer copies it; a vocabulary that is most of the model (Qwen2.5, Gemma 3) is not copied
+    in float32, rather than grow the model's memory by that much: it becomes the chat engine's shortlisted layer (a
+    bfloat16 copy, half the size) where the CPU multiplies bfloat16, else stays as it is. Every other layer is
+    packed, and outside the engine the logits are float32's."""
+    monkeypatch.setattr(packed, "cpu_multiplies_bfloat16", lambda: bfloat16)
     model = tiny(vocab=3000)
     ids = torch.randint(0, 3000, (2, 5), generator=torch.Generator().manual_seed(3))
     before = logits(model, ids)
     assert pack_linears(model) == 14
-    assert type(model.lm_head) is nn.Linear and isinstance(model.model.layers[0].mlp.up_proj, PackedLinear)
+    assert type(model.lm_head) is (ShortlistHead if bfloat16 else nn.Linear)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert isinstance(model.model.layers[0].mlp.up_proj, PackedLinear)
     torch.testing.assert_close(logits(model, ids), before, rtol=1e-5, atol=1e-5)
 
 
