@@ -26,7 +26,7 @@ from transformers import (
     TextStreamer,
 )
 
-from trainer.cpu_share import ThreadGovernor
+from trainer.cpu_share import FIRST_WINDOW_SECONDS, WINDOW_SECONDS, ThreadGovernor
 from trainer.heap import malloc_trim
 from trainer.kv_cache import growing_cache
 from trainer.lora_stack import LoraStack
@@ -134,7 +134,12 @@ class Engine:
         # when governed one per core the other programs leave free (cpu_share: spinning threads beside a busy core
         # wait for it at every operation).
         self.cpu_threads = threads if self.device.type == "cpu" else 0
-        self.governor = ThreadGovernor(threads) if governed and self.cpu_threads > 1 else None
+        self.governor = ThreadGovernor(threads, first_window=FIRST_WINDOW_SECONDS) \
+            if governed and self.cpu_threads > 1 else None
+        # Idle, a governed engine still reads the machine every window, so a class's first chats after minutes of
+        # training beside it are paced by the last seconds, not by the average since its previous chat (one thread
+        # for the first prefill, which took 1.4 s instead of 0.85).
+        self.idle_check = WINDOW_SECONDS
         self.threads = 0  # what the engine's thread runs torch on now, set there before its first forward
         output = model.get_output_embeddings()
         self.shortlist = output if isinstance(output, ShortlistHead) else None
@@ -193,7 +198,10 @@ class Engine:
                 while not self.waiting and not self.rows:
                     if self._dirty:
                         self._clean_up()
-                    self._cond.wait()
+                    if self.governor is None:
+                        self._cond.wait()
+                    elif not self._cond.wait(self.idle_check):
+                        self.governor.choose()
                 admitted = self._take_admissible()
             self._pace()
             try:

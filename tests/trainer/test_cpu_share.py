@@ -4,6 +4,7 @@ server's chat engine as the one thread there that runs torch on several cores.""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,14 @@ import pytest
 import torch
 
 from trainer.batching import Engine, Request
-from trainer.cpu_share import SERVING_SPIN_COUNT, SPIN_COUNT, WINDOW_SECONDS, ThreadGovernor, serving_openmp
+from trainer.cpu_share import (
+    FIRST_WINDOW_SECONDS,
+    SERVING_SPIN_COUNT,
+    SPIN_COUNT,
+    WINDOW_SECONDS,
+    ThreadGovernor,
+    serving_openmp,
+)
 from trainer.lora_stack import LoraStack
 from trainer.modeling import use_threads_here
 from trainer.serving import ModelPool
@@ -26,17 +34,33 @@ class Machine:
         self.now = 0.0
         self.own = 0.0
         self.others = 0.0
+        self.read_at: list[float] = []  # when a governor read this process's seconds (the last of its readings)
 
     def run(self, seconds: float, *, own_cores: float, other_cores: float) -> None:
         self.now += seconds
         self.own += own_cores * seconds
         self.others += other_cores * seconds
 
-    def governor(self, most: int = 2) -> ThreadGovernor:
-        return ThreadGovernor(
-            most, clock=lambda: self.now,
-            machine=lambda: _Times(self.own + self.others),
-            own=lambda: SimpleNamespace(user=self.own, system=0.0))
+    def governor(self, most: int = 2, **options: Any) -> ThreadGovernor:
+        return self.clocks(ThreadGovernor(most, **options))
+
+    def clocks(self, governor: ThreadGovernor) -> ThreadGovernor:
+        """A governor (an engine's own, say) reading this machine's clocks."""
+        governor.clock = lambda: self.now
+        governor.machine = lambda: _Times(self.own + self.others)
+        governor.own = self._own
+        return governor
+
+    def _own(self) -> SimpleNamespace:
+        self.read_at.append(self.now)
+        return SimpleNamespace(user=self.own, system=0.0)
+
+    def wait_until_read(self, timeout: float = 30.0) -> None:
+        """Until a governor in another thread has read the machine at its present time."""
+        deadline = time.monotonic() + timeout
+        while self.now not in self.read_at:
+            assert time.monotonic() < deadline, "the governor never read the machine"
+            time.sleep(0.001)
 
 
 class _Times(tuple):  # psutil's cpu_times: a named tuple whose sum is every CPU-second, idle included
@@ -88,6 +112,22 @@ def test_the_choice_stands_for_a_window_and_follows_the_machine_back() -> None:
     assert governor.choose() == 1  # too short a time to tell: kept
     machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=0.05)  # the chat ended
     assert governor.choose() == 2
+
+
+def test_a_first_window_may_be_shorter_and_later_ones_are_whole() -> None:
+    """The chat engine's governor tells after FIRST_WINDOW_SECONDS (a reply lasts seconds); every later window is
+    WINDOW_SECONDS, and the worker's first one too."""
+    machine = Machine()
+    governor = machine.governor(first_window=FIRST_WINDOW_SECONDS)
+    worker = machine.governor()
+    assert governor.choose() == worker.choose() == 1
+    machine.run(FIRST_WINDOW_SECONDS, own_cores=1.0, other_cores=0.0)
+    assert governor.choose() == 2
+    assert worker.choose() == 1  # its first window is not over yet
+    machine.run(FIRST_WINDOW_SECONDS, own_cores=1.0, other_cores=1.0)
+    assert governor.choose() == 2  # half a window: kept
+    machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=1.0)
+    assert governor.choose() == worker.choose() == 1
 
 
 def test_a_big_machine_leaves_the_busy_cores_to_their_programs() -> None:
@@ -143,34 +183,61 @@ def test_the_server_spins_longer_than_its_workers_and_keeps_what_was_set() -> No
     assert mine == {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "5"}
 
 
-def test_the_chat_engine_runs_on_the_cores_other_programs_leave_free(tiny_model: Path) -> None:
-    """On a CPU the engine's thread runs torch on its own threads, every other thread of the server on one. Governed,
-    it starts on one, takes both cores once a window shows them free, and gives one back while another program (the
-    training beside it) keeps a core busy."""
-    pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 4, 0)
-    model, tokenizer = pool.base("tiny")
-    engine = Engine(model, tokenizer, LoraStack(model, 4, 1 << 30), max_rows=4, kv_budget_bytes=1 << 30,
-                    eos_ids=set(), suppress_ids=[], threads=2, governed=True)
-    machine = Machine()
-    engine.governor = machine.governor(2)
-    seen: list[int] = []
-    hook = model.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+class GovernedEngine:
+    """A governed chat engine on the tiny model, its governor reading a Machine, and the threads its replies ran on."""
 
-    def reply() -> set[int]:
-        seen.clear()
+    def __init__(self, tiny_model: Path) -> None:
+        pool = ModelPool({"tiny": str(tiny_model)}, "cpu", 4, 0)
+        self.model, tokenizer = pool.base("tiny")
+        self.engine = Engine(self.model, tokenizer, LoraStack(self.model, 4, 1 << 30), max_rows=4,
+                             kv_budget_bytes=1 << 30, eos_ids=set(), suppress_ids=[], threads=2, governed=True)
+        assert self.engine.governor is not None
+        self.machine = Machine()
+        self.machine.clocks(self.engine.governor)
+        self.seen: list[int] = []
+        self.hook = self.model.register_forward_hook(lambda *_: self.seen.append(torch.get_num_threads()))
+
+    def reply(self) -> set[int]:
+        """The threads one short reply's forward passes ran on."""
+        self.seen.clear()
         done = threading.Event()
-        engine.submit(Request(prompt=[1, 2, 3], adapter=None, max_tokens=2, temperature=0.0, top_p=1.0, seed=None,
-                              frequency_penalty=0.0, emit=lambda item: done.set() if item is None else None))
+        self.engine.submit(Request(prompt=[1, 2, 3], adapter=None, max_tokens=2, temperature=0.0, top_p=1.0,
+                                   seed=None, frequency_penalty=0.0,
+                                   emit=lambda item: done.set() if item is None else None))
         assert done.wait(60), "the engine never answered"
-        return set(seen)
+        return set(self.seen)
 
-    try:
-        assert reply() == {1}  # nothing measured yet
-        machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=0.0)
-        assert reply() == {2}
-        assert in_a_new_thread(torch.get_num_threads) == 1  # the rest of the server
-        machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=1.0)
-        assert reply() == {1}
-    finally:
-        hook.remove()
+
+@pytest.fixture
+def governed(tiny_model: Path) -> Iterator[GovernedEngine]:
+    engine = GovernedEngine(tiny_model)
+    yield engine
+    engine.hook.remove()
+
+
+def test_the_chat_engine_runs_on_the_cores_other_programs_leave_free(governed: GovernedEngine) -> None:
+    """On a CPU the engine's thread runs torch on its own threads, every other thread of the server on one. Governed,
+    it starts on one, takes both cores once its first window (half a second) shows them free, and gives one back
+    while another program (the training beside it) keeps a core busy."""
+    assert governed.reply() == {1}  # nothing measured yet
+    governed.machine.run(FIRST_WINDOW_SECONDS, own_cores=1.0, other_cores=0.0)
+    assert governed.reply() == {2}
+    assert in_a_new_thread(torch.get_num_threads) == 1  # the rest of the server
+    governed.machine.run(WINDOW_SECONDS, own_cores=1.0, other_cores=1.0)
+    assert governed.reply() == {1}
     assert in_a_new_thread(torch.get_num_threads) == 1
+
+
+def test_an_idle_engine_keeps_reading_the_machine(governed: GovernedEngine) -> None:
+    """A class's first chats after minutes of training beside an idle engine run on the cores free now: the engine
+    reads the machine every window while it waits, so its first choice after the training is not the average since
+    its previous chat (two cores busy most of that time: one thread, for a first prefill 1.6x as long)."""
+    governed.engine.idle_check = 0.005
+    governed.reply()  # the engine's thread runs, and waits
+    for _ in range(5):  # a class training beside it, window after window: both cores busy
+        governed.machine.run(2 * WINDOW_SECONDS, own_cores=0.0, other_cores=2.0)
+        governed.machine.wait_until_read()
+    governed.machine.run(WINDOW_SECONDS, own_cores=0.0, other_cores=0.0)  # the last model arrived
+    governed.machine.wait_until_read()
+    governed.machine.run(WINDOW_SECONDS / 4, own_cores=0.0, other_cores=0.0)
+    assert governed.reply() == {2}
