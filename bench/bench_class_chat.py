@@ -217,23 +217,31 @@ async def engine_streams(generator: Any, targets: list[Any], tokens: int) -> lis
     return [one(student, target) for student, target in enumerate(targets)]
 
 
+def served_pool(bases: dict[str, str], settings: Any, cache: Path | None) -> Any:
+    """The base models served as the trainer's server serves them (its settings, glibc's heaps capped), the converted
+    GGUF kept in `cache` between runs; prints the machine's load first."""
+    from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE
+    from trainer.serving import ModelPool, limit_malloc_arenas
+
+    cache = cache or Path(tempfile.gettempdir()) / "classroom-bench-class-chat"
+    limit_malloc_arenas()  # as the trainer's server does
+    print(json.dumps({"machine_load_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}), flush=True)
+    return ModelPool(bases, "cpu", settings.adapter_cache, settings.torch_threads, cache_dir=cache / TOKENIZER_CACHE,
+                     weights_dir=cache / WEIGHTS_CACHE, adapter_budget_mb=settings.adapter_memory_mb)
+
+
 async def main(args: argparse.Namespace) -> None:
     """Build the adapters, run the engine's three scenarios, then the baseline."""
     from support.trainer_harness import INSTALL_SMOLLM2, smollm2_gguf
-    from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE, Settings
-    from trainer.serving import Generator, ModelPool, Target, limit_malloc_arenas
+    from trainer.config import Settings
+    from trainer.serving import Generator, Target
 
     source = smollm2_gguf() or sys.exit(f"bench: install the model first: {INSTALL_SMOLLM2}")
-    cache = args.cache or Path(tempfile.gettempdir()) / "classroom-bench-class-chat"
     settings = Settings()
-    limit_malloc_arenas()  # as the trainer's server does
-    print(json.dumps({"machine_load_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}), flush=True)
     # --second-base: a second base model served beside it (the default settings serve two), which has answered once
     # before the class chats: its engine is then running too.
-    bases = {"smollm2": str(source), **({"second": str(source)} if args.second_base else {})}
-    pool = ModelPool(bases, "cpu", settings.adapter_cache, settings.torch_threads,
-                     cache_dir=cache / TOKENIZER_CACHE, weights_dir=cache / WEIGHTS_CACHE,
-                     adapter_budget_mb=settings.adapter_memory_mb)
+    pool = served_pool({"smollm2": str(source), **({"second": str(source)} if args.second_base else {})},
+                       settings, args.cache)
     base, _ = pool.base("smollm2")
     with tempfile.TemporaryDirectory(prefix="bench-class-chat-") as folder:
         adapters = make_adapters(base, Path(folder), args.students, args.rank)

@@ -30,7 +30,7 @@ from trainer.cpu_share import serving_openmp  # noqa: E402
 
 serving_openmp(os.environ)  # before torch loads OpenMP, as python -m trainer does
 
-from bench.bench_class_chat import MB, make_adapters, percentile, rss_mb  # noqa: E402
+from bench.bench_class_chat import MB, make_adapters, percentile, rss_mb, served_pool  # noqa: E402
 
 TOPICS = ["도서관", "화산", "비", "꿀벌", "달", "강", "눈", "바람", "별", "나무", "물고기", "구름", "천둥", "사막", "바다", "산"]
 
@@ -71,18 +71,13 @@ async def main(args: argparse.Namespace) -> None:
     from torch import nn
 
     from support.trainer_harness import INSTALL_GEMMA, gemma_gguf
-    from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE, Settings
-    from trainer.serving import Generator, ModelPool, Target, limit_malloc_arenas
+    from trainer.config import Settings
+    from trainer.serving import Generator, Target
     from trainer.shortlist import ShortlistHead
 
     source = gemma_gguf() or sys.exit(f"bench: install the model first: {INSTALL_GEMMA}")
-    cache = args.cache or Path(tempfile.gettempdir()) / "classroom-bench-class-chat"
     settings = Settings()
-    limit_malloc_arenas()  # as the trainer's server does
-    print(json.dumps({"machine_load_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}), flush=True)
-    pool = ModelPool({"gemma": str(source)}, "cpu", settings.adapter_cache, settings.torch_threads,
-                     cache_dir=cache / TOKENIZER_CACHE, weights_dir=cache / WEIGHTS_CACHE,
-                     adapter_budget_mb=settings.adapter_memory_mb)
+    pool = served_pool({"gemma": str(source)}, settings, args.cache)
     model, _ = pool.base("gemma")
     shortlisted = model.get_output_embeddings()
     if not isinstance(shortlisted, ShortlistHead):

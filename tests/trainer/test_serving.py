@@ -280,26 +280,32 @@ async def test_busy_is_a_429_with_retry_after(tmp_path: Path, monkeypatch: pytes
         await server.close()
 
 
-@pytest.fixture(scope="module")
-def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Gemma3 (sliding-window layers with a window of 4 beside full ones) with Gemma's turn markers."""
+def save_tiny_gemma3(folder: Path, **config: Any) -> Path:
+    """A tiny random Gemma3 with Gemma's turn markers saved in folder; config: Gemma3TextConfig's settings beyond
+    a width of 64 (the vocabulary the tokenizer's, unless given)."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
     from support.trainer_harness import build_tiny_model
 
-    folder = build_tiny_model(tmp_path_factory.mktemp("tiny-gemma3"), family="gemma")
+    build_tiny_model(folder, family="gemma")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, sliding_window=4, max_position_embeddings=512,
-        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
-        initializer_range=0.1, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id)
     torch.manual_seed(0)
-    model = Gemma3ForCausalLM(config)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(**{
+        "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 512,
+        "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id, **config}))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Gemma3 (sliding-window layers with a window of 4 beside full ones) with Gemma's turn markers."""
+    return save_tiny_gemma3(
+        tmp_path_factory.mktemp("tiny-gemma3"), num_hidden_layers=4, sliding_window=4, initializer_range=0.1,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"])
 
 
 def test_gemma3_sliding_window_layers_batch_like_generate(tiny_gemma3: Path, tmp_path: Path) -> None:

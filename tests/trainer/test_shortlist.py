@@ -16,7 +16,7 @@ from trainer.batching import penalised
 from trainer.serving import ModelPool
 from trainer.shortlist import CANDIDATES, ShortlistHead
 
-from .test_serving import QUESTIONS, Run, engine_for, make_adapter, merged_reference, prompt_ids
+from .test_serving import QUESTIONS, Run, engine_for, make_adapter, merged_reference, prompt_ids, save_tiny_gemma3
 
 VOCAB, WIDTH = 6000, 64
 
@@ -86,21 +86,8 @@ def gemma_with_a_large_vocabulary(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     """A tiny random Gemma3 whose 6,000-token output layer, tied to its embeddings, is most of the model (as Gemma
     3's is), softcapped as Gemma 2 caps it, served with the shortlisted layer (on any CPU: bfloat16 is emulated where
     it is not native)."""
-    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
-
-    from support.trainer_harness import build_tiny_model
-
-    folder = build_tiny_model(tmp_path / "gemma", family="gemma")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = Gemma3TextConfig(
-        vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, initializer_range=0.2,
-        final_logit_softcapping=30.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id)
-    torch.manual_seed(0)
-    model = Gemma3ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(folder)
+    folder = save_tiny_gemma3(tmp_path / "gemma", vocab_size=VOCAB, num_hidden_layers=2, initializer_range=0.2,
+                              final_logit_softcapping=30.0)
     monkeypatch.setattr(packed, "cpu_multiplies_bfloat16", lambda: True)
     pool = ModelPool({"tiny": str(folder)}, "cpu", 4, 1)
     base, _ = pool.base("tiny")
