@@ -131,6 +131,12 @@ def plain_logits(config: Any) -> bool:
     return config is not None and all(getattr(config, name, None) in (None, 1, 1.0) for name in _OTHER_LOGIT_TRANSFORMS)
 
 
+def softcapped(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """The output layer's logits as the model returns them: capped by tanh where the config's
+    final_logit_softcapping is set (Gemma 2), else as they are."""
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def training_matmul_dtype(device: str, precision: str) -> torch.dtype | None:
     """The dtype the frozen base's matrix products train in, when it is not the model's own (None): on a CPU,
     bfloat16 as TRAINER_TRAIN_PRECISION says (auto: where the CPU multiplies it natively); a GPU's model is

@@ -2,7 +2,7 @@
 
 Gemma 3's output layer (262,144 tokens x 640) is tied to its embeddings: 671 MB of float32 read at every decode step.
 On this machine's 2 cores MKL's sgemm takes 160-175 ms of it for 10 rows, on one thread or two, of a 250-300 ms step
-(docs/benchmarks.md, "Korean chats: the output layer"); a packed float32 copy would add 671 MB (trainer/packed.py). A
+(docs/benchmarks.md, "A Korean class chatting at once"); a packed float32 copy would add 671 MB (trainer/packed.py). A
 bfloat16 copy packed for oneDNN takes 335 MB and 21-35 ms, but its logits are off by up to half a unit.
 
 Sampling only ever looks at each row's best k tokens (top-k, then top-p within them; greedy: the best one). So the
@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer.modeling import softcapped
 
 # Tokens per row computed in float32. For k = 64 (Gemma 3's top_k), a Korean and an English chat's 101 positions
 # needed 146 at the median, 202 at the 90th percentile; 2 in 100 needed thousands (those rows take the slow way).
@@ -98,12 +100,12 @@ class ShortlistHead(nn.Module):
         rows, vocab = scores.shape
         k = max(1, min(k, vocab))
         if k > vocab * WHOLE_SHARE:
-            return self._exact(F.linear(hidden, self.weight))
+            return softcapped(F.linear(hidden, self.weight), self.softcap)
         take = min(vocab, max(CANDIDATES, 2 * k))
         values, ids = torch.topk(scores, min(vocab, take + 1), dim=-1)
         ids = ids[:, :take]
-        exact = self._exact(torch.bmm(self.weight.index_select(0, ids.reshape(-1)).view(rows, take, -1),
-                                      hidden[:, :, None]).squeeze(-1))
+        exact = softcapped(torch.bmm(self.weight.index_select(0, ids.reshape(-1)).view(rows, take, -1),
+                                     hidden[:, :, None]).squeeze(-1), self.softcap)
         # The candidates ranked with the caller's changes (the difference its own changes made to each one).
         changed = exact + (values[:, :take] - logits.gather(1, ids))
         kth = torch.topk(changed.nan_to_num(float("-inf")), k, dim=-1).values[:, -1]
@@ -112,11 +114,8 @@ class ShortlistHead(nn.Module):
         for row in torch.nonzero(best_other + error >= kth).flatten().tolist():
             # The bound cannot rule out every other token: compute each one that could beat the k-th best found.
             could = torch.nonzero(scores[row] + error[row] >= kth[row]).flatten()
-            result[row, could] = self._exact(self.weight.index_select(0, could) @ hidden[row])
+            result[row, could] = softcapped(self.weight.index_select(0, could) @ hidden[row], self.softcap)
         return result
-
-    def _exact(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(raw / self.softcap) * self.softcap if self.softcap else raw
 
     def __deepcopy__(self, memo: dict[int, Any]) -> nn.Linear:
         # A copy (to merge an adapter into) is an ordinary Linear, still tied as before (trainer/packed.py).

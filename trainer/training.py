@@ -21,7 +21,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.config import CHECKPOINT_PREFIX, FINAL_FOLDER, STATE_FILE
-from trainer.modeling import control_token_ids, load_model, plain_logits, render_chat
+from trainer.modeling import control_token_ids, load_model, plain_logits, render_chat, softcapped
 from trainer.validation import file_lines
 
 log = logging.getLogger(__name__)
@@ -230,10 +230,7 @@ def labelled_logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tenso
     assert isinstance(base, PreTrainedModel)  # a model with a config is a Hugging Face one (load_model's)
     hidden = base.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     logits = base.get_output_embeddings()(hidden[:, :-1][labelled]).float()
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits, targets[labelled]
+    return softcapped(logits, getattr(config, "final_logit_softcapping", None)), targets[labelled]
 
 
 # The share of a lesson's positions whose next token is labelled (the assistant's replies): 0.35-0.53 in the shipped
