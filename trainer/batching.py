@@ -195,14 +195,17 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self.waiting and not self.rows:
-                    if self._dirty:
-                        self._clean_up()
+                while not self.waiting and not self.rows and not self._dirty:
                     if self.governor is None:
                         self._cond.wait()
                     elif not self._cond.wait(self.idle_check):
                         self.governor.choose()
                 admitted = self._take_admissible()
+            if not admitted and not self.rows:
+                # Idle, with memory freed: handed back without the lock, so a request submitted meanwhile (the event
+                # loop submits) does not wait for it, and is taken at the next turn.
+                self._clean_up()
+                continue
             self._pace()
             try:
                 admitted = self._with_adapters(admitted)  # outside the lock: loading one reads and copies megabytes

@@ -1,12 +1,26 @@
-"""The C heap under torch on Linux (glibc): freed memory kept by the allocator is handed back, per-thread heaps capped.
+"""The heap under torch: on Linux (glibc) freed memory kept by the C allocator is handed back and per-thread heaps are
+capped; objects that live as long as the program are kept out of Python's garbage collector.
 
-Plain ctypes, no torch: the server and the training worker both use it. A no-op where the C library has no such calls.
+Plain ctypes and gc, no torch: the server and the training worker both use it. The C calls are no-ops where the C
+library has no such calls.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
+
+
+def keep_for_good() -> None:
+    """Collect the garbage, then freeze every object alive now out of Python's collector (gc.freeze).
+
+    For when what is alive lives as long as the program (a served base model and the libraries it imported: 400,000
+    objects with SmolLM2). A full collection walks every object it tracks with every thread stopped: 0.2 s after
+    each class's chats, where frozen objects leave it 1 ms. Frozen objects are still freed when nothing refers to
+    them; only a reference cycle among them would never be."""
+    gc.collect()
+    gc.freeze()
 
 
 def malloc_trim() -> None:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainer.batching import Engine, FrequencyPenalty, Request
-from trainer.heap import limit_malloc_arenas
+from trainer.heap import keep_for_good, limit_malloc_arenas
 from trainer.cpu_share import cpu_threads
 from trainer.lora_stack import LoraStack, read_ahead
 from trainer.packed import pack_linears
@@ -207,6 +207,7 @@ class ModelPool:
                         self.forward_seconds[name] = forward_seconds_per_token(model)
                     self.stacks[name] = LoraStack(model, self.cache_size, self.adapter_budget_bytes)
                     self._bases[name] = (model, tokenizer)
+                    keep_for_good()  # served until the server stops: out of the collector's full collections
                     self._report(name, 1.0)
                     self.preparations[name].status = "ready"
         return self._bases[name]

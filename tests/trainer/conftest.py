@@ -3,12 +3,21 @@ support/trainer_harness.py, which bench/ imports too), and a session's cache of 
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from support.trainer_harness import TrainerProcess, build_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def collector_unfrozen() -> Iterator[None]:
+    """A base model loaded in a test freezes what is alive then out of the garbage collector, as in the server
+    (trainer.heap.keep_for_good); unfrozen after each test, so one test's objects never outlive it."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")
