@@ -56,15 +56,17 @@ class Lesson(commands.Cog):
         if chosen is None:
             raise errors.UserFacingError("lesson.error.none")
         log.info("Lesson %s started in guild %s by user %s", chosen.name, interaction.guild_id, interaction.user.id)
+        guild = interaction.guild
+        students = class_time.class_size(guild.member_count if guild else None)
+        group_size = await self.bot.groups.group_size(guild.id) if guild else None
+        if guild is not None:  # the class's first job tells the school's trainer that the class follows it
+            self.bot.starts.lesson_opened(guild.id, class_time.class_jobs(students, group_size))
         await interaction.response.send_message(
             embed=_lesson_ui.lesson_step_embed(chosen, 0, locale),
             view=_lesson_ui.lesson_step_view(chosen, 0, interaction.user.id, locale) or discord.utils.MISSING,
         )
         # The teacher alone is told how long the class's training will take on the school's trainer.
-        guild = interaction.guild
-        estimate = await class_time.estimate(self.bot.finetune, chosen,
-                                             class_time.class_size(guild.member_count if guild else None),
-                                             await self.bot.groups.group_size(guild.id) if guild else None)
+        estimate = await class_time.estimate(self.bot.finetune, chosen, students, group_size)
         if estimate is not None:
             await interaction.followup.send(_lesson_ui.class_time_text(estimate, str(interaction.locale)),
                                             ephemeral=True)

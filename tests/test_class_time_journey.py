@@ -1,5 +1,6 @@
 """The teacher sees beforehand how long the whole class's training takes on the school's trainer: in /lesson start
-(privately) and in /class settings, from the figures the trainer measured (the fake serves them as its extras)."""
+(privately) and in /class settings, from the figures the trainer measured (the fake serves them as its extras); the
+class's first job tells the trainer that the class follows it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ from bot.i18n import minutes_words
 from bot.services.class_time import class_seconds, class_size, lesson_work
 from bot.services.lessons import LessonLibrary
 from storage.models import TrainingSpeed
+from support.bot_harness import press
+from support.fakes.discord import FakeUser
 from tests.conftest import Classroom
+from tests.test_finetune_journey import open_card
 from tests.test_governance_journey import answer, command
 
 MODEL = "gpt-4o-mini-2024-07-18"  # the classroom's default base model; the fake serves it with trainer extras
@@ -87,3 +91,29 @@ async def test_class_settings_show_the_measured_time_as_soon_as_the_trainer_has_
     students, minutes = expected_minutes(classroom, measured)
     people = "student" if students == 1 else "students"
     assert "A first guess" not in after and f"about {minutes_words(minutes)} for {students} {people}" in after
+
+
+async def test_a_lesson_just_opened_tells_the_trainer_a_class_follows_its_first_start(classroom: Classroom) -> None:
+    """/lesson start tells the school's trainer, in the metadata of the class's first job, how many jobs the class is
+    about to start (`class_size`): its first student presses Start alone, and the trainer otherwise times that job as
+    if the machine were its own. A job before the lesson, and the class's later jobs, say nothing of it."""
+    students = [classroom.student, *(classroom.discord.add_user(f"student{n}") for n in range(11))]
+    for student in students[1:]:
+        classroom.guild.add_member(student)
+    await classroom.discord.wait_for(
+        lambda: (classroom.bot.get_guild(classroom.guild.id).member_count or 0) >= 14 or None,  # type: ignore[union-attr]
+        timeout=5, what="the bot to see the whole class")
+
+    async def start(student: FakeUser) -> dict[str, str]:
+        count = len(classroom.openai.job_requests)
+        await press(classroom.discord, await open_card(classroom, user=student), "Start", student)
+        await classroom.discord.wait_for(lambda: len(classroom.openai.job_requests) > count or None, timeout=10,
+                                         what="the job at the fake OpenAI")
+        return dict(classroom.openai.job_requests[count]["metadata"])
+
+    before = await start(students[0])
+    lesson = await classroom.discord.slash(classroom.guild, classroom.teacher, "lesson start", lesson="pirate-en")
+    await lesson.response(timeout=10)
+    first, second = await start(students[1]), await start(students[2])
+    assert "class_size" not in before and "class_size" not in second
+    assert first["class_size"] == "12"  # twelve students: the server's members less the bot and the teacher

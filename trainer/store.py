@@ -213,11 +213,12 @@ class Store:
             args = (*args, f'$."{key}"', value)
         return self._page("jobs", where, args, limit, after)
 
-    def jobs_created_between(self, since: float, until: float) -> list[float]:
-        """When each job created from `since` to `until` (epoch seconds) was created, oldest first."""
-        rows = self._all("SELECT created_at FROM jobs WHERE created_at BETWEEN ? AND ? ORDER BY created_at",
-                         (since, until))
-        return [float(row["created_at"]) for row in rows]
+    def jobs_created_between(self, since: float, until: float, key: str) -> list[tuple[float, Any]]:
+        """When each job created from `since` to `until` (epoch seconds) was created, oldest first, with its metadata's
+        value for `key` (None without)."""
+        rows = self._all("SELECT created_at, json_extract(metadata, ?) AS value FROM jobs "
+                         "WHERE created_at BETWEEN ? AND ? ORDER BY created_at", (f'$."{key}"', since, until))
+        return [(float(row["created_at"]), row["value"]) for row in rows]
 
     def jobs_with_status(self, *statuses: str) -> list[sqlite3.Row]:
         """Return jobs in the given statuses, oldest first."""

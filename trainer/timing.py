@@ -33,6 +33,11 @@ PACE_WINDOW = 12  # step gaps a running job's pace is the median of (measured: 6
 # students pressing in that minute up to 72% too long (docs/benchmarks.md, "A whole class through the bot").
 CLASS_ARRIVING = 3
 ARRIVAL_SECONDS = 30.0
+# The metadata key under which the bot says a job opens a lesson: how many jobs its class is about to start
+# (bot/services/start_backend.CLASS_KEY). Its first student presses Start alone, and nothing else tells the trainer a
+# class follows: that job counts for up to CLASS_ARRIVING jobs created at its moment (a Korean class of 10 through the
+# bot: its first student was told the machine was theirs alone, 54% short).
+CLASS_KEY = "class_size"
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,13 @@ def class_arrived(created: list[float], since: float, until: float) -> bool:
     moments, k = sorted(created), CLASS_ARRIVING - 1
     return any(moments[i + k] - moments[i] <= ARRIVAL_SECONDS and moments[i + k] <= until
                and moments[i] + ARRIVAL_SECONDS >= since for i in range(len(moments) - k))
+
+
+def _counts_for(announced: Any) -> int:
+    """How many jobs' arrival a job's creation counts for: one, or for a job that opens a class (CLASS_KEY) that
+    class's jobs, up to CLASS_ARRIVING."""
+    count = int(announced) if isinstance(announced, str) and announced.isdecimal() else 1
+    return min(CLASS_ARRIVING, max(1, count))
 
 
 def default_speed(device: str) -> Speed:
@@ -298,7 +310,8 @@ class Timings:
     def class_arriving(self, since: float, until: float) -> bool:
         """Whether a class was arriving on this machine at some moment from `since` to `until` (class_arrived, by the
         jobs created then and in the ARRIVAL_SECONDS before)."""
-        return class_arrived(self.store.jobs_created_between(since - ARRIVAL_SECONDS, until), since, until)
+        created = self.store.jobs_created_between(since - ARRIVAL_SECONDS, until, CLASS_KEY)
+        return class_arrived([at for at, announced in created for _ in range(_counts_for(announced))], since, until)
 
     def load(self) -> None:
         """Take each base model's most recent measurable succeeded job."""

@@ -46,6 +46,11 @@ def class_seconds(jobs: int, work_tokens: int, speed: TrainingSpeed) -> float:
     return math.ceil(max(0, jobs) / speed.devices) * per_job
 
 
+def class_jobs(students: int, group_size: int | None) -> int:
+    """The jobs a class starts: one per student, or one per group of group_size."""
+    return math.ceil(students / group_size) if group_size else students
+
+
 def class_size(member_count: int | None) -> int:
     """Students in a server: its members less the bot and one teacher, or a usual class when it does not say."""
     return max(1, member_count - 2) if member_count else DEFAULT_CLASS_SIZE
@@ -65,6 +70,6 @@ async def estimate(finetune: FineTuneService, lesson: Lesson, students: int,
     work = await asyncio.to_thread(lesson_work, lesson, model)  # counting tokens is CPU work: off the event loop
     speed = details.training_speed
     size = group_size or GROUP_SIZE
-    grouped = round(class_seconds(math.ceil(students / size), work, speed)) if students > size else None
+    grouped = round(class_seconds(class_jobs(students, size), work, speed)) if students > size else None
     return ClassTime(model, lesson, students, round(class_seconds(students, work, speed)), speed.measured, grouped,
                      size, group_size is not None, trial=speed.trial)

@@ -20,12 +20,16 @@ GROUP_KEY = "group"
 # The metadata key under which a job carries its training file's name (OpenAI keeps values up to 512 characters).
 FILE_KEY = "file"
 FILE_NAME_CHARS = 200
+# The metadata key under which a lesson's first job says how many jobs its class is about to start: the school's
+# trainer reads it (trainer/timing.py CLASS_KEY) to time that job beside the students about to press Start; other
+# backends keep it as any metadata.
+CLASS_KEY = "class_size"
 
 
 async def create_job(gateway: FineTuningGateway, pending: PendingStart, files: list[bytes],
-                     group: Group | None = None) -> BackendJob:
-    """Upload the staged files and create the start's one job, its metadata naming the start; a refused creation
-    removes the uploads."""
+                     group: Group | None = None, class_size: int | None = None) -> BackendJob:
+    """Upload the staged files and create the start's one job, its metadata naming the start (and for a lesson's first
+    job, the jobs its class is about to start); a refused creation removes the uploads."""
     training_id = await gateway.upload_file(pending.training_name, files[0])
     validation_id = (await gateway.upload_file(pending.validation_name, files[1])
                      if pending.validation_path and pending.validation_name else None)
@@ -46,6 +50,7 @@ async def create_job(gateway: FineTuningGateway, pending: PendingStart, files: l
                 FILE_KEY: pending.training_filename[:FILE_NAME_CHARS],
                 # A job adopted after a crash between creating and recording it stays its group's.
                 **({GROUP_KEY: group.name} if group else {}),
+                **({CLASS_KEY: str(class_size)} if class_size else {}),
             },
             token_key=TOKEN_KEY,
         )

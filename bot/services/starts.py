@@ -55,6 +55,8 @@ WAITING_CARDS_MAX = 2
 CHECK_TIME_LIMIT_SECONDS = 60.0
 # A trainer that has just started may still be loading a tokenizer: past this, the card keeps tiktoken's estimate.
 BACKEND_COUNT_SECONDS = 20.0
+# A lesson's class presses Start within this long of its teacher opening it; a Start later is not its first.
+LESSON_OPENING_SECONDS = 30 * 60
 
 
 class StartService(StartHousekeeping):
@@ -98,6 +100,8 @@ class StartService(StartHousekeeping):
         self._expiries: set[asyncio.Task[None]] = set()  # cards' timers: each file goes the moment its card expires
         self._checking: set[tuple[int, int]] = set()
         self._deciding: set[str] = set()  # approvals being started in this process (a teacher's click or the sweep)
+        # Lessons their teacher just opened, by server: when (monotonic) and how many jobs the class is to start.
+        self._lessons_opened: dict[int, tuple[float, int]] = {}
 
     # Before the click ---------------------------------------------------------------------------------------
 
@@ -397,6 +401,19 @@ class StartService(StartHousekeeping):
         finally:
             self._group_starts.discard(key)
 
+    def lesson_opened(self, guild_id: int, jobs: int) -> None:
+        """A teacher opened a lesson (/lesson start): the server's next job tells the backend that a class of `jobs`
+        follows it (start_backend.CLASS_KEY), within LESSON_OPENING_SECONDS."""
+        self._lessons_opened[guild_id] = (time.monotonic(), jobs)
+
+    def _class_opening(self, guild_id: int) -> int | None:
+        """The jobs a lesson opened in this server is about to start, while its first job is still to come."""
+        opened = self._lessons_opened.get(guild_id)
+        if opened is None or time.monotonic() - opened[0] > LESSON_OPENING_SECONDS:
+            self._lessons_opened.pop(guild_id, None)
+            return None
+        return opened[1]
+
     async def _start_job(self, pending: PendingStart, group: Group | None, settings: ClassSettings) -> Outcome:
         reservation: Reservation | None = None
         try:
@@ -404,7 +421,9 @@ class StartService(StartHousekeeping):
             files = await asyncio.to_thread(staging.read_staged, pending)  # read once: moderated, then uploaded
             pending = await self._moderated(pending, settings, files)
             reservation = await self.policy.before_start(pending, settings)  # written before the backend hears of it
-            backend = await start_backend.create_job(self.gateway, pending, files, group)
+            backend = await start_backend.create_job(self.gateway, pending, files, group,
+                                                     class_size=self._class_opening(pending.guild_id))
+            self._lessons_opened.pop(pending.guild_id, None)  # the class's first job is on its way: told once
         except errors.CreationUnknownError as exc:
             # The job may exist: its reservation stays held and the start claimed, until the housekeeping finds the
             # job by its token (records and charges it) or learns there is none (voids it, and Start works again).

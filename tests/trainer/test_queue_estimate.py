@@ -16,6 +16,7 @@ from trainer.fair_queue import FairQueue
 from trainer.scheduler import Scheduler
 from trainer.store import Store, new_id
 from trainer.timing import (
+    CLASS_KEY,
     DEFAULT_SPEEDS,
     PACE_WINDOW,
     TRAIN_OVER_FORWARD,
@@ -63,11 +64,12 @@ def store(tmp_path: Path) -> Store:
     return Store(tmp_path / "trainer.db")
 
 
-def _add(store: Store, guild: str, user: str, work: int, status: str = "queued", steps: int | None = None) -> str:
+def _add(store: Store, guild: str, user: str, work: int, status: str = "queued", steps: int | None = None,
+         **metadata: str) -> str:
     job_id = new_id("ftjob")
     store.add_job(id=job_id, model="tiny", base_source="tiny", training_file="file-x", validation_file=None,
                   hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0}, suffix=None,
-                  seed=1, metadata={"guild_id": guild, "user_id": user})
+                  seed=1, metadata={"guild_id": guild, "user_id": user, **metadata})
     store.update_job(job_id, status=status, work_tokens=work, device="cpu" if status == "running" else None,
                      total_steps=steps)
     return job_id
@@ -548,6 +550,29 @@ def test_the_queue_times_the_odd_student_out_beside_the_next_one_only_while_a_cl
 
     assert third_finish([NOW, NOW, NOW]) == 80
     assert third_finish([NOW - 600, NOW - 300, NOW]) == 60
+
+
+@pytest.mark.parametrize(("announced", "later", "finish"), [
+    (None, 0, 20),  # a job alone, nothing said: the machine is its own
+    ("10", 0, 40),  # the first of a lesson's class of 10: timed beside the next student's job
+    ("10", 31, 20),  # the class it announced never came within 30 s: alone again
+    ("2", 0, 20),  # two students are no class arriving (CLASS_ARRIVING)
+    ("ten", 0, 20),  # not a count: ignored
+])
+def test_a_job_that_opens_a_lesson_is_timed_beside_the_class_about_to_follow(
+        store: Store, announced: str | None, later: int, finish: int) -> None:
+    """A lesson's first student presses Start alone: nothing on the trainer says a class follows, and the job was told
+    the machine was its own (a Korean class of 10 through the bot: that student's first estimate 54% short). The bot
+    says so in the job's metadata when the teacher has just opened the lesson (`class_size`, the jobs the class will
+    start): the job is then a class arriving, and timed beside the next student's job as the odd student out is."""
+    clock = Clock()
+    job = _add(store, "A", "a1", 1000, steps=10, **({CLASS_KEY: announced} if announced else {}))
+    store.update_job(job, created_at=NOW)
+    clock.now += later
+    estimator = QueueEstimator(store, FixedTimings(store), ["cpu"], clock)
+    estimator.state = lambda device: DeviceState(capacity=2, loaded=frozenset({"tiny"}))
+    (place,) = estimator.refresh(FairQueue())
+    assert place.finish - clock.now == finish
 
 
 def test_class_arrived_at_a_moment_with_three_jobs_created_in_the_30_s_before() -> None:
