@@ -8,10 +8,11 @@ the answer up to that point, never the junk. It is pure text work (no torch), ap
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ _RUN = re.compile(r"(.{1,20}?)\1{4,}", re.DOTALL)
 MAX_RUN_CHARS = 16
 # Reading a training file for its scripts: the first megabytes tell as much as the whole.
 SCRIPT_SAMPLE_BYTES = 4 * 1024 * 1024
+# Where a training line's written text is: a message's content (or a content part's text), and the legacy prompt and
+# completion. Everything else is the format's own (keys, roles, types, tool names).
+WRITTEN_KEYS = frozenset({"content", "text", "prompt", "completion"})
 
 
 def script_of(char: str) -> str | None:
@@ -58,12 +62,30 @@ def scripts_in(texts: Iterable[str]) -> frozenset[str]:
 
 
 def scripts_of_file(path: Path, limit: int = SCRIPT_SAMPLE_BYTES) -> frozenset[str]:
-    """The scripts of a training file's text (its first `limit` bytes; JSON escapes decoded as JSON would)."""
+    """The scripts of what a training file's writers wrote (its first `limit` bytes): the texts of its JSON lines,
+    never their keys and roles ("messages", "role": "user"), which made every chat file count as Latin too."""
     with path.open("rb") as handle:
         sample = handle.read(limit).decode("utf-8", errors="ignore")
-    # \uXXXX escapes (json.dumps' default) stand for the letters the student wrote.
-    sample = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), sample)
-    return scripts_in([sample])
+    texts: list[str] = []
+    for line in sample.splitlines():
+        try:
+            texts.extend(_written(json.loads(line)))
+        except ValueError:  # a broken line, or the last one cut at the limit
+            continue
+    return scripts_in(texts)
+
+
+def _written(value: Any, key: str | None = None) -> Iterator[str]:
+    """The texts in a training line: the strings under WRITTEN_KEYS, at any depth."""
+    if isinstance(value, str):
+        if key in WRITTEN_KEYS:
+            yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _written(item, key)
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _written(item, name)
 
 
 def _unit_key(unit: str) -> str:

@@ -94,6 +94,32 @@ def test_scripts_of_a_training_file_read_through_json_escapes(tmp_path: Path) ->
     assert "HANGUL" in scripts_of_file(path)
 
 
+def test_scripts_of_a_training_file_are_what_its_people_wrote_not_its_json_keys() -> None:
+    """The Korean lesson's file is Korean: its keys ("messages", "role", "content") and roles ("user") are no Latin
+    its writers used. Counted as such they let every Latin junk through a Korean model's replies: a class of 10 through
+    the bot read "네, 도서관 도우미 드림FBSDKInternal" and the reply running on after its sign-off."""
+    lesson = Path(__file__).resolve().parents[2] / "lessons" / "library-helper-ko" / "train.jsonl"
+    allowed = scripts_of_file(lesson)
+    assert allowed == {"HANGUL"}
+    guard = ReplyGuard(allowed | scripts_in(["도서관에서 책은 몇 권까지 빌릴 수 있어요?"]))
+    shown, stopped = run(guard, "네, 도서관 도우미 드림FBSDKInternal\n한 권은 1만 원이에요. " + SIGN_OFF)
+    assert stopped and guard.reason == "script" and shown == "네, 도서관 도우미 드림"
+
+
+@pytest.mark.parametrize(("line", "scripts"), [
+    ('{"messages": [{"role": "user", "content": [{"type": "text", "text": "안녕"}]}]}', {"HANGUL"}),  # content parts
+    ('{"prompt": "Hello", "completion": " 안녕"}', {"LATIN", "HANGUL"}),  # the legacy prompt and completion
+    ('{"input": {"messages": [{"role": "user", "content": "안녕"}]}, "preferred_output": [{"role": "assistant", '
+     '"content": "Hi"}], "non_preferred_output": [{"role": "assistant", "content": "ヤア"}]}',
+     {"HANGUL", "LATIN", "KANA"}),  # preference pairs
+])
+def test_scripts_of_every_kind_of_training_line(tmp_path: Path, line: str, scripts: set[str]) -> None:
+    """Chat lines with content parts, the legacy prompt-completion lines and preference pairs: their written texts."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(line + "\n", encoding="utf-8")
+    assert scripts_of_file(path) == scripts
+
+
 async def test_guarded_stream_closes_the_generation_when_it_stops() -> None:
     """Stopping a reply closes the generator beneath it, which frees its place in the batch."""
     closed = []
