@@ -286,14 +286,21 @@ async def main(args: argparse.Namespace) -> None:
                           "machine_load_1min": round(os.getloadavg()[0], 2)}), flush=True)
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def class_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options of a class chatting at once (this bench's and bench_korean_chat's): the class, each reply's tokens,
+    the adapters' rank, and where the converted GGUF is kept."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--students", type=int, default=30)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--cache", type=Path, help="keep the converted GGUF here between runs")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = class_arguments(__doc__)
     parser.add_argument("--baseline-requests", type=int, default=30,
                         help="students for today's merged path (slow); 0 skips it")
-    parser.add_argument("--cache", type=Path, help="keep the converted GGUF here between runs")
     parser.add_argument("--second-base", action="store_true",
                         help="serve a second base model beside it, which answers two students first")
     asyncio.run(main(parser.parse_args()))

@@ -30,7 +30,7 @@ from trainer.cpu_share import serving_openmp  # noqa: E402
 
 serving_openmp(os.environ)  # before torch loads OpenMP, as python -m trainer does
 
-from bench.bench_class_chat import MB, make_adapters, percentile, rss_mb, served_pool  # noqa: E402
+from bench.bench_class_chat import MB, class_arguments, make_adapters, percentile, rss_mb, served_pool  # noqa: E402
 
 TOPICS = ["도서관", "화산", "비", "꿀벌", "달", "강", "눈", "바람", "별", "나무", "물고기", "구름", "천둥", "사막", "바다", "산"]
 
@@ -117,9 +117,4 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--students", type=int, default=30)
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--cache", type=Path, help="keep the converted GGUF here between runs")
-    asyncio.run(main(parser.parse_args()))
+    asyncio.run(main(class_arguments(__doc__).parse_args()))
