@@ -117,14 +117,17 @@ async def persona(cache: Path) -> Verdict:
         runner = BotRunner(Settings.from_env(env), fake)
         await runner.start()
         guild = fake.add_guild("Class 1")
-        student = fake.add_user("student")
+        student, classmate = fake.add_user("student"), fake.add_user("classmate")
         guild.add_member(student)
+        guild.add_member(classmate)
         await fake.dispatch("GUILD_CREATE", guild.payload())
         started = time.perf_counter()
         model = await _train_through_bot(fake, guild, student)
         print(f"persona: {model} trained in {time.perf_counter() - started:.0f} s after Start", flush=True)
         chat = await _chat_replies(fake, runner, guild, student, model)
-        pairs = await _compare(fake, guild, student, model)
+        # A classmate compares: the student's five chats and five compares within two minutes would pass the
+        # per-student rate (bot/services/chat_limits.py), and the bot would rightly say "too fast".
+        pairs = await _compare(fake, guild, classmate, model)
     finally:
         if runner is not None:
             await runner.stop()
@@ -183,6 +186,8 @@ async def _compare(fake: FakeDiscord, guild: FakeGuild, student: FakeUser, model
     for question in UNSEEN:
         compare = await fake.slash(guild, student, "compare", prompt=question, model=model)
         card = await compare.followup(timeout=REPLY_SECONDS)
+        if card.embed is None:  # the bot answered with words (an error, a limit), not the comparison card
+            raise RuntimeError(f"/compare {question!r} answered: {card.text()}")
         await fake.wait_for(lambda: "What did fine-tuning change" in card.text() or None, timeout=REPLY_SECONDS,
                             what="both answers")
         assert card.embed is not None
