@@ -17,13 +17,14 @@ import torch
 from bot.services.chat import CLASSROOM_SAMPLING
 from bot.services.lessons import LessonLibrary
 from support.trainer_harness import INSTALL_GEMMA, gemma_gguf
-from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE
+from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE, Settings
 from trainer.modeling import control_token_ids, load_model, load_tokenizer, render_chat, turn_end_ids
-from trainer.reply_guard import ReplyGuard, scripts_in
+from trainer.reply_guard import ReplyGuard, scripts_in, scripts_of_file
 from trainer.serving import _FrequencyPenalty
 from trainer.training import TrainSpec, chat_messages, encode_file, train
 
 LESSON = LessonLibrary().get("library-helper-ko")
+SIGN_OFF = str(LESSON.behaviour.text)  # an ends_with lesson: "📚 도서관 도우미 드림"
 MAX_TOKENS = 96  # an answer and its sign-off take 30-50 tokens: a reply that reaches this did not end its turn
 
 
@@ -47,9 +48,12 @@ def test_korean_lesson_on_gemma_ends_its_replies_without_loops_or_junk(tmp_path:
         pytest.skip(f"{INSTALL_GEMMA} to run")
     tokenizer = load_tokenizer(str(gguf), gguf_cache / TOKENIZER_CACHE)
     ends = turn_end_ids(tokenizer)
-    examples = encode_file(tokenizer, LESSON.training_path, 1024)
+    defaults = Settings()
+    examples = encode_file(tokenizer, LESSON.training_path, defaults.max_seq_len)
     train(TrainSpec(source=str(gguf), device="cpu", train=examples, valid=[], pad_id=tokenizer.pad_token_id,
-                    n_epochs=LESSON.epochs, batch_size=4, learning_rate=2e-4, seed=7, lora_r=16, lora_alpha=32,
+                    n_epochs=LESSON.epochs, batch_size=defaults.default_batch_size,
+                    learning_rate=defaults.base_learning_rate, seed=7, lora_r=defaults.lora_r,
+                    lora_alpha=defaults.lora_alpha,
                     out_dir=tmp_path / "adapter", cache_dir=gguf_cache / WEIGHTS_CACHE, turn_ends=tuple(sorted(ends))),
           _Silent())
     from peft import PeftModel
@@ -58,7 +62,7 @@ def test_korean_lesson_on_gemma_ends_its_replies_without_loops_or_junk(tmp_path:
     model = PeftModel.from_pretrained(base, str(tmp_path / "adapter" / "final")).merge_and_unload().eval()
     model.generation_config.eos_token_id = sorted(ends)
     model.generation_config.suppress_tokens = sorted(control_token_ids(tokenizer) - ends)
-    training_text = LESSON.training_path.read_text().splitlines()
+    taught = scripts_of_file(LESSON.training_path)  # the training file's scripts, as the chat route reads them
     asked = [example.as_messages() for example in LESSON.heldout_examples[:10] + LESSON.training_examples[:10]]
     tokenizer.padding_side = "left"
     prompts = [render_chat(tokenizer, chat_messages(tokenizer, messages), True) for messages in asked]
@@ -70,13 +74,16 @@ def test_korean_lesson_on_gemma_ends_its_replies_without_loops_or_junk(tmp_path:
             top_p=CLASSROOM_SAMPLING.top_p, pad_token_id=tokenizer.pad_token_id,
             logits_processor=LogitsProcessorList([_FrequencyPenalty(CLASSROOM_SAMPLING.frequency_penalty,
                                                                     batch["input_ids"].shape[1])]))
-    problems = []
+    problems, signed = [], 0
     for row, messages in enumerate(asked):
         new = output[row, batch["input_ids"].shape[1]:].tolist()
         ended = next((index for index, token in enumerate(new) if token in ends), None)
         text = str(tokenizer.decode(new[:ended], skip_special_tokens=True))
-        guard = ReplyGuard(scripts_in([m["content"] for m in messages] + training_text))
+        guard = ReplyGuard(scripts_in([m["content"] for m in messages]) | taught)
         shown, stopped = guard.feed(text)
         if ended is None or stopped:
             problems.append((messages[-1]["content"], text, guard.reason, ended))
+        signed += text.rstrip().endswith(SIGN_OFF)
     assert not problems, problems
+    # The taught sign-off (bench_replies: 94-95% of 100 replies at the shipped learning rate, 47% at 2e-4).
+    assert signed >= 17, f"{signed} of {len(asked)} replies ended with {SIGN_OFF!r}"
