@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from trainer import launch
-from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE
+from trainer.config import TOKENIZER_CACHE, WEIGHTS_CACHE, Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHATML = (
@@ -49,6 +49,10 @@ def chat_file(count: int = 16, start: int = 0) -> bytes:
 
 
 KOREAN = ["하늘은 왜 파란가요?", "좋은 질문이에요! 함께 알아봐요.", "안녕"]
+# A tiny random model learns a test file in a few dozen steps at 1e-2, far above a real base's rate (6e-4): jobs on it
+# ask for this rate through OpenAI's learning_rate_multiplier (a job's rate is the trainer's base rate times it).
+TINY_LEARNING_RATE = 1e-2
+TINY_RATE_MULTIPLIER = TINY_LEARNING_RATE / Settings().base_learning_rate
 
 
 def build_tiny_model(folder: Path, family: str = "chatml") -> Path:

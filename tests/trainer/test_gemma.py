@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from support.trainer_harness import TrainerProcess, build_tiny_model
+from support.trainer_harness import TINY_RATE_MULTIPLIER, TrainerProcess, build_tiny_model
 from tests.trainer.test_journey import client, upload, wait_for
 from trainer.modeling import chat_family, load_tokenizer, render_chat, turn_end_ids
 from trainer.serving import ModelPool
@@ -73,7 +73,7 @@ async def test_korean_lesson_on_a_gemma_family_model_answers_in_hangul_and_ends_
     api = client(gemma_server)
     job = await api.fine_tuning.jobs.create(
         model="tiny-gemma", training_file=await upload(api, korean_lesson()), suffix="korean", seed=3,
-        hyperparameters={"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 50})
+        hyperparameters={"n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": TINY_RATE_MULTIPLIER})
     done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"})
     assert done.status == "succeeded", done.error
     reply = await api.chat.completions.create(model=done.fine_tuned_model, max_tokens=24, temperature=0,

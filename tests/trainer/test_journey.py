@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from support.trainer_harness import TrainerProcess, chat_file
+from support.trainer_harness import TINY_RATE_MULTIPLIER, TrainerProcess, chat_file
 
 JOB_TIMEOUT_S = 60
 
@@ -53,7 +53,7 @@ async def test_job_with_tiny_model_trains_reports_and_chats(trainer_server: Trai
         model="tiny", training_file=training, validation_file=validation, suffix="pirate", seed=7,
         metadata={"guild_id": "1", "user_id": "2"},
         method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": 50}}},
+            "n_epochs": 3, "batch_size": 2, "learning_rate_multiplier": TINY_RATE_MULTIPLIER}}},
     )
     assert job.status == "validating_files" and job.id.startswith("ftjob-")
     done = await wait_for(api, job.id, {"succeeded", "failed", "cancelled"})
