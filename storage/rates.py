@@ -4,25 +4,22 @@ from __future__ import annotations
 
 from storage.database import Database
 
-# Rows older than the window are deleted at most this often (in windows), not at every request.
-PRUNE_EVERY_WINDOWS = 1.0
-
 
 class RateRepository:
     """The request_times table: when each student asked a model, within the rate's window."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._pruned_at: float | None = None
+        self._pruned_at: float | None = None  # rows older than the window are deleted once a window, not every time
 
     async def take(self, guild_id: int, user_id: int, *, now: float, window: float, limit: int) -> float | None:
         """Count one request unless `limit` were made in the last `window` seconds: None when it was counted,
         else the seconds until the oldest of them leaves the window.
 
         A counted request is one statement, the count and the insert together (two at once cannot both take the
-        last place): a class asking at once queues its requests behind the database's one writer, so each must hold
-        it for one round trip, not a transaction's five."""
-        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY_WINDOWS * window:
+        last place): a class asking at once queues its requests behind the database's one writer, so each holds it
+        for one statement, not a transaction of five."""
+        if self._pruned_at is None or now - self._pruned_at >= window:
             self._pruned_at = now
             await self.db.execute("DELETE FROM request_times WHERE at <= ?", (now - window,))
         counted = await self.db.execute(
