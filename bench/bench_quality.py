@@ -190,7 +190,6 @@ async def _compare(fake: FakeDiscord, guild: FakeGuild, student: FakeUser, model
             raise RuntimeError(f"/compare {question!r} answered: {card.text()}")
         await fake.wait_for(lambda: "What did fine-tuning change" in card.text() or None, timeout=REPLY_SECONDS,
                             what="both answers")
-        assert card.embed is not None
         tuned, base = (field["value"] for field in card.embed["fields"][:2])
         pairs.append((tuned, base))
     return pairs

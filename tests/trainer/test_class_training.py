@@ -222,7 +222,8 @@ def add_running_job(store: Store, model: Path, content: bytes, seed: int, epochs
     store.add_file(file_id, "train.jsonl", "fine-tune", len(content), folder / file_id)
     job_id = f"ftjob-{number:08d}{0:016d}"  # the model name takes the first 8 characters
     store.add_job(id=job_id, model="tiny", base_source=str(model), training_file=file_id, validation_file=None,
-                  hyperparameters={"n_epochs": epochs, "batch_size": 2, "learning_rate_multiplier": TINY_RATE_MULTIPLIER},
+                  hyperparameters={"n_epochs": epochs, "batch_size": 2,
+                                   "learning_rate_multiplier": TINY_RATE_MULTIPLIER},
                   suffix=None, seed=seed, metadata=None)
     store.update_job(job_id, status="running")
     return job_id
