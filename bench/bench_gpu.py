@@ -1,4 +1,4 @@
-"""Benchmark: issue 21's checks on a GPU, as one command for a session that is lent one.
+r"""Benchmark: issue 21's checks on a GPU, as one command for a session that is lent one.
 
 No GPU was lent to the stops that built the trainer, so its CUDA paths (`TRAINER_DEVICE=cuda`: the chat engine's
 stacks and cache on the GPU, several jobs of one base model trained in one batched pass) have never run on one. This
