@@ -106,6 +106,37 @@ def _numel(shape: list[int]) -> int:
     return total
 
 
+class Quiet:
+    """A reporter that keeps nothing: the steps benches time the training alone."""
+
+    def step(self, *args: Any) -> None:
+        pass
+
+    def checkpoint(self, *args: Any) -> None:
+        pass
+
+
+def lesson_jobs(base: Any, examples: list[Any], pad_id: int, learning_rate: float, name: str, count: int,
+                out: Path) -> list[Any]:
+    """count jobs on the lesson as a class trains it (3 epochs, batches of 4, LoRA r=16), ready for group steps."""
+    from trainer import grouped
+    from trainer.training import TrainSpec
+
+    return [grouped.start_run(base, f"job{name}-{i}", TrainSpec(
+        source=base.source, device=base.device, train=examples, valid=[], pad_id=pad_id, n_epochs=3, batch_size=4,
+        learning_rate=learning_rate, seed=i, lora_r=16, lora_alpha=32, out_dir=out / f"{name}-{i}"), Quiet())
+        for i in range(count)]
+
+
+def group_pass(base: Any, runs: list[Any], pad_id: int) -> int:
+    """Each job's next batch, all in one pass over the shared base: the tokens it trained."""
+    from trainer import grouped
+
+    for run in runs:
+        run.index = (run.index + 1) % len(run.epoch_batches)
+    return sum(outcome.tokens for outcome in grouped.group_step(base, runs, pad_id))
+
+
 def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds: int, parameters: int,
                 precision: str) -> None:
     """Group steps in-process: 1 job against G jobs in one pass and one job a core in lanes (threads stepping side
@@ -114,29 +145,18 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
 
     from trainer import grouped
     from trainer.modeling import load_tokenizer, set_threads, training_matmul_dtype
-    from trainer.training import TrainSpec, encode_file
+    from trainer.training import encode_file
 
     set_threads(0)
     tokenizer = load_tokenizer(source, cache / "tokenizers")
     examples = encode_file(tokenizer, LESSON, 1024)
     dtype = training_matmul_dtype("cpu", precision)
     base = grouped.SharedBase(source, "cpu", cache / "gguf-weights", matmul_dtype=dtype)
-
-    class Quiet:
-        def step(self, *args: Any) -> None:
-            pass
-
-        def checkpoint(self, *args: Any) -> None:
-            pass
-
     out = bench_folder("bench-class-steps-")
     threads = set_threads(0)
 
     def jobs(name: str, count: int) -> list[Any]:
-        return [grouped.start_run(base, f"job{name}-{i}", TrainSpec(
-            source=source, device="cpu", train=examples, valid=[], pad_id=tokenizer.pad_token_id, n_epochs=3,
-            batch_size=4, learning_rate=2e-4, seed=i, lora_r=16, lora_alpha=32, out_dir=out / f"{name}-{i}"), Quiet())
-            for i in range(count)]
+        return lesson_jobs(base, examples, tokenizer.pad_token_id, 2e-4, name, count, out)
 
     runs = {size: jobs(str(size), size) for size in groups}
     lanes = jobs("lanes", threads)  # one job a core, as the worker's lanes train them
@@ -149,8 +169,7 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
 
     def lane_step(run: Any, lane_threads: int) -> int:
         torch.set_num_threads(lane_threads)
-        run.index = (run.index + 1) % len(run.epoch_batches)
-        return sum(outcome.tokens for outcome in grouped.group_step(base, [run], tokenizer.pad_token_id))
+        return group_pass(base, [run], tokenizer.pad_token_id)
 
     def step(size: int | str) -> int:
         """One step of the row's jobs: in one pass (size), or one job a lane on a thread each ("lanes")."""
@@ -158,9 +177,7 @@ def bench_steps(source: str, cache: Path, groups: list[int], steps: int, rounds:
             others = [pool.submit(lane_step, run, 1) for run in lanes[1:]]
             return lane_step(lanes[0], 1) + sum(future.result() for future in others)
         torch.set_num_threads(threads)
-        for run in runs[int(size)]:
-            run.index = (run.index + 1) % len(run.epoch_batches)
-        return sum(outcome.tokens for outcome in grouped.group_step(base, runs[int(size)], tokenizer.pad_token_id))
+        return group_pass(base, runs[int(size)], tokenizer.pad_token_id)
 
     for _ in range(rounds):
         sizes: list[int | str] = [*groups, "lanes"] if threads > 1 else [*groups]

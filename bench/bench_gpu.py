@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_class_chat import engine_streams, make_adapters, run_class  # noqa: E402
-from bench.bench_class_training import LESSON  # noqa: E402
+from bench.bench_class_training import LESSON, group_pass, lesson_jobs  # noqa: E402
 
 SHAPE = "smollm2-135m"
 REQUIREMENTS = Path(__file__).resolve().parents[1] / "requirements-trainer.txt"
@@ -164,15 +164,9 @@ def bench_training(source: str, device: str, groups: list[int], steps: int, rate
     import torch
 
     from trainer import grouped
+    from trainer.config import Settings
     from trainer.modeling import load_tokenizer, training_matmul_dtype
-    from trainer.training import TrainSpec, encode_file
-
-    class Quiet:
-        def step(self, *args: Any) -> None:
-            pass
-
-        def checkpoint(self, *args: Any) -> None:
-            pass
+    from trainer.training import encode_file
 
     tokenizer = load_tokenizer(source)
     examples = encode_file(tokenizer, LESSON, 1024)
@@ -181,21 +175,13 @@ def bench_training(source: str, device: str, groups: list[int], steps: int, rate
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gpu-jobs-") as folder:
         for size in groups:
-            runs = [grouped.start_run(base, f"job{size}-{i}", TrainSpec(
-                source=source, device=device, train=examples, valid=[], pad_id=tokenizer.pad_token_id, n_epochs=3,
-                batch_size=4, learning_rate=6e-4, seed=i, lora_r=16, lora_alpha=32,
-                out_dir=Path(folder) / f"{size}-{i}"), Quiet()) for i in range(size)]
-
-            def step(runs: list[Any] = runs) -> int:
-                for run in runs:
-                    run.index = (run.index + 1) % len(run.epoch_batches)
-                return sum(outcome.tokens for outcome in grouped.group_step(base, runs, tokenizer.pad_token_id))
-
-            step()  # warm-up: the first pass's allocations
+            runs = lesson_jobs(base, examples, tokenizer.pad_token_id, Settings().base_learning_rate, str(size), size,
+                               Path(folder))
+            group_pass(base, runs, tokenizer.pad_token_id)  # warm-up: the first pass's allocations
             _sync(device)
             trained, started = 0, time.perf_counter()
             for _ in range(steps):
-                trained += step()
+                trained += group_pass(base, runs, tokenizer.pad_token_id)
             _sync(device)
             seconds = time.perf_counter() - started
             flops = 4 * parameters * trained / seconds / 1e12
